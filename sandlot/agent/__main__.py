@@ -1,0 +1,81 @@
+"""Entry point: ``python3 -I -S -c 'import agent.__main__' --listen-fd N [options]``.
+
+Options:
+  --listen-fd N        accept host connections on this inherited, listening Unix socket
+  --socket PATH        or bind and listen on this path
+  --map SHOWN=REAL     serve the sandbox path SHOWN from the folder REAL (repeatable)
+  --workdir PATH       default working folder of commands (default /workspace)
+  --deadline SECONDS   exit, killing every command, after this long
+  --parent PID         exit when this process is no longer our parent
+  --rlimit NAME=VALUE  set a resource limit (nproc, as, nofile, core, fsize) for all commands
+"""
+
+import sys
+
+
+def _parse(argv):
+    options = {"mapping": [], "rlimits": []}
+    it = iter(argv)
+    for flag in it:
+        try:
+            value = next(it)
+        except StopIteration:
+            raise SystemExit("sandlot-agent: %s needs a value" % flag) from None
+        if flag == "--listen-fd":
+            options["listen_fd"] = int(value)
+        elif flag == "--socket":
+            options["socket"] = value
+        elif flag == "--map":
+            shown, _, real = value.partition("=")
+            options["mapping"].append((shown.rstrip("/"), real.rstrip("/")))
+        elif flag == "--workdir":
+            options["workdir"] = value
+        elif flag == "--deadline":
+            options["deadline"] = float(value)
+        elif flag == "--parent":
+            options["parent"] = int(value)
+        elif flag == "--rlimit":
+            name, _, limit = value.partition("=")
+            options["rlimits"].append((name, int(limit)))
+        else:
+            raise SystemExit("sandlot-agent: unknown option " + flag)
+    return options
+
+
+def _listen(path):
+    import _socket
+    import posix
+
+    try:
+        posix.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(64)
+    return sock.detach()
+
+
+def _set_rlimits(rlimits):
+    if not rlimits:
+        return
+    import resource
+
+    for name, value in rlimits:
+        which = getattr(resource, "RLIMIT_" + name.upper())
+        resource.setrlimit(which, (value, value))
+
+
+def main(argv):
+    options = _parse(argv)
+    _set_rlimits(options.pop("rlimits"))
+    if "socket" in options:
+        options["listen_fd"] = _listen(options.pop("socket"))
+    if "listen_fd" not in options:
+        raise SystemExit("sandlot-agent: --listen-fd or --socket is required")
+    from .server import Agent
+
+    Agent(**options).loop.run()
+
+
+main(sys.argv[1:])

@@ -1,0 +1,155 @@
+"""One host connection: frame parsing, request dispatch and non-blocking, ordered output."""
+
+import posix
+import select
+
+from . import protocol as p
+from .errors import AgentError, error_payload
+
+READ_SIZE = 256 * 1024
+
+
+class Connection:
+    def __init__(self, agent, fd):
+        self.agent = agent
+        self.fd = fd
+        self.requests = {}  # request id -> request object (command, upload, download)
+        self._inbuf = bytearray()
+        self._out = []  # pending output chunks, in order
+        self._writing = False
+        self.closed = False
+        posix.set_blocking(fd, False)
+        agent.loop.watch(fd, select.EPOLLIN, self._on_events)
+
+    # -- output -----------------------------------------------------------------------------
+
+    def send(self, kind, rid, payload=b"", stream=0):
+        if self.closed:
+            return
+        header = p.pack(kind, rid, payload, stream)
+        if self._out:
+            self._out.append(header)
+            if payload:
+                self._out.append(payload)
+            return
+        chunks = [header, payload] if payload else [header]
+        try:
+            sent = posix.writev(self.fd, chunks)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        for chunk in chunks:
+            if sent >= len(chunk):
+                sent -= len(chunk)
+                continue
+            self._out.append(memoryview(chunk)[sent:] if sent else chunk)
+            sent = 0
+        if self._out and not self._writing:
+            self._writing = True
+            self.agent.loop.watch(self.fd, select.EPOLLIN | select.EPOLLOUT, self._on_events)
+
+    def send_json(self, kind, rid, obj):
+        self.send(kind, rid, p.dumps(obj))
+
+    def send_error(self, rid, exc):
+        self.send(p.ERROR, rid, p.dumps(error_payload(exc)))
+
+    def _flush(self):
+        while self._out:
+            try:
+                sent = posix.writev(self.fd, self._out[:64])
+            except BlockingIOError:
+                return
+            except OSError:
+                self.close()
+                return
+            while sent and self._out:
+                head = self._out[0]
+                if sent >= len(head):
+                    sent -= len(head)
+                    self._out.pop(0)
+                else:
+                    self._out[0] = memoryview(head)[sent:]
+                    sent = 0
+        self._writing = False
+        self.agent.loop.watch(self.fd, select.EPOLLIN, self._on_events)
+
+    # -- input ------------------------------------------------------------------------------
+
+    def _on_events(self, events):
+        if events & select.EPOLLOUT:
+            self._flush()
+        if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+            try:
+                data = posix.read(self.fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.close()
+                return
+            self._inbuf += data
+            self._parse()
+
+    def _parse(self):
+        buf = self._inbuf
+        offset = 0
+        while len(buf) - offset >= p.HEADER_SIZE:
+            length, kind, stream, rid = p.HEADER.unpack_from(buf, offset)
+            end = offset + p.HEADER_SIZE + length
+            if kind != p.DATA and length > p.MAX_CONTROL:
+                self.close()
+                return
+            if len(buf) < end:
+                break
+            payload = bytes(buf[offset + p.HEADER_SIZE : end])
+            offset = end
+            self._dispatch(kind, stream, rid, payload)
+            if self.closed:
+                return
+        if offset:
+            del buf[:offset]
+
+    def _dispatch(self, kind, stream, rid, payload):
+        if kind == p.REQUEST:
+            try:
+                request = p.loads(payload)
+                if not isinstance(request, dict):
+                    raise ValueError("a request is a JSON object")
+            except ValueError as exc:
+                self.send_error(rid, AgentError("protocol_error", str(exc)))
+                return
+            if rid in self.requests:
+                self.send_error(rid, AgentError("protocol_error", "request id %d in use" % rid))
+                return
+            self.agent.handle_request(self, rid, request)
+            return
+        target = self.requests.get(rid)
+        if target is None:
+            return  # late frame for a finished request
+        if kind == p.DATA:
+            target.on_data(stream, payload)
+        elif kind == p.EOF:
+            target.on_eof(stream)
+        elif kind == p.GRANT:
+            target.on_grant(stream, p.CREDIT.unpack(payload)[0])
+        elif kind == p.CANCEL:
+            target.cancel()
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        self.agent.loop.unwatch(self.fd)
+        try:
+            posix.close(self.fd)
+        except OSError:
+            pass
+        self._out = []
+        for request in list(self.requests.values()):
+            request.detach()
+        self.requests.clear()
+        self.agent.connections.discard(self)

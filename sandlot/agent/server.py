@@ -1,0 +1,203 @@
+"""The agent: accepts host connections, dispatches requests, reaps children, keeps time."""
+
+import _signal
+import _socket
+import posix
+import select
+import time
+
+from . import commands, files
+from . import protocol as p
+from .connection import Connection
+from .errors import AgentError
+
+SIGCHLD = 17
+SIGTERM = 15
+SIGKILL = 9
+PARENT_CHECK = 1.0
+
+
+class Paths:
+    """Maps sandbox paths to real ones. Identity inside an isolated sandbox; the ``process``
+    provider maps /workspace onto a host folder."""
+
+    def __init__(self, mapping):
+        self.mapping = mapping  # [(sandbox prefix, real prefix)]
+
+    def to_real(self, path):
+        for shown, real in self.mapping:
+            if path == shown or path.startswith(shown + "/"):
+                return real + path[len(shown) :]
+        return path
+
+
+class Agent:
+    def __init__(self, listen_fd, mapping=(), workdir="/workspace", deadline=None, parent=None):
+        from .loop import Loop
+
+        self.loop = Loop()
+        self.paths = Paths(list(mapping))
+        self.workdir = workdir
+        self.connections = set()
+        self.commands = {}  # pid -> Command
+        self.base_env = {k.decode(): v.decode() for k, v in posix.environ.items()}
+        self.shell = self._find_shell()
+        self._parent = parent
+        self._deadline_timer = None
+        self._listen = _socket.socket(fileno=listen_fd)
+        self._listen.setblocking(False)
+        self.loop.watch(listen_fd, select.EPOLLIN, self._on_accept)
+        self._install_signals()
+        if deadline is not None:
+            self.set_deadline(deadline)
+        if parent is not None:
+            self.loop.call_at(time.monotonic() + PARENT_CHECK, self._check_parent)
+
+    def _find_shell(self):
+        for name in ("bash", "sh"):
+            found = commands._which(name, self.base_env.get("PATH", "/usr/bin:/bin"))
+            if found:
+                return found
+        return "/bin/sh"
+
+    # -- signals and children ---------------------------------------------------------------
+
+    def _install_signals(self):
+        r, w = posix.pipe2(posix.O_CLOEXEC | posix.O_NONBLOCK)
+        self._wake_r = r
+        self._pending_signals = []
+        _signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        _signal.signal(SIGCHLD, self._on_signal)
+        _signal.signal(SIGTERM, self._on_signal)
+        self.loop.watch(r, select.EPOLLIN, self._on_wake)
+
+    def _on_signal(self, signum, frame):
+        self._pending_signals.append(signum)
+
+    def _on_wake(self, events):
+        try:
+            while posix.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        pending, self._pending_signals = self._pending_signals, []
+        if SIGTERM in pending:
+            self.shutdown()
+            return
+        self.reap()
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = posix.waitpid(-1, posix.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            command = self.commands.get(pid)
+            if command is not None:
+                command.on_exit(status)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def set_deadline(self, seconds):
+        if self._deadline_timer is not None:
+            self.loop.cancel(self._deadline_timer)
+        self._deadline_timer = self.loop.call_at(time.monotonic() + seconds, self.shutdown)
+
+    def _check_parent(self):
+        if posix.getppid() != self._parent:
+            self.shutdown()
+            return
+        self.loop.call_at(time.monotonic() + PARENT_CHECK, self._check_parent)
+
+    def shutdown(self):
+        for command in list(self.commands.values()):
+            command.signal(SIGKILL)
+        self.loop.running = False
+
+    # -- connections and requests ------------------------------------------------------------
+
+    def _on_accept(self, events):
+        while True:
+            try:
+                fd, _ = self._listen._accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            posix.set_inheritable(fd, False)
+            conn = Connection(self, fd)
+            self.connections.add(conn)
+            conn.send_json(
+                p.HELLO,
+                0,
+                {"version": p.VERSION, "pid": posix.getpid(), "shell": self.shell},
+            )
+
+    def handle_request(self, conn, rid, request):
+        op = request.get("op")
+        try:
+            handler = OPERATIONS.get(op)
+            if handler is None:
+                raise AgentError("invalid_argument", "unknown operation %r" % (op,))
+            result = handler(self, conn, rid, request)
+        except Exception as exc:  # every failure is an answer, never a dead agent
+            conn.requests.pop(rid, None)
+            conn.send_error(rid, exc)
+            return
+        if result is not None:
+            conn.send_json(p.END, rid, result)
+
+    def op_signal(self, conn, rid, request):
+        pid = request.get("pid")
+        signum = request.get("signal", SIGKILL)
+        if not isinstance(signum, int) or not 0 < signum < 65:
+            raise AgentError("invalid_argument", "signal must be a signal number")
+        command = self.commands.get(pid)
+        if command is None:
+            raise AgentError("process_not_found", "no running command with pid %r" % (pid,))
+        command.signal(signum)
+        return {}
+
+    def op_deadline(self, conn, rid, request):
+        seconds = request.get("seconds")
+        if not isinstance(seconds, (int, float)) or seconds < 0:
+            raise AgentError("invalid_argument", "seconds must be a non-negative number")
+        self.set_deadline(seconds)
+        return {}
+
+    def op_info(self, conn, rid, request):
+        return {
+            "pid": posix.getpid(),
+            "version": p.VERSION,
+            "commands": sorted(pid for pid in self.commands if pid > 0),
+        }
+
+
+def _sync(function):
+    return lambda agent, conn, rid, request: function(agent, request)
+
+
+def _streaming(cls):
+    def start(agent, conn, rid, request):
+        cls(agent, conn, rid, request)
+
+    return start
+
+
+OPERATIONS = {
+    "exec": _streaming(commands.Command),
+    "signal": Agent.op_signal,
+    "deadline": Agent.op_deadline,
+    "info": Agent.op_info,
+    "ping": lambda agent, conn, rid, request: {},
+    "read": _streaming(files.Download),
+    "write": _streaming(files.Upload),
+    "stat": _sync(files.stat),
+    "exists": _sync(files.exists),
+    "list": _sync(files.list_dir),
+    "mkdir": _sync(files.make_dir),
+    "remove": _sync(files.remove),
+    "rename": _sync(files.rename),
+}

@@ -1,0 +1,5 @@
+"""Host side of the channel protocol (see :mod:`sandlot.agent.protocol` for the wire format)."""
+
+from .connection import Channel, Request
+
+__all__ = ["Channel", "Request"]

@@ -1,0 +1,174 @@
+"""sandlot's exceptions: one tree, each class with a stable ``code``.
+
+The code is what crosses the wire (agent -> host, and later server -> client); the client
+re-raises the same class by looking the code up in an allowlist, never by importing a name.
+Builtins are mixed in where they fit, so ``except TimeoutError`` and ``except ValueError``
+work as a Python user expects::
+
+    SandlotError                        sandlot_error
+    ├── InvalidArgumentError (ValueError)        invalid_argument
+    ├── NotFoundError (LookupError)              not_found
+    │   ├── SandboxNotFoundError                 sandbox_not_found
+    │   ├── ProviderNotFoundError                provider_not_found
+    │   └── ProcessNotFoundError                 process_not_found
+    ├── ProviderUnavailableError                 provider_unavailable
+    ├── SandboxError                             sandbox_error
+    │   ├── SandboxStartError                    sandbox_start_failed
+    │   └── SandboxClosedError                   sandbox_closed
+    ├── ProtocolError                            protocol_error
+    ├── CommandError                             command_error
+    │   └── CommandTimeoutError (TimeoutError)   command_timeout
+    └── FileError (OSError)                      file_error
+        ├── FileNotFoundInSandboxError (FileNotFoundError)   file_not_found
+        ├── FileExistsInSandboxError (FileExistsError)       file_exists
+        ├── IsADirectoryInSandboxError (IsADirectoryError)   is_a_directory
+        ├── NotADirectoryInSandboxError (NotADirectoryError) not_a_directory
+        ├── DirectoryNotEmptyError                           directory_not_empty
+        ├── PermissionDeniedError (PermissionError)          permission_denied
+        ├── NoSpaceError                                     no_space
+        └── FileTooLargeError                                file_too_large
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SandlotError(Exception):
+    """Root of every error sandlot raises."""
+
+    code: ClassVar[str] = "sandlot_error"
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.details}
+
+
+class InvalidArgumentError(SandlotError, ValueError):
+    code = "invalid_argument"
+
+
+class NotFoundError(SandlotError, LookupError):
+    code = "not_found"
+
+
+class SandboxNotFoundError(NotFoundError):
+    code = "sandbox_not_found"
+
+
+class ProviderNotFoundError(NotFoundError):
+    code = "provider_not_found"
+
+
+class ProcessNotFoundError(NotFoundError):
+    code = "process_not_found"
+
+
+class ProviderUnavailableError(SandlotError):
+    """The provider cannot isolate on this host; ``reason`` says why."""
+
+    code = "provider_unavailable"
+
+
+class SandboxError(SandlotError):
+    code = "sandbox_error"
+
+
+class SandboxStartError(SandboxError):
+    code = "sandbox_start_failed"
+
+
+class SandboxClosedError(SandboxError):
+    """The sandbox is gone: killed, timed out, or its agent died."""
+
+    code = "sandbox_closed"
+
+
+class ProtocolError(SandlotError):
+    code = "protocol_error"
+
+
+class CommandError(SandlotError):
+    code = "command_error"
+
+
+class CommandTimeoutError(CommandError, TimeoutError):
+    """A command ran past its timeout and was killed. Carries the output it produced."""
+
+    code = "command_timeout"
+
+    def __init__(
+        self, message: str = "", *, stdout: str = "", stderr: str = "", **details: Any
+    ) -> None:
+        super().__init__(message, **details)
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class FileError(SandlotError, OSError):
+    code = "file_error"
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        SandlotError.__init__(self, message, **details)
+
+
+class FileNotFoundInSandboxError(FileError, FileNotFoundError):
+    code = "file_not_found"
+
+
+class FileExistsInSandboxError(FileError, FileExistsError):
+    code = "file_exists"
+
+
+class IsADirectoryInSandboxError(FileError, IsADirectoryError):
+    code = "is_a_directory"
+
+
+class NotADirectoryInSandboxError(FileError, NotADirectoryError):
+    code = "not_a_directory"
+
+
+class DirectoryNotEmptyError(FileError):
+    code = "directory_not_empty"
+
+
+class PermissionDeniedError(FileError, PermissionError):
+    code = "permission_denied"
+
+
+class NoSpaceError(FileError):
+    code = "no_space"
+
+
+class FileTooLargeError(FileError):
+    code = "file_too_large"
+
+
+def _collect(cls: type[SandlotError]) -> dict[str, type[SandlotError]]:
+    found = {cls.code: cls}
+    for sub in cls.__subclasses__():
+        found.update(_collect(sub))
+    return found
+
+
+ERRORS_BY_CODE: dict[str, type[SandlotError]] = _collect(SandlotError)
+
+
+def from_dict(payload: Any) -> SandlotError:
+    """Rebuild an error from its wire form. Unknown codes become a plain SandlotError."""
+    if not isinstance(payload, dict):
+        return ProtocolError(f"malformed error payload: {payload!r:.200}")
+    code = str(payload.get("code", "sandlot_error"))
+    message = str(payload.get("message", ""))
+    details = {k: v for k, v in payload.items() if k not in ("code", "message")}
+    cls = ERRORS_BY_CODE.get(code)
+    if cls is None:
+        return SandlotError(message, code=code, **details)
+    return cls(message, **details)

@@ -1,0 +1,252 @@
+"""Lifecycle of sandboxes on this host: create, connect, list, kill, expire, collect garbage.
+
+Records live in the store, so any process can find a sandbox; the process that created one
+owns it (bwrap's ``--die-with-parent`` ties the sandbox to it) and enforces its lifetime with
+a timer, backed by the agent's own deadline. Whatever a dead owner left behind (records,
+cgroups, folders) is removed by :meth:`Manager.gc`, which runs at every manager's start and
+from ``sandlot gc``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import time
+import weakref
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from ..channel import Channel
+from ..errors import InvalidArgumentError, SandboxNotFoundError
+from ..models import SandboxInfo, SandboxSpec
+from ..providers import DEFAULT, Provider, provider_class
+from ..providers import procinfo
+from ..store import Store, default_home
+
+_OWNER_STARTED = procinfo.start_time(os.getpid())
+
+
+@dataclass
+class LiveSandbox:
+    """A sandbox this process has a channel to."""
+
+    info: SandboxInfo
+    channel: Channel
+    provider: Provider
+    owned: bool
+
+
+@dataclass
+class GcReport:
+    removed: list[str] = field(default_factory=list)  # records of dead or expired sandboxes
+    orphans: list[str] = field(default_factory=list)  # resources with no record
+
+
+def new_id() -> str:
+    return "sb-" + secrets.token_hex(6)
+
+
+class Manager:
+    """One per event loop; all state that matters is in the store."""
+
+    _per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Manager] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home or default_home()
+        self.store = Store(self.home)
+        self._providers: dict[str, Provider] = {}
+        self._owned: dict[str, LiveSandbox] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._collected = False
+
+    @classmethod
+    def current(cls) -> Manager:
+        """The manager of the running event loop (created on first use)."""
+        loop = asyncio.get_running_loop()
+        manager = cls._per_loop.get(loop)
+        home = default_home()
+        if manager is None or manager.home != home:
+            manager = cls(home)
+            cls._per_loop[loop] = manager
+        return manager
+
+    def provider(self, name: str) -> Provider:
+        if name not in self._providers:
+            self._providers[name] = provider_class(name)(self.home)
+        return self._providers[name]
+
+    def folder(self, sandbox_id: str) -> Path:
+        return self.home / "sandboxes" / sandbox_id
+
+    # -- create / connect -------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> LiveSandbox:
+        if not self._collected:
+            self._collected = True
+            await self.gc()
+        name = spec.provider or DEFAULT
+        provider = self.provider(name)
+        now = datetime.now(timezone.utc)
+        info = SandboxInfo(
+            id=new_id(),
+            provider=name,
+            metadata=spec.metadata,
+            created_at=now,
+            expires_at=now + timedelta(seconds=spec.timeout),
+            owner_pid=os.getpid(),
+        )
+        # The record goes in first: a concurrent gc then sees a live owner, never an orphan.
+        self.store.insert(info, _OWNER_STARTED)
+        folder = self.folder(info.id)
+        try:
+            folder.mkdir(parents=True, mode=0o700)
+            started = await provider.create(info.id, spec, folder)
+        except BaseException:
+            self.store.delete(info.id)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        info.handle = started.handle
+        self.store.set_handle(info.id, started.handle)
+        live = LiveSandbox(info, started.channel, provider, owned=True)
+        self._owned[info.id] = live
+        self._schedule_expiry(info.id, spec.timeout)
+        if started.exited is not None:
+            started.exited.add_done_callback(lambda _: self._on_exit(info.id))
+        return live
+
+    async def connect(self, sandbox_id: str) -> LiveSandbox:
+        info, provider = self._lookup(sandbox_id)
+        if not provider.is_alive(info.handle):
+            raise SandboxNotFoundError(f"sandbox {sandbox_id} is no longer running", id=sandbox_id)
+        channel = await provider.connect(info.handle)
+        return LiveSandbox(info, channel, provider, owned=sandbox_id in self._owned)
+
+    def _lookup(self, sandbox_id: str) -> tuple[SandboxInfo, Provider]:
+        if not isinstance(sandbox_id, str) or not sandbox_id:
+            raise InvalidArgumentError("a sandbox id is a non-empty string")
+        found = self.store.get(sandbox_id)
+        if found is None:
+            raise SandboxNotFoundError(f"no sandbox with id {sandbox_id!r}", id=sandbox_id)
+        info = found[0]
+        return info, self.provider(info.provider)
+
+    # -- list -------------------------------------------------------------------------------
+
+    def list(self, metadata: dict[str, str] | None = None) -> list[SandboxInfo]:
+        """Running sandboxes whose metadata contains every given key and value."""
+        wanted = metadata or {}
+        found = []
+        for info, _ in self.store.all():
+            if any(info.metadata.get(k) != v for k, v in wanted.items()):
+                continue
+            if self.provider(info.provider).is_alive(info.handle):
+                found.append(info)
+        return found
+
+    # -- end --------------------------------------------------------------------------------
+
+    async def kill(self, sandbox_id: str) -> None:
+        info, provider = self._lookup(sandbox_id)
+        await self._release(info, provider)
+
+    async def _release(self, info: SandboxInfo, provider: Provider) -> None:
+        live = self._owned.pop(info.id, None)
+        timer = self._timers.pop(info.id, None)
+        if timer is not None:
+            timer.cancel()
+        if live is not None:
+            live.channel.close()
+        await provider.destroy(info.handle)
+        shutil.rmtree(self.folder(info.id), ignore_errors=True)
+        self.store.delete(info.id)
+
+    def _on_exit(self, sandbox_id: str) -> None:
+        """An owned sandbox stopped by itself (its deadline, or its agent died)."""
+        live = self._owned.get(sandbox_id)
+        if live is not None:
+            task = asyncio.ensure_future(self._release(live.info, live.provider))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def set_timeout(self, sandbox_id: str, seconds: float, channel: Channel) -> datetime:
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
+            raise InvalidArgumentError("timeout must be a positive number of seconds")
+        self._lookup(sandbox_id)
+        await channel.call("deadline", seconds=seconds)
+        expires = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+        self.store.set_expiry(sandbox_id, expires)
+        if sandbox_id in self._owned:
+            self._schedule_expiry(sandbox_id, seconds)
+        return expires
+
+    def _schedule_expiry(self, sandbox_id: str, seconds: float) -> None:
+        old = self._timers.pop(sandbox_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[sandbox_id] = loop.call_later(seconds, self._expire, sandbox_id)
+
+    def _expire(self, sandbox_id: str) -> None:
+        self._timers.pop(sandbox_id, None)
+        found = self.store.get(sandbox_id)
+        if found is None:
+            return
+        remaining = found[0].expires_at.timestamp() - time.time()
+        if remaining > 0.01:  # another process extended it
+            self._schedule_expiry(sandbox_id, remaining)
+            return
+        task = asyncio.ensure_future(self.kill(sandbox_id))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def gc(self) -> GcReport:
+        """Destroy sandboxes whose owner is gone or whose time is up; remove orphans."""
+        report = GcReport()
+        now = time.time()
+        known = set()
+        for info, owner_started in self.store.all():
+            owner_alive = procinfo.is_running(info.owner_pid, owner_started)
+            expired = info.expires_at.timestamp() < now
+            if owner_alive and not expired:
+                known.add(info.id)
+                continue
+            if info.id in self._owned and not expired:
+                known.add(info.id)
+                continue
+            try:
+                provider = self.provider(info.provider)
+            except Exception:
+                self.store.delete(info.id)  # its provider is gone: nothing we can release
+            else:
+                await self._release(info, provider)
+            report.removed.append(info.id)
+        for name, provider in self._instantiated_local_providers():
+            for sandbox_id in provider.list_instances():
+                if sandbox_id not in known and self.store.get(sandbox_id) is None:
+                    await provider.cleanup_orphan(sandbox_id)
+                    report.orphans.append(sandbox_id)
+        sandboxes = self.home / "sandboxes"
+        if sandboxes.is_dir():
+            for folder in sandboxes.iterdir():
+                if folder.name not in known and self.store.get(folder.name) is None:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    if folder.name not in report.orphans:
+                        report.orphans.append(folder.name)
+        return report
+
+    def _instantiated_local_providers(self) -> list[tuple[str, Provider]]:
+        from ..providers import BUILTIN
+
+        return [(name, self.provider(name)) for name in BUILTIN]
+
+    async def close(self) -> None:
+        """Kill every sandbox this manager owns (at interpreter exit or loop shutdown)."""
+        for sandbox_id in list(self._owned):
+            try:
+                await self.kill(sandbox_id)
+            except Exception:
+                continue
+        self.store.close()

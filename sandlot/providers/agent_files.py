@@ -1,0 +1,65 @@
+"""Stage the agent's source for a given interpreter: copied once into the state folder and
+byte-compiled by that interpreter, so a sandbox (whose view is read-only) never recompiles it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..errors import SandboxStartError
+
+AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent"
+MOUNT_POINT = "/.sandlot"
+BOOTSTRAP = "import sys;sys.path[:0]=[{root!r}];import agent.__main__"
+
+_prepared: dict[tuple[Path, str], Path] = {}
+
+
+def _sources() -> list[Path]:
+    return sorted(AGENT_SOURCE.glob("*.py"))
+
+
+def prepare(home: Path, python: str) -> Path:
+    """Return a folder holding ``agent/`` compiled for ``python``; build it if needed."""
+    key = (home, python)
+    if key in _prepared:
+        return _prepared[key]
+    digest = hashlib.sha256(python.encode())
+    for source in _sources():
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
+    target = home / "agent" / digest.hexdigest()[:16]
+    if not (target / "agent").is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+        package = staging / "agent"
+        package.mkdir()
+        for source in _sources():
+            shutil.copy2(source, package / source.name)
+        compiled = subprocess.run(
+            [python, "-I", "-S", "-m", "compileall", "-q", str(package)],
+            capture_output=True,
+            text=True,
+        )
+        if compiled.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise SandboxStartError(
+                f"{python} cannot compile the agent: {compiled.stderr.strip() or compiled.stdout}"
+            )
+        os.chmod(staging, 0o755)
+        try:
+            staging.rename(target)
+        except OSError:  # another process got there first
+            shutil.rmtree(staging, ignore_errors=True)
+    _prepared[key] = target
+    return target
+
+
+def command(python: str, root: str, *args: str) -> list[str]:
+    """The argv that starts the agent from a prepared folder visible at ``root``."""
+    return [python, "-I", "-S", "-c", BOOTSTRAP.format(root=root), *args]

@@ -1,0 +1,92 @@
+"""The provider interface: where a sandbox runs. The agent decides what runs in it.
+
+A provider creates the isolation, starts the agent inside it, hands back a connected channel,
+and destroys it. Everything a provider needs to find its sandbox again (from another process,
+or after a crash) goes into the *handle*, a JSON-able dict stored with the sandbox's record.
+Third parties add providers through the ``sandlot.providers`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..channel import Channel
+from ..errors import InvalidArgumentError
+from ..models import ProviderInfo, SandboxSpec
+
+
+class ProviderConfig(BaseModel):
+    """Provider-specific settings (``SandboxSpec.config``). Unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Started:
+    """A sandbox a provider has just created: its handle and a connected channel."""
+
+    handle: dict[str, Any]
+    channel: Channel
+    exited: asyncio.Future[int] | None = None  # resolves when it stops, if this process owns it
+
+
+class Provider(abc.ABC):
+    name: ClassVar[str]
+    isolated: ClassVar[bool] = True
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    config_model: ClassVar[type[ProviderConfig]] = ProviderConfig
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def parse_config(self, config: dict[str, Any]) -> ProviderConfig:
+        try:
+            return self.config_model.model_validate(config)
+        except ValidationError as exc:
+            raise InvalidArgumentError(f"invalid config for provider {self.name!r}: {exc}") from None
+
+    def info(self) -> ProviderInfo:
+        reason = self.unavailable_reason()
+        return ProviderInfo(
+            name=self.name,
+            available=reason is None,
+            reason=reason,
+            isolated=self.isolated,
+            capabilities=sorted(self.capabilities),
+        )
+
+    @abc.abstractmethod
+    def unavailable_reason(self) -> str | None:
+        """None if this provider can create sandboxes here; otherwise why not, in words."""
+
+    @abc.abstractmethod
+    async def create(self, sandbox_id: str, spec: SandboxSpec, folder: Path) -> Started:
+        """Create and start a sandbox whose host-side files live in ``folder``."""
+
+    @abc.abstractmethod
+    async def connect(self, handle: dict[str, Any]) -> Channel:
+        """Open a new channel to a running sandbox (possibly from another process)."""
+
+    @abc.abstractmethod
+    async def destroy(self, handle: dict[str, Any]) -> None:
+        """Stop everything the sandbox runs and release its resources. Idempotent."""
+
+    @abc.abstractmethod
+    def is_alive(self, handle: dict[str, Any]) -> bool:
+        """Whether the sandbox's processes still run."""
+
+    def list_instances(self) -> list[str]:
+        """Ids of sandboxes that hold resources of this provider on this host (for gc)."""
+        return []
+
+    async def cleanup_orphan(self, sandbox_id: str) -> None:
+        """Release resources of a sandbox that :meth:`list_instances` found with no record."""
+
+    async def close(self) -> None:
+        """Release what the provider holds for sandboxes of this process (at manager close)."""

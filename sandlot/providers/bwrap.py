@@ -1,0 +1,281 @@
+"""bubblewrap: the default provider on Linux.
+
+New user, PID, network, IPC, UTS and mount namespaces; all capabilities dropped; the root is
+an empty, read-only tmpfs with an allowlist of host paths bound read-only (/usr and its
+symlinks, a minimal /etc with no secrets); a host folder per sandbox is the writable
+``/workspace``; ``/tmp`` is a size-capped tmpfs; the environment holds only what the caller
+passed. Memory, process and CPU limits come from cgroups (v1 or v2) when the host lets us
+create groups, otherwise from rlimits set by the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from ..channel import Channel
+from ..errors import ProviderUnavailableError
+from ..models import SandboxSpec
+from . import agent_files, cgroups, procinfo, spawn
+from .base import Provider, ProviderConfig, Started
+
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+ETC_ALLOWLIST = (
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "nsswitch.conf",
+    "mime.types",
+    "ssl/certs",
+    "ca-certificates.conf",
+    "os-release",
+)
+TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+SHM_BYTES = 64 * 1024 * 1024
+
+
+class BwrapConfig(ProviderConfig):
+    python: str = Field("/usr/bin/python3", description="host interpreter that runs the agent")
+    ro_binds: list[str] = Field(
+        default_factory=list, description="extra host paths to expose read-only at the same path"
+    )
+
+    @field_validator("python", "ro_binds")
+    @classmethod
+    def _absolute(cls, value: Any) -> Any:
+        for path in [value] if isinstance(value, str) else value:
+            if not path.startswith("/"):
+                raise ValueError(f"{path!r} is not an absolute path")
+        return value
+
+
+class BwrapProvider(Provider):
+    name = "bwrap"
+    isolated = True
+    capabilities = frozenset({"isolation", "limits", "reconnect", "no-network"})
+    config_model = BwrapConfig
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(home)
+        self._children: dict[int, spawn.ChildProcess] = {}  # pid -> bwrap we started
+
+    # -- availability -----------------------------------------------------------------------
+
+    def unavailable_reason(self) -> str | None:
+        reason = _static_reason()
+        if reason is None and not os.access("/usr/bin/python3", os.X_OK):
+            reason = "no /usr/bin/python3 on the host (it runs the agent inside the sandbox)"
+        return reason or _probe()
+
+    @functools.cached_property
+    def _cgroups(self) -> cgroups.CgroupSystem | None:
+        return cgroups.detect()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def create(self, sandbox_id: str, spec: SandboxSpec, folder: Path) -> Started:
+        config = self.parse_config(spec.config)
+        assert isinstance(config, BwrapConfig)
+        reason = _static_reason()
+        if reason is not None:
+            raise ProviderUnavailableError(f"bwrap cannot isolate here: {reason}", reason=reason)
+        if not os.access(config.python, os.X_OK):
+            raise ProviderUnavailableError(f"no Python interpreter at {config.python} on the host")
+        agent_root = agent_files.prepare(self.home, config.python)
+        workspace = folder / "workspace"
+        workspace.mkdir(exist_ok=True)
+        system = self._cgroups
+        groups = system.create(sandbox_id, spec.resources) if system else []
+        try:
+            listener = spawn.listen(folder)
+            try:
+                argv = self._argv(spec, config, folder, agent_root, listener.fileno(), bool(groups))
+                child = spawn.spawn(argv, folder, listener, {"PATH": DEFAULT_PATH})
+            finally:
+                listener.close()
+            self._children[child.pid] = child
+            try:
+                channel = await spawn.connect_started(folder, child, "bwrap")
+            except Exception as exc:
+                self._children.pop(child.pid, None)
+                if _static_reason() is None and (probe := _probe()) is not None:
+                    raise ProviderUnavailableError(f"bwrap cannot isolate here: {probe}") from exc
+                raise
+            if system is not None:
+                # Before any command exists: everything the agent starts inherits the group.
+                system.add(groups, [child.pid, *procinfo.descendants(child.pid)])
+        except BaseException:
+            await cgroups.remove(groups)
+            raise
+        child.exited.add_done_callback(lambda _: self._children.pop(child.pid, None))
+        handle = spawn.handle(child, folder, cgroups=[str(g) for g in groups])
+        return Started(handle=handle, channel=channel, exited=child.exited)
+
+    def _argv(
+        self,
+        spec: SandboxSpec,
+        config: BwrapConfig,
+        folder: Path,
+        agent_root: Path,
+        listen_fd: int,
+        limited: bool,
+    ) -> list[str]:
+        etc = _etc_files(self.home)
+        argv = [
+            "bwrap",
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--uid", str(SANDBOX_UID),
+            "--gid", str(SANDBOX_GID),
+            "--hostname", "sandlot",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop", "ALL",
+            "--ro-bind", "/usr", "/usr",
+        ]  # fmt: skip
+        for name in TOP_LEVEL:
+            host = Path("/") / name
+            if host.is_symlink():
+                argv += ["--symlink", os.readlink(host), f"/{name}"]
+            elif host.is_dir():
+                argv += ["--ro-bind", str(host), f"/{name}"]
+        for name in ETC_ALLOWLIST:
+            argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        for name in ("passwd", "group", "hosts", "hostname"):
+            argv += ["--ro-bind", str(etc / name), f"/etc/{name}"]
+        for path in config.ro_binds:
+            argv += ["--ro-bind", path, path]
+        argv += [
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
+            "--perms", "1777", "--size", str(spec.resources.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
+            "--bind", str(folder / "workspace"), "/workspace",
+            "--ro-bind", str(agent_root), agent_files.MOUNT_POINT,
+            "--chdir", "/workspace",
+            "--remount-ro", "/",
+            "--clearenv",
+            "--setenv", "PATH", DEFAULT_PATH,
+            "--setenv", "HOME", "/workspace",
+            "--setenv", "LANG", "C.UTF-8",
+        ]  # fmt: skip
+        for key, value in spec.env.items():
+            argv += ["--setenv", key, value]
+        agent_args = ["--listen-fd", str(listen_fd), "--deadline", str(spec.timeout)]
+        agent_args += ["--workdir", spec.workdir]
+        if not limited:
+            resources = spec.resources
+            agent_args += ["--rlimit", f"as={resources.memory_mb * 1024 * 1024}"]
+            agent_args += ["--rlimit", f"nproc={resources.pids}"]
+        agent_args += ["--rlimit", "core=0"]
+        return [
+            *argv,
+            "--",
+            *agent_files.command(config.python, agent_files.MOUNT_POINT, *agent_args),
+        ]
+
+    async def connect(self, handle: dict[str, Any]) -> Channel:
+        return await Channel.connect_unix(handle["socket"])
+
+    async def destroy(self, handle: dict[str, Any]) -> None:
+        child = self._children.get(handle.get("pid", -1))
+        if child is not None:
+            await child.kill()
+        else:
+            await _kill_foreign(handle.get("pid", -1), handle.get("started"))
+        await cgroups.remove([Path(g) for g in handle.get("cgroups", [])])
+
+    def is_alive(self, handle: dict[str, Any]) -> bool:
+        return procinfo.is_running(handle.get("pid", -1), handle.get("started"))
+
+    def list_instances(self) -> list[str]:
+        system = self._cgroups
+        return sorted(cgroups.list_groups(system)) if system else []
+
+    async def cleanup_orphan(self, sandbox_id: str) -> None:
+        system = self._cgroups
+        if system is not None:
+            await cgroups.remove(system.folders(sandbox_id))
+
+
+async def _kill_foreign(pid: int, started: int | None, wait: float = 5.0) -> None:
+    """Kill a bwrap another process started (and reaps); wait until it is gone."""
+    if not procinfo.kill(pid, started):
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while procinfo.is_running(pid, started) and loop.time() < deadline:
+        await asyncio.sleep(0.002)
+
+
+@functools.lru_cache(maxsize=1)
+def _static_reason() -> str | None:
+    if shutil.which("bwrap") is None:
+        return "bubblewrap not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+    if _read_int("/proc/sys/user/max_user_namespaces") == 0:
+        return "user namespaces disabled (sysctl user.max_user_namespaces = 0)"
+    if os.geteuid() != 0 and _read_int("/proc/sys/kernel/unprivileged_userns_clone") == 0:
+        return "unprivileged user namespaces disabled (sysctl kernel.unprivileged_userns_clone = 0)"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> str | None:
+    """Start a tiny sandbox with the namespaces we use; None if it works, else the error."""
+    argv = [
+        "bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+        "--unshare-uts", "--die-with-parent", "--ro-bind", "/usr", "/usr",
+        "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "--", "/usr/bin/true",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bubblewrap does not run: {exc}"
+    if done.returncode != 0:
+        message = done.stderr.strip() or f"exit status {done.returncode}"
+        if "namespace" in message.lower() or "permission" in message.lower():
+            return f"user namespaces unavailable ({message})"
+        return f"bubblewrap fails: {message}"
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _etc_files(home: Path) -> Path:
+    """Synthetic /etc entries: the sandbox user, localhost, nothing from the host."""
+    etc = home / "etc"
+    if not (etc / "hostname").exists():
+        etc.mkdir(parents=True, exist_ok=True)
+        files = {
+            "passwd": f"sandbox:x:{SANDBOX_UID}:{SANDBOX_GID}:sandbox:/workspace:/bin/sh\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            "group": f"sandbox:x:{SANDBOX_GID}:\nnogroup:x:65534:\n",
+            "hosts": "127.0.0.1 localhost sandlot\n::1 localhost ip6-localhost\n",
+            "hostname": "sandlot\n",
+        }
+        for name, text in files.items():
+            tmp = etc / f".{name}.tmp{os.getpid()}"
+            tmp.write_text(text)
+            tmp.replace(etc / name)
+    return etc

@@ -1,0 +1,176 @@
+"""Resource limits through the host's cgroups: v1 (one hierarchy per controller) or v2.
+
+Each sandbox gets ``sandlot/<id>`` in every controller it needs. Its processes are moved in
+before the agent starts any command, so everything the sandbox runs is counted and can be
+killed as a group. Where the hierarchy is missing or not writable, :func:`detect` returns
+None and the provider falls back to rlimits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..models import Resources
+
+ROOT = Path("/sys/fs/cgroup")
+GROUP = "sandlot"
+V1_CONTROLLERS = ("memory", "pids", "cpu")
+CFS_PERIOD_US = 100_000
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+@dataclass
+class CgroupSystem:
+    version: int
+    roots: dict[str, Path] = field(default_factory=dict)  # controller (or "unified") -> folder
+
+    def folders(self, sandbox_id: str) -> list[Path]:
+        return [root / GROUP / sandbox_id for root in self.roots.values()]
+
+    def create(self, sandbox_id: str, resources: Resources) -> list[Path]:
+        memory = resources.memory_mb * 1024 * 1024
+        quota = int(resources.cpus * CFS_PERIOD_US)
+        folders = []
+        try:
+            if self.version == 1:
+                for controller, root in self.roots.items():
+                    folder = root / GROUP / sandbox_id
+                    folder.mkdir(parents=True, exist_ok=True)
+                    folders.append(folder)
+                    if controller == "memory":
+                        _write(folder / "memory.limit_in_bytes", str(memory))
+                        if (folder / "memory.memsw.limit_in_bytes").exists():
+                            _write(folder / "memory.memsw.limit_in_bytes", str(memory))
+                    elif controller == "pids":
+                        _write(folder / "pids.max", str(resources.pids))
+                    elif controller == "cpu":
+                        _write(folder / "cpu.cfs_period_us", str(CFS_PERIOD_US))
+                        _write(folder / "cpu.cfs_quota_us", str(quota))
+            else:
+                folder = self.roots["unified"] / GROUP / sandbox_id
+                folder.mkdir(parents=True, exist_ok=True)
+                folders.append(folder)
+                _write(folder / "memory.max", str(memory))
+                if (folder / "memory.swap.max").exists():
+                    _write(folder / "memory.swap.max", "0")
+                _write(folder / "pids.max", str(resources.pids))
+                if (folder / "cpu.max").exists():
+                    _write(folder / "cpu.max", f"{quota} {CFS_PERIOD_US}")
+        except OSError:
+            try_remove(folders)
+            raise
+        return folders
+
+    def add(self, folders: list[Path], pids: list[int]) -> None:
+        for folder in folders:
+            for pid in pids:
+                try:
+                    _write(folder / "cgroup.procs", str(pid))
+                except ProcessLookupError:
+                    continue
+
+
+def procs(folders: list[Path]) -> set[int]:
+    found: set[int] = set()
+    for folder in folders:
+        try:
+            found.update(int(x) for x in (folder / "cgroup.procs").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+def kill_all(folders: list[Path]) -> None:
+    """SIGKILL every process in the groups (v2: cgroup.kill where the kernel has it)."""
+    for folder in folders:
+        kill_file = folder / "cgroup.kill"
+        if kill_file.exists():
+            try:
+                _write(kill_file, "1")
+            except OSError:
+                pass
+    for pid in procs(folders):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def try_remove(folders: list[Path]) -> list[Path]:
+    """Kill what is left in the groups and remove them; return those still busy."""
+    pending = [f for f in folders if f.exists()]
+    if pending:
+        kill_all(pending)
+    busy = []
+    for folder in pending:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            busy.append(folder)
+    return busy
+
+
+async def remove(folders: list[Path], wait: float = 5.0) -> bool:
+    """Remove the groups, waiting for their processes to die. True when all are gone."""
+    deadline = time.monotonic() + wait
+    pending = try_remove(folders)
+    while pending and time.monotonic() < deadline:
+        await asyncio.sleep(0.002)
+        pending = try_remove(pending)
+    return not pending
+
+
+def detect() -> CgroupSystem | None:
+    """The host's cgroup hierarchy if this process may create groups in it."""
+    if (ROOT / "cgroup.controllers").exists():
+        return _detect_v2()
+    roots = {c: ROOT / c for c in V1_CONTROLLERS if (ROOT / c / "cgroup.procs").exists()}
+    if "memory" not in roots or "pids" not in roots:
+        return None
+    for root in roots.values():
+        try:
+            (root / GROUP).mkdir(exist_ok=True)
+        except OSError:
+            return None
+        if not os.access(root / GROUP, os.W_OK):
+            return None
+    return CgroupSystem(1, roots)
+
+
+def _detect_v2() -> CgroupSystem | None:
+    parent = ROOT / GROUP
+    try:
+        available = (ROOT / "cgroup.controllers").read_text().split()
+        if not {"memory", "pids"} <= set(available):
+            return None
+        wanted = [c for c in ("memory", "pids", "cpu") if c in available]
+        enabled = (ROOT / "cgroup.subtree_control").read_text().split()
+        missing = [c for c in wanted if c not in enabled]
+        if missing:
+            _write(ROOT / "cgroup.subtree_control", " ".join("+" + c for c in missing))
+        parent.mkdir(exist_ok=True)
+        _write(parent / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
+    except OSError:
+        return None
+    return CgroupSystem(2, {"unified": ROOT})
+
+
+def list_groups(system: CgroupSystem) -> set[str]:
+    found: set[str] = set()
+    for root in system.roots.values():
+        try:
+            found.update(p.name for p in (root / GROUP).iterdir() if p.is_dir())
+        except OSError:
+            continue
+    return found

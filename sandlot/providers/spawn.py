@@ -1,0 +1,122 @@
+"""Shared start-up for providers whose agent is a local child process (bwrap, process).
+
+The host binds and listens on the agent's Unix socket itself and hands the listening socket to
+the agent as an inherited descriptor: the host can connect at once (the connection waits in
+the backlog until the agent accepts), nothing polls for a socket file to appear, and the
+socket file is visible only on the host, never inside the sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ..channel import Channel
+from ..errors import InvalidArgumentError, SandboxStartError
+from . import procinfo
+
+SOCKET_NAME = "agent.sock"
+LOG_NAME = "agent.log"
+MAX_SOCKET_PATH = 107
+HELLO_TIMEOUT = 30.0
+
+
+def listen(folder: Path) -> socket.socket:
+    path = str(folder / SOCKET_NAME)
+    if len(path.encode()) > MAX_SOCKET_PATH:
+        raise InvalidArgumentError(
+            f"the state folder path is too long for a Unix socket ({path}); set SANDLOT_HOME "
+            "to a shorter path"
+        )
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class ChildProcess:
+    """A spawned agent process (or the bwrap that wraps it) and a future for its exit."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.started = procinfo.start_time(popen.pid)
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self._pidfd = os.pidfd_open(popen.pid)
+        loop.add_reader(self._pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        code = self.popen.wait()
+        if not self.exited.done():
+            self.exited.set_result(code)
+
+    async def kill(self) -> None:
+        if not self.exited.done():
+            try:
+                self.popen.kill()
+            except ProcessLookupError:
+                pass
+            await asyncio.shield(self.exited)
+
+
+def spawn(argv: list[str], folder: Path, listener: socket.socket, env: dict[str, str]) -> ChildProcess:
+    """Start the agent (from the event loop's thread: ``--die-with-parent`` binds to it)."""
+    with open(folder / LOG_NAME, "ab") as log:
+        try:
+            popen = subprocess.Popen(
+                argv,
+                pass_fds=(listener.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise SandboxStartError(f"cannot start {argv[0]}: {exc}") from None
+    return ChildProcess(popen)
+
+
+async def connect_started(folder: Path, child: ChildProcess, what: str) -> Channel:
+    """Connect to a just-started agent, failing fast (with its log) if it dies first."""
+    connecting = asyncio.ensure_future(
+        Channel.connect_unix(str(folder / SOCKET_NAME), timeout=HELLO_TIMEOUT)
+    )
+    await asyncio.wait({connecting, child.exited}, return_when=asyncio.FIRST_COMPLETED)
+    if connecting.done() and connecting.exception() is None:
+        return connecting.result()
+    if not connecting.done():
+        connecting.cancel()
+    else:
+        connecting.exception()  # retrieved
+    await child.kill()
+    raise SandboxStartError(f"{what} failed to start: {read_log(folder)}")
+
+
+def read_log(folder: Path, limit: int = 2000) -> str:
+    try:
+        text = (folder / LOG_NAME).read_bytes()[-limit:].decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "(no output)"
+
+
+def handle(child: ChildProcess, folder: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "pid": child.pid,
+        "started": child.started,
+        "socket": str(folder / SOCKET_NAME),
+        **extra,
+    }

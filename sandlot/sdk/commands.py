@@ -1,0 +1,303 @@
+"""``sb.commands``: run commands, stream their output, drive background processes."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import signal as signals
+from collections import deque
+from typing import TYPE_CHECKING, Awaitable, Callable, Literal, Optional, Union, overload
+
+from ..agent import protocol as p
+from ..errors import CommandTimeoutError, InvalidArgumentError, SandboxClosedError
+from ..models import DEFAULT_COMMAND_TIMEOUT, CommandResult, check_env
+
+if TYPE_CHECKING:
+    from ..channel import Request
+    from .sandbox import AsyncSandbox
+
+OutputCallback = Callable[[str], Union[None, Awaitable[None]]]
+MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # kept per stream in a CommandResult; the tail wins
+
+
+class _Tail:
+    """The last ``limit`` bytes of a stream, in chunks (no quadratic copying)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+        self.truncated = False
+
+    def add(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        while self.size > self.limit:
+            excess = self.size - self.limit
+            head = self.chunks[0]
+            if len(head) <= excess:
+                self.chunks.popleft()
+                self.size -= len(head)
+            else:
+                self.chunks[0] = head[excess:]
+                self.size -= excess
+            self.truncated = True
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class _Stream:
+    def __init__(self, limit: int, callback: OutputCallback | None) -> None:
+        self.tail = _Tail(limit)
+        self.callback = callback
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace") if callback else None
+
+    async def feed(self, data: bytes, final: bool = False) -> None:
+        if data:
+            self.tail.add(data)
+        if self.callback is not None and self.decoder is not None:
+            text = self.decoder.decode(data, final)
+            if text:
+                outcome = self.callback(text)
+                if outcome is not None and asyncio.iscoroutine(outcome):
+                    await outcome
+
+
+def _check_command(cmd: object) -> dict[str, object]:
+    if isinstance(cmd, str):
+        if not cmd.strip():
+            raise InvalidArgumentError("command is empty")
+        if "\0" in cmd:
+            raise InvalidArgumentError("command contains a NUL byte")
+        return {"cmd": cmd}
+    if isinstance(cmd, (list, tuple)):
+        if not cmd:
+            raise InvalidArgumentError("command is empty")
+        if not all(isinstance(a, str) for a in cmd):
+            raise InvalidArgumentError("every argument of a command list must be a string")
+        if not cmd[0] or any("\0" in a for a in cmd):
+            raise InvalidArgumentError("command arguments must be non-empty at [0] and NUL-free")
+        return {"argv": list(cmd)}
+    raise InvalidArgumentError(f"command must be a string or a list of strings, not {type(cmd).__name__}")
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise InvalidArgumentError("timeout must be a positive number of seconds, or None")
+    return float(timeout)
+
+
+class AsyncCommandHandle:
+    """A running command. Its output is collected in the background while you hold this."""
+
+    def __init__(
+        self,
+        sandbox: AsyncSandbox,
+        request: Request,
+        pid: int | None,
+        stdout: _Stream,
+        stderr: _Stream,
+        timeout: float | None,
+    ) -> None:
+        self._sandbox = sandbox
+        self._request = request
+        self.pid = pid
+        self._stdout = stdout
+        self._stderr = stderr
+        self._timeout = timeout
+        self._task: asyncio.Task[CommandResult] = asyncio.ensure_future(self._pump())
+
+    async def _pump(self) -> CommandResult:
+        request = self._request
+        streams = {p.STDOUT: self._stdout, p.STDERR: self._stderr}
+        while True:
+            kind, stream, payload = await request.receive()
+            if kind == p.DATA:
+                target = streams.get(stream)
+                if target is not None:
+                    await target.feed(payload)
+                request.consumed(len(payload))
+            elif kind == p.END:
+                break
+        for target in streams.values():
+            await target.feed(b"", final=True)
+        end = _end_payload(payload)
+        result = CommandResult(
+            exit_code=end["exit_code"],
+            signal=end.get("signal"),
+            stdout_bytes=self._stdout.tail.value(),
+            stderr_bytes=self._stderr.tail.value(),
+            truncated=self._stdout.tail.truncated or self._stderr.tail.truncated,
+            pid=self.pid,
+        )
+        if end.get("timed_out"):
+            raise CommandTimeoutError(
+                f"command timed out after {self._timeout:g} s",
+                stdout=result.stdout,
+                stderr=result.stderr,
+                exit_code=result.exit_code,
+            )
+        return result
+
+    @property
+    def stdout(self) -> str:
+        """What the command has printed so far (up to the result cap)."""
+        return self._stdout.tail.value().decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        return self._stderr.tail.value().decode("utf-8", "replace")
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def wait(self) -> CommandResult:
+        """Wait for the command to end. Raises CommandTimeoutError if it ran out of time."""
+        return await asyncio.shield(self._task)
+
+    async def kill(self, signal: int = signals.SIGKILL) -> bool:
+        """Send a signal to the command's whole process group. False if it already ended."""
+        if self._task.done() or self.pid is None:
+            return False
+        try:
+            await self._sandbox._channel.call("signal", pid=self.pid, signal=int(signal))
+        except Exception as exc:
+            if getattr(exc, "code", None) == "process_not_found":
+                return False
+            raise
+        return True
+
+    async def send_stdin(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        if self._task.done():
+            raise SandboxClosedError("the command has ended")
+        await self._request.send_data(data)
+
+    async def close_stdin(self) -> None:
+        self._request.send_eof()
+
+    def _abandon(self) -> None:
+        """Kill the command (the caller stopped waiting for a foreground command)."""
+        if not self._task.done():
+            self._request.cancel()
+            self._task.cancel()
+
+
+def _end_payload(payload: bytes) -> dict[str, object]:
+    end = json.loads(payload)
+    if not isinstance(end, dict) or not isinstance(end.get("exit_code"), int):
+        raise SandboxClosedError(f"malformed command result from the agent: {payload[:200]!r}")
+    return end
+
+
+class AsyncCommands:
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sandbox = sandbox
+
+    @overload
+    async def run(
+        self,
+        cmd: str | list[str],
+        *,
+        background: Literal[False] = False,
+        env: Optional[dict[str, str]] = None,
+        cwd: Optional[str] = None,
+        timeout: Optional[float] = DEFAULT_COMMAND_TIMEOUT,
+        stdin: str | bytes | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+    ) -> CommandResult: ...
+
+    @overload
+    async def run(
+        self,
+        cmd: str | list[str],
+        *,
+        background: Literal[True],
+        env: Optional[dict[str, str]] = None,
+        cwd: Optional[str] = None,
+        timeout: Optional[float] = DEFAULT_COMMAND_TIMEOUT,
+        stdin: str | bytes | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+    ) -> AsyncCommandHandle: ...
+
+    async def run(
+        self,
+        cmd: str | list[str],
+        *,
+        background: bool = False,
+        env: Optional[dict[str, str]] = None,
+        cwd: Optional[str] = None,
+        timeout: Optional[float] = DEFAULT_COMMAND_TIMEOUT,
+        stdin: str | bytes | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+    ) -> CommandResult | AsyncCommandHandle:
+        """Run a command: a string goes through the sandbox's shell (bash, else sh); a list
+        runs as argv. Foreground runs return a :class:`CommandResult` (a non-zero exit is not
+        an error); ``background=True`` returns a handle at once. ``timeout`` (seconds, default
+        60; None for the sandbox's lifetime) kills the whole process group and raises
+        :class:`CommandTimeoutError` with the partial output."""
+        args = _check_command(cmd)
+        timeout = _check_timeout(timeout)
+        if env is not None:
+            if not isinstance(env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+            ):
+                raise InvalidArgumentError("env must map strings to strings")
+            try:
+                check_env(env)
+            except ValueError as exc:
+                raise InvalidArgumentError(str(exc)) from None
+            args["env"] = env
+        if cwd is not None:
+            if not isinstance(cwd, str) or not cwd.startswith("/"):
+                raise InvalidArgumentError("cwd must be an absolute path")
+            args["cwd"] = cwd
+        if stdin is not None and not isinstance(stdin, (str, bytes)):
+            raise InvalidArgumentError("stdin must be str or bytes")
+        if not isinstance(max_output_bytes, int) or max_output_bytes < 0:
+            raise InvalidArgumentError("max_output_bytes must be a non-negative integer")
+        if timeout is not None:
+            args["timeout"] = timeout
+        args["stdin"] = stdin is not None or background
+        request = self._sandbox._channel.open("exec", **args)
+        try:
+            kind, _, payload = await request.receive()
+            started = _started_pid(payload)
+            if stdin is not None:
+                await request.send_data(stdin.encode() if isinstance(stdin, str) else stdin)
+                request.send_eof()
+        except BaseException:
+            request.cancel()
+            raise
+        handle = AsyncCommandHandle(
+            self._sandbox,
+            request,
+            started,
+            _Stream(max_output_bytes, on_stdout),
+            _Stream(max_output_bytes, on_stderr),
+            timeout,
+        )
+        if background:
+            return handle
+        try:
+            return await handle.wait()
+        except asyncio.CancelledError:
+            handle._abandon()
+            raise
+
+
+def _started_pid(payload: bytes) -> int | None:
+    event = json.loads(payload)
+    pid = event.get("pid") if isinstance(event, dict) else None
+    return pid if isinstance(pid, int) else None

@@ -1,0 +1,252 @@
+"""The sync face of the SDK: thin wrappers that run the async core on a private event loop.
+
+One daemon thread per process runs that loop. It lives as long as the process, which matters:
+bwrap's ``--die-with-parent`` ties a sandbox to the thread that spawned it. Streaming callbacks
+run on that thread. Interrupting a foreground call (Ctrl-C) kills the command it was waiting
+for. At interpreter exit, sandboxes this process created are destroyed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import signal as signals
+import threading
+from datetime import datetime
+from typing import Any, Coroutine, Literal, Optional, TypeVar, overload
+
+from ..manager import GcReport, Manager
+from ..models import DEFAULT_COMMAND_TIMEOUT, CommandResult, EntryInfo, Resources, SandboxInfo
+from .commands import MAX_OUTPUT_BYTES, AsyncCommandHandle, OutputCallback
+from .files import MAX_FILE_BYTES
+from .sandbox import AsyncSandbox, build_spec
+
+T = TypeVar("T")
+
+
+class _Portal:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="sandlot", daemon=True)
+                thread.start()
+                self._loop = loop
+                atexit.register(self._shutdown)
+            return self._loop
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop())
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():  # interrupted: cancel the work (a foreground command dies)
+                future.cancel()
+                try:
+                    future.result(timeout=5)
+                except (concurrent.futures.CancelledError, Exception):
+                    pass
+            raise
+
+    def _shutdown(self) -> None:
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return
+
+        async def close() -> None:
+            manager = Manager._per_loop.get(loop)
+            if manager is not None:
+                await manager.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=30)
+        except Exception:
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+
+
+_portal = _Portal()
+
+
+class CommandHandle:
+    """A running command (see :class:`~sandlot.sdk.commands.AsyncCommandHandle`)."""
+
+    def __init__(self, inner: AsyncCommandHandle) -> None:
+        self._inner = inner
+        self.pid = inner.pid
+
+    @property
+    def stdout(self) -> str:
+        return self._inner.stdout
+
+    @property
+    def stderr(self) -> str:
+        return self._inner.stderr
+
+    def done(self) -> bool:
+        return self._inner.done()
+
+    def wait(self) -> CommandResult:
+        return _portal.call(self._inner.wait())
+
+    def kill(self, signal: int = signals.SIGKILL) -> bool:
+        return _portal.call(self._inner.kill(signal))
+
+    def send_stdin(self, data: str | bytes) -> None:
+        _portal.call(self._inner.send_stdin(data))
+
+    def close_stdin(self) -> None:
+        _portal.call(self._inner.close_stdin())
+
+
+class Commands:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    @overload
+    def run(
+        self,
+        cmd: str | list[str],
+        *,
+        background: Literal[False] = False,
+        env: Optional[dict[str, str]] = None,
+        cwd: Optional[str] = None,
+        timeout: Optional[float] = DEFAULT_COMMAND_TIMEOUT,
+        stdin: str | bytes | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+    ) -> CommandResult: ...
+
+    @overload
+    def run(
+        self,
+        cmd: str | list[str],
+        *,
+        background: Literal[True],
+        env: Optional[dict[str, str]] = None,
+        cwd: Optional[str] = None,
+        timeout: Optional[float] = DEFAULT_COMMAND_TIMEOUT,
+        stdin: str | bytes | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+    ) -> CommandHandle: ...
+
+    def run(self, cmd: str | list[str], **kwargs: Any) -> CommandResult | CommandHandle:
+        """Run a command; same arguments as :meth:`AsyncCommands.run`."""
+        result = _portal.call(self._inner.run(cmd, **kwargs))
+        return CommandHandle(result) if isinstance(result, AsyncCommandHandle) else result
+
+
+class Files:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    @overload
+    def read(self, path: str, format: Literal["text"] = "text", *, max_bytes: int = ...) -> str: ...
+
+    @overload
+    def read(self, path: str, format: Literal["bytes"], *, max_bytes: int = ...) -> bytes: ...
+
+    def read(self, path: str, format: Literal["text", "bytes"] = "text", *, max_bytes: int = MAX_FILE_BYTES) -> str | bytes:
+        return _portal.call(self._inner.read(path, format, max_bytes=max_bytes))
+
+    def write(self, path: str, data: str | bytes, *, mode: int | None = None, max_bytes: int = MAX_FILE_BYTES) -> EntryInfo:
+        return _portal.call(self._inner.write(path, data, mode=mode, max_bytes=max_bytes))
+
+    def list(self, path: str, *, depth: int = 1) -> list[EntryInfo]:
+        return _portal.call(self._inner.list(path, depth=depth))
+
+    def stat(self, path: str) -> EntryInfo:
+        return _portal.call(self._inner.stat(path))
+
+    def exists(self, path: str) -> bool:
+        return _portal.call(self._inner.exists(path))
+
+    def make_dir(self, path: str, *, parents: bool = True, exist_ok: bool = True) -> bool:
+        return _portal.call(self._inner.make_dir(path, parents=parents, exist_ok=exist_ok))
+
+    def remove(self, path: str, *, recursive: bool = True) -> None:
+        _portal.call(self._inner.remove(path, recursive=recursive))
+
+    def rename(self, src: str, dst: str, *, overwrite: bool = False) -> EntryInfo:
+        return _portal.call(self._inner.rename(src, dst, overwrite=overwrite))
+
+
+class Sandbox:
+    """An isolated computer (sync). ``with Sandbox.create() as sb:`` kills it on exit."""
+
+    def __init__(self, inner: AsyncSandbox) -> None:
+        self._inner = inner
+        self.commands = Commands(inner.commands)
+        self.files = Files(inner.files)
+
+    @property
+    def id(self) -> str:
+        return self._inner.id
+
+    @property
+    def info(self) -> SandboxInfo:
+        return self._inner.info
+
+    @property
+    def provider(self) -> str:
+        return self._inner.provider
+
+    @property
+    def isolated(self) -> bool:
+        return self._inner.isolated
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.id} provider={self.provider}>"
+
+    @classmethod
+    def create(
+        cls,
+        provider: str | None = None,
+        *,
+        timeout: float = 300,
+        env: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
+        resources: Resources | dict[str, Any] | None = None,
+        workdir: str = "/workspace",
+        **config: Any,
+    ) -> Sandbox:
+        spec = build_spec(provider, timeout, env, metadata, resources, workdir, config)
+        return cls(_portal.call(AsyncSandbox._create(spec)))
+
+    @classmethod
+    def connect(cls, sandbox_id: str) -> Sandbox:
+        return cls(_portal.call(AsyncSandbox.connect(sandbox_id)))
+
+    @staticmethod
+    def list(metadata: dict[str, str] | None = None) -> list[SandboxInfo]:
+        return _portal.call(AsyncSandbox.list(metadata))
+
+    @staticmethod
+    def gc() -> GcReport:
+        return _portal.call(AsyncSandbox.gc())
+
+    def kill(self) -> bool:
+        return _portal.call(self._inner.kill())
+
+    def set_timeout(self, seconds: float) -> datetime:
+        return _portal.call(self._inner.set_timeout(seconds))
+
+    def is_running(self) -> bool:
+        return _portal.call(self._inner.is_running())
+
+    def close(self) -> None:
+        _portal.call(self._inner.close())
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

@@ -1,0 +1,138 @@
+"""The sandbox registry in SQLite, so another process can connect to, list and kill sandboxes.
+
+Plain :mod:`sqlite3` in WAL mode: readers never block the writer, and each write is one
+short transaction. The schema carries a version (``PRAGMA user_version``) and migrates
+forward on open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..models import SandboxInfo
+
+SCHEMA_VERSION = 1
+MIGRATIONS = {
+    1: """
+    CREATE TABLE sandboxes (
+        id TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        state TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        handle TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        owner_pid INTEGER NOT NULL,
+        owner_started INTEGER
+    );
+    """,
+}
+
+
+def default_home() -> Path:
+    """``$SANDLOT_HOME``, else ``$XDG_STATE_HOME/sandlot``, else ``~/.local/state/sandlot``."""
+    if os.environ.get("SANDLOT_HOME"):
+        return Path(os.environ["SANDLOT_HOME"]).expanduser().resolve()
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state).expanduser().resolve() / "sandlot"
+
+
+def _ts(value: float) -> datetime:
+    return datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+class Store:
+    def __init__(self, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = home / "state.db"
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[step].split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def insert(self, info: SandboxInfo, owner_started: int | None) -> None:
+        self._execute(
+            "INSERT INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                info.id,
+                info.provider,
+                info.state,
+                json.dumps(info.metadata),
+                json.dumps(info.handle),
+                info.created_at.timestamp(),
+                info.expires_at.timestamp(),
+                info.owner_pid,
+                owner_started,
+            ),
+        )
+
+    def set_handle(self, sandbox_id: str, handle: dict[str, Any]) -> None:
+        self._execute("UPDATE sandboxes SET handle = ? WHERE id = ?", (json.dumps(handle), sandbox_id))
+
+    def set_expiry(self, sandbox_id: str, expires_at: datetime) -> None:
+        self._execute(
+            "UPDATE sandboxes SET expires_at = ? WHERE id = ?", (expires_at.timestamp(), sandbox_id)
+        )
+
+    def delete(self, sandbox_id: str) -> None:
+        self._execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+    def get(self, sandbox_id: str) -> tuple[SandboxInfo, int | None] | None:
+        rows = self._execute(_SELECT + " WHERE id = ?", (sandbox_id,))
+        return _row(rows[0]) if rows else None
+
+    def all(self) -> list[tuple[SandboxInfo, int | None]]:
+        return [_row(r) for r in self._execute(_SELECT + " ORDER BY created_at")]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+_SELECT = (
+    "SELECT id, provider, state, metadata, handle, created_at, expires_at, owner_pid,"
+    " owner_started FROM sandboxes"
+)
+
+
+def _row(row: tuple[Any, ...]) -> tuple[SandboxInfo, int | None]:
+    info = SandboxInfo(
+        id=row[0],
+        provider=row[1],
+        state=row[2],
+        metadata=json.loads(row[3]),
+        handle=json.loads(row[4]),
+        created_at=_ts(row[5]),
+        expires_at=_ts(row[6]),
+        owner_pid=row[7],
+    )
+    return info, row[8]
