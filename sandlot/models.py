@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,7 +38,7 @@ class SandboxSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    provider: Optional[str] = None
+    provider: str | None = None
     timeout: float = Field(DEFAULT_TIMEOUT, gt=0, description="lifetime in seconds")
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str = "/workspace"
@@ -84,11 +84,11 @@ class CommandResult(BaseModel):
     """
 
     exit_code: int
-    signal: Optional[int] = None
+    signal: int | None = None
     stdout_bytes: bytes = b""
     stderr_bytes: bytes = b""
     truncated: bool = False
-    pid: Optional[int] = None
+    pid: int | None = None
 
     @property
     def stdout(self) -> str:
@@ -115,7 +115,7 @@ class EntryInfo(BaseModel):
     size: int
     mode: int
     mtime: float
-    symlink_target: Optional[str] = None
+    symlink_target: str | None = None
 
 
 class ProviderInfo(BaseModel):
@@ -123,6 +123,6 @@ class ProviderInfo(BaseModel):
 
     name: str
     available: bool
-    reason: Optional[str] = None
+    reason: str | None = None
     isolated: bool
     capabilities: list[str] = Field(default_factory=list)

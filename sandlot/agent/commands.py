@@ -51,6 +51,31 @@ def _which(name, path):
     return None
 
 
+# Characters that mean nothing special to a POSIX shell outside quotes.
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:,+@% \t")
+# Words a shell resolves itself (builtins, keywords). true and false are left out: their
+# programs behave exactly like the builtins.
+_SHELL_WORDS = frozenset(
+    ["alias", "bg", "bind", "break", "builtin", "caller", "case", "cd", "command", "compgen", "complete", "continue", "declare", "dirs", "disown", "do", "done", "echo", "elif", "else", "enable", "esac", "eval", "exec", "exit", "export", "fc", "fg", "fi", "for", "function", "getopts", "hash", "help", "history", "if", "in", "jobs", "kill", "let", "local", "logout", "mapfile", "popd", "printf", "pushd", "pwd", "read", "readarray", "readonly", "return", "select", "set", "shift", "shopt", "source", "suspend", "test", "then", "time", "times", "trap", "type", "typeset", "ulimit", "umask", "unalias", "unset", "until", "wait", "while"]
+)
+
+
+def _plain_words(cmd, path):
+    """argv for a command line the shell would only split on blanks, else None.
+
+    ``ls -la /workspace`` runs as argv without starting a shell (a shell would exec the same
+    program after ~1 ms of its own start-up); anything with quotes, variables, globs,
+    redirections, operators, assignments or builtins goes through the shell.
+    """
+    if not _PLAIN.issuperset(cmd):
+        return None
+    words = cmd.split()
+    if not words or "=" in words[0] or words[0] in _SHELL_WORDS:
+        return None
+    resolved = _which(words[0], path)
+    return words if resolved else None
+
+
 def _is_dir(path):
     return (posix.stat(path).st_mode & 0o170000) == 0o040000
 
@@ -100,7 +125,7 @@ class Command:
             cmd = request["cmd"]
             if not isinstance(cmd, str) or not cmd:
                 raise AgentError("invalid_argument", "cmd must be a non-empty string")
-            argv = [agent.shell, "-c", cmd]
+            argv = _plain_words(cmd, env.get("PATH")) or [agent.shell, "-c", cmd]
         else:
             argv = request.get("argv")
             if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):

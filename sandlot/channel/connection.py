@@ -179,7 +179,7 @@ class Channel:
         await self._loop.create_connection(lambda: _Protocol(self), sock=sock)
         try:
             self.hello = await asyncio.wait_for(asyncio.shield(self._hello), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.close()
             raise SandboxClosedError(f"the agent did not answer within {timeout:g} s") from None
         return self

@@ -16,14 +16,13 @@ import shutil
 import time
 import weakref
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..channel import Channel
 from ..errors import InvalidArgumentError, SandboxNotFoundError
 from ..models import SandboxInfo, SandboxSpec
-from ..providers import DEFAULT, Provider, provider_class
-from ..providers import procinfo
+from ..providers import DEFAULT, Provider, procinfo, provider_class
 from ..store import Store, default_home
 
 _OWNER_STARTED = procinfo.start_time(os.getpid())
@@ -91,7 +90,7 @@ class Manager:
             await self.gc()
         name = spec.provider or DEFAULT
         provider = self.provider(name)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         info = SandboxInfo(
             id=new_id(),
             provider=name,
@@ -177,7 +176,7 @@ class Manager:
             raise InvalidArgumentError("timeout must be a positive number of seconds")
         self._lookup(sandbox_id)
         await channel.call("deadline", seconds=seconds)
-        expires = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+        expires = datetime.now(UTC) + timedelta(seconds=seconds)
         self.store.set_expiry(sandbox_id, expires)
         if sandbox_id in self._owned:
             self._schedule_expiry(sandbox_id, seconds)

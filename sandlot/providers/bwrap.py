@@ -15,6 +15,7 @@ import functools
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ ETC_ALLOWLIST = (
 )
 TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 SHM_BYTES = 64 * 1024 * 1024
+ADOPT_TIMEOUT = 2.0
 
 
 class BwrapConfig(ProviderConfig):
@@ -105,16 +107,28 @@ class BwrapProvider(Provider):
             finally:
                 listener.close()
             self._children[child.pid] = child
+            # Joining a cgroup can wait a whole RCU grace period (~15 ms on this v1 host), so
+            # the move runs in a worker thread while bwrap and Python start up.
+            moving = None
+            if system is not None:
+                loop = asyncio.get_running_loop()
+                moving = loop.run_in_executor(None, _adopt_tree, system, groups, child.pid)
             try:
                 channel = await spawn.connect_started(folder, child, "bwrap")
             except Exception as exc:
                 self._children.pop(child.pid, None)
+                if moving is not None:
+                    await asyncio.gather(moving, return_exceptions=True)
                 if _static_reason() is None and (probe := _probe()) is not None:
                     raise ProviderUnavailableError(f"bwrap cannot isolate here: {probe}") from exc
                 raise
-            if system is not None:
-                # Before any command exists: everything the agent starts inherits the group.
-                system.add(groups, [child.pid, *procinfo.descendants(child.pid)])
+            if system is not None and moving is not None:
+                moved = await moving
+                # Whatever the worker missed (it gives up after a while) joins now, still
+                # before the agent has been asked to run anything.
+                missed = [p for p in procinfo.descendants(child.pid) if p not in moved]
+                if missed:
+                    system.add(groups, missed)
         except BaseException:
             await cgroups.remove(groups)
             raise
@@ -211,6 +225,28 @@ class BwrapProvider(Provider):
         system = self._cgroups
         if system is not None:
             await cgroups.remove(system.folders(sandbox_id))
+
+
+def _adopt_tree(system: cgroups.CgroupSystem, groups: list[Path], pid: int) -> set[int]:
+    """Move bwrap, then each process it forks, into the groups as they appear.
+
+    Consecutive moves are cheap (the first pays the grace period), so following the tree
+    while it grows costs one grace period in all, overlapped with the start-up. bwrap forks
+    the namespace's init, which forks the agent: two descendants.
+    """
+    system.add(groups, [pid])
+    moved: set[int] = set()
+    deadline = time.monotonic() + ADOPT_TIMEOUT
+    while len(moved) < 2 and time.monotonic() < deadline:
+        fresh = [p for p in procinfo.descendants(pid) if p not in moved]
+        if fresh:
+            system.add(groups, fresh)
+            moved.update(fresh)
+        elif procinfo.start_time(pid) is None:
+            break  # bwrap failed; the caller reports why
+        else:
+            time.sleep(0.0005)
+    return moved
 
 
 async def _kill_foreign(pid: int, started: int | None, wait: float = 5.0) -> None:

@@ -126,7 +126,7 @@ async def remove(folders: list[Path], wait: float = 5.0) -> bool:
     deadline = time.monotonic() + wait
     pending = try_remove(folders)
     while pending and time.monotonic() < deadline:
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.0005)
         pending = try_remove(pending)
     return not pending
 

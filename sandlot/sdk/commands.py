@@ -7,7 +7,8 @@ import codecs
 import json
 import signal as signals
 from collections import deque
-from typing import TYPE_CHECKING, Awaitable, Callable, Literal, Optional, Union, overload
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal, overload
 
 from ..agent import protocol as p
 from ..errors import CommandTimeoutError, InvalidArgumentError, SandboxClosedError
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from ..channel import Request
     from .sandbox import AsyncSandbox
 
-OutputCallback = Callable[[str], Union[None, Awaitable[None]]]
+OutputCallback = Callable[[str], None | Awaitable[None]]
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # kept per stream in a CommandResult; the tail wins
 
 
@@ -205,9 +206,9 @@ class AsyncCommands:
         cmd: str | list[str],
         *,
         background: Literal[False] = False,
-        env: Optional[dict[str, str]] = None,
-        cwd: Optional[str] = None,
-        timeout: Optional[float] = DEFAULT_COMMAND_TIMEOUT,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
         stdin: str | bytes | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
@@ -220,9 +221,9 @@ class AsyncCommands:
         cmd: str | list[str],
         *,
         background: Literal[True],
-        env: Optional[dict[str, str]] = None,
-        cwd: Optional[str] = None,
-        timeout: Optional[float] = DEFAULT_COMMAND_TIMEOUT,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
         stdin: str | bytes | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
@@ -234,9 +235,9 @@ class AsyncCommands:
         cmd: str | list[str],
         *,
         background: bool = False,
-        env: Optional[dict[str, str]] = None,
-        cwd: Optional[str] = None,
-        timeout: Optional[float] = DEFAULT_COMMAND_TIMEOUT,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
         stdin: str | bytes | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,

@@ -13,8 +13,9 @@ import atexit
 import concurrent.futures
 import signal as signals
 import threading
+from collections.abc import Coroutine
 from datetime import datetime
-from typing import Any, Coroutine, Literal, Optional, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from ..manager import GcReport, Manager
 from ..models import DEFAULT_COMMAND_TIMEOUT, CommandResult, EntryInfo, Resources, SandboxInfo
@@ -114,9 +115,9 @@ class Commands:
         cmd: str | list[str],
         *,
         background: Literal[False] = False,
-        env: Optional[dict[str, str]] = None,
-        cwd: Optional[str] = None,
-        timeout: Optional[float] = DEFAULT_COMMAND_TIMEOUT,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
         stdin: str | bytes | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
@@ -129,9 +130,9 @@ class Commands:
         cmd: str | list[str],
         *,
         background: Literal[True],
-        env: Optional[dict[str, str]] = None,
-        cwd: Optional[str] = None,
-        timeout: Optional[float] = DEFAULT_COMMAND_TIMEOUT,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
         stdin: str | bytes | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
