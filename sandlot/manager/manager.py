@@ -222,7 +222,7 @@ class Manager:
             else:
                 await self._release(info, provider)
             report.removed.append(info.id)
-        for name, provider in self._instantiated_local_providers():
+        for _name, provider in self._instantiated_local_providers():
             for sandbox_id in provider.list_instances():
                 if sandbox_id not in known and self.store.get(sandbox_id) is None:
                     await provider.cleanup_orphan(sandbox_id)

@@ -49,7 +49,9 @@ class Provider(abc.ABC):
         try:
             return self.config_model.model_validate(config)
         except ValidationError as exc:
-            raise InvalidArgumentError(f"invalid config for provider {self.name!r}: {exc}") from None
+            raise InvalidArgumentError(
+                f"invalid config for provider {self.name!r}: {exc}"
+            ) from None
 
     def info(self) -> ProviderInfo:
         reason = self.unavailable_reason()

@@ -178,7 +178,7 @@ class BwrapProvider(Provider):
             "--proc", "/proc",
             "--dev", "/dev",
             "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
-            "--perms", "1777", "--size", str(spec.resources.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
+            "--perms", "1777", "--size", str(spec.resources.tmp_mb << 20), "--tmpfs", "/tmp",
             "--bind", str(folder / "workspace"), "/workspace",
             "--ro-bind", str(agent_root), agent_files.MOUNT_POINT,
             "--chdir", "/workspace",

@@ -71,7 +71,9 @@ class ChildProcess:
             await asyncio.shield(self.exited)
 
 
-def spawn(argv: list[str], folder: Path, listener: socket.socket, env: dict[str, str]) -> ChildProcess:
+def spawn(
+    argv: list[str], folder: Path, listener: socket.socket, env: dict[str, str]
+) -> ChildProcess:
     """Start the agent (from the event loop's thread: ``--die-with-parent`` binds to it)."""
     with open(folder / LOG_NAME, "ab") as log:
         try:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..channel import Request
     from .sandbox import AsyncSandbox
 
-OutputCallback = Callable[[str], None | Awaitable[None]]
+OutputCallback = Callable[[str], Awaitable[None] | None]
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # kept per stream in a CommandResult; the tail wins
 
 
@@ -81,7 +81,9 @@ def _check_command(cmd: object) -> dict[str, object]:
         if not cmd[0] or any("\0" in a for a in cmd):
             raise InvalidArgumentError("command arguments must be non-empty at [0] and NUL-free")
         return {"argv": list(cmd)}
-    raise InvalidArgumentError(f"command must be a string or a list of strings, not {type(cmd).__name__}")
+    raise InvalidArgumentError(
+        f"command must be a string or a list of strings, not {type(cmd).__name__}"
+    )
 
 
 def _check_timeout(timeout: float | None) -> float | None:
@@ -273,7 +275,7 @@ class AsyncCommands:
         args["stdin"] = stdin is not None or background
         request = self._sandbox._channel.open("exec", **args)
         try:
-            kind, _, payload = await request.receive()
+            _kind, _, payload = await request.receive()
             started = _started_pid(payload)
             if stdin is not None:
                 await request.send_data(stdin.encode() if isinstance(stdin, str) else stdin)

@@ -17,7 +17,9 @@ MAX_FILE_BYTES = 256 * 1024 * 1024  # default cap for one read or write
 
 def _path(path: object, name: str = "path") -> str:
     if not isinstance(path, str) or not path.startswith("/"):
-        raise InvalidArgumentError(f"{name} must be an absolute path inside the sandbox, got {path!r}")
+        raise InvalidArgumentError(
+            f"{name} must be an absolute path inside the sandbox, got {path!r}"
+        )
     if "\0" in path:
         raise InvalidArgumentError(f"{name} contains a NUL byte")
     return path
@@ -45,7 +47,11 @@ class AsyncFiles:
     async def read(self, path: str, format: Literal["bytes"], *, max_bytes: int = ...) -> bytes: ...
 
     async def read(
-        self, path: str, format: Literal["text", "bytes"] = "text", *, max_bytes: int = MAX_FILE_BYTES
+        self,
+        path: str,
+        format: Literal["text", "bytes"] = "text",
+        *,
+        max_bytes: int = MAX_FILE_BYTES,
     ) -> str | bytes:
         """A file's content: text (UTF-8, undecodable bytes replaced) or bytes."""
         if format not in ("text", "bytes"):

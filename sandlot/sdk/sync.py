@@ -155,10 +155,23 @@ class Files:
     @overload
     def read(self, path: str, format: Literal["bytes"], *, max_bytes: int = ...) -> bytes: ...
 
-    def read(self, path: str, format: Literal["text", "bytes"] = "text", *, max_bytes: int = MAX_FILE_BYTES) -> str | bytes:
+    def read(
+        self,
+        path: str,
+        format: Literal["text", "bytes"] = "text",
+        *,
+        max_bytes: int = MAX_FILE_BYTES,
+    ) -> str | bytes:
         return _portal.call(self._inner.read(path, format, max_bytes=max_bytes))
 
-    def write(self, path: str, data: str | bytes, *, mode: int | None = None, max_bytes: int = MAX_FILE_BYTES) -> EntryInfo:
+    def write(
+        self,
+        path: str,
+        data: str | bytes,
+        *,
+        mode: int | None = None,
+        max_bytes: int = MAX_FILE_BYTES,
+    ) -> EntryInfo:
         return _portal.call(self._inner.write(path, data, mode=mode, max_bytes=max_bytes))
 
     def list(self, path: str, *, depth: int = 1) -> list[EntryInfo]:

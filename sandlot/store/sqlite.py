@@ -52,7 +52,9 @@ class Store:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = home / "state.db"
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            self.path, timeout=30, check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
@@ -96,7 +98,9 @@ class Store:
         )
 
     def set_handle(self, sandbox_id: str, handle: dict[str, Any]) -> None:
-        self._execute("UPDATE sandboxes SET handle = ? WHERE id = ?", (json.dumps(handle), sandbox_id))
+        self._execute(
+            "UPDATE sandboxes SET handle = ? WHERE id = ?", (json.dumps(handle), sandbox_id)
+        )
 
     def set_expiry(self, sandbox_id: str, expires_at: datetime) -> None:
         self._execute(
