@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -82,7 +83,8 @@ class BwrapProvider(Provider):
 
     @functools.cached_property
     def _cgroups(self) -> cgroups.CgroupSystem | None:
-        return cgroups.detect()
+        scope = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+        return cgroups.detect(scope)
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """Resource limits through the host's cgroups: v1 (one hierarchy per controller) or v2.
 
-Each sandbox gets ``sandlot/<id>`` in every controller it needs. Its processes are moved in
+Each sandbox gets ``sandlot/<scope>/<id>`` in every controller it needs; the scope is derived
+from the state folder, so a manager with another ``SANDLOT_HOME`` never mistakes this one's
+sandboxes for orphans. Its processes are moved in
 before the agent starts any command, so everything the sandbox runs is counted and can be
 killed as a group. Where the hierarchy is missing or not writable, :func:`detect` returns
 None and the provider falls back to rlimits.
@@ -31,10 +33,10 @@ def _write(path: Path, value: str) -> None:
 @dataclass
 class CgroupSystem:
     version: int
-    roots: dict[str, Path] = field(default_factory=dict)  # controller (or "unified") -> folder
+    roots: dict[str, Path] = field(default_factory=dict)  # controller (or "unified") -> parent
 
     def folders(self, sandbox_id: str) -> list[Path]:
-        return [root / GROUP / sandbox_id for root in self.roots.values()]
+        return [root / sandbox_id for root in self.roots.values()]
 
     def create(self, sandbox_id: str, resources: Resources) -> list[Path]:
         memory = resources.memory_mb * 1024 * 1024
@@ -43,8 +45,8 @@ class CgroupSystem:
         try:
             if self.version == 1:
                 for controller, root in self.roots.items():
-                    folder = root / GROUP / sandbox_id
-                    folder.mkdir(parents=True, exist_ok=True)
+                    folder = root / sandbox_id
+                    folder.mkdir(exist_ok=True)
                     folders.append(folder)
                     if controller == "memory":
                         _write(folder / "memory.limit_in_bytes", str(memory))
@@ -56,8 +58,8 @@ class CgroupSystem:
                         _write(folder / "cpu.cfs_period_us", str(CFS_PERIOD_US))
                         _write(folder / "cpu.cfs_quota_us", str(quota))
             else:
-                folder = self.roots["unified"] / GROUP / sandbox_id
-                folder.mkdir(parents=True, exist_ok=True)
+                folder = self.roots["unified"] / sandbox_id
+                folder.mkdir(exist_ok=True)
                 folders.append(folder)
                 _write(folder / "memory.max", str(memory))
                 if (folder / "memory.swap.max").exists():
@@ -131,25 +133,27 @@ async def remove(folders: list[Path], wait: float = 5.0) -> bool:
     return not pending
 
 
-def detect() -> CgroupSystem | None:
+def detect(scope: str) -> CgroupSystem | None:
     """The host's cgroup hierarchy if this process may create groups in it."""
     if (ROOT / "cgroup.controllers").exists():
-        return _detect_v2()
-    roots = {c: ROOT / c for c in V1_CONTROLLERS if (ROOT / c / "cgroup.procs").exists()}
-    if "memory" not in roots or "pids" not in roots:
+        return _detect_v2(scope)
+    roots = {c: ROOT / c / GROUP / scope for c in V1_CONTROLLERS}
+    if not all((ROOT / c / "cgroup.procs").exists() for c in ("memory", "pids")):
         return None
-    for root in roots.values():
+    roots = {c: r for c, r in roots.items() if (ROOT / c / "cgroup.procs").exists()}
+    for parent in roots.values():
         try:
-            (root / GROUP).mkdir(exist_ok=True)
+            parent.mkdir(parents=True, exist_ok=True)
         except OSError:
             return None
-        if not os.access(root / GROUP, os.W_OK):
+        if not os.access(parent, os.W_OK):
             return None
     return CgroupSystem(1, roots)
 
 
-def _detect_v2() -> CgroupSystem | None:
-    parent = ROOT / GROUP
+def _detect_v2(scope: str) -> CgroupSystem | None:
+    top = ROOT / GROUP
+    parent = top / scope
     try:
         available = (ROOT / "cgroup.controllers").read_text().split()
         if not {"memory", "pids"} <= set(available):
@@ -159,18 +163,19 @@ def _detect_v2() -> CgroupSystem | None:
         missing = [c for c in wanted if c not in enabled]
         if missing:
             _write(ROOT / "cgroup.subtree_control", " ".join("+" + c for c in missing))
-        parent.mkdir(exist_ok=True)
-        _write(parent / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
+        for folder in (top, parent):
+            folder.mkdir(exist_ok=True)
+            _write(folder / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
     except OSError:
         return None
-    return CgroupSystem(2, {"unified": ROOT})
+    return CgroupSystem(2, {"unified": parent})
 
 
 def list_groups(system: CgroupSystem) -> set[str]:
     found: set[str] = set()
     for root in system.roots.values():
         try:
-            found.update(p.name for p in (root / GROUP).iterdir() if p.is_dir())
+            found.update(p.name for p in root.iterdir() if p.is_dir())
         except OSError:
             continue
     return found

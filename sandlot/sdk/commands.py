@@ -117,17 +117,23 @@ class AsyncCommandHandle:
     async def _pump(self) -> CommandResult:
         request = self._request
         streams = {p.STDOUT: self._stdout, p.STDERR: self._stderr}
-        while True:
-            kind, stream, payload = await request.receive()
-            if kind == p.DATA:
-                target = streams.get(stream)
-                if target is not None:
-                    await target.feed(payload)
-                request.consumed(len(payload))
-            elif kind == p.END:
-                break
-        for target in streams.values():
-            await target.feed(b"", final=True)
+        try:
+            while True:
+                kind, stream, payload = await request.receive()
+                if kind == p.DATA:
+                    target = streams.get(stream)
+                    if target is not None:
+                        await target.feed(payload)
+                    request.consumed(len(payload))
+                elif kind == p.END:
+                    break
+            for target in streams.values():
+                await target.feed(b"", final=True)
+        except BaseException:
+            # A callback raised or we were cancelled: nobody will read the rest, so the
+            # command must not stay blocked on a full pipe. Kill it.
+            request.cancel()
+            raise
         end = _end_payload(payload)
         result = CommandResult(
             exit_code=end["exit_code"],
@@ -295,7 +301,7 @@ class AsyncCommands:
             return handle
         try:
             return await handle.wait()
-        except asyncio.CancelledError:
+        except BaseException:
             handle._abandon()
             raise
 

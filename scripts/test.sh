@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: set up what the tests need, then run the whole suite (unit + integration).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+ruff check .
+python -m pytest -q "$@"
