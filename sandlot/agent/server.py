@@ -44,6 +44,7 @@ class Agent:
         self.shell = self._find_shell()
         self._parent = parent
         self._deadline_timer = None
+        posix.set_inheritable(listen_fd, False)  # commands must never inherit it
         self._listen = _socket.socket(fileno=listen_fd)
         self._listen.setblocking(False)
         self.loop.watch(listen_fd, select.EPOLLIN, self._on_accept)
