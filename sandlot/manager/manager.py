@@ -10,6 +10,7 @@ from ``sandlot gc``.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import secrets
 import shutil
@@ -222,7 +223,7 @@ class Manager:
             else:
                 await self._release(info, provider)
             report.removed.append(info.id)
-        for _name, provider in self._instantiated_local_providers():
+        for _, provider in self._instantiated_local_providers():
             for sandbox_id in provider.list_instances():
                 if sandbox_id not in known and self.store.get(sandbox_id) is None:
                     await provider.cleanup_orphan(sandbox_id)
@@ -236,7 +237,7 @@ class Manager:
                         report.orphans.append(folder.name)
         return report
 
-    def _instantiated_local_providers(self) -> list[tuple[str, Provider]]:
+    def _instantiated_local_providers(self) -> builtins.list[tuple[str, Provider]]:
         from ..providers import BUILTIN
 
         return [(name, self.provider(name)) for name in BUILTIN]

@@ -96,7 +96,8 @@ async def connect_started(folder: Path, child: ChildProcess, what: str) -> Chann
     connecting = asyncio.ensure_future(
         Channel.connect_unix(str(folder / SOCKET_NAME), timeout=HELLO_TIMEOUT)
     )
-    await asyncio.wait({connecting, child.exited}, return_when=asyncio.FIRST_COMPLETED)
+    waiting: set[asyncio.Future[Any]] = {connecting, child.exited}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     if connecting.done() and connecting.exception() is None:
         return connecting.result()
     if not connecting.done():

@@ -8,7 +8,7 @@ import json
 import signal as signals
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..agent import protocol as p
 from ..errors import CommandTimeoutError, InvalidArgumentError, SandboxClosedError
@@ -197,7 +197,7 @@ class AsyncCommandHandle:
             self._task.cancel()
 
 
-def _end_payload(payload: bytes) -> dict[str, object]:
+def _end_payload(payload: bytes) -> dict[str, Any]:
     end = json.loads(payload)
     if not isinstance(end, dict) or not isinstance(end.get("exit_code"), int):
         raise SandboxClosedError(f"malformed command result from the agent: {payload[:200]!r}")

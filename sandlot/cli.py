@@ -1,0 +1,629 @@
+"""The ``sandlot`` command line: run commands in sandboxes, list, exec into and kill them.
+
+Exit codes (see docs/cli.md): ``run`` and ``exec`` exit with the command's own code (128+n
+when a signal ended it), 124 when the command timed out, 125 when sandlot itself failed
+(the sandbox could not start or died). Every command exits 2 on bad input (unknown provider
+or sandbox id, malformed ``K=V``, empty command, bad option) and prints one red line on
+stderr, never a traceback; other sandlot failures exit 1 outside ``run``/``exec``.
+
+Importing this module stays cheap: the SDK, rich and asyncio are imported inside commands.
+"""
+
+import os
+import signal
+import sys
+from datetime import UTC
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from .errors import InvalidArgumentError, NotFoundError, SandlotError
+
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 124
+EXIT_SANDLOT_FAILED = 125  # run/exec: sandlot failed, not the command (as timeout(1), docker run)
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+LIFETIME_GRACE = 5.0  # run: the sandbox outlives the command's timeout, so the timeout is clean
+
+app = typer.Typer(
+    name="sandlot",
+    help="Disposable, isolated sandboxes for AI agents.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Everything after the command's first word belongs to the command (`sandlot run ls -la`).
+_COMMAND_CONTEXT = {"allow_interspersed_args": False}
+
+
+class _UsageError(Exception):
+    """Bad input found by the CLI itself (exit 2)."""
+
+
+class _Signalled(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind (killing what we started) and exit 128+n."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Failed(Exception):
+    """A sandlot error inside run/exec: reported, then exit 125 (not the command's code)."""
+
+    def __init__(self, error: SandlotError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+# -- output helpers ---------------------------------------------------------------------------
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split()) or "unknown error"
+
+
+def _error(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console.print(f"[red]error: {escape(_one_line(message))}[/red]")
+
+
+def _note(message: str, style: str = "yellow") -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console.print(f"[{style}]{escape(_one_line(message))}[/{style}]")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Piped output: do not squeeze tables into 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _print_json(value: Any) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+class _Writer:
+    """Streams decoded output chunks to one of our own streams as they arrive (loop thread)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.broken = False
+
+    def __call__(self, text: str) -> None:
+        if self.broken:
+            return
+        try:
+            raw = getattr(self.stream, "buffer", None)
+            if raw is not None:
+                raw.write(text.encode(self.stream.encoding or "utf-8", "replace"))
+                raw.flush()
+            else:
+                self.stream.write(text)
+                self.stream.flush()
+        except BrokenPipeError:
+            self.broken = True
+            raise
+
+
+# -- input helpers ----------------------------------------------------------------------------
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _UsageError(f"{option} expects KEY=VALUE, got {item!r}")
+        found[key] = value
+    return found
+
+
+def _env(values: list[str] | None) -> dict[str, str]:
+    from .models import check_env
+
+    env = _pairs(values, "--env")
+    try:
+        return check_env(env)
+    except ValueError as exc:
+        raise _UsageError(f"--env: {exc}") from None
+
+
+def _positive(value: float | None, option: str) -> None:
+    if value is not None and not value > 0:
+        raise _UsageError(f"{option} must be a positive number of seconds, got {value:g}")
+
+
+def _command(words: list[str] | None, usage: str) -> str | list[str]:
+    words = list(words or [])
+    if not words:
+        raise _UsageError(f"no command given (usage: {usage})")
+    if len(words) == 1:
+        if not words[0].strip():
+            raise _UsageError("command is empty")
+        return words[0]  # one word: through the sandbox's shell
+    if not words[0]:
+        raise _UsageError("command is empty")
+    return words
+
+
+def _install_signal_handlers() -> None:
+    def handler(signum: int, _frame: Any) -> NoReturn:
+        raise _Signalled(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            signal.signal(signum, handler)
+        except (ValueError, OSError):  # not the main thread, or not settable here
+            pass
+
+
+# -- running commands -------------------------------------------------------------------------
+
+
+def _pump_stdin(handle: Any) -> None:
+    """Forward our stdin to the command until EOF (on a daemon thread)."""
+    try:
+        stream = sys.stdin
+        if stream is not None:
+            fd = stream.fileno()
+            while True:
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                handle.send_stdin(data)
+        handle.close_stdin()
+    except Exception:
+        return  # the command ended, or stdin is unreadable: nothing left to forward
+
+
+def _stream(
+    sandbox: Any,
+    command: str | list[str],
+    *,
+    timeout: float | None,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    forward_stdin: bool = False,
+) -> int:
+    """Run ``command`` with its output streamed to our stdout/stderr; its exit code."""
+    import threading
+
+    from .errors import CommandTimeoutError
+
+    handle = sandbox.commands.run(
+        command,
+        background=True,  # a handle, so that we can kill the command if we are interrupted
+        timeout=timeout,
+        env=env or None,
+        cwd=cwd,
+        on_stdout=_Writer(sys.stdout),
+        on_stderr=_Writer(sys.stderr),
+        max_output_bytes=0,  # streamed, not kept
+    )
+    try:
+        if forward_stdin:
+            threading.Thread(target=_pump_stdin, args=(handle,), daemon=True).start()
+        else:
+            handle.close_stdin()
+        result = handle.wait()
+    except CommandTimeoutError as exc:
+        _error(f"{exc} (exit {EXIT_TIMEOUT})")
+        return EXIT_TIMEOUT
+    except BrokenPipeError:  # whoever read our output went away: stop the command, as SIGPIPE
+        try:
+            handle.kill()
+        except BaseException:
+            pass
+        return EXIT_BROKEN_PIPE
+    except BaseException:
+        try:
+            handle.kill()
+        except BaseException:
+            pass
+        raise
+    if result.signal:
+        return 128 + int(result.signal)
+    code = int(result.exit_code)
+    return 128 - code if code < 0 else code & 0xFF
+
+
+def _sandlot_failure(exc: SandlotError) -> BaseException:
+    """Bad input stays bad input (exit 2); anything else in run/exec exits 125."""
+    if isinstance(exc, (InvalidArgumentError, NotFoundError)):
+        return exc
+    return _Failed(exc)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+@app.command(context_settings=_COMMAND_CONTEXT)
+def run(
+    cmd: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="-- CMD...",
+            help="The command: one argument runs through the sandbox's shell, several run as argv.",
+            show_default=False,
+        ),
+    ] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option("--provider", "-p", help="Provider (see `sandlot providers`); default bwrap."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", "-t", help="Sandbox lifetime, seconds.")
+    ] = 300.0,
+    command_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--command-timeout",
+            help="Command time limit, seconds [default: --timeout].",
+            show_default=False,
+        ),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", metavar="K=V", help="Environment variable (repeatable)."),
+    ] = None,
+    workdir: Annotated[
+        str, typer.Option("--workdir", "-w", help="Working folder in the sandbox (created).")
+    ] = "/workspace",
+    memory_mb: Annotated[
+        int | None, typer.Option("--memory-mb", help="Memory limit, MiB [default: 512].")
+    ] = None,
+    stdin: Annotated[
+        bool, typer.Option("--stdin", help="Forward this terminal's stdin to the command.")
+    ] = False,
+) -> None:
+    """Run one command in a fresh sandbox, stream its output, exit with its exit code.
+
+    Example: sandlot run -- 'echo hi; exit 3'
+    """
+    command = _command(cmd, "sandlot run [OPTIONS] -- CMD...")
+    env_map = _env(env)
+    _positive(timeout, "--timeout")
+    _positive(command_timeout, "--command-timeout")
+    if command_timeout is None:
+        command_timeout = timeout
+    elif command_timeout > timeout:
+        raise _UsageError("--command-timeout cannot exceed --timeout (the sandbox's lifetime)")
+    if not workdir.startswith("/"):
+        raise _UsageError(f"--workdir must be an absolute path, got {workdir!r}")
+
+    from .sdk import Sandbox
+
+    _install_signal_handlers()
+    try:
+        sandbox = Sandbox.create(
+            provider,
+            timeout=timeout + LIFETIME_GRACE,
+            env=env_map,
+            resources={"memory_mb": memory_mb} if memory_mb is not None else None,
+            workdir=workdir,
+        )
+    except SandlotError as exc:
+        raise _sandlot_failure(exc) from None
+    try:
+        if not sandbox.isolated and sys.stderr.isatty():
+            _note(
+                f"warning: provider {sandbox.provider!r} runs the command UNISOLATED on this host"
+            )
+        if workdir != "/workspace":
+            try:
+                sandbox.files.make_dir(workdir)
+            except SandlotError as exc:
+                raise _UsageError(f"--workdir {workdir}: {exc}") from None
+        code = _stream(sandbox, command, timeout=command_timeout, forward_stdin=stdin)
+    except SandlotError as exc:
+        raise _sandlot_failure(exc) from None
+    finally:
+        try:
+            sandbox.kill()
+        except Exception:
+            pass  # already gone; the owner's exit and gc clean up the rest
+    raise typer.Exit(code)
+
+
+@app.command(name="exec", context_settings=_COMMAND_CONTEXT)
+def exec_(
+    sandbox_id: Annotated[str, typer.Argument(metavar="ID", help="Sandbox id (see `sandlot ls`).")],
+    cmd: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="-- CMD...",
+            help="The command: one argument runs through the sandbox's shell, several run as argv.",
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            "-t",
+            help="Command time limit, seconds [default: the sandbox's lifetime].",
+            show_default=False,
+        ),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", metavar="K=V", help="Environment variable (repeatable)."),
+    ] = None,
+    workdir: Annotated[
+        str | None, typer.Option("--workdir", "-w", help="Working folder in the sandbox.")
+    ] = None,
+    stdin: Annotated[
+        bool, typer.Option("--stdin", help="Forward this terminal's stdin to the command.")
+    ] = False,
+) -> None:
+    """Run a command in a running sandbox (also one another process created).
+
+    Options go before ID. Example: sandlot exec sb-0123456789ab -- ls -la
+    """
+    words = list(cmd or [])
+    if words and words[0] == "--":  # after ID the parser no longer eats the separator
+        words = words[1:]
+    if words and words[0].startswith("-") and len(words[0]) > 1:
+        raise _UsageError(
+            f"{words[0]!r} looks like an option: options go before the sandbox id "
+            "(sandlot exec [OPTIONS] ID -- CMD...)"
+        )
+    command = _command(words, "sandlot exec [OPTIONS] ID -- CMD...")
+    env_map = _env(env)
+    _positive(timeout, "--timeout")
+    if workdir is not None and not workdir.startswith("/"):
+        raise _UsageError(f"--workdir must be an absolute path, got {workdir!r}")
+
+    from .sdk import Sandbox
+
+    _install_signal_handlers()
+    try:
+        sandbox = Sandbox.connect(sandbox_id)
+    except SandlotError as exc:
+        raise _sandlot_failure(exc) from None
+    try:
+        code = _stream(
+            sandbox, command, timeout=timeout, env=env_map, cwd=workdir, forward_stdin=stdin
+        )
+    except SandlotError as exc:
+        raise _sandlot_failure(exc) from None
+    finally:
+        try:
+            sandbox.close()
+        except Exception:
+            pass
+    raise typer.Exit(code)
+
+
+@app.command()
+def providers(
+    json_: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Every provider, whether it is usable on this host, and if not, why."""
+    from .models import ProviderInfo
+    from .providers import DEFAULT, provider_class, provider_names
+    from .store import default_home
+
+    home = default_home()
+    rows: list[ProviderInfo] = []
+    for name in provider_names():
+        try:
+            info = provider_class(name)(home).info()
+        except Exception as exc:  # a broken third-party entry point must not hide the rest
+            info = ProviderInfo(
+                name=name, available=False, reason=f"cannot load: {exc}", isolated=False
+            )
+        rows.append(info)
+
+    if json_:
+        _print_json(
+            [{**info.model_dump(mode="json"), "default": info.name == DEFAULT} for info in rows]
+        )
+        return
+
+    from rich.table import Table
+
+    table = Table(title=None, show_lines=False)
+    table.add_column("provider", no_wrap=True)
+    table.add_column("usable", no_wrap=True)
+    table.add_column("isolated", no_wrap=True)
+    table.add_column("capabilities")
+    table.add_column("why not")
+    for info in rows:
+        name = info.name + (" (default)" if info.name == DEFAULT else "")
+        table.add_row(
+            name,
+            "[green]yes[/green]" if info.available else "[red]no[/red]",
+            "yes" if info.isolated else "[yellow]no[/yellow]",
+            ", ".join(info.capabilities),
+            info.reason or "",
+        )
+    _console().print(table)
+
+
+@app.command(name="ls")
+def ls(
+    json_: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option("--meta", "-m", metavar="K=V", help="Only sandboxes with this metadata."),
+    ] = None,
+) -> None:
+    """Running sandboxes on this host (from every process)."""
+    wanted = _pairs(meta, "--meta")
+    from .sdk import Sandbox
+
+    infos = Sandbox.list(wanted or None)
+    if json_:
+        _print_json([info.model_dump(mode="json", exclude={"handle"}) for info in infos])
+        return
+    if not infos:
+        _console().print("no running sandboxes", style="dim")
+        return
+
+    from datetime import datetime
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    now = datetime.now(UTC)
+    table = Table()
+    table.add_column("id", no_wrap=True)
+    table.add_column("provider", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("expires", no_wrap=True)
+    table.add_column("metadata")
+    for info in sorted(infos, key=lambda i: i.created_at):
+        left = (info.expires_at - now).total_seconds()
+        table.add_row(
+            info.id,
+            info.provider,
+            info.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            f"in {_duration(left)}" if left > 0 else "[red]expired[/red]",
+            escape(", ".join(f"{k}={v}" for k, v in sorted(info.metadata.items()))),
+        )
+    _console().print(table)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+@app.command()
+def kill(
+    sandbox_ids: Annotated[
+        list[str], typer.Argument(metavar="ID...", help="Sandbox ids (see `sandlot ls`).")
+    ],
+) -> None:
+    """Destroy sandboxes and everything running in them."""
+    import asyncio
+
+    from .manager import Manager
+
+    async def kill_all() -> int:
+        manager = Manager.current()
+        worst = 0
+        try:
+            for sandbox_id in sandbox_ids:
+                try:
+                    await manager.kill(sandbox_id)
+                except SandlotError as exc:
+                    _error(str(exc))
+                    bad = isinstance(exc, (InvalidArgumentError, NotFoundError))
+                    worst = max(worst, EXIT_USAGE if bad else 1)
+                else:
+                    sys.stdout.write(f"killed {sandbox_id}\n")
+                    sys.stdout.flush()
+        finally:
+            await manager.close()
+        return worst
+
+    code = asyncio.run(kill_all())
+    raise typer.Exit(code)
+
+
+@app.command()
+def gc(
+    json_: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Remove what crashed processes left behind: dead or expired sandboxes, orphans."""
+    from .sdk import Sandbox
+
+    report = Sandbox.gc()
+    if json_:
+        _print_json({"removed": report.removed, "orphans": report.orphans})
+        return
+    lines = [f"removed {i} (owner gone or expired)" for i in report.removed]
+    lines += [f"removed orphan {i} (resources without a record)" for i in report.orphans]
+    sys.stdout.write("\n".join(lines) + "\n" if lines else "nothing to remove\n")
+    sys.stdout.flush()
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def _click_exceptions() -> Any:
+    """click's exception classes, as the installed typer uses them (newer typers vendor click)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _run_app(argv: list[str] | None) -> int:
+    ce = _click_exceptions()
+    no_args_is_help = getattr(ce, "NoArgsIsHelpError", ())
+    try:
+        result = app(args=argv, prog_name="sandlot", standalone_mode=False)
+    except _UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except _Failed as exc:
+        _error(str(exc.error))
+        return EXIT_SANDLOT_FAILED
+    except SandlotError as exc:
+        _error(str(exc))
+        return EXIT_USAGE if isinstance(exc, (InvalidArgumentError, NotFoundError)) else 1
+    except _Signalled as exc:
+        return 128 + exc.signum
+    except no_args_is_help as exc:  # bare `sandlot`: typer has printed the help already
+        message = exc.format_message()
+        if message.strip():
+            sys.stdout.write(message + "\n")
+        return EXIT_USAGE
+    except ce.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _error(exc.format_message() + hint)
+        return EXIT_USAGE
+    except ce.ClickException as exc:
+        _error(exc.format_message())
+        return exc.exit_code
+    except (ce.Abort, typer.Abort, KeyboardInterrupt):
+        return 130
+    except BrokenPipeError:
+        return EXIT_BROKEN_PIPE
+    return result if isinstance(result, int) else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``sandlot``)."""
+    try:
+        code = _run_app(argv)
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        if os.environ.get("SANDLOT_DEBUG"):
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc} (set SANDLOT_DEBUG=1 for a traceback)")
+        code = 1
+    if code == EXIT_BROKEN_PIPE:
+        # Our reader went away: do not let the interpreter complain when it flushes stdout.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
