@@ -5,6 +5,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +61,7 @@ async def test_agent_death_fails_open_requests_clearly():
         from sandlot.providers import procinfo
 
         tree = procinfo.descendants(sb.info.handle["pid"])
-        agent = [pid for pid in tree if b"python3" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        agent = [pid for pid in tree if b"python3" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         os.kill(agent[0], signal.SIGKILL)
         with pytest.raises(sandlot.SandboxClosedError):
             await asyncio.wait_for(handle.wait(), 10)
