@@ -36,6 +36,7 @@ class Request:
         self._unacked = 0
         self._send_credit = p.WINDOW
         self._credit_waiter: asyncio.Future[None] | None = None
+        self._answered = False  # END or ERROR arrived (maybe not yet received)
         self.done = False
 
     # -- receiving --------------------------------------------------------------------------
@@ -44,6 +45,11 @@ class Request:
         self._frames.append(frame)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        if frame[0] in (p.END, p.ERROR):
+            # The agent is done with this request: stop any sender waiting for credit.
+            self._answered = True
+            if self._credit_waiter is not None and not self._credit_waiter.done():
+                self._credit_waiter.set_result(None)
 
     def _fail(self, error: SandlotError) -> None:
         self._failure = error
@@ -81,13 +87,16 @@ class Request:
             self._credit_waiter.set_result(None)
 
     async def send_data(self, data: bytes, stream: int = p.STDIN) -> None:
-        """Send bytes on a stream, waiting for the agent's credit as needed."""
+        """Send bytes on a stream, waiting for the agent's credit as needed. Returns early
+        if the agent has already answered (the answer, e.g. an error, is in :meth:`receive`)."""
         view = memoryview(data)
         while view:
+            if self._answered or self.done:
+                return
             while self._send_credit <= 0:
                 if self._failure is not None:
                     raise self._failure
-                if self.done:
+                if self._answered or self.done:
                     return
                 self._credit_waiter = self.channel._loop.create_future()
                 await self._credit_waiter
@@ -100,7 +109,7 @@ class Request:
             view = view[size:]
 
     def send_eof(self, stream: int = p.STDIN) -> None:
-        if not self.done:
+        if not (self.done or self._answered):
             self.channel._send(p.EOF, self.rid, b"", stream)
 
     def cancel(self) -> None:

@@ -94,29 +94,26 @@ def _check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
-class AsyncCommandHandle:
-    """A running command. Its output is collected in the background while you hold this."""
+class _Collector:
+    """Reads one command's frames: output into tails and callbacks, then its result."""
 
     def __init__(
         self,
-        sandbox: AsyncSandbox,
         request: Request,
         pid: int | None,
         stdout: _Stream,
         stderr: _Stream,
         timeout: float | None,
     ) -> None:
-        self._sandbox = sandbox
-        self._request = request
+        self.request = request
         self.pid = pid
-        self._stdout = stdout
-        self._stderr = stderr
-        self._timeout = timeout
-        self._task: asyncio.Task[CommandResult] = asyncio.ensure_future(self._pump())
+        self.stdout = stdout
+        self.stderr = stderr
+        self.timeout = timeout
 
-    async def _pump(self) -> CommandResult:
-        request = self._request
-        streams = {p.STDOUT: self._stdout, p.STDERR: self._stderr}
+    async def run(self) -> CommandResult:
+        request = self.request
+        streams = {p.STDOUT: self.stdout, p.STDERR: self.stderr}
         try:
             while True:
                 kind, stream, payload = await request.receive()
@@ -138,19 +135,31 @@ class AsyncCommandHandle:
         result = CommandResult(
             exit_code=end["exit_code"],
             signal=end.get("signal"),
-            stdout_bytes=self._stdout.tail.value(),
-            stderr_bytes=self._stderr.tail.value(),
-            truncated=self._stdout.tail.truncated or self._stderr.tail.truncated,
+            stdout_bytes=self.stdout.tail.value(),
+            stderr_bytes=self.stderr.tail.value(),
+            truncated=self.stdout.tail.truncated or self.stderr.tail.truncated,
             pid=self.pid,
         )
         if end.get("timed_out"):
             raise CommandTimeoutError(
-                f"command timed out after {self._timeout:g} s",
+                f"command timed out after {self.timeout:g} s",
                 stdout=result.stdout,
                 stderr=result.stderr,
                 exit_code=result.exit_code,
             )
         return result
+
+
+class AsyncCommandHandle:
+    """A running command. Its output is collected in the background while you hold this."""
+
+    def __init__(self, sandbox: AsyncSandbox, collector: _Collector) -> None:
+        self._sandbox = sandbox
+        self._request = collector.request
+        self._stdout = collector.stdout
+        self._stderr = collector.stderr
+        self.pid = collector.pid
+        self._task: asyncio.Task[CommandResult] = asyncio.ensure_future(collector.run())
 
     @property
     def stdout(self) -> str:
@@ -189,12 +198,6 @@ class AsyncCommandHandle:
 
     async def close_stdin(self) -> None:
         self._request.send_eof()
-
-    def _abandon(self) -> None:
-        """Kill the command (the caller stopped waiting for a foreground command)."""
-        if not self._task.done():
-            self._request.cancel()
-            self._task.cancel()
 
 
 def _end_payload(payload: bytes) -> dict[str, Any]:
@@ -289,8 +292,7 @@ class AsyncCommands:
         except BaseException:
             request.cancel()
             raise
-        handle = AsyncCommandHandle(
-            self._sandbox,
+        collector = _Collector(
             request,
             started,
             _Stream(max_output_bytes, on_stdout),
@@ -298,12 +300,8 @@ class AsyncCommands:
             timeout,
         )
         if background:
-            return handle
-        try:
-            return await handle.wait()
-        except BaseException:
-            handle._abandon()
-            raise
+            return AsyncCommandHandle(self._sandbox, collector)
+        return await collector.run()
 
 
 def _started_pid(payload: bytes) -> int | None:

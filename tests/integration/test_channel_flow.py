@@ -69,3 +69,23 @@ async def test_agent_death_fails_open_requests_clearly():
             await sb.commands.run("true")
     finally:
         await sb.kill()
+
+
+async def test_a_refused_upload_larger_than_the_window_fails_instead_of_hanging():
+    async with sandlot.AsyncSandbox.create() as sb:
+        big = b"x" * (3 * p.WINDOW)
+        with pytest.raises(sandlot.PermissionDeniedError):
+            await asyncio.wait_for(sb.files.write("/usr/big.bin", big), 20)
+        with pytest.raises(sandlot.IsADirectoryInSandboxError):
+            await asyncio.wait_for(sb.files.write("/workspace", big), 20)
+        await sb.files.write("/workspace/ok.bin", big)
+        assert await sb.files.read("/workspace/ok.bin", "bytes") == big
+
+
+async def test_stdin_to_a_command_that_exited_does_not_hang():
+    async with sandlot.AsyncSandbox.create() as sb:
+        result = await asyncio.wait_for(sb.commands.run(["true"], stdin=b"y" * (3 * p.WINDOW)), 20)
+        assert result.exit_code == 0
+        handle = await sb.commands.run(["head", "-c", "10"], background=True)
+        await asyncio.wait_for(handle.send_stdin(b"z" * (3 * p.WINDOW)), 20)
+        assert (await handle.wait()).stdout == "z" * 10

@@ -49,3 +49,10 @@ def test_timeout_carries_partial_output():
 def test_tree_is_drawn_in_the_docstring():
     for code in errors.ERRORS_BY_CODE:
         assert code in errors.__doc__
+
+
+def test_every_error_is_exported_from_the_package():
+    import sandlot
+
+    for cls in errors.ERRORS_BY_CODE.values():
+        assert getattr(sandlot, cls.__name__) is cls
