@@ -223,21 +223,24 @@ def _stream(
         _error(f"{exc} (exit {EXIT_TIMEOUT})")
         return EXIT_TIMEOUT
     except BrokenPipeError:  # whoever read our output went away: stop the command, as SIGPIPE
-        try:
-            handle.kill()
-        except BaseException:
-            pass
+        _abandon(handle)
         return EXIT_BROKEN_PIPE
     except BaseException:
-        try:
-            handle.kill()
-        except BaseException:
-            pass
+        _abandon(handle)
         raise
     if result.signal:
         return 128 + int(result.signal)
     code = int(result.exit_code)
     return 128 - code if code < 0 else code & 0xFF
+
+
+def _abandon(handle: Any) -> None:
+    """Kill a command we stop waiting for, and collect its end (so nothing is left to log)."""
+    try:
+        handle.kill()
+        handle.wait()
+    except BaseException:
+        pass
 
 
 def _sandlot_failure(exc: SandlotError) -> BaseException:

@@ -97,8 +97,7 @@ class BwrapProvider(Provider):
         if not os.access(config.python, os.X_OK):
             raise ProviderUnavailableError(f"no Python interpreter at {config.python} on the host")
         agent_root = agent_files.prepare(self.home, config.python)
-        workspace = folder / "workspace"
-        workspace.mkdir(exist_ok=True)
+        spawn.make_workspace(folder, spec.workdir)
         system = self._cgroups
         groups = system.create(sandbox_id, spec.resources) if system else []
         try:

@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,20 @@ from .base import Provider, ProviderConfig, Started
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 TERM_GRACE = 1.0
+
+
+_warned = False
+
+
+def _warn_once() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            "the 'process' provider runs commands on the host without any isolation",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 class ProcessConfig(ProviderConfig):
@@ -47,8 +62,8 @@ class ProcessProvider(Provider):
         config = self.parse_config(spec.config)
         assert isinstance(config, ProcessConfig)
         agent_root = agent_files.prepare(self.home, config.python)
-        workspace = folder / "workspace"
-        workspace.mkdir(exist_ok=True)
+        workspace = spawn.make_workspace(folder, spec.workdir)
+        _warn_once()
         env = {"PATH": DEFAULT_PATH, "HOME": str(workspace), "LANG": "C.UTF-8", **spec.env}
         listener = spawn.listen(folder)
         try:

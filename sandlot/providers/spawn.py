@@ -12,7 +12,7 @@ import asyncio
 import os
 import socket
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..channel import Channel
@@ -23,6 +23,16 @@ SOCKET_NAME = "agent.sock"
 LOG_NAME = "agent.log"
 MAX_SOCKET_PATH = 107
 HELLO_TIMEOUT = 30.0
+
+
+def make_workspace(folder: Path, workdir: str) -> Path:
+    """The sandbox's /workspace on the host, with the working folder inside it created."""
+    workspace = folder / "workspace"
+    workspace.mkdir(exist_ok=True)
+    inner = PurePosixPath(workdir)
+    if inner.is_relative_to("/workspace") and ".." not in inner.parts:
+        (workspace / inner.relative_to("/workspace")).mkdir(parents=True, exist_ok=True)
+    return workspace
 
 
 def listen(folder: Path) -> socket.socket:
