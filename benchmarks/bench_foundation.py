@@ -887,21 +887,46 @@ class Bench:
             Row("cold", "floor: bare bwrap, python3 -I -S -c pass (subprocess)", "floor", "ms")
         )
         ref = R.add(Row("cold", "ref: bare bwrap, /usr/bin/true (subprocess)", "info", "ms"))
+        # sandlot's own bwrap command line (read from a live sandbox), agent swapped for
+        # `python3 -I -S -c pass`: what sandlot's mounts and flags cost, without its agent.
+        mounts = R.add(
+            Row("cold", "ref: bwrap with sandlot's flags and mounts, python3 -c pass", "info", "ms")
+        )
+        keeper = S.Sandbox.create(timeout=3600)
+        try:
+            with open(f"/proc/{keeper.info.handle['pid']}/cmdline", "rb") as f:
+                cmdline = [x.decode() for x in f.read().split(b"\0")[:-1]]
+            mounts_argv = [*cmdline[: cmdline.index("--") + 1], *FLOOR_PYTHON[-5:]]
+            run_checked(mounts_argv)
+        except Exception as exc:
+            mounts_argv = []
+            mounts.note = f"failed: could not reuse sandlot's bwrap command line: {exc}"
         sl_str = R.add(Row("cold", 'sandlot: create + run("true") + kill', "sandlot", "ms"))
         sl_argv = R.add(Row("cold", 'sandlot: create + run(["true"]) + kill', "sandlot", "ms"))
         sl_async = R.add(
             Row("cold", 'sandlot async: create + run(["true"]) + kill', "sandlot", "ms")
         )
 
+        # Where sandlot's cold start goes (the string-command subject, split in three).
+        phases = {
+            name: Row("cold", f'sandlot phase: {name} (part of run("true") above)', "info", "ms")
+            for name in ("create", "first run", "kill")
+        }
+
         def sandlot_cold(cmd: Any) -> float:
-            t = now()
+            t0 = now()
             sb = S.Sandbox.create()
+            t1 = now()
             r = sb.commands.run(cmd)
+            t2 = now()
             sb.kill()
-            elapsed = now() - t
+            t3 = now()
             if r.exit_code != 0:
                 raise RuntimeError(f"sandlot: `true` exited {r.exit_code}: {r.stderr}")
-            return elapsed
+            if isinstance(cmd, str):
+                for name, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                    phases[name].samples.append(dt * 1000)
+            return t3 - t0
 
         async def sandlot_async_cold() -> float:
             t = now()
@@ -913,10 +938,13 @@ class Bench:
         subjects: list[tuple[Row, Callable[[], float]]] = [
             (floor, lambda: timed(lambda: run_checked(FLOOR_PYTHON))),
             (ref, lambda: timed(lambda: run_checked(FLOOR_TRUE))),
+            (mounts, lambda: timed(lambda: run_checked(mounts_argv))),
             (sl_str, lambda: sandlot_cold("true")),
             (sl_argv, lambda: sandlot_cold(["true"])),
             (sl_async, lambda: self.arun(sandlot_async_cold())),
         ]
+        if not mounts_argv:
+            subjects = [x for x in subjects if x[0] is not mounts]
         peer_subjects = [
             ("docker", "docker run --rm --network none IMAGE true"),
             (
@@ -950,7 +978,12 @@ class Bench:
                 else:
                     kind, row = item
                     self.peer_sample(row, kind, "cold")
-        for row in (ref, sl_str, sl_argv, sl_async):
+        at = R.rows.index(sl_str) + 1
+        for row in reversed(phases.values()):
+            del row.samples[: len(row.samples) - len(sl_str.samples)]  # drop the warm-up rounds
+            R.rows.insert(at, row)
+        keeper.kill()
+        for row in (ref, mounts, sl_str, sl_argv, sl_async):
             compare(row, floor, 1.5 if row.kind == "sandlot" else None)
         for _kind, row in peer_rows:
             compare(row, floor, None)
