@@ -714,7 +714,7 @@ class PeerProcess:
         )
         self._buffer = b""
         try:
-            hello = self._receive(timeout, "start")
+            hello = self._receive(max(timeout, 60), "start")  # imports can be slow
         except PeerUnavailable as exc:
             self.dead = str(exc)
             return
