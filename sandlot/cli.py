@@ -6,7 +6,8 @@ when a signal ended it), 124 when the command timed out, 125 when sandlot itself
 or sandbox id, malformed ``K=V``, empty command, bad option) and prints one red line on
 stderr, never a traceback; other sandlot failures exit 1 outside ``run``/``exec``.
 
-Importing this module stays cheap: the SDK, rich and asyncio are imported inside commands.
+Importing this module adds little to importing ``sandlot``: rich, the providers and the
+manager are imported inside the commands that use them.
 """
 
 import os
@@ -161,7 +162,7 @@ def _command(words: list[str] | None, usage: str) -> str | list[str]:
 
 def _install_signal_handlers() -> None:
     def handler(signum: int, _frame: Any) -> NoReturn:
-        raise _Signalled(signum)
+        _raise_for(signum)
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         try:
@@ -171,6 +172,47 @@ def _install_signal_handlers() -> None:
 
 
 # -- running commands -------------------------------------------------------------------------
+
+
+class _HeldSignals:
+    """Holds SIGINT, SIGTERM and SIGHUP back during a call whose result must not be lost.
+
+    A second signal while held acts at once (so a hung call can still be interrupted).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.saved: dict[int, Any] = {}
+
+    def __enter__(self) -> "_HeldSignals":
+        for signum in self.SIGNALS:
+            try:
+                self.saved[signum] = signal.signal(signum, self._hold)
+            except (ValueError, OSError):  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self.saved.items():
+            if previous is not None:
+                signal.signal(signum, previous)
+
+    def _hold(self, signum: int, _frame: Any) -> None:
+        if self.pending is not None:
+            _raise_for(signum)
+        self.pending = signum
+
+    def replay(self) -> None:
+        if self.pending is not None:
+            _raise_for(self.pending)
+
+
+def _raise_for(signum: int) -> NoReturn:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise _Signalled(signum)
 
 
 def _pump_stdin(handle: Any) -> None:
@@ -203,17 +245,21 @@ def _stream(
 
     from .errors import CommandTimeoutError
 
-    handle = sandbox.commands.run(
-        command,
-        background=True,  # a handle, so that we can kill the command if we are interrupted
-        timeout=timeout,
-        env=env or None,
-        cwd=cwd,
-        on_stdout=_Writer(sys.stdout),
-        on_stderr=_Writer(sys.stderr),
-        max_output_bytes=0,  # streamed, not kept
-    )
+    # A signal that lands while the command starts would lose its handle (the command would
+    # keep running, unseen): hold signals back until we have the handle, then act on them.
+    with _HeldSignals() as held:
+        handle = sandbox.commands.run(
+            command,
+            background=True,  # a handle, so that we can kill the command if we are interrupted
+            timeout=timeout,
+            env=env or None,
+            cwd=cwd,
+            on_stdout=_Writer(sys.stdout),
+            on_stderr=_Writer(sys.stderr),
+            max_output_bytes=0,  # streamed, not kept
+        )
     try:
+        held.replay()
         if forward_stdin:
             threading.Thread(target=_pump_stdin, args=(handle,), daemon=True).start()
         else:
@@ -258,7 +304,7 @@ def run(
     cmd: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="-- CMD...",
+            metavar="CMD",
             help="The command: one argument runs through the sandbox's shell, several run as argv.",
             show_default=False,
         ),
@@ -274,7 +320,7 @@ def run(
         float | None,
         typer.Option(
             "--command-timeout",
-            help="Command time limit, seconds [default: --timeout].",
+            help="Command time limit, seconds (default: --timeout).",
             show_default=False,
         ),
     ] = None,
@@ -286,7 +332,7 @@ def run(
         str, typer.Option("--workdir", "-w", help="Working folder in the sandbox (created).")
     ] = "/workspace",
     memory_mb: Annotated[
-        int | None, typer.Option("--memory-mb", help="Memory limit, MiB [default: 512].")
+        int | None, typer.Option("--memory-mb", help="Memory limit, MiB (default: 512).")
     ] = None,
     stdin: Annotated[
         bool, typer.Option("--stdin", help="Forward this terminal's stdin to the command.")
@@ -321,10 +367,6 @@ def run(
     except SandlotError as exc:
         raise _sandlot_failure(exc) from None
     try:
-        if not sandbox.isolated and sys.stderr.isatty():
-            _note(
-                f"warning: provider {sandbox.provider!r} runs the command UNISOLATED on this host"
-            )
         if workdir != "/workspace":
             try:
                 sandbox.files.make_dir(workdir)
@@ -347,7 +389,7 @@ def exec_(
     cmd: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="-- CMD...",
+            metavar="CMD",
             help="The command: one argument runs through the sandbox's shell, several run as argv.",
             show_default=False,
         ),
@@ -357,7 +399,7 @@ def exec_(
         typer.Option(
             "--timeout",
             "-t",
-            help="Command time limit, seconds [default: the sandbox's lifetime].",
+            help="Command time limit, seconds (default: the sandbox's lifetime).",
             show_default=False,
         ),
     ] = None,
@@ -567,16 +609,18 @@ def gc(
 
 def _click_exceptions() -> Any:
     """click's exception classes, as the installed typer uses them (newer typers vendor click)."""
+    import importlib
+
     try:
-        from typer._click import exceptions
+        return importlib.import_module("typer._click.exceptions")
     except ImportError:
-        from click import exceptions
-    return exceptions
+        return importlib.import_module("click.exceptions")
 
 
 def _run_app(argv: list[str] | None) -> int:
     ce = _click_exceptions()
     no_args_is_help = getattr(ce, "NoArgsIsHelpError", ())
+    aborted = (getattr(ce, "Abort", typer.Abort), typer.Abort, KeyboardInterrupt)
     try:
         result = app(args=argv, prog_name="sandlot", standalone_mode=False)
     except _UsageError as exc:
@@ -602,15 +646,23 @@ def _run_app(argv: list[str] | None) -> int:
     except ce.ClickException as exc:
         _error(exc.format_message())
         return exc.exit_code
-    except (ce.Abort, typer.Abort, KeyboardInterrupt):
+    except aborted:
         return 130
     except BrokenPipeError:
         return EXIT_BROKEN_PIPE
     return result if isinstance(result, int) else 0
 
 
+def _show_warning(message: Any, category: Any, *_args: Any, **_kwargs: Any) -> None:
+    """Python warnings (e.g. the process provider's "no isolation") as one yellow line."""
+    _note(f"warning: {message}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``sandlot``)."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         code = _run_app(argv)
     except Exception as exc:  # a bug: one line, the traceback only when asked for
