@@ -38,6 +38,7 @@ import concurrent.futures
 import contextlib
 import datetime
 import gc
+import hashlib
 import json
 import math
 import os
@@ -139,6 +140,7 @@ class Row:
 
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
+        data["samples"] = [round(x, 4) for x in self.samples]
         data.update(n=self.n, p50=self.p50, p99=self.p99)
         if self.samples:
             data["mean"] = sum(self.samples) / len(self.samples)
@@ -341,7 +343,14 @@ def git_commit() -> str:
             capture_output=True,
             text=True,
         ).stdout.strip()
-        return out + (" (+ uncommitted changes under sandlot/)" if dirty else "")
+        if not dirty:
+            return out
+        diff = subprocess.run(
+            ["git", "-C", str(REPO), "diff", "HEAD", "--", "sandlot"], capture_output=True
+        ).stdout
+        files = len(dirty.splitlines())
+        digest = hashlib.sha256(diff).hexdigest()[:10]
+        return f"{out} (+ uncommitted changes in {files} files under sandlot/, diff {digest})"
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -1601,8 +1610,12 @@ def write_results(results: Results, meta: dict[str, Any], outdir: Path) -> tuple
         "",
     ]
     md_path.write_text("\n".join(lines))
-    payload = {"meta": meta, "rows": [r.summary() for r in results.rows], "notes": results.notes}
-    json_path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    # One row per line: readable diffs between runs.
+    rows = ",\n  ".join(json.dumps(r.summary(), default=str) for r in results.rows)
+    json_path.write_text(
+        f'{{"meta": {json.dumps(meta, default=str)},\n "rows": [\n  {rows}\n ],\n'
+        f' "notes": {json.dumps(results.notes)}}}\n'
+    )
     return md_path, json_path
 
 

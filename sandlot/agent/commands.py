@@ -13,7 +13,7 @@ import time
 from . import protocol as p
 from .errors import AgentError
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 1024 * 1024  # = MAX_DATA: one frame per read
 PIPE_SIZE = 1024 * 1024
 F_SETPIPE_SZ = 1031
 LINGER = 0.05  # after exit, how long to wait for EOF from pipes a grandchild still holds

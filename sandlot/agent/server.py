@@ -17,6 +17,22 @@ SIGKILL = 9
 PARENT_CHECK = 1.0
 
 
+SEND_BUFFER = 4 * 1024 * 1024
+
+
+def _grow_send_buffer(fd):
+    """A Unix socket holds only ``SO_SNDBUF`` bytes in flight (208 KiB by default): with a
+    bigger one, each wake-up of host and agent moves megabytes, not a fraction of a frame.
+    The kernel caps it at net.core.wmem_max."""
+    sock = _socket.socket(fileno=fd)
+    try:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, SEND_BUFFER)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
+
+
 class Paths:
     """Maps sandbox paths to real ones. Identity inside an isolated sandbox; the ``process``
     provider maps /workspace onto a host folder."""
@@ -128,6 +144,7 @@ class Agent:
             except OSError:
                 return
             posix.set_inheritable(fd, False)
+            _grow_send_buffer(fd)
             conn = Connection(self, fd)
             self.connections.add(conn)
             conn.send_json(

@@ -20,6 +20,8 @@ from ..agent import protocol as p
 from ..errors import ProtocolError, SandboxClosedError, SandlotError, from_dict
 
 GRANT_BATCH = p.WINDOW // 4  # return credit in batches, not per frame
+READ_BUFFER = 4 * 1024 * 1024  # what one read may take from the socket
+MIN_READ = 256 * 1024  # compact the buffer when less than this is free
 
 Frame = tuple[int, int, bytes]  # kind, stream, payload
 
@@ -129,31 +131,60 @@ def _json(payload: bytes) -> Any:
         raise ProtocolError(f"agent sent malformed JSON: {exc}") from None
 
 
-class _Protocol(asyncio.Protocol):
+class _Protocol(asyncio.BufferedProtocol):
+    """Reads straight into one large buffer (no intermediate bytes objects) and cuts frames
+    out of it; only a trailing partial frame is ever moved."""
+
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
-        self.buffer = bytearray()
+        self.buffer = bytearray(READ_BUFFER)
+        self.view = memoryview(self.buffer)
+        self.start = 0  # first unparsed byte
+        self.end = 0  # end of received data
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.channel._transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buffer
-        buf += data
-        offset = 0
-        size = len(buf)
-        while size - offset >= p.HEADER_SIZE:
-            length, kind, stream, rid = p.HEADER.unpack_from(buf, offset)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        free = len(self.buffer) - self.end
+        if free < MIN_READ:
+            pending = self.end - self.start
+            self.buffer[:pending] = self.view[self.start : self.end]
+            self.start, self.end = 0, pending
+        return self.view[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.end += nbytes
+        view, offset, end = self.view, self.start, self.end
+        channel = self.channel
+        while end - offset >= p.HEADER_SIZE:
+            length, kind, stream, rid = p.HEADER.unpack_from(view, offset)
             if length > (p.MAX_DATA if kind == p.DATA else p.MAX_CONTROL):
-                self.channel._broken(ProtocolError(f"oversized frame ({length} bytes)"))
+                channel._broken(ProtocolError(f"oversized frame ({length} bytes)"))
                 return
-            end = offset + p.HEADER_SIZE + length
-            if size < end:
+            frame_end = offset + p.HEADER_SIZE + length
+            if frame_end > end:
+                self._reserve(p.HEADER_SIZE + length)
                 break
-            self.channel._on_frame(kind, stream, rid, bytes(buf[offset + p.HEADER_SIZE : end]))
-            offset = end
-        if offset:
-            del buf[:offset]
+            channel._on_frame(kind, stream, rid, bytes(view[offset + p.HEADER_SIZE : frame_end]))
+            offset = frame_end
+        if offset == self.end:
+            self.start = self.end = 0
+        else:
+            self.start = offset
+
+    def _reserve(self, frame_size: int) -> None:
+        """Make sure a frame this large fits (control frames may exceed the buffer)."""
+        if frame_size + MIN_READ > len(self.buffer):
+            grown = bytearray(frame_size + MIN_READ)
+            pending = self.end - self.start
+            grown[:pending] = self.view[self.start : self.end]
+            self.view.release()
+            self.buffer, self.view = grown, memoryview(grown)
+            self.start, self.end = 0, pending
+
+    def eof_received(self) -> bool | None:
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.channel._broken(SandboxClosedError("the connection to the sandbox's agent closed"))
