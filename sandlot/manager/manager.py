@@ -63,6 +63,7 @@ class Manager:
         self._owned: dict[str, LiveSandbox] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._collected = False
+        self._removals: set[asyncio.Future[None]] = set()
 
     @classmethod
     def current(cls) -> Manager:
@@ -162,8 +163,18 @@ class Manager:
         if live is not None:
             live.channel.close()
         await provider.destroy(info.handle)
-        shutil.rmtree(self.folder(info.id), ignore_errors=True)
         self.store.delete(info.id)
+        self._remove_folder(info.id)
+
+    def _remove_folder(self, sandbox_id: str) -> None:
+        """Delete a dead sandbox's folder in a worker thread: removing even an empty tree
+        takes milliseconds on some file systems (ext4 with ``discard``), and nothing waits
+        for it. If the process ends first, the next gc removes it as an orphan."""
+        loop = asyncio.get_running_loop()
+        folder = self.folder(sandbox_id)
+        future = loop.run_in_executor(None, shutil.rmtree, folder, True)
+        self._removals.add(future)
+        future.add_done_callback(self._removals.discard)
 
     def _on_exit(self, sandbox_id: str) -> None:
         """An owned sandbox stopped by itself (its deadline, or its agent died)."""
@@ -235,7 +246,13 @@ class Manager:
                     shutil.rmtree(folder, ignore_errors=True)
                     if folder.name not in report.orphans:
                         report.orphans.append(folder.name)
+        await self.settle()
         return report
+
+    async def settle(self) -> None:
+        """Wait for background folder removals to finish."""
+        if self._removals:
+            await asyncio.gather(*self._removals, return_exceptions=True)
 
     def _instantiated_local_providers(self) -> builtins.list[tuple[str, Provider]]:
         from ..providers import BUILTIN
@@ -249,4 +266,5 @@ class Manager:
                 await self.kill(sandbox_id)
             except Exception:
                 continue
+        await self.settle()
         self.store.close()
