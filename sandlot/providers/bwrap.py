@@ -163,12 +163,7 @@ class BwrapProvider(Provider):
             "--cap-drop", "ALL",
             "--ro-bind", "/usr", "/usr",
         ]  # fmt: skip
-        for name in TOP_LEVEL:
-            host = Path("/") / name
-            if host.is_symlink():
-                argv += ["--symlink", os.readlink(host), f"/{name}"]
-            elif host.is_dir():
-                argv += ["--ro-bind", str(host), f"/{name}"]
+        argv += _top_level_binds()
         for name in ETC_ALLOWLIST:
             argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         for name in ("passwd", "group", "hosts", "hostname"):
@@ -184,6 +179,7 @@ class BwrapProvider(Provider):
             "--ro-bind", str(agent_root), agent_files.MOUNT_POINT,
             "--chdir", "/workspace",
             "--remount-ro", "/",
+            "--remount-ro", "/dev",
             "--clearenv",
             "--setenv", "PATH", DEFAULT_PATH,
             "--setenv", "HOME", "/workspace",
@@ -277,7 +273,7 @@ def _probe() -> str | None:
     argv = [
         "bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
         "--unshare-uts", "--die-with-parent", "--ro-bind", "/usr", "/usr",
-        "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "--", "/usr/bin/true",
+        *_top_level_binds(), "--proc", "/proc", "--dev", "/dev", "--", "/usr/bin/true",
     ]  # fmt: skip
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -289,6 +285,18 @@ def _probe() -> str | None:
             return f"user namespaces unavailable ({message})"
         return f"bubblewrap fails: {message}"
     return None
+
+
+def _top_level_binds() -> list[str]:
+    """/bin, /lib, ... as the host has them: symlinks into /usr (merged /usr) or folders."""
+    args: list[str] = []
+    for name in TOP_LEVEL:
+        host = Path("/") / name
+        if host.is_symlink():
+            args += ["--symlink", os.readlink(host), f"/{name}"]
+        elif host.is_dir():
+            args += ["--ro-bind", str(host), f"/{name}"]
+    return args
 
 
 def _read_int(path: str) -> int | None:

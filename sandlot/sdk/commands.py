@@ -160,6 +160,9 @@ class AsyncCommandHandle:
         self._stderr = collector.stderr
         self.pid = collector.pid
         self._task: asyncio.Task[CommandResult] = asyncio.ensure_future(collector.run())
+        # Nobody may ever wait (a caller interrupted, or not interested): don't let asyncio
+        # report the outcome as "never retrieved"; wait() still raises it.
+        self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     @property
     def stdout(self) -> str:
