@@ -6,11 +6,20 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_TIMEOUT = 300.0  # sandbox lifetime, seconds
 DEFAULT_COMMAND_TIMEOUT = 60.0
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def describe(error: ValidationError, what: str) -> str:
+    """One line per problem: ``invalid sandbox settings: timeout: must be > 0; ...``."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(x) for x in item["loc"]) or "value"
+        parts.append(f"{where}: {item['msg']}")
+    return f"invalid {what}: " + "; ".join(parts)
 
 
 def check_env(env: dict[str, str]) -> dict[str, str]:

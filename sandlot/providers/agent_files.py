@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..errors import SandboxStartError
+from ..errors import ProviderUnavailableError, SandboxStartError
 
 AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent"
 MOUNT_POINT = "/.sandlot"
@@ -29,6 +29,10 @@ def prepare(home: Path, python: str) -> Path:
     key = (home, python)
     if key in _prepared:
         return _prepared[key]
+    if not os.access(python, os.X_OK):
+        raise ProviderUnavailableError(
+            f"no Python interpreter at {python} on the host (it runs the sandbox's agent)"
+        )
     digest = hashlib.sha256(python.encode())
     for source in _sources():
         digest.update(source.name.encode())

@@ -14,17 +14,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..channel import Channel
 from ..errors import InvalidArgumentError
-from ..models import ProviderInfo, SandboxSpec
+from ..models import ProviderInfo, SandboxSpec, describe
 
 
 class ProviderConfig(BaseModel):
     """Provider-specific settings (``SandboxSpec.config``). Unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class AgentPythonConfig(ProviderConfig):
+    """Settings of providers that run the agent with a host interpreter."""
+
+    python: str = Field(description="absolute path of the interpreter that runs the agent")
+
+    @field_validator("python")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"{value!r} is not an absolute path")
+        return value
 
 
 @dataclass
@@ -49,9 +62,8 @@ class Provider(abc.ABC):
         try:
             return self.config_model.model_validate(config)
         except ValidationError as exc:
-            raise InvalidArgumentError(
-                f"invalid config for provider {self.name!r}: {exc}"
-            ) from None
+            what = f"settings for provider {self.name!r}"
+            raise InvalidArgumentError(describe(exc, what)) from None
 
     def info(self) -> ProviderInfo:
         reason = self.unavailable_reason()

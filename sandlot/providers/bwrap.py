@@ -26,7 +26,7 @@ from ..channel import Channel
 from ..errors import ProviderUnavailableError
 from ..models import SandboxSpec
 from . import agent_files, cgroups, procinfo, spawn
-from .base import Provider, ProviderConfig, Started
+from .base import AgentPythonConfig, Provider, Started
 
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
@@ -48,18 +48,18 @@ SHM_BYTES = 64 * 1024 * 1024
 ADOPT_TIMEOUT = 2.0
 
 
-class BwrapConfig(ProviderConfig):
+class BwrapConfig(AgentPythonConfig):
     python: str = Field("/usr/bin/python3", description="host interpreter that runs the agent")
     ro_binds: list[str] = Field(
         default_factory=list, description="extra host paths to expose read-only at the same path"
     )
 
-    @field_validator("python", "ro_binds")
+    @field_validator("ro_binds")
     @classmethod
-    def _absolute(cls, value: Any) -> Any:
-        for path in [value] if isinstance(value, str) else value:
-            if not path.startswith("/"):
-                raise ValueError(f"{path!r} is not an absolute path")
+    def _absolute_binds(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/") or ".." in path.split("/"):
+                raise ValueError(f"{path!r} is not an absolute, normalised path")
         return value
 
 
@@ -94,8 +94,6 @@ class BwrapProvider(Provider):
         reason = _static_reason()
         if reason is not None:
             raise ProviderUnavailableError(f"bwrap cannot isolate here: {reason}", reason=reason)
-        if not os.access(config.python, os.X_OK):
-            raise ProviderUnavailableError(f"no Python interpreter at {config.python} on the host")
         agent_root = agent_files.prepare(self.home, config.python)
         spawn.make_workspace(folder, spec.workdir)
         system = self._cgroups

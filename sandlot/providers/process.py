@@ -21,7 +21,7 @@ from pydantic import Field
 from ..channel import Channel
 from ..models import SandboxSpec
 from . import agent_files, procinfo, spawn
-from .base import Provider, ProviderConfig, Started
+from .base import AgentPythonConfig, Provider, Started
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 TERM_GRACE = 1.0
@@ -41,7 +41,7 @@ def _warn_once() -> None:
         )
 
 
-class ProcessConfig(ProviderConfig):
+class ProcessConfig(AgentPythonConfig):
     python: str = Field(sys.executable, description="interpreter that runs the agent")
 
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from ..errors import InvalidArgumentError, SandboxNotFoundError
 from ..manager import GcReport, LiveSandbox, Manager
-from ..models import Resources, SandboxInfo, SandboxSpec
+from ..models import Resources, SandboxInfo, SandboxSpec, describe
 from .commands import AsyncCommands
 from .files import AsyncFiles
 
@@ -34,15 +34,7 @@ def build_spec(
             config=config,
         )
     except ValidationError as exc:
-        raise InvalidArgumentError(_describe(exc)) from None
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(x) for x in error["loc"]) or "value"
-        parts.append(f"{where}: {error['msg']}")
-    return "invalid sandbox settings: " + "; ".join(parts)
+        raise InvalidArgumentError(describe(exc, "sandbox settings")) from None
 
 
 class AsyncSandbox:
