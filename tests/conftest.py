@@ -1,0 +1,37 @@
+"""Session-wide set-up shared by every test: an isolated sandlot state folder.
+
+``SANDLOT_HOME`` is set here, at import time, before any test module creates a manager, so
+the suite never touches the user's real state folder (records, sockets, agent copies). The
+path stays short because each sandbox's Unix socket lives below it and socket paths must fit
+in 108 bytes. Subprocesses started by tests inherit it through the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+HOME = tempfile.mkdtemp(prefix="sl-", dir="/tmp")
+os.environ["SANDLOT_HOME"] = HOME
+
+
+def pytest_report_header(config: object) -> str:
+    return f"SANDLOT_HOME={HOME}"
+
+
+def pytest_sessionfinish(session: object, exitstatus: int) -> None:
+    """Kill whatever sandbox a failed test left running, then drop the state folder."""
+    try:
+        import sandlot
+
+        for info in sandlot.Sandbox.list():
+            try:
+                sandlot.Sandbox.connect(info.id).kill()
+            except Exception:
+                continue
+        sandlot.Sandbox.gc()
+    except Exception:
+        pass
+    if not os.environ.get("SANDLOT_TEST_KEEP_HOME"):
+        shutil.rmtree(HOME, ignore_errors=True)
