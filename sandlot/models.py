@@ -60,6 +60,13 @@ class SandboxSpec(BaseModel):
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         return check_env(value)
 
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("provider must be a name, or None for the default")
+        return value
+
     @field_validator("workdir")
     @classmethod
     def _workdir(cls, value: str) -> str:

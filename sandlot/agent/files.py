@@ -248,9 +248,12 @@ class Upload:
         except FileNotFoundError:
             pass
         self.tmp = "%s/.%s.sandlot-%d-%d" % (folder, name, posix.getpid(), rid)
-        self.fd = posix.open(
-            self.tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_CLOEXEC, 0o644
-        )
+        try:
+            self.fd = posix.open(
+                self.tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_CLOEXEC, 0o644
+            )
+        except OSError as exc:  # name the file the caller asked for, not our temporary
+            raise OSError(exc.errno, exc.strerror, path) from None
         self.agent, self.conn, self.rid, self.path, self.real = agent, conn, rid, path, real
         self.limit = request.get("max_bytes")
         self.size = 0

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import hashlib
 import os
+import pwd
 import shutil
 import subprocess
 import time
@@ -23,7 +24,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from ..channel import Channel
-from ..errors import ProviderUnavailableError
+from ..errors import InvalidArgumentError, ProviderUnavailableError
 from ..models import SandboxSpec
 from . import agent_files, cgroups, procinfo, spawn
 from .base import AgentPythonConfig, Provider, Started
@@ -46,12 +47,19 @@ ETC_ALLOWLIST = (
 TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 SHM_BYTES = 64 * 1024 * 1024
 ADOPT_TIMEOUT = 2.0
+NOBODY = 65534
 
 
 class BwrapConfig(AgentPythonConfig):
     python: str = Field("/usr/bin/python3", description="host interpreter that runs the agent")
     ro_binds: list[str] = Field(
         default_factory=list, description="extra host paths to expose read-only at the same path"
+    )
+
+    host_user: str | int | None = Field(
+        None,
+        description="host account the sandbox runs as; default: 'nobody' when sandlot runs as "
+        "root (so an escape lands unprivileged), else the current user",
     )
 
     @field_validator("ro_binds")
@@ -95,14 +103,17 @@ class BwrapProvider(Provider):
         if reason is not None:
             raise ProviderUnavailableError(f"bwrap cannot isolate here: {reason}", reason=reason)
         agent_root = agent_files.prepare(self.home, config.python)
-        spawn.make_workspace(folder, spec.workdir)
+        user = _host_user(config.host_user)
+        if user is not None:
+            self._open_path_to(folder)
+        spawn.make_workspace(folder, spec.workdir, user)
         system = self._cgroups
         groups = system.create(sandbox_id, spec.resources) if system else []
         try:
             listener = spawn.listen(folder)
             try:
                 argv = self._argv(spec, config, folder, agent_root, listener.fileno(), bool(groups))
-                child = spawn.spawn(argv, folder, listener, {"PATH": DEFAULT_PATH})
+                child = spawn.spawn(argv, folder, listener, {"PATH": DEFAULT_PATH}, user)
             finally:
                 listener.close()
             self._children[child.pid] = child
@@ -134,6 +145,13 @@ class BwrapProvider(Provider):
         child.exited.add_done_callback(lambda _: self._children.pop(child.pid, None))
         handle = spawn.handle(child, folder, cgroups=[str(g) for g in groups])
         return Started(handle=handle, channel=channel, exited=child.exited)
+
+    def _open_path_to(self, folder: Path) -> None:
+        """Let an unprivileged bwrap reach the folders it binds: search permission only
+        (0711) on the way down, so nothing can be listed; the state database stays 0600."""
+        for path in (self.home, folder.parent, folder):
+            if path.stat().st_mode & 0o111 != 0o111:
+                path.chmod(0o711)
 
     def _argv(
         self,
@@ -283,6 +301,25 @@ def _probe() -> str | None:
             return f"user namespaces unavailable ({message})"
         return f"bubblewrap fails: {message}"
     return None
+
+
+def _host_user(setting: str | int | None) -> spawn.HostUser | None:
+    """Whom to run bwrap as. None: as ourselves (no switch)."""
+    if setting is None:
+        if os.geteuid() != 0:
+            return None
+        setting = "nobody"
+    try:
+        entry = pwd.getpwuid(setting) if isinstance(setting, int) else pwd.getpwnam(setting)
+    except KeyError:
+        if setting == "nobody":
+            return spawn.HostUser(NOBODY, NOBODY)
+        raise InvalidArgumentError(f"no host user {setting!r}") from None
+    if entry.pw_uid == os.geteuid():
+        return None
+    if os.geteuid() != 0:
+        raise InvalidArgumentError("only root can run sandboxes as another host user")
+    return spawn.HostUser(entry.pw_uid, entry.pw_gid)
 
 
 def _top_level_binds() -> list[str]:

@@ -12,6 +12,7 @@ import asyncio
 import os
 import socket
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,13 +26,22 @@ MAX_SOCKET_PATH = 107
 HELLO_TIMEOUT = 30.0
 
 
-def make_workspace(folder: Path, workdir: str) -> Path:
-    """The sandbox's /workspace on the host, with the working folder inside it created."""
+def make_workspace(folder: Path, workdir: str, owner: HostUser | None = None) -> Path:
+    """The sandbox's /workspace on the host, with the working folder inside it created,
+    owned by the host user the sandbox runs as."""
     workspace = folder / "workspace"
+    made = [workspace]
     workspace.mkdir(exist_ok=True)
     inner = PurePosixPath(workdir)
     if inner.is_relative_to("/workspace") and ".." not in inner.parts:
-        (workspace / inner.relative_to("/workspace")).mkdir(parents=True, exist_ok=True)
+        target = workspace
+        for part in inner.relative_to("/workspace").parts:
+            target = target / part
+            target.mkdir(exist_ok=True)
+            made.append(target)
+    if owner is not None:
+        for path in made:
+            os.chown(path, owner.uid, owner.gid)
     return workspace
 
 
@@ -81,10 +91,25 @@ class ChildProcess:
             await asyncio.shield(self.exited)
 
 
+@dataclass(frozen=True)
+class HostUser:
+    """An unprivileged host account to run a sandbox as."""
+
+    uid: int
+    gid: int
+
+
 def spawn(
-    argv: list[str], folder: Path, listener: socket.socket, env: dict[str, str]
+    argv: list[str],
+    folder: Path,
+    listener: socket.socket,
+    env: dict[str, str],
+    user: HostUser | None = None,
 ) -> ChildProcess:
     """Start the agent (from the event loop's thread: ``--die-with-parent`` binds to it)."""
+    credentials: dict[str, Any] = {}
+    if user is not None:
+        credentials = {"user": user.uid, "group": user.gid, "extra_groups": []}
     with open(folder / LOG_NAME, "ab") as log:
         try:
             popen = subprocess.Popen(
@@ -95,6 +120,7 @@ def spawn(
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                **credentials,
             )
         except OSError as exc:
             raise SandboxStartError(f"cannot start {argv[0]}: {exc}") from None

@@ -51,6 +51,8 @@ class Store:
     def __init__(self, home: Path) -> None:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = home / "state.db"
+        if not self.path.exists():
+            self.path.touch(mode=0o600)  # sandbox metadata is nobody else's business
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             self.path, timeout=30, check_same_thread=False, isolation_level=None
