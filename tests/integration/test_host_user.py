@@ -1,0 +1,62 @@
+"""When sandlot runs as root, a sandbox runs as the host's unprivileged `nobody`: whatever
+escapes the namespaces lands without privileges."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+import sandlot
+from sandlot.providers import procinfo
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root switches host users")
+
+NOBODY = 65534
+
+
+def _host_uids(sb) -> set[int]:
+    pids = [sb.info.handle["pid"], *procinfo.descendants(sb.info.handle["pid"])]
+    uids = set()
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                uids.update(int(x) for x in line.split()[1:])
+    return uids
+
+
+def test_sandbox_processes_and_files_belong_to_nobody_on_the_host():
+    with sandlot.Sandbox.create() as sb:
+        handle = sb.commands.run("sleep 30", background=True)
+        assert _host_uids(sb) == {NOBODY}
+        sb.commands.run("echo x > /workspace/made-inside")
+        made = Path(sandlot_home()) / "sandboxes" / sb.id / "workspace" / "made-inside"
+        assert made.stat().st_uid == NOBODY
+        handle.kill()
+
+
+def test_the_sandbox_cannot_reach_another_sandboxs_agent_socket():
+    with sandlot.Sandbox.create() as a:
+        socket_path = a.info.handle["socket"]
+        # Expose a's folder to b on purpose: the socket's permissions must still hold.
+        with sandlot.Sandbox.create(ro_binds=[str(Path(socket_path).parent)]) as b:
+            probe = (
+                "import socket,sys\n"
+                "s=socket.socket(socket.AF_UNIX)\n"
+                "try:\n    s.connect(sys.argv[1]); print('connected')\n"
+                "except OSError as e:\n    print(type(e).__name__)\n"
+            )
+            result = b.commands.run(["python3", "-c", probe, socket_path])
+            assert result.stdout.strip() == "PermissionError"
+
+
+def test_host_user_can_be_chosen_and_is_validated():
+    with sandlot.Sandbox.create(host_user="root") as sb:
+        assert _host_uids(sb) == {0}
+    with pytest.raises(sandlot.InvalidArgumentError):
+        sandlot.Sandbox.create(host_user="no-such-user-xyz")
+
+
+def sandlot_home() -> str:
+    from sandlot.store import default_home
+
+    return str(default_home())
