@@ -184,8 +184,6 @@ class BwrapProvider(Provider):
             argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         for name in ("passwd", "group", "hosts", "hostname"):
             argv += ["--ro-bind", str(etc / name), f"/etc/{name}"]
-        for path in config.ro_binds:
-            argv += ["--ro-bind", path, path]
         argv += [
             "--proc", "/proc",
             "--dev", "/dev",
@@ -193,6 +191,10 @@ class BwrapProvider(Provider):
             "--perms", "1777", "--size", str(spec.resources.tmp_mb << 20), "--tmpfs", "/tmp",
             "--bind", str(folder / "workspace"), "/workspace",
             "--ro-bind", str(agent_root), agent_files.MOUNT_POINT,
+        ]  # fmt: skip
+        for path in config.ro_binds:  # last, so /tmp or /workspace cannot hide them
+            argv += ["--ro-bind", path, path]
+        argv += [
             "--chdir", "/workspace",
             "--remount-ro", "/",
             "--remount-ro", "/dev",
