@@ -250,9 +250,11 @@ class Manager:
         return report
 
     async def settle(self) -> None:
-        """Wait for background folder removals to finish."""
+        """Wait for background clean-up (folders, cgroups) to finish."""
         if self._removals:
             await asyncio.gather(*self._removals, return_exceptions=True)
+        for provider in self._providers.values():
+            await provider.settle()
 
     def _instantiated_local_providers(self) -> builtins.list[tuple[str, Provider]]:
         from ..providers import BUILTIN

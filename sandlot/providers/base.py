@@ -102,5 +102,8 @@ class Provider(abc.ABC):
     async def cleanup_orphan(self, sandbox_id: str) -> None:
         """Release resources of a sandbox that :meth:`list_instances` found with no record."""
 
+    async def settle(self) -> None:
+        """Wait for clean-up work that :meth:`destroy` left running in the background."""
+
     async def close(self) -> None:
         """Release what the provider holds for sandboxes of this process (at manager close)."""

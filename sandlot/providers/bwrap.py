@@ -25,25 +25,13 @@ from pydantic import Field, field_validator
 
 from ..channel import Channel
 from ..errors import InvalidArgumentError, ProviderUnavailableError
-from ..models import SandboxSpec
-from . import agent_files, cgroups, procinfo, spawn
+from ..models import Resources, SandboxSpec
+from . import agent_files, cgroups, etc, procinfo, spawn
 from .base import AgentPythonConfig, Provider, Started
 
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-ETC_ALLOWLIST = (
-    "alternatives",
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "localtime",
-    "nsswitch.conf",
-    "mime.types",
-    "ssl/certs",
-    "ca-certificates.conf",
-    "os-release",
-)
 TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 SHM_BYTES = 64 * 1024 * 1024
 ADOPT_TIMEOUT = 2.0
@@ -80,6 +68,7 @@ class BwrapProvider(Provider):
     def __init__(self, home: Path) -> None:
         super().__init__(home)
         self._children: dict[int, spawn.ChildProcess] = {}  # pid -> bwrap we started
+        self._cleanups: set[asyncio.Future[bool]] = set()
 
     # -- availability -----------------------------------------------------------------------
 
@@ -108,7 +97,9 @@ class BwrapProvider(Provider):
             self._open_path_to(folder)
         spawn.make_workspace(folder, spec.workdir, user)
         system = self._cgroups
-        groups = system.create(sandbox_id, spec.resources) if system else []
+        groups = system.folders(sandbox_id) if system else []
+        child: spawn.ChildProcess | None = None
+        limiting: asyncio.Future[set[int]] | None = None
         try:
             listener = spawn.listen(folder)
             try:
@@ -117,29 +108,33 @@ class BwrapProvider(Provider):
             finally:
                 listener.close()
             self._children[child.pid] = child
-            # Joining a cgroup can wait a whole RCU grace period (~15 ms on this v1 host), so
-            # the move runs in a worker thread while bwrap and Python start up.
-            moving = None
             if system is not None:
+                # Creating the groups and joining them (which can wait a whole RCU grace
+                # period, ~15 ms on this v1 host) happen in a worker thread while bwrap and
+                # Python start up. No command runs before the agent's tree has joined.
                 loop = asyncio.get_running_loop()
-                moving = loop.run_in_executor(None, _adopt_tree, system, groups, child.pid)
+                limiting = loop.run_in_executor(
+                    None, _limit_tree, system, sandbox_id, spec.resources, child.pid
+                )
             try:
                 channel = await spawn.connect_started(folder, child, "bwrap")
             except Exception as exc:
-                self._children.pop(child.pid, None)
-                if moving is not None:
-                    await asyncio.gather(moving, return_exceptions=True)
                 if _static_reason() is None and (probe := _probe()) is not None:
                     raise ProviderUnavailableError(f"bwrap cannot isolate here: {probe}") from exc
                 raise
-            if system is not None and moving is not None:
-                moved = await moving
+            if system is not None and limiting is not None:
+                moved = await limiting
                 # Whatever the worker missed (it gives up after a while) joins now, still
                 # before the agent has been asked to run anything.
                 missed = [p for p in procinfo.descendants(child.pid) if p not in moved]
                 if missed:
                     system.add(groups, missed)
         except BaseException:
+            if child is not None:
+                self._children.pop(child.pid, None)
+                await child.kill()
+            if limiting is not None:
+                await asyncio.gather(limiting, return_exceptions=True)
             await cgroups.remove(groups)
             raise
         child.exited.add_done_callback(lambda _: self._children.pop(child.pid, None))
@@ -162,7 +157,7 @@ class BwrapProvider(Provider):
         listen_fd: int,
         limited: bool,
     ) -> list[str]:
-        etc = _etc_files(self.home)
+        etc_folder = etc.snapshot(self.home, SANDBOX_UID, SANDBOX_GID)
         argv = [
             "bwrap",
             "--unshare-user",
@@ -180,10 +175,7 @@ class BwrapProvider(Provider):
             "--ro-bind", "/usr", "/usr",
         ]  # fmt: skip
         argv += _top_level_binds()
-        for name in ETC_ALLOWLIST:
-            argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        for name in ("passwd", "group", "hosts", "hostname"):
-            argv += ["--ro-bind", str(etc / name), f"/etc/{name}"]
+        argv += ["--ro-bind", str(etc_folder), "/etc"]
         argv += [
             "--proc", "/proc",
             "--dev", "/dev",
@@ -222,12 +214,22 @@ class BwrapProvider(Provider):
         return await Channel.connect_unix(handle["socket"])
 
     async def destroy(self, handle: dict[str, Any]) -> None:
+        groups = [Path(g) for g in handle.get("cgroups", [])]
+        cgroups.kill_all(groups)  # every process of the sandbox at once, not one by one
         child = self._children.get(handle.get("pid", -1))
         if child is not None:
             await child.kill()
         else:
             await _kill_foreign(handle.get("pid", -1), handle.get("started"))
-        await cgroups.remove([Path(g) for g in handle.get("cgroups", [])])
+        # Everything is SIGKILLed and bwrap has exited; the groups can only be removed once
+        # the last process is gone (~2 ms): nobody needs to wait for that.
+        task = asyncio.ensure_future(cgroups.remove(groups))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def settle(self) -> None:
+        if self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     def is_alive(self, handle: dict[str, Any]) -> bool:
         return procinfo.is_running(handle.get("pid", -1), handle.get("started"))
@@ -242,13 +244,17 @@ class BwrapProvider(Provider):
             await cgroups.remove(system.folders(sandbox_id))
 
 
-def _adopt_tree(system: cgroups.CgroupSystem, groups: list[Path], pid: int) -> set[int]:
-    """Move bwrap, then each process it forks, into the groups as they appear.
+def _limit_tree(
+    system: cgroups.CgroupSystem, sandbox_id: str, resources: Resources, pid: int
+) -> set[int]:
+    """Create the sandbox's groups, then move bwrap and each process it forks into them as
+    they appear.
 
     Consecutive moves are cheap (the first pays the grace period), so following the tree
     while it grows costs one grace period in all, overlapped with the start-up. bwrap forks
     the namespace's init, which forks the agent: two descendants.
     """
+    groups = system.create(sandbox_id, resources)
     system.add(groups, [pid])
     moved: set[int] = set()
     deadline = time.monotonic() + ADOPT_TIMEOUT
@@ -342,22 +348,3 @@ def _read_int(path: str) -> int | None:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
-
-
-def _etc_files(home: Path) -> Path:
-    """Synthetic /etc entries: the sandbox user, localhost, nothing from the host."""
-    etc = home / "etc"
-    if not (etc / "hostname").exists():
-        etc.mkdir(parents=True, exist_ok=True)
-        files = {
-            "passwd": f"sandbox:x:{SANDBOX_UID}:{SANDBOX_GID}:sandbox:/workspace:/bin/sh\n"
-            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-            "group": f"sandbox:x:{SANDBOX_GID}:\nnogroup:x:65534:\n",
-            "hosts": "127.0.0.1 localhost sandlot\n::1 localhost ip6-localhost\n",
-            "hostname": "sandlot\n",
-        }
-        for name, text in files.items():
-            tmp = etc / f".{name}.tmp{os.getpid()}"
-            tmp.write_text(text)
-            tmp.replace(etc / name)
-    return etc
