@@ -6,7 +6,6 @@ import posix
 import select
 import time
 
-from . import commands, files
 from . import protocol as p
 from .connection import Connection
 from .errors import AgentError
@@ -57,7 +56,7 @@ class Agent:
         self.connections = set()
         self.commands = {}  # pid -> Command
         self.base_env = {k.decode(): v.decode() for k, v in posix.environ.items()}
-        self.shell = self._find_shell()
+        self._shell = None
         self._parent = parent
         self._deadline_timer = None
         posix.set_inheritable(listen_fd, False)  # commands must never inherit it
@@ -70,12 +69,14 @@ class Agent:
         if parent is not None:
             self.loop.call_at(time.monotonic() + PARENT_CHECK, self._check_parent)
 
-    def _find_shell(self):
-        for name in ("bash", "sh"):
-            found = commands._which(name, self.base_env.get("PATH", "/usr/bin:/bin"))
-            if found:
-                return found
-        return "/bin/sh"
+    @property
+    def shell(self):
+        """bash where the sandbox has it, else sh (looked up on first use)."""
+        if self._shell is None:
+            which = _commands()._which
+            path = self.base_env.get("PATH", "/usr/bin:/bin")
+            self._shell = which("bash", path) or which("sh", path) or "/bin/sh"
+        return self._shell
 
     # -- signals and children ---------------------------------------------------------------
 
@@ -147,19 +148,25 @@ class Agent:
             _grow_send_buffer(fd)
             conn = Connection(self, fd)
             self.connections.add(conn)
-            conn.send_json(
-                p.HELLO,
-                0,
-                {"version": p.VERSION, "pid": posix.getpid(), "shell": self.shell},
-            )
+            conn.send_json(p.HELLO, 0, {"version": p.VERSION, "pid": posix.getpid()})
+            # Import the request handlers while the host reads the hello: off the critical
+            # path of a cold start.
+            self.loop.call_soon(_preload)
 
     def handle_request(self, conn, rid, request):
         op = request.get("op")
         try:
-            handler = OPERATIONS.get(op)
-            if handler is None:
+            entry = OPERATIONS.get(op)
+            if entry is None:
                 raise AgentError("invalid_argument", "unknown operation %r" % (op,))
-            result = handler(self, conn, rid, request)
+            kind, module, name = entry
+            if module is None:
+                result = getattr(self, name)(conn, rid, request)
+            elif kind == "stream":  # registers itself on the connection and answers later
+                getattr(module(), name)(self, conn, rid, request)
+                result = None
+            else:
+                result = getattr(module(), name)(self, request)
         except Exception as exc:  # every failure is an answer, never a dead agent
             conn.requests.pop(rid, None)
             conn.send_error(rid, exc)
@@ -185,6 +192,9 @@ class Agent:
         self.set_deadline(seconds)
         return {}
 
+    def op_ping(self, conn, rid, request):
+        return {}
+
     def op_info(self, conn, rid, request):
         return {
             "pid": posix.getpid(),
@@ -193,29 +203,36 @@ class Agent:
         }
 
 
-def _sync(function):
-    return lambda agent, conn, rid, request: function(agent, request)
+def _commands():
+    from . import commands
+
+    return commands
 
 
-def _streaming(cls):
-    def start(agent, conn, rid, request):
-        cls(agent, conn, rid, request)
+def _files():
+    from . import files
 
-    return start
+    return files
 
 
+def _preload():
+    _commands()
+    _files()
+
+
+# op -> (kind, module loader or None for an Agent method, attribute)
 OPERATIONS = {
-    "exec": _streaming(commands.Command),
-    "signal": Agent.op_signal,
-    "deadline": Agent.op_deadline,
-    "info": Agent.op_info,
-    "ping": lambda agent, conn, rid, request: {},
-    "read": _streaming(files.Download),
-    "write": _streaming(files.Upload),
-    "stat": _sync(files.stat),
-    "exists": _sync(files.exists),
-    "list": _sync(files.list_dir),
-    "mkdir": _sync(files.make_dir),
-    "remove": _sync(files.remove),
-    "rename": _sync(files.rename),
+    "exec": ("stream", _commands, "Command"),
+    "signal": ("call", None, "op_signal"),
+    "deadline": ("call", None, "op_deadline"),
+    "info": ("call", None, "op_info"),
+    "ping": ("call", None, "op_ping"),
+    "read": ("stream", _files, "Download"),
+    "write": ("stream", _files, "Upload"),
+    "stat": ("call", _files, "stat"),
+    "exists": ("call", _files, "exists"),
+    "list": ("call", _files, "list_dir"),
+    "mkdir": ("call", _files, "make_dir"),
+    "remove": ("call", _files, "remove"),
+    "rename": ("call", _files, "rename"),
 }

@@ -174,7 +174,7 @@ class BwrapProvider(Provider):
             "--cap-drop", "ALL",
             "--ro-bind", "/usr", "/usr",
         ]  # fmt: skip
-        argv += _top_level_binds()
+        argv += [*_top_level_binds()]
         argv += ["--ro-bind", str(etc_folder), "/etc"]
         argv += [
             "--proc", "/proc",
@@ -330,6 +330,7 @@ def _host_user(setting: str | int | None) -> spawn.HostUser | None:
     return spawn.HostUser(entry.pw_uid, entry.pw_gid)
 
 
+@functools.cache
 def _top_level_binds() -> list[str]:
     """/bin, /lib, ... as the host has them: symlinks into /usr (merged /usr) or folders."""
     args: list[str] = []

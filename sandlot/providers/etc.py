@@ -13,9 +13,11 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 HOST_ETC = Path("/etc")
+RECHECK_SECONDS = 5.0
 ALLOWLIST = (
     "alternatives",
     "ld.so.cache",
@@ -54,10 +56,20 @@ def _fingerprint(files: dict[str, str]) -> str:
     return digest.hexdigest()[:16]
 
 
+_recent: dict[tuple[Path, int, int], tuple[float, Path]] = {}
+
+
 def snapshot(home: Path, uid: int, gid: int) -> Path:
-    """Return the folder to bind as /etc, building it if the host's entries changed."""
+    """Return the folder to bind as /etc, building it if the host's entries changed (looked
+    at no more than once every few seconds: it is on every sandbox's start-up path)."""
+    key = (home, uid, gid)
+    now = time.monotonic()
+    seen = _recent.get(key)
+    if seen is not None and now - seen[0] < RECHECK_SECONDS and seen[1].is_dir():
+        return seen[1]
     files = synthetic(uid, gid)
     target = home / "etc" / _fingerprint(files)
+    _recent[key] = (now, target)
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
