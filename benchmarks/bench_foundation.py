@@ -237,26 +237,11 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in tasks:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
-            found.extend(int(x) for x in f.read().split())
-    return found
-
-
 def tree(pid: int) -> list[int]:
     """pid and all its descendants."""
-    out, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        out.append(p)
-        stack.extend(children(p))
-    return out
+    from sandlot.providers.procinfo import descendants
+
+    return [pid, *descendants(pid)]
 
 
 def memory_kib(pid: int) -> tuple[int, int]:

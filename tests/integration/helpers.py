@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sandlot.providers.procinfo import children
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -64,21 +66,6 @@ def is_zombie_or_gone(pid: int) -> bool:
     except OSError:
         return True
     return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                found.extend(int(x) for x in f.read().split())
-        except OSError:
-            continue
-    return found
 
 
 def pid_namespace(pid: int) -> str | None:
