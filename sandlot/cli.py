@@ -298,17 +298,19 @@ def _sandlot_failure(exc: SandlotError) -> BaseException:
 
 # -- commands ---------------------------------------------------------------------------------
 
+CommandArgument = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="CMD",
+        help="The command: one argument runs through the sandbox's shell, several run as argv.",
+        show_default=False,
+    ),
+]
+
 
 @app.command(context_settings=_COMMAND_CONTEXT)
 def run(
-    cmd: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="CMD",
-            help="The command: one argument runs through the sandbox's shell, several run as argv.",
-            show_default=False,
-        ),
-    ] = None,
+    cmd: CommandArgument = None,
     provider: Annotated[
         str | None,
         typer.Option("--provider", "-p", help="Provider (see `sandlot providers`); default bwrap."),
@@ -386,14 +388,7 @@ def run(
 @app.command(name="exec", context_settings=_COMMAND_CONTEXT)
 def exec_(
     sandbox_id: Annotated[str, typer.Argument(metavar="ID", help="Sandbox id (see `sandlot ls`).")],
-    cmd: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="CMD",
-            help="The command: one argument runs through the sandbox's shell, several run as argv.",
-            show_default=False,
-        ),
-    ] = None,
+    cmd: CommandArgument = None,
     timeout: Annotated[
         float | None,
         typer.Option(
