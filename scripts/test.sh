@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ruff check .
+mypy sandlot
 python -m pytest -q "$@"
