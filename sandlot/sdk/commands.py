@@ -8,6 +8,7 @@ import json
 import signal as signals
 from collections import deque
 from collections.abc import Awaitable, Callable
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..agent import protocol as p
@@ -237,7 +238,7 @@ class AsyncCommands:
         background: Literal[True],
         env: dict[str, str] | None = None,
         cwd: str | None = None,
-        timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
+        timeout: float | None = None,
         stdin: str | bytes | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
@@ -251,7 +252,7 @@ class AsyncCommands:
         background: bool = False,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
-        timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
+        timeout: float | EllipsisType | None = ...,
         stdin: str | bytes | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
@@ -259,10 +260,13 @@ class AsyncCommands:
     ) -> CommandResult | AsyncCommandHandle:
         """Run a command: a string goes through the sandbox's shell (bash, else sh); a list
         runs as argv. Foreground runs return a :class:`CommandResult` (a non-zero exit is not
-        an error); ``background=True`` returns a handle at once. ``timeout`` (seconds, default
-        60; None for the sandbox's lifetime) kills the whole process group and raises
-        :class:`CommandTimeoutError` with the partial output."""
+        an error); ``background=True`` returns a handle at once. ``timeout`` in seconds kills
+        the whole process group and raises :class:`CommandTimeoutError` with the partial
+        output; by default 60 s in the foreground, and in the background only the sandbox's
+        lifetime (None), so a server you start keeps running."""
         args = _check_command(cmd)
+        if timeout is ...:
+            timeout = None if background else DEFAULT_COMMAND_TIMEOUT
         timeout = _check_timeout(timeout)
         if env is not None:
             if not isinstance(env, dict) or not all(

@@ -132,7 +132,7 @@ class Commands:
         background: Literal[True],
         env: dict[str, str] | None = None,
         cwd: str | None = None,
-        timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
+        timeout: float | None = None,
         stdin: str | bytes | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
