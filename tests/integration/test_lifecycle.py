@@ -59,9 +59,10 @@ def test_id_info_and_kill(sb: sandlot.Sandbox) -> None:
     assert is_zombie_or_gone(pid)
     assert sb.is_running() is False
     assert sb.id not in listed_ids()
-    # The host folder goes too (removed in the background: allow a moment).
+    # The host folder and the cgroups go too (removed in the background once the killed
+    # processes are gone: allow a moment).
     assert wait_until(lambda: not sandbox_folder(sb.id).exists(), 5)
-    assert not cgroup_folders(sb.id)
+    assert wait_until(lambda: not cgroup_folders(sb.id), 5)
     assert sb.kill() is False  # already gone: no error
     with pytest.raises(sandlot.SandboxClosedError):
         sb.commands.run("echo too late")
