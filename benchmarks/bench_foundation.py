@@ -1694,6 +1694,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = now()
     load0 = os.getloadavg()[0]
+    commit = git_commit()  # the code measured is what is on disk now
     # A private state folder: no other sandlot user's sandboxes, and easy to find ours.
     home = Path(tempfile.mkdtemp(prefix="slb-", dir="/tmp"))
     os.environ["SANDLOT_HOME"] = str(home)
@@ -1743,7 +1744,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "date": datetime.date.today().isoformat(),
         "time": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": commit,
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}",
         "versions": versions,
         "command": "python benchmarks/bench_foundation.py "
