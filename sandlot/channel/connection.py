@@ -20,8 +20,8 @@ from ..agent import protocol as p
 from ..errors import ProtocolError, SandboxClosedError, SandlotError, from_dict
 
 GRANT_BATCH = p.WINDOW // 4  # return credit in batches, not per frame
-READ_BUFFER = 4 * 1024 * 1024  # what one read may take from the socket
-MIN_READ = 256 * 1024  # compact the buffer when less than this is free
+BUFFER_MIN = 64 * 1024  # an idle channel's read buffer
+BUFFER_MAX = 4 * 1024 * 1024  # a streaming channel's: one read may take this much
 
 Frame = tuple[int, int, bytes]  # kind, stream, payload
 
@@ -132,31 +132,47 @@ def _json(payload: bytes) -> Any:
 
 
 class _Protocol(asyncio.BufferedProtocol):
-    """Reads straight into one large buffer (no intermediate bytes objects) and cuts frames
-    out of it; only a trailing partial frame is ever moved."""
+    """Reads straight into one buffer (no intermediate bytes objects) and cuts frames out of
+    it; only a trailing partial frame is ever moved. The buffer starts small (a sandbox that
+    sits idle costs 64 KiB here), doubles while reads fill it, up to 4 MiB for streaming, and
+    shrinks back when the stream is over."""
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
-        self.buffer = bytearray(READ_BUFFER)
+        self.buffer = bytearray(BUFFER_MIN)
         self.view = memoryview(self.buffer)
         self.start = 0  # first unparsed byte
         self.end = 0  # end of received data
+        self.offered = 0  # size of the last buffer handed to the transport
+
+    def _resize(self, size: int) -> None:
+        """A new buffer of ``size`` bytes holding the unparsed data at its front."""
+        buffer = bytearray(size)
+        pending = self.end - self.start
+        buffer[:pending] = self.view[self.start : self.end]
+        self.start, self.end = 0, pending
+        self.buffer, self.view = buffer, memoryview(buffer)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.channel._transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        free = len(self.buffer) - self.end
-        if free < MIN_READ:
-            pending = self.end - self.start
-            self.buffer[:pending] = self.view[self.start : self.end]
-            self.start, self.end = 0, pending
+        capacity = len(self.buffer)
+        if capacity - self.end < capacity // 4:  # little room left at the end
+            if self.start:  # compact in place: move the partial frame to the front
+                pending = self.end - self.start
+                self.view[:pending] = bytes(self.view[self.start : self.end])
+                self.start, self.end = 0, pending
+            if capacity - self.end < capacity // 4 and capacity < BUFFER_MAX:
+                self._resize(min(capacity * 2, BUFFER_MAX))
+        self.offered = len(self.buffer) - self.end
         return self.view[self.end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self.end += nbytes
         view, offset, end = self.view, self.start, self.end
         channel = self.channel
+        needed = 0  # size of the incomplete frame at ``offset``, once its header is in
         while end - offset >= p.HEADER_SIZE:
             length, kind, stream, rid = p.HEADER.unpack_from(view, offset)
             if length > (p.MAX_DATA if kind == p.DATA else p.MAX_CONTROL):
@@ -164,24 +180,21 @@ class _Protocol(asyncio.BufferedProtocol):
                 return
             frame_end = offset + p.HEADER_SIZE + length
             if frame_end > end:
-                self._reserve(p.HEADER_SIZE + length)
+                needed = p.HEADER_SIZE + length
                 break
             channel._on_frame(kind, stream, rid, bytes(view[offset + p.HEADER_SIZE : frame_end]))
             offset = frame_end
+        capacity = len(self.buffer)
         if offset == self.end:
             self.start = self.end = 0
-        else:
-            self.start = offset
-
-    def _reserve(self, frame_size: int) -> None:
-        """Make sure a frame this large fits (control frames may exceed the buffer)."""
-        if frame_size + MIN_READ > len(self.buffer):
-            grown = bytearray(frame_size + MIN_READ)
-            pending = self.end - self.start
-            grown[:pending] = self.view[self.start : self.end]
-            self.view.release()
-            self.buffer, self.view = grown, memoryview(grown)
-            self.start, self.end = 0, pending
+            if nbytes < BUFFER_MIN // 2 < capacity:  # the stream is over: give memory back
+                self._resize(BUFFER_MIN)
+            elif nbytes == self.offered and capacity < BUFFER_MAX:  # reads fill it: grow
+                self._resize(min(capacity * 2, BUFFER_MAX))
+            return
+        self.start = offset
+        if needed > capacity // 2:  # a frame too large for the room we keep: make room
+            self._resize(max(needed * 2, capacity))
 
     def eof_received(self) -> bool | None:
         return None
