@@ -901,6 +901,19 @@ class Bench:
             Row("cold", 'sandlot async: create + run(["true"]) + kill', "sandlot", "ms")
         )
 
+        # As root, sandboxes run as the host's `nobody` (an escape lands unprivileged); this
+        # row shows what that switch costs, by running as root's own user instead.
+        as_root = None
+        if os.geteuid() == 0:
+            as_root = R.add(
+                Row(
+                    "cold",
+                    'sandlot as root, no switch to nobody: create + run(["true"]) + kill',
+                    "info",
+                    "ms",
+                )
+            )
+
         # Where sandlot's cold start goes (the string-command subject, split in three).
         phases = {
             name: Row("cold", f'sandlot phase: {name} (part of run("true") above)', "info", "ms")
@@ -922,6 +935,13 @@ class Bench:
                     phases[name].samples.append(dt * 1000)
             return t3 - t0
 
+        def sandlot_cold_as_root() -> float:
+            t = now()
+            sb = S.Sandbox.create(host_user="root")
+            sb.commands.run(["true"])
+            sb.kill()
+            return now() - t
+
         async def sandlot_async_cold() -> float:
             t = now()
             sb = await S.AsyncSandbox.create()
@@ -937,6 +957,8 @@ class Bench:
             (sl_argv, lambda: sandlot_cold(["true"])),
             (sl_async, lambda: self.arun(sandlot_async_cold())),
         ]
+        if as_root is not None:
+            subjects.append((as_root, sandlot_cold_as_root))
         if not mounts_argv:
             subjects = [x for x in subjects if x[0] is not mounts]
         peer_subjects = [
@@ -977,8 +999,9 @@ class Bench:
             del row.samples[: len(row.samples) - len(sl_str.samples)]  # drop the warm-up rounds
             R.rows.insert(at, row)
         keeper.kill()
-        for row in (ref, mounts, sl_str, sl_argv, sl_async):
-            compare(row, floor, 1.5 if row.kind == "sandlot" else None)
+        for row in (ref, mounts, sl_str, sl_argv, sl_async, as_root):
+            if row is not None:
+                compare(row, floor, 1.5 if row.kind == "sandlot" else None)
         for _kind, row in peer_rows:
             compare(row, floor, None)
 
