@@ -891,6 +891,9 @@ class Bench:
             with open(f"/proc/{keeper.info.handle['pid']}/cmdline", "rb") as f:
                 cmdline = [x.decode() for x in f.read().split(b"\0")[:-1]]
             mounts_argv = [*cmdline[: cmdline.index("--") + 1], *FLOOR_PYTHON[-5:]]
+            if "--userns" in mounts_argv:  # sandlot's shared namespace fd is not ours to pass
+                at = mounts_argv.index("--userns")
+                mounts_argv[at : at + 2] = ["--unshare-user"]
             run_checked(mounts_argv)
         except Exception as exc:
             mounts_argv = []

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 from ..channel import Channel
 from ..errors import InvalidArgumentError, ProviderUnavailableError
 from ..models import Resources, SandboxSpec
-from . import agent_files, cgroups, etc, procinfo, spawn
+from . import agent_files, cgroups, etc, procinfo, spawn, userns
 from .base import AgentPythonConfig, Provider, Started
 
 SANDBOX_UID = 1000
@@ -103,8 +103,14 @@ class BwrapProvider(Provider):
         try:
             listener = spawn.listen(folder)
             try:
-                argv = self._argv(spec, config, folder, agent_root, listener.fileno(), bool(groups))
-                child = spawn.spawn(argv, folder, listener, {"PATH": DEFAULT_PATH}, user)
+                namespace = None
+                if user is not None:
+                    namespace = userns.shared(SANDBOX_UID, SANDBOX_GID, user)
+                argv = self._argv(
+                    spec, config, folder, agent_root, listener.fileno(), bool(groups), namespace
+                )
+                extra = () if namespace is None else (namespace,)
+                child = spawn.spawn(argv, folder, listener, {"PATH": DEFAULT_PATH}, extra)
             finally:
                 listener.close()
             self._children[child.pid] = child
@@ -156,11 +162,12 @@ class BwrapProvider(Provider):
         agent_root: Path,
         listen_fd: int,
         limited: bool,
+        namespace: int | None = None,
     ) -> list[str]:
         etc_folder = etc.snapshot(self.home, SANDBOX_UID, SANDBOX_GID)
         argv = [
             "bwrap",
-            "--unshare-user",
+            *(["--unshare-user"] if namespace is None else ["--userns", str(namespace)]),
             "--unshare-pid",
             "--unshare-net",
             "--unshare-ipc",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -105,30 +104,19 @@ def spawn(
     folder: Path,
     listener: socket.socket,
     env: dict[str, str],
-    user: HostUser | None = None,
+    extra_fds: tuple[int, ...] = (),
 ) -> ChildProcess:
     """Start the agent (from the event loop's thread: ``--die-with-parent`` binds to it)."""
-    credentials: dict[str, Any] = {}
-    if user is not None:
-        setpriv = shutil.which("setpriv", path=env.get("PATH"))
-        if setpriv:
-            # Switching users in Popen rules out vfork, and forking this (large) process
-            # costs ~3 ms; util-linux's setpriv switches after a cheap vfork + exec.
-            ids = [f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
-            argv = [setpriv, *ids, "--", *argv]
-        else:
-            credentials = {"user": user.uid, "group": user.gid, "extra_groups": []}
     with open(folder / LOG_NAME, "ab") as log:
         try:
             popen = subprocess.Popen(
                 argv,
-                pass_fds=(listener.fileno(),),
+                pass_fds=(listener.fileno(), *extra_fds),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                **credentials,
             )
         except OSError as exc:
             raise SandboxStartError(f"cannot start {argv[0]}: {exc}") from None

@@ -15,7 +15,10 @@ NOBODY = 65534
 
 
 def _host_uids(sb) -> set[int]:
-    pids = [sb.info.handle["pid"], *procinfo.descendants(sb.info.handle["pid"])]
+    """Host uids of everything inside the sandbox. bwrap's own monitor, outside its PID
+    namespace and without capabilities, is not the sandbox's code and is left out."""
+    pids = procinfo.descendants(sb.info.handle["pid"])
+    assert pids
     uids = set()
     for pid in pids:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
