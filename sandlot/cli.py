@@ -298,6 +298,10 @@ def _sandlot_failure(exc: SandlotError) -> BaseException:
 
 # -- commands ---------------------------------------------------------------------------------
 
+EnvOption = Annotated[
+    list[str] | None,
+    typer.Option("--env", "-e", metavar="K=V", help="Environment variable (repeatable)."),
+]
 CommandArgument = Annotated[
     list[str] | None,
     typer.Argument(
@@ -326,10 +330,7 @@ def run(
             show_default=False,
         ),
     ] = None,
-    env: Annotated[
-        list[str] | None,
-        typer.Option("--env", "-e", metavar="K=V", help="Environment variable (repeatable)."),
-    ] = None,
+    env: EnvOption = None,
     workdir: Annotated[
         str, typer.Option("--workdir", "-w", help="Working folder in the sandbox (created).")
     ] = "/workspace",
@@ -398,10 +399,7 @@ def exec_(
             show_default=False,
         ),
     ] = None,
-    env: Annotated[
-        list[str] | None,
-        typer.Option("--env", "-e", metavar="K=V", help="Environment variable (repeatable)."),
-    ] = None,
+    env: EnvOption = None,
     workdir: Annotated[
         str | None, typer.Option("--workdir", "-w", help="Working folder in the sandbox.")
     ] = None,
