@@ -36,7 +36,6 @@ class LiveSandbox:
     info: SandboxInfo
     channel: Channel
     provider: Provider
-    owned: bool
 
 
 @dataclass
@@ -113,7 +112,7 @@ class Manager:
             raise
         info.handle = started.handle
         self.store.set_handle(info.id, started.handle)
-        live = LiveSandbox(info, started.channel, provider, owned=True)
+        live = LiveSandbox(info, started.channel, provider)
         self._owned[info.id] = live
         self._schedule_expiry(info.id, spec.timeout)
         if started.exited is not None:
@@ -125,7 +124,7 @@ class Manager:
         if not provider.is_alive(info.handle):
             raise SandboxNotFoundError(f"sandbox {sandbox_id} is no longer running", id=sandbox_id)
         channel = await provider.connect(info.handle)
-        return LiveSandbox(info, channel, provider, owned=sandbox_id in self._owned)
+        return LiveSandbox(info, channel, provider)
 
     def _lookup(self, sandbox_id: str) -> tuple[SandboxInfo, Provider]:
         if not isinstance(sandbox_id, str) or not sandbox_id:

@@ -104,6 +104,3 @@ class Provider(abc.ABC):
 
     async def settle(self) -> None:
         """Wait for clean-up work that :meth:`destroy` left running in the background."""
-
-    async def close(self) -> None:
-        """Release what the provider holds for sandboxes of this process (at manager close)."""
