@@ -400,18 +400,30 @@ def test_exec_in_a_sandbox_of_another_process(home: Path, holder: Holder) -> Non
     assert [i["id"] for i in running(home, f"run={holder.run}")] == [holder.id]
 
 
-def test_exec_interrupted_kills_the_command_not_the_sandbox(home: Path, holder: Holder) -> None:
+def _exec_started(home: Path, holder: Holder, cmd: str) -> subprocess.Popen[str]:
+    """`sandlot exec` running in the background, once its command printed "go"."""
     proc = subprocess.Popen(
-        [*CLI, "exec", holder.id, "--", "echo go; exec sleep 60"],
+        [*CLI, "exec", holder.id, "--", cmd],
         env=_env(home),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
     try:
         assert proc.stdout.readline() == "go\n"
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def test_exec_interrupted_kills_the_command_not_the_sandbox(home: Path, holder: Holder) -> None:
+    proc = _exec_started(home, holder, "echo go; exec sleep 60")
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 130
         assert "Traceback" not in proc.stderr.read()
@@ -449,17 +461,9 @@ def test_kill_several_reports_each(home: Path, holder: Holder) -> None:
 def test_exec_fails_cleanly_when_the_sandbox_is_killed_meanwhile(
     home: Path, holder: Holder
 ) -> None:
-    proc = subprocess.Popen(
-        [*CLI, "exec", holder.id, "--", "echo go; sleep 60"],
-        env=_env(home),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _exec_started(home, holder, "echo go; sleep 60")
     assert proc.stdout is not None and proc.stderr is not None
     try:
-        assert proc.stdout.readline() == "go\n"
         assert cli(home, "kill", holder.id).returncode == 0
         code = proc.wait(timeout=20)
         err = proc.stderr.read()
