@@ -179,6 +179,7 @@ class Command:
         self._stdin_eof = False
         self._timer = None
         self._linger = None
+        self.end_extra = {}  # more fields for the END message (see code.Install)
         self.pid = self._spawn(request)
         conn.requests[rid] = self
         agent.commands[self.pid] = self
@@ -432,13 +433,15 @@ class Command:
             signum = None
             exit_code = posix.WEXITSTATUS(status)
         if self.conn is not None:
-            self.conn.send_json(
-                p.END,
-                self.rid,
-                {"exit_code": exit_code, "signal": signum, "timed_out": self.timed_out},
-            )
+            end = {"exit_code": exit_code, "signal": signum, "timed_out": self.timed_out}
+            end.update(self.end_extra)
+            self.conn.send_json(p.END, self.rid, end)
             self.conn.requests.pop(self.rid, None)
         self._cleanup()
+        self.on_finished(exit_code)
+
+    def on_finished(self, exit_code):
+        """Called once the command has ended and been reported."""
 
     def _cleanup(self):
         loop = self.agent.loop

@@ -54,7 +54,8 @@ class Agent:
         self.paths = Paths(list(mapping))
         self.workdir = workdir
         self.connections = set()
-        self.commands = {}  # pid -> Command
+        self.commands = {}  # pid -> Command, or code.Context (its worker)
+        self.code = None  # code.Contexts, created on first use
         self.base_env = {k.decode(): v.decode() for k, v in posix.environ.items()}
         self._shell = None
         self._parent = parent
@@ -215,6 +216,12 @@ def _files():
     return files
 
 
+def _code():
+    from . import code
+
+    return code
+
+
 def _preload():
     _commands()
     _files()
@@ -235,4 +242,11 @@ OPERATIONS = {
     "mkdir": ("call", _files, "make_dir"),
     "remove": ("call", _files, "remove"),
     "rename": ("call", _files, "rename"),
+    "code.create": ("stream", _code, "op_create"),
+    "code.run": ("stream", _code, "op_run"),
+    "code.restart": ("stream", _code, "op_restart"),
+    "code.interrupt": ("call", _code, "op_interrupt"),
+    "code.remove": ("call", _code, "op_remove"),
+    "code.list": ("call", _code, "op_list"),
+    "code.install": ("stream", _code, "op_install"),
 }

@@ -29,6 +29,9 @@ ALLOWLIST = (
     "ssl/certs",
     "ca-certificates.conf",
     "os-release",
+    "matplotlibrc",  # Debian's matplotlib keeps its defaults here
+    "fonts",
+    "pip.conf",  # a site's package index settings
 )
 
 

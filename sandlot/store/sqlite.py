@@ -36,9 +36,13 @@ MIGRATIONS = {
 
 
 def default_home() -> Path:
-    """``$SANDLOT_HOME``, else ``$XDG_STATE_HOME/sandlot``, else ``~/.local/state/sandlot``."""
+    """``$SANDLOT_HOME``, else ``$XDG_STATE_HOME/sandlot``, else ``~/.local/state/sandlot``;
+    for root, ``/var/lib/sandlot``: sandboxes run as an unprivileged user, which cannot reach
+    into root's private home folder."""
     if os.environ.get("SANDLOT_HOME"):
         return Path(os.environ["SANDLOT_HOME"]).expanduser().resolve()
+    if os.geteuid() == 0 and not os.environ.get("XDG_STATE_HOME"):
+        return Path("/var/lib/sandlot")
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state).expanduser().resolve() / "sandlot"
 

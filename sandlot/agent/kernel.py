@@ -1,0 +1,355 @@
+"""The code-context worker: one process per context, running cells in one namespace.
+
+The agent starts it with stdout and stderr on pipes it reads (so ``print``, C extensions and
+subprocesses all stream the same way) and a control socket on fd 3, which carries length-
+prefixed JSON: cells to run one way; ``ready``, ``result``, ``progress`` and ``done`` the other.
+A cell runs like a notebook cell: its statements, then the value of a trailing expression as
+the main result (a trailing ``;`` hides it). SIGINT raises ``KeyboardInterrupt`` only while
+user code runs, never inside the worker's own bookkeeping, so an interrupt cannot corrupt the
+control stream. Standard library only.
+"""
+
+import _struct
+import builtins
+import posix
+import signal
+import sys
+
+from . import display as _display
+from . import protocol as _p
+
+CONTROL_FD = 3
+LENGTH = _struct.Struct("!I")
+MAX_RESULT = 12 * 1024 * 1024  # one result message; bigger ones keep only their text
+RESULT_BUDGET = 64 * 1024 * 1024  # all results of one cell
+HIDDEN = frozenset(["display", "sandlot_progress"])
+
+
+class _State:
+    armed = False  # user code is running: SIGINT may raise
+    pending = False  # SIGINT arrived while disarmed
+    cell = None
+    result_bytes = 0
+    shown = ()  # ids of figures already displayed in this cell
+
+
+state = _State()
+
+
+def _on_sigint(signum, frame):
+    if state.armed:
+        raise KeyboardInterrupt
+    state.pending = True
+
+
+class Control:
+    """fd 3: blocking, length-prefixed JSON both ways."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buffer = b""
+
+    def send(self, message):
+        body = _p.dumps(message)
+        data = LENGTH.pack(len(body)) + body
+        armed, state.armed = state.armed, False  # an interrupt must not cut a frame in half
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[posix.write(self.fd, view) :]
+        finally:
+            state.armed = armed
+        if armed and state.pending:
+            state.pending = False
+            raise KeyboardInterrupt
+
+    def receive(self):
+        while True:
+            if len(self.buffer) >= 4:
+                (length,) = LENGTH.unpack_from(self.buffer)
+                if len(self.buffer) >= 4 + length:
+                    body = self.buffer[4 : 4 + length]
+                    self.buffer = self.buffer[4 + length :]
+                    return _p.loads(body)
+            try:
+                chunk = posix.read(self.fd, 1 << 20)
+            except InterruptedError:
+                continue
+            if not chunk:
+                return None
+            self.buffer += chunk
+
+
+class Kernel:
+    def __init__(self, control, persist_path):
+        import types
+
+        self.control = control
+        self.count = 0
+        module = types.ModuleType("__main__")
+        module.__dict__["__builtins__"] = builtins
+        module.display = self.display
+        module.sandlot_progress = self.progress
+        sys.modules["__main__"] = module  # pickle, dataclasses and typing look things up here
+        self.namespace = module.__dict__
+        self.store = None
+        self.restored = []
+        self.not_restored = {}
+        self._loop = None
+        if persist_path:
+            from . import persist
+
+            self.store = persist.Store(persist_path)
+            self.restored, self.not_restored = self.store.load(self.namespace)
+        _display.install_matplotlib_backend(self._show)
+
+    # -- what user code calls ----------------------------------------------------------------
+
+    def display(self, *objects):
+        """Show each object as a rich result (HTML, images, ...), as Jupyter's display()."""
+        for obj in objects:
+            self._send_result(_display.bundle(obj, self._warn), main=False)
+            if _display._is_figure(obj):
+                state.shown = (*state.shown, id(obj))
+
+    def progress(self, message=""):
+        """Tell the caller this cell is alive (resets its inactivity timeout)."""
+        _flush()
+        self.control.send({"type": "progress", "cell": state.cell, "message": str(message)})
+
+    def _show(self, *args, **kwargs):  # plt.show() under the inline backend
+        self._flush_figures()
+
+    # -- running cells -----------------------------------------------------------------------
+
+    def serve(self):
+        self.control.send(
+            {
+                "type": "ready",
+                "pid": posix.getpid(),
+                "python": "%d.%d.%d" % sys.version_info[:3],
+                "restored": self.restored,
+                "not_restored": self.not_restored,
+            }
+        )
+        while True:
+            try:
+                message = self.control.receive()
+            except KeyboardInterrupt:
+                continue  # a stray interrupt between cells: nothing to stop
+            if message is None:
+                return
+            if message.get("op") == "run":
+                self.run(message)
+
+    def run(self, message):
+        state.cell = message.get("cell")
+        state.result_bytes = 0
+        state.shown = ()
+        state.pending = False
+        if message.get("refresh"):
+            _refresh_paths()
+        self.count += 1
+        error = None
+        try:
+            error = self._execute(message.get("code", ""))
+        except KeyboardInterrupt:  # landed in the worker's own code between two checks
+            error = _error_payload(*sys.exc_info())
+        _flush()
+        not_persisted = None
+        if self.store is not None:
+            try:
+                not_persisted = self.store.save(self.namespace, HIDDEN)
+            except Exception as exc:
+                not_persisted = {"*": "saving the state failed: %s: %s" % (type(exc).__name__, exc)}
+        self.control.send(
+            {
+                "type": "done",
+                "cell": state.cell,
+                "execution_count": self.count,
+                "error": error,
+                "not_persisted": not_persisted,
+            }
+        )
+        state.cell = None
+
+    def _execute(self, source):
+        filename = "<cell-%d>" % self.count
+        import linecache
+
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        try:
+            body, last = _compile(source, filename)
+        except (SyntaxError, ValueError, OverflowError):
+            etype, value, _ = sys.exc_info()
+            return _error_payload(etype, value, None)
+        try:
+            state.armed = True
+            try:
+                self._exec(body)
+                value = self._exec(last) if last is not None else None
+                if value is not None and not _hides_result(source):
+                    self.namespace["_"] = value
+                    self._send_result(_display.bundle(value, self._warn), main=True)
+                self._flush_figures()
+            finally:
+                state.armed = False
+        except BaseException:  # SystemExit and KeyboardInterrupt are the cell's, not ours
+            etype, value, tb = sys.exc_info()
+            _display.close_figures()
+            return _error_payload(etype, value, tb)
+        return None
+
+    def _exec(self, code):
+        result = eval(code, self.namespace)
+        if code.co_flags & 0x80:  # CO_COROUTINE: the cell used top-level await
+            if self._loop is None:
+                import asyncio
+
+                self._loop = asyncio.new_event_loop()
+            result = self._loop.run_until_complete(result)
+        return result
+
+    def _flush_figures(self):
+        figures = _display.open_figures()
+        if not figures:
+            return
+        for figure in figures:
+            if id(figure) not in state.shown:
+                self.display(figure)
+        _display.close_figures()
+
+    def _send_result(self, data, main):
+        _flush()
+        message = {"type": "result", "cell": state.cell, "data": data, "main": main}
+        try:
+            body_size = len(_p.dumps(message))
+        except (TypeError, ValueError):  # e.g. _repr_json_ returned something JSON cannot hold
+            data.pop("application/json", None)
+            body_size = len(_p.dumps(message))
+        if body_size > MAX_RESULT or state.result_bytes + body_size > RESULT_BUDGET:
+            text = data.get("text/plain", "")[:4096]
+            dropped = sorted(k for k in data if k != "text/plain")
+            message["data"] = {"text/plain": text}
+            message["dropped"] = dropped
+            body_size = len(text) + 256
+        state.result_bytes += body_size
+        self.control.send(message)
+
+    def _warn(self, method, exc):
+        sys.stderr.write("sandlot: %s failed: %s: %s\n" % (method, type(exc).__name__, exc))
+
+
+def _compile(source, filename):
+    """(statements, trailing expression or None) as code objects."""
+    import ast
+
+    flags = ast.PyCF_ONLY_AST | getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
+    tree = compile(source, filename, "exec", flags)
+    code_flags = flags & ~ast.PyCF_ONLY_AST
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        expression = ast.Expression(tree.body.pop().value)
+        last = compile(expression, filename, "eval", code_flags)
+    body = compile(tree, filename, "exec", code_flags)
+    return body, last
+
+
+def _hides_result(source):
+    """A trailing ``;`` hides the value, as in Jupyter."""
+    if ";" not in source:
+        return False
+    import io
+    import tokenize
+
+    last = None
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type not in (
+                tokenize.NEWLINE,
+                tokenize.NL,
+                tokenize.COMMENT,
+                tokenize.ENDMARKER,
+                tokenize.INDENT,
+                tokenize.DEDENT,
+            ):
+                last = token
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    return last is not None and last.string == ";"
+
+
+def _error_payload(etype, value, tb):
+    import traceback
+
+    # The traceback shows the user's frames only: the worker's (the cell runner, the SIGINT
+    # handler, the import hook) are noise.
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell-"):
+        tb = tb.tb_next
+    report = traceback.TracebackException(etype, value, tb)
+    report.stack = traceback.StackSummary.from_list(
+        [frame for frame in report.stack if not frame.filename.startswith(_AGENT_FILES)]
+    )
+    return {
+        "name": etype.__name__,
+        "value": str(value),
+        "traceback": "".join(report.format()),
+    }
+
+
+_AGENT_FILES = __file__.rsplit("/", 1)[0] + "/"
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def _refresh_paths():
+    """Packages just installed with ``pip --user`` become importable without a restart."""
+    import importlib
+    import site
+
+    user_site = site.getusersitepackages()
+    if site.ENABLE_USER_SITE and user_site not in sys.path and posix.access(user_site, posix.F_OK):
+        site.addsitedir(user_site)
+    importlib.invalidate_caches()
+
+
+def _streams():
+    import io
+
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        raw = io.FileIO(fd, "w", closefd=False)
+        stream = io.TextIOWrapper(
+            io.BufferedWriter(raw, 64 * 1024),
+            encoding="utf-8",
+            errors="backslashreplace",
+            line_buffering=True,
+        )
+        setattr(sys, name, stream)
+        setattr(sys, "__%s__" % name, stream)
+
+
+def _forget_agent(root):
+    """The user's namespace must not see the agent: ``import agent`` is theirs to define."""
+    if root in sys.path:
+        sys.path.remove(root)
+    for name in list(sys.modules):
+        if name == "agent" or name.startswith("agent."):
+            del sys.modules[name]
+
+
+def main(root):
+    persist_path = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None
+    sys.argv = [""]
+    posix.set_inheritable(CONTROL_FD, False)  # subprocesses of cells must not get it
+    signal.signal(signal.SIGINT, _on_sigint)
+    _streams()
+    control = Control(CONTROL_FD)
+    kernel = Kernel(control, persist_path)  # imports what it needs before the agent is forgotten
+    _forget_agent(root)
+    kernel.serve()
