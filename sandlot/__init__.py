@@ -9,6 +9,11 @@ See the README and docs/ for the full surface.
 """
 
 from .errors import (
+    CodeContextBusyError,
+    CodeContextFailedError,
+    CodeContextNotFoundError,
+    CodeError,
+    CodeTimeoutError,
     CommandError,
     CommandTimeoutError,
     DirectoryNotEmptyError,
@@ -16,6 +21,7 @@ from .errors import (
     FileExistsInSandboxError,
     FileNotFoundInSandboxError,
     FileTooLargeError,
+    InstallError,
     InvalidArgumentError,
     IsADirectoryInSandboxError,
     NoSpaceError,
@@ -32,26 +38,57 @@ from .errors import (
     SandboxStartError,
     SandlotError,
 )
-from .models import CommandResult, EntryInfo, ProviderInfo, Resources, SandboxInfo, SandboxSpec
-from .sdk import AsyncCommandHandle, AsyncSandbox, CommandHandle, Sandbox
+from .models import (
+    CodeContext,
+    CommandResult,
+    EntryInfo,
+    Execution,
+    ExecutionError,
+    Logs,
+    ProviderInfo,
+    Resources,
+    Result,
+    SandboxInfo,
+    SandboxSpec,
+)
+from .sdk import (
+    AsyncCommandHandle,
+    AsyncExecutionHandle,
+    AsyncSandbox,
+    CommandHandle,
+    ExecutionHandle,
+    Sandbox,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncCommandHandle",
+    "AsyncExecutionHandle",
     "AsyncSandbox",
+    "CodeContext",
+    "CodeContextBusyError",
+    "CodeContextFailedError",
+    "CodeContextNotFoundError",
+    "CodeError",
+    "CodeTimeoutError",
     "CommandError",
     "CommandHandle",
     "CommandResult",
     "CommandTimeoutError",
     "DirectoryNotEmptyError",
     "EntryInfo",
+    "Execution",
+    "ExecutionError",
+    "ExecutionHandle",
     "FileError",
     "FileExistsInSandboxError",
     "FileNotFoundInSandboxError",
     "FileTooLargeError",
+    "InstallError",
     "InvalidArgumentError",
     "IsADirectoryInSandboxError",
+    "Logs",
     "NoSpaceError",
     "NotADirectoryInSandboxError",
     "NotFoundError",
@@ -62,6 +99,7 @@ __all__ = [
     "ProviderNotFoundError",
     "ProviderUnavailableError",
     "Resources",
+    "Result",
     "Sandbox",
     "SandboxClosedError",
     "SandboxError",

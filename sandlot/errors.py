@@ -10,7 +10,8 @@ work as a Python user expects::
     ├── NotFoundError (LookupError)              not_found
     │   ├── SandboxNotFoundError                 sandbox_not_found
     │   ├── ProviderNotFoundError                provider_not_found
-    │   └── ProcessNotFoundError                 process_not_found
+    │   ├── ProcessNotFoundError                 process_not_found
+    │   └── CodeContextNotFoundError             code_context_not_found
     ├── ProviderUnavailableError                 provider_unavailable
     ├── SandboxError                             sandbox_error
     │   ├── SandboxStartError                    sandbox_start_failed
@@ -18,6 +19,11 @@ work as a Python user expects::
     ├── ProtocolError                            protocol_error
     ├── CommandError                             command_error
     │   └── CommandTimeoutError (TimeoutError)   command_timeout
+    ├── CodeError                                code_error
+    │   ├── CodeTimeoutError (TimeoutError)      code_timeout
+    │   ├── CodeContextBusyError                 code_context_busy
+    │   ├── CodeContextFailedError               code_context_failed
+    │   └── InstallError                         install_failed
     └── FileError (OSError)                      file_error
         ├── FileNotFoundInSandboxError (FileNotFoundError)   file_not_found
         ├── FileExistsInSandboxError (FileExistsError)       file_exists
@@ -71,6 +77,10 @@ class ProcessNotFoundError(NotFoundError):
     code = "process_not_found"
 
 
+class CodeContextNotFoundError(NotFoundError):
+    code = "code_context_not_found"
+
+
 class ProviderUnavailableError(SandlotError):
     """The provider cannot isolate on this host; ``reason`` says why."""
 
@@ -103,6 +113,49 @@ class CommandTimeoutError(CommandError, TimeoutError):
     """A command ran past its timeout and was killed. Carries the output it produced."""
 
     code = "command_timeout"
+
+    def __init__(
+        self, message: str = "", *, stdout: str = "", stderr: str = "", **details: Any
+    ) -> None:
+        super().__init__(message, **details)
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class CodeError(SandlotError):
+    """A code context could not run a cell. An exception *raised by* the cell is not one of
+    these: it is ``Execution.error``."""
+
+    code = "code_error"
+
+
+class CodeTimeoutError(CodeError, TimeoutError):
+    """A cell ran past its timeout (total or inactivity) and was interrupted. ``execution``
+    holds what it produced; unless ``execution.state_lost``, the context kept its state."""
+
+    code = "code_timeout"
+
+    def __init__(self, message: str = "", *, execution: Any = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.execution = execution
+
+
+class CodeContextBusyError(CodeError):
+    """The context is running another cell: wait for it or interrupt it."""
+
+    code = "code_context_busy"
+
+
+class CodeContextFailedError(CodeError):
+    """The context's Python could not start (the message carries what it printed)."""
+
+    code = "code_context_failed"
+
+
+class InstallError(CodeError):
+    """``install`` failed; the message says why, ``stdout``/``stderr`` hold pip's output."""
+
+    code = "install_failed"
 
     def __init__(
         self, message: str = "", *, stdout: str = "", stderr: str = "", **details: Any

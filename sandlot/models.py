@@ -134,6 +134,144 @@ class EntryInfo(BaseModel):
     symlink_target: str | None = None
 
 
+# MIME type -> the Result property that shows it
+RESULT_FORMATS = {
+    "text/plain": "text",
+    "text/html": "html",
+    "text/markdown": "markdown",
+    "image/svg+xml": "svg",
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "application/pdf": "pdf",
+    "text/latex": "latex",
+    "application/json": "json",
+    "application/javascript": "javascript",
+}
+
+
+class Result(BaseModel):
+    """One rich output of a cell: a MIME bundle, as Jupyter shows it.
+
+    ``data`` maps MIME types to values (binary formats as base64 text); the properties name
+    the common ones. ``is_main_result`` marks the value of the cell's trailing expression,
+    as opposed to ``display()`` calls and figures. ``dropped`` lists formats left out because
+    the result was over the size limit.
+    """
+
+    data: dict[str, Any] = Field(default_factory=dict)
+    is_main_result: bool = False
+    dropped: list[str] = Field(default_factory=list)
+
+    @property
+    def text(self) -> str | None:
+        return self.data.get("text/plain")
+
+    @property
+    def html(self) -> str | None:
+        return self.data.get("text/html")
+
+    @property
+    def markdown(self) -> str | None:
+        return self.data.get("text/markdown")
+
+    @property
+    def svg(self) -> str | None:
+        return self.data.get("image/svg+xml")
+
+    @property
+    def png(self) -> str | None:
+        """Base64-encoded PNG."""
+        return self.data.get("image/png")
+
+    @property
+    def jpeg(self) -> str | None:
+        return self.data.get("image/jpeg")
+
+    @property
+    def pdf(self) -> str | None:
+        return self.data.get("application/pdf")
+
+    @property
+    def latex(self) -> str | None:
+        return self.data.get("text/latex")
+
+    @property
+    def json(self) -> Any:  # shadows pydantic's deprecated BaseModel.json() on purpose
+        return self.data.get("application/json")
+
+    @property
+    def javascript(self) -> str | None:
+        return self.data.get("application/javascript")
+
+    def formats(self) -> list[str]:
+        """The short names of the formats present (``text``, ``png``, ...; MIME types for
+        the rest)."""
+        return [RESULT_FORMATS.get(mime, mime) for mime in self.data]
+
+
+class Logs(BaseModel):
+    """What a cell printed, in chunks as they arrived (decoded as UTF-8)."""
+
+    stdout: list[str] = Field(default_factory=list)
+    stderr: list[str] = Field(default_factory=list)
+
+
+class ExecutionError(BaseModel):
+    """The exception a cell raised: its class name, ``str()`` and formatted traceback."""
+
+    name: str
+    value: str
+    traceback: str = ""
+
+
+class Execution(BaseModel):
+    """The outcome of one cell.
+
+    ``error`` is the cell's own exception (a failing cell is not an SDK error). After an
+    interrupt or timeout, ``interrupted`` is set and the error is ``KeyboardInterrupt``; if the
+    code ignored the interrupt and had to be killed, or its process died, ``state_lost`` says
+    the context restarted empty. ``cut`` counts bytes left out of the middle of each stream
+    (the head and tail are kept). ``not_persisted`` names variables a persistent context could
+    not save, with the reason.
+    """
+
+    context: str
+    results: list[Result] = Field(default_factory=list)
+    logs: Logs = Field(default_factory=Logs)
+    error: ExecutionError | None = None
+    execution_count: int | None = None
+    timed_out: bool = False
+    interrupted: bool = False
+    state_lost: bool = False
+    cut: dict[str, int] = Field(default_factory=dict)
+    not_persisted: dict[str, str] = Field(default_factory=dict)
+    duration: float = 0.0
+
+    @property
+    def main_result(self) -> Result | None:
+        return next((r for r in self.results if r.is_main_result), None)
+
+    @property
+    def text(self) -> str | None:
+        """The main result's text, as Jupyter shows the value of a cell's last line."""
+        main = self.main_result
+        return main.text if main is not None else None
+
+
+class CodeContext(BaseModel):
+    """A Python namespace in a sandbox, kept by its own process between cells."""
+
+    id: str
+    name: str | None = None
+    cwd: str
+    persist: bool = False
+    pid: int | None = None
+    python: str | None = None
+    busy: bool = False
+    restored: list[str] = Field(default_factory=list)
+    not_restored: dict[str, str] = Field(default_factory=dict)
+
+
 class ProviderInfo(BaseModel):
     """Whether a provider can run here, and if not, why."""
 

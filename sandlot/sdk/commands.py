@@ -111,6 +111,7 @@ class _Collector:
         self.stdout = stdout
         self.stderr = stderr
         self.timeout = timeout
+        self.end: dict[str, Any] = {}  # the agent's END message, once the command ended
 
     async def run(self) -> CommandResult:
         request = self.request
@@ -132,7 +133,7 @@ class _Collector:
             # command must not stay blocked on a full pipe. Kill it.
             request.cancel()
             raise
-        end = _end_payload(payload)
+        end = self.end = _end_payload(payload)
         result = CommandResult(
             exit_code=end["exit_code"],
             signal=end.get("signal"),

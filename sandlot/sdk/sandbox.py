@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 from pydantic import ValidationError
 
 from ..errors import InvalidArgumentError, SandboxNotFoundError
 from ..manager import GcReport, LiveSandbox, Manager
-from ..models import Resources, SandboxInfo, SandboxSpec, describe
+from ..models import (
+    CodeContext,
+    CommandResult,
+    Execution,
+    Resources,
+    SandboxInfo,
+    SandboxSpec,
+    describe,
+)
+from . import code as code_ops
+from .code import (
+    DEFAULT_CODE_TIMEOUT,
+    DEFAULT_INSTALL_TIMEOUT,
+    DEFAULT_INTERRUPT_GRACE,
+    MAX_CELL_OUTPUT_BYTES,
+    AsyncExecutionHandle,
+    ContextRef,
+    ResultCallback,
+    TextCallback,
+)
 from .commands import AsyncCommands
 from .files import AsyncFiles
 
@@ -124,6 +144,138 @@ class AsyncSandbox:
         expires = await self._manager.set_timeout(self.id, seconds, self._channel)
         self._live.info.expires_at = expires
         return expires
+
+    # -- stateful code -----------------------------------------------------------------------
+
+    @overload
+    async def run_code(
+        self,
+        code: str,
+        *,
+        context: ContextRef = None,
+        timeout: float | None = DEFAULT_CODE_TIMEOUT,
+        inactivity_timeout: float | None = None,
+        background: Literal[False] = False,
+        on_stdout: TextCallback | None = None,
+        on_stderr: TextCallback | None = None,
+        on_result: ResultCallback | None = None,
+        on_progress: TextCallback | None = None,
+        max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+    ) -> Execution: ...
+
+    @overload
+    async def run_code(
+        self,
+        code: str,
+        *,
+        context: ContextRef = None,
+        timeout: float | None = DEFAULT_CODE_TIMEOUT,
+        inactivity_timeout: float | None = None,
+        background: Literal[True],
+        on_stdout: TextCallback | None = None,
+        on_stderr: TextCallback | None = None,
+        on_result: ResultCallback | None = None,
+        on_progress: TextCallback | None = None,
+        max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+    ) -> AsyncExecutionHandle: ...
+
+    async def run_code(
+        self,
+        code: str,
+        *,
+        context: ContextRef = None,
+        timeout: float | None = DEFAULT_CODE_TIMEOUT,
+        inactivity_timeout: float | None = None,
+        background: bool = False,
+        on_stdout: TextCallback | None = None,
+        on_stderr: TextCallback | None = None,
+        on_result: ResultCallback | None = None,
+        on_progress: TextCallback | None = None,
+        max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+    ) -> Execution | AsyncExecutionHandle:
+        """Run Python like a notebook cell in a code context (the default one unless
+        ``context`` names another): the namespace persists between calls, and the value of
+        a trailing expression is the main result.
+
+        ``timeout`` bounds the whole cell and ``inactivity_timeout`` the time without output
+        or ``sandlot_progress()``; either interrupts it (KeyboardInterrupt; the state is
+        kept) and raises :class:`CodeTimeoutError` carrying the partial :class:`Execution`.
+        Code that ignores the interrupt is killed after ``interrupt_grace`` seconds and the
+        context restarts empty. An exception raised by the cell is ``Execution.error``, not
+        raised here. ``background=True`` returns a handle at once."""
+        return await code_ops.run_code(
+            self._channel,
+            code,
+            context=context,
+            timeout=timeout,
+            inactivity_timeout=inactivity_timeout,
+            background=background,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            on_result=on_result,
+            on_progress=on_progress,
+            max_output_bytes=max_output_bytes,
+            interrupt_grace=interrupt_grace,
+        )
+
+    async def create_code_context(
+        self,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        name: str | None = None,
+        persist: bool = False,
+    ) -> CodeContext:
+        """A new, independent Python namespace with its own process and working folder.
+
+        ``persist=True`` saves the namespace into the workspace after every cell
+        (``.sandlot/contexts/<name>.pickle``) and starts from what is saved there, so a new
+        sandbox over the same workspace picks up where the last one stopped."""
+        return await code_ops.create_context(
+            self._channel, cwd=cwd, env=env, name=name, persist=persist
+        )
+
+    async def list_code_contexts(self) -> builtins.list[CodeContext]:
+        return await code_ops.list_contexts(self._channel)
+
+    async def restart_code_context(self, context: ContextRef = None) -> CodeContext:
+        """Start the context over with an empty namespace (a persistent one reloads its
+        saved state)."""
+        return await code_ops.restart_context(self._channel, context)
+
+    async def remove_code_context(self, context: ContextRef) -> None:
+        """Stop the context's process and forget it."""
+        await code_ops.remove_context(self._channel, context)
+
+    async def interrupt_code(self, context: ContextRef = None) -> bool:
+        """Interrupt the cell running in a context. False if none was running."""
+        return await code_ops.interrupt_context(self._channel, context)
+
+    async def install(
+        self,
+        packages: str | builtins.list[str],
+        *,
+        upgrade: bool = False,
+        index_url: str | None = None,
+        timeout: float | None = DEFAULT_INSTALL_TIMEOUT,
+        on_stdout: TextCallback | None = None,
+        on_stderr: TextCallback | None = None,
+    ) -> CommandResult:
+        """``pip install --user`` with the sandbox's Python, output streamed; running
+        contexts can import the packages at once. Raises :class:`InstallError` saying why
+        (no network, no such package, no pip)."""
+        return await code_ops.install(
+            self._channel,
+            packages,
+            upgrade=upgrade,
+            index_url=index_url,
+            timeout=timeout,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+        )
 
     async def is_running(self) -> bool:
         return self._channel.closed is None and self._live.provider.is_alive(self.info.handle)

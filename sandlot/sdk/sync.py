@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import builtins
 import concurrent.futures
 import signal as signals
 import threading
@@ -18,7 +19,27 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar, overload
 
 from ..manager import GcReport, Manager
-from ..models import DEFAULT_COMMAND_TIMEOUT, CommandResult, EntryInfo, Resources, SandboxInfo
+from ..models import (
+    DEFAULT_COMMAND_TIMEOUT,
+    CodeContext,
+    CommandResult,
+    EntryInfo,
+    Execution,
+    Logs,
+    Resources,
+    Result,
+    SandboxInfo,
+)
+from .code import (
+    DEFAULT_CODE_TIMEOUT,
+    DEFAULT_INSTALL_TIMEOUT,
+    DEFAULT_INTERRUPT_GRACE,
+    MAX_CELL_OUTPUT_BYTES,
+    AsyncExecutionHandle,
+    ContextRef,
+    ResultCallback,
+    TextCallback,
+)
 from .commands import MAX_OUTPUT_BYTES, AsyncCommandHandle, OutputCallback
 from .files import MAX_FILE_BYTES
 from .sandbox import AsyncSandbox, build_spec
@@ -103,6 +124,31 @@ class CommandHandle:
 
     def close_stdin(self) -> None:
         _portal.call(self._inner.close_stdin())
+
+
+class ExecutionHandle:
+    """A cell running in the background (see :class:`~sandlot.sdk.code.AsyncExecutionHandle`)."""
+
+    def __init__(self, inner: AsyncExecutionHandle) -> None:
+        self._inner = inner
+        self.context = inner.context
+
+    @property
+    def logs(self) -> Logs:
+        return self._inner.logs
+
+    @property
+    def results(self) -> builtins.list[Result]:
+        return self._inner.results
+
+    def done(self) -> bool:
+        return self._inner.done()
+
+    def wait(self) -> Execution:
+        return _portal.call(self._inner.wait())
+
+    def interrupt(self) -> bool:
+        return _portal.call(self._inner.interrupt())
 
 
 class Commands:
@@ -255,6 +301,91 @@ class Sandbox:
 
     def is_running(self) -> bool:
         return _portal.call(self._inner.is_running())
+
+    @overload
+    def run_code(
+        self,
+        code: str,
+        *,
+        context: ContextRef = None,
+        timeout: float | None = DEFAULT_CODE_TIMEOUT,
+        inactivity_timeout: float | None = None,
+        background: Literal[False] = False,
+        on_stdout: TextCallback | None = None,
+        on_stderr: TextCallback | None = None,
+        on_result: ResultCallback | None = None,
+        on_progress: TextCallback | None = None,
+        max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+    ) -> Execution: ...
+
+    @overload
+    def run_code(
+        self,
+        code: str,
+        *,
+        context: ContextRef = None,
+        timeout: float | None = DEFAULT_CODE_TIMEOUT,
+        inactivity_timeout: float | None = None,
+        background: Literal[True],
+        on_stdout: TextCallback | None = None,
+        on_stderr: TextCallback | None = None,
+        on_result: ResultCallback | None = None,
+        on_progress: TextCallback | None = None,
+        max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+    ) -> ExecutionHandle: ...
+
+    def run_code(self, code: str, **kwargs: Any) -> Execution | ExecutionHandle:
+        """Run a cell; same arguments as :meth:`AsyncSandbox.run_code`. Ctrl-C while waiting
+        interrupts the cell and keeps the context's state."""
+        result = _portal.call(self._inner.run_code(code, **kwargs))
+        return ExecutionHandle(result) if isinstance(result, AsyncExecutionHandle) else result
+
+    def create_code_context(
+        self,
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        name: str | None = None,
+        persist: bool = False,
+    ) -> CodeContext:
+        return _portal.call(
+            self._inner.create_code_context(cwd=cwd, env=env, name=name, persist=persist)
+        )
+
+    def list_code_contexts(self) -> builtins.list[CodeContext]:
+        return _portal.call(self._inner.list_code_contexts())
+
+    def restart_code_context(self, context: ContextRef = None) -> CodeContext:
+        return _portal.call(self._inner.restart_code_context(context))
+
+    def remove_code_context(self, context: ContextRef) -> None:
+        _portal.call(self._inner.remove_code_context(context))
+
+    def interrupt_code(self, context: ContextRef = None) -> bool:
+        return _portal.call(self._inner.interrupt_code(context))
+
+    def install(
+        self,
+        packages: str | builtins.list[str],
+        *,
+        upgrade: bool = False,
+        index_url: str | None = None,
+        timeout: float | None = DEFAULT_INSTALL_TIMEOUT,
+        on_stdout: TextCallback | None = None,
+        on_stderr: TextCallback | None = None,
+    ) -> CommandResult:
+        return _portal.call(
+            self._inner.install(
+                packages,
+                upgrade=upgrade,
+                index_url=index_url,
+                timeout=timeout,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+            )
+        )
 
     def close(self) -> None:
         _portal.call(self._inner.close())

@@ -1,0 +1,452 @@
+"""Stateful code on a sandbox: cells in code contexts, rich results, interrupts, installs.
+
+The agent keeps one Python process per context; these functions are the host's half of the
+``code.*`` operations. ``AsyncSandbox.run_code`` and friends call them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..agent import protocol as p
+from ..errors import (
+    CodeTimeoutError,
+    CommandTimeoutError,
+    InstallError,
+    InvalidArgumentError,
+    ProtocolError,
+)
+from ..models import (
+    CodeContext,
+    CommandResult,
+    Execution,
+    ExecutionError,
+    Logs,
+    Result,
+    check_env,
+)
+from .commands import MAX_OUTPUT_BYTES, _check_timeout, _Collector, _started_pid, _Stream
+
+if TYPE_CHECKING:
+    from ..channel import Channel, Request
+
+DEFAULT_CODE_TIMEOUT = 300.0
+DEFAULT_INSTALL_TIMEOUT = 300.0
+MAX_CELL_OUTPUT_BYTES = 2 * 1024 * 1024  # per stream: the first and last MiB are kept
+DEFAULT_INTERRUPT_GRACE = 2.0
+
+TextCallback = Callable[[str], Awaitable[None] | None]
+ResultCallback = Callable[[Result], Awaitable[None] | None]
+ContextRef = CodeContext | str | None
+
+
+async def _call(callback: Callable[[Any], Any] | None, value: Any) -> None:
+    if callback is not None:
+        outcome = callback(value)
+        if outcome is not None and asyncio.iscoroutine(outcome):
+            await outcome
+
+
+def context_id(context: ContextRef) -> str:
+    if context is None:
+        return "default"
+    if isinstance(context, CodeContext):
+        return context.id
+    if isinstance(context, str) and context:
+        return context
+    raise InvalidArgumentError("context must be a CodeContext, its id, or None for the default")
+
+
+def _positive(value: float | None, what: str) -> float | None:
+    try:
+        return _check_timeout(value)
+    except InvalidArgumentError:
+        raise InvalidArgumentError(
+            f"{what} must be a positive number of seconds, or None"
+        ) from None
+
+
+class _Streams:
+    """Decodes a cell's output into ``Logs`` chunks and feeds the callbacks."""
+
+    def __init__(self, on_stdout: TextCallback | None, on_stderr: TextCallback | None) -> None:
+        self.logs = Logs()
+        self._targets = {
+            p.STDOUT: (
+                self.logs.stdout,
+                on_stdout,
+                codecs.getincrementaldecoder("utf-8")("replace"),
+            ),
+            p.STDERR: (
+                self.logs.stderr,
+                on_stderr,
+                codecs.getincrementaldecoder("utf-8")("replace"),
+            ),
+        }
+
+    async def feed(self, stream: int, data: bytes, final: bool = False) -> None:
+        target = self._targets.get(stream)
+        if target is None:
+            return
+        chunks, callback, decoder = target
+        text = decoder.decode(data, final)
+        if text:
+            chunks.append(text)
+            await _call(callback, text)
+
+    async def close(self) -> None:
+        for stream in self._targets:
+            await self.feed(stream, b"", final=True)
+
+
+class _Cell:
+    """Reads one cell's frames into an :class:`Execution`."""
+
+    def __init__(
+        self,
+        request: Request,
+        context: str,
+        streams: _Streams,
+        on_result: ResultCallback | None,
+        on_progress: TextCallback | None,
+        timeout: float | None,
+        inactivity_timeout: float | None,
+    ) -> None:
+        self.request = request
+        self.context = context
+        self.streams = streams
+        self.results: list[Result] = []
+        self.on_result = on_result
+        self.on_progress = on_progress
+        self.timeout = timeout
+        self.inactivity_timeout = inactivity_timeout
+
+    async def run(self) -> Execution:
+        request = self.request
+        try:
+            while True:
+                kind, stream, payload = await request.receive()
+                if kind == p.DATA:
+                    await self.streams.feed(stream, payload)
+                    request.consumed(len(payload))
+                elif kind == p.EVENT:
+                    await self._event(_json(payload))
+                elif kind == p.END:
+                    break
+            await self.streams.close()
+        except BaseException:
+            # Cancelled, or a callback raised: the agent interrupts the cell (the context
+            # keeps its state) and stops sending.
+            request.cancel()
+            raise
+        execution = self._execution(_json(payload))
+        if execution.timed_out:
+            raise CodeTimeoutError(self._timeout_message(execution), execution=execution)
+        return execution
+
+    async def _event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "result":
+            data = event.get("data")
+            result = Result(
+                data=data if isinstance(data, dict) else {},
+                is_main_result=bool(event.get("main")),
+                dropped=[str(x) for x in event.get("dropped") or []],
+            )
+            self.results.append(result)
+            await _call(self.on_result, result)
+        elif kind == "progress":
+            await _call(self.on_progress, str(event.get("message", "")))
+
+    def _execution(self, end: dict[str, Any]) -> Execution:
+        error = end.get("error")
+        try:
+            return Execution(
+                context=self.context,
+                results=self.results,
+                logs=self.streams.logs,
+                error=ExecutionError.model_validate(error) if error else None,
+                execution_count=end.get("execution_count"),
+                timed_out=bool(end.get("timed_out")),
+                interrupted=bool(end.get("interrupted")),
+                state_lost=bool(end.get("state_lost")),
+                cut=end.get("cut") or {},
+                not_persisted=end.get("not_persisted") or {},
+                duration=float(end.get("duration") or 0.0),
+            )
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError(f"malformed cell result from the agent: {exc}") from None
+
+    def _timeout_message(self, execution: Execution) -> str:
+        if self.timeout is not None and execution.duration >= self.timeout:
+            message = f"the cell ran past its timeout of {self.timeout:g} s"
+        else:
+            message = f"the cell printed nothing for {self.inactivity_timeout:g} s"
+        if execution.state_lost:
+            return (
+                message + "; it ignored the interrupt and was killed: the context's state was lost"
+            )
+        return message + " and was interrupted; the context kept its state"
+
+
+def _json(payload: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"malformed message from the agent: {payload[:200]!r}")
+    return value
+
+
+class AsyncExecutionHandle:
+    """A cell running in the background: ``await wait()`` for its :class:`Execution`."""
+
+    def __init__(self, channel: Channel, cell: _Cell) -> None:
+        self._channel = channel
+        self._cell = cell
+        self.context = cell.context
+        self._task: asyncio.Task[Execution] = asyncio.ensure_future(cell.run())
+        self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    @property
+    def logs(self) -> Logs:
+        """What the cell has printed so far."""
+        return self._cell.streams.logs
+
+    @property
+    def results(self) -> list[Result]:
+        return list(self._cell.results)
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def wait(self) -> Execution:
+        """The cell's outcome; raises :class:`CodeTimeoutError` if it ran out of time."""
+        return await asyncio.shield(self._task)
+
+    async def interrupt(self) -> bool:
+        """Send KeyboardInterrupt to the cell (the context keeps its state). False if the
+        cell had already ended."""
+        if self._task.done():
+            return False
+        answer = await self._channel.call("code.interrupt", context=self.context)
+        return bool(answer.get("interrupted"))
+
+
+async def run_code(
+    channel: Channel,
+    code: str,
+    *,
+    context: ContextRef,
+    timeout: float | None,
+    inactivity_timeout: float | None,
+    background: bool,
+    on_stdout: TextCallback | None,
+    on_stderr: TextCallback | None,
+    on_result: ResultCallback | None,
+    on_progress: TextCallback | None,
+    max_output_bytes: int,
+    interrupt_grace: float,
+) -> Execution | AsyncExecutionHandle:
+    if not isinstance(code, str):
+        raise InvalidArgumentError(f"code must be a string, not {type(code).__name__}")
+    if "\0" in code:
+        raise InvalidArgumentError("code contains a NUL byte")
+    cid = context_id(context)
+    args: dict[str, Any] = {"context": cid, "code": code}
+    timeout = _positive(timeout, "timeout")
+    inactivity_timeout = _positive(inactivity_timeout, "inactivity_timeout")
+    grace = _positive(interrupt_grace, "interrupt_grace")
+    if timeout is not None:
+        args["timeout"] = timeout
+    if inactivity_timeout is not None:
+        args["inactivity_timeout"] = inactivity_timeout
+    if grace is not None:
+        args["grace"] = grace
+    if isinstance(max_output_bytes, bool) or not isinstance(max_output_bytes, int):
+        raise InvalidArgumentError("max_output_bytes must be an integer")
+    if max_output_bytes < 2:
+        raise InvalidArgumentError("max_output_bytes must be at least 2")
+    args["max_output"] = max_output_bytes
+    request = channel.open("code.run", **args)
+    try:
+        await request.receive()  # "started" (or the error, raised here)
+    except BaseException:
+        request.cancel()
+        raise
+    cell = _Cell(
+        request,
+        cid,
+        _Streams(on_stdout, on_stderr),
+        on_result,
+        on_progress,
+        timeout,
+        inactivity_timeout,
+    )
+    if background:
+        return AsyncExecutionHandle(channel, cell)
+    return await cell.run()
+
+
+async def create_context(
+    channel: Channel,
+    *,
+    cwd: str | None,
+    env: dict[str, str] | None,
+    name: str | None,
+    persist: bool,
+) -> CodeContext:
+    args: dict[str, Any] = {"persist": bool(persist)}
+    if cwd is not None:
+        if not isinstance(cwd, str) or not cwd.startswith("/"):
+            raise InvalidArgumentError("cwd must be an absolute path")
+        args["cwd"] = cwd
+    if env is not None:
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise InvalidArgumentError("env must map strings to strings")
+        try:
+            check_env(env)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        args["env"] = env
+    if name is not None:
+        if not isinstance(name, str) or not re.fullmatch(
+            r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", name
+        ):
+            raise InvalidArgumentError("a context name is 1-64 letters, digits, '_', '.', '-'")
+        args["name"] = name
+    return CodeContext.model_validate(await channel.call("code.create", **args))
+
+
+async def list_contexts(channel: Channel) -> list[CodeContext]:
+    answer = await channel.call("code.list")
+    return [CodeContext.model_validate(c) for c in answer.get("contexts", [])]
+
+
+async def restart_context(channel: Channel, context: ContextRef) -> CodeContext:
+    return CodeContext.model_validate(
+        await channel.call("code.restart", context=context_id(context))
+    )
+
+
+async def remove_context(channel: Channel, context: ContextRef) -> None:
+    await channel.call("code.remove", context=context_id(context))
+
+
+async def interrupt_context(channel: Channel, context: ContextRef) -> bool:
+    answer = await channel.call("code.interrupt", context=context_id(context))
+    return bool(answer.get("interrupted"))
+
+
+# -- package installs ----------------------------------------------------------------------
+
+_NETWORK_TROUBLE = (
+    "Network is unreachable",
+    "NewConnectionError",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "Failed to establish a new connection",
+    "ProxyError",
+    "Connection refused",
+    "timed out",
+)
+
+
+def _packages(packages: str | list[str]) -> list[str]:
+    if isinstance(packages, str):
+        packages = [packages]
+    if not isinstance(packages, list | tuple) or not packages:
+        raise InvalidArgumentError("packages must be a name or a non-empty list of names")
+    for item in packages:
+        if not isinstance(item, str) or not item.strip():
+            raise InvalidArgumentError("every package must be a non-empty string")
+        if item.startswith("-"):
+            raise InvalidArgumentError(
+                f"{item!r} looks like a pip option; packages are names, versions, paths or URLs"
+            )
+        if "\0" in item or "\n" in item:
+            raise InvalidArgumentError(f"invalid package {item!r}")
+    return list(packages)
+
+
+def _install_failure(result: CommandResult, network: bool) -> str:
+    output = result.stdout + result.stderr
+    if "No module named pip" in output:
+        return "the sandbox's Python has no pip: install python3-pip in its image"
+    trouble = any(marker in output for marker in _NETWORK_TROUBLE)
+    if not network and (trouble or "No matching distribution" in output):
+        return (
+            "pip could not reach a package index: this sandbox has no network (sandlot's "
+            "default). Install from a wheel or folder inside the sandbox, or create the "
+            "sandbox with network access"
+        )
+    if trouble:
+        return "pip could not reach the package index: " + _last_error_line(output)
+    missing = re.search(r"No matching distribution found for (\S+)", output)
+    if missing:
+        return f"no package matches {missing.group(1)} on the index"
+    return f"pip failed (exit {result.exit_code}): {_last_error_line(output)}"
+
+
+def _last_error_line(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return (errors or lines or ["no output"])[-1][:500]
+
+
+async def install(
+    channel: Channel,
+    packages: str | list[str],
+    *,
+    upgrade: bool,
+    index_url: str | None,
+    timeout: float | None,
+    on_stdout: TextCallback | None,
+    on_stderr: TextCallback | None,
+) -> CommandResult:
+    names = _packages(packages)
+    timeout = _positive(timeout, "timeout")
+    args: dict[str, Any] = {"packages": names, "upgrade": bool(upgrade)}
+    if index_url is not None:
+        if not isinstance(index_url, str) or not re.match(r"(https?|file)://", index_url):
+            raise InvalidArgumentError("index_url must be an http(s):// or file:// URL")
+        args["index_url"] = index_url
+    if timeout is not None:
+        args["timeout"] = timeout
+    request = channel.open("code.install", **args)
+    try:
+        _kind, _, payload = await request.receive()
+        pid = _started_pid(payload)
+    except BaseException:
+        request.cancel()
+        raise
+    collector = _Collector(
+        request,
+        pid,
+        _Stream(MAX_OUTPUT_BYTES, on_stdout),
+        _Stream(MAX_OUTPUT_BYTES, on_stderr),
+        timeout,
+    )
+    try:
+        result = await collector.run()
+    except CommandTimeoutError as exc:
+        raise InstallError(
+            f"pip did not finish within {timeout:g} s", stdout=exc.stdout, stderr=exc.stderr
+        ) from None
+    if result.exit_code != 0:
+        network = bool(collector.end.get("network", True))
+        raise InstallError(
+            _install_failure(result, network),
+            stdout=result.stdout,
+            stderr=result.stderr,
+            exit_code=result.exit_code,
+        )
+    return result
