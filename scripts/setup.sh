@@ -5,6 +5,10 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+# The sandbox's Python is the host's /usr/bin/python3: code contexts use its pip, and the tests
+# plot with its matplotlib and render tables with its pandas.
+/usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+/usr/bin/python3 -c 'import matplotlib, pandas' >/dev/null 2>&1 || need+=(python3-matplotlib python3-pandas)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq || true
