@@ -90,18 +90,19 @@ class Kernel:
         module.__dict__["__builtins__"] = builtins
         module.display = self.display
         module.sandlot_progress = self.progress
+        builtins.sandlot_progress = self.progress  # also from modules the cell calls into
         sys.modules["__main__"] = module  # pickle, dataclasses and typing look things up here
         self.namespace = module.__dict__
         self.store = None
         self.restored = []
         self.not_restored = {}
         self._loop = None
+        _display.install_matplotlib_backend(self._show)  # before a restored figure imports it
         if persist_path:
             from . import persist
 
             self.store = persist.Store(persist_path)
             self.restored, self.not_restored = self.store.load(self.namespace)
-        _display.install_matplotlib_backend(self._show)
 
     # -- what user code calls ----------------------------------------------------------------
 

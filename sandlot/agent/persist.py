@@ -107,12 +107,6 @@ def _import(name):
         return None
 
 
-def _import_module(name):
-    import importlib
-
-    return importlib.import_module(name)
-
-
 class _StdPickler:
     """``pickle.Pickler`` that keeps modules (by name) and refuses what a new process could not
     load: functions and classes defined in a cell exist only in this process's ``__main__``."""
@@ -122,8 +116,10 @@ class _StdPickler:
 
         class Pickler(pickle.Pickler):
             def reducer_override(self, obj):
-                if isinstance(obj, type(sys)):
-                    return _import_module, (obj.__name__,)
+                if isinstance(obj, type(sys)):  # by name, through a function any Python has
+                    import importlib
+
+                    return importlib.import_module, (obj.__name__,)
                 if getattr(obj, "__module__", None) == "__main__" and (
                     isinstance(obj, type) or (callable(obj) and hasattr(obj, "__code__"))
                 ):
