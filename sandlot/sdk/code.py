@@ -72,21 +72,21 @@ def _positive(value: float | None, what: str) -> float | None:
 
 
 class _Streams:
-    """Decodes a cell's output into ``Logs`` chunks and feeds the callbacks."""
+    """Decodes a cell's output into ``Logs`` chunks and feeds the callbacks.
 
-    def __init__(self, on_stdout: TextCallback | None, on_stderr: TextCallback | None) -> None:
+    The agent already caps each stream (head and tail); ``limit`` is the host's own bound, so
+    an agent that ignores the cap cannot grow an ``Execution`` without end.
+    """
+
+    def __init__(
+        self, on_stdout: TextCallback | None, on_stderr: TextCallback | None, limit: int
+    ) -> None:
         self.logs = Logs()
+        self.limit = limit + 4096  # room for the agent's cut marker
+        self._kept = {p.STDOUT: 0, p.STDERR: 0}
         self._targets = {
-            p.STDOUT: (
-                self.logs.stdout,
-                on_stdout,
-                codecs.getincrementaldecoder("utf-8")("replace"),
-            ),
-            p.STDERR: (
-                self.logs.stderr,
-                on_stderr,
-                codecs.getincrementaldecoder("utf-8")("replace"),
-            ),
+            p.STDOUT: (self.logs.stdout, on_stdout, _decoder()),
+            p.STDERR: (self.logs.stderr, on_stderr, _decoder()),
         }
 
     async def feed(self, stream: int, data: bytes, final: bool = False) -> None:
@@ -94,6 +94,9 @@ class _Streams:
         if target is None:
             return
         chunks, callback, decoder = target
+        self._kept[stream] += len(data)
+        if self._kept[stream] > self.limit:
+            return
         text = decoder.decode(data, final)
         if text:
             chunks.append(text)
@@ -102,6 +105,10 @@ class _Streams:
     async def close(self) -> None:
         for stream in self._targets:
             await self.feed(stream, b"", final=True)
+
+
+def _decoder() -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8")("replace")
 
 
 class _Cell:
@@ -283,7 +290,7 @@ async def run_code(
     cell = _Cell(
         request,
         cid,
-        _Streams(on_stdout, on_stderr),
+        _Streams(on_stdout, on_stderr, max_output_bytes),
         on_result,
         on_progress,
         timeout,
