@@ -9,10 +9,10 @@ user code runs, never inside the worker's own bookkeeping, so an interrupt canno
 control stream. Standard library only.
 """
 
+import _signal
 import _struct
 import builtins
 import posix
-import signal
 import sys
 
 from . import display as _display
@@ -192,6 +192,8 @@ class Kernel:
                 if value is not None and not _hides_result(source):
                     self.namespace["_"] = value
                     self._send_result(_display.bundle(value, self._warn), main=True)
+                    if _display._is_figure(value):
+                        state.shown = (*state.shown, id(value))  # shown once, not flushed again
                 self._flush_figures()
             finally:
                 state.armed = False
@@ -348,7 +350,7 @@ def main(root):
     persist_path = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None
     sys.argv = [""]
     posix.set_inheritable(CONTROL_FD, False)  # subprocesses of cells must not get it
-    signal.signal(signal.SIGINT, _on_sigint)
+    _signal.signal(_signal.SIGINT, _on_sigint)
     _streams()
     control = Control(CONTROL_FD)
     kernel = Kernel(control, persist_path)  # imports what it needs before the agent is forgotten
