@@ -2,9 +2,12 @@
 
 Exit codes (see docs/cli.md): ``run`` and ``exec`` exit with the command's own code (128+n
 when a signal ended it), 124 when the command timed out, 125 when sandlot itself failed
-(the sandbox could not start or died). Every command exits 2 on bad input (unknown provider
-or sandbox id, malformed ``K=V``, empty command, bad option) and prints one red line on
-stderr, never a traceback; other sandlot failures exit 1 outside ``run``/``exec``.
+(the sandbox could not start or died). ``run-code`` exits 0 when the cell succeeded, 1 when
+it raised, 124 on timeout and 125 when sandlot failed; ``repl`` exits 0 at the end of input
+and 125 when sandlot failed. Every command exits 2 on bad input (unknown provider, sandbox id
+or code context, malformed ``K=V``, empty command, missing file, bad option) and prints one
+red line on stderr, never a traceback; other sandlot failures exit 1 outside ``run``/``exec``/
+``run-code``/``repl``.
 
 Importing this module adds little to importing ``sandlot``: rich, the providers and the
 manager are imported inside the commands that use them.
@@ -444,6 +447,356 @@ def exec_(
         except Exception:
             pass
     raise typer.Exit(code)
+
+
+# -- code: run-code and repl ------------------------------------------------------------------
+
+REPL_LIFETIME = 3600.0  # repl: a fresh sandbox lives this long after the last input
+HOLD_POLL = 2.0  # repl --keep: how often the holder checks that its sandbox still runs
+
+ProviderOption = Annotated[
+    str | None,
+    typer.Option(
+        "--provider", "-p", help="Provider for a fresh sandbox (see `sandlot providers`)."
+    ),
+]
+ContextOption = Annotated[
+    str | None,
+    typer.Option(
+        "--context",
+        "-c",
+        metavar="CONTEXT",
+        help="Code context id or name (default: the sandbox's default context).",
+        show_default=False,
+    ),
+]
+
+
+def _read_source(path: str) -> str:
+    """The cell's code: FILE's content, or our stdin for ``-``."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read() if sys.stdin is not None else b""
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as exc:
+        raise _UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _UsageError(f"{'stdin' if path == '-' else path} is not UTF-8 text") from None
+
+
+def _resolve_context(sandbox: Any, ref: str | None) -> str | None:
+    """A context id from ``--context`` (an id or a name); None for the default context."""
+    if ref is None or ref == "default":
+        return None
+    contexts = sandbox.list_code_contexts()
+    for match in (lambda c: c.id == ref, lambda c: c.name == ref):
+        found = [c for c in contexts if match(c)]
+        if found:
+            return str(found[0].id)
+    known = ", ".join(sorted({"default", *(c.name or c.id for c in contexts)}))
+    raise _UsageError(f"no code context {ref!r} in sandbox {sandbox.id} (there are: {known})")
+
+
+def _fresh_sandbox(provider: str | None, lifetime: float) -> Any:
+    from .sdk import Sandbox
+
+    try:
+        return Sandbox.create(provider, timeout=lifetime)
+    except SandlotError as exc:
+        raise _sandlot_failure(exc) from None
+
+
+def _connect(sandbox_id: str) -> Any:
+    from .sdk import Sandbox
+
+    try:
+        return Sandbox.connect(sandbox_id)
+    except SandlotError as exc:
+        raise _sandlot_failure(exc) from None
+
+
+def _release(sandbox: Any, kill: bool) -> None:
+    try:
+        if kill:
+            sandbox.kill()
+        else:
+            sandbox.close()
+    except Exception:
+        pass  # already gone; the owner's exit and gc clean up the rest
+
+
+@app.command(name="run-code")
+def run_code(
+    first: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="ID",
+            help="Sandbox id; omitted (one argument): a fresh sandbox, killed afterwards.",
+            show_default=False,
+        ),
+    ] = None,
+    second: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="FILE",
+            help="The Python file to run as one cell; '-' reads stdin.",
+            show_default=False,
+        ),
+    ] = None,
+    context: ContextOption = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", "-t", help="The cell's time limit, seconds.")
+    ] = 300.0,
+    inactivity_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--inactivity-timeout",
+            help="Time limit without output, seconds (default: none).",
+            show_default=False,
+        ),
+    ] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print the outcome (an Execution) as JSON.")
+    ] = False,
+    save_results: Annotated[
+        str | None,
+        typer.Option(
+            "--save-results",
+            metavar="DIR",
+            help="Write image results (png, jpeg, svg) into DIR.",
+            show_default=False,
+        ),
+    ] = None,
+    provider: ProviderOption = None,
+) -> None:
+    """Run a Python file as one notebook-style cell; exit 0, or 1 if it raised.
+
+    With one argument, it is FILE. With ID, state lives on in that sandbox's code context.
+
+    Example: sandlot run-code sb-0123456789ab analysis.py
+    """
+    if first is None:
+        raise _UsageError("no file given (usage: sandlot run-code [OPTIONS] [ID] FILE)")
+    sandbox_id, path = (None, first) if second is None else (first, second)
+    _positive(timeout, "--timeout")
+    _positive(inactivity_timeout, "--inactivity-timeout")
+    if provider is not None and sandbox_id is not None:
+        raise _UsageError("--provider applies to a fresh sandbox, not to a running one (ID)")
+    save_dir = None
+    if save_results is not None:
+        from pathlib import Path
+
+        if json_:
+            raise _UsageError("--save-results does not apply with --json (it holds the data)")
+        save_dir = Path(save_results)
+        if save_dir.exists() and not save_dir.is_dir():
+            raise _UsageError(f"--save-results: {save_results} is not a folder")
+    source = _read_source(path)
+
+    from .errors import CodeTimeoutError
+    from .repl import Display
+
+    _install_signal_handlers()
+    fresh = sandbox_id is None
+    if sandbox_id is None:
+        sandbox = _fresh_sandbox(provider, timeout + LIFETIME_GRACE)
+    else:
+        sandbox = _connect(sandbox_id)
+    try:
+        display = Display(sys.stdout, sys.stderr, save_dir=save_dir)
+        shown: dict[str, Any] = (
+            {}
+            if json_
+            else {"on_stdout": display.out, "on_stderr": display.err, "on_result": display.result}
+        )
+        timed_out: CodeTimeoutError | None = None
+        try:
+            execution = sandbox.run_code(
+                source,
+                context=_resolve_context(sandbox, context),
+                timeout=timeout,
+                inactivity_timeout=inactivity_timeout,
+                **shown,
+            )
+        except CodeTimeoutError as exc:
+            timed_out, execution = exc, exc.execution
+        if execution is not None:
+            if json_:
+                sys.stdout.write(execution.model_dump_json(indent=2) + "\n")
+                sys.stdout.flush()
+            else:
+                display.finish(execution)
+        if timed_out is not None:
+            _error(f"{timed_out} (exit {EXIT_TIMEOUT})")
+            code = EXIT_TIMEOUT
+        else:
+            code = 1 if execution.error is not None else 0
+    except SandlotError as exc:
+        raise _sandlot_failure(exc) from None
+    finally:
+        _release(sandbox, kill=fresh)
+    raise typer.Exit(code)
+
+
+@app.command()
+def repl(
+    sandbox_id: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="ID",
+            help="Sandbox id (default: a fresh sandbox, killed on exit unless --keep).",
+            show_default=False,
+        ),
+    ] = None,
+    context: ContextOption = None,
+    keep: Annotated[
+        bool,
+        typer.Option("--keep", help="Keep the fresh sandbox running after exit; print its id."),
+    ] = False,
+    lifetime: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            "-t",
+            help="A fresh sandbox's lifetime after the last input, seconds.",
+        ),
+    ] = REPL_LIFETIME,
+    provider: ProviderOption = None,
+) -> None:
+    """An interactive Python prompt in a sandbox's code context.
+
+    Ctrl-C interrupts a running cell (the state is kept); Ctrl-D exits.
+
+    Input from a pipe works too: sandlot repl ID < script.py
+    """
+    _positive(lifetime, "--timeout")
+    if sandbox_id is not None and (provider is not None or keep):
+        raise _UsageError("--provider and --keep apply to a fresh sandbox, not to ID")
+
+    from .repl import Display, History, Repl, stdin_reader
+    from .store import default_home
+
+    _install_signal_handlers()
+    fresh = sandbox_id is None
+    if sandbox_id is not None:
+        sandbox = _connect(sandbox_id)
+    elif keep:
+        sandbox = _connect(_held_sandbox(provider, lifetime))
+    else:
+        sandbox = _fresh_sandbox(provider, lifetime)
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    display = Display(sys.stdout, sys.stderr)
+    ended = False
+
+    def extend_life() -> None:
+        try:
+            sandbox.set_timeout(lifetime)
+        except SandlotError as exc:
+            raise _Failed(exc) from None
+
+    try:
+        shell = Repl(
+            sandbox,
+            display,
+            input if interactive else stdin_reader(sys.stdin),
+            context=_resolve_context(sandbox, context),
+            prompts=interactive,
+            before_cell=extend_life if fresh else None,
+        )
+        if interactive:
+            which = context or "default"
+            display.note(
+                f"sandlot repl: sandbox {sandbox.id}, context {which}. "
+                "Ctrl-C interrupts a cell, Ctrl-D exits.",
+                stderr=True,
+            )
+            with History(default_home() / "repl_history"):
+                shell.run()
+        else:
+            shell.run()
+        ended = True
+    except SandlotError as exc:
+        raise _sandlot_failure(exc) from None
+    finally:
+        _release(sandbox, kill=fresh and not (keep and ended))  # --keep: after a clean end
+    if keep:
+        sys.stderr.write(f"kept sandbox {sandbox.id} (sandlot kill {sandbox.id})\n")
+        sys.stdout.write(sandbox.id + "\n")
+        sys.stdout.flush()
+
+
+def _held_sandbox(provider: str | None, lifetime: float) -> str:
+    """A fresh sandbox owned by a background ``sandlot _hold`` process, so that it outlives
+    us (a sandbox dies with the process that created it); its id."""
+    import json
+    import subprocess
+
+    args = [sys.executable, "-m", "sandlot.cli", "_hold", "--timeout", repr(lifetime)]
+    if provider is not None:
+        args += ["--provider", provider]
+    holder = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C and the terminal's hang-up are not for it
+    )
+    assert holder.stdout is not None
+    with holder.stdout:
+        line = holder.stdout.readline()
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        answer = {"error": f"the holder process ended (status {holder.wait()})", "exit": 1}
+    for warning in answer.get("warnings", []):
+        _note(f"warning: {warning}")
+    if "id" not in answer:
+        holder.wait()
+        if answer.get("exit") == EXIT_USAGE:
+            raise _UsageError(answer["error"])
+        raise _Failed(SandlotError(answer["error"]))
+    return str(answer["id"])
+
+
+@app.command(name="_hold", hidden=True)
+def hold(
+    timeout: Annotated[float, typer.Option("--timeout")] = REPL_LIFETIME,
+    provider: Annotated[str | None, typer.Option("--provider")] = None,
+) -> None:
+    """Create a sandbox, print its id (one JSON line), and hold it until it ends."""
+    import json
+    import time
+    import warnings
+
+    from .sdk import Sandbox
+
+    def answer(value: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(value) + "\n")
+        sys.stdout.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # whoever started us stops reading now
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            sandbox = Sandbox.create(provider, timeout=timeout)
+        except SandlotError as exc:
+            bad = isinstance(exc, (InvalidArgumentError, NotFoundError))
+            answer({"error": str(exc), "exit": EXIT_USAGE if bad else EXIT_SANDLOT_FAILED})
+            raise typer.Exit(1) from None
+    answer({"id": sandbox.id, "warnings": [str(w.message) for w in caught]})
+    _install_signal_handlers()
+    try:
+        while sandbox.is_running():  # until killed, or its lifetime (extended by others) ends
+            time.sleep(HOLD_POLL)
+    except SandlotError:
+        pass
+    finally:
+        _release(sandbox, kill=True)
 
 
 @app.command()
