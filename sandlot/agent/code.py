@@ -134,13 +134,14 @@ class Cell:
         self.last_activity = time.monotonic()
         self._queue(p.EVENT, 0, obj)
 
-    def _queue(self, kind, stream, payload):
+    def _queue(self, kind, stream, payload, flush=True):
         if self.conn is None:
             return  # nobody listens: drop
         self.queue.append([kind, stream, payload])
         if kind == p.DATA:
             self.queued += len(payload)
-        self.flush()
+        if flush:
+            self.flush()
 
     def flush(self):
         conn = self.conn
@@ -150,7 +151,7 @@ class Cell:
             if kind == p.DATA:
                 if self.credit <= 0:
                     break
-                part = payload[: self.credit]
+                part = payload[: min(self.credit, p.MAX_DATA)]  # a frame holds at most 1 MiB
                 conn.send(p.DATA, self.rid, part, stream)
                 self.credit -= len(part)
                 self.queued -= len(part)
@@ -225,8 +226,8 @@ class Cell:
                         dropped,
                         STREAM_NAMES[stream],
                     )
-                    self._queue(p.DATA, stream, marker.encode())
-                self._queue(p.DATA, stream, tail)
+                    self._queue(p.DATA, stream, marker.encode(), flush=False)
+                self._queue(p.DATA, stream, tail, flush=False)
         end.update(
             {
                 "timed_out": self.timed_out,
@@ -236,7 +237,9 @@ class Cell:
                 "duration": time.monotonic() - self.started,
             }
         )
-        self._queue(p.END, 0, end)
+        # Queued as one batch: a flush in between could empty the queue and complete the
+        # request before the END is in it.
+        self._queue(p.END, 0, end, flush=False)
         if self.conn is None:
             self._complete()
         else:
