@@ -273,6 +273,7 @@ class Context:
         self.not_restored = {}
         self.python = None
         self.waiters = []  # callables(error or None) waiting for ready
+        self._exit_waiters = []  # callables() waiting for the worker to be gone (remove)
         self._kill_reason = None
         self._pipes = {}
         self._pipes_watched = False
@@ -485,10 +486,14 @@ class Context:
             for waiter in waiters:
                 waiter(None)
             return
+        # Output written before this message comes first. For results and progress the
+        # worker waits for the ack before it writes more, so the drain takes exactly that.
+        self._drain()
+        if kind in ("result", "progress"):
+            self._send_control({"op": "ack"})
         cell = self.cell
         if cell is None or cell.finished or message.get("cell") != self.cell_count:
             return  # late, or forged by user code writing to fd 3
-        self._drain()
         if kind == "result":
             event = {
                 "event": "result",
@@ -547,6 +552,9 @@ class Context:
             cell.timed_out = True
         else:
             cell.interrupted = True
+        # The message names the cell, so a signal that reaches the worker between two cells
+        # is neither lost (the next cell was meant) nor misapplied (the last one was).
+        self._send_control({"op": "interrupt", "cell": self.cell_count})
         self.signal(SIGINT)
         loop = self.agent.loop
 
@@ -564,11 +572,14 @@ class Context:
         else:
             self.kill("restart")
 
-    def remove(self):
+    def remove(self, waiter):
+        """Forget the context at once; ``waiter()`` runs once its process is gone."""
         self.removed = True
+        self.agent.code.contexts.pop(self.id, None)
         if self.pid is None:
-            self.agent.code.contexts.pop(self.id, None)
+            waiter()
         else:
+            self._exit_waiters.append(waiter)
             self.kill("remove")
 
     # -- the worker ended ----------------------------------------------------------------------
@@ -600,8 +611,10 @@ class Context:
                 }
             cell.finish({"execution_count": None, "error": error})
         if self.removed:
-            self.agent.code.contexts.pop(self.id, None)
             self._fail_waiters("code_context_not_found", "the code context was removed")
+            waiters, self._exit_waiters = self._exit_waiters, []
+            for waiter in waiters:
+                waiter()
             return
         if failed_start:  # no respawn loop: the next request tries again
             self._fail_waiters("code_context_failed", self._boot_failure(status))
@@ -778,14 +791,18 @@ def op_interrupt(agent, request):
     return {"interrupted": context.interrupt()}
 
 
-def op_remove(agent, request):
+def op_remove(agent, conn, rid, request):
     cid = request.get("context")
-    contexts = _contexts(agent)
-    context = contexts.contexts.get(cid)
+    context = _contexts(agent).contexts.get(cid)
     if context is None:
         raise AgentError("code_context_not_found", "no code context %r" % (cid,))
-    context.remove()
-    return {}
+    conn.requests[rid] = _Waiting()
+
+    def gone():  # answer once the process is gone: its memory is free when remove returns
+        conn.requests.pop(rid, None)
+        conn.send_json(p.END, rid, {})
+
+    context.remove(gone)
 
 
 def op_list(agent, request):

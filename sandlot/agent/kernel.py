@@ -39,17 +39,28 @@ state = _State()
 def _on_sigint(signum, frame):
     if state.armed:
         raise KeyboardInterrupt
+    # Between cells, or in the worker's own code: whether it was meant for the cell about to
+    # run (sent before the worker got to it) or for one that just ended is settled by the
+    # agent's "interrupt" message, checked when user code starts (see Kernel._execute).
     state.pending = True
 
 
 class Control:
-    """fd 3: blocking, length-prefixed JSON both ways."""
+    """fd 3: blocking, length-prefixed JSON both ways.
+
+    From the agent: ``run``, ``ack`` (a result or progress message was ordered after the
+    output before it) and ``interrupt`` (sent just before each SIGINT, naming the cell).
+    """
 
     def __init__(self, fd):
         self.fd = fd
         self.buffer = b""
+        self.backlog = []  # messages read while waiting for something else
+        self.interrupts = set()  # cells the agent asked to interrupt
 
-    def send(self, message):
+    def send(self, message, ack=False):
+        """Send; with ``ack``, also wait until the agent has taken in the output written
+        before the message, so later output cannot overtake it."""
         body = _p.dumps(message)
         data = LENGTH.pack(len(body)) + body
         armed, state.armed = state.armed, False  # an interrupt must not cut a frame in half
@@ -57,24 +68,64 @@ class Control:
             view = memoryview(data)
             while view:
                 view = view[posix.write(self.fd, view) :]
+            while ack:
+                reply = self._next(block=True)
+                if reply is None:
+                    raise SystemExit(0)  # the agent is gone
+                ack = reply.get("op") != "ack"
+                if ack:
+                    self._keep(reply)
         finally:
             state.armed = armed
-        if armed and state.pending:
+        if armed and state.pending:  # during a cell, a SIGINT can only be for this cell
             state.pending = False
             raise KeyboardInterrupt
 
     def receive(self):
+        """The next request (blocking), or None when the agent is gone."""
+        while not self.backlog:
+            message = self._next(block=True)
+            if message is None:
+                return None
+            self._keep(message)
+        return self.backlog.pop(0)
+
+    def interrupted(self, cell):
+        """Whether the agent asked to interrupt ``cell`` (reads what is there, never waits)."""
+        while True:
+            message = self._next(block=False)
+            if message is None:
+                break
+            self._keep(message)
+        return cell in self.interrupts
+
+    def _keep(self, message):
+        if message.get("op") == "interrupt":
+            self.interrupts.add(message.get("cell"))
+        elif message.get("op") != "ack":
+            self.backlog.append(message)
+
+    def _next(self, block):
         while True:
             if len(self.buffer) >= 4:
                 (length,) = LENGTH.unpack_from(self.buffer)
                 if len(self.buffer) >= 4 + length:
                     body = self.buffer[4 : 4 + length]
                     self.buffer = self.buffer[4 + length :]
-                    return _p.loads(body)
+                    message = _p.loads(body)
+                    return message if isinstance(message, dict) else {}
             try:
-                chunk = posix.read(self.fd, 1 << 20)
+                if not block:
+                    posix.set_blocking(self.fd, False)
+                try:
+                    chunk = posix.read(self.fd, 1 << 20)
+                finally:
+                    if not block:
+                        posix.set_blocking(self.fd, True)
             except InterruptedError:
                 continue
+            except BlockingIOError:
+                return None
             if not chunk:
                 return None
             self.buffer += chunk
@@ -116,7 +167,8 @@ class Kernel:
     def progress(self, message=""):
         """Tell the caller this cell is alive (resets its inactivity timeout)."""
         _flush()
-        self.control.send({"type": "progress", "cell": state.cell, "message": str(message)})
+        message = {"type": "progress", "cell": state.cell, "message": str(message)}
+        self.control.send(message, ack=True)
 
     def _show(self, *args, **kwargs):  # plt.show() under the inline backend
         self._flush_figures()
@@ -147,7 +199,6 @@ class Kernel:
         state.cell = message.get("cell")
         state.result_bytes = 0
         state.shown = ()
-        state.pending = False
         if message.get("refresh"):
             _refresh_paths()
         self.count += 1
@@ -187,6 +238,10 @@ class Kernel:
         try:
             state.armed = True
             try:
+                if state.pending:  # a SIGINT came before the cell started: for this one?
+                    state.pending = False
+                    if self.control.interrupted(state.cell):
+                        raise KeyboardInterrupt
                 self._exec(body)
                 value = self._exec(last) if last is not None else None
                 if value is not None and not _hides_result(source):
@@ -237,7 +292,7 @@ class Kernel:
             message["dropped"] = dropped
             body_size = len(text) + 256
         state.result_bytes += body_size
-        self.control.send(message)
+        self.control.send(message, ack=True)
 
     def _warn(self, method, exc):
         sys.stderr.write("sandlot: %s failed: %s: %s\n" % (method, type(exc).__name__, exc))

@@ -246,7 +246,7 @@ OPERATIONS = {
     "code.run": ("stream", _code, "op_run"),
     "code.restart": ("stream", _code, "op_restart"),
     "code.interrupt": ("call", _code, "op_interrupt"),
-    "code.remove": ("call", _code, "op_remove"),
+    "code.remove": ("stream", _code, "op_remove"),
     "code.list": ("call", _code, "op_list"),
     "code.install": ("stream", _code, "op_install"),
 }
