@@ -109,10 +109,8 @@ class CommandError(SandlotError):
     code = "command_error"
 
 
-class CommandTimeoutError(CommandError, TimeoutError):
-    """A command ran past its timeout and was killed. Carries the output it produced."""
-
-    code = "command_timeout"
+class _WithOutput(SandlotError):
+    """Carries what the process printed before it failed."""
 
     def __init__(
         self, message: str = "", *, stdout: str = "", stderr: str = "", **details: Any
@@ -120,6 +118,12 @@ class CommandTimeoutError(CommandError, TimeoutError):
         super().__init__(message, **details)
         self.stdout = stdout
         self.stderr = stderr
+
+
+class CommandTimeoutError(_WithOutput, CommandError, TimeoutError):
+    """A command ran past its timeout and was killed. Carries the output it produced."""
+
+    code = "command_timeout"
 
 
 class CodeError(SandlotError):
@@ -152,17 +156,10 @@ class CodeContextFailedError(CodeError):
     code = "code_context_failed"
 
 
-class InstallError(CodeError):
+class InstallError(_WithOutput, CodeError):
     """``install`` failed; the message says why, ``stdout``/``stderr`` hold pip's output."""
 
     code = "install_failed"
-
-    def __init__(
-        self, message: str = "", *, stdout: str = "", stderr: str = "", **details: Any
-    ) -> None:
-        super().__init__(message, **details)
-        self.stdout = stdout
-        self.stderr = stderr
 
 
 class FileError(SandlotError, OSError):
@@ -205,7 +202,7 @@ class FileTooLargeError(FileError):
 
 
 def _collect(cls: type[SandlotError]) -> dict[str, type[SandlotError]]:
-    found = {cls.code: cls}
+    found = {cls.code: cls} if "code" in vars(cls) else {}  # mixins have no code of their own
     for sub in cls.__subclasses__():
         found.update(_collect(sub))
     return found

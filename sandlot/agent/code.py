@@ -22,6 +22,7 @@ import time
 from collections import deque
 
 from . import protocol as p
+from .commands import _str_dict
 from .errors import AgentError
 
 SIGINT = 2
@@ -713,15 +714,6 @@ def _contexts(agent):
     return agent.code
 
 
-def _env(request):
-    env = request.get("env") or {}
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        raise AgentError("invalid_argument", "env must map strings to strings")
-    return env
-
-
 def _answer_when_ready(context, conn, rid):
     def on_ready(error):
         if error is not None:
@@ -763,7 +755,7 @@ class _Waiting:
 def op_create(agent, conn, rid, request):
     persist = bool(request.get("persist"))
     context = _contexts(agent).create(
-        None, request.get("name"), request.get("cwd"), _env(request), persist
+        None, request.get("name"), request.get("cwd"), _str_dict(request.get("env"), "env"), persist
     )
     _answer_when_ready(context, conn, rid)
 

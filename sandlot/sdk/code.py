@@ -28,9 +28,16 @@ from ..models import (
     ExecutionError,
     Logs,
     Result,
-    check_env,
 )
-from .commands import MAX_OUTPUT_BYTES, _check_timeout, _Collector, _started_pid, _Stream
+from .commands import (
+    MAX_OUTPUT_BYTES,
+    _check_timeout,
+    _Collector,
+    _started_pid,
+    _Stream,
+    check_cwd,
+    check_env_argument,
+)
 
 if TYPE_CHECKING:
     from ..channel import Channel, Request
@@ -311,19 +318,9 @@ async def create_context(
 ) -> CodeContext:
     args: dict[str, Any] = {"persist": bool(persist)}
     if cwd is not None:
-        if not isinstance(cwd, str) or not cwd.startswith("/"):
-            raise InvalidArgumentError("cwd must be an absolute path")
-        args["cwd"] = cwd
+        args["cwd"] = check_cwd(cwd)
     if env is not None:
-        if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-        ):
-            raise InvalidArgumentError("env must map strings to strings")
-        try:
-            check_env(env)
-        except ValueError as exc:
-            raise InvalidArgumentError(str(exc)) from None
-        args["env"] = env
+        args["env"] = check_env_argument(env)
     if name is not None:
         if not isinstance(name, str) or not re.fullmatch(
             r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", name

@@ -95,6 +95,23 @@ def _check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
+def check_env_argument(env: object) -> dict[str, str]:
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise InvalidArgumentError("env must map strings to strings")
+    try:
+        return check_env(env)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
+def check_cwd(cwd: object) -> str:
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        raise InvalidArgumentError("cwd must be an absolute path")
+    return cwd
+
+
 class _Collector:
     """Reads one command's frames: output into tails and callbacks, then its result."""
 
@@ -270,19 +287,9 @@ class AsyncCommands:
             timeout = None if background else DEFAULT_COMMAND_TIMEOUT
         timeout = _check_timeout(timeout)
         if env is not None:
-            if not isinstance(env, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-            ):
-                raise InvalidArgumentError("env must map strings to strings")
-            try:
-                check_env(env)
-            except ValueError as exc:
-                raise InvalidArgumentError(str(exc)) from None
-            args["env"] = env
+            args["env"] = check_env_argument(env)
         if cwd is not None:
-            if not isinstance(cwd, str) or not cwd.startswith("/"):
-                raise InvalidArgumentError("cwd must be an absolute path")
-            args["cwd"] = cwd
+            args["cwd"] = check_cwd(cwd)
         if stdin is not None and not isinstance(stdin, (str, bytes)):
             raise InvalidArgumentError("stdin must be str or bytes")
         if not isinstance(max_output_bytes, int) or max_output_bytes < 0:
