@@ -276,6 +276,7 @@ class Context:
         self.waiters = []  # callables(error or None) waiting for ready
         self._exit_waiters = []  # callables() waiting for the worker to be gone (remove)
         self._kill_reason = None
+        self._forget_state = False
         self._pipes = {}
         self._pipes_watched = False
         self._ctl = None
@@ -566,12 +567,24 @@ class Context:
         cell.add_timer(loop.call_at(time.monotonic() + cell.grace, grace_over))
         return True
 
-    def restart(self, waiter):
+    def restart(self, waiter, forget=False):
+        """A new worker; ``forget`` also deletes a persistent context's saved state (once the
+        old worker, which may be saving it, is gone), so the namespace starts empty."""
         self.waiters.append(waiter)
+        self._forget_state = forget
         if self.pid is None:  # its worker failed to start: try again
-            self._spawn()
+            self._respawn()
         else:
             self.kill("restart")
+
+    def _respawn(self):
+        if self._forget_state and self.persist_path:
+            try:
+                posix.unlink(self.agent.paths.to_real(self.persist_path))
+            except FileNotFoundError:
+                pass
+        self._forget_state = False
+        self._spawn()
 
     def remove(self, waiter):
         """Forget the context at once; ``waiter()`` runs once its process is gone."""
@@ -622,7 +635,7 @@ class Context:
             return
         # A worker that died idle: the next cell learns that the state is gone.
         self.lost = cell is None and reason != "restart"
-        self._spawn()
+        self._respawn()
 
     def _boot_failure(self, status):
         text = self._boot_stderr.decode("utf-8", "replace").strip()
@@ -775,7 +788,7 @@ def op_restart(agent, conn, rid, request):
         else:
             conn.send_json(p.END, rid, context.describe())
 
-    context.restart(on_ready)
+    context.restart(on_ready, forget=bool(request.get("forget_state")))
 
 
 def op_interrupt(agent, request):

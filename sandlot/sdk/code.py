@@ -335,9 +335,13 @@ async def list_contexts(channel: Channel) -> list[CodeContext]:
     return [CodeContext.model_validate(c) for c in answer.get("contexts", [])]
 
 
-async def restart_context(channel: Channel, context: ContextRef) -> CodeContext:
+async def restart_context(
+    channel: Channel, context: ContextRef, forget_state: bool = False
+) -> CodeContext:
     return CodeContext.model_validate(
-        await channel.call("code.restart", context=context_id(context))
+        await channel.call(
+            "code.restart", context=context_id(context), forget_state=bool(forget_state)
+        )
     )
 
 

@@ -241,10 +241,13 @@ class AsyncSandbox:
     async def list_code_contexts(self) -> builtins.list[CodeContext]:
         return await code_ops.list_contexts(self._channel)
 
-    async def restart_code_context(self, context: ContextRef = None) -> CodeContext:
-        """Start the context over with an empty namespace (a persistent one reloads its
-        saved state)."""
-        return await code_ops.restart_context(self._channel, context)
+    async def restart_code_context(
+        self, context: ContextRef = None, *, forget_state: bool = False
+    ) -> CodeContext:
+        """Start the context over in a new process. The namespace is empty, except that a
+        persistent context reloads its saved state, unless ``forget_state=True`` deletes
+        that first (a full reset)."""
+        return await code_ops.restart_context(self._channel, context, forget_state)
 
     async def remove_code_context(self, context: ContextRef) -> None:
         """Stop the context's process and forget it."""

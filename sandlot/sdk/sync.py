@@ -357,8 +357,10 @@ class Sandbox:
     def list_code_contexts(self) -> builtins.list[CodeContext]:
         return _portal.call(self._inner.list_code_contexts())
 
-    def restart_code_context(self, context: ContextRef = None) -> CodeContext:
-        return _portal.call(self._inner.restart_code_context(context))
+    def restart_code_context(
+        self, context: ContextRef = None, *, forget_state: bool = False
+    ) -> CodeContext:
+        return _portal.call(self._inner.restart_code_context(context, forget_state=forget_state))
 
     def remove_code_context(self, context: ContextRef) -> None:
         _portal.call(self._inner.remove_code_context(context))

@@ -1168,6 +1168,19 @@ def test_persist_restart_reloads_saved_state(box: sandlot.Sandbox) -> None:
     assert box.files.exists("/workspace/.sandlot/contexts/restartable.pickle")
 
 
+def test_restart_forgetting_state_resets_a_persistent_context(box: sandlot.Sandbox) -> None:
+    ctx = box.create_code_context(persist=True, name="resettable")
+    try:
+        box.run_code("kept = 1", context=ctx)
+        info = box.restart_code_context(ctx, forget_state=True)
+        assert info.restored == []
+        assert box.run_code("kept", context=ctx).error.name == "NameError"
+        assert box.run_code("fresh = 2", context=ctx).error is None
+        assert box.restart_code_context(ctx).restored == ["fresh"]
+    finally:
+        box.remove_code_context(ctx)
+
+
 def test_unreadable_state_file_is_reported(box: sandlot.Sandbox) -> None:
     box.files.write("/workspace/.sandlot/contexts/broken.pickle", b"not a pickle at all")
     ctx = box.create_code_context(persist=True, name="broken")
