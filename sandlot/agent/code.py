@@ -657,6 +657,13 @@ class Context:
                 "restarted empty: its state was lost" % cell.grace,
                 "traceback": "",
             }
+        if reason == "broken":
+            return {
+                "name": "ContextDied",
+                "value": "the context's worker sent garbage on its control socket (did the "
+                "cell write to fd 3?) and was killed; it restarted empty: its state was lost",
+                "traceback": "",
+            }
         if reason in ("restart", "remove"):
             return {
                 "name": "ContextRestarted",

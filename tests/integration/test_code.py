@@ -1250,3 +1250,42 @@ def test_progress_from_a_module_the_cell_imports(
     assert ex.error is None, ex.error
     assert ex.text == "'ok'"
     assert progress == ["module 0", "module 1", "module 2"]
+
+
+# -- a cell attacking its own control socket ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "b'\\xff\\xff\\xff\\xff'",  # a frame length over any limit
+        "struct.pack('!I', 5) + b'hello'",  # not JSON
+    ],
+)
+def test_garbage_on_the_control_socket_restarts_only_that_context(
+    box: sandlot.Sandbox, ctx: sandlot.CodeContext, garbage: str
+) -> None:
+    box.run_code("x = 1", context=ctx)
+    ex = box.run_code(
+        f"import os, struct, time\nos.write(3, {garbage})\ntime.sleep(5)", context=ctx
+    )
+    assert ex.error is not None and ex.error.name == "ContextDied"
+    assert "control socket" in ex.error.value and ex.state_lost
+    assert box.run_code("x", context=ctx).error.name == "NameError"
+    assert box.run_code("1 + 1", context=ctx).text == "2"
+    assert box.commands.run("echo agent fine").stdout == "agent fine\n"
+
+
+def test_a_forged_result_for_another_cell_is_ignored(
+    box: sandlot.Sandbox, ctx: sandlot.CodeContext
+) -> None:
+    code = (
+        "import json, os, struct\n"
+        "body = json.dumps({'type': 'result', 'cell': 999, 'data': {'text/plain': 'forged'},"
+        " 'main': True}).encode()\n"
+        "os.write(3, struct.pack('!I', len(body)) + body)\n"
+        "'real'"
+    )
+    ex = box.run_code(code, context=ctx)
+    assert ex.error is None
+    assert [r.text for r in ex.results] == ["'real'"]
