@@ -31,42 +31,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import gc
-import json
 import os
-import platform
-import random
-import select
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_foundation import (  # a sibling script, not a package
-    cpu_model,
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, when not run as a script
+from _common import (
+    BenchBase,
+    Layout,
+    MiB,
+    Results,
+    Sampled,
+    WorkerProcess,
+    add_run_options,
+    base_versions,
+    choose,
+    fresh_sandlot_home,
     git_commit,
-    md_escape,
+    new_parser,
     now,
-    percentile,
-    tool_version,
+    report,
+    run_meta,
+    serve_worker,
+    shuffled_rounds,
+    start_kernel,
+    stop_kernel,
     version_of,
-    wait_for_quiet,
 )
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = HERE / "results"
 SECTIONS = ("warm", "context", "cold", "stream")
-MiB = 1024 * 1024
 STREAM_CODE = "import sys; sys.stdout.write('x' * {n})"
 
 
@@ -75,7 +71,9 @@ STREAM_CODE = "import sys; sys.stdout.write('x' * {n})"
 
 
 @dataclass
-class Row:
+class Row(Sampled):
+    QUANTILES: ClassVar[tuple[int, ...]] = (50, 90, 99)
+
     section: str
     subject: str
     kind: str  # sandlot | jupyter | info
@@ -91,23 +89,6 @@ class Row:
     failed: bool = False
     higher_is_better: bool = False
 
-    @property
-    def n(self) -> int:
-        return len(self.samples)
-
-    def p(self, q: float) -> float | None:
-        return percentile(self.samples, q) if self.samples else None
-
-    def summary(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["samples"] = [round(x, 4) for x in self.samples]
-        data.update(n=self.n, p50=self.p(50), p90=self.p(90), p99=self.p(99))
-        if self.samples:
-            data.update(
-                mean=sum(self.samples) / self.n, min=min(self.samples), max=max(self.samples)
-            )
-        return data
-
 
 def compare(row: Row, base: Row, limit: float | None) -> None:
     """row's p50 (and p90) over base's; the verdict checks p50 against ``limit``."""
@@ -122,17 +103,6 @@ def compare(row: Row, base: Row, limit: float | None) -> None:
     row.limit = limit
     row.target = f"p50 ≤ 1/{round(1 / limit)} of Jupyter ({limit:g}x)"
     row.ok = row.ratio50 <= limit
-
-
-class Results:
-    def __init__(self) -> None:
-        self.rows: list[Row] = []
-        self.notes: list[str] = []
-        self.load: dict[str, list[float]] = {}
-
-    def add(self, row: Row) -> Row:
-        self.rows.append(row)
-        return row
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,22 +148,9 @@ class Jupyter:
                     raise RuntimeError(f"execute_reply: {reply['content']}")
                 return
 
-    def start(self) -> tuple[Any, Any]:
-        km = self.KernelManager(kernel_name="python3")
-        km.start_kernel()
-        kc = km.client()
-        kc.start_channels()
-        kc.wait_for_ready(timeout=60)
-        return km, kc
-
-    @staticmethod
-    def stop(km: Any, kc: Any) -> None:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-
     def _warm_client(self) -> Any:
         if self.live is None:
-            self.live = self.start()
+            self.live = start_kernel(self.KernelManager)
             self.execute(self.live[1], "x = 0")
         return self.live[1]
 
@@ -208,10 +165,10 @@ class Jupyter:
 
     def new_kernel(self) -> float:
         t = now()
-        km, kc = self.start()
+        km, kc = start_kernel(self.KernelManager)
         self.execute(kc, "pass")
         elapsed = now() - t
-        self.stop(km, kc)
+        stop_kernel(km, kc)
         return elapsed
 
     def stream(self, nbytes: int) -> list[float]:
@@ -231,136 +188,30 @@ class Jupyter:
 
     def close(self) -> None:
         if self.live is not None:
-            self.stop(*self.live)
+            stop_kernel(*self.live)
             self.live = None
 
 
 def worker_main() -> int:
-    """Serve Jupyter over stdin/stdout, one JSON line per request and per answer."""
-    answers = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # whatever the kernel machinery prints goes to the log
-    sys.stdout = sys.stderr
+    """Serve Jupyter over stdin/stdout (the driver's side: ``WorkerProcess``)."""
 
-    def send(obj: dict[str, Any]) -> None:
-        answers.write(json.dumps(obj) + "\n")
-
-    try:
+    def start() -> tuple[Jupyter, dict[str, Any]]:
         jupyter = Jupyter()
-        send({"ok": True, "result": jupyter.info()})
-    except Exception as exc:
-        traceback.print_exc()
-        send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-        return 0
-    for line in sys.stdin:
-        request = json.loads(line)
-        if request["op"] == "quit":
-            break
-        try:
-            send({"ok": True, "result": getattr(jupyter, request["op"])(*request["args"])})
-        except Exception as exc:
-            traceback.print_exc()
-            send({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
-    with contextlib.suppress(Exception):
-        jupyter.close()
-    send({"ok": True, "result": None})
-    return 0
+        return jupyter, jupyter.info()
 
-
-class JupyterProcess:
-    """The driver's side of the worker; an operation that does not answer in time kills it."""
-
-    def __init__(self, timeout: float, log: Path) -> None:
-        self.timeout = timeout
-        self.log = log
-        self.dead: str | None = None
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=open(log, "ab"),  # noqa: SIM115 (the child holds it)
-            start_new_session=True,
-        )
-        self._buffer = b""
-        self.info: dict[str, Any] = {}
-        try:
-            self.info = self._answer(max(timeout, 60), "start")
-        except RuntimeError as exc:
-            self.dead = str(exc)
-            self._kill()
-
-    def _answer(self, timeout: float, what: str) -> Any:
-        assert self.proc.stdout is not None
-        deadline = now() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buffer:
-            left = deadline - now()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                self._kill()
-                self.dead = f"hung: no answer to {what} within {timeout:g} s"
-                raise RuntimeError(self.dead)
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                self._kill()
-                self.dead = f"worker died during {what}: {self.log_tail()}"
-                raise RuntimeError(self.dead)
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        answer = json.loads(line)
-        if not answer.get("ok"):
-            raise RuntimeError(answer.get("error", "failed"))
-        return answer["result"]
-
-    def call(self, op: str, *args: Any) -> Any:
-        if self.dead:
-            raise RuntimeError(self.dead)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps({"op": op, "args": list(args)}) + "\n").encode())
-        self.proc.stdin.flush()
-        return self._answer(self.timeout, op)
-
-    def log_tail(self, limit: int = 300) -> str:
-        try:
-            return self.log.read_text(errors="replace").strip()[-limit:].replace("\n", " | ")
-        except OSError:
-            return ""
-
-    def _kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def close(self) -> None:
-        if self.dead is None and self.proc.poll() is None:
-            try:
-                self.call("quit")
-            except Exception:
-                self._kill()
-        if self.proc.poll() is None:
-            self._kill()
+    return serve_worker(start)
 
 
 # --------------------------------------------------------------------------------------------
 # the benchmark
 
 
-class Bench:
-    def __init__(self, args: argparse.Namespace, results: Results, jupyter: JupyterProcess):
-        self.args = args
-        self.results = results
+class Bench(BenchBase):
+    def __init__(self, args: argparse.Namespace, results: Results, jupyter: WorkerProcess):
+        super().__init__(args, results)
         self.jupyter = jupyter
-        self.rng = random.Random(args.seed)
-        self.loop = asyncio.new_event_loop()  # for AsyncSandbox, on the main thread
-        import sandlot
-
-        self.sandlot = sandlot
         self.sb: Any = None  # one sync and one async sandbox, live for the whole run
         self.asb: Any = None
-
-    def log(self, text: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-    def arun(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
 
     def jupyter_row(self, section: str, subject: str, unit: str = "ms") -> Row:
         row = self.results.add(Row(section, subject, "jupyter", unit))
@@ -405,11 +256,8 @@ class Bench:
                 self.arun(self.asb.kill())
 
     def interleave(self, subjects: list[tuple[Row, Callable[[], None]]], rounds: int) -> None:
-        for _ in range(rounds):
-            order = list(subjects)
-            self.rng.shuffle(order)
-            for _row, fn in order:
-                fn()
+        for _row, fn in shuffled_rounds(self.rng, subjects, rounds):
+            fn()
 
     # -- 1. warm round trip -------------------------------------------------------------------
 
@@ -694,89 +542,22 @@ def table_cells(row: Row) -> list[str]:
     ]
 
 
-def print_table(results: Results) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        for row in results.rows:
-            print(" | ".join(table_cells(row)))
-        return
-    table = Table(title="sandlot code contexts vs Jupyter")
-    for h in HEADERS:
-        table.add_column(
-            h, overflow="fold", justify="right" if h in ("p50", "p90", "p99", "n") else "left"
-        )
-    last = None
-    for row in results.rows:
-        if last is not None and row.section != last:
-            table.add_section()
-        last = row.section
-        cells = table_cells(row)
-        cells[9] = {
-            "PASS": "[green]PASS[/]",
-            "FAIL": "[red]FAIL[/]",
-            "failed": "[red]failed[/]",
-        }.get(cells[9], cells[9])
-        table.add_row(*cells)
-    Console(width=max(200, shutil.get_terminal_size().columns)).print(table)
-
-
-def write_results(results: Results, meta: dict[str, Any], outdir: Path) -> tuple[Path, Path]:
-    outdir.mkdir(parents=True, exist_ok=True)
-    stem = f"code-{meta['date']}"
-    md_path, json_path = outdir / f"{stem}.md", outdir / f"{stem}.json"
-    lines = [
-        f"# sandlot code contexts vs Jupyter, {meta['date']}",
-        "",
-        f"- sandlot: `{meta['commit']}`",
-        f"- machine: {meta['machine']}",
-        f"- versions: {meta['versions']}",
-        f"- command: `{meta['command']}` ({meta['duration_s']:.0f} s)",
-        f"- load average (1 min) at start / end: {meta['load'][0]:.2f} / {meta['load'][1]:.2f}",
-        "- p50 / p90 / p99 over n samples; ratios are this row's p50 / p90 over Jupyter's, both"
-        " from this run (below 1 is faster, or for MiB/s slower). Subjects were interleaved:"
-        " each round runs every subject once, in a shuffled order.",
-        "",
-        "## Targets",
-        "",
-        "| section | subject | p50 | p90 | vs Jupyter (p50 / p90) | target | verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in results.rows:
-        if row.ok is not None:
-            c = table_cells(row)
-            cells = [c[0], c[1], f"{c[3]} {row.unit}", f"{c[4]} {row.unit}", c[7], c[8]]
-            cells.append(f"**{c[9]}**")
-            lines.append("| " + " | ".join(md_escape(x) for x in cells) + " |")
-    lines += [
-        "",
-        "## All measurements",
-        "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join("---" for _ in HEADERS) + "|",
-    ]
-    lines += ["| " + " | ".join(md_escape(c) for c in table_cells(r)) + " |" for r in results.rows]
-    if results.notes:
-        lines += ["", "## Notes", ""] + [f"- {md_escape(n)}" for n in results.notes]
-    lines += [
-        "",
-        "## How to run",
-        "",
-        "```",
+LAYOUT = Layout(
+    title="sandlot code contexts vs Jupyter",
+    stem="code",
+    headers=HEADERS,
+    cells=table_cells,
+    targets=["section", "subject", "p50", "p90", "vs Jupyter (p50 / p90)", "target", "verdict"],
+    targets_heading="Targets",
+    reading="p50 / p90 / p99 over n samples; ratios are this row's p50 / p90 over Jupyter's,"
+    " both from this run (below 1 is faster, or for MiB/s slower). Subjects were interleaved:"
+    " each round runs every subject once, in a shuffled order.",
+    how_to_run=[
         "pip install -e '.[bench]'                  # jupyter_client, ipykernel",
         "python benchmarks/bench_code.py",
         "python benchmarks/bench_code.py --help",
-        "```",
-        "",
-    ]
-    md_path.write_text("\n".join(lines))
-    rows = ",\n  ".join(json.dumps(r.summary(), default=str) for r in results.rows)
-    json_path.write_text(
-        f'{{"meta": {json.dumps(meta, default=str)},\n "rows": [\n  {rows}\n ],\n'
-        f' "notes": {json.dumps(results.notes)}}}\n'
-    )
-    return md_path, json_path
+    ],
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -784,9 +565,7 @@ def write_results(results: Results, meta: dict[str, Any], outdir: Path) -> tuple
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = new_parser(__doc__)
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset")
     p.add_argument("--warm-iters", type=int, default=300, help="warm round trips (default 300)")
     p.add_argument("--context-iters", type=int, default=20, help="new contexts (default 20)")
@@ -820,26 +599,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=180,
         help="seconds a Jupyter operation may take before its worker is killed (default 180)",
     )
-    p.add_argument(
-        "--max-load",
-        type=float,
-        default=0,
-        help="before each section wait until the 1-min load average is at most this (0: don't)",
-    )
-    p.add_argument("--max-wait", type=float, default=300, help="longest wait for --max-load (s)")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    p.add_argument("--no-write", action="store_true", help="print the table only")
-    p.add_argument("--seed", type=int, default=1, help="seed for the interleaving order")
-    p.add_argument("--quick", action="store_true", help="small counts: a smoke test, not a result")
+    add_run_options(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.warm_iters, args.context_iters, args.cold_iters = 50, 4, 4
         args.stream_mib, args.stream_runs = 8, 2
-    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    for s in args.sections:
-        if s not in SECTIONS:
-            p.error(f"unknown section {s!r}")
+    args.sections = choose(p, args.sections, SECTIONS, "section")
     return args
 
 
@@ -850,56 +616,27 @@ def main(argv: list[str] | None = None) -> int:
     started = now()
     load0 = os.getloadavg()[0]
     commit = git_commit()
-    home = Path(tempfile.mkdtemp(prefix="slb-code-", dir="/tmp"))
-    os.environ["SANDLOT_HOME"] = str(home)
-    import atexit
-
-    atexit.register(shutil.rmtree, home, ignore_errors=True)  # runs after sandlot's own hook
+    home = fresh_sandlot_home("slb-code-")
     results = Results()
-    jupyter = JupyterProcess(args.timeout, home / "jupyter-worker.log")
+    jupyter = WorkerProcess(
+        [sys.executable, str(Path(__file__).resolve()), "--worker"],
+        args.timeout,
+        home / "jupyter-worker.log",
+    )
     bench = Bench(args, results, jupyter)
     try:
         bench.start()
-        for section in args.sections:
-            gc.collect()
-            if args.max_load:
-                waited = wait_for_quiet(args.max_load, args.max_wait)
-                if waited is not None:
-                    results.notes.append(f"before {section}: waited {waited:.0f} s for the load")
-            l0 = os.getloadavg()[0]
-            getattr(bench, section)()
-            results.load[section] = [l0, os.getloadavg()[0]]
+        bench.run_sections()
     finally:
         bench.stop()
         jupyter.close()
     if jupyter.dead:
         results.notes.append(f"Jupyter worker: {jupyter.dead}; log: {jupyter.log_tail()}")
-    for section, (l0, l1) in results.load.items():
-        results.notes.append(f"load average during {section}: {l0:.2f} -> {l1:.2f}")
-    versions = {
-        "python": platform.python_version(),
-        "sandlot": version_of("sandlot"),
-        "bwrap": tool_version(["bwrap", "--version"]),
-        **jupyter.info,
-    }
-    meta = {
-        "date": datetime.date.today().isoformat(),
-        "time": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": commit,
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}",
-        "versions": versions,
-        "command": "python benchmarks/bench_code.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "duration_s": now() - started,
-        "load": [load0, os.getloadavg()[0]],
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-    }
-    print_table(results)
-    for note in results.notes:
-        print(f"note: {note}")
-    if not args.no_write:
-        md, js = write_results(results, meta, args.out)
-        print(f"wrote {md.relative_to(REPO) if md.is_relative_to(REPO) else md} and {js.name}")
+    results.note_load()
+    versions = {**base_versions(), **jupyter.info}
+    args_json = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    meta = run_meta("bench_code.py", argv, started, load0, commit, versions, args_json)
+    report(results, meta, args, LAYOUT)
     return 0
 
 

@@ -36,36 +36,49 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import datetime
 import gc
-import hashlib
 import json
 import math
 import os
-import platform
-import random
-import select
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from importlib import metadata
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = HERE / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, when not run as a script
+from _common import (
+    BenchBase,
+    Layout,
+    MiB,
+    Results,
+    Sampled,
+    WorkerProcess,
+    add_run_options,
+    base_versions,
+    choose,
+    fresh_sandlot_home,
+    git_commit,
+    new_parser,
+    now,
+    percentile,
+    report,
+    run_meta,
+    serve_worker,
+    shuffled_rounds,
+    start_kernel,
+    stop_kernel,
+    tool_version,
+    version_of,
+)
+
 SECTIONS = ("cold", "warm", "stream", "concurrency", "density")
 PEERS = ("docker", "swerex", "llm-sandbox", "llm-sandbox-bwrap", "jupyter")
 DEFAULT_IMAGE = "sandlot-bench:bookworm"
 LABEL = "sandlot-bench=1"
-MiB = 1024 * 1024
 
 # The floor: what an agent written in Python cannot beat, with sandlot's namespaces.
 BWRAP_BASE = [
@@ -99,19 +112,8 @@ print(json.dumps([t1 - t0, t2 - t1]))
 # statistics and rows
 
 
-def percentile(samples: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    s = sorted(samples)
-    if not s:
-        return math.nan
-    k = (len(s) - 1) * q / 100
-    lo = math.floor(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 @dataclass
-class Row:
+class Row(Sampled):
     section: str
     subject: str
     kind: str  # floor | sandlot | peer | info
@@ -126,47 +128,10 @@ class Row:
     skipped: bool = False
     higher_is_better: bool = False
 
-    @property
-    def n(self) -> int:
-        return len(self.samples)
 
-    @property
-    def p50(self) -> float | None:
-        return percentile(self.samples, 50) if self.samples else None
-
-    @property
-    def p99(self) -> float | None:
-        return percentile(self.samples, 99) if self.samples else None
-
-    def summary(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["samples"] = [round(x, 4) for x in self.samples]
-        data.update(n=self.n, p50=self.p50, p99=self.p99)
-        if self.samples:
-            data["mean"] = sum(self.samples) / len(self.samples)
-            data["min"] = min(self.samples)
-            data["max"] = max(self.samples)
-        return data
-
-
-class Results:
-    def __init__(self) -> None:
-        self.rows: list[Row] = []
-        self.notes: list[str] = []
-        self.load: dict[str, list[float]] = {}
-
-    def add(self, row: Row) -> Row:
-        self.rows.append(row)
-        return row
-
+class FoundationResults(Results):
     def skip(self, section: str, subject: str, why: str, kind: str = "peer") -> Row:
         return self.add(Row(section, subject, kind, "", note=f"skipped: {why}", skipped=True))
-
-    def find(self, section: str, subject: str) -> Row | None:
-        for row in self.rows:
-            if row.section == section and row.subject == subject:
-                return row
-        return None
 
 
 def compare(row: Row, base: Row | None, limit: float | None, *, both: bool = False) -> None:
@@ -201,10 +166,6 @@ def absolute(row: Row, limit: float, what: str = "p50") -> None:
 # small helpers
 
 
-def now() -> float:
-    return time.perf_counter()
-
-
 def timed(fn: Callable[[], Any]) -> float:
     t = now()
     fn()
@@ -220,13 +181,6 @@ def docker_binary() -> str | None:
     if os.access("/usr/bin/docker", os.X_OK):
         return "/usr/bin/docker"
     return shutil.which("docker")
-
-
-def version_of(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def parse_size(text: str) -> int:
@@ -301,60 +255,6 @@ def mem_available_mib() -> float:
 
 def self_rss_mib() -> float:
     return memory_kib(os.getpid())[0] / 1024
-
-
-def wait_for_quiet(max_load: float, max_wait: float) -> float | None:
-    """Wait until the 1-minute load average is at most max_load (other work on the machine
-    skews every number); give up after max_wait seconds. The seconds waited, None if none."""
-    start = now()
-    if os.getloadavg()[0] <= max_load:
-        return None
-    print(f"waiting for load <= {max_load:g} (now {os.getloadavg()[0]:.2f})", file=sys.stderr)
-    while os.getloadavg()[0] > max_load and now() - start < max_wait:
-        time.sleep(5)
-    return now() - start
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO), "log", "-1", "--format=%h %s"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "sandlot"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        if not dirty:
-            return out
-        diff = subprocess.run(
-            ["git", "-C", str(REPO), "diff", "HEAD", "--", "sandlot"], capture_output=True
-        ).stdout
-        files = len(dirty.splitlines())
-        digest = hashlib.sha256(diff).hexdigest()[:10]
-        return f"{out} (+ uncommitted changes in {files} files under sandlot/, diff {digest})"
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def tool_version(argv: list[str]) -> str | None:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    text = (out.stdout or out.stderr).strip().splitlines()
-    return text[0] if out.returncode == 0 and text else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,11 +507,7 @@ class JupyterPeer(Peer):
         }
 
     def _start(self) -> tuple[Any, Any]:
-        km = self.KernelManager(kernel_name="python3")
-        km.start_kernel()
-        kc = km.client()
-        kc.start_channels()
-        kc.wait_for_ready(timeout=60)
+        km, kc = start_kernel(self.KernelManager)
         self._execute(kc)
         return km, kc
 
@@ -624,14 +520,9 @@ class JupyterPeer(Peer):
                 assert reply["content"]["status"] == "ok", reply["content"]
                 return
 
-    @staticmethod
-    def _stop(km: Any, kc: Any) -> None:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-
     def cold(self) -> float:
         t = now()
-        self._stop(*self._start())
+        stop_kernel(*self._start())
         return now() - t
 
     def warm(self, n: int) -> list[float]:
@@ -642,7 +533,7 @@ class JupyterPeer(Peer):
 
     def close(self) -> None:
         if self.live is not None:
-            self._stop(*self.live)
+            stop_kernel(*self.live)
 
 
 PEER_CLASSES: dict[str, type[Peer]] = {
@@ -655,119 +546,26 @@ PEER_CLASSES: dict[str, type[Peer]] = {
 
 
 def worker_main(kind: str, image: str) -> int:
-    """Serve one peer over stdin/stdout, one JSON line per request and per answer."""
-    answers = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # whatever the peer prints goes to the log, not into the protocol
-    sys.stdout = sys.stderr
+    """Serve one peer over stdin/stdout (the driver's side: ``PeerProcess``)."""
 
-    def send(obj: dict[str, Any]) -> None:
-        answers.write(json.dumps(obj) + "\n")
+    def start() -> tuple[Peer, dict[str, Any]]:
+        peer = PEER_CLASSES[kind](image)
+        return peer, peer.setup()
 
-    peer = PEER_CLASSES[kind](image)
-    try:
-        send({"ok": True, "result": peer.setup()})
-    except PeerUnavailable as exc:
-        send({"ok": False, "unavailable": True, "error": str(exc)})
-        return 0
-    except Exception as exc:
-        traceback.print_exc()
-        send({"ok": False, "unavailable": True, "error": f"{type(exc).__name__}: {exc}"})
-        return 0
-    for line in sys.stdin:
-        request = json.loads(line)
-        if request["op"] == "quit":
-            break
-        try:
-            result = getattr(peer, request["op"])(*request.get("args", []))
-            send({"ok": True, "result": result})
-        except Exception as exc:
-            traceback.print_exc()
-            send({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
-    with contextlib.suppress(Exception):
-        peer.close()
-    send({"ok": True, "result": None})
-    return 0
+    return serve_worker(start, PeerUnavailable)
 
 
-class PeerProcess:
-    """The driver's side of a peer worker."""
+class PeerProcess(WorkerProcess):
+    """The driver's side of a peer worker; ``failures`` holds each failed operation's error."""
+
+    gone = PeerUnavailable
+    quit_timeout = 60
 
     def __init__(self, kind: str, image: str, timeout: float, logdir: Path) -> None:
         self.kind = kind
-        self.timeout = timeout
-        self.log = logdir / f"{kind}.log"
-        self.dead: str | None = None
         self.failures: dict[str, str] = {}
-        self.info: dict[str, Any] = {}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--image", image],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=open(self.log, "ab"),  # noqa: SIM115 (the child holds it)
-            start_new_session=True,
-        )
-        self._buffer = b""
-        try:
-            hello = self._receive(max(timeout, 60), "start")  # imports can be slow
-        except PeerUnavailable as exc:
-            self.dead = str(exc)
-            return
-        if not hello.get("ok"):
-            self.dead = hello.get("error", "failed to start")
-            self._kill()
-        else:
-            self.info = hello.get("result") or {}
-
-    def _receive(self, timeout: float, what: str) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        deadline = now() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buffer:
-            left = deadline - now()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                self._kill()
-                self.dead = f"hung: no answer to {what} within {timeout:g} s"
-                raise PeerUnavailable(self.dead)
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                self._kill()
-                self.dead = f"worker died during {what}: {self.log_tail()}"
-                raise PeerUnavailable(self.dead)
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
-
-    def call(self, op: str, *args: Any, timeout: float | None = None) -> Any:
-        if self.dead:
-            raise PeerUnavailable(self.dead)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps({"op": op, "args": list(args)}) + "\n").encode())
-        self.proc.stdin.flush()
-        answer = self._receive(timeout or self.timeout, op)
-        if not answer.get("ok"):
-            raise RuntimeError(answer.get("error", "failed"))
-        return answer["result"]
-
-    def log_tail(self, limit: int = 300) -> str:
-        try:
-            text = self.log.read_text(errors="replace").strip()
-        except OSError:
-            return ""
-        return text[-limit:].replace("\n", " | ")
-
-    def _kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def close(self) -> None:
-        if self.dead is None and self.proc.poll() is None:
-            try:
-                self.call("quit", timeout=60)
-            except Exception:
-                self._kill()
-        if self.proc.poll() is None:
-            self._kill()
+        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--image", image]
+        super().__init__(argv, timeout, logdir / f"{kind}.log")
 
 
 class PeerPool:
@@ -810,22 +608,14 @@ class PeerPool:
 # the benchmark
 
 
-class Bench:
-    def __init__(self, args: argparse.Namespace, results: Results, peers: PeerPool) -> None:
-        self.args = args
-        self.results = results
+class Bench(BenchBase):
+    results: FoundationResults
+
+    def __init__(
+        self, args: argparse.Namespace, results: FoundationResults, peers: PeerPool
+    ) -> None:
+        super().__init__(args, results)
         self.peers = peers
-        self.rng = random.Random(args.seed)
-        self.loop = asyncio.new_event_loop()  # for AsyncSandbox, on this (the main) thread
-        import sandlot
-
-        self.sandlot = sandlot
-
-    def log(self, text: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-    def arun(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
 
     def peer_row(self, section: str, subject: str, kind: str, unit: str = "ms") -> Row:
         """A row for a peer, or a skipped row saying why it is not there."""
@@ -1103,11 +893,8 @@ class Bench:
             for _row, fn in subjects:
                 fn()
         for _chunk in range(chunks):
-            for _ in range(per_chunk):
-                order = list(subjects)
-                self.rng.shuffle(order)
-                for row, fn in order:
-                    row.samples.append(fn() * 1000)
+            for row, fn in shuffled_rounds(self.rng, subjects, per_chunk):
+                row.samples.append(fn() * 1000)
             for kind, row, op, mult in peer_rows:
                 n = max(1, a.peer_warm_iters * mult // chunks)
                 self.peer_sample(row, kind, op, n)
@@ -1220,22 +1007,19 @@ class Bench:
         boxes = {cb.subject: sb, quiet.subject: sb, aquiet.subject: asb}
         cpu: dict[str, list[tuple[float, float]]] = {row.subject: [] for row, _ in subjects}
         rss0 = self_rss_mib()
-        for _ in range(a.stream_runs):
-            order = list(subjects)
-            self.rng.shuffle(order)
-            for row, fn in order:
-                box = boxes.get(row.subject)
-                box_pids = tree(box.info.handle["pid"]) if box is not None else []
-                host0, box0 = self_cpu_seconds(), cpu_seconds(box_pids)
-                try:
-                    row.samples.append(fn())
-                except Exception as exc:
-                    row.note = f"failed: {type(exc).__name__}: {exc}"
-                    continue
-                gib = size / (1 << 30)
-                cpu[row.subject].append(
-                    ((self_cpu_seconds() - host0) / gib, (cpu_seconds(box_pids) - box0) / gib)
-                )
+        for row, fn in shuffled_rounds(self.rng, subjects, a.stream_runs):
+            box = boxes.get(row.subject)
+            box_pids = tree(box.info.handle["pid"]) if box is not None else []
+            host0, box0 = self_cpu_seconds(), cpu_seconds(box_pids)
+            try:
+                row.samples.append(fn())
+            except Exception as exc:
+                row.note = f"failed: {type(exc).__name__}: {exc}"
+                continue
+            gib = size / (1 << 30)
+            cpu[row.subject].append(
+                ((self_cpu_seconds() - host0) / gib, (cpu_seconds(box_pids) - box0) / gib)
+            )
         grew = self_rss_mib() - rss0
         sb.kill()
         self.arun(asb.kill())
@@ -1299,18 +1083,15 @@ class Bench:
             await asyncio.gather(*(b.kill() for b in boxes))
             return ready, now() - t
 
-        for _ in range(a.concurrency_rounds):
-            order = ["floor", "sandlot"]
-            self.rng.shuffle(order)
-            for what in order:
-                gc.collect()
-                if what == "floor":
-                    floor.samples.append(floor_once())
-                else:
-                    ready, killed = self.arun(sandlot_once())
-                    sl.samples.append(ready)
-                    kill.samples.append(killed)
-                time.sleep(0.2)
+        for what in shuffled_rounds(self.rng, ["floor", "sandlot"], a.concurrency_rounds):
+            gc.collect()
+            if what == "floor":
+                floor.samples.append(floor_once())
+            else:
+                ready, killed = self.arun(sandlot_once())
+                sl.samples.append(ready)
+                kill.samples.append(killed)
+            time.sleep(0.2)
         absolute(sl, 0.5)
         sl.ratio50 = sl.p50 / floor.p50 if floor.p50 else None
         sl.ratio99 = sl.p99 / floor.p99 if floor.p99 else None
@@ -1538,96 +1319,23 @@ def table_cells(row: Row) -> list[str]:
     ]
 
 
-def print_table(results: Results) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        for row in results.rows:
-            print(" | ".join(table_cells(row)))
-        return
-    table = Table(title="sandlot foundation benchmarks", show_lines=False)
-    for h in HEADERS:
-        table.add_column(
-            h, overflow="fold", justify="right" if h in ("p50", "p99", "n") else "left"
-        )
-    last = None
-    for row in results.rows:
-        if last is not None and row.section != last:
-            table.add_section()
-        last = row.section
-        cells = table_cells(row)
-        v = cells[8]
-        cells[8] = {
-            "PASS": "[green]PASS[/]",
-            "FAIL": "[red]FAIL[/]",
-            "skipped": "[yellow]skipped[/]",
-        }.get(v, v)
-        table.add_row(*cells)
-    Console(width=max(220, shutil.get_terminal_size().columns)).print(table)
-
-
-def md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def write_results(results: Results, meta: dict[str, Any], outdir: Path) -> tuple[Path, Path]:
-    outdir.mkdir(parents=True, exist_ok=True)
-    stem = f"foundation-{meta['date']}"
-    md_path, json_path = outdir / f"{stem}.md", outdir / f"{stem}.json"
-    lines = [
-        f"# sandlot foundation benchmarks, {meta['date']}",
-        "",
-        f"- sandlot: `{meta['commit']}`",
-        f"- machine: {meta['machine']}",
-        f"- versions: {meta['versions']}",
-        f"- command: `{meta['command']}` ({meta['duration_s']:.0f} s)",
-        f"- load average (1 min) at start / end: {meta['load'][0]:.2f} / {meta['load'][1]:.2f}",
-        "- p50 and p99 over n samples (with small n, p99 is close to the maximum); ratios are"
-        " this row's p50 / p99 over the baseline's, both from this run. Subjects were"
-        " interleaved: each round runs every subject once, in a shuffled order.",
-        "",
-        "## Targets (issue 2)",
-        "",
-        "| section | subject | p50 | p99 | vs baseline (p50 / p99) | target | verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in results.rows:
-        if row.ok is not None:
-            c = table_cells(row)
-            p50, p99 = (f"{c[i]} {row.unit}" for i in (3, 4))
-            cells = [c[0], c[1], p50, p99, c[6], c[7], f"**{c[8]}**"]
-            lines.append("| " + " | ".join(md_escape(x) for x in cells) + " |")
-    lines += [
-        "",
-        "## All measurements",
-        "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join("---" for _ in HEADERS) + "|",
-    ]
-    for row in results.rows:
-        lines.append("| " + " | ".join(md_escape(c) for c in table_cells(row)) + " |")
-    if results.notes:
-        lines += ["", "## Notes", ""] + [f"- {md_escape(n)}" for n in results.notes]
-    lines += [
-        "",
-        "## How to run",
-        "",
-        "```",
+LAYOUT = Layout(
+    title="sandlot foundation benchmarks",
+    stem="foundation",
+    headers=HEADERS,
+    cells=table_cells,
+    targets=["section", "subject", "p50", "p99", "vs baseline (p50 / p99)", "target", "verdict"],
+    targets_heading="Targets (issue 2)",
+    reading="p50 and p99 over n samples (with small n, p99 is close to the maximum); ratios are"
+    " this row's p50 / p99 over the baseline's, both from this run. Subjects were"
+    " interleaved: each round runs every subject once, in a shuffled order.",
+    how_to_run=[
         "bash scripts/bench-setup.sh                 # bubblewrap, Docker + image, peers",
         "python benchmarks/bench_foundation.py       # all sections, all peers",
         "python benchmarks/bench_foundation.py --help",
-        "```",
-        "",
-    ]
-    md_path.write_text("\n".join(lines))
-    # One row per line: readable diffs between runs.
-    rows = ",\n  ".join(json.dumps(r.summary(), default=str) for r in results.rows)
-    json_path.write_text(
-        f'{{"meta": {json.dumps(meta, default=str)},\n "rows": [\n  {rows}\n ],\n'
-        f' "notes": {json.dumps(results.notes)}}}\n'
-    )
-    return md_path, json_path
+    ],
+    width=220,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1635,9 +1343,7 @@ def write_results(results: Results, meta: dict[str, Any], outdir: Path) -> tuple
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = new_parser(__doc__)
     p.add_argument(
         "--sections",
         default=",".join(SECTIONS),
@@ -1679,17 +1385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=180,
         help="seconds a peer operation may take before its worker is killed (default 180)",
     )
-    p.add_argument(
-        "--max-load",
-        type=float,
-        default=0,
-        help="before each section wait until the 1-min load average is at most this (0: don't)",
-    )
-    p.add_argument("--max-wait", type=float, default=300, help="longest wait for --max-load (s)")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    p.add_argument("--no-write", action="store_true", help="print the table only")
-    p.add_argument("--seed", type=int, default=1, help="seed for the interleaving order")
-    p.add_argument("--quick", action="store_true", help="small counts: a smoke test, not a result")
+    add_run_options(p)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -1697,14 +1393,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warm_iters, args.peer_warm_iters = 100, 10
         args.stream_bytes, args.stream_runs = "128M", 2
         args.concurrency_rounds, args.density = 2, 20
-    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    args.peers = [] if args.no_peers else [s.strip() for s in args.peers.split(",") if s.strip()]
-    for s in args.sections:
-        if s not in SECTIONS:
-            p.error(f"unknown section {s!r}")
-    for s in args.peers:
-        if s not in PEERS:
-            p.error(f"unknown peer {s!r}")
+    args.sections = choose(p, args.sections, SECTIONS, "section")
+    args.peers = [] if args.no_peers else choose(p, args.peers, PEERS, "peer")
     args.stream_size_text = args.stream_bytes
     args.stream_bytes = parse_size(args.stream_bytes)
     return args
@@ -1721,29 +1411,15 @@ def main(argv: list[str] | None = None) -> int:
     started = now()
     load0 = os.getloadavg()[0]
     commit = git_commit()  # the code measured is what is on disk now
-    # A private state folder: no other sandlot user's sandboxes, and easy to find ours.
-    home = Path(tempfile.mkdtemp(prefix="slb-", dir="/tmp"))
-    os.environ["SANDLOT_HOME"] = str(home)
-    import atexit
-
-    # Registered before sandlot's own exit hook, so it runs after that one (LIFO).
-    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    home = fresh_sandlot_home("slb-")
     logdir = home / "peer-logs"
     logdir.mkdir()
-    results = Results()
+    results = FoundationResults()
     peers = PeerPool(args.peers, args.image, args.peer_timeout, logdir)
     bench = Bench(args, results, peers)
     try:
         bench.warm_up_sandlot()
-        for section in args.sections:
-            gc.collect()
-            if args.max_load:
-                waited = wait_for_quiet(args.max_load, args.max_wait)
-                if waited is not None:
-                    results.notes.append(f"before {section}: waited {waited:.0f} s for the load")
-            l0 = os.getloadavg()[0]
-            getattr(bench, section)()
-            results.load[section] = [l0, os.getloadavg()[0]]
+        bench.run_sections()
     finally:
         peers.close()
         for proc in peers.history:
@@ -1752,11 +1428,7 @@ def main(argv: list[str] | None = None) -> int:
             if proc.failures and (tail := proc.log_tail(300)):
                 results.notes.append(f"{proc.kind} worker log, last lines: {tail}")
 
-    versions = {
-        "python": platform.python_version(),
-        "sandlot": version_of("sandlot"),
-        "bwrap": tool_version(["bwrap", "--version"]),
-    }
+    versions = base_versions()
     docker = docker_binary()
     if docker:
         versions["docker"] = tool_version([docker, "version", "--format", "{{.Server.Version}}"])
@@ -1765,26 +1437,10 @@ def main(argv: list[str] | None = None) -> int:
             versions[proc.kind] = proc.info
     if not args.peers:
         results.notes.append("peers not measured in this run (--no-peers)")
-    for section, (l0, l1) in results.load.items():
-        results.notes.append(f"load average during {section}: {l0:.2f} -> {l1:.2f}")
-    meta = {
-        "date": datetime.date.today().isoformat(),
-        "time": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": commit,
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}",
-        "versions": versions,
-        "command": "python benchmarks/bench_foundation.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "duration_s": now() - started,
-        "load": [load0, os.getloadavg()[0]],
-        "args": {k: v for k, v in vars(args).items() if k != "worker"},
-    }
-    print_table(results)
-    for note in results.notes:
-        print(f"note: {note}")
-    if not args.no_write:
-        md, js = write_results(results, meta, args.out)
-        print(f"wrote {md.relative_to(REPO) if md.is_relative_to(REPO) else md} and {js.name}")
+    results.note_load()
+    args_json = {k: v for k, v in vars(args).items() if k != "worker"}
+    meta = run_meta("bench_foundation.py", argv, started, load0, commit, versions, args_json)
+    report(results, meta, args, LAYOUT)
     return 0
 
 
