@@ -221,8 +221,8 @@ class Cell:
             if count:
                 tail = self.tails[stream].take()
                 dropped = count - len(tail)
-                cut[STREAM_NAMES[stream]] = dropped
                 if dropped:
+                    cut[STREAM_NAMES[stream]] = dropped
                     marker = "\n[sandlot: %d bytes of %s cut here]\n" % (
                         dropped,
                         STREAM_NAMES[stream],

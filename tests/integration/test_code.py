@@ -947,6 +947,7 @@ def test_output_just_over_the_cap_loses_nothing(
     ex = run_capped(box, ctx, "print('y' * 99, end='')", 10, max_output_bytes=100)
     assert stdout(ex) == "y" * 99
     assert "[sandlot:" not in stdout(ex)
+    assert ex.cut == {}  # the tail path ran, but nothing was left out
 
 
 def test_output_under_the_cap_is_not_cut(box: sandlot.Sandbox, ctx: sandlot.CodeContext) -> None:
