@@ -1,4 +1,5 @@
-"""The README's quickstart: one sandbox, commands, streaming, a background process, files."""
+"""The README's quickstart: one sandbox, commands, streaming, a background process, files,
+and stateful Python (a value kept between cells, an error, an interrupted endless loop)."""
 
 import asyncio
 
@@ -31,6 +32,17 @@ def main() -> None:
 
         r = sb.commands.run("curl -sS --max-time 2 http://example.org || echo 'no network'")
         print(r.stdout.strip() or r.stderr.strip())
+
+        sb.run_code("import math\nx = 2")
+        ex = sb.run_code("x += 1\nmath.sqrt(x)")  # the namespace persists between cells
+        print("sqrt(x) =", ex.text)
+        print("1/0 raised", sb.run_code("1/0").error.name)  # a result, not an SDK exception
+        try:
+            sb.run_code("print('looping'); import time\nwhile True: time.sleep(0.1)", timeout=1)
+        except sandlot.CodeTimeoutError as exc:
+            printed = "".join(exc.execution.logs.stdout).strip()
+            print("timed out and interrupted; it had printed:", printed)
+        print("x is still", sb.run_code("x").text)
 
     asyncio.run(async_main())
 
