@@ -535,7 +535,8 @@ class Context:
         self.cell = cell
         self.cell_count += 1
         conn.requests[rid] = cell
-        conn.send_json(p.EVENT, rid, {"event": "started", "context": self.id})
+        if request.get("started"):  # asked for by background runs; a foreground one waits anyway
+            conn.send_json(p.EVENT, rid, {"event": "started", "context": self.id})
         refresh = self.refresh_seen != self.agent.code.refresh
         self.refresh_seen = self.agent.code.refresh
         self._send_control({"op": "run", "cell": self.cell_count, "code": code, "refresh": refresh})

@@ -288,12 +288,15 @@ async def run_code(
     if max_output_bytes < 2:
         raise InvalidArgumentError("max_output_bytes must be at least 2")
     args["max_output"] = max_output_bytes
+    if background:
+        args["started"] = True  # the handle is returned once the agent accepted the cell
     request = channel.open("code.run", **args)
-    try:
-        await request.receive()  # "started" (or the error, raised here)
-    except BaseException:
-        request.cancel()
-        raise
+    if background:
+        try:
+            await request.receive()  # "started", or the error (busy, no such context) raised
+        except BaseException:
+            request.cancel()
+            raise
     cell = _Cell(
         request,
         cid,
