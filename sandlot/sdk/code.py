@@ -388,12 +388,13 @@ def _packages(packages: str | list[str]) -> list[str]:
     return list(packages)
 
 
-def _install_failure(result: CommandResult, network: bool) -> str:
+def _install_failure(result: CommandResult, network: bool, local_index: bool) -> str:
     output = result.stdout + result.stderr
     if "No module named pip" in output:
         return "the sandbox's Python has no pip: install python3-pip in its image"
     trouble = any(marker in output for marker in _NETWORK_TROUBLE)
-    if not network and (trouble or "No matching distribution" in output):
+    # Without a network, pip reports a package it could not look up as not found.
+    if not network and (trouble or ("No matching distribution" in output and not local_index)):
         return (
             "pip could not reach a package index: this sandbox has no network (sandlot's "
             "default). Install from a wheel or folder inside the sandbox, or create the "
@@ -455,7 +456,7 @@ async def install(
     if result.exit_code != 0:
         network = bool(collector.end.get("network", True))
         raise InstallError(
-            _install_failure(result, network),
+            _install_failure(result, network, (index_url or "").startswith("file:")),
             stdout=result.stdout,
             stderr=result.stderr,
             exit_code=result.exit_code,

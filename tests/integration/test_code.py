@@ -1026,6 +1026,27 @@ def test_install_a_local_wheel_offline(box: sandlot.Sandbox, ctx: sandlot.CodeCo
         box.remove_code_context(fresh)
 
 
+def test_install_from_a_local_index(box: sandlot.Sandbox) -> None:
+    """A PEP 503 index in the workspace works offline, and a package it lacks is reported as
+    missing, not as a network problem."""
+    wheel = _wheel("idxpkg", "1.0", "NAME = 'from the index'\n")
+    filename = "idxpkg-1.0-py3-none-any.whl"
+    box.files.write(f"/workspace/index/idxpkg/{filename}", wheel)
+    box.files.write(
+        "/workspace/index/idxpkg/index.html",
+        f'<html><body><a href="{filename}">{filename}</a></body></html>',
+    )
+    box.files.write(
+        "/workspace/index/index.html", '<html><body><a href="idxpkg/">idxpkg</a></body></html>'
+    )
+    box.install(["idxpkg"], index_url="file:///workspace/index", timeout=120)
+    assert box.run_code("import idxpkg\nidxpkg.NAME").text == "'from the index'"
+    with pytest.raises(sandlot.InstallError) as info:
+        box.install(["no-such-package-here"], index_url="file:///workspace/index", timeout=120)
+    assert "no package matches no-such-package-here" in str(info.value)
+    assert "network" not in str(info.value)
+
+
 # -- invalid input ---------------------------------------------------------------------------
 
 
