@@ -401,7 +401,25 @@ def _forget_agent(root):
             del sys.modules[name]
 
 
+def _cell_folder_after_stdlib():
+    """Put the cell's folder ('') after the standard library but before installed packages.
+
+    A local ``ast.py`` or ``random.py`` must not replace the standard module (the worker
+    imports some lazily, and it would confuse the user's own imports too), while a local
+    module still wins over an installed package of the same name, as in a notebook.
+    """
+    if "" not in sys.path:
+        return
+    sys.path.remove("")
+    for index, entry in enumerate(sys.path):
+        if entry.endswith(("site-packages", "dist-packages")):
+            sys.path.insert(index, "")
+            return
+    sys.path.append("")
+
+
 def main(root):
+    _cell_folder_after_stdlib()
     persist_path = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None
     sys.argv = [""]
     posix.set_inheritable(CONTROL_FD, False)  # subprocesses of cells must not get it

@@ -1311,3 +1311,25 @@ def test_a_forged_result_for_another_cell_is_ignored(
     ex = box.run_code(code, context=ctx)
     assert ex.error is None
     assert [r.text for r in ex.results] == ["'real'"]
+
+
+def test_a_local_module_cannot_replace_the_standard_library(
+    box: sandlot.Sandbox, ctx: sandlot.CodeContext
+) -> None:
+    """Files in the working folder named like standard modules the worker imports lazily
+    (ast, tokenize, traceback) break neither the worker nor the user's imports; a local
+    module still imports."""
+    folder = "/workspace/shadow"
+    for name in ("ast", "tokenize", "traceback", "pprint"):
+        box.files.write(f"{folder}/{name}.py", "raise RuntimeError('the local one')\n")
+    box.files.write(f"{folder}/localmod.py", "WHERE = 'local'\n")
+    shadowed = box.create_code_context(cwd=folder)
+    try:
+        ex = box.run_code("import localmod\nlocalmod.WHERE; [1, 2]; 1/0", context=shadowed)
+        assert ex.error is not None and ex.error.name == "ZeroDivisionError"
+        assert "1/0" in ex.error.traceback
+        ex = box.run_code("import ast\nlocalmod.WHERE, hasattr(ast, 'parse')", context=shadowed)
+        assert ex.text == "('local', True)"
+        assert box.run_code("{'k': list(range(30))}", context=shadowed).error is None
+    finally:
+        box.remove_code_context(shadowed)
