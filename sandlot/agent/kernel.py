@@ -136,6 +136,7 @@ class Kernel:
         import types
 
         self.control = control
+        self.pid = posix.getpid()
         self.count = 0
         module = types.ModuleType("__main__")
         module.__dict__["__builtins__"] = builtins
@@ -208,6 +209,8 @@ class Kernel:
         except KeyboardInterrupt:  # landed in the worker's own code between two checks
             error = _error_payload(*sys.exc_info())
         _flush()
+        if posix.getpid() != self.pid:  # a child the cell forked must not become a 2nd kernel
+            posix._exit(0)
         not_persisted = None
         if self.store is not None:
             try:

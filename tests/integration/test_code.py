@@ -1333,3 +1333,12 @@ def test_a_local_module_cannot_replace_the_standard_library(
         assert box.run_code("{'k': list(range(30))}", context=shadowed).error is None
     finally:
         box.remove_code_context(shadowed)
+
+
+def test_a_forked_child_does_not_become_a_second_kernel(
+    box: sandlot.Sandbox, ctx: sandlot.CodeContext
+) -> None:
+    ex = box.run_code("import os\npid = os.fork()\nkept = 7", context=ctx)
+    assert ex.error is None
+    for _ in range(5):  # with two kernels reading the control socket, cells would go astray
+        assert box.run_code("kept", context=ctx).text == "7"
