@@ -24,6 +24,12 @@ work as a Python user expects::
     │   ├── CodeContextBusyError                 code_context_busy
     │   ├── CodeContextFailedError               code_context_failed
     │   └── InstallError                         install_failed
+    ├── RelayError                               relay_error
+    │   ├── RelayDown                            relay_down
+    │   ├── RelayValidationError (ValueError)    relay_validation
+    │   ├── RelayRejected                        relay_rejected
+    │   ├── RelayTimeout (TimeoutError)          relay_timeout
+    │   └── RelayCrashed                         relay_crashed
     └── FileError (OSError)                      file_error
         ├── FileNotFoundInSandboxError (FileNotFoundError)   file_not_found
         ├── FileExistsInSandboxError (FileExistsError)       file_exists
@@ -160,6 +166,42 @@ class InstallError(_WithOutput, CodeError):
     """``install`` failed; the message says why, ``stdout``/``stderr`` hold pip's output."""
 
     code = "install_failed"
+
+
+class RelayError(SandlotError):
+    """The air-gapped relay could not carry out a request (see :mod:`sandlot.relay`)."""
+
+    code = "relay_error"
+
+
+class RelayDown(RelayError):
+    """No daemon serves the queue: its heartbeat is missing or stale."""
+
+    code = "relay_down"
+
+
+class RelayValidationError(RelayError, ValueError):
+    """The daemon refused the request before running anything; ``rule`` names the check."""
+
+    code = "relay_validation"
+
+
+class RelayRejected(RelayError):
+    """A person rejected the request, or nobody decided before it expired."""
+
+    code = "relay_rejected"
+
+
+class RelayTimeout(RelayError, TimeoutError):
+    """The operation ran past its timeout, or no answer came in time."""
+
+    code = "relay_timeout"
+
+
+class RelayCrashed(RelayError):
+    """The daemon died while the request was running; it was not run again."""
+
+    code = "relay_crashed"
 
 
 class FileError(SandlotError, OSError):

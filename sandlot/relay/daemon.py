@@ -1,0 +1,352 @@
+"""The relay daemon, run on the login node: claims requests, checks them, runs them, answers.
+
+One daemon per queue (an flock on ``daemon.lock``). It beats every 5 s and polls every 0.5 s.
+A request is claimed by renaming it from ``inbox`` to ``processing``, so it runs at most once:
+after a crash, what is left in ``processing`` is answered ``crashed``, never run again.
+Commands run without a shell, with a fixed minimal environment, in their own process group,
+with their output in temporary files (so a chatty command costs no memory) and capped in the
+answer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import RelayError
+from .ops import Whitelist
+from .queue import Queue, RelayResult
+from .validate import (
+    REQUEST_ID,
+    Checked,
+    Refused,
+    check,
+    check_git_repository,
+    environment,
+    hardened,
+)
+
+POLL = 0.5
+HEARTBEAT = 5.0
+CONSENT_EXPIRY = 24 * 3600.0
+RETENTION = 7 * 24 * 3600.0
+CLEANUP_EVERY = 3600.0
+OUTPUT_CAP = 1024 * 1024  # per stream: the first and last half are kept
+WORKERS = 4
+
+
+class Daemon:
+    def __init__(
+        self,
+        queue: Queue,
+        whitelist: Whitelist,
+        *,
+        home: Path | None = None,
+        poll: float = POLL,
+        heartbeat: float = HEARTBEAT,
+        consent_expiry: float = CONSENT_EXPIRY,
+        retention: float = RETENTION,
+        output_cap: int = OUTPUT_CAP,
+        workers: int = WORKERS,
+    ) -> None:
+        self.queue = queue
+        self.whitelist = whitelist
+        self.home = (home or Path.home()).resolve()
+        self.poll = poll
+        self.heartbeat_every = heartbeat
+        self.consent_expiry = consent_expiry
+        self.retention = retention
+        self.output_cap = output_cap
+        self.env = environment(self.home, whitelist.roots)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="relay-op")
+        self._stop = threading.Event()
+        self._running: set[str] = set()  # ids being run, so a pending one is not run twice
+        self._lock_fd: int | None = None
+
+    # -- life ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check the queue and take it over; raises RelayError if it cannot serve it."""
+        queue = self.queue
+        queue.create()
+        queue.check_private()
+        queue.check_atomic_rename()
+        self._take_lock()
+        queue.write(
+            queue.operations,
+            {
+                "operations": {n: op.public() for n, op in self.whitelist.operations.items()},
+                "poll": self.poll,
+                "heartbeat": self.heartbeat_every,
+            },
+        )
+        queue.beat(os.getpid())
+        self._recover()
+        self._cleanup()
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`; then wait for running operations."""
+        self.start()
+        next_beat = time.monotonic() + self.heartbeat_every
+        next_cleanup = time.monotonic() + CLEANUP_EVERY
+        try:
+            while not self._stop.is_set():
+                self.tick()
+                now = time.monotonic()
+                if now >= next_beat:
+                    self.queue.beat(os.getpid())
+                    next_beat = now + self.heartbeat_every
+                if now >= next_cleanup:
+                    self._cleanup()
+                    next_cleanup = now + CLEANUP_EVERY
+                self._stop.wait(self.poll)
+        finally:
+            self._pool.shutdown(wait=True)
+            try:
+                self.queue.heartbeat.unlink()  # clients see at once that nobody serves
+            except FileNotFoundError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _take_lock(self) -> None:
+        import fcntl
+
+        fd = os.open(self.queue.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RelayError(f"another relay daemon serves {self.queue.root}") from None
+        self._lock_fd = fd  # held until the process exits
+
+    # -- one turn ----------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        for path in self.queue.entries(self.queue.inbox):
+            self._claim(path)
+        for path in self.queue.entries(self.queue.pending):
+            self._decide(path)
+
+    def _claim(self, path: Path) -> None:
+        request_id = path.name[: -len(".json")]
+        if not REQUEST_ID.fullmatch(request_id):
+            self._discard(path, "a request file name that is not an id")
+            return
+        claimed = self.queue.processing / path.name
+        try:
+            os.rename(path, claimed)  # the claim: only one rename of a file succeeds
+        except FileNotFoundError:
+            return  # withdrawn by its client
+        try:
+            request = self.queue.read(claimed)
+        except ValueError as exc:
+            self._refuse(claimed, request_id, "?", Refused("request", f"unreadable: {exc}"))
+            return
+        op = str(request.get("op", "?"))[:64] if isinstance(request, dict) else "?"
+        try:
+            checked = check(request, self.whitelist)
+        except Refused as refusal:
+            self._refuse(claimed, request_id, op, refusal)
+            return
+        if checked.operation.consent:
+            os.rename(claimed, self.queue.pending / path.name)
+            self.queue.log(request_id, "awaiting_consent", op=op, args=checked.args)
+            return
+        self._submit(claimed, request_id, checked)
+
+    def _decide(self, path: Path) -> None:
+        request_id = path.name[: -len(".json")]
+        if request_id in self._running:
+            return
+        if (self.queue.rejected / request_id).exists():  # reject wins over approve
+            request = self._read_quietly(path)
+            self._answer(request_id, request, "rejected", message="a person rejected the request")
+            self.queue.log(request_id, "rejected")
+            path.unlink(missing_ok=True)
+            return
+        if (self.queue.approved / request_id).exists():
+            claimed = self.queue.processing / path.name
+            os.rename(path, claimed)
+            self.queue.log(request_id, "approved")
+            request = self._read_quietly(claimed)
+            try:
+                checked = check(request, self.whitelist)  # the world may have changed
+            except Refused as refusal:
+                self._refuse(claimed, request_id, str(request.get("op", "?")), refusal)
+                return
+            self._submit(claimed, request_id, checked)
+            return
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > self.consent_expiry:
+            request = self._read_quietly(path)
+            self._answer(
+                request_id,
+                request,
+                "expired",
+                message=f"nobody approved the request within {self.consent_expiry:g} s",
+            )
+            self.queue.log(request_id, "expired")
+            os.replace(path, self.queue.stale / path.name)
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def _submit(self, claimed: Path, request_id: str, checked: Checked) -> None:
+        self._running.add(request_id)
+        self.queue.log(request_id, "started", op=checked.operation.name, args=checked.args)
+        self._pool.submit(self._run, claimed, request_id, checked)
+
+    def _run(self, claimed: Path, request_id: str, checked: Checked) -> None:
+        request: dict[str, Any] = {"op": checked.operation.name}
+        try:
+            result = self._execute(request_id, checked)
+        except Refused as refusal:
+            result = self._result(
+                request_id, request, "validation", rule=refusal.rule, message=refusal.message
+            )
+        except Exception as exc:  # a daemon bug must still answer, not leave the client hanging
+            result = self._result(request_id, request, "failed", message=f"relay error: {exc}")
+        self.queue.write(self.queue.outbox / f"{request_id}.json", result)
+        self.queue.log(
+            request_id,
+            "finished",
+            op=result.op,
+            status=result.status,
+            returncode=result.returncode,
+            duration_s=result.duration_s,
+        )
+        claimed.unlink(missing_ok=True)
+        self._running.discard(request_id)
+
+    def _execute(self, request_id: str, checked: Checked) -> RelayResult:
+        operation = checked.operation
+        request = {"op": operation.name}
+        if checked.argv[0] == "git":
+            check_git_repository(checked.cwd, self.env)
+        argv = hardened(checked.argv)
+        program = shutil.which(argv[0], path=self.env["PATH"])
+        if program is None:
+            return self._result(
+                request_id,
+                request,
+                "failed",
+                returncode=127,
+                message=f"{argv[0]} is not installed where the relay looks ({self.env['PATH']})",
+            )
+        started = time.monotonic()
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            process = subprocess.Popen(
+                [program, *argv[1:]],
+                cwd=checked.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # a timeout kills everything it started
+            )
+            try:
+                returncode = process.wait(timeout=operation.timeout)
+                status = "ok" if returncode == 0 else "failed"
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                returncode = process.wait()
+                status = "timeout"
+            stdout, cut_out = _capped(out, self.output_cap)
+            stderr, cut_err = _capped(err, self.output_cap)
+        return self._result(
+            request_id,
+            request,
+            status,
+            returncode=returncode,
+            stdout=stdout,
+            stderr=stderr,
+            truncated=cut_out or cut_err,
+            duration_s=time.monotonic() - started,
+            message=f"ran past its timeout of {operation.timeout:g} s"
+            if status == "timeout"
+            else "",
+        )
+
+    # -- answers -----------------------------------------------------------------------------------
+
+    def _result(self, request_id: str, request: Any, status: str, **fields: Any) -> RelayResult:
+        op = str(request.get("op", "?"))[:64] if isinstance(request, dict) else "?"
+        return RelayResult(id=request_id, op=op, status=status, finished=time.time(), **fields)
+
+    def _answer(self, request_id: str, request: Any, status: str, **fields: Any) -> None:
+        result = self._result(request_id, request, status, **fields)
+        self.queue.write(self.queue.outbox / f"{request_id}.json", result)
+
+    def _refuse(self, claimed: Path, request_id: str, op: str, refusal: Refused) -> None:
+        self._answer(
+            request_id, {"op": op}, "validation", rule=refusal.rule, message=refusal.message
+        )
+        self.queue.log(request_id, "refused", op=op, rule=refusal.rule, message=refusal.message)
+        os.replace(claimed, self.queue.stale / claimed.name)
+
+    def _discard(self, path: Path, why: str) -> None:
+        self.queue.log("-", "discarded", file=path.name[:100], reason=why)
+        try:
+            os.replace(path, self.queue.stale / f".discarded-{time.time_ns()}")
+        except FileNotFoundError:
+            pass
+
+    def _read_quietly(self, path: Path) -> dict[str, Any]:
+        try:
+            request = self.queue.read(path)
+        except ValueError:
+            return {}
+        return request if isinstance(request, dict) else {}
+
+    # -- recovery and retention --------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Requests a dead daemon left running: answered ``crashed``, never run again."""
+        for path in self.queue.entries(self.queue.processing):
+            request_id = path.name[: -len(".json")]
+            if not (self.queue.outbox / path.name).exists():
+                self._answer(
+                    request_id,
+                    self._read_quietly(path),
+                    "crashed",
+                    message="the relay daemon stopped while this ran; it was not run again",
+                )
+                self.queue.log(request_id, "crashed")
+            os.replace(path, self.queue.stale / path.name)
+
+    def _cleanup(self) -> None:
+        cutoff = time.time() - self.retention
+        queue = self.queue
+        for folder in (queue.outbox, queue.log_folder, queue.approved, queue.rejected, queue.stale):
+            for entry in os.scandir(folder):
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
+
+
+def _capped(stream: IO[bytes], cap: int) -> tuple[str, bool]:
+    """The output in a temporary file: all of it, or its head and tail around a marker."""
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(0)
+    if size <= cap:
+        return stream.read().decode("utf-8", "replace"), False
+    half = cap // 2
+    head = stream.read(half)
+    stream.seek(size - half)
+    tail = stream.read(half)
+    marker = f"\n[relay: {size - 2 * half} bytes cut here]\n".encode()
+    return (head + marker + tail).decode("utf-8", "replace"), True
