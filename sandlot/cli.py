@@ -953,6 +953,15 @@ def gc(
 # -- entry point ------------------------------------------------------------------------------
 
 
+def _add_relay() -> None:
+    from .relay.cli import relay_app
+
+    app.add_typer(relay_app, name="relay")
+
+
+_add_relay()
+
+
 def _click_exceptions() -> Any:
     """click's exception classes, as the installed typer uses them (newer typers vendor click)."""
     import importlib

@@ -94,7 +94,8 @@ class Daemon:
 
     def run(self) -> None:
         """Serve until :meth:`stop`; then wait for running operations."""
-        self.start()
+        if self._lock_fd is None:
+            self.start()
         next_beat = time.monotonic() + self.heartbeat_every
         next_cleanup = time.monotonic() + CLEANUP_EVERY
         try:

@@ -1,0 +1,180 @@
+"""``sandlot relay``: the daemon, consent (pending, approve, reject) and status."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import InvalidArgumentError, NotFoundError
+
+relay_app = typer.Typer(
+    help="The air-gapped relay: whitelisted operations for a compute node without internet.",
+    no_args_is_help=True,
+)
+
+QueueOption = Annotated[
+    str | None,
+    typer.Option("--queue", help="The queue folder on the shared filesystem (default ~/.relay)."),
+]
+DEFAULT_CONFIG = "~/.config/sandlot/relay.toml"
+
+
+def _queue(path: str | None) -> Any:
+    from .queue import Queue
+
+    return Queue(path)
+
+
+@relay_app.command()
+def daemon(
+    queue: QueueOption = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", help=f"Site operations and folders (default {DEFAULT_CONFIG})."),
+    ] = None,
+    poll: Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between scans.")] = 0.5,
+    consent_expiry: Annotated[
+        float,
+        typer.Option(
+            "--consent-expiry", min=1, help="Seconds before an undecided request expires."
+        ),
+    ] = 24 * 3600.0,
+) -> None:
+    """Serve the queue (on the login node; e.g. inside tmux). Stops on SIGTERM or Ctrl-C."""
+    import signal
+
+    from .daemon import Daemon
+    from .ops import Whitelist
+
+    home = Path.home()
+    config_path: Path | None = Path(os.path.expanduser(config or DEFAULT_CONFIG))
+    if config is None and config_path is not None and not config_path.exists():
+        config_path = None  # the default file is optional; a named one is not
+    whitelist = Whitelist.load(config_path, home)
+    server = Daemon(_queue(queue), whitelist, poll=poll, consent_expiry=consent_expiry)
+
+    def stop(signum: int, _frame: Any) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.start()
+    sys.stderr.write(
+        f"relay daemon serving {server.queue.root} (pid {os.getpid()}); operations: "
+        f"{', '.join(sorted(whitelist.operations))}\n"
+    )
+    sys.stderr.flush()
+    server.run()
+
+
+@relay_app.command()
+def pending(
+    queue: QueueOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Requests waiting for a person's consent."""
+    q = _queue(queue)
+    rows = []
+    for path in q.entries(q.pending):
+        try:
+            request = q.read(path) or {}
+        except ValueError:
+            request = {}
+        rows.append(
+            {
+                "id": path.name[: -len(".json")],
+                "op": request.get("op"),
+                "args": request.get("args"),
+                "cwd": request.get("cwd"),
+                "host": request.get("host"),
+                "age_s": round(time.time() - path.stat().st_mtime, 1),
+            }
+        )
+    if json_output:
+        from ..cli import _print_json
+
+        _print_json(rows)
+        return
+    if not rows:
+        sys.stdout.write("no requests await consent\n")
+        return
+    for row in rows:
+        args = " ".join(row["args"] or [])
+        sys.stdout.write(
+            f"{row['id']}  {row['op']} {args}  in {row['cwd']}  from {row['host']}, "
+            f"{row['age_s']:.0f} s ago\n"
+        )
+
+
+def _decide(queue: str | None, request_id: str, folder: str) -> None:
+    from .validate import REQUEST_ID
+
+    q = _queue(queue)
+    if not REQUEST_ID.fullmatch(request_id):
+        raise InvalidArgumentError(f"{request_id!r} is not a request id")
+    if not (q.pending / f"{request_id}.json").exists():
+        raise NotFoundError(f"no request {request_id} awaits consent (see 'sandlot relay pending')")
+    q.write(getattr(q, folder) / request_id, {"time": time.time(), "by": os.getuid()})
+    sys.stdout.write(f"{folder} {request_id}\n")
+
+
+@relay_app.command()
+def approve(
+    request_id: Annotated[str, typer.Argument(metavar="ID")], queue: QueueOption = None
+) -> None:
+    """Let a pending request run."""
+    _decide(queue, request_id, "approved")
+
+
+@relay_app.command()
+def reject(
+    request_id: Annotated[str, typer.Argument(metavar="ID")], queue: QueueOption = None
+) -> None:
+    """Refuse a pending request (a rejection wins over an approval)."""
+    _decide(queue, request_id, "rejected")
+
+
+@relay_app.command()
+def status(
+    queue: QueueOption = None,
+    last: Annotated[int, typer.Option("--last", min=0, help="How many log entries.")] = 10,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The daemon's heartbeat, the queue's depths and the last operations."""
+    q = _queue(queue)
+    age = q.heartbeat_age()
+    depths = {
+        name: len(q.entries(getattr(q, name)))
+        for name in ("inbox", "processing", "pending", "outbox")
+    }
+    entries = []
+    for path in q.entries(q.log_folder)[-last:] if last else []:
+        try:
+            entries.append(q.read(path))
+        except ValueError:
+            continue
+    report = {"queue": str(q.root), "heartbeat_age_s": age, "depths": depths, "last": entries}
+    if json_output:
+        from ..cli import _print_json
+
+        _print_json(report)
+        return
+    if age is None:
+        beat = "no heartbeat: no daemon serves this queue"
+    else:
+        beat = f"heartbeat {age:.1f} s ago" + (" (stale: the daemon is down)" if age > 30 else "")
+    sys.stdout.write(f"{q.root}: {beat}\n")
+    sys.stdout.write("  " + ", ".join(f"{k} {v}" for k, v in depths.items()) + "\n")
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.get("time", 0)))
+        extra = " ".join(
+            f"{k}={v}" for k, v in entry.items() if k not in ("time", "id", "event") and v
+        )
+        sys.stdout.write(f"  {when}  {entry.get('event')}  {entry.get('id')}  {extra}\n")
