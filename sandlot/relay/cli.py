@@ -21,7 +21,6 @@ QueueOption = Annotated[
     str | None,
     typer.Option("--queue", help="The queue folder on the shared filesystem (default ~/.relay)."),
 ]
-DEFAULT_CONFIG = "~/.config/sandlot/relay.toml"
 
 
 def _queue(path: str | None) -> Any:
@@ -35,9 +34,20 @@ def daemon(
     queue: QueueOption = None,
     config: Annotated[
         str | None,
-        typer.Option("--config", help=f"Site operations and folders (default {DEFAULT_CONFIG})."),
+        typer.Option(
+            "--config",
+            help="Site operations and folders (TOML; keep it off the shared filesystem). "
+            "Without it: the built-in operations, in $HOME.",
+        ),
     ] = None,
     poll: Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between scans.")] = 0.5,
+    trust_shared_config: Annotated[
+        bool,
+        typer.Option(
+            "--trust-shared-config",
+            help="Accept a config file the compute node could write (inside $HOME or a root).",
+        ),
+    ] = False,
     consent_expiry: Annotated[
         float,
         typer.Option(
@@ -52,10 +62,16 @@ def daemon(
     from .ops import Whitelist
 
     home = Path.home()
-    config_path: Path | None = Path(os.path.expanduser(config or DEFAULT_CONFIG))
-    if config is None and config_path is not None and not config_path.exists():
-        config_path = None  # the default file is optional; a named one is not
+    config_path = Path(os.path.expanduser(config)) if config is not None else None
     whitelist = Whitelist.load(config_path, home)
+    if config_path is not None and not trust_shared_config:
+        real = config_path.resolve()
+        if any(real == root or root in real.parents for root in whitelist.roots):
+            raise InvalidArgumentError(
+                f"the relay config {config_path} is in a folder the compute node can write "
+                "(a compromised node could add its own operations for the next start): keep it "
+                "on the login node's own disk, or pass --trust-shared-config"
+            )
     server = Daemon(_queue(queue), whitelist, poll=poll, consent_expiry=consent_expiry)
 
     def stop(signum: int, _frame: Any) -> None:

@@ -31,6 +31,7 @@ from .validate import (
     check,
     check_git_repository,
     environment,
+    git_identity,
     hardened,
 )
 
@@ -66,6 +67,7 @@ class Daemon:
         self.retention = retention
         self.output_cap = output_cap
         self.env = environment(self.home, whitelist.roots)
+        self.git_identity = git_identity(self.home)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="relay-op")
         self._stop = threading.Event()
         self._running: set[str] = set()  # ids being run, so a pending one is not run twice
@@ -236,7 +238,7 @@ class Daemon:
         request = {"op": operation.name}
         if checked.argv[0] == "git":
             check_git_repository(checked.cwd, self.env)
-        argv = hardened(checked.argv)
+        argv = hardened(checked.argv, self.git_identity)
         program = shutil.which(argv[0], path=self.env["PATH"])
         if program is None:
             return self._result(

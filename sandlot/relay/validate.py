@@ -116,8 +116,32 @@ def environment(home: Path, writable: list[Path]) -> dict[str, str]:
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "GIT_TERMINAL_PROMPT": "0",  # never wait for a password nobody will type
+        # ~/.gitconfig and ~/.ssh/config are in the shared home, so the compute node could
+        # fill them with commands (pager, aliases, ProxyCommand...): neither is read.
+        "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_SSH_COMMAND": "ssh -F /dev/null -o BatchMode=yes",
     }
+
+
+def git_identity(home: Path) -> list[str]:
+    """``-c user.name=... -c user.email=...`` from the user's global git config, read once when
+    the daemon starts (later edits from the compute node do not count). Values are data on
+    git's command line, never run."""
+    import subprocess
+
+    identity: list[str] = []
+    for key in ("user.name", "user.email"):
+        found = subprocess.run(
+            ["git", "config", "--file", str(home / ".gitconfig"), "--get", key],
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ.get("PATH", os.defpath), "HOME": str(home)},
+        )
+        value = found.stdout.strip()
+        if found.returncode == 0 and value and "\n" not in value:
+            identity += ["-c", f"{key}={value}"]
+    return identity
 
 
 # Repository settings a git operation may meet. Anything else in .git/config (hooks, filters,
@@ -163,8 +187,9 @@ def check_git_repository(cwd: Path, env: dict[str, str]) -> None:
             )
 
 
-def hardened(argv: list[str]) -> list[str]:
-    """git with hooks and fsmonitor off, whatever the repository says."""
+def hardened(argv: list[str], identity: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """git with hooks and fsmonitor off, whatever the repository says, and the user's
+    identity from the daemon's start."""
     if argv and argv[0] == "git":
-        return [argv[0], *GIT_HARDENING, *argv[1:]]
+        return [argv[0], *GIT_HARDENING, *identity, *argv[1:]]
     return argv
