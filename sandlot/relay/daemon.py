@@ -330,15 +330,23 @@ class Daemon:
             os.replace(path, self.queue.stale / path.name)
 
     def _cleanup(self) -> None:
-        cutoff = time.time() - self.retention
+        """Old answers, log entries, markers and stale requests go after the retention period;
+        temporaries that a crashed writer left in the inbox, after an hour."""
+        now = time.time()
         queue = self.queue
-        for folder in (queue.outbox, queue.log_folder, queue.approved, queue.rejected, queue.stale):
-            for entry in os.scandir(folder):
-                try:
-                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                        os.unlink(entry.path)
-                except FileNotFoundError:
-                    pass
+        folders = (queue.outbox, queue.log_folder, queue.approved, queue.rejected, queue.stale)
+        for folder in folders:
+            _remove_older(folder, now - self.retention, lambda name: True)
+        _remove_older(queue.inbox, now - 3600, lambda name: name.startswith(".tmp-"))
+
+
+def _remove_older(folder: Path, cutoff: float, wanted: Any) -> None:
+    for entry in os.scandir(folder):
+        try:
+            if wanted(entry.name) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
 
 
 def _capped(stream: IO[bytes], cap: int) -> tuple[str, bool]:
