@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -340,7 +341,7 @@ class Daemon:
         _remove_older(queue.inbox, now - 3600, lambda name: name.startswith(".tmp-"))
 
 
-def _remove_older(folder: Path, cutoff: float, wanted: Any) -> None:
+def _remove_older(folder: Path, cutoff: float, wanted: Callable[[str], bool]) -> None:
     for entry in os.scandir(folder):
         try:
             if wanted(entry.name) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
