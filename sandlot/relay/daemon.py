@@ -238,7 +238,7 @@ class Daemon:
         operation = checked.operation
         request = {"op": operation.name}
         if checked.argv[0] == "git":
-            check_git_repository(checked.cwd, self.env)
+            check_git_repository(checked.cwd, self.env, self.whitelist.roots)
         argv = hardened(checked.argv, self.git_identity)
         program = shutil.which(argv[0], path=self.env["PATH"])
         if program is None:

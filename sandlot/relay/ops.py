@@ -37,7 +37,8 @@ RELATIVE_PATH = r"(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9_][A-Za-z0-9._/-]{0,255}"
 
 
 class Operation(BaseModel):
-    """One whitelisted operation."""
+    """One whitelisted operation. (The git built-ins name ``--upload-pack``/``--receive-pack``
+    themselves, so a remote's ``uploadpack`` setting cannot pick the program.)"""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -130,7 +131,7 @@ BUILTIN: dict[str, Operation] = {
     for op in (
         Operation(
             name="git_pull",
-            argv=["git", "pull", "--ff-only", "{0?}", "{1?}"],
+            argv=["git", "pull", "--ff-only", "--upload-pack=git-upload-pack", "{0?}", "{1?}"],
             max_args=2,
             description="fast-forward from [remote [branch]]",
         ),
@@ -138,13 +139,13 @@ BUILTIN: dict[str, Operation] = {
             name="git_push",
             # The branch is argument 0 and the remote argument 1 (default origin), so a
             # lone branch is never taken for a remote.
-            argv=["git", "push", "{1:origin}", "{0}"],
+            argv=["git", "push", "--receive-pack=git-receive-pack", "{1:origin}", "{0}"],
             max_args=2,
             description="push branch [remote]",
         ),
         Operation(
             name="git_fetch",
-            argv=["git", "fetch", "{0?}", "{1?}"],
+            argv=["git", "fetch", "--upload-pack=git-upload-pack", "{0?}", "{1?}"],
             max_args=2,
             description="fetch [remote [branch]]",
         ),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -128,13 +129,19 @@ class Queue:
     def read(self, path: Path) -> Any:
         """The JSON in ``path``; None if it is gone. Symlinks and huge files are refused."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO planted under a request's name must not hang the reader.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise ValueError(f"cannot open {path.name}: {exc.strerror}") from None
         with os.fdopen(fd, "rb") as f:
-            data = f.read(MAX_FILE + 1)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError(f"{path.name} is not a regular file")
+            try:
+                data = f.read(MAX_FILE + 1)
+            except OSError as exc:
+                raise ValueError(f"cannot read {path.name}: {exc.strerror}") from None
         if len(data) > MAX_FILE:
             raise ValueError(f"{path.name} is over {MAX_FILE} bytes")
         return json.loads(data)

@@ -121,6 +121,12 @@ def environment(home: Path, writable: list[Path]) -> dict[str, str]:
         "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_SSH_COMMAND": "ssh -F /dev/null -o BatchMode=yes",
+        # The environment outranks any config file for these.
+        "GIT_PAGER": "cat",
+        "GIT_EDITOR": ":",
+        "GIT_SEQUENCE_EDITOR": ":",
+        "GIT_ASKPASS": "/bin/false",
+        "SSH_ASKPASS": "/bin/false",
     }
 
 
@@ -157,10 +163,25 @@ SAFE_GIT_KEYS = re.compile(
     re.ASCII,
 )
 SAFE_GIT_URL = re.compile(r"(https?://|ssh://|git://|file://|/|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:)\S*")
-GIT_HARDENING = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
+# Also on git's command line, because .git/config can change between the check above and
+# git reading it: the known settings that run a program, pinned (command-line wins).
+GIT_HARDENING = [
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "credential.helper=",
+    "-c",
+    "protocol.ext.allow=never",
+    "-c",
+    "commit.gpgSign=false",
+    "-c",
+    "core.gitProxy=",
+]
 
 
-def check_git_repository(cwd: Path, env: dict[str, str]) -> None:
+def check_git_repository(cwd: Path, env: dict[str, str], writable: list[Path]) -> None:
     """Refuse a repository whose own config could make git run a program."""
     import subprocess
 
@@ -181,10 +202,35 @@ def check_git_repository(cwd: Path, env: dict[str, str]) -> None:
             raise Refused(
                 "git_config", f"the repository's config sets {key!r}, which could run a program"
             )
-        if key.lower().endswith(("url", "pushurl")) and not SAFE_GIT_URL.fullmatch(value):
+        if key.lower().endswith(("url", "pushurl")):
+            _check_remote_url(value, writable)
+
+
+LOOPBACK_HOSTS = frozenset(["localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"])
+
+
+def _check_remote_url(url: str, writable: list[Path]) -> None:
+    if not SAFE_GIT_URL.fullmatch(url):
+        raise Refused("git_config", f"the repository's remote URL {url[:100]!r} is not allowed")
+    if url.startswith(("/", "file://")):
+        # git runs a local remote's own hooks (pre-receive...) itself, on this node: a remote
+        # repository the compute node can write would run its code here.
+        path = Path(url[len("file://") :] if url.startswith("file://") else url).resolve()
+        if any(_inside(path, folder) for folder in writable):
             raise Refused(
-                "git_config", f"the repository's remote URL {value[:100]!r} is not allowed"
+                "git_remote",
+                f"the remote {url[:100]!r} is a repository in a folder the compute node can "
+                "write; its hooks would run on this node",
             )
+        return
+    host = re.sub(r"^[a-z+]+://", "", url).split("/", 1)[0].rsplit("@", 1)[-1]
+    host = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+    import socket
+
+    if host.lower() in LOOPBACK_HOSTS or host.lower() == socket.gethostname().lower():
+        raise Refused(
+            "git_remote", f"the remote {url[:100]!r} is this node: its hooks would run here"
+        )
 
 
 def hardened(argv: list[str], identity: tuple[str, ...] | list[str] = ()) -> list[str]:
