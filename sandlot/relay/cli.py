@@ -48,6 +48,14 @@ def daemon(
             help="Accept a config file the compute node could write (inside $HOME or a root).",
         ),
     ] = False,
+    consent_codes: Annotated[
+        bool,
+        typer.Option(
+            "--consent-codes/--no-consent-codes",
+            help="Approvals must quote the code this daemon prints (default: on). Without "
+            "codes, anything that can write the queue can approve, the agent included.",
+        ),
+    ] = True,
     consent_expiry: Annotated[
         float,
         typer.Option(
@@ -72,7 +80,19 @@ def daemon(
                 "(a compromised node could add its own operations for the next start): keep it "
                 "on the login node's own disk, or pass --trust-shared-config"
             )
-    server = Daemon(_queue(queue), whitelist, poll=poll, consent_expiry=consent_expiry)
+
+    def say(text: str) -> None:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    server = Daemon(
+        _queue(queue),
+        whitelist,
+        poll=poll,
+        consent_expiry=consent_expiry,
+        consent_codes=consent_codes,
+        say=say,
+    )
 
     def stop(signum: int, _frame: Any) -> None:
         server.stop()
@@ -125,9 +145,12 @@ def pending(
             f"{row['id']}  {row['op']} {args}  in {row['cwd']}  from {row['host']}, "
             f"{row['age_s']:.0f} s ago\n"
         )
+    sys.stdout.write(
+        "approve with: sandlot relay approve ID --code CODE (the daemon prints each code)\n"
+    )
 
 
-def _decide(queue: str | None, request_id: str, folder: str) -> None:
+def _decide(queue: str | None, request_id: str, folder: str, code: str | None = None) -> None:
     from .validate import REQUEST_ID
 
     q = _queue(queue)
@@ -135,16 +158,26 @@ def _decide(queue: str | None, request_id: str, folder: str) -> None:
         raise InvalidArgumentError(f"{request_id!r} is not a request id")
     if not (q.pending / f"{request_id}.json").exists():
         raise NotFoundError(f"no request {request_id} awaits consent (see 'sandlot relay pending')")
-    q.write(getattr(q, folder) / request_id, {"time": time.time(), "by": os.getuid()})
+    decision: dict[str, Any] = {"time": time.time(), "by": os.getuid()}
+    if code is not None:
+        decision["code"] = code
+    q.write(getattr(q, folder) / request_id, decision)
     sys.stdout.write(f"{folder} {request_id}\n")
 
 
 @relay_app.command()
 def approve(
-    request_id: Annotated[str, typer.Argument(metavar="ID")], queue: QueueOption = None
+    request_id: Annotated[str, typer.Argument(metavar="ID")],
+    code: Annotated[
+        str | None,
+        typer.Option("--code", help="The consent code the daemon printed for this request."),
+    ] = None,
+    queue: QueueOption = None,
 ) -> None:
-    """Let a pending request run."""
-    _decide(queue, request_id, "approved")
+    """Let a pending request run. Quote the code the daemon printed in its terminal: an
+    approval with a wrong or missing code counts as a rejection (unless the daemon runs
+    with --no-consent-codes)."""
+    _decide(queue, request_id, "approved", code)
 
 
 @relay_app.command()

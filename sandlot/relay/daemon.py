@@ -11,6 +11,7 @@ answer.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -58,6 +59,8 @@ class Daemon:
         retention: float = RETENTION,
         output_cap: int = OUTPUT_CAP,
         workers: int = WORKERS,
+        consent_codes: bool = True,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.queue = queue
         self.whitelist = whitelist
@@ -73,6 +76,11 @@ class Daemon:
         self._stop = threading.Event()
         self._running: set[str] = set()  # ids being run, so a pending one is not run twice
         self._lock_fd: int | None = None
+        # Consent codes live only in this process and its terminal, never in the shared
+        # queue: the compute node (or the agent on it) cannot approve its own requests.
+        self.consent_codes = consent_codes
+        self._codes: dict[str, str] = {}
+        self._say = say or (lambda text: None)
 
     # -- life ------------------------------------------------------------------------------------
 
@@ -94,6 +102,8 @@ class Daemon:
         queue.beat(os.getpid())
         self._recover()
         self._cleanup()
+        for path in queue.entries(queue.pending):  # codes of a previous run are gone
+            self._ask_consent(path.name[: -len(".json")], self._read_quietly(path))
 
     def run(self) -> None:
         """Serve until :meth:`stop`; then wait for running operations."""
@@ -165,6 +175,7 @@ class Daemon:
         if checked.operation.consent:
             os.rename(claimed, self.queue.pending / path.name)
             self.queue.log(request_id, "awaiting_consent", op=op, args=checked.args)
+            self._ask_consent(request_id, request)
             return
         self._submit(claimed, request_id, checked)
 
@@ -178,7 +189,21 @@ class Daemon:
             self.queue.log(request_id, "rejected")
             path.unlink(missing_ok=True)
             return
-        if (self.queue.approved / request_id).exists():
+        marker = self.queue.approved / request_id
+        if marker.exists():
+            if self.consent_codes and not self._code_matches(request_id, marker):
+                request = self._read_quietly(path)
+                self._answer(
+                    request_id,
+                    request,
+                    "rejected",
+                    message="approved without the right consent code (shown only in the "
+                    "daemon's terminal): taken as a rejection",
+                )
+                self.queue.log(request_id, "rejected", reason="wrong consent code")
+                path.unlink(missing_ok=True)
+                return
+            self._codes.pop(request_id, None)
             claimed = self.queue.processing / path.name
             os.rename(path, claimed)
             self.queue.log(request_id, "approved")
@@ -204,6 +229,31 @@ class Daemon:
             )
             self.queue.log(request_id, "expired")
             os.replace(path, self.queue.stale / path.name)
+
+    def _ask_consent(self, request_id: str, request: dict[str, Any]) -> None:
+        args = " ".join(str(a) for a in request.get("args") or [])
+        command = f"sandlot relay approve {request_id}"
+        if self.consent_codes:
+            code = self._codes.setdefault(request_id, secrets.token_hex(4))
+            command += f" --code {code}"
+        self._say(
+            f"consent needed: {request.get('op')} {args} in {request.get('cwd')} "
+            f"(from {request.get('host') or '?'}): {command}   or: sandlot relay reject "
+            f"{request_id}"
+        )
+
+    def _code_matches(self, request_id: str, marker: Path) -> bool:
+        try:
+            decision = self.queue.read(marker)
+        except ValueError:
+            return False
+        expected = self._codes.get(request_id)
+        given = decision.get("code") if isinstance(decision, dict) else None
+        return (
+            expected is not None
+            and isinstance(given, str)
+            and secrets.compare_digest(given, expected)
+        )
 
     # -- running -----------------------------------------------------------------------------------
 
