@@ -98,7 +98,10 @@ class RelayClient:
         try:
             answer = self._wait(request.id, wait)
         except BaseException:
-            inbox.unlink(missing_ok=True)  # withdraw it if the daemon has not claimed it
+            # Withdraw it if the daemon has not run it yet: nobody waits for the answer, and a
+            # request left awaiting consent must not run later, unobserved.
+            inbox.unlink(missing_ok=True)
+            (self.queue.pending / inbox.name).unlink(missing_ok=True)
             raise
         return _outcome(answer)
 

@@ -146,10 +146,29 @@ class Daemon:
     # -- one turn ----------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        for path in self.queue.entries(self.queue.inbox):
-            self._claim(path)
-        for path in self.queue.entries(self.queue.pending):
-            self._decide(path)
+        for handle, folder in ((self._claim, self.queue.inbox), (self._decide, self.queue.pending)):
+            for path in self.queue.entries(folder):
+                try:
+                    handle(path)
+                except Exception as exc:  # one hostile file must not stop the daemon
+                    self._quarantine(path, exc)
+
+    def _quarantine(self, path: Path, exc: Exception) -> None:
+        request_id = path.name[: -len(".json")]
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        self.queue.log(
+            request_id if REQUEST_ID.fullmatch(request_id) else "-", "quarantined", reason=reason
+        )
+        for candidate in (path, self.queue.processing / path.name):
+            try:
+                os.replace(candidate, self.queue.stale / f".quarantined-{time.time_ns()}")
+            except OSError:
+                continue
+        if REQUEST_ID.fullmatch(request_id):
+            try:
+                self._answer(request_id, {}, "validation", rule="request", message=reason)
+            except OSError:
+                pass
 
     def _claim(self, path: Path) -> None:
         request_id = path.name[: -len(".json")]

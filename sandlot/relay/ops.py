@@ -48,6 +48,9 @@ class Operation(BaseModel):
     max_args: int = Field(0, ge=0, le=MAX_ARGS)
     timeout: float = Field(300.0, gt=0, le=24 * 3600, description="seconds the command may run")
     consent: bool = False
+    allow_options: bool = Field(
+        False, description="arguments may start with '-' (refused otherwise, whatever the pattern)"
+    )
     description: str = ""
 
     @field_validator("arg_pattern")

@@ -135,16 +135,20 @@ class Queue:
             return None
         except OSError as exc:
             raise ValueError(f"cannot open {path.name}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a FIFO, a device
+            os.close(fd)
+            raise ValueError(f"{path.name} is not a regular file")
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ValueError(f"{path.name} is not a regular file")
             try:
                 data = f.read(MAX_FILE + 1)
             except OSError as exc:
                 raise ValueError(f"cannot read {path.name}: {exc.strerror}") from None
         if len(data) > MAX_FILE:
             raise ValueError(f"{path.name} is over {MAX_FILE} bytes")
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except RecursionError:  # hostile nesting
+            raise ValueError(f"{path.name} nests too deeply") from None
 
     def entries(self, folder: Path, suffix: str = ".json") -> list[Path]:
         """Files in a folder, oldest id first, without temporaries."""

@@ -69,6 +69,10 @@ def _args(args: Any, operation: Operation) -> list[str]:
                 "arg_pattern",
                 f"argument {index} ({arg[:64]!r}) does not match {operation.name}'s pattern",
             )
+        if arg.startswith("-") and not operation.allow_options:
+            # whatever a site's pattern says: an argument is never an option unless the
+            # operation says it takes options
+            raise Refused("arg_option", f"argument {index} looks like an option")
     return list(args)
 
 
@@ -83,7 +87,9 @@ def _cwd(value: Any, whitelist: Whitelist) -> Path:
     try:
         resolved = path.resolve(strict=True)  # follows every symlink
     except (OSError, RuntimeError):
-        raise Refused("cwd_not_found", f"cwd {value!r} does not exist") from None
+        raise Refused("cwd_not_found", f"cwd {value[:200]!r} does not exist") from None
+    except ValueError:  # e.g. a lone surrogate, which JSON can carry and no path can
+        raise Refused("cwd_invalid", "cwd is not a usable path") from None
     if not resolved.is_dir():
         raise Refused("cwd_not_found", f"cwd {value!r} is not a folder")
     if not any(_inside(resolved, root) for root in whitelist.roots):

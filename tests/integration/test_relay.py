@@ -604,6 +604,17 @@ def test_consent_reject(site: Site, repos: Repos, rc: RelayClient) -> None:
     assert "rejected" in events and "started" not in events
 
 
+def test_a_client_that_gives_up_withdraws_its_pending_request(
+    site: Site, repos: Repos, rc: RelayClient
+) -> None:
+    """Nobody waits for the answer any more: the request must not run later, unobserved."""
+    with pytest.raises(RelayTimeout):
+        rc.request("say", ["abandoned", repos.tag], timeout=1.5)
+    assert not [p for p in (site.queue / "pending").iterdir() if repos.tag in p.read_text()], (
+        "the abandoned request still awaits consent"
+    )
+
+
 def test_consent_reject_wins_over_approve(
     site: Site, daemon: Daemon, repos: Repos, rc: RelayClient
 ) -> None:

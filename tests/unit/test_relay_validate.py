@@ -728,3 +728,24 @@ def test_a_disabled_builtin_can_be_replaced_under_a_new_name(tmp_path: Path) -> 
     )
     assert "git_pull" not in loaded.operations
     assert loaded.operations["git_pull_rebase"].render([]) == ["git", "pull", "--rebase"]
+
+
+def test_a_permissive_site_pattern_still_refuses_options(home: Path) -> None:
+    """A site operation whose pattern lets '-' through: the argument is still not an option,
+    unless the operation declares ``allow_options``."""
+    loose = Operation(
+        name="say", argv=["echo", "{args}"], arg_pattern=r"[a-z0-9-]{1,40}", max_args=2
+    )
+    wl = Whitelist({"say": loose}, roots=[home], projects=None)
+    body = request("say", ["-n", "x"], cwd=str(home))
+    assert refused(body, wl) == "arg_option"
+    assert check(request("say", ["a-b"], cwd=str(home)), wl).argv == ["echo", "a-b"]
+    opted = Operation(
+        name="say",
+        argv=["echo", "{args}"],
+        arg_pattern=r"[a-z0-9-]{1,40}",
+        max_args=2,
+        allow_options=True,
+    )
+    wl = Whitelist({"say": opted}, roots=[home], projects=None)
+    assert check(body, wl).argv == ["echo", "-n", "x"]
