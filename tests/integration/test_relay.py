@@ -29,7 +29,7 @@ from sandlot.relay import (
     RelayTimeout,
     RelayValidationError,
 )
-from sandlot.relay.queue import Queue
+from sandlot.relay.queue import Queue, new_id
 
 from .relay_helpers import Daemon, Site, client_answers, client_process, wait_until
 
@@ -669,22 +669,31 @@ def test_consent_codes_do_not_survive_a_restart(own_site: Site, daemons: list[Da
     config = str(configure(site))
     first = Daemon(site, "--config", config).wait_ready()
     daemons.append(first)
-    client = client_process(site, site.home, [{"op": "say", "args": ["restart"]}])
-    try:
-        request_id = wait_pending(site, ["restart"])
-        old_code = first.consent_code(request_id)
-        first.stop()
-        second = Daemon(site, "--config", config).wait_ready()
-        daemons.append(second)
-        new_code = second.consent_code(request_id)  # asked again, with a new code
-        assert new_code != old_code
-        done = site.cli("approve", request_id, "--code", old_code, "--queue", str(site.queue))
-        assert done.returncode == 0
-        assert wait_until(lambda: "rejected" in site.events(request_id), 10)
-        assert "started" not in site.events(request_id)
-    finally:
-        client.kill()
-        client.wait()
+    # A request written straight into the inbox: a waiting RelayClient would give up
+    # (RelayDown) and withdraw it when the first daemon stops.
+    queue = Queue(site.queue)
+    request_id = new_id()
+    queue.write(
+        queue.inbox / f"{request_id}.json",
+        {
+            "id": request_id,
+            "op": "say",
+            "args": ["restart"],
+            "cwd": str(site.home),
+            "created": time.time(),
+        },
+    )
+    wait_pending(site, ["restart"])
+    old_code = first.consent_code(request_id)
+    first.stop()
+    second = Daemon(site, "--config", config).wait_ready()
+    daemons.append(second)
+    new_code = second.consent_code(request_id)  # asked again, with a new code
+    assert new_code != old_code
+    done = site.cli("approve", request_id, "--code", old_code, "--queue", str(site.queue))
+    assert done.returncode == 0
+    assert wait_until(lambda: "rejected" in site.events(request_id), 10)
+    assert "started" not in site.events(request_id)
 
 
 @pytest.mark.parametrize("bad_id", ["0123456789abcdef", "../../etc/passwd", "deadbeef/../../x"])
