@@ -88,7 +88,7 @@ class Row(Sampled):
 
 def make_home(files: int) -> tuple[Path, Path]:
     """A temporary $HOME holding a git repository with ``files`` committed files (and a bare
-    remote as origin), removed at exit."""
+    remote outside it as origin), removed at exit."""
     home = Path(tempfile.mkdtemp(prefix="slb-relay-", dir="/tmp"))
     atexit.register(shutil.rmtree, home, ignore_errors=True)
     repo = home / "project"
@@ -107,8 +107,12 @@ def make_home(files: int) -> tuple[Path, Path]:
         (folder / f"f{i}.txt").write_text(f"file {i}\n" * 20)
     git("add", "-A")
     git("commit", "-q", "-m", "files")
-    git("init", "-q", "--bare", str(home / "remote.git"), cwd=home)
-    git("remote", "add", "origin", str(home / "remote.git"))
+    # The bare remote lives outside $HOME: the relay refuses a local remote the compute node
+    # could write (its hooks would run on the login node).
+    remote = Path(tempfile.mkdtemp(prefix="slb-relay-remote-", dir="/tmp")) / "remote.git"
+    atexit.register(shutil.rmtree, remote.parent, ignore_errors=True)
+    git("init", "-q", "--bare", str(remote), cwd=home)
+    git("remote", "add", "origin", str(remote))
     return home, repo
 
 
