@@ -505,6 +505,15 @@ def print_table(results: Results, layout: Layout) -> None:
     Console(width=max(layout.width, shutil.get_terminal_size().columns)).print(table)
 
 
+def verdict(row: Any) -> str:
+    """A row's verdict cell: skipped, failed (nothing measured), PASS/FAIL, or empty."""
+    if getattr(row, "skipped", False):
+        return "skipped"
+    if getattr(row, "failed", False) and not row.samples:
+        return "failed"
+    return {True: "PASS", False: "FAIL", None: ""}[row.ok]
+
+
 def md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 

@@ -59,6 +59,7 @@ from _common import (
     shuffled_rounds,
     start_kernel,
     stop_kernel,
+    verdict,
     version_of,
 )
 
@@ -503,12 +504,6 @@ def fmt_ratio(row: Row) -> str:
     r90 = f" / {row.ratio90:.3f}x" if row.ratio90 is not None else ""
     inverse = f" (1/{1 / row.ratio50:.1f})" if not row.higher_is_better and row.ratio50 else ""
     return f"{row.ratio50:.3f}x{r90}{inverse}"
-
-
-def verdict(row: Row) -> str:
-    if row.failed and not row.samples:
-        return "failed"
-    return {True: "PASS", False: "FAIL", None: ""}[row.ok]
 
 
 HEADERS = [

@@ -72,6 +72,7 @@ from _common import (
     start_kernel,
     stop_kernel,
     tool_version,
+    verdict,
     version_of,
 )
 
@@ -1282,12 +1283,6 @@ def fmt_ratio(row: Row) -> str:
         )
     r99 = f" / {row.ratio99:.2f}x" if row.ratio99 is not None else ""
     return f"{row.ratio50:.2f}x{r99}"
-
-
-def verdict(row: Row) -> str:
-    if row.skipped:
-        return "skipped"
-    return {True: "PASS", False: "FAIL", None: ""}[row.ok]
 
 
 HEADERS = [

@@ -55,6 +55,7 @@ from _common import (
     run_meta,
     shuffled_rounds,
     tool_version,
+    verdict,
 )
 
 SECTIONS = ("roundtrip", "idle")
@@ -338,12 +339,6 @@ def fmt_value(value: float | None, unit: str) -> str:
     if unit != "ms":
         return f"{value:.2f}"
     return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
-
-
-def verdict(row: Row) -> str:
-    if row.failed and not row.samples:
-        return "failed"
-    return {True: "PASS", False: "FAIL", None: ""}[row.ok]
 
 
 HEADERS = [

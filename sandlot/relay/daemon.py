@@ -74,7 +74,6 @@ class Daemon:
         self.git_identity = git_identity(self.home)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="relay-op")
         self._stop = threading.Event()
-        self._running: set[str] = set()  # ids being run, so a pending one is not run twice
         self._lock_fd: int | None = None
         # Consent codes live only in this process and its terminal, never in the shared
         # queue: the compute node (or the agent on it) cannot approve its own requests.
@@ -200,8 +199,6 @@ class Daemon:
 
     def _decide(self, path: Path) -> None:
         request_id = path.name[: -len(".json")]
-        if request_id in self._running:
-            return
         if (self.queue.rejected / request_id).exists():  # reject wins over approve
             request = self._read_quietly(path)
             self._answer(request_id, request, "rejected", message="a person rejected the request")
@@ -277,7 +274,6 @@ class Daemon:
     # -- running -----------------------------------------------------------------------------------
 
     def _submit(self, claimed: Path, request_id: str, checked: Checked) -> None:
-        self._running.add(request_id)
         self.queue.log(request_id, "started", op=checked.operation.name, args=checked.args)
         self._pool.submit(self._run, claimed, request_id, checked)
 
@@ -298,10 +294,9 @@ class Daemon:
             op=result.op,
             status=result.status,
             returncode=result.returncode,
-            duration_s=result.duration_s,
+            duration_s=round(result.duration_s, 3),
         )
         claimed.unlink(missing_ok=True)
-        self._running.discard(request_id)
 
     def _execute(self, request_id: str, checked: Checked) -> RelayResult:
         operation = checked.operation

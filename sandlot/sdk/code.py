@@ -35,6 +35,7 @@ from .commands import (
     _Collector,
     _started_pid,
     _Stream,
+    call_back,
     check_cwd,
     check_env_argument,
 )
@@ -52,13 +53,6 @@ ResultCallback = Callable[[Result], Awaitable[None] | None]
 ContextRef = CodeContext | str | None
 
 
-async def _call(callback: Callable[[Any], Any] | None, value: Any) -> None:
-    if callback is not None:
-        outcome = callback(value)
-        if outcome is not None and asyncio.iscoroutine(outcome):
-            await outcome
-
-
 def context_id(context: ContextRef) -> str:
     if context is None:
         return "default"
@@ -67,15 +61,6 @@ def context_id(context: ContextRef) -> str:
     if isinstance(context, str) and context:
         return context
     raise InvalidArgumentError("context must be a CodeContext, its id, or None for the default")
-
-
-def _positive(value: float | None, what: str) -> float | None:
-    try:
-        return _check_timeout(value)
-    except InvalidArgumentError:
-        raise InvalidArgumentError(
-            f"{what} must be a positive number of seconds, or None"
-        ) from None
 
 
 class _Streams:
@@ -107,7 +92,7 @@ class _Streams:
         text = decoder.decode(data, final)
         if text:
             chunks.append(text)
-            await _call(callback, text)
+            await call_back(callback, text)
 
     async def close(self) -> None:
         for stream in self._targets:
@@ -173,9 +158,9 @@ class _Cell:
                 dropped=[str(x) for x in event.get("dropped") or []],
             )
             self.results.append(result)
-            await _call(self.on_result, result)
+            await call_back(self.on_result, result)
         elif kind == "progress":
-            await _call(self.on_progress, str(event.get("message", "")))
+            await call_back(self.on_progress, str(event.get("message", "")))
 
     def _execution(self, end: dict[str, Any]) -> Execution:
         error = end.get("error")
@@ -274,9 +259,9 @@ async def run_code(
         raise InvalidArgumentError("code contains a NUL byte")
     cid = context_id(context)
     args: dict[str, Any] = {"context": cid, "code": code}
-    timeout = _positive(timeout, "timeout")
-    inactivity_timeout = _positive(inactivity_timeout, "inactivity_timeout")
-    grace = _positive(interrupt_grace, "interrupt_grace")
+    timeout = _check_timeout(timeout)
+    inactivity_timeout = _check_timeout(inactivity_timeout, "inactivity_timeout")
+    grace = _check_timeout(interrupt_grace, "interrupt_grace")
     if timeout is not None:
         args["timeout"] = timeout
     if inactivity_timeout is not None:
@@ -425,7 +410,7 @@ async def install(
     on_stderr: TextCallback | None,
 ) -> CommandResult:
     names = _packages(packages)
-    timeout = _positive(timeout, "timeout")
+    timeout = _check_timeout(timeout)
     args: dict[str, Any] = {"packages": names, "upgrade": bool(upgrade)}
     if index_url is not None:
         if not isinstance(index_url, str) or not re.match(r"(https?|file)://", index_url):

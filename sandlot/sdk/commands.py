@@ -62,9 +62,7 @@ class _Stream:
         if self.callback is not None and self.decoder is not None:
             text = self.decoder.decode(data, final)
             if text:
-                outcome = self.callback(text)
-                if outcome is not None and asyncio.iscoroutine(outcome):
-                    await outcome
+                await call_back(self.callback, text)
 
 
 def _check_command(cmd: object) -> dict[str, object]:
@@ -87,12 +85,20 @@ def _check_command(cmd: object) -> dict[str, object]:
     )
 
 
-def _check_timeout(timeout: float | None) -> float | None:
+def _check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise InvalidArgumentError("timeout must be a positive number of seconds, or None")
+        raise InvalidArgumentError(f"{what} must be a positive number of seconds, or None")
     return float(timeout)
+
+
+async def call_back(callback: Callable[[Any], Any] | None, value: Any) -> None:
+    """Call a streaming callback, awaiting it if it is a coroutine function."""
+    if callback is not None:
+        outcome = callback(value)
+        if outcome is not None and asyncio.iscoroutine(outcome):
+            await outcome
 
 
 def check_env_argument(env: object) -> dict[str, str]:
