@@ -60,11 +60,11 @@ def _name_ok(name):
     )
 
 
-def _number(request, key, default, minimum=0.0):
+def _number(request, key, default):
     value = request.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= minimum:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise AgentError("invalid_argument", "%s must be a positive number" % key)
     return float(value)
 
