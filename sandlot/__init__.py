@@ -9,6 +9,7 @@ See the README and docs/ for the full surface.
 """
 
 from .errors import (
+    AuthenticationError,
     CodeContextBusyError,
     CodeContextFailedError,
     CodeContextNotFoundError,
@@ -21,6 +22,8 @@ from .errors import (
     FileExistsInSandboxError,
     FileNotFoundInSandboxError,
     FileTooLargeError,
+    ForbiddenError,
+    IdempotencyConflictError,
     InstallError,
     InvalidArgumentError,
     IsADirectoryInSandboxError,
@@ -38,11 +41,13 @@ from .errors import (
     RelayRejected,
     RelayTimeout,
     RelayValidationError,
+    RemoteUnavailableError,
     SandboxClosedError,
     SandboxError,
     SandboxNotFoundError,
     SandboxStartError,
     SandlotError,
+    ServerError,
 )
 from .models import (
     CodeContext,
@@ -57,6 +62,7 @@ from .models import (
     SandboxInfo,
     SandboxSpec,
 )
+from .remote import Client
 from .sdk import (
     AsyncCommandHandle,
     AsyncExecutionHandle,
@@ -68,10 +74,13 @@ from .sdk import (
 
 __version__ = "0.1.0"
 
+
 __all__ = [
     "AsyncCommandHandle",
     "AsyncExecutionHandle",
     "AsyncSandbox",
+    "AuthenticationError",
+    "Client",
     "CodeContext",
     "CodeContextBusyError",
     "CodeContextFailedError",
@@ -91,6 +100,8 @@ __all__ = [
     "FileExistsInSandboxError",
     "FileNotFoundInSandboxError",
     "FileTooLargeError",
+    "ForbiddenError",
+    "IdempotencyConflictError",
     "InstallError",
     "InvalidArgumentError",
     "IsADirectoryInSandboxError",
@@ -110,6 +121,7 @@ __all__ = [
     "RelayRejected",
     "RelayTimeout",
     "RelayValidationError",
+    "RemoteUnavailableError",
     "Resources",
     "Result",
     "Sandbox",
@@ -120,5 +132,6 @@ __all__ = [
     "SandboxSpec",
     "SandboxStartError",
     "SandlotError",
+    "ServerError",
     "__version__",
 ]

@@ -953,13 +953,16 @@ def gc(
 # -- entry point ------------------------------------------------------------------------------
 
 
-def _add_relay() -> None:
+def _add_subcommands() -> None:
     from .relay.cli import relay_app
+    from .server.cli import keys_app, serve
 
     app.add_typer(relay_app, name="relay")
+    app.add_typer(keys_app, name="keys")
+    app.command(name="serve")(serve)
 
 
-_add_relay()
+_add_subcommands()
 
 
 def _click_exceptions() -> Any:

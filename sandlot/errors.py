@@ -24,6 +24,11 @@ work as a Python user expects::
     │   ├── CodeContextBusyError                 code_context_busy
     │   ├── CodeContextFailedError               code_context_failed
     │   └── InstallError                         install_failed
+    ├── ServerError                              server_error
+    │   ├── AuthenticationError                  unauthenticated
+    │   ├── ForbiddenError (PermissionError)     forbidden
+    │   ├── IdempotencyConflictError             idempotency_conflict
+    │   └── RemoteUnavailableError               remote_unavailable
     ├── RelayError                               relay_error
     │   ├── RelayDown                            relay_down
     │   ├── RelayValidationError (ValueError)    relay_validation
@@ -166,6 +171,36 @@ class InstallError(_WithOutput, CodeError):
     """``install`` failed; the message says why, ``stdout``/``stderr`` hold pip's output."""
 
     code = "install_failed"
+
+
+class ServerError(SandlotError):
+    """The sandlot server failed, or refused the call as a whole (not the sandbox's doing)."""
+
+    code = "server_error"
+
+
+class AuthenticationError(ServerError):
+    """No API key, or one the server does not accept (unknown, wrong or revoked)."""
+
+    code = "unauthenticated"
+
+
+class ForbiddenError(ServerError, PermissionError):
+    """The key is valid but may not do this (e.g. manage keys without being an admin key)."""
+
+    code = "forbidden"
+
+
+class IdempotencyConflictError(ServerError):
+    """An idempotency key was reused for a different request."""
+
+    code = "idempotency_conflict"
+
+
+class RemoteUnavailableError(ServerError):
+    """The sandlot server cannot be reached, or its circuit breaker is open."""
+
+    code = "remote_unavailable"
 
 
 class RelayError(SandlotError):

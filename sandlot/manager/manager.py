@@ -16,6 +16,7 @@ import secrets
 import shutil
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,6 +64,8 @@ class Manager:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._collected = False
         self._removals: set[asyncio.Future[None]] = set()
+        # Called with the id of every sandbox this manager released (killed, expired, exited).
+        self.on_release: builtins.list[Callable[[str], None]] = []
 
     @classmethod
     def current(cls) -> Manager:
@@ -148,6 +151,12 @@ class Manager:
                 found.append(info)
         return found
 
+    async def list_sandboxes(self, metadata: dict[str, str] | None) -> builtins.list[SandboxInfo]:
+        return self.list(metadata)
+
+    async def is_running(self, live: LiveSandbox) -> bool:
+        return live.channel.closed is None and live.provider.is_alive(live.info.handle)
+
     # -- end --------------------------------------------------------------------------------
 
     async def kill(self, sandbox_id: str) -> None:
@@ -164,6 +173,8 @@ class Manager:
         await provider.destroy(info.handle)
         self.store.delete(info.id)
         self._remove_folder(info.id)
+        for callback in self.on_release:
+            callback(info.id)
 
     def _remove_folder(self, sandbox_id: str) -> None:
         """Delete a dead sandbox's folder in a worker thread: removing even an empty tree

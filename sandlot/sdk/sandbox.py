@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from pydantic import ValidationError
 
 from ..errors import InvalidArgumentError, SandboxNotFoundError
-from ..manager import GcReport, LiveSandbox, Manager
+from ..manager import GcReport
 from ..models import (
     CodeContext,
     CommandResult,
@@ -20,6 +20,7 @@ from ..models import (
     describe,
 )
 from . import code as code_ops
+from .backend import Backend, backend_for
 from .code import (
     DEFAULT_CODE_TIMEOUT,
     DEFAULT_INSTALL_TIMEOUT,
@@ -32,6 +33,9 @@ from .code import (
 )
 from .commands import AsyncCommands
 from .files import AsyncFiles
+
+if TYPE_CHECKING:
+    from ..remote import Client
 
 
 def build_spec(
@@ -64,7 +68,7 @@ class AsyncSandbox:
     kills the sandbox on exit; :meth:`close` only drops this process's connection.
     """
 
-    def __init__(self, manager: Manager, live: LiveSandbox) -> None:
+    def __init__(self, manager: Backend, live: Any) -> None:
         self._manager = manager
         self._live = live
         self._channel = live.channel
@@ -100,35 +104,41 @@ class AsyncSandbox:
         metadata: dict[str, str] | None = None,
         resources: Resources | dict[str, Any] | None = None,
         workdir: str = "/workspace",
+        client: Client | None = None,
         **config: Any,
     ) -> _Creating:
         """Create a sandbox (default provider: bwrap). Extra keyword arguments are the
-        provider's own settings, validated by its config model."""
+        provider's own settings, validated by its config model. With ``client`` (or
+        ``SANDLOT_URL`` set), the sandbox is created on that sandlot server."""
         spec = build_spec(provider, timeout, env, metadata, resources, workdir, config)
-        return _Creating(cls._create(spec))
+        return _Creating(cls._create(spec, client))
 
     @classmethod
-    async def _create(cls, spec: SandboxSpec) -> AsyncSandbox:
-        manager = Manager.current()
-        return cls(manager, await manager.create(spec))
+    async def _create(cls, spec: SandboxSpec, client: Client | None) -> AsyncSandbox:
+        backend = backend_for(client)
+        return cls(backend, await backend.create(spec))
 
     @classmethod
-    async def connect(cls, sandbox_id: str) -> AsyncSandbox:
+    async def connect(cls, sandbox_id: str, *, client: Client | None = None) -> AsyncSandbox:
         """Attach to a running sandbox, also one created by another process."""
-        manager = Manager.current()
-        return cls(manager, await manager.connect(sandbox_id))
+        backend = backend_for(client)
+        return cls(backend, await backend.connect(sandbox_id))
 
     @staticmethod
-    async def list(metadata: dict[str, str] | None = None) -> list[SandboxInfo]:
-        """Running sandboxes on this host, optionally those whose metadata matches."""
+    async def list(
+        metadata: dict[str, str] | None = None, *, client: Client | None = None
+    ) -> list[SandboxInfo]:
+        """Running sandboxes (on this host, or the server's), optionally those whose
+        metadata matches."""
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidArgumentError("metadata must be a dict of strings")
-        return Manager.current().list(metadata)
+        return await backend_for(client).list_sandboxes(metadata)
 
     @staticmethod
-    async def gc() -> GcReport:
-        """Remove what crashed processes left behind (also runs when a manager starts)."""
-        return await Manager.current().gc()
+    async def gc(*, client: Client | None = None) -> GcReport:
+        """Remove what crashed processes left behind (also runs when a manager starts).
+        A server collects its own: in remote mode this does nothing."""
+        return await backend_for(client).gc()
 
     async def kill(self) -> bool:
         """Destroy the sandbox and everything running in it. False if it was already gone."""
@@ -281,7 +291,7 @@ class AsyncSandbox:
         )
 
     async def is_running(self) -> bool:
-        return self._channel.closed is None and self._live.provider.is_alive(self.info.handle)
+        return await self._manager.is_running(self._live)
 
     async def close(self) -> None:
         """Drop this connection; the sandbox keeps running until killed or timed out."""

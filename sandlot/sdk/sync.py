@@ -16,7 +16,7 @@ import signal as signals
 import threading
 from collections.abc import Coroutine
 from datetime import datetime
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ..manager import GcReport, Manager
 from ..models import (
@@ -43,6 +43,9 @@ from .code import (
 from .commands import MAX_OUTPUT_BYTES, AsyncCommandHandle, OutputCallback
 from .files import MAX_FILE_BYTES
 from .sandbox import AsyncSandbox, build_spec
+
+if TYPE_CHECKING:
+    from ..remote import Client
 
 T = TypeVar("T")
 
@@ -276,22 +279,25 @@ class Sandbox:
         metadata: dict[str, str] | None = None,
         resources: Resources | dict[str, Any] | None = None,
         workdir: str = "/workspace",
+        client: Client | None = None,
         **config: Any,
     ) -> Sandbox:
         spec = build_spec(provider, timeout, env, metadata, resources, workdir, config)
-        return cls(_portal.call(AsyncSandbox._create(spec)))
+        return cls(_portal.call(AsyncSandbox._create(spec, client)))
 
     @classmethod
-    def connect(cls, sandbox_id: str) -> Sandbox:
-        return cls(_portal.call(AsyncSandbox.connect(sandbox_id)))
+    def connect(cls, sandbox_id: str, *, client: Client | None = None) -> Sandbox:
+        return cls(_portal.call(AsyncSandbox.connect(sandbox_id, client=client)))
 
     @staticmethod
-    def list(metadata: dict[str, str] | None = None) -> list[SandboxInfo]:
-        return _portal.call(AsyncSandbox.list(metadata))
+    def list(
+        metadata: dict[str, str] | None = None, *, client: Client | None = None
+    ) -> list[SandboxInfo]:
+        return _portal.call(AsyncSandbox.list(metadata, client=client))
 
     @staticmethod
-    def gc() -> GcReport:
-        return _portal.call(AsyncSandbox.gc())
+    def gc(*, client: Client | None = None) -> GcReport:
+        return _portal.call(AsyncSandbox.gc(client=client))
 
     def kill(self) -> bool:
         return _portal.call(self._inner.kill())

@@ -1,0 +1,182 @@
+"""The HTTP API's request and response bodies, shared by the server and the SDK's remote mode.
+
+Field names follow the agent's operations, so the server passes a validated body on to the
+agent as it is, and the SDK builds the same body from the arguments it already checked.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .models import SandboxInfo, check_env
+
+NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _no_nul(value: str, what: str) -> str:
+    if "\0" in value:
+        raise ValueError(f"{what} contains a NUL byte")
+    return value
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return _no_nul(value, "path")
+
+
+class CommandRequest(_Body):
+    """Run a command: ``cmd`` through the sandbox's shell, or ``argv`` as it is."""
+
+    cmd: str | None = Field(None, min_length=1, max_length=1 << 20)
+    argv: list[str] | None = Field(None, min_length=1, max_length=65536)
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    timeout: float | None = Field(None, gt=0, description="seconds; kills the process group")
+    stdin: bool = Field(False, description="keep stdin open for POST .../stdin")
+
+    @model_validator(mode="after")
+    def _one_command(self) -> CommandRequest:
+        if (self.cmd is None) == (self.argv is None):
+            raise ValueError("give exactly one of cmd (a shell string) or argv (a list)")
+        if self.cmd is not None:
+            if not self.cmd.strip():
+                raise ValueError("cmd is empty")
+            _no_nul(self.cmd, "cmd")
+        if self.argv is not None and (not self.argv[0] or any("\0" in a for a in self.argv)):
+            raise ValueError("argv must be non-empty at [0] and NUL-free")
+        return self
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return None if value is None else check_env(value)
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(value)
+
+
+class CodeRunRequest(_Body):
+    code: str = Field(max_length=16 << 20)
+    context: str = Field("default", pattern=NAME)
+    timeout: float | None = Field(None, gt=0)
+    inactivity_timeout: float | None = Field(None, gt=0)
+    grace: float | None = Field(None, gt=0, description="seconds between SIGINT and SIGKILL")
+    max_output: int = Field(2 * 1024 * 1024, ge=2, le=1 << 30)
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        return _no_nul(value, "code")
+
+
+class InstallRequest(_Body):
+    packages: list[str] = Field(min_length=1, max_length=1000)
+    upgrade: bool = False
+    index_url: str | None = Field(None, pattern=r"^(https?|file)://")
+    timeout: float | None = Field(None, gt=0)
+
+    @field_validator("packages")
+    @classmethod
+    def _packages(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item.strip() or item.startswith("-") or "\0" in item or "\n" in item:
+                raise ValueError(f"invalid package {item!r}")
+        return value
+
+
+class ContextRequest(_Body):
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    name: str | None = Field(None, pattern=NAME)
+    persist: bool = False
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return None if value is None else check_env(value)
+
+
+class RestartRequest(_Body):
+    forget_state: bool = False
+
+
+class TimeoutRequest(_Body):
+    seconds: float = Field(gt=0, le=366 * 86400)
+
+
+class SignalRequest(_Body):
+    signal: int = Field(9, ge=1, le=64)
+
+
+class MkdirRequest(_Body):
+    path: str
+    parents: bool = True
+    exist_ok: bool = True
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _absolute(value)
+
+
+class RenameRequest(_Body):
+    src: str
+    dst: str
+    overwrite: bool = False
+
+    @field_validator("src", "dst")
+    @classmethod
+    def _paths(cls, value: str) -> str:
+        return _absolute(value)
+
+
+class SandboxOut(SandboxInfo):
+    """A sandbox as the server shows it: no host details (pids, paths) are exposed."""
+
+    session_id: str
+    isolated: bool = True
+
+
+class ExecutionOut(BaseModel):
+    """A command or code cell the server ran or runs."""
+
+    id: str
+    session_id: str
+    sandbox_id: str
+    kind: Literal["command", "code", "install"]
+    state: Literal["running", "ended"]
+    pid: int | None = None
+    created_at: datetime
+    ended_at: datetime | None = None
+    outcome: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: the stable code of the exception class, and what went wrong."""
+
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    version: str
+    database: str
+    sandboxes: int
+    breakers: dict[str, str] = Field(default_factory=dict)

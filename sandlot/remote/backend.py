@@ -1,0 +1,96 @@
+"""Remote mode: the sandbox lifecycle calls (create, connect, list, kill, timeout) over HTTP.
+
+It offers the part of :class:`sandlot.manager.Manager` that :class:`~sandlot.AsyncSandbox`
+uses, so the SDK's classes work unchanged against a server.
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from ..api import SandboxOut
+from ..errors import InvalidArgumentError, SandboxNotFoundError
+from ..manager import GcReport
+from ..models import SandboxSpec
+from .channel import RemoteChannel
+from .client import Client
+
+
+@dataclass
+class RemoteSide:
+    """What the SDK asks of a sandbox's provider, answered by the server."""
+
+    isolated: bool
+
+
+@dataclass
+class RemoteLive:
+    info: SandboxOut
+    channel: RemoteChannel
+    provider: RemoteSide
+
+
+class RemoteBackend:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def _live(self, answer: Any) -> RemoteLive:
+        info = SandboxOut.model_validate(answer)
+        return RemoteLive(info, RemoteChannel(self.client, info.id), RemoteSide(info.isolated))
+
+    async def create(self, spec: SandboxSpec) -> RemoteLive:
+        # Retried with one idempotency key: a retry after a lost answer gets the same sandbox.
+        answer = await self.client.call(
+            "POST",
+            "/v1/sandboxes",
+            json=spec.model_dump(mode="json"),
+            headers={"Idempotency-Key": "create-" + uuid.uuid4().hex},
+            retry=True,
+        )
+        return self._live(answer)
+
+    async def connect(self, sandbox_id: str) -> RemoteLive:
+        live = self._live(await self.client.call("GET", _path(sandbox_id)))
+        if live.info.state != "running":
+            raise SandboxNotFoundError(f"sandbox {sandbox_id} is no longer running", id=sandbox_id)
+        return live
+
+    async def list_sandboxes(self, metadata: dict[str, str] | None) -> builtins.list[SandboxOut]:
+        params = [("metadata", f"{k}={v}") for k, v in (metadata or {}).items()]
+        answer = await self.client.call("GET", "/v1/sandboxes", params=params)
+        return [SandboxOut.model_validate(item) for item in answer]
+
+    async def kill(self, sandbox_id: str) -> None:
+        await self.client.call("DELETE", _path(sandbox_id))
+
+    async def set_timeout(self, sandbox_id: str, seconds: float, channel: Any) -> datetime:
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
+            raise InvalidArgumentError("timeout must be a positive number of seconds")
+        answer = await self.client.call(
+            "POST", _path(sandbox_id) + "/timeout", json={"seconds": seconds}, retry=True
+        )
+        return datetime.fromisoformat(answer["expires_at"])
+
+    async def is_running(self, live: Any) -> bool:
+        if live.channel.closed is not None:
+            return False
+        try:
+            answer = await self.client.call("GET", _path(live.info.id))
+        except SandboxNotFoundError:
+            return False
+        return bool(answer.get("state") == "running")
+
+    async def gc(self) -> GcReport:
+        """The server collects its own garbage; nothing to do from a client."""
+        return GcReport()
+
+
+def _path(sandbox_id: str) -> str:
+    if not isinstance(sandbox_id, str) or not sandbox_id:
+        raise InvalidArgumentError("a sandbox id is a non-empty string")
+    return "/v1/sandboxes/" + quote(sandbox_id, safe="")

@@ -1,0 +1,305 @@
+"""The channel interface over HTTP: the SDK's one implementation drives a remote sandbox too.
+
+:class:`RemoteChannel` offers what :class:`sandlot.channel.Channel` offers (``open``,
+``call``, ``close``) and turns each agent operation into its REST call. Executions (commands,
+cells, installs) become one streaming POST whose Server-Sent Events are turned back into the
+agent's frames; when the connection drops mid-stream the request resumes from the log with
+``Last-Event-ID``, so no byte is lost and none arrives twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+from ..agent import protocol as p
+from ..errors import (
+    InvalidArgumentError,
+    RemoteUnavailableError,
+    SandboxClosedError,
+    SandlotError,
+    from_dict,
+)
+from .sse import ServerEvent, events
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from .client import Client
+
+Frame = tuple[int, int, bytes]
+EXECUTIONS = {"exec": "/commands", "code.run": "/code/run", "code.install": "/code/install"}
+STREAMS = {"stdout": p.STDOUT, "stderr": p.STDERR}
+RESUME_FOR = 30.0  # seconds a dropped stream keeps trying to resume
+SSE = {"Accept": "text/event-stream"}
+
+
+def _q(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _segment(value: Any) -> str:
+    return quote(str(value).encode("utf-8", "surrogateescape"), safe="")
+
+
+def _query(**args: Any) -> str:
+    """A query string; paths go as their bytes (surrogate escapes included), percent-encoded."""
+    return "?" + urlencode(
+        {k: _q(v).encode("utf-8", "surrogateescape") for k, v in args.items() if v is not None}
+    )
+
+
+class RemoteChannel:
+    """The HTTP stand-in for a :class:`~sandlot.channel.Channel` to one remote sandbox."""
+
+    def __init__(self, client: Client, sandbox_id: str) -> None:
+        self.client = client
+        self.sandbox_id = sandbox_id
+        self.base = "/v1/sandboxes/" + quote(sandbox_id, safe="")
+        self.closed: SandlotError | None = None
+        self.requests: set[RemoteRequest] = set()
+
+    def open(self, op: str, **args: Any) -> RemoteRequest:
+        if self.closed is not None:
+            raise self.closed
+        if op in EXECUTIONS:
+            return _Execution(self, op, args)
+        if op == "read":
+            return _Download(self, op, args)
+        if op == "write":
+            return _Upload(self, op, args)
+        raise InvalidArgumentError(f"operation {op!r} does not stream")
+
+    async def call(self, op: str, **args: Any) -> Any:
+        if self.closed is not None:
+            raise self.closed
+        method, path, how = _CALLS.get(op, (None, "", ""))
+        if method is None:
+            raise InvalidArgumentError(f"operation {op!r} is not available on a remote sandbox")
+        path = self.base + path.format(**{k: _segment(v) for k, v in args.items()})
+        if how == "query":
+            answer = await self.client.call(method, path + _query(**args))
+        elif how == "json":
+            body = {k: v for k, v in args.items() if k not in ("context", "pid")}
+            answer = await self.client.call(method, path, json=body)
+        else:
+            answer = await self.client.call(method, path)
+        return _ANSWERS.get(op, lambda a: a)(answer)
+
+    def close(self) -> None:
+        if self.closed is None:
+            self.closed = SandboxClosedError("the channel was closed")
+        for request in list(self.requests):
+            request.abandon()
+
+
+# op -> (method, path under the sandbox, where the arguments go)
+_CALLS: dict[str, tuple[str, str, str]] = {
+    "list": ("GET", "/files/list", "query"),
+    "stat": ("GET", "/files/stat", "query"),
+    "exists": ("GET", "/files/exists", "query"),
+    "mkdir": ("POST", "/files/mkdir", "json"),
+    "remove": ("DELETE", "/files", "query"),
+    "rename": ("POST", "/files/rename", "json"),
+    "signal": ("POST", "/processes/{pid}/signal", "json"),
+    "code.create": ("POST", "/code/contexts", "json"),
+    "code.list": ("GET", "/code/contexts", ""),
+    "code.restart": ("POST", "/code/contexts/{context}/restart", "json"),
+    "code.remove": ("DELETE", "/code/contexts/{context}", ""),
+    "code.interrupt": ("POST", "/code/contexts/{context}/interrupt", ""),
+}
+# Answers reshaped into what the agent would have said.
+_ANSWERS: dict[str, Any] = {
+    "list": lambda a: {"entries": a},
+    "code.list": lambda a: {"contexts": a},
+    "remove": lambda a: {},
+    "code.remove": lambda a: {},
+}
+
+
+class RemoteRequest:
+    """One streaming operation: the :class:`~sandlot.channel.Request` interface."""
+
+    def __init__(self, channel: RemoteChannel, op: str, args: dict[str, Any]) -> None:
+        self.channel = channel
+        self.op = op
+        self.args = args
+        self.done = False
+        self._frames: AsyncIterator[Frame] | None = None
+        self._response: aiohttp.ClientResponse | None = None
+        channel.requests.add(self)
+
+    async def receive(self) -> Frame:
+        if self._frames is None:
+            self._frames = self._produce()
+        try:
+            frame = await self._frames.__anext__()
+        except StopAsyncIteration:
+            self._finish()
+            raise SandboxClosedError("the server ended the stream without a result") from None
+        except Exception:
+            self._finish()  # the operation failed; a cancelled caller still cancels it
+            raise
+        if frame[0] == p.END:
+            self._finish()
+        return frame
+
+    def _produce(self) -> AsyncIterator[Frame]:
+        raise NotImplementedError
+
+    def consumed(self, amount: int) -> None:
+        """HTTP carries the back-pressure (the server waits for the socket)."""
+
+    async def send_data(self, data: bytes, stream: int = p.STDIN) -> None:
+        raise InvalidArgumentError(f"{self.op} takes no input")
+
+    def send_eof(self, stream: int = p.STDIN) -> None:
+        return None
+
+    def cancel(self) -> None:
+        self.abandon()
+
+    def abandon(self) -> None:
+        if self._response is not None:
+            self._response.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        self.channel.requests.discard(self)
+
+
+class _Execution(RemoteRequest):
+    def __init__(self, channel: RemoteChannel, op: str, args: dict[str, Any]) -> None:
+        super().__init__(channel, op, {k: v for k, v in args.items() if k != "started"})
+        self.execution_id: str | None = None
+        self.last_seq = 0
+        self._stdin: asyncio.Task[Any] | None = None
+
+    async def _produce(self) -> AsyncIterator[Frame]:
+        import aiohttp
+
+        client = self.channel.client
+        response = await client.open(
+            "POST", self.channel.base + EXECUTIONS[self.op], json=self.args, headers=SSE
+        )
+        self._response = response
+        self.execution_id = response.headers.get("X-Sandlot-Execution")
+        give_up_at: float | None = None
+        while True:
+            try:
+                async for event in events(response):
+                    give_up_at = None
+                    frame = self._frame(event)
+                    if frame is not None:
+                        yield frame
+                        if frame[0] == p.END:
+                            return
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                pass  # the connection dropped: resume below
+            finally:
+                response.release()
+            if self.done or self.execution_id is None:
+                raise SandboxClosedError("the stream from the server ended early")
+            loop = asyncio.get_running_loop()
+            give_up_at = give_up_at or loop.time() + RESUME_FOR
+            response = await self._resume(give_up_at)
+            self._response = response
+
+    async def _resume(self, give_up_at: float) -> aiohttp.ClientResponse:
+        """Reconnect to the execution's events after the last one received."""
+        loop = asyncio.get_running_loop()
+        path = f"{self.channel.base}/executions/{self.execution_id}/events"
+        delay = 0.05
+        while True:
+            try:
+                return await self.channel.client.open(
+                    "GET", path, headers={**SSE, "Last-Event-ID": str(self.last_seq)}
+                )
+            except RemoteUnavailableError:
+                if loop.time() + delay > give_up_at:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _frame(self, event: ServerEvent) -> Frame | None:
+        if event.seq is not None:
+            if event.seq <= self.last_seq:
+                return None  # already delivered before a reconnect
+            self.last_seq = event.seq
+        kind = event.kind
+        if kind in STREAMS:
+            return p.DATA, STREAMS[kind], event.output
+        data = event.data.get("data")
+        if kind == "started" and self.execution_id is None:
+            self.execution_id = event.data.get("execution")
+        if kind == "error":
+            raise from_dict(data)
+        payload = json.dumps(data).encode()
+        if kind == "exit":
+            return p.END, 0, payload
+        return p.EVENT, 0, payload
+
+    async def send_data(self, data: bytes, stream: int = p.STDIN) -> None:
+        if self._stdin is not None:
+            await self._stdin
+        if self.done or self.execution_id is None:
+            return
+        await self.channel.client.call("POST", self._stdin_path(), data=data)
+
+    def send_eof(self, stream: int = p.STDIN) -> None:
+        if self.done or self.execution_id is None:
+            return
+        self._stdin = asyncio.ensure_future(
+            self.channel.client.call("POST", self._stdin_path(), params={"eof": "true"})
+        )
+        self._stdin.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _stdin_path(self) -> str:
+        return f"{self.channel.base}/executions/{self.execution_id}/stdin"
+
+    def cancel(self) -> None:
+        if not self.done and self.execution_id is not None:
+            path = f"{self.channel.base}/executions/{self.execution_id}/cancel"
+            task = asyncio.ensure_future(self.channel.client.call("POST", path))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self.abandon()
+
+
+class _Download(RemoteRequest):
+    async def _produce(self) -> AsyncIterator[Frame]:
+        import aiohttp
+
+        response = await self.channel.client.open(
+            "GET", self.channel.base + "/files" + _query(**self.args), retry=True
+        )
+        self._response = response
+        try:
+            async for chunk in response.content.iter_any():
+                yield p.DATA, p.STDOUT, chunk
+        except aiohttp.ClientError as exc:
+            raise SandboxClosedError(f"the download was cut off: {exc}") from None
+        finally:
+            response.release()
+        yield p.END, 0, b"{}"
+
+
+class _Upload(RemoteRequest):
+    def __init__(self, channel: RemoteChannel, op: str, args: dict[str, Any]) -> None:
+        super().__init__(channel, op, args)
+        self._body = bytearray()
+
+    async def send_data(self, data: bytes, stream: int = p.STDIN) -> None:
+        self._body += data
+
+    async def _produce(self) -> AsyncIterator[Frame]:
+        path = self.channel.base + "/files"
+        answer = await self.channel.client.call(
+            "PUT", path + _query(**self.args), data=bytes(self._body)
+        )
+        yield p.END, 0, json.dumps(answer).encode()

@@ -1,0 +1,170 @@
+"""``sandlot.Client``: where a sandlot server is and how to call it (aiohttp, lazily imported).
+
+aiohttp rather than httpx: on this machine a loopback round trip costs 0.9 ms with aiohttp
+and 1.9 ms with httpx, and the remote round trip has a budget of 2 ms over embedded. The sync
+SDK runs the same client on its private event loop; each event loop gets its own session.
+
+Errors the server answers with come back as the same :mod:`sandlot.errors` class, looked up
+by code. Calls that are safe to repeat (reads, and writes carrying an ``Idempotency-Key``)
+are retried when the connection fails before an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import weakref
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ..errors import (
+    InvalidArgumentError,
+    ProtocolError,
+    RemoteUnavailableError,
+    SandlotError,
+    from_dict,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+
+RETRIES = 3
+RETRY_DELAY = 0.2  # doubled on every retry
+
+
+class Client:
+    """A sandlot server: ``Client(url="http://host:8787", api_key="sl_...")``.
+
+    Without arguments, ``SANDLOT_URL`` and ``SANDLOT_API_KEY`` from the environment."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        connect_timeout: float = 10.0,
+        call_timeout: float = 300.0,
+    ) -> None:
+        url = url if url is not None else os.environ.get("SANDLOT_URL", "")
+        parts = urlsplit(url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidArgumentError(
+                f"a sandlot server URL looks like http://host:8787, not {url!r}"
+            )
+        self.url = url.rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("SANDLOT_API_KEY")
+        self.api_key = key or None
+        self.connect_timeout = connect_timeout
+        self.call_timeout = call_timeout
+        self._sessions: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, aiohttp.ClientSession
+        ] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def from_env(cls) -> Client | None:
+        """The client ``SANDLOT_URL`` names, or None (embedded mode)."""
+        return cls() if os.environ.get("SANDLOT_URL") else None
+
+    def __repr__(self) -> str:
+        return f"<sandlot.Client {self.url}>"
+
+    def session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            headers = {"User-Agent": "sandlot-sdk"}
+            if self.api_key:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+            session = aiohttp.ClientSession(
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=self.connect_timeout, sock_connect=self.connect_timeout
+                ),
+                connector=aiohttp.TCPConnector(limit=1000, force_close=False),
+                auto_decompress=False,
+            )
+            self._sessions[loop] = session
+        return session
+
+    async def aclose(self) -> None:
+        """Close this event loop's connections."""
+        loop = asyncio.get_running_loop()
+        session = self._sessions.pop(loop, None)
+        if session is not None:
+            await session.close()
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def open(
+        self,
+        method: str,
+        path: str,
+        *,
+        retry: bool = False,
+        **kwargs: Any,
+    ) -> aiohttp.ClientResponse:
+        """Send a request and return the response once its headers are in, raising the
+        server's error for a status >= 400. The caller reads (and releases) the body."""
+        import aiohttp
+
+        delay = RETRY_DELAY
+        for attempt in range(RETRIES + 1 if retry else 1):
+            try:
+                response = await self.session().request(method, self.url + path, **kwargs)
+            except (aiohttp.ClientConnectionError, OSError) as exc:
+                if attempt < (RETRIES if retry else 0):
+                    await asyncio.sleep(delay)
+                    delay *= 2
+                    continue
+                raise RemoteUnavailableError(
+                    f"cannot reach the sandlot server at {self.url}: {exc}", url=self.url
+                ) from None
+            if response.status >= 400:
+                raise await error_of(response)
+            return response
+        raise AssertionError("unreachable")
+
+    async def call(
+        self, method: str, path: str, *, retry: bool | None = None, **kwargs: Any
+    ) -> Any:
+        """A request with a JSON answer (None for 204)."""
+        import aiohttp
+
+        if retry is None:
+            retry = method in ("GET", "HEAD", "DELETE", "PUT")
+        response = await self.open(method, path, retry=retry, **kwargs)
+        try:
+            body = await response.read()
+        except aiohttp.ClientError as exc:
+            raise RemoteUnavailableError(f"the server's answer was cut off: {exc}") from None
+        finally:
+            response.release()
+        if response.status == 204 or not body:
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ProtocolError(f"the server answered with non-JSON: {body[:200]!r}") from None
+
+
+async def error_of(response: aiohttp.ClientResponse) -> SandlotError:
+    """The exception a server's error answer stands for (same class, by its code)."""
+    try:
+        body = await response.read()
+    finally:
+        response.release()
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict) or "code" not in payload:
+        return RemoteUnavailableError(
+            f"the server answered {response.status}: {body[:200]!r}", status=response.status
+        )
+    details = payload.get("details")
+    if not isinstance(details, dict):
+        details = {}
+    return from_dict({"code": payload["code"], "message": payload.get("message", ""), **details})

@@ -1,0 +1,71 @@
+"""Reading Server-Sent Events from an aiohttp response (events may be megabytes long, beyond
+aiohttp's line limit, so the stream is cut on blank lines here)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ProtocolError
+
+if TYPE_CHECKING:
+    import aiohttp
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEvent:
+    seq: int | None
+    kind: str
+    data: dict[str, Any]
+
+    @property
+    def output(self) -> bytes:
+        """The bytes of a stdout/stderr event."""
+        if "b64" in self.data:
+            return base64.b64decode(self.data["b64"])
+        return str(self.data.get("text", "")).encode()
+
+
+async def events(response: aiohttp.ClientResponse) -> AsyncIterator[ServerEvent]:
+    buffer = bytearray()
+    scanned = 0  # bytes of the buffer already searched for the blank line
+    async for chunk in response.content.iter_any():
+        buffer += chunk
+        while True:
+            cut = buffer.find(b"\n\n", max(scanned - 1, 0))
+            if cut < 0:
+                scanned = len(buffer)
+                break
+            block = bytes(buffer[:cut])
+            del buffer[: cut + 2]
+            scanned = 0
+            event = _parse(block)
+            if event is not None:
+                yield event
+
+
+def _parse(block: bytes) -> ServerEvent | None:
+    seq: int | None = None
+    kind = "message"
+    data: list[bytes] = []
+    for line in block.split(b"\n"):
+        if not line or line.startswith(b":"):
+            continue
+        name, _, value = line.partition(b":")
+        value = value[1:] if value.startswith(b" ") else value
+        if name == b"id":
+            seq = int(value) if value.isdigit() else None
+        elif name == b"event":
+            kind = value.decode()
+        elif name == b"data":
+            data.append(value)
+    if not data:
+        return None
+    try:
+        payload = json.loads(b"\n".join(data))
+    except ValueError:
+        raise ProtocolError(f"malformed event from the server: {block[:200]!r}") from None
+    return ServerEvent(seq, kind, payload if isinstance(payload, dict) else {})

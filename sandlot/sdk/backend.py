@@ -1,0 +1,49 @@
+"""Where a sandbox's lifecycle is handled: the embedded manager, or a sandlot server.
+
+An explicit ``client`` wins; else ``SANDLOT_URL`` selects remote mode; else the embedded
+manager of the running event loop. The remote side (aiohttp) is imported only when used.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..manager import GcReport, Manager
+from ..models import SandboxSpec
+
+if TYPE_CHECKING:
+    from ..remote import Client
+
+
+class Backend(Protocol):
+    async def create(self, spec: SandboxSpec) -> Any: ...
+    async def connect(self, sandbox_id: str) -> Any: ...
+    async def list_sandboxes(self, metadata: dict[str, str] | None) -> list[Any]: ...
+    async def kill(self, sandbox_id: str) -> None: ...
+    async def set_timeout(self, sandbox_id: str, seconds: float, channel: Any) -> datetime: ...
+    async def is_running(self, live: Any) -> bool: ...
+    async def gc(self) -> GcReport: ...
+
+
+_from_env: dict[tuple[str, str], Client] = {}
+
+
+def backend_for(client: Client | None) -> Backend:
+    import os
+
+    if client is None and os.environ.get("SANDLOT_URL"):
+        key = (os.environ["SANDLOT_URL"], os.environ.get("SANDLOT_API_KEY", ""))
+        client = _from_env.get(key)
+        if client is None:
+            from ..remote import Client
+
+            client = _from_env[key] = Client()
+    if client is not None:
+        from ..remote.backend import RemoteBackend
+
+        return RemoteBackend(client)
+    return Manager.current()
+
+
+__all__ = ["Backend", "backend_for"]

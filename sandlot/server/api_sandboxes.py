@@ -1,0 +1,118 @@
+"""``/v1/sandboxes``: create, list, get, kill, set the timeout, and the session transcript."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import Response
+
+from ..api import SandboxOut, TimeoutRequest
+from ..errors import InvalidArgumentError
+from ..models import SandboxSpec
+from ..providers import provider_class
+from ..store.records import SandboxRecord
+from .deps import Caller, IdempotencyKey, Idempotent, State, after_from, event_stream
+from .sse import MEDIA_TYPE
+
+router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
+SSE_RESPONSE = {200: {"content": {MEDIA_TYPE: {}}, "description": "Server-Sent Events"}}
+
+
+def sandbox_out(record: SandboxRecord) -> SandboxOut:
+    try:
+        isolated = provider_class(record.provider).isolated
+    except Exception:
+        isolated = True
+    return SandboxOut(
+        id=record.id,
+        provider=record.provider,
+        state="running" if record.state == "running" else "stopped",
+        metadata=record.metadata,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        owner_pid=0,
+        session_id=record.session_id,
+        isolated=isolated,
+    )
+
+
+@router.post("", status_code=201, response_model=SandboxOut)
+async def create_sandbox(
+    spec: SandboxSpec,
+    request: Request,
+    state: State,
+    caller: Caller,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Create a sandbox, in a new session of its own."""
+    once = Idempotent(state, caller, idempotency_key, request)
+    replay = await once.begin(spec.model_dump_json().encode())
+    if replay is not None:
+        return replay
+    try:
+        served = await state.create(caller, spec)
+    except BaseException:
+        await once.abandon()
+        raise
+    body = sandbox_out(served.record).model_dump_json().encode()
+    await once.finish(201, "application/json", body)
+    return Response(body, status_code=201, media_type="application/json")
+
+
+@router.get("", response_model=list[SandboxOut])
+async def list_sandboxes(
+    state: State,
+    caller: Caller,
+    metadata: Annotated[
+        list[str], Query(description="key=value; every one must match", max_length=100)
+    ] = [],  # noqa: B006 (FastAPI reads the default, never mutates it)
+) -> list[SandboxOut]:
+    """The caller's running sandboxes, optionally those whose metadata matches."""
+    wanted: dict[str, str] = {}
+    for item in metadata:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgumentError(f"metadata filter {item!r} is not key=value")
+        wanted[key] = value
+    records = await asyncio.to_thread(
+        state.records.list_sandboxes, caller.tenant, wanted, "running"
+    )
+    return [sandbox_out(r) for r in records if r.id in state.served]
+
+
+@router.get("/{sandbox_id}", response_model=SandboxOut)
+async def get_sandbox(sandbox_id: str, state: State, caller: Caller) -> SandboxOut:
+    return sandbox_out(await state.record(caller, sandbox_id))
+
+
+@router.delete("/{sandbox_id}", status_code=204)
+async def kill_sandbox(sandbox_id: str, state: State, caller: Caller) -> Response:
+    """Destroy the sandbox and everything running in it."""
+    await state.kill(caller, sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/{sandbox_id}/timeout")
+async def set_timeout(
+    sandbox_id: str, body: TimeoutRequest, state: State, caller: Caller
+) -> dict[str, str]:
+    """Destroy the sandbox ``seconds`` from now instead of at its old deadline."""
+    expires = await state.set_timeout(caller, sandbox_id, body.seconds)
+    return {"expires_at": expires.isoformat()}
+
+
+@router.get("/{sandbox_id}/events", responses=SSE_RESPONSE)  # type: ignore[arg-type]
+async def transcript(
+    sandbox_id: str,
+    state: State,
+    caller: Caller,
+    after: Annotated[int | None, Query(ge=0, description="resume after this seq")] = None,
+    follow: bool = True,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Response:
+    """The log of the sandbox's session as Server-Sent Events (``id`` = sequence number),
+    then new events as they happen (unless ``follow=false``)."""
+    record = await state.record(caller, sandbox_id)
+    return event_stream(state, record.session_id, after_from(after, last_event_id), follow=follow)

@@ -1,0 +1,149 @@
+"""The FastAPI application: routes, error answers, health, metrics, and the server's life.
+
+Every error answers with a JSON :class:`~sandlot.api.ErrorBody` whose ``code`` is the stable
+code of a :mod:`sandlot.errors` class; the SDK raises that same class again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+from .. import __version__
+from ..api import ErrorBody, Health
+from ..errors import (
+    AuthenticationError,
+    CodeContextBusyError,
+    FileExistsInSandboxError,
+    FileTooLargeError,
+    ForbiddenError,
+    IdempotencyConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProviderUnavailableError,
+    RemoteUnavailableError,
+    SandboxClosedError,
+    SandlotError,
+)
+from . import api_code, api_executions, api_files, api_keys, api_sandboxes
+from .deps import State
+from .metrics import CONTENT_TYPE, Metrics
+from .state import ServerSettings, ServerState
+
+# HTTP status by error class; the most specific class in an error's MRO wins.
+STATUS: dict[type[SandlotError], int] = {
+    InvalidArgumentError: 422,
+    NotFoundError: 404,
+    AuthenticationError: 401,
+    ForbiddenError: 403,
+    PermissionDeniedError: 403,
+    CodeContextBusyError: 409,
+    FileExistsInSandboxError: 409,
+    IdempotencyConflictError: 409,
+    SandboxClosedError: 410,
+    FileTooLargeError: 413,
+    ProviderUnavailableError: 503,
+    RemoteUnavailableError: 503,
+}
+HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 422: "invalid_argument"}
+
+
+def status_of(error: SandlotError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500 if type(error) is SandlotError else 400
+
+
+def error_response(status: int, code: str, message: str, **details: Any) -> JSONResponse:
+    body = ErrorBody(code=code, message=message, details=details)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await ServerState.start(settings, metrics)
+        app.state.sandlot = state
+        try:
+            yield
+        finally:
+            await state.close()
+
+    app = FastAPI(
+        title="sandlot",
+        version=__version__,
+        summary="Disposable, isolated computers for AI agents",
+        lifespan=lifespan,
+    )
+    for module in (api_sandboxes, api_executions, api_files, api_code, api_keys):
+        app.include_router(module.router)
+    _install_error_handlers(app)
+    _install_health(app)
+    app.add_middleware(metrics.Timing)  # type: ignore[arg-type]
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SandlotError)
+    async def sandlot_error(request: Request, exc: SandlotError) -> Response:
+        return error_response(status_of(exc), exc.code, exc.message, **exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        fields = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+        return error_response(422, "invalid_argument", f"invalid request: {fields}", errors=errors)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return error_response(500, "server_error", f"internal error: {type(exc).__name__}")
+
+
+def _install_health(app: FastAPI) -> None:
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz(state: State) -> Health:
+        """Liveness, with what the server depends on."""
+        return Health(
+            status="ok",
+            version=__version__,
+            database=state.db.dialect,
+            sandboxes=len(state.served),
+        )
+
+    @app.get("/readyz", response_model=Health, tags=["health"])
+    async def readyz(state: State) -> Response:
+        """Ready to serve: the database answers."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(state.keys.any_active), 5)
+        except Exception as exc:
+            return error_response(503, "server_error", f"the database does not answer: {exc}")
+        health = Health(
+            status="ok", version=__version__, database=state.db.dialect, sandboxes=len(state.served)
+        )
+        return JSONResponse(health.model_dump())
+
+    @app.get("/metrics", tags=["health"], responses={200: {"content": {CONTENT_TYPE: {}}}})
+    async def metrics(state: State) -> Response:
+        """Prometheus text format."""
+        return Response(state.metrics.render(len(state.served)), media_type=CONTENT_TYPE)

@@ -1,0 +1,170 @@
+"""``sandlot serve`` and ``sandlot keys``: run the server, manage its API keys.
+
+FastAPI, uvicorn and SQLAlchemy are imported inside the commands, so the rest of the CLI
+starts as fast as before.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import InvalidArgumentError
+
+keys_app = typer.Typer(
+    help="API keys of a sandlot server (stored hashed; a token is shown once).",
+    no_args_is_help=True,
+)
+
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="SANDLOT_DATABASE_URL",
+        help="sqlite:///PATH or postgresql://... (default: SQLite in the state folder).",
+    ),
+]
+
+
+def _database(url: str | None) -> Any:
+    from ..store import default_home
+    from ..store.database import Database, sqlite_url
+
+    if url is None:
+        home = default_home()
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        url = sqlite_url(home)
+    db = Database(url)
+    db.migrate()
+    return db
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8787,
+    database_url: DatabaseOption = None,
+    allow_unisolated: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unisolated", help="Let callers use the 'process' provider (no isolation)."
+        ),
+    ] = False,
+    max_log_bytes: Annotated[
+        int,
+        typer.Option("--max-log-bytes", min=0, help="Output logged per execution."),
+    ] = 256 * 1024 * 1024,
+    retention_days: Annotated[
+        float,
+        typer.Option("--retention-days", min=0.001, help="Keep ended sessions' logs this long."),
+    ] = 7.0,
+) -> None:
+    """Run the HTTP API (state in SQLite by default). Binding to anything but loopback
+    needs at least one API key (``sandlot keys create``)."""
+    import uvicorn
+
+    from .app import create_app
+    from .state import ServerSettings, is_loopback
+
+    if not is_loopback(host):
+        from ..store.keys import Keys
+
+        db = _database(database_url)
+        try:
+            if not Keys(db).any_active():
+                raise InvalidArgumentError(
+                    f"refusing to serve on {host} without API keys: anyone who can reach it "
+                    "could run code. Create one with 'sandlot keys create --name NAME' first, "
+                    "or bind to 127.0.0.1"
+                )
+        finally:
+            db.close()
+    settings = ServerSettings(
+        host=host,
+        port=port,
+        database_url=database_url,
+        allow_unisolated=allow_unisolated,
+        max_log_bytes=max_log_bytes,
+        retention_seconds=retention_days * 86400,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        loop=_best("uvloop", "asyncio"),
+        http=_best("httptools", "h11"),
+        log_level=os.environ.get("SANDLOT_LOG_LEVEL", "info"),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _best(module: str, fallback: str) -> str:
+    import importlib.util
+
+    return module if importlib.util.find_spec(module) is not None else fallback
+
+
+@keys_app.command("create")
+def create_key(
+    name: Annotated[str, typer.Option("--name", help="What the key is for.")],
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", help="An existing tenant (default: a new one).")
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="May manage keys.")] = False,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Create a key and print its token (once: only a hash is kept)."""
+    from ..store.keys import Keys
+
+    db = _database(database_url)
+    try:
+        created = Keys(db).create(name, tenant, admin)
+    finally:
+        db.close()
+    typer.echo(created.token)
+    typer.echo(
+        f"key {created.key.id} for tenant {created.key.tenant}"
+        + (" (admin)" if created.key.admin else ""),
+        err=True,
+    )
+
+
+@keys_app.command("ls")
+def list_keys(
+    all_: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    database_url: DatabaseOption = None,
+) -> None:
+    """The keys: id, tenant, name, admin, created, revoked."""
+    from ..store.keys import Keys
+
+    db = _database(database_url)
+    try:
+        keys = Keys(db).list(None, all_)
+    finally:
+        db.close()
+    for key in keys:
+        revoked = f" revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else ""
+        admin = " admin" if key.admin else ""
+        typer.echo(
+            f"{key.id}  {key.tenant}  {key.name}{admin}  {key.created_at:%Y-%m-%d %H:%M}{revoked}"
+        )
+
+
+@keys_app.command("revoke")
+def revoke_key(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see 'sandlot keys ls').")],
+    database_url: DatabaseOption = None,
+) -> None:
+    """Revoke a key: calls with it answer 401 from then on (within 2 s on a running server)."""
+    from ..errors import NotFoundError
+    from ..store.keys import Keys
+
+    db = _database(database_url)
+    try:
+        if not Keys(db).revoke(key_id):
+            raise NotFoundError(f"no active key {key_id!r}")
+    finally:
+        db.close()
+    typer.echo(f"revoked {key_id}", err=True)

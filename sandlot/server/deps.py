@@ -1,0 +1,189 @@
+"""Request dependencies: the server's state, the caller (by API key), idempotency, SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from starlette.responses import Response, StreamingResponse
+
+from ..errors import AuthenticationError, ForbiddenError, IdempotencyConflictError
+from ..store.eventlog import Event
+from . import sse
+from .state import LOCAL_TENANT, Principal, ServerState
+
+KEEPALIVE_SECONDS = 15.0
+IDEMPOTENCY_WAIT = 30.0
+
+
+def get_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.sandlot
+    return state
+
+
+State = Annotated[ServerState, Depends(get_state)]
+
+
+async def get_principal(
+    state: State,
+    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+) -> Principal:
+    """The caller. While no API key exists (allowed on loopback only), everyone is the local
+    tenant; after that, a valid key is required."""
+    if not await state.auth_required():
+        if authorization:
+            found = await state.authenticate(authorization.removeprefix("Bearer ").strip())
+            if found is not None:
+                return found
+        return Principal(LOCAL_TENANT, admin=True)
+    if not authorization or not authorization.startswith("Bearer "):
+        raise AuthenticationError("an API key is required: send 'Authorization: Bearer <key>'")
+    principal = await state.authenticate(authorization[7:].strip())
+    if principal is None:
+        raise AuthenticationError("the API key is not valid (unknown, wrong or revoked)")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_admin(caller: Caller) -> Principal:
+    if not caller.admin:
+        raise ForbiddenError("only an admin key may manage keys")
+    return caller
+
+
+Admin = Annotated[Principal, Depends(get_admin)]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="repeat a call safely: a repeated key gets the first answer",
+    ),
+]
+
+
+class Idempotent:
+    """Answers a repeated Idempotency-Key with the stored first answer."""
+
+    def __init__(self, state: ServerState, caller: Principal, key: str | None, request: Request):
+        self.state = state
+        self.tenant = caller.tenant
+        self.key = key
+        self.method = request.method
+        self.path = request.url.path
+
+    async def begin(self, body: bytes) -> Response | None:
+        """None: go ahead (and :meth:`finish` later). A response: the first answer."""
+        if self.key is None:
+            return None
+        digest = hashlib.sha256(body).hexdigest()
+        records = self.state.records
+        deadline = asyncio.get_running_loop().time() + IDEMPOTENCY_WAIT
+        while True:
+            stored = await asyncio.to_thread(
+                records.reserve_idempotency, self.tenant, self.key, self.method, self.path, digest
+            )
+            if stored is None:
+                return None
+            if (stored.method, stored.path, stored.body_hash) != (self.method, self.path, digest):
+                raise IdempotencyConflictError(
+                    "this Idempotency-Key was used for a different request", key=self.key
+                )
+            if stored.status is not None:
+                return Response(
+                    stored.body or b"",
+                    status_code=stored.status,
+                    media_type=stored.content_type,
+                    headers={"Idempotent-Replayed": "true"},
+                )
+            if asyncio.get_running_loop().time() > deadline:
+                raise IdempotencyConflictError(
+                    "the first call with this Idempotency-Key is still running", key=self.key
+                )
+            await asyncio.sleep(0.05)
+
+    async def finish(self, status: int, content_type: str, body: bytes) -> None:
+        if self.key is not None:
+            await asyncio.to_thread(
+                self.state.records.complete_idempotency,
+                self.tenant,
+                self.key,
+                status,
+                content_type,
+                body,
+            )
+
+    async def abandon(self) -> None:
+        if self.key is not None:
+            await asyncio.to_thread(self.state.records.release_idempotency, self.tenant, self.key)
+
+
+def after_from(after: int | None, last_event_id: str | None) -> int:
+    """Where a stream resumes: ``Last-Event-ID`` wins over ``?after=``."""
+    if last_event_id:
+        try:
+            return max(0, int(last_event_id))
+        except ValueError:
+            pass
+    return max(0, after or 0)
+
+
+def event_stream(
+    state: ServerState,
+    session_id: str,
+    after: int,
+    *,
+    execution_id: str | None = None,
+    follow: bool = True,
+    headers: dict[str, str] | None = None,
+) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        events = state.hub.follow(
+            session_id,
+            after,
+            execution_id=execution_id,
+            follow=follow,
+            until_terminal=execution_id is not None,
+        )
+        async for chunk in _with_keepalive(events):
+            yield chunk
+
+    return StreamingResponse(
+        body(),
+        media_type=sse.MEDIA_TYPE,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})},
+    )
+
+
+async def _with_keepalive(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    """Each event as SSE; a comment line after a quiet spell keeps proxies from closing."""
+    iterator = events.__aiter__()
+    pending: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait([pending], timeout=KEEPALIVE_SECONDS)
+            if not done:
+                yield sse.KEEPALIVE
+                continue
+            task, pending = pending, None
+            try:
+                event = task.result()
+            except StopAsyncIteration:
+                return
+            yield sse.encode(event)
+    finally:
+        if pending is not None:
+            pending.cancel()
+        await iterator.aclose()  # type: ignore[attr-defined]
+
+
+def wants_stream(accept: str | None) -> bool:
+    return bool(accept) and sse.MEDIA_TYPE in (accept or "")

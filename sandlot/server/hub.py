@@ -1,0 +1,206 @@
+"""The server's half of the event log: group-committed appends and live followers.
+
+Every execution's pump hands its events to the :class:`Hub`. One writer task commits whatever
+has accumulated, per session in one transaction, while the next batch accumulates: an idle
+server commits each event at once (low latency), a busy one commits many per transaction
+(high throughput). Consecutive output of one execution is coalesced into chunks of up to
+``CHUNK`` bytes first, so a flood of small writes does not become a flood of rows.
+
+Only committed events are ever sent to a client: what a client saw survives a crash, and its
+sequence number is never reused. Followers are woken after each commit and read from a small
+per-session memory of recent events; one that fell behind reads the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from ..store.eventlog import Event, EventLog
+
+CHUNK = 1024 * 1024  # largest coalesced output event
+PENDING_LIMIT = 8 * 1024 * 1024  # bytes waiting for commit before producers wait
+RECENT_BYTES = 4 * 1024 * 1024  # per session, kept in memory for followers
+OUTPUT = frozenset({"stdout", "stderr"})
+TERMINAL = frozenset({"exit", "error"})
+
+
+@dataclass
+class _Pending:
+    execution_id: str | None
+    kind: str
+    data: bytearray
+
+
+@dataclass
+class _Session:
+    pending: list[_Pending] = field(default_factory=list)
+    recent: deque[Event] = field(default_factory=deque)
+    recent_bytes: int = 0
+    latest: int | None = None  # last committed seq this process knows of
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Hub:
+    def __init__(self, log: EventLog, on_commit: Callable[[list[Event]], None] | None = None):
+        self.log = log
+        self._sessions: dict[str, _Session] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._pending_bytes = 0
+        self._on_commit = on_commit
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="sandlot-event-writer")
+
+    async def close(self) -> None:
+        """Commit what is pending, then stop."""
+        self._closed = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+
+    def _session(self, session_id: str) -> _Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            session = self._sessions[session_id] = _Session()
+        return session
+
+    # -- producing --------------------------------------------------------------------------
+
+    async def put(self, session_id: str, execution_id: str | None, kind: str, data: bytes) -> None:
+        """Queue an event; waits while too much is uncommitted (back-pressure to the agent)."""
+        while self._pending_bytes > PENDING_LIMIT and not self._closed:
+            self._room.clear()
+            await self._room.wait()
+        self.put_nowait(session_id, execution_id, kind, data)
+
+    def put_nowait(self, session_id: str, execution_id: str | None, kind: str, data: bytes) -> None:
+        session = self._session(session_id)
+        last = session.pending[-1] if session.pending else None
+        if (
+            kind in OUTPUT
+            and last is not None
+            and last.kind == kind
+            and last.execution_id == execution_id
+            and len(last.data) + len(data) <= CHUNK
+        ):
+            last.data += data
+        else:
+            session.pending.append(_Pending(execution_id, kind, bytearray(data)))
+        self._pending_bytes += len(data)
+        self._dirty.add(session_id)
+        self._wake.set()
+
+    async def flushed(self, session_id: str) -> int:
+        """Wait until everything queued for the session so far is committed; its last seq."""
+        session = self._session(session_id)
+        while session.pending or session_id in self._dirty:
+            session.changed.clear()
+            await session.changed.wait()
+        if session.latest is None:
+            session.latest = await asyncio.to_thread(self.log.last_seq, session_id)
+        return session.latest
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            for session_id in dirty:
+                session = self._sessions[session_id]
+                batch, session.pending = session.pending, []
+                items = [(p.execution_id, p.kind, bytes(p.data)) for p in batch]
+                size = sum(len(p.data) for p in batch)
+                try:
+                    events = await asyncio.to_thread(self.log.append, session_id, items)
+                except Exception:
+                    # The store refused (gone, full): these events are lost and the
+                    # followers must not wait for them forever.
+                    events = []
+                self._pending_bytes -= size
+                self._publish(session_id, session, events)
+            if self._pending_bytes <= PENDING_LIMIT:
+                self._room.set()
+            if self._closed and not self._dirty:
+                return
+
+    def _publish(self, session_id: str, session: _Session, events: list[Event]) -> None:
+        for event in events:
+            session.recent.append(event)
+            session.recent_bytes += len(event.data)
+        while session.recent_bytes > RECENT_BYTES and len(session.recent) > 1:
+            session.recent_bytes -= len(session.recent.popleft().data)
+        if events:
+            session.latest = events[-1].seq
+        session.changed.set()
+        if self._on_commit is not None and events:
+            self._on_commit(events)
+
+    # -- following --------------------------------------------------------------------------
+
+    async def follow(
+        self,
+        session_id: str,
+        after: int,
+        *,
+        execution_id: str | None = None,
+        follow: bool = True,
+        until_terminal: bool = False,
+        stop: asyncio.Event | None = None,
+    ) -> AsyncIterator[Event]:
+        """Committed events with ``seq > after``, then new ones as they are committed.
+
+        With ``execution_id``, only that execution's; ``until_terminal`` ends after its exit
+        or error. Without ``follow``, ends once the log is exhausted. ``stop`` ends it early.
+        """
+        session = self._session(session_id)
+        last = after
+        while True:
+            seen = session.latest
+            batch = self._recent_after(session, last)
+            if batch is None:
+                batch = await asyncio.to_thread(
+                    self.log.read, session_id, last, execution_id=execution_id, limit=500
+                )
+            for event in batch:
+                last = event.seq
+                if execution_id is not None and event.execution_id != execution_id:
+                    continue
+                yield event
+                if until_terminal and event.kind in TERMINAL:
+                    return
+            if batch or session.latest != seen:
+                continue
+            if not follow or (stop is not None and stop.is_set()):
+                return
+            await self._changed(session, stop)
+
+    @staticmethod
+    async def _changed(session: _Session, stop: asyncio.Event | None) -> None:
+        session.changed.clear()
+        waiters = [asyncio.ensure_future(session.changed.wait())]
+        if stop is not None:
+            waiters.append(asyncio.ensure_future(stop.wait()))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    @staticmethod
+    def _recent_after(session: _Session, after: int) -> list[Event] | None:
+        """Events after ``after`` from memory, or None if memory does not reach back."""
+        if session.latest is None:
+            return None
+        if after >= session.latest:
+            return []
+        if not session.recent or session.recent[0].seq > after + 1:
+            return None
+        return [e for e in session.recent if e.seq > after]

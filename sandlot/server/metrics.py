@@ -1,0 +1,83 @@
+"""Prometheus metrics of one server, in a registry of its own (several apps per process in
+tests must not share counters)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..store.eventlog import Event
+from .hub import OUTPUT
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Any]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sandboxes = Gauge(
+            "sandlot_sandboxes", "Sandboxes this server runs, by state", ["state"], registry=r
+        )
+        self.sandboxes_created = Counter(
+            "sandlot_sandboxes_created", "Sandboxes created", registry=r
+        )
+        self.sandboxes_ended = Counter("sandlot_sandboxes_ended", "Sandboxes ended", registry=r)
+        self.executions_started = Counter(
+            "sandlot_executions_started", "Commands and code cells started", ["kind"], registry=r
+        )
+        self.executions_finished = Counter(
+            "sandlot_executions_finished", "Commands and code cells ended", ["kind"], registry=r
+        )
+        self.stream_bytes = Counter(
+            "sandlot_stream_bytes", "Output bytes logged, by stream", ["stream"], registry=r
+        )
+        self.events = Counter("sandlot_events", "Events appended to the log", registry=r)
+        self.latency = Histogram(
+            "sandlot_request_seconds",
+            "HTTP request latency until the response starts",
+            ["method"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=r,
+        )
+
+    def count_events(self, events: list[Event]) -> None:
+        self.events.inc(len(events))
+        for event in events:
+            if event.kind in OUTPUT:
+                self.stream_bytes.labels(event.kind).inc(len(event.data))
+
+    def render(self, running: int) -> bytes:
+        self.sandboxes.labels("running").set(running)
+        return generate_latest(self.registry)
+
+    @property
+    def Timing(self) -> type:
+        """ASGI middleware timing every HTTP request until its response starts."""
+        histogram = self.latency
+
+        class Timing:
+            def __init__(self, app: ASGIApp) -> None:
+                self.app = app
+
+            async def __call__(self, scope: Scope, receive: Any, send: Any) -> Any:
+                if scope["type"] != "http":
+                    return await self.app(scope, receive, send)
+                started = time.perf_counter()
+                observed = False
+
+                async def send_timed(message: Any) -> None:
+                    nonlocal observed
+                    if not observed and message["type"] == "http.response.start":
+                        observed = True
+                        histogram.labels(scope["method"]).observe(time.perf_counter() - started)
+                    await send(message)
+
+                return await self.app(scope, receive, send_timed)
+
+        return Timing

@@ -1,0 +1,35 @@
+"""Server-Sent Events: one log event per SSE event, its ``id`` the session's sequence number.
+
+``data`` is one line of JSON. Output events carry their bytes as ``text`` when they are valid
+UTF-8 and as ``b64`` otherwise (a chunk may end inside a character), so every byte arrives
+exactly; the other events carry the agent's message as ``data``::
+
+    id: 42
+    event: stdout
+    data: {"execution":"ex-...","text":"hello\\n"}
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from ..store.eventlog import Event
+from .hub import OUTPUT
+
+MEDIA_TYPE = "text/event-stream"
+KEEPALIVE = b": keep-alive\n\n"
+
+
+def encode(event: Event) -> bytes:
+    execution = json.dumps(event.execution_id)
+    if event.kind in OUTPUT:
+        try:
+            body = f'{{"execution":{execution},"text":{json.dumps(event.data.decode())}}}'
+        except UnicodeDecodeError:
+            encoded = base64.b64encode(event.data).decode()
+            body = f'{{"execution":{execution},"b64":"{encoded}"}}'
+        data = body.encode()
+    else:
+        data = b'{"execution":%s,"data":%s}' % (execution.encode(), event.data or b"null")
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.kind.encode(), data)

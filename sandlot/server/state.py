@@ -1,0 +1,353 @@
+"""What one ``sandlot serve`` process holds: the store, the event hub, the manager, the runs.
+
+Sandbox records, sessions, executions and the event log live in the database; the channels
+to the agents and the pumps of running executions live here. Every lookup goes through the
+caller's tenant, so another tenant's sandbox is indistinguishable from one that never was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ..errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    ProviderUnavailableError,
+    SandboxClosedError,
+    SandboxNotFoundError,
+)
+from ..manager import LiveSandbox, Manager
+from ..models import SandboxSpec
+from ..providers import DEFAULT, provider_class
+from ..store import default_home
+from ..store.database import Database, sqlite_url
+from ..store.eventlog import EventLog
+from ..store.keys import Keys
+from ..store.records import ExecutionRecord, Records, SandboxRecord
+from .hub import Hub
+from .metrics import Metrics
+from .runs import Run, new_execution_id
+
+LOCAL_TENANT = "local"  # the tenant of every caller while no API key exists (loopback only)
+AUTH_CACHE_SECONDS = 2.0
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+    home: Path | None = None
+    database_url: str | None = None
+    allow_unisolated: bool = Field(
+        False, description="let tenants use the unisolated 'process' provider"
+    )
+    max_log_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="output logged per execution; the rest is dropped"
+    )
+    retention_seconds: float = Field(
+        7 * 86400, gt=0, description="how long the log of an ended session is kept"
+    )
+
+    def resolved_home(self) -> Path:
+        return self.home or default_home()
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or sqlite_url(self.resolved_home())
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Principal:
+    tenant: str
+    admin: bool
+    key_id: str | None = None
+
+
+@dataclass
+class Served:
+    """A sandbox this server runs: its record and its channel."""
+
+    record: SandboxRecord
+    live: LiveSandbox
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    db: Database
+    keys: Keys
+    records: Records
+    log: EventLog
+    hub: Hub
+    manager: Manager
+    metrics: Metrics
+    served: dict[str, Served] = field(default_factory=dict)
+    runs: dict[str, Run] = field(default_factory=dict)
+    _auth_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+
+    @classmethod
+    async def start(cls, settings: ServerSettings, metrics: Metrics) -> ServerState:
+        home = settings.resolved_home()
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = Database(settings.resolved_database_url())
+        await asyncio.to_thread(db.migrate)
+        log = EventLog(db)
+        hub = Hub(log, on_commit=metrics.count_events)
+        hub.start()
+        state = cls(
+            settings=settings,
+            db=db,
+            keys=Keys(db),
+            records=Records(db),
+            log=log,
+            hub=hub,
+            manager=Manager(home),
+            metrics=metrics,
+        )
+        state.manager.on_release.append(state._released)
+        await asyncio.to_thread(state.keys.ensure_tenant, LOCAL_TENANT)
+        await state.recover()
+        return state
+
+    async def close(self) -> None:
+        for run in list(self.runs.values()):
+            if run.task is not None:
+                run.task.cancel()
+        for sandbox_id in list(self.served):
+            try:
+                await self.manager.kill(sandbox_id)
+            except Exception:
+                continue
+        await self.manager.close()
+        await self.hub.close()
+        self.db.close()
+
+    async def recover(self) -> None:
+        """After a restart: end what the previous process left running. Its sandboxes died
+        with it, and their executions' followers must get an end to their stream."""
+        for record in await asyncio.to_thread(self.records.list_sandboxes, None, None, "running"):
+            if record.id not in self.served:
+                await self._end_sandbox(record.id, record.session_id, "the server restarted")
+        for execution in await asyncio.to_thread(self.records.running_executions, None):
+            if execution.id not in self.runs:
+                outcome = {"code": "sandbox_closed", "message": "the server restarted"}
+                self.hub.put_nowait(
+                    execution.session_id, execution.id, "error", json.dumps(outcome).encode()
+                )
+                await asyncio.to_thread(self.records.end_execution, execution.id, outcome, None)
+
+    # -- auth -------------------------------------------------------------------------------
+
+    async def auth_required(self) -> bool:
+        cached = self._auth_cache.get("")
+        if cached is not None and cached[0] > time.monotonic():
+            return bool(cached[1])
+        required = await asyncio.to_thread(self.keys.any_active)
+        self._auth_cache[""] = (time.monotonic() + AUTH_CACHE_SECONDS, required)
+        return required
+
+    async def authenticate(self, token: str) -> Principal | None:
+        cached = self._auth_cache.get(token)
+        if cached is not None and cached[0] > time.monotonic():
+            found: Principal | None = cached[1]
+            return found
+        key = await asyncio.to_thread(self.keys.authenticate, token)
+        principal = None if key is None else Principal(key.tenant, key.admin, key.id)
+        if len(self._auth_cache) > 10000:
+            self._auth_cache.clear()
+        self._auth_cache[token] = (time.monotonic() + AUTH_CACHE_SECONDS, principal)
+        return principal
+
+    def forget_auth(self) -> None:
+        """Keys changed in this process: take effect at once."""
+        self._auth_cache.clear()
+
+    # -- sandboxes --------------------------------------------------------------------------
+
+    def check_provider(self, spec: SandboxSpec) -> None:
+        name = spec.provider or DEFAULT
+        cls = provider_class(name)
+        if not cls.isolated and not self.settings.allow_unisolated:
+            raise ProviderUnavailableError(
+                f"provider {name!r} does not isolate; this server refuses it "
+                "(start it with --allow-unisolated to permit it)",
+                provider=name,
+            )
+
+    async def create(
+        self, principal: Principal, spec: SandboxSpec, session_id: str | None = None
+    ) -> Served:
+        self.check_provider(spec)
+        if session_id is None:
+            session = await asyncio.to_thread(
+                self.records.create_session, principal.tenant, spec.metadata
+            )
+            session_id = session.id
+        elif (
+            await asyncio.to_thread(self.records.get_session, session_id, principal.tenant) is None
+        ):
+            raise InvalidArgumentError(f"no session {session_id!r}", session_id=session_id)
+        live = await self.manager.create(spec)
+        info = live.info
+        record = SandboxRecord(
+            id=info.id,
+            tenant=principal.tenant,
+            session_id=session_id,
+            provider=info.provider,
+            metadata=info.metadata,
+            state="running",
+            created_at=info.created_at,
+            expires_at=info.expires_at,
+            ended_at=None,
+        )
+        served = Served(record, live)
+        self.served[info.id] = served
+        try:
+            await asyncio.to_thread(self.records.add_sandbox, record)
+            await asyncio.to_thread(self.records.set_session_sandbox, session_id, info.id)
+        except BaseException:
+            self.served.pop(info.id, None)
+            await self.manager.kill(info.id)
+            raise
+        self._note(session_id, "sandbox", {"event": "created", "sandbox": info.id})
+        self.metrics.sandboxes_created.inc()
+        return served
+
+    async def get(self, principal: Principal, sandbox_id: str) -> Served:
+        served = self.served.get(sandbox_id)
+        if served is None or served.record.tenant != principal.tenant:
+            await self.record(principal, sandbox_id)  # raises if there never was one
+            raise SandboxClosedError(f"sandbox {sandbox_id} has ended", id=sandbox_id)
+        if served.live.channel.closed is not None:
+            raise SandboxClosedError(f"sandbox {sandbox_id} has stopped", id=sandbox_id)
+        return served
+
+    async def record(self, principal: Principal, sandbox_id: str) -> SandboxRecord:
+        """A sandbox's record, also once it has ended (for its transcript)."""
+        record = await asyncio.to_thread(self.records.get_sandbox, sandbox_id, principal.tenant)
+        if record is None:
+            raise SandboxNotFoundError(f"no sandbox with id {sandbox_id!r}", id=sandbox_id)
+        return record
+
+    async def kill(self, principal: Principal, sandbox_id: str) -> None:
+        served = self.served.get(sandbox_id)
+        if served is None or served.record.tenant != principal.tenant:
+            raise SandboxNotFoundError(f"no sandbox with id {sandbox_id!r}", id=sandbox_id)
+        await self.manager.kill(sandbox_id)
+        await self._end_sandbox(sandbox_id, served.record.session_id, "killed")
+
+    async def set_timeout(self, principal: Principal, sandbox_id: str, seconds: float) -> datetime:
+        served = await self.get(principal, sandbox_id)
+        expires = await self.manager.set_timeout(sandbox_id, seconds, served.live.channel)
+        served.record.expires_at = expires
+        served.live.info.expires_at = expires
+        await asyncio.to_thread(self.records.set_sandbox_expiry, sandbox_id, expires)
+        return expires
+
+    def _released(self, sandbox_id: str) -> None:
+        """The manager let a sandbox go (killed, expired, or it died)."""
+        served = self.served.pop(sandbox_id, None)
+        if served is None:
+            return
+        for run in list(self.runs.values()):
+            if run.sandbox_id == sandbox_id and run.task is not None:
+                run.task.cancel()
+        task = asyncio.ensure_future(
+            self._end_sandbox(sandbox_id, served.record.session_id, "killed")
+        )
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _end_sandbox(self, sandbox_id: str, session_id: str, why: str) -> None:
+        if await asyncio.to_thread(self.records.end_sandbox, sandbox_id):
+            self._note(session_id, "sandbox", {"event": "ended", "sandbox": sandbox_id, "why": why})
+            self.metrics.sandboxes_ended.inc()
+
+    def _note(self, session_id: str, kind: str, data: dict[str, Any]) -> None:
+        self.hub.put_nowait(session_id, None, kind, json.dumps(data).encode())
+
+    # -- executions -------------------------------------------------------------------------
+
+    async def execute(
+        self, served: Served, op: str, args: dict[str, Any], summary: dict[str, Any]
+    ) -> Run:
+        """Start an execution; returns once the agent accepted it (or raises its refusal)."""
+        record = served.record
+        request = served.live.channel.open(op, **args)
+        run = Run(
+            id=new_execution_id(),
+            op=op,
+            session_id=record.session_id,
+            sandbox_id=record.id,
+            request=request,
+            hub=self.hub,
+            max_log_bytes=self.settings.max_log_bytes,
+        )
+        await run.started(summary)
+        self.runs[run.id] = run
+        execution = ExecutionRecord(
+            id=run.id,
+            session_id=run.session_id,
+            sandbox_id=run.sandbox_id,
+            kind=run.kind,
+            state="running",
+            pid=run.pid,
+            first_seq=None,
+            last_seq=None,
+            created_at=datetime.fromtimestamp(run.created_at, UTC),
+            ended_at=None,
+            outcome=None,
+        )
+        await asyncio.to_thread(self.records.add_execution, execution)
+        run.task = asyncio.create_task(self._pump(run))
+        self.metrics.executions_started.labels(run.kind).inc()
+        return run
+
+    async def _pump(self, run: Run) -> None:
+        try:
+            await run.pump()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.metrics.executions_finished.labels(run.kind).inc()
+            outcome = run.outcome or {}
+            try:
+                await asyncio.to_thread(self.records.end_execution, run.id, outcome, None)
+            finally:
+                # Kept a while for stdin/signal calls that race with the end; then dropped.
+                asyncio.get_running_loop().call_later(60, self.runs.pop, run.id, None)
+
+    async def run_of(self, principal: Principal, sandbox_id: str, execution_id: str) -> Run:
+        await self.record(principal, sandbox_id)
+        run = self.runs.get(execution_id)
+        if run is None or run.sandbox_id != sandbox_id:
+            raise _execution_not_found(execution_id)
+        return run
+
+    async def execution(
+        self, principal: Principal, sandbox_id: str, execution_id: str
+    ) -> ExecutionRecord:
+        await self.record(principal, sandbox_id)
+        found = await asyncio.to_thread(self.records.get_execution, execution_id)
+        if found is None or found.sandbox_id != sandbox_id:
+            raise _execution_not_found(execution_id)
+        return found
+
+
+def _execution_not_found(execution_id: str) -> NotFoundError:
+    return NotFoundError(f"no running execution {execution_id!r}", id=execution_id)
