@@ -28,7 +28,7 @@ class KeyRequest(BaseModel):
 @router.post("", status_code=201, response_model=NewKey)
 async def create_key(body: KeyRequest, state: State, caller: Admin) -> NewKey:
     """A new key; its token is in this answer only (the server keeps a hash)."""
-    created = await asyncio.to_thread(state.keys.create, body.name, body.tenant, body.admin)
+    created = await state.hub.write(state.keys.create, body.name, body.tenant, body.admin)
     state.forget_auth()
     return created
 
@@ -42,7 +42,7 @@ async def list_keys(state: State, caller: Admin, include_revoked: bool = False) 
 async def revoke_key(
     key_id: Annotated[str, Path(max_length=64)], state: State, caller: Admin
 ) -> Response:
-    if not await asyncio.to_thread(state.keys.revoke, key_id):
+    if not await state.hub.write(state.keys.revoke, key_id):
         raise NotFoundError(f"no active key {key_id!r}", id=key_id)
     state.forget_auth()
     return Response(status_code=204)

@@ -86,7 +86,7 @@ class Idempotent:
         records = self.state.records
         deadline = asyncio.get_running_loop().time() + IDEMPOTENCY_WAIT
         while True:
-            stored = await asyncio.to_thread(
+            stored = await self.state.hub.write(
                 records.reserve_idempotency, self.tenant, self.key, self.method, self.path, digest
             )
             if stored is None:
@@ -110,7 +110,7 @@ class Idempotent:
 
     async def finish(self, status: int, content_type: str, body: bytes) -> None:
         if self.key is not None:
-            await asyncio.to_thread(
+            await self.state.hub.write(
                 self.state.records.complete_idempotency,
                 self.tenant,
                 self.key,
@@ -121,7 +121,9 @@ class Idempotent:
 
     async def abandon(self) -> None:
         if self.key is not None:
-            await asyncio.to_thread(self.state.records.release_idempotency, self.tenant, self.key)
+            await self.state.hub.write(
+                self.state.records.release_idempotency, self.tenant, self.key
+            )
 
 
 def after_from(after: int | None, last_event_id: str | None) -> int:

@@ -14,12 +14,20 @@ per-session memory of recent events; one that fell behind reads the store.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+from ..errors import NotFoundError
 from ..store.eventlog import Event, EventLog
+from ..store.logwriter import LogWriter
+from ..store.records import ExecutionRecord
 
+log = logging.getLogger("sandlot.server")
+T = TypeVar("T")
 CHUNK = 1024 * 1024  # largest coalesced output event
 PENDING_LIMIT = 8 * 1024 * 1024  # bytes waiting for commit before producers wait
 RECENT_BYTES = 4 * 1024 * 1024  # per session, kept in memory for followers
@@ -32,6 +40,7 @@ class _Pending:
     execution_id: str | None
     kind: str
     data: bytearray
+    record: ExecutionRecord | None = None  # a "started" event records its execution
 
 
 @dataclass
@@ -44,8 +53,19 @@ class _Session:
 
 
 class Hub:
-    def __init__(self, log: EventLog, on_commit: Callable[[list[Event]], None] | None = None):
+    """Owns the database's one writer thread: every write of the server goes through it, so
+    writes never queue on SQLite's lock (whose busy handler sleeps in milliseconds)."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        writer: LogWriter,
+        on_commit: Callable[[list[Event]], None] | None = None,
+    ):
         self.log = log
+        self.writer = writer
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandlot-db")
+        self._busy = 0  # writes running on the writer thread
         self._sessions: dict[str, _Session] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -65,6 +85,16 @@ class Hub:
         self._wake.set()
         if self._writer is not None:
             await self._writer
+        await self.write(self.writer.close)
+        self._executor.shutdown(wait=True)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a database write on the writer thread."""
+        self._busy += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        finally:
+            self._busy -= 1
 
     def _session(self, session_id: str) -> _Session:
         session = self._sessions.get(session_id)
@@ -81,7 +111,14 @@ class Hub:
             await self._room.wait()
         self.put_nowait(session_id, execution_id, kind, data)
 
-    def put_nowait(self, session_id: str, execution_id: str | None, kind: str, data: bytes) -> None:
+    def put_nowait(
+        self,
+        session_id: str,
+        execution_id: str | None,
+        kind: str,
+        data: bytes,
+        record: ExecutionRecord | None = None,
+    ) -> None:
         session = self._session(session_id)
         last = session.pending[-1] if session.pending else None
         if (
@@ -93,7 +130,7 @@ class Hub:
         ):
             last.data += data
         else:
-            session.pending.append(_Pending(execution_id, kind, bytearray(data)))
+            session.pending.append(_Pending(execution_id, kind, bytearray(data), record))
         self._pending_bytes += len(data)
         self._dirty.add(session_id)
         self._wake.set()
@@ -116,20 +153,36 @@ class Hub:
             for session_id in dirty:
                 session = self._sessions[session_id]
                 batch, session.pending = session.pending, []
-                items = [(p.execution_id, p.kind, bytes(p.data)) for p in batch]
-                size = sum(len(p.data) for p in batch)
-                try:
-                    events = await asyncio.to_thread(self.log.append, session_id, items)
-                except Exception:
-                    # The store refused (gone, full): these events are lost and the
-                    # followers must not wait for them forever.
-                    events = []
-                self._pending_bytes -= size
+                events = await self._commit(session_id, batch)
+                self._pending_bytes -= sum(len(p.data) for p in batch)
                 self._publish(session_id, session, events)
             if self._pending_bytes <= PENDING_LIMIT:
                 self._room.set()
             if self._closed and not self._dirty:
                 return
+
+    async def _commit(self, session_id: str, batch: list[_Pending]) -> list[Event]:
+        """Append a batch, with the execution records it implies, in one transaction;
+        transient failures (a busy or restarting database) are retried."""
+        items = [(p.execution_id, p.kind, bytes(p.data)) for p in batch]
+        starts = [p.record for p in batch if p.record is not None]
+        delay = 0.05
+        for attempt in range(8):
+            try:
+                if self.writer.inline and self._busy == 0:
+                    # Nothing else writes now (writes start only from this thread), so
+                    # the quick SQLite append cannot wait on a lock: no thread hand-off.
+                    return self.writer.append(session_id, items, starts)
+                return await self.write(self.writer.append, session_id, items, starts)
+            except NotFoundError:
+                return []  # the session is gone: nobody can follow it
+            except Exception:
+                if attempt == 7:
+                    log.exception("dropping %d events of session %s", len(items), session_id)
+                    return []
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        return []
 
     def _publish(self, session_id: str, session: _Session, events: list[Event]) -> None:
         for event in events:

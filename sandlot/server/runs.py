@@ -13,11 +13,13 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from ..agent import protocol as p
 from ..channel import Request
 from ..errors import ProtocolError, SandlotError
+from ..store.records import ExecutionRecord
 from .hub import Hub
 
 STREAMS = {p.STDOUT: "stdout", p.STDERR: "stderr"}
@@ -52,7 +54,8 @@ class Run:
         return KINDS[self.op]
 
     async def started(self, summary: dict[str, Any]) -> None:
-        """Wait for the agent to accept the request (raising its refusal), then log it."""
+        """Wait for the agent to accept the request (raising its refusal), then log it with
+        the execution's record (one transaction)."""
         try:
             kind, _, payload = await self.request.receive()
         except BaseException:
@@ -65,7 +68,16 @@ class Run:
         pid = event.get("pid")
         self.pid = pid if isinstance(pid, int) else None
         started = {"event": "started", "op": self.op, "pid": self.pid, **summary}
-        await self.hub.put(self.session_id, self.id, "started", _dumps(started))
+        record = ExecutionRecord(
+            id=self.id,
+            session_id=self.session_id,
+            sandbox_id=self.sandbox_id,
+            kind=self.kind,
+            state="running",
+            pid=self.pid,
+            created_at=datetime.fromtimestamp(self.created_at, UTC),
+        )
+        self.hub.put_nowait(self.session_id, self.id, "started", _dumps(started), record)
 
     async def pump(self) -> None:
         """Log every frame until the request ends; then the outcome is final."""

@@ -12,7 +12,7 @@ import ipaddress
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from ..store import default_home
 from ..store.database import Database, sqlite_url
 from ..store.eventlog import EventLog
 from ..store.keys import Keys
+from ..store.logwriter import LogWriter
 from ..store.records import ExecutionRecord, Records, SandboxRecord
 from .hub import Hub
 from .metrics import Metrics
@@ -108,20 +109,22 @@ class ServerState:
         db = Database(settings.resolved_database_url())
         await asyncio.to_thread(db.migrate)
         log = EventLog(db)
-        hub = Hub(log, on_commit=metrics.count_events)
+        records = Records(db)
+        hub = Hub(log, LogWriter(db, log, records), on_commit=metrics.count_events)
         hub.start()
         state = cls(
             settings=settings,
             db=db,
             keys=Keys(db),
-            records=Records(db),
+            records=records,
             log=log,
             hub=hub,
             manager=Manager(home),
             metrics=metrics,
         )
         state.manager.on_release.append(state._released)
-        await asyncio.to_thread(state.keys.ensure_tenant, LOCAL_TENANT)
+        await hub.write(state.keys.ensure_tenant, LOCAL_TENANT)
+        await hub.write(records.release_pending_idempotency)
         await state.recover()
         return state
 
@@ -147,10 +150,10 @@ class ServerState:
         for execution in await asyncio.to_thread(self.records.running_executions, None):
             if execution.id not in self.runs:
                 outcome = {"code": "sandbox_closed", "message": "the server restarted"}
+                # The error event ends the execution's record as it commits.
                 self.hub.put_nowait(
                     execution.session_id, execution.id, "error", json.dumps(outcome).encode()
                 )
-                await asyncio.to_thread(self.records.end_execution, execution.id, outcome, None)
 
     # -- auth -------------------------------------------------------------------------------
 
@@ -167,7 +170,7 @@ class ServerState:
         if cached is not None and cached[0] > time.monotonic():
             found: Principal | None = cached[1]
             return found
-        key = await asyncio.to_thread(self.keys.authenticate, token)
+        key = await self.hub.write(self.keys.authenticate, token)  # it may note last use
         principal = None if key is None else Principal(key.tenant, key.admin, key.id)
         if len(self._auth_cache) > 10000:
             self._auth_cache.clear()
@@ -195,7 +198,7 @@ class ServerState:
     ) -> Served:
         self.check_provider(spec)
         if session_id is None:
-            session = await asyncio.to_thread(
+            session = await self.hub.write(
                 self.records.create_session, principal.tenant, spec.metadata
             )
             session_id = session.id
@@ -219,8 +222,8 @@ class ServerState:
         served = Served(record, live)
         self.served[info.id] = served
         try:
-            await asyncio.to_thread(self.records.add_sandbox, record)
-            await asyncio.to_thread(self.records.set_session_sandbox, session_id, info.id)
+            await self.hub.write(self.records.add_sandbox, record)
+            await self.hub.write(self.records.set_session_sandbox, session_id, info.id)
         except BaseException:
             self.served.pop(info.id, None)
             await self.manager.kill(info.id)
@@ -251,13 +254,14 @@ class ServerState:
             raise SandboxNotFoundError(f"no sandbox with id {sandbox_id!r}", id=sandbox_id)
         await self.manager.kill(sandbox_id)
         await self._end_sandbox(sandbox_id, served.record.session_id, "killed")
+        await self.hub.flushed(served.record.session_id)  # the transcript says so on return
 
     async def set_timeout(self, principal: Principal, sandbox_id: str, seconds: float) -> datetime:
         served = await self.get(principal, sandbox_id)
         expires = await self.manager.set_timeout(sandbox_id, seconds, served.live.channel)
         served.record.expires_at = expires
         served.live.info.expires_at = expires
-        await asyncio.to_thread(self.records.set_sandbox_expiry, sandbox_id, expires)
+        await self.hub.write(self.records.set_sandbox_expiry, sandbox_id, expires)
         return expires
 
     def _released(self, sandbox_id: str) -> None:
@@ -274,7 +278,7 @@ class ServerState:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _end_sandbox(self, sandbox_id: str, session_id: str, why: str) -> None:
-        if await asyncio.to_thread(self.records.end_sandbox, sandbox_id):
+        if await self.hub.write(self.records.end_sandbox, sandbox_id):
             self._note(session_id, "sandbox", {"event": "ended", "sandbox": sandbox_id, "why": why})
             self.metrics.sandboxes_ended.inc()
 
@@ -300,20 +304,6 @@ class ServerState:
         )
         await run.started(summary)
         self.runs[run.id] = run
-        execution = ExecutionRecord(
-            id=run.id,
-            session_id=run.session_id,
-            sandbox_id=run.sandbox_id,
-            kind=run.kind,
-            state="running",
-            pid=run.pid,
-            first_seq=None,
-            last_seq=None,
-            created_at=datetime.fromtimestamp(run.created_at, UTC),
-            ended_at=None,
-            outcome=None,
-        )
-        await asyncio.to_thread(self.records.add_execution, execution)
         run.task = asyncio.create_task(self._pump(run))
         self.metrics.executions_started.labels(run.kind).inc()
         return run
@@ -324,13 +314,10 @@ class ServerState:
         except asyncio.CancelledError:
             pass
         finally:
+            # Its record ends with its exit (or error) event, in the same transaction.
             self.metrics.executions_finished.labels(run.kind).inc()
-            outcome = run.outcome or {}
-            try:
-                await asyncio.to_thread(self.records.end_execution, run.id, outcome, None)
-            finally:
-                # Kept a while for stdin/signal calls that race with the end; then dropped.
-                asyncio.get_running_loop().call_later(60, self.runs.pop, run.id, None)
+            # Kept a while for stdin/signal calls that race with the end; then dropped.
+            asyncio.get_running_loop().call_later(60, self.runs.pop, run.id, None)
 
     async def run_of(self, principal: Principal, sandbox_id: str, execution_id: str) -> Run:
         await self.record(principal, sandbox_id)

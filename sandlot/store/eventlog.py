@@ -9,7 +9,7 @@ appenders, in this process or another, take turns and every number is used exact
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, delete, insert, select, text, update
@@ -54,10 +54,15 @@ class EventLog:
         self.db = db
 
     def append(
-        self, session_id: str, items: Sequence[tuple[str | None, str, bytes]]
+        self,
+        session_id: str,
+        items: Sequence[tuple[str | None, str, bytes]],
+        also: Callable[[Connection, list[Event]], None] | None = None,
     ) -> list[Event]:
         """Append ``(execution_id, kind, data)`` items to a session's log, numbered in order,
-        in one transaction. Raises NotFoundError for an unknown session."""
+        in one transaction. Raises NotFoundError for an unknown session. ``also`` runs in the
+        same transaction with the numbered events (records derived from them commit with
+        them, or not at all)."""
         if not items:
             return []
         now = time.time()
@@ -67,13 +72,16 @@ class EventLog:
                 last = self._append_postgresql(conn, session_id, batch, now)
             else:
                 last = self._append_sqlite(conn, session_id, batch, now)
-        if last is None:
-            raise NotFoundError(f"no session {session_id!r}", session_id=session_id)
-        first = last - len(batch) + 1
-        return [
-            Event(session_id, first + i, execution_id, kind, data, now)
-            for i, (execution_id, kind, data) in enumerate(batch)
-        ]
+            if last is None:
+                raise NotFoundError(f"no session {session_id!r}", session_id=session_id)
+            first = last - len(batch) + 1
+            out = [
+                Event(session_id, first + i, execution_id, kind, data, now)
+                for i, (execution_id, kind, data) in enumerate(batch)
+            ]
+            if also is not None:
+                also(conn, out)
+        return out
 
     @staticmethod
     def _append_sqlite(

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import Connection, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import InvalidArgumentError, NotFoundError
@@ -284,24 +284,28 @@ class Records:
 
     # executions
 
-    def add_execution(self, rec: ExecutionRecord) -> None:
+    def add_execution(self, rec: ExecutionRecord, conn: Connection | None = None) -> None:
+        """Record an execution (in ``conn``'s transaction when given)."""
+        if conn is None:
+            with self.db.write() as own:
+                self.add_execution(rec, own)
+            return
         try:
-            with self.db.write() as conn:
-                conn.execute(
-                    insert(executions).values(
-                        id=rec.id,
-                        session_id=rec.session_id,
-                        sandbox_id=rec.sandbox_id,
-                        kind=rec.kind,
-                        state=rec.state,
-                        pid=rec.pid,
-                        first_seq=rec.first_seq,
-                        last_seq=rec.last_seq,
-                        created_at=epoch(rec.created_at),
-                        ended_at=None if rec.ended_at is None else epoch(rec.ended_at),
-                        outcome=None if rec.outcome is None else json.dumps(rec.outcome),
-                    )
+            conn.execute(
+                insert(executions).values(
+                    id=rec.id,
+                    session_id=rec.session_id,
+                    sandbox_id=rec.sandbox_id,
+                    kind=rec.kind,
+                    state=rec.state,
+                    pid=rec.pid,
+                    first_seq=rec.first_seq,
+                    last_seq=rec.last_seq,
+                    created_at=epoch(rec.created_at),
+                    ended_at=None if rec.ended_at is None else epoch(rec.ended_at),
+                    outcome=None if rec.outcome is None else json.dumps(rec.outcome),
                 )
+            )
         except IntegrityError:
             raise InvalidArgumentError(
                 f"execution {rec.id!r} is already recorded", execution_id=rec.id
@@ -318,17 +322,27 @@ class Records:
         self._update_one(executions, execution_id, "execution", pid=pid)
 
     def end_execution(
-        self, execution_id: str, outcome: dict[str, Any], last_seq: int | None
+        self,
+        execution_id: str,
+        outcome: dict[str, Any],
+        last_seq: int | None,
+        conn: Connection | None = None,
     ) -> None:
-        self._update_one(
-            executions,
-            execution_id,
-            "execution",
-            state="ended",
-            ended_at=time.time(),
-            outcome=json.dumps(outcome),
-            last_seq=last_seq,
+        """Mark an execution ended (in ``conn``'s transaction when given)."""
+        values = {
+            "state": "ended",
+            "ended_at": time.time(),
+            "outcome": json.dumps(outcome),
+            "last_seq": last_seq,
+        }
+        if conn is None:
+            self._update_one(executions, execution_id, "execution", **values)
+            return
+        result = conn.execute(
+            update(executions).where(executions.c.id == execution_id).values(**values)
         )
+        if result.rowcount != 1:
+            raise NotFoundError(f"no execution {execution_id!r}", id=execution_id)
 
     def running_executions(self, sandbox_id: str | None = None) -> list[ExecutionRecord]:
         query = (
@@ -391,6 +405,13 @@ class Records:
                     idempotency.c.status.is_(None),
                 )
             )
+
+    def release_pending_idempotency(self) -> int:
+        """Drop every claim still waiting for its answer: after a restart, nobody will give
+        one, and a retry must be free to try again."""
+        with self.db.write() as conn:
+            result = conn.execute(delete(idempotency).where(idempotency.c.status.is_(None)))
+        return int(result.rowcount)
 
     def prune_idempotency(self, older_than: float) -> int:
         """Forget answers (and abandoned claims) made before ``older_than`` (epoch seconds)."""
