@@ -28,6 +28,7 @@ work as a Python user expects::
     │   ├── AuthenticationError                  unauthenticated
     │   ├── ForbiddenError (PermissionError)     forbidden
     │   ├── IdempotencyConflictError             idempotency_conflict
+    │   ├── ExecutionLostError                   execution_lost
     │   └── RemoteUnavailableError               remote_unavailable
     ├── RelayError                               relay_error
     │   ├── RelayDown                            relay_down
@@ -195,6 +196,12 @@ class IdempotencyConflictError(ServerError):
     """An idempotency key was reused for a different request."""
 
     code = "idempotency_conflict"
+
+
+class ExecutionLostError(ServerError):
+    """The server restarted while a command or cell ran: its outcome was not recorded."""
+
+    code = "execution_lost"
 
 
 class RemoteUnavailableError(ServerError):

@@ -214,6 +214,7 @@ class Channel:
         self._hello: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self.closed: SandlotError | None = None
         self.hello: dict[str, Any] = {}
+        self.on_close: list[Any] = []  # called with the error once the connection is gone
 
     @classmethod
     async def connect_unix(cls, path: str, timeout: float = 10.0) -> Channel:
@@ -274,6 +275,8 @@ class Channel:
         self._requests.clear()
         if self._transport is not None:
             self._transport.abort()
+        for callback in self.on_close:
+            callback(error)
 
     # -- requests ---------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import os
 import secrets
 import shutil
@@ -22,12 +23,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..channel import Channel
-from ..errors import InvalidArgumentError, SandboxNotFoundError
+from ..errors import InvalidArgumentError, RemoteUnavailableError, SandboxNotFoundError
 from ..models import SandboxInfo, SandboxSpec
 from ..providers import DEFAULT, Provider, procinfo, provider_class
 from ..store import Store, default_home
 
+log = logging.getLogger("sandlot")
 _OWNER_STARTED = procinfo.start_time(os.getpid())
+NO_OWNER = 0  # a detached sandbox's owner_pid: it lives until its deadline or a kill
 
 
 @dataclass
@@ -37,6 +40,7 @@ class LiveSandbox:
     info: SandboxInfo
     channel: Channel
     provider: Provider
+    fell_back: dict[str, str] | None = None  # {"from", "to", "reason"} if created elsewhere
 
 
 @dataclass
@@ -56,8 +60,11 @@ class Manager:
         weakref.WeakKeyDictionary()
     )
 
-    def __init__(self, home: Path | None = None) -> None:
+    def __init__(self, home: Path | None = None, *, detached: bool = False) -> None:
         self.home = home or default_home()
+        # Detached (a server): sandboxes are not tied to this process; a new process adopts
+        # them (:meth:`adopt`), and only their deadline or a kill ends them.
+        self.detached = detached
         self.store = Store(self.home)
         self._providers: dict[str, Provider] = {}
         self._owned: dict[str, LiveSandbox] = {}
@@ -80,7 +87,9 @@ class Manager:
 
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
-            self._providers[name] = provider_class(name)(self.home)
+            provider = provider_class(name)(self.home)
+            provider.detached = self.detached
+            self._providers[name] = provider
         return self._providers[name]
 
     def folder(self, sandbox_id: str) -> Path:
@@ -101,21 +110,35 @@ class Manager:
             metadata=spec.metadata,
             created_at=now,
             expires_at=now + timedelta(seconds=spec.timeout),
-            owner_pid=os.getpid(),
+            owner_pid=NO_OWNER if self.detached else os.getpid(),
         )
         # The record goes in first: a concurrent gc then sees a live owner, never an orphan.
         self.store.insert(info, _OWNER_STARTED)
         folder = self.folder(info.id)
+        fell_back = None
         try:
             folder.mkdir(parents=True, mode=0o700)
-            started = await provider.create(info.id, spec, folder)
+            try:
+                started = await provider.create(info.id, spec, folder)
+            except RemoteUnavailableError as exc:
+                alternative = provider.fallback(spec)
+                if not alternative:
+                    raise
+                # The server is down (or its breaker open): its sandboxes go elsewhere.
+                fell_back = {"from": name, "to": alternative, "reason": str(exc)}
+                log.warning("provider %s is unavailable (%s): using %s", name, exc, alternative)
+                name, provider = alternative, self.provider(alternative)
+                spec = spec.model_copy(update={"provider": alternative, "config": {}})
+                info.provider = name
+                self.store.set_provider(info.id, name)
+                started = await provider.create(info.id, spec, folder)
         except BaseException:
             self.store.delete(info.id)
             shutil.rmtree(folder, ignore_errors=True)
             raise
         info.handle = started.handle
         self.store.set_handle(info.id, started.handle)
-        live = LiveSandbox(info, started.channel, provider)
+        live = LiveSandbox(info, started.channel, provider, fell_back)
         self._owned[info.id] = live
         self._schedule_expiry(info.id, spec.timeout)
         if started.exited is not None:
@@ -128,6 +151,16 @@ class Manager:
             raise SandboxNotFoundError(f"sandbox {sandbox_id} is no longer running", id=sandbox_id)
         channel = await provider.connect(info.handle)
         return LiveSandbox(info, channel, provider)
+
+    async def adopt(self, sandbox_id: str) -> LiveSandbox:
+        """Take over a detached sandbox another (dead) process created: connect, and look
+        after it as if created here (its expiry; its release when its agent goes away)."""
+        live = await self.connect(sandbox_id)
+        self._owned[sandbox_id] = live
+        remaining = live.info.expires_at.timestamp() - time.time()
+        self._schedule_expiry(sandbox_id, max(remaining, 0.0))
+        live.channel.on_close.append(lambda _error: self._on_exit(sandbox_id))
+        return live
 
     def _lookup(self, sandbox_id: str) -> tuple[SandboxInfo, Provider]:
         if not isinstance(sandbox_id, str) or not sandbox_id:
@@ -229,7 +262,9 @@ class Manager:
         now = time.time()
         known = set()
         for info, owner_started in self.store.all():
-            owner_alive = procinfo.is_running(info.owner_pid, owner_started)
+            owner_alive = info.owner_pid == NO_OWNER or procinfo.is_running(
+                info.owner_pid, owner_started
+            )
             expired = info.expires_at.timestamp() < now
             if owner_alive and not expired:
                 known.add(info.id)
@@ -272,7 +307,16 @@ class Manager:
         return [(name, self.provider(name)) for name in BUILTIN]
 
     async def close(self) -> None:
-        """Kill every sandbox this manager owns (at interpreter exit or loop shutdown)."""
+        """Kill every sandbox this manager owns (at interpreter exit or loop shutdown); a
+        detached manager only lets go of them (another process may adopt them)."""
+        if self.detached:
+            for sandbox_id, live in list(self._owned.items()):
+                timer = self._timers.pop(sandbox_id, None)
+                if timer is not None:
+                    timer.cancel()
+                live.channel.on_close.clear()
+                live.channel.close()
+            self._owned.clear()
         for sandbox_id in list(self._owned):
             try:
                 await self.kill(sandbox_id)

@@ -13,6 +13,8 @@ BUILTIN = {
     "bwrap": "sandlot.providers.bwrap:BwrapProvider",
     "process": "sandlot.providers.process:ProcessProvider",
 }
+# Built in, but not on this host: gc has no local resources of theirs to look for.
+ELSEWHERE = {"remote": "sandlot.providers.remote:RemoteProvider"}
 DEFAULT = "bwrap"
 ENTRY_POINT_GROUP = "sandlot.providers"
 
@@ -27,6 +29,8 @@ def provider_class(name: str) -> type[Provider]:
         raise InvalidArgumentError("provider must be a non-empty name")
     if name in BUILTIN:
         return _load(BUILTIN[name])
+    if name in ELSEWHERE:
+        return _load(ELSEWHERE[name])
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             cls = ep.load()
@@ -39,7 +43,7 @@ def provider_class(name: str) -> type[Provider]:
 
 
 def provider_names() -> list[str]:
-    names = set(BUILTIN)
+    names = set(BUILTIN) | set(ELSEWHERE)
     names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
     return sorted(names)
 

@@ -57,6 +57,9 @@ class Provider(abc.ABC):
 
     def __init__(self, home: Path) -> None:
         self.home = home
+        # Set by a detached manager (a server): sandboxes then outlive the process that
+        # created them, so a restarted server adopts them; their deadline still ends them.
+        self.detached = False
 
     def parse_config(self, config: dict[str, Any]) -> ProviderConfig:
         try:
@@ -94,6 +97,10 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def is_alive(self, handle: dict[str, Any]) -> bool:
         """Whether the sandbox's processes still run."""
+
+    def fallback(self, spec: SandboxSpec) -> str | None:
+        """A provider to create the sandbox with instead when this one is unavailable."""
+        return None
 
     def list_instances(self) -> list[str]:
         """Ids of sandboxes that hold resources of this provider on this host (for gc)."""

@@ -176,7 +176,7 @@ class BwrapProvider(Provider):
             "--uid", str(SANDBOX_UID),
             "--gid", str(SANDBOX_GID),
             "--hostname", "sandlot",
-            "--die-with-parent",
+            *([] if self.detached else ["--die-with-parent"]),
             "--new-session",
             "--cap-drop", "ALL",
             "--ro-bind", "/usr", "/usr",

@@ -74,7 +74,7 @@ class ProcessProvider(Provider):
                 "--map", f"/workspace={workspace}",
                 "--workdir", spec.workdir,
                 "--deadline", str(spec.timeout),
-                "--parent", str(os.getpid()),
+                *([] if self.detached else ["--parent", str(os.getpid())]),
             )  # fmt: skip
             child = spawn.spawn(argv, folder, listener, env)
         finally:

@@ -25,6 +25,7 @@ from ..errors import (
     SandlotError,
     from_dict,
 )
+from .breaker import breaker_for
 
 if TYPE_CHECKING:
     import aiohttp
@@ -57,6 +58,7 @@ class Client:
         self.api_key = key or None
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout
+        self.breaker = breaker_for(self.url)
         self._sessions: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, aiohttp.ClientSession
         ] = weakref.WeakKeyDictionary()
@@ -111,10 +113,13 @@ class Client:
         import aiohttp
 
         delay = RETRY_DELAY
+        breaker = self.breaker
         for attempt in range(RETRIES + 1 if retry else 1):
+            breaker.before()
             try:
                 response = await self.session().request(method, self.url + path, **kwargs)
             except (aiohttp.ClientConnectionError, OSError) as exc:
+                breaker.failure(f"cannot connect: {exc}")
                 if attempt < (RETRIES if retry else 0):
                     await asyncio.sleep(delay)
                     delay *= 2
@@ -122,6 +127,16 @@ class Client:
                 raise RemoteUnavailableError(
                     f"cannot reach the sandlot server at {self.url}: {exc}", url=self.url
                 ) from None
+            if response.status in (429, 503) or response.status >= 500:
+                overloaded = response.status in (429, 503)
+                breaker.failure(f"it answered {response.status}", overloaded=overloaded)
+                if overloaded and retry and attempt < RETRIES:
+                    response.release()
+                    await asyncio.sleep(delay)
+                    delay *= 2
+                    continue
+            else:
+                breaker.success()
             if response.status >= 400:
                 raise await error_of(response)
             return response

@@ -33,6 +33,7 @@ from ..errors import (
     SandboxClosedError,
     SandlotError,
 )
+from ..remote.breaker import states
 from . import api_code, api_executions, api_files, api_keys, api_sandboxes
 from .deps import State
 from .metrics import CONTENT_TYPE, Metrics
@@ -50,7 +51,7 @@ STATUS: dict[type[SandlotError], int] = {
     IdempotencyConflictError: 409,
     SandboxClosedError: 410,
     FileTooLargeError: 413,
-    ProviderUnavailableError: 503,
+    ProviderUnavailableError: 422,  # this server cannot provide what was asked for
     RemoteUnavailableError: 503,
 }
 HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 422: "invalid_argument"}
@@ -124,11 +125,13 @@ def _install_health(app: FastAPI) -> None:
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz(state: State) -> Health:
         """Liveness, with what the server depends on."""
+        breakers = states()
         return Health(
-            status="ok",
+            status="degraded" if any(s != "closed" for s in breakers.values()) else "ok",
             version=__version__,
             database=state.db.dialect,
             sandboxes=len(state.served),
+            breakers=breakers,
         )
 
     @app.get("/readyz", response_model=Health, tags=["health"])

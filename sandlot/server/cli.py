@@ -59,6 +59,14 @@ def serve(
         float,
         typer.Option("--retention-days", min=0.001, help="Keep ended sessions' logs this long."),
     ] = 7.0,
+    kill_on_exit: Annotated[
+        bool,
+        typer.Option(
+            "--kill-on-exit",
+            help="Kill the sandboxes when the server stops (default: they run on until their "
+            "deadline, and the next start adopts them).",
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP API (state in SQLite by default). Binding to anything but loopback
     needs at least one API key (``sandlot keys create``)."""
@@ -87,6 +95,7 @@ def serve(
         allow_unisolated=allow_unisolated,
         max_log_bytes=max_log_bytes,
         retention_seconds=retention_days * 86400,
+        kill_on_exit=kill_on_exit,
     )
     uvicorn.run(
         create_app(settings),

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..errors import (
+    ExecutionLostError,
     InvalidArgumentError,
     NotFoundError,
     ProviderUnavailableError,
@@ -55,6 +56,11 @@ class ServerSettings(BaseModel):
     )
     retention_seconds: float = Field(
         7 * 86400, gt=0, description="how long the log of an ended session is kept"
+    )
+    kill_on_exit: bool = Field(
+        False,
+        description="kill the sandboxes when the server stops (by default they keep running "
+        "until their deadline, and the next start adopts them)",
     )
 
     def resolved_home(self) -> Path:
@@ -119,7 +125,7 @@ class ServerState:
             records=records,
             log=log,
             hub=hub,
-            manager=Manager(home),
+            manager=Manager(home, detached=True),
             metrics=metrics,
         )
         state.manager.on_release.append(state._released)
@@ -132,28 +138,40 @@ class ServerState:
         for run in list(self.runs.values()):
             if run.task is not None:
                 run.task.cancel()
-        for sandbox_id in list(self.served):
-            try:
-                await self.manager.kill(sandbox_id)
-            except Exception:
-                continue
+        if self.settings.kill_on_exit:
+            for sandbox_id in list(self.served):
+                try:
+                    await self.manager.kill(sandbox_id)
+                except Exception:
+                    continue
         await self.manager.close()
         await self.hub.close()
         self.db.close()
 
     async def recover(self) -> None:
-        """After a restart: end what the previous process left running. Its sandboxes died
-        with it, and their executions' followers must get an end to their stream."""
-        for record in await asyncio.to_thread(self.records.list_sandboxes, None, None, "running"):
-            if record.id not in self.served:
-                await self._end_sandbox(record.id, record.session_id, "the server restarted")
+        """After a restart: adopt the sandboxes that still run (they outlive the server),
+        end the records of the rest, and end the executions the last process was pumping:
+        what they printed after it died was not recorded, and their followers must get an
+        end to their stream."""
         for execution in await asyncio.to_thread(self.records.running_executions, None):
             if execution.id not in self.runs:
-                outcome = {"code": "sandbox_closed", "message": "the server restarted"}
+                outcome = ExecutionLostError(
+                    "the server restarted while this ran: what it did after that was not "
+                    "recorded (it may still be running in the sandbox)",
+                    id=execution.id,
+                ).to_dict()
                 # The error event ends the execution's record as it commits.
                 self.hub.put_nowait(
                     execution.session_id, execution.id, "error", json.dumps(outcome).encode()
                 )
+        for record in await asyncio.to_thread(self.records.list_sandboxes, None, None, "running"):
+            try:
+                live = await self.manager.adopt(record.id)
+            except Exception:
+                await self._end_sandbox(record.id, record.session_id, "gone after a restart")
+                continue
+            self.served[record.id] = Served(record, live)
+            self._note(record.session_id, "sandbox", {"event": "adopted", "sandbox": record.id})
 
     # -- auth -------------------------------------------------------------------------------
 
@@ -186,6 +204,14 @@ class ServerState:
     def check_provider(self, spec: SandboxSpec) -> None:
         name = spec.provider or DEFAULT
         cls = provider_class(name)
+        if name == "remote" and ({"url", "api_key"} & set(spec.config)):
+            # Where a server forwards work is its operator's choice, not a caller's: a
+            # caller-chosen URL would make the server fetch anything it can reach.
+            raise ProviderUnavailableError(
+                "the remote provider uses this server's own settings (SANDLOT_REMOTE_URL, "
+                "SANDLOT_REMOTE_API_KEY); a call cannot choose them",
+                provider=name,
+            )
         if not cls.isolated and not self.settings.allow_unisolated:
             raise ProviderUnavailableError(
                 f"provider {name!r} does not isolate; this server refuses it "
@@ -228,6 +254,8 @@ class ServerState:
             self.served.pop(info.id, None)
             await self.manager.kill(info.id)
             raise
+        if live.fell_back is not None:
+            self._note(session_id, "sandbox", {"event": "fallback", **live.fell_back})
         self._note(session_id, "sandbox", {"event": "created", "sandbox": info.id})
         self.metrics.sandboxes_created.inc()
         return served

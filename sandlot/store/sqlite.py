@@ -108,6 +108,9 @@ class Store:
             "UPDATE sandboxes SET handle = ? WHERE id = ?", (json.dumps(handle), sandbox_id)
         )
 
+    def set_provider(self, sandbox_id: str, provider: str) -> None:
+        self._execute("UPDATE sandboxes SET provider = ? WHERE id = ?", (provider, sandbox_id))
+
     def set_expiry(self, sandbox_id: str, expires_at: datetime) -> None:
         self._execute(
             "UPDATE sandboxes SET expires_at = ? WHERE id = ?", (expires_at.timestamp(), sandbox_id)

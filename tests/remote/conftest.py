@@ -6,7 +6,6 @@ with the embedded integration tests (``sb`` and friends) create their sandboxes 
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +25,7 @@ def server() -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(autouse=True)
-def remote_mode(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def remote_mode(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("SANDLOT_URL", server.url)
     monkeypatch.delenv("SANDLOT_API_KEY", raising=False)
-    yield server.url
-    assert os.environ.get("SANDLOT_URL") == server.url
+    return server.url

@@ -26,8 +26,10 @@ class ServerProcess:
         home: Path,
         port: int | None = None,
         database_url: str | None = None,
-        args: tuple[str, ...] = (),
+        args: tuple[str, ...] = ("--kill-on-exit",),
+        env: dict[str, str] | None = None,
     ) -> None:
+        self.extra_env = env or {}
         self.home = home
         self.port = port or free_port()
         self.database_url = database_url
@@ -39,6 +41,7 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "SANDLOT_HOME": str(self.home), "SANDLOT_LOG_LEVEL": "warning"}
+        env.update(self.extra_env)
         env.pop("SANDLOT_URL", None)
         env.pop("SANDLOT_API_KEY", None)
         command = [sys.executable, "-m", "sandlot.cli", "serve", "--port", str(self.port)]

@@ -1,0 +1,109 @@
+"""remote: sandboxes on another sandlot server, through its HTTP API.
+
+The manager keeps a local record (so ``connect``, ``list`` and ``kill`` work as for any
+provider); the handle holds the server's URL and the sandbox's id there, never the API key
+(that comes from the settings or ``SANDLOT_REMOTE_API_KEY``). Calls go through the server's
+circuit breaker; while it is open, a configured ``fallback`` provider (e.g. ``bwrap``) takes
+new sandboxes instead (see :meth:`Manager.create <sandlot.manager.Manager.create>`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from ..channel import Channel
+from ..errors import SandboxNotFoundError
+from ..models import SandboxSpec
+from .base import Provider, ProviderConfig, Started
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+class RemoteConfig(ProviderConfig):
+    url: str = Field(
+        default_factory=lambda: _env("SANDLOT_REMOTE_URL") or "",
+        description="the sandlot server, e.g. http://gpu-box:8787 (default $SANDLOT_REMOTE_URL)",
+    )
+    api_key: str | None = Field(
+        default_factory=lambda: _env("SANDLOT_REMOTE_API_KEY"),
+        repr=False,
+        description="its API key (default $SANDLOT_REMOTE_API_KEY); never stored",
+    )
+    provider: str | None = Field(None, description="the provider on the server's side")
+    fallback: str | None = Field(
+        default_factory=lambda: _env("SANDLOT_REMOTE_FALLBACK"),
+        description="a local provider for new sandboxes while the server is unavailable",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("give the server's URL (http://host:port), or set SANDLOT_REMOTE_URL")
+        return value.rstrip("/")
+
+
+class RemoteProvider(Provider):
+    name = "remote"
+    capabilities = frozenset({"reconnect", "remote"})
+    config_model = RemoteConfig
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(home)
+        self._clients: dict[tuple[str, str | None], Any] = {}
+
+    def _client(self, url: str, api_key: str | None) -> Any:
+        from ..remote import Client
+
+        key = (url, api_key)
+        if key not in self._clients:
+            self._clients[key] = Client(url=url, api_key=api_key or "")
+        return self._clients[key]
+
+    def unavailable_reason(self) -> str | None:
+        if not _env("SANDLOT_REMOTE_URL"):
+            return "no server configured: pass url=... or set SANDLOT_REMOTE_URL"
+        return None
+
+    def fallback(self, spec: SandboxSpec) -> str | None:
+        config = self.parse_config(spec.config)
+        assert isinstance(config, RemoteConfig)
+        return config.fallback
+
+    async def create(self, sandbox_id: str, spec: SandboxSpec, folder: Path) -> Started:
+        from ..remote.backend import RemoteBackend
+
+        config = self.parse_config(spec.config)
+        assert isinstance(config, RemoteConfig)
+        remote_spec = spec.model_copy(update={"provider": config.provider, "config": {}})
+        live = await RemoteBackend(self._client(config.url, config.api_key)).create(remote_spec)
+        handle = {"url": config.url, "id": live.info.id}
+        return Started(handle=handle, channel=live.channel)  # type: ignore[arg-type]
+
+    async def connect(self, handle: dict[str, Any]) -> Channel:
+        from ..remote.backend import RemoteBackend
+
+        client = self._client(handle["url"], _env("SANDLOT_REMOTE_API_KEY"))
+        live = await RemoteBackend(client).connect(handle["id"])
+        return live.channel  # type: ignore[return-value]
+
+    async def destroy(self, handle: dict[str, Any]) -> None:
+        from ..remote.backend import RemoteBackend
+
+        if "url" not in handle:
+            return
+        client = self._client(handle["url"], _env("SANDLOT_REMOTE_API_KEY"))
+        try:
+            await RemoteBackend(client).kill(handle["id"])
+        except SandboxNotFoundError:
+            pass
+
+    def is_alive(self, handle: dict[str, Any]) -> bool:
+        """Not known without a call: assumed alive until a call says otherwise."""
+        return bool(handle.get("id"))
