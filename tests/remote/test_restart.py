@@ -26,7 +26,9 @@ def test_a_killed_server_comes_back_with_its_sandboxes_and_logs() -> None:
     sb = sandlot.Sandbox.create(client=client, timeout=120)
     try:
         sb.files.write("/workspace/kept.txt", "still here")
-        script = "import time\nfor i in range(100000):\n    print(i, flush=True); time.sleep(0.01)\n"
+        script = (
+            "import time\nfor i in range(100000):\n    print(i, flush=True); time.sleep(0.01)\n"
+        )
         seen: list[str] = []
         outcome: list[BaseException] = []
 

@@ -98,7 +98,7 @@ def test_env_values_stay_out_of_the_log(server: ServerProcess) -> None:
     with sandlot.Sandbox.create() as sb:
         sb.commands.run("true", env={"TOKEN": "s3cret-value"})
         events = sse(f"{server.url}/v1/sandboxes/{sb.id}/events?follow=false")
-    started = [e for e in events if e[1] == "started"][0]
+    started = next(e for e in events if e[1] == "started")
     assert started[2]["data"]["env"] == ["TOKEN"]
     assert "s3cret-value" not in json.dumps(events)
 
