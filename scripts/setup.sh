@@ -9,6 +9,8 @@ command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 # plot with its matplotlib and render tables with its pandas.
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 /usr/bin/python3 -c 'import matplotlib, pandas' >/dev/null 2>&1 || need+=(python3-matplotlib python3-pandas)
+# The server's tests run against a throwaway PostgreSQL cluster as well as SQLite.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq || true

@@ -57,7 +57,7 @@ def serve(
     ] = 256 * 1024 * 1024,
     retention_days: Annotated[
         float,
-        typer.Option("--retention-days", min=0.001, help="Keep ended sessions' logs this long."),
+        typer.Option("--retention-days", min=1e-5, help="Keep ended sessions' logs this long."),
     ] = 7.0,
     kill_on_exit: Annotated[
         bool,

@@ -135,6 +135,14 @@ class Hub:
         self._dirty.add(session_id)
         self._wake.set()
 
+    def forget(self, session_id: str) -> None:
+        """Drop a finished session's memory (its followers then read the store). Its log
+        is committed; a follower waiting for news of it is woken to find the end."""
+        session = self._sessions.get(session_id)
+        if session is not None and not session.pending and session_id not in self._dirty:
+            del self._sessions[session_id]
+            session.changed.set()
+
     async def flushed(self, session_id: str) -> int:
         """Wait until everything queued for the session so far is committed; its last seq."""
         session = self._session(session_id)

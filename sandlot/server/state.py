@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,8 +40,11 @@ from .hub import Hub
 from .metrics import Metrics
 from .runs import Run, new_execution_id
 
+log = logging.getLogger("sandlot.server")
 LOCAL_TENANT = "local"  # the tenant of every caller while no API key exists (loopback only)
 AUTH_CACHE_SECONDS = 2.0
+MAINTENANCE_SECONDS = 300.0  # between prunes of old logs and idempotency answers
+IDEMPOTENCY_SECONDS = 86400.0  # how long a stored first answer is kept
 
 
 class ServerSettings(BaseModel):
@@ -107,6 +111,8 @@ class ServerState:
     served: dict[str, Served] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)
     _auth_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    _maintenance: asyncio.Task[None] | None = None
+    _endings: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
     @classmethod
     async def start(cls, settings: ServerSettings, metrics: Metrics) -> ServerState:
@@ -132,9 +138,25 @@ class ServerState:
         await hub.write(state.keys.ensure_tenant, LOCAL_TENANT)
         await hub.write(records.release_pending_idempotency)
         await state.recover()
+        state._maintenance = asyncio.create_task(state._maintain())
         return state
 
+    async def _maintain(self) -> None:
+        """Retention: drop the logs of sessions that ended long ago, and old stored answers."""
+        while True:
+            now = time.time()
+            try:
+                await self.hub.write(self.log.prune, now - self.settings.retention_seconds)
+                await self.hub.write(self.records.prune_idempotency, now - IDEMPOTENCY_SECONDS)
+            except Exception:
+                log.exception("pruning the store failed")
+            await asyncio.sleep(
+                max(1.0, min(MAINTENANCE_SECONDS, self.settings.retention_seconds / 4))
+            )
+
     async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
         for run in list(self.runs.values()):
             if run.task is not None:
                 run.task.cancel()
@@ -281,8 +303,8 @@ class ServerState:
         if served is None or served.record.tenant != principal.tenant:
             raise SandboxNotFoundError(f"no sandbox with id {sandbox_id!r}", id=sandbox_id)
         await self.manager.kill(sandbox_id)
-        await self._end_sandbox(sandbox_id, served.record.session_id, "killed")
-        await self.hub.flushed(served.record.session_id)  # the transcript says so on return
+        # Returns once the transcript says so.
+        await self._ending(sandbox_id, served.record.session_id, "killed")
 
     async def set_timeout(self, principal: Principal, sandbox_id: str, seconds: float) -> datetime:
         served = await self.get(principal, sandbox_id)
@@ -300,15 +322,27 @@ class ServerState:
         for run in list(self.runs.values()):
             if run.sandbox_id == sandbox_id and run.task is not None:
                 run.task.cancel()
-        task = asyncio.ensure_future(
-            self._end_sandbox(sandbox_id, served.record.session_id, "killed")
-        )
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._ending(sandbox_id, served.record.session_id, "killed")
+
+    def _ending(self, sandbox_id: str, session_id: str, why: str) -> asyncio.Future[None]:
+        """The one task that records a sandbox's end (a kill and the manager's release
+        both ask for it; the second caller waits for the first)."""
+        task = self._endings.get(sandbox_id)
+        if task is None:
+            task = asyncio.ensure_future(self._end_sandbox(sandbox_id, session_id, why))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._endings[sandbox_id] = task
+            task.add_done_callback(lambda _: self._endings.pop(sandbox_id, None))
+        return task
 
     async def _end_sandbox(self, sandbox_id: str, session_id: str, why: str) -> None:
         if await self.hub.write(self.records.end_sandbox, sandbox_id):
             self._note(session_id, "sandbox", {"event": "ended", "sandbox": sandbox_id, "why": why})
+            # The session was this sandbox's own: it ends too, and its log ages from now.
+            await self.hub.write(self.records.end_session, session_id)
             self.metrics.sandboxes_ended.inc()
+            await self.hub.flushed(session_id)
+            self.hub.forget(session_id)
 
     def _note(self, session_id: str, kind: str, data: dict[str, Any]) -> None:
         self.hub.put_nowait(session_id, None, kind, json.dumps(data).encode())

@@ -312,3 +312,27 @@ async def test_async_remote_streams_and_background_handles(server: ServerProcess
         assert (await handle.wait()).stdout == "piped\n"
         cells = await asyncio.gather(*(sb.run_code(f"{i} * 2", context=None) for i in [1]))
         assert cells[0].text == "2"
+
+
+@pytest.mark.timeout(60)
+def test_the_log_of_an_ended_session_is_pruned_after_the_retention() -> None:
+    home = Path(tempfile.mkdtemp(prefix="slret-", dir="/tmp"))  # reachable by the sandbox user
+    server = ServerProcess(home, args=("--kill-on-exit", "--retention-days", "2e-5"))
+    server.start()  # 1.7 s of retention; pruned every second
+    try:
+        client = sandlot.Client(url=server.url)
+        keep = sandlot.Sandbox.create(client=client)
+        with sandlot.Sandbox.create(client=client) as gone:
+            gone.commands.run("echo old")
+        keep.commands.run("echo live")
+        url = f"{server.url}/v1/sandboxes/{{}}/events?follow=false"
+        assert len(sse(url.format(gone.id))) > 3
+        deadline = time.monotonic() + 20
+        while sse(url.format(gone.id)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert sse(url.format(gone.id)) == []  # the ended session's log is gone
+        assert any(e[1] == "stdout" for e in sse(url.format(keep.id)))  # a live one stays
+        assert http("GET", f"{server.url}/v1/sandboxes/{gone.id}")[1]["state"] == "stopped"
+        keep.kill()
+    finally:
+        server.stop()
