@@ -853,7 +853,8 @@ def ls(
         typer.Option("--meta", "-m", metavar="K=V", help="Only sandboxes with this metadata."),
     ] = None,
 ) -> None:
-    """Running sandboxes on this host (from every process)."""
+    """Running sandboxes on this host (from every process), or on the server that
+    SANDLOT_URL names."""
     wanted = _pairs(meta, "--meta")
     from .sdk import Sandbox
 
@@ -910,14 +911,15 @@ def kill(
     import asyncio
 
     from .manager import Manager
+    from .sdk.backend import backend_for
 
     async def kill_all() -> int:
-        manager = Manager.current()
+        backend = backend_for(None)  # the server's with SANDLOT_URL, else this host's
         worst = 0
         try:
             for sandbox_id in sandbox_ids:
                 try:
-                    await manager.kill(sandbox_id)
+                    await backend.kill(sandbox_id)
                 except SandlotError as exc:
                     _error(str(exc))
                     bad = isinstance(exc, (InvalidArgumentError, NotFoundError))
@@ -926,7 +928,8 @@ def kill(
                     sys.stdout.write(f"killed {sandbox_id}\n")
                     sys.stdout.flush()
         finally:
-            await manager.close()
+            if isinstance(backend, Manager):
+                await backend.close()
         return worst
 
     code = asyncio.run(kill_all())

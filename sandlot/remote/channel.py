@@ -23,6 +23,7 @@ from ..errors import (
     SandlotError,
     from_dict,
 )
+from .client import background
 from .sse import ServerEvent, events
 
 if TYPE_CHECKING:
@@ -255,10 +256,9 @@ class _Execution(RemoteRequest):
     def send_eof(self, stream: int = p.STDIN) -> None:
         if self.done or self.execution_id is None:
             return
-        self._stdin = asyncio.ensure_future(
+        self._stdin = background(
             self.channel.client.call("POST", self._stdin_path(), params={"eof": "true"})
         )
-        self._stdin.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _stdin_path(self) -> str:
         return f"{self.channel.base}/executions/{self.execution_id}/stdin"
@@ -266,8 +266,7 @@ class _Execution(RemoteRequest):
     def cancel(self) -> None:
         if not self.done and self.execution_id is not None:
             path = f"{self.channel.base}/executions/{self.execution_id}/cancel"
-            task = asyncio.ensure_future(self.channel.client.call("POST", path))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            background(self.channel.client.call("POST", path))
         self.abandon()
 
 

@@ -30,6 +30,27 @@ from .breaker import breaker_for
 if TYPE_CHECKING:
     import aiohttp
 
+_background: set[asyncio.Task[Any]] = set()
+
+
+def background(coro: Any) -> asyncio.Task[Any]:
+    """Run a call nobody waits for (a cancel, an EOF) and keep it until it is done."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return task
+
+
+async def settle(timeout: float = 5.0) -> None:
+    """Wait for the background calls of this event loop (e.g. before the process exits:
+    a cancelled command must still be killed on the server)."""
+    loop = asyncio.get_running_loop()
+    pending = [t for t in _background if t.get_loop() is loop and not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+
+
 RETRIES = 3
 RETRY_DELAY = 0.2  # doubled on every retry
 

@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import builtins
 import concurrent.futures
+import contextlib
 import signal as signals
 import threading
 from collections.abc import Coroutine
@@ -30,6 +31,7 @@ from ..models import (
     Result,
     SandboxInfo,
 )
+from ..remote.client import settle
 from .code import (
     DEFAULT_CODE_TIMEOUT,
     DEFAULT_INSTALL_TIMEOUT,
@@ -76,6 +78,9 @@ class _Portal:
                     future.result(timeout=5)
                 except (concurrent.futures.CancelledError, Exception):
                     pass
+                # In remote mode the kill is a call of its own: see that it is made.
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(settle(), self.loop()).result(timeout=6)
             raise
 
     def _shutdown(self) -> None:
