@@ -14,6 +14,7 @@ class CuttableProxy:
         self.target_port = target_port
         self.port = 0
         self.connections = 0
+        self.swallow = 0  # connections whose answers are lost (the request still arrives)
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -59,10 +60,16 @@ class CuttableProxy:
             writer.close()
             return
         self._writers.update((writer, up_writer))
+        swallow = self.swallow > 0
+        self.swallow -= swallow
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, lose: bool) -> None:
             try:
                 while data := await src.read(65536):
+                    if lose:  # the answer is lost on the way: cut the connection instead
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        return
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.CancelledError):
@@ -70,7 +77,7 @@ class CuttableProxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, swallow))
         self._writers.difference_update((writer, up_writer))
 
     def cut(self) -> int:

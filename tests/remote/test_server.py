@@ -199,6 +199,19 @@ def test_a_repeated_idempotency_key_gets_the_first_answer(server: ServerProcess)
         http("DELETE", f"{url}/{first['id']}")
 
 
+def test_a_create_whose_answer_is_lost_is_retried_into_the_same_sandbox(
+    server: ServerProcess,
+) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    with CuttableProxy(port) as proxy:
+        client = sandlot.Client(url=proxy.url)
+        proxy.swallow = 1  # the server creates the sandbox, but its answer never arrives
+        with sandlot.Sandbox.create(client=client, metadata={"lost": "answer"}) as sb:
+            assert proxy.connections >= 2  # it was retried
+            running = http("GET", f"{server.url}/v1/sandboxes?metadata=lost=answer")[1]
+            assert [s["id"] for s in running] == [sb.id]  # one sandbox, not two
+
+
 def test_health_and_metrics(server: ServerProcess) -> None:
     status, health = http("GET", f"{server.url}/healthz")
     assert status == 200 and health["status"] == "ok" and health["database"] == "sqlite"
