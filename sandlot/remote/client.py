@@ -31,6 +31,15 @@ if TYPE_CHECKING:
     import aiohttp
 
 _background: set[asyncio.Task[Any]] = set()
+_all_sessions: weakref.WeakSet[aiohttp.ClientSession] = weakref.WeakSet()
+
+
+async def close_sessions() -> None:
+    """Close every client session of the running event loop (the sync SDK's loop, at exit)."""
+    loop = asyncio.get_running_loop()
+    for session in list(_all_sessions):
+        if session._loop is loop and not session.closed:
+            await session.close()
 
 
 def background(coro: Any) -> asyncio.Task[Any]:
@@ -110,6 +119,7 @@ class Client:
                 auto_decompress=False,
             )
             self._sessions[loop] = session
+            _all_sessions.add(session)
         return session
 
     async def aclose(self) -> None:

@@ -31,7 +31,7 @@ from ..models import (
     Result,
     SandboxInfo,
 )
-from ..remote.client import settle
+from ..remote.client import close_sessions, settle
 from .code import (
     DEFAULT_CODE_TIMEOUT,
     DEFAULT_INSTALL_TIMEOUT,
@@ -92,6 +92,8 @@ class _Portal:
             manager = Manager._per_loop.get(loop)
             if manager is not None:
                 await manager.close()
+            await settle()
+            await close_sessions()
 
         try:
             asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=30)

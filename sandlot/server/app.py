@@ -57,6 +57,29 @@ STATUS: dict[type[SandlotError], int] = {
 HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 422: "invalid_argument"}
 
 
+MAX_JSON_BODY = 32 * 1024 * 1024  # JSON is parsed whole; raw uploads stream instead
+
+
+class BodyLimit:
+    """Refuse a JSON body larger than ``MAX_JSON_BODY`` before anything reads it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or ())
+            declared = headers.get(b"content-length", b"0")
+            is_json = b"json" in headers.get(b"content-type", b"")
+            if is_json and declared.isdigit() and int(declared) > MAX_JSON_BODY:
+                response = error_response(
+                    413, "file_too_large", f"a JSON body may be at most {MAX_JSON_BODY} bytes"
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def status_of(error: SandlotError) -> int:
     for cls in type(error).__mro__:
         if cls in STATUS:
@@ -94,6 +117,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     _install_error_handlers(app)
     _install_health(app)
     app.add_middleware(metrics.Timing)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit)
     return app
 
 
