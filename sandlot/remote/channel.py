@@ -147,6 +147,7 @@ class RemoteRequest:
             self._finish()  # the operation failed; a cancelled caller still cancels it
             raise
         if frame[0] == p.END:
+            await self._frames.aclose()  # type: ignore[attr-defined]  # releases the response
             self._finish()
         return frame
 

@@ -79,9 +79,11 @@ async def _start(
     except BaseException:
         await once.abandon()
         raise
-    body = execution_out(run).model_dump_json().encode()
-    await once.finish(202, "application/json", body)
-    if wants_stream(accept):
+    streaming = wants_stream(accept)
+    if idempotency_key is not None or not streaming:
+        body = execution_out(run).model_dump_json().encode()
+        await once.finish(202, "application/json", body)
+    if streaming:
         return _events_of(state, run.session_id, run.id, 0)
     return Response(body, status_code=202, media_type="application/json")
 

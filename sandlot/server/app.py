@@ -173,4 +173,5 @@ def _install_health(app: FastAPI) -> None:
     @app.get("/metrics", tags=["health"], responses={200: {"content": {CONTENT_TYPE: {}}}})
     async def metrics(state: State) -> Response:
         """Prometheus text format."""
-        return Response(state.metrics.render(len(state.served)), media_type=CONTENT_TYPE)
+        counts = await asyncio.to_thread(state.records.count_sandboxes_by_state)
+        return Response(state.metrics.render(counts), media_type=CONTENT_TYPE)

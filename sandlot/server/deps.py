@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import AuthenticationError, ForbiddenError, IdempotencyConflictError
-from ..store.eventlog import Event
 from . import sse
 from .state import LOCAL_TENANT, Principal, ServerState
 
@@ -152,39 +151,17 @@ def event_stream(
             execution_id=execution_id,
             follow=follow,
             until_terminal=execution_id is not None,
+            heartbeat=KEEPALIVE_SECONDS,
         )
-        async for chunk in _with_keepalive(events):
-            yield chunk
+        async for event in events:
+            # A comment line after a quiet spell keeps proxies from closing the stream.
+            yield sse.KEEPALIVE if event is None else sse.encode(event)
 
     return StreamingResponse(
         body(),
         media_type=sse.MEDIA_TYPE,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})},
     )
-
-
-async def _with_keepalive(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
-    """Each event as SSE; a comment line after a quiet spell keeps proxies from closing."""
-    iterator = events.__aiter__()
-    pending: asyncio.Future[Any] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait([pending], timeout=KEEPALIVE_SECONDS)
-            if not done:
-                yield sse.KEEPALIVE
-                continue
-            task, pending = pending, None
-            try:
-                event = task.result()
-            except StopAsyncIteration:
-                return
-            yield sse.encode(event)
-    finally:
-        if pending is not None:
-            pending.cancel()
-        await iterator.aclose()  # type: ignore[attr-defined]
 
 
 def wants_stream(accept: str | None) -> bool:

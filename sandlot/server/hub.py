@@ -50,6 +50,7 @@ class _Session:
     recent_bytes: int = 0
     latest: int | None = None  # last committed seq this process knows of
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False  # forgotten: nothing more will be written
 
 
 class Hub:
@@ -141,6 +142,7 @@ class Hub:
         session = self._sessions.get(session_id)
         if session is not None and not session.pending and session_id not in self._dirty:
             del self._sessions[session_id]
+            session.ended = True
             session.changed.set()
 
     async def flushed(self, session_id: str) -> int:
@@ -214,12 +216,13 @@ class Hub:
         execution_id: str | None = None,
         follow: bool = True,
         until_terminal: bool = False,
-        stop: asyncio.Event | None = None,
-    ) -> AsyncIterator[Event]:
+        heartbeat: float | None = None,
+    ) -> AsyncIterator[Event | None]:
         """Committed events with ``seq > after``, then new ones as they are committed.
 
         With ``execution_id``, only that execution's; ``until_terminal`` ends after its exit
-        or error. Without ``follow``, ends once the log is exhausted. ``stop`` ends it early.
+        or error. Without ``follow``, ends once the log is exhausted; following ends when the
+        session does. ``None`` is yielded after ``heartbeat`` quiet seconds (a keep-alive).
         """
         session = self._session(session_id)
         last = after
@@ -239,21 +242,20 @@ class Hub:
                     return
             if batch or session.latest != seen:
                 continue
-            if not follow or (stop is not None and stop.is_set()):
+            if not follow or session.ended:
                 return
-            await self._changed(session, stop)
+            if not await self._changed(session, heartbeat):
+                yield None
 
     @staticmethod
-    async def _changed(session: _Session, stop: asyncio.Event | None) -> None:
+    async def _changed(session: _Session, timeout: float | None) -> bool:
+        """Wait for a commit to the session; False if ``timeout`` passed first."""
         session.changed.clear()
-        waiters = [asyncio.ensure_future(session.changed.wait())]
-        if stop is not None:
-            waiters.append(asyncio.ensure_future(stop.wait()))
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+            await asyncio.wait_for(session.changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     @staticmethod
     def _recent_after(session: _Session, after: int) -> list[Event] | None:

@@ -52,8 +52,9 @@ class Metrics:
             if event.kind in OUTPUT:
                 self.stream_bytes.labels(event.kind).inc(len(event.data))
 
-    def render(self, running: int) -> bytes:
-        self.sandboxes.labels("running").set(running)
+    def render(self, by_state: dict[str, int]) -> bytes:
+        for state in ("running", "ended", *by_state):
+            self.sandboxes.labels(state).set(by_state.get(state, 0))
         return generate_latest(self.registry)
 
     @property
