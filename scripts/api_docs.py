@@ -360,7 +360,8 @@ def introduction(schemas: Schemas, idempotent: list[str]) -> list[str]:
         "",
         "Event kinds include `started`, `stdout`, `stderr`, `result`, `progress`, `truncated`, "
         "`exit` and `error` for executions (an execution's stream ends after its `exit` or "
-        "`error`), and `sandbox` (`created`, `ended`) for the session. A line "
+        "`error`), and `sandbox` (`created`, `adopted` after a restart, `fallback`, `ended`) for "
+        "the session. A line "
         f"`{keepalive}` (an SSE comment) is sent after {deps.KEEPALIVE_SECONDS:g} s without "
         "events, so proxies keep the connection open.",
         "",
