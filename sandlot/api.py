@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .models import SandboxInfo, check_env
+from .models import MAX_LIFETIME, SandboxInfo, check_env
 
 NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 
@@ -39,7 +39,9 @@ class CommandRequest(_Body):
     argv: list[str] | None = Field(None, min_length=1, max_length=65536)
     env: dict[str, str] | None = None
     cwd: str | None = None
-    timeout: float | None = Field(None, gt=0, description="seconds; kills the process group")
+    timeout: float | None = Field(
+        None, gt=0, le=MAX_LIFETIME, description="seconds; kills the process group"
+    )
     stdin: bool = Field(False, description="keep stdin open for POST .../stdin")
 
     @model_validator(mode="after")
@@ -68,9 +70,11 @@ class CommandRequest(_Body):
 class CodeRunRequest(_Body):
     code: str = Field(max_length=16 << 20)
     context: str = Field("default", pattern=NAME)
-    timeout: float | None = Field(None, gt=0)
-    inactivity_timeout: float | None = Field(None, gt=0)
-    grace: float | None = Field(None, gt=0, description="seconds between SIGINT and SIGKILL")
+    timeout: float | None = Field(None, gt=0, le=MAX_LIFETIME)
+    inactivity_timeout: float | None = Field(None, gt=0, le=MAX_LIFETIME)
+    grace: float | None = Field(
+        None, gt=0, le=3600, description="seconds between SIGINT and SIGKILL"
+    )
     max_output: int = Field(2 * 1024 * 1024, ge=2, le=1 << 30)
 
     @field_validator("code")
@@ -83,7 +87,7 @@ class InstallRequest(_Body):
     packages: list[str] = Field(min_length=1, max_length=1000)
     upgrade: bool = False
     index_url: str | None = Field(None, pattern=r"^(https?|file)://")
-    timeout: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, le=MAX_LIFETIME)
 
     @field_validator("packages")
     @classmethod
@@ -116,7 +120,7 @@ class RestartRequest(_Body):
 
 
 class TimeoutRequest(_Body):
-    seconds: float = Field(gt=0, le=366 * 86400)
+    seconds: float = Field(gt=0, le=MAX_LIFETIME)
 
 
 class SignalRequest(_Body):
@@ -148,6 +152,8 @@ class RenameRequest(_Body):
 class SandboxOut(SandboxInfo):
     """A sandbox as the server shows it: no host details (pids, paths) are exposed."""
 
+    owner_pid: int = Field(0, exclude=True)
+    handle: dict[str, Any] = Field(default_factory=dict, exclude=True, repr=False)
     session_id: str
     isolated: bool = True
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DEFAULT_TIMEOUT = 300.0  # sandbox lifetime, seconds
 DEFAULT_COMMAND_TIMEOUT = 60.0
+MAX_LIFETIME = 366 * 86400.0  # seconds: a sandbox's lifetime, and any timeout
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -36,10 +37,10 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    memory_mb: int = Field(512, ge=16, description="memory limit (RAM, no swap)")
-    pids: int = Field(256, ge=8, description="maximum number of processes and threads")
-    cpus: float = Field(1.0, gt=0, description="CPU time, in cores")
-    tmp_mb: int = Field(256, ge=1, description="size of the writable /tmp")
+    memory_mb: int = Field(512, ge=16, le=1 << 30, description="memory limit (RAM, no swap)")
+    pids: int = Field(256, ge=8, le=4194304, description="maximum number of processes and threads")
+    cpus: float = Field(1.0, gt=0, le=4096, description="CPU time, in cores")
+    tmp_mb: int = Field(256, ge=1, le=1 << 30, description="size of the writable /tmp")
 
 
 class SandboxSpec(BaseModel):
@@ -48,7 +49,9 @@ class SandboxSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     provider: str | None = None
-    timeout: float = Field(DEFAULT_TIMEOUT, gt=0, description="lifetime in seconds")
+    timeout: float = Field(
+        DEFAULT_TIMEOUT, gt=0, le=MAX_LIFETIME, description="lifetime in seconds (at most a year)"
+    )
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str = "/workspace"
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -72,6 +75,8 @@ class SandboxSpec(BaseModel):
     def _workdir(cls, value: str) -> str:
         if not value.startswith("/"):
             raise ValueError("workdir must be an absolute path")
+        if "\0" in value:
+            raise ValueError("workdir contains a NUL byte")
         return value
 
 

@@ -51,7 +51,13 @@ class Connection:
             self.agent.loop.watch(self.fd, select.EPOLLIN | select.EPOLLOUT, self._on_events)
 
     def send_json(self, kind, rid, obj):
-        self.send(kind, rid, p.dumps(obj))
+        payload = p.dumps(obj)
+        if len(payload) > p.MAX_CONTROL:  # the host would drop the whole connection
+            payload = p.dumps(
+                error_payload(AgentError("protocol_error", "the answer is too large to send"))
+            )
+            kind = p.ERROR
+        self.send(kind, rid, payload)
 
     def send_error(self, rid, exc):
         self.send(p.ERROR, rid, p.dumps(error_payload(exc)))

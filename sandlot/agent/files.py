@@ -64,6 +64,9 @@ def list_dir(agent, request):
     return {"entries": entries}
 
 
+MAX_ENTRIES = 50000  # one answer stays far below the protocol's 16 MiB control-frame limit
+
+
 def _walk(agent, shown, depth, entries):
     real = agent.paths.to_real(shown)
     with posix.scandir(real) as it:
@@ -74,6 +77,11 @@ def _walk(agent, shown, depth, entries):
             entry = _entry(agent.paths, _join(real, name), child, name)
         except FileNotFoundError:
             continue  # removed while listing
+        if len(entries) >= MAX_ENTRIES:
+            raise AgentError(
+                "invalid_argument",
+                "more than %d entries: list a smaller folder or a smaller depth" % MAX_ENTRIES,
+            )
         entries.append(entry)
         if depth > 1 and entry["type"] == "dir":
             try:

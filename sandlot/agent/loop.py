@@ -8,6 +8,8 @@ into small steps run from the ready set between polls.
 import select
 import time
 
+MAX_WAIT = 3600.0  # seconds; the loop wakes at least this often
+
 
 class Loop:
     def __init__(self):
@@ -48,7 +50,9 @@ class Loop:
             if self._ready:
                 timeout = 0
             elif self._timers:
+                # Capped: epoll takes milliseconds in a C int (a 30-day deadline overflows it).
                 timeout = max(0.0, min(t[0] for t in self._timers) - time.monotonic())
+                timeout = min(timeout, MAX_WAIT)
             else:
                 timeout = -1
             for fd, events in self._epoll.poll(timeout):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..channel import Channel
 from ..errors import InvalidArgumentError, RemoteUnavailableError, SandboxNotFoundError
-from ..models import SandboxInfo, SandboxSpec
+from ..models import MAX_LIFETIME, SandboxInfo, SandboxSpec
 from ..providers import DEFAULT, Provider, procinfo, provider_class
 from ..store import Store, default_home
 
@@ -229,6 +229,8 @@ class Manager:
     async def set_timeout(self, sandbox_id: str, seconds: float, channel: Channel) -> datetime:
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
             raise InvalidArgumentError("timeout must be a positive number of seconds")
+        if seconds > MAX_LIFETIME:
+            raise InvalidArgumentError(f"timeout is at most {MAX_LIFETIME:g} seconds (a year)")
         self._lookup(sandbox_id)
         await channel.call("deadline", seconds=seconds)
         expires = datetime.now(UTC) + timedelta(seconds=seconds)

@@ -134,8 +134,8 @@ async def connect_started(folder: Path, child: ChildProcess, what: str) -> Chann
         return connecting.result()
     if not connecting.done():
         connecting.cancel()
-    else:
-        connecting.exception()  # retrieved
+    # Retrieved whenever it ends (it may fail after the cancel), so asyncio does not log it.
+    connecting.add_done_callback(lambda t: t.cancelled() or t.exception())
     await child.kill()
     raise SandboxStartError(f"{what} failed to start: {read_log(folder)}")
 

@@ -12,6 +12,8 @@ are retried when the connection fails before an answer.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import json
 import os
 import weakref
@@ -32,6 +34,22 @@ if TYPE_CHECKING:
 
 _background: set[asyncio.Task[Any]] = set()
 _all_sessions: weakref.WeakSet[aiohttp.ClientSession] = weakref.WeakSet()
+
+
+def _drop_dead_sessions() -> None:
+    """Close (without awaiting) the sessions of event loops that are gone, e.g. each
+    ``asyncio.run`` an async program did: nobody can close them properly any more."""
+    for session in list(_all_sessions):
+        if session._loop.is_closed() and not session.closed:
+            connector = session.connector
+            session.detach()
+            if connector is not None:
+                with contextlib.suppress(Exception):
+                    connector._close()
+            _all_sessions.discard(session)
+
+
+atexit.register(_drop_dead_sessions)
 
 
 async def close_sessions() -> None:
@@ -107,6 +125,7 @@ class Client:
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
+            _drop_dead_sessions()
             headers = {"User-Agent": "sandlot-sdk"}
             if self.api_key:
                 headers["Authorization"] = f"Bearer {self.api_key}"

@@ -30,21 +30,27 @@ class ServerEvent:
 
 
 async def events(response: aiohttp.ClientResponse) -> AsyncIterator[ServerEvent]:
-    buffer = bytearray()
-    scanned = 0  # bytes of the buffer already searched for the blank line
+    pending: list[bytes] = []  # an event's start, in the chunks it came in
     async for chunk in response.content.iter_any():
-        buffer += chunk
-        while True:
-            cut = buffer.find(b"\n\n", max(scanned - 1, 0))
+        if pending:
+            # Join only once the event is complete: its end may span the chunk boundary.
+            ends = chunk.find(b"\n\n") >= 0 or (pending[-1][-1:] == chunk[:1] == b"\n")
+            if not ends:
+                pending.append(chunk)
+                continue
+            chunk = b"".join(pending) + chunk
+            pending = []
+        start = 0
+        while True:  # every complete event in the buffer; the rest waits for more
+            cut = chunk.find(b"\n\n", start)
             if cut < 0:
-                scanned = len(buffer)
                 break
-            block = bytes(buffer[:cut])
-            del buffer[: cut + 2]
-            scanned = 0
-            event = _parse(block)
+            event = _parse(chunk[start:cut])
+            start = cut + 2
             if event is not None:
                 yield event
+        if start < len(chunk):
+            pending.append(chunk[start:])
 
 
 def _parse(block: bytes) -> ServerEvent | None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..agent import protocol as p
 from ..errors import CommandTimeoutError, InvalidArgumentError, SandboxClosedError
-from ..models import DEFAULT_COMMAND_TIMEOUT, CommandResult, check_env
+from ..models import DEFAULT_COMMAND_TIMEOUT, MAX_LIFETIME, CommandResult, check_env
 
 if TYPE_CHECKING:
     from ..channel import Request
@@ -90,6 +90,8 @@ def _check_timeout(timeout: float | None, what: str = "timeout") -> float | None
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise InvalidArgumentError(f"{what} must be a positive number of seconds, or None")
+    if timeout > MAX_LIFETIME:
+        raise InvalidArgumentError(f"{what} is at most {MAX_LIFETIME:g} seconds (a year)")
     return float(timeout)
 
 

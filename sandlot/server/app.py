@@ -22,6 +22,7 @@ from ..errors import (
     AuthenticationError,
     CodeContextBusyError,
     FileExistsInSandboxError,
+    FileNotFoundInSandboxError,
     FileTooLargeError,
     ForbiddenError,
     IdempotencyConflictError,
@@ -32,6 +33,7 @@ from ..errors import (
     RemoteUnavailableError,
     SandboxClosedError,
     SandlotError,
+    ServerError,
 )
 from ..remote.breaker import states
 from . import api_code, api_executions, api_files, api_keys, api_sandboxes
@@ -43,6 +45,7 @@ from .state import ServerSettings, ServerState
 STATUS: dict[type[SandlotError], int] = {
     InvalidArgumentError: 422,
     NotFoundError: 404,
+    FileNotFoundInSandboxError: 404,
     AuthenticationError: 401,
     ForbiddenError: 403,
     PermissionDeniedError: 403,
@@ -53,31 +56,80 @@ STATUS: dict[type[SandlotError], int] = {
     FileTooLargeError: 413,
     ProviderUnavailableError: 422,  # this server cannot provide what was asked for
     RemoteUnavailableError: 503,
+    ServerError: 500,
 }
-HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 422: "invalid_argument"}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        401: "no valid API key",
+        403: "the key may not do this",
+        404: "no such sandbox (or another tenant's), execution, file or context",
+        409: "busy, exists already, or an idempotency key reused for another call",
+        410: "the sandbox has ended",
+        422: "invalid request: `details.errors` names the fields",
+    }.items()
+}
+HTTP_CODES = {
+    400: "invalid_argument",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    422: "invalid_argument",
+}
 
 
 MAX_JSON_BODY = 32 * 1024 * 1024  # JSON is parsed whole; raw uploads stream instead
 
 
 class BodyLimit:
-    """Refuse a JSON body larger than ``MAX_JSON_BODY`` before anything reads it."""
+    """Refuse a body larger than ``MAX_JSON_BODY`` before the app parses it; only raw
+    uploads (``application/octet-stream``: files, stdin) stream without a limit."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope.get("headers") or ())
-            declared = headers.get(b"content-length", b"0")
-            is_json = b"json" in headers.get(b"content-type", b"")
-            if is_json and declared.isdigit() and int(declared) > MAX_JSON_BODY:
-                response = error_response(
-                    413, "file_too_large", f"a JSON body may be at most {MAX_JSON_BODY} bytes"
-                )
-                await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        if headers.get(b"content-type", b"").startswith(b"application/octet-stream"):
+            await self.app(scope, receive, send)  # raw uploads stream with back-pressure
+            return
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > MAX_JSON_BODY:
+            await _too_large()(scope, receive, send)
+            return
+        # A chunked body has no length up front: read it here (JSON is parsed whole anyway),
+        # refuse it past the limit, else hand it on as one message.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message], receive), send)
                 return
-        await self.app(scope, receive, send)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_JSON_BODY:
+                await _too_large()(scope, receive, send)
+                return
+            if not message.get("more_body"):
+                break
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([whole], receive), send)
+
+
+def _replay(messages: list[Any], receive: Any) -> Any:
+    async def replayed() -> Any:
+        return messages.pop(0) if messages else await receive()
+
+    return replayed
+
+
+def _too_large() -> JSONResponse:
+    return error_response(
+        413, "file_too_large", f"a JSON body may be at most {MAX_JSON_BODY} bytes"
+    )
 
 
 def status_of(error: SandlotError) -> int:
@@ -113,7 +165,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     for module in (api_sandboxes, api_executions, api_files, api_code, api_keys):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     _install_error_handlers(app)
     _install_health(app)
     app.add_middleware(metrics.Timing)  # type: ignore[arg-type]

@@ -38,6 +38,9 @@ def _database(url: str | None) -> Any:
         url = sqlite_url(home)
     db = Database(url)
     db.migrate()
+    from ..store.keys import LOCAL_TENANT, Keys
+
+    Keys(db).ensure_tenant(LOCAL_TENANT)  # so `--tenant local` works before a first start
     return db
 
 

@@ -18,7 +18,7 @@ KEEPALIVE_SECONDS = 15.0
 IDEMPOTENCY_WAIT = 30.0
 
 
-def get_state(request: Request) -> ServerState:
+async def get_state(request: Request) -> ServerState:  # async: a plain def runs in a thread
     state: ServerState = request.app.state.sandlot
     return state
 
@@ -61,6 +61,7 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        min_length=1,
         max_length=200,
         description="repeat a call safely: a repeated key gets the first answer",
     ),
@@ -153,9 +154,9 @@ def event_stream(
             until_terminal=execution_id is not None,
             heartbeat=KEEPALIVE_SECONDS,
         )
-        async for event in events:
-            # A comment line after a quiet spell keeps proxies from closing the stream.
-            yield sse.KEEPALIVE if event is None else sse.encode(event)
+        async for batch in events:
+            # An empty batch is a quiet spell: a comment line keeps proxies from closing.
+            yield b"".join(map(sse.encode, batch)) if batch else sse.KEEPALIVE
 
     return StreamingResponse(
         body(),

@@ -14,6 +14,7 @@ per-session memory of recent events; one that fell behind reads the store.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +31,9 @@ log = logging.getLogger("sandlot.server")
 T = TypeVar("T")
 CHUNK = 1024 * 1024  # largest coalesced output event
 PENDING_LIMIT = 8 * 1024 * 1024  # bytes waiting for commit before producers wait
-RECENT_BYTES = 4 * 1024 * 1024  # per session, kept in memory for followers
+RECENT_BYTES = 16 * 1024 * 1024  # per session, kept in memory for followers
+RECENT_EVENTS = 4096  # and at most this many events
+INLINE_BYTES = 256 * 1024  # a batch this small commits on the event loop's thread
 OUTPUT = frozenset({"stdout", "stderr"})
 TERMINAL = frozenset({"exit", "error"})
 
@@ -160,10 +163,11 @@ class Hub:
             await self._wake.wait()
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
+            alone = len(dirty) == 1
             for session_id in dirty:
                 session = self._sessions[session_id]
                 batch, session.pending = session.pending, []
-                events = await self._commit(session_id, batch)
+                events = await self._commit(session_id, batch, alone)
                 self._pending_bytes -= sum(len(p.data) for p in batch)
                 self._publish(session_id, session, events)
             if self._pending_bytes <= PENDING_LIMIT:
@@ -171,7 +175,7 @@ class Hub:
             if self._closed and not self._dirty:
                 return
 
-    async def _commit(self, session_id: str, batch: list[_Pending]) -> list[Event]:
+    async def _commit(self, session_id: str, batch: list[_Pending], alone: bool) -> list[Event]:
         """Append a batch, with the execution records it implies, in one transaction;
         transient failures (a busy or restarting database) are retried."""
         items = [(p.execution_id, p.kind, bytes(p.data)) for p in batch]
@@ -179,9 +183,11 @@ class Hub:
         delay = 0.05
         for attempt in range(8):
             try:
-                if self.writer.inline and self._busy == 0:
-                    # Nothing else writes now (writes start only from this thread), so
-                    # the quick SQLite append cannot wait on a lock: no thread hand-off.
+                small = alone and sum(len(i[2]) for i in items) <= INLINE_BYTES
+                if self.writer.inline and self._busy == 0 and small:
+                    # Nothing else writes now (writes start only from this thread), so a
+                    # small SQLite append cannot wait on a lock: no thread hand-off. Big or
+                    # many batches go to the writer thread, not to block the event loop.
                     return self.writer.append(session_id, items, starts)
                 return await self.write(self.writer.append, session_id, items, starts)
             except NotFoundError:
@@ -198,7 +204,9 @@ class Hub:
         for event in events:
             session.recent.append(event)
             session.recent_bytes += len(event.data)
-        while session.recent_bytes > RECENT_BYTES and len(session.recent) > 1:
+        while len(session.recent) > 1 and (
+            session.recent_bytes > RECENT_BYTES or len(session.recent) > RECENT_EVENTS
+        ):
             session.recent_bytes -= len(session.recent.popleft().data)
         if events:
             session.latest = events[-1].seq
@@ -217,12 +225,13 @@ class Hub:
         follow: bool = True,
         until_terminal: bool = False,
         heartbeat: float | None = None,
-    ) -> AsyncIterator[Event | None]:
-        """Committed events with ``seq > after``, then new ones as they are committed.
+    ) -> AsyncIterator[list[Event]]:
+        """Committed events with ``seq > after``, then new ones as they are committed, in
+        batches (whatever is ready at once, so a client gets one write, not one per event).
 
         With ``execution_id``, only that execution's; ``until_terminal`` ends after its exit
         or error. Without ``follow``, ends once the log is exhausted; following ends when the
-        session does. ``None`` is yielded after ``heartbeat`` quiet seconds (a keep-alive).
+        session does. An empty batch comes after ``heartbeat`` quiet seconds (a keep-alive).
         """
         session = self._session(session_id)
         last = after
@@ -233,19 +242,24 @@ class Hub:
                 batch = await asyncio.to_thread(
                     self.log.read, session_id, last, execution_id=execution_id, limit=500
                 )
-            for event in batch:
-                last = event.seq
-                if execution_id is not None and event.execution_id != execution_id:
-                    continue
-                yield event
-                if until_terminal and event.kind in TERMINAL:
-                    return
-            if batch or session.latest != seen:
+            if batch:
+                last = batch[-1].seq
+                if execution_id is not None:
+                    batch = [e for e in batch if e.execution_id == execution_id]
+                if until_terminal:
+                    for i, event in enumerate(batch):
+                        if event.kind in TERMINAL:
+                            yield batch[: i + 1]
+                            return
+                if batch:
+                    yield batch
+                continue
+            if session.latest != seen:
                 continue
             if not follow or session.ended:
                 return
             if not await self._changed(session, heartbeat):
-                yield None
+                yield []
 
     @staticmethod
     async def _changed(session: _Session, timeout: float | None) -> bool:
@@ -264,6 +278,8 @@ class Hub:
             return None
         if after >= session.latest:
             return []
-        if not session.recent or session.recent[0].seq > after + 1:
+        recent = session.recent
+        if not recent or recent[0].seq > after + 1:
             return None
-        return [e for e in session.recent if e.seq > after]
+        # Sequence numbers in memory are contiguous: index straight to the first one wanted.
+        return list(itertools.islice(recent, after + 1 - recent[0].seq, None))

@@ -1,8 +1,9 @@
 """Server-Sent Events: one log event per SSE event, its ``id`` the session's sequence number.
 
-``data`` is one line of JSON. Output events carry their bytes as ``text`` when they are valid
-UTF-8 and as ``b64`` otherwise (a chunk may end inside a character), so every byte arrives
-exactly; the other events carry the agent's message as ``data``::
+``data`` is one line of JSON. Output events carry their bytes as ``text`` when they are
+printable ASCII (with newlines and tabs), and as ``b64`` otherwise: JSON would spell each
+control byte in six, and a chunk may end inside a UTF-8 character; either way every byte
+arrives exactly. The other events carry the agent's message as ``data``::
 
     id: 42
     event: stdout
@@ -19,14 +20,15 @@ from .hub import OUTPUT
 
 MEDIA_TYPE = "text/event-stream"
 KEEPALIVE = b": keep-alive\n\n"
+PLAIN = bytes(range(0x20, 0x7F)) + b"\n\t"  # bytes JSON carries as they are (or nearly)
 
 
 def encode(event: Event) -> bytes:
     execution = json.dumps(event.execution_id)
     if event.kind in OUTPUT:
-        try:
+        if not event.data.translate(None, PLAIN):  # nothing but printable ASCII
             body = f'{{"execution":{execution},"text":{json.dumps(event.data.decode())}}}'
-        except UnicodeDecodeError:
+        else:
             encoded = base64.b64encode(event.data).decode()
             body = f'{{"execution":{execution},"b64":"{encoded}"}}'
         data = body.encode()

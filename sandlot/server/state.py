@@ -33,7 +33,7 @@ from ..providers import DEFAULT, provider_class
 from ..store import default_home
 from ..store.database import Database, sqlite_url
 from ..store.eventlog import EventLog
-from ..store.keys import Keys
+from ..store.keys import LOCAL_TENANT, Keys
 from ..store.logwriter import LogWriter
 from ..store.records import ExecutionRecord, Records, SandboxRecord
 from .hub import Hub
@@ -41,7 +41,6 @@ from .metrics import Metrics
 from .runs import Run, new_execution_id
 
 log = logging.getLogger("sandlot.server")
-LOCAL_TENANT = "local"  # the tenant of every caller while no API key exists (loopback only)
 AUTH_CACHE_SECONDS = 2.0
 MAINTENANCE_SECONDS = 300.0  # between prunes of old logs and idempotency answers
 IDEMPOTENCY_SECONDS = 86400.0  # how long a stored first answer is kept
@@ -201,7 +200,10 @@ class ServerState:
         cached = self._auth_cache.get("")
         if cached is not None and cached[0] > time.monotonic():
             return bool(cached[1])
-        required = await asyncio.to_thread(self.keys.any_active)
+        # Beyond loopback a key is always needed, even if the last one was revoked.
+        required = not is_loopback(self.settings.host) or await asyncio.to_thread(
+            self.keys.any_active
+        )
         self._auth_cache[""] = (time.monotonic() + AUTH_CACHE_SECONDS, required)
         return required
 
@@ -226,12 +228,20 @@ class ServerState:
     def check_provider(self, spec: SandboxSpec) -> None:
         name = spec.provider or DEFAULT
         cls = provider_class(name)
-        if name == "remote" and ({"url", "api_key"} & set(spec.config)):
-            # Where a server forwards work is its operator's choice, not a caller's: a
-            # caller-chosen URL would make the server fetch anything it can reach.
+        # Provider settings decide what of the host a sandbox sees (bwrap's host_user,
+        # ro_binds, python) and where a server forwards work (remote's url): the operator's
+        # choice, never a caller's. Only the remote side's provider may be named.
+        allowed = {"provider"} if name == "remote" else set()
+        refused = sorted(set(spec.config) - allowed)
+        if refused:
             raise ProviderUnavailableError(
-                "the remote provider uses this server's own settings (SANDLOT_REMOTE_URL, "
-                "SANDLOT_REMOTE_API_KEY); a call cannot choose them",
+                f"this server does not take provider settings from a call ({', '.join(refused)})"
+                + (
+                    "; the remote provider uses the server's own settings "
+                    "(SANDLOT_REMOTE_URL, SANDLOT_REMOTE_API_KEY, SANDLOT_REMOTE_FALLBACK)"
+                    if name == "remote"
+                    else ""
+                ),
                 provider=name,
             )
         if not cls.isolated and not self.settings.allow_unisolated:
@@ -336,10 +346,15 @@ class ServerState:
         return task
 
     async def _end_sandbox(self, sandbox_id: str, session_id: str, why: str) -> None:
-        if await self.hub.write(self.records.end_sandbox, sandbox_id):
-            self._note(session_id, "sandbox", {"event": "ended", "sandbox": sandbox_id, "why": why})
+        def end() -> bool:
             # The session was this sandbox's own: it ends too, and its log ages from now.
-            await self.hub.write(self.records.end_session, session_id)
+            if not self.records.end_sandbox(sandbox_id):
+                return False
+            self.records.end_session(session_id)
+            return True
+
+        if await self.hub.write(end):
+            self._note(session_id, "sandbox", {"event": "ended", "sandbox": sandbox_id, "why": why})
             self.metrics.sandboxes_ended.inc()
             await self.hub.flushed(session_id)
             self.hub.forget(session_id)

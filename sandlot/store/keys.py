@@ -28,6 +28,9 @@ TOKEN = re.compile(r"sl_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
 LAST_USED_EVERY = 60.0  # seconds between last_used_at updates of one key
 
 
+LOCAL_TENANT = "local"  # the tenant of every caller while a loopback server has no keys
+
+
 class ApiKey(BaseModel):
     id: str
     tenant: str

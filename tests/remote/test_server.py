@@ -349,3 +349,76 @@ def test_the_log_of_an_ended_session_is_pruned_after_the_retention() -> None:
         keep.kill()
     finally:
         server.stop()
+
+
+# -- hostile or extreme input -----------------------------------------------------------
+
+
+def test_a_call_cannot_set_provider_settings(server: ServerProcess) -> None:
+    """bwrap's host_user and ro_binds decide what of the host a sandbox sees: the
+    operator's choice. A caller trying them gets a refusal, and nothing is created."""
+    url = f"{server.url}/v1/sandboxes"
+    before = http("GET", url)[1]
+    for config in ({"host_user": "root"}, {"ro_binds": ["/root"]}, {"python": "/bin/sh"}):
+        status, body = http("POST", url, {"config": config})
+        assert (status, body["code"]) == (422, "provider_unavailable"), config
+    assert http("GET", url)[1] == before
+
+
+def test_extreme_values_are_refused_or_survived(server: ServerProcess) -> None:
+    url = f"{server.url}/v1/sandboxes"
+    for spec in (
+        {"timeout": 1e300},
+        {"resources": {"pids": 10**20}},
+        {"resources": {"cpus": 1e308}},
+        {"workdir": "/\u0000"},
+    ):
+        status, body = http("POST", url, spec)
+        assert (status, body["code"]) == (422, "invalid_argument"), spec
+    with sandlot.Sandbox.create() as sb:
+        sb.set_timeout(300 * 86400)  # beyond what epoll takes in one wait: the agent copes
+        status, body = http("GET", f"{url}/{sb.id}/files/list?path=/&depth=64")
+        assert (status, body["code"]) == (422, "invalid_argument")  # too many entries
+        assert sb.commands.run("echo alive").stdout == "alive\n"
+        status, body = http("POST", f"{url}/{sb.id}/timeout", {"seconds": 1e12})
+        assert status == 422 and body["details"]["errors"][0]["loc"][-1] == "seconds"
+
+
+def test_a_json_body_over_the_limit_is_refused_even_when_chunked(server: ServerProcess) -> None:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+    chunk = b'{"cmd": "' + b"x" * (1 << 20)
+
+    def body() -> Iterator[bytes]:
+        yield chunk
+        for _ in range(40):
+            yield b"y" * (1 << 20)
+        yield b'"}'
+
+    connection.request(
+        "POST",
+        "/v1/sandboxes/sb-x/commands",
+        body=body(),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        encode_chunked=True,
+    )
+    answer = connection.getresponse()
+    assert answer.status == 413
+    assert json.loads(answer.read())["code"] == "file_too_large"
+
+
+def test_beyond_loopback_revoking_the_last_key_does_not_open_the_server() -> None:
+    home = Path(tempfile.mkdtemp(prefix="slopen-", dir="/tmp"))
+    server = ServerProcess(home, args=("--kill-on-exit", "--host", "0.0.0.0"))
+    key = server.keys("create", "--name", "only")
+    server.start()
+    try:
+        assert http("GET", f"{server.url}/v1/sandboxes", key=key)[0] == 200
+        server.keys("revoke", key.split("_")[1])
+        time.sleep(2.2)
+        status, body = http("GET", f"{server.url}/v1/sandboxes")
+        assert (status, body["code"]) == (401, "unauthenticated")
+        assert http("POST", f"{server.url}/v1/keys", {"name": "mine", "admin": True})[0] == 401
+    finally:
+        server.stop()
