@@ -70,9 +70,10 @@ async def _start(
     idempotency_key: str | None,
 ) -> Response:
     once = Idempotent(state, caller, idempotency_key, request)
-    replay = await once.begin(json.dumps([op, args], sort_keys=True).encode())
-    if replay is not None:
-        return _replayed(state, replay, accept)
+    if idempotency_key is not None:
+        replay = await once.begin(json.dumps([op, args], sort_keys=True).encode())
+        if replay is not None:
+            return _replayed(state, replay, accept)
     try:
         served = await state.get(caller, sandbox_id)
         run = await state.execute(served, op, args, summary)
@@ -84,7 +85,7 @@ async def _start(
         body = execution_out(run).model_dump_json().encode()
         await once.finish(202, "application/json", body)
     if streaming:
-        return _events_of(state, run.session_id, run.id, 0)
+        return _events_of(state, run.session_id, run.id, run.base_seq)
     return Response(body, status_code=202, media_type="application/json")
 
 

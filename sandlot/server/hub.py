@@ -139,6 +139,12 @@ class Hub:
         self._dirty.add(session_id)
         self._wake.set()
 
+    def latest(self, session_id: str) -> int:
+        """The last seq this process committed for the session (0 if none yet): a new
+        execution's events all come after it, so its stream can start there."""
+        session = self._sessions.get(session_id)
+        return session.latest or 0 if session is not None else 0
+
     def forget(self, session_id: str) -> None:
         """Drop a finished session's memory (its followers then read the store). Its log
         is committed; a follower waiting for news of it is woken to find the end."""

@@ -39,6 +39,7 @@ class Run:
     request: Request
     hub: Hub
     max_log_bytes: int = 256 * 1024 * 1024
+    base_seq: int = 0  # every event of this execution comes after this seq
     logged: int = 0  # output bytes logged so far
     dropped: int = 0  # output bytes over max_log_bytes, not logged
     pid: int | None = None

@@ -378,6 +378,7 @@ class ServerState:
             request=request,
             hub=self.hub,
             max_log_bytes=self.settings.max_log_bytes,
+            base_seq=self.hub.latest(record.session_id),
         )
         await run.started(summary)
         self.runs[run.id] = run
