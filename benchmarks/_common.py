@@ -514,6 +514,34 @@ def verdict(row: Any) -> str:
     return {True: "PASS", False: "FAIL", None: ""}[row.ok]
 
 
+def percentile_columns(
+    comparison: str,
+    compare: Callable[[Any], str],
+    fmt: Callable[[float | None, str], str],
+) -> tuple[list[str], Callable[[Any], list[str]]]:
+    """Headers and a row-to-cells function for a table of p50 / p90 / p99 rows with one
+    comparison column (rows with ``section, subject, unit, p(q), n, target, note``)."""
+    headers = ["section", "subject", "unit", "p50", "p90", "p99", "n", comparison]
+    headers += ["target", "verdict", "note"]
+
+    def cells(row: Any) -> list[str]:
+        return [
+            row.section,
+            row.subject,
+            row.unit,
+            fmt(row.p(50), row.unit),
+            fmt(row.p(90), row.unit),
+            fmt(row.p(99), row.unit),
+            str(row.n) if row.n else "-",
+            compare(row),
+            row.target,
+            verdict(row),
+            row.note,
+        ]
+
+    return headers, cells
+
+
 def md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 

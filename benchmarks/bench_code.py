@@ -53,13 +53,13 @@ from _common import (
     git_commit,
     new_parser,
     now,
+    percentile_columns,
     report,
     run_meta,
     serve_worker,
     shuffled_rounds,
     start_kernel,
     stop_kernel,
-    verdict,
     version_of,
 )
 
@@ -506,35 +506,7 @@ def fmt_ratio(row: Row) -> str:
     return f"{row.ratio50:.3f}x{r90}{inverse}"
 
 
-HEADERS = [
-    "section",
-    "subject",
-    "unit",
-    "p50",
-    "p90",
-    "p99",
-    "n",
-    "vs Jupyter (p50 / p90)",
-    "target",
-    "verdict",
-    "note",
-]
-
-
-def table_cells(row: Row) -> list[str]:
-    return [
-        row.section,
-        row.subject,
-        row.unit,
-        fmt_value(row.p(50), row.unit),
-        fmt_value(row.p(90), row.unit),
-        fmt_value(row.p(99), row.unit),
-        str(row.n) if row.n else "-",
-        fmt_ratio(row),
-        row.target,
-        verdict(row),
-        row.note,
-    ]
+HEADERS, table_cells = percentile_columns("vs Jupyter (p50 / p90)", fmt_ratio, fmt_value)
 
 
 LAYOUT = Layout(

@@ -51,11 +51,11 @@ from _common import (
     git_commit,
     new_parser,
     now,
+    percentile_columns,
     report,
     run_meta,
     shuffled_rounds,
     tool_version,
-    verdict,
 )
 
 SECTIONS = ("roundtrip", "idle")
@@ -341,35 +341,11 @@ def fmt_value(value: float | None, unit: str) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
-HEADERS = [
-    "section",
-    "subject",
-    "unit",
-    "p50",
-    "p90",
-    "p99",
-    "n",
-    "value",
-    "target",
-    "verdict",
-    "note",
-]
+def _value(row: Row) -> str:
+    return fmt_value(row.value, row.unit)
 
 
-def table_cells(row: Row) -> list[str]:
-    return [
-        row.section,
-        row.subject,
-        row.unit,
-        fmt_value(row.p(50), row.unit),
-        fmt_value(row.p(90), row.unit),
-        fmt_value(row.p(99), row.unit),
-        str(row.n) if row.n else "-",
-        fmt_value(row.value, row.unit),
-        row.target,
-        verdict(row),
-        row.note,
-    ]
+HEADERS, table_cells = percentile_columns("value", _value, fmt_value)
 
 
 LAYOUT = Layout(

@@ -67,10 +67,10 @@ from _common import (
     new_parser,
     now,
     percentile,
+    percentile_columns,
     report,
     run_meta,
     shuffled_rounds,
-    verdict,
     version_of,
 )
 
@@ -802,35 +802,7 @@ def fmt_versus(row: Row) -> str:
     return f"{diff}{row.ratio50:.2f}x"
 
 
-HEADERS = [
-    "section",
-    "subject",
-    "unit",
-    "p50",
-    "p90",
-    "p99",
-    "n",
-    "vs embedded",
-    "target",
-    "verdict",
-    "note",
-]
-
-
-def table_cells(row: Row) -> list[str]:
-    return [
-        row.section,
-        row.subject,
-        row.unit,
-        fmt_value(row.p(50), row.unit),
-        fmt_value(row.p(90), row.unit),
-        fmt_value(row.p(99), row.unit),
-        str(row.n) if row.n else "-",
-        fmt_versus(row),
-        row.target,
-        verdict(row),
-        row.note,
-    ]
+HEADERS, table_cells = percentile_columns("vs embedded", fmt_versus, fmt_value)
 
 
 LAYOUT = Layout(
