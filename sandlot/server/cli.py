@@ -29,18 +29,26 @@ DatabaseOption = Annotated[
 
 
 def _database(url: str | None) -> Any:
+    """The store, migrated; a clear error if it cannot be opened."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..errors import SandlotError
     from ..store import default_home
     from ..store.database import Database, sqlite_url
+    from ..store.keys import LOCAL_TENANT, Keys
 
     if url is None:
         home = default_home()
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         url = sqlite_url(home)
     db = Database(url)
-    db.migrate()
-    from ..store.keys import LOCAL_TENANT, Keys
-
-    Keys(db).ensure_tenant(LOCAL_TENANT)  # so `--tenant local` works before a first start
+    try:
+        db.migrate()
+        Keys(db).ensure_tenant(LOCAL_TENANT)  # so `--tenant local` works before a first start
+    except (SQLAlchemyError, OSError) as exc:
+        db.close()
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise SandlotError(f"cannot open the database {db.url}: {reason}") from None
     return db
 
 
@@ -75,22 +83,20 @@ def serve(
     needs at least one API key (``sandlot keys create``)."""
     import uvicorn
 
+    from ..store.keys import Keys
     from .app import create_app
     from .state import ServerSettings, is_loopback
 
-    if not is_loopback(host):
-        from ..store.keys import Keys
-
-        db = _database(database_url)
-        try:
-            if not Keys(db).any_active():
-                raise InvalidArgumentError(
-                    f"refusing to serve on {host} without API keys: anyone who can reach it "
-                    "could run code. Create one with 'sandlot keys create --name NAME' first, "
-                    "or bind to 127.0.0.1"
-                )
-        finally:
-            db.close()
+    db = _database(database_url)  # fails here, with one line, if the store cannot be opened
+    try:
+        if not is_loopback(host) and not Keys(db).any_active():
+            raise InvalidArgumentError(
+                f"refusing to serve on {host} without API keys: anyone who can reach it "
+                "could run code. Create one with 'sandlot keys create --name NAME' first, "
+                "or bind to 127.0.0.1"
+            )
+    finally:
+        db.close()
     settings = ServerSettings(
         host=host,
         port=port,

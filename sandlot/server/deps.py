@@ -33,10 +33,11 @@ async def get_principal(
     """The caller. While no API key exists (allowed on loopback only), everyone is the local
     tenant; after that, a valid key is required."""
     if not await state.auth_required():
-        if authorization:
+        if authorization:  # a key that is sent must be right, or a typo goes unnoticed
             found = await state.authenticate(authorization.removeprefix("Bearer ").strip())
-            if found is not None:
-                return found
+            if found is None:
+                raise AuthenticationError("the API key is not valid (unknown, wrong or revoked)")
+            return found
         return Principal(LOCAL_TENANT, admin=True)
     if not authorization or not authorization.startswith("Bearer "):
         raise AuthenticationError("an API key is required: send 'Authorization: Bearer <key>'")

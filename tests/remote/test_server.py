@@ -422,3 +422,28 @@ def test_beyond_loopback_revoking_the_last_key_does_not_open_the_server() -> Non
         assert http("POST", f"{server.url}/v1/keys", {"name": "mine", "admin": True})[0] == 401
     finally:
         server.stop()
+
+
+def test_a_wrong_key_is_refused_even_by_a_server_without_keys(server: ServerProcess) -> None:
+    status, body = http("GET", f"{server.url}/v1/sandboxes", key="sl_typo")
+    assert (status, body["code"]) == (401, "unauthenticated")
+    assert http("GET", f"{server.url}/v1/sandboxes")[0] == 200  # no key: the local tenant
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("mysql://x", "unsupported database URL"),
+        ("sqlite:///:memory:", "needs an SQLite file"),
+        ("postgresql://nobody@127.0.0.1:1/x", "cannot open the database"),
+    ],
+)
+def test_serve_with_a_bad_database_url_fails_in_one_line(url: str, needle: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sandlot.cli", "serve", "--port", str(free_port()),
+         "--database-url", url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert needle in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
