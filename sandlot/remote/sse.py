@@ -32,17 +32,21 @@ class ServerEvent:
 async def events(response: aiohttp.ClientResponse) -> AsyncIterator[ServerEvent]:
     pending: list[bytes] = []  # an event's start, in the chunks it came in
     async for chunk in response.content.iter_any():
+        start = 0
         if pending:
             # Join only once the event is complete: its end may span the chunk boundary.
             ends = chunk.find(b"\n\n") >= 0 or (pending[-1][-1:] == chunk[:1] == b"\n")
             if not ends:
                 pending.append(chunk)
                 continue
+            head = sum(len(part) for part in pending)
             chunk = b"".join(pending) + chunk
             pending = []
-        start = 0
+            start_search = head - 1  # the end is in the new part: search only there
+        else:
+            start_search = 0
         while True:  # every complete event in the buffer; the rest waits for more
-            cut = chunk.find(b"\n\n", start)
+            cut = chunk.find(b"\n\n", max(start, start_search))
             if cut < 0:
                 break
             event = _parse(chunk[start:cut])
@@ -50,13 +54,17 @@ async def events(response: aiohttp.ClientResponse) -> AsyncIterator[ServerEvent]
             if event is not None:
                 yield event
         if start < len(chunk):
-            pending.append(chunk[start:])
+            pending.append(chunk[start:] if start else chunk)
 
 
 def _parse(block: bytes) -> ServerEvent | None:
     seq: int | None = None
     kind = "message"
     data: list[bytes] = []
+    tail = None
+    fields, sep, last = block.rpartition(b"\ndata: ")
+    if sep and b"\n" not in last:  # the usual shape: the (long) data line comes last
+        tail, block = last, fields  # so it is not split and copied with the short fields
     for line in block.split(b"\n"):
         if not line or line.startswith(b":"):
             continue
@@ -68,6 +76,8 @@ def _parse(block: bytes) -> ServerEvent | None:
             kind = value.decode()
         elif name == b"data":
             data.append(value)
+    if tail is not None:
+        data.append(tail)
     if not data:
         return None
     try:
