@@ -54,6 +54,7 @@ class _Session:
     latest: int | None = None  # last committed seq this process knows of
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False  # forgotten: nothing more will be written
+    followers: int = 0
 
 
 class Hub:
@@ -240,6 +241,33 @@ class Hub:
         session does. An empty batch comes after ``heartbeat`` quiet seconds (a keep-alive).
         """
         session = self._session(session_id)
+        session.followers += 1
+        try:
+            batches = self._follow(
+                session, session_id, after, execution_id, follow, until_terminal, heartbeat
+            )
+            async for batch in batches:
+                yield batch
+        finally:
+            session.followers -= 1
+            if (
+                not session.followers
+                and session.latest is None
+                and not session.pending
+                and self._sessions.get(session_id) is session
+            ):
+                del self._sessions[session_id]  # a reader of an old log: nothing to keep
+
+    async def _follow(
+        self,
+        session: _Session,
+        session_id: str,
+        after: int,
+        execution_id: str | None,
+        follow: bool,
+        until_terminal: bool,
+        heartbeat: float | None,
+    ) -> AsyncIterator[list[Event]]:
         last = after
         while True:
             seen = session.latest
