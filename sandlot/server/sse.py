@@ -18,7 +18,7 @@ import json
 from ..store.eventlog import Event
 from .hub import OUTPUT
 
-try:  # three times faster than json on a megabyte of text (server extra; json otherwise)
+try:  # three times faster than json on a megabyte of text (json if it is missing)
     import orjson
 
     def _json_text(text: str) -> str:
