@@ -111,11 +111,6 @@ class Client:
             asyncio.AbstractEventLoop, aiohttp.ClientSession
         ] = weakref.WeakKeyDictionary()
 
-    @classmethod
-    def from_env(cls) -> Client | None:
-        """The client ``SANDLOT_URL`` names, or None (embedded mode)."""
-        return cls() if os.environ.get("SANDLOT_URL") else None
-
     def __repr__(self) -> str:
         return f"<sandlot.Client {self.url}>"
 

@@ -4,24 +4,13 @@ aiohttp's line limit, so the stream is cut on blank lines here)."""
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..errors import ProtocolError
-
-try:  # a megabyte of escaped output decodes faster (json if it is missing)
-    import orjson
-
-    def _loads(data: bytes) -> Any:
-        return orjson.loads(data)
-
-except ImportError:  # pragma: no cover
-
-    def _loads(data: bytes) -> Any:
-        return json.loads(data)
-
 
 if TYPE_CHECKING:
     import aiohttp
@@ -93,7 +82,7 @@ def _parse(block: bytes) -> ServerEvent | None:
     if not data:
         return None
     try:
-        payload = _loads(b"\n".join(data))
+        payload = orjson.loads(b"\n".join(data))
     except ValueError:
         raise ProtocolError(f"malformed event from the server: {block[:200]!r}") from None
     return ServerEvent(seq, kind, payload if isinstance(payload, dict) else {})

@@ -31,7 +31,7 @@ from .code import (
     ResultCallback,
     TextCallback,
 )
-from .commands import AsyncCommands
+from .commands import AsyncCommands, _check_timeout
 from .files import AsyncFiles
 
 if TYPE_CHECKING:
@@ -151,7 +151,11 @@ class AsyncSandbox:
 
     async def set_timeout(self, seconds: float) -> datetime:
         """Destroy the sandbox ``seconds`` from now instead of at its old deadline."""
-        expires = await self._manager.set_timeout(self.id, seconds, self._channel)
+        if seconds is None:
+            raise InvalidArgumentError("timeout must be a positive number of seconds")
+        checked = _check_timeout(seconds)
+        assert checked is not None
+        expires = await self._manager.set_timeout(self.id, checked, self._channel)
         self._live.info.expires_at = expires
         return expires
 

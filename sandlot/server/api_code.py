@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path
 from starlette.responses import Response
@@ -15,22 +15,17 @@ router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/code/contexts", tags=["cod
 ContextId = Annotated[str, Path(pattern=NAME)]
 
 
-async def _call(state: Any, caller: Any, sandbox_id: str, op: str, **args: Any) -> Any:
-    served = await state.get(caller, sandbox_id)
-    return await served.live.channel.call(op, **args)
-
-
 @router.post("", status_code=201, response_model=CodeContext)
 async def create_context(
     sandbox_id: str, body: ContextRequest, state: State, caller: Caller
 ) -> CodeContext:
     args = body.model_dump(exclude_none=True)
-    return CodeContext.model_validate(await _call(state, caller, sandbox_id, "code.create", **args))
+    return CodeContext.model_validate(await state.call(caller, sandbox_id, "code.create", **args))
 
 
 @router.get("", response_model=list[CodeContext])
 async def list_contexts(sandbox_id: str, state: State, caller: Caller) -> list[CodeContext]:
-    answer = await _call(state, caller, sandbox_id, "code.list")
+    answer = await state.call(caller, sandbox_id, "code.list")
     return [CodeContext.model_validate(c) for c in answer.get("contexts", [])]
 
 
@@ -38,8 +33,8 @@ async def list_contexts(sandbox_id: str, state: State, caller: Caller) -> list[C
 async def restart_context(
     sandbox_id: str, context: ContextId, body: RestartRequest, state: State, caller: Caller
 ) -> CodeContext:
-    answer = await _call(
-        state, caller, sandbox_id, "code.restart", context=context, forget_state=body.forget_state
+    answer = await state.call(
+        caller, sandbox_id, "code.restart", context=context, forget_state=body.forget_state
     )
     return CodeContext.model_validate(answer)
 
@@ -48,7 +43,7 @@ async def restart_context(
 async def remove_context(
     sandbox_id: str, context: ContextId, state: State, caller: Caller
 ) -> Response:
-    await _call(state, caller, sandbox_id, "code.remove", context=context)
+    await state.call(caller, sandbox_id, "code.remove", context=context)
     return Response(status_code=204)
 
 
@@ -57,5 +52,5 @@ async def interrupt(
     sandbox_id: str, context: ContextId, state: State, caller: Caller
 ) -> dict[str, bool]:
     """Interrupt the cell running in the context (KeyboardInterrupt; the state is kept)."""
-    answer = await _call(state, caller, sandbox_id, "code.interrupt", context=context)
+    answer = await state.call(caller, sandbox_id, "code.interrupt", context=context)
     return {"interrupted": bool(answer.get("interrupted"))}

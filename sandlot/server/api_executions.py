@@ -214,8 +214,8 @@ async def signal_execution(
     run = await state.run_of(caller, sandbox_id, execution_id)
     if run.done.is_set() or run.pid is None:
         return {"signalled": False}
-    served = await state.get(caller, sandbox_id)
-    return await _signal(served.live.channel, run.pid, body.signal)
+    await state.call(caller, sandbox_id, "signal", pid=run.pid, signal=body.signal)
+    return {"signalled": True}
 
 
 @router.post("/processes/{pid}/signal")
@@ -227,12 +227,7 @@ async def signal_process(
     caller: Caller,
 ) -> dict[str, bool]:
     """Send a signal to a process group in the sandbox, by the pid a command reported."""
-    served = await state.get(caller, sandbox_id)
-    return await _signal(served.live.channel, pid, body.signal)
-
-
-async def _signal(channel: Any, pid: int, signal: int) -> dict[str, bool]:
-    await channel.call("signal", pid=pid, signal=signal)
+    await state.call(caller, sandbox_id, "signal", pid=pid, signal=body.signal)
     return {"signalled": True}
 
 

@@ -104,11 +104,6 @@ async def write_file(
         raise
 
 
-async def _call(state: Any, caller: Any, sandbox_id: str, op: str, **args: Any) -> Any:
-    served = await state.get(caller, sandbox_id)
-    return await served.live.channel.call(op, **args)
-
-
 def exact_path(request: Request, parsed: str) -> str:
     """The ``path`` query parameter with its non-UTF-8 bytes kept, surrogate-escaped as
     ``os.fsdecode`` does (the framework's parser would replace them)."""
@@ -137,7 +132,7 @@ async def list_folder(
     depth: Annotated[int, Query(ge=1, le=64)] = 1,
 ) -> Response:
     path = exact_path(request, path)
-    answer = await _call(state, caller, sandbox_id, "list", path=path, depth=depth)
+    answer = await state.call(caller, sandbox_id, "list", path=path, depth=depth)
     return json_answer(answer["entries"])
 
 
@@ -146,7 +141,7 @@ async def stat(
     sandbox_id: str, path: SandboxPath, request: Request, state: State, caller: Caller
 ) -> Response:
     path = exact_path(request, path)
-    return json_answer(await _call(state, caller, sandbox_id, "stat", path=path))
+    return json_answer(await state.call(caller, sandbox_id, "stat", path=path))
 
 
 @router.get("/exists")
@@ -154,7 +149,7 @@ async def exists(
     sandbox_id: str, path: SandboxPath, request: Request, state: State, caller: Caller
 ) -> dict[str, bool]:
     path = exact_path(request, path)
-    answer = await _call(state, caller, sandbox_id, "exists", path=path)
+    answer = await state.call(caller, sandbox_id, "exists", path=path)
     return {"exists": bool(answer["exists"])}
 
 
@@ -162,7 +157,7 @@ async def exists(
 async def make_dir(
     sandbox_id: str, body: MkdirRequest, state: State, caller: Caller
 ) -> dict[str, bool]:
-    answer = await _call(state, caller, sandbox_id, "mkdir", **body.model_dump())
+    answer = await state.call(caller, sandbox_id, "mkdir", **body.model_dump())
     return {"created": bool(answer["created"])}
 
 
@@ -176,10 +171,10 @@ async def remove(
     recursive: bool = True,
 ) -> Response:
     path = exact_path(request, path)
-    await _call(state, caller, sandbox_id, "remove", path=path, recursive=recursive)
+    await state.call(caller, sandbox_id, "remove", path=path, recursive=recursive)
     return Response(status_code=204)
 
 
 @router.post("/rename", response_model=EntryInfo)
 async def rename(sandbox_id: str, body: RenameRequest, state: State, caller: Caller) -> Response:
-    return json_answer(await _call(state, caller, sandbox_id, "rename", **body.model_dump()))
+    return json_answer(await state.call(caller, sandbox_id, "rename", **body.model_dump()))

@@ -15,20 +15,10 @@ from __future__ import annotations
 import base64
 import json
 
+import orjson
+
 from ..store.eventlog import Event
 from .hub import OUTPUT
-
-try:  # three times faster than json on a megabyte of text (json if it is missing)
-    import orjson
-
-    def _json_text(text: str) -> str:
-        return orjson.dumps(text).decode()
-
-except ImportError:  # pragma: no cover
-
-    def _json_text(text: str) -> str:
-        return json.dumps(text)
-
 
 MEDIA_TYPE = "text/event-stream"
 KEEPALIVE = b": keep-alive\n\n"
@@ -39,7 +29,9 @@ def encode(event: Event) -> bytes:
     execution = json.dumps(event.execution_id)
     if event.kind in OUTPUT:
         if not event.data.translate(None, PLAIN):  # nothing but printable ASCII
-            body = f'{{"execution":{execution},"text":{_json_text(event.data.decode())}}}'
+            body = (
+                f'{{"execution":{execution},"text":{orjson.dumps(event.data.decode()).decode()}}}'
+            )
         else:
             encoded = base64.b64encode(event.data).decode()
             body = f'{{"execution":{execution},"b64":"{encoded}"}}'

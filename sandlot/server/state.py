@@ -301,6 +301,11 @@ class ServerState:
             raise SandboxClosedError(f"sandbox {sandbox_id} has stopped", id=sandbox_id)
         return served
 
+    async def call(self, principal: Principal, sandbox_id: str, op: str, **args: Any) -> Any:
+        """One agent operation with a single answer, on the caller's sandbox."""
+        served = await self.get(principal, sandbox_id)
+        return await served.live.channel.call(op, **args)
+
     async def record(self, principal: Principal, sandbox_id: str) -> SandboxRecord:
         """A sandbox's record, also once it has ended (for its transcript)."""
         record = await asyncio.to_thread(self.records.get_sandbox, sandbox_id, principal.tenant)
