@@ -250,18 +250,20 @@ def _stream(
 
     # A signal that lands while the command starts would lose its handle (the command would
     # keep running, unseen): hold signals back until we have the handle, then act on them.
-    with _HeldSignals() as held:
-        handle = sandbox.commands.run(
-            command,
-            background=True,  # a handle, so that we can kill the command if we are interrupted
-            timeout=timeout,
-            env=env or None,
-            cwd=cwd,
-            on_stdout=_Writer(sys.stdout),
-            on_stderr=_Writer(sys.stderr),
-            max_output_bytes=0,  # streamed, not kept
-        )
+    # The try begins first: a signal may also land as the held handlers are put back.
+    handle = None
     try:
+        with _HeldSignals() as held:
+            handle = sandbox.commands.run(
+                command,
+                background=True,  # a handle, so that we can kill the command if interrupted
+                timeout=timeout,
+                env=env or None,
+                cwd=cwd,
+                on_stdout=_Writer(sys.stdout),
+                on_stderr=_Writer(sys.stderr),
+                max_output_bytes=0,  # streamed, not kept
+            )
         held.replay()
         if forward_stdin:
             threading.Thread(target=_pump_stdin, args=(handle,), daemon=True).start()
@@ -285,6 +287,8 @@ def _stream(
 
 def _abandon(handle: Any) -> None:
     """Kill a command we stop waiting for, and collect its end (so nothing is left to log)."""
+    if handle is None:
+        return  # it never started
     try:
         handle.kill()
         handle.wait()
