@@ -11,6 +11,11 @@ command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 /usr/bin/python3 -c 'import matplotlib, pandas' >/dev/null 2>&1 || need+=(python3-matplotlib python3-pandas)
 # The server's tests run against a throwaway PostgreSQL cluster as well as SQLite.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# Docker provider tests: Debian's engine, and debootstrap to build the test image locally.
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+# SSH provider and `sandlot remote up` tests: a real OpenSSH server on loopback.
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq || true
@@ -18,3 +23,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 python -m pip install -q -e '.[dev]'
+# The Docker engine and the test images (built once with debootstrap, then reused).
+python tests/docker_env.py

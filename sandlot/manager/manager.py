@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import logging
 import os
 import secrets
@@ -47,6 +48,23 @@ class LiveSandbox:
 class GcReport:
     removed: list[str] = field(default_factory=list)  # records of dead or expired sandboxes
     orphans: list[str] = field(default_factory=list)  # resources with no record
+
+
+def default_provider(spec: SandboxSpec) -> SandboxSpec:
+    """A spec that names no provider gets ``SANDLOT_PROVIDER`` (default: bwrap), with the
+    settings in ``SANDLOT_PROVIDER_CONFIG`` (a JSON object) under its own."""
+    name = os.environ.get("SANDLOT_PROVIDER") or DEFAULT
+    raw = os.environ.get("SANDLOT_PROVIDER_CONFIG")
+    config: dict[str, object] = {}
+    if raw:
+        try:
+            loaded = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"SANDLOT_PROVIDER_CONFIG is not JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise InvalidArgumentError("SANDLOT_PROVIDER_CONFIG must be a JSON object")
+        config = loaded
+    return spec.model_copy(update={"provider": name, "config": {**config, **spec.config}})
 
 
 def new_id() -> str:
@@ -101,6 +119,8 @@ class Manager:
         if not self._collected:
             self._collected = True
             await self.gc()
+        if spec.provider is None:
+            spec = default_provider(spec)
         name = spec.provider or DEFAULT
         provider = self.provider(name)
         now = datetime.now(UTC)
@@ -282,7 +302,7 @@ class Manager:
                 await self._release(info, provider)
             report.removed.append(info.id)
         for _, provider in self._instantiated_local_providers():
-            for sandbox_id in provider.list_instances():
+            for sandbox_id in await provider.list_instances():
                 if sandbox_id not in known and self.store.get(sandbox_id) is None:
                     await provider.cleanup_orphan(sandbox_id)
                     report.orphans.append(sandbox_id)

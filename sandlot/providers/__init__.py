@@ -12,9 +12,13 @@ from .base import Provider, ProviderConfig, Started
 BUILTIN = {
     "bwrap": "sandlot.providers.bwrap:BwrapProvider",
     "process": "sandlot.providers.process:ProcessProvider",
+    "docker": "sandlot.providers.docker:DockerProvider",
 }
 # Built in, but not on this host: gc has no local resources of theirs to look for.
-ELSEWHERE = {"remote": "sandlot.providers.remote:RemoteProvider"}
+ELSEWHERE = {
+    "remote": "sandlot.providers.remote:RemoteProvider",
+    "ssh": "sandlot.providers.ssh:SshProvider",
+}
 DEFAULT = "bwrap"
 ENTRY_POINT_GROUP = "sandlot.providers"
 

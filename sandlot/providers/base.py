@@ -102,8 +102,11 @@ class Provider(abc.ABC):
         """A provider to create the sandbox with instead when this one is unavailable."""
         return None
 
-    def list_instances(self) -> list[str]:
-        """Ids of sandboxes that hold resources of this provider on this host (for gc)."""
+    async def list_instances(self) -> list[str]:
+        """Ids of sandboxes that hold resources of this provider on this host (for gc).
+
+        Only resources that are certainly this state folder's, and old enough that no
+        create still in progress can own them (a grace period), may be listed."""
         return []
 
     async def cleanup_orphan(self, sandbox_id: str) -> None:

@@ -241,7 +241,7 @@ class BwrapProvider(Provider):
     def is_alive(self, handle: dict[str, Any]) -> bool:
         return procinfo.is_running(handle.get("pid", -1), handle.get("started"))
 
-    def list_instances(self) -> list[str]:
+    async def list_instances(self) -> list[str]:
         system = self._cgroups
         return sorted(cgroups.list_groups(system)) if system else []
 
