@@ -11,11 +11,14 @@ work as a Python user expects::
     │   ├── SandboxNotFoundError                 sandbox_not_found
     │   ├── ProviderNotFoundError                provider_not_found
     │   ├── ProcessNotFoundError                 process_not_found
-    │   └── CodeContextNotFoundError             code_context_not_found
+    │   ├── CodeContextNotFoundError             code_context_not_found
+    │   └── ImageNotFoundError                   image_not_found
     ├── ProviderUnavailableError                 provider_unavailable
+    │   └── HostKeyError                         host_key_rejected
     ├── SandboxError                             sandbox_error
     │   ├── SandboxStartError                    sandbox_start_failed
-    │   └── SandboxClosedError                   sandbox_closed
+    │   ├── SandboxClosedError                   sandbox_closed
+    │   └── PortError                            port_error
     ├── ProtocolError                            protocol_error
     ├── CommandError                             command_error
     │   └── CommandTimeoutError (TimeoutError)   command_timeout
@@ -93,10 +96,22 @@ class CodeContextNotFoundError(NotFoundError):
     code = "code_context_not_found"
 
 
+class ImageNotFoundError(NotFoundError):
+    """A container image that is not on the engine (and was not, or could not be, pulled)."""
+
+    code = "image_not_found"
+
+
 class ProviderUnavailableError(SandlotError):
     """The provider cannot isolate on this host; ``reason`` says why."""
 
     code = "provider_unavailable"
+
+
+class HostKeyError(ProviderUnavailableError):
+    """An SSH host whose key is unknown or does not match known_hosts: never a prompt."""
+
+    code = "host_key_rejected"
 
 
 class SandboxError(SandlotError):
@@ -111,6 +126,12 @@ class SandboxClosedError(SandboxError):
     """The sandbox is gone: killed, timed out, or its agent died."""
 
     code = "sandbox_closed"
+
+
+class PortError(SandboxError):
+    """A port cannot be exposed (pool exhausted, bad number) or nothing listens on it."""
+
+    code = "port_error"
 
 
 class ProtocolError(SandlotError):
