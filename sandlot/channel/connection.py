@@ -4,7 +4,8 @@ Each request gets a :class:`Request` with its own queue of incoming frames. Inbo
 bounded by the credit window: the agent may only send ``WINDOW`` bytes ahead of what the
 consumer has taken (:meth:`Request.consumed`). Outbound DATA (stdin, uploads) waits for the
 agent's credit in :meth:`Request.send_data`. When the connection drops, every open request
-fails with :class:`~sandlot.errors.SandboxClosedError`.
+fails with :class:`~sandlot.errors.SandboxClosedError`; a channel made with
+:meth:`Channel.connect_with` and ``redial_for`` dials again instead of closing for good.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import itertools
 import json
 import socket
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..agent import protocol as p
@@ -24,6 +26,8 @@ BUFFER_MIN = 64 * 1024  # an idle channel's read buffer
 BUFFER_MAX = 4 * 1024 * 1024  # a streaming channel's: one read may take this much
 
 Frame = tuple[int, int, bytes]  # kind, stream, payload
+Dial = Callable[[], Awaitable[socket.socket]]  # a new, connected socket to the agent
+REDIAL_DELAY = (0.05, 2.0)  # first and largest pause between dial attempts, seconds
 
 
 class Request:
@@ -200,7 +204,7 @@ class _Protocol(asyncio.BufferedProtocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.channel._broken(SandboxClosedError("the connection to the sandbox's agent closed"))
+        self.channel._lost(self, SandboxClosedError("the connection to the sandbox's agent closed"))
 
 
 class Channel:
@@ -209,12 +213,17 @@ class Channel:
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        self._protocol: _Protocol | None = None
         self._requests: dict[int, Request] = {}
         self._ids = itertools.count(1)
         self._hello: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self.closed: SandlotError | None = None
         self.hello: dict[str, Any] = {}
         self.on_close: list[Any] = []  # called with the error once the connection is gone
+        self._dial: Dial | None = None  # set when a dropped connection is dialled again
+        self._redial_for = 0.0
+        self._redialing: asyncio.Task[None] | None = None
+        self._held: list[bytes] = []  # frames sent while redialling, in order
 
     @classmethod
     async def connect_unix(cls, path: str, timeout: float = 10.0) -> Channel:
@@ -229,8 +238,28 @@ class Channel:
             raise SandboxClosedError(f"cannot reach the sandbox's agent: {exc}") from None
         return await channel._start(sock, timeout)
 
+    @classmethod
+    async def connect_with(
+        cls, dial: Dial, *, timeout: float = 10.0, redial_for: float = 0.0
+    ) -> Channel:
+        """Connect through ``dial`` (any transport that ends in a connected socket: a
+        local forward of an SSH channel, a socketpair bridge) and wait for the HELLO.
+
+        With ``redial_for`` > 0, a dropped connection is dialled again for up to that many
+        seconds: requests in flight at the drop fail with SandboxClosedError (their output
+        is gone with the connection); requests opened meanwhile wait and go out once the
+        agent has said hello again. Only :meth:`close` or running out of time ends it."""
+        channel = cls()
+        if redial_for > 0:
+            channel._dial, channel._redial_for = dial, redial_for
+        try:
+            sock = await dial()
+        except OSError as exc:
+            raise SandboxClosedError(f"cannot reach the sandbox's agent: {exc}") from None
+        return await channel._start(sock, timeout)
+
     async def _start(self, sock: socket.socket, timeout: float) -> Channel:
-        await self._loop.create_connection(lambda: _Protocol(self), sock=sock)
+        await self._attach(sock)
         try:
             self.hello = await asyncio.wait_for(asyncio.shield(self._hello), timeout)
         except TimeoutError:
@@ -238,10 +267,71 @@ class Channel:
             raise SandboxClosedError(f"the agent did not answer within {timeout:g} s") from None
         return self
 
+    async def _attach(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        protocol = _Protocol(self)
+        self._protocol = protocol
+        await self._loop.create_connection(lambda: protocol, sock=sock)
+
+    def _lost(self, protocol: _Protocol, error: SandlotError) -> None:
+        if protocol is not self._protocol or self.closed is not None:
+            return  # an old connection's late news, or already closed for good
+        if self._redialing is not None:  # an attempt dropped before its hello: try again
+            self._transport, self._protocol = None, None
+            if not self._hello.done():
+                self._hello.set_exception(error)
+            return
+        if self._dial is None or not self._hello.done():
+            self._broken(error)
+            return
+        # Keep the channel: what was in flight is lost, what comes next waits for a redial.
+        self._transport = None
+        self._protocol = None
+        for request in list(self._requests.values()):
+            request._fail(error)
+        self._requests.clear()
+        self._redialing = asyncio.ensure_future(self._redial(error))
+
+    async def _redial(self, error: SandlotError) -> None:
+        assert self._dial is not None
+        deadline = self._loop.time() + self._redial_for
+        delay, largest = REDIAL_DELAY
+        last: BaseException = error
+        while self.closed is None and self._loop.time() < deadline:
+            self._hello = self._loop.create_future()
+            try:
+                left = max(deadline - self._loop.time(), 0.1)
+                sock = await asyncio.wait_for(self._dial(), left)
+                await self._attach(sock)
+                left = max(deadline - self._loop.time(), 0.1)
+                self.hello = await asyncio.wait_for(asyncio.shield(self._hello), left)
+            except (OSError, TimeoutError, SandlotError) as exc:
+                last = exc
+                if self._transport is not None:
+                    self._transport.abort()
+                self._transport, self._protocol = None, None
+                await asyncio.sleep(min(delay, max(deadline - self._loop.time(), 0)))
+                delay = min(delay * 2, largest)
+                continue
+            self._redialing = None
+            held, self._held = self._held, []
+            if self._transport is not None and held:
+                self._transport.write(b"".join(held))
+            return
+        self._redialing = None
+        if self.closed is None:
+            reason = f"lost the sandbox's agent and could not reconnect: {last}"
+            self._broken(SandboxClosedError(reason))
+
     # -- frames -----------------------------------------------------------------------------
 
     def _send(self, kind: int, rid: int, payload: bytes = b"", stream: int = 0) -> None:
-        if self._transport is None or self.closed is not None:
+        if self.closed is not None:
+            return
+        if self._redialing is not None:
+            self._held.append(p.pack(kind, rid, payload, stream) + payload)
+            return
+        if self._transport is None:
             return
         self._transport.write(p.pack(kind, rid, payload, stream) + payload)
 
@@ -267,6 +357,10 @@ class Channel:
         if self.closed is not None:
             return
         self.closed = error
+        self._held.clear()
+        if self._redialing is not None and self._redialing is not asyncio.current_task():
+            self._redialing.cancel()
+        self._redialing = None
         if not self._hello.done():
             self._hello.set_exception(error)
             self._hello.exception()  # mark retrieved

@@ -326,7 +326,13 @@ class Manager:
     def _instantiated_local_providers(self) -> builtins.list[tuple[str, Provider]]:
         from ..providers import BUILTIN
 
-        return [(name, self.provider(name)) for name in BUILTIN]
+        found = []
+        for name in BUILTIN:
+            try:
+                found.append((name, self.provider(name)))
+            except ImportError as exc:  # an optional provider whose extra is not installed
+                log.debug("gc skips provider %s: %s", name, exc)
+        return found
 
     async def close(self) -> None:
         """Kill every sandbox this manager owns (at interpreter exit or loop shutdown); a
