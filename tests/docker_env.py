@@ -27,7 +27,11 @@ ROOTFS_CACHE = Path("/var/cache/sandlot-test/bookworm-rootfs.tar")
 
 def _docker(*args: str, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["docker", *args], capture_output=True, text=True, check=check, **kwargs  # type: ignore[call-overload]
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        **kwargs,  # type: ignore[call-overload]
     )
 
 
@@ -64,7 +68,10 @@ def image_exists(name: str) -> bool:
 
 
 def _mirror() -> str:
-    for source in [*Path("/etc/apt/sources.list.d").glob("*.sources"), Path("/etc/apt/sources.list")]:
+    for source in [
+        *Path("/etc/apt/sources.list.d").glob("*.sources"),
+        Path("/etc/apt/sources.list"),
+    ]:
         try:
             text = source.read_text()
         except OSError:
@@ -88,7 +95,14 @@ def _rootfs_tar() -> Path:
     with tempfile.TemporaryDirectory(prefix="sandlot-rootfs-") as tmp:
         root = Path(tmp) / "rootfs"
         subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(root), _mirror()],
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3",
+                "bookworm",
+                str(root),
+                _mirror(),
+            ],
             check=True,
             capture_output=True,
         )
@@ -104,7 +118,9 @@ def ensure_images() -> None:
     tar = _rootfs_tar()
     if not image_exists(IMAGE):
         with open(tar, "rb") as data:
-            subprocess.run(["docker", "import", "-", IMAGE], stdin=data, check=True, capture_output=True)
+            subprocess.run(
+                ["docker", "import", "-", IMAGE], stdin=data, check=True, capture_output=True
+            )
     if not image_exists(NO_PYTHON_IMAGE):
         # The same tree without any python: tar filters it out on the way in.
         filtered = subprocess.Popen(
@@ -114,7 +130,10 @@ def ensure_images() -> None:
         )
         assert filtered.stdout is not None
         subprocess.run(
-            ["docker", "import", "-", NO_PYTHON_IMAGE], stdin=filtered.stdout, check=True, capture_output=True
+            ["docker", "import", "-", NO_PYTHON_IMAGE],
+            stdin=filtered.stdout,
+            check=True,
+            capture_output=True,
         )
         filtered.wait()
 
