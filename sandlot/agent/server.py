@@ -222,6 +222,12 @@ def _code():
     return code
 
 
+def _ports():
+    from . import ports
+
+    return ports
+
+
 def _preload():
     _commands()
     _files()
@@ -249,4 +255,5 @@ OPERATIONS = {
     "code.remove": ("stream", _code, "op_remove"),
     "code.list": ("call", _code, "op_list"),
     "code.install": ("stream", _code, "op_install"),
+    "connect": ("stream", _ports, "Tunnel"),
 }

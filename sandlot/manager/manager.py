@@ -28,6 +28,7 @@ from ..errors import InvalidArgumentError, RemoteUnavailableError, SandboxNotFou
 from ..models import MAX_LIFETIME, SandboxInfo, SandboxSpec
 from ..providers import DEFAULT, Provider, procinfo, provider_class
 from ..store import Store, default_home
+from .ports import ChannelFor, PortForwards, check_port
 
 log = logging.getLogger("sandlot")
 _OWNER_STARTED = procinfo.start_time(os.getpid())
@@ -84,6 +85,7 @@ class Manager:
         # them (:meth:`adopt`), and only their deadline or a kill ends them.
         self.detached = detached
         self.store = Store(self.home)
+        self.ports = PortForwards(self.store)
         self._providers: dict[str, Provider] = {}
         self._owned: dict[str, LiveSandbox] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -170,6 +172,8 @@ class Manager:
         if not provider.is_alive(info.handle):
             raise SandboxNotFoundError(f"sandbox {sandbox_id} is no longer running", id=sandbox_id)
         channel = await provider.connect(info.handle)
+        if self.store.ports(sandbox_id):  # exposed by an earlier process: serve them again
+            await self.ports.rebuild(sandbox_id, self._channel_for(sandbox_id, channel))
         return LiveSandbox(info, channel, provider)
 
     async def adopt(self, sandbox_id: str) -> LiveSandbox:
@@ -190,6 +194,31 @@ class Manager:
             raise SandboxNotFoundError(f"no sandbox with id {sandbox_id!r}", id=sandbox_id)
         info = found[0]
         return info, self.provider(info.provider)
+
+    # -- exposed ports ----------------------------------------------------------------------
+
+    async def expose(self, sandbox_id: str, port: int, channel: Channel) -> str:
+        """A URL on this host that forwards TCP to ``port`` inside the sandbox."""
+        check_port(port)
+        self._lookup(sandbox_id)
+        host_port = await self.ports.expose(
+            sandbox_id, port, self._channel_for(sandbox_id, channel)
+        )
+        return f"http://127.0.0.1:{host_port}"
+
+    def _channel_for(self, sandbox_id: str, channel: Channel) -> ChannelFor:
+        """The channel forwarded connections ride: the given one while it is open, else a
+        new one (the caller that exposed the port may have closed its own)."""
+        current = channel
+
+        async def channel_for() -> Channel:
+            nonlocal current
+            if current.closed is not None:
+                info, provider = self._lookup(sandbox_id)
+                current = await provider.connect(info.handle)
+            return current
+
+        return channel_for
 
     # -- list -------------------------------------------------------------------------------
 
@@ -223,6 +252,7 @@ class Manager:
             timer.cancel()
         if live is not None:
             live.channel.close()
+        self.ports.close(info.id)
         await provider.destroy(info.handle)
         self.store.delete(info.id)
         self._remove_folder(info.id)
@@ -350,5 +380,6 @@ class Manager:
                 await self.kill(sandbox_id)
             except Exception:
                 continue
+        await self.ports.close_all()
         await self.settle()
         self.store.close()

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from ..api import SandboxOut
 from ..errors import InvalidArgumentError, SandboxNotFoundError
 from ..manager import GcReport
+from ..manager.ports import check_port
 from ..models import SandboxSpec
 from .channel import RemoteChannel
 from .client import Client
@@ -82,6 +83,11 @@ class RemoteBackend:
         except SandboxNotFoundError:
             return False
         return bool(answer.get("state") == "running")
+
+    async def expose(self, sandbox_id: str, port: int, channel: Any) -> str:
+        check_port(port)
+        answer = await self.client.call("POST", f"{_path(sandbox_id)}/ports/{port}", retry=True)
+        return str(answer["url"])
 
     async def gc(self) -> GcReport:
         """The server collects its own garbage; nothing to do from a client."""

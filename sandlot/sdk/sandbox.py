@@ -149,6 +149,15 @@ class AsyncSandbox:
             return False
         return True
 
+    async def expose(self, port: int) -> str:
+        """A URL that reaches ``port`` inside the sandbox (HTTP, WebSocket, any TCP), though
+        the sandbox's own network stays off: the connection rides the agent's channel.
+
+        Embedded, ``http://127.0.0.1:N`` with N from a pool (``SANDLOT_PORT_RANGE``,
+        default 30000-30999), released when the sandbox is killed. Through a server, a path
+        under ``/v1/sandboxes/{id}/ports/{port}/`` that needs the tenant's key."""
+        return await self._manager.expose(self.id, port, self._channel)
+
     async def set_timeout(self, seconds: float) -> datetime:
         """Destroy the sandbox ``seconds`` from now instead of at its old deadline."""
         if seconds is None:

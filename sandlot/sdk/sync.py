@@ -312,6 +312,10 @@ class Sandbox:
     def set_timeout(self, seconds: float) -> datetime:
         return _portal.call(self._inner.set_timeout(seconds))
 
+    def expose(self, port: int) -> str:
+        """A URL that reaches ``port`` inside the sandbox (see :meth:`AsyncSandbox.expose`)."""
+        return _portal.call(self._inner.expose(port))
+
     def is_running(self) -> bool:
         return _portal.call(self._inner.is_running())
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..models import SandboxInfo
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS = {
     1: """
     CREATE TABLE sandboxes (
@@ -30,6 +30,15 @@ MIGRATIONS = {
         expires_at REAL NOT NULL,
         owner_pid INTEGER NOT NULL,
         owner_started INTEGER
+    );
+    """,
+    # Exposed ports: which host port forwards to which sandbox port (rebuilt after a restart).
+    2: """
+    CREATE TABLE ports (
+        host_port INTEGER PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        UNIQUE (sandbox_id, port)
     );
     """,
 }
@@ -117,7 +126,45 @@ class Store:
         )
 
     def delete(self, sandbox_id: str) -> None:
-        self._execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM ports WHERE sandbox_id = ?", (sandbox_id,))
+                self._db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # -- exposed ports ----------------------------------------------------------------------
+
+    def claim_port(self, sandbox_id: str, port: int, host_port: int) -> bool:
+        """Record ``host_port`` as forwarding to the sandbox's ``port``; False if another
+        sandbox (or process) holds that host port already."""
+        try:
+            self._execute("INSERT INTO ports VALUES (?, ?, ?)", (host_port, sandbox_id, port))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def host_port(self, sandbox_id: str, port: int) -> int | None:
+        rows = self._execute(
+            "SELECT host_port FROM ports WHERE sandbox_id = ? AND port = ?", (sandbox_id, port)
+        )
+        return int(rows[0][0]) if rows else None
+
+    def ports(self, sandbox_id: str) -> list[tuple[int, int]]:
+        """(sandbox port, host port) of every port the sandbox exposes."""
+        rows = self._execute(
+            "SELECT port, host_port FROM ports WHERE sandbox_id = ? ORDER BY port", (sandbox_id,)
+        )
+        return [(int(a), int(b)) for a, b in rows]
+
+    def taken_ports(self) -> set[int]:
+        return {int(r[0]) for r in self._execute("SELECT host_port FROM ports")}
+
+    def release_port(self, host_port: int) -> None:
+        self._execute("DELETE FROM ports WHERE host_port = ?", (host_port,))
 
     def get(self, sandbox_id: str) -> tuple[SandboxInfo, int | None] | None:
         rows = self._execute(_SELECT + " WHERE id = ?", (sandbox_id,))
