@@ -13,6 +13,7 @@ Importing this module adds little to importing ``sandlot``: rich, the providers 
 manager are imported inside the commands that use them.
 """
 
+import json
 import os
 import signal
 import sys
@@ -143,6 +144,17 @@ def _env(values: list[str] | None) -> dict[str, str]:
         return check_env(env)
     except ValueError as exc:
         raise _UsageError(f"--env: {exc}") from None
+
+
+def _settings(values: list[str] | None) -> dict[str, Any]:
+    """Provider settings from ``--set K=V``: V as JSON when it parses, else as a string."""
+    settings: dict[str, Any] = {}
+    for key, raw in _pairs(values, "--set").items():
+        try:
+            settings[key] = json.loads(raw)
+        except ValueError:
+            settings[key] = raw
+    return settings
 
 
 def _positive(value: float | None, option: str) -> None:
@@ -347,10 +359,22 @@ def run(
     stdin: Annotated[
         bool, typer.Option("--stdin", help="Forward this terminal's stdin to the command.")
     ] = False,
+    image: Annotated[
+        str | None, typer.Option("--image", help="Container image (the docker provider).")
+    ] = None,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="K=V",
+            help="A provider setting (repeatable; V is read as JSON when it parses, e.g. "
+            "--set pull=never --set 'ro_binds=[\"/opt\"]').",
+        ),
+    ] = None,
 ) -> None:
     """Run one command in a fresh sandbox, stream its output, exit with its exit code.
 
-    Example: sandlot run -- 'echo hi; exit 3'
+    Example: sandlot run -- 'echo hi; exit 3'; sandlot run -p docker --image IMG -- CMD
     """
     command = _command(cmd, "sandlot run [OPTIONS] -- CMD...")
     env_map = _env(env)
@@ -362,6 +386,9 @@ def run(
         raise _UsageError("--command-timeout cannot exceed --timeout (the sandbox's lifetime)")
     if not workdir.startswith("/"):
         raise _UsageError(f"--workdir must be an absolute path, got {workdir!r}")
+    config = _settings(setting)
+    if image is not None:
+        config["image"] = image
 
     from .sdk import Sandbox
 
@@ -373,6 +400,7 @@ def run(
             env=env_map,
             resources={"memory_mb": memory_mb} if memory_mb is not None else None,
             workdir=workdir,
+            **config,
         )
     except SandlotError as exc:
         raise _sandlot_failure(exc) from None

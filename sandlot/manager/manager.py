@@ -33,6 +33,7 @@ from .ports import ChannelFor, PortForwards, check_port
 log = logging.getLogger("sandlot")
 _OWNER_STARTED = procinfo.start_time(os.getpid())
 NO_OWNER = 0  # a detached sandbox's owner_pid: it lives until its deadline or a kill
+GC_INTERVAL = 60.0  # seconds between sweeps while a manager runs (SANDLOT_GC_INTERVAL)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Manager:
         self._owned: dict[str, LiveSandbox] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._collected = False
+        self._sweeper: asyncio.Task[None] | None = None
         self._removals: set[asyncio.Future[None]] = set()
         # Called with the id of every sandbox this manager released (killed, expired, exited).
         self.on_release: builtins.list[Callable[[str], None]] = []
@@ -121,6 +123,7 @@ class Manager:
         if not self._collected:
             self._collected = True
             await self.gc()
+            self._sweeper = asyncio.ensure_future(self._sweep())
         if spec.provider is None:
             spec = default_provider(spec)
         name = spec.provider or DEFAULT
@@ -346,6 +349,24 @@ class Manager:
         await self.settle()
         return report
 
+    async def _sweep(self) -> None:
+        """Collect garbage on a timer, so a long-lived process (a server, a notebook) also
+        removes what dead owners and crashed creates left behind, not only at its start."""
+        raw = os.environ.get("SANDLOT_GC_INTERVAL")
+        try:
+            interval = max(float(raw), 0.1) if raw else GC_INTERVAL
+        except ValueError:
+            log.warning(
+                "SANDLOT_GC_INTERVAL=%r is not a number: sweeping every %gs", raw, GC_INTERVAL
+            )
+            interval = GC_INTERVAL
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.gc()
+            except Exception as exc:  # a sweep that fails is retried at the next tick
+                log.warning("garbage collection failed: %s", exc)
+
     async def settle(self) -> None:
         """Wait for background clean-up (folders, cgroups) to finish."""
         if self._removals:
@@ -367,6 +388,10 @@ class Manager:
     async def close(self) -> None:
         """Kill every sandbox this manager owns (at interpreter exit or loop shutdown); a
         detached manager only lets go of them (another process may adopt them)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         if self.detached:
             for sandbox_id, live in list(self._owned.items()):
                 timer = self._timers.pop(sandbox_id, None)

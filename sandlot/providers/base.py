@@ -54,6 +54,9 @@ class Provider(abc.ABC):
     isolated: ClassVar[bool] = True
     capabilities: ClassVar[frozenset[str]] = frozenset()
     config_model: ClassVar[type[ProviderConfig]] = ProviderConfig
+    # Settings a server accepts from a call (e.g. a container image). Everything else in
+    # the config decides what of the host a sandbox sees: the operator's choice.
+    caller_settings: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, home: Path) -> None:
         self.home = home

@@ -53,6 +53,7 @@ class RemoteProvider(Provider):
     name = "remote"
     capabilities = frozenset({"reconnect", "remote"})
     config_model = RemoteConfig
+    caller_settings = frozenset({"provider"})  # which provider the far server uses
 
     def __init__(self, home: Path) -> None:
         super().__init__(home)

@@ -230,9 +230,8 @@ class ServerState:
         cls = provider_class(name)
         # Provider settings decide what of the host a sandbox sees (bwrap's host_user,
         # ro_binds, python) and where a server forwards work (remote's url): the operator's
-        # choice, never a caller's. Only the remote side's provider may be named.
-        allowed = {"provider"} if name == "remote" else set()
-        refused = sorted(set(spec.config) - allowed)
+        # choice, never a caller's. Each provider names the few a caller may choose.
+        refused = sorted(set(spec.config) - cls.caller_settings)
         if refused:
             raise ProviderUnavailableError(
                 f"this server does not take provider settings from a call ({', '.join(refused)})"

@@ -230,6 +230,21 @@ def test_run_memory_limit_is_applied(home: Path) -> None:
     assert (big.stdout, big.returncode) == (f"{200 * 1024 * 1024}\n", 0)
 
 
+def test_run_passes_provider_settings(home: Path) -> None:
+    done = cli(home, "run", "--set", 'ro_binds=["/opt"]', "--", "test -d /opt && echo seen")
+    assert (done.stdout, done.returncode) == ("seen\n", 0)
+
+
+def test_run_refuses_bad_provider_settings(home: Path) -> None:
+    line = assert_one_line_error(cli(home, "run", "--set", "bogus=1", "--", "true"), code=2)
+    assert "bogus" in line
+    line = assert_one_line_error(cli(home, "run", "--set", "nokey", "--", "true"), code=2)
+    assert "KEY=VALUE" in line
+    # --image is a setting of container providers: bwrap refuses it by name.
+    line = assert_one_line_error(cli(home, "run", "--image", "x", "--", "true"), code=2)
+    assert "image" in line
+
+
 def test_stdin_is_not_forwarded_unless_asked(home: Path) -> None:
     done = cli(home, "run", "--", "cat; echo end", input="from the host\n")
     assert (done.stdout, done.returncode) == ("end\n", 0)

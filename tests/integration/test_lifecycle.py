@@ -356,6 +356,43 @@ def test_a_new_manager_collects_at_start() -> None:
     assert sandbox_id not in listed_ids()
 
 
+SWEEPING_PROCESS = """
+import sys, time, sandlot
+sb = sandlot.Sandbox.create()  # the first create starts the manager's sweeper
+print("up", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_running_manager_sweeps_on_a_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long-lived process reaps a crashed owner's sandbox without being asked."""
+    monkeypatch.setenv("SANDLOT_GC_INTERVAL", "0.2")
+    sweeper = subprocess.Popen(
+        [sys.executable, "-c", SWEEPING_PROCESS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    try:
+        assert sweeper.stdout is not None and sweeper.stdin is not None
+        assert sweeper.stdout.readline() == "up\n"
+        owner, sandbox_id = start_owner(CRASH_SCRIPT)  # created after the sweeper's first gc
+        folder = sandbox_folder(sandbox_id)
+        assert folder.exists()
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        assert wait_until(lambda: not folder.exists(), 30), "the sweeper never collected it"
+        assert sandbox_id not in listed_ids()
+        assert processes_mentioning(str(folder)) == []
+        sweeper.stdin.write("\n")
+        sweeper.stdin.flush()
+        assert sweeper.wait(30) == 0
+    finally:
+        sweeper.kill()
+        sweeper.wait()
+
+
 LONG_LIVED_OWNER = """
 import time, sandlot
 sb = sandlot.Sandbox.create(timeout=2)
