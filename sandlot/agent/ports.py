@@ -14,7 +14,7 @@ import select
 from . import protocol as p
 from .errors import AgentError
 
-CHUNK = 256 * 1024
+CHUNK = p.MAX_DATA  # one frame per read: fewer wake-ups on both ends
 LOOPBACK = {"127.0.0.1": _socket.AF_INET, "localhost": _socket.AF_INET, "::1": _socket.AF_INET6}
 EINPROGRESS = 115
 
@@ -36,6 +36,7 @@ class Tunnel:
         self.credit = p.WINDOW  # bytes we may still send to the host
         self.pending = []  # host data not yet written to the socket
         self.connected = False
+        self.mask = 0  # what the loop watches on the socket (changed only when it must be)
         self.read_done = False  # the port's side ended (EOF sent to the host)
         self.write_done = False  # the host's side ended (and all of it was written)
         self.host_eof = False
@@ -86,6 +87,9 @@ class Tunnel:
             mask |= select.EPOLLIN
         if self.pending:
             mask |= select.EPOLLOUT
+        if mask == self.mask:
+            return  # an epoll_ctl per chunk would cost more than the copy
+        self.mask = mask
         if mask:
             self.agent.loop.watch(self.fd, mask, self._on_events)
         else:
@@ -171,6 +175,7 @@ class Tunnel:
     def _close(self):
         if self.sock is not None:
             self.agent.loop.unwatch(self.fd)
+            self.mask = 0
             self.sock.close()
             self.sock = None
         self.conn.requests.pop(self.rid, None)

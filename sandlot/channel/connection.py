@@ -24,6 +24,7 @@ from ..errors import ProtocolError, SandboxClosedError, SandlotError, from_dict
 GRANT_BATCH = p.WINDOW // 4  # return credit in batches, not per frame
 BUFFER_MIN = 64 * 1024  # an idle channel's read buffer
 BUFFER_MAX = 4 * 1024 * 1024  # a streaming channel's: one read may take this much
+LARGE_FRAME = 128 * 1024  # a DATA frame this big is read straight into its own buffer
 
 Frame = tuple[int, int, bytes]  # kind, stream, payload
 Dial = Callable[[], Awaitable[socket.socket]]  # a new, connected socket to the agent
@@ -148,6 +149,8 @@ class _Protocol(asyncio.BufferedProtocol):
         self.start = 0  # first unparsed byte
         self.end = 0  # end of received data
         self.offered = 0  # size of the last buffer handed to the transport
+        # A large DATA frame being read into a buffer of its own: (header, body, filled).
+        self.large: tuple[tuple[int, int, int], bytearray, int] | None = None
 
     def _resize(self, size: int) -> None:
         """A new buffer of ``size`` bytes holding the unparsed data at its front."""
@@ -161,6 +164,9 @@ class _Protocol(asyncio.BufferedProtocol):
         self.channel._transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.large is not None:  # exactly the rest of the frame: no copy, no compaction
+            _, body, filled = self.large
+            return memoryview(body)[filled:]
         capacity = len(self.buffer)
         if capacity - self.end < capacity // 4:  # little room left at the end
             if self.start:  # compact in place: move the partial frame to the front
@@ -173,6 +179,15 @@ class _Protocol(asyncio.BufferedProtocol):
         return self.view[self.end :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.large is not None:
+            head, body, filled = self.large
+            filled += nbytes
+            if filled < len(body):
+                self.large = head, body, filled
+                return
+            self.large = None
+            self.channel._on_frame(head[0], head[1], head[2], bytes(body))
+            return
         self.end += nbytes
         view, offset, end = self.view, self.start, self.end
         channel = self.channel
@@ -184,7 +199,16 @@ class _Protocol(asyncio.BufferedProtocol):
                 return
             frame_end = offset + p.HEADER_SIZE + length
             if frame_end > end:
-                needed = p.HEADER_SIZE + length
+                if kind == p.DATA and length >= LARGE_FRAME:
+                    # Read the rest of it into a buffer of its own, rather than growing
+                    # and compacting ours around it.
+                    body = bytearray(length)
+                    have = end - offset - p.HEADER_SIZE
+                    body[:have] = view[offset + p.HEADER_SIZE : end]
+                    self.large = (kind, stream, rid), body, have
+                    offset = end
+                else:
+                    needed = p.HEADER_SIZE + length
                 break
             channel._on_frame(kind, stream, rid, bytes(view[offset + p.HEADER_SIZE : frame_end]))
             offset = frame_end

@@ -381,7 +381,7 @@ class Manager:
         for name in BUILTIN:
             try:
                 found.append((name, self.provider(name)))
-            except ImportError as exc:  # an optional provider whose extra is not installed
+            except Exception as exc:  # an optional provider whose extra is not installed
                 log.debug("gc skips provider %s: %s", name, exc)
         return found
 
