@@ -990,10 +990,12 @@ def gc(
 
 def _add_subcommands() -> None:
     from .relay.cli import relay_app
+    from .remote.provision_cli import remote_app
     from .server.cli import keys_app, serve
 
     app.add_typer(relay_app, name="relay")
     app.add_typer(keys_app, name="keys")
+    app.add_typer(remote_app, name="remote")
     app.command(name="serve")(serve)
 
 

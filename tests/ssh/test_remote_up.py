@@ -34,7 +34,7 @@ from sandlot.remote.provision import (
 )
 
 # The sub-app on its own; once registered, `sandlot.cli remote` runs the same code.
-CLI = [sys.executable, "-m", "sandlot.remote.provision_cli"]
+CLI = [sys.executable, "-m", "sandlot.cli", "remote"]
 
 
 def _free_port() -> int:
