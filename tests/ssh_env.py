@@ -235,6 +235,9 @@ class SshServer:
             "UseDNS no\n"
             "LogLevel VERBOSE\n"
             "Subsystem sftp internal-sftp\n"
+            # Lets a benchmark measure an exec without root's .bashrc: bash reads it for
+            # commands run by sshd only when SHLVL is unset (shell level < 2).
+            "AcceptEnv SHLVL\n"
         )
         self.known_hosts.write_text(self.known_hosts_entry())
         self.ssh_config.write_text(

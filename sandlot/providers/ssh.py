@@ -20,6 +20,7 @@ paths, and the agent's pid and start time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -52,6 +53,7 @@ SANDBOX_GID = 1000
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 SHM_BYTES = 64 * 1024 * 1024
 HELLO_TIMEOUT = 30.0
+CALL_TIMEOUT = 120.0  # a helper request (a kill waits up to ~6 s for the tree to die)
 KEEPALIVE = 15.0  # seconds between keepalives: a dead link is noticed within ~3 of them
 ALIVE_RECHECK = 5.0  # is_alive asks the remote host at most this often per sandbox
 VISIBLE_IN_SANDBOX = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/")
@@ -245,16 +247,23 @@ class _Helper:
         self.where = where
         self.installed: set[str] = set(hello.get("installed", []))
         self.dead: str | None = None
+        self.stderr = b""  # its last words, should it ever have any
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader = asyncio.ensure_future(self._read())
+        # stdout and stderr share the channel's window: unread stderr would stall both.
+        self._drain = asyncio.ensure_future(self._drain_stderr())
+
+    async def _drain_stderr(self) -> None:
+        with contextlib.suppress(Exception):
+            while chunk := await self.process.stderr.read(4096):
+                self.stderr = (self.stderr + chunk)[-4096:]
 
     @classmethod
     async def start(cls, conn: Any, python: str, root: str, where: str) -> _Helper:
         command = f"exec {shlex.quote(python)} -I -S -c {shlex.quote(_helper_source())} "
         command += shlex.quote(root)
         process = await conn.create_process(command, encoding=None)
-        stderr = asyncio.ensure_future(process.stderr.read(8192))
         try:
             while True:  # a login shell's rc files may print before the helper does
                 line = await asyncio.wait_for(process.stdout.readline(), HELLO_TIMEOUT)
@@ -262,13 +271,13 @@ class _Helper:
                     break
                 text = line.decode("utf-8", "replace")
                 if text.startswith(ssh_remote.MARKER):
-                    stderr.cancel()
                     return cls(process, json.loads(text[len(ssh_remote.MARKER) :]), where)
         except TimeoutError:
             process.close()
             raise ProviderUnavailableError(f"{python} on {where} did not start in time") from None
         try:
-            detail = (await asyncio.wait_for(stderr, 5)).decode("utf-8", "replace").strip()
+            detail = await asyncio.wait_for(process.stderr.read(8192), 5)
+            detail = detail.decode("utf-8", "replace").strip()
         except TimeoutError:
             detail = ""
         process.close()
@@ -305,7 +314,11 @@ class _Helper:
         self._pending[rid] = future
         line = json.dumps({"id": rid, "op": op, **args}, separators=(",", ":")) + "\n"
         self.process.stdin.write(line.encode())
-        answer = await future
+        try:
+            answer = await asyncio.wait_for(future, CALL_TIMEOUT)
+        except TimeoutError:
+            self._pending.pop(rid, None)
+            raise ProviderUnavailableError(f"{op} on {self.where} did not answer") from None
         if "error" not in answer:
             return answer
         message = f"{op} on {self.where}: {answer['error']}"
@@ -319,6 +332,7 @@ class _Helper:
     def close(self) -> None:
         self.process.close()
         self._reader.cancel()
+        self._drain.cancel()
 
 
 # -- connections ---------------------------------------------------------------------------
@@ -528,25 +542,29 @@ class SshProvider(Provider):
         holder: list[Channel] = []
 
         async def dial() -> socket.socket:
-            conn = await self._host(target).connection()
+            host = self._host(target)
+            conn = await host.connection()
             try:
                 return await _open_bridge(conn, path)
             except Exception as exc:
                 import asyncssh
 
-                if not isinstance(exc, asyncssh.ChannelOpenError):
+                if not isinstance(exc, asyncssh.ChannelOpenError) or conn.is_closed():
+                    # The connection dropped under us: worth dialling again.
                     raise ProviderUnavailableError(f"SSH to {target} failed: {exc}") from None
                 if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
                     raise ProviderUnavailableError(
                         f"sshd on {target} refuses forwarding to Unix sockets "
                         "(set AllowStreamLocalForwarding yes)"
                     ) from None
-            # The connection is fine but nothing listens on the socket: the agent is gone
-            # (its deadline, a kill from elsewhere). No point in dialling again.
+            # sshd could not connect to the socket. If the agent's process is gone too (its
+            # deadline, a kill from elsewhere), there is no point in dialling again.
+            if await self._still_running(host, handle):
+                raise ProviderUnavailableError(f"the sandbox's agent on {target} did not accept")
             self._known[_key(handle)] = (time.monotonic(), False)
             error = SandboxClosedError("the sandbox's agent is no longer running")
             if holder:
-                holder[0]._broken(error)
+                holder[0]._broken(error)  # stop redialling: requests waiting fail now
             if exited is not None and not exited.done():
                 exited.set_result(-1)
             raise error
@@ -556,6 +574,15 @@ class SshProvider(Provider):
         )
         holder.append(channel)
         return channel
+
+    async def _still_running(self, host: _Host, handle: dict[str, Any]) -> bool:
+        """Whether the agent's process lives (True when that cannot be found out now)."""
+        try:
+            helper = await host.helper(*_helper_key(handle))
+            pid, started = handle.get("pid"), handle.get("started")
+            return bool((await helper.call("alive", pid=pid, started=started))["alive"])
+        except SandlotError:
+            return True
 
     async def connect(self, handle: dict[str, Any]) -> Channel:
         try:
@@ -571,9 +598,7 @@ class SshProvider(Provider):
         if "dir" not in handle or "host" not in handle:
             return  # the create failed before anything started remotely
         target = _Target.of(handle)
-        helper = await self._host(target).helper(
-            handle.get("python", "python3"), handle.get("remote_dir", ".cache/sandlot")
-        )
+        helper = await self._host(target).helper(*_helper_key(handle))
         await helper.call(
             "kill",
             dir=handle["dir"],
@@ -600,9 +625,7 @@ class SshProvider(Provider):
         except RuntimeError:
             return
         host = self._hosts.get(_Target.of(handle))
-        helper = None if host is None else host.helpers.get(
-            (handle.get("python", "python3"), handle.get("remote_dir", ".cache/sandlot"))
-        )
+        helper = None if host is None else host.helpers.get(_helper_key(handle))
         if host is None or not host.open() or helper is None or helper.dead is not None:
             return
         self._known[key] = (time.monotonic(), True)  # one probe at a time
@@ -634,6 +657,10 @@ class SshProvider(Provider):
 
 def _key(handle: dict[str, Any]) -> tuple[str, str]:
     return (str(handle.get("host")), str(handle.get("socket")))
+
+
+def _helper_key(handle: dict[str, Any]) -> tuple[str, str]:
+    return (handle.get("python") or "python3", handle.get("remote_dir") or ".cache/sandlot")
 
 
 def _isolation(config: SshConfig, facts: dict[str, Any], where: str) -> str:

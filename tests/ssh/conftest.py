@@ -14,7 +14,6 @@ import json
 import shutil
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from integration.conftest import *  # noqa: F403 (the same fixtures, now over ssh)
@@ -44,22 +43,19 @@ def remote_dir() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def isolation() -> str:
-    """Overridden (parametrised) by modules that run under both isolations."""
-    return "auto"
+@pytest.fixture(scope="session")
+def ssh_settings(ssh_server: SshServer, remote_dir: str) -> dict[str, object]:
+    """Settings for ``provider="ssh"`` that reach the test server; bwrap is required."""
+    return ssh_server.provider_config(python=PYTHON, remote_dir=remote_dir, isolation="bwrap")
 
 
-@pytest.fixture
-def ssh_config(ssh_server: SshServer, remote_dir: str, isolation: str) -> dict[str, object]:
-    """Settings for ``provider="ssh"`` that reach the test server."""
-    return ssh_server.provider_config(python=PYTHON, remote_dir=remote_dir, isolation=isolation)
-
-
-@pytest.fixture(autouse=True)
-def ssh_by_default(ssh_config: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SANDLOT_PROVIDER", "ssh")
-    monkeypatch.setenv("SANDLOT_PROVIDER_CONFIG", json.dumps(ssh_config))
+@pytest.fixture(scope="session", autouse=True)
+def ssh_by_default(ssh_settings: dict[str, object]) -> Iterator[None]:
+    """Session-wide, so module-scoped sandboxes (``box`` in the code tests) go over SSH too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SANDLOT_PROVIDER", "ssh")
+        patch.setenv("SANDLOT_PROVIDER_CONFIG", json.dumps(ssh_settings))
+        yield
 
 
 def _kill_ssh_sandboxes() -> None:
@@ -69,7 +65,3 @@ def _kill_ssh_sandboxes() -> None:
                 sandlot.Sandbox.connect(info.id).kill()
             except Exception:
                 continue
-
-
-def remote_sandbox_dir(sb: sandlot.Sandbox) -> Path:
-    return Path(sb.info.handle["dir"])

@@ -16,12 +16,6 @@ from integration.test_code_async import *  # noqa: F403
 from integration.test_commands import *  # noqa: F403
 from integration.test_files import *  # noqa: F403
 
-
-@pytest.fixture
-def isolation() -> str:
-    return "bwrap"
-
-
 # Looks at the local state folder's workspace; an ssh sandbox's workspace is on the remote host.
 del test_write_lands_in_the_host_workspace_folder  # noqa: F821
 
