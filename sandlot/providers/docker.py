@@ -1,0 +1,765 @@
+"""docker: one container per sandbox, on the local Docker engine, through its HTTP API.
+
+The image only needs a Python 3 interpreter: the agent is not baked in but bind-mounted
+read-only from the state folder and started as the container's command, under Docker's
+init (which reaps zombies). The channel is a Unix socket the agent creates in a host folder
+bind-mounted into the container, so it works with the network off and a restarted control
+plane reconnects by path. Safe by default: no network, every capability dropped,
+``no-new-privileges``, a non-root user, a read-only root with a writable ``/workspace`` (a
+host folder) and a size-capped ``/tmp``, and memory (no swap), CPU and process limits.
+
+Every container carries labels naming its sandbox, the state folder it belongs to (a hash),
+its owner process and its lifetime, so gc removes this state folder's leftovers and never
+touches anything else on the engine, whatever its name.
+
+The API client is aiodocker: asyncio on the aiohttp the SDK already uses, so no thread pool
+and no second, synchronous implementation. It is imported only when a container is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import socket
+import stat
+import sys
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from ..channel import Channel
+from ..errors import (
+    ImageNotFoundError,
+    InvalidArgumentError,
+    ProviderUnavailableError,
+    SandboxClosedError,
+    SandboxError,
+    SandboxStartError,
+    SandlotError,
+)
+from ..models import ProviderInfo, SandboxSpec
+from . import agent_files, spawn
+from .base import Provider, ProviderConfig, Started
+
+log = logging.getLogger("sandlot")
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's own
+RUN_MOUNT = "/.sandlot-run"  # the bind-mounted host folder that holds the agent's socket
+SOCKET_NAME = "agent.sock"
+LABEL_SANDBOX = "sandlot.sandbox"
+LABEL_HOME = "sandlot.home"
+LABEL_OWNER = "sandlot.owner"
+LABEL_CREATED = "sandlot.created"
+LABEL_EXPIRES = "sandlot.expires"
+USED_MARKER = "docker-used"  # in the state folder: gc asks the engine only if it exists
+START_TIMEOUT = 60.0  # engine calls of a create, and the agent's socket appearing
+POLL = 0.001  # while waiting for the agent's socket
+PROBE_TIMEOUT = 2.0  # the synchronous availability check
+PROBE_TTL = 10.0  # how long its answer is kept
+LOG_LIMIT = 2000  # characters of a failed container's output quoted in the error
+# Runtimes every engine has: others (runsc, kata, ...) are worth a capability.
+STOCK_RUNTIMES = frozenset({"runc", "io.containerd.runc.v2", "io.containerd.runtime.v1.linux"})
+
+
+def _default_host() -> str:
+    return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+
+
+class DockerConfig(ProviderConfig):
+    image: str = Field(description="the image to run; it needs a Python 3 interpreter")
+    pull: Literal["never", "missing", "always"] = Field(
+        "missing",
+        description="never: only local images; missing: pull when not on the engine; "
+        "always: pull before every create",
+    )
+    pull_timeout: float = Field(300.0, gt=0, le=3600, description="seconds a pull may take")
+    runtime: str | None = Field(
+        None, description="OCI runtime the engine knows (e.g. runsc for gVisor); default: its own"
+    )
+    python: str = Field("python3", description="the image's interpreter that runs the agent")
+    user: str = Field(
+        "1000:1000", description="UID:GID the sandbox runs as (numeric; owns /workspace)"
+    )
+    docker_host: str = Field(
+        default_factory=_default_host,
+        description="the engine's Unix socket, unix:///path (default $DOCKER_HOST or "
+        + DEFAULT_HOST
+        + "); it must be on this machine, which bind-mounts its folders",
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value) or value.startswith("-"):
+            raise ValueError("give an image reference such as 'python:3.12-slim'")
+        return value
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, value: str) -> str:
+        if not value or any(c.isspace() or c == "\0" for c in value):
+            raise ValueError("give the interpreter's name on the image's PATH, or its path")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not re.fullmatch(r"\d{1,10}:\d{1,10}", value):
+            raise ValueError("give a numeric UID:GID such as '1000:1000'")
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", value):
+            raise ValueError("give the name of a runtime the engine knows, such as 'runsc'")
+        return value
+
+    @field_validator("docker_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value.startswith("unix:///"):
+            raise ValueError(
+                "the docker provider needs the engine on this machine (unix:///path/to/socket): "
+                "it bind-mounts host folders into the container"
+            )
+        return value
+
+    @property
+    def ids(self) -> tuple[int, int]:
+        uid, _, gid = self.user.partition(":")
+        return int(uid), int(gid)
+
+
+# -- engine availability (synchronous: providers are listed without an event loop) ---------
+
+
+@dataclass
+class _Probe:
+    reason: str | None
+    runtimes: frozenset[str] | None  # None: not asked yet
+    until: float
+
+
+_probes: dict[str, _Probe] = {}
+
+
+def _engine_get(path: str, target: str) -> Any:
+    """GET ``target`` from the engine's socket with a plain HTTP/1.0 request (no aiohttp:
+    this is the cheap, blocking check behind ``sandlot providers``)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(PROBE_TIMEOUT)
+        sock.connect(path)
+        sock.sendall(f"GET {target} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0]
+    if status_line.split(b" ", 2)[1:2] != [b"200"]:
+        raise OSError(f"the engine answered {status_line.decode(errors='replace')!r}")
+    return json.loads(body) if body.startswith((b"{", b"[")) else body
+
+
+def _probe(host: str, runtimes: bool = False) -> _Probe:
+    """Whether the engine at ``host`` answers (and its runtimes, if asked), kept a while."""
+    now = time.monotonic()
+    cached = _probes.get(host)
+    if cached is not None and cached.until > now:  # noqa: SIM102 (one question each)
+        if not runtimes or cached.reason is not None or cached.runtimes is not None:
+            return cached
+    path = host.removeprefix("unix://")
+    reason: str | None = None
+    found: frozenset[str] | None = None
+    if not os.path.exists(path):
+        reason = f"no Docker engine socket at {path} (is dockerd running?)"
+    else:
+        try:
+            if runtimes:
+                found = frozenset(_engine_get(path, "/info").get("Runtimes") or {})
+            else:
+                _engine_get(path, "/_ping")
+        except PermissionError:
+            reason = (
+                f"no permission to use {path} (the Docker engine needs root or the docker group)"
+            )
+        except (OSError, ValueError, AttributeError) as exc:
+            reason = f"the Docker engine at {path} does not answer: {exc}"
+    probe = _Probe(reason, found, now + PROBE_TTL)
+    _probes[host] = probe
+    return probe
+
+
+# -- the lazily imported client -------------------------------------------------------------
+
+
+def _modules() -> tuple[Any, Any]:
+    try:
+        import aiodocker
+        import aiohttp
+    except ImportError:
+        raise ProviderUnavailableError(_MISSING, provider="docker") from None
+    return aiodocker, aiohttp
+
+
+_MISSING = "the docker provider needs aiodocker: pip install 'sandlot[docker]'"
+_API_VERSIONS: dict[str, str] = {}  # engine -> API version it answered, so asked only once
+
+
+class _Client:
+    """An aiodocker client for one engine, on one event loop."""
+
+    def __init__(self, host: str) -> None:
+        aiodocker, aiohttp = _modules()
+        self.host = host
+        self.errors: tuple[type[BaseException], ...] = (aiodocker.DockerError, aiohttp.ClientError)
+        self.docker_error = aiodocker.DockerError
+        # No cap on connections: each watched container holds one for its wait request.
+        self.connector = aiohttp.UnixConnector(path=host.removeprefix("unix://"), limit=0)
+        self.docker = aiodocker.Docker(
+            url="unix://localhost",
+            connector=self.connector,
+            api_version=_API_VERSIONS.get(host, "auto"),
+        )
+
+    def remember_version(self) -> None:
+        if self.docker.api_version != "auto":
+            _API_VERSIONS[self.host] = self.docker.api_version
+
+    async def close(self) -> None:
+        await self.docker.close()
+        await self.connector.close()
+
+
+class DockerProvider(Provider):
+    name = "docker"
+    isolated = True
+    capabilities = frozenset({"isolation", "limits", "reconnect", "no-network", "images"})
+    config_model = DockerConfig
+    caller_settings = frozenset({"image"})
+    # Containers younger than this are never orphans: a create may still be filling in
+    # their record. Tests lower it.
+    ORPHAN_GRACE: ClassVar[float] = 30.0
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(home)
+        self.home_hash = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # An async generator the loop closes when it shuts down (see _until_loop_ends).
+        self._guard: AsyncGenerator[None, None] | None = None
+        self._clients: dict[str, _Client] = {}
+        self._busy = 0  # engine calls in flight
+        self._owned: dict[str, str] = {}  # container -> engine: ours to kill when we end
+        self._watches: dict[str, asyncio.Task[None]] = {}  # container -> its exit watcher
+        self._removing: dict[str, str] = {}  # container -> engine: destroyed, not yet gone
+        self._removals: dict[str, asyncio.Task[None]] = {}
+        self._pulls: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._used = False
+
+    # -- availability -----------------------------------------------------------------------
+
+    def unavailable_reason(self) -> str | None:
+        if importlib.util.find_spec("aiodocker") is None:
+            return _MISSING
+        return _probe(_default_host()).reason
+
+    def info(self) -> ProviderInfo:
+        info = super().info()
+        if info.available:
+            runtimes = _probe(_default_host(), runtimes=True).runtimes or frozenset()
+            extra = {"runtime"} if runtimes - STOCK_RUNTIMES else set()
+            if "runsc" in runtimes:
+                extra.add("gvisor")
+            info = info.model_copy(update={"capabilities": sorted({*info.capabilities, *extra})})
+        return info
+
+    # -- the client, and the end of its event loop ------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _engine(self, host: str) -> AsyncIterator[_Client]:
+        """The client for ``host`` (created on first use), counted as busy meanwhile; engine
+        failures come out as sandlot errors."""
+        self._adopt_loop()
+        client = self._clients.get(host)
+        if client is None:
+            client = self._clients[host] = _Client(host)
+        self._busy += 1
+        try:
+            yield client
+        except client.docker_error as exc:
+            if exc.status == 900:  # aiodocker's code for "cannot connect"
+                raise ProviderUnavailableError(
+                    f"cannot reach the Docker engine at {host}: {exc.message}", provider="docker"
+                ) from None
+            raise SandboxError(f"the Docker engine at {host} failed: {exc.message}") from None
+        except client.errors as exc:
+            raise ProviderUnavailableError(
+                f"the Docker engine at {host} failed: {exc}", provider="docker"
+            ) from None
+        finally:
+            self._busy -= 1
+            client.remember_version()
+
+    def _adopt_loop(self) -> None:
+        """Bind to the running event loop on first use. A manager lives on one loop; should
+        this provider be used from another, whatever the old loop left is picked up here."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        # Clients, watchers and removal tasks of an old loop cannot be used (or closed) here.
+        self._clients.clear()
+        self._watches.clear()
+        self._removals.clear()
+        self._pulls.clear()
+        self._loop = loop
+        self._guard = self._until_loop_ends()
+        # Step it to its ``yield`` now (it awaits nothing before): the loop registers it on
+        # its first step and closes it at shutdown, which runs its ``finally``.
+        with contextlib.suppress(StopIteration):
+            self._guard.asend(None).send(None)
+        for container, host in list(self._removing.items()):
+            del self._removing[container]
+            self._drop(container, host)
+
+    async def _until_loop_ends(self) -> AsyncGenerator[None, None]:
+        """Closed by the event loop's ``shutdown_asyncgens`` (``asyncio.run`` and the like
+        call it, after cancelling every task): kill what this process still owns, finish
+        removals that were cut short, and close the clients, so that a program which never
+        closed its manager leaks neither containers nor connections."""
+        try:
+            yield
+        finally:
+            for container, host in list(self._owned.items()):
+                self._removing.setdefault(container, host)
+            self._owned.clear()
+            for container, host in list(self._removing.items()):
+                await self._remove(container, host)
+            await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def create(self, sandbox_id: str, spec: SandboxSpec, folder: Path) -> Started:
+        config = self.parse_config(spec.config)
+        assert isinstance(config, DockerConfig)
+        uid, gid = config.ids
+        if os.geteuid() != 0 and uid != os.geteuid():
+            raise InvalidArgumentError(
+                f"sandlot runs as uid {os.geteuid()}, not root: it can only hand the workspace "
+                f"and the agent's socket to itself; set user='{os.geteuid()}:{os.getegid()}'"
+            )
+        agent_root = agent_files.prepare(self.home, _compiler())
+        run = folder / "run"
+        run.mkdir(mode=0o700, exist_ok=True)
+        os.chown(run, uid, gid)
+        socket_path = run / SOCKET_NAME
+        if len(str(socket_path).encode()) > spawn.MAX_SOCKET_PATH:
+            raise InvalidArgumentError(
+                f"the state folder path is too long for a Unix socket ({socket_path}); set "
+                "SANDLOT_HOME to a shorter path"
+            )
+        workspace = spawn.make_workspace(folder, spec.workdir, spawn.HostUser(uid, gid))
+        self._mark_used()
+        body = self._container(sandbox_id, spec, config, agent_root, run, workspace)
+        host = config.docker_host
+        async with self._engine(host) as client:
+            container = await self._create_container(client, body, f"sandlot-{sandbox_id}", config)
+            exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            try:
+                await self._start(client, container, config)
+                if not self.detached:
+                    self._owned[container] = host
+                # The engine tells us when the container stops: a fast failure at start-up,
+                # and the manager's cue to release a sandbox whose agent ended.
+                self._watches[container] = asyncio.ensure_future(
+                    self._watch(client, container, exited)
+                )
+                channel = await self._connect_started(
+                    client, container, socket_path, exited, config
+                )
+            except BaseException:
+                self._drop(container, host)
+                raise
+        if self.detached:  # nobody here waits for its end: the next process adopts it
+            self._stop_watching(container)
+        handle = {"container": container, "socket": str(socket_path), "docker_host": host}
+        return Started(handle=handle, channel=channel, exited=None if self.detached else exited)
+
+    def _container(
+        self,
+        sandbox_id: str,
+        spec: SandboxSpec,
+        config: DockerConfig,
+        agent_root: Path,
+        run: Path,
+        workspace: Path,
+    ) -> dict[str, Any]:
+        """The engine's container settings (``POST /containers/create``)."""
+        argv = agent_files.command(
+            config.python,
+            agent_files.MOUNT_POINT,
+            "--socket", f"{RUN_MOUNT}/{SOCKET_NAME}",
+            "--workdir", spec.workdir,
+            "--deadline", str(spec.timeout),
+            "--rlimit", "core=0",
+        )  # fmt: skip
+        resources = spec.resources
+        memory = resources.memory_mb << 20
+        now = int(time.time())
+        env = {"PATH": DEFAULT_PATH, "HOME": "/workspace", "LANG": "C.UTF-8", **spec.env}
+        host_config: dict[str, Any] = {
+            "NetworkMode": "none",
+            "Init": True,  # docker-init as PID 1 reaps orphans and passes signals on
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "ReadonlyRootfs": True,
+            "IpcMode": "private",
+            "Mounts": [
+                _bind(workspace, "/workspace"),
+                _bind(agent_root, agent_files.MOUNT_POINT, read_only=True),
+                _bind(run, RUN_MOUNT),
+            ],
+            "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={resources.tmp_mb}m,mode=1777"},
+            "Memory": memory,
+            "MemorySwap": memory,  # equal: no swap
+            "NanoCpus": int(resources.cpus * 1e9),
+            "PidsLimit": resources.pids,
+            # The agent's own output only (commands have their own pipes); capped.
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
+        }
+        if config.runtime:
+            host_config["Runtime"] = config.runtime
+        return {
+            "Image": config.image,
+            "Entrypoint": argv[:1],  # replaces the image's, so the agent is what runs
+            "Cmd": argv[1:],
+            "User": config.user,
+            "WorkingDir": "/workspace",
+            "Hostname": "sandlot",
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "Labels": {
+                LABEL_SANDBOX: sandbox_id,
+                LABEL_HOME: self.home_hash,
+                LABEL_OWNER: str(0 if self.detached else os.getpid()),
+                LABEL_CREATED: str(now),
+                LABEL_EXPIRES: str(now + int(spec.timeout) + 1),
+            },
+            "HostConfig": host_config,
+        }
+
+    async def _create_container(
+        self, client: _Client, body: dict[str, Any], name: str, config: DockerConfig
+    ) -> str:
+        """Create the container, pulling its image as the pull policy says. Without a pull,
+        one call: a missing image is the engine's 404, not an inspect made every time."""
+        if config.pull == "always":
+            await self._pull(client, config)
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                return str((await client.docker.containers.create(body, name=name)).id)
+        except TimeoutError:
+            raise SandboxStartError(_slow("create the container")) from None
+        except client.docker_error as exc:
+            if exc.status != 404:
+                raise _refused(exc) from None
+        if config.pull == "never":
+            raise ImageNotFoundError(
+                f"image {config.image!r} is not on the Docker engine, and pull is 'never' "
+                "(build or load it first, or set pull='missing')",
+                image=config.image,
+            )
+        await self._pull(client, config)
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                return str((await client.docker.containers.create(body, name=name)).id)
+        except TimeoutError:
+            raise SandboxStartError(_slow("create the container")) from None
+        except client.docker_error as exc:
+            raise _refused(exc) from None
+
+    async def _start(self, client: _Client, container: str, config: DockerConfig) -> None:
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                await client.docker.containers.container(container).start()
+        except TimeoutError:
+            raise SandboxStartError(_slow("start the container")) from None
+        except client.docker_error as exc:
+            if exc.status == 900:
+                raise
+            raise SandboxStartError(
+                f"the Docker engine cannot start a container of image {config.image!r}: "
+                f"{exc.message}",
+                image=config.image,
+            ) from None
+
+    async def _pull(self, client: _Client, config: DockerConfig) -> None:
+        """Pull the image, once at a time per image however many creates ask for it."""
+        key = (client.host, config.image)
+        pending = self._pulls.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._pull_once(client, config))
+            self._pulls[key] = pending
+            pending.add_done_callback(lambda _: self._pulls.pop(key, None))
+        await asyncio.shield(pending)
+
+    async def _pull_once(self, client: _Client, config: DockerConfig) -> None:
+        image = config.image
+        try:
+            async with asyncio.timeout(config.pull_timeout):
+                await client.docker.images.pull(image)
+        except TimeoutError:
+            why = f"no answer within {config.pull_timeout:g} s"
+        except client.errors as exc:
+            if getattr(exc, "status", None) == 900:
+                raise
+            why = getattr(exc, "message", None) or str(exc)
+        else:
+            return
+        raise ImageNotFoundError(f"cannot pull image {image!r}: {why}", image=image)
+
+    async def _watch(self, client: _Client, container: str, exited: asyncio.Future[int]) -> None:
+        try:
+            answer = await client.docker.containers.container(container).wait()
+        except client.errors:
+            return  # lost touch with the engine: the manager's expiry timer still ends it
+        finally:
+            if self._watches.get(container) is asyncio.current_task():
+                del self._watches[container]
+        self._owned.pop(container, None)
+        if not exited.done():
+            exited.set_result(int(answer.get("StatusCode", -1)))
+
+    def _stop_watching(self, container: str) -> None:
+        watch = self._watches.pop(container, None)
+        if watch is not None:
+            watch.cancel()
+
+    async def _connect_started(
+        self,
+        client: _Client,
+        container: str,
+        socket_path: Path,
+        exited: asyncio.Future[int],
+        config: DockerConfig,
+    ) -> Channel:
+        """Connect as soon as the agent's socket appears; if the container stops first,
+        say why, with its output."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while True:
+            with _agent_socket(str(socket_path)) as path:
+                if path is not None:
+                    try:
+                        return await Channel.connect_unix(path, timeout=START_TIMEOUT)
+                    except SandboxClosedError:
+                        pass  # bound but not listening yet, or it died: the watcher will say
+            if exited.done():
+                break
+            if loop.time() > deadline:
+                raise SandboxStartError(
+                    f"the agent did not start within {START_TIMEOUT:g} s in image "
+                    f"{config.image!r}: {await self._logs(client, container)}",
+                    image=config.image,
+                )
+            await asyncio.wait([exited], timeout=POLL)
+        logs = await self._logs(client, container)
+        code = exited.result()
+        if code == 127 or f"exec {config.python} failed" in logs:
+            raise SandboxStartError(
+                f"image {config.image!r} has no {config.python!r}: the sandbox's agent needs a "
+                f"Python 3 interpreter in the image (or set python= to its path). Output: {logs}",
+                image=config.image,
+            )
+        raise SandboxStartError(
+            f"the agent did not start in image {config.image!r} (exit status {code}): {logs}",
+            image=config.image,
+        )
+
+    async def _logs(self, client: _Client, container: str) -> str:
+        try:
+            lines = await client.docker.containers.container(container).log(
+                stdout=True, stderr=True
+            )
+        except client.errors as exc:
+            return f"(no output: {exc})"
+        text = "".join(lines).strip()[-LOG_LIMIT:]
+        return text or "(no output)"
+
+    async def connect(self, handle: dict[str, Any]) -> Channel:
+        with _agent_socket(handle["socket"]) as path:
+            if path is None:
+                raise SandboxClosedError("the sandbox's agent is not listening (no socket)")
+            return await Channel.connect_unix(path)
+
+    async def destroy(self, handle: dict[str, Any]) -> None:
+        """SIGKILL and remove the container. The engine takes ~65 ms to stop one, which
+        nobody needs to wait for: the removal runs in the background, ``is_alive`` says False
+        at once, and :meth:`settle` (which ``Manager.close`` awaits) waits for it."""
+        container = handle.get("container")
+        if container:
+            self._drop(container, handle.get("docker_host") or _default_host())
+
+    def _drop(self, container: str, host: str) -> None:
+        self._adopt_loop()
+        self._owned.pop(container, None)
+        self._stop_watching(container)
+        if container in self._removing:
+            return
+        self._removing[container] = host
+        task = asyncio.ensure_future(self._remove(container, host))
+        self._removals[container] = task
+        task.add_done_callback(lambda _: self._removals.pop(container, None))
+
+    async def _remove(self, container: str, host: str) -> None:
+        try:
+            async with self._engine(host) as client:
+                try:
+                    await client.docker.containers.container(container).delete(force=True)
+                except client.docker_error as exc:
+                    # 404: gone already; 409: a removal is in progress (another process's)
+                    if exc.status not in (404, 409):
+                        log.warning("cannot remove container %s: %s", container[:12], exc)
+        except SandlotError as exc:
+            log.warning("cannot remove container %s: %s", container[:12], exc)
+        # Cancelled (the loop is ending) it stays listed, and _until_loop_ends finishes it.
+        self._removing.pop(container, None)
+
+    async def settle(self) -> None:
+        self._adopt_loop()
+        while self._removals:
+            await asyncio.gather(*list(self._removals.values()), return_exceptions=True)
+        if not self._busy and not self._watches and not self._owned:
+            await self._close_clients()
+
+    def is_alive(self, handle: dict[str, Any]) -> bool:
+        """Cheap and local: destroyed here means dead; otherwise the agent's socket answers
+        a connect (the kernel completes it without the agent; it fails once the agent, and
+        with it the container, is gone)."""
+        if handle.get("container") in self._removing or not handle.get("socket"):
+            return False
+        with (
+            _agent_socket(handle["socket"]) as path,
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe,
+        ):
+            if path is None:
+                return False
+            probe.setblocking(False)
+            try:
+                probe.connect(path)
+            except BlockingIOError:
+                return True  # a full backlog: somebody is listening
+            except OSError:
+                return False
+        return True
+
+    # -- garbage ----------------------------------------------------------------------------
+
+    def _mark_used(self) -> None:
+        if not self._used:
+            (self.home / USED_MARKER).touch()
+            self._used = True
+
+    def _labelled(self, sandbox_id: str | None = None) -> dict[str, Any]:
+        labels = [f"{LABEL_HOME}={self.home_hash}"]
+        labels.append(LABEL_SANDBOX if sandbox_id is None else f"{LABEL_SANDBOX}={sandbox_id}")
+        return {"all": True, "filters": {"label": labels}}
+
+    async def list_instances(self) -> list[str]:
+        """This state folder's containers (by label) older than the grace period or past
+        their lifetime. Asks the engine only if this state folder ever used it."""
+        if not (self.home / USED_MARKER).exists() or self.unavailable_reason() is not None:
+            return []
+        try:
+            async with self._engine(_default_host()) as client:
+                found = await client.docker.containers.list(**self._labelled())
+        except SandlotError as exc:
+            log.warning("gc: cannot list Docker containers: %s", exc)
+            return []
+        now = time.time()
+        ids = set()
+        for container in found:
+            labels = container["Labels"] or {}
+            sandbox_id = labels.get(LABEL_SANDBOX)
+            if labels.get(LABEL_HOME) != self.home_hash or not sandbox_id:
+                continue  # the engine filtered already; never trust a filter with a kill
+            created = float(container["Created"] or 0)
+            expires = _float(labels.get(LABEL_EXPIRES))
+            if now - created >= self.ORPHAN_GRACE or (expires is not None and now > expires):
+                ids.add(sandbox_id)
+        return sorted(ids)
+
+    async def cleanup_orphan(self, sandbox_id: str) -> None:
+        host = _default_host()
+        async with self._engine(host) as client:
+            found = await client.docker.containers.list(**self._labelled(sandbox_id))
+        for container in found:
+            labels = container["Labels"] or {}
+            if labels.get(LABEL_HOME) == self.home_hash and labels.get(LABEL_SANDBOX) == sandbox_id:
+                self._drop(container.id, host)
+
+
+def _bind(source: Path, target: str, read_only: bool = False) -> dict[str, Any]:
+    return {"Type": "bind", "Source": str(source), "Target": target, "ReadOnly": read_only}
+
+
+def _slow(what: str) -> str:
+    return f"the Docker engine did not {what} within {START_TIMEOUT:g} s"
+
+
+def _refused(exc: Any) -> Exception:
+    """The engine refused to create the container (one it cannot reach stays as it is:
+    :meth:`DockerProvider._engine` says so)."""
+    if exc.status == 900:
+        return exc
+    if exc.status == 400:
+        return InvalidArgumentError(
+            f"the Docker engine refused the sandbox's settings: {exc.message}"
+        )
+    return SandboxStartError(f"the Docker engine cannot create the container: {exc.message}")
+
+
+def _compiler() -> str:
+    """The host interpreter that byte-compiles the agent (for the image's, if the same
+    version; otherwise the image's Python compiles it in memory at each start)."""
+    return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+
+
+@contextlib.contextmanager
+def _agent_socket(path: str) -> Iterator[str | None]:
+    """A path to connect to the agent's socket by, or None if there is no socket there.
+
+    The sandbox can write the folder that holds it: it could swap the socket for a symlink
+    to some host socket. So the socket is opened without following links (``O_PATH |
+    O_NOFOLLOW``) and reached through that descriptor, which no later swap can redirect."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        yield None
+        return
+    try:
+        yield f"/proc/self/fd/{fd}" if stat.S_ISSOCK(os.fstat(fd).st_mode) else None
+    finally:
+        os.close(fd)
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
