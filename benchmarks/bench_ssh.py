@@ -33,6 +33,7 @@ import argparse
 import functools
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import traceback
@@ -344,6 +345,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A SIGTERM unwinds like an exception: sshd, its namespace and the sandboxes are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = now()
     load0 = os.getloadavg()[0]
     commit = git_commit()

@@ -10,7 +10,8 @@ Operations: ``launch`` (bind the agent's socket, start it detached with ``posix_
 session of its own), ``kill`` (the agent's whole process tree, then its folder), ``alive``,
 ``log``, ``install`` (the agent's files, once per version, atomically) and ``etc`` (the
 sandbox's ``/etc`` snapshot for bwrap). Agents outlive the helper and the SSH connection:
-their own ``--deadline`` ends them. The first line the helper prints starts with ``MARKER``
+their own ``--deadline`` ends them, and each helper, when it starts, removes the folders of
+sandboxes whose agent has ended. The first line the helper prints starts with ``MARKER``
 (a login shell may print before it) and carries facts about the host the provider needs.
 """
 
@@ -29,6 +30,7 @@ MAX_SOCKET_PATH = 107
 TERM_GRACE = 1.0
 KILL_WAIT = 5.0
 ETC_RECHECK = 5.0
+SWEEP_GRACE = 3600.0
 
 _write_lock = threading.Lock()
 
@@ -298,7 +300,33 @@ class Helper:
         # This helper is the agent's parent until the SSH connection ends: reap it if it
         # ends first (afterwards init does).
         threading.Thread(target=_reap, args=(pid,), daemon=True).start()
-        return {"pid": pid, "started": start_time(pid), "socket": path}
+        started = start_time(pid)
+        with open(os.path.join(folder, "agent.pid"), "w") as f:
+            f.write(f"{pid} {started}\n")
+        return {"pid": pid, "started": started, "socket": path}
+
+    def sweep(self):
+        """Remove the folders of sandboxes whose agent has ended (its deadline passed while
+        no sandlot was there to destroy it), so a host collects its own leftovers."""
+        parent = os.path.join(self.root, "sandboxes")
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            return
+        for name in names:
+            folder = os.path.join(parent, name)
+            try:
+                with open(os.path.join(folder, "agent.pid")) as f:
+                    pid, started = f.read().split()
+                gone = not alive(int(pid), int(started))
+            except (OSError, ValueError):
+                # No pid file: a launch in progress, or one that failed long ago.
+                try:
+                    gone = time.time() - os.stat(folder).st_mtime > SWEEP_GRACE
+                except OSError:
+                    continue
+            if gone:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _fill(self, req, fd):
         """The agent's argv with this host's parts put in at the slots the host named: the
@@ -395,6 +423,7 @@ def main(argv):
     helper = Helper(argv[0] if argv else ".cache/sandlot")
     sys.stdout.flush()
     os.write(1, (MARKER + json.dumps(helper.hello()) + "\n").encode())
+    threading.Thread(target=helper.sweep, daemon=True).start()
     stdin = sys.stdin.buffer
     while True:
         line = stdin.readline()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from integration.helpers import wait_until
 from ssh_env import SshServer
 
 import sandlot
@@ -189,6 +190,13 @@ def test_reconnect_after_the_connection_drops(box: sandlot.Sandbox, ssh_server: 
     assert waited.stdout == "finished\n"
 
 
+async def _close_connections(manager: Manager) -> None:
+    """What a provider close hook in Manager.close would do: drop the SSH connections."""
+    provider = manager.provider("ssh")
+    assert isinstance(provider, SshProvider)
+    await provider.close()
+
+
 def _in_another_process(code: str, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
@@ -252,7 +260,27 @@ async def test_the_agent_is_copied_once(settings: dict[str, Any], scratch: Path)
         await fresh.kill(third.info.id)
     finally:
         await fresh.close()
+        await _close_connections(fresh)
     assert [p.stat().st_ino for p in Path(remote_dir, "agent").iterdir()] == [inode]
     for sb in (first, second):
         assert (await sb.commands.run("echo ok")).stdout == "ok\n"
         await sb.kill()
+
+
+async def test_a_new_helper_removes_folders_of_ended_sandboxes(settings: dict[str, Any]) -> None:
+    """A sandbox whose deadline passed while no sandlot was there to destroy it leaves its
+    remote folder; the next connection's helper removes it (and nothing that still runs)."""
+    sandboxes = Path(settings["remote_dir"], "sandboxes")
+    sandboxes.mkdir(parents=True, exist_ok=True)
+    ended = sandboxes / "sb-000000000000"
+    (ended / "workspace").mkdir(parents=True, exist_ok=True)
+    (ended / "agent.pid").write_text("4194305 1\n")  # above any pid_max: never running
+    fresh = Manager()
+    try:
+        live = await fresh.create(sandlot.SandboxSpec(provider="ssh", config=settings))
+        assert wait_until(lambda: not ended.exists(), timeout=30)
+        assert Path(live.info.handle["dir"]).is_dir()  # a running one stays
+        await fresh.kill(live.info.id)
+    finally:
+        await fresh.close()
+        await _close_connections(fresh)
