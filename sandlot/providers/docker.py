@@ -31,11 +31,10 @@ import stat
 import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from ..channel import Channel
 from ..errors import (
@@ -77,6 +76,9 @@ def _default_host() -> str:
 
 
 class DockerConfig(ProviderConfig):
+    # Built on first use: gc imports this module in every process, docker or not.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
     image: str = Field(description="the image to run; it needs a Python 3 interpreter")
     pull: Literal["never", "missing", "always"] = Field(
         "missing",
@@ -145,11 +147,13 @@ class DockerConfig(ProviderConfig):
 # -- engine availability (synchronous: providers are listed without an event loop) ---------
 
 
-@dataclass
 class _Probe:
-    reason: str | None
-    runtimes: frozenset[str] | None  # None: not asked yet
-    until: float
+    # A plain class: a dataclass compiles its methods at import, and gc imports this module
+    # in every process, docker or not.
+    def __init__(self, reason: str | None, runtimes: frozenset[str] | None, until: float):
+        self.reason = reason
+        self.runtimes = runtimes  # None: not asked yet
+        self.until = until
 
 
 _probes: dict[str, _Probe] = {}
