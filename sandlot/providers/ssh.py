@@ -405,12 +405,20 @@ async def _connect(target: _Target) -> Any:
     if target.client_keys is not None:
         kwargs["client_keys"] = list(target.client_keys)
     if target.known_hosts is not None:
-        kwargs["known_hosts"] = target.known_hosts
+        path = Path(target.known_hosts).expanduser()
+        if not path.is_file():
+            raise HostKeyError(
+                f"no known_hosts file at {path}: the host key of {target} cannot be checked",
+                host=target.host,
+            )
+        kwargs["known_hosts"] = str(path)
     try:
         options = await asyncssh.SSHClientConnectionOptions.construct(**kwargs)
         if options.known_hosts is None:
-            # "UserKnownHostsFile none" would turn host-key checking off: never.
-            kwargs["known_hosts"] = str(Path("~/.ssh/known_hosts").expanduser())
+            # "UserKnownHostsFile none" would turn host-key checking off: never. Without the
+            # default file, no key is trusted (b"": known_hosts content with no entries).
+            default = Path("~/.ssh/known_hosts").expanduser()
+            kwargs["known_hosts"] = str(default) if default.is_file() else b""
         return await asyncssh.connect(**kwargs)
     except asyncssh.HostKeyNotVerifiable as exc:
         raise HostKeyError(

@@ -121,6 +121,26 @@ def test_a_changed_host_key_is_refused(
     assert {info.id for info in sandlot.Sandbox.list()} == before  # no record left behind
 
 
+def test_known_hosts_none_in_ssh_config_does_not_turn_checking_off(
+    ssh_server: SshServer, remote_dir: str, scratch: Path
+) -> None:
+    config = scratch / "ssh_config"
+    config.write_text(
+        f"Host unchecked\n  HostName {ssh_server.host}\n  Port {ssh_server.port}\n"
+        f"  User {ssh_server.user}\n  IdentityFile {ssh_server.client_key}\n"
+        "  UserKnownHostsFile none\n  StrictHostKeyChecking no\n"
+    )
+    with pytest.raises(sandlot.HostKeyError):
+        sandlot.Sandbox.create(
+            provider="ssh", host="unchecked", ssh_config=[str(config)], remote_dir=remote_dir
+        )
+
+
+def test_a_missing_known_hosts_file_is_refused(settings: dict[str, Any], scratch: Path) -> None:
+    with pytest.raises(sandlot.HostKeyError, match="no known_hosts file"):
+        sandlot.Sandbox.create(provider="ssh", **{**settings, "known_hosts": str(scratch / "no")})
+
+
 def test_a_key_the_server_does_not_accept(settings: dict[str, Any], scratch: Path) -> None:
     key = scratch / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
