@@ -81,9 +81,18 @@ HTTP_CODES = {
 MAX_JSON_BODY = 32 * 1024 * 1024  # JSON is parsed whole; raw uploads stream instead
 
 
+def _is_port_proxy(path: str) -> bool:
+    """``/v1/ports/<token>/...`` or ``/v1/sandboxes/<id>/ports/<port>/...``."""
+    if path.startswith("/v1/ports/"):
+        return True
+    parts = path.split("/", 6)  # "", v1, sandboxes, id, ports, port, rest
+    return len(parts) > 6 and parts[2] == "sandboxes" and parts[4] == "ports"
+
+
 class BodyLimit:
     """Refuse a body larger than ``MAX_JSON_BODY`` before the app parses it; only raw
-    uploads (``application/octet-stream``: files, stdin) stream without a limit."""
+    uploads (``application/octet-stream``: files, stdin) and requests to an exposed port
+    (whatever their type: the proxy streams them into the sandbox) go through unread."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -93,7 +102,9 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or ())
-        if headers.get(b"content-type", b"").startswith(b"application/octet-stream"):
+        if _is_port_proxy(scope.get("path", "")) or headers.get(b"content-type", b"").startswith(
+            b"application/octet-stream"
+        ):
             await self.app(scope, receive, send)  # raw uploads stream with back-pressure
             return
         declared = headers.get(b"content-length", b"0")
