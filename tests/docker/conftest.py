@@ -4,7 +4,7 @@
 images (no registry is reachable here). If Docker cannot run, these tests fail rather than
 skip: a provider whose isolation tests silently skip proves nothing.
 
-For the whole session the default provider is docker (``SANDLOT_PROVIDER`` and
+For the tests of this package the default provider is docker (``SANDLOT_PROVIDER`` and
 ``SANDLOT_PROVIDER_CONFIG``), so the embedded SDK tests re-run here unchanged create docker
 sandboxes. The state folder (``SANDLOT_HOME``) comes from ``tests/conftest.py``.
 """
@@ -23,11 +23,12 @@ IMAGE = docker_env.IMAGE
 NO_PYTHON_IMAGE = docker_env.NO_PYTHON_IMAGE
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def docker_ready() -> Iterator[None]:
-    """Engine and images up, and docker the default provider, before any sandbox exists
-    (session scope: module-scoped sandboxes of the shared tests are made before any
-    function-scoped fixture runs)."""
+    """Engine and images up, and docker the default provider, before any sandbox of this
+    package exists (package scope: module-scoped sandboxes of the shared tests are made
+    before any function-scoped fixture runs, and the tests after this package, in the same
+    session, get their default provider back)."""
     reason = docker_env.prepare()
     if reason is not None:
         pytest.fail(f"Docker tests cannot run: {reason}", pytrace=False)

@@ -273,6 +273,12 @@ def test_a_failed_pull_is_image_not_found_and_says_why() -> None:
     assert f"cannot pull image {name!r}:" in str(caught.value)
 
 
+def test_pull_always_pulls_even_a_local_image() -> None:
+    """The image is on the engine, but "always" asks the registry first (unreachable here)."""
+    with pytest.raises(sandlot.ImageNotFoundError, match=f"cannot pull image '{IMAGE}'"):
+        sandlot.Sandbox.create(provider="docker", image=IMAGE, pull="always", pull_timeout=30)
+
+
 @pytest.mark.parametrize(
     ("settings", "field"),
     [
@@ -308,6 +314,19 @@ def test_unavailable_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{missing}")
     reason = DockerProvider(home()).unavailable_reason()
     assert reason is not None and missing in reason
+
+
+def test_runtimes_the_engine_reports_are_capabilities(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This engine has runc only, so its answer about runtimes is faked here (a stand-in
+    for an engine with gVisor installed); the real answer is checked first."""
+    import sandlot.providers.docker as module
+
+    real = DockerProvider(home()).info()
+    assert real.available and "gvisor" not in real.capabilities
+    probe = module._Probe(None, frozenset({"runc", "runsc"}), float("inf"))
+    monkeypatch.setattr(module, "_probe", lambda host, runtimes=False: probe)
+    faked = DockerProvider(home()).info()
+    assert {"gvisor", "runtime"} <= set(faked.capabilities)
 
 
 # -- lifetime: reconnect, exit, close ---------------------------------------------------------
