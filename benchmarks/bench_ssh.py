@@ -233,7 +233,7 @@ class Bench(BenchBase):
                     Row("cold", f'{label}: create() + run("true") + kill(), open connection', "ms")
                 ),
                 "create": R.add(Row("cold", f"{label}: of which create()", "ms")),
-                "run": R.add(Row("cold", f"{label}: of which the first run(\"true\")", "ms")),
+                "run": R.add(Row("cold", f'{label}: of which the first run("true")', "ms")),
                 "kill": R.add(Row("cold", f"{label}: of which kill()", "ms")),
             }
 
@@ -313,7 +313,7 @@ LAYOUT = Layout(
     targets=["section", "subject", "p50", "p90", VERSUS, "target", "verdict"],
     targets_heading="Targets",
     reading="p50 / p90 / p99 over n samples. 'vs lean conn.run': the row's p50 and p90 over"
-    " those of `await conn.run(\"true\", env={\"SHLVL\": \"1\"})` on an open asyncssh connection"
+    ' those of `await conn.run("true", env={"SHLVL": "1"})` on an open asyncssh connection'
     " (an exec whose login shell skips root's .bashrc, which runs pyenv's init here: the plain"
     " conn.run row pays for it), measured in the same run,"
     " interleaved (each round runs every subject once, in a shuffled order). The sshd runs in"

@@ -156,7 +156,10 @@ class SshServer:
             argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
         with open(self.log, "ab") as log:
             self._proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         deadline = time.monotonic() + wait
@@ -305,7 +308,7 @@ def _reap_stale_namespaces() -> None:
         if not name.startswith(NETNS_PREFIX):
             continue
         with contextlib.suppress(ValueError, IndexError):
-            if not _pid_alive(int(name[len(NETNS_PREFIX):].split("-")[0])):
+            if not _pid_alive(int(name[len(NETNS_PREFIX) :].split("-")[0])):
                 _kill_namespace(name)  # deleting the namespace deletes the veth pair too
 
 
@@ -323,12 +326,21 @@ def ssh_server() -> Iterator[SshServer]:
 
 if __name__ == "__main__":
     with SshServer() as running:
-        print(json.dumps({
-            "host": running.host, "port": running.port, "user": running.user,
-            "netns": running.netns, "alias": running.alias,
-            "ssh_config": str(running.ssh_config), "known_hosts": str(running.known_hosts),
-            "client_key": str(running.client_key),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "host": running.host,
+                    "port": running.port,
+                    "user": running.user,
+                    "netns": running.netns,
+                    "alias": running.alias,
+                    "ssh_config": str(running.ssh_config),
+                    "known_hosts": str(running.known_hosts),
+                    "client_key": str(running.client_key),
+                },
+                indent=2,
+            )
+        )
         print(f"try: {' '.join(running.ssh_argv('true'))}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()

@@ -419,3 +419,8 @@ class Channel:
 
     def close(self) -> None:
         self._broken(SandboxClosedError("the channel was closed"))
+
+    def fail(self, error: SandlotError) -> None:
+        """Close for good with ``error`` (e.g. a dial that learnt the agent is dead: waiting
+        requests fail with it now, rather than after redialling in vain)."""
+        self._broken(error)

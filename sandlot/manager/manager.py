@@ -407,4 +407,9 @@ class Manager:
                 continue
         await self.ports.close_all()
         await self.settle()
+        for provider in self._providers.values():
+            try:
+                await provider.close()
+            except Exception as exc:  # one provider's trouble must not keep the rest open
+                log.warning("closing provider %s: %s", provider.name, exc)
         self.store.close()

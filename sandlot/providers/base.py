@@ -117,3 +117,7 @@ class Provider(abc.ABC):
 
     async def settle(self) -> None:
         """Wait for clean-up work that :meth:`destroy` left running in the background."""
+
+    async def close(self) -> None:
+        """Release what the provider itself holds (connections to an engine or a host),
+        once its manager is done: after its sandboxes were killed or let go."""

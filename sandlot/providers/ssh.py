@@ -572,7 +572,7 @@ class SshProvider(Provider):
             self._known[_key(handle)] = (time.monotonic(), False)
             error = SandboxClosedError("the sandbox's agent is no longer running")
             if holder:
-                holder[0]._broken(error)  # stop redialling: requests waiting fail now
+                holder[0].fail(error)  # stop redialling: requests waiting fail now
             if exited is not None and not exited.done():
                 exited.set_result(-1)
             raise error

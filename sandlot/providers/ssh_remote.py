@@ -290,9 +290,7 @@ class Helper:
                 (os.POSIX_SPAWN_DUP2, 1, 2),
             ]
             try:
-                pid = os.posix_spawn(
-                    program, argv, req["env"], file_actions=actions, setsid=True
-                )
+                pid = os.posix_spawn(program, argv, req["env"], file_actions=actions, setsid=True)
             except OSError as exc:
                 raise Failed(f"cannot start {argv[0]}: {exc}") from None
         finally:

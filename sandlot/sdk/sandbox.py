@@ -89,7 +89,11 @@ class AsyncSandbox:
 
     @property
     def isolated(self) -> bool:
-        return self._live.provider.isolated
+        # Some providers decide per sandbox (ssh: bwrap on the far host, or not): the
+        # handle says so then; otherwise the provider's kind does.
+        handle = getattr(self._live.info, "handle", None) or {}
+        per_sandbox = handle.get("isolated")
+        return per_sandbox if isinstance(per_sandbox, bool) else self._live.provider.isolated
 
     def __repr__(self) -> str:
         return f"<AsyncSandbox {self.id} provider={self.provider}>"

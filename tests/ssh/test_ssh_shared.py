@@ -8,18 +8,12 @@ unisolated, that would change the test machine. The process-like mode has its ow
 ``test_ssh.py``. Tests that look at this host's copy of a sandbox are left out below.
 """
 
-import pytest
-from integration import test_async
 from integration.test_async import *  # noqa: F403
 from integration.test_code import *  # noqa: F403
 from integration.test_code_async import *  # noqa: F403
 from integration.test_commands import *  # noqa: F403
 from integration.test_files import *  # noqa: F403
+from integration.test_ports import *  # noqa: F403
 
 # Looks at the local state folder's workspace; an ssh sandbox's workspace is on the remote host.
 del test_write_lands_in_the_host_workspace_folder  # noqa: F821
-
-# sb.isolated reads the provider's class-wide flag; ssh isolation is per sandbox (its handle).
-test_quickstart_async = pytest.mark.xfail(
-    reason="needs AsyncSandbox.isolated to read info.handle['isolated']", strict=False
-)(test_async.test_quickstart_async)
