@@ -648,8 +648,17 @@ class DockerProvider(Provider):
         self._adopt_loop()
         while self._removals:
             await asyncio.gather(*list(self._removals.values()), return_exceptions=True)
-        if not self._busy and not self._watches and not self._owned:
-            await self._close_clients()
+
+    async def close(self) -> None:
+        """The manager is done (its sandboxes killed, or let go of if detached): remove
+        what this process still owns, stop watching, close the engine clients."""
+        self._adopt_loop()
+        for container, host in list(self._owned.items()):
+            self._drop(container, host)
+        await self.settle()
+        for container in list(self._watches):
+            self._stop_watching(container)
+        await self._close_clients()
 
     def is_alive(self, handle: dict[str, Any]) -> bool:
         """Cheap and local: destroyed here means dead; otherwise the agent's socket answers

@@ -399,6 +399,7 @@ async def test_closing_a_manager_kills_what_it_owns_unless_detached() -> None:
     live = await owned.create(SandboxSpec(provider="docker", config={"image": IMAGE}))
     await owned.close()
     assert containers(f"sandlot.sandbox={live.info.id}") == []
+    assert not live.provider._clients  # type: ignore[attr-defined]  # no connection left open
 
     detached = Manager(home(), detached=True)
     kept = await detached.create(SandboxSpec(provider="docker", config={"image": IMAGE}))
