@@ -70,7 +70,7 @@ from _common import (
 
 SECTIONS = ("cold",)
 PEERS = ("llm-sandbox", "swerex")
-DEFAULT_IMAGE = "sandlot-test-bookworm"  # tests/docker_env.py builds it
+DEFAULT_IMAGE = "sandlot-test-bookworm:v2"  # tests/docker_env.py builds it
 LABEL = "sandlot-bench=1"
 TARGET = 1.1  # sandlot's p50 over `docker run --rm`'s
 

@@ -1,9 +1,10 @@
 """A real Docker engine and locally built test images for the tests and benchmarks.
 
 No container registry is reachable here, so the images are built from Debian packages:
-``debootstrap --variant=minbase --include=python3 bookworm`` imported with ``docker import``
-(about a minute, once: an image that exists is reused). ``sandlot-test-nopython`` is the same
-tree without its Python, for the "image without python3" error.
+``debootstrap --variant=minbase --include=python3,python3-pip,procps bookworm`` imported
+with ``docker import`` (a minute or two, once: an image that exists is reused).
+``sandlot-test-nopython`` is the same tree without its Python, for the "image without
+python3" error.
 
 Run as a script (``python tests/docker_env.py``) to prepare everything ahead of a test run.
 """
@@ -18,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-IMAGE = "sandlot-test-bookworm"
-NO_PYTHON_IMAGE = "sandlot-test-nopython"
+IMAGE = "sandlot-test-bookworm:v2"  # v2: with procps and pip
+NO_PYTHON_IMAGE = "sandlot-test-nopython:v2"
 SOCKET = "/var/run/docker.sock"
 DOCKERD_LOG = "/tmp/sandlot-dockerd.log"
-ROOTFS_CACHE = Path("/var/cache/sandlot-test/bookworm-rootfs.tar")
+ROOTFS_CACHE = Path("/var/cache/sandlot-test/bookworm-v2-rootfs.tar")
 
 
 def _docker(*args: str, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -98,7 +99,7 @@ def _rootfs_tar() -> Path:
             [
                 "debootstrap",
                 "--variant=minbase",
-                "--include=python3",
+                "--include=python3,python3-pip,procps",
                 "bookworm",
                 str(root),
                 _mirror(),

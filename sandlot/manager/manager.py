@@ -53,9 +53,12 @@ class GcReport:
 
 
 def default_provider(spec: SandboxSpec) -> SandboxSpec:
-    """A spec that names no provider gets ``SANDLOT_PROVIDER`` (default: bwrap), with the
-    settings in ``SANDLOT_PROVIDER_CONFIG`` (a JSON object) under its own."""
+    """A spec that names no provider gets ``SANDLOT_PROVIDER`` (default: bwrap). A spec for
+    that provider (named or not) gets the settings in ``SANDLOT_PROVIDER_CONFIG`` (a JSON
+    object) under its own: an operator's defaults, e.g. ``{"pull": "never"}``."""
     name = os.environ.get("SANDLOT_PROVIDER") or DEFAULT
+    if spec.provider is not None and spec.provider != name:
+        return spec
     raw = os.environ.get("SANDLOT_PROVIDER_CONFIG")
     config: dict[str, object] = {}
     if raw:
@@ -124,8 +127,7 @@ class Manager:
             self._collected = True
             await self.gc()
             self._sweeper = asyncio.ensure_future(self._sweep())
-        if spec.provider is None:
-            spec = default_provider(spec)
+        spec = default_provider(spec)
         name = spec.provider or DEFAULT
         provider = self.provider(name)
         now = datetime.now(UTC)

@@ -290,7 +290,11 @@ def test_pull_always_pulls_even_a_local_image() -> None:
         ({}, "image"),
     ],
 )
-def test_bad_settings_name_the_field(settings: dict, field: str) -> None:
+def test_bad_settings_name_the_field(
+    settings: dict, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the suite's default settings (they would supply the image).
+    monkeypatch.delenv("SANDLOT_PROVIDER_CONFIG")
     with pytest.raises(sandlot.InvalidArgumentError) as caught:
         sandlot.Sandbox.create(provider="docker", **settings)
     assert f"{field}:" in str(caught.value)
