@@ -7,6 +7,7 @@ from . import protocol as p
 from .errors import AgentError, error_payload
 
 READ_SIZE = 256 * 1024
+LARGE_FRAME = 128 * 1024  # a DATA frame this big is read straight into its own buffer
 
 
 class Connection:
@@ -15,6 +16,7 @@ class Connection:
         self.fd = fd
         self.requests = {}  # request id -> request object (command, upload, download)
         self._inbuf = bytearray()
+        self._large = None  # [kind, stream, rid, body, filled] of a large frame being read
         self._out = []  # pending output chunks, in order
         self._writing = False
         self.closed = False
@@ -88,6 +90,9 @@ class Connection:
         if events & select.EPOLLOUT:
             self._flush()
         if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+            if self._large is not None:
+                self._read_large()
+                return
             try:
                 data = posix.read(self.fd, READ_SIZE)
             except BlockingIOError:
@@ -100,6 +105,24 @@ class Connection:
             self._inbuf += data
             self._parse()
 
+    def _read_large(self):
+        """The rest of a large frame, read into its own buffer: no appending, no moving."""
+        large = self._large
+        body, filled = large[3], large[4]
+        try:
+            count = posix.readv(self.fd, [memoryview(body)[filled:]])
+        except BlockingIOError:
+            return
+        except OSError:
+            count = 0
+        if not count:
+            self.close()
+            return
+        large[4] = filled + count
+        if large[4] == len(body):
+            self._large = None
+            self._dispatch(large[0], large[1], large[2], body)
+
     def _parse(self):
         buf = self._inbuf
         offset = 0
@@ -110,6 +133,12 @@ class Connection:
                 self.close()
                 return
             if len(buf) < end:
+                if kind == p.DATA and length >= LARGE_FRAME and length <= p.MAX_DATA:
+                    body = bytearray(length)
+                    have = len(buf) - offset - p.HEADER_SIZE
+                    body[:have] = buf[offset + p.HEADER_SIZE :]
+                    self._large = [kind, stream, rid, body, have]
+                    offset = len(buf)
                 break
             payload = bytes(buf[offset + p.HEADER_SIZE : end])
             offset = end

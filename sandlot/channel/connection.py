@@ -25,6 +25,10 @@ GRANT_BATCH = p.WINDOW // 4  # return credit in batches, not per frame
 BUFFER_MIN = 64 * 1024  # an idle channel's read buffer
 BUFFER_MAX = 4 * 1024 * 1024  # a streaming channel's: one read may take this much
 LARGE_FRAME = 128 * 1024  # a DATA frame this big is read straight into its own buffer
+# Outgoing data waits while the transport holds this much: asyncio (3.11) keeps it in one
+# bytearray and moves the rest down after every partial send, so a deep buffer costs O(n^2).
+WRITE_HIGH = 512 * 1024
+SEND_BUFFER = 4 * 1024 * 1024  # the socket's own buffer: fewer, larger writes (as the agent)
 
 Frame = tuple[int, int, bytes]  # kind, stream, payload
 Dial = Callable[[], Awaitable[socket.socket]]  # a new, connected socket to the agent
@@ -110,6 +114,10 @@ class Request:
                 self._credit_waiter = None
             if self._failure is not None:
                 raise self._failure
+            if not self.channel._writable.is_set():
+                # The socket is behind: let it drain rather than pile data in the transport.
+                await self.channel._writable.wait()
+                continue
             size = min(len(view), p.MAX_DATA, self._send_credit)
             self._send_credit -= size
             self.channel._send(p.DATA, self.rid, bytes(view[:size]), stream)
@@ -162,6 +170,13 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.channel._transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_HIGH)  # type: ignore[attr-defined]
+
+    def pause_writing(self) -> None:
+        self.channel._writable.clear()
+
+    def resume_writing(self) -> None:
+        self.channel._writable.set()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.large is not None:  # exactly the rest of the frame: no copy, no compaction
@@ -248,6 +263,8 @@ class Channel:
         self._redial_for = 0.0
         self._redialing: asyncio.Task[None] | None = None
         self._held: list[bytes] = []  # frames sent while redialling, in order
+        self._writable = asyncio.Event()  # cleared while the transport's buffer is full
+        self._writable.set()
 
     @classmethod
     async def connect_unix(cls, path: str, timeout: float = 10.0) -> Channel:
@@ -293,6 +310,11 @@ class Channel:
 
     async def _attach(self, sock: socket.socket) -> None:
         sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:
+            pass  # capped by net.core.wmem_max, or not a socket that has one
+        self._writable.set()
         protocol = _Protocol(self)
         self._protocol = protocol
         await self._loop.create_connection(lambda: protocol, sock=sock)
@@ -311,6 +333,7 @@ class Channel:
         # Keep the channel: what was in flight is lost, what comes next waits for a redial.
         self._transport = None
         self._protocol = None
+        self._writable.set()  # senders wake to find their request failed
         for request in list(self._requests.values()):
             request._fail(error)
         self._requests.clear()
@@ -382,6 +405,7 @@ class Channel:
             return
         self.closed = error
         self._held.clear()
+        self._writable.set()
         if self._redialing is not None and self._redialing is not asyncio.current_task():
             self._redialing.cancel()
         self._redialing = None

@@ -12,7 +12,7 @@ from ..agent import protocol as p
 from ..errors import PortError, ProtocolError
 from .connection import Channel, Request
 
-READ_SIZE = 256 * 1024
+READ_SIZE = p.MAX_DATA  # one frame per read when the client sends fast
 
 
 async def open_tunnel(channel: Channel, port: int) -> Request:

@@ -28,7 +28,8 @@ from ..store import Store
 log = logging.getLogger("sandlot")
 DEFAULT_RANGE = (30000, 30999)
 HTTP_REQUEST = re.compile(rb"^[A-Z]{3,10} \S+ HTTP/1\.[01]\r?\n")
-SNIFF_TIMEOUT = 1.0  # how long a refused connection waits to see whether it speaks HTTP
+SNIFF_TIMEOUT = 1.0
+READ_LIMIT = 1 << 20  # how long a refused connection waits to see whether it speaks HTTP
 
 ChannelFor = Callable[[], Awaitable[Channel]]
 
@@ -121,7 +122,10 @@ class PortForwards:
                 self._connections.discard(task)
 
         try:
-            self._servers[key] = await asyncio.start_server(on_client, sock=sock)
+            # A deep reader buffer: the client's bytes go on in frames of up to 1 MiB.
+            self._servers[key] = await asyncio.start_server(
+                on_client, sock=sock, limit=READ_LIMIT
+            )
         except BaseException:
             sock.close()
             raise
