@@ -189,8 +189,9 @@ class SweRexPeer:
             raise PeerUnavailable(
                 "SWE-ReX runs its server (swerex-remote) inside the container, or installs it"
                 " there with pip + pipx from PyPI, and reaches it over a published TCP port;"
-                f" {self.image} has Python but neither swerex-remote nor pip, and a sandbox"
-                f" without network cannot publish a port. Tried once (bridge network): {exc}"
+                f" {self.image} has Python but not swerex-remote (its pip refuses to install"
+                " into Debian's system Python), and a sandbox without network cannot publish a"
+                f" port. Tried once (bridge network): {exc}"
             ) from None
         return {"version": version_of("swe-rex")}
 
