@@ -97,3 +97,26 @@ async def test_exposed_ports_are_served_again_after_a_restart() -> None:
         await second.kill(sandbox_id)
         await second.close()
     assert Manager(home).store.ports(sandbox_id) == []
+
+
+async def test_the_agent_connects_to_its_own_loopback_only() -> None:
+    """Whatever the host asks, the connect operation reaches nothing beyond the sandbox's
+    loopback (and the sandbox has no other network anyway)."""
+    from sandlot.channel.tunnel import open_tunnel
+    from sandlot.errors import InvalidArgumentError
+
+    manager = Manager(_home())
+    try:
+        live = await manager.create(SandboxSpec())
+        for host in ("10.0.0.1", "0.0.0.0", "example.com", "::ffff:127.0.0.1", ""):
+            request = live.channel.open("connect", port=80, host=host)
+            with pytest.raises(InvalidArgumentError, match="loopback"):
+                await request.receive()
+        for port in (0, 70000, "80", True):
+            request = live.channel.open("connect", port=port)
+            with pytest.raises(InvalidArgumentError, match="port"):
+                await request.receive()
+        with pytest.raises(PortError, match="port 9"):
+            await open_tunnel(live.channel, 9)  # nothing listens
+    finally:
+        await manager.close()
