@@ -123,9 +123,7 @@ class PortForwards:
 
         try:
             # A deep reader buffer: the client's bytes go on in frames of up to 1 MiB.
-            self._servers[key] = await asyncio.start_server(
-                on_client, sock=sock, limit=READ_LIMIT
-            )
+            self._servers[key] = await asyncio.start_server(on_client, sock=sock, limit=READ_LIMIT)
         except BaseException:
             sock.close()
             raise
