@@ -33,6 +33,7 @@ work as a Python user expects::
     │   ├── IdempotencyConflictError             idempotency_conflict
     │   ├── ExecutionLostError                   execution_lost
     │   └── RemoteUnavailableError               remote_unavailable
+    ├── ProvisionError                           provision_failed
     ├── RelayError                               relay_error
     │   ├── RelayDown                            relay_down
     │   ├── RelayValidationError (ValueError)    relay_validation
@@ -229,6 +230,18 @@ class RemoteUnavailableError(ServerError):
     """The sandlot server cannot be reached, or its circuit breaker is open."""
 
     code = "remote_unavailable"
+
+
+class ProvisionError(SandlotError):
+    """``sandlot remote up``/``down`` could not do its job; ``exit_code`` says which kind of
+    failure, ``log_tail`` carries the end of the remote server's log when there is one."""
+
+    code = "provision_failed"
+
+    def __init__(self, message: str = "", exit_code: int = 1, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.log_tail = log_tail
 
 
 class RelayError(SandlotError):

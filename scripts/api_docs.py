@@ -290,8 +290,10 @@ def error_table() -> list[str]:
 
     by_status: dict[int, set[str]] = {}
     # The bases stand for failures of the server itself, which answer 500 (below); the
-    # relay's errors never come from the server; private classes have no code of their own.
-    skip = (errors.SandlotError, errors.ServerError)
+    # relay's and `remote up`'s errors never come from the server; private classes, and
+    # classes defined elsewhere (whatever a session happened to import), have no code of
+    # their own in the table.
+    skip = (errors.SandlotError, errors.ServerError, errors.ProvisionError)
     pending = [*errors.SandlotError.__subclasses__()]
     seen: set[type] = set()
     while pending:
@@ -300,7 +302,7 @@ def error_table() -> list[str]:
             continue
         seen.add(cls)
         pending += cls.__subclasses__()
-        if cls in skip or cls.__name__.startswith("_"):
+        if cls in skip or cls.__name__.startswith("_") or cls.__module__ != errors.__name__:
             continue
         status = app.status_of(cls.__new__(cls))
         by_status.setdefault(status, set()).add(cls.code)

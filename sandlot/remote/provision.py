@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from ..errors import HostKeyError, InvalidArgumentError, SandlotError
+from ..errors import HostKeyError, InvalidArgumentError, ProvisionError, SandlotError
 
 if TYPE_CHECKING:
     import asyncssh
@@ -62,18 +62,6 @@ EXIT_AUTH = 5
 EXIT_PORT_IN_USE = 6
 EXIT_INSTALL = 7
 EXIT_NOT_READY = 8
-
-
-class ProvisionError(SandlotError):
-    """``remote up``/``down`` could not do its job; ``exit_code`` says which kind of failure,
-    ``log_tail`` carries the end of the remote log when there is one.
-
-    No ``code`` of its own: it never crosses the wire."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED, log_tail: str = "") -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.log_tail = log_tail
 
 
 def exit_code_for(exc: BaseException) -> int:

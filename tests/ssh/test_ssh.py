@@ -29,6 +29,14 @@ from .conftest import PYTHON
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.fixture(autouse=True)
+def _explicit_settings_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests name every setting themselves: the package's defaults for the ssh
+    provider (SANDLOT_PROVIDER_CONFIG, for the shared tests) would fill in what a test
+    leaves out on purpose."""
+    monkeypatch.delenv("SANDLOT_PROVIDER_CONFIG", raising=False)
+
+
 @pytest.fixture
 def settings(ssh_settings: dict[str, Any]) -> dict[str, Any]:
     """The server's settings with automatic isolation (bwrap works on this host)."""
