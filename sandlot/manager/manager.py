@@ -33,6 +33,7 @@ from .ports import ChannelFor, PortForwards, check_port
 log = logging.getLogger("sandlot")
 _OWNER_STARTED = procinfo.start_time(os.getpid())
 NO_OWNER = 0  # a detached sandbox's owner_pid: it lives until its deadline or a kill
+USED_FOLDER = "providers-used"  # in the state folder: a file per host provider used there
 GC_INTERVAL = 60.0  # seconds between sweeps while a manager runs (SANDLOT_GC_INTERVAL)
 
 
@@ -95,6 +96,7 @@ class Manager:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._collected = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._marked: set[str] = set()  # providers this manager has noted as used here
         self._removals: set[asyncio.Future[None]] = set()
         # Called with the id of every sandbox this manager released (killed, expired, exited).
         self.on_release: builtins.list[Callable[[str], None]] = []
@@ -145,6 +147,7 @@ class Manager:
         fell_back = None
         try:
             folder.mkdir(parents=True, mode=0o700)
+            self._mark_used(name)
             try:
                 started = await provider.create(info.id, spec, folder)
             except RemoteUnavailableError as exc:
@@ -155,6 +158,7 @@ class Manager:
                 fell_back = {"from": name, "to": alternative, "reason": str(exc)}
                 log.warning("provider %s is unavailable (%s): using %s", name, exc, alternative)
                 name, provider = alternative, self.provider(alternative)
+                self._mark_used(name)
                 spec = spec.model_copy(update={"provider": alternative, "config": {}})
                 info.provider = name
                 self.store.set_provider(info.id, name)
@@ -376,11 +380,26 @@ class Manager:
         for provider in self._providers.values():
             await provider.settle()
 
+    def _mark_used(self, name: str) -> None:
+        """Note in the state folder that this host provider made sandboxes here (before it
+        makes one: a create that crashes half-way leaves something to collect)."""
+        if name not in self._marked:
+            used = self.home / USED_FOLDER
+            used.mkdir(exist_ok=True)
+            (used / name).touch()
+            self._marked.add(name)
+
     def _instantiated_local_providers(self) -> builtins.list[tuple[str, Provider]]:
+        """The host providers whose leftovers gc looks for: those this state folder has
+        used (so a bwrap user's gc never imports, let alone asks, the Docker engine), and
+        the default, which state folders older than the marks used without one."""
         from ..providers import BUILTIN
 
+        used = self.home / USED_FOLDER
         found = []
         for name in BUILTIN:
+            if name != DEFAULT and name not in self._providers and not (used / name).exists():
+                continue
             try:
                 found.append((name, self.provider(name)))
             except Exception as exc:  # an optional provider whose extra is not installed

@@ -63,8 +63,8 @@ class PortForwards:
         self._connections: set[asyncio.Task[None]] = set()
 
     async def expose(self, sandbox_id: str, port: int, channel_for: ChannelFor) -> int:
-        """The host port forwarding to ``port`` in the sandbox (listening from now on)."""
-        check_port(port)
+        """The host port forwarding to ``port`` (checked by the caller) in the sandbox,
+        listening from now on."""
         key = (sandbox_id, port)
         recorded = self.store.host_port(sandbox_id, port)
         if key in self._servers and recorded is not None:

@@ -165,45 +165,13 @@ class BwrapProvider(Provider):
         namespace: int | None = None,
     ) -> list[str]:
         etc_folder = etc.snapshot(self.home, SANDBOX_UID, SANDBOX_GID)
-        argv = [
-            "bwrap",
-            *(["--unshare-user"] if namespace is None else ["--userns", str(namespace)]),
-            "--unshare-pid",
-            "--unshare-net",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--uid", str(SANDBOX_UID),
-            "--gid", str(SANDBOX_GID),
-            "--hostname", "sandlot",
-            *([] if self.detached else ["--die-with-parent"]),
-            "--new-session",
-            "--cap-drop", "ALL",
-            "--ro-bind", "/usr", "/usr",
-        ]  # fmt: skip
+        argv = isolation_args(namespace, die_with_parent=not self.detached)
         argv += [*_top_level_binds()]
         argv += ["--ro-bind", str(etc_folder), "/etc"]
-        argv += [
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
-            "--perms", "1777", "--size", str(spec.resources.tmp_mb << 20), "--tmpfs", "/tmp",
-            "--bind", str(folder / "workspace"), "/workspace",
-            "--ro-bind", str(agent_root), agent_files.MOUNT_POINT,
-        ]  # fmt: skip
+        argv += mount_args(str(folder / "workspace"), str(agent_root), spec.resources.tmp_mb)
         for path in config.ro_binds:  # last, so /tmp or /workspace cannot hide them
             argv += ["--ro-bind", path, path]
-        argv += [
-            "--chdir", "/workspace",
-            "--remount-ro", "/",
-            "--remount-ro", "/dev",
-            "--clearenv",
-            "--setenv", "PATH", DEFAULT_PATH,
-            "--setenv", "HOME", "/workspace",
-            "--setenv", "LANG", "C.UTF-8",
-        ]  # fmt: skip
-        for key, value in spec.env.items():
-            argv += ["--setenv", key, value]
+        argv += environment_args(spec.env)
         agent_args = ["--listen-fd", str(listen_fd), "--deadline", str(spec.timeout)]
         agent_args += ["--workdir", spec.workdir]
         if not limited:
@@ -249,6 +217,61 @@ class BwrapProvider(Provider):
         system = self._cgroups
         if system is not None:
             await cgroups.remove(system.folders(sandbox_id))
+
+
+# The parts of a sandbox's bwrap command line that do not depend on the host it runs on: the
+# ssh provider builds the same sandbox on a far host from them.
+
+
+def isolation_args(user_namespace: int | None, die_with_parent: bool) -> list[str]:
+    """New user (or the given one), PID, network, IPC, UTS and cgroup namespaces, the
+    sandbox's uid and gid, no capabilities, and /usr read-only."""
+    return [
+        "bwrap",
+        *(["--unshare-user"] if user_namespace is None else ["--userns", str(user_namespace)]),
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--uid", str(SANDBOX_UID),
+        "--gid", str(SANDBOX_GID),
+        "--hostname", "sandlot",
+        *(["--die-with-parent"] if die_with_parent else []),
+        "--new-session",
+        "--cap-drop", "ALL",
+        "--ro-bind", "/usr", "/usr",
+    ]  # fmt: skip
+
+
+def mount_args(workspace: str, agent_root: str, tmp_mb: int) -> list[str]:
+    """/proc, /dev, a size-capped /dev/shm and /tmp, the writable /workspace, and the
+    agent read-only."""
+    return [
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
+        "--perms", "1777", "--size", str(tmp_mb << 20), "--tmpfs", "/tmp",
+        "--bind", workspace, "/workspace",
+        "--ro-bind", agent_root, agent_files.MOUNT_POINT,
+    ]  # fmt: skip
+
+
+def environment_args(env: dict[str, str]) -> list[str]:
+    """Start in /workspace with the root and /dev read-only, and an environment holding only
+    PATH, HOME, LANG and the caller's variables."""
+    args = [
+        "--chdir", "/workspace",
+        "--remount-ro", "/",
+        "--remount-ro", "/dev",
+        "--clearenv",
+        "--setenv", "PATH", DEFAULT_PATH,
+        "--setenv", "HOME", "/workspace",
+        "--setenv", "LANG", "C.UTF-8",
+    ]  # fmt: skip
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    return args
 
 
 def _limit_tree(

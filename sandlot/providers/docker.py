@@ -61,7 +61,6 @@ LABEL_HOME = "sandlot.home"
 LABEL_OWNER = "sandlot.owner"
 LABEL_CREATED = "sandlot.created"
 LABEL_EXPIRES = "sandlot.expires"
-USED_MARKER = "docker-used"  # in the state folder: gc asks the engine only if it exists
 START_TIMEOUT = 60.0  # engine calls of a create, and the agent's socket appearing
 POLL = 0.001  # while waiting for the agent's socket
 PROBE_TIMEOUT = 2.0  # the synchronous availability check
@@ -269,7 +268,6 @@ class DockerProvider(Provider):
         self._removing: dict[str, str] = {}  # container -> engine: destroyed, not yet gone
         self._removals: dict[str, asyncio.Task[None]] = {}
         self._pulls: dict[tuple[str, str], asyncio.Future[None]] = {}
-        self._used = False
 
     # -- availability -----------------------------------------------------------------------
 
@@ -379,7 +377,6 @@ class DockerProvider(Provider):
                 "SANDLOT_HOME to a shorter path"
             )
         workspace = spawn.make_workspace(folder, spec.workdir, spawn.HostUser(uid, gid))
-        self._mark_used()
         body = self._container(sandbox_id, spec, config, agent_root, run, workspace)
         host = config.docker_host
         async with self._engine(host) as client:
@@ -474,28 +471,24 @@ class DockerProvider(Provider):
         one call: a missing image is the engine's 404, not an inspect made every time."""
         if config.pull == "always":
             await self._pull(client, config)
-        try:
-            async with asyncio.timeout(START_TIMEOUT):
-                return str((await client.docker.containers.create(body, name=name)).id)
-        except TimeoutError:
-            raise SandboxStartError(_slow("create the container")) from None
-        except client.docker_error as exc:
-            if exc.status != 404:
-                raise _refused(exc) from None
-        if config.pull == "never":
-            raise ImageNotFoundError(
-                f"image {config.image!r} is not on the Docker engine, and pull is 'never' "
-                "(build or load it first, or set pull='missing')",
-                image=config.image,
-            )
-        await self._pull(client, config)
-        try:
-            async with asyncio.timeout(START_TIMEOUT):
-                return str((await client.docker.containers.create(body, name=name)).id)
-        except TimeoutError:
-            raise SandboxStartError(_slow("create the container")) from None
-        except client.docker_error as exc:
-            raise _refused(exc) from None
+        pulled = config.pull == "always"
+        while True:
+            try:
+                async with asyncio.timeout(START_TIMEOUT):
+                    return str((await client.docker.containers.create(body, name=name)).id)
+            except TimeoutError:
+                raise SandboxStartError(_slow("create the container")) from None
+            except client.docker_error as exc:
+                if exc.status != 404 or pulled:
+                    raise _refused(exc) from None
+            if config.pull == "never":
+                raise ImageNotFoundError(
+                    f"image {config.image!r} is not on the Docker engine, and pull is 'never' "
+                    "(build or load it first, or set pull='missing')",
+                    image=config.image,
+                )
+            await self._pull(client, config)
+            pulled = True
 
     async def _start(self, client: _Client, container: str, config: DockerConfig) -> None:
         try:
@@ -683,11 +676,6 @@ class DockerProvider(Provider):
 
     # -- garbage ----------------------------------------------------------------------------
 
-    def _mark_used(self) -> None:
-        if not self._used:
-            (self.home / USED_MARKER).touch()
-            self._used = True
-
     def _labelled(self, sandbox_id: str | None = None) -> dict[str, Any]:
         labels = [f"{LABEL_HOME}={self.home_hash}"]
         labels.append(LABEL_SANDBOX if sandbox_id is None else f"{LABEL_SANDBOX}={sandbox_id}")
@@ -695,8 +683,8 @@ class DockerProvider(Provider):
 
     async def list_instances(self) -> list[str]:
         """This state folder's containers (by label) older than the grace period or past
-        their lifetime. Asks the engine only if this state folder ever used it."""
-        if not (self.home / USED_MARKER).exists() or self.unavailable_reason() is not None:
+        their lifetime. (The manager asks only if this state folder ever used docker.)"""
+        if self.unavailable_reason() is not None:
             return []
         try:
             async with self._engine(_default_host()) as client:

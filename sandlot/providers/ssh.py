@@ -45,13 +45,9 @@ from ..errors import (
     SandlotError,
 )
 from ..models import SandboxSpec
-from . import agent_files, etc, ssh_remote
+from . import agent_files, bwrap, etc, ssh_remote
 from .base import Provider, ProviderConfig, Started
 
-SANDBOX_UID = 1000
-SANDBOX_GID = 1000
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-SHM_BYTES = 64 * 1024 * 1024
 HELLO_TIMEOUT = 30.0
 CALL_TIMEOUT = 120.0  # a helper request (a kill waits up to ~6 s for the tree to die)
 KEEPALIVE = 15.0  # seconds between keepalives: a dead link is noticed within ~3 of them
@@ -505,7 +501,7 @@ class SshProvider(Provider):
         request: dict[str, Any] = {"dir": remote, "argv": argv, "env": env, "slots": slots}
         request["workdir"] = _workdir_parts(spec.workdir)
         if isolation == "bwrap":
-            files = etc.synthetic(SANDBOX_UID, SANDBOX_GID)
+            files = etc.synthetic(bwrap.SANDBOX_UID, bwrap.SANDBOX_GID)
             request["etc"] = {"allowlist": list(etc.ALLOWLIST), "files": files}
         launched = await helper.call("launch", **request)
         handle = {
@@ -713,7 +709,7 @@ def _agent_command(
     workspace = f"{remote}/workspace"
     agent_args = ["--workdir", spec.workdir, "--deadline", str(spec.timeout)]
     if isolation == "none":
-        env = {"PATH": DEFAULT_PATH, "HOME": workspace, "LANG": "C.UTF-8", **spec.env}
+        env = {"PATH": bwrap.DEFAULT_PATH, "HOME": workspace, "LANG": "C.UTF-8", **spec.env}
         agent_args += ["--map", f"/workspace={workspace}"]
         argv = agent_files.command(python, agent_root, *agent_args, "--listen-fd")
         return [*argv, "-"], env, {"fd": len(argv)}
@@ -722,38 +718,15 @@ def _agent_command(
     resources = spec.resources
     agent_args += ["--rlimit", f"as={resources.memory_mb * 1024 * 1024}"]
     agent_args += ["--rlimit", f"nproc={resources.pids}", "--rlimit", "core=0"]
-    argv = [
-        "bwrap",
-        "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
-        "--hostname", "sandlot",
-        "--new-session",
-        "--cap-drop", "ALL",
-        "--ro-bind", "/usr", "/usr",
-    ]  # fmt: skip
+    # Detached from the SSH session: the agent's own deadline ends it, not a parent.
+    argv = bwrap.isolation_args(None, die_with_parent=False)
     slots = {"top": len(argv)}
     argv += ["-", "--ro-bind"]
     slots["etc"] = len(argv)
     argv += ["-", "/etc"]
-    argv += [
-        "--proc", "/proc",
-        "--dev", "/dev",
-        "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
-        "--perms", "1777", "--size", str(resources.tmp_mb << 20), "--tmpfs", "/tmp",
-        "--bind", workspace, "/workspace",
-        "--ro-bind", agent_root, agent_files.MOUNT_POINT,
-        "--chdir", "/workspace",
-        "--remount-ro", "/",
-        "--remount-ro", "/dev",
-        "--clearenv",
-        "--setenv", "PATH", DEFAULT_PATH,
-        "--setenv", "HOME", "/workspace",
-        "--setenv", "LANG", "C.UTF-8",
-    ]  # fmt: skip
-    for key, value in spec.env.items():
-        argv += ["--setenv", key, value]
+    argv += bwrap.mount_args(workspace, agent_root, resources.tmp_mb)
+    argv += bwrap.environment_args(spec.env)
     argv += ["--", *agent_files.command(python, agent_files.MOUNT_POINT, *agent_args)]
     argv += ["--listen-fd"]
     slots["fd"] = len(argv)
-    return [*argv, "-"], {"PATH": DEFAULT_PATH}, slots
+    return [*argv, "-"], {"PATH": bwrap.DEFAULT_PATH}, slots

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -418,3 +419,21 @@ def test_lifetime_holds_even_when_the_owner_is_frozen() -> None:
     sandlot.Sandbox.gc()
     assert cgroup_folders(sandbox_id) == []
     assert not sandbox_folder(sandbox_id).exists()
+
+
+def test_gc_looks_only_at_host_providers_this_state_folder_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bwrap user's gc neither imports nor asks the Docker provider (once a state folder
+    has used docker, gc looks for its leftovers too: tests/docker covers that)."""
+    home = Path(tempfile.mkdtemp(prefix="sl-used-", dir="/tmp"))  # no other test's marks
+    monkeypatch.setenv("SANDLOT_HOME", str(home))
+    script = (
+        "import sys, sandlot\n"
+        "sandlot.Sandbox.create().kill()\n"
+        "sandlot.Sandbox.gc()\n"
+        "print('sandlot.providers.docker' in sys.modules)\n"
+    )
+    done = run_python(script)
+    assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr
+    assert (home / "providers-used" / "bwrap").exists()

@@ -49,9 +49,10 @@ def ssh_settings(ssh_server: SshServer, remote_dir: str) -> dict[str, object]:
     return ssh_server.provider_config(python=PYTHON, remote_dir=remote_dir, isolation="bwrap")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def ssh_by_default(ssh_settings: dict[str, object]) -> Iterator[None]:
-    """Session-wide, so module-scoped sandboxes (``box`` in the code tests) go over SSH too."""
+    """Package-wide, so module-scoped sandboxes (``box`` in the code tests) go over SSH too,
+    and the tests after this package, in the same session, get their default back."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SANDLOT_PROVIDER", "ssh")
         patch.setenv("SANDLOT_PROVIDER_CONFIG", json.dumps(ssh_settings))
