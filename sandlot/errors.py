@@ -12,7 +12,8 @@ work as a Python user expects::
     │   ├── ProviderNotFoundError                provider_not_found
     │   ├── ProcessNotFoundError                 process_not_found
     │   ├── CodeContextNotFoundError             code_context_not_found
-    │   └── ImageNotFoundError                   image_not_found
+    │   ├── ImageNotFoundError                   image_not_found
+    │   └── SecretNotFoundError                  secret_not_found
     ├── ProviderUnavailableError                 provider_unavailable
     │   └── HostKeyError                         host_key_rejected
     ├── SandboxError                             sandbox_error
@@ -34,6 +35,8 @@ work as a Python user expects::
     │   ├── ExecutionLostError                   execution_lost
     │   └── RemoteUnavailableError               remote_unavailable
     ├── ProvisionError                           provision_failed
+    ├── SecretError                              secret_error
+    ├── EgressError                              egress_error
     ├── RelayError                               relay_error
     │   ├── RelayDown                            relay_down
     │   ├── RelayValidationError (ValueError)    relay_validation
@@ -101,6 +104,12 @@ class ImageNotFoundError(NotFoundError):
     """A container image that is not on the engine (and was not, or could not be, pulled)."""
 
     code = "image_not_found"
+
+
+class SecretNotFoundError(NotFoundError):
+    """A ``{"secret": NAME}`` reference names a secret that is not stored."""
+
+    code = "secret_not_found"
 
 
 class ProviderUnavailableError(SandlotError):
@@ -242,6 +251,19 @@ class ProvisionError(SandlotError):
         super().__init__(message)
         self.exit_code = exit_code
         self.log_tail = log_tail
+
+
+class SecretError(SandlotError):
+    """The secret store cannot be used: a bad or missing key, or a value that does not decrypt
+    with it."""
+
+    code = "secret_error"
+
+
+class EgressError(SandlotError):
+    """A network policy or callback bridge cannot be applied to this sandbox."""
+
+    code = "egress_error"
 
 
 class RelayError(SandlotError):

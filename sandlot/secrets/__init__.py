@@ -1,0 +1,1 @@
+"""Secrets: stored encrypted, referenced by name, resolved only where they are used."""
