@@ -63,6 +63,11 @@ class SandboxSpec(BaseModel):
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         return check_env(value)
 
+    @property
+    def plain_env(self) -> dict[str, str]:
+        """The variables that are not secret: what a provider may put on a command line."""
+        return {k: v for k, v in self.env.items() if isinstance(v, str)}
+
     @field_validator("provider")
     @classmethod
     def _provider(cls, value: str | None) -> str | None:

@@ -19,19 +19,35 @@ LOOPBACK = {"127.0.0.1": _socket.AF_INET, "localhost": _socket.AF_INET, "::1": _
 EINPROGRESS = 115
 
 
+def op_connect(agent, conn, rid, request):
+    """Open a TCP connection to a port on the sandbox's loopback and carry it."""
+    port = request.get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise AgentError("invalid_argument", "port must be a number from 1 to 65535")
+    host = request.get("host", "127.0.0.1")
+    family = LOOPBACK.get(host)
+    if family is None:
+        raise AgentError("invalid_argument", "only the sandbox's loopback can be reached")
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    sock.setblocking(False)
+    tunnel = Tunnel(agent, conn, rid, sock, port)
+    address = "::1" if family == _socket.AF_INET6 else "127.0.0.1"
+    code = sock.connect_ex((address, port))
+    if code == 0:
+        tunnel._on_connected()
+    elif code == EINPROGRESS:
+        agent.loop.watch(tunnel.fd, select.EPOLLOUT, tunnel._on_connect)
+    else:
+        tunnel._refuse(code)
+
+
 class Tunnel:
-    def __init__(self, agent, conn, rid, request):
-        port = request.get("port")
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise AgentError("invalid_argument", "port must be a number from 1 to 65535")
-        host = request.get("host", "127.0.0.1")
-        family = LOOPBACK.get(host)
-        if family is None:
-            raise AgentError("invalid_argument", "only the sandbox's loopback can be reached")
+    """One TCP connection inside the sandbox, carried over a request of the channel."""
+
+    def __init__(self, agent, conn, rid, sock, port):
         self.agent, self.conn, self.rid, self.port = agent, conn, rid, port
-        self.sock = _socket.socket(family, _socket.SOCK_STREAM)
-        self.sock.setblocking(False)
-        self.fd = self.sock.fileno()
+        self.sock = sock
+        self.fd = sock.fileno()
         posix.set_inheritable(self.fd, False)
         self.credit = p.WINDOW  # bytes we may still send to the host
         self.pending = []  # host data not yet written to the socket
@@ -42,15 +58,7 @@ class Tunnel:
         self.host_eof = False
         self.received = 0
         self.sent = 0
-        address = "::1" if family == _socket.AF_INET6 else "127.0.0.1"
-        code = self.sock.connect_ex((address, port))
         conn.requests[rid] = self
-        if code == 0:
-            self._on_connected()
-        elif code == EINPROGRESS:
-            agent.loop.watch(self.fd, select.EPOLLOUT, self._on_connect)
-        else:
-            self._refuse(code)
 
     # -- connecting -------------------------------------------------------------------------
 
@@ -185,3 +193,118 @@ class Tunnel:
 
     def detach(self):
         self._close()
+
+
+# -- connections from inside the sandbox to the host (egress proxy, callback bridge) ---------
+
+MAX_PENDING = 256  # accepted connections the host has not yet taken
+
+
+class Listener:
+    """A loopback port inside the sandbox whose connections the host serves.
+
+    Op ``listen`` binds it (once per name; a later ``listen`` of the same name, e.g. from a
+    host that connected again, takes it over and keeps the port), sets the environment
+    variables the host asks for (``{port}`` in a value is the bound port) for every later
+    command, and announces each accepted connection as an ``accept`` event. The host then
+    takes it with op ``accepted`` and it is carried like a ``connect`` tunnel. Code in the
+    sandbox can reach only this port: where the connection goes is decided on the host.
+    """
+
+    def __init__(self, agent, name):
+        self.agent, self.name = agent, name
+        self.sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        self.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.sock.setblocking(False)
+        self.fd = self.sock.fileno()
+        posix.set_inheritable(self.fd, False)
+        self.port = self.sock.getsockname()[1]
+        self.conn = self.rid = None
+        self.pending = {}  # id -> accepted socket, until the host takes it
+        self.next_id = 1
+
+    def attach(self, conn, rid):
+        if self.conn is not None and not self.conn.closed:
+            self.conn.send_json(p.END, self.rid, {"taken_over": True})
+            self.conn.requests.pop(self.rid, None)
+        self.conn, self.rid = conn, rid
+        conn.requests[rid] = self
+        self.agent.loop.watch(self.fd, select.EPOLLIN, self._on_accept)
+        conn.send_json(p.EVENT, rid, {"event": "listening", "port": self.port})
+
+    def _on_accept(self, events):
+        while True:
+            try:
+                fd, _ = self.sock._accept()
+            except OSError:  # nothing more to take (or a transient error: the next wake-up)
+                return
+            sock = _socket.socket(fileno=fd)
+            posix.set_inheritable(fd, False)
+            if len(self.pending) >= MAX_PENDING:
+                sock.close()  # the host is not taking them: refuse rather than pile up
+                continue
+            sock.setblocking(False)
+            ident = self.next_id
+            self.next_id += 1
+            self.pending[ident] = sock
+            self.conn.send_json(p.EVENT, self.rid, {"event": "accept", "id": ident})
+
+    def take(self, ident):
+        return self.pending.pop(ident, None)
+
+    def _release(self):
+        """The host went away: stop accepting (connections wait in the backlog for the
+        next host) and drop the ones it never took."""
+        self.agent.loop.unwatch(self.fd)
+        if self.conn is not None:
+            self.conn.requests.pop(self.rid, None)
+        self.conn = self.rid = None
+        for sock in self.pending.values():
+            sock.close()
+        self.pending.clear()
+
+    def on_data(self, stream, data):
+        pass
+
+    def on_eof(self, stream):
+        pass
+
+    def on_grant(self, stream, amount):
+        pass
+
+    def cancel(self):
+        self._release()
+
+    def detach(self):
+        self._release()
+
+
+def op_listen(agent, conn, rid, request):
+    name = request.get("name")
+    if not isinstance(name, str) or not name or len(name) > 64:
+        raise AgentError("invalid_argument", "a listener needs a name")
+    env = request.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise AgentError("invalid_argument", "env must map names to strings")
+    listeners = agent.listeners
+    listener = listeners.get(name)
+    if listener is None:
+        listener = listeners[name] = Listener(agent, name)
+    for key, value in env.items():
+        agent.base_env[key] = value.replace("{port}", str(listener.port))
+    listener.attach(conn, rid)
+
+
+def op_accepted(agent, conn, rid, request):
+    ident = request.get("id")
+    name = request.get("name")
+    listener = agent.listeners.get(name)
+    sock = listener.take(ident) if listener is not None else None
+    if sock is None:
+        raise AgentError("not_found", "no accepted connection %r on %r" % (ident, name))
+    tunnel = Tunnel(agent, conn, rid, sock, listener.port)
+    tunnel._on_connected()

@@ -56,6 +56,7 @@ class Agent:
         self.connections = set()
         self.commands = {}  # pid -> Command, or code.Context (its worker)
         self.code = None  # code.Contexts, created on first use
+        self.listeners = {}  # name -> ports.Listener (egress proxy, callback bridge)
         self.base_env = {k.decode(): v.decode() for k, v in posix.environ.items()}
         self._shell = None
         self._parent = parent
@@ -193,6 +194,20 @@ class Agent:
         self.set_deadline(seconds)
         return {}
 
+    def op_env(self, conn, rid, request):
+        """Set variables for every later command and code context: values the host keeps
+        off the sandbox's command line (resolved secrets)."""
+        values = request.get("set")
+        if not isinstance(values, dict):
+            raise AgentError("invalid_argument", "set must map names to strings")
+        for key, value in values.items():
+            if not isinstance(key, str) or not isinstance(value, str) or "=" in key or not key:
+                raise AgentError("invalid_argument", "set must map names to strings")
+            if "\0" in key or "\0" in value:
+                raise AgentError("invalid_argument", "environment values cannot hold NUL")
+        self.base_env.update(values)
+        return {}
+
     def op_ping(self, conn, rid, request):
         return {}
 
@@ -255,5 +270,8 @@ OPERATIONS = {
     "code.remove": ("stream", _code, "op_remove"),
     "code.list": ("call", _code, "op_list"),
     "code.install": ("stream", _code, "op_install"),
-    "connect": ("stream", _ports, "Tunnel"),
+    "connect": ("stream", _ports, "op_connect"),
+    "listen": ("stream", _ports, "op_listen"),
+    "accepted": ("stream", _ports, "op_accepted"),
+    "env": ("call", None, "op_env"),
 }

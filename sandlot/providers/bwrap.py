@@ -171,7 +171,7 @@ class BwrapProvider(Provider):
         argv += mount_args(str(folder / "workspace"), str(agent_root), spec.resources.tmp_mb)
         for path in config.ro_binds:  # last, so /tmp or /workspace cannot hide them
             argv += ["--ro-bind", path, path]
-        argv += environment_args(spec.env)
+        argv += environment_args(spec.plain_env)
         agent_args = ["--listen-fd", str(listen_fd), "--deadline", str(spec.timeout)]
         agent_args += ["--workdir", spec.workdir]
         if not limited:

@@ -423,7 +423,7 @@ class DockerProvider(Provider):
         resources = spec.resources
         memory = resources.memory_mb << 20
         now = int(time.time())
-        env = {"PATH": DEFAULT_PATH, "HOME": "/workspace", "LANG": "C.UTF-8", **spec.env}
+        env = {"PATH": DEFAULT_PATH, "HOME": "/workspace", "LANG": "C.UTF-8", **spec.plain_env}
         host_config: dict[str, Any] = {
             "NetworkMode": "none",
             "Init": True,  # docker-init as PID 1 reaps orphans and passes signals on

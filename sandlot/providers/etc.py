@@ -32,6 +32,7 @@ ALLOWLIST = (
     "matplotlibrc",  # Debian's matplotlib keeps its defaults here
     "fonts",
     "pip.conf",  # a site's package index settings
+    "resolv.conf",  # used only with network="full"; without a network it reaches nothing
 )
 
 

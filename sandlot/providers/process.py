@@ -64,7 +64,7 @@ class ProcessProvider(Provider):
         agent_root = agent_files.prepare(self.home, config.python)
         workspace = spawn.make_workspace(folder, spec.workdir)
         _warn_once()
-        env = {"PATH": DEFAULT_PATH, "HOME": str(workspace), "LANG": "C.UTF-8", **spec.env}
+        env = {"PATH": DEFAULT_PATH, "HOME": str(workspace), "LANG": "C.UTF-8", **spec.plain_env}
         listener = spawn.listen(folder)
         try:
             argv = agent_files.command(

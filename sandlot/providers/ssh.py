@@ -709,7 +709,7 @@ def _agent_command(
     workspace = f"{remote}/workspace"
     agent_args = ["--workdir", spec.workdir, "--deadline", str(spec.timeout)]
     if isolation == "none":
-        env = {"PATH": bwrap.DEFAULT_PATH, "HOME": workspace, "LANG": "C.UTF-8", **spec.env}
+        env = {"PATH": bwrap.DEFAULT_PATH, "HOME": workspace, "LANG": "C.UTF-8", **spec.plain_env}
         agent_args += ["--map", f"/workspace={workspace}"]
         argv = agent_files.command(python, agent_root, *agent_args, "--listen-fd")
         return [*argv, "-"], env, {"fd": len(argv)}
@@ -725,7 +725,7 @@ def _agent_command(
     slots["etc"] = len(argv)
     argv += ["-", "/etc"]
     argv += bwrap.mount_args(workspace, agent_root, resources.tmp_mb)
-    argv += bwrap.environment_args(spec.env)
+    argv += bwrap.environment_args(spec.plain_env)
     argv += ["--", *agent_files.command(python, agent_files.MOUNT_POINT, *agent_args)]
     argv += ["--listen-fd"]
     slots["fd"] = len(argv)

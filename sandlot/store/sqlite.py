@@ -11,13 +11,14 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..models import SandboxInfo
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS = {
     1: """
     CREATE TABLE sandboxes (
@@ -40,6 +41,22 @@ MIGRATIONS = {
         port INTEGER NOT NULL,
         UNIQUE (sandbox_id, port)
     );
+    """,
+    # Egress: a sandbox's network policy, bridge and secret references (never values), read
+    # per connection so a change from any process applies at once; and what it reached.
+    3: """
+    CREATE TABLE egress (
+        sandbox_id TEXT PRIMARY KEY,
+        settings TEXT NOT NULL
+    );
+    CREATE TABLE egress_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sandbox_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX egress_events_sandbox ON egress_events (sandbox_id, id);
     """,
 }
 
@@ -130,6 +147,8 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("DELETE FROM ports WHERE sandbox_id = ?", (sandbox_id,))
+                self._db.execute("DELETE FROM egress WHERE sandbox_id = ?", (sandbox_id,))
+                self._db.execute("DELETE FROM egress_events WHERE sandbox_id = ?", (sandbox_id,))
                 self._db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -165,6 +184,33 @@ class Store:
 
     def release_port(self, host_port: int) -> None:
         self._execute("DELETE FROM ports WHERE host_port = ?", (host_port,))
+
+    # -- egress -----------------------------------------------------------------------------
+
+    def set_egress(self, sandbox_id: str, settings: dict[str, Any]) -> None:
+        self._execute(
+            "INSERT INTO egress VALUES (?, ?) ON CONFLICT (sandbox_id) DO UPDATE"
+            " SET settings = excluded.settings",
+            (sandbox_id, json.dumps(settings)),
+        )
+
+    def egress(self, sandbox_id: str) -> dict[str, Any] | None:
+        rows = self._execute("SELECT settings FROM egress WHERE sandbox_id = ?", (sandbox_id,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def add_egress_event(self, sandbox_id: str, kind: str, data: dict[str, Any]) -> None:
+        self._execute(
+            "INSERT INTO egress_events (sandbox_id, created_at, kind, data) VALUES (?, ?, ?, ?)",
+            (sandbox_id, time.time(), kind, json.dumps(data)),
+        )
+
+    def egress_events(self, sandbox_id: str, after: int = 0) -> list[dict[str, Any]]:
+        rows = self._execute(
+            "SELECT id, created_at, kind, data FROM egress_events"
+            " WHERE sandbox_id = ? AND id > ? ORDER BY id",
+            (sandbox_id, after),
+        )
+        return [{"id": r[0], "created_at": r[1], "kind": r[2], **json.loads(r[3])} for r in rows]
 
     def get(self, sandbox_id: str) -> tuple[SandboxInfo, int | None] | None:
         rows = self._execute(_SELECT + " WHERE id = ?", (sandbox_id,))
