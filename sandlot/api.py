@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .egress.policy import NetworkPolicy
 from .models import MAX_LIFETIME, SandboxInfo, check_env
+from .secrets.refs import MaybeSecret
 
 NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 
@@ -37,7 +39,9 @@ class CommandRequest(_Body):
 
     cmd: str | None = Field(None, min_length=1, max_length=1 << 20)
     argv: list[str] | None = Field(None, min_length=1, max_length=65536)
-    env: dict[str, str] | None = None
+    env: dict[str, MaybeSecret] | None = Field(
+        None, description='values are strings or {"secret": NAME} (the tenant\'s secret)'
+    )
     cwd: str | None = None
     timeout: float | None = Field(
         None, gt=0, le=MAX_LIFETIME, description="seconds; kills the process group"
@@ -58,8 +62,10 @@ class CommandRequest(_Body):
 
     @field_validator("env")
     @classmethod
-    def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return None if value is None else check_env(value)
+    def _env(cls, value: dict[str, MaybeSecret] | None) -> dict[str, MaybeSecret] | None:
+        if value is not None:
+            check_env({k: v if isinstance(v, str) else "" for k, v in value.items()})
+        return value
 
     @field_validator("cwd")
     @classmethod
@@ -121,6 +127,12 @@ class RestartRequest(_Body):
 
 class TimeoutRequest(_Body):
     seconds: float = Field(gt=0, le=MAX_LIFETIME)
+
+
+class NetworkRequest(_Body):
+    """``"none"`` (refuse everything from now on) or ``{"allow": [...], "resolve": {...}}``."""
+
+    network: Literal["none"] | NetworkPolicy
 
 
 class SignalRequest(_Body):

@@ -8,6 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .egress.bridge import BridgeConfig
+from .egress.policy import NetworkPolicy
+from .secrets.refs import MaybeSecret, SecretRef
+
 DEFAULT_TIMEOUT = 300.0  # sandbox lifetime, seconds
 DEFAULT_COMMAND_TIMEOUT = 60.0
 MAX_LIFETIME = 366 * 86400.0  # seconds: a sandbox's lifetime, and any timeout
@@ -43,8 +47,17 @@ class Resources(BaseModel):
     tmp_mb: int = Field(256, ge=1, le=1 << 30, description="size of the writable /tmp")
 
 
+NetworkMode = Literal["none", "full"]
+
+
 class SandboxSpec(BaseModel):
-    """What to create. Provider-specific settings go in ``config``, validated by the provider."""
+    """What to create. Provider-specific settings go in ``config``, validated by the provider.
+
+    ``network``: ``"none"`` (the default: no route at all), a :class:`NetworkPolicy` (only the
+    hosts it allows, through the egress proxy on the host), or ``"full"`` (only by name).
+    ``bridge``: a callback bridge to the control plane. ``env`` values may be
+    ``{"secret": NAME}``: resolved when the sandbox starts, never stored or shown.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -52,21 +65,31 @@ class SandboxSpec(BaseModel):
     timeout: float = Field(
         DEFAULT_TIMEOUT, gt=0, le=MAX_LIFETIME, description="lifetime in seconds (at most a year)"
     )
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, MaybeSecret] = Field(default_factory=dict)
     workdir: str = "/workspace"
     metadata: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
+    network: NetworkMode | NetworkPolicy = "none"
+    bridge: BridgeConfig | None = None
     config: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("env")
     @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        return check_env(value)
+    def _env(cls, value: dict[str, MaybeSecret]) -> dict[str, MaybeSecret]:
+        check_env({k: v for k, v in value.items() if isinstance(v, str)})
+        for key in value:
+            if not ENV_NAME.fullmatch(key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+        return value
 
     @property
     def plain_env(self) -> dict[str, str]:
         """The variables that are not secret: what a provider may put on a command line."""
         return {k: v for k, v in self.env.items() if isinstance(v, str)}
+
+    @property
+    def secret_env(self) -> dict[str, SecretRef]:
+        return {k: v for k, v in self.env.items() if isinstance(v, SecretRef)}
 
     @field_validator("provider")
     @classmethod

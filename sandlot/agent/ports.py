@@ -224,9 +224,14 @@ class Listener:
         self.conn = self.rid = None
         self.pending = {}  # id -> accepted socket, until the host takes it
         self.next_id = 1
+        self.standby = []  # (conn, rid) of hosts waiting to serve it once the holder is gone
+
+    @property
+    def held(self):
+        return self.conn is not None and not self.conn.closed
 
     def attach(self, conn, rid):
-        if self.conn is not None and not self.conn.closed:
+        if self.held:
             self.conn.send_json(p.END, self.rid, {"taken_over": True})
             self.conn.requests.pop(self.rid, None)
         self.conn, self.rid = conn, rid
@@ -264,6 +269,17 @@ class Listener:
         for sock in self.pending.values():
             sock.close()
         self.pending.clear()
+        while self.standby:
+            conn, rid = self.standby.pop(0)
+            if not conn.closed and conn.requests.get(rid) is not None:
+                self.attach(conn, rid)
+                return
+
+    def wait(self, conn, rid):
+        """Serve it once the current holder goes away (a second host connected)."""
+        self.standby.append((conn, rid))
+        conn.requests[rid] = _Standby(self, conn, rid)
+        conn.send_json(p.EVENT, rid, {"event": "standby", "port": self.port})
 
     def on_data(self, stream, data):
         pass
@@ -281,6 +297,24 @@ class Listener:
         self._release()
 
 
+class _Standby:
+    def __init__(self, listener, conn, rid):
+        self.listener, self.conn, self.rid = listener, conn, rid
+
+    def on_data(self, stream, data):
+        pass
+
+    on_eof = on_grant = on_data
+
+    def cancel(self):
+        entry = (self.conn, self.rid)
+        if entry in self.listener.standby:
+            self.listener.standby.remove(entry)
+        self.conn.requests.pop(self.rid, None)
+
+    detach = cancel
+
+
 def op_listen(agent, conn, rid, request):
     name = request.get("name")
     if not isinstance(name, str) or not name or len(name) > 64:
@@ -296,7 +330,10 @@ def op_listen(agent, conn, rid, request):
         listener = listeners[name] = Listener(agent, name)
     for key, value in env.items():
         agent.base_env[key] = value.replace("{port}", str(listener.port))
-    listener.attach(conn, rid)
+    if listener.held and not request.get("takeover", True):
+        listener.wait(conn, rid)
+    else:
+        listener.attach(conn, rid)
 
 
 def op_accepted(agent, conn, rid, request):

@@ -22,12 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from ..channel import Channel
-from ..errors import InvalidArgumentError, RemoteUnavailableError, SandboxNotFoundError
-from ..models import MAX_LIFETIME, SandboxInfo, SandboxSpec
+from ..egress.policy import NetworkPolicy
+from ..errors import EgressError, InvalidArgumentError, RemoteUnavailableError, SandboxNotFoundError
+from ..models import MAX_LIFETIME, NetworkMode, SandboxInfo, SandboxSpec
 from ..providers import DEFAULT, Provider, procinfo, provider_class
+from ..secrets.refs import SecretRef
+from ..secrets.resolve import resolve_env
+from ..secrets.store import SecretStore
 from ..store import Store, default_home
+from .egress import Egress, EventSink, check_network, new_settings
 from .ports import ChannelFor, PortForwards, check_port
 
 log = logging.getLogger("sandlot")
@@ -73,6 +79,10 @@ def default_provider(spec: SandboxSpec) -> SandboxSpec:
     return spec.model_copy(update={"provider": name, "config": {**config, **spec.config}})
 
 
+def _dump_refs(refs: dict[str, SecretRef]) -> dict[str, Any]:
+    return {key: ref.model_dump() for key, ref in refs.items()}
+
+
 def new_id() -> str:
     return "sb-" + secrets.token_hex(6)
 
@@ -100,6 +110,13 @@ class Manager:
         self._removals: set[asyncio.Future[None]] = set()
         # Called with the id of every sandbox this manager released (killed, expired, exited).
         self.on_release: builtins.list[Callable[[str], None]] = []
+        # Called for every connection a sandbox made through its proxy or bridge.
+        self.on_egress_event: builtins.list[EventSink] = []
+        # The secrets a sandbox's references are resolved from (a server: its tenant's).
+        self.secrets_for: Callable[[str], SecretStore] = self._local_secrets
+        self._egress: dict[str, Egress] = {}
+        self._secret_stores: dict[str, SecretStore] = {}  # given at create (a server's tenant)
+        self._secret_values: dict[str, builtins.list[str]] = {}
 
     @classmethod
     def current(cls) -> Manager:
@@ -124,7 +141,7 @@ class Manager:
 
     # -- create / connect -------------------------------------------------------------------
 
-    async def create(self, spec: SandboxSpec) -> LiveSandbox:
+    async def create(self, spec: SandboxSpec, *, secrets: SecretStore | None = None) -> LiveSandbox:
         if not self._collected:
             self._collected = True
             await self.gc()
@@ -132,6 +149,8 @@ class Manager:
         spec = default_provider(spec)
         name = spec.provider or DEFAULT
         provider = self.provider(name)
+        if isinstance(spec.network, NetworkPolicy):
+            check_network(provider, spec.network)
         now = datetime.now(UTC)
         info = SandboxInfo(
             id=new_id(),
@@ -174,7 +193,113 @@ class Manager:
         self._schedule_expiry(info.id, spec.timeout)
         if started.exited is not None:
             started.exited.add_done_callback(lambda _: self._on_exit(info.id))
+        if secrets is not None:
+            self._secret_stores[info.id] = secrets
+        if provider.serves_egress:
+            try:
+                await self._start_egress(info.id, spec, started.channel)
+            except BaseException:
+                await self.kill(info.id)
+                raise
         return live
+
+    # -- egress and secrets -------------------------------------------------------------------
+
+    def _local_secrets(self, sandbox_id: str) -> SecretStore:
+        from ..secrets.store import LocalSecrets
+
+        return LocalSecrets(self.home)
+
+    def _secrets(self, sandbox_id: str) -> SecretStore:
+        return self._secret_stores.get(sandbox_id) or self.secrets_for(sandbox_id)
+
+    async def command_env(
+        self, sandbox_id: str, env: dict[str, Any]
+    ) -> tuple[dict[str, str], builtins.list[str]]:
+        """One command's variables with references resolved; and the secret values used."""
+        refs = {k: v for k, v in env.items() if isinstance(v, SecretRef)}
+        if not refs:
+            return env, []
+        resolved, used = await resolve_env(refs, self._secrets(sandbox_id))
+        return {**env, **resolved}, used
+
+    async def _start_egress(self, sandbox_id: str, spec: SandboxSpec, channel: Channel) -> None:
+        """Give a new sandbox its secret variables (over the channel, never a command line),
+        its proxy and its bridge."""
+        refs = spec.secret_env
+        if spec.network != "none" or spec.bridge is not None or refs:
+            settings = new_settings(spec.network, spec.bridge, _dump_refs(refs))
+            self.store.set_egress(sandbox_id, settings)
+        if refs:
+            values, _ = await resolve_env(refs, self._secrets(sandbox_id))
+            self._secret_values[sandbox_id] = list(values.values())
+            await channel.call("env", set=values)
+        await self._serve_egress(sandbox_id, channel, takeover=True)
+
+    async def _serve_egress(self, sandbox_id: str, channel: Channel, *, takeover: bool) -> None:
+        settings = self.store.egress(sandbox_id) or {}
+        if sandbox_id in self._egress or not (settings.get("network") or settings.get("bridge")):
+            return
+        egress = Egress(
+            sandbox_id,
+            self.store,
+            self._secrets(sandbox_id),
+            self._channel_for(sandbox_id, channel),
+            self._egress_event,
+        )
+        self._egress[sandbox_id] = egress
+        try:
+            await egress.start(takeover=takeover)
+        except BaseException:
+            self._egress.pop(sandbox_id, None)
+            await egress.close()
+            raise
+
+    def _egress_event(self, sandbox_id: str, kind: str, data: dict[str, Any]) -> None:
+        self.store.add_egress_event(sandbox_id, kind, data)
+        for callback in self.on_egress_event:
+            callback(sandbox_id, kind, data)
+
+    async def egress_events(self, sandbox_id: str, after: int = 0) -> builtins.list[dict[str, Any]]:
+        """What the sandbox reached or was refused, oldest first (embedded mode's record;
+        a server also writes them to the session's log)."""
+        self._lookup(sandbox_id)
+        return self.store.egress_events(sandbox_id, after)
+
+    async def set_network(
+        self, sandbox_id: str, network: NetworkMode | NetworkPolicy, channel: Channel
+    ) -> None:
+        """Change what the sandbox may reach; the next connection obeys it. ``"none"``
+        refuses everything; a sandbox started without a network cannot be given ``"full"``."""
+        info, provider = self._lookup(sandbox_id)
+        if network == "full":
+            raise EgressError("a running sandbox's network cannot become 'full'")
+        if not provider.serves_egress:
+            raise EgressError(f"the {info.provider} provider does not serve network policies")
+        if isinstance(network, NetworkPolicy):
+            check_network(provider, network)
+        settings = self.store.egress(sandbox_id) or {"secret_env": {}}
+        if settings.get("full"):
+            raise EgressError("this sandbox has the full network: there is nothing to narrow")
+        if isinstance(network, NetworkPolicy):
+            settings["network"] = network.model_dump(mode="json")
+        elif "network" in settings:  # "none": its proxy stays, and refuses everything
+            settings["network"] = NetworkPolicy(allow=[]).model_dump(mode="json")
+        self.store.set_egress(sandbox_id, settings)
+        if isinstance(network, NetworkPolicy) and sandbox_id not in self._egress:
+            await self._serve_egress(sandbox_id, channel, takeover=False)
+
+    async def secret_values(self, sandbox_id: str) -> builtins.list[str]:
+        """The values of the sandbox's secret variables: what output masking hides."""
+        if sandbox_id not in self._secret_values:
+            refs = (self.store.egress(sandbox_id) or {}).get("secret_env") or {}
+            values: builtins.list[str] = []
+            if refs:
+                parsed = {k: SecretRef.model_validate(v) for k, v in refs.items()}
+                resolved, _ = await resolve_env(parsed, self._secrets(sandbox_id))
+                values = list(resolved.values())
+            self._secret_values[sandbox_id] = values
+        return self._secret_values[sandbox_id]
 
     async def connect(self, sandbox_id: str) -> LiveSandbox:
         info, provider = self._lookup(sandbox_id)
@@ -183,6 +308,8 @@ class Manager:
         channel = await provider.connect(info.handle)
         if self.store.ports(sandbox_id):  # exposed by an earlier process: serve them again
             await self.ports.rebuild(sandbox_id, self._channel_for(sandbox_id, channel))
+        if provider.serves_egress:  # ready to serve its proxy and bridge if its holder goes
+            await self._serve_egress(sandbox_id, channel, takeover=False)
         return LiveSandbox(info, channel, provider)
 
     async def adopt(self, sandbox_id: str) -> LiveSandbox:
@@ -262,6 +389,11 @@ class Manager:
         if live is not None:
             live.channel.close()
         self.ports.close(info.id)
+        egress = self._egress.pop(info.id, None)
+        if egress is not None:
+            await egress.close()
+        self._secret_values.pop(info.id, None)
+        self._secret_stores.pop(info.id, None)
         await provider.destroy(info.handle)
         self.store.delete(info.id)
         self._remove_folder(info.id)
@@ -427,6 +559,9 @@ class Manager:
             except Exception:
                 continue
         await self.ports.close_all()
+        for egress in list(self._egress.values()):
+            await egress.close()
+        self._egress.clear()
         await self.settle()
         for provider in self._providers.values():
             try:

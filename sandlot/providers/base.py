@@ -53,6 +53,9 @@ class Provider(abc.ABC):
     name: ClassVar[str]
     isolated: ClassVar[bool] = True
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    # The manager serves the sandbox's proxy and bridge here (not so for a remote server,
+    # which serves its own).
+    serves_egress: ClassVar[bool] = True
     config_model: ClassVar[type[ProviderConfig]] = ProviderConfig
     # Settings a server accepts from a call (e.g. a container image). Everything else in
     # the config decides what of the host a sandbox sees: the operator's choice.

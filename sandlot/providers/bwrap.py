@@ -165,7 +165,9 @@ class BwrapProvider(Provider):
         namespace: int | None = None,
     ) -> list[str]:
         etc_folder = etc.snapshot(self.home, SANDBOX_UID, SANDBOX_GID)
-        argv = isolation_args(namespace, die_with_parent=not self.detached)
+        argv = isolation_args(
+            namespace, die_with_parent=not self.detached, full_network=spec.network == "full"
+        )
         argv += [*_top_level_binds()]
         argv += ["--ro-bind", str(etc_folder), "/etc"]
         argv += mount_args(str(folder / "workspace"), str(agent_root), spec.resources.tmp_mb)
@@ -223,14 +225,17 @@ class BwrapProvider(Provider):
 # ssh provider builds the same sandbox on a far host from them.
 
 
-def isolation_args(user_namespace: int | None, die_with_parent: bool) -> list[str]:
+def isolation_args(
+    user_namespace: int | None, die_with_parent: bool, full_network: bool = False
+) -> list[str]:
     """New user (or the given one), PID, network, IPC, UTS and cgroup namespaces, the
-    sandbox's uid and gid, no capabilities, and /usr read-only."""
+    sandbox's uid and gid, no capabilities, and /usr read-only. ``full_network`` (asked for
+    by name) keeps the host's network namespace."""
     return [
         "bwrap",
         *(["--unshare-user"] if user_namespace is None else ["--userns", str(user_namespace)]),
         "--unshare-pid",
-        "--unshare-net",
+        *([] if full_network else ["--unshare-net"]),
         "--unshare-ipc",
         "--unshare-uts",
         "--unshare-cgroup-try",

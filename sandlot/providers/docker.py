@@ -425,7 +425,7 @@ class DockerProvider(Provider):
         now = int(time.time())
         env = {"PATH": DEFAULT_PATH, "HOME": "/workspace", "LANG": "C.UTF-8", **spec.plain_env}
         host_config: dict[str, Any] = {
-            "NetworkMode": "none",
+            "NetworkMode": "bridge" if spec.network == "full" else "none",
             "Init": True,  # docker-init as PID 1 reaps orphans and passes signals on
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges"],

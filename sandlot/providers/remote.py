@@ -52,6 +52,7 @@ class RemoteConfig(ProviderConfig):
 class RemoteProvider(Provider):
     name = "remote"
     capabilities = frozenset({"reconnect", "remote"})
+    serves_egress = False  # the server serves them
     config_model = RemoteConfig
     caller_settings = frozenset({"provider"})  # which provider the far server uses
 

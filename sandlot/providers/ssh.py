@@ -719,7 +719,7 @@ def _agent_command(
     agent_args += ["--rlimit", f"as={resources.memory_mb * 1024 * 1024}"]
     agent_args += ["--rlimit", f"nproc={resources.pids}", "--rlimit", "core=0"]
     # Detached from the SSH session: the agent's own deadline ends it, not a parent.
-    argv = bwrap.isolation_args(None, die_with_parent=False)
+    argv = bwrap.isolation_args(None, die_with_parent=False, full_network=spec.network == "full")
     slots = {"top": len(argv)}
     argv += ["-", "--ro-bind"]
     slots["etc"] = len(argv)

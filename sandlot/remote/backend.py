@@ -93,6 +93,27 @@ class RemoteBackend:
         """The server collects its own garbage; nothing to do from a client."""
         return GcReport()
 
+    async def set_network(self, sandbox_id: str, network: Any, channel: Any) -> None:
+        body = network if isinstance(network, str) else network.model_dump(mode="json")
+        await self.client.call(
+            "PUT", _path(sandbox_id) + "/network", json={"network": body}, retry=True
+        )
+
+    async def egress_events(self, sandbox_id: str, after: int) -> builtins.list[dict[str, Any]]:
+        answer = await self.client.call(
+            "GET", _path(sandbox_id) + "/network/events", params={"after": str(after)}
+        )
+        return list(answer)
+
+    async def secret_values(self, sandbox_id: str) -> builtins.list[str]:
+        return []  # the server resolves and masks them; they never reach this process
+
+    async def command_env(
+        self, sandbox_id: str, env: dict[str, Any]
+    ) -> tuple[dict[str, Any], builtins.list[str]]:
+        """References travel as they are: the server resolves them with its tenant's."""
+        return {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in env.items()}, []
+
 
 def _path(sandbox_id: str) -> str:
     if not isinstance(sandbox_id, str) or not sandbox_id:

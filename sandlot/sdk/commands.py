@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from ..agent import protocol as p
 from ..errors import CommandTimeoutError, InvalidArgumentError, SandboxClosedError
 from ..models import DEFAULT_COMMAND_TIMEOUT, MAX_LIFETIME, CommandResult, check_env
+from ..secrets.refs import SecretRef, as_ref
 
 if TYPE_CHECKING:
     from ..channel import Request
+    from ..secrets.mask import Masker
     from .sandbox import AsyncSandbox
 
 OutputCallback = Callable[[str], Awaitable[None] | None]
@@ -51,12 +53,19 @@ class _Tail:
 
 
 class _Stream:
-    def __init__(self, limit: int, callback: OutputCallback | None) -> None:
+    def __init__(
+        self, limit: int, callback: OutputCallback | None, secrets: list[str] | None = None
+    ) -> None:
         self.tail = _Tail(limit)
         self.callback = callback
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace") if callback else None
+        self.masker = _masker(secrets)
 
     async def feed(self, data: bytes, final: bool = False) -> None:
+        if self.masker is not None:  # a secret's value never reaches a result or callback
+            data = self.masker.feed(data)
+            if final:
+                data += self.masker.flush()
         if data:
             self.tail.add(data)
         if self.callback is not None and self.decoder is not None:
@@ -103,15 +112,35 @@ async def call_back(callback: Callable[[Any], Any] | None, value: Any) -> None:
             await outcome
 
 
-def check_env_argument(env: object) -> dict[str, str]:
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        raise InvalidArgumentError("env must map strings to strings")
+def _masker(secrets: list[str] | None) -> Masker | None:
+    if not secrets:
+        return None
+    from ..secrets.mask import Masker
+
+    masker = Masker(secrets)
+    return masker if masker.values else None
+
+
+def check_env_argument(env: object) -> dict[str, str | SecretRef]:
+    """Variables for one command: strings, or ``{"secret": NAME}`` references."""
+    if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
+        raise InvalidArgumentError("env must map names to strings or {'secret': NAME}")
+    checked: dict[str, str | SecretRef] = {}
+    for key, value in env.items():
+        ref = as_ref(value)
+        if ref is not None:
+            checked[key] = ref
+        elif isinstance(value, str):
+            checked[key] = value
+        else:
+            raise InvalidArgumentError(
+                f"env {key}: a value is a string or {{'secret': NAME}}, not {type(value).__name__}"
+            )
     try:
-        return check_env(env)
+        check_env({k: v if isinstance(v, str) else "" for k, v in checked.items()})
     except ValueError as exc:
         raise InvalidArgumentError(str(exc)) from None
+    return checked
 
 
 def check_cwd(cwd: object) -> str:
@@ -294,8 +323,11 @@ class AsyncCommands:
         if timeout is ...:
             timeout = None if background else DEFAULT_COMMAND_TIMEOUT
         timeout = _check_timeout(timeout)
+        backend, sandbox_id = self._sandbox._manager, self._sandbox.id
+        secrets = await backend.secret_values(sandbox_id)
         if env is not None:
-            args["env"] = check_env_argument(env)
+            args["env"], used = await backend.command_env(sandbox_id, check_env_argument(env))
+            secrets = [*secrets, *used]
         if cwd is not None:
             args["cwd"] = check_cwd(cwd)
         if stdin is not None and not isinstance(stdin, (str, bytes)):
@@ -318,8 +350,8 @@ class AsyncCommands:
         collector = _Collector(
             request,
             started,
-            _Stream(max_output_bytes, on_stdout),
-            _Stream(max_output_bytes, on_stderr),
+            _Stream(max_output_bytes, on_stdout, secrets),
+            _Stream(max_output_bytes, on_stderr, secrets),
             timeout,
         )
         if background:

@@ -8,17 +8,21 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from pydantic import ValidationError
 
+from ..egress.bridge import BridgeConfig
+from ..egress.policy import NetworkPolicy
 from ..errors import InvalidArgumentError, SandboxNotFoundError
 from ..manager import GcReport
 from ..models import (
     CodeContext,
     CommandResult,
     Execution,
+    NetworkMode,
     Resources,
     SandboxInfo,
     SandboxSpec,
     describe,
 )
+from ..secrets.refs import SecretRef
 from . import code as code_ops
 from .backend import Backend, backend_for
 from .code import (
@@ -41,11 +45,13 @@ if TYPE_CHECKING:
 def build_spec(
     provider: str | None,
     timeout: float,
-    env: dict[str, str] | None,
+    env: dict[str, Any] | None,
     metadata: dict[str, str] | None,
     resources: Resources | dict[str, Any] | None,
     workdir: str,
     config: dict[str, Any],
+    network: Any = "none",
+    bridge: Any = None,
 ) -> SandboxSpec:
     try:
         return SandboxSpec(
@@ -55,6 +61,8 @@ def build_spec(
             metadata=metadata or {},
             resources=resources or Resources(),
             workdir=workdir,
+            network=network if network is not None else "none",
+            bridge=bridge,
             config=config,
         )
     except ValidationError as exc:
@@ -104,17 +112,25 @@ class AsyncSandbox:
         provider: str | None = None,
         *,
         timeout: float = 300,
-        env: dict[str, str] | None = None,
+        env: dict[str, str | SecretRef | dict[str, str]] | None = None,
         metadata: dict[str, str] | None = None,
         resources: Resources | dict[str, Any] | None = None,
         workdir: str = "/workspace",
+        network: NetworkMode | NetworkPolicy | dict[str, Any] = "none",
+        bridge: BridgeConfig | dict[str, Any] | None = None,
         client: Client | None = None,
         **config: Any,
     ) -> _Creating:
         """Create a sandbox (default provider: bwrap). Extra keyword arguments are the
         provider's own settings, validated by its config model. With ``client`` (or
-        ``SANDLOT_URL`` set), the sandbox is created on that sandlot server."""
-        spec = build_spec(provider, timeout, env, metadata, resources, workdir, config)
+        ``SANDLOT_URL`` set), the sandbox is created on that sandlot server.
+
+        ``network``: ``"none"`` (default), ``{"allow": [rules]}`` (only those hosts, through
+        the egress proxy; see docs/egress.md) or ``"full"``. ``bridge``: a callback bridge
+        to your control plane. ``env`` values may be ``{"secret": NAME}``."""
+        spec = build_spec(
+            provider, timeout, env, metadata, resources, workdir, config, network, bridge
+        )
         return _Creating(cls._create(spec, client))
 
     @classmethod
@@ -161,6 +177,31 @@ class AsyncSandbox:
         default 30000-30999), released when the sandbox is killed. Through a server, a path
         under ``/v1/sandboxes/{id}/ports/{port}/`` that needs the tenant's key."""
         return await self._manager.expose(self.id, port, self._channel)
+
+    async def set_network(
+        self,
+        network: NetworkMode | NetworkPolicy | dict[str, Any] | None = None,
+        *,
+        allow: builtins.list[str] | None = None,
+        resolve: dict[str, str | builtins.list[str]] | None = None,
+    ) -> None:
+        """Change what the sandbox may reach, while it runs: ``set_network(allow=[...])``,
+        or ``set_network("none")``. The next connection obeys it; code inside the sandbox
+        cannot change it. Commands started afterwards get the proxy variables."""
+        if allow is not None:
+            if network is not None:
+                raise InvalidArgumentError("give either a network or allow=, not both")
+            network = {"allow": allow, "resolve": resolve or {}}
+        elif network is None:
+            raise InvalidArgumentError("set_network needs allow=[...] or a network")
+        checked = _check_network(network)
+        await self._manager.set_network(self.id, checked, self._channel)
+
+    async def network_events(self, after: int = 0) -> builtins.list[dict[str, Any]]:
+        """Every connection the sandbox made through its proxy or bridge, allowed or
+        refused, oldest first: ``{"id", "created_at", "kind", "host", "port", "verdict",
+        ...}``. ``after``: the last ``id`` already seen."""
+        return await self._manager.egress_events(self.id, after)
 
     async def set_timeout(self, seconds: float) -> datetime:
         """Destroy the sandbox ``seconds`` from now instead of at its old deadline."""
@@ -319,6 +360,13 @@ class AsyncSandbox:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.kill()
+
+
+def _check_network(network: Any) -> NetworkMode | NetworkPolicy:
+    try:
+        return SandboxSpec(network=network).network
+    except ValidationError as exc:
+        raise InvalidArgumentError(describe(exc, "network settings")) from None
 
 
 class _Creating:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
-from ..api import SandboxOut, TimeoutRequest
+from ..api import NetworkRequest, SandboxOut, TimeoutRequest
 from ..errors import InvalidArgumentError
 from ..models import SandboxSpec
 from ..providers import provider_class
@@ -101,6 +101,29 @@ async def set_timeout(
     """Destroy the sandbox ``seconds`` from now instead of at its old deadline."""
     expires = await state.set_timeout(caller, sandbox_id, body.seconds)
     return {"expires_at": expires.isoformat()}
+
+
+@router.put("/{sandbox_id}/network", status_code=204)
+async def set_network(
+    sandbox_id: str, body: NetworkRequest, state: State, caller: Caller
+) -> Response:
+    """Change what the sandbox may reach through its egress proxy; the next connection
+    obeys it. Rules naming private addresses need the server's ``--egress-private``."""
+    await state.set_network(caller, sandbox_id, body.network)
+    return Response(status_code=204)
+
+
+@router.get("/{sandbox_id}/network/events")
+async def network_events(
+    sandbox_id: str,
+    state: State,
+    caller: Caller,
+    after: Annotated[int, Query(ge=0, description="the last id already seen")] = 0,
+) -> list[dict[str, Any]]:
+    """Every connection the sandbox made through its proxy or bridge, allowed or refused
+    (also in the session's log, as ``egress`` and ``bridge`` events)."""
+    await state.get(caller, sandbox_id)
+    return state.manager.store.egress_events(sandbox_id, after)
 
 
 @router.get("/{sandbox_id}/events", responses=SSE_RESPONSE)  # type: ignore[arg-type]

@@ -62,6 +62,13 @@ def serve(
             "--allow-unisolated", help="Let callers use the 'process' provider (no isolation)."
         ),
     ] = False,
+    egress_private: Annotated[
+        bool,
+        typer.Option(
+            "--egress-private",
+            help="Let tenants' network rules name private, loopback and link-local addresses.",
+        ),
+    ] = False,
     max_log_bytes: Annotated[
         int,
         typer.Option("--max-log-bytes", min=0, help="Output logged per execution."),
@@ -102,6 +109,7 @@ def serve(
         port=port,
         database_url=database_url,
         allow_unisolated=allow_unisolated,
+        egress_private=egress_private,
         max_log_bytes=max_log_bytes,
         retention_seconds=retention_days * 86400,
         kill_on_exit=kill_on_exit,

@@ -19,6 +19,7 @@ from typing import Any
 from ..agent import protocol as p
 from ..channel import Request
 from ..errors import ProtocolError, SandlotError
+from ..secrets.mask import Masker
 from ..store.records import ExecutionRecord
 from .hub import Hub
 
@@ -49,6 +50,15 @@ class Run:
     created_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    secrets: list[str] = field(default_factory=list, repr=False)  # masked in the output
+    maskers: dict[str, Masker] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.secrets:
+            for name in STREAMS.values():
+                masker = Masker(self.secrets)
+                if masker.values:
+                    self.maskers[name] = masker
 
     @property
     def kind(self) -> str:
@@ -95,6 +105,10 @@ class Run:
                     event = _json(payload)
                     await hub.put(sid, eid, str(event.get("event", "event")), payload)
                 elif kind == p.END:
+                    for name, masker in self.maskers.items():  # what a partial match held
+                        rest = masker.flush()
+                        if rest:
+                            await self._output(name, rest, masked=True)
                     self.outcome = _json(payload)
                     if self.dropped:
                         self.outcome["log_dropped"] = self.dropped
@@ -117,7 +131,10 @@ class Run:
             self.ended_at = time.time()
             self.done.set()
 
-    async def _output(self, name: str, data: bytes) -> None:
+    async def _output(self, name: str, data: bytes, masked: bool = False) -> None:
+        masker = None if masked else self.maskers.get(name)
+        if masker is not None:  # a secret's value never reaches the log or a stream
+            data = masker.feed(data)
         room = self.max_log_bytes - self.logged
         if len(data) > room:
             if self.dropped == 0:

@@ -19,8 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..egress.policy import NetworkPolicy
 from ..errors import (
     ExecutionLostError,
+    ForbiddenError,
     InvalidArgumentError,
     NotFoundError,
     ProviderUnavailableError,
@@ -30,6 +32,8 @@ from ..errors import (
 from ..manager import LiveSandbox, Manager
 from ..models import SandboxSpec
 from ..providers import DEFAULT, provider_class
+from ..secrets.refs import as_ref
+from ..secrets.store import DatabaseSecrets
 from ..store import default_home
 from ..store.database import Database, sqlite_url
 from ..store.eventlog import EventLog
@@ -60,6 +64,11 @@ class ServerSettings(BaseModel):
     retention_seconds: float = Field(
         7 * 86400, gt=0, description="how long the log of an ended session is kept"
     )
+    egress_private: bool = Field(
+        False,
+        description="let tenants' network rules name private, loopback and link-local "
+        "addresses (the server's own networks)",
+    )
     kill_on_exit: bool = Field(
         False,
         description="kill the sandboxes when the server stops (by default they keep running "
@@ -80,6 +89,24 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_NOT_GLOBAL = [
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/3",
+        "::/127", "::ffff:0:0/96", "64:ff9b::/96", "2002::/16", "fc00::/7", "fe80::/10",
+        "ff00::/8",
+    )
+]  # fmt: skip
+
+
+def _reaches_private(network: Any) -> bool:
+    """Whether an address rule covers any of the host's own kinds of network."""
+    if network is None:
+        return False
+    return any(network.version == n.version and network.overlaps(n) for n in _NOT_GLOBAL)
 
 
 @dataclass
@@ -134,6 +161,8 @@ class ServerState:
             metrics=metrics,
         )
         state.manager.on_release.append(state._released)
+        state.manager.on_egress_event.append(state._egress_event)
+        state.manager.secrets_for = state._secrets_of_sandbox
         await hub.write(state.keys.ensure_tenant, LOCAL_TENANT)
         await hub.write(records.release_pending_idempotency)
         await state.recover()
@@ -263,7 +292,8 @@ class ServerState:
             await asyncio.to_thread(self.records.get_session, session_id, principal.tenant) is None
         ):
             raise InvalidArgumentError(f"no session {session_id!r}", session_id=session_id)
-        live = await self.manager.create(spec)
+        self.check_network(spec.network)
+        live = await self.manager.create(spec, secrets=self.secrets(principal.tenant))
         info = live.info
         record = SandboxRecord(
             id=info.id,
@@ -328,6 +358,46 @@ class ServerState:
         await self.hub.write(self.records.set_sandbox_expiry, sandbox_id, expires)
         return expires
 
+    # -- egress and secrets -----------------------------------------------------------------
+
+    def secrets(self, tenant: str) -> DatabaseSecrets:
+        return DatabaseSecrets(self.db, tenant, home=self.settings.resolved_home())
+
+    def _secrets_of_sandbox(self, sandbox_id: str) -> DatabaseSecrets:
+        """A sandbox adopted after a restart resolves its references with its tenant's."""
+        served = self.served.get(sandbox_id)
+        record = served.record if served else self.records.get_sandbox(sandbox_id)
+        if record is None:
+            raise SandboxNotFoundError(f"no sandbox with id {sandbox_id!r}", id=sandbox_id)
+        return self.secrets(record.tenant)
+
+    def check_network(self, network: Any) -> None:
+        """A tenant may not point its sandbox at the server's own networks (loopback,
+        private ranges, cloud metadata) unless the operator allows it."""
+        if isinstance(network, NetworkPolicy) and not self.settings.egress_private:
+            private = [r.text for r in network.rules if _reaches_private(r.network)]
+            if private:
+                raise ForbiddenError(
+                    "rules naming private, loopback or link-local addresses need the server's "
+                    f"--egress-private: {', '.join(private)}"
+                )
+
+    async def set_network(self, principal: Principal, sandbox_id: str, network: Any) -> None:
+        served = await self.get(principal, sandbox_id)
+        self.check_network(network)
+        await self.manager.set_network(sandbox_id, network, served.live.channel)
+        self._note(
+            served.record.session_id,
+            "network",
+            {"event": "policy", "network": network if isinstance(network, str) else
+             network.model_dump(mode="json")},
+        )  # fmt: skip
+
+    def _egress_event(self, sandbox_id: str, kind: str, data: dict[str, Any]) -> None:
+        served = self.served.get(sandbox_id)
+        if served is not None:
+            self._note(served.record.session_id, kind, data)
+
     def _released(self, sandbox_id: str) -> None:
         """The manager let a sandbox go (killed, expired, or it died)."""
         served = self.served.pop(sandbox_id, None)
@@ -373,6 +443,13 @@ class ServerState:
     ) -> Run:
         """Start an execution; returns once the agent accepted it (or raises its refusal)."""
         record = served.record
+        secrets = await self.manager.secret_values(record.id)
+        if args.get("env"):
+            from ..secrets.resolve import resolve_env
+
+            env = {k: as_ref(v) or v for k, v in args["env"].items()}
+            args["env"], used = await resolve_env(env, self.secrets(record.tenant))
+            secrets = [*secrets, *used]
         request = served.live.channel.open(op, **args)
         run = Run(
             id=new_execution_id(),
@@ -383,6 +460,7 @@ class ServerState:
             hub=self.hub,
             max_log_bytes=self.settings.max_log_bytes,
             base_seq=self.hub.latest(record.session_id),
+            secrets=secrets,
         )
         await run.started(summary)
         self.runs[run.id] = run
