@@ -19,6 +19,8 @@ from collections.abc import Coroutine
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
+from ..egress.bridge import BridgeConfig
+from ..egress.policy import NetworkPolicy
 from ..manager import GcReport, Manager
 from ..models import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -27,6 +29,7 @@ from ..models import (
     EntryInfo,
     Execution,
     Logs,
+    NetworkMode,
     Resources,
     Result,
     SandboxInfo,
@@ -282,14 +285,19 @@ class Sandbox:
         provider: str | None = None,
         *,
         timeout: float = 300,
-        env: dict[str, str] | None = None,
+        env: dict[str, Any] | None = None,
         metadata: dict[str, str] | None = None,
         resources: Resources | dict[str, Any] | None = None,
         workdir: str = "/workspace",
+        network: NetworkMode | NetworkPolicy | dict[str, Any] = "none",
+        bridge: BridgeConfig | dict[str, Any] | None = None,
         client: Client | None = None,
         **config: Any,
     ) -> Sandbox:
-        spec = build_spec(provider, timeout, env, metadata, resources, workdir, config)
+        """Create a sandbox (see :meth:`AsyncSandbox.create`)."""
+        spec = build_spec(
+            provider, timeout, env, metadata, resources, workdir, config, network, bridge
+        )
         return cls(_portal.call(AsyncSandbox._create(spec, client)))
 
     @classmethod
@@ -315,6 +323,20 @@ class Sandbox:
     def expose(self, port: int) -> str:
         """A URL that reaches ``port`` inside the sandbox (see :meth:`AsyncSandbox.expose`)."""
         return _portal.call(self._inner.expose(port))
+
+    def set_network(
+        self,
+        network: NetworkMode | NetworkPolicy | dict[str, Any] | None = None,
+        *,
+        allow: builtins.list[str] | None = None,
+        resolve: dict[str, str | builtins.list[str]] | None = None,
+    ) -> None:
+        """Change what the sandbox may reach (see :meth:`AsyncSandbox.set_network`)."""
+        return _portal.call(self._inner.set_network(network, allow=allow, resolve=resolve))
+
+    def network_events(self, after: int = 0) -> builtins.list[dict[str, Any]]:
+        """Its proxy's and bridge's connections (see :meth:`AsyncSandbox.network_events`)."""
+        return _portal.call(self._inner.network_events(after))
 
     def is_running(self) -> bool:
         return _portal.call(self._inner.is_running())

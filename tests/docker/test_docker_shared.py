@@ -10,6 +10,7 @@ from integration.test_async import *  # noqa: F403
 from integration.test_code import *  # noqa: F403
 from integration.test_code_async import *  # noqa: F403
 from integration.test_commands import *  # noqa: F403
+from integration.test_egress import *  # noqa: F403
 from integration.test_files import *  # noqa: F403
 from integration.test_ports import *  # noqa: F403
 
