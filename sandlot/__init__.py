@@ -8,6 +8,8 @@
 See the README and docs/ for the full surface.
 """
 
+from .egress.bridge import BridgeConfig
+from .egress.policy import NetworkPolicy
 from .errors import (
     AuthenticationError,
     CodeContextBusyError,
@@ -18,6 +20,7 @@ from .errors import (
     CommandError,
     CommandTimeoutError,
     DirectoryNotEmptyError,
+    EgressError,
     ExecutionLostError,
     FileError,
     FileExistsInSandboxError,
@@ -52,6 +55,8 @@ from .errors import (
     SandboxNotFoundError,
     SandboxStartError,
     SandlotError,
+    SecretError,
+    SecretNotFoundError,
     ServerError,
 )
 from .models import (
@@ -76,6 +81,7 @@ from .sdk import (
     ExecutionHandle,
     Sandbox,
 )
+from .secrets.refs import SecretRef
 
 __version__ = "0.1.0"
 
@@ -85,6 +91,7 @@ __all__ = [
     "AsyncExecutionHandle",
     "AsyncSandbox",
     "AuthenticationError",
+    "BridgeConfig",
     "Client",
     "CodeContext",
     "CodeContextBusyError",
@@ -97,6 +104,7 @@ __all__ = [
     "CommandResult",
     "CommandTimeoutError",
     "DirectoryNotEmptyError",
+    "EgressError",
     "EntryInfo",
     "Execution",
     "ExecutionError",
@@ -114,6 +122,7 @@ __all__ = [
     "InvalidArgumentError",
     "IsADirectoryInSandboxError",
     "Logs",
+    "NetworkPolicy",
     "NoSpaceError",
     "NotADirectoryInSandboxError",
     "NotFoundError",
@@ -142,6 +151,9 @@ __all__ = [
     "SandboxSpec",
     "SandboxStartError",
     "SandlotError",
+    "SecretError",
+    "SecretNotFoundError",
+    "SecretRef",
     "ServerError",
     "__version__",
 ]

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 from datetime import UTC
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 
@@ -371,6 +371,32 @@ def run(
             "--set pull=never --set 'ro_binds=[\"/opt\"]').",
         ),
     ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow",
+            metavar="RULE",
+            help="Let the sandbox reach this host through the egress proxy (repeatable): "
+            "host, *.domain, host:port, an address or a network.",
+        ),
+    ] = None,
+    resolve: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--resolve", metavar="NAME=ADDR", help="Pin a name for the proxy (repeatable)."
+        ),
+    ] = None,
+    full_network: Annotated[
+        bool, typer.Option("--full-network", help="Give the sandbox the host's network.")
+    ] = False,
+    secret_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--secret-env",
+            metavar="VAR=SECRET",
+            help="Set VAR to a stored secret (see `sandlot secrets`); masked in the output.",
+        ),
+    ] = None,
 ) -> None:
     """Run one command in a fresh sandbox, stream its output, exit with its exit code.
 
@@ -389,6 +415,13 @@ def run(
     config = _settings(setting)
     if image is not None:
         config["image"] = image
+    network = _network(allow, resolve, full_network)
+    environment: dict[str, Any] = {**env_map}
+    for item in secret_env or []:
+        var, sep, name = item.partition("=")
+        if not sep or not var or not name:
+            raise _UsageError(f"--secret-env takes VAR=SECRET, got {item!r}")
+        environment[var] = {"secret": name}
 
     from .sdk import Sandbox
 
@@ -397,7 +430,8 @@ def run(
         sandbox = Sandbox.create(
             provider,
             timeout=timeout + LIFETIME_GRACE,
-            env=env_map,
+            env=environment,
+            network=network,
             resources={"memory_mb": memory_mb} if memory_mb is not None else None,
             workdir=workdir,
             **config,
@@ -419,6 +453,26 @@ def run(
         except Exception:
             pass  # already gone; the owner's exit and gc clean up the rest
     raise typer.Exit(code)
+
+
+def _network(
+    allow: list[str] | None, resolve: list[str] | None, full: bool
+) -> Literal["none", "full"] | dict[str, Any]:
+    if full:
+        if allow or resolve:
+            raise _UsageError("--full-network gives everything: leave out --allow and --resolve")
+        return "full"
+    if resolve and not allow:
+        raise _UsageError("--resolve pins names for --allow rules; give at least one --allow")
+    if not allow:
+        return "none"
+    pins: dict[str, str] = {}
+    for item in resolve or []:
+        name, sep, address = item.partition("=")
+        if not sep or not name or not address:
+            raise _UsageError(f"--resolve takes NAME=ADDR, got {item!r}")
+        pins[name] = address
+    return {"allow": allow, "resolve": pins}
 
 
 @app.command(name="exec", context_settings=_COMMAND_CONTEXT)
@@ -991,11 +1045,13 @@ def gc(
 def _add_subcommands() -> None:
     from .relay.cli import relay_app
     from .remote.provision_cli import remote_app
+    from .secrets.cli import secrets_app
     from .server.cli import keys_app, serve
 
     app.add_typer(relay_app, name="relay")
     app.add_typer(keys_app, name="keys")
     app.add_typer(remote_app, name="remote")
+    app.add_typer(secrets_app, name="secrets")
     app.command(name="serve")(serve)
 
 

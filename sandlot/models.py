@@ -23,7 +23,7 @@ def describe(error: ValidationError, what: str) -> str:
     parts = []
     for item in error.errors():
         where = ".".join(str(x) for x in item["loc"]) or "value"
-        parts.append(f"{where}: {item['msg']}")
+        parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
     return f"invalid {what}: " + "; ".join(parts)
 
 
@@ -80,6 +80,19 @@ class SandboxSpec(BaseModel):
         for key in value:
             if not ENV_NAME.fullmatch(key):
                 raise ValueError(f"invalid environment variable name {key!r}")
+        return value
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _network(cls, value: Any) -> Any:
+        """One clear message, not one per member of the union."""
+        if isinstance(value, str) and value not in ("none", "full"):
+            raise ValueError("network is 'none', 'full' or {'allow': [rules]}")
+        if isinstance(value, dict):
+            try:
+                return NetworkPolicy.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError(describe(exc, "network policy")) from None
         return value
 
     @property

@@ -29,8 +29,8 @@ from ..egress.policy import NetworkPolicy
 from ..errors import EgressError, InvalidArgumentError, RemoteUnavailableError, SandboxNotFoundError
 from ..models import MAX_LIFETIME, NetworkMode, SandboxInfo, SandboxSpec
 from ..providers import DEFAULT, Provider, procinfo, provider_class
-from ..secrets.refs import SecretRef
-from ..secrets.resolve import resolve_env
+from ..secrets.refs import SecretRef, as_ref
+from ..secrets.resolve import has_refs, resolve_config, resolve_env
 from ..secrets.store import SecretStore
 from ..store import Store, default_home
 from .egress import Egress, EventSink, check_network, new_settings
@@ -160,6 +160,14 @@ class Manager:
             expires_at=now + timedelta(seconds=spec.timeout),
             owner_pid=NO_OWNER if self.detached else os.getpid(),
         )
+        secret_config: dict[str, str] = {}
+        if has_refs(spec.config):  # settings the provider's schema marks secret
+            secret_config = {
+                k: ref.secret for k, v in spec.config.items() if (ref := as_ref(v)) is not None
+            }
+            store = secrets or self._local_secrets("")
+            config, _ = await resolve_config(provider.config_model, spec.config, store)
+            spec = spec.model_copy(update={"config": config})
         # The record goes in first: a concurrent gc then sees a live owner, never an orphan.
         self.store.insert(info, _OWNER_STARTED)
         folder = self.folder(info.id)
@@ -186,6 +194,8 @@ class Manager:
             self.store.delete(info.id)
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        if secret_config:  # which settings were secrets (names only), to resolve them again
+            started.handle["secret_config"] = secret_config
         info.handle = started.handle
         self.store.set_handle(info.id, started.handle)
         live = LiveSandbox(info, started.channel, provider, fell_back)

@@ -33,7 +33,9 @@ class RemoteConfig(ProviderConfig):
     api_key: str | None = Field(
         default_factory=lambda: _env("SANDLOT_REMOTE_API_KEY"),
         repr=False,
-        description="its API key (default $SANDLOT_REMOTE_API_KEY); never stored",
+        description='its API key (default $SANDLOT_REMOTE_API_KEY), or {"secret": NAME}; '
+        "never stored",
+        json_schema_extra={"secret": True},
     )
     provider: str | None = Field(None, description="the provider on the server's side")
     fallback: str | None = Field(
@@ -88,10 +90,20 @@ class RemoteProvider(Provider):
         handle = {"url": config.url, "id": live.info.id}
         return Started(handle=handle, channel=live.channel)  # type: ignore[arg-type]
 
+    async def _key(self, handle: dict[str, Any]) -> str | None:
+        """The key again, for a later call: from the secret it was given as (the manager
+        notes which in the handle), else the environment."""
+        name = (handle.get("secret_config") or {}).get("api_key")
+        if name:
+            from ..secrets.store import LocalSecrets
+
+            return await LocalSecrets(self.home).get(name)
+        return _env("SANDLOT_REMOTE_API_KEY")
+
     async def connect(self, handle: dict[str, Any]) -> Channel:
         from ..remote.backend import RemoteBackend
 
-        client = self._client(handle["url"], _env("SANDLOT_REMOTE_API_KEY"))
+        client = self._client(handle["url"], await self._key(handle))
         live = await RemoteBackend(client).connect(handle["id"])
         return live.channel  # type: ignore[return-value]
 
@@ -100,7 +112,7 @@ class RemoteProvider(Provider):
 
         if "url" not in handle:
             return
-        client = self._client(handle["url"], _env("SANDLOT_REMOTE_API_KEY"))
+        client = self._client(handle["url"], await self._key(handle))
         try:
             await RemoteBackend(client).kill(handle["id"])
         except SandboxNotFoundError:
