@@ -53,8 +53,17 @@ class ByteStream:
 
     async def read(self, n: int = READ_SIZE) -> bytes:
         """Up to ``n`` bytes; b"" at end of stream."""
-        if not self._buffer and not await self._fill():
-            return b""
+        if not self._buffer:  # the common case when copying: hand the chunk on, uncopied
+            if self._eof:
+                return b""
+            data = await self._recv()
+            if not data:
+                self._eof = True
+                return b""
+            if len(data) > n:
+                self._buffer += memoryview(data)[n:]
+                return data[:n]
+            return data
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
         return data
