@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, cast
 
 from ..channel.stream import ByteStream, StreamTooLong, pipe, splice_streams
 from ..errors import SandlotError
@@ -120,9 +120,9 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.writable: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=UPSTREAM_BUFFER // 4)
+        # uvloop's transports (a server's loop) are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=UPSTREAM_BUFFER // 4)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):

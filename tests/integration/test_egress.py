@@ -143,7 +143,8 @@ def test_ipv6_upstreams_are_reached_by_name(upstream6: Upstream) -> None:
     policy = _policy("v6.test", "::1", v6_test="::1")
     with sandlot.Sandbox.create(network=policy) as sb:
         answer = fetch(sb, "GET", f"http://v6.test:{upstream6.port}/six")
-        assert answer["status"] == 200 and answer["body"] == "hello from upstream /six"
+        assert answer["status"] == 200, answer
+        assert answer["body"] == "hello from upstream /six"
         assert _events(sb, "v6.test")[-1]["address"] == "::1"
 
 
