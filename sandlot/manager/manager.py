@@ -237,6 +237,12 @@ class Manager:
         """Give a new sandbox its secret variables (over the channel, never a command line),
         its proxy and its bridge."""
         refs = spec.secret_env
+        handle = self._owned[sandbox_id].info.handle
+        if isinstance(spec.network, NetworkPolicy) and handle.get("isolated") is False:
+            raise EgressError(  # e.g. ssh on a host without bubblewrap: the host's network
+                "this sandbox runs without isolation, so it has the host's network and an "
+                "allowlist cannot be enforced there"
+            )
         if spec.network != "none" or spec.bridge is not None or refs:
             settings = new_settings(spec.network, spec.bridge, _dump_refs(refs))
             self.store.set_egress(sandbox_id, settings)

@@ -297,3 +297,8 @@ def test_the_bridge_credentials_never_enter_the_sandbox(
         timeout=60,
     )
     assert token not in probe.stdout
+
+
+def test_the_process_provider_cannot_take_an_allowlist() -> None:
+    with pytest.raises(sandlot.EgressError, match="without isolation"):
+        sandlot.Sandbox.create("process", network={"allow": ["a.test"]})

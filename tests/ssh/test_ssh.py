@@ -79,6 +79,15 @@ def test_commands_files_and_code_under_bwrap(box: sandlot.Sandbox) -> None:
     )
 
 
+def test_an_allowlist_is_refused_where_the_sandbox_has_the_hosts_network(
+    settings: dict[str, Any],
+) -> None:
+    unisolated = {**settings, "isolation": "none"}
+    with pytest.raises(sandlot.EgressError, match="without isolation"):
+        sandlot.Sandbox.create(provider="ssh", network={"allow": ["a.test"]}, **unisolated)
+    assert not [i for i in sandlot.Sandbox.list() if i.provider == "ssh"]  # nothing left behind
+
+
 def test_unisolated_mode_maps_the_workspace(settings: dict[str, Any]) -> None:
     with sandlot.Sandbox.create(provider="ssh", **{**settings, "isolation": "none"}) as sb:
         handle = sb.info.handle
