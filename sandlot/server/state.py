@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
-from ..egress.policy import NetworkPolicy
+from ..egress.bridge import BridgeConfig
+from ..egress.policy import NetworkPolicy, is_public, system_resolver
 from ..errors import (
     ExecutionLostError,
     ForbiddenError,
@@ -293,6 +295,8 @@ class ServerState:
         ):
             raise InvalidArgumentError(f"no session {session_id!r}", session_id=session_id)
         self.check_network(spec.network)
+        if spec.bridge is not None:
+            await self.check_bridge(spec.bridge)
         live = await self.manager.create(spec, secrets=self.secrets(principal.tenant))
         info = live.info
         record = SandboxRecord(
@@ -381,6 +385,23 @@ class ServerState:
                     "rules naming private, loopback or link-local addresses need the server's "
                     f"--egress-private: {', '.join(private)}"
                 )
+
+    async def check_bridge(self, bridge: BridgeConfig) -> None:
+        """The same for a bridge's target, by the addresses its name has now."""
+        if self.settings.egress_private:
+            return
+        host = urlsplit(bridge.target).hostname or ""
+        try:
+            addresses = await system_resolver(host, 443)
+        except OSError as exc:
+            message = f"the bridge target {host} does not resolve: {exc}"
+            raise InvalidArgumentError(message) from None
+        private = [a for a in addresses if not is_public(a)]
+        if private:
+            raise ForbiddenError(
+                f"the bridge target {host} is at {', '.join(private)}, one of the server's own "
+                "networks: that needs the server's --egress-private"
+            )
 
     async def set_network(self, principal: Principal, sandbox_id: str, network: Any) -> None:
         served = await self.get(principal, sandbox_id)

@@ -53,6 +53,9 @@ def test_private_rules_need_the_operators_consent() -> None:
             with pytest.raises(ForbiddenError) as caught:
                 sandlot.Sandbox.create(network={"allow": ["a.test", rule]}, client=client)
             assert rule in str(caught.value)
+        bridge = {"target": "http://127.0.0.1:9/api", "routes": [["GET", "/x"]]}
+        with pytest.raises(ForbiddenError, match="127.0.0.1"):
+            sandlot.Sandbox.create(bridge=bridge, client=client)
         sb = sandlot.Sandbox.create(network={"allow": ["a.test"]}, client=client)
         with sb, pytest.raises(ForbiddenError):
             sb.set_network(allow=["127.0.0.1"])
