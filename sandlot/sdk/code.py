@@ -33,6 +33,7 @@ from .commands import (
     MAX_OUTPUT_BYTES,
     _check_timeout,
     _Collector,
+    _masker,
     _started_pid,
     _Stream,
     call_back,
@@ -71,8 +72,13 @@ class _Streams:
     """
 
     def __init__(
-        self, on_stdout: TextCallback | None, on_stderr: TextCallback | None, limit: int
+        self,
+        on_stdout: TextCallback | None,
+        on_stderr: TextCallback | None,
+        limit: int,
+        secrets: list[str] | None = None,
     ) -> None:
+        self.maskers = {stream: _masker(secrets) for stream in (p.STDOUT, p.STDERR)}
         self.logs = Logs()
         self.limit = limit + 4096  # room for the agent's cut marker
         self._kept = {p.STDOUT: 0, p.STDERR: 0}
@@ -86,6 +92,9 @@ class _Streams:
         if target is None:
             return
         chunks, callback, decoder = target
+        masker = self.maskers.get(stream)
+        if masker is not None:  # the sandbox's secret values never reach the logs
+            data = masker.feed(data) + (masker.flush() if final else b"")
         self._kept[stream] += len(data)
         if self._kept[stream] > self.limit:
             return
@@ -252,6 +261,7 @@ async def run_code(
     on_progress: TextCallback | None,
     max_output_bytes: int,
     interrupt_grace: float,
+    secrets: list[str] | None = None,
 ) -> Execution | AsyncExecutionHandle:
     if not isinstance(code, str):
         raise InvalidArgumentError(f"code must be a string, not {type(code).__name__}")
@@ -285,7 +295,7 @@ async def run_code(
     cell = _Cell(
         request,
         cid,
-        _Streams(on_stdout, on_stderr, max_output_bytes),
+        _Streams(on_stdout, on_stderr, max_output_bytes, secrets),
         on_result,
         on_progress,
         timeout,
@@ -308,7 +318,13 @@ async def create_context(
     if cwd is not None:
         args["cwd"] = check_cwd(cwd)
     if env is not None:
-        args["env"] = check_env_argument(env)
+        checked = check_env_argument(env)
+        if any(not isinstance(v, str) for v in checked.values()):
+            raise InvalidArgumentError(
+                "a code context's variables are plain strings: give secrets to the sandbox "
+                "(Sandbox.create(env={'NAME': {'secret': ...}})), where every context sees them"
+            )
+        args["env"] = checked
     if name is not None:
         if not isinstance(name, str) or not re.fullmatch(
             r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", name

@@ -287,6 +287,7 @@ class AsyncSandbox:
             on_progress=on_progress,
             max_output_bytes=max_output_bytes,
             interrupt_grace=interrupt_grace,
+            secrets=await self._manager.secret_values(self.id),
         )
 
     async def create_code_context(

@@ -302,3 +302,14 @@ def test_the_bridge_credentials_never_enter_the_sandbox(
 def test_the_process_provider_cannot_take_an_allowlist() -> None:
     with pytest.raises(sandlot.EgressError, match="without isolation"):
         sandlot.Sandbox.create("process", network={"allow": ["a.test"]})
+
+
+def test_code_cells_mask_the_sandbox_secrets_too() -> None:
+    name = "cell-" + uuid.uuid4().hex[:8]
+    value = "cell-" + secrets.token_hex(12)
+    put_secret(name, value)
+    with sandlot.Sandbox.create(env={"CELL_TOKEN": {"secret": name}}) as sb:
+        execution = sb.run_code("import os\nprint(os.environ['CELL_TOKEN'])")
+        assert execution.logs.stdout == ["********\n"]
+        with pytest.raises(InvalidArgumentError, match="plain strings"):
+            sb.create_code_context(env={"X": {"secret": name}})
