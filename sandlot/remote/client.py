@@ -32,6 +32,8 @@ from .breaker import breaker_for
 if TYPE_CHECKING:
     import aiohttp
 
+    from ..secrets.store import SecretInfo
+
 _background: set[asyncio.Task[Any]] = set()
 _all_sessions: weakref.WeakSet[aiohttp.ClientSession] = weakref.WeakSet()
 
@@ -208,6 +210,33 @@ class Client:
             return json.loads(body)
         except ValueError:
             raise ProtocolError(f"the server answered with non-JSON: {body[:200]!r}") from None
+
+    # -- secrets (values go in, never out) ----------------------------------------------------
+
+    async def set_secret(self, name: str, value: str) -> None:
+        """Store a secret for this key's tenant, encrypted with the server's key."""
+        from ..secrets.store import check_name, check_value
+
+        path = f"/v1/secrets/{check_name(name)}"
+        await self.call("PUT", path, json={"value": check_value(value)})
+
+    async def list_secrets(self) -> list[SecretInfo]:
+        """The tenant's secrets: names and dates, never values."""
+        from ..secrets.store import SecretInfo
+
+        answer = await self.call("GET", "/v1/secrets")
+        return [SecretInfo.model_validate(item) for item in answer or []]
+
+    async def delete_secret(self, name: str) -> bool:
+        """Forget a secret; False when the tenant had none of that name."""
+        from ..errors import SecretNotFoundError
+        from ..secrets.store import check_name
+
+        try:
+            await self.call("DELETE", f"/v1/secrets/{check_name(name)}")
+        except SecretNotFoundError:
+            return False
+        return True
 
 
 async def error_of(response: aiohttp.ClientResponse) -> SandlotError:

@@ -33,3 +33,26 @@ class SecretRef(BaseModel):
 
 
 MaybeSecret = str | SecretRef
+
+
+def as_ref(value: object) -> SecretRef | None:
+    """``value`` as a reference: a SecretRef, or its JSON form ``{"secret": "NAME"}`` (a
+    dict with that one key; a bad name raises InvalidArgumentError); None for anything else."""
+    if isinstance(value, SecretRef):
+        return value
+    if isinstance(value, dict) and set(value) == {"secret"}:
+        name = value["secret"]
+        if not isinstance(name, str) or not SECRET_NAME.fullmatch(name):
+            from ..errors import InvalidArgumentError
+
+            raise InvalidArgumentError(
+                f"invalid secret reference {str(value)[:200]}: the name has letters, digits, "
+                "'_', '.', '-', starts with a letter or '_', at most 128 characters"
+            )
+        return SecretRef(secret=name)
+    return None
+
+
+def is_ref(value: object) -> bool:
+    """Whether ``value`` is a secret reference (SecretRef or ``{"secret": "NAME"}``)."""
+    return isinstance(value, SecretRef) or (isinstance(value, dict) and set(value) == {"secret"})

@@ -36,7 +36,15 @@ from ..errors import (
     ServerError,
 )
 from ..remote.breaker import states
-from . import api_code, api_executions, api_files, api_keys, api_ports, api_sandboxes
+from . import (
+    api_code,
+    api_executions,
+    api_files,
+    api_keys,
+    api_ports,
+    api_sandboxes,
+    api_secrets,
+)
 from .deps import State
 from .metrics import CONTENT_TYPE, Metrics
 from .state import ServerSettings, ServerState
@@ -175,7 +183,15 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         summary="Disposable, isolated computers for AI agents",
         lifespan=lifespan,
     )
-    for module in (api_sandboxes, api_executions, api_files, api_code, api_keys, api_ports):
+    for module in (
+        api_sandboxes,
+        api_executions,
+        api_files,
+        api_code,
+        api_keys,
+        api_ports,
+        api_secrets,
+    ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     _install_error_handlers(app)
     _install_health(app)

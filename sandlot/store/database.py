@@ -163,6 +163,18 @@ idempotency = Table(
     Index("ix_idempotency_created_at", "created_at"),
 )
 
+# Secrets (sandlot.secrets): AES-GCM ciphertexts, bound to their tenant and name; never values.
+stored_secrets = Table(
+    "secrets",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "name"),
+)
+
 
 def sqlite_url(home: Path) -> str:
     """The default store: ``server.db`` in the server's state folder."""
