@@ -8,7 +8,7 @@
 See the README and docs/ for the full surface.
 """
 
-from .egress.bridge import BridgeConfig
+from .egress.bridge_config import BridgeConfig
 from .egress.policy import NetworkPolicy
 from .errors import (
     AuthenticationError,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .egress.bridge import BridgeConfig
+from .egress.bridge_config import BridgeConfig
 from .egress.policy import NetworkPolicy
 from .secrets.refs import MaybeSecret, SecretRef
 

@@ -16,12 +16,12 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..agent import protocol as p
 from ..channel import Channel
 from ..channel.stream import ByteStream, TunnelStream
-from ..egress.bridge import Bridge, BridgeConfig, BridgeRecord
+from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy
 from ..egress.proxy import serve_proxy
 from ..errors import EgressError, SandboxClosedError, SandboxNotFoundError, SandlotError
@@ -29,6 +29,9 @@ from ..providers import Provider
 from ..secrets.resolve import resolve_values
 from ..secrets.store import SecretStore
 from ..store import Store
+
+if TYPE_CHECKING:
+    from ..egress.bridge import Bridge, BridgeRecord
 
 log = logging.getLogger("sandlot")
 ChannelFor = Callable[[], Awaitable[Channel]]
@@ -109,6 +112,8 @@ class Egress:
         if settings.get("network"):
             waits.append(self._listen(PROXY, proxy_env(), self._serve_proxy, takeover))
         if settings.get("bridge"):
+            from ..egress.bridge import Bridge  # aiohttp: only where a bridge is used
+
             config = BridgeConfig.model_validate(settings["bridge"])
             headers, _ = await resolve_values(config.headers, self.secret_store)
             self._bridge = Bridge(

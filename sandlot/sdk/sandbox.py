@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from pydantic import ValidationError
 
-from ..egress.bridge import BridgeConfig
+from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy
 from ..errors import InvalidArgumentError, SandboxNotFoundError
 from ..manager import GcReport

@@ -19,7 +19,7 @@ from collections.abc import Coroutine
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from ..egress.bridge import BridgeConfig
+from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy
 from ..manager import GcReport, Manager
 from ..models import (

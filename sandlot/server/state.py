@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
-from ..egress.bridge import BridgeConfig
+from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy, is_public, system_resolver
 from ..errors import (
     ExecutionLostError,
