@@ -26,7 +26,13 @@ from typing import Any
 
 from ..channel import Channel
 from ..egress.policy import NetworkPolicy
-from ..errors import EgressError, InvalidArgumentError, RemoteUnavailableError, SandboxNotFoundError
+from ..errors import (
+    EgressError,
+    InvalidArgumentError,
+    RemoteUnavailableError,
+    SandboxNotFoundError,
+    SandlotError,
+)
 from ..models import MAX_LIFETIME, NetworkMode, SandboxInfo, SandboxSpec
 from ..providers import DEFAULT, Provider, procinfo, provider_class
 from ..secrets.refs import SecretRef, as_ref
@@ -325,7 +331,10 @@ class Manager:
         if self.store.ports(sandbox_id):  # exposed by an earlier process: serve them again
             await self.ports.rebuild(sandbox_id, self._channel_for(sandbox_id, channel))
         if provider.serves_egress:  # ready to serve its proxy and bridge if its holder goes
-            await self._serve_egress(sandbox_id, channel, takeover=False)
+            try:
+                await self._serve_egress(sandbox_id, channel, takeover=False)
+            except SandlotError as exc:  # e.g. a bridge header's secret was removed since
+                log.warning("sandbox %s: its egress cannot be served here: %s", sandbox_id, exc)
         return LiveSandbox(info, channel, provider)
 
     async def adopt(self, sandbox_id: str) -> LiveSandbox:

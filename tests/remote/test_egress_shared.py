@@ -10,12 +10,14 @@ end checks the refusal on the shared server, which does not.
 from __future__ import annotations
 
 import json
+import signal
 import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from integration.egress_helpers import Upstream, fetch, put_secret
 from integration.test_egress import *  # noqa: F403
 
 import sandlot
@@ -54,7 +56,7 @@ def test_private_rules_need_the_operators_consent() -> None:
                 sandlot.Sandbox.create(network={"allow": ["a.test", rule]}, client=client)
             assert rule in str(caught.value)
         bridge = {"target": "http://127.0.0.1:9/api", "routes": [["GET", "/x"]]}
-        with pytest.raises(ForbiddenError, match="127.0.0.1"):
+        with pytest.raises(ForbiddenError, match=r"127\.0\.0\.1"):
             sandlot.Sandbox.create(bridge=bridge, client=client)
         sb = sandlot.Sandbox.create(network={"allow": ["a.test"]}, client=client)
         with sb, pytest.raises(ForbiddenError):
@@ -65,3 +67,38 @@ def test_private_rules_need_the_operators_consent() -> None:
 
 # A server refuses the process provider itself (ProviderUnavailableError, its own test).
 del test_the_process_provider_cannot_take_an_allowlist  # noqa: F821
+
+
+def test_a_restarted_server_serves_the_proxy_and_bridge_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sandbox outlives a SIGKILLed server; the next one adopts it and takes its
+    listeners over, with the same policy, token and (re-resolved) credentials."""
+    upstream = Upstream("127.0.0.1")
+    home = Path(tempfile.mkdtemp(prefix="slrst-", dir="/tmp"))
+    server = ServerProcess(home, args=("--egress-private",)).start()
+    client = sandlot.Client(url=server.url)
+    try:
+        monkeypatch.setenv("SANDLOT_URL", server.url)
+        put_secret("restart-token", "tok-restart-1234")
+        bridge = {
+            "target": upstream.url,
+            "headers": {"X-Token": {"secret": "restart-token"}},
+            "routes": [["GET", "/**"]],
+        }
+        network = {"allow": ["files.test", "127.0.0.1"], "resolve": {"files.test": "127.0.0.1"}}
+        sb = sandlot.Sandbox.create(network=network, bridge=bridge, client=client, timeout=120)
+        url = f"http://files.test:{upstream.port}/before"
+        assert fetch(sb, "GET", url)["status"] == 200
+        server.stop(signal.SIGKILL)
+        server.start()
+        sb = sandlot.Sandbox.connect(sb.id, client=client)
+        assert fetch(sb, "GET", url.replace("before", "after"))["status"] == 200
+        env = sb.commands.run("echo $SANDLOT_BRIDGE_URL $SANDLOT_BRIDGE_TOKEN").stdout.split()
+        answer = fetch(sb, "GET", env[0] + "/x", headers={"Authorization": f"Bearer {env[1]}"})
+        assert answer["status"] == 200
+        assert upstream.seen[-1]["headers"]["X-Token"] == "tok-restart-1234"
+        sb.kill()
+    finally:
+        server.stop()
+        upstream.close()
