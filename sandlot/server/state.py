@@ -365,7 +365,9 @@ class ServerState:
     # -- egress and secrets -----------------------------------------------------------------
 
     def secrets(self, tenant: str) -> DatabaseSecrets:
-        return DatabaseSecrets(self.db, tenant, home=self.settings.resolved_home())
+        return DatabaseSecrets(
+            self.db, tenant, home=self.settings.resolved_home(), writer=self.hub.write
+        )
 
     def _secrets_of_sandbox(self, sandbox_id: str) -> DatabaseSecrets:
         """A sandbox adopted after a restart resolves its references with its tenant's."""

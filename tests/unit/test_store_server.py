@@ -94,11 +94,11 @@ def test_migrate_twice_is_a_no_op_and_matches_the_tables(url: str) -> None:
     try:
         assert db.revision() is None
         db.migrate()
-        assert db.revision() == "0001"
+        assert db.revision() == "0002"
         EventLog(db)  # nothing to do at construction
         Keys(db).create("k")
         db.migrate()
-        assert db.revision() == "0001"
+        assert db.revision() == "0002"
         assert Keys(db).any_active()  # the second run touched no data
         with db.engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
@@ -118,7 +118,7 @@ def test_migrate_from_two_threads_at_once(url: str) -> None:
     dbs = [Database(url), Database(url)]
     try:
         run_threads(2, lambda i: dbs[i].migrate())
-        assert [d.revision() for d in dbs] == ["0001", "0001"]
+        assert [d.revision() for d in dbs] == ["0002", "0002"]
     finally:
         for d in dbs:
             d.close()
@@ -144,7 +144,7 @@ def test_migrate_from_two_processes_at_once(url: str) -> None:
     for proc in procs:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-        assert out.strip() == "0001"
+        assert out.strip() == "0002"
 
 
 def test_database_urls(tmp_path: Path) -> None:
