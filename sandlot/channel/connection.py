@@ -28,6 +28,7 @@ LARGE_FRAME = 128 * 1024  # a DATA frame this big is read straight into its own 
 # Outgoing data waits while the transport holds this much: asyncio (3.11) keeps it in one
 # bytearray and moves the rest down after every partial send, so a deep buffer costs O(n^2).
 WRITE_HIGH = 512 * 1024
+VECTORED = 64 * 1024  # frames this large are sent without joining header and payload
 SEND_BUFFER = 4 * 1024 * 1024  # the socket's own buffer: fewer, larger writes (as the agent)
 
 Frame = tuple[int, int, bytes]  # kind, stream, payload
@@ -120,7 +121,8 @@ class Request:
                 continue
             size = min(len(view), p.MAX_DATA, self._send_credit)
             self._send_credit -= size
-            self.channel._send(p.DATA, self.rid, bytes(view[:size]), stream)
+            # A view, not a copy: _send writes it out or the transport copies what it queues.
+            self.channel._send(p.DATA, self.rid, view[:size], stream)  # type: ignore[arg-type]
             view = view[size:]
 
     def send_eof(self, stream: int = p.STDIN) -> None:
@@ -171,6 +173,10 @@ class _Protocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.channel._transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=WRITE_HIGH)  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        # asyncio's own transports expose the socket (uvloop's do not): large frames go out
+        # with one sendmsg of header and payload, instead of a copy to join them first.
+        self.channel._socket = sock if isinstance(sock, socket.socket) else None
 
     def pause_writing(self) -> None:
         self.channel._writable.clear()
@@ -252,6 +258,7 @@ class Channel:
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        self._socket: socket.socket | None = None  # the transport's, for vectored sends
         self._protocol: _Protocol | None = None
         self._requests: dict[int, Request] = {}
         self._ids = itertools.count(1)
@@ -378,9 +385,30 @@ class Channel:
         if self._redialing is not None:
             self._held.append(p.pack(kind, rid, payload, stream) + payload)
             return
-        if self._transport is None:
+        transport = self._transport
+        if transport is None:
             return
-        self._transport.write(p.pack(kind, rid, payload, stream) + payload)
+        header = p.pack(kind, rid, payload, stream)
+        if (
+            len(payload) >= VECTORED
+            and self._socket is not None
+            and transport.get_write_buffer_size() == 0
+            and not transport.is_closing()
+        ):
+            # Nothing is queued, so writing to the socket ourselves keeps the order, as
+            # transport.write would; what the socket does not take now is queued there.
+            try:
+                sent = self._socket.sendmsg([header, payload])
+            except OSError:  # would block, or broken: the transport finds out and reports it
+                sent = 0
+            if sent >= len(header):
+                rest = memoryview(payload)[sent - len(header) :]
+                if rest:
+                    transport.write(rest)
+                return
+            transport.write(header[sent:] + payload)
+            return
+        transport.write(header + payload)
 
     def _on_frame(self, kind: int, stream: int, rid: int, payload: bytes) -> None:
         if kind == p.HELLO:
