@@ -43,6 +43,7 @@ log = logging.getLogger("sandlot")
 HEAD_LIMIT = 64 * 1024  # the longest request or response head
 HEAD_TIMEOUT = 60.0  # for a client to send its request (head, or SOCKS5 handshake)
 UPSTREAM_BUFFER = 4 * 1024 * 1024  # read ahead from an upstream at most this much
+READ_BUFFER = 1024 * 1024  # one read from an upstream takes at most this much (one frame)
 DRAIN_TIME = 1.0  # after a refusal, how long to read what the client still sends
 
 Protocol = Literal["connect", "http", "socks5", "unknown"]
@@ -103,11 +104,17 @@ async def serve_proxy(
     return session.record
 
 
-class _UpstreamProtocol(asyncio.Protocol):
+class _UpstreamProtocol(asyncio.BufferedProtocol):
     """Received data kept as the chunks the socket gave (no copying into one buffer), reading
-    paused while more than ``UPSTREAM_BUFFER`` waits; writes paused by the transport's limits."""
+    paused while more than ``UPSTREAM_BUFFER`` waits; writes paused by the transport's limits.
+
+    The socket reads into large buffers that are filled front to back and never reused, so a
+    chunk is a view of one (no copy) and as large as what the socket held, up to READ_BUFFER:
+    fewer, larger frames to the agent than asyncio's 256 KiB reads."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._buffer = bytearray(READ_BUFFER)
+        self._filled = 0
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.chunks: deque[bytes] = deque()
@@ -127,6 +134,16 @@ class _UpstreamProtocol(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self._buffer) - self._filled < READ_BUFFER // 16:
+            self._buffer, self._filled = bytearray(READ_BUFFER), 0
+        return memoryview(self._buffer)[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        start = self._filled
+        self._filled += nbytes
+        self.data_received(memoryview(self._buffer)[start : self._filled])  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
