@@ -1,5 +1,7 @@
 """One host connection: frame parsing, request dispatch and non-blocking, ordered output."""
 
+import _socket
+import _struct
 import posix
 import select
 
@@ -63,6 +65,29 @@ class Connection:
 
     def send_error(self, rid, exc):
         self.send(p.ERROR, rid, p.dumps(error_payload(exc)))
+
+    def send_fd(self, rid, obj, fd):
+        """An EVENT carrying a descriptor (SCM_RIGHTS): the host takes the socket over.
+        False if it cannot go now (output is queued, or the host is gone): the caller keeps
+        the socket and uses the tunnel instead."""
+        if self.closed or self._out:
+            return False
+        payload = p.dumps(obj)
+        frame = p.pack(p.EVENT, rid, payload) + payload
+        sock = _socket.socket(fileno=self.fd)
+        try:
+            sent = sock.sendmsg(
+                [frame], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _struct.pack("i", fd))]
+            )
+        except OSError:  # would block, or the host is gone (its reader closes us)
+            return False
+        finally:
+            sock.detach()
+        if sent < len(frame):  # the descriptor went with the first byte; the rest follows
+            self._out.append(memoryview(frame)[sent:])
+            self._writing = True
+            self.agent.loop.watch(self.fd, select.EPOLLIN | select.EPOLLOUT, self._on_events)
+        return True
 
     def _flush(self):
         while self._out:

@@ -222,6 +222,7 @@ class Listener:
         posix.set_inheritable(self.fd, False)
         self.port = self.sock.getsockname()[1]
         self.conn = self.rid = None
+        self.handoff = False  # the holder takes accepted sockets themselves (same host)
         self.pending = {}  # id -> accepted socket, until the host takes it
         self.next_id = 1
         self.standby = []  # (conn, rid) of hosts waiting to serve it once the holder is gone
@@ -230,11 +231,11 @@ class Listener:
     def held(self):
         return self.conn is not None and not self.conn.closed
 
-    def attach(self, conn, rid):
+    def attach(self, conn, rid, handoff=False):
         if self.held:
             self.conn.send_json(p.END, self.rid, {"taken_over": True})
             self.conn.requests.pop(self.rid, None)
-        self.conn, self.rid = conn, rid
+        self.conn, self.rid, self.handoff = conn, rid, handoff
         conn.requests[rid] = self
         self.agent.loop.watch(self.fd, select.EPOLLIN, self._on_accept)
         conn.send_json(p.EVENT, rid, {"event": "listening", "port": self.port})
@@ -250,9 +251,16 @@ class Listener:
             if len(self.pending) >= MAX_PENDING:
                 sock.close()  # the host is not taking them: refuse rather than pile up
                 continue
-            sock.setblocking(False)
             ident = self.next_id
             self.next_id += 1
+            if self.handoff:
+                # A host on this machine takes the socket itself: the bytes then go between
+                # it and the far end directly, not through this process and the channel.
+                event = {"event": "accept", "id": ident, "fd": True}
+                if self.conn.send_fd(self.rid, event, fd):
+                    sock.close()
+                    continue
+            sock.setblocking(False)
             self.pending[ident] = sock
             self.conn.send_json(p.EVENT, self.rid, {"event": "accept", "id": ident})
 
@@ -270,14 +278,14 @@ class Listener:
             sock.close()
         self.pending.clear()
         while self.standby:
-            conn, rid = self.standby.pop(0)
+            conn, rid, handoff = self.standby.pop(0)
             if not conn.closed and conn.requests.get(rid) is not None:
-                self.attach(conn, rid)
+                self.attach(conn, rid, handoff)
                 return
 
-    def wait(self, conn, rid):
+    def wait(self, conn, rid, handoff=False):
         """Serve it once the current holder goes away (a second host connected)."""
-        self.standby.append((conn, rid))
+        self.standby.append((conn, rid, handoff))
         conn.requests[rid] = _Standby(self, conn, rid)
         conn.send_json(p.EVENT, rid, {"event": "standby", "port": self.port})
 
@@ -307,9 +315,9 @@ class _Standby:
     on_eof = on_grant = on_data
 
     def cancel(self):
-        entry = (self.conn, self.rid)
-        if entry in self.listener.standby:
-            self.listener.standby.remove(entry)
+        self.listener.standby = [
+            e for e in self.listener.standby if (e[0], e[1]) != (self.conn, self.rid)
+        ]
         self.conn.requests.pop(self.rid, None)
 
     detach = cancel
@@ -330,10 +338,11 @@ def op_listen(agent, conn, rid, request):
         listener = listeners[name] = Listener(agent, name)
     for key, value in env.items():
         agent.base_env[key] = value.replace("{port}", str(listener.port))
+    handoff = request.get("handoff") is True
     if listener.held and not request.get("takeover", True):
-        listener.wait(conn, rid)
+        listener.wait(conn, rid, handoff)
     else:
-        listener.attach(conn, rid)
+        listener.attach(conn, rid, handoff)
 
 
 def op_accepted(agent, conn, rid, request):

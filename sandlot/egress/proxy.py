@@ -197,6 +197,14 @@ class Upstream(ByteStream):
         )
         return cls(protocol)
 
+    @classmethod
+    async def wrap(cls, sock: socket.socket) -> Upstream:
+        """The same over a connected socket we were given (a sandbox's, handed over by its
+        agent): the client side of the proxy and the bridge, copied as cheaply."""
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_connection(lambda: _UpstreamProtocol(loop), sock=sock)
+        return cls(protocol)
+
     async def _recv(self) -> bytes:
         protocol = self.protocol
         while not protocol.chunks:

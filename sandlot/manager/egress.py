@@ -15,15 +15,17 @@ import contextlib
 import json
 import logging
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..agent import protocol as p
 from ..channel import Channel
+from ..channel.handoff import Handoff
 from ..channel.stream import ByteStream, TunnelStream
 from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy
-from ..egress.proxy import serve_proxy
+from ..egress.proxy import Upstream, serve_proxy
 from ..errors import EgressError, SandboxClosedError, SandboxNotFoundError, SandlotError
 from ..providers import Provider
 from ..secrets.resolve import resolve_values
@@ -35,12 +37,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sandlot")
 ChannelFor = Callable[[], Awaitable[Channel]]
+DialLocal = Callable[[], Awaitable[socket.socket | None]]  # a hand-off connection, or None
 EventSink = Callable[[str, str, dict[str, Any]], None]  # sandbox id, kind, data
 
 PROXY = "proxy"
 BRIDGE = "bridge"
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 LOCAL = "localhost,127.0.0.1,::1"  # the sandbox's own services are reached directly
+MAX_CONNECTIONS = 256  # served at once per sandbox and listener; more are closed at once
 
 
 def proxy_env() -> dict[str, str]:
@@ -85,14 +89,17 @@ class Egress:
         store: Store,
         secret_store: SecretStore,
         channel_for: ChannelFor,
+        dial_local: DialLocal,
         sink: EventSink,
     ) -> None:
         self.sandbox_id = sandbox_id
         self.store = store
         self.secret_store = secret_store
         self.channel_for = channel_for
+        self.dial_local = dial_local
         self.sink = sink
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._serving = 0  # connections being served now
         self._bridge: Bridge | None = None
         self._closed = False
 
@@ -150,29 +157,23 @@ class Egress:
         takeover: bool,
         ready: asyncio.Future[None],
     ) -> None:
-        """Keep the listener served: again after the channel is dialled again."""
+        """Keep the listener served, again after a dropped connection: over a hand-off
+        connection where the agent's socket is on this machine, else over the channel."""
         try:
             while not self._closed:
                 try:
-                    channel = await self.channel_for()
+                    sock = await self.dial_local()
                 except SandboxNotFoundError:
                     return
-                request = channel.open("listen", name=name, env=env, takeover=takeover)
+                listen = {"name": name, "env": env, "takeover": takeover}
+                if sock is not None:
+                    taken_over = await self._serve_handoff(sock, listen, serve, ready)
+                else:
+                    taken_over = await self._serve_tunnels(listen, serve, ready)
+                if taken_over:
+                    return  # another process serves it now
                 takeover = False  # after a drop, never take it from another process
-                try:
-                    while True:
-                        kind, _, payload = await request.receive()
-                        if kind == p.END:
-                            return  # another process took it over
-                        message = json.loads(payload)
-                        if message.get("event") in ("listening", "standby") and not ready.done():
-                            ready.set_result(None)
-                        elif message.get("event") == "accept":
-                            self._spawn(self._take(channel, name, message["id"], serve))
-                except SandboxClosedError:
-                    await asyncio.sleep(0.1)  # the channel dialled again, or the sandbox ended
-                finally:
-                    request.cancel()
+                await asyncio.sleep(0.1)  # the channel is dialled again, or the sandbox ended
         except SandlotError as exc:
             if not ready.done():
                 ready.set_exception(exc)
@@ -180,27 +181,100 @@ class Egress:
             if not ready.done():
                 ready.set_result(None)
 
+    async def _serve_handoff(
+        self,
+        sock: socket.socket,
+        listen: dict[str, Any],
+        serve: Callable[[ByteStream], Awaitable[Any]],
+        ready: asyncio.Future[None],
+    ) -> bool:
+        """The agent hands each accepted socket over; True if another process took over."""
+        handoff = await Handoff.open(sock, **listen)
+        try:
+            while (item := await handoff.next()) is not None:
+                event, taken = item
+                kind = event.get("event")
+                if kind == "error":
+                    raise event["error"]
+                if kind in ("listening", "standby") and not ready.done():
+                    ready.set_result(None)
+                elif kind == "accept" and taken is not None:
+                    self._spawn(self._serve_socket(taken, serve))
+                elif kind == "accept":  # it could not be handed over: take it as a tunnel
+                    channel = await self.channel_for()
+                    self._spawn(self._take(channel, listen["name"], event["id"], serve))
+            return handoff.taken_over
+        finally:
+            handoff.close()
+
+    async def _serve_tunnels(
+        self,
+        listen: dict[str, Any],
+        serve: Callable[[ByteStream], Awaitable[Any]],
+        ready: asyncio.Future[None],
+    ) -> bool:
+        """The agent carries each connection over the channel; True if taken over."""
+        channel = await self.channel_for()
+        request = channel.open("listen", **listen)
+        try:
+            while True:
+                kind, _, payload = await request.receive()
+                if kind == p.END:
+                    return True
+                message = json.loads(payload)
+                if message.get("event") in ("listening", "standby") and not ready.done():
+                    ready.set_result(None)
+                elif message.get("event") == "accept":
+                    self._spawn(self._take(channel, listen["name"], message["id"], serve))
+        except SandboxClosedError:
+            return False
+        finally:
+            request.cancel()
+
+    async def _serve_socket(
+        self, sock: socket.socket, serve: Callable[[ByteStream], Awaitable[Any]]
+    ) -> None:
+        if self._serving >= MAX_CONNECTIONS:
+            sock.close()
+            return
+        try:
+            stream = await Upstream.wrap(sock)
+        except OSError:
+            sock.close()
+            return
+        self._serving += 1
+        try:
+            await serve(stream)
+        finally:
+            self._serving -= 1
+            await stream.aclose()
+
     async def _take(
         self, channel: Channel, name: str, ident: int, serve: Callable[[ByteStream], Awaitable[Any]]
     ) -> None:
         request = channel.open("accepted", name=name, id=ident)
+        if self._serving >= MAX_CONNECTIONS:
+            request.cancel()
+            return
         try:
             await request.receive()  # "connected"
         except SandlotError:
             request.cancel()
             return
         stream = TunnelStream(request)
+        self._serving += 1
         try:
             await serve(stream)
         finally:
+            self._serving -= 1
             await stream.aclose()
 
     async def _serve_proxy(self, stream: ByteStream) -> None:
-        record = await serve_proxy(stream, self.policy, resolver=self._resolver())
-        self.sink(self.sandbox_id, "egress", record.to_event())
-
-    def _resolver(self) -> Any:
-        return None  # the system's; a policy's "resolve" map is applied by the proxy
+        record = await serve_proxy(stream, self.policy)
+        event = record.to_event()
+        # How its bytes went: handed over to this host, or carried over the channel.
+        event["via"] = "channel" if isinstance(stream, TunnelStream) else "handoff"
+        self.sink(self.sandbox_id, "egress", event)
 
     def _bridged(self, record: BridgeRecord) -> None:
         self.sink(self.sandbox_id, "bridge", record.to_event())

@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import time
 import weakref
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from ..secrets.refs import SecretRef, as_ref
 from ..secrets.resolve import has_refs, resolve_config, resolve_env
 from ..secrets.store import SecretStore
 from ..store import Store, default_home
-from .egress import Egress, EventSink, check_network, new_settings
+from .egress import DialLocal, Egress, EventSink, check_network, new_settings
 from .ports import ChannelFor, PortForwards, check_port
 
 log = logging.getLogger("sandlot")
@@ -267,6 +268,7 @@ class Manager:
             self.store,
             self._secrets(sandbox_id),
             self._channel_for(sandbox_id, channel),
+            self._dial_local(sandbox_id),
             self._egress_event,
         )
         self._egress[sandbox_id] = egress
@@ -276,6 +278,13 @@ class Manager:
             self._egress.pop(sandbox_id, None)
             await egress.close()
             raise
+
+    def _dial_local(self, sandbox_id: str) -> DialLocal:
+        async def dial() -> socket.socket | None:
+            info, provider = self._lookup(sandbox_id)
+            return await provider.dial_local(info.handle)
+
+        return dial
 
     def _egress_event(self, sandbox_id: str, kind: str, data: dict[str, Any]) -> None:
         self.store.add_egress_event(sandbox_id, kind, data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -95,6 +96,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def connect(self, handle: dict[str, Any]) -> Channel:
         """Open a new channel to a running sandbox (possibly from another process)."""
+
+    async def dial_local(self, handle: dict[str, Any]) -> socket.socket | None:
+        """A raw connection to the agent when its socket is on this machine (the agent can
+        then hand accepted sockets over); None where it is not (ssh, a server)."""
+        return None
 
     @abc.abstractmethod
     async def destroy(self, handle: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ import hashlib
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from ..channel import Channel
+from ..channel.handoff import dial_unix
 from ..errors import InvalidArgumentError, ProviderUnavailableError
 from ..models import Resources, SandboxSpec
 from . import agent_files, cgroups, etc, procinfo, spawn, userns
@@ -189,6 +191,9 @@ class BwrapProvider(Provider):
 
     async def connect(self, handle: dict[str, Any]) -> Channel:
         return await Channel.connect_unix(handle["socket"])
+
+    async def dial_local(self, handle: dict[str, Any]) -> socket.socket | None:
+        return await dial_unix(handle["socket"])
 
     async def destroy(self, handle: dict[str, Any]) -> None:
         groups = [Path(g) for g in handle.get("cgroups", [])]

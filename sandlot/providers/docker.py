@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, field_validator
 
 from ..channel import Channel
+from ..channel.handoff import dial_unix
 from ..errors import (
     ImageNotFoundError,
     InvalidArgumentError,
@@ -603,6 +604,12 @@ class DockerProvider(Provider):
             if path is None:
                 raise SandboxClosedError("the sandbox's agent is not listening (no socket)")
             return await Channel.connect_unix(path)
+
+    async def dial_local(self, handle: dict[str, Any]) -> socket.socket | None:
+        with _agent_socket(handle["socket"]) as path:
+            if path is None:
+                raise SandboxClosedError("the sandbox's agent is not listening (no socket)")
+            return await dial_unix(path)
 
     async def destroy(self, handle: dict[str, Any]) -> None:
         """SIGKILL and remove the container. The engine takes ~65 ms to stop one, which

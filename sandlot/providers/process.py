@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import Field
 
 from ..channel import Channel
+from ..channel.handoff import dial_unix
 from ..models import SandboxSpec
 from . import agent_files, procinfo, spawn
 from .base import AgentPythonConfig, Provider, Started
@@ -86,6 +88,9 @@ class ProcessProvider(Provider):
 
     async def connect(self, handle: dict[str, Any]) -> Channel:
         return await Channel.connect_unix(handle["socket"])
+
+    async def dial_local(self, handle: dict[str, Any]) -> socket.socket | None:
+        return await dial_unix(handle["socket"])
 
     async def destroy(self, handle: dict[str, Any]) -> None:
         # SIGTERM first: the agent then kills its commands' process groups before it exits.

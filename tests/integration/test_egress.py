@@ -69,6 +69,9 @@ def test_an_allowed_name_is_reached_through_the_proxy(
     event = _events(allowed, "files.test")[-1]
     assert event["verdict"] == "allowed" and event["port"] == upstream.port
     assert event["bytes_down"] > 0 and event["address"] == "127.0.0.1"
+    # Where the agent's socket is on this machine it hands the connection over; over SSH
+    # the bytes ride the channel.
+    assert event["via"] == ("channel" if allowed.provider == "ssh" else "handoff")
 
 
 def test_connect_tunnels_reach_an_allowed_name(
