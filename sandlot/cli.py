@@ -417,10 +417,7 @@ def run(
         config["image"] = image
     network = _network(allow, resolve, full_network)
     environment: dict[str, Any] = {**env_map}
-    for item in secret_env or []:
-        var, sep, name = item.partition("=")
-        if not sep or not var or not name:
-            raise _UsageError(f"--secret-env takes VAR=SECRET, got {item!r}")
+    for var, name in _pairs(secret_env, "--secret-env").items():
         environment[var] = {"secret": name}
 
     from .sdk import Sandbox
@@ -466,13 +463,7 @@ def _network(
         raise _UsageError("--resolve pins names for --allow rules; give at least one --allow")
     if not allow:
         return "none"
-    pins: dict[str, str] = {}
-    for item in resolve or []:
-        name, sep, address = item.partition("=")
-        if not sep or not name or not address:
-            raise _UsageError(f"--resolve takes NAME=ADDR, got {item!r}")
-        pins[name] = address
-    return {"allow": allow, "resolve": pins}
+    return {"allow": allow, "resolve": _pairs(resolve, "--resolve")}
 
 
 @app.command(name="exec", context_settings=_COMMAND_CONTEXT)

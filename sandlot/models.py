@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .egress.bridge_config import BridgeConfig
 from .egress.policy import NetworkPolicy
-from .secrets.refs import MaybeSecret, SecretRef
+from .secrets.refs import MaybeSecret, SecretRef, as_ref
 
 DEFAULT_TIMEOUT = 300.0  # sandbox lifetime, seconds
 DEFAULT_COMMAND_TIMEOUT = 60.0
@@ -72,6 +72,20 @@ class SandboxSpec(BaseModel):
     network: NetworkMode | NetworkPolicy = "none"
     bridge: BridgeConfig | None = None
     config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_refs(cls, value: Any) -> Any:
+        """``{"secret": NAME}`` as a reference, with one clear message when it is not one."""
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for key, item in value.items():
+            ref = as_ref(item) if isinstance(item, dict) else None
+            if not isinstance(item, (str, SecretRef)) and ref is None:
+                raise ValueError(f"{key}: a value is a string or {{'secret': NAME}}")
+            out[key] = ref or item
+        return out
 
     @field_validator("env")
     @classmethod
