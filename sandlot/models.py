@@ -22,8 +22,9 @@ def describe(error: ValidationError, what: str) -> str:
     """One line per problem: ``invalid sandbox settings: timeout: must be > 0; ...``."""
     parts = []
     for item in error.errors():
-        where = ".".join(str(x) for x in item["loc"]) or "value"
-        parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+        where = ".".join(str(x) for x in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
     return f"invalid {what}: " + "; ".join(parts)
 
 
