@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .egress.policy import NetworkPolicy
-from .models import MAX_LIFETIME, SandboxInfo, check_env
+from .models import MAX_LIFETIME, SandboxInfo, check_env, parse_network
 from .secrets.refs import MaybeSecret
 
 NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
@@ -133,6 +133,11 @@ class NetworkRequest(_Body):
     """``"none"`` (refuse everything from now on) or ``{"allow": [...], "resolve": {...}}``."""
 
     network: Literal["none"] | NetworkPolicy
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _network(cls, value: Any) -> Any:
+        return parse_network(value, modes=("none",))
 
 
 class SignalRequest(_Body):

@@ -51,6 +51,20 @@ class Resources(BaseModel):
 NetworkMode = Literal["none", "full"]
 
 
+def parse_network(value: Any, modes: tuple[str, ...] = ("none", "full")) -> Any:
+    """A network setting, with one clear message when it is wrong rather than one per member
+    of the union (for a ``mode="before"`` validator)."""
+    if isinstance(value, str) and value not in modes:
+        choices = ", ".join(repr(m) for m in modes)
+        raise ValueError(f"network is {choices} or {{'allow': [rules]}}")
+    if isinstance(value, dict):
+        try:
+            return NetworkPolicy.model_validate(value)
+        except ValidationError as exc:
+            raise ValueError(describe(exc, "network policy")) from None
+    return value
+
+
 class SandboxSpec(BaseModel):
     """What to create. Provider-specific settings go in ``config``, validated by the provider.
 
@@ -100,15 +114,7 @@ class SandboxSpec(BaseModel):
     @field_validator("network", mode="before")
     @classmethod
     def _network(cls, value: Any) -> Any:
-        """One clear message, not one per member of the union."""
-        if isinstance(value, str) and value not in ("none", "full"):
-            raise ValueError("network is 'none', 'full' or {'allow': [rules]}")
-        if isinstance(value, dict):
-            try:
-                return NetworkPolicy.model_validate(value)
-            except ValidationError as exc:
-                raise ValueError(describe(exc, "network policy")) from None
-        return value
+        return parse_network(value)
 
     @property
     def plain_env(self) -> dict[str, str]:
