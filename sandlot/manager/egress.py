@@ -100,6 +100,7 @@ class Egress:
         self.sink = sink
         self._tasks: set[asyncio.Task[Any]] = set()
         self._serving = 0  # connections being served now
+        self._listening: set[str] = set()  # the listeners this process serves
         self._bridge: Bridge | None = None
         self._closed = False
 
@@ -117,7 +118,7 @@ class Egress:
         settings = self._settings()
         waits = []
         if settings.get("network"):
-            waits.append(self._listen(PROXY, proxy_env(), self._serve_proxy, takeover))
+            waits.append(self.serve_proxy(takeover=takeover))
         if settings.get("bridge"):
             from ..egress.bridge import Bridge  # aiohttp: only where a bridge is used
 
@@ -138,6 +139,11 @@ class Egress:
         if waits:
             await asyncio.gather(*waits)
 
+    async def serve_proxy(self, *, takeover: bool) -> None:
+        """Listen for the proxy (once): at start, or when a policy is first given."""
+        if PROXY not in self._listening:
+            await self._listen(PROXY, proxy_env(), self._serve_proxy, takeover)
+
     async def _listen(
         self,
         name: str,
@@ -146,6 +152,7 @@ class Egress:
         takeover: bool,
     ) -> None:
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._listening.add(name)
         self._spawn(self._accept_loop(name, env, serve, takeover, ready))
         await ready
 

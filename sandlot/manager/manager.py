@@ -317,8 +317,12 @@ class Manager:
         elif "network" in settings:  # "none": its proxy stays, and refuses everything
             settings["network"] = NetworkPolicy(allow=[]).model_dump(mode="json")
         self.store.set_egress(sandbox_id, settings)
-        if isinstance(network, NetworkPolicy) and sandbox_id not in self._egress:
-            await self._serve_egress(sandbox_id, channel, takeover=False)
+        if isinstance(network, NetworkPolicy):  # its proxy, if it has none yet
+            egress = self._egress.get(sandbox_id)
+            if egress is None:
+                await self._serve_egress(sandbox_id, channel, takeover=False)
+            else:
+                await egress.serve_proxy(takeover=False)
 
     async def secret_values(self, sandbox_id: str) -> builtins.list[str]:
         """The values of the sandbox's secret variables: what output masking hides."""

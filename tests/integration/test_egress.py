@@ -315,3 +315,12 @@ def test_code_cells_mask_the_sandbox_secrets_too() -> None:
         assert execution.logs.stdout == ["********\n"]
         with pytest.raises(InvalidArgumentError, match="plain strings"):
             sb.create_code_context(env={"X": {"secret": name}})
+
+
+def test_a_bridged_sandbox_gets_its_proxy_when_a_policy_is_set(upstream: Upstream) -> None:
+    bridge = {"target": upstream.url, "routes": [["GET", "/x"]]}
+    with sandlot.Sandbox.create(bridge=bridge) as sb:
+        assert "HTTP_PROXY" not in sb.commands.run("env").stdout
+        sb.set_network(FILES)
+        answer = fetch(sb, "GET", f"http://files.test:{upstream.port}/both")
+        assert answer["status"] == 200
