@@ -225,7 +225,7 @@ class Listener:
         self.handoff = False  # the holder takes accepted sockets themselves (same host)
         self.pending = {}  # id -> accepted socket, until the host takes it
         self.next_id = 1
-        self.standby = []  # (conn, rid) of hosts waiting to serve it once the holder is gone
+        self.standby = []  # (conn, rid, handoff) of hosts waiting to serve it after the holder
 
     @property
     def held(self):
