@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .egress.policy import NetworkPolicy
-from .models import MAX_LIFETIME, SandboxInfo, check_env, parse_network
+from .models import MAX_LIFETIME, SandboxInfo, check_env, check_env_refs, parse_network
 from .secrets.refs import MaybeSecret
 
 NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
@@ -63,9 +63,7 @@ class CommandRequest(_Body):
     @field_validator("env")
     @classmethod
     def _env(cls, value: dict[str, MaybeSecret] | None) -> dict[str, MaybeSecret] | None:
-        if value is not None:
-            check_env({k: v if isinstance(v, str) else "" for k, v in value.items()})
-        return value
+        return None if value is None else check_env_refs(value)
 
     @field_validator("cwd")
     @classmethod

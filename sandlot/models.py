@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -35,6 +36,24 @@ def check_env(env: dict[str, str]) -> dict[str, str]:
         if "\0" in value:
             raise ValueError(f"environment variable {key} contains a NUL byte")
     return env
+
+
+def check_env_refs(env: Mapping[Any, Any]) -> dict[str, MaybeSecret]:
+    """Variables whose values are strings or ``{"secret": NAME}`` references (as SecretRef):
+    one check for a sandbox's and a command's, with one clear message per mistake."""
+    checked: dict[str, MaybeSecret] = {}
+    for key, value in env.items():
+        ref = as_ref(value) if isinstance(value, dict) else None
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            raise ValueError(f"invalid environment variable name {key!r}")
+        if not isinstance(value, (str, SecretRef)) and ref is None:
+            raise ValueError(
+                f"{key}: a value is a string or {{'secret': NAME}}, not {type(value).__name__}"
+            )
+        if isinstance(value, str) and "\0" in value:
+            raise ValueError(f"environment variable {key} contains a NUL byte")
+        checked[key] = ref or value
+    return checked
 
 
 class Resources(BaseModel):
@@ -90,26 +109,8 @@ class SandboxSpec(BaseModel):
 
     @field_validator("env", mode="before")
     @classmethod
-    def _env_refs(cls, value: Any) -> Any:
-        """``{"secret": NAME}`` as a reference, with one clear message when it is not one."""
-        if not isinstance(value, dict):
-            return value
-        out = {}
-        for key, item in value.items():
-            ref = as_ref(item) if isinstance(item, dict) else None
-            if not isinstance(item, (str, SecretRef)) and ref is None:
-                raise ValueError(f"{key}: a value is a string or {{'secret': NAME}}")
-            out[key] = ref or item
-        return out
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: dict[str, MaybeSecret]) -> dict[str, MaybeSecret]:
-        check_env({k: v for k, v in value.items() if isinstance(v, str)})
-        for key in value:
-            if not ENV_NAME.fullmatch(key):
-                raise ValueError(f"invalid environment variable name {key!r}")
-        return value
+    def _env(cls, value: Any) -> Any:
+        return check_env_refs(value) if isinstance(value, dict) else value
 
     @field_validator("network", mode="before")
     @classmethod

@@ -158,12 +158,17 @@ class TunnelStream(ByteStream):
         self.request.cancel()
 
 
-async def pipe(source: ByteStream, target: ByteStream) -> int:
+async def pipe(source: ByteStream, target: ByteStream, limit: int | None = None) -> int:
     """Copy ``source`` to ``target`` until end of stream, then half-close ``target``;
-    the bytes copied. A failing side ends the copy."""
+    the bytes copied. With ``limit``, only that many are copied and the rest is read and
+    dropped. A failing side ends the copy."""
     copied = 0
     try:
         while data := await source.read():
+            if limit is not None and len(data) > limit - copied:
+                data = data[: limit - copied]
+                if not data:
+                    continue
             await target.write(data)
             copied += len(data)
     except (ConnectionError, OSError, SandlotError):

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, cast
 
 from ..channel.stream import ByteStream, StreamTooLong, pipe, splice_streams
-from ..errors import SandlotError
 from .policy import Decision, NetworkPolicy, Resolver, decide
 
 log = logging.getLogger("sandlot")
@@ -477,7 +476,8 @@ class _Session:
         copy the response."""
         await upstream.write(head)
         self.record.bytes_up = len(head)
-        up = asyncio.ensure_future(_send_body(self.client, upstream, body))
+        # The declared body only; a request pipelined after it is read and dropped.
+        up = asyncio.ensure_future(pipe(self.client, upstream, limit=body))
         try:
             while True:
                 try:
@@ -563,24 +563,6 @@ class _Session:
             await self._socks_reply(8, "refused", f"SOCKS5 address type {kind} is not supported")
         port = int.from_bytes(await client.readexactly(2), "big")
         return host, port, command
-
-
-async def _send_body(client: ByteStream, upstream: ByteStream, length: int | None) -> int:
-    """Copy the request body (``length`` bytes, or all with None) to the upstream; what the
-    client sends after it (a next request) is read and dropped: this upstream serves one."""
-    copied = 0
-    try:
-        while data := await client.read():
-            if length is not None:
-                data = data[: length - copied] if len(data) > length - copied else data
-                if not data:
-                    continue
-            await upstream.write(data)
-            copied += len(data)
-    except (ConnectionError, OSError, SandlotError):
-        pass
-    upstream.write_eof()
-    return copied
 
 
 def _body_length(headers: list[tuple[str, str]], upgrade: bool) -> int | None:

@@ -244,15 +244,16 @@ class Manager:
         """Give a new sandbox its secret variables (over the channel, never a command line),
         its proxy and its bridge."""
         refs = spec.secret_env
+        if spec.network == "none" and spec.bridge is None and not refs:
+            self._secret_values[sandbox_id] = []  # known: no query at its first command
+            return  # nothing to serve: no store query on the cold-start path
         handle = self._owned[sandbox_id].info.handle
         if isinstance(spec.network, NetworkPolicy) and handle.get("isolated") is False:
             raise EgressError(  # e.g. ssh on a host without bubblewrap: the host's network
                 "this sandbox runs without isolation, so it has the host's network and an "
                 "allowlist cannot be enforced there"
             )
-        if spec.network != "none" or spec.bridge is not None or refs:
-            settings = new_settings(spec.network, spec.bridge, _dump_refs(refs))
-            self.store.set_egress(sandbox_id, settings)
+        self.store.set_egress(sandbox_id, new_settings(spec.network, spec.bridge, _dump_refs(refs)))
         if refs:
             values, _ = await resolve_env(refs, self._secrets(sandbox_id))
             self._secret_values[sandbox_id] = list(values.values())

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..agent import protocol as p
 from ..errors import CommandTimeoutError, InvalidArgumentError, SandboxClosedError
-from ..models import DEFAULT_COMMAND_TIMEOUT, MAX_LIFETIME, CommandResult, check_env
-from ..secrets.refs import SecretRef, as_ref
+from ..models import DEFAULT_COMMAND_TIMEOUT, MAX_LIFETIME, CommandResult, check_env_refs
+from ..secrets.refs import SecretRef
 
 if TYPE_CHECKING:
     from ..channel import Request
@@ -123,24 +123,12 @@ def _masker(secrets: list[str] | None) -> Masker | None:
 
 def check_env_argument(env: object) -> dict[str, str | SecretRef]:
     """Variables for one command: strings, or ``{"secret": NAME}`` references."""
-    if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
+    if not isinstance(env, dict):
         raise InvalidArgumentError("env must map names to strings or {'secret': NAME}")
-    checked: dict[str, str | SecretRef] = {}
-    for key, value in env.items():
-        ref = as_ref(value)
-        if ref is not None:
-            checked[key] = ref
-        elif isinstance(value, str):
-            checked[key] = value
-        else:
-            raise InvalidArgumentError(
-                f"env {key}: a value is a string or {{'secret': NAME}}, not {type(value).__name__}"
-            )
     try:
-        check_env({k: v if isinstance(v, str) else "" for k, v in checked.items()})
+        return check_env_refs(env)
     except ValueError as exc:
         raise InvalidArgumentError(str(exc)) from None
-    return checked
 
 
 def check_cwd(cwd: object) -> str:

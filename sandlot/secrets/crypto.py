@@ -174,28 +174,24 @@ def _create_key_file(path: Path) -> None:
     text = (encode_key(secrets.token_bytes(KEY_BYTES)) + "\n").encode()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(temporary, flags, 0o600)
-    try:
-        os.write(fd, text)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_synced(os.open(temporary, flags, 0o600), text)
     try:
         os.link(temporary, path)
     except FileExistsError:
         pass  # another process won the race: its key is the key
     except OSError:
         # A file system without hard links: create the key file itself with O_EXCL.
-        try:
-            fd = os.open(path, flags, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            try:
-                os.write(fd, text)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        with contextlib.suppress(FileExistsError):
+            _write_synced(os.open(path, flags, 0o600), text)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+
+
+def _write_synced(fd: int, data: bytes) -> None:
+    """Write ``data`` to a new file's descriptor, sync it, close it."""
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
