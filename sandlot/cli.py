@@ -1034,6 +1034,7 @@ def gc(
 
 
 def _add_subcommands() -> None:
+    from .pool_cli import pool_app
     from .relay.cli import relay_app
     from .remote.provision_cli import remote_app
     from .secrets.cli import secrets_app
@@ -1043,6 +1044,7 @@ def _add_subcommands() -> None:
     app.add_typer(keys_app, name="keys")
     app.add_typer(remote_app, name="remote")
     app.add_typer(secrets_app, name="secrets")
+    app.add_typer(pool_app, name="pool")
     app.command(name="serve")(serve)
 
 

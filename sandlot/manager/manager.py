@@ -41,6 +41,7 @@ from ..secrets.resolve import has_refs, resolve_config, resolve_env
 from ..secrets.store import SecretStore
 from ..store import Store, default_home
 from .egress import DialLocal, Egress, EventSink, check_network, new_settings
+from .pool import Pools
 from .ports import ChannelFor, PortForwards, check_port
 
 log = logging.getLogger("sandlot")
@@ -124,6 +125,7 @@ class Manager:
         self._egress: dict[str, Egress] = {}
         self._secret_stores: dict[str, SecretStore] = {}  # given at create (a server's tenant)
         self._secret_values: dict[str, builtins.list[str]] = {}
+        self.pools = Pools(self)  # warm pools: a create that matches one takes a member
 
     @classmethod
     def current(cls) -> Manager:
@@ -154,6 +156,9 @@ class Manager:
             await self.gc()
             self._sweeper = asyncio.ensure_future(self._sweep())
         spec = default_provider(spec)
+        taken = await self.pools.take(spec)
+        if taken is not None:
+            return taken
         name = spec.provider or DEFAULT
         provider = self.provider(name)
         if isinstance(spec.network, NetworkPolicy):
@@ -523,6 +528,7 @@ class Manager:
                     shutil.rmtree(folder, ignore_errors=True)
                     if folder.name not in report.orphans:
                         report.orphans.append(folder.name)
+        report.removed += await self.pools.maintain()  # dead members out; pools topped up
         await self.settle()
         return report
 
@@ -584,6 +590,7 @@ class Manager:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
+        await self.pools.close()
         if self.detached:
             for sandbox_id, live in list(self._owned.items()):
                 timer = self._timers.pop(sandbox_id, None)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..models import SandboxInfo
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATIONS = {
     1: """
     CREATE TABLE sandboxes (
@@ -57,6 +57,23 @@ MIGRATIONS = {
         data TEXT NOT NULL
     );
     CREATE INDEX egress_events_sandbox ON egress_events (sandbox_id, id);
+    """,
+    # Warm pools: the specs to keep started sandboxes of, and those sandboxes. A member whose
+    # ``ready`` is 0 is a slot reserved by a process creating it (its sandbox_id a placeholder).
+    4: """
+    CREATE TABLE pools (
+        key TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE pool_members (
+        sandbox_id TEXT PRIMARY KEY,
+        key TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        ready INTEGER NOT NULL
+    );
+    CREATE INDEX pool_members_key ON pool_members (key, ready, created_at);
     """,
 }
 
@@ -149,6 +166,7 @@ class Store:
                 self._db.execute("DELETE FROM ports WHERE sandbox_id = ?", (sandbox_id,))
                 self._db.execute("DELETE FROM egress WHERE sandbox_id = ?", (sandbox_id,))
                 self._db.execute("DELETE FROM egress_events WHERE sandbox_id = ?", (sandbox_id,))
+                self._db.execute("DELETE FROM pool_members WHERE sandbox_id = ?", (sandbox_id,))
                 self._db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -211,6 +229,153 @@ class Store:
             (sandbox_id, after),
         )
         return [{"id": r[0], "created_at": r[1], "kind": r[2], **json.loads(r[3])} for r in rows]
+
+    # -- warm pools -------------------------------------------------------------------------
+
+    def set_owner(
+        self,
+        sandbox_id: str,
+        owner_pid: int,
+        owner_started: int | None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        """Hand a sandbox to another process (gc reaps it when that one dies)."""
+        with self._lock:
+            self._set_owner(sandbox_id, owner_pid, owner_started, metadata, None)
+
+    def _set_owner(
+        self,
+        sandbox_id: str,
+        owner_pid: int,
+        owner_started: int | None,
+        metadata: dict[str, str] | None,
+        expires_at: datetime | None,
+    ) -> None:
+        sets = ["owner_pid = ?", "owner_started = ?"]
+        params: list[Any] = [owner_pid, owner_started]
+        if metadata is not None:
+            sets.append("metadata = ?")
+            params.append(json.dumps(metadata))
+        if expires_at is not None:
+            sets.append("expires_at = ?")
+            params.append(expires_at.timestamp())
+        self._db.execute(
+            f"UPDATE sandboxes SET {', '.join(sets)} WHERE id = ?", (*params, sandbox_id)
+        )
+
+    def set_pool(self, key: str, spec: dict[str, Any], size: int) -> None:
+        self._execute(
+            "INSERT INTO pools VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE"
+            " SET spec = excluded.spec, size = excluded.size, updated_at = excluded.updated_at",
+            (key, json.dumps(spec, sort_keys=True), size, time.time()),
+        )
+
+    def delete_pool(self, key: str) -> None:
+        """Forget a pool (its members stay listed until they are killed)."""
+        self._execute("DELETE FROM pools WHERE key = ?", (key,))
+
+    def pools(self) -> list[tuple[str, dict[str, Any], int]]:
+        """(key, spec, size) of every pool, oldest first."""
+        rows = self._execute("SELECT key, spec, size FROM pools ORDER BY updated_at, key")
+        return [(r[0], json.loads(r[1]), int(r[2])) for r in rows]
+
+    def pool_size(self, key: str) -> int | None:
+        rows = self._execute("SELECT size FROM pools WHERE key = ?", (key,))
+        return int(rows[0][0]) if rows else None
+
+    def pool_members(self, key: str | None = None) -> list[tuple[str, str, float, bool]]:
+        """(sandbox_id, key, created_at, ready) of the members of one pool, or of all."""
+        sql = "SELECT sandbox_id, key, created_at, ready FROM pool_members"
+        rows = self._execute(
+            sql + (" WHERE key = ? ORDER BY created_at" if key else " ORDER BY created_at"),
+            (key,) if key else (),
+        )
+        return [(r[0], r[1], float(r[2]), bool(r[3])) for r in rows]
+
+    def reserve_pool_slots(self, key: str, token: str) -> list[str]:
+        """Reserve the slots a pool lacks (its size minus its members, ready or being made)
+        in one transaction, so processes topping the same pool up never overshoot it; the
+        placeholder ids (``pending-TOKEN-N``) to replace with :meth:`fill_pool_slot`."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute("SELECT size FROM pools WHERE key = ?", (key,)).fetchall()
+                size = int(rows[0][0]) if rows else 0
+                (count,) = self._db.execute(
+                    "SELECT count(*) FROM pool_members WHERE key = ?", (key,)
+                ).fetchone()
+                now = time.time()
+                slots = [f"pending-{token}-{n}" for n in range(max(size - int(count), 0))]
+                for slot in slots:
+                    self._db.execute(
+                        "INSERT INTO pool_members VALUES (?, ?, ?, 0)", (slot, key, now)
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return slots
+
+    def fill_pool_slot(self, slot: str, sandbox_id: str | None) -> bool:
+        """Replace a reserved slot by the sandbox made for it (or drop it: None). False if
+        the slot is gone (its pool was removed or shrunk meanwhile): the caller kills the
+        sandbox."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = self._db.execute(
+                    "DELETE FROM pool_members WHERE sandbox_id = ? RETURNING key", (slot,)
+                ).fetchall()
+                if gone and sandbox_id is not None:
+                    self._db.execute(
+                        "INSERT INTO pool_members VALUES (?, ?, ?, 1)",
+                        (sandbox_id, gone[0][0], time.time()),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return bool(gone)
+
+    def remove_pool_member(self, sandbox_id: str) -> bool:
+        """Take a member out of its pool (to kill it); False if it was not in one."""
+        rows = self._execute(
+            "DELETE FROM pool_members WHERE sandbox_id = ? RETURNING key", (sandbox_id,)
+        )
+        return bool(rows)
+
+    def claim_pool_member(
+        self,
+        key: str,
+        owner_pid: int,
+        owner_started: int | None,
+        metadata: dict[str, str],
+        expires_at: datetime,
+    ) -> tuple[SandboxInfo, int | None] | None:
+        """Take the oldest ready member of a pool, and hand it to its new owner, in one
+        transaction: two processes never take the same member, and a member is never
+        without an owner (or its pool) in between. None if the pool has none ready."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    "DELETE FROM pool_members WHERE sandbox_id = (SELECT sandbox_id FROM"
+                    " pool_members WHERE key = ? AND ready = 1 ORDER BY created_at LIMIT 1)"
+                    " RETURNING sandbox_id",
+                    (key,),
+                ).fetchall()
+                found = None
+                if rows:
+                    sandbox_id = rows[0][0]
+                    self._set_owner(sandbox_id, owner_pid, owner_started, metadata, expires_at)
+                    record = self._db.execute(_SELECT + " WHERE id = ?", (sandbox_id,))
+                    row = record.fetchone()
+                    found = _row(row) if row is not None else None
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return found
 
     def get(self, sandbox_id: str) -> tuple[SandboxInfo, int | None] | None:
         rows = self._execute(_SELECT + " WHERE id = ?", (sandbox_id,))
