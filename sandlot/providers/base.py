@@ -110,6 +110,35 @@ class Provider(abc.ABC):
     def is_alive(self, handle: dict[str, Any]) -> bool:
         """Whether the sandbox's processes still run."""
 
+    # -- pause and resume (where the provider can) -----------------------------------------
+
+    def can_pause(self, handle: dict[str, Any]) -> bool:
+        """Whether :meth:`pause` can stop this sandbox (cheap, local: no engine is asked)."""
+        return False
+
+    async def pause(self, handle: dict[str, Any]) -> None:
+        """Stop every process of the sandbox where it is, until :meth:`resume`. While paused
+        its agent does not answer; a command that was running goes on after the resume, its
+        output complete. Returns once everything has stopped. Idempotent; a paused sandbox
+        can still be destroyed."""
+        raise self.cannot_pause(handle)
+
+    async def resume(self, handle: dict[str, Any]) -> None:
+        """Let a paused sandbox run again. Idempotent (resuming a running sandbox is a no-op)."""
+        raise self.cannot_pause(handle)
+
+    def is_paused(self, handle: dict[str, Any]) -> bool:
+        """Whether the sandbox is paused (or its pause is under way)."""
+        return False
+
+    def cannot_pause(self, handle: dict[str, Any], why: str | None = None) -> InvalidArgumentError:
+        """The error for a pause or resume this provider cannot do."""
+        reason = why or "this provider does not support it"
+        return InvalidArgumentError(
+            f"the {self.name} provider cannot pause or resume a sandbox: {reason}",
+            provider=self.name,
+        )
+
     def fallback(self, spec: SandboxSpec) -> str | None:
         """A provider to create the sandbox with instead when this one is unavailable."""
         return None

@@ -5,7 +5,8 @@ an empty, read-only tmpfs with an allowlist of host paths bound read-only (/usr 
 symlinks, a minimal /etc with no secrets); a host folder per sandbox is the writable
 ``/workspace``; ``/tmp`` is a size-capped tmpfs; the environment holds only what the caller
 passed. Memory, process and CPU limits come from cgroups (v1 or v2) when the host lets us
-create groups, otherwise from rlimits set by the agent.
+create groups, otherwise from rlimits set by the agent. Where there are groups, the cgroup
+freezer pauses and resumes a sandbox.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ from pydantic import Field, field_validator
 
 from ..channel import Channel
 from ..channel.handoff import dial_unix
-from ..errors import InvalidArgumentError, ProviderUnavailableError
-from ..models import Resources, SandboxSpec
+from ..errors import (
+    InvalidArgumentError,
+    ProviderUnavailableError,
+    SandboxClosedError,
+    SandboxError,
+)
+from ..models import ProviderInfo, Resources, SandboxSpec
 from . import agent_files, cgroups, etc, procinfo, spawn, userns
 from .base import AgentPythonConfig, Provider, Started
 
@@ -79,6 +85,13 @@ class BwrapProvider(Provider):
         if reason is None and not os.access("/usr/bin/python3", os.X_OK):
             reason = "no /usr/bin/python3 on the host (it runs the agent inside the sandbox)"
         return reason or _probe()
+
+    def info(self) -> ProviderInfo:
+        info = super().info()
+        system = self._cgroups if info.available else None
+        if system is not None and (system.version == 2 or "freezer" in system.roots):
+            info = info.model_copy(update={"capabilities": sorted({*info.capabilities, "pause"})})
+        return info
 
     @functools.cached_property
     def _cgroups(self) -> cgroups.CgroupSystem | None:
@@ -215,6 +228,46 @@ class BwrapProvider(Provider):
 
     def is_alive(self, handle: dict[str, Any]) -> bool:
         return procinfo.is_running(handle.get("pid", -1), handle.get("started"))
+
+    # -- pause and resume: the cgroup freezer -----------------------------------------------
+
+    def _freezer(self, handle: dict[str, Any]) -> Path | None:
+        return cgroups.freezer_folder([Path(g) for g in handle.get("cgroups", [])])
+
+    def can_pause(self, handle: dict[str, Any]) -> bool:
+        return self._freezer(handle) is not None
+
+    def _frozen_group(self, handle: dict[str, Any]) -> Path:
+        if not self.is_alive(handle):
+            raise SandboxClosedError("the sandbox is gone: it cannot be paused or resumed")
+        folder = self._freezer(handle)
+        if folder is None:
+            raise self.cannot_pause(
+                handle,
+                "the sandbox has no cgroup freezer (the host let sandlot create no cgroups, "
+                "or none with a freezer, when it was made)",
+            )
+        return folder
+
+    async def pause(self, handle: dict[str, Any]) -> None:
+        folder = self._frozen_group(handle)
+        try:
+            await cgroups.freeze(folder)
+        except TimeoutError as exc:
+            raise SandboxError(f"cannot pause the sandbox: {exc}") from None
+        except OSError as exc:
+            raise SandboxError(f"cannot pause the sandbox ({folder}): {exc}") from None
+
+    async def resume(self, handle: dict[str, Any]) -> None:
+        folder = self._frozen_group(handle)
+        try:
+            cgroups.thaw(folder)
+        except OSError as exc:
+            raise SandboxError(f"cannot resume the sandbox ({folder}): {exc}") from None
+
+    def is_paused(self, handle: dict[str, Any]) -> bool:
+        folder = self._freezer(handle)
+        return folder is not None and cgroups.is_frozen(folder)
 
     async def list_instances(self) -> list[str]:
         system = self._cgroups

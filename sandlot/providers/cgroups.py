@@ -6,6 +6,10 @@ sandboxes for orphans. Its processes are moved in
 before the agent starts any command, so everything the sandbox runs is counted and can be
 killed as a group. Where the hierarchy is missing or not writable, :func:`detect` returns
 None and the provider falls back to rlimits.
+
+The freezer (v1's ``freezer`` controller, v2's ``cgroup.freeze``) pauses a sandbox: every
+process in its groups stops where it is, and thawing lets it go on. A frozen v1 process
+cannot even die, so :func:`kill_all` thaws after it has sent SIGKILL.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from ..models import Resources
 
 ROOT = Path("/sys/fs/cgroup")
 GROUP = "sandlot"
-V1_CONTROLLERS = ("memory", "pids", "cpu")
+V1_CONTROLLERS = ("memory", "pids", "cpu", "freezer")
 CFS_PERIOD_US = 100_000
+FREEZE_TIMEOUT = 5.0  # seconds a freeze may take before it is given up (and thawed)
 
 
 def _write(path: Path, value: str) -> None:
@@ -92,7 +97,9 @@ def procs(folders: list[Path]) -> set[int]:
 
 
 def kill_all(folders: list[Path]) -> None:
-    """SIGKILL every process in the groups (v2: cgroup.kill where the kernel has it)."""
+    """SIGKILL every process in the groups (v2: cgroup.kill where the kernel has it), then
+    thaw them if they were frozen: a frozen v1 process dies only once thawed, and thawing
+    after the signal lets nothing run in between."""
     for folder in folders:
         kill_file = folder / "cgroup.kill"
         if kill_file.exists():
@@ -105,6 +112,74 @@ def kill_all(folders: list[Path]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    freezer = freezer_folder(folders)
+    if freezer is not None:
+        try:
+            _set_frozen(freezer, False)
+        except OSError:
+            pass
+
+
+# -- the freezer ----------------------------------------------------------------------------
+
+
+def freezer_folder(folders: list[Path]) -> Path | None:
+    """The group among ``folders`` that can freeze the sandbox (v1: the ``freezer``
+    controller's; v2: the unified one, with ``cgroup.freeze``), or None."""
+    for folder in folders:
+        if (folder / "freezer.state").exists() or (folder / "cgroup.freeze").exists():
+            return folder
+    return None
+
+
+def _set_frozen(folder: Path, frozen: bool) -> None:
+    if (folder / "freezer.state").exists():
+        _write(folder / "freezer.state", "FROZEN" if frozen else "THAWED")
+    else:
+        _write(folder / "cgroup.freeze", "1" if frozen else "0")
+
+
+def _state(folder: Path) -> str:
+    """v1: THAWED, FREEZING or FROZEN. v2 says the same in its own words: the wanted state
+    in ``cgroup.freeze``, the reached one as ``frozen`` in ``cgroup.events``."""
+    v1 = folder / "freezer.state"
+    if v1.exists():
+        return v1.read_text().strip()
+    if (folder / "cgroup.freeze").read_text().strip() != "1":
+        return "THAWED"
+    for line in (folder / "cgroup.events").read_text().splitlines():
+        if line == "frozen 1":
+            return "FROZEN"
+    return "FREEZING"
+
+
+def is_frozen(folder: Path) -> bool:
+    """Whether the group is frozen, or on its way (a freeze asked for, not yet complete)."""
+    try:
+        return _state(folder) != "THAWED"
+    except OSError:
+        return False
+
+
+async def freeze(folder: Path, timeout: float = FREEZE_TIMEOUT) -> None:
+    """Freeze every process in the group; return once all are stopped. A freeze that does
+    not complete in time (a process stuck in the kernel) is undone, and TimeoutError raised."""
+    _set_frozen(folder, True)
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while _state(folder) != "FROZEN":
+        if time.monotonic() >= deadline:
+            _set_frozen(folder, False)
+            raise TimeoutError(f"the processes of {folder} did not stop within {timeout:g} s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.02)
+        if (folder / "freezer.state").exists():
+            _write(folder / "freezer.state", "FROZEN")  # v1 retries the stragglers on a write
+
+
+def thaw(folder: Path) -> None:
+    """Let the group's processes run again (at once: thawing does not wait on anything)."""
+    _set_frozen(folder, False)
 
 
 def try_remove(folders: list[Path]) -> list[Path]:
