@@ -50,6 +50,7 @@ from .errors import (
     RelayTimeout,
     RelayValidationError,
     RemoteUnavailableError,
+    RunCancelledError,
     SandboxClosedError,
     SandboxError,
     SandboxNotFoundError,
@@ -58,6 +59,9 @@ from .errors import (
     SecretError,
     SecretNotFoundError,
     ServerError,
+    SessionBusyError,
+    SessionError,
+    SessionNotFoundError,
 )
 from .models import (
     CodeContext,
@@ -71,15 +75,19 @@ from .models import (
     Result,
     SandboxInfo,
     SandboxSpec,
+    SessionEvent,
+    SessionInfo,
 )
 from .remote import Client
 from .sdk import (
     AsyncCommandHandle,
     AsyncExecutionHandle,
     AsyncSandbox,
+    AsyncSession,
     CommandHandle,
     ExecutionHandle,
     Sandbox,
+    Session,
 )
 from .secrets.refs import SecretRef
 
@@ -90,6 +98,7 @@ __all__ = [
     "AsyncCommandHandle",
     "AsyncExecutionHandle",
     "AsyncSandbox",
+    "AsyncSession",
     "AuthenticationError",
     "BridgeConfig",
     "Client",
@@ -141,6 +150,7 @@ __all__ = [
     "RelayTimeout",
     "RelayValidationError",
     "RemoteUnavailableError",
+    "RunCancelledError",
     "Resources",
     "Result",
     "Sandbox",
@@ -155,5 +165,11 @@ __all__ = [
     "SecretNotFoundError",
     "SecretRef",
     "ServerError",
+    "Session",
+    "SessionBusyError",
+    "SessionError",
+    "SessionEvent",
+    "SessionInfo",
+    "SessionNotFoundError",
     "__version__",
 ]

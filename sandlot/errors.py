@@ -13,7 +13,8 @@ work as a Python user expects::
     │   ├── ProcessNotFoundError                 process_not_found
     │   ├── CodeContextNotFoundError             code_context_not_found
     │   ├── ImageNotFoundError                   image_not_found
-    │   └── SecretNotFoundError                  secret_not_found
+    │   ├── SecretNotFoundError                  secret_not_found
+    │   └── SessionNotFoundError                 session_not_found
     ├── ProviderUnavailableError                 provider_unavailable
     │   └── HostKeyError                         host_key_rejected
     ├── SandboxError                             sandbox_error
@@ -37,6 +38,9 @@ work as a Python user expects::
     ├── ProvisionError                           provision_failed
     ├── SecretError                              secret_error
     ├── EgressError                              egress_error
+    ├── SessionError                             session_error
+    │   ├── SessionBusyError                     session_busy
+    │   └── RunCancelledError                    run_cancelled
     ├── RelayError                               relay_error
     │   ├── RelayDown                            relay_down
     │   ├── RelayValidationError (ValueError)    relay_validation
@@ -110,6 +114,12 @@ class SecretNotFoundError(NotFoundError):
     """A ``{"secret": NAME}`` reference names a secret that is not stored."""
 
     code = "secret_not_found"
+
+
+class SessionNotFoundError(NotFoundError):
+    """No session with that id (or it was deleted)."""
+
+    code = "session_not_found"
 
 
 class ProviderUnavailableError(SandlotError):
@@ -264,6 +274,25 @@ class EgressError(SandlotError):
     """A network policy or callback bridge cannot be applied to this sandbox."""
 
     code = "egress_error"
+
+
+class SessionError(SandlotError):
+    """A durable session's workspace, lease or lifetime could not do what was asked."""
+
+    code = "session_error"
+
+
+class SessionBusyError(SessionError):
+    """Another run holds the session's lock; details name the ``holder`` and ``since``
+    (epoch seconds). Pass ``force=True`` to cancel that run and take over."""
+
+    code = "session_busy"
+
+
+class RunCancelledError(SessionError):
+    """This run was cancelled: another caller took the session over with ``force=True``."""
+
+    code = "run_cancelled"
 
 
 class RelayError(SandlotError):

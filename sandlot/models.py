@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -157,6 +158,59 @@ class SandboxInfo(BaseModel):
     expires_at: datetime
     owner_pid: int
     handle: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+class SessionInfo(BaseModel):
+    """A durable session: its workspace, lifetimes, current sandbox and run lock."""
+
+    id: str
+    metadata: dict[str, str] = Field(default_factory=dict)
+    status: str = "active"
+    workspace: str = "local"
+    sandbox_id: str | None = None
+    last_seq: int = 0
+    created_at: datetime
+    updated_at: datetime
+    idle_timeout: float | None = None
+    checkpoint_every: float | None = None
+    delete_after: datetime | None = None
+    last_active_at: datetime | None = None
+    checkpoint: int | None = None  # the latest checkpoint's number (None: none yet)
+    checkpointed_at: datetime | None = None
+    lock_holder: str | None = None  # who runs something in it now
+    lock_since: datetime | None = None
+
+
+class SessionEvent(BaseModel):
+    """One entry of a session's transcript. Output (``stdout``/``stderr``) is in ``text``
+    (UTF-8, with replacement) and ``raw``; every other kind carries its JSON in ``data``."""
+
+    seq: int
+    kind: str
+    execution_id: str | None = None
+    created_at: datetime
+    text: str | None = None
+    data: Any = None
+    raw: bytes = Field(b"", repr=False)
+
+    @classmethod
+    def of(cls, seq: int, kind: str, execution_id: str | None, raw: bytes, at: float) -> Any:
+        output = kind in ("stdout", "stderr")
+        data = None
+        if not output and raw:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = None
+        return cls(
+            seq=seq,
+            kind=kind,
+            execution_id=execution_id,
+            created_at=datetime.fromtimestamp(at, UTC),
+            text=raw.decode("utf-8", "replace") if output else None,
+            data=data,
+            raw=raw,
+        )
 
 
 class CommandResult(BaseModel):

@@ -19,7 +19,7 @@ import shutil
 import socket
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +43,7 @@ from ..store import Store, default_home
 from .egress import DialLocal, Egress, EventSink, check_network, new_settings
 from .pool import Pools
 from .ports import ChannelFor, PortForwards, check_port
+from .workspaces import Workspaces
 
 log = logging.getLogger("sandlot")
 _OWNER_STARTED = procinfo.start_time(os.getpid())
@@ -120,6 +121,12 @@ class Manager:
         self.on_release: builtins.list[Callable[[str], None]] = []
         # Called for every connection a sandbox made through its proxy or bridge.
         self.on_egress_event: builtins.list[EventSink] = []
+        # Called when a session sandbox's workspace was saved as it ended: (sandbox id,
+        # session id, the checkpoint's info or the exception that stopped it).
+        self.on_checkpoint: builtins.list[Callable[[str, str, Any], None]] = []
+        self.workspaces = Workspaces(self.home)
+        # Awaited first when the manager closes (e.g. the sessions it serves).
+        self.on_close: builtins.list[Callable[[], Awaitable[None]]] = []
         # The secrets a sandbox's references are resolved from (a server: its tenant's).
         self.secrets_for: Callable[[str], SecretStore] = self._local_secrets
         self._egress: dict[str, Egress] = {}
@@ -439,10 +446,23 @@ class Manager:
         self._secret_values.pop(info.id, None)
         self._secret_stores.pop(info.id, None)
         await provider.destroy(info.handle)
+        session = info.handle.get("session")
+        if session:  # stopped: its workspace is still, and still here
+            await self._save_workspace(info.id, session)
         self.store.delete(info.id)
         self._remove_folder(info.id)
         for callback in self.on_release:
             callback(info.id)
+
+    async def _save_workspace(self, sandbox_id: str, session: dict[str, Any]) -> None:
+        try:
+            result: Any = await self.workspaces.save_released(
+                sandbox_id, session, self.folder(sandbox_id)
+            )
+        except Exception as exc:
+            result = exc
+        for callback in self.on_checkpoint:
+            callback(sandbox_id, session["id"], result)
 
     def _remove_folder(self, sandbox_id: str) -> None:
         """Delete a dead sandbox's folder in a worker thread: removing even an empty tree
@@ -586,6 +606,12 @@ class Manager:
     async def close(self) -> None:
         """Kill every sandbox this manager owns (at interpreter exit or loop shutdown); a
         detached manager only lets go of them (another process may adopt them)."""
+        for closing in self.on_close:
+            try:
+                await closing()
+            except Exception as exc:
+                log.warning("closing: %s", exc, exc_info=True)
+        self.on_close.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -609,6 +635,7 @@ class Manager:
             await egress.close()
         self._egress.clear()
         await self.settle()
+        await self.workspaces.close()
         for provider in self._providers.values():
             try:
                 await provider.close()

@@ -4,7 +4,9 @@ from .code import AsyncExecutionHandle
 from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles
 from .sandbox import AsyncSandbox
+from .session import AsyncSession
 from .sync import CommandHandle, Commands, ExecutionHandle, Files, Sandbox
+from .sync_session import Session
 
 __all__ = [
     "AsyncCommandHandle",
@@ -12,9 +14,11 @@ __all__ = [
     "AsyncExecutionHandle",
     "AsyncFiles",
     "AsyncSandbox",
+    "AsyncSession",
     "CommandHandle",
     "Commands",
     "ExecutionHandle",
     "Files",
     "Sandbox",
+    "Session",
 ]

@@ -325,6 +325,8 @@ class AsyncCommands:
         if timeout is not None:
             args["timeout"] = timeout
         args["stdin"] = stdin is not None or background
+        if secrets and getattr(self._sandbox._channel, "records", False):
+            args["_mask"] = secrets  # a session's transcript masks them too
         request = self._sandbox._channel.open("exec", **args)
         try:
             _kind, _, payload = await request.receive()

@@ -100,6 +100,34 @@ sessions = Table(
     Column("sandbox_id", Text, index=True),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
+    # Durable sessions (0003): where the workspace is kept, lifetimes, the run lock.
+    Column("workspace", Text),  # "local" or "s3://bucket/prefix"; None: not durable
+    Column("idle_timeout", Double),  # seconds without activity before its sandbox stops
+    Column("checkpoint_every", Double),  # seconds between checkpoints while attached
+    Column("delete_after", Double),  # epoch seconds: the session and its data go then
+    Column("last_active_at", Double),
+    Column("checkpoint", Integer),  # number of the latest checkpoint
+    Column("checkpointed_at", Double),
+    Column("lock_holder", Text),  # who runs something now (None: free)
+    Column("lock_since", Double),
+    Column("lock_execution", Text),
+    Column("lock_sandbox", Text),
+    Column("lock_pid", Integer),  # the run's process in the sandbox: what a takeover stops
+)
+
+# A caller's hold on a session's sandbox, kept by heartbeats (0003).
+leases = Table(
+    "leases",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("session_id", Text, ForeignKey("sessions.id"), nullable=False, index=True),
+    Column("sandbox_id", Text, nullable=False),
+    Column("holder", Text, nullable=False),
+    Column("spec_key", Text, nullable=False),  # what a reusing request must match exactly
+    Column("ttl", Double, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False, index=True),
+    Column("released_at", Double),
 )
 
 sandboxes = Table(

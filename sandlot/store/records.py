@@ -44,6 +44,18 @@ class SessionRecord(BaseModel):
     sandbox_id: str | None = None
     created_at: datetime
     updated_at: datetime
+    # Where a durable session keeps its workspace ("local", "s3://bucket/prefix"); None: a
+    # sandbox's own session, which ends with it.
+    workspace: str | None = None
+    idle_timeout: float | None = None
+    checkpoint_every: float | None = None
+    delete_after: datetime | None = None
+    last_active_at: datetime | None = None
+    checkpoint: int | None = None  # the latest checkpoint's number
+    checkpointed_at: datetime | None = None
+    lock_holder: str | None = None
+    lock_since: datetime | None = None
+    lock_execution: str | None = None
 
 
 class SandboxRecord(BaseModel):
@@ -91,6 +103,16 @@ def _session(row: Any) -> SessionRecord:
         sandbox_id=row.sandbox_id,
         created_at=ts(row.created_at),
         updated_at=ts(row.updated_at),
+        workspace=row.workspace,
+        idle_timeout=row.idle_timeout,
+        checkpoint_every=row.checkpoint_every,
+        delete_after=ts_or_none(row.delete_after),
+        last_active_at=ts_or_none(row.last_active_at),
+        checkpoint=row.checkpoint,
+        checkpointed_at=ts_or_none(row.checkpointed_at),
+        lock_holder=row.lock_holder,
+        lock_since=ts_or_none(row.lock_since),
+        lock_execution=row.lock_execution,
     )
 
 
@@ -148,8 +170,12 @@ class Records:
 
     # sessions
 
-    def create_session(self, tenant: str, metadata: dict[str, str] | None = None) -> SessionRecord:
-        """A new, active session (``ses-`` + 12 hex characters) with an empty log."""
+    def create_session(
+        self, tenant: str, metadata: dict[str, str] | None = None, **settings: Any
+    ) -> SessionRecord:
+        """A new, active session (``ses-`` + 12 hex characters) with an empty log.
+        ``settings``: the durable session's columns (workspace, idle_timeout,
+        checkpoint_every, delete_after as epoch seconds)."""
         now = time.time()
         meta = dict(metadata or {})
         with self.db.write() as conn:
@@ -165,11 +191,12 @@ class Records:
                     last_seq=0,
                     created_at=now,
                     updated_at=now,
+                    last_active_at=now,
+                    **settings,
                 )
             )
-        return SessionRecord(
-            id=session_id, tenant=tenant, metadata=meta, created_at=ts(now), updated_at=ts(now)
-        )
+            row = conn.execute(select(sessions).where(sessions.c.id == session_id)).one()
+        return _session(row)
 
     def get_session(self, session_id: str, tenant: str | None = None) -> SessionRecord | None:
         """The session, or None; with ``tenant``, only if it is that tenant's."""
