@@ -4,7 +4,8 @@ The image only needs a Python 3 interpreter: the agent is not baked in but bind-
 read-only from the state folder and started as the container's command, under Docker's
 init (which reaps zombies). The channel is a Unix socket the agent creates in a host folder
 bind-mounted into the container, so it works with the network off and a restarted control
-plane reconnects by path. Safe by default: no network, every capability dropped,
+plane reconnects by path. The engine's pause (the container's cgroup freezer) pauses a
+sandbox. Safe by default: no network, every capability dropped,
 ``no-new-privileges``, a non-root user, a read-only root with a writable ``/workspace`` (a
 host folder) and a size-capped ``/tmp``, and memory (no swap), CPU and process limits.
 
@@ -249,7 +250,7 @@ class _Client:
 class DockerProvider(Provider):
     name = "docker"
     isolated = True
-    capabilities = frozenset({"isolation", "limits", "reconnect", "no-network", "images"})
+    capabilities = frozenset({"isolation", "limits", "reconnect", "no-network", "images", "pause"})
     config_model = DockerConfig
     caller_settings = frozenset({"image"})
     # Containers younger than this are never orphans: a create may still be filling in
@@ -680,6 +681,71 @@ class DockerProvider(Provider):
             except OSError:
                 return False
         return True
+
+    # -- pause and resume: the engine's --------------------------------------------------
+
+    def can_pause(self, handle: dict[str, Any]) -> bool:
+        return bool(handle.get("container"))
+
+    async def pause(self, handle: dict[str, Any]) -> None:
+        await self._pause(handle, True)
+
+    async def resume(self, handle: dict[str, Any]) -> None:
+        await self._pause(handle, False)
+
+    async def _pause(self, handle: dict[str, Any], pause: bool) -> None:
+        """The engine's pause or unpause, which answers once the container's processes are
+        frozen (or thawed). Done already (paused, or running) is no error."""
+        container = handle.get("container")
+        if not container:
+            raise self.cannot_pause(handle, "the sandbox's handle names no container")
+        if container in self._removing:
+            raise SandboxClosedError("the sandbox is gone: it cannot be paused or resumed")
+        host = handle.get("docker_host") or _default_host()
+        what = "pause the container" if pause else "unpause the container"
+        async with self._engine(host) as client:
+            target = client.docker.containers.container(container)
+            try:
+                async with asyncio.timeout(START_TIMEOUT):
+                    await (target.pause() if pause else target.unpause())
+                return
+            except TimeoutError:
+                raise SandboxError(_slow(what)) from None
+            except client.docker_error as exc:
+                if exc.status == 404:
+                    raise SandboxClosedError(
+                        "the sandbox is gone: its container was removed"
+                    ) from None
+                refused = exc.message
+            # The engine refuses a pause of a paused container (409) and an unpause of a
+            # running one (500): see whether it is where it was asked to be.
+            try:
+                state = (await target.show())["State"]
+            except client.docker_error as exc:
+                if exc.status == 404:
+                    raise SandboxClosedError(
+                        "the sandbox is gone: its container was removed"
+                    ) from None
+                raise
+        if not state.get("Running"):
+            raise SandboxClosedError(
+                f"the sandbox is gone: its container is {state.get('Status', 'not running')}"
+            )
+        if bool(state.get("Paused")) != pause:
+            raise SandboxError(f"the Docker engine at {host} cannot {what}: {refused}")
+
+    def is_paused(self, handle: dict[str, Any]) -> bool:
+        """The engine's word (one blocking request on its local socket, ~1 ms): this is the
+        one question the container's files on the host cannot answer."""
+        container = handle.get("container")
+        if not container or container in self._removing:
+            return False
+        path = (handle.get("docker_host") or _default_host()).removeprefix("unix://")
+        try:
+            answer = _engine_get(path, f"/containers/{container}/json")
+        except (OSError, ValueError):
+            return False  # gone, or the engine does not answer: not paused by anyone's word
+        return isinstance(answer, dict) and bool((answer.get("State") or {}).get("Paused"))
 
     # -- garbage ----------------------------------------------------------------------------
 
