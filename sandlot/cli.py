@@ -397,6 +397,19 @@ def run(
             help="Set VAR to a stored secret (see `sandlot secrets`); masked in the output.",
         ),
     ] = None,
+    session: Annotated[
+        str | None,
+        typer.Option(
+            "--session",
+            metavar="ID",
+            help="Run in this durable session (see `sandlot sessions`): its workspace is "
+            "restored first and saved after, and the run goes in its transcript.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="With --session: cancel a run that holds the session."),
+    ] = False,
 ) -> None:
     """Run one command in a fresh sandbox, stream its output, exit with its exit code.
 
@@ -420,19 +433,35 @@ def run(
     for var, name in _pairs(secret_env, "--secret-env").items():
         environment[var] = {"secret": name}
 
-    from .sdk import Sandbox
+    from .sdk import Sandbox, Session
 
+    if force and session is None:
+        raise _UsageError("--force takes over a session's run: give --session too")
     _install_signal_handlers()
+    resources = {"memory_mb": memory_mb} if memory_mb is not None else None
+    attached_to = None
     try:
-        sandbox = Sandbox.create(
-            provider,
-            timeout=timeout + LIFETIME_GRACE,
-            env=environment,
-            network=network,
-            resources={"memory_mb": memory_mb} if memory_mb is not None else None,
-            workdir=workdir,
-            **config,
-        )
+        if session is not None:
+            attached_to = Session.connect(session)
+            sandbox = attached_to.sandbox(
+                provider,
+                force=force,
+                timeout=timeout + LIFETIME_GRACE,
+                env=environment,
+                network=network,
+                resources=resources,
+                **config,
+            )
+        else:
+            sandbox = Sandbox.create(
+                provider,
+                timeout=timeout + LIFETIME_GRACE,
+                env=environment,
+                network=network,
+                resources=resources,
+                workdir=workdir,
+                **config,
+            )
     except SandlotError as exc:
         raise _sandlot_failure(exc) from None
     try:
@@ -446,9 +475,14 @@ def run(
         raise _sandlot_failure(exc) from None
     finally:
         try:
-            sandbox.kill()
-        except Exception:
-            pass  # already gone; the owner's exit and gc clean up the rest
+            if attached_to is not None:
+                attached_to.detach(sandbox)  # saves the workspace, then destroys it
+            else:
+                sandbox.kill()
+        except Exception as exc:
+            if attached_to is not None:
+                _note(f"detaching from session {attached_to.id}: {exc}")
+            # else already gone; the owner's exit and gc clean up the rest
     raise typer.Exit(code)
 
 
@@ -1039,12 +1073,14 @@ def _add_subcommands() -> None:
     from .remote.provision_cli import remote_app
     from .secrets.cli import secrets_app
     from .server.cli import keys_app, serve
+    from .sessions_cli import sessions_app
 
     app.add_typer(relay_app, name="relay")
     app.add_typer(keys_app, name="keys")
     app.add_typer(remote_app, name="remote")
     app.add_typer(secrets_app, name="secrets")
     app.add_typer(pool_app, name="pool")
+    app.add_typer(sessions_app, name="sessions")
     app.command(name="serve")(serve)
 
 
