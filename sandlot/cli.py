@@ -440,6 +440,7 @@ def run(
     _install_signal_handlers()
     resources = {"memory_mb": memory_mb} if memory_mb is not None else None
     attached_to = None
+    sandbox: Sandbox
     try:
         if session is not None:
             attached_to = Session.connect(session)

@@ -494,6 +494,20 @@ class Manager:
             self._schedule_expiry(sandbox_id, seconds)
         return expires
 
+    async def pause(self, sandbox_id: str) -> None:
+        """Freeze every process of the sandbox (bwrap: the cgroup freezer; docker: pause)
+        until :meth:`resume`. Its lifetime keeps running."""
+        info, provider = self._lookup(sandbox_id)
+        await provider.pause(info.handle)
+
+    async def resume(self, sandbox_id: str) -> None:
+        info, provider = self._lookup(sandbox_id)
+        await provider.resume(info.handle)
+
+    async def is_paused(self, sandbox_id: str) -> bool:
+        info, provider = self._lookup(sandbox_id)
+        return provider.is_paused(info.handle)
+
     def _schedule_expiry(self, sandbox_id: str, seconds: float) -> None:
         old = self._timers.pop(sandbox_id, None)
         if old is not None:

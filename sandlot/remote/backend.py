@@ -105,6 +105,16 @@ class RemoteBackend:
         )
         return list(answer)
 
+    async def pause(self, sandbox_id: str) -> None:
+        await self.client.call("POST", _path(sandbox_id) + "/pause", retry=True)
+
+    async def resume(self, sandbox_id: str) -> None:
+        await self.client.call("POST", _path(sandbox_id) + "/resume", retry=True)
+
+    async def is_paused(self, sandbox_id: str) -> bool:
+        answer = await self.client.call("GET", _path(sandbox_id) + "/paused")
+        return bool(answer["paused"])
+
     async def secret_values(self, sandbox_id: str) -> builtins.list[str]:
         return []  # the server resolves and masks them; they never reach this process
 

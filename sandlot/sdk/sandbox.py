@@ -203,6 +203,19 @@ class AsyncSandbox:
         ...}``. ``after``: the last ``id`` already seen."""
         return await self._manager.egress_events(self.id, after)
 
+    async def pause(self) -> None:
+        """Freeze everything in the sandbox where it stands (bwrap: the cgroup freezer;
+        docker: pause; process: SIGSTOP) until :meth:`resume`: it costs no CPU meanwhile,
+        and a running command carries on afterwards with its output complete. The agent
+        does not answer while paused. Its lifetime keeps running."""
+        await self._manager.pause(self.id)
+
+    async def resume(self) -> None:
+        await self._manager.resume(self.id)
+
+    async def is_paused(self) -> bool:
+        return await self._manager.is_paused(self.id)
+
     async def set_timeout(self, seconds: float) -> datetime:
         """Destroy the sandbox ``seconds`` from now instead of at its old deadline."""
         if seconds is None:

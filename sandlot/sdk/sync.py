@@ -320,6 +320,16 @@ class Sandbox:
     def set_timeout(self, seconds: float) -> datetime:
         return _portal.call(self._inner.set_timeout(seconds))
 
+    def pause(self) -> None:
+        """Freeze the sandbox until :meth:`resume` (see :meth:`AsyncSandbox.pause`)."""
+        _portal.call(self._inner.pause())
+
+    def resume(self) -> None:
+        _portal.call(self._inner.resume())
+
+    def is_paused(self) -> bool:
+        return _portal.call(self._inner.is_paused())
+
     def expose(self, port: int) -> str:
         """A URL that reaches ``port`` inside the sandbox (see :meth:`AsyncSandbox.expose`)."""
         return _portal.call(self._inner.expose(port))

@@ -103,6 +103,28 @@ async def set_timeout(
     return {"expires_at": expires.isoformat()}
 
 
+@router.post("/{sandbox_id}/pause", status_code=204)
+async def pause_sandbox(sandbox_id: str, state: State, caller: Caller) -> Response:
+    """Freeze every process of the sandbox (the cgroup freezer; docker pause) until
+    ``resume``. Its agent does not answer meanwhile; its lifetime keeps running."""
+    await state.get(caller, sandbox_id)
+    await state.manager.pause(sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/{sandbox_id}/resume", status_code=204)
+async def resume_sandbox(sandbox_id: str, state: State, caller: Caller) -> Response:
+    await state.get(caller, sandbox_id)
+    await state.manager.resume(sandbox_id)
+    return Response(status_code=204)
+
+
+@router.get("/{sandbox_id}/paused")
+async def sandbox_paused(sandbox_id: str, state: State, caller: Caller) -> dict[str, bool]:
+    await state.get(caller, sandbox_id)
+    return {"paused": await state.manager.is_paused(sandbox_id)}
+
+
 @router.put("/{sandbox_id}/network", status_code=204)
 async def set_network(
     sandbox_id: str, body: NetworkRequest, state: State, caller: Caller
