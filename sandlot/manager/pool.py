@@ -16,6 +16,7 @@ sandbox, killed at the end of its lifetime or by ``kill()``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import builtins
 import hashlib
 import json
@@ -42,10 +43,30 @@ POOL_LIFETIME = 86400.0  # seconds a member lives unclaimed (the agent's own dea
 RETIRE_BEFORE = 3600.0  # a member with less than this left is replaced, not handed out
 STALE_SLOT = 300.0  # seconds a reserved slot may wait for its sandbox before it is dropped
 MAX_SIZE = 1000
+REFILL_DELAY = 0.05  # seconds after a take before its refill starts: the take returns first
 CLOSE_WAIT = 10.0  # seconds close() lets refills in flight finish (short scripts take too)
 POOL_LABEL = "sandlot.pool"  # a member's metadata until taken: its pool's key
 _KEY_EXCLUDE = {"metadata", "timeout"}
 _OWNER_STARTED = procinfo.start_time(os.getpid())
+# Taken members this process owns, by id: their handles. A member was started without
+# ``--die-with-parent`` (by whichever process filled the pool), so the owner's exit ends it
+# here instead (gc ends it if the owner is SIGKILLed).
+_TAKEN: dict[str, dict[str, Any]] = {}
+
+
+@atexit.register
+def _kill_taken() -> None:
+    from pathlib import Path
+
+    from ..providers import cgroups
+
+    for handle in list(_TAKEN.values()):
+        try:
+            cgroups.kill_all([Path(g) for g in handle.get("cgroups", [])])
+            procinfo.kill(handle.get("pid", -1), handle.get("started"))
+        except Exception:
+            continue
+    _TAKEN.clear()
 
 
 def unpoolable(spec: SandboxSpec) -> str | None:
@@ -91,6 +112,7 @@ class Pools:
         self._refilling: dict[str, asyncio.Task[Any]] = {}
         self._token = secrets.token_hex(4)
         self._closed = False
+        manager.on_release.append(lambda sandbox_id: _TAKEN.pop(sandbox_id, None))
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -199,7 +221,7 @@ class Pools:
                     return live
             return None
         finally:
-            self.refill(key)
+            self.refill(key, REFILL_DELAY)
 
     async def _adopt(self, info: Any, spec: SandboxSpec) -> LiveSandbox | None:
         from .manager import LiveSandbox
@@ -238,6 +260,8 @@ class Pools:
         manager._schedule_expiry(info.id, spec.timeout)
         if child is not None:  # its end releases it, as for a sandbox created here
             child.exited.add_done_callback(lambda _: manager._on_exit(info.id))
+        if not manager.detached and "pid" in info.handle:
+            _TAKEN[info.id] = info.handle
         return live
 
     # -- refill and upkeep ------------------------------------------------------------------
@@ -253,22 +277,32 @@ class Pools:
             self._filler = filler
         return self._filler
 
-    def refill(self, key: str) -> None:
-        """Top the pool up in the background (one refill per pool at a time)."""
+    def refill(self, key: str, delay: float = 0.0) -> None:
+        """Top the pool up in the background (one refill per pool at a time), ``delay``
+        seconds from now: creating starts with a few milliseconds of synchronous work
+        (spawning bwrap), which would otherwise run before the taker gets its sandbox."""
         if self._closed:
             return
         running = self._refilling.get(key)
         if running is not None and not running.done():
             return
-        task = asyncio.ensure_future(self.top_up(key))
+        task = asyncio.ensure_future(self._top_up_later(key, delay))
         self._refilling[key] = task
         self._tasks.add(task)
         task.add_done_callback(self._refilled)
 
+    async def _top_up_later(self, key: str, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await self.top_up(key)
+
     def _refilled(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("refilling a pool failed: %s", task.exception())
+            # At interpreter exit (the executor is shut down) a refill cannot start: the
+            # next process's take or gc puts the member back.
+            level = logging.DEBUG if self._closed else logging.WARNING
+            log.log(level, "refilling a pool failed: %s", task.exception())
 
     async def top_up(self, key: str) -> builtins.list[str]:
         """Create the members the pool lacks (slots reserved first, so processes topping up
