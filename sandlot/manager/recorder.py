@@ -200,11 +200,11 @@ class RecordedRun:
         self._cancelled = True
         if self._request is not None:
             self._request.cancel()
-        if not self._ended:
+        if not self._ended and self._request is not None:  # else it never started
             self._ended = True
             outcome = {"code": "cancelled", "message": "the execution was cancelled"}
             self._put("error", json.dumps(outcome).encode())
-            if self.locks and self._request is not None:
+            if self.locks:
                 owner = self.owner
                 task = asyncio.ensure_future(owner._sessions.unlock(owner.session_id, self.id))
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())
