@@ -52,8 +52,10 @@ def create(
     ] = None,
     checkpoint_every: Annotated[
         float | None,
-        typer.Option("--checkpoint-every", help="Seconds between checkpoints while attached."),
-    ] = None,
+        typer.Option(
+            "--checkpoint-every", help="Seconds between checkpoints while attached (0: never)."
+        ),
+    ] = 300.0,
     delete_after: Annotated[
         float | None,
         typer.Option("--delete-after", help="Delete the session this many seconds from now."),
@@ -66,7 +68,7 @@ def create(
         _pairs(meta),
         workspace_store=workspace_store,
         idle_timeout=idle_timeout,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every or None,
         delete_after=delete_after,
     )
     sys.stdout.write(session.id + "\n")

@@ -38,6 +38,7 @@ from .workspaces import Workspaces
 log = logging.getLogger("sandlot")
 T = TypeVar("T")
 LEASE_TTL = 30.0  # seconds a lease lives without a heartbeat
+CHECKPOINT_EVERY = 300.0  # default seconds between checkpoints while attached (None: never)
 REAP_INTERVAL = 5.0  # seconds between reaper passes (SANDLOT_REAP_INTERVAL)
 SESSION_KEY = "sandlot.session"  # in a session sandbox's metadata
 
@@ -193,7 +194,7 @@ class Sessions:
         *,
         workspace: str = "local",
         idle_timeout: float | None = None,
-        checkpoint_every: float | None = None,
+        checkpoint_every: float | None = CHECKPOINT_EVERY,
         delete_after: datetime | float | None = None,
     ) -> Any:
         from ..workspace import check_store_url
@@ -321,8 +322,7 @@ class Sessions:
     ) -> Attachment | None:
         """Reuse the session's live sandbox, or clear the way for a fresh one."""
         if not self._alive(current):
-            await self._write(self.store.set_sandbox, record.id, None, only_if=current)
-            self.note(record.id, "sandbox", {"event": "lost", "sandbox": current})
+            await self._lost(record.id, current)
             return None
         last = await self._read(self.store.last_lease, record.id, current)
         if reuse and last is not None and last.spec_key == key:
@@ -344,6 +344,13 @@ class Sessions:
             )
         await self._stop(current, save=True)  # left over, nobody holds it: save and replace
         return None
+
+    async def _lost(self, session_id: str, sandbox_id: str) -> None:
+        """The session's sandbox died with nobody here to see it (killed from outside, its
+        host rebooted): the session has none now; its last checkpoint is what it kept."""
+        if await self._write(self.store.set_sandbox, session_id, None, only_if=sandbox_id):
+            await self._write(self.records.end_sandbox, sandbox_id)
+            self.note(session_id, "sandbox", {"event": "lost", "sandbox": sandbox_id})
 
     async def _record_attach(
         self, session_id: str, live: LiveSandbox, holder: str, key: str, ttl: float, tenant: str
@@ -491,6 +498,10 @@ class Sessions:
         while True:
             try:
                 await self.reap()
+            except RuntimeError as exc:
+                if "shutdown" in str(exc):
+                    return  # the interpreter is exiting: no worker thread takes work now
+                log.warning("session reaper: %s", exc)
             except Exception as exc:  # retried at the next tick
                 log.warning("session reaper: %s", exc)
             await asyncio.sleep(interval)
@@ -517,6 +528,8 @@ class Sessions:
                 continue
             try:
                 done.extend(await self._reap_one(record, now))
+            except RuntimeError:
+                raise
             except Exception as exc:
                 log.warning("session reaper: session %s: %s", record.id, exc)
         return done
@@ -528,9 +541,10 @@ class Sessions:
         sandbox_id = record.sandbox_id
         if sandbox_id is None:
             return []
+        if sandbox_id in self._waiting:
+            return []  # being stopped here right now
         if not self._alive(sandbox_id):
-            await self._write(self.store.set_sandbox, record.id, None, only_if=sandbox_id)
-            self.note(record.id, "sandbox", {"event": "lost", "sandbox": sandbox_id})
+            await self._lost(record.id, sandbox_id)
             return [(record.id, "lost")]
         last_active = (record.last_active_at or record.updated_at).timestamp()
         if record.idle_timeout is not None and now - last_active >= record.idle_timeout:

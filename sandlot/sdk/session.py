@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..workspace import CheckpointInfo
 
 LEASE_TTL = 30.0
+CHECKPOINT_EVERY = 300.0
 
 
 class SessionBackend(Protocol):
@@ -168,7 +169,7 @@ class AsyncSession:
         *,
         workspace_store: str = "local",
         idle_timeout: float | None = None,
-        checkpoint_every: float | None = None,
+        checkpoint_every: float | None = CHECKPOINT_EVERY,
         delete_after: datetime | float | None = None,
         client: Client | None = None,
     ) -> AsyncSession:
@@ -176,7 +177,8 @@ class AsyncSession:
         ``"s3://bucket/prefix"`` (endpoint and credentials from ``SANDLOT_S3_ENDPOINT`` and
         the usual ``AWS_*`` settings). ``idle_timeout``: seconds without a run after which
         its sandbox is checkpointed and stopped. ``checkpoint_every``: seconds between
-        checkpoints while a sandbox is attached. ``delete_after``: a time (or seconds from
+        checkpoints while a sandbox is attached (default 300; None: only on detach and
+        when asked). ``delete_after``: a time (or seconds from
         now) at which the session and its data are deleted."""
         settings = {
             "workspace": workspace_store,

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..models import SandboxSpec, SessionEvent, SessionInfo
-from .session import LEASE_TTL, AsyncSession
+from .session import CHECKPOINT_EVERY, LEASE_TTL, AsyncSession
 from .sync import Sandbox, _portal
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class Session:
         *,
         workspace_store: str = "local",
         idle_timeout: float | None = None,
-        checkpoint_every: float | None = None,
+        checkpoint_every: float | None = CHECKPOINT_EVERY,
         delete_after: datetime | float | None = None,
         client: Client | None = None,
     ) -> Session:
