@@ -14,8 +14,10 @@ Embedded (the default), sessions are kept in the state folder's ``server.db``; w
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import os
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -262,6 +264,25 @@ class AsyncSession:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidArgumentError("limit must be a positive integer")
         return await self._backend.session_events(self.id, after, limit)
+
+    async def follow(
+        self, execution_id: str | None = None, *, after: int = 0, poll: float = 0.1
+    ) -> AsyncGenerator[SessionEvent, None]:
+        """The transcript from ``after`` on, then new events as they are written: catch
+        up on a run you detached from (its id is in its ``started`` event) and follow it
+        to its end (an ``exit`` or ``error`` event, where the iteration stops). Without
+        ``execution_id``, every event, until you stop iterating."""
+        while True:
+            batch = await self.events(after)
+            for event in batch:
+                after = event.seq
+                if execution_id is not None and event.execution_id != execution_id:
+                    continue
+                yield event
+                if execution_id is not None and event.kind in ("exit", "error"):
+                    return
+            if not batch:
+                await asyncio.sleep(poll)
 
     async def delete(self) -> None:
         """Stop its sandbox and delete its workspace, transcript and records."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,21 @@ class Session:
 
     def events(self, after: int = 0, limit: int = 1000) -> builtins.list[SessionEvent]:
         return _portal.call(self._inner.events(after, limit))
+
+    def follow(
+        self, execution_id: str | None = None, *, after: int = 0, poll: float = 0.1
+    ) -> Iterator[SessionEvent]:
+        """See :meth:`AsyncSession.follow`."""
+        events = self._inner.follow(execution_id, after=after, poll=poll)
+
+        async def step() -> SessionEvent | None:
+            try:
+                return await events.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        while (event := _portal.call(step())) is not None:
+            yield event
 
     def delete(self) -> None:
         _portal.call(self._inner.delete())

@@ -274,3 +274,16 @@ def test_sync_session_and_cli(tmp_path: Path) -> None:
     assert cli("run", "--force", "--", "true").returncode == 2  # --force needs --session
     assert cli("sessions", "rm", sid).returncode == 0
     assert cli("sessions", "show", sid).returncode == 2
+
+
+async def test_follow_a_run_from_another_caller(sessions: Sessions) -> None:
+    s = await sandlot.AsyncSession.create()
+    async with s.sandbox() as sb:
+        run = asyncio.ensure_future(sb.commands.run("for i in 1 2 3; do echo $i; sleep 0.2; done"))
+        await asyncio.sleep(0.3)  # it is under way: the follower missed its start
+        watcher = await sandlot.AsyncSession.connect(s.id)
+        started = [e for e in await watcher.events() if e.kind == "started"]
+        seen = [e async for e in watcher.follow(started[-1].execution_id)]
+        assert (seen[0].kind, seen[-1].kind) == ("started", "exit")
+        assert "".join(e.text or "" for e in seen) == "1\n2\n3\n"
+        await run
