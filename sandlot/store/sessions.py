@@ -109,15 +109,6 @@ class SessionStore:
             )
         return result.rowcount == 1
 
-    def touch(self, session_id: str) -> None:
-        """Note activity (a run started or ended, output streamed, a heartbeat)."""
-        with self.db.write() as conn:
-            conn.execute(
-                update(sessions)
-                .where(sessions.c.id == session_id)
-                .values(last_active_at=time.time())
-            )
-
     def set_checkpoint(self, session_id: str, number: int) -> None:
         with self.db.write() as conn:
             conn.execute(
