@@ -506,7 +506,7 @@ class Manager:
 
     async def is_paused(self, sandbox_id: str) -> bool:
         info, provider = self._lookup(sandbox_id)
-        return provider.is_paused(info.handle)
+        return await provider.paused(info.handle)
 
     def _schedule_expiry(self, sandbox_id: str, seconds: float) -> None:
         old = self._timers.pop(sandbox_id, None)

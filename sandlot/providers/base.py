@@ -131,6 +131,10 @@ class Provider(abc.ABC):
         """Whether the sandbox is paused (or its pause is under way)."""
         return False
 
+    async def paused(self, handle: dict[str, Any]) -> bool:
+        """:meth:`is_paused`, for providers that must ask over the network to know."""
+        return self.is_paused(handle)
+
     def cannot_pause(self, handle: dict[str, Any], why: str | None = None) -> InvalidArgumentError:
         """The error for a pause or resume this provider cannot do."""
         reason = why or "this provider does not support it"

@@ -118,6 +118,23 @@ class RemoteProvider(Provider):
         except SandboxNotFoundError:
             pass
 
+    async def _backend(self, handle: dict[str, Any]) -> Any:
+        from ..remote.backend import RemoteBackend
+
+        return RemoteBackend(self._client(handle["url"], await self._key(handle)))
+
+    def can_pause(self, handle: dict[str, Any]) -> bool:
+        return True  # the server answers for its own provider
+
+    async def pause(self, handle: dict[str, Any]) -> None:
+        await (await self._backend(handle)).pause(handle["id"])
+
+    async def resume(self, handle: dict[str, Any]) -> None:
+        await (await self._backend(handle)).resume(handle["id"])
+
+    async def paused(self, handle: dict[str, Any]) -> bool:
+        return bool(await (await self._backend(handle)).is_paused(handle["id"]))
+
     def is_alive(self, handle: dict[str, Any]) -> bool:
         """Not known without a call: assumed alive until a call says otherwise."""
         return bool(handle.get("id"))
