@@ -12,10 +12,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .egress.policy import NetworkPolicy
-from .models import MAX_LIFETIME, SandboxInfo, check_env, check_env_refs, parse_network
+from .models import (
+    MAX_LIFETIME,
+    SandboxInfo,
+    SandboxSpec,
+    SessionInfo,
+    check_env,
+    check_env_refs,
+    parse_network,
+)
 from .secrets.refs import MaybeSecret
 
 NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+FORCE_DESCRIPTION = (
+    "on a durable session's sandbox: cancel the run that holds the session's run lock "
+    "(its stream ends with a `run_cancelled` error) instead of answering 409"
+)
 
 
 class _Body(BaseModel):
@@ -47,6 +59,7 @@ class CommandRequest(_Body):
         None, gt=0, le=MAX_LIFETIME, description="seconds; kills the process group"
     )
     stdin: bool = Field(False, description="keep stdin open for POST .../stdin")
+    force: bool = Field(False, description=FORCE_DESCRIPTION)
 
     @model_validator(mode="after")
     def _one_command(self) -> CommandRequest:
@@ -80,6 +93,7 @@ class CodeRunRequest(_Body):
         None, gt=0, le=3600, description="seconds between SIGINT and SIGKILL"
     )
     max_output: int = Field(2 * 1024 * 1024, ge=2, le=1 << 30)
+    force: bool = Field(False, description=FORCE_DESCRIPTION)
 
     @field_validator("code")
     @classmethod
@@ -92,6 +106,7 @@ class InstallRequest(_Body):
     upgrade: bool = False
     index_url: str | None = Field(None, pattern=r"^(https?|file)://")
     timeout: float | None = Field(None, gt=0, le=MAX_LIFETIME)
+    force: bool = Field(False, description=FORCE_DESCRIPTION)
 
     @field_validator("packages")
     @classmethod
@@ -185,6 +200,89 @@ class ExecutionOut(BaseModel):
     created_at: datetime
     ended_at: datetime | None = None
     outcome: dict[str, Any] | None = None
+
+
+class SessionCreateRequest(_Body):
+    """A durable session: a workspace and a transcript that outlive its sandboxes."""
+
+    metadata: dict[str, str] = Field(default_factory=dict)
+    workspace_store: str = Field(
+        "local",
+        max_length=600,
+        description='where checkpoints go: "local" (the server\'s state folder) or '
+        '"s3://bucket/prefix" (the server\'s S3 settings)',
+    )
+    idle_timeout: float | None = Field(
+        None, gt=0, le=MAX_LIFETIME, description="seconds without activity before its "
+        "sandbox is checkpointed and stopped",
+    )  # fmt: skip
+    checkpoint_every: float | None = Field(
+        None, gt=0, le=MAX_LIFETIME, description="seconds between checkpoints while attached"
+    )
+    delete_after: datetime | None = Field(
+        None, description="a time (with its zone) at which the session and its data are deleted"
+    )
+
+    @field_validator("workspace_store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        from .workspace import check_store_url
+
+        try:
+            return check_store_url(value)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("delete_after")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("delete_after needs a time zone (e.g. 2030-01-01T00:00:00Z)")
+        return value
+
+
+class SessionOut(SessionInfo):
+    """A durable session as the server shows it."""
+
+
+class AttachRequest(SandboxSpec):
+    """The sandbox to attach (the fields of ``POST /v1/sandboxes``), and the lease on it."""
+
+    reuse: bool = Field(
+        False, description="take the session's live sandbox if its spec matches exactly"
+    )
+    lease_ttl: float = Field(
+        30.0, gt=0, le=86400, description="seconds the lease lives without a heartbeat"
+    )
+
+    def spec(self) -> SandboxSpec:
+        return SandboxSpec.model_validate(self.model_dump(exclude={"reuse", "lease_ttl"}))
+
+
+class AttachOut(BaseModel):
+    """A sandbox attached to a session: use it under ``/v1/sandboxes/{id}``, heartbeat its
+    lease, and detach it when done."""
+
+    sandbox: SandboxOut
+    lease_id: str
+    lease_ttl: float
+    reused: bool
+    restored: dict[str, Any] | None = Field(
+        None, description="what the restore of the workspace did (null: nothing restored)"
+    )
+
+
+class SessionEventOut(BaseModel):
+    """One transcript entry: output as ``text`` (valid UTF-8) or ``b64``; others' JSON in
+    ``data``."""
+
+    seq: int
+    kind: str
+    execution_id: str | None = None
+    created_at: datetime
+    text: str | None = None
+    b64: str | None = None
+    data: Any = None
 
 
 class ErrorBody(BaseModel):

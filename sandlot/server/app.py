@@ -34,6 +34,8 @@ from ..errors import (
     SandboxClosedError,
     SandlotError,
     ServerError,
+    SessionBusyError,
+    SessionError,
 )
 from ..remote.breaker import states
 from . import (
@@ -44,6 +46,7 @@ from . import (
     api_ports,
     api_sandboxes,
     api_secrets,
+    api_sessions,
 )
 from .deps import State
 from .metrics import CONTENT_TYPE, Metrics
@@ -60,6 +63,8 @@ STATUS: dict[type[SandlotError], int] = {
     CodeContextBusyError: 409,
     FileExistsInSandboxError: 409,
     IdempotencyConflictError: 409,
+    SessionError: 409,  # the session's state does not allow it (e.g. no sandbox attached)
+    SessionBusyError: 409,
     SandboxClosedError: 410,
     FileTooLargeError: 413,
     ProviderUnavailableError: 422,  # this server cannot provide what was asked for
@@ -71,9 +76,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         401: "no valid API key",
         403: "the key may not do this",
-        404: "no such sandbox (or another tenant's), execution, file or context",
-        409: "busy, exists already, or an idempotency key reused for another call",
-        410: "the sandbox has ended",
+        404: "no such sandbox or session (or another tenant's), execution, file or context",
+        409: "busy (a session's run lock or lease), exists already, or an idempotency key "
+        "reused for another call",
+        410: "the sandbox has ended, or a session's lease has expired",
         422: "invalid request: `details.errors` names the fields",
     }.items()
 }
@@ -191,6 +197,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         api_keys,
         api_ports,
         api_secrets,
+        api_sessions,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     _install_error_handlers(app)

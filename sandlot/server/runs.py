@@ -12,13 +12,14 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from ..agent import protocol as p
 from ..channel import Request
-from ..errors import ProtocolError, SandlotError
+from ..errors import ProtocolError, RunCancelledError, SandlotError
 from ..secrets.mask import Masker
 from ..store.records import ExecutionRecord
 from .hub import Hub
@@ -52,6 +53,11 @@ class Run:
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     secrets: list[str] = field(default_factory=list, repr=False)  # masked in the output
     maskers: dict[str, Masker] = field(default_factory=dict, repr=False)
+    # A durable session's run lock, released as the run ends: False when a forced takeover
+    # took it meanwhile (the run then ends with a run_cancelled error).
+    release: Callable[[], Awaitable[bool]] | None = field(default=None, repr=False)
+    taken_over: bool = False  # set by the taker before it cancels this run's task
+    _released: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.secrets:
@@ -109,27 +115,62 @@ class Run:
                         rest = masker.flush()
                         if rest:
                             await self._output(name, rest, masked=True)
-                    self.outcome = _json(payload)
+                    outcome = _json(payload)
                     if self.dropped:
-                        self.outcome["log_dropped"] = self.dropped
-                        payload = _dumps(self.outcome)
+                        outcome["log_dropped"] = self.dropped
+                        payload = _dumps(outcome)
+                    if not await self._unlock():
+                        return await self._cancelled_by_takeover()
+                    self.outcome = outcome
                     await hub.put(sid, eid, "exit", payload)
                     return
         except asyncio.CancelledError:
             request.cancel()
-            self.outcome = {"code": "cancelled", "message": "the execution was cancelled"}
+            if self.taken_over:
+                self.outcome = self._takeover_outcome()
+            else:
+                self.outcome = {"code": "cancelled", "message": "the execution was cancelled"}
+                self._unlock_later()
             hub.put_nowait(sid, eid, "error", _dumps(self.outcome))
             raise
         except SandlotError as exc:
+            if not await self._unlock():
+                return await self._cancelled_by_takeover()
             self.outcome = exc.to_dict()
             await hub.put(sid, eid, "error", _dumps(self.outcome))
         except Exception as exc:  # a bug must still end the stream for its followers
+            self._unlock_later()
             self.outcome = {"code": "sandlot_error", "message": f"server error: {exc}"}
             hub.put_nowait(sid, eid, "error", _dumps(self.outcome))
             raise
         finally:
             self.ended_at = time.time()
             self.done.set()
+
+    async def _unlock(self) -> bool:
+        """Release the session's run lock (if it took one); False: it was taken over."""
+        if self.release is None or self._released:
+            return not self.taken_over
+        self._released = True
+        return await self.release() and not self.taken_over
+
+    def _unlock_later(self) -> None:
+        if self.release is not None and not self._released:
+            self._released = True
+            task = asyncio.ensure_future(self.release())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _takeover_outcome(self) -> dict[str, Any]:
+        error = RunCancelledError(
+            f"this run was cancelled: another caller took session {self.session_id} over",
+            id=self.id,
+        )
+        return error.to_dict()
+
+    async def _cancelled_by_takeover(self) -> None:
+        self.taken_over = True
+        self.outcome = self._takeover_outcome()
+        await self.hub.put(self.session_id, self.id, "error", _dumps(self.outcome))
 
     async def _output(self, name: str, data: bytes, masked: bool = False) -> None:
         masker = None if masked else self.maskers.get(name)

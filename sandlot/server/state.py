@@ -8,6 +8,7 @@ caller's tenant, so another tenant's sandbox is indistinguishable from one that 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import json
 import logging
@@ -30,8 +31,11 @@ from ..errors import (
     ProviderUnavailableError,
     SandboxClosedError,
     SandboxNotFoundError,
+    SessionError,
 )
 from ..manager import LiveSandbox, Manager
+from ..manager.manager import default_provider
+from ..manager.sessions import SESSION_KEY, Attachment, Sessions
 from ..models import SandboxSpec
 from ..providers import DEFAULT, provider_class
 from ..secrets.refs import as_ref
@@ -50,6 +54,12 @@ log = logging.getLogger("sandlot.server")
 AUTH_CACHE_SECONDS = 2.0
 MAINTENANCE_SECONDS = 300.0  # between prunes of old logs and idempotency answers
 IDEMPOTENCY_SECONDS = 86400.0  # how long a stored first answer is kept
+# The caller of the request being served, as ``get`` last saw it: who an execution started in
+# the same request holds a session's run lock as.
+_CALLER: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "sandlot_caller", default=None
+)
+TAKEOVER_SECONDS = 5.0  # a killed run's end that takes longer is forced (a cancel)
 
 
 class ServerSettings(BaseModel):
@@ -116,6 +126,14 @@ class Principal:
     tenant: str
     admin: bool
     key_id: str | None = None
+    key_name: str | None = None
+
+    @property
+    def holder(self) -> str:
+        """Who holds a session's lease or run lock, as a busy error names it."""
+        if self.key_id is None:
+            return "local"
+        return f"key {self.key_id} ({self.key_name})" if self.key_name else f"key {self.key_id}"
 
 
 @dataclass
@@ -124,6 +142,7 @@ class Served:
 
     record: SandboxRecord
     live: LiveSandbox
+    durable: bool = False  # attached to a durable session: its runs take the session's lock
 
 
 @dataclass
@@ -136,6 +155,7 @@ class ServerState:
     hub: Hub
     manager: Manager
     metrics: Metrics
+    sessions: Sessions
     served: dict[str, Served] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)
     _auth_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
@@ -152,6 +172,7 @@ class ServerState:
         records = Records(db)
         hub = Hub(log, LogWriter(db, log, records), on_commit=metrics.count_events)
         hub.start()
+        manager = Manager(home, detached=True)
         state = cls(
             settings=settings,
             db=db,
@@ -159,15 +180,18 @@ class ServerState:
             records=records,
             log=log,
             hub=hub,
-            manager=Manager(home, detached=True),
+            manager=manager,
             metrics=metrics,
+            sessions=Sessions(manager, db, hub, owns_store=False),
         )
-        state.manager.on_release.append(state._released)
+        # First: the server records a sandbox's end (with why) before the sessions do.
+        state.manager.on_release.insert(0, state._released)
         state.manager.on_egress_event.append(state._egress_event)
         state.manager.secrets_for = state._secrets_of_sandbox
         await hub.write(state.keys.ensure_tenant, LOCAL_TENANT)
         await hub.write(records.release_pending_idempotency)
         await state.recover()
+        state.sessions.start_reaper()
         state._maintenance = asyncio.create_task(state._maintain())
         return state
 
@@ -187,6 +211,7 @@ class ServerState:
     async def close(self) -> None:
         if self._maintenance is not None:
             self._maintenance.cancel()
+        await self.sessions.close()
         for run in list(self.runs.values()):
             if run.task is not None:
                 run.task.cancel()
@@ -216,13 +241,17 @@ class ServerState:
                 self.hub.put_nowait(
                     execution.session_id, execution.id, "error", json.dumps(outcome).encode()
                 )
+                # A durable session's run lock held by it would never be released.
+                await self.sessions.unlock(execution.session_id, execution.id)
         for record in await asyncio.to_thread(self.records.list_sandboxes, None, None, "running"):
             try:
                 live = await self.manager.adopt(record.id)
             except Exception:
                 await self._end_sandbox(record.id, record.session_id, "gone after a restart")
                 continue
-            self.served[record.id] = Served(record, live)
+            session = await asyncio.to_thread(self.records.get_session, record.session_id)
+            durable = session is not None and session.workspace is not None
+            self.served[record.id] = Served(record, live, durable)
             self._note(record.session_id, "sandbox", {"event": "adopted", "sandbox": record.id})
 
     # -- auth -------------------------------------------------------------------------------
@@ -244,7 +273,7 @@ class ServerState:
             found: Principal | None = cached[1]
             return found
         key = await self.hub.write(self.keys.authenticate, token)  # it may note last use
-        principal = None if key is None else Principal(key.tenant, key.admin, key.id)
+        principal = None if key is None else Principal(key.tenant, key.admin, key.id, key.name)
         if len(self._auth_cache) > 10000:
             self._auth_cache.clear()
         self._auth_cache[token] = (time.monotonic() + AUTH_CACHE_SECONDS, principal)
@@ -326,6 +355,7 @@ class ServerState:
         return served
 
     async def get(self, principal: Principal, sandbox_id: str) -> Served:
+        _CALLER.set(principal)
         served = self.served.get(sandbox_id)
         if served is None or served.record.tenant != principal.tenant:
             await self.record(principal, sandbox_id)  # raises if there never was one
@@ -370,12 +400,18 @@ class ServerState:
         )
 
     def _secrets_of_sandbox(self, sandbox_id: str) -> DatabaseSecrets:
-        """A sandbox adopted after a restart resolves its references with its tenant's."""
+        """A sandbox adopted after a restart resolves its references with its tenant's; a
+        session's sandbox being attached (not recorded yet), with its session's tenant's."""
         served = self.served.get(sandbox_id)
         record = served.record if served else self.records.get_sandbox(sandbox_id)
-        if record is None:
+        if record is not None:
+            return self.secrets(record.tenant)
+        found = self.manager.store.get(sandbox_id)
+        session_id = found[0].metadata.get(SESSION_KEY) if found is not None else None
+        session = self.records.get_session(session_id) if session_id else None
+        if session is None:
             raise SandboxNotFoundError(f"no sandbox with id {sandbox_id!r}", id=sandbox_id)
-        return self.secrets(record.tenant)
+        return self.secrets(session.tenant)
 
     def check_network(self, network: Any) -> None:
         """A tenant may not point its sandbox at the server's own networks (loopback,
@@ -443,16 +479,23 @@ class ServerState:
         return task
 
     async def _end_sandbox(self, sandbox_id: str, session_id: str, why: str) -> None:
-        def end() -> bool:
-            # The session was this sandbox's own: it ends too, and its log ages from now.
+        def end() -> bool | None:
+            """None: it had ended already; else whether its session is durable."""
             if not self.records.end_sandbox(sandbox_id):
-                return False
-            self.records.end_session(session_id)
-            return True
+                return None
+            session = self.records.get_session(session_id)
+            durable = session is not None and session.workspace is not None
+            if not durable:
+                # The session was this sandbox's own: it ends too, and its log ages from now.
+                self.records.end_session(session_id)
+            return durable
 
-        if await self.hub.write(end):
-            self._note(session_id, "sandbox", {"event": "ended", "sandbox": sandbox_id, "why": why})
-            self.metrics.sandboxes_ended.inc()
+        durable = await self.hub.write(end)
+        if durable is None:
+            return
+        self._note(session_id, "sandbox", {"event": "ended", "sandbox": sandbox_id, "why": why})
+        self.metrics.sandboxes_ended.inc()
+        if not durable:  # a durable session goes on: its followers keep following
             await self.hub.flushed(session_id)
             self.hub.forget(session_id)
 
@@ -462,9 +505,27 @@ class ServerState:
     # -- executions -------------------------------------------------------------------------
 
     async def execute(
-        self, served: Served, op: str, args: dict[str, Any], summary: dict[str, Any]
+        self,
+        served: Served,
+        op: str,
+        args: dict[str, Any],
+        summary: dict[str, Any],
+        *,
+        holder: str | None = None,
+        force: bool | None = None,
     ) -> Run:
-        """Start an execution; returns once the agent accepted it (or raises its refusal)."""
+        """Start an execution; returns once the agent accepted it (or raises its refusal).
+
+        On a durable session's sandbox a foreground run takes the session's run lock first
+        (SessionBusyError naming its holder, unless ``force`` takes it over); a background
+        command with stdin and no timeout is a service, not a run, and takes none. Without
+        ``holder``, the caller this request looked the sandbox up for; without ``force``,
+        the request body's ``force`` (taken out of ``args``: the agent has no such option)."""
+        body_force = bool(args.pop("force", False))
+        force = body_force if force is None else force
+        if holder is None:
+            caller = _CALLER.get()
+            holder = caller.holder if caller is not None else "local"
         record = served.record
         secrets = await self.manager.secret_values(record.id)
         if args.get("env"):
@@ -473,19 +534,36 @@ class ServerState:
             env = {k: as_ref(v) or v for k, v in args["env"].items()}
             args["env"], used = await resolve_env(env, self.secrets(record.tenant))
             secrets = [*secrets, *used]
-        request = served.live.channel.open(op, **args)
-        run = Run(
-            id=new_execution_id(),
-            op=op,
-            session_id=record.session_id,
-            sandbox_id=record.id,
-            request=request,
-            hub=self.hub,
-            max_log_bytes=self.settings.max_log_bytes,
-            base_seq=self.hub.latest(record.session_id),
-            secrets=secrets,
+        execution_id = new_execution_id()
+        session_id = record.session_id
+        locks = served.durable and not (
+            op == "exec" and args.get("stdin") and args.get("timeout") is None
         )
-        await run.started(summary)
+        if locks:
+            await self._lock(session_id, execution_id, record.id, holder, force)
+        try:
+            request = served.live.channel.open(op, **args)
+            run = Run(
+                id=execution_id,
+                op=op,
+                session_id=session_id,
+                sandbox_id=record.id,
+                request=request,
+                hub=self.hub,
+                max_log_bytes=self.settings.max_log_bytes,
+                base_seq=self.hub.latest(session_id),
+                secrets=secrets,
+            )
+            if locks:
+                run.release = lambda: self.sessions.unlock(session_id, execution_id)
+            await run.started(summary)
+            if locks and run.pid is not None and op != "code.run":
+                # What a forced takeover kills (a cell is interrupted instead: below).
+                await self.sessions.set_lock_pid(session_id, execution_id, run.pid)
+        except BaseException:
+            if locks:
+                await self.sessions.unlock(session_id, execution_id)
+            raise
         self.runs[run.id] = run
         run.task = asyncio.create_task(self._pump(run))
         self.metrics.executions_started.labels(run.kind).inc()
@@ -501,6 +579,115 @@ class ServerState:
             self.metrics.executions_finished.labels(run.kind).inc()
             # Kept a while for stdin/signal calls that race with the end; then dropped.
             asyncio.get_running_loop().call_later(60, self.runs.pop, run.id, None)
+
+    async def _lock(
+        self, session_id: str, execution_id: str, sandbox_id: str, holder: str, force: bool
+    ) -> None:
+        """Take the session's run lock. A forced takeover cancels the holder's run: its
+        process is killed (Sessions.lock), and a run this server pumps ends with a
+        ``run_cancelled`` error (a code cell is interrupted, its context kept)."""
+        sessions = self.sessions
+        if not force:
+            await sessions.lock(session_id, execution_id, sandbox_id, holder=holder, force=False)
+            return
+        held = await asyncio.to_thread(sessions.store.lock_state, session_id)
+        await sessions.lock(session_id, execution_id, sandbox_id, holder=holder, force=True)
+        old = self.runs.get(held.execution or "")
+        if old is None or old.task is None or old.done.is_set():
+            return
+        old.taken_over = True
+        if old.op == "code.run" or old.pid is None:
+            old.task.cancel()
+        else:  # killed: its end comes from the agent; cancel it if that takes too long
+            asyncio.get_running_loop().call_later(
+                TAKEOVER_SECONDS, lambda: old.done.is_set() or old.task is None or old.task.cancel()
+            )
+
+    # -- durable sessions -------------------------------------------------------------------
+
+    async def attach(
+        self,
+        principal: Principal,
+        session_id: str,
+        spec: SandboxSpec,
+        *,
+        reuse: bool,
+        lease_ttl: float,
+    ) -> tuple[Served, Attachment]:
+        """A sandbox for a durable session (Sessions.attach), served like any other: every
+        sandbox endpoint works on it, and its runs take the session's run lock."""
+        self.check_provider(spec)
+        provider = default_provider(spec).provider or DEFAULT
+        try:
+            self.sessions.workspaces.check_provider(provider)
+        except SessionError as exc:
+            raise ProviderUnavailableError(exc.message, provider=provider) from None
+        self.check_network(spec.network)
+        if spec.bridge is not None:
+            await self.check_bridge(spec.bridge)
+        attached = await self.sessions.attach(
+            session_id,
+            spec,
+            tenant=principal.tenant,
+            holder=principal.holder,
+            reuse=reuse,
+            lease_ttl=lease_ttl,
+            keep_alive=False,  # the client heartbeats its lease
+        )
+        sandbox_id = attached.live.info.id
+        served = self.served.get(sandbox_id)
+        if served is not None and served.live.channel.closed is None:
+            if attached.live.channel is not served.live.channel:
+                attached.live.channel.close()  # the one it serves with will do
+            served.durable = True
+            return served, attached
+        live = attached.live
+        if attached.reused:  # not served here yet: look after it as if created here
+            live.channel.close()
+            live = await self.manager.adopt(sandbox_id)
+        record = await asyncio.to_thread(self.records.get_sandbox, sandbox_id)
+        if record is None:  # pragma: no cover - Sessions.attach records it
+            raise SandboxNotFoundError(f"no sandbox with id {sandbox_id!r}", id=sandbox_id)
+        served = Served(record, live, durable=True)
+        self.served[sandbox_id] = served
+        if not attached.reused:
+            self.metrics.sandboxes_created.inc()
+        return served, attached
+
+    async def lease_of(self, principal: Principal, session_id: str, lease_id: str) -> Any:
+        """The session's lease with this id (404 for another session's or tenant's)."""
+        from sqlalchemy import select
+
+        from ..store.database import leases
+
+        await self.sessions.get(session_id, principal.tenant)
+
+        def read() -> Any:
+            query = select(leases.c.id).where(
+                leases.c.id == lease_id, leases.c.session_id == session_id
+            )
+            with self.db.read() as conn:
+                return conn.execute(query).one_or_none()
+
+        if await asyncio.to_thread(read) is None:
+            raise NotFoundError(f"no lease {lease_id!r} on session {session_id}", id=lease_id)
+        return lease_id
+
+    async def heartbeat(self, principal: Principal, session_id: str, lease_id: str) -> None:
+        await self.lease_of(principal, session_id, lease_id)
+        if not await self.sessions.heartbeat(lease_id):
+            raise SandboxClosedError(
+                f"lease {lease_id} has expired or was released: its sandbox may be gone; "
+                "attach again",
+                id=lease_id,
+                session_id=session_id,
+            )
+
+    async def detach(
+        self, principal: Principal, session_id: str, lease_id: str, *, stop: bool
+    ) -> Any:
+        await self.lease_of(principal, session_id, lease_id)
+        return await self.sessions.detach(session_id, lease_id, stop=stop)
 
     async def run_of(self, principal: Principal, sandbox_id: str, execution_id: str) -> Run:
         await self.record(principal, sandbox_id)
