@@ -64,6 +64,9 @@ class RemoteChannel:
         self.base = "/v1/sandboxes/" + quote(sandbox_id, safe="")
         self.closed: SandlotError | None = None
         self.requests: set[RemoteRequest] = set()
+        # A durable session's sandbox attached with force=True: every execution asks the
+        # server to take the session's run lock over from whoever holds it.
+        self.force = False
 
     def open(self, op: str, **args: Any) -> RemoteRequest:
         if self.closed is not None:
@@ -187,8 +190,9 @@ class _Execution(RemoteRequest):
         import aiohttp
 
         client = self.channel.client
+        body = {**self.args, "force": True} if self.channel.force else self.args
         response = await client.open(
-            "POST", self.channel.base + EXECUTIONS[self.op], json=self.args, headers=SSE
+            "POST", self.channel.base + EXECUTIONS[self.op], json=body, headers=SSE
         )
         self._response = response
         self.execution_id = response.headers.get("X-Sandlot-Execution")

@@ -16,9 +16,10 @@ import atexit
 import contextlib
 import json
 import os
+import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ..errors import (
     InvalidArgumentError,
@@ -211,6 +212,56 @@ class Client:
         except ValueError:
             raise ProtocolError(f"the server answered with non-JSON: {body[:200]!r}") from None
 
+    # -- durable sessions (see :mod:`sandlot.remote.sessions`) -------------------------------
+
+    async def create_session(self, body: dict[str, Any]) -> Any:
+        """``POST /v1/sessions``, retried with one idempotency key."""
+        return await self.call(
+            "POST",
+            "/v1/sessions",
+            json=body,
+            headers={"Idempotency-Key": "session-" + uuid.uuid4().hex},
+            retry=True,
+        )
+
+    async def get_session(self, session_id: str) -> Any:
+        return await self.call("GET", _session_path(session_id))
+
+    async def list_sessions(self, metadata: dict[str, str] | None = None) -> Any:
+        params = [("metadata", f"{k}={v}") for k, v in (metadata or {}).items()]
+        return await self.call("GET", "/v1/sessions", params=params)
+
+    async def delete_session(self, session_id: str) -> None:
+        await self.call("DELETE", _session_path(session_id))
+
+    async def session_events(self, session_id: str, after: int = 0, limit: int = 1000) -> Any:
+        """The transcript as JSON (see ``SessionEventOut``)."""
+        params = {"after": str(after), "limit": str(limit)}
+        return await self.call("GET", _session_path(session_id) + "/events", params=params)
+
+    async def checkpoint_session(self, session_id: str) -> Any:
+        return await self.call("POST", _session_path(session_id) + "/checkpoint")
+
+    async def attach_session(self, session_id: str, body: dict[str, Any]) -> Any:
+        """``POST /v1/sessions/{id}/sandboxes`` (retried with one idempotency key: a retry
+        after a lost answer gets the same sandbox and lease)."""
+        return await self.call(
+            "POST",
+            _session_path(session_id) + "/sandboxes",
+            json=body,
+            headers={"Idempotency-Key": "attach-" + uuid.uuid4().hex},
+            retry=True,
+        )
+
+    async def heartbeat_lease(self, session_id: str, lease_id: str) -> None:
+        """SandboxClosedError once the lease has expired or was released."""
+        path = f"{_session_path(session_id)}/leases/{quote(lease_id, safe='')}/heartbeat"
+        await self.call("POST", path, retry=True)
+
+    async def detach_session(self, session_id: str, lease_id: str, *, stop: bool = True) -> Any:
+        path = f"{_session_path(session_id)}/leases/{quote(lease_id, safe='')}"
+        return await self.call("DELETE", path, params={"stop": "true" if stop else "false"})
+
     # -- secrets (values go in, never out) ----------------------------------------------------
 
     async def set_secret(self, name: str, value: str) -> None:
@@ -237,6 +288,12 @@ class Client:
         except SecretNotFoundError:
             return False
         return True
+
+
+def _session_path(session_id: str) -> str:
+    if not isinstance(session_id, str) or not session_id:
+        raise InvalidArgumentError("a session id is a non-empty string")
+    return "/v1/sessions/" + quote(session_id, safe="")
 
 
 async def error_of(response: aiohttp.ClientResponse) -> SandlotError:
