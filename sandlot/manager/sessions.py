@@ -30,7 +30,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from ..errors import InvalidArgumentError, SandlotError, SessionBusyError, SessionError
+from ..errors import (
+    InvalidArgumentError,
+    SandboxNotFoundError,
+    SandlotError,
+    SessionBusyError,
+    SessionError,
+)
 from ..models import SandboxSpec
 from .manager import LiveSandbox, Manager, default_provider
 from .workspaces import Workspaces
@@ -418,6 +424,8 @@ class Sessions:
         self._waiting[sandbox_id] = waiter
         try:
             await self.manager.kill(sandbox_id)
+        except SandboxNotFoundError:
+            pass  # another process (its reaper, a kill) got there first
         finally:
             self._waiting.pop(sandbox_id, None)
         result = waiter.result() if waiter.done() else None
