@@ -54,12 +54,17 @@ _OWNER_STARTED = procinfo.start_time(os.getpid())
 _TAKEN: dict[str, dict[str, Any]] = {}
 
 
+_PID = os.getpid()
+
+
 @atexit.register
 def _kill_taken() -> None:
     from pathlib import Path
 
     from ..providers import cgroups
 
+    if os.getpid() != _PID:  # a forked child's exit: they are its parent's
+        return
     for handle in list(_TAKEN.values()):
         try:
             cgroups.kill_all([Path(g) for g in handle.get("cgroups", [])])
