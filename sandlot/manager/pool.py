@@ -97,6 +97,10 @@ def pool_key(spec: SandboxSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _released(sandbox_id: str) -> None:
+    _TAKEN.pop(sandbox_id, None)
+
+
 @dataclass
 class PoolStatus:
     key: str
@@ -117,7 +121,7 @@ class Pools:
         self._refilling: dict[str, asyncio.Task[Any]] = {}
         self._token = secrets.token_hex(4)
         self._closed = False
-        manager.on_release.append(lambda sandbox_id: _TAKEN.pop(sandbox_id, None))
+        manager.on_release.append(_released)
 
     # -- configuration ----------------------------------------------------------------------
 
