@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy, is_public, system_resolver
 from ..errors import (
+    CodeContextBusyError,
     ExecutionLostError,
     ForbiddenError,
     InvalidArgumentError,
@@ -539,24 +540,35 @@ class ServerState:
         locks = served.durable and not (
             op == "exec" and args.get("stdin") and args.get("timeout") is None
         )
+        interrupted = False
         if locks:
-            await self._lock(session_id, execution_id, record.id, holder, force)
+            interrupted = await self._lock(session_id, execution_id, record.id, holder, force)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TAKEOVER_SECONDS
         try:
-            request = served.live.channel.open(op, **args)
-            run = Run(
-                id=execution_id,
-                op=op,
-                session_id=session_id,
-                sandbox_id=record.id,
-                request=request,
-                hub=self.hub,
-                max_log_bytes=self.settings.max_log_bytes,
-                base_seq=self.hub.latest(session_id),
-                secrets=secrets,
-            )
-            if locks:
-                run.release = lambda: self.sessions.unlock(session_id, execution_id)
-            await run.started(summary)
+            while True:
+                request = served.live.channel.open(op, **args)
+                run = Run(
+                    id=execution_id,
+                    op=op,
+                    session_id=session_id,
+                    sandbox_id=record.id,
+                    request=request,
+                    hub=self.hub,
+                    max_log_bytes=self.settings.max_log_bytes,
+                    base_seq=self.hub.latest(session_id),
+                    secrets=secrets,
+                )
+                if locks:
+                    run.release = lambda: self.sessions.unlock(session_id, execution_id)
+                try:
+                    await run.started(summary)
+                    break
+                except CodeContextBusyError:
+                    # The cell a takeover interrupted is still winding down in its context.
+                    if not interrupted or loop.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
             if locks and run.pid is not None and op != "code.run":
                 # What a forced takeover kills (a cell is interrupted instead: below).
                 await self.sessions.set_lock_pid(session_id, execution_id, run.pid)
@@ -582,26 +594,28 @@ class ServerState:
 
     async def _lock(
         self, session_id: str, execution_id: str, sandbox_id: str, holder: str, force: bool
-    ) -> None:
+    ) -> bool:
         """Take the session's run lock. A forced takeover cancels the holder's run: its
         process is killed (Sessions.lock), and a run this server pumps ends with a
-        ``run_cancelled`` error (a code cell is interrupted, its context kept)."""
+        ``run_cancelled`` error (a code cell is interrupted, its context kept: True)."""
         sessions = self.sessions
         if not force:
             await sessions.lock(session_id, execution_id, sandbox_id, holder=holder, force=False)
-            return
+            return False
         held = await asyncio.to_thread(sessions.store.lock_state, session_id)
         await sessions.lock(session_id, execution_id, sandbox_id, holder=holder, force=True)
         old = self.runs.get(held.execution or "")
         if old is None or old.task is None or old.done.is_set():
-            return
+            return False
         old.taken_over = True
         if old.op == "code.run" or old.pid is None:
             old.task.cancel()
+            return True
         else:  # killed: its end comes from the agent; cancel it if that takes too long
             asyncio.get_running_loop().call_later(
                 TAKEOVER_SECONDS, lambda: old.done.is_set() or old.task is None or old.task.cancel()
             )
+        return False
 
     # -- durable sessions -------------------------------------------------------------------
 

@@ -339,3 +339,34 @@ def test_the_transcript_follows_live_over_sse_and_keeps_bytes_exact(server: Serv
     assert output[0].text == "live\n"
     assert output[1].raw == b"caf\xc3\xa9 \xff\n" and output[1].text == "café \ufffd\n"
     s.delete()
+
+
+@pytest.mark.timeout(60)
+def test_a_forced_takeover_interrupts_a_cell_and_keeps_its_context(server: ServerProcess) -> None:
+    s = sandlot.Session.create()
+    one = s.sandbox(provider="bwrap", timeout=120)
+    try:
+        one.run_code("x = 41")
+        outcome: list[BaseException] = []
+        seen: list[str] = []
+
+        def long_cell() -> None:
+            try:
+                one.run_code("import time\nprint('go', flush=True)\ntime.sleep(60)")
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=long_cell)
+        thread.start()
+        _wait_for(lambda: any(e.text == "go\n" for e in s.events()), 20, "the long cell")
+        theirs = sandlot.Session.connect(s.id, client=sandlot.Client(url=server.url))
+        two = theirs.sandbox(provider="bwrap", timeout=120, reuse=True, force=True)
+        assert two.run_code("x + 1").text == "42"  # the context kept its state
+        thread.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], sandlot.RunCancelledError)
+        seen.extend(e.kind for e in s.events())
+        assert seen.index("cancelled") < seen.index("error")
+        theirs.detach(two)
+    finally:
+        s.detach(one)
+    s.delete()
