@@ -3,7 +3,9 @@
 Settings: the endpoint from ``SANDLOT_S3_ENDPOINT`` (else boto3's own ``AWS_ENDPOINT_URL``,
 else AWS); credentials from boto3's standard chain (``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY``, a profile, an instance role); the region from ``AWS_REGION`` /
-``AWS_DEFAULT_REGION`` or ``us-east-1``. Credentials are never logged nor put in a message.
+``AWS_DEFAULT_REGION`` or ``us-east-1``; ``SANDLOT_S3_READ_TIMEOUT`` (seconds, default 60)
+bounds the wait for an answer before a request is retried. Credentials are never logged nor
+put in a message.
 
 A PUT is atomic, so a manifest is either there whole or not at all; it is written after every
 blob it names. ``requests`` counts the API calls made (``PutObject``, ``HeadObject``, ...).
@@ -25,6 +27,14 @@ from .store import MANIFEST_RE, Staged, WorkspaceStore, store_error
 
 CHUNK = 1 << 20
 MULTIPART_OVER = 64 << 20
+
+
+def _timeout() -> float:
+    """Seconds to wait for an answer before retrying: ``SANDLOT_S3_READ_TIMEOUT``, else 60."""
+    try:
+        return max(1.0, float(os.environ.get("SANDLOT_S3_READ_TIMEOUT") or 60))
+    except ValueError:
+        return 60.0
 
 
 class S3Store(WorkspaceStore):
@@ -68,7 +78,7 @@ class S3Store(WorkspaceStore):
                 region_name=region,
                 max_pool_connections=max(16, self.workers * 2),
                 connect_timeout=5,
-                read_timeout=60,
+                read_timeout=_timeout(),
                 retries={"max_attempts": 4, "mode": "standard"},
                 s3={"addressing_style": "path" if self.endpoint else "auto"},
                 request_checksum_calculation="when_required",

@@ -87,6 +87,17 @@ def store_error(message: str, **details: object) -> SandlotError:
 
 
 @dataclass
+class _Latest:
+    """A session's latest manifest as this process knows it: parsed from the store, or the
+    entries it just wrote (validated only if someone asks for the Manifest)."""
+
+    number: int
+    hashes: set[str]
+    manifest: Manifest | None = None
+    raw: dict | None = None
+
+
+@dataclass
 class Staged:
     """A blob's content read privately from the workspace: in memory or in a temp file."""
 
@@ -113,7 +124,7 @@ class WorkspaceStore(ABC):
 
     def __init__(self) -> None:
         self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
-        self._cache: dict[str, Manifest] = {}  # session -> its latest manifest, as parsed
+        self._cache: dict[str, _Latest] = {}  # session -> its latest manifest
         self._pinned: collections.Counter[str] = collections.Counter()  # in-flight blobs
         self._mutex = threading.Lock()
 
@@ -169,7 +180,16 @@ class WorkspaceStore(ABC):
 
     def latest_sync(self, session_id: str) -> Manifest | None:
         check_session_id(session_id)
-        names = self.manifest_names(session_id)
+        latest = self._latest(session_id, self.manifest_names(session_id))
+        if latest is None:
+            return None
+        if latest.manifest is None:  # one this process wrote: built from its own entries
+            latest.manifest = Manifest.model_validate(latest.raw)
+            latest.raw = None
+        return latest.manifest
+
+    def _latest(self, session_id: str, names: dict[int, str]) -> _Latest | None:
+        """The latest manifest among ``names``, from the cache when it is the one we know."""
         if not names:
             self._cache.pop(session_id, None)
             return None
@@ -180,8 +200,12 @@ class WorkspaceStore(ABC):
         manifest = Manifest.decode(
             self.read_manifest(session_id, names[number]), session_id, number
         )
-        self._cache[session_id] = manifest
-        return manifest
+        latest = _Latest(number, manifest.hashes(), manifest=manifest)
+        self._cache[session_id] = latest
+        return latest
+
+    def _remember(self, session_id: str, number: int, raw: dict, hashes: set[str]) -> None:
+        self._cache[session_id] = _Latest(number, hashes, raw=raw)
 
     def checkpoint_sync(
         self, session_id: str, folder: Path, index: Path | None = None

@@ -206,6 +206,9 @@ async def test_tampered_blob_is_refused(store: WorkspaceStore, tmp_path: Path) -
             Body=evil,  # type: ignore[attr-defined]
         )
     else:
+        # The local store's folder is the host's own (0700): by default a restore checks
+        # sizes only; with verify=True it hashes every blob again, as the S3 store does.
+        store.verify = True  # type: ignore[attr-defined]
         blob = store._blob(digest)  # type: ignore[attr-defined]
         os.chmod(blob, 0o644)
         blob.write_bytes(evil)
@@ -252,3 +255,19 @@ async def test_restore_gives_entries_to_the_folder_owner(
         st = p.lstat()
         assert (st.st_uid, st.st_gid) == (1000, 1000), p
     assert os.stat(dst / "a" / "run.sh").st_mode & 0o777 == 0o755
+
+
+async def test_local_store_refuses_a_blob_of_the_wrong_size(tmp_path: Path) -> None:
+    store = open_store("local", tmp_path / "home")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "f").write_text("original content")
+    await store.checkpoint(SID, ws, None)
+    manifest = await store.latest(SID)
+    assert manifest is not None and manifest.entries["f"].hash is not None
+    store._blob(manifest.entries["f"].hash).write_bytes(b"longer than the original")  # type: ignore[attr-defined]
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    with pytest.raises(ProtocolError, match="size"):
+        await store.restore(SID, dst, None)
+    assert not (dst / "f").exists()
