@@ -301,15 +301,26 @@ class Sessions:
         spec = spec.model_copy(update={"metadata": {**spec.metadata, SESSION_KEY: session_id}})
         live = await self.manager.create(spec)
         sandbox_id = live.info.id
+        lease: Any = None
+        restored: Any = None
         try:
             session = {"id": session_id, "workspace": record.workspace}
             live.info.handle["session"] = session
             self.manager.store.set_handle(sandbox_id, live.info.handle)
-            restored = await self.workspaces.restore(session, self.manager.folder(sandbox_id))
-            lease = await self._record_attach(session_id, live, holder, key, ttl, record.tenant)
+            # The files (a worker thread) and the records (the store's writer) at once.
+            restored, lease = await asyncio.gather(
+                self.workspaces.restore(session, self.manager.folder(sandbox_id)),
+                self._record_attach(session_id, live, holder, key, ttl, record.tenant),
+                return_exceptions=True,
+            )
+            for outcome in (restored, lease):
+                if isinstance(outcome, BaseException):
+                    raise outcome
         except BaseException:
-            live.info.handle.pop("session", None)  # nothing worth saving yet
+            live.info.handle.pop("session", None)  # a half-restored workspace is not saved
             self.manager.store.set_handle(sandbox_id, live.info.handle)
+            if lease is not None and not isinstance(lease, BaseException):
+                await self._write(self.store.release_lease, lease.id)
             await self.manager.kill(sandbox_id)
             raise
         self.note(
@@ -321,6 +332,8 @@ class Sessions:
         )  # fmt: skip
         if keep_alive:
             self._keep(lease.id, ttl)
+        if restored is not None:  # nobody may write before the restore's clock tick is over
+            await asyncio.sleep(max(0.0, (restored.settled_ns - time.time_ns()) / 1e9))
         return Attachment(session_id, live, lease.id, False, restored)
 
     async def _existing(

@@ -62,8 +62,11 @@ class Workspaces:
         return await self.store(session["workspace"]).checkpoint(session["id"], workspace, index)
 
     async def restore(self, session: dict[str, Any], sandbox_folder: Path) -> Any:
+        """Restore without waiting for the clock to move past the last write: the caller
+        keeps the sandbox to itself until the answer's ``settled_ns``."""
         workspace, index = self.paths(sandbox_folder)
-        return await self.store(session["workspace"]).restore(session["id"], workspace, index)
+        store = self.store(session["workspace"])
+        return await store.restore(session["id"], workspace, index, settle=False)
 
     async def save_released(self, sandbox_id: str, session: dict[str, Any], folder: Path) -> Any:
         """Checkpoint a released sandbox's workspace. If that fails, move the folder aside

@@ -44,8 +44,32 @@ O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 CHUNK = 1 << 20
-MARGIN_NS = 20_000_000  # an index entry is trusted if its ctime is this much older than its scan
+
+
+def _tick_ns() -> int:
+    """How coarse a file's ctime can be: the kernel stamps it from its coarse clock (one
+    timer tick, 1-10 ms; kernels with fine-grained timestamps are finer still)."""
+    try:
+        import ctypes
+
+        class _Timespec(ctypes.Structure):
+            _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+        res = _Timespec()
+        if ctypes.CDLL(None, use_errno=True).clock_getres(6, ctypes.byref(res)) == 0:
+            return int(res.sec * 1_000_000_000 + res.nsec)  # 6: CLOCK_MONOTONIC_COARSE
+    except (OSError, AttributeError):
+        pass
+    return 10_000_000
+
+
+# An index entry is trusted if its ctime is this much older than its scan: one tick of the
+# coarse clock, and a millisecond to spare. (File systems with coarser timestamps, such as
+# FAT's two seconds, are not suited to a workspace.)
+MARGIN_NS = min(_tick_ns(), 20_000_000) + 1_000_000
+_FINE_CTIME: dict[int, bool] = {}  # by device: whether ctimes are fine-grained
 MAX_DEPTH = 512
+INLINE_FILES = 64  # a restore of at most this many files copies them on its own thread
 INDEX_FORMAT = 1
 
 StatKey = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, ino, mode
@@ -480,9 +504,43 @@ def _hash_fd(fd: int) -> str:
     return h.hexdigest()
 
 
+def _fine_ctime(folder: Path, dev: int) -> bool:
+    """Whether a change right after a stat always gets a later ctime on this file system
+    (Linux 6.13+ multigrain timestamps): then a restore need not wait for the clock to
+    tick. Probed once per device, in ``folder`` (outside the workspace)."""
+    found = _FINE_CTIME.get(dev)
+    if found is None:
+        probe = folder / f".ctime-probe-{os.getpid()}-{threading.get_ident()}"
+        try:
+            fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return False
+        try:
+            found = os.fstat(fd).st_dev == dev
+            for _ in range(8):  # a coarse clock would give two changes in a row one ctime
+                os.write(fd, b"x")
+                before = os.fstat(fd).st_ctime_ns
+                os.write(fd, b"x")
+                found = found and os.fstat(fd).st_ctime_ns != before
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+        _FINE_CTIME[dev] = found
+    return found
+
+
 def restore(
-    store: WorkspaceStore, session_id: str, folder: Path, index_path: Path | None
+    store: WorkspaceStore,
+    session_id: str,
+    folder: Path,
+    index_path: Path | None,
+    *,
+    settle: bool = True,
 ) -> RestoreInfo | None:
+    """Make ``folder`` hold the checkpoint. ``settle=False``: return without waiting out
+    the clock tick of the last write; the caller must then keep the folder unchanged until
+    ``settled_ns`` (``time.time_ns()``) of the answer, so no change can share a ctime with
+    what the index recorded."""
     t0 = time.perf_counter()
     manifest = store.latest_sync(session_id)
     if manifest is None:
@@ -632,7 +690,10 @@ def restore(
             finally:
                 os.close(dfd)
 
-        if tasks:
+        if sum(len(files) for _, files in tasks) <= INLINE_FILES:
+            for task in tasks:  # a few files: starting threads would cost more than copying
+                write(task)
+        elif tasks:
             with ThreadPoolExecutor(store.workers, thread_name_prefix="restore") as pool:
                 for _ in pool.map(write, tasks):
                     pass
@@ -659,10 +720,13 @@ def restore(
     # The index's stats were taken just now: wait out a clock tick so that any later change
     # gets a different ctime, then call them trustworthy.
     newest = max((key[2] for key, _ in new_index.entries.values()), default=0)
-    wait = (newest + MARGIN_NS + 1_000_000 - time.time_ns()) / 1e9
-    if wait > 0:
-        time.sleep(min(wait, 0.2))
-    new_index.trusted_before_ns = time.time_ns() - MARGIN_NS
+    fine = index_path is not None and _fine_ctime(index_path.parent, new_index.dev)
+    settled = newest + (1 if fine else MARGIN_NS)
+    if settle:
+        wait = (settled - time.time_ns()) / 1e9
+        if wait > 0:
+            time.sleep(min(wait, 0.2))
+    new_index.trusted_before_ns = newest + 1  # every entry recorded here
     new_index.save(index_path)
     return RestoreInfo(
         session_id=session_id,
@@ -672,4 +736,5 @@ def restore(
         fetched_blobs=len(fetched),
         fetched_bytes=sum(fetched),
         seconds=time.perf_counter() - t0,
+        settled_ns=settled,
     )

@@ -182,3 +182,5 @@ class RestoreInfo(BaseModel):
     fetched_blobs: int
     fetched_bytes: int
     seconds: float
+    # The folder must stay unchanged until then (``time.time_ns()``) for the index to hold.
+    settled_ns: int = Field(0, exclude=True)

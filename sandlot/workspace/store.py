@@ -217,13 +217,13 @@ class WorkspaceStore(ABC):
             return checkpoint(self, session_id, Path(folder), index)
 
     def restore_sync(
-        self, session_id: str, folder: Path, index: Path | None = None
+        self, session_id: str, folder: Path, index: Path | None = None, *, settle: bool = True
     ) -> RestoreInfo | None:
         from .checkpoint import restore
 
         check_session_id(session_id)
         with self._locks[session_id]:
-            return restore(self, session_id, Path(folder), index)
+            return restore(self, session_id, Path(folder), index, settle=settle)
 
     def delete_sync(self, session_id: str, grace: float = 60.0) -> int:
         check_session_id(session_id)
@@ -267,10 +267,13 @@ class WorkspaceStore(ABC):
         return await asyncio.to_thread(self.checkpoint_sync, session_id, folder, index)
 
     async def restore(
-        self, session_id: str, folder: Path, index: Path | None = None
+        self, session_id: str, folder: Path, index: Path | None = None, *, settle: bool = True
     ) -> RestoreInfo | None:
-        """Make ``folder`` hold the session's latest checkpoint (None: it has none)."""
-        return await asyncio.to_thread(self.restore_sync, session_id, folder, index)
+        """Make ``folder`` hold the session's latest checkpoint (None: it has none).
+        ``settle=False``: see :func:`sandlot.workspace.checkpoint.restore`."""
+        return await asyncio.to_thread(
+            lambda: self.restore_sync(session_id, folder, index, settle=settle)
+        )
 
     async def delete(self, session_id: str, grace: float = 60.0) -> int:
         """Delete the session's manifests, then unreferenced blobs; returns blobs deleted."""
