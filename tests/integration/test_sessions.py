@@ -26,7 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def sessions() -> AsyncIterator[Sessions]:
+async def sessions(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Sessions]:
+    """This loop's sessions, whose background reaper passes only once (at its start): the
+    tests call :meth:`Sessions.reap` themselves, when they mean to."""
+    monkeypatch.setenv("SANDLOT_REAP_INTERVAL", "3600")
     found = await Sessions.local()
     yield found
     await found.close()
