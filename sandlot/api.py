@@ -6,7 +6,7 @@ agent as it is, and the SDK builds the same body from the arguments it already c
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -24,6 +24,8 @@ from .models import (
 from .secrets.refs import MaybeSecret
 
 NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)  # stored as epoch seconds: far from datetime's end
 FORCE_DESCRIPTION = (
     "on a durable session's sandbox: cancel the run that holds the session's run lock "
     "(its stream ends with a `run_cancelled` error) instead of answering 409"
@@ -236,8 +238,12 @@ class SessionCreateRequest(_Body):
     @field_validator("delete_after")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("delete_after needs a time zone (e.g. 2030-01-01T00:00:00Z)")
+        if not EPOCH <= value <= LATEST:
+            raise ValueError("delete_after must be between 1970 and 9000")
         return value
 
 

@@ -36,6 +36,7 @@ EVENTS_RESPONSE = {
     }
 }
 OUTPUT = ("stdout", "stderr")
+MAX_SEQ = 2**63 - 1  # what the database's integers hold
 
 
 def session_out(record: Any) -> SessionOut:
@@ -136,7 +137,9 @@ async def session_events(
     session_id: str,
     state: State,
     caller: Caller,
-    after: Annotated[int | None, Query(ge=0, description="events after this seq")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="events after this seq")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10000, description="JSON: at most this many")] = 1000,
     follow: Annotated[bool, Query(description="SSE: go on with new events as they come")] = True,
     accept: Annotated[str | None, Header()] = None,
@@ -145,7 +148,7 @@ async def session_events(
     """The session's transcript across every sandbox it has had, oldest first. As JSON: a
     list of :class:`SessionEventOut`. As Server-Sent Events (``id`` = seq, resumable with
     ``Last-Event-ID``): the log so far, then new events while ``follow``."""
-    start = after_from(after, last_event_id)
+    start = min(after_from(after, last_event_id), MAX_SEQ)
     if wants_stream(accept):
         await state.sessions.get(session_id, caller.tenant)
         return event_stream(state, session_id, start, follow=follow)
