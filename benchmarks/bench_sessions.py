@@ -79,8 +79,13 @@ class Bench(BenchBase):
         from sandlot.manager import Manager
         from sandlot.sdk.sync import _portal
 
+        from sandlot.store import Store, default_home
+
         self.portal = _portal
         self.Manager = Manager
+        # One connection for polling, open for the whole run: closing a second connection
+        # to a database this process holds open would drop the process's locks on it.
+        self.store = Store(default_home())
         self.session: Any = None
         self.attach_rows: dict[str, Row] = {}
         self.detach_rows: dict[str, Row] = {}
@@ -107,17 +112,13 @@ class Bench(BenchBase):
     def _wait_full(self) -> None:
         from sandlot.manager.manager import default_provider
         from sandlot.manager.pool import pool_key
-        from sandlot.store import Store, default_home
 
-        store = Store(default_home())
-        try:
-            for subject in (WARM, PLAIN):
-                key = pool_key(default_provider(self._spec(subject)))
-                deadline = now() + 30
-                while sum(1 for m in store.pool_members(key) if m[3]) < SIZE and now() < deadline:
-                    time.sleep(0.002)
-        finally:
-            store.close()
+        store = self.store
+        for subject in (WARM, PLAIN):
+            key = pool_key(default_provider(self._spec(subject)))
+            deadline = now() + 30
+            while sum(1 for m in store.pool_members(key) if m[3]) < SIZE and now() < deadline:
+                time.sleep(0.002)
 
     def _setup(self) -> None:
         self.session = self.sandlot.Session.create(metadata={"bench": "sessions"})
@@ -255,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     commit = git_commit()
     results = Results()
-    Bench(args, results).run_sections()
+    bench = Bench(args, results)
+    try:
+        bench.run_sections()
+    finally:
+        bench.store.close()
     results.note_load()
     args_json = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     meta = run_meta("bench_sessions.py", argv, started, load0, commit, base_versions(), args_json)

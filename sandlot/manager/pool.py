@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ _OWNER_STARTED = procinfo.start_time(os.getpid())
 # ``--die-with-parent`` (by whichever process filled the pool), so the owner's exit ends it
 # here instead (gc ends it if the owner is SIGKILLed).
 _TAKEN: dict[str, dict[str, Any]] = {}
+_FILLERS: weakref.WeakSet[Manager] = weakref.WeakSet()  # this process's member makers
 
 
 _PID = os.getpid()
@@ -237,10 +239,12 @@ class Pools:
 
         manager = self.manager
         provider = manager.provider(info.provider)
-        filler = self._filler
         held = None
         child = None
-        if filler is not None:  # made by this process: its channel is open already
+        # Made by this process (by any manager's filler: the taker's pools may not be the
+        # ones that filled): its channel is open already, and its maker must let go of it,
+        # or that maker would release it (and remove its folder) when it ends.
+        for filler in [f for f in _FILLERS if f.home == manager.home]:
             held = filler._owned.pop(info.id, None)
             timer = filler._timers.pop(info.id, None)
             if timer is not None:
@@ -248,6 +252,7 @@ class Pools:
             if held is not None:
                 children = getattr(filler.provider(info.provider), "_children", {})
                 child = children.get(info.handle.get("pid"))
+                break
         try:
             if held is not None and held.channel.closed is None:
                 channel = held.channel
@@ -284,6 +289,7 @@ class Pools:
             filler.pools.enabled = False
             filler._collected = True  # no gc or sweeper of its own: this manager's do it
             self._filler = filler
+            _FILLERS.add(filler)
         return self._filler
 
     def refill(self, key: str, delay: float = 0.0) -> None:

@@ -290,3 +290,31 @@ async def test_follow_a_run_from_another_caller(sessions: Sessions) -> None:
         assert (seen[0].kind, seen[-1].kind) == ("started", "exit")
         assert "".join(e.text or "" for e in seen) == "1\n2\n3\n"
         await run
+
+
+async def test_attach_takes_a_warm_sandbox_filled_by_another_manager(sessions: Sessions) -> None:
+    """A pool this process's own manager filled serves the sessions' manager: the member
+    carries no session data, and its maker lets go of it (else it would release it, folder
+    and all, when the session stops it)."""
+    from sandlot.manager import Manager
+    from sandlot.manager.pool import _FILLERS
+    from sandlot.models import SandboxSpec
+
+    pools = Manager.current().pools
+    spec = SandboxSpec(env={"POOL": "sessions-test"})
+    await pools.set(spec, 2)
+    try:
+        s = await sandlot.AsyncSession.create()
+        for round_ in range(3):
+            sb = await s.sandbox(env={"POOL": "sessions-test"})
+            assert sb.info.handle.get("pooled")
+            # Its maker let go of it: only the sessions' manager may release it.
+            assert all(sb.id not in f._owned for f in _FILLERS)
+            before = await sb.commands.run("ls -A /workspace")
+            assert before.stdout.split() == ([] if round_ == 0 else ["n"])
+            await sb.files.write("/workspace/n", str(round_))
+            await s.detach(sb)  # raised SessionError when the maker removed the folder first
+        assert (await s.refresh()).checkpoint == 3
+    finally:
+        for status in pools.list():
+            await pools.remove(status.key)
