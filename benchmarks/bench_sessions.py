@@ -78,7 +78,6 @@ class Bench(BenchBase):
         super().__init__(args, results)
         from sandlot.manager import Manager
         from sandlot.sdk.sync import _portal
-
         from sandlot.store import Store, default_home
 
         self.portal = _portal
