@@ -24,9 +24,10 @@ OUTPUT = ROOT / "docs" / "api.md"
 sys.path.insert(0, str(ROOT))
 
 # Sections in this order; a tag not listed here follows, alphabetically.
-TAG_ORDER = ("sandboxes", "executions", "files", "code", "keys", "health")
+TAG_ORDER = ("sandboxes", "sessions", "executions", "files", "code", "keys", "health")
 TAG_TITLES = {
     "sandboxes": "Sandboxes",
+    "sessions": "Durable sessions",
     "executions": "Commands and code cells (executions)",
     "files": "Files",
     "code": "Code contexts",

@@ -38,6 +38,7 @@ from ..errors import (
     SessionError,
 )
 from ..models import SandboxSpec
+from ..secrets.store import SecretStore
 from .manager import LiveSandbox, Manager, default_provider
 from .workspaces import Workspaces
 
@@ -68,17 +69,24 @@ def check_seconds(value: object, what: str) -> float | None:
     return float(value)
 
 
+MAX_DELETE_AFTER = 100 * 365 * 86400.0  # seconds from now: later is a mistake, not a plan
+
+
 def check_when(value: object) -> float | None:
-    """``delete_after``: an aware datetime, or seconds from now."""
+    """``delete_after``: an aware datetime, or seconds from now (at most a century)."""
     if value is None:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise InvalidArgumentError("delete_after must be time-zone aware (e.g. UTC)")
-        return value.timestamp()
-    seconds = check_seconds(value, "delete_after")
-    assert seconds is not None
-    return time.time() + seconds
+        when = value.timestamp()
+    else:
+        seconds = check_seconds(value, "delete_after")
+        assert seconds is not None
+        when = time.time() + seconds
+    if not when - time.time() <= MAX_DELETE_AFTER:
+        raise InvalidArgumentError("delete_after is at most a century from now")
+    return when
 
 
 @dataclass
@@ -280,10 +288,12 @@ class Sessions:
         reuse: bool = False,
         lease_ttl: float = LEASE_TTL,
         keep_alive: bool = True,
+        secrets: SecretStore | None = None,
     ) -> Attachment:
         """A sandbox for the session: the live one when ``reuse`` and its spec matches
         exactly, else a fresh one with the workspace restored. ``keep_alive``: heartbeat
-        the lease from this process until :meth:`detach`."""
+        the lease from this process until :meth:`detach`. ``secrets``: what the spec's
+        secret references resolve with (a server: the tenant's)."""
         ttl = check_seconds(lease_ttl, "lease_ttl") or LEASE_TTL
         record = await self.get(session_id, tenant)
         spec = default_provider(spec)
@@ -299,7 +309,7 @@ class Sessions:
                     self._keep(attached.lease_id, ttl)
                 return attached
         spec = spec.model_copy(update={"metadata": {**spec.metadata, SESSION_KEY: session_id}})
-        live = await self.manager.create(spec)
+        live = await self.manager.create(spec, secrets=secrets)
         sandbox_id = live.info.id
         lease: Any = None
         restored: Any = None

@@ -76,7 +76,8 @@ async def _start(
             return _replayed(state, replay, accept)
     try:
         served = await state.get(caller, sandbox_id)
-        run = await state.execute(served, op, args, summary)
+        force = bool(args.pop("force", False))  # for the session's lock, not the agent
+        run = await state.execute(served, op, args, summary, holder=caller.holder, force=force)
     except BaseException:
         await once.abandon()
         raise

@@ -8,7 +8,6 @@ caller's tenant, so another tenant's sandbox is indistinguishable from one that 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ipaddress
 import json
 import logging
@@ -36,7 +35,7 @@ from ..errors import (
 )
 from ..manager import LiveSandbox, Manager
 from ..manager.manager import default_provider
-from ..manager.sessions import SESSION_KEY, Attachment, Sessions
+from ..manager.sessions import Attachment, Sessions
 from ..models import SandboxSpec
 from ..providers import DEFAULT, provider_class
 from ..secrets.refs import as_ref
@@ -57,9 +56,6 @@ MAINTENANCE_SECONDS = 300.0  # between prunes of old logs and idempotency answer
 IDEMPOTENCY_SECONDS = 86400.0  # how long a stored first answer is kept
 # The caller of the request being served, as ``get`` last saw it: who an execution started in
 # the same request holds a session's run lock as.
-_CALLER: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
-    "sandlot_caller", default=None
-)
 TAKEOVER_SECONDS = 5.0  # a killed run's end that takes longer is forced (a cancel)
 
 
@@ -356,7 +352,6 @@ class ServerState:
         return served
 
     async def get(self, principal: Principal, sandbox_id: str) -> Served:
-        _CALLER.set(principal)
         served = self.served.get(sandbox_id)
         if served is None or served.record.tenant != principal.tenant:
             await self.record(principal, sandbox_id)  # raises if there never was one
@@ -401,18 +396,12 @@ class ServerState:
         )
 
     def _secrets_of_sandbox(self, sandbox_id: str) -> DatabaseSecrets:
-        """A sandbox adopted after a restart resolves its references with its tenant's; a
-        session's sandbox being attached (not recorded yet), with its session's tenant's."""
+        """A sandbox adopted after a restart resolves its references with its tenant's."""
         served = self.served.get(sandbox_id)
         record = served.record if served else self.records.get_sandbox(sandbox_id)
-        if record is not None:
-            return self.secrets(record.tenant)
-        found = self.manager.store.get(sandbox_id)
-        session_id = found[0].metadata.get(SESSION_KEY) if found is not None else None
-        session = self.records.get_session(session_id) if session_id else None
-        if session is None:
+        if record is None:
             raise SandboxNotFoundError(f"no sandbox with id {sandbox_id!r}", id=sandbox_id)
-        return self.secrets(session.tenant)
+        return self.secrets(record.tenant)
 
     def check_network(self, network: Any) -> None:
         """A tenant may not point its sandbox at the server's own networks (loopback,
@@ -512,21 +501,15 @@ class ServerState:
         args: dict[str, Any],
         summary: dict[str, Any],
         *,
-        holder: str | None = None,
-        force: bool | None = None,
+        holder: str = "local",
+        force: bool = False,
     ) -> Run:
         """Start an execution; returns once the agent accepted it (or raises its refusal).
 
         On a durable session's sandbox a foreground run takes the session's run lock first
         (SessionBusyError naming its holder, unless ``force`` takes it over); a background
-        command with stdin and no timeout is a service, not a run, and takes none. Without
-        ``holder``, the caller this request looked the sandbox up for; without ``force``,
-        the request body's ``force`` (taken out of ``args``: the agent has no such option)."""
-        body_force = bool(args.pop("force", False))
-        force = body_force if force is None else force
-        if holder is None:
-            caller = _CALLER.get()
-            holder = caller.holder if caller is not None else "local"
+        command with stdin and no timeout is a service, not a run, and takes none.
+        ``holder``: who the busy error names (the caller's key)."""
         record = served.record
         secrets = await self.manager.secret_values(record.id)
         if args.get("env"):
@@ -647,6 +630,7 @@ class ServerState:
             reuse=reuse,
             lease_ttl=lease_ttl,
             keep_alive=False,  # the client heartbeats its lease
+            secrets=self.secrets(principal.tenant),
         )
         sandbox_id = attached.live.info.id
         served = self.served.get(sandbox_id)
