@@ -15,22 +15,12 @@ from typing import Annotated, Any
 
 import typer
 
+from .cli import _pairs
+
 sessions_app = typer.Typer(
     help="Durable sessions: a workspace and a transcript that outlive sandboxes.",
     no_args_is_help=True,
 )
-
-
-def _pairs(values: list[str] | None) -> dict[str, str]:
-    from .errors import InvalidArgumentError
-
-    found: dict[str, str] = {}
-    for item in values or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidArgumentError(f"--meta takes KEY=VALUE, got {item!r}")
-        found[key] = value
-    return found
 
 
 def _dump(value: Any) -> None:
@@ -65,7 +55,7 @@ def create(
     from .sdk import Session
 
     session = Session.create(
-        _pairs(meta),
+        _pairs(meta, "--meta"),
         workspace_store=workspace_store,
         idle_timeout=idle_timeout,
         checkpoint_every=checkpoint_every or None,
@@ -85,7 +75,7 @@ def ls(
     """Sessions, newest first."""
     from .sdk import Session
 
-    found = Session.list(_pairs(meta) or None)
+    found = Session.list(_pairs(meta, "--meta") or None)
     if json_:
         _dump([s.model_dump(mode="json") for s in found])
         return
