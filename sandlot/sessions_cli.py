@@ -15,12 +15,16 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli import _pairs
-
 sessions_app = typer.Typer(
     help="Durable sessions: a workspace and a transcript that outlive sandboxes.",
     no_args_is_help=True,
 )
+
+
+def _meta(values: list[str] | None) -> dict[str, str]:
+    from .cli import _pairs  # (cli registers this sub-app as it loads: import it late)
+
+    return _pairs(values, "--meta")
 
 
 def _dump(value: Any) -> None:
@@ -55,7 +59,7 @@ def create(
     from .sdk import Session
 
     session = Session.create(
-        _pairs(meta, "--meta"),
+        _meta(meta),
         workspace_store=workspace_store,
         idle_timeout=idle_timeout,
         checkpoint_every=checkpoint_every or None,
@@ -75,7 +79,7 @@ def ls(
     """Sessions, newest first."""
     from .sdk import Session
 
-    found = Session.list(_pairs(meta, "--meta") or None)
+    found = Session.list(_meta(meta) or None)
     if json_:
         _dump([s.model_dump(mode="json") for s in found])
         return
