@@ -130,8 +130,8 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for item in values or []:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise _UsageError(f"{option} expects KEY=VALUE, got {item!r}")
+        if not sep or not key:  # (a SandlotError: sub-apps share this parser)
+            raise InvalidArgumentError(f"{option} expects KEY=VALUE, got {item!r}")
         found[key] = value
     return found
 
