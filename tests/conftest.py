@@ -21,7 +21,21 @@ def pytest_report_header(config: object) -> str:
 
 
 def pytest_sessionfinish(session: object, exitstatus: int) -> None:
-    """Kill whatever sandbox a failed test left running, then drop the state folder."""
+    """Kill whatever sandbox a failed test left running, then drop the state folder. Pools
+    go first: a pool left behind would refill after the kill, with sandboxes (a day's
+    lifetime) whose state folder is about to go."""
+    try:
+        from sandlot.manager import Manager
+        from sandlot.sdk.sync import _portal
+
+        async def drop_pools() -> None:
+            pools = Manager.current().pools
+            for status in pools.list():
+                await pools.remove(status.key)
+
+        _portal.call(drop_pools())
+    except Exception:
+        pass
     try:
         import sandlot
 
