@@ -47,6 +47,7 @@ T = TypeVar("T")
 LEASE_TTL = 30.0  # seconds a lease lives without a heartbeat
 CHECKPOINT_EVERY = 300.0  # default seconds between checkpoints while attached (None: never)
 REAP_INTERVAL = 5.0  # seconds between reaper passes (SANDLOT_REAP_INTERVAL)
+LOST_AFTER = 2.0  # seconds a session's sandbox must stay dead before the reaper says so
 SESSION_KEY = "sandlot.session"  # in a session sandbox's metadata
 
 
@@ -105,7 +106,9 @@ class Sessions:
 
     _local: weakref.WeakKeyDictionary[Manager, Sessions] = weakref.WeakKeyDictionary()
 
-    def __init__(self, manager: Manager, db: Any, hub: Any, *, owns_store: bool) -> None:
+    def __init__(
+        self, manager: Manager, db: Any, hub: Any, *, owns_store: bool, tenant: str | None = None
+    ) -> None:
         from ..store.records import Records
         from ..store.sessions import SessionStore
 
@@ -116,9 +119,11 @@ class Sessions:
         self.store = SessionStore(db)
         self.workspaces: Workspaces = manager.workspaces
         self._owns_store = owns_store
+        self.tenant = tenant  # whose sessions the reaper looks after (None: every tenant's)
         self._heartbeats: dict[str, asyncio.Task[None]] = {}
         # Sandboxes being stopped here, and what their release's checkpoint will report.
         self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._suspects: dict[str, float] = {}  # sandboxes found dead, and since when
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
         manager.on_release.append(self._released)
@@ -153,7 +158,7 @@ class Sessions:
         hub = Hub(events, LogWriter(db, events, Records(db)))
         hub.start()
         keeper = Manager(owner.home, detached=True)
-        sessions = cls(keeper, db, hub, owns_store=True)
+        sessions = cls(keeper, db, hub, owns_store=True, tenant=LOCAL_TENANT)
         sessions.start_reaper()
         cls._local[owner] = sessions
         owner.on_close.append(sessions.close)
@@ -554,7 +559,7 @@ class Sessions:
             ):
                 done.append((record.id, "lease expired"))
         now = time.time()
-        for record in await self._read(self.store.due, None):
+        for record in await self._read(self.store.due, self.tenant):
             if record.workspace is None:
                 continue
             try:
@@ -575,8 +580,15 @@ class Sessions:
         if sandbox_id in self._waiting:
             return []  # being stopped here right now
         if not self._alive(sandbox_id):
+            # Dead at two passes LOST_AFTER apart: not a detach under way in another process
+            # (which records the end itself), but a sandbox nobody saw go.
+            first_seen = self._suspects.setdefault(sandbox_id, now)
+            if now - first_seen < LOST_AFTER:
+                return []
+            self._suspects.pop(sandbox_id, None)
             await self._lost(record.id, sandbox_id)
             return [(record.id, "lost")]
+        self._suspects.pop(sandbox_id, None)
         last_active = (record.last_active_at or record.updated_at).timestamp()
         if record.idle_timeout is not None and now - last_active >= record.idle_timeout:
             if await self._stop_unless_running(record, "idle"):

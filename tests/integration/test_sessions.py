@@ -71,7 +71,8 @@ async def test_workspace_and_transcript_outlive_sandboxes(sessions: Sessions) ->
     assert attached == [first, sb.id]
     out = "".join(e.text or "" for e in events if e.kind == "stdout")
     assert out.startswith("ok\n") and "note" in out
-    assert [e.seq for e in await s.events(after=3)] == [e.seq for e in events[3:]]
+    later = await s.events(after=3)
+    assert [e.seq for e in later] == [e.seq for e in events[3:]], [e.kind for e in later]
 
 
 async def test_code_context_state_follows_the_session(sessions: Sessions) -> None:
