@@ -135,7 +135,14 @@ class LocalSecrets(SecretStore):
         if not self._ready:
             self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Created 0600 before SQLite opens it; its -wal and -shm files get the same mode.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            # Only if new: closing a descriptor of a database another connection of this
+            # process has open would drop the process's (POSIX) locks on it.
+            if not self.path.exists():
+                try:
+                    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                    os.close(os.open(self.path, flags, 0o600))
+                except FileExistsError:
+                    pass
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout=30000")

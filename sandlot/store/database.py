@@ -275,7 +275,14 @@ class Database:
             path = Path(parsed.database)
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Created 0600 before SQLite opens it; its -wal and -shm files inherit the mode.
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            # Only if it is new: closing a descriptor of a database file this process has
+            # open elsewhere drops the process's locks on it (POSIX), and with them what
+            # keeps two processes' writes apart.
+            if not path.exists():
+                try:
+                    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+                except FileExistsError:
+                    pass  # another process made it first
             self.engine: Engine = create_engine(
                 parsed, connect_args={"check_same_thread": False, "timeout": 30}
             )

@@ -586,3 +586,45 @@ def test_idempotency_reservations_race(db: Database, tenant: str) -> None:
             lambda i, k=f"race-{round_}": records.reserve_idempotency(tenant, k, "POST", "/", "h"),
         )
         assert sum(a is None for a in answers) == 1
+
+
+def test_a_second_database_object_keeps_this_process_locks(tmp_path: Path) -> None:
+    """Opening the store again in a process that has it open (embedded sessions do, once per
+    event loop) must not open and close the file itself: POSIX drops every lock the process
+    holds on a file when any descriptor of it is closed. Another process closing its last
+    connection then believes it is the only one, folds the write-ahead log in and deletes it,
+    and this process's next writes go to a log nobody reads (found as "database disk image
+    is malformed")."""
+    url = sqlite_url(tmp_path)
+    first = Database(url)
+    first.migrate()
+    keys = Keys(first)
+    keys.create("before")  # this process now holds the file (a pooled connection)
+    other = (
+        "import sys\n"
+        "from sandlot.store.database import Database\n"
+        "from sandlot.store.keys import Keys\n"
+        "db = Database(sys.argv[1])\n"
+        "if sys.argv[2] == 'write':\n"
+        "    Keys(db).create('other')\n"
+        "else:\n"
+        "    print(sorted(k.name for k in Keys(db).list()))\n"
+        "db.close()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def run(mode: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", other, url, mode],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    try:
+        Database(url).close()  # a second object on the same file, in this process
+        run("write")  # another process opens, writes and closes its last connection
+        keys.create("after")  # this process writes again
+        assert run("read") == "['after', 'before', 'other']"
+    finally:
+        first.close()
