@@ -27,7 +27,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from ..errors import (
@@ -102,7 +102,7 @@ class Attachment:
 
 
 class Sessions:
-    """Durable sessions of one tenant's store, served by this process's manager."""
+    """Durable sessions in a store, served by this process's (detached) manager."""
 
     _local: weakref.WeakKeyDictionary[Manager, Sessions] = weakref.WeakKeyDictionary()
 
@@ -655,7 +655,3 @@ class Sessions:
     async def unlock(self, session_id: str, execution: str) -> bool:
         """False: a forced takeover cancelled this run."""
         return await self._write(self.store.unlock, session_id, execution)
-
-
-def utc(value: float) -> datetime:
-    return datetime.fromtimestamp(value, UTC)
