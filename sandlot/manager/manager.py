@@ -50,6 +50,7 @@ _OWNER_STARTED = procinfo.start_time(os.getpid())
 NO_OWNER = 0  # a detached sandbox's owner_pid: it lives until its deadline or a kill
 USED_FOLDER = "providers-used"  # in the state folder: a file per host provider used there
 GC_INTERVAL = 60.0  # seconds between sweeps while a manager runs (SANDLOT_GC_INTERVAL)
+UNFINISHED_CREATE = 120.0  # seconds after which a detached create with no handle is dead
 
 
 @dataclass
@@ -536,6 +537,10 @@ class Manager:
             owner_alive = info.owner_pid == NO_OWNER or procinfo.is_running(
                 info.owner_pid, owner_started
             )
+            if info.owner_pid == NO_OWNER and not info.handle and info.id not in self._owned:
+                # A detached create that never finished (its process died half-way): nobody
+                # will; what it started is found below as an orphan once the record is gone.
+                owner_alive = now - info.created_at.timestamp() < UNFINISHED_CREATE
             expired = info.expires_at.timestamp() < now
             if owner_alive and not expired:
                 known.add(info.id)

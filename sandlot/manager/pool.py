@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("sandlot")
 
 POOL_LIFETIME = 86400.0  # seconds a member lives unclaimed (the agent's own deadline too)
+# A member is started with this lifetime, and given POOL_LIFETIME once it is in the pool: if
+# its maker dies half-way (SIGKILL, interpreter exit), its agent ends itself soon after.
+UNFINISHED_LIFETIME = 120.0
 RETIRE_BEFORE = 3600.0  # a member with less than this left is replaced, not handed out
 STALE_SLOT = 300.0  # seconds a reserved slot may wait for its sandbox before it is dropped
 MAX_SIZE = 1000
@@ -309,6 +312,11 @@ class Pools:
     async def _top_up_later(self, key: str, delay: float) -> None:
         if delay > 0:
             await asyncio.sleep(delay)
+        if self._closed:
+            # Closing (often at interpreter exit, where no worker thread takes work): a
+            # create started now could not finish, and would leave a sandbox behind with
+            # neither a record nor a cgroup. The next take or gc tops the pool up.
+            return
         await self.top_up(key)
 
     def _refilled(self, task: asyncio.Task[Any]) -> None:
@@ -335,6 +343,7 @@ class Pools:
                 live = await self.filler().create(spec)
                 slots.pop(0)
                 if store.fill_pool_slot(slot, live.info.id):
+                    await self.filler().set_timeout(live.info.id, POOL_LIFETIME, live.channel)
                     created.append(live.info.id)
                 else:  # the pool was removed or shrunk meanwhile
                     await self.filler().kill(live.info.id)
@@ -411,7 +420,7 @@ class Pools:
 def _member_spec(stored: dict[str, Any], key: str) -> SandboxSpec:
     try:
         spec = SandboxSpec.model_validate(
-            {**stored, "timeout": POOL_LIFETIME, "metadata": {POOL_LABEL: key}}
+            {**stored, "timeout": UNFINISHED_LIFETIME, "metadata": {POOL_LABEL: key}}
         )
     except Exception as exc:
         from pydantic import ValidationError

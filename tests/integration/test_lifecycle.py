@@ -437,3 +437,33 @@ def test_gc_looks_only_at_host_providers_this_state_folder_used(
     done = run_python(script)
     assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr
     assert (home / "providers-used" / "bwrap").exists()
+
+
+def test_gc_drops_a_detached_create_that_never_finished() -> None:
+    """A detached create records its sandbox before it starts it; if its process dies half-
+    way (a pool refill at interpreter exit), the record has no handle and no owner to wait
+    for. gc drops it after a grace (so what it started is then found as an orphan), and
+    leaves a create that is merely under way alone."""
+    from datetime import timedelta
+
+    from sandlot.manager.manager import NO_OWNER, UNFINISHED_CREATE, new_id
+    from sandlot.models import SandboxInfo
+    from sandlot.store import Store, default_home
+
+    now = datetime.now(UTC)
+    stale, fresh = new_id(), new_id()
+    store = Store(default_home())
+    try:
+        for sandbox_id, age in ((stale, UNFINISHED_CREATE + 5), (fresh, 0)):
+            created = now - timedelta(seconds=age)
+            info = SandboxInfo(
+                id=sandbox_id, provider="bwrap", created_at=created,
+                expires_at=created + timedelta(days=1), owner_pid=NO_OWNER,
+            )  # fmt: skip
+            store.insert(info, None)
+        report = sandlot.Sandbox.gc()
+        assert stale in report.removed and store.get(stale) is None
+        assert fresh not in report.removed and store.get(fresh) is not None
+    finally:
+        store.delete(fresh)
+        store.close()
