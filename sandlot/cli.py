@@ -437,6 +437,8 @@ def run(
 
     if force and session is None:
         raise _UsageError("--force takes over a session's run: give --session too")
+    if session is not None and workdir != "/workspace":
+        raise _UsageError("--workdir with --session: a session's commands start in /workspace")
     _install_signal_handlers()
     resources = {"memory_mb": memory_mb} if memory_mb is not None else None
     attached_to = None
