@@ -219,8 +219,10 @@ class SessionCreateRequest(_Body):
         "sandbox is checkpointed and stopped",
     )  # fmt: skip
     checkpoint_every: float | None = Field(
-        None, gt=0, le=MAX_LIFETIME, description="seconds between checkpoints while attached"
-    )
+        300.0, gt=0, le=MAX_LIFETIME,
+        description="seconds between checkpoints while attached (null: only on detach and "
+        "when asked)",
+    )  # fmt: skip
     delete_after: datetime | None = Field(
         None, description="a time (with its zone) at which the session and its data are deleted"
     )

@@ -40,9 +40,8 @@ class RemoteSessions:
             "metadata": metadata,
             "workspace_store": settings.get("workspace", "local"),
         }
-        for name in ("idle_timeout", "checkpoint_every"):
-            if settings.get(name) is not None:
-                body[name] = settings[name]
+        for name in ("idle_timeout", "checkpoint_every"):  # None is meant: "never"
+            body[name] = settings.get(name)
         delete_after = _when(settings.get("delete_after"))
         if delete_after is not None:
             body["delete_after"] = delete_after
