@@ -17,6 +17,7 @@ import collections
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from .manifest import HASH_RE, SESSION_RE, check_session_id
 from .store import MANIFEST_RE, Staged, WorkspaceStore, store_error
 
 CHUNK = 1 << 20
+REFRESH_AFTER = 10.0  # seconds: a reused blob older than this gets a new modification time
 MULTIPART_OVER = 64 << 20
 
 
@@ -51,6 +53,7 @@ class S3Store(WorkspaceStore):
         client: Any = None,
     ) -> None:
         super().__init__()
+        self.refresh_after = REFRESH_AFTER
         try:
             import boto3  # type: ignore[import-untyped]
             from botocore.config import Config  # type: ignore[import-untyped]
@@ -173,11 +176,21 @@ class S3Store(WorkspaceStore):
         return self._tmp
 
     def has_blob(self, digest: str) -> bool:
+        key = self._blob_key(digest)
         try:
-            self._call("head_object", Key=self._blob_key(digest))
-            return True
+            head = self._call("head_object", Key=key)
         except FileNotFoundError:
             return False
+        modified = head.get("LastModified")
+        if modified is None or time.time() - modified.timestamp() > self.refresh_after:
+            # Reused now (another session's): give it a new time, as the local store does,
+            # so a gc running elsewhere treats it as young for its grace period.
+            source = {"Bucket": self.bucket, "Key": key}
+            try:
+                self._call("copy_object", Key=key, CopySource=source, MetadataDirective="REPLACE")
+            except FileNotFoundError:
+                return False  # collected meanwhile: upload it again
+        return True
 
     def put_blob(self, staged: Staged) -> None:
         key = self._blob_key(staged.hash)

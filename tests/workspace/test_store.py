@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,28 @@ async def test_s3_missing_bucket(s3_env: SeaweedFS, tmp_path: Path) -> None:
     (tmp_path / "ws").mkdir()
     with pytest.raises(SandlotError):
         await store.checkpoint(SID, tmp_path / "ws", None)
+
+
+async def test_a_reused_blob_is_young_again(store: WorkspaceStore, tmp_path: Path) -> None:
+    """A checkpoint that finds a blob another session stored (and so sends nothing) gives it
+    a new time: a gc elsewhere then keeps it for its grace period instead of deleting it
+    from under the new manifest."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder in (one, two):
+        folder.mkdir()
+        (folder / "shared.txt").write_text("the same in both sessions")
+    await store.checkpoint(SID, one, None)
+    (before,) = [t for _, t in store.list_blobs()]
+    if hasattr(store, "refresh_after"):
+        store.refresh_after = 0.0  # S3 refreshes only blobs older than a few seconds
+    time.sleep(1.1)  # S3 times are in whole seconds
+    info = await store.checkpoint(SID2, two, None)
+    assert info.uploaded_blobs == 0  # reused, not sent
+    (after,) = [t for _, t in store.list_blobs()]
+    assert after > before
+    await store.delete(SID, grace=0)
+    assert await store.delete(SID, grace=30) == 0  # the gc keeps it: SID2 uses it, and young
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    assert await store.restore(SID2, dst, None) is not None
+    assert (dst / "shared.txt").read_text() == "the same in both sessions"
