@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .egress.bridge_config import BridgeConfig
 from .egress.policy import NetworkPolicy
+from .errors import InvalidArgumentError
 from .secrets.refs import MaybeSecret, SecretRef, as_ref
 
 DEFAULT_TIMEOUT = 300.0  # sandbox lifetime, seconds
@@ -402,3 +403,14 @@ class ProviderInfo(BaseModel):
     reason: str | None = None
     isolated: bool
     capabilities: list[str] = Field(default_factory=list)
+
+
+def check_seconds(value: object, what: str = "timeout") -> float | None:
+    """A duration given at a boundary: None, or a positive number of seconds up to a year."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidArgumentError(f"{what} must be a positive number of seconds, or None")
+    if not value <= MAX_LIFETIME:  # (NaN fails both tests)
+        raise InvalidArgumentError(f"{what} is at most {MAX_LIFETIME:g} seconds (a year)")
+    return float(value)

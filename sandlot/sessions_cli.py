@@ -28,7 +28,9 @@ def _meta(values: list[str] | None) -> dict[str, str]:
 
 
 def _dump(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    from .cli import _print_json  # (see _meta)
+
+    _print_json(value)
 
 
 @sessions_app.command("create")

@@ -22,20 +22,20 @@ from typing import TYPE_CHECKING, Any
 from ..agent import protocol as p
 from ..errors import RunCancelledError, SandlotError
 from ..secrets.mask import Masker
+from ..server.runs import KINDS, STREAMS, new_execution_id
 
 if TYPE_CHECKING:
     from ..channel import Channel, Request
     from .sessions import Sessions
 
-RECORDED = {"exec": "command", "code.run": "code", "code.install": "install"}
-STREAMS = {p.STDOUT: "stdout", p.STDERR: "stderr"}
 MASK_ARG = "_mask"  # values the SDK resolved from secret references for this run only
 
 
-def _new_execution_id() -> str:
-    import uuid
-
-    return "ex-" + uuid.uuid4().hex[:16]
+def takes_run_lock(op: str, args: dict[str, Any]) -> bool:
+    """Whether a run of ``op`` takes its session's lock: all but a command that keeps its
+    stdin open and has no time limit (a service, such as a server started in the
+    background). The same rule embedded and in a server."""
+    return not (op == "exec" and args.get("stdin") and args.get("timeout") is None)
 
 
 class RecordingChannel:
@@ -67,7 +67,7 @@ class RecordingChannel:
 
     def open(self, op: str, **args: Any) -> Any:
         mask = args.pop(MASK_ARG, None) or []
-        if op not in RECORDED:
+        if op not in KINDS:
             return self._channel.open(op, **args)
         return RecordedRun(self, op, args, [*self.secrets, *mask])
 
@@ -79,10 +79,10 @@ class RecordedRun:
         self.owner = owner
         self.op = op
         self.args = args
-        self.id = _new_execution_id()
+        self.id = new_execution_id()
         if op == "code.run":
             args["started"] = True  # its pid, for the lock (the SDK skips this event)
-        self.locks = not (op == "exec" and args.get("stdin") and args.get("timeout") is None)
+        self.locks = takes_run_lock(op, args)
         self.maskers = {name: Masker(secrets) for name in STREAMS.values()} if secrets else {}
         self._request: Request | None = None
         self._opening = asyncio.Lock()
@@ -157,7 +157,7 @@ class RecordedRun:
             id=self.id,
             session_id=owner.session_id,
             sandbox_id=owner.sandbox_id,
-            kind=RECORDED[self.op],
+            kind=KINDS[self.op],
             pid=pid,
             created_at=datetime.fromtimestamp(self._started_at, UTC),
         )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import hashlib
 import json
 import logging
 import os
@@ -37,9 +36,10 @@ from ..errors import (
     SessionBusyError,
     SessionError,
 )
-from ..models import SandboxSpec
+from ..models import SandboxSpec, check_seconds
 from ..secrets.store import SecretStore
 from .manager import LiveSandbox, Manager, default_provider
+from .pool import pool_key
 from .workspaces import Workspaces
 
 log = logging.getLogger("sandlot")
@@ -51,23 +51,8 @@ LOST_AFTER = 2.0  # seconds a session's sandbox must stay dead before the reaper
 SESSION_KEY = "sandlot.session"  # in a session sandbox's metadata
 
 
-def spec_key(spec: SandboxSpec) -> str:
-    """What a reused sandbox must match exactly: everything that makes the computer (not
-    its labels or its lifetime)."""
-    body = spec.model_dump(mode="json", exclude={"metadata", "timeout"})
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
-
-
 def holder_name() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
-
-
-def check_seconds(value: object, what: str) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise InvalidArgumentError(f"{what} must be a positive number of seconds")
-    return float(value)
 
 
 MAX_DELETE_AFTER = 100 * 365 * 86400.0  # seconds from now: later is a mistake, not a plan
@@ -304,7 +289,7 @@ class Sessions:
         spec = default_provider(spec)
         provider = spec.provider or "bwrap"
         self.workspaces.check_provider(provider)
-        key = spec_key(spec)
+        key = pool_key(spec)  # what a reusing request must match: the sandbox, not its labels
         holder = holder or holder_name()
         current = record.sandbox_id
         if current is not None:

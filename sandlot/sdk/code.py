@@ -28,10 +28,10 @@ from ..models import (
     ExecutionError,
     Logs,
     Result,
+    check_seconds,
 )
 from .commands import (
     MAX_OUTPUT_BYTES,
-    _check_timeout,
     _Collector,
     _masker,
     _started_pid,
@@ -269,9 +269,9 @@ async def run_code(
         raise InvalidArgumentError("code contains a NUL byte")
     cid = context_id(context)
     args: dict[str, Any] = {"context": cid, "code": code}
-    timeout = _check_timeout(timeout)
-    inactivity_timeout = _check_timeout(inactivity_timeout, "inactivity_timeout")
-    grace = _check_timeout(interrupt_grace, "interrupt_grace")
+    timeout = check_seconds(timeout)
+    inactivity_timeout = check_seconds(inactivity_timeout, "inactivity_timeout")
+    grace = check_seconds(interrupt_grace, "interrupt_grace")
     if timeout is not None:
         args["timeout"] = timeout
     if inactivity_timeout is not None:
@@ -426,7 +426,7 @@ async def install(
     on_stderr: TextCallback | None,
 ) -> CommandResult:
     names = _packages(packages)
-    timeout = _check_timeout(timeout)
+    timeout = check_seconds(timeout)
     args: dict[str, Any] = {"packages": names, "upgrade": bool(upgrade)}
     if index_url is not None:
         if not isinstance(index_url, str) or not re.match(r"(https?|file)://", index_url):

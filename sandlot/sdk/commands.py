@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..agent import protocol as p
 from ..errors import CommandTimeoutError, InvalidArgumentError, SandboxClosedError
-from ..models import DEFAULT_COMMAND_TIMEOUT, MAX_LIFETIME, CommandResult, check_env_refs
+from ..models import DEFAULT_COMMAND_TIMEOUT, CommandResult, check_env_refs, check_seconds
 from ..secrets.refs import SecretRef
 
 if TYPE_CHECKING:
@@ -92,16 +92,6 @@ def _check_command(cmd: object) -> dict[str, object]:
     raise InvalidArgumentError(
         f"command must be a string or a list of strings, not {type(cmd).__name__}"
     )
-
-
-def _check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise InvalidArgumentError(f"{what} must be a positive number of seconds, or None")
-    if timeout > MAX_LIFETIME:
-        raise InvalidArgumentError(f"{what} is at most {MAX_LIFETIME:g} seconds (a year)")
-    return float(timeout)
 
 
 async def call_back(callback: Callable[[Any], Any] | None, value: Any) -> None:
@@ -310,7 +300,7 @@ class AsyncCommands:
         args = _check_command(cmd)
         if timeout is ...:
             timeout = None if background else DEFAULT_COMMAND_TIMEOUT
-        timeout = _check_timeout(timeout)
+        timeout = check_seconds(timeout)
         backend, sandbox_id = self._sandbox._manager, self._sandbox.id
         secrets = await backend.secret_values(sandbox_id)
         if env is not None:

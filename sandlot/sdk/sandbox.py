@@ -20,6 +20,7 @@ from ..models import (
     Resources,
     SandboxInfo,
     SandboxSpec,
+    check_seconds,
     describe,
 )
 from ..secrets.refs import SecretRef
@@ -35,7 +36,7 @@ from .code import (
     ResultCallback,
     TextCallback,
 )
-from .commands import AsyncCommands, _check_timeout
+from .commands import AsyncCommands
 from .files import AsyncFiles
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ class AsyncSandbox:
         """Destroy the sandbox ``seconds`` from now instead of at its old deadline."""
         if seconds is None:
             raise InvalidArgumentError("timeout must be a positive number of seconds")
-        checked = _check_timeout(seconds)
+        checked = check_seconds(seconds)
         assert checked is not None
         expires = await self._manager.set_timeout(self.id, checked, self._channel)
         self._live.info.expires_at = expires

@@ -35,6 +35,7 @@ from ..errors import (
 )
 from ..manager import LiveSandbox, Manager
 from ..manager.manager import default_provider
+from ..manager.recorder import takes_run_lock
 from ..manager.sessions import Attachment, Sessions
 from ..models import SandboxSpec
 from ..providers import DEFAULT, provider_class
@@ -520,9 +521,7 @@ class ServerState:
             secrets = [*secrets, *used]
         execution_id = new_execution_id()
         session_id = record.session_id
-        locks = served.durable and not (
-            op == "exec" and args.get("stdin") and args.get("timeout") is None
-        )
+        locks = served.durable and takes_run_lock(op, args)
         interrupted = False
         if locks:
             interrupted = await self._lock(session_id, execution_id, record.id, holder, force)

@@ -4,7 +4,8 @@ import pytest
 
 from sandlot import InvalidArgumentError, Resources, SandboxSpec
 from sandlot.agent.commands import _plain_words
-from sandlot.sdk.commands import _check_command, _check_timeout, _Tail
+from sandlot.models import check_seconds
+from sandlot.sdk.commands import _check_command, _Tail
 from sandlot.sdk.sandbox import build_spec
 
 PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -51,11 +52,11 @@ def test_bad_commands_are_refused(bad):
 @pytest.mark.parametrize("bad", [-1, 0, "5", True])
 def test_bad_timeouts_are_refused(bad):
     with pytest.raises(InvalidArgumentError):
-        _check_timeout(bad)
+        check_seconds(bad)
 
 
 def test_none_timeout_means_lifetime():
-    assert _check_timeout(None) is None
+    assert check_seconds(None) is None
 
 
 def test_tail_keeps_the_last_bytes_without_growing():
