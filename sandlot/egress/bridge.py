@@ -7,8 +7,11 @@ a :class:`~sandlot.channel.stream.ByteStream`. :meth:`Bridge.serve` parses HTTP/
 h11 (keep-alive, pipelining, chunked bodies) and answers each request in this order:
 
 1. token: ``Authorization: Bearer <token>`` or ``X-Sandlot-Bridge-Token: <token>``, else 401;
-2. path: origin-form, printable ASCII, no ``.``/``..`` or empty segments, no backslash, no
-   ``%2f``/``%2e``/``%5c``/``%00`` or broken ``%`` escapes, no ``#``, else 400 (rule ``path``);
+2. path: origin-form, printable ASCII, no backslash or ``#``, and no segment that any reading
+   of it (percent-decoded any number of times, ``;`` parameters dropped, NFKC-folded) makes
+   ``.``/``..``, empty, or split by an encoded ``/``, backslash, ``?``, ``#`` or control
+   character, else 400 (rule ``path``); see :mod:`.bridge_paths`. From here on the path is its
+   canonical form: what the route check sees is exactly what is forwarded;
 3. route: method and path must match a configured route, else 403;
 4. body size: over ``body_limit`` (by Content-Length, or counted while a chunked body is read,
    stopping early), 413 and the connection is closed;
@@ -16,10 +19,11 @@ h11 (keep-alive, pipelining, chunked bodies) and answers each request in this or
    body must be declared ``application/json`` or ``application/*+json`` and parse as JSON
    (415, rule ``content_type``). An empty body needs no Content-Type;
 6. queue: at most ``queue`` requests forwarded at once per :class:`Bridge`, else 503;
-7. forward: target base path + request path + query, only the allowlisted request headers,
-   then the credential and identity headers (which replace any the sandbox sent under the
-   same names). Upstream timeout 504; connection refused, DNS failure, a broken or oversized
-   (over 16 MiB) response 502. Redirects are returned as they are, never followed.
+7. forward: target base path + canonical path + the query as sent, only the allowlisted
+   request headers, then the credential and identity headers (which replace any the sandbox
+   sent under the same names). Upstream timeout 504; connection refused, DNS failure, a
+   broken or oversized (over 16 MiB) response 502. Redirects are returned as they are, never
+   followed.
 
 Every refusal is JSON ``{"error": ..., "message": ..., "rule": ...}``. Every request, answered or
 refused, yields one :class:`BridgeRecord` (no bodies, headers or credentials).
@@ -43,9 +47,8 @@ from yarl import URL
 
 from ..agent import protocol as p
 from ..channel.stream import ByteStream
-from ..errors import EgressError, SandlotError
+from ..errors import EgressError, InvalidArgumentError, SandlotError
 from .bridge_config import (
-    _BAD_PATH,
     _BAD_QUERY,
     _HEADER_VALUE,
     MAX_HEAD,
@@ -56,6 +59,7 @@ from .bridge_config import (
     _compile,
     _header_name,
 )
+from .bridge_paths import normalise_path
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +283,15 @@ class Bridge:
             raise _Refused(431, "malformed", "request headers too large", close=True)
         if not any(hmac.compare_digest(t, self._token) for t in tokens):
             raise _Refused(401, "token", "missing or wrong bridge token")
-        if path[:1] != b"/" or _BAD_PATH.search(path) or _BAD_QUERY.search(event.target):
-            raise _Refused(400, "path", "the request path is not a plain absolute path")
-        rule = self._route(event.method, path)
+        if _BAD_QUERY.search(event.target):
+            raise _Refused(400, "path", "the request target must be printable ASCII, no '#'")
+        try:
+            clean = normalise_path(path)
+        except InvalidArgumentError as exc:
+            raise _Refused(400, "path", f"refused path: {exc}") from None
+        rule = self._route(event.method, clean)
         if rule is None:
-            raise _Refused(403, "route", f"no route allows {method} {path.decode()}")
+            raise _Refused(403, "route", f"no route allows {method} {clean.decode()}")
 
         limit = self.config.body_limit
         if length is not None and length > limit:
@@ -310,7 +318,8 @@ class Bridge:
             raise _Refused(503, "queue", f"more than {self.config.queue} requests in flight")
         self._in_flight += 1
         try:
-            status, headers, data = await self._forward(method, event.target, forward, body)
+            query = event.target[len(path) :]  # '?...' as sent, or nothing
+            status, headers, data = await self._forward(method, clean + query, forward, body)
         finally:
             self._in_flight -= 1
         return status, headers, data, rule

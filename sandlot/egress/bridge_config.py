@@ -9,7 +9,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..errors import InvalidArgumentError
 from ..secrets.refs import MaybeSecret
+from .bridge_paths import canonical_segment, normalise_path
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -41,20 +43,10 @@ _HOP = frozenset(
     }
 )
 _NOT_FROM_SANDBOX = _HOP | {"authorization", "x-sandlot-bridge-token"}
-# A pattern's literal segment: RFC 3986 pchar without '%' escapes of '/', '.', '\'.
+# A pattern's literal segment: RFC 3986 pchar and '%' escapes (then checked and made canonical
+# like a request's path segment, which is what it is matched against).
 _SEGMENT = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()+,;=:@]|%[0-9A-Fa-f]{2})+")
-_BAD_PATH = re.compile(
-    rb"//|\\|#|%(?:2[fFeE]|5[cC]|00)|%(?![0-9A-Fa-f]{2})|[^\x21-\x7e]|(?:^|/)\.\.?(?:/|$)"
-)
 _BAD_QUERY = re.compile(rb"#|[^\x21-\x7e]")
-
-
-def _check_path(path: str, what: str) -> None:
-    if _BAD_PATH.search(path.encode("utf-8", "surrogateescape")):
-        raise ValueError(
-            f"invalid {what} {path!r}: printable ASCII, no '.' or '..' or empty segments, "
-            "no backslash, '#' or encoded '/', '.', '\\'"
-        )
 
 
 def _header_name(name: str, *, what: str) -> str:
@@ -107,7 +99,10 @@ class BridgeConfig(BaseModel):
             raise ValueError("invalid target port 0")
         path = parts.path.rstrip("/")
         if path:
-            _check_path(path, "target path")
+            try:
+                path = normalise_path(path.encode("utf-8", "surrogateescape")).decode()
+            except InvalidArgumentError as exc:
+                raise ValueError(f"invalid target path {path!r}: {exc}") from None
         return f"{parts.scheme}://{parts.netloc}{path}"
 
     @field_validator("headers")
@@ -150,7 +145,7 @@ class BridgeConfig(BaseModel):
 
 
 def _compile(pattern: str) -> re.Pattern[bytes]:
-    """A route pattern as a regular expression over the raw (still %-encoded) path."""
+    """A route pattern as a regular expression over a canonical path (:func:`normalise_path`)."""
     if len(pattern) > 2048 or not pattern.startswith("/"):
         raise ValueError(f"invalid route pattern {pattern!r}: must start with '/'")
     segments = pattern[1:].split("/")
@@ -162,10 +157,12 @@ def _compile(pattern: str) -> re.Pattern[bytes]:
             parts.append(r"[^/]+")
         elif segment == "" and i == len(segments) - 1:
             parts.append("")  # "/" alone, or a trailing slash
-        elif _SEGMENT.fullmatch(segment) and segment not in (".", ".."):
-            if re.search(r"%(?:2[fFeE]|5[cC]|00)", segment):
-                raise ValueError(f"invalid route pattern {pattern!r}: encoded '/', '.' or '\\'")
-            parts.append(re.escape(segment))
+        elif _SEGMENT.fullmatch(segment):
+            try:
+                literal = canonical_segment(segment.encode())
+            except InvalidArgumentError as exc:
+                raise ValueError(f"invalid route pattern {pattern!r}: {exc}") from None
+            parts.append(re.escape(literal.decode()))
         else:
             raise ValueError(
                 f"invalid route pattern {pattern!r}: segment {segment!r} (use '*' for one "

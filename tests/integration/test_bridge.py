@@ -443,6 +443,16 @@ async def test_403_route_and_method(serve, client):
         "/runs/a%zz",
         "http://127.0.0.1/runs/1",
         "/runs/1#x",
+        # issue 15, hole 7: upstreams that drop ';' parameters or decode twice read these as '..'
+        "/runs/..;/admin",
+        "/runs/..;x=1",
+        "/runs/.%2e;",
+        "/runs/%252e%252e",
+        "/runs/%25252e%25252e",
+        "/runs/1/..%3B/x",
+        "/runs/a%252fb",
+        "/runs/;x",
+        "/runs/%E2%80%A5",
     ],
 )
 async def test_path_tricks_are_refused(serve, path):
@@ -451,6 +461,21 @@ async def test_path_tricks_are_refused(serve, path):
     _check_error(status, headers, body, 400, "path")
     assert s.upstream.hits == []
     assert s.records[0].rule == "path"
+
+
+async def test_the_canonical_path_is_what_is_routed_and_forwarded(serve):
+    s = await serve(routes=[["GET", "/runs/a~b"], ["GET", "/echo/*"]])
+    cases = [
+        ("/runs/a%7Eb?x=%2e%2e/&y=..;", "/api/runs/a~b?x=%2e%2e/&y=..;"),  # query as sent
+        ("/echo/x;v=1", "/api/echo/x;v=1"),
+        ("/echo/%2541", "/api/echo/%2541"),
+        ("/echo/{x}", "/api/echo/%7Bx%7D"),
+    ]
+    for path, forwarded in cases:
+        status, _, body, _ = await _raw(s.port, _get(path))
+        assert status == 200, body
+        assert s.upstream.hits[-1]["path_qs"] == forwarded
+    assert [r.path for r in s.records] == [path.split("?")[0] for path, _ in cases]
 
 
 async def test_non_ascii_and_garbage_are_malformed_and_closed(serve):

@@ -48,6 +48,8 @@ def test_defaults_and_normalisation():
         "http://example.com:0",
         "http://example.com/a/../b",
         "http://example.com/a%2fb",
+        "http://example.com/a/..;/b",
+        "http://example.com/a/%252e%252e/b",
     ],
 )
 def test_bad_targets_are_refused(target):
@@ -66,6 +68,10 @@ def test_bad_targets_are_refused(target):
         {"routes": [["GET", "/a/../b"]]},
         {"routes": [["GET", "/a//b"]]},
         {"routes": [["GET", "/a%2fb"]]},
+        {"routes": [["GET", "/a/..;/b"]]},
+        {"routes": [["GET", "/a/%252e%252e"]]},
+        {"routes": [["GET", "/a/.%2e"]]},
+        {"routes": [["GET", "/a/;x"]]},
         {"routes": [["GET", "/a?b"]]},
         {"routes": [["GET"]]},
         {"headers": {"Bad Name": "x"}},
@@ -106,10 +112,20 @@ def test_bad_settings_are_refused(kwargs):
         ("/", "/x", False),
         ("/a.b", "/aXb", False),
         ("/a%20b", "/a%20b", True),
+        # literal segments are made canonical like the paths they are matched against
+        ("/a%7eb", "/a~b", True),
+        ("/a%2ejson", "/a.json", True),
+        ("/a%c3%a9", "/a%C3%A9", True),
+        ("/runs", "/runs;x", False),  # a literal never matches a segment with parameters
+        ("/runs/*", "/runs/1;x", True),
     ],
 )
 def test_route_patterns(pattern, path, matches):
     assert bool(_compile(pattern).fullmatch(path.encode())) is matches
+
+
+def test_the_target_path_is_made_canonical():
+    assert config(target="https://api.example.com/v%7e1/").target == "https://api.example.com/v~1"
 
 
 def test_bridge_refuses_bad_token_or_header_values():
