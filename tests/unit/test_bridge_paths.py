@@ -196,8 +196,7 @@ def test_property_what_is_accepted_reads_the_same_everywhere(segments: list[str]
         return
     assert normalise_path(clean) == clean  # canonical: a fixed point
     parts = clean[1:].split(b"/")
-    assert len(parts) == len(segments)
-    for part, original in zip(parts, raw[1:].split(b"/"), strict=True):
+    for part, original in zip(parts, raw[1:].split(b"/"), strict=True):  # as many segments
         assert unquote_to_bytes(part) == unquote_to_bytes(original)  # same meaning, one decode
         for reading in _readings(part):
             assert reading.strip(" ") not in ("", ".", "..")
