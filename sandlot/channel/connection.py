@@ -6,12 +6,20 @@ consumer has taken (:meth:`Request.consumed`). Outbound DATA (stdin, uploads) wa
 agent's credit in :meth:`Request.send_data`. When the connection drops, every open request
 fails with :class:`~sandlot.errors.SandboxClosedError`; a channel made with
 :meth:`Channel.connect_with` and ``redial_for`` dials again instead of closing for good.
+
+Everything the agent sends is untrusted (the sandbox is hostile). A frame is refused on its
+header (a kind the agent does not send, a payload longer than its kind allows, a stream its
+kind does not use) or on arrival: anything before the HELLO or a second HELLO, a request id
+the host never opened, control payloads that are not JSON objects, DATA past the credit the
+host gave, credit the host never used, more unread control frames than :data:`MAX_BACKLOG`.
+A refused frame ends the channel for good with :class:`~sandlot.errors.ProtocolError` (its
+``on_close`` callbacks see it: the manager then kills the sandbox). Frames for requests that
+were cancelled or have answered are dropped. Every check is O(1) per DATA frame.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import socket
 from collections import deque
@@ -34,6 +42,39 @@ SEND_BUFFER = 4 * 1024 * 1024  # the socket's own buffer: fewer, larger writes (
 Frame = tuple[int, int, bytes]  # kind, stream, payload
 Dial = Callable[[], Awaitable[socket.socket]]  # a new, connected socket to the agent
 REDIAL_DELAY = (0.05, 2.0)  # first and largest pause between dial attempts, seconds
+# Control frames received and not yet taken by their request's reader, per channel: an agent
+# that sends events faster than the host reads them is cut off here (DATA is bounded by the
+# credit window instead). Each frame also counts FRAME_COST for its bookkeeping.
+MAX_BACKLOG = 64 * 1024 * 1024
+FRAME_COST = 128
+
+# What an agent may send, by frame kind: the longest payload (-1: never sent by an agent)
+# and the streams it may name, as a bit mask. Anything else is a protocol violation.
+_STREAMS = 1 << p.STDOUT | 1 << p.STDERR
+_MAX_LENGTH = (
+    p.MAX_CONTROL,  # HELLO
+    -1,  # REQUEST
+    p.MAX_CONTROL,  # EVENT
+    p.MAX_CONTROL,  # END
+    p.MAX_CONTROL,  # ERROR
+    p.MAX_DATA,  # DATA
+    0,  # EOF
+    p.CREDIT.size,  # GRANT
+    -1,  # CANCEL
+)
+_STREAM_MASK = (1, 0, 1, 1, 1, _STREAMS, _STREAMS, 1 << p.STDIN, 0)
+_KINDS = len(_MAX_LENGTH)
+
+
+def _bad_header(length: int, kind: int, stream: int) -> str | None:
+    """Why the agent may not send a frame with this header; None if it may."""
+    if kind >= _KINDS or _MAX_LENGTH[kind] < 0:
+        return f"a frame of kind {kind}"
+    if length > _MAX_LENGTH[kind]:
+        return f"a {length}-byte frame of kind {kind}"
+    if not _STREAM_MASK[kind] >> stream & 1:
+        return f"a frame of kind {kind} on stream {stream}"
+    return None
 
 
 class Request:
@@ -49,11 +90,17 @@ class Request:
         self._send_credit = p.WINDOW
         self._credit_waiter: asyncio.Future[None] | None = None
         self._answered = False  # END or ERROR arrived (maybe not yet received)
+        self._window = p.WINDOW  # bytes of DATA the agent may still send us
+        self._backlog = 0  # what our control frames count in the channel's backlog
         self.done = False
 
     # -- receiving --------------------------------------------------------------------------
 
     def _deliver(self, frame: Frame) -> None:
+        if frame[0] != p.DATA:
+            cost = len(frame[2]) + FRAME_COST
+            self._backlog += cost
+            self.channel._backlog += cost
         self._frames.append(frame)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -78,10 +125,15 @@ class Request:
             await self._waiter
             self._waiter = None
         kind, stream, payload = self._frames.popleft()
+        if kind != p.DATA:
+            cost = len(payload) + FRAME_COST
+            self._backlog -= cost
+            if self.channel._requests.get(self.rid) is self:
+                self.channel._backlog -= cost
         if kind in (p.END, p.ERROR):
             self._finish()
             if kind == p.ERROR:
-                raise from_dict(_json(payload))
+                raise error_from(json_object(payload, "error"))
         return kind, stream, payload
 
     def consumed(self, amount: int) -> None:
@@ -89,6 +141,7 @@ class Request:
         self._unacked += amount
         if self._unacked >= GRANT_BATCH and not self.done:
             self.channel._send(p.GRANT, self.rid, p.CREDIT.pack(self._unacked), p.STDOUT)
+            self._window += self._unacked
             self._unacked = 0
 
     # -- sending ----------------------------------------------------------------------------
@@ -136,14 +189,28 @@ class Request:
 
     def _finish(self) -> None:
         self.done = True
-        self.channel._requests.pop(self.rid, None)
+        if self.channel._requests.pop(self.rid, None) is self:
+            self.channel._backlog -= self._backlog
 
 
-def _json(payload: bytes) -> Any:
+def json_object(payload: bytes, what: str = "message") -> dict[str, Any]:
+    """A control payload from the agent: a JSON object, or ProtocolError."""
     try:
-        return json.loads(payload)
-    except ValueError as exc:
-        raise ProtocolError(f"agent sent malformed JSON: {exc}") from None
+        value = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested arrays
+        raise ProtocolError(f"the agent sent a malformed {what}: {exc}"[:300]) from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"the agent sent a {what} that is not a JSON object")
+    return value
+
+
+def error_from(payload: dict[str, Any]) -> SandlotError:
+    """The error an agent's ERROR frame describes; ProtocolError if it cannot be built (its
+    details need not fit the class's arguments)."""
+    try:
+        return from_dict(payload)
+    except Exception:
+        return ProtocolError(f"the agent sent a malformed error: {payload!r:.200}")
 
 
 class _Protocol(asyncio.BufferedProtocol):
@@ -214,9 +281,11 @@ class _Protocol(asyncio.BufferedProtocol):
         channel = self.channel
         needed = 0  # size of the incomplete frame at ``offset``, once its header is in
         while end - offset >= p.HEADER_SIZE:
+            if channel.closed is not None:  # a frame broke the protocol: read no further
+                return
             length, kind, stream, rid = p.HEADER.unpack_from(view, offset)
-            if length > (p.MAX_DATA if kind == p.DATA else p.MAX_CONTROL):
-                channel._broken(ProtocolError(f"oversized frame ({length} bytes)"))
+            if kind >= _KINDS or length > _MAX_LENGTH[kind] or not _STREAM_MASK[kind] >> stream & 1:
+                channel._violation(_bad_header(length, kind, stream) or "a bad header")
                 return
             frame_end = offset + p.HEADER_SIZE + length
             if frame_end > end:
@@ -261,7 +330,9 @@ class Channel:
         self._socket: socket.socket | None = None  # the transport's, for vectored sends
         self._protocol: _Protocol | None = None
         self._requests: dict[int, Request] = {}
-        self._ids = itertools.count(1)
+        self._last_rid = 0  # the last request id given out: the agent may use no other
+        self._greeted = False  # the agent's HELLO arrived on the current connection
+        self._backlog = 0  # see MAX_BACKLOG
         self._hello: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self.closed: SandlotError | None = None
         self.hello: dict[str, Any] = {}
@@ -322,6 +393,7 @@ class Channel:
         except OSError:
             pass  # capped by net.core.wmem_max, or not a socket that has one
         self._writable.set()
+        self._greeted = False
         protocol = _Protocol(self)
         self._protocol = protocol
         await self._loop.create_connection(lambda: protocol, sock=sock)
@@ -344,6 +416,7 @@ class Channel:
         for request in list(self._requests.values()):
             request._fail(error)
         self._requests.clear()
+        self._backlog = 0
         self._redialing = asyncio.ensure_future(self._redial(error))
 
     async def _redial(self, error: SandlotError) -> None:
@@ -411,22 +484,68 @@ class Channel:
         transport.write(header + payload)
 
     def _on_frame(self, kind: int, stream: int, rid: int, payload: bytes) -> None:
-        if kind == p.HELLO:
-            if not self._hello.done():
-                hello = _json(payload)
-                if not isinstance(hello, dict) or hello.get("version") != p.VERSION:
-                    self._broken(ProtocolError(f"unsupported agent: {hello!r:.200}"))
-                    return
-                self._hello.set_result(hello)
-            return
+        """One frame whose header passed :func:`_bad_header`; a violation ends the channel."""
         request = self._requests.get(rid)
-        if request is None:
-            return  # a late frame for a request we gave up on
-        if kind == p.GRANT:
-            if len(payload) == p.CREDIT.size:
+        if request is None or request._answered or not self._greeted:
+            if not self._greeted or kind == p.HELLO:
+                self._on_hello(kind, rid, payload)
+            elif rid == 0 or rid > self._last_rid:
+                self._violation(f"a frame of kind {kind} for request {rid}, never opened")
+            return  # a late frame for a request that was cancelled or has answered
+        if kind == p.DATA:
+            request._window -= len(payload)
+            if request._window < 0:
+                self._violation(f"request {rid}: more data than the window it was given")
+                return
+        elif kind == p.GRANT:
+            if len(payload) != p.CREDIT.size:
+                self._violation(f"request {rid}: a {len(payload)}-byte credit")
+            elif request._send_credit + p.CREDIT.unpack(payload)[0] > p.WINDOW:
+                self._violation(f"request {rid}: credit for data the host never sent")
+            else:
                 request._grant(p.CREDIT.unpack(payload)[0])
             return
+        elif kind == p.HELLO:
+            self._violation("a second hello")
+            return
+        else:  # EVENT, END, ERROR, EOF: queued until read (EVENT, END, ERROR checked now)
+            if kind != p.EOF:
+                try:
+                    message = json_object(payload, "control frame")
+                    if kind == p.ERROR:
+                        from_dict(message)
+                except ProtocolError as exc:
+                    self._broken(exc)
+                    return
+                except Exception:  # details that do not fit the error's class
+                    self._violation(f"request {rid}: a malformed error")
+                    return
+            if self._backlog + len(payload) + FRAME_COST > MAX_BACKLOG:
+                self._violation("more control frames than the host reads")
+                return
         request._deliver((kind, stream, payload))
+
+    def _on_hello(self, kind: int, rid: int, payload: bytes) -> None:
+        if self._greeted:
+            self._violation("a second hello")
+            return
+        if kind != p.HELLO or rid != 0:
+            self._violation(f"a frame of kind {kind} before the hello")
+            return
+        try:
+            hello = json_object(payload, "hello")
+        except ProtocolError as exc:
+            self._broken(exc)
+            return
+        if hello.get("version") != p.VERSION:
+            self._broken(ProtocolError(f"unsupported agent: {hello!r:.200}"))
+            return
+        self._greeted = True
+        if not self._hello.done():
+            self._hello.set_result(hello)
+
+    def _violation(self, what: str) -> None:
+        self._broken(ProtocolError(f"the sandbox's agent broke the protocol: {what}"))
 
     def _broken(self, error: SandlotError) -> None:
         if self.closed is not None:
@@ -443,6 +562,7 @@ class Channel:
         for request in list(self._requests.values()):
             request._fail(error)
         self._requests.clear()
+        self._backlog = 0
         if self._transport is not None:
             self._transport.abort()
         for callback in self.on_close:
@@ -454,7 +574,7 @@ class Channel:
         """Start a request; its frames arrive on the returned :class:`Request`."""
         if self.closed is not None:
             raise self.closed
-        rid = next(self._ids)
+        self._last_rid = rid = self._last_rid + 1
         request = Request(self, rid)
         self._requests[rid] = request
         args["op"] = op
@@ -467,7 +587,7 @@ class Channel:
         while True:
             kind, _, payload = await request.receive()
             if kind == p.END:
-                return _json(payload)
+                return json_object(payload, "answer")
 
     def close(self) -> None:
         self._broken(SandboxClosedError("the channel was closed"))
