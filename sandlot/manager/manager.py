@@ -30,6 +30,7 @@ from ..egress.policy import NetworkPolicy
 from ..errors import (
     EgressError,
     InvalidArgumentError,
+    ProtocolError,
     RemoteUnavailableError,
     SandboxNotFoundError,
     SandlotError,
@@ -220,6 +221,7 @@ class Manager:
         self.store.set_handle(info.id, started.handle)
         live = LiveSandbox(info, started.channel, provider, fell_back)
         self._owned[info.id] = live
+        self._kill_on_violation(info.id, started.channel)
         self._schedule_expiry(info.id, spec.timeout)
         if started.exited is not None:
             started.exited.add_done_callback(lambda _: self._on_exit(info.id))
@@ -355,6 +357,7 @@ class Manager:
         if not provider.is_alive(info.handle):
             raise SandboxNotFoundError(f"sandbox {sandbox_id} is no longer running", id=sandbox_id)
         channel = await provider.connect(info.handle)
+        self._kill_on_violation(sandbox_id, channel)
         if self.store.ports(sandbox_id):  # exposed by an earlier process: serve them again
             await self.ports.rebuild(sandbox_id, self._channel_for(sandbox_id, channel))
         if provider.serves_egress:  # ready to serve its proxy and bridge if its holder goes
@@ -404,6 +407,7 @@ class Manager:
             if current.closed is not None:
                 info, provider = self._lookup(sandbox_id)
                 current = await provider.connect(info.handle)
+                self._kill_on_violation(sandbox_id, current)
             return current
 
         return channel_for
@@ -474,6 +478,19 @@ class Manager:
         future = loop.run_in_executor(None, shutil.rmtree, folder, True)
         self._removals.add(future)
         future.add_done_callback(self._removals.discard)
+
+    def _kill_on_violation(self, sandbox_id: str, channel: Channel) -> None:
+        """A sandbox whose agent broke the channel protocol is hostile: kill it (the channel
+        has already disconnected it)."""
+
+        def broken(error: SandlotError) -> None:
+            if isinstance(error, ProtocolError):
+                log.warning("sandbox %s: %s; killing it", sandbox_id, error)
+                task = asyncio.ensure_future(self.kill(sandbox_id))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+        if isinstance(channel, Channel):  # a remote server's channel is that server's care
+            channel.on_close.append(broken)
 
     def _on_exit(self, sandbox_id: str) -> None:
         """An owned sandbox stopped by itself (its deadline, or its agent died)."""
