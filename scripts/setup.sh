@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+# bwrap sandboxes' seccomp filter is built with libseccomp.
+ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
 # The sandbox's Python is the host's /usr/bin/python3: code contexts use its pip, and the tests
 # plot with its matplotlib and render tables with its pandas.
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)

@@ -8,15 +8,22 @@ Options:
   --deadline SECONDS   exit, killing every command, after this long
   --parent PID         exit when this process is no longer our parent
   --rlimit NAME=VALUE  set a resource limit (nproc, as, nofile, core, fsize) for all commands
+  --writable PATH      commands may change files only beneath these folders (repeatable;
+                       Landlock, where the kernel has it; see walls.py)
+  --walls              raise the agent's walls (walls.py) even without --writable
+  --lifeline FD        exit when this inherited pipe's other end closes (its creator died)
 """
 
 import sys
 
 
 def _parse(argv):
-    options = {"mapping": [], "rlimits": []}
+    options = {"mapping": [], "rlimits": [], "writable": [], "walls": False}
     it = iter(argv)
     for flag in it:
+        if flag == "--walls":
+            options["walls"] = True
+            continue
         try:
             value = next(it)
         except StopIteration:
@@ -34,6 +41,11 @@ def _parse(argv):
             options["deadline"] = float(value)
         elif flag == "--parent":
             options["parent"] = int(value)
+        elif flag == "--writable":
+            options["writable"].append(value)
+            options["walls"] = True
+        elif flag == "--lifeline":
+            options["lifeline"] = int(value)
         elif flag == "--rlimit":
             name, _, limit = value.partition("=")
             options["rlimits"].append((name, int(limit)))
@@ -73,6 +85,11 @@ def main(argv):
         options["listen_fd"] = _listen(options.pop("socket"))
     if "listen_fd" not in options:
         raise SystemExit("sandlot-agent: --listen-fd or --socket is required")
+    writable, walls = options.pop("writable"), options.pop("walls")
+    if walls:
+        from . import walls as w
+
+        options["spawn"] = w.setup(writable)
     from .server import Agent
 
     Agent(**options).loop.run()

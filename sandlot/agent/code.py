@@ -312,7 +312,7 @@ class Context:
         argv = [python, "-c", BOOT % (_agent_root(), _agent_root()), real_persist]
         try:
             posix.chdir(agent.paths.to_real(self.cwd))
-            self.pid = posix.posix_spawn(
+            self.pid = agent.spawn(
                 python,
                 argv,
                 env,

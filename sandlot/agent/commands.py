@@ -232,7 +232,7 @@ class Command:
             if path is None:
                 raise FileNotFoundError(2, "command not found")
             posix.chdir(cwd)
-            pid = posix.posix_spawn(
+            pid = agent.spawn(
                 path,
                 argv,
                 env,

@@ -47,10 +47,20 @@ class Paths:
 
 
 class Agent:
-    def __init__(self, listen_fd, mapping=(), workdir="/workspace", deadline=None, parent=None):
+    def __init__(
+        self,
+        listen_fd,
+        mapping=(),
+        workdir="/workspace",
+        deadline=None,
+        parent=None,
+        lifeline=None,
+        spawn=posix.posix_spawn,
+    ):
         from .loop import Loop
 
         self.loop = Loop()
+        self.spawn = spawn  # posix_spawn, or walls.Spawner's (commands in their own domain)
         self.paths = Paths(list(mapping))
         self.workdir = workdir
         self.connections = set()
@@ -70,6 +80,10 @@ class Agent:
             self.set_deadline(deadline)
         if parent is not None:
             self.loop.call_at(time.monotonic() + PARENT_CHECK, self._check_parent)
+        if lifeline is not None:
+            # The creator holds the other end: when it dies, however, this end reads EOF.
+            posix.set_inheritable(lifeline, False)
+            self.loop.watch(lifeline, select.EPOLLIN | select.EPOLLHUP, self._on_lifeline)
 
     @property
     def shell(self):
@@ -130,6 +144,9 @@ class Agent:
             self.shutdown()
             return
         self.loop.call_at(time.monotonic() + PARENT_CHECK, self._check_parent)
+
+    def _on_lifeline(self, events):
+        self.shutdown()
 
     def shutdown(self):
         for command in list(self.commands.values()):
@@ -212,10 +229,13 @@ class Agent:
         return {}
 
     def op_info(self, conn, rid, request):
+        from . import walls
+
         return {
             "pid": posix.getpid(),
             "version": p.VERSION,
             "commands": sorted(pid for pid in self.commands if pid > 0),
+            "walls": walls.report(),
         }
 
 

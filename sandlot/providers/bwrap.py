@@ -34,7 +34,7 @@ from ..errors import (
     SandboxError,
 )
 from ..models import ProviderInfo, Resources, SandboxSpec
-from . import agent_files, cgroups, etc, procinfo, spawn, userns
+from . import agent_files, cgroups, etc, procinfo, seccomp, spawn, userns
 from .base import AgentPythonConfig, Provider, Started
 
 SANDBOX_UID = 1000
@@ -44,6 +44,9 @@ TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 SHM_BYTES = 64 * 1024 * 1024
 ADOPT_TIMEOUT = 2.0
 NOBODY = 65534
+# What commands may change (the agent's Landlock domain): the read-write mounts, and /dev's
+# character devices (null, tty, ...).
+WRITABLE = ("/workspace", "/tmp", "/dev/shm", "/dev")
 
 
 class BwrapConfig(AgentPythonConfig):
@@ -54,8 +57,9 @@ class BwrapConfig(AgentPythonConfig):
 
     host_user: str | int | None = Field(
         None,
-        description="host account the sandbox runs as; default: 'nobody' when sandlot runs as "
-        "root (so an escape lands unprivileged), else the current user",
+        description="host account the sandbox runs as; default: when sandlot runs as root, a "
+        "fresh unprivileged uid per sandbox (so an escape lands unprivileged and sandboxes "
+        "share no per-user kernel counters or keyrings), else the current user",
     )
 
     @field_validator("ro_binds")
@@ -107,7 +111,8 @@ class BwrapProvider(Provider):
         if reason is not None:
             raise ProviderUnavailableError(f"bwrap cannot isolate here: {reason}", reason=reason)
         agent_root = agent_files.prepare(self.home, config.python)
-        user = _host_user(config.host_user)
+        namespace = await _namespace_for(config.host_user)
+        user = namespace.user if namespace is not None else None
         if user is not None:
             self._open_path_to(folder)
         spawn.make_workspace(folder, spec.workdir, user)
@@ -117,17 +122,33 @@ class BwrapProvider(Provider):
         limiting: asyncio.Future[set[int]] | None = None
         try:
             listener = spawn.listen(folder)
+            filter_fd = seccomp.memfd()
+            # The agent exits when this process dies, however it dies (bwrap's own
+            # --die-with-parent does not survive the uid change inside); the sandbox's PID
+            # namespace, setsid'd daemons included, ends with it.
+            lifeline = None if self.detached else os.pipe2(os.O_CLOEXEC)
             try:
-                namespace = None
-                if user is not None:
-                    namespace = userns.shared(SANDBOX_UID, SANDBOX_GID, user)
+                ns_fd = None if namespace is None else namespace.fd
                 argv = self._argv(
-                    spec, config, folder, agent_root, listener.fileno(), bool(groups), namespace
+                    spec, config, folder, agent_root, listener.fileno(), bool(groups), ns_fd
                 )
-                extra = () if namespace is None else (namespace,)
-                child = spawn.spawn(argv, folder, listener, {"PATH": DEFAULT_PATH}, extra)
+                argv[1:1] = ["--seccomp", str(filter_fd)]
+                extra = [filter_fd] if ns_fd is None else [filter_fd, ns_fd]
+                if lifeline is not None:
+                    argv += ["--lifeline", str(lifeline[0])]
+                    extra.append(lifeline[0])
+                child = spawn.spawn(argv, folder, listener, {"PATH": DEFAULT_PATH}, tuple(extra))
             finally:
                 listener.close()
+                os.close(filter_fd)
+                if lifeline is not None:
+                    os.close(lifeline[0])
+                    if child is None:
+                        os.close(lifeline[1])
+            if lifeline is not None:
+                child.hold(lifeline[1])
+                if namespace is not None:  # bwrap has joined it (or failed): ours to close
+                    os.close(namespace.fd)
             self._children[child.pid] = child
             if system is not None:
                 # Creating the groups and joining them (which can wait a whole RCU grace
@@ -151,6 +172,8 @@ class BwrapProvider(Provider):
                 if missed:
                     system.add(groups, missed)
         except BaseException:
+            if user is not None:
+                userns.release(user)
             if child is not None:
                 self._children.pop(child.pid, None)
                 await child.kill()
@@ -160,6 +183,8 @@ class BwrapProvider(Provider):
             raise
         child.exited.add_done_callback(lambda _: self._children.pop(child.pid, None))
         handle = spawn.handle(child, folder, cgroups=[str(g) for g in groups])
+        if user is not None:
+            handle["host_uid"] = user.uid
         return Started(handle=handle, channel=channel, exited=child.exited)
 
     def _open_path_to(self, folder: Path) -> None:
@@ -190,6 +215,8 @@ class BwrapProvider(Provider):
             argv += ["--ro-bind", path, path]
         argv += environment_args(spec.plain_env)
         agent_args = ["--listen-fd", str(listen_fd), "--deadline", str(spec.timeout)]
+        for path in WRITABLE:
+            agent_args += ["--writable", path]
         agent_args += ["--workdir", spec.workdir]
         if not limited:
             resources = spec.resources
@@ -209,6 +236,8 @@ class BwrapProvider(Provider):
         return await dial_unix(handle["socket"])
 
     async def destroy(self, handle: dict[str, Any]) -> None:
+        if isinstance(handle.get("host_uid"), int):
+            userns.release(spawn.HostUser(handle["host_uid"], handle["host_uid"]))
         groups = [Path(g) for g in handle.get("cgroups", [])]
         cgroups.kill_all(groups)  # every process of the sandbox at once, not one by one
         child = self._children.get(handle.get("pid", -1))
@@ -227,7 +256,11 @@ class BwrapProvider(Provider):
             await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     def is_alive(self, handle: dict[str, Any]) -> bool:
-        return procinfo.is_running(handle.get("pid", -1), handle.get("started"))
+        # bwrap's monitor may be gone while the sandbox lives on (it was killed on its own):
+        # what still runs in the sandbox's groups is the sandbox, and listed as alive.
+        if procinfo.is_running(handle.get("pid", -1), handle.get("started")):
+            return True
+        return bool(cgroups.procs([Path(g) for g in handle.get("cgroups", [])]))
 
     # -- pause and resume: the cgroup freezer -----------------------------------------------
 
@@ -404,12 +437,24 @@ def _probe() -> str | None:
     return None
 
 
+async def _namespace_for(setting: str | int | None) -> userns.Namespace | None:
+    """As root, the sandbox's own user namespace (see :mod:`.userns`); None: bwrap makes
+    one itself, as the current user."""
+    fixed = _host_user(setting)
+    if os.geteuid() != 0 or (setting is not None and fixed is None):
+        return None  # not root, or host_user="root" asked for by name: bwrap unshares
+    found = userns.take(SANDBOX_UID, SANDBOX_GID, fixed)
+    if found is not None:
+        return found
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, userns.create, SANDBOX_UID, SANDBOX_GID, fixed)
+
+
 def _host_user(setting: str | int | None) -> spawn.HostUser | None:
-    """Whom to run bwrap as. None: as ourselves (no switch)."""
+    """The host account asked for, or None: as root, a fresh uid per sandbox; else
+    ourselves (no switch)."""
     if setting is None:
-        if os.geteuid() != 0:
-            return None
-        setting = "nobody"
+        return None
     try:
         entry = pwd.getpwuid(setting) if isinstance(setting, int) else pwd.getpwnam(setting)
     except KeyError:

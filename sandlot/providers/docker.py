@@ -58,6 +58,9 @@ DEFAULT_HOST = "unix:///var/run/docker.sock"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's own
 RUN_MOUNT = "/.sandlot-run"  # the bind-mounted host folder that holds the agent's socket
 SOCKET_NAME = "agent.sock"
+# What commands may change (the agent's Landlock domain, where Docker's seccomp profile and
+# the kernel allow one).
+WRITABLE = ("/workspace", "/tmp", "/dev/shm", "/dev")
 LABEL_SANDBOX = "sandlot.sandbox"
 LABEL_HOME = "sandlot.home"
 LABEL_OWNER = "sandlot.owner"
@@ -396,6 +399,7 @@ class DockerProvider(Provider):
                 channel = await self._connect_started(
                     client, container, socket_path, exited, config
                 )
+                socket_path = _hide_socket(socket_path, folder / SOCKET_NAME)
             except BaseException:
                 self._drop(container, host)
                 raise
@@ -421,6 +425,7 @@ class DockerProvider(Provider):
             "--workdir", spec.workdir,
             "--deadline", str(spec.timeout),
             "--rlimit", "core=0",
+            *(arg for path in WRITABLE for arg in ("--writable", path)),
         )  # fmt: skip
         resources = spec.resources
         memory = resources.memory_mb << 20
@@ -830,6 +835,16 @@ def _agent_socket(path: str) -> Iterator[str | None]:
         yield f"/proc/self/fd/{fd}" if stat.S_ISSOCK(os.fstat(fd).st_mode) else None
     finally:
         os.close(fd)
+
+
+def _hide_socket(shown: Path, hidden: Path) -> Path:
+    """Move the agent's socket out of the folder the container sees, so that no command can
+    dial the agent (a bound socket is reached through its inode, wherever its name goes).
+    No command has run yet: only the agent has written that folder."""
+    os.rename(shown, hidden)
+    if not stat.S_ISSOCK(os.lstat(hidden).st_mode):
+        raise SandboxStartError("the agent's socket was not a socket")
+    return hidden
 
 
 def _float(text: str | None) -> float | None:

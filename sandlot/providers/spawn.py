@@ -72,12 +72,19 @@ class ChildProcess:
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int] = loop.create_future()
         self._pidfd = os.pidfd_open(popen.pid)
+        self._held: list[int] = []
         loop.add_reader(self._pidfd, self._on_exit)
+
+    def hold(self, fd: int) -> None:
+        """Keep ``fd`` open while the child lives (a lifeline's end), closed at its exit."""
+        self._held.append(fd)
 
     def _on_exit(self) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
+        while self._held:
+            os.close(self._held.pop())
         code = self.popen.wait()
         if not self.exited.done():
             self.exited.set_result(code)

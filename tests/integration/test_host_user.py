@@ -1,5 +1,6 @@
-"""When sandlot runs as root, a sandbox runs as the host's unprivileged `nobody`: whatever
-escapes the namespaces lands without privileges."""
+"""When sandlot runs as root, each sandbox runs as an unprivileged host uid of its own, in a
+user namespace of its own: whatever escapes the namespaces lands without privileges, and
+sandboxes share no per-user kernel counters or keyrings."""
 
 import os
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import sandlot
-from sandlot.providers import procinfo
+from sandlot.providers import procinfo, userns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root switches host users")
 
@@ -27,14 +28,28 @@ def _host_uids(sb) -> set[int]:
     return uids
 
 
-def test_sandbox_processes_and_files_belong_to_nobody_on_the_host():
-    with sandlot.Sandbox.create() as sb:
+def test_each_sandbox_has_a_host_uid_and_user_namespace_of_its_own():
+    with sandlot.Sandbox.create() as sb, sandlot.Sandbox.create() as other:
         handle = sb.commands.run("sleep 30", background=True)
-        assert _host_uids(sb) == {NOBODY}
+        uids = _host_uids(sb)
+        assert len(uids) == 1 and uids <= set(userns.UID_RANGE)
+        assert _host_uids(other).isdisjoint(uids)
         sb.commands.run("echo x > /workspace/made-inside")
         made = Path(sandlot_home()) / "sandboxes" / sb.id / "workspace" / "made-inside"
-        assert made.stat().st_uid == NOBODY
+        assert made.stat().st_uid in uids
+        namespaces = {_user_namespace(s) for s in (sb, other)}
+        assert len(namespaces) == 2 and os.readlink("/proc/self/ns/user") not in namespaces
         handle.kill()
+
+
+def test_a_named_host_user_is_used_as_is():
+    with sandlot.Sandbox.create(host_user="nobody") as sb:
+        assert _host_uids(sb) == {NOBODY}
+
+
+def _user_namespace(sb) -> str:
+    agent = procinfo.descendants(sb.info.handle["pid"])[-1]
+    return os.readlink(f"/proc/{agent}/ns/user")
 
 
 def test_the_sandbox_cannot_reach_another_sandboxs_agent_socket():
