@@ -8,6 +8,8 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from sandlot.errors import ProtocolError
 from sandlot.workspace import WorkspaceStore, open_store
 from sandlot.workspace import checkpoint as cp
 
-from .helpers import SID, build_tree
+from .helpers import SID, build_tree, same_tree
 
 SECRET = b"HOST-SECRET-7f3a9c-do-not-store\n"
 
@@ -271,3 +273,142 @@ async def test_local_store_refuses_a_blob_of_the_wrong_size(tmp_path: Path) -> N
     with pytest.raises(ProtocolError, match="size"):
         await store.restore(SID, dst, None)
     assert not (dst / "f").exists()
+
+
+# -- a workspace's .git is data to the host -----------------------------------------------------
+
+# githooks(5), and the ones other porcelains (git-p4, send-email, fsmonitor) call.
+GIT_HOOKS = (  # noqa: SIM905 (a list of words reads better as words)
+    "applypatch-msg pre-applypatch post-applypatch pre-commit pre-merge-commit "
+    "prepare-commit-msg commit-msg post-commit pre-rebase post-checkout post-merge pre-push "
+    "pre-receive update proc-receive post-receive post-update reference-transaction "
+    "push-to-checkout pre-auto-gc post-rewrite sendemail-validate fsmonitor-watchman "
+    "p4-changelist p4-prepare-changelist p4-post-changelist p4-pre-submit post-index-change"
+).split()
+# Process-starting events of the host's own Python (sys.audit): none may fire while the host
+# checkpoints or restores a workspace.
+_EXEC_EVENTS = frozenset(
+    {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork"}
+)
+# The one program the host may start meanwhile: the local store's syncfs looks libc up with
+# ctypes.util.find_library, which runs the system's ldconfig (a fixed path, nothing from the
+# workspace).
+_ALLOWED_PROGRAMS = frozenset({"/sbin/ldconfig"})
+_watching = threading.Event()
+_started: list[tuple[str, str]] = []
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if _watching.is_set() and event in _EXEC_EVENTS:
+        program = str(args[0]) if args else ""
+        if program not in _ALLOWED_PROGRAMS:
+            _started.append((event, repr(args)[:200]))
+
+
+_audit_added = False
+
+
+def _plant_git_traps(ws: Path, markers: Path) -> None:
+    """A repository whose every hook and every program-running setting leaves a marker file
+    in ``markers`` (a host folder) if anything runs it."""
+
+    def trap(name: str) -> str:
+        return f"sh -c 'echo {name} >> {markers}/ran' #"
+
+    git = ws / ".git"
+    for folder in ("hooks", "evil-hooks", "objects/info", "refs/heads", "info"):
+        (git / folder).mkdir(parents=True, exist_ok=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    for hooks in (git / "hooks", git / "evil-hooks"):
+        for name in GIT_HOOKS:
+            (hooks / name).write_text(f"#!/bin/sh\necho hook {name} >> {markers}/ran\n")
+            os.chmod(hooks / name, 0o755)
+    (git / "config").write_text(
+        "[core]\n"
+        "\trepositoryformatversion = 0\n"
+        "\tbare = false\n"
+        f"\tfsmonitor = {trap('fsmonitor')}\n"
+        f"\thooksPath = {git / 'evil-hooks'}\n"
+        f"\tsshCommand = {trap('sshCommand')}\n"
+        f"\tpager = {trap('pager')}\n"
+        f"\teditor = {trap('editor')}\n"
+        f"\taskPass = {trap('askPass')}\n"
+        f"\tgitProxy = {trap('gitProxy')}\n"
+        '[filter "evil"]\n'
+        f"\tclean = {trap('clean')}\n"
+        f"\tsmudge = {trap('smudge')}\n"
+        f"\tprocess = {trap('process')}\n"
+        "\trequired = true\n"
+        '[diff "evil"]\n'
+        f"\ttextconv = {trap('textconv')}\n"
+        "[diff]\n"
+        f"\texternal = {trap('diff.external')}\n"
+        "[alias]\n"
+        f"\tstatus = !{trap('alias')}\n"
+        "[credential]\n"
+        f"\thelper = !{trap('credential')}\n"
+        "[gpg]\n"
+        f"\tprogram = {trap('gpg')}\n"
+        "[include]\n"
+        "\tpath = ../evil.gitconfig\n"
+    )
+    (ws / "evil.gitconfig").write_text(f"[core]\n\tfsmonitor = {trap('included')}\n")
+    (ws / ".gitattributes").write_text("* filter=evil diff=evil\n")
+    (ws / "tracked.txt").write_text("a file git would clean, smudge and diff\n")
+    (git / "index").write_bytes(b"DIRC\x00\x00\x00\x02\x00\x00\x00\x00" + b"\x00" * 20)
+
+
+async def test_git_hooks_and_config_never_run_on_the_host(
+    store: WorkspaceStore, tmp_path: Path
+) -> None:
+    """Issue 15, hole 8: a sandbox fills /workspace/.git with hooks (every name, executable)
+    and a config whose fsmonitor, hooksPath, sshCommand, filters, diff.external, aliases and
+    includes each run a program, plus a symlink out of the workspace. A checkpoint and a
+    restore (into an empty folder, and over a repository already there) start no process on
+    the host at all (audited), leave no marker, never follow the symlink, and give back the
+    same bytes, modes and links: data. A control shows the trap is armed: the host's own
+    ``git status`` in the restored folder does run it (running git there is the user's
+    call)."""
+    global _audit_added
+    if not _audit_added:  # a hook cannot be removed: one for the whole run, idle unless watching
+        sys.addaudithook(_audit)
+        _audit_added = True
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "host.txt").write_bytes(SECRET)
+    ws = tmp_path / "ws"
+    _plant_git_traps(ws, markers)
+    os.symlink(outside, ws / ".git" / "objects" / "info" / "alternates-dir")
+    os.symlink(outside / "host.txt", ws / ".git" / "description")
+
+    dst, over = tmp_path / "dst", tmp_path / "over"
+    dst.mkdir()
+    _plant_git_traps(over, markers)  # a restore over a repository the sandbox left behind
+    (over / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\necho stale\n")
+    _watching.set()
+    subprocess.run(["/bin/true"], check=True)  # the audit sees a process start...
+    assert _started and _started[0][0] == "subprocess.Popen"
+    _started.clear()
+    try:  # ...and none while the host checkpoints and restores
+        await store.checkpoint(SID, ws, tmp_path / "index")
+        await store.restore(SID, dst, tmp_path / "dst.index")
+        await store.restore(SID, over, None)
+    finally:
+        _watching.clear()
+    assert _started == [], f"the host started a process: {_started}"
+    assert list(markers.iterdir()) == []
+    assert list(outside.iterdir()) == [outside / "host.txt"]
+    assert SECRET not in _all_stored_bytes(store, tmp_path)
+    same_tree(ws, dst)
+    same_tree(ws, over)
+    assert os.readlink(dst / ".git" / "description") == str(outside / "host.txt")
+
+    git = shutil.which("git")
+    if git is None:
+        return
+    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(tmp_path), "LANG": "C"}
+    subprocess.run([git, "status"], cwd=dst, env=env, capture_output=True, timeout=30)
+    ran = (markers / "ran").read_text() if (markers / "ran").exists() else ""
+    assert ran, "control: host git in the folder should hit the trap"  # fsmonitor, hooks
