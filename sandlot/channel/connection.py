@@ -274,7 +274,8 @@ class _Protocol(asyncio.BufferedProtocol):
                 self.large = head, body, filled
                 return
             self.large = None
-            self.channel._on_frame(head[0], head[1], head[2], bytes(body))
+            if self.channel.closed is None:
+                self.channel._on_frame(head[0], head[1], head[2], bytes(body))
             return
         self.end += nbytes
         view, offset, end = self.view, self.start, self.end

@@ -1,5 +1,7 @@
 """The host's side of a socket hand-off takes only connected TCP sockets: a descriptor comes
-from inside the sandbox, and a file, a pipe or a Unix socket must not be served as a client."""
+from inside the sandbox, and a file, a pipe, a Unix socket or a listening socket must not be
+served as a client. (The hand-off's framing and its descriptor bounds are fuzzed and attacked
+in test_channel_fuzz.py.)"""
 
 from __future__ import annotations
 
@@ -41,4 +43,10 @@ def test_anything_else_is_closed_and_refused() -> None:
     assert _tcp_socket(fd) is None and _is_closed(fd)
     with open(__file__, "rb") as handle:
         fd = os.dup(handle.fileno())
+    assert _tcp_socket(fd) is None and _is_closed(fd)
+    listening = socket.create_server(("127.0.0.1", 0))
+    fd = listening.detach()
+    assert _tcp_socket(fd) is None and _is_closed(fd)
+    unconnected = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fd = unconnected.detach()
     assert _tcp_socket(fd) is None and _is_closed(fd)
