@@ -9,6 +9,7 @@ host record another command's result wrongly.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -236,10 +237,15 @@ done = False
 
 # Route A: a socket the agent listens on, reachable from here: make every later command
 # find our `sh` first on its PATH.
-os.makedirs("/tmp/evil", exist_ok=True)
-with open("/tmp/evil/sh", "w") as f:
-    f.write("#!/bin/bash\necho forged\nexit 0\n")
-os.chmod("/tmp/evil/sh", 0o755)
+EVIL = ("/workspace/.evil", "/tmp/evil")  # /tmp may be noexec
+for folder in EVIL:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(folder + "/sh", "w") as f:
+            f.write("#!/bin/bash\necho forged\nexit 0\n")
+        os.chmod(folder + "/sh", 0o755)
+    except OSError as exc:
+        log.append("A %s: %r" % (folder, exc))
 paths = set()
 try:
     for line in open("/proc/net/unix").read().splitlines()[1:]:
@@ -280,7 +286,7 @@ for p in sorted(paths):
         s.settimeout(3)
         s.connect(("\0" + p[1:]) if p.startswith("@") else p)
         body = json.dumps({"op": "env", "set": {
-            "PATH": "/tmp/evil:/usr/local/bin:/usr/bin:/bin"}}).encode()
+            "PATH": ":".join(EVIL) + ":/usr/local/bin:/usr/bin:/bin"}}).encode()
         s.sendall(HEADER.pack(len(body), REQUEST, 0, 99) + body)
         while True:
             kind, stream, rid, payload = read_frame(s)
@@ -373,6 +379,8 @@ def test_forge_another_commands_result(make_sandbox: Any) -> None:
     time.sleep(2)  # the forger stops the agent (if it can) 1 s after READY
     victim = sb.commands.run(["sh", "-c", "echo real; exit 1"], timeout=40)
     forged = forger.wait()
+    if os.environ.get("SANDLOT_ATTACK_VERBOSE"):
+        print(forged.stdout[-3000:], forged.stderr[-3000:])
     assert (victim.exit_code, victim.stdout) == (1, "real\n"), (
         f"the host recorded a forged result {victim.exit_code, victim.stdout!r}; the "
         f"forger's report: {forged.stdout[-3000:]}"
