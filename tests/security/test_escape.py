@@ -377,7 +377,7 @@ def test_nested_namespaces(shared_sandbox: Any) -> None:
     assert not worked, f"namespaces made inside the sandbox: {sorted(worked)}"
 
 
-@pytest.mark.attack("mount, remount and pivot_root", hole=None)
+@pytest.mark.attack("mount, remount and pivot_root")
 def test_mount(shared_sandbox: Any) -> None:
     """The attacker remounts / and /usr read-write, mounts a tmpfs, bind-mounts over
     /etc, unmounts /workspace's cover and uses the new mount API (fsopen, open_tree).
@@ -512,9 +512,11 @@ def test_perf_event_open(shared_sandbox: Any) -> None:
         shared_sandbox,
         r"""
         PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK = 1, 0
-        # type, size, config, then flags: exclude_kernel (bit 5) | exclude_hv (bit 6)
-        attr = struct.pack("IIQQQQ", PERF_TYPE_SOFTWARE, 128, PERF_COUNT_SW_CPU_CLOCK, 0, 0,
-                           (1 << 5) | (1 << 6)) + b"\0" * 88
+        # type, size, config, sample_period, sample_type, read_format, then the flags:
+        # exclude_kernel (bit 5) | exclude_hv (bit 6); the rest zero
+        attr = struct.pack("IIQQQQQ", PERF_TYPE_SOFTWARE, 128, PERF_COUNT_SW_CPU_CLOCK, 0, 0, 0,
+                           (1 << 5) | (1 << 6))
+        attr += b"\0" * (128 - len(attr))
         buf = ctypes.create_string_buffer(attr, 128)
         attempt("perf_event_open(self, sw cpu clock)", lambda: sys_call(
             "perf_event_open", buf, 0, -1, -1, 0))
