@@ -48,33 +48,24 @@ REDIAL_DELAY = (0.05, 2.0)  # first and largest pause between dial attempts, sec
 MAX_BACKLOG = 64 * 1024 * 1024
 FRAME_COST = 128
 
-# What an agent may send, by frame kind: the longest payload (-1: never sent by an agent)
-# and the streams it may name, as a bit mask. Anything else is a protocol violation.
-_STREAMS = 1 << p.STDOUT | 1 << p.STDERR
-_MAX_LENGTH = (
-    p.MAX_CONTROL,  # HELLO
-    -1,  # REQUEST
-    p.MAX_CONTROL,  # EVENT
-    p.MAX_CONTROL,  # END
-    p.MAX_CONTROL,  # ERROR
-    p.MAX_DATA,  # DATA
-    0,  # EOF
-    p.CREDIT.size,  # GRANT
-    -1,  # CANCEL
-)
-_STREAM_MASK = (1, 0, 1, 1, 1, _STREAMS, _STREAMS, 1 << p.STDIN, 0)
-_KINDS = len(_MAX_LENGTH)
+# What an agent may send: the longest payload for each (kind << 8 | stream) it may use. Any
+# other kind or stream, or a longer payload, is a protocol violation (one lookup a frame).
+_CONTROL = (p.HELLO, p.EVENT, p.END, p.ERROR)
+_LIMITS = {
+    **{kind << 8: p.MAX_CONTROL for kind in _CONTROL},
+    **{p.DATA << 8 | s: p.MAX_DATA for s in (p.STDOUT, p.STDERR)},
+    **{p.EOF << 8 | s: 0 for s in (p.STDOUT, p.STDERR)},
+    p.GRANT << 8 | p.STDIN: p.CREDIT.size,
+}
 
 
-def _bad_header(length: int, kind: int, stream: int) -> str | None:
-    """Why the agent may not send a frame with this header; None if it may."""
-    if kind >= _KINDS or _MAX_LENGTH[kind] < 0:
+def _bad_header(length: int, kind: int, stream: int) -> str:
+    """Why the agent may not send a frame with this header."""
+    if not any(key >> 8 == kind for key in _LIMITS):
         return f"a frame of kind {kind}"
-    if length > _MAX_LENGTH[kind]:
-        return f"a {length}-byte frame of kind {kind}"
-    if not _STREAM_MASK[kind] >> stream & 1:
+    if kind << 8 | stream not in _LIMITS:
         return f"a frame of kind {kind} on stream {stream}"
-    return None
+    return f"a {length}-byte frame of kind {kind}"
 
 
 class Request:
@@ -97,10 +88,6 @@ class Request:
     # -- receiving --------------------------------------------------------------------------
 
     def _deliver(self, frame: Frame) -> None:
-        if frame[0] != p.DATA:
-            cost = len(frame[2]) + FRAME_COST
-            self._backlog += cost
-            self.channel._backlog += cost
         self._frames.append(frame)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -285,8 +272,8 @@ class _Protocol(asyncio.BufferedProtocol):
             if channel.closed is not None:  # a frame broke the protocol: read no further
                 return
             length, kind, stream, rid = p.HEADER.unpack_from(view, offset)
-            if kind >= _KINDS or length > _MAX_LENGTH[kind] or not _STREAM_MASK[kind] >> stream & 1:
-                channel._violation(_bad_header(length, kind, stream) or "a bad header")
+            if length > _LIMITS.get(kind << 8 | stream, -1):
+                channel._violation(_bad_header(length, kind, stream))
                 return
             frame_end = offset + p.HEADER_SIZE + length
             if frame_end > end:
@@ -485,7 +472,7 @@ class Channel:
         transport.write(header + payload)
 
     def _on_frame(self, kind: int, stream: int, rid: int, payload: bytes) -> None:
-        """One frame whose header passed :func:`_bad_header`; a violation ends the channel."""
+        """One frame whose header is in :data:`_LIMITS`; a violation ends the channel."""
         request = self._requests.get(rid)
         if request is None or request._answered or not self._greeted:
             if not self._greeted or kind == p.HELLO:
@@ -521,9 +508,12 @@ class Channel:
                 except Exception:  # details that do not fit the error's class
                     self._violation(f"request {rid}: a malformed error")
                     return
-            if self._backlog + len(payload) + FRAME_COST > MAX_BACKLOG:
+            cost = len(payload) + FRAME_COST
+            if self._backlog + cost > MAX_BACKLOG:
                 self._violation("more control frames than the host reads")
                 return
+            self._backlog += cost
+            request._backlog += cost
         request._deliver((kind, stream, payload))
 
     def _on_hello(self, kind: int, rid: int, payload: bytes) -> None:
