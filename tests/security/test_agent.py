@@ -463,3 +463,70 @@ def test_forge_sibling_output(shared_sandbox: Any) -> None:
     assert (victim.exit_code, victim.stdout) == (1, "real\n"), (
         f"the host recorded {victim.exit_code, victim.stdout!r}; attacker: {result.stdout[-3000:]}"
     )
+
+
+KERNEL = r"""
+PTRACE_SEIZE, PTRACE_DETACH = 0x4206, 17
+kernels = [int(p) for p in os.listdir("/proc")
+           if p.isdigit() and "agent import kernel" in cmdline(p) and "ATTACKER" not in cmdline(p)]
+
+def seize(pid):
+    sys_call("ptrace", PTRACE_SEIZE, pid, 0, 0)
+    sys_call("ptrace", PTRACE_DETACH, pid, 0, 0)
+    return "traced"
+
+def reopen(pid):
+    wrote = []
+    for n in range(32):
+        try:
+            fd = os.open("/proc/%d/fd/%d" % (pid, n), os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            os.write(fd, b"forged\n")
+            wrote.append(n)
+        except OSError:
+            pass
+        os.close(fd)
+    if not wrote:
+        raise OSError(errno.EACCES, "no descriptor reopened for writing")
+    return wrote
+
+def getfd(pid):
+    pidfd = sys_call("pidfd_open", pid, 0)
+    taken = []
+    for n in range(32):
+        try:
+            taken.append(sys_call("pidfd_getfd", pidfd, n, 0))
+        except OSError:
+            continue
+    if not taken:
+        raise OSError(errno.EPERM, "no descriptor taken")
+    return len(taken)
+
+for pid in kernels:
+    attempt("PTRACE_SEIZE %d" % pid, lambda p=pid: seize(p))
+    attempt("open mem rw %d" % pid, lambda p=pid: os.open("/proc/%d/mem" % p, os.O_RDWR))
+    attempt("write fd/* %d" % pid, lambda p=pid: reopen(p))
+    attempt("pidfd_getfd %d" % pid, lambda p=pid: getfd(p))
+report(kernels=kernels)
+"""
+
+
+@pytest.mark.attack("reach a code context's process (ptrace, mem, its descriptors)", hole=3)
+def test_code_context_out_of_reach(shared_sandbox: Any) -> None:
+    """While a cell of the stateful Python context runs (it sleeps, then prints ``real``), a
+    command goes for the context's worker process: traces it, opens its memory, writes
+    ``forged`` into every descriptor it can reopen through /proc or take with pidfd_getfd.
+    Blocked: every try refused, and the cell's recorded output is ``real``. (Signals are
+    not tried: the sandbox's processes may signal one another, and the host then records
+    the truth, a killed or timed-out cell.)"""
+    sb = shared_sandbox
+    assert sb.run_code("1 + 1", timeout=30).main_result is not None  # the worker is up
+    cell = sb.run_code("import time; time.sleep(2); print('real')", background=True, timeout=30)
+    r = attack(sb, KERNEL)
+    execution = cell.wait()
+    assert r["kernels"], f"the attacker found no code context process: {r}"
+    worked = {k: v for k, v in succeeded(r).items() if k != "kernels"}
+    assert not worked, f"the code context's process is open to commands: {worked}"
+    assert "".join(execution.logs.stdout) == "real\n", execution.logs
