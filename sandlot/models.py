@@ -67,6 +67,13 @@ class Resources(BaseModel):
     pids: int = Field(256, ge=8, le=4194304, description="maximum number of processes and threads")
     cpus: float = Field(1.0, gt=0, le=4096, description="CPU time, in cores")
     tmp_mb: int = Field(256, ge=1, le=1 << 30, description="size of the writable /tmp")
+    disk_mb: int | None = Field(
+        None,
+        ge=16,
+        le=8 << 20,
+        description="size of /workspace in MiB (at most 8 TiB); unset: 10 GiB where the "
+        "provider can cap it (see its 'disk-quota' capability), else uncapped",
+    )
 
 
 NetworkMode = Literal["none", "full"]

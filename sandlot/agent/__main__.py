@@ -11,7 +11,11 @@ Options:
   --writable PATH      commands may change files only beneath these folders (repeatable;
                        Landlock, where the kernel has it; see walls.py)
   --walls              raise the agent's walls (walls.py) even without --writable
+  --reap-all           the sandbox is a PID namespace of its own: at exit, SIGKILL every
+                       process in it (daemons that left their session included)
   --lifeline FD        exit when this inherited pipe's other end closes (its creator died)
+  --seccomp PATH       a seccomp program (BPF) to load for commands, on top of the
+                       isolation's own (read once, at start)
 """
 
 import sys
@@ -21,8 +25,8 @@ def _parse(argv):
     options = {"mapping": [], "rlimits": [], "writable": [], "walls": False}
     it = iter(argv)
     for flag in it:
-        if flag == "--walls":
-            options["walls"] = True
+        if flag in ("--walls", "--reap-all"):
+            options[flag[2:].replace("-", "_")] = True
             continue
         try:
             value = next(it)
@@ -43,6 +47,9 @@ def _parse(argv):
             options["parent"] = int(value)
         elif flag == "--writable":
             options["writable"].append(value)
+            options["walls"] = True
+        elif flag == "--seccomp":
+            options["seccomp"] = value
             options["walls"] = True
         elif flag == "--lifeline":
             options["lifeline"] = int(value)
@@ -78,8 +85,27 @@ def _set_rlimits(rlimits):
         resource.setrlimit(which, (value, value))
 
 
+def _seal_inherited():
+    """Whatever else the agent was started with (bwrap's --userns descriptor, say) must not
+    reach commands: close-on-exec for every descriptor above stderr."""
+    import posix
+
+    try:
+        names = posix.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                posix.set_inheritable(fd, False)
+            except OSError:
+                pass  # the listing's own descriptor, closed since
+
+
 def main(argv):
     options = _parse(argv)
+    _seal_inherited()
     _set_rlimits(options.pop("rlimits"))
     if "socket" in options:
         options["listen_fd"] = _listen(options.pop("socket"))
@@ -89,7 +115,7 @@ def main(argv):
     if walls:
         from . import walls as w
 
-        options["spawn"] = w.setup(writable)
+        options["walls"] = w.setup(writable, options.pop("seccomp", None))
     from .server import Agent
 
     Agent(**options).loop.run()

@@ -55,12 +55,15 @@ class Agent:
         deadline=None,
         parent=None,
         lifeline=None,
-        spawn=posix.posix_spawn,
+        walls=None,
+        reap_all=False,
     ):
         from .loop import Loop
 
         self.loop = Loop()
-        self.spawn = spawn  # posix_spawn, or walls.Spawner's (commands in their own domain)
+        # Starts commands: posix_spawn, or walls.Spawner's (commands out of the agent's reach)
+        self.spawn = walls.spawn if walls is not None else posix.posix_spawn
+        self._spawned_exit = walls.exited if walls is not None else None
         self.paths = Paths(list(mapping))
         self.workdir = workdir
         self.connections = set()
@@ -71,6 +74,7 @@ class Agent:
         self._shell = None
         self._parent = parent
         self._deadline_timer = None
+        self._reap_all = reap_all
         posix.set_inheritable(listen_fd, False)  # commands must never inherit it
         self._listen = _socket.socket(fileno=listen_fd)
         self._listen.setblocking(False)
@@ -128,6 +132,8 @@ class Agent:
                 return
             if pid == 0:
                 return
+            if self._spawned_exit is not None:
+                self._spawned_exit(pid)
             command = self.commands.get(pid)
             if command is not None:
                 command.on_exit(status)
@@ -151,6 +157,13 @@ class Agent:
     def shutdown(self):
         for command in list(self.commands.values()):
             command.signal(SIGKILL)
+        if self._reap_all:
+            # Everything else of the sandbox too: a setsid'd daemon would otherwise keep its
+            # PID namespace (whose init outlives us when the creator is gone) alive.
+            try:
+                posix.kill(-1, SIGKILL)
+            except OSError:
+                pass
         self.loop.running = False
 
     # -- connections and requests ------------------------------------------------------------

@@ -25,6 +25,8 @@ import sys
 
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
 SYS_LANDLOCK_CREATE_RULESET = 444  # the same number on every architecture
 SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
@@ -41,9 +43,10 @@ WRITE_ACCESS = {
     2: 1 << 13,  # REFER (rename and link across folders)
     3: 1 << 14,  # TRUNCATE
 }
-DEVICE_ACCESS = WRITE_FILE | (1 << 14)  # /dev: write to /dev/null and ttys, nothing else
+DEVICE_ACCESS = WRITE_FILE | (1 << 14)
+MAKE_BLOCK = 1 << 11  # /dev: write to /dev/null and ttys, nothing else
 
-_state = {"dumpable": True, "landlock": None}
+_state = {"dumpable": True, "landlock": None, "seccomp": False}
 _functions = {}
 
 
@@ -143,36 +146,69 @@ def _allow_beneath(syscall, ruleset, path, allowed):
 
 
 class Spawner:
-    """Runs ``posix_spawn`` on a thread inside the commands' Landlock domain (children
-    inherit the calling thread's domain), so that commands are in it and the agent is not."""
+    """Starts commands from threads inside the commands' Landlock domain (a child inherits
+    the domain of the thread that made it), so that commands are in it and the agent is not.
 
-    def __init__(self, writable):
+    A thread of the domain (``_serve``) makes one thread per command, which enters a nested
+    domain of its own before it spawns: commands may still signal one another (``kill %1``,
+    ``pkill``), but none can open another's ``/proc/<pid>/fd``, ``mem`` or take its
+    descriptors, so no command changes what another writes to its pipes. That thread lives
+    as long as its command (a process's parent-death signal follows the *thread* that made
+    it), then :meth:`exited` lets it go.
+    """
+
+    def __init__(self, writable, filter_code=None):
         self._go = _thread.allocate_lock()
         self._done = _thread.allocate_lock()
         self._go.acquire()
         self._done.acquire()
         self._job = None
         self._result = None
+        self._held = {}  # pid -> the lock its thread waits on
         self.abi = 0
-        _thread.start_new_thread(self._serve, (writable,))
+        self.filtered = False
+        _thread.start_new_thread(self._serve, (writable, filter_code))
         self._done.acquire()  # until the thread is in its domain (or could not enter it)
 
-    def _serve(self, writable):
+    @property
+    def active(self):
+        return bool(self.abi or self.filtered)
+
+    def _serve(self, writable, filter_code):
         try:
             self.abi = _restrict_thread(writable)
         except Exception:
             self.abi = 0
+        if filter_code:
+            self.filtered = _load_filter(filter_code)
         self._done.release()
-        if not self.abi:
+        if not self.active:
             return
         while True:
             self._go.acquire()
-            args, kwargs = self._job
             try:
-                self._result = (True, posix.posix_spawn(*args, **kwargs))
-            except BaseException as exc:
-                self._result = (False, exc)
+                _thread.start_new_thread(self._command, (self._job,))
+            except Exception:  # no thread to spare (a process limit): spawn from here
+                self._command(self._job, nest=False, hold=False)
+
+    def _command(self, job, nest=True, hold=True):
+        args, kwargs = job
+        if nest and self.abi:
+            _nest()
+        try:
+            pid = posix.posix_spawn(*args, **kwargs)
+        except BaseException as exc:
+            self._result = (False, exc)
             self._done.release()
+            return
+        held = None
+        if hold:
+            held = self._held[pid] = _thread.allocate_lock()
+            held.acquire()
+        self._result = (True, pid)
+        self._done.release()
+        if held is not None:
+            held.acquire()  # until the command has exited
 
     def spawn(self, *args, **kwargs):
         self._job = (args, kwargs)
@@ -184,20 +220,78 @@ class Spawner:
             return value
         raise value
 
+    def exited(self, pid):
+        held = self._held.pop(pid, None)
+        if held is not None:
+            held.release()
 
-def setup(writable):
-    """Raise the walls; returns the function that starts commands."""
-    not_dumpable()
+
+def _nest():
+    """A nested domain that limits nothing but stands apart from its siblings: Landlock lets
+    a process reach another (ptrace, /proc/<pid>/fd, mem) only in its own domain or below."""
+    syscall = _c("syscall")
+    attr = _u64(MAKE_BLOCK, 0, 0)  # making block devices: never allowed here anyway
+    ruleset = syscall(SYS_LANDLOCK_CREATE_RULESET, attr, len(attr), 0)
+    if ruleset >= 0:
+        syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0)
+        posix.close(ruleset)
+
+
+def _load_filter(code):
+    """Load a seccomp program (a ``struct sock_filter`` array) on the calling thread, which
+    has ``no_new_privs`` set; where the provider's isolation has its own (Docker's profile),
+    this one stacks on it for commands."""
+    import _ctypes
+
+    if len(code) % 8 or not code or sys.maxsize < 2**32:
+        return False
+
+    class c_char(_ctypes._SimpleCData):
+        _type_ = "c"
+
+    buffer = type("Program", (_ctypes.Array,), {"_type_": c_char, "_length_": len(code)})
+    program = buffer.from_buffer_copy(code)
+    # struct sock_fprog: unsigned short len, (padding), struct sock_filter *filter
+    fprog = (len(code) // 8).to_bytes(2, sys.byteorder) + bytes(6)
+    fprog += _ctypes.addressof(program).to_bytes(8, sys.byteorder)
     try:
-        spawner = Spawner(writable)
+        if _c("prctl")(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            return False
+        return _c("prctl")(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog, 0, 0) == 0
     except Exception:
-        spawner = None
-    if spawner is None or not spawner.abi:
-        return posix.posix_spawn
-    _state["landlock"] = spawner.abi
-    return spawner.spawn
+        return False
+
+
+class _Plain:
+    """No walls to keep (no ctypes, an old kernel): spawn from the agent's own thread."""
+
+    spawn = staticmethod(posix.posix_spawn)
+
+    def exited(self, pid):
+        pass
+
+
+def setup(writable, filter_path=None):
+    """Raise the walls; returns what starts commands (``spawn``, ``exited``)."""
+    not_dumpable()
+    code = None
+    if filter_path:
+        try:
+            with open(filter_path, "rb") as f:
+                code = f.read(1 << 20)
+        except OSError:
+            code = None
+    try:
+        spawner = Spawner(writable, code)
+    except Exception:
+        return _Plain()
+    if not spawner.active:
+        return _Plain()
+    _state["landlock"] = spawner.abi or None
+    _state["seccomp"] = spawner.filtered
+    return spawner
 
 
 def report():
     """Which walls are up, for ``info``."""
-    return {"dumpable": _state["dumpable"], "landlock": _state["landlock"]}
+    return dict(_state)

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import socket
 import time
 import weakref
@@ -36,7 +35,7 @@ from ..errors import (
     SandlotError,
 )
 from ..models import MAX_LIFETIME, NetworkMode, SandboxInfo, SandboxSpec
-from ..providers import DEFAULT, Provider, procinfo, provider_class
+from ..providers import DEFAULT, Provider, procinfo, provider_class, quota
 from ..secrets.refs import SecretRef, as_ref
 from ..secrets.resolve import has_refs, resolve_config, resolve_env
 from ..secrets.store import SecretStore
@@ -213,7 +212,7 @@ class Manager:
                 started = await provider.create(info.id, spec, folder)
         except BaseException:
             self.store.delete(info.id)
-            shutil.rmtree(folder, ignore_errors=True)
+            quota.remove_folder(folder)
             raise
         if secret_config:  # which settings were secrets (names only), to resolve them again
             started.handle["secret_config"] = secret_config
@@ -475,7 +474,7 @@ class Manager:
         for it. If the process ends first, the next gc removes it as an orphan."""
         loop = asyncio.get_running_loop()
         folder = self.folder(sandbox_id)
-        future = loop.run_in_executor(None, shutil.rmtree, folder, True)
+        future = loop.run_in_executor(None, quota.remove_folder, folder)
         self._removals.add(future)
         future.add_done_callback(self._removals.discard)
 
@@ -581,9 +580,10 @@ class Manager:
         if sandboxes.is_dir():
             for folder in sandboxes.iterdir():
                 if folder.name not in known and self.store.get(folder.name) is None:
-                    shutil.rmtree(folder, ignore_errors=True)
+                    quota.remove_folder(folder)
                     if folder.name not in report.orphans:
                         report.orphans.append(folder.name)
+        quota.collect(self.home)  # spare workspaces of processes that died
         report.removed += await self.pools.maintain()  # dead members out; pools topped up
         await self.settle()
         return report

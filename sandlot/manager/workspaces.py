@@ -10,6 +10,7 @@ here and only for such sandboxes.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -77,7 +78,9 @@ class Workspaces:
             kept = self.home / UNSAVED / f"{session['id']}-{sandbox_id}-{int(time.time())}"
             kept.parent.mkdir(exist_ok=True, mode=0o700)
             workspace, _ = self.paths(folder)
-            if workspace.is_dir():
+            if os.path.ismount(workspace):  # capped (providers.quota): its files, copied
+                shutil.copytree(workspace, kept, symlinks=True)
+            elif workspace.is_dir():
                 shutil.move(str(workspace), kept)
             log.error(
                 "session %s: the workspace of sandbox %s could not be saved (%s); it was kept "

@@ -34,7 +34,7 @@ from ..errors import (
     SandboxError,
 )
 from ..models import ProviderInfo, Resources, SandboxSpec
-from . import agent_files, cgroups, etc, procinfo, seccomp, spawn, userns
+from . import agent_files, cgroups, etc, procinfo, quota, seccomp, spawn, userns
 from .base import AgentPythonConfig, Provider, Started
 
 SANDBOX_UID = 1000
@@ -95,6 +95,9 @@ class BwrapProvider(Provider):
         system = self._cgroups if info.available else None
         if system is not None and (system.version == 2 or "freezer" in system.roots):
             info = info.model_copy(update={"capabilities": sorted({*info.capabilities, "pause"})})
+        if info.available and quota.unavailable_reason() is None:
+            extra = {*info.capabilities, "disk-quota"}
+            info = info.model_copy(update={"capabilities": sorted(extra)})
         return info
 
     @functools.cached_property
@@ -111,6 +114,7 @@ class BwrapProvider(Provider):
         if reason is not None:
             raise ProviderUnavailableError(f"bwrap cannot isolate here: {reason}", reason=reason)
         agent_root = agent_files.prepare(self.home, config.python)
+        await quota.cap(folder / "workspace", spec.resources.disk_mb, self.home)
         namespace = await _namespace_for(config.host_user)
         user = namespace.user if namespace is not None else None
         if user is not None:
@@ -217,6 +221,7 @@ class BwrapProvider(Provider):
         agent_args = ["--listen-fd", str(listen_fd), "--deadline", str(spec.timeout)]
         for path in WRITABLE:
             agent_args += ["--writable", path]
+        agent_args += ["--reap-all"]
         agent_args += ["--workdir", spec.workdir]
         if not limited:
             resources = spec.resources

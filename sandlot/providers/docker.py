@@ -49,7 +49,7 @@ from ..errors import (
     SandlotError,
 )
 from ..models import ProviderInfo, SandboxSpec
-from . import agent_files, spawn
+from . import agent_files, quota, seccomp, spawn, userns
 from .base import Provider, ProviderConfig, Started
 
 log = logging.getLogger("sandlot")
@@ -58,6 +58,7 @@ DEFAULT_HOST = "unix:///var/run/docker.sock"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's own
 RUN_MOUNT = "/.sandlot-run"  # the bind-mounted host folder that holds the agent's socket
 SOCKET_NAME = "agent.sock"
+SECCOMP_NAME = "seccomp.bpf"
 # What commands may change (the agent's Landlock domain, where Docker's seccomp profile and
 # the kernel allow one).
 WRITABLE = ("/workspace", "/tmp", "/dev/shm", "/dev")
@@ -94,8 +95,11 @@ class DockerConfig(ProviderConfig):
         None, description="OCI runtime the engine knows (e.g. runsc for gVisor); default: its own"
     )
     python: str = Field("python3", description="the image's interpreter that runs the agent")
-    user: str = Field(
-        "1000:1000", description="UID:GID the sandbox runs as (numeric; owns /workspace)"
+    user: str | None = Field(
+        None,
+        description="UID:GID the sandbox runs as (numeric; owns /workspace); default: when "
+        "sandlot runs as root, a fresh unprivileged uid per sandbox (sandboxes share no "
+        "per-user kernel counters), else sandlot's own",
     )
     docker_host: str = Field(
         default_factory=_default_host,
@@ -120,8 +124,8 @@ class DockerConfig(ProviderConfig):
 
     @field_validator("user")
     @classmethod
-    def _user(cls, value: str) -> str:
-        if not re.fullmatch(r"\d{1,10}:\d{1,10}", value):
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d{1,10}:\d{1,10}", value):
             raise ValueError("give a numeric UID:GID such as '1000:1000'")
         return value
 
@@ -142,10 +146,15 @@ class DockerConfig(ProviderConfig):
             )
         return value
 
-    @property
     def ids(self) -> tuple[int, int]:
-        uid, _, gid = self.user.partition(":")
-        return int(uid), int(gid)
+        """The user asked for, else a fresh host uid (as root) or sandlot's own."""
+        if self.user is not None:
+            uid, _, gid = self.user.partition(":")
+            return int(uid), int(gid)
+        if os.geteuid() == 0:
+            fresh = userns.fresh_user()
+            return fresh.uid, fresh.gid
+        return os.geteuid(), os.getegid()
 
 
 # -- engine availability (synchronous: providers are listed without an event loop) ---------
@@ -288,6 +297,8 @@ class DockerProvider(Provider):
             extra = {"runtime"} if runtimes - STOCK_RUNTIMES else set()
             if "runsc" in runtimes:
                 extra.add("gvisor")
+            if quota.unavailable_reason() is None:
+                extra.add("disk-quota")
             info = info.model_copy(update={"capabilities": sorted({*info.capabilities, *extra})})
         return info
 
@@ -365,7 +376,7 @@ class DockerProvider(Provider):
     async def create(self, sandbox_id: str, spec: SandboxSpec, folder: Path) -> Started:
         config = self.parse_config(spec.config)
         assert isinstance(config, DockerConfig)
-        uid, gid = config.ids
+        uid, gid = config.ids()
         if os.geteuid() != 0 and uid != os.geteuid():
             raise InvalidArgumentError(
                 f"sandlot runs as uid {os.geteuid()}, not root: it can only hand the workspace "
@@ -381,8 +392,12 @@ class DockerProvider(Provider):
                 f"the state folder path is too long for a Unix socket ({socket_path}); set "
                 "SANDLOT_HOME to a shorter path"
             )
+        await quota.cap(folder / "workspace", spec.resources.disk_mb, self.home)
         workspace = spawn.make_workspace(folder, spec.workdir, spawn.HostUser(uid, gid))
         body = self._container(sandbox_id, spec, config, agent_root, run, workspace)
+        body["User"] = f"{uid}:{gid}"
+        if _write_filter(run / SECCOMP_NAME, uid, gid):
+            body["Cmd"] += ["--seccomp", f"{RUN_MOUNT}/{SECCOMP_NAME}"]
         host = config.docker_host
         async with self._engine(host) as client:
             container = await self._create_container(client, body, f"sandlot-{sandbox_id}", config)
@@ -405,7 +420,13 @@ class DockerProvider(Provider):
                 raise
         if self.detached:  # nobody here waits for its end: the next process adopts it
             self._stop_watching(container)
-        handle = {"container": container, "socket": str(socket_path), "docker_host": host}
+        handle: dict[str, Any] = {
+            "container": container,
+            "socket": str(socket_path),
+            "docker_host": host,
+        }
+        if config.user is None and os.geteuid() == 0:
+            handle["host_uid"] = uid
         return Started(handle=handle, channel=channel, exited=None if self.detached else exited)
 
     def _container(
@@ -426,6 +447,7 @@ class DockerProvider(Provider):
             "--deadline", str(spec.timeout),
             "--rlimit", "core=0",
             *(arg for path in WRITABLE for arg in ("--writable", path)),
+            "--reap-all",
         )  # fmt: skip
         resources = spec.resources
         memory = resources.memory_mb << 20
@@ -457,7 +479,6 @@ class DockerProvider(Provider):
             "Image": config.image,
             "Entrypoint": argv[:1],  # replaces the image's, so the agent is what runs
             "Cmd": argv[1:],
-            "User": config.user,
             "WorkingDir": "/workspace",
             "Hostname": "sandlot",
             "Env": [f"{k}={v}" for k, v in env.items()],
@@ -621,6 +642,8 @@ class DockerProvider(Provider):
         """SIGKILL and remove the container. The engine takes ~65 ms to stop one, which
         nobody needs to wait for: the removal runs in the background, ``is_alive`` says False
         at once, and :meth:`settle` (which ``Manager.close`` awaits) waits for it."""
+        if isinstance(handle.get("host_uid"), int):
+            userns.release(spawn.HostUser(handle["host_uid"], handle["host_uid"]))
         container = handle.get("container")
         if container:
             self._drop(container, handle.get("docker_host") or _default_host())
@@ -835,6 +858,18 @@ def _agent_socket(path: str) -> Iterator[str | None]:
         yield f"/proc/self/fd/{fd}" if stat.S_ISSOCK(os.fstat(fd).st_mode) else None
     finally:
         os.close(fd)
+
+
+def _write_filter(path: Path, uid: int, gid: int) -> bool:
+    """sandlot's seccomp program, for the agent to load for commands on top of Docker's own
+    profile; False (Docker's profile only) where libseccomp is missing."""
+    try:
+        code = seccomp.program()
+    except ProviderUnavailableError:
+        return False
+    path.write_bytes(code)
+    os.chown(path, uid, gid)
+    return True
 
 
 def _hide_socket(shown: Path, hidden: Path) -> Path:

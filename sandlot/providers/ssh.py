@@ -718,6 +718,9 @@ def _agent_command(
     resources = spec.resources
     agent_args += ["--rlimit", f"as={resources.memory_mb * 1024 * 1024}"]
     agent_args += ["--rlimit", f"nproc={resources.pids}", "--rlimit", "core=0"]
+    for path in bwrap.WRITABLE:  # the agent's walls, as in a local bwrap sandbox
+        agent_args += ["--writable", path]
+    agent_args += ["--reap-all"]
     # Detached from the SSH session: the agent's own deadline ends it, not a parent.
     argv = bwrap.isolation_args(None, die_with_parent=False, full_network=spec.network == "full")
     slots = {"top": len(argv)}

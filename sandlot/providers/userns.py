@@ -98,7 +98,8 @@ def _refill(spares: _Spares) -> None:
             spares.filling = False
 
 
-def _fresh_user() -> HostUser:
+def fresh_user() -> HostUser:
+    """A host uid (and gid) from :data:`UID_RANGE` that this process has not handed out."""
     while True:
         uid = UID_RANGE.start + secrets.randbelow(len(UID_RANGE))
         if uid not in _in_use:
@@ -108,7 +109,7 @@ def _fresh_user() -> HostUser:
 
 def create(inner_uid: int, inner_gid: int, fixed: HostUser | None = None) -> Namespace:
     """A new namespace, owned by (and mapping the inner ids onto) a host account."""
-    user = fixed or _fresh_user()
+    user = fixed or fresh_user()
     # A short-lived holder, running as that account, enters a new user namespace (so the
     # account owns it); we write its maps as root from outside, keep a descriptor, and let
     # the holder go.

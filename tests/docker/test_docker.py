@@ -7,7 +7,6 @@ never through the provider under test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from integration.helpers import sandbox_folder, wait_until
 import sandlot
 from sandlot.manager import Manager
 from sandlot.models import SandboxSpec
+from sandlot.providers import procinfo, userns
 from sandlot.providers.docker import DockerProvider
 
 from .conftest import IMAGE, NO_PYTHON_IMAGE
@@ -88,7 +88,8 @@ def test_create_by_name_with_resources_and_safe_defaults() -> None:
         assert host["NanoCpus"] == 1_000_000_000
         assert host["PidsLimit"] == 256
         assert "size=256m" in host["Tmpfs"]["/tmp"]
-        assert config["User"] == "1000:1000"
+        uid = sb.info.handle["host_uid"]  # a fresh host uid of its own (sandlot runs as root)
+        assert config["User"] == f"{uid}:{uid}" and uid in userns.UID_RANGE
         env = dict(item.split("=", 1) for item in config["Env"])
         assert env["HOME"] == "/workspace" and env["LANG"] == "C.UTF-8"
         labels = config["Labels"]
@@ -106,7 +107,9 @@ def test_create_by_name_with_resources_and_safe_defaults() -> None:
 
 
 def test_runs_as_an_unprivileged_user_without_capabilities(sb: sandlot.Sandbox) -> None:
-    assert sb.commands.run("id -u; id -g").stdout == "1000\n1000\n"
+    uid = sb.info.handle["host_uid"]
+    assert sb.commands.run("id -u; id -g").stdout == f"{uid}\n{uid}\n"
+    assert uid in userns.UID_RANGE
     status = sb.commands.run("cat /proc/self/status").stdout
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
     assert fields["CapEff"].strip() == "0000000000000000"
@@ -123,7 +126,8 @@ def test_root_is_read_only_workspace_and_tmp_are_writable(sb: sandlot.Sandbox) -
     assert sb.commands.run("echo a > /workspace/a && echo b > /tmp/b").ok
     written = sandbox_folder(sb.id) / "workspace" / "a"
     assert written.read_text() == "a\n"
-    assert (written.stat().st_uid, written.stat().st_gid) == (1000, 1000)
+    uid = sb.info.handle["host_uid"]
+    assert (written.stat().st_uid, written.stat().st_gid) == (uid, uid)
 
 
 def test_environment_holds_only_what_was_asked_for() -> None:
@@ -355,31 +359,32 @@ async def test_another_manager_reconnects_by_id() -> None:
         await first.close()
 
 
-async def test_a_symlink_in_place_of_the_socket_is_not_followed() -> None:
-    """The sandbox can write the folder of its agent's socket: a link there to a host socket
-    (here the Docker engine's) must not make the host connect to it."""
+async def test_the_agents_socket_is_out_of_the_sandboxs_sight() -> None:
+    """Once the host has connected, the agent's socket leaves the folder the container sees:
+    no command can dial the agent, and a link planted in its place (here to the Docker
+    engine's socket) changes nothing the host connects to."""
     async with sandlot.AsyncSandbox.create() as sb:
-        swap = (
-            "cd /.sandlot-run && mv agent.sock moved.sock && ln -s /var/run/docker.sock agent.sock"
-        )
-        assert (await sb.commands.run(swap)).ok
+        # (Where the kernel has Landlock, the folder is not even writable by commands.)
+        plant = "ls -A /.sandlot-run; ln -s /var/run/docker.sock /.sandlot-run/agent.sock"
+        result = await sb.commands.run(plant)
+        assert "agent.sock" not in result.stdout, result
         handle = sb.info.handle
-        assert os.path.islink(handle["socket"])
+        assert not os.path.islink(handle["socket"])
         other = Manager(home())  # a restarted control plane, say
         try:
-            assert not other.provider("docker").is_alive(handle)
-            with pytest.raises(sandlot.SandboxClosedError):
-                await other.provider("docker").connect(handle)
+            again = await other.connect(sb.id)
+            assert "walls" in await again.channel.call("info")  # an agent, not the engine
         finally:
             await other.close()
 
 
 async def test_a_sandbox_whose_agent_dies_is_released() -> None:
     """The engine reports the container's end: the manager releases the sandbox at once,
-    not at its deadline."""
+    not at its deadline. (No command can kill the agent: the host does.)"""
     sb = await sandlot.AsyncSandbox.create()
-    with contextlib.suppress(sandlot.SandboxClosedError):
-        await sb.commands.run("kill -9 $PPID")  # the shell's parent is the agent
+    init = inspect(sb.info.handle["container"])["State"]["Pid"]
+    for pid in procinfo.children(init):
+        os.kill(pid, signal.SIGKILL)
     manager = Manager.current()
     for _ in range(600):
         if manager.store.get(sb.id) is None:

@@ -1,5 +1,6 @@
 """A durable session moves between providers: bwrap, then docker, then bwrap again. The
-docker sandbox runs as another user (1000:1000), so the restored workspace must be its."""
+docker sandbox runs as another user (a host uid of its own), so the restored workspace must be
+its."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def test_resume_across_providers() -> None:
         r = sb.commands.run(
             "id -u; echo y >> /workspace/note; touch /workspace/repo/new && echo ok"
         )
-        assert r.stdout.split() == ["1000", "ok"], r.stderr  # the sandbox user may write it
+        assert r.stdout.split()[1:] == ["ok"], r.stderr  # the sandbox user may write it
         ctx = sb.create_code_context(name="main", persist=True)
         assert sb.run_code("answer + 1", context=ctx).text == "42"
     with s.sandbox(provider="bwrap") as sb:
