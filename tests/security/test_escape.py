@@ -21,9 +21,6 @@ from attacker import attack, succeeded
 
 pytestmark = pytest.mark.timeout(120)
 
-BWRAP_ONLY = pytest.mark.parametrize("provider", ["bwrap"], indirect=True)
-
-
 # -- the host's files, processes and environment ----------------------------------------------
 
 
