@@ -7,11 +7,12 @@ a :class:`~sandlot.channel.stream.ByteStream`. :meth:`Bridge.serve` parses HTTP/
 h11 (keep-alive, pipelining, chunked bodies) and answers each request in this order:
 
 1. token: ``Authorization: Bearer <token>`` or ``X-Sandlot-Bridge-Token: <token>``, else 401;
-2. path: origin-form, printable ASCII, no backslash or ``#``, and no segment that any reading
-   of it (percent-decoded any number of times, ``;`` parameters dropped, NFKC-folded) makes
-   ``.``/``..``, empty, or split by an encoded ``/``, backslash, ``?``, ``#`` or control
-   character, else 400 (rule ``path``); see :mod:`.bridge_paths`. From here on the path is its
-   canonical form: what the route check sees is exactly what is forwarded;
+2. path: origin-form, printable ASCII, at most 8 KiB and 256 segments, no backslash or ``#``,
+   and no segment that any reading of it (percent-decoded any number of times, ``;``
+   parameters dropped, NFKC-folded) makes ``.``/``..``, empty, or split by an encoded ``/``,
+   backslash, ``?``, ``#`` or control character, else 400 (rule ``path``); see
+   :mod:`.bridge_paths`. From here on the path is its canonical form: what the route check
+   sees is exactly what is forwarded;
 3. route: method and path must match a configured route, else 403;
 4. body size: over ``body_limit`` (by Content-Length, or counted while a chunked body is read,
    stopping early), 413 and the connection is closed;

@@ -33,30 +33,38 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from ..errors import InvalidArgumentError
 
 MAX_DECODINGS = 4
 """Percent-decodings followed per segment; a segment that still changes after that many
 (``%252525...``) is refused rather than followed further."""
+MAX_SEGMENTS = 256
+MAX_LENGTH = 8192
+"""Segments in one path, and its length in bytes; more is refused (these bound the work one
+request costs the host)."""
 
-_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BROKEN_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-# RFC 3986 pchar, unescaped: unreserved, sub-delims, ':' and '@'.
-_PCHAR = _UNRESERVED | frozenset(b"!$&'()*+,;=:@")
+# With the unreserved characters (which quote_from_bytes never escapes), RFC 3986's pchar.
+_SUB_DELIMS = "!$&'()*+,;=:@"
+_TO_QUOTE = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@]")
+# A path whose segments are plain pchars (no '%', no ';'), none made of dots only: already
+# canonical, and every reading of it is itself. Most paths; checked in one pass.
+_PLAIN_PATH = re.compile(rb"(?:/(?!\.*(?:/|$))[A-Za-z0-9\-._~!$&'()*+,=:@]+)*/?")
 _DELIMITERS = re.compile(r"[/\\?#\x00-\x1f\x7f-\x9f]")
-_DOTS = re.compile(r"\s*\.+\s*")
+_BLANK_FIRST = re.compile(r"\s*(?:;|$)")
+_DOT_PART = re.compile(r"(?:^|;)\s*\.+\s*(?=;|$)")  # the segment, or a ';' part, all dots
 
 
 def _hazard(text: str) -> str | None:
     """Why one reading of a segment is refused, or None."""
     if _DELIMITERS.search(text):
         return "an encoded '/', '\\', '?', '#' or control character"
-    parts = text.split(";")
-    if not parts[0].strip():
+    if _BLANK_FIRST.match(text):
         return "an empty or blank segment (or part before ';')"
-    if any(_DOTS.fullmatch(part) for part in parts):
+    if _DOT_PART.search(text):
         return "a '.' or '..' segment"
     return None
 
@@ -64,10 +72,10 @@ def _hazard(text: str) -> str | None:
 def _readings(text: str) -> set[str]:
     """The next readings of one: percent-decoded once (leniently: a broken escape stays, as
     most servers leave it) and folded (NFKC)."""
-    raw = text.encode()
-    decoded = _ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), raw)
+    decoded = unquote_to_bytes(text) if "%" in text else text.encode()
+    folded = text if text.isascii() else unicodedata.normalize("NFKC", text)
     try:
-        return {decoded.decode(), unicodedata.normalize("NFKC", text)}
+        return {decoded.decode(), folded}
     except UnicodeDecodeError:
         raise InvalidArgumentError("decodes to bytes that are not UTF-8") from None
 
@@ -97,18 +105,17 @@ def check_segment(raw: bytes) -> None:
 def canonical_segment(raw: bytes) -> bytes:
     """``raw`` checked (:func:`check_segment`) and in canonical form."""
     check_segment(raw)
-    out = bytearray()
-    i = 0
-    while i < len(raw):
-        byte = raw[i]
-        if byte == 0x25:  # '%': check_segment made sure two hex digits follow
-            value = int(raw[i + 1 : i + 3], 16)
-            out += bytes([value]) if value in _UNRESERVED else b"%%%02X" % value
-            i += 3
-            continue
-        out += bytes([byte]) if byte in _PCHAR else b"%%%02X" % byte
-        i += 1
-    return bytes(out)
+    first, *escaped = raw.split(b"%")  # check_segment: each '%' starts a valid escape
+    out = [_quote(first)]
+    for piece in escaped:
+        value = int(piece[:2], 16)
+        out.append(chr(value) if value in _UNRESERVED else f"%{value:02X}")
+        out.append(_quote(piece[2:]))
+    return "".join(out).encode()
+
+
+def _quote(data: bytes) -> str:
+    return quote_from_bytes(data, _SUB_DELIMS) if _TO_QUOTE.search(data) else data.decode()
 
 
 def normalise_path(path: bytes) -> bytes:
@@ -116,9 +123,15 @@ def normalise_path(path: bytes) -> bytes:
     :class:`InvalidArgumentError` saying why it is refused."""
     if path[:1] != b"/":
         raise InvalidArgumentError("the path must start with '/'")
+    if len(path) > MAX_LENGTH:
+        raise InvalidArgumentError(f"the path is longer than {MAX_LENGTH} bytes")
+    if path.count(b"/") <= MAX_SEGMENTS and _PLAIN_PATH.fullmatch(path):
+        return path
     if re.search(rb"[^\x21-\x7e]|\\|#", path):
         raise InvalidArgumentError("the path must be printable ASCII without '\\' or '#'")
     segments = path[1:].split(b"/")
+    if len(segments) > MAX_SEGMENTS:
+        raise InvalidArgumentError(f"the path has more than {MAX_SEGMENTS} segments")
     out = []
     for i, segment in enumerate(segments):
         if not segment:

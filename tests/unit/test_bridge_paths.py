@@ -5,6 +5,7 @@ times, dropping ``;`` parameters, folding Unicode, splitting on ``\\``)."""
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from urllib.parse import unquote_to_bytes
 
@@ -12,7 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandlot.egress.bridge_paths import MAX_DECODINGS, canonical_segment, normalise_path
+from sandlot.egress.bridge_paths import (
+    MAX_DECODINGS,
+    MAX_LENGTH,
+    MAX_SEGMENTS,
+    canonical_segment,
+    normalise_path,
+)
 from sandlot.errors import InvalidArgumentError
 
 TRAVERSALS = [
@@ -124,7 +131,26 @@ def test_decodings_are_followed_to_a_bound_then_refused() -> None:
     with pytest.raises(InvalidArgumentError, match="more than"):
         normalise_path(f"/x/{deep.replace('%', '%25')}".encode())
     with pytest.raises(InvalidArgumentError, match="more than"):
-        normalise_path(b"/x/%" + b"25" * 10000 + b"41")  # refused fast, not followed
+        normalise_path(b"/x/%" + b"25" * 3000 + b"41")  # refused, not followed
+
+
+def test_the_work_per_path_is_bounded() -> None:
+    with pytest.raises(InvalidArgumentError, match="segments"):
+        normalise_path(b"/a" * (MAX_SEGMENTS + 1))
+    assert normalise_path(b"/a" * MAX_SEGMENTS) == b"/a" * MAX_SEGMENTS
+    with pytest.raises(InvalidArgumentError, match="longer"):
+        normalise_path(b"/" + b"a" * MAX_LENGTH)
+    worst = [
+        b"/" + b"%2541" * (MAX_LENGTH // 5 - 1),
+        b"/" + b"{" * (MAX_LENGTH - 1),
+        b"/" + b"%C3%A9" * (MAX_LENGTH // 6 - 1),
+        b"/b%41" * MAX_SEGMENTS,
+        b"/" + b"a;" * (MAX_LENGTH // 2 - 1),
+    ]
+    for path in worst:
+        start = time.perf_counter()
+        normalise_path(path)
+        assert time.perf_counter() - start < 0.25, path[:20]  # milliseconds, in fact
 
 
 # -- properties -----------------------------------------------------------------------------
