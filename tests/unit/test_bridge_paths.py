@@ -244,3 +244,18 @@ def test_canonical_segment_is_the_route_patterns_form_too() -> None:
     assert canonical_segment(b"a%7eb") == b"a~b"
     with pytest.raises(InvalidArgumentError):
         canonical_segment(b"..;")
+
+
+@given(st.lists(st.text("ab.~!$&'()*+,=:@-_09", min_size=1, max_size=6), max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_property_the_fast_path_agrees_with_the_segment_rules(segments: list[str]) -> None:
+    path = ("/" + "/".join(segments)).encode()
+    try:
+        fast: bytes | None = normalise_path(path)
+    except InvalidArgumentError:
+        fast = None
+    try:
+        slow: bytes | None = b"/" + b"/".join(canonical_segment(s.encode()) for s in segments)
+    except InvalidArgumentError:
+        slow = None
+    assert fast == slow
