@@ -627,6 +627,74 @@ def test_ptrace_other_process(shared_sandbox: Any) -> None:
     assert not worked, f"ptrace not refused: {sorted(worked)}"
 
 
+@pytest.mark.attack("the filter bypassed through the i386 ABI (int 0x80, socketcall)", hole=8)
+def test_seccomp_other_abis(shared_sandbox: Any) -> None:
+    """A 64-bit process may still make 32-bit system calls with ``int 0x80`` (this kernel
+    has IA32 emulation): their numbers differ, and ``socketcall`` hides its arguments from
+    any filter. A filter written for x86_64 numbers alone lets them through. The attacker
+    runs machine code that makes i386 unshare, keyctl, add_key, io_uring_setup,
+    userfaultfd, bpf, socket/socketcall(AF_VSOCK), personality and mount calls.
+    Blocked: every one refused or the caller killed (the i386 getpid control aside)."""
+    r = attack(
+        shared_sandbox,
+        r"""
+        import mmap
+        MAP_32BIT = 0x40
+        low = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_32BIT,
+                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        LOW = ctypes.addressof(ctypes.c_char.from_buffer(low))
+        code_map = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        CODE = ctypes.addressof(ctypes.c_char.from_buffer(code_map))
+
+        def int80(nr, a1=0, a2=0, a3=0, a4=0, a5=0):
+            # A 32-bit (i386) system call from this 64-bit process: int 0x80.
+            code = (b"\x53" + b"\xb8" + struct.pack("<I", nr & 0xFFFFFFFF)
+                    + b"\xbb" + struct.pack("<I", a1 & 0xFFFFFFFF)
+                    + b"\xb9" + struct.pack("<I", a2 & 0xFFFFFFFF)
+                    + b"\xba" + struct.pack("<I", a3 & 0xFFFFFFFF)
+                    + b"\xbe" + struct.pack("<I", a4 & 0xFFFFFFFF)
+                    + b"\xbf" + struct.pack("<I", a5 & 0xFFFFFFFF)
+                    + b"\xcd\x80\x48\x63\xc0\x5b\xc3")
+            code_map.seek(0)
+            code_map.write(code)
+            ret = ctypes.CFUNCTYPE(ctypes.c_long)(CODE)()
+            if -4096 < ret < 0:
+                raise OSError(-ret, errno.errorcode.get(-ret, str(-ret)))
+            return ret
+
+        def low_bytes(offset, data):
+            low.seek(offset)
+            low.write(data)
+            return LOW + offset
+
+        attempt("i386 getpid (the control: the ABI answers)", lambda: int80(20))
+        attempt("i386 unshare(CLONE_NEWUSER)", lambda: int80(310, 0x10000000))
+        attempt("i386 keyctl(get @u)", lambda: int80(288, 0, -4 & 0xFFFFFFFF, 0))
+        attempt("i386 add_key", lambda: int80(286, low_bytes(0, b"user\0"),
+                low_bytes(16, b"sandlot-i386\0"), low_bytes(48, b"v\0"), 1, -4))
+        attempt("i386 io_uring_setup", lambda: int80(425, 4, low_bytes(256, b"\0" * 120)))
+        attempt("i386 userfaultfd(user mode only)", lambda: int80(374, 0o2000000 | 1))
+        MAP = struct.pack("IIII", 2, 4, 8, 16) + b"\0" * 112
+        attempt("i386 bpf(map create)", lambda: int80(357, 0, low_bytes(512, MAP), 128))
+        attempt("i386 socket(AF_VSOCK)", lambda: int80(359, 40, 1, 0))
+        ARGS = struct.pack("III", 40, 1, 0)  # AF_VSOCK, SOCK_STREAM, 0
+        attempt("i386 socketcall(SOCKET, AF_VSOCK)", lambda: int80(102, 1, low_bytes(1024, ARGS)))
+        def persona():
+            int80(136, 0x0040000)
+            now = int80(136, 0xFFFFFFFF)
+            if not now & 0x0040000:
+                raise OSError(errno.EPERM, "no effect")
+            return now
+        attempt("i386 personality(ADDR_NO_RANDOMIZE)", persona)
+        attempt("i386 mount(tmpfs)", lambda: int80(21, low_bytes(2048, b"x\0"),
+                low_bytes(2064, b"/tmp\0"), low_bytes(2080, b"tmpfs\0"), 0, 0))
+        report()
+        """,
+    )
+    worked = {k: v for k, v in succeeded(r).items() if "control" not in k}
+    assert not worked, f"32-bit system calls got past the filter: {sorted(worked)}"
+
+
 # -- the network ------------------------------------------------------------------------------
 
 
