@@ -53,6 +53,11 @@ class HostWatch:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # A bomb that hit its wall at once leaves few samples: watch the host a little
+        # longer (its recovery counts too).
+        deadline = time.monotonic() + 3
+        while len(self.latencies) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._stop.set()
         self._thread.join(30)
 
