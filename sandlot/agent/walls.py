@@ -149,20 +149,20 @@ class Spawner:
     """Starts commands from threads inside the commands' Landlock domain (a child inherits
     the domain of the thread that made it), so that commands are in it and the agent is not.
 
-    A thread of the domain (``_serve``) makes one thread per command, which enters a nested
-    domain of its own before it spawns: commands may still signal one another (``kill %1``,
+    A thread of that domain (``_serve``) keeps one thread ready per next command, which has
+    entered a nested domain of its own: commands may still signal one another (``kill %1``,
     ``pkill``), but none can open another's ``/proc/<pid>/fd``, ``mem`` or take its
-    descriptors, so no command changes what another writes to its pipes. That thread lives
-    as long as its command (a process's parent-death signal follows the *thread* that made
-    it), then :meth:`exited` lets it go.
+    descriptors, so no command changes what another writes to its pipes. A command's thread
+    lives as long as the command (a process's parent-death signal follows the *thread* that
+    made it), then :meth:`exited` lets it go. Making the next thread happens after a spawn,
+    off the path of the one asked for.
     """
 
     def __init__(self, writable, filter_code=None):
-        self._go = _thread.allocate_lock()
-        self._done = _thread.allocate_lock()
-        self._go.acquire()
-        self._done.acquire()
-        self._job = None
+        self._refill = _locked()  # released: make the next ready thread
+        self._ready = _locked()  # released: self._box holds a ready thread
+        self._done = _locked()  # released: self._result holds an answer
+        self._box = None
         self._result = None
         self._held = {}  # pid -> the lock its thread waits on
         self.abi = 0
@@ -185,37 +185,47 @@ class Spawner:
         if not self.active:
             return
         while True:
-            self._go.acquire()
+            box = {"go": _locked()}
             try:
-                _thread.start_new_thread(self._command, (self._job,))
-            except Exception:  # no thread to spare (a process limit): spawn from here
-                self._command(self._job, nest=False, hold=False)
+                _thread.start_new_thread(self._command, (box,))
+            except Exception as exc:  # no thread to spare (a process limit): say so
+                box["error"] = exc
+                self._offer(box)
+            self._refill.acquire()
 
-    def _command(self, job, nest=True, hold=True):
-        args, kwargs = job
-        if nest and self.abi:
+    def _offer(self, box):
+        self._box = box
+        self._ready.release()
+
+    def _command(self, box):
+        if self.abi:
             _nest()
+        self._offer(box)
+        box["go"].acquire()  # until spawn() gives it its command
+        args, kwargs = box["job"]
         try:
             pid = posix.posix_spawn(*args, **kwargs)
         except BaseException as exc:
             self._result = (False, exc)
             self._done.release()
             return
-        held = None
-        if hold:
-            held = self._held[pid] = _thread.allocate_lock()
-            held.acquire()
+        held = self._held[pid] = _locked()
         self._result = (True, pid)
         self._done.release()
-        if held is not None:
-            held.acquire()  # until the command has exited
+        held.acquire()  # until the command has exited
 
     def spawn(self, *args, **kwargs):
-        self._job = (args, kwargs)
-        self._go.release()
+        self._ready.acquire()
+        box, self._box = self._box, None
+        self._refill.release()
+        error = box.get("error")
+        if error is not None:
+            raise OSError(11, "cannot start a command: no thread to start it from (%s)" % error)
+        box["job"] = (args, kwargs)
+        box["go"].release()
         self._done.acquire()
         ok, value = self._result
-        self._result = self._job = None
+        self._result = None
         if ok:
             return value
         raise value
@@ -224,6 +234,12 @@ class Spawner:
         held = self._held.pop(pid, None)
         if held is not None:
             held.release()
+
+
+def _locked():
+    lock = _thread.allocate_lock()
+    lock.acquire()
+    return lock
 
 
 def _nest():
