@@ -43,6 +43,9 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 SHM_BYTES = 64 * 1024 * 1024
 ADOPT_TIMEOUT = 2.0
+# Spare user namespaces are made this long after a sandbox took one: after its start, not
+# competing with it for the CPU.
+REPLENISH_AFTER = 0.05
 NOBODY = 65534
 # What commands may change (the agent's Landlock domain): the read-write mounts, and /dev's
 # character devices (null, tty, ...).
@@ -448,6 +451,9 @@ async def _namespace_for(setting: str | int | None) -> userns.Namespace | None:
     fixed = _host_user(setting)
     if os.geteuid() != 0 or (setting is not None and fixed is None):
         return None  # not root, or host_user="root" asked for by name: bwrap unshares
+    asyncio.get_running_loop().call_later(
+        REPLENISH_AFTER, userns.replenish, SANDBOX_UID, SANDBOX_GID, fixed
+    )
     found = userns.take(SANDBOX_UID, SANDBOX_GID, fixed)
     if found is not None:
         return found

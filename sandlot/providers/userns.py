@@ -63,18 +63,27 @@ _in_use: set[int] = set()  # host uids this process handed out and has not relea
 
 def take(inner_uid: int, inner_gid: int, fixed: HostUser | None = None) -> Namespace | None:
     """A spare namespace for one sandbox, or None (then :func:`create` makes one, in a
-    worker thread), and a refill started in the background. ``fixed``: map onto (and create
-    as) this host account instead of a fresh uid (the ``host_user`` setting)."""
-    key = (inner_uid, inner_gid, fixed)
-    with _spares_lock:
-        spares = _spares.setdefault(key, _Spares(key))
+    worker thread). ``fixed``: map onto (and create as) this host account instead of a fresh
+    uid (the ``host_user`` setting)."""
+    spares = _spares_for((inner_uid, inner_gid, fixed))
     with spares.lock:
-        found = spares.ready.pop() if spares.ready else None
-        refill = not spares.filling
+        return spares.ready.pop() if spares.ready else None
+
+
+def replenish(inner_uid: int, inner_gid: int, fixed: HostUser | None = None) -> None:
+    """Top the spares up in a background thread. Called once a sandbox has started, so
+    that making them does not compete with its start for the CPU."""
+    spares = _spares_for((inner_uid, inner_gid, fixed))
+    with spares.lock:
+        if spares.filling or len(spares.ready) >= SPARES:
+            return
         spares.filling = True
-    if refill:
-        threading.Thread(target=_refill, args=(spares,), daemon=True).start()
-    return found
+    threading.Thread(target=_refill, args=(spares,), daemon=True).start()
+
+
+def _spares_for(key: tuple[int, int, HostUser | None]) -> _Spares:
+    with _spares_lock:
+        return _spares.setdefault(key, _Spares(key))
 
 
 def release(user: HostUser) -> None:
