@@ -120,9 +120,7 @@ def shared_sandbox(
 def python_in(sb: Any, code: str, timeout: float = 30, **kwargs: Any) -> Any:
     """Run an attacker's Python script inside the sandbox (as a command, not a code
     context): the result of ``commands.run``."""
-    return sb.commands.run(
-        ["python3", "-c", textwrap.dedent(code)], timeout=timeout, **kwargs
-    )
+    return sb.commands.run(["python3", "-c", textwrap.dedent(code)], timeout=timeout, **kwargs)
 
 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:

@@ -150,29 +150,54 @@ def test_host_environment(make_sandbox: Any, monkeypatch: pytest.MonkeyPatch) ->
     assert "PATH" in r["mine"]  # the positive control: we did read an environment
 
 
-@pytest.mark.attack("write outside /workspace and /tmp (agent code, /etc, /usr, /, /dev)")
+@pytest.mark.attack("write outside /workspace and /tmp (agent code, /etc, /usr, /, /dev, exe)")
 def test_writes_outside_workspace(shared_sandbox: Any) -> None:
-    """The attacker creates, overwrites, chmods and renames files outside /workspace and
-    /tmp, the agent's own code first (rewriting it would take over every later command).
-    Blocked: every write refused."""
+    """The attacker opens for writing, creates, chmods, renames and touches files outside
+    /workspace and /tmp: the agent's own code first (rewriting it would take over every
+    later command), the interpreter and the sandbox's init through /proc/<pid>/exe (the
+    runc CVE-2019-5736 route). Each try undoes itself if it works (a failed wall must not
+    break the host's /usr for the rest of the run). Blocked: every one refused."""
     r = attack(
         shared_sandbox,
         """
         import glob
         targets = glob.glob("/.sandlot*/**/*.py", recursive=True)[:5]
         targets += ["/.sandlot/x", "/etc/passwd", "/etc/x", "/usr/bin/x", "/usr/bin/python3",
-                    "/x", "/dev/x", "/bin/x", "/var/x", "/root/x", "/home/x"]
+                    "/x", "/dev/x", "/bin/x", "/var/x", "/root/x", "/home/x",
+                    "/proc/1/exe", "/proc/self/exe"]
+        def open_for_writing(t):
+            existed = os.path.lexists(t)
+            fd = os.open(t, os.O_WRONLY | os.O_APPEND | (0 if existed else os.O_CREAT), 0o644)
+            os.close(fd)
+            if not existed:
+                os.unlink(t)
+            return "opened"
+        def same_mode(t):
+            os.chmod(t, os.stat(t).st_mode & 0o7777)
+            return "chmod"
+        def rename_and_back(t):
+            os.rename(t, t + ".sandlot-moved")
+            os.rename(t + ".sandlot-moved", t)
+            return "renamed"
+        def same_times(t):
+            st = os.stat(t)
+            os.utime(t, ns=(st.st_atime_ns, st.st_mtime_ns))
+            return "touched"
         for t in targets:
-            attempt("create " + t, lambda t=t: open(t, "a").write("x"))
-            attempt("chmod " + t, lambda t=t: os.chmod(t, 0o777))
-            attempt("rename " + t, lambda t=t: os.rename(t, "/tmp/moved"))
-            attempt("utime " + t, lambda t=t: os.utime(t))
-        attempt("mkdir /.sandlot/y", lambda: os.mkdir("/.sandlot/y"))
+            attempt("write " + t, lambda t=t: open_for_writing(t))
+            if os.path.lexists(t):
+                attempt("chmod " + t, lambda t=t: same_mode(t))
+                attempt("rename " + t, lambda t=t: rename_and_back(t))
+                attempt("utime " + t, lambda t=t: same_times(t))
+        attempt("mkdir /.sandlot/y", lambda: os.rmdir("/.sandlot/y") if os.mkdir("/.sandlot/y")
+                is None else None)
+        control = attempt("control", lambda: open_for_writing("/workspace/sandlot-probe"))
         report(targets=targets)
         """,
     )
+    assert r["control"] == ["ok", "opened"], r["control"]  # the same try works in /workspace
     assert any("/.sandlot" in t and t.endswith(".py") for t in r["targets"]), r["targets"]
-    worked = {k: v for k, v in succeeded(r).items() if k != "targets"}
+    worked = {k: v for k, v in succeeded(r).items() if k not in ("targets", "control")}
     assert not worked, f"written outside /workspace and /tmp: {sorted(worked)}"
 
 
