@@ -156,3 +156,28 @@ def test_gc_after_a_crashed_creator_unmounts_its_workspace_and_drops_its_spares(
     assert leftovers_of(sandbox_id) == []
     assert not sandbox_folder(sandbox_id).exists()
     assert not any(name.startswith(f"{owner.pid}-") for name in os.listdir(images))
+
+
+async def test_a_capped_workspace_that_cannot_be_saved_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session store is down as a sandbox ends: its files are copied out of the capped
+    file system (a mount point cannot be moved), then the folder goes as usual."""
+    from sandlot.manager.workspaces import UNSAVED, Workspaces
+
+    folder = tmp_path / "sandboxes" / "sb-unsaved"
+    folder.mkdir(parents=True)
+    await quota.cap(folder / "workspace", 16, tmp_path)
+    (folder / "workspace" / "work.txt").write_text("precious")
+    workspaces = Workspaces(tmp_path)
+
+    async def store_down(*args: object) -> None:
+        raise OSError("the store is down")
+
+    monkeypatch.setattr(workspaces, "checkpoint", store_down)
+    with pytest.raises(OSError, match="down"):
+        await workspaces.save_released("sb-unsaved", {"id": "ses-1", "workspace": "x"}, folder)
+    (kept,) = (tmp_path / UNSAVED).iterdir()
+    assert (kept / "work.txt").read_text() == "precious"
+    quota.remove_folder(folder)
+    assert not folder.exists() and quota.leftovers(folder) == []
