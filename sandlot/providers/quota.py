@@ -56,6 +56,7 @@ IMAGE = "workspace.ext4"  # beside the workspace, in the sandbox's folder
 SPARES = "quota-spares"  # in the state folder: the spares' images, and the templates
 TEMPLATE_VERSION = "v1"  # of MKFS: a template made with other options is not reused
 SPARES_PER_SIZE = 2  # enough for creates back to back (~26 ms apart) to find one ready
+KEPT_SIZES = 2  # (state folder, size) pairs with spares: the ones taken from last
 REFILL_DELAY = 0.03  # seconds: after the create that took a spare (see _work)
 MKFS = [
     "mkfs.ext4", "-q", "-F",
@@ -125,6 +126,9 @@ async def cap(workspace: Path, disk_mb: int | None, home: Path) -> int | None:
         return None
     try:
         spare = _take(home, size)
+        if spare is not None and not spare.image.exists():  # the state folder was deleted
+            _discard(spare)
+            spare = None
         if spare is None:
             loop = asyncio.get_running_loop()
             spare = await loop.run_in_executor(None, _make, home, size)
@@ -154,6 +158,16 @@ def release(workspace: Path) -> None:
             if exc.errno in (errno.EINVAL, errno.ENOENT):
                 return  # unmounted meanwhile (another process's gc)
             raise
+
+
+def release_under(root: Path) -> list[str]:
+    """Unmount every mount below ``root``, deepest first: before deleting a whole state
+    folder (a test suite's, say) while some of its sandboxes may still hold theirs."""
+    points = [x.removeprefix("mount ") for x in leftovers(root) if x.startswith("mount ")]
+    for point in sorted(points, key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            _umount(Path(point))
+    return points
 
 
 def remove_folder(folder: Path) -> None:
@@ -229,6 +243,8 @@ class _Spares:
         self.cond = threading.Condition()
         self.ready: dict[tuple[Path, int], list[_Spare]] = {}
         self.wanted: set[tuple[Path, int]] = set()  # to top up
+        self.recent: list[tuple[Path, int]] = []  # the last KEPT_SIZES taken from
+        self.dropped: list[_Spare] = []  # of pairs no longer kept: the worker discards them
         self.collected: set[Path] = set()
         self.worker: threading.Thread | None = None
         self.closed = False
@@ -245,6 +261,13 @@ def _take(home: Path, size: int) -> _Spare | None:
     with _spares.cond:
         queue = _spares.ready.setdefault(key, [])
         found = queue.pop() if queue else None
+        if key in _spares.recent:
+            _spares.recent.remove(key)
+        _spares.recent.append(key)
+        for old in _spares.recent[:-KEPT_SIZES]:  # a test suite's many state folders
+            _spares.dropped += _spares.ready.pop(old, [])
+            _spares.wanted.discard(old)
+        del _spares.recent[:-KEPT_SIZES]
         if not _spares.closed:
             _spares.wanted.add(key)
             if _spares.worker is None:
@@ -264,10 +287,15 @@ def _work() -> None:
                 _spares.cond.wait()
             if _spares.closed:
                 return
+            dropped, _spares.dropped = _spares.dropped, []
         time.sleep(REFILL_DELAY)
+        for spare in dropped:
+            _discard(spare)
         while True:
             with _spares.cond:
-                short = [k for k in _spares.wanted if len(_spares.ready[k]) < SPARES_PER_SIZE]
+                short = [
+                    k for k in _spares.wanted if len(_spares.ready.get(k, ())) < SPARES_PER_SIZE
+                ]
                 if not short or _spares.closed:
                     _spares.wanted.clear()
                     break
@@ -283,9 +311,9 @@ def _work() -> None:
                     _spares.wanted.discard(key)
                 continue
             with _spares.cond:
-                keep = not _spares.closed
+                keep = not _spares.closed and key in _spares.wanted
                 if keep:
-                    _spares.ready[key].append(spare)
+                    _spares.ready.setdefault(key, []).append(spare)
             if not keep:
                 _discard(spare)
 
@@ -376,7 +404,8 @@ def _release_spares() -> None:
         _spares.closed = True
         _spares.cond.notify()
         ready = [spare for queue in _spares.ready.values() for spare in queue]
-        _spares.ready = {}
+        ready += _spares.dropped
+        _spares.ready, _spares.dropped = {}, []
     if _spares.pid == os.getpid():  # a forked child's copy of the list is not its own
         for spare in ready:
             _discard(spare)

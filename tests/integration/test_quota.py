@@ -181,3 +181,12 @@ async def test_a_capped_workspace_that_cannot_be_saved_is_kept(
     assert (kept / "work.txt").read_text() == "precious"
     quota.remove_folder(folder)
     assert not folder.exists() and quota.leftovers(folder) == []
+
+
+async def test_release_under_unmounts_everything_below_a_folder(tmp_path: Path) -> None:
+    """Before a whole state folder is deleted (the test suite's own clean-up does this)."""
+    for name in ("a", "b"):
+        (tmp_path / "sandboxes" / name).mkdir(parents=True)
+        await quota.cap(tmp_path / "sandboxes" / name / "workspace", 16, tmp_path)
+    assert len(quota.release_under(tmp_path / "sandboxes")) == 2
+    assert wait_until(lambda: quota.leftovers(tmp_path / "sandboxes") == [], 5)
