@@ -530,3 +530,32 @@ def test_code_context_out_of_reach(shared_sandbox: Any) -> None:
     worked = {k: v for k, v in succeeded(r).items() if k != "kernels"}
     assert not worked, f"the code context's process is open to commands: {worked}"
     assert "".join(execution.logs.stdout) == "real\n", execution.logs
+
+
+@pytest.mark.attack("descriptors a command inherits (the agent's, bwrap's)", hole=3)
+def test_inherited_descriptors(shared_sandbox: Any) -> None:
+    """The attacker lists its own open descriptors, in a plain command and in one started
+    with stdin: anything beyond stdin, stdout and stderr came from the agent or from
+    bwrap (a socket, a user-namespace descriptor, a lifeline pipe) and is a way back to
+    them. Blocked: only 0, 1 and 2."""
+    code = (
+        "import os\n"
+        "fds = {}\n"
+        "for name in os.listdir('/proc/self/fd'):\n"
+        "    try:\n"
+        "        fds[name] = os.readlink('/proc/self/fd/' + name)\n"
+        "    except OSError:\n"
+        "        pass  # the listing's own descriptor, closed by now\n"
+        "print(sorted((int(k), v) for k, v in fds.items() if int(k) > 2))\n"
+    )
+    plain = shared_sandbox.commands.run(["python3", "-c", code], timeout=20)
+    fed = shared_sandbox.commands.run(["python3", "-c", code], stdin="", timeout=20)
+    # (to a file: a pipe of the shell's own would show up in its table while ls runs)
+    shell = shared_sandbox.commands.run(
+        "ls -l /proc/$$/fd > /tmp/fds.$$; tail -n +2 /tmp/fds.$$; rm /tmp/fds.$$", timeout=20
+    )
+    assert plain.exit_code == 0 and fed.exit_code == 0, (plain.stderr, fed.stderr)
+    assert plain.stdout.strip() == "[]", f"inherited: {plain.stdout}"
+    assert fed.stdout.strip() == "[]", f"inherited (with stdin): {fed.stdout}"
+    extra = [line for line in shell.stdout.splitlines() if line.split()[-3] not in "012"]
+    assert not extra, f"the shell inherited: {extra}"
