@@ -130,8 +130,12 @@ async def cap(workspace: Path, disk_mb: int | None, home: Path) -> int | None:
             _discard(spare)
             spare = None
         if spare is None:
-            loop = asyncio.get_running_loop()
-            spare = await loop.run_in_executor(None, _make, home, size)
+            made = asyncio.get_running_loop().run_in_executor(None, _make, home, size)
+            try:
+                spare = await asyncio.shield(made)
+            except asyncio.CancelledError:  # the create was cancelled: the spare goes too
+                made.add_done_callback(_discard_made)
+                raise
         try:
             _place(spare, workspace)
         except OSError:
@@ -140,6 +144,11 @@ async def cap(workspace: Path, disk_mb: int | None, home: Path) -> int | None:
     except OSError as exc:
         raise ProviderUnavailableError(f"cannot make a capped /workspace: {exc}") from None
     return size
+
+
+def _discard_made(made: asyncio.Future[_Spare]) -> None:
+    if not made.cancelled() and made.exception() is None:
+        _discard(made.result())
 
 
 # -- releasing ------------------------------------------------------------------------------
