@@ -14,11 +14,12 @@ under it. Loop mounts need root: unprivileged, :func:`unavailable_reason` says s
 default is not enforced and an explicit ``disk_mb`` is refused.
 
 Cold start: a worker thread keeps spares ready: a copy of the size's template image
-(formatted once per size by mkfs, ~4 ms; a copy is ~0.6 ms) on a loop device, mounted but
-attached nowhere (fsopen/fsmount: a mount held by a descriptor, ~4 ms with the loop device).
-A create only attaches a spare at its folder (move_mount, ~30 µs) and renames its image:
-~0.3 ms in all. A spare dies with its process (the kernel drops a detached mount when its
-descriptor closes), so a crash leaves only image files. The syscalls and loop ioctls are
+(formatted once per size by mkfs, ~6 ms) on a loop device, mounted but attached nowhere
+(fsopen/fsmount: a mount held by a descriptor); ~3 ms a spare, 30 ms after the create that
+took one. A create only attaches a spare at its folder (move_mount, ~30 µs) and renames its
+image: ~0.3 ms in all (the first of a process makes its spare then: ~3 ms more). A spare
+dies with its process (the kernel drops a detached mount when its descriptor closes), so a
+crash leaves only image files. The syscalls and loop ioctls are
 called through ctypes: the losetup and mount binaries cost ~11 ms of exec, and no
 maintained library wraps LOOP_CONFIGURE or the new mount API.
 
