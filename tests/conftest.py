@@ -48,4 +48,12 @@ def pytest_sessionfinish(session: object, exitstatus: int) -> None:
     except Exception:
         pass
     if not os.environ.get("SANDLOT_TEST_KEEP_HOME"):
+        try:  # workspaces gc leaves mounted (a detached sandbox still alive), then the folder
+            from pathlib import Path
+
+            from sandlot.providers import quota
+
+            quota.release_under(Path(HOME))
+        except Exception:
+            pass
         shutil.rmtree(HOME, ignore_errors=True)
