@@ -113,9 +113,14 @@ def main(argv):
         raise SystemExit("sandlot-agent: --listen-fd or --socket is required")
     writable, walls = options.pop("writable"), options.pop("walls")
     if walls:
-        from . import walls as w
+        seccomp = options.pop("seccomp", None)
 
-        options["walls"] = w.setup(writable, options.pop("seccomp", None))
+        def raise_walls():
+            from . import walls as w
+
+            return w.setup(writable, seccomp)
+
+        options["walls"] = raise_walls
     from .server import Agent
 
     Agent(**options).loop.run()

@@ -61,9 +61,12 @@ class Agent:
         from .loop import Loop
 
         self.loop = Loop()
-        # Starts commands: posix_spawn, or walls.Spawner's (commands out of the agent's reach)
-        self.spawn = walls.spawn if walls is not None else posix.posix_spawn
-        self._spawned_exit = walls.exited if walls is not None else None
+        # Starts commands: posix_spawn, or walls.Spawner's (commands out of the agent's reach),
+        # once ``walls`` (a function that raises them) has run: after the first hello, so
+        # that the host reads it meanwhile, and before any request is read.
+        self.spawn = posix.posix_spawn
+        self._spawned_exit = None
+        self._raise_walls = walls
         self.paths = Paths(list(mapping))
         self.workdir = workdir
         self.connections = set()
@@ -181,6 +184,9 @@ class Agent:
             conn = Connection(self, fd)
             self.connections.add(conn)
             conn.send_json(p.HELLO, 0, {"version": p.VERSION, "pid": posix.getpid()})
+            if self._raise_walls is not None:
+                spawner, self._raise_walls = self._raise_walls(), None
+                self.spawn, self._spawned_exit = spawner.spawn, spawner.exited
             # Import the request handlers while the host reads the hello: off the critical
             # path of a cold start.
             self.loop.call_soon(_preload)
