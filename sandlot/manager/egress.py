@@ -26,7 +26,13 @@ from ..channel.stream import ByteStream, TunnelStream
 from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy
 from ..egress.proxy import Upstream, serve_proxy
-from ..errors import EgressError, SandboxClosedError, SandboxNotFoundError, SandlotError
+from ..errors import (
+    EgressError,
+    ProtocolError,
+    SandboxClosedError,
+    SandboxNotFoundError,
+    SandlotError,
+)
 from ..providers import Provider
 from ..secrets.resolve import resolve_values
 from ..secrets.store import SecretStore
@@ -202,6 +208,10 @@ class Egress:
                 event, taken = item
                 kind = event.get("event")
                 if kind == "error":
+                    if isinstance(event["error"], ProtocolError):
+                        # The sandbox broke the hand-off's protocol: it is hostile. Failing
+                        # its channel with that error gets it killed (Manager).
+                        (await self.channel_for()).fail(event["error"])
                     raise event["error"]
                 if kind in ("listening", "standby") and not ready.done():
                     ready.set_result(None)

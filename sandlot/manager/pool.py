@@ -265,6 +265,7 @@ class Pools:
                 if not provider.is_alive(info.handle):
                     raise NotFoundError(f"pool member {info.id} is no longer running")
                 channel = await provider.connect(info.handle)
+                manager._kill_on_violation(info.id, channel)
             await channel.call("deadline", seconds=spec.timeout)
         except Exception as exc:
             log.warning("pool member %s cannot be used (%s): killing it", info.id, exc)

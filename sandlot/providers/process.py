@@ -28,7 +28,7 @@ from ..channel import Channel
 from ..channel.handoff import dial_unix
 from ..errors import SandboxClosedError, SandboxError
 from ..models import SandboxSpec
-from . import agent_files, procinfo, spawn
+from . import agent_files, procinfo, quota, spawn
 from .base import AgentPythonConfig, Provider, Started
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -71,6 +71,7 @@ class ProcessProvider(Provider):
     async def create(self, sandbox_id: str, spec: SandboxSpec, folder: Path) -> Started:
         config = self.parse_config(spec.config)
         assert isinstance(config, ProcessConfig)
+        quota.refuse(spec.resources.disk_mb, self.name)
         agent_root = agent_files.prepare(self.home, config.python)
         workspace = spawn.make_workspace(folder, spec.workdir)
         _warn_once()

@@ -117,6 +117,17 @@ def size_for(disk_mb: int | None) -> int | None:
     )
 
 
+def refuse(disk_mb: int | None, provider: str) -> None:
+    """For providers that cannot cap /workspace: an explicit size is refused, never
+    silently ignored."""
+    if disk_mb is not None:
+        raise ProviderUnavailableError(
+            f"resources.disk_mb={disk_mb} cannot be enforced by the {provider} provider; leave "
+            "disk_mb unset to run without a /workspace size limit",
+            reason="no disk quota",
+        )
+
+
 async def cap(workspace: Path, disk_mb: int | None, home: Path) -> int | None:
     """Make ``workspace`` (which must not exist yet) a file system of ``disk_mb`` MiB, owned
     by root until the caller hands it over. Returns the size, or None if left uncapped

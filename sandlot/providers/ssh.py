@@ -45,7 +45,7 @@ from ..errors import (
     SandlotError,
 )
 from ..models import SandboxSpec
-from . import agent_files, bwrap, etc, ssh_remote
+from . import agent_files, bwrap, etc, quota, ssh_remote
 from .base import Provider, ProviderConfig, Started
 
 HELLO_TIMEOUT = 30.0
@@ -482,6 +482,7 @@ class SshProvider(Provider):
     async def create(self, sandbox_id: str, spec: SandboxSpec, folder: Path) -> Started:
         config = self.parse_config(spec.config)
         assert isinstance(config, SshConfig)
+        quota.refuse(spec.resources.disk_mb, self.name)
         target = _Target.of(config.model_dump())
         host = self._host(target)
         helper = await host.helper(config.python, config.remote_dir)

@@ -190,3 +190,12 @@ async def test_release_under_unmounts_everything_below_a_folder(tmp_path: Path) 
         await quota.cap(tmp_path / "sandboxes" / name / "workspace", 16, tmp_path)
     assert len(quota.release_under(tmp_path / "sandboxes")) == 2
     assert wait_until(lambda: quota.leftovers(tmp_path / "sandboxes") == [], 5)
+
+
+def test_a_provider_that_cannot_cap_refuses_an_explicit_size() -> None:
+    """The process provider has no capped /workspace: an explicit disk_mb is refused, never
+    silently ignored; unset, it runs uncapped as before."""
+    with pytest.raises(sandlot.ProviderUnavailableError, match="disk_mb=64"):
+        sandlot.Sandbox.create("process", resources={"disk_mb": 64})
+    with sandlot.Sandbox.create("process") as sb:
+        assert sb.commands.run("echo ok").stdout == "ok\n"
