@@ -79,6 +79,14 @@ def running(info: Any) -> bool:
     return procinfo.is_running(info.handle.get("pid", -1), info.handle.get("started"))
 
 
+def kill_whole(info: Any) -> None:
+    """A member's death: bwrap and everything under it (killing bwrap's monitor alone leaves
+    the sandbox running, and listed as alive)."""
+    pid = info.handle["pid"]
+    for each in [pid, *procinfo.descendants(pid)]:
+        os.kill(each, signal.SIGKILL)
+
+
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
@@ -278,7 +286,7 @@ def test_gc_removes_dead_members_and_refills() -> None:
     # released at once, by the manager that holds its process).
     assert cli("pool", "set", "--size", "2").returncode == 0
     victim = record(ready()[0])
-    os.kill(victim.handle["pid"], signal.SIGKILL)
+    kill_whole(victim)
     assert wait_until(lambda: not running(victim), 5)
     report = sandlot.Sandbox.gc()
     assert victim.id in report.removed
@@ -290,7 +298,7 @@ def test_a_dead_member_is_skipped_at_take() -> None:
     assert cli("pool", "set", "--size", "2").returncode == 0
     members = ready()
     oldest = record(members[0])  # the next to be taken
-    os.kill(oldest.handle["pid"], signal.SIGKILL)
+    kill_whole(oldest)
     assert wait_until(lambda: not running(oldest), 5)
     with sandlot.Sandbox.create(timeout=30) as sb:
         assert sb.info.handle.get("pooled") is True and sb.id == members[1]
