@@ -44,7 +44,9 @@ WRITE_ACCESS = {
     3: 1 << 14,  # TRUNCATE
 }
 DEVICE_ACCESS = WRITE_FILE | (1 << 14)
-MAKE_BLOCK = 1 << 11  # /dev: write to /dev/null and ttys, nothing else
+MAKE_BLOCK = 1 << 11
+THREAD_STACK = 512 * 1024
+M_ARENA_MAX = -8  # /dev: write to /dev/null and ttys, nothing else
 
 _state = {"dumpable": True, "landlock": None, "seccomp": False}
 _functions = {}
@@ -287,9 +289,21 @@ class _Plain:
         pass
 
 
+def _lean_threads():
+    """Threads that only start a command and wait need little room. Under an address-space
+    limit (``--rlimit as=``, where there are no cgroups), glibc's 64 MiB malloc arena per
+    thread and 8 MiB stacks would let only a dozen commands run at once."""
+    try:
+        _thread.stack_size(THREAD_STACK)
+        _c("mallopt")(M_ARENA_MAX, 1)
+    except Exception:
+        pass
+
+
 def setup(writable, filter_path=None):
     """Raise the walls; returns what starts commands (``spawn``, ``exited``)."""
     not_dumpable()
+    _lean_threads()
     code = None
     if filter_path:
         try:
