@@ -81,6 +81,9 @@ def program() -> bytes:
         ) from None
     deny = sc.ERRNO(errno.EPERM)
     f = sc.SyscallFilter(sc.ALLOW)
+    # A binary tree of system call numbers: every call of the sandbox runs the filter, and
+    # a list would make each walk past every rule (~180 instructions) to be allowed.
+    f.set_attr(sc.Attr.CTL_OPTIMIZE, 2)
     for name in DENIED:
         _add(f, deny, name)
     for flag in CLONE_NEW.values():
