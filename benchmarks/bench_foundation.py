@@ -682,9 +682,12 @@ class Bench(BenchBase):
             with open(f"/proc/{keeper.info.handle['pid']}/cmdline", "rb") as f:
                 cmdline = [x.decode() for x in f.read().split(b"\0")[:-1]]
             mounts_argv = [*cmdline[: cmdline.index("--") + 1], *FLOOR_PYTHON[-5:]]
-            if "--userns" in mounts_argv:  # sandlot's shared namespace fd is not ours to pass
+            if "--userns" in mounts_argv:  # the sandbox's namespace fd is not ours to pass
                 at = mounts_argv.index("--userns")
                 mounts_argv[at : at + 2] = ["--unshare-user"]
+            if "--seccomp" in mounts_argv:  # nor its filter's: this row is the mounts alone
+                at = mounts_argv.index("--seccomp")
+                del mounts_argv[at : at + 2]
             run_checked(mounts_argv)
         except Exception as exc:
             mounts_argv = []
