@@ -215,6 +215,10 @@ class BwrapProvider(Provider):
         argv = isolation_args(
             namespace, die_with_parent=not self.detached, full_network=spec.network == "full"
         )
+        if namespace is None and _can_disable_userns():
+            # bwrap's own namespace: nested ones are refused by the kernel too, not only by
+            # the seccomp filter (with --userns, ours has no room for one: see userns.py).
+            argv.append("--disable-userns")
         argv += [*_top_level_binds()]
         argv += ["--ro-bind", str(etc_folder), "/etc"]
         argv += mount_args(str(folder / "workspace"), str(agent_root), spec.resources.tmp_mb)
@@ -477,6 +481,16 @@ def _host_user(setting: str | int | None) -> spawn.HostUser | None:
     if os.geteuid() != 0:
         raise InvalidArgumentError("only root can run sandboxes as another host user")
     return spawn.HostUser(entry.pw_uid, entry.pw_gid)
+
+
+@functools.cache
+def _can_disable_userns() -> bool:
+    """bubblewrap 0.8 and later have --disable-userns."""
+    try:
+        done = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--disable-userns" in done.stdout + done.stderr
 
 
 @functools.cache
