@@ -13,7 +13,7 @@ from ..errors import InvalidArgumentError
 from ..models import SandboxSpec
 from ..providers import provider_class
 from ..store.records import SandboxRecord
-from .deps import Caller, IdempotencyKey, Idempotent, State, after_from, event_stream
+from .deps import MAX_SEQ, Caller, IdempotencyKey, Idempotent, State, after_from, event_stream
 from .sse import MEDIA_TYPE
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
@@ -140,7 +140,7 @@ async def network_events(
     sandbox_id: str,
     state: State,
     caller: Caller,
-    after: Annotated[int, Query(ge=0, description="the last id already seen")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="the last id already seen")] = 0,
 ) -> list[dict[str, Any]]:
     """Every connection the sandbox made through its proxy or bridge, allowed or refused
     (also in the session's log, as ``egress`` and ``bridge`` events)."""

@@ -24,7 +24,16 @@ from ..api import (
 )
 from ..errors import InvalidArgumentError
 from .api_sandboxes import sandbox_out
-from .deps import Caller, IdempotencyKey, Idempotent, State, after_from, event_stream, wants_stream
+from .deps import (
+    MAX_SEQ,
+    Caller,
+    IdempotencyKey,
+    Idempotent,
+    State,
+    after_from,
+    event_stream,
+    wants_stream,
+)
 from .sse import MEDIA_TYPE
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -36,7 +45,6 @@ EVENTS_RESPONSE = {
     }
 }
 OUTPUT = ("stdout", "stderr")
-MAX_SEQ = 2**63 - 1  # what the database's integers hold
 
 
 def session_out(record: Any) -> SessionOut:

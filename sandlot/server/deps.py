@@ -15,6 +15,7 @@ from . import sse
 from .state import LOCAL_TENANT, Principal, ServerState
 
 KEEPALIVE_SECONDS = 15.0
+MAX_SEQ = 2**63 - 1  # what the database's integers hold: the largest id or seq a query takes
 IDEMPOTENCY_WAIT = 30.0
 
 
