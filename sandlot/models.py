@@ -58,6 +58,10 @@ def check_env_refs(env: Mapping[Any, Any]) -> dict[str, MaybeSecret]:
     return checked
 
 
+MAX_PATH = 4096  # Linux's PATH_MAX
+MAX_NAME = 255  # and NAME_MAX: longer paths fail in the kernel, not at the boundary
+
+
 class Resources(BaseModel):
     """Limits for one sandbox. Enforced with cgroups where the host has them, else rlimits."""
 
@@ -149,6 +153,11 @@ class SandboxSpec(BaseModel):
             raise ValueError("workdir must be an absolute path")
         if "\0" in value:
             raise ValueError("workdir contains a NUL byte")
+        encoded = value.encode("utf-8", "surrogateescape")
+        if len(encoded) > MAX_PATH or any(len(p) > MAX_NAME for p in encoded.split(b"/")):
+            raise ValueError(
+                f"workdir is too long (at most {MAX_PATH} bytes, {MAX_NAME} per folder name)"
+            )
         return value
 
 

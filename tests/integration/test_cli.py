@@ -521,6 +521,7 @@ def test_gc_removes_what_a_killed_owner_left(home: Path) -> None:
         (["run", "--timeout", "soon", "--", "true"], "--timeout"),
         (["run", "--command-timeout", "9", "--timeout", "5", "--", "true"], "cannot exceed"),
         (["run", "--workdir", "relative", "--", "true"], "absolute path"),
+        (["run", "--workdir", "/workspace/" + "a" * 256, "--", "true"], "workdir is too long"),
         (["run", "--memory-mb", "1", "--", "true"], "memory_mb"),
         (["run", "--no-such-option", "--", "true"], "No such option"),
         (["exec", "sb-000000000000", "--", "true"], "no sandbox with id 'sb-000000000000'"),
