@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,7 +207,12 @@ async def test_periodic_checkpoints_and_delete_after(sessions: Sessions) -> None
         await sb.files.write("/workspace/f", "1")
         await asyncio.sleep(0.4)
         assert (s.id, "checkpoint") in await sessions.reap()
-        saved = [e for e in await s.events() if e.kind == "checkpoint"]
+        saved: list[Any] = []
+        for _ in range(100):  # the event goes through the log's writer: soon, not at once
+            saved = [e for e in await s.events() if e.kind == "checkpoint"]
+            if saved:
+                break
+            await asyncio.sleep(0.05)
         assert saved[-1].data["why"] == "periodic" and saved[-1].data["changed"] == 1
     await asyncio.sleep(max(0.0, s.info.delete_after.timestamp() - time.time()) + 0.1)  # type: ignore[union-attr]
     assert (s.id, "deleted") in await sessions.reap()
