@@ -248,8 +248,7 @@ class BwrapProvider(Provider):
         return await dial_unix(handle["socket"])
 
     async def destroy(self, handle: dict[str, Any]) -> None:
-        if isinstance(handle.get("host_uid"), int):
-            userns.release(spawn.HostUser(handle["host_uid"], handle["host_uid"]))
+        userns.release_handle(handle)
         groups = [Path(g) for g in handle.get("cgroups", [])]
         cgroups.kill_all(groups)  # every process of the sandbox at once, not one by one
         child = self._children.get(handle.get("pid", -1))

@@ -642,8 +642,7 @@ class DockerProvider(Provider):
         """SIGKILL and remove the container. The engine takes ~65 ms to stop one, which
         nobody needs to wait for: the removal runs in the background, ``is_alive`` says False
         at once, and :meth:`settle` (which ``Manager.close`` awaits) waits for it."""
-        if isinstance(handle.get("host_uid"), int):
-            userns.release(spawn.HostUser(handle["host_uid"], handle["host_uid"]))
+        userns.release_handle(handle)
         container = handle.get("container")
         if container:
             self._drop(container, handle.get("docker_host") or _default_host())

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ProviderUnavailableError
 from .spawn import HostUser
@@ -92,6 +93,13 @@ def _spares_for(key: tuple[int, int, HostUser | None]) -> _Spares:
 def release(user: HostUser) -> None:
     """The sandbox that used this uid is gone: it may be drawn again."""
     _in_use.discard(user.uid)
+
+
+def release_handle(handle: dict[str, Any]) -> None:
+    """:func:`release` the uid a provider recorded in a sandbox's handle (``host_uid``)."""
+    uid = handle.get("host_uid")
+    if isinstance(uid, int):
+        _in_use.discard(uid)
 
 
 def _refill(spares: _Spares) -> None:
