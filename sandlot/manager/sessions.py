@@ -172,10 +172,7 @@ class Sessions:
             try:
                 await self.hub.close()
             except RuntimeError:  # interpreter exit: no thread takes work any more
-                writer = self.hub._writer
-                if writer is not None:
-                    writer.cancel()
-                    await asyncio.gather(writer, return_exceptions=True)
+                await self.hub.abandon()
             self.db.close()
 
     async def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -9,6 +9,11 @@ server commits each event at once (low latency), a busy one commits many per tra
 Only committed events are ever sent to a client: what a client saw survives a crash, and its
 sequence number is never reused. Followers are woken after each commit and read from a small
 per-session memory of recent events; one that fell behind reads the store.
+
+The writer is a supervised loop (:mod:`sandlot.manager.supervisor`): an exception in it is
+logged and the loop restarted, with what it had not yet committed still queued. How far behind
+it is (:meth:`Hub.health`) is what the server's health check reports: a writer that stops
+draining makes the server unhealthy, never silently wedged.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import NotFoundError
+from ..manager.supervisor import Loop, Supervisor
 from ..store.eventlog import Event, EventLog
 from ..store.logwriter import LogWriter
 from ..store.records import ExecutionRecord
@@ -31,8 +38,11 @@ log = logging.getLogger("sandlot.server")
 T = TypeVar("T")
 CHUNK = 1024 * 1024  # largest coalesced output event
 PENDING_LIMIT = 8 * 1024 * 1024  # bytes waiting for commit before producers wait
-RECENT_BYTES = 16 * 1024 * 1024  # per session, kept in memory for followers
+SESSION_PENDING_LIMIT = 2 * 1024 * 1024  # the same for one session (one session's flood
+# must not take all the room of the others)
+RECENT_BYTES = 8 * 1024 * 1024  # per session, kept in memory for followers
 RECENT_EVENTS = 4096  # and at most this many events
+RECENT_TOTAL = 64 * 1024 * 1024  # all sessions' recent events together
 INLINE_BYTES = 256 * 1024  # a batch this small commits on the event loop's thread
 OUTPUT = frozenset({"stdout", "stderr"})
 TERMINAL = frozenset({"exit", "error"})
@@ -49,12 +59,34 @@ class _Pending:
 @dataclass
 class _Session:
     pending: list[_Pending] = field(default_factory=list)
+    pending_bytes: int = 0
+    since: float | None = None  # when its oldest pending event was queued (monotonic)
+    committing: bool = False  # a batch of it is being written now
     recent: deque[Event] = field(default_factory=deque)
     recent_bytes: int = 0
+    touched: float = 0.0  # last commit (monotonic): the least recent give memory up first
     latest: int | None = None  # last committed seq this process knows of
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False  # forgotten: nothing more will be written
+    forget: bool = False  # to be forgotten once what it has queued is committed
     followers: int = 0
+
+    @property
+    def settled(self) -> bool:
+        """Everything queued for it is committed (and published)."""
+        return not self.pending and not self.committing
+
+
+@dataclass
+class HubHealth:
+    """How far behind the writer is: what health checks and metrics report."""
+
+    writer_alive: bool
+    pending_events: int
+    pending_bytes: int
+    oldest_pending_seconds: float  # 0 when nothing waits
+    recent_bytes: int
+    sessions: int
 
 
 class Hub:
@@ -65,8 +97,9 @@ class Hub:
         self,
         log: EventLog,
         writer: LogWriter,
-        on_commit: Callable[[list[Event]], None] | None = None,
+        on_commit: Callable[[list[Event], float], None] | None = None,
     ):
+        """``on_commit(events, seconds)`` is told of every commit and how long it took."""
         self.log = log
         self.writer = writer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandlot-db")
@@ -77,21 +110,48 @@ class Hub:
         self._room = asyncio.Event()
         self._room.set()
         self._pending_bytes = 0
+        self._recent_bytes = 0
+        self._committing_since: float | None = None
         self._on_commit = on_commit
-        self._writer: asyncio.Task[None] | None = None
+        self._supervisor: Supervisor | None = None
+        self._loop: Loop | None = None
         self._closed = False
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name="sandlot-event-writer")
+        self._supervisor = Supervisor.current()
+        self._loop = self._supervisor.keep("event-writer", self._write_loop)
 
     async def close(self) -> None:
         """Commit what is pending, then stop."""
         self._closed = True
         self._wake.set()
-        if self._writer is not None:
-            await self._writer
+        if self._loop is not None and self._supervisor is not None:
+            await self._supervisor.join(self._loop)
         await self.write(self.writer.close)
         self._executor.shutdown(wait=True)
+
+    async def abandon(self) -> None:
+        """Stop the writer without committing (the interpreter is exiting)."""
+        self._closed = True
+        if self._loop is not None and self._supervisor is not None:
+            await self._supervisor.stop(self._loop)
+
+    def health(self) -> HubHealth:
+        now = time.monotonic()
+        oldest = self._committing_since
+        events = 0
+        for session in self._sessions.values():
+            events += len(session.pending)
+            if session.since is not None and (oldest is None or session.since < oldest):
+                oldest = session.since
+        return HubHealth(
+            writer_alive=self._loop is not None and self._loop.alive,
+            pending_events=events,
+            pending_bytes=self._pending_bytes,
+            oldest_pending_seconds=0.0 if oldest is None else now - oldest,
+            recent_bytes=self._recent_bytes,
+            sessions=len(self._sessions),
+        )
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a database write on the writer thread."""
@@ -110,8 +170,12 @@ class Hub:
     # -- producing --------------------------------------------------------------------------
 
     async def put(self, session_id: str, execution_id: str | None, kind: str, data: bytes) -> None:
-        """Queue an event; waits while too much is uncommitted (back-pressure to the agent)."""
-        while self._pending_bytes > PENDING_LIMIT and not self._closed:
+        """Queue an event; waits while too much is uncommitted, in all or in this session
+        (back-pressure to the agent)."""
+        while not self._closed and (
+            self._pending_bytes > PENDING_LIMIT
+            or self._session(session_id).pending_bytes > SESSION_PENDING_LIMIT
+        ):
             self._room.clear()
             await self._room.wait()
         self.put_nowait(session_id, execution_id, kind, data)
@@ -135,7 +199,10 @@ class Hub:
         ):
             last.data += data
         else:
+            if not session.pending:
+                session.since = time.monotonic()
             session.pending.append(_Pending(execution_id, kind, bytearray(data), record))
+        session.pending_bytes += len(data)
         self._pending_bytes += len(data)
         self._dirty.add(session_id)
         self._wake.set()
@@ -147,18 +214,26 @@ class Hub:
         return session.latest or 0 if session is not None else 0
 
     def forget(self, session_id: str) -> None:
-        """Drop a finished session's memory (its followers then read the store). Its log
-        is committed; a follower waiting for news of it is woken to find the end."""
+        """Drop a finished session's memory (its followers then read the store), once what
+        it has queued is committed; a follower waiting for news of it is woken to find the
+        end."""
         session = self._sessions.get(session_id)
-        if session is not None and not session.pending and session_id not in self._dirty:
-            del self._sessions[session_id]
-            session.ended = True
-            session.changed.set()
+        if session is None:
+            return
+        if not session.settled:
+            session.forget = True  # done by the writer after the commit in flight
+            return
+        del self._sessions[session_id]
+        self._recent_bytes -= session.recent_bytes
+        session.recent.clear()
+        session.recent_bytes = 0
+        session.ended = True
+        session.changed.set()
 
     async def flushed(self, session_id: str) -> int:
         """Wait until everything queued for the session so far is committed; its last seq."""
         session = self._session(session_id)
-        while session.pending or session_id in self._dirty:
+        while not session.settled:
             session.changed.clear()
             await session.changed.wait()
         if session.latest is None:
@@ -166,21 +241,49 @@ class Hub:
         return session.latest
 
     async def _write_loop(self) -> None:
+        if self._dirty:
+            self._wake.set()  # restarted: what the failed run left queued
         while True:
             await self._wake.wait()
             self._wake.clear()
-            dirty, self._dirty = self._dirty, set()
-            alone = len(dirty) == 1
-            for session_id in dirty:
-                session = self._sessions[session_id]
-                batch, session.pending = session.pending, []
-                events = await self._commit(session_id, batch, alone)
-                self._pending_bytes -= sum(len(p.data) for p in batch)
-                self._publish(session_id, session, events)
-            if self._pending_bytes <= PENDING_LIMIT:
-                self._room.set()
+            await self._drain()
             if self._closed and not self._dirty:
                 return
+
+    async def _drain(self) -> None:
+        """Commit every session queued so far, one after the other. A session is looked up
+        as its turn comes (it may have been forgotten meanwhile), and what is left when this
+        fails goes back to the queue."""
+        dirty, self._dirty = self._dirty, set()
+        alone = len(dirty) == 1
+        try:
+            while dirty:
+                session_id = dirty.pop()
+                session = self._sessions.get(session_id)
+                if session is not None and session.pending:
+                    await self._commit_session(session_id, session, alone)
+        finally:
+            if dirty:
+                self._dirty |= dirty
+                self._wake.set()
+            self._room.set()  # producers waiting for room look again
+
+    async def _commit_session(self, session_id: str, session: _Session, alone: bool) -> None:
+        batch, session.pending = session.pending, []
+        size, session.pending_bytes = session.pending_bytes, 0
+        self._committing_since, session.since = session.since, None
+        session.committing = True
+        started = time.monotonic()
+        events: list[Event] = []
+        try:
+            events = await self._commit(session_id, batch, alone)
+        finally:
+            session.committing = False
+            self._committing_since = None
+            self._pending_bytes -= size
+            self._publish(session_id, session, events, time.monotonic() - started)
+        if session.forget and session.settled:
+            self.forget(session_id)
 
     async def _commit(self, session_id: str, batch: list[_Pending], alone: bool) -> list[Event]:
         """Append a batch, with the execution records it implies, in one transaction;
@@ -207,7 +310,10 @@ class Hub:
                 delay = min(delay * 2, 2.0)
         return []
 
-    def _publish(self, session_id: str, session: _Session, events: list[Event]) -> None:
+    def _publish(
+        self, session_id: str, session: _Session, events: list[Event], seconds: float
+    ) -> None:
+        before = session.recent_bytes
         for event in events:
             session.recent.append(event)
             session.recent_bytes += len(event.data)
@@ -215,11 +321,29 @@ class Hub:
             session.recent_bytes > RECENT_BYTES or len(session.recent) > RECENT_EVENTS
         ):
             session.recent_bytes -= len(session.recent.popleft().data)
+        self._recent_bytes += session.recent_bytes - before
+        session.touched = time.monotonic()
+        if self._recent_bytes > RECENT_TOTAL:
+            self._trim_recent()
         if events:
             session.latest = events[-1].seq
         session.changed.set()
         if self._on_commit is not None and events:
-            self._on_commit(events)
+            try:
+                self._on_commit(events, seconds)
+            except Exception:  # an observer's bug must not stop the log
+                log.exception("an observer of the event log failed")
+
+    def _trim_recent(self) -> None:
+        """Over the total memory for recent events: the sessions committed to least recently
+        give theirs up first (their followers read the store instead)."""
+        for session in sorted(self._sessions.values(), key=lambda s: s.touched):
+            while session.recent and self._recent_bytes > RECENT_TOTAL:
+                size = len(session.recent.popleft().data)
+                session.recent_bytes -= size
+                self._recent_bytes -= size
+            if self._recent_bytes <= RECENT_TOTAL:
+                return
 
     # -- following --------------------------------------------------------------------------
 
@@ -253,7 +377,7 @@ class Hub:
             if (
                 not session.followers
                 and session.latest is None
-                and not session.pending
+                and session.settled
                 and self._sessions.get(session_id) is session
             ):
                 del self._sessions[session_id]  # a reader of an old log: nothing to keep

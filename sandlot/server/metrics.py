@@ -38,6 +38,12 @@ class Metrics:
             "sandlot_stream_bytes", "Output bytes logged, by stream", ["stream"], registry=r
         )
         self.events = Counter("sandlot_events", "Events appended to the log", registry=r)
+        self.commit_seconds = Histogram(
+            "sandlot_event_commit_seconds",
+            "Time to commit one batch of a session's events to the log",
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=r,
+        )
         self.latency = Histogram(
             "sandlot_request_seconds",
             "HTTP request latency until the response starts",
@@ -46,8 +52,9 @@ class Metrics:
             registry=r,
         )
 
-    def count_events(self, events: list[Event]) -> None:
+    def count_commit(self, events: list[Event], seconds: float) -> None:
         self.events.inc(len(events))
+        self.commit_seconds.observe(seconds)
         for event in events:
             if event.kind in OUTPUT:
                 self.stream_bytes.labels(event.kind).inc(len(event.data))

@@ -168,7 +168,7 @@ class ServerState:
         await asyncio.to_thread(db.migrate)
         log = EventLog(db)
         records = Records(db)
-        hub = Hub(log, LogWriter(db, log, records), on_commit=metrics.count_events)
+        hub = Hub(log, LogWriter(db, log, records), on_commit=metrics.count_commit)
         hub.start()
         manager = Manager(home, detached=True)
         state = cls(

@@ -1,0 +1,108 @@
+"""The event writer under concurrency and CPU pressure: it must never die, and no session's
+end may be lost.
+
+The wedge this guards against: the writer took the set of sessions with queued events, and
+while it awaited one session's commit another session of that set was flushed and forgotten
+(a sandbox's teardown); the writer then looked the forgotten one up, died of a KeyError, and
+from then on nothing was committed and every command hung, while health said "ok". A slow
+commit (CPU contention) makes that window wide; here real CPU hogs run beside the hub and the
+database write itself is slowed a little at random, as a contended disk would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandlot.manager.supervisor import Supervisor
+from sandlot.server.hub import Hub
+from sandlot.store.database import Database, sqlite_url
+from sandlot.store.eventlog import EventLog
+from sandlot.store.keys import LOCAL_TENANT, Keys
+from sandlot.store.logwriter import LogWriter
+from sandlot.store.records import Records
+
+SESSIONS = 500
+BOUND = 60.0  # seconds for the whole churn: far beyond what it takes, short of a hang
+
+
+@pytest.fixture
+def cpu_hogs() -> Iterator[None]:
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def make_hub(home: Path, jitter: float) -> tuple[Hub, Records]:
+    db = Database(sqlite_url(home))
+    db.migrate()
+    Keys(db).ensure_tenant(LOCAL_TENANT)
+    log, records = EventLog(db), Records(db)
+    writer = LogWriter(db, log, records)
+    append = writer.append
+
+    def contended(*args: object) -> object:
+        time.sleep(random.random() * jitter)
+        return append(*args)  # type: ignore[arg-type]
+
+    writer.append = contended  # type: ignore[method-assign]
+    return Hub(log, writer), records
+
+
+async def teardown_like_a_sandbox(hub: Hub, session_id: str, seen: dict[str, list[str]]) -> None:
+    """What a sandbox's life does to the log: output, an end note, flushed, forgotten; with a
+    follower that must see the end."""
+
+    async def follow() -> None:
+        async for batch in hub.follow(session_id, 0):
+            seen[session_id].extend(json.loads(e.data).get("event", "") for e in batch)
+
+    seen[session_id] = []
+    follower = asyncio.ensure_future(follow())
+    for _ in range(random.randint(1, 6)):
+        hub.put_nowait(session_id, None, "note", b'{"event":"output"}')
+        await asyncio.sleep(random.random() * 0.002)
+    hub.put_nowait(session_id, None, "sandbox", b'{"event":"ended"}')
+    await hub.flushed(session_id)
+    hub.forget(session_id)
+    await asyncio.wait_for(follower, BOUND)
+
+
+async def churn(home: Path) -> None:
+    hub, records = make_hub(home, jitter=0.005)
+    hub.start()
+    seen: dict[str, list[str]] = {}
+    ids = [records.create_session(LOCAL_TENANT, {}).id for _ in range(SESSIONS)]
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(teardown_like_a_sandbox(hub, i, seen) for i in ids)), BOUND
+        )
+        assert hub.health().writer_alive, Supervisor.current().problems()
+        # Every session's end is in the log, and its follower saw it.
+        for session_id in ids:
+            logged = [json.loads(e.data)["event"] for e in hub.log.read(session_id, 0)]
+            assert logged[-1] == "ended", (session_id, logged)
+            assert seen[session_id][-1:] == ["ended"], (session_id, seen[session_id])
+        # And the writer still takes new work.
+        session = await hub.write(records.create_session, LOCAL_TENANT, {})
+        hub.put_nowait(session.id, None, "note", b'{"event":"alive"}')
+        assert await asyncio.wait_for(hub.flushed(session.id), 10) == 1
+        assert Supervisor.current().problems() == []
+    finally:
+        await asyncio.wait_for(hub.close(), 30)
+
+
+def test_writer_survives_teardowns_under_cpu_pressure(tmp_path: Path, cpu_hogs: None) -> None:
+    asyncio.run(churn(tmp_path))
