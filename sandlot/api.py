@@ -302,8 +302,14 @@ class ErrorBody(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded", "unhealthy"] = Field(
+        description="unhealthy (answered with 503): a problem below stops the server from "
+        "serving; degraded: a remote server it forwards to is failing (its breaker is open)"
+    )
     version: str
     database: str
     sandboxes: int
     breakers: dict[str, str] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list, description="what is wrong, when unhealthy")
+    events_waiting: int = Field(0, description="events queued for the log, not yet committed")
+    event_lag_seconds: float = Field(0.0, description="how long the oldest of them has waited")

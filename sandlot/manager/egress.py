@@ -37,6 +37,7 @@ from ..providers import Provider
 from ..secrets.resolve import resolve_values
 from ..secrets.store import SecretStore
 from ..store import Store
+from ..supervisor import Supervisor
 
 if TYPE_CHECKING:
     from ..egress.bridge import Bridge, BridgeRecord
@@ -104,7 +105,7 @@ class Egress:
         self.channel_for = channel_for
         self.dial_local = dial_local
         self.sink = sink
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._serving = 0  # connections being served now
         self._listening: set[str] = set()  # the listeners this process serves
         self._bridge: Bridge | None = None
@@ -297,11 +298,11 @@ class Egress:
         self.sink(self.sandbox_id, "bridge", record.to_event())
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
+        task = Supervisor.current().spawn(coro, "egress")
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
+    def _done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("egress of sandbox %s: %s", self.sandbox_id, task.exception())

@@ -40,6 +40,7 @@ from ..secrets.refs import SecretRef, as_ref
 from ..secrets.resolve import has_refs, resolve_config, resolve_env
 from ..secrets.store import SecretStore
 from ..store import Store, default_home
+from ..supervisor import Loop, Supervisor
 from .egress import DialLocal, Egress, EventSink, check_network, new_settings
 from .pool import Pools
 from .ports import ChannelFor, PortForwards, check_port
@@ -115,7 +116,7 @@ class Manager:
         self._owned: dict[str, LiveSandbox] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._collected = False
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper: Loop | None = None
         self._marked: set[str] = set()  # providers this manager has noted as used here
         self._removals: set[asyncio.Future[None]] = set()
         # Called with the id of every sandbox this manager released (killed, expired, exited).
@@ -162,7 +163,7 @@ class Manager:
         if not self._collected:
             self._collected = True
             await self.gc()
-            self._sweeper = asyncio.ensure_future(self._sweep())
+            self._sweeper = Supervisor.current().keep("gc-sweeper", self._sweep)
         spec = default_provider(spec)
         taken = await self.pools.take(spec)
         if taken is not None:
@@ -485,8 +486,7 @@ class Manager:
         def broken(error: SandlotError) -> None:
             if isinstance(error, ProtocolError):
                 log.warning("sandbox %s: %s; killing it", sandbox_id, error)
-                task = asyncio.ensure_future(self.kill(sandbox_id))
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                Supervisor.current().spawn(self.kill(sandbox_id), "kill-hostile")
 
         if isinstance(channel, Channel):  # a remote server's channel is that server's care
             channel.on_close.append(broken)
@@ -495,8 +495,7 @@ class Manager:
         """An owned sandbox stopped by itself (its deadline, or its agent died)."""
         live = self._owned.get(sandbox_id)
         if live is not None:
-            task = asyncio.ensure_future(self._release(live.info, live.provider))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            Supervisor.current().spawn(self._release(live.info, live.provider), "release")
 
     async def set_timeout(self, sandbox_id: str, seconds: float, channel: Channel) -> datetime:
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
@@ -541,8 +540,7 @@ class Manager:
         if remaining > 0.01:  # another process extended it
             self._schedule_expiry(sandbox_id, remaining)
             return
-        task = asyncio.ensure_future(self.kill(sandbox_id))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        Supervisor.current().spawn(self.kill(sandbox_id), "expire")
 
     async def gc(self) -> GcReport:
         """Destroy sandboxes whose owner is gone or whose time is up; remove orphans."""
@@ -649,8 +647,7 @@ class Manager:
                 log.warning("closing: %s", exc, exc_info=True)
         self.on_close.clear()
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+            await Supervisor.current().stop(self._sweeper)
             self._sweeper = None
         await self.pools.close()
         if self.detached:

@@ -34,6 +34,7 @@ from ..errors import InvalidArgumentError, NotFoundError
 from ..models import SandboxSpec, describe
 from ..providers import BUILTIN, procinfo, provider_class
 from ..secrets.resolve import has_refs
+from ..supervisor import Supervisor
 
 if TYPE_CHECKING:
     from .manager import LiveSandbox, Manager
@@ -305,7 +306,7 @@ class Pools:
         running = self._refilling.get(key)
         if running is not None and not running.done():
             return
-        task = asyncio.ensure_future(self._top_up_later(key, delay))
+        task = Supervisor.current().spawn(self._top_up_later(key, delay), "pool-refill")
         self._refilling[key] = task
         self._tasks.add(task)
         task.add_done_callback(self._refilled)

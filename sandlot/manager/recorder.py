@@ -23,6 +23,7 @@ from ..agent import protocol as p
 from ..errors import RunCancelledError, SandlotError
 from ..secrets.mask import Masker
 from ..server.runs import KINDS, STREAMS, new_execution_id
+from ..supervisor import Supervisor
 
 if TYPE_CHECKING:
     from ..channel import Channel, Request
@@ -206,8 +207,9 @@ class RecordedRun:
             self._put("error", json.dumps(outcome).encode())
             if self.locks:
                 owner = self.owner
-                task = asyncio.ensure_future(owner._sessions.unlock(owner.session_id, self.id))
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                Supervisor.current().spawn(
+                    owner._sessions.unlock(owner.session_id, self.id), "unlock-run"
+                )
 
     def __getattr__(self, name: str) -> Any:
         if self._request is None:

@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..models import SandboxSpec, check_seconds
 from ..secrets.store import SecretStore
+from ..supervisor import Loop, Supervisor
 from .manager import LiveSandbox, Manager, default_provider
 from .pool import pool_key
 from .workspaces import Workspaces
@@ -105,11 +106,11 @@ class Sessions:
         self.workspaces: Workspaces = manager.workspaces
         self._owns_store = owns_store
         self.tenant = tenant  # whose sessions the reaper looks after (None: every tenant's)
-        self._heartbeats: dict[str, asyncio.Task[None]] = {}
+        self._heartbeats: dict[str, Loop] = {}
         # Sandboxes being stopped here, and what their release's checkpoint will report.
         self._waiting: dict[str, asyncio.Future[Any]] = {}
         self._suspects: dict[str, float] = {}  # sandboxes found dead, and since when
-        self._reaper: asyncio.Task[None] | None = None
+        self._reaper: Loop | None = None
         self._closed = False
         manager.on_release.append(self._released)
         manager.on_checkpoint.append(self._checkpointed)
@@ -151,7 +152,7 @@ class Sessions:
 
     def start_reaper(self) -> None:
         if self._reaper is None:
-            self._reaper = asyncio.ensure_future(self._reap_loop())
+            self._reaper = Supervisor.current().keep("session-reaper", self._reap_loop)
 
     async def close(self) -> None:
         """Stop heartbeats and the reaper. Attached sandboxes keep running until their
@@ -159,10 +160,9 @@ class Sessions:
         if self._closed:
             return
         self._closed = True
-        tasks = [*self._heartbeats.values(), *([self._reaper] if self._reaper else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        loops = [*self._heartbeats.values(), *([self._reaper] if self._reaper else [])]
+        supervisor = Supervisor.current()
+        await asyncio.gather(*(supervisor.stop(loop) for loop in loops))
         self._heartbeats.clear()
         if self._owns_store:
             try:
@@ -392,7 +392,9 @@ class Sessions:
         return await self._write(write)
 
     def _keep(self, lease_id: str, ttl: float) -> None:
-        self._heartbeats[lease_id] = asyncio.ensure_future(self._heartbeat_loop(lease_id, ttl))
+        self._heartbeats[lease_id] = Supervisor.current().keep(
+            "lease-heartbeat", lambda: self._heartbeat_loop(lease_id, ttl), ends=True
+        )
 
     async def _heartbeat_loop(self, lease_id: str, ttl: float) -> None:
         while True:
@@ -409,9 +411,9 @@ class Sessions:
     async def detach(self, session_id: str, lease_id: str, *, stop: bool = True) -> Any:
         """Let go of a lease. The last holder's detach checkpoints and destroys the sandbox
         (``stop=False`` leaves it running for a later ``reuse``, until it idles out)."""
-        task = self._heartbeats.pop(lease_id, None)
-        if task is not None:
-            task.cancel()
+        beating = self._heartbeats.pop(lease_id, None)
+        if beating is not None:
+            Supervisor.current().cancel(beating)
         await self._write(self.store.release_lease, lease_id)
         record = await self._read(self.store.get, session_id, None)
         sandbox_id = record.sandbox_id
@@ -482,17 +484,16 @@ class Sessions:
              **result.model_dump(mode="json")},
         )  # fmt: skip
         if not waited and why != "periodic":
-            task = asyncio.ensure_future(
-                self._write(self.store.set_checkpoint, session_id, result.number)
+            Supervisor.current().spawn(
+                self._write(self.store.set_checkpoint, session_id, result.number),
+                "record-checkpoint",
             )
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _released(self, sandbox_id: str) -> None:
         """A sandbox ended (whoever ended it): a session pointing at it no longer has it."""
         if sandbox_id in self._waiting:
             return  # stopped by :meth:`_stop`, which records it
-        task = asyncio.ensure_future(self._end_record(sandbox_id))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        Supervisor.current().spawn(self._end_record(sandbox_id), "end-record")
 
     async def _end_record(self, sandbox_id: str) -> None:
         def write() -> str | None:

@@ -34,6 +34,7 @@ from ..errors import (
     SandboxError,
 )
 from ..models import ProviderInfo, Resources, SandboxSpec
+from ..supervisor import Supervisor
 from . import agent_files, cgroups, etc, procinfo, quota, seccomp, spawn, userns
 from .base import AgentPythonConfig, Provider, Started
 
@@ -258,7 +259,7 @@ class BwrapProvider(Provider):
             await _kill_foreign(handle.get("pid", -1), handle.get("started"))
         # Everything is SIGKILLed and bwrap has exited; the groups can only be removed once
         # the last process is gone (~2 ms): nobody needs to wait for that.
-        task = asyncio.ensure_future(cgroups.remove(groups))
+        task = Supervisor.current().spawn(cgroups.remove(groups), "remove-cgroups")
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 

@@ -37,7 +37,7 @@ from ..errors import (
     SessionBusyError,
     SessionError,
 )
-from ..remote.breaker import states
+from ..supervisor import Supervisor
 from . import (
     api_code,
     api_executions,
@@ -47,6 +47,7 @@ from . import (
     api_sandboxes,
     api_secrets,
     api_sessions,
+    health,
 )
 from .deps import State
 from .metrics import CONTENT_TYPE, Metrics
@@ -231,33 +232,31 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "server_error", f"internal error: {type(exc).__name__}")
 
 
-def _install_health(app: FastAPI) -> None:
-    @app.get("/healthz", response_model=Health, tags=["health"])
-    async def healthz(state: State) -> Health:
-        """Liveness, with what the server depends on."""
-        breakers = states()
-        return Health(
-            status="degraded" if any(s != "closed" for s in breakers.values()) else "ok",
-            version=__version__,
-            database=state.db.dialect,
-            sandboxes=len(state.served),
-            breakers=breakers,
-        )
+def _health_answer(report: Health) -> Response:
+    status = 503 if report.status == "unhealthy" else 200
+    return JSONResponse(report.model_dump(), status_code=status)
 
-    @app.get("/readyz", response_model=Health, tags=["health"])
+
+def _install_health(app: FastAPI) -> None:
+    answers: dict[int | str, dict[str, Any]] = {
+        503: {"model": Health, "description": "unhealthy: `problems` says why"}
+    }
+
+    @app.get("/healthz", response_model=Health, tags=["health"], responses=answers)
+    async def healthz(state: State) -> Response:
+        """Liveness: the event writer drains, the database answers, every background loop
+        runs (503 when not, so that a supervisor restarts the server)."""
+        return _health_answer(await health.check(state))
+
+    @app.get("/readyz", response_model=Health, tags=["health"], responses=answers)
     async def readyz(state: State) -> Response:
-        """Ready to serve: the database answers."""
-        try:
-            await asyncio.wait_for(asyncio.to_thread(state.keys.any_active), 5)
-        except Exception as exc:
-            return error_response(503, "server_error", f"the database does not answer: {exc}")
-        health = Health(
-            status="ok", version=__version__, database=state.db.dialect, sandboxes=len(state.served)
-        )
-        return JSONResponse(health.model_dump())
+        """Ready to serve: the same checks (the server is ready once it has started,
+        adopted its sandboxes and can write its log)."""
+        return _health_answer(await health.check(state))
 
     @app.get("/metrics", tags=["health"], responses={200: {"content": {CONTENT_TYPE: {}}}})
     async def metrics(state: State) -> Response:
         """Prometheus text format."""
         counts = await asyncio.to_thread(state.records.count_sandboxes_by_state)
-        return Response(state.metrics.render(counts), media_type=CONTENT_TYPE)
+        rendered = state.metrics.render(counts, state.hub.health(), Supervisor.current())
+        return Response(rendered, media_type=CONTENT_TYPE)

@@ -10,7 +10,7 @@ Only committed events are ever sent to a client: what a client saw survives a cr
 sequence number is never reused. Followers are woken after each commit and read from a small
 per-session memory of recent events; one that fell behind reads the store.
 
-The writer is a supervised loop (:mod:`sandlot.manager.supervisor`): an exception in it is
+The writer is a supervised loop (:mod:`sandlot.supervisor`): an exception in it is
 logged and the loop restarted, with what it had not yet committed still queued. How far behind
 it is (:meth:`Hub.health`) is what the server's health check reports: a writer that stops
 draining makes the server unhealthy, never silently wedged.
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import NotFoundError
-from ..manager.supervisor import Loop, Supervisor
 from ..store.eventlog import Event, EventLog
 from ..store.logwriter import LogWriter
 from ..store.records import ExecutionRecord
+from ..supervisor import Loop, Supervisor
 
 log = logging.getLogger("sandlot.server")
 T = TypeVar("T")
@@ -112,6 +112,7 @@ class Hub:
         self._pending_bytes = 0
         self._recent_bytes = 0
         self._committing_since: float | None = None
+        self._committing_events = 0
         self._on_commit = on_commit
         self._supervisor: Supervisor | None = None
         self._loop: Loop | None = None
@@ -139,7 +140,7 @@ class Hub:
     def health(self) -> HubHealth:
         now = time.monotonic()
         oldest = self._committing_since
-        events = 0
+        events = self._committing_events
         for session in self._sessions.values():
             events += len(session.pending)
             if session.since is not None and (oldest is None or session.since < oldest):
@@ -272,6 +273,7 @@ class Hub:
         batch, session.pending = session.pending, []
         size, session.pending_bytes = session.pending_bytes, 0
         self._committing_since, session.since = session.since, None
+        self._committing_events = len(batch)
         session.committing = True
         started = time.monotonic()
         events: list[Event] = []
@@ -280,6 +282,7 @@ class Hub:
         finally:
             session.committing = False
             self._committing_since = None
+            self._committing_events = 0
             self._pending_bytes -= size
             self._publish(session_id, session, events, time.monotonic() - started)
         if session.forget and session.settled:

@@ -10,7 +10,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..store.eventlog import Event
-from .hub import OUTPUT
+from ..supervisor import Supervisor
+from .hub import OUTPUT, HubHealth
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Scope = MutableMapping[str, Any]
@@ -52,6 +53,39 @@ class Metrics:
             registry=r,
         )
 
+        self.events_waiting = Gauge(
+            "sandlot_events_waiting", "Events queued for the log, not yet committed", registry=r
+        )
+        self.event_lag = Gauge(
+            "sandlot_event_lag_seconds",
+            "How long the oldest event not yet committed has waited",
+            registry=r,
+        )
+        self.event_memory = Gauge(
+            "sandlot_event_memory_bytes",
+            "Event bytes held in memory, by use (pending: not yet committed; recent: kept for "
+            "followers)",
+            ["use"],
+            registry=r,
+        )
+        self.loops = Gauge(
+            "sandlot_background_loops",
+            "Supervised background loops, by name and state (running, failed)",
+            ["name", "state"],
+            registry=r,
+        )
+        self.restarts = Gauge(
+            "sandlot_background_restarts",
+            "Restarts of supervised background loops since the server started, by name",
+            ["name"],
+            registry=r,
+        )
+        self.work_failures = Gauge(
+            "sandlot_background_work_failures",
+            "One-off background work that failed (each logged with its traceback)",
+            registry=r,
+        )
+
     def count_commit(self, events: list[Event], seconds: float) -> None:
         self.events.inc(len(events))
         self.commit_seconds.observe(seconds)
@@ -59,9 +93,20 @@ class Metrics:
             if event.kind in OUTPUT:
                 self.stream_bytes.labels(event.kind).inc(len(event.data))
 
-    def render(self, by_state: dict[str, int]) -> bytes:
+    def render(self, by_state: dict[str, int], hub: HubHealth, supervisor: Supervisor) -> bytes:
         for state in ("running", "ended", *by_state):
             self.sandboxes.labels(state).set(by_state.get(state, 0))
+        self.events_waiting.set(hub.pending_events)
+        self.event_lag.set(hub.oldest_pending_seconds)
+        self.event_memory.labels("pending").set(hub.pending_bytes)
+        self.event_memory.labels("recent").set(hub.recent_bytes)
+        self.loops.clear()
+        for loop in supervisor.loops:
+            state = "running" if loop.alive else "failed"
+            self.loops.labels(loop.name, state).inc()
+        for name, count in supervisor.restart_counts.items():
+            self.restarts.labels(name).set(count)
+        self.work_failures.set(supervisor.spawn_failures)
         return generate_latest(self.registry)
 
     @property

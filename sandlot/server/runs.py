@@ -22,6 +22,7 @@ from ..channel import Request
 from ..errors import ProtocolError, RunCancelledError, SandlotError
 from ..secrets.mask import Masker
 from ..store.records import ExecutionRecord
+from ..supervisor import Supervisor
 from .hub import Hub
 
 STREAMS = {p.STDOUT: "stdout", p.STDERR: "stderr"}
@@ -157,8 +158,7 @@ class Run:
     def _unlock_later(self) -> None:
         if self.release is not None and not self._released:
             self._released = True
-            task = asyncio.ensure_future(self.release())
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            Supervisor.current().spawn(self.release(), "unlock-run")
 
     def _takeover_outcome(self) -> dict[str, Any]:
         error = RunCancelledError(

@@ -47,6 +47,7 @@ from ..store.eventlog import EventLog
 from ..store.keys import LOCAL_TENANT, Keys
 from ..store.logwriter import LogWriter
 from ..store.records import ExecutionRecord, Records, SandboxRecord
+from ..supervisor import Loop, Supervisor
 from .hub import Hub
 from .metrics import Metrics
 from .runs import Run, new_execution_id
@@ -157,7 +158,7 @@ class ServerState:
     served: dict[str, Served] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)
     _auth_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
-    _maintenance: asyncio.Task[None] | None = None
+    _maintenance: Loop | None = None
     _endings: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
     @classmethod
@@ -190,7 +191,7 @@ class ServerState:
         await hub.write(records.release_pending_idempotency)
         await state.recover()
         state.sessions.start_reaper()
-        state._maintenance = asyncio.create_task(state._maintain())
+        state._maintenance = Supervisor.current().keep("maintenance", state._maintain)
         return state
 
     async def _maintain(self) -> None:
@@ -208,7 +209,7 @@ class ServerState:
 
     async def close(self) -> None:
         if self._maintenance is not None:
-            self._maintenance.cancel()
+            await Supervisor.current().stop(self._maintenance)
         await self.sessions.close()
         for run in list(self.runs.values()):
             if run.task is not None:
@@ -463,8 +464,9 @@ class ServerState:
         both ask for it; the second caller waits for the first)."""
         task = self._endings.get(sandbox_id)
         if task is None:
-            task = asyncio.ensure_future(self._end_sandbox(sandbox_id, session_id, why))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            task = Supervisor.current().spawn(
+                self._end_sandbox(sandbox_id, session_id, why), "end-sandbox"
+            )
             self._endings[sandbox_id] = task
             task.add_done_callback(lambda _: self._endings.pop(sandbox_id, None))
         return task
@@ -559,7 +561,7 @@ class ServerState:
                 await self.sessions.unlock(session_id, execution_id)
             raise
         self.runs[run.id] = run
-        run.task = asyncio.create_task(self._pump(run))
+        run.task = Supervisor.current().spawn(self._pump(run), "execution")
         self.metrics.executions_started.labels(run.kind).inc()
         return run
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sandlot.manager.supervisor import Supervisor
+from sandlot.supervisor import Supervisor
 from sandlot.server.hub import Hub
 from sandlot.store.database import Database, sqlite_url
 from sandlot.store.eventlog import EventLog

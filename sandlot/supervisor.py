@@ -24,7 +24,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 log = logging.getLogger("sandlot.supervisor")
 T = TypeVar("T")
@@ -40,6 +40,7 @@ class Loop:
     name: str
     factory: Callable[[], Awaitable[None]] = field(repr=False)
     restart: bool
+    ends: bool = False  # it may end by itself (returning is not a failure)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     restarts: int = 0
     failures: deque[float] = field(default_factory=deque, repr=False)
@@ -60,7 +61,7 @@ class Supervisor:
 
     def __init__(self) -> None:
         self.loops: set[Loop] = set()
-        self._work: set[asyncio.Task[Any]] = set()
+        self._work: set[asyncio.Future[Any]] = set()
         self.spawn_failures = 0
         self.restart_counts: dict[str, int] = {}  # by loop name, since the process started
 
@@ -75,12 +76,17 @@ class Supervisor:
     # -- long-lived loops ---------------------------------------------------------------------
 
     def keep(
-        self, name: str, factory: Callable[[], Awaitable[None]], *, restart: bool = True
+        self,
+        name: str,
+        factory: Callable[[], Awaitable[None]],
+        *,
+        restart: bool = True,
+        ends: bool = False,
     ) -> Loop:
         """Run ``factory()`` until :meth:`stop`; restarted when it fails (if ``restart``).
         ``name`` says what it is (several loops may share one: health and metrics count
-        them by name)."""
-        loop = Loop(name, factory, restart)
+        them by name). With ``ends``, the loop may also finish by returning."""
+        loop = Loop(name, factory, restart, ends)
         self.loops.add(loop)
         self._start(loop)
         return loop
@@ -93,7 +99,8 @@ class Supervisor:
         while True:
             try:
                 await loop.factory()
-                if loop.stopping:
+                if loop.stopping or loop.ends:
+                    self.loops.discard(loop)
                     return
                 error = "it returned while it should run on"
                 log.error("background task %s ended unexpectedly: %s", loop.name, error)
@@ -121,12 +128,17 @@ class Supervisor:
             self.restart_counts[loop.name] = self.restart_counts.get(loop.name, 0) + 1
             log.warning("restarting background task %s (restart %d)", loop.name, loop.restarts)
 
-    async def stop(self, loop: Loop) -> None:
+    def cancel(self, loop: Loop) -> None:
         """Stop a loop (cancelling it) and forget it."""
         loop.stopping = True
         self.loops.discard(loop)
-        if loop.task is not None and not loop.task.done():
+        if loop.task is not None:
             loop.task.cancel()
+
+    async def stop(self, loop: Loop) -> None:
+        """:meth:`cancel`, and wait until it has stopped."""
+        self.cancel(loop)
+        if loop.task is not None:
             await asyncio.gather(loop.task, return_exceptions=True)
 
     async def join(self, loop: Loop) -> None:
@@ -138,15 +150,20 @@ class Supervisor:
 
     # -- one-off work -------------------------------------------------------------------------
 
-    def spawn(self, work: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+    @overload
+    def spawn(self, work: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]: ...
+    @overload
+    def spawn(self, work: Awaitable[T], name: str) -> asyncio.Future[T]: ...
+    def spawn(self, work: Awaitable[T], name: str) -> asyncio.Future[T]:
         """Run ``work`` in the background; its failure is logged, never lost."""
         task = asyncio.ensure_future(work)
-        task.set_name(f"sandlot:{name}")
+        if isinstance(task, asyncio.Task):
+            task.set_name(f"sandlot:{name}")
         self._work.add(task)
         task.add_done_callback(self._finished)
         return task
 
-    def _finished(self, task: asyncio.Task[Any]) -> None:
+    def _finished(self, task: asyncio.Future[Any]) -> None:
         self._work.discard(task)
         if task.cancelled():
             return
@@ -155,7 +172,7 @@ class Supervisor:
             self.spawn_failures += 1
             log.error(
                 "background work %s failed",
-                task.get_name(),
+                task.get_name() if isinstance(task, asyncio.Task) else "?",
                 exc_info=(type(error), error, error.__traceback__),
             )
 
