@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from sandlot.supervisor import Supervisor
 from sandlot.server.hub import Hub
 from sandlot.store.database import Database, sqlite_url
 from sandlot.store.eventlog import EventLog
 from sandlot.store.keys import LOCAL_TENANT, Keys
 from sandlot.store.logwriter import LogWriter
 from sandlot.store.records import Records
+from sandlot.supervisor import Supervisor
 
 SESSIONS = 500
 BOUND = 60.0  # seconds for the whole churn: far beyond what it takes, short of a hang

@@ -45,9 +45,7 @@ class Server:
 
     async def note(self) -> None:
         """An event through the log, committed."""
-        session = await self.state.hub.write(
-            self.state.records.create_session, LOCAL_TENANT, {}
-        )
+        session = await self.state.hub.write(self.state.records.create_session, LOCAL_TENANT, {})
         self.state.hub.put_nowait(session.id, None, "note", b"{}")
         await asyncio.wait_for(self.state.hub.flushed(session.id), 10)
 
