@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg import Postgres, postgres  # noqa: F401  (a fixture)
 
 from sandlot.server.hub import Hub
 from sandlot.store.database import Database, sqlite_url
@@ -45,8 +46,8 @@ def cpu_hogs() -> Iterator[None]:
             hog.wait()
 
 
-def make_hub(home: Path, jitter: float) -> tuple[Hub, Records]:
-    db = Database(sqlite_url(home))
+def make_hub(url: str, jitter: float) -> tuple[Hub, Records]:
+    db = Database(url)
     db.migrate()
     Keys(db).ensure_tenant(LOCAL_TENANT)
     log, records = EventLog(db), Records(db)
@@ -80,8 +81,8 @@ async def teardown_like_a_sandbox(hub: Hub, session_id: str, seen: dict[str, lis
     await asyncio.wait_for(follower, BOUND)
 
 
-async def churn(home: Path) -> None:
-    hub, records = make_hub(home, jitter=0.005)
+async def churn(url: str) -> None:
+    hub, records = make_hub(url, jitter=0.005)
     hub.start()
     seen: dict[str, list[str]] = {}
     ids = [records.create_session(LOCAL_TENANT, {}).id for _ in range(SESSIONS)]
@@ -104,5 +105,12 @@ async def churn(home: Path) -> None:
         await asyncio.wait_for(hub.close(), 30)
 
 
-def test_writer_survives_teardowns_under_cpu_pressure(tmp_path: Path, cpu_hogs: None) -> None:
-    asyncio.run(churn(tmp_path))
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_writer_survives_teardowns_under_cpu_pressure(
+    store: str, tmp_path: Path, cpu_hogs: None, request: pytest.FixtureRequest
+) -> None:
+    if store == "sqlite":
+        url = sqlite_url(tmp_path)
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    asyncio.run(churn(url))
