@@ -43,6 +43,7 @@ SESSION_PENDING_LIMIT = 2 * 1024 * 1024  # the same for one session (one session
 RECENT_BYTES = 8 * 1024 * 1024  # per session, kept in memory for followers
 RECENT_EVENTS = 4096  # and at most this many events
 RECENT_TOTAL = 64 * 1024 * 1024  # all sessions' recent events together
+IDLE_SECONDS = 600.0  # a session nobody wrote to or followed this long leaves memory
 INLINE_BYTES = 256 * 1024  # a batch this small commits on the event loop's thread
 OUTPUT = frozenset({"stdout", "stderr"})
 TERMINAL = frozenset({"exit", "error"})
@@ -113,6 +114,7 @@ class Hub:
         self._recent_bytes = 0
         self._committing_since: float | None = None
         self._committing_events = 0
+        self._next_sweep = 0.0
         self._on_commit = on_commit
         self._supervisor: Supervisor | None = None
         self._loop: Loop | None = None
@@ -325,9 +327,12 @@ class Hub:
         ):
             session.recent_bytes -= len(session.recent.popleft().data)
         self._recent_bytes += session.recent_bytes - before
-        session.touched = time.monotonic()
+        session.touched = now = time.monotonic()
         if self._recent_bytes > RECENT_TOTAL:
             self._trim_recent()
+        if now > self._next_sweep:
+            self._next_sweep = now + IDLE_SECONDS / 10
+            self._drop_idle(now - IDLE_SECONDS)
         if events:
             session.latest = events[-1].seq
         session.changed.set()
@@ -336,6 +341,14 @@ class Hub:
                 self._on_commit(events, seconds)
             except Exception:  # an observer's bug must not stop the log
                 log.exception("an observer of the event log failed")
+
+    def _drop_idle(self, before: float) -> None:
+        """Sessions that are never forgotten (a durable session outlives its sandboxes) still
+        leave memory once idle; a later follower or writer starts afresh from the store."""
+        for session_id, session in list(self._sessions.items()):
+            if session.settled and not session.followers and session.touched < before:
+                del self._sessions[session_id]
+                self._recent_bytes -= session.recent_bytes
 
     def _trim_recent(self) -> None:
         """Over the total memory for recent events: the sessions committed to least recently

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from pg import Postgres, postgres  # noqa: F401  (a fixture)
 
-from sandlot.server.hub import Hub
+from sandlot.server.hub import PENDING_LIMIT, RECENT_TOTAL, Hub
 from sandlot.store.database import Database, sqlite_url
 from sandlot.store.eventlog import EventLog
 from sandlot.store.keys import LOCAL_TENANT, Keys
@@ -114,3 +114,31 @@ def test_writer_survives_teardowns_under_cpu_pressure(
     else:
         url = request.getfixturevalue("postgres").new_database()
     asyncio.run(churn(url))
+
+
+async def flood(url: str) -> None:
+    """Many sessions' output: the memory kept for followers stays within its total, and a
+    server whose sessions all ended keeps none of it."""
+    hub, records = make_hub(url, jitter=0.0)
+    hub.start()
+    ids = [records.create_session(LOCAL_TENANT, {}).id for _ in range(12)]
+    chunk = b"x" * (1024 * 1024)
+    try:
+        for _ in range(8):  # 12 sessions x 8 MiB: 96 MiB through the hub
+            for session_id in ids:
+                await hub.put(session_id, None, "stdout", chunk)
+            assert hub.health().pending_bytes <= PENDING_LIMIT + len(chunk)
+        for session_id in ids:
+            await hub.flushed(session_id)
+        assert hub.health().recent_bytes <= RECENT_TOTAL
+        assert sum(len(e.data) for e in hub.log.read(ids[0], 0)) == 8 * len(chunk)
+        for session_id in ids:
+            hub.forget(session_id)
+        after = hub.health()
+        assert (after.recent_bytes, after.pending_bytes, after.sessions) == (0, 0, 0)
+    finally:
+        await hub.close()
+
+
+def test_memory_for_followers_is_bounded_and_freed(tmp_path: Path) -> None:
+    asyncio.run(flood(sqlite_url(tmp_path)))
