@@ -89,8 +89,8 @@ async def settle(timeout: float = 5.0) -> None:
 RETRIES = 3
 RETRY_DELAY = 0.2  # doubled on every retry
 CALL_TIMEOUT = 60.0  # seconds for a plain call's answer (SANDLOT_CALL_TIMEOUT)
-# Calls that may pull an image or move a workspace on the server (create, attach, checkpoint,
-# detach, pause, resume) get at least this long.
+# Calls that may pull an image or move a workspace on the server (create, pause, resume; a
+# session's create, attach, checkpoint, detach, delete) get at least this long.
 SLOW_CALL_TIMEOUT = 600.0
 # A stream carries a keep-alive every 15 s (server/deps.py KEEPALIVE_SECONDS): three missed
 # ones mean the server or the path is gone (SANDLOT_STREAM_TIMEOUT).
@@ -217,9 +217,9 @@ class Client:
                     await asyncio.sleep(delay)
                     delay *= 2
                     continue
+                problem = "it accepted the connection but did not answer" if silent else exc
                 raise RemoteUnavailableError(
-                    f"cannot reach the sandlot server at {self.url}: {exc or 'no answer'}",
-                    url=self.url,
+                    f"cannot reach the sandlot server at {self.url}: {problem}", url=self.url
                 ) from None
             if response.status in (429, 503) or response.status >= 500:
                 overloaded = response.status in (429, 503)
