@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from datetime import UTC
 from typing import Annotated, Any, Literal, NoReturn
 
@@ -29,6 +30,10 @@ EXIT_TIMEOUT = 124
 EXIT_SANDLOT_FAILED = 125  # run/exec: sandlot failed, not the command (as timeout(1), docker run)
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 LIFETIME_GRACE = 5.0  # run: the sandbox outlives the command's timeout, so the timeout is clean
+# A silent server must not hold the exit: a cleanup call (kill the command, the sandbox) is
+# waited for this long, and a signal held while a command starts acts after HOLD_LIMIT anyway.
+CLEANUP_WAIT = 3.0
+HOLD_LIMIT = 2.0
 
 app = typer.Typer(
     name="sandlot",
@@ -192,7 +197,8 @@ def _install_signal_handlers() -> None:
 class _HeldSignals:
     """Holds SIGINT, SIGTERM and SIGHUP back during a call whose result must not be lost.
 
-    A second signal while held acts at once (so a hung call can still be interrupted).
+    A second signal while held acts at once (so a hung call can still be interrupted), and so
+    does the first once held for HOLD_LIMIT seconds: it is sent again then.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -200,6 +206,7 @@ class _HeldSignals:
     def __init__(self) -> None:
         self.pending: int | None = None
         self.saved: dict[int, Any] = {}
+        self.again: Any = None  # the timer that sends a held signal again
 
     def __enter__(self) -> "_HeldSignals":
         for signum in self.SIGNALS:
@@ -210,14 +217,21 @@ class _HeldSignals:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.again is not None:
+            self.again.cancel()
         for signum, previous in self.saved.items():
             if previous is not None:
                 signal.signal(signum, previous)
 
     def _hold(self, signum: int, _frame: Any) -> None:
+        import threading
+
         if self.pending is not None:
             _raise_for(signum)
         self.pending = signum
+        self.again = threading.Timer(HOLD_LIMIT, os.kill, (os.getpid(), signum))
+        self.again.daemon = True
+        self.again.start()
 
     def replay(self) -> None:
         if self.pending is not None:
@@ -302,10 +316,27 @@ def _abandon(handle: Any) -> None:
     if handle is None:
         return  # it never started
     try:
-        handle.kill()
-        handle.wait()
+        _best_effort(lambda: (handle.kill(), handle.wait()))
     except BaseException:
         pass
+
+
+def _best_effort(cleanup: Callable[[], object]) -> None:
+    """Run a cleanup call, waiting CLEANUP_WAIT seconds at most: against a server that stopped
+    answering, the exit goes on (the server ends the sandbox at its lifetime; embedded, this
+    process's exit kills what it created). Its errors are dropped: the caller's are what count.
+    """
+    import threading
+
+    def run() -> None:
+        try:
+            cleanup()
+        except BaseException:
+            pass
+
+    thread = threading.Thread(target=run, name="sandlot-cleanup", daemon=True)
+    thread.start()
+    thread.join(CLEANUP_WAIT)
 
 
 def _sandlot_failure(exc: SandlotError) -> BaseException:
@@ -481,7 +512,7 @@ def run(
             if attached_to is not None:
                 attached_to.detach(sandbox)  # saves the workspace, then destroys it
             else:
-                sandbox.kill()
+                _best_effort(sandbox.kill)
         except Exception as exc:
             if attached_to is not None:
                 _note(f"detaching from session {attached_to.id}: {exc}")
@@ -636,7 +667,7 @@ def _connect(sandbox_id: str) -> Any:
 def _release(sandbox: Any, kill: bool) -> None:
     try:
         if kill:
-            sandbox.kill()
+            _best_effort(sandbox.kill)
         else:
             sandbox.close()
     except Exception:

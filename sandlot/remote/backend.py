@@ -52,6 +52,7 @@ class RemoteBackend:
             json=spec.model_dump(mode="json"),
             headers={"Idempotency-Key": "create-" + uuid.uuid4().hex},
             retry=True,
+            call_timeout=self.client.slow_call_timeout,  # may pull an image
         )
         return self._live(answer)
 
@@ -106,10 +107,12 @@ class RemoteBackend:
         return list(answer)
 
     async def pause(self, sandbox_id: str) -> None:
-        await self.client.call("POST", _path(sandbox_id) + "/pause", retry=True)
+        slow = self.client.slow_call_timeout
+        await self.client.call("POST", _path(sandbox_id) + "/pause", retry=True, call_timeout=slow)
 
     async def resume(self, sandbox_id: str) -> None:
-        await self.client.call("POST", _path(sandbox_id) + "/resume", retry=True)
+        slow = self.client.slow_call_timeout
+        await self.client.call("POST", _path(sandbox_id) + "/resume", retry=True, call_timeout=slow)
 
     async def is_paused(self, sandbox_id: str) -> bool:
         answer = await self.client.call("GET", _path(sandbox_id) + "/paused")

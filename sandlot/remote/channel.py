@@ -3,7 +3,8 @@
 :class:`RemoteChannel` offers what :class:`sandlot.channel.Channel` offers (``open``,
 ``call``, ``close``) and turns each agent operation into its REST call. Executions (commands,
 cells, installs) become one streaming POST whose Server-Sent Events are turned back into the
-agent's frames; when the connection drops mid-stream the request resumes from the log with
+agent's frames; when the connection drops mid-stream, or carries nothing (not even the
+server's keep-alive) for the client's ``stream_timeout``, the request resumes from the log with
 ``Last-Event-ID``, so no byte is lost and none arrives twice.
 """
 
@@ -35,6 +36,7 @@ Frame = tuple[int, int, bytes]
 EXECUTIONS = {"exec": "/commands", "code.run": "/code/run", "code.install": "/code/install"}
 STREAMS = {"stdout": p.STDOUT, "stderr": p.STDERR}
 RESUME_FOR = 30.0  # seconds a dropped stream keeps trying to resume
+UPLOAD_FLOOR = 1 << 20  # bytes per second an upload may slow to before its deadline ends it
 SSE = {"Accept": "text/event-stream"}
 
 
@@ -220,18 +222,32 @@ class _Execution(RemoteRequest):
     async def _resume(self, give_up_at: float) -> aiohttp.ClientResponse:
         """Reconnect to the execution's events after the last one received."""
         loop = asyncio.get_running_loop()
+        client = self.channel.client
         path = f"{self.channel.base}/executions/{self.execution_id}/events"
         delay = 0.05
-        while True:
-            try:
-                return await self.channel.client.open(
-                    "GET", path, headers={**SSE, "Last-Event-ID": str(self.last_seq)}
-                )
-            except RemoteUnavailableError:
-                if loop.time() + delay > give_up_at:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        # A server that accepts connections but never answers (stopped, wedged) must not hold
+        # an attempt past the give-up time.
+        scope = asyncio.timeout_at(give_up_at)
+        try:
+            async with scope:
+                while True:
+                    try:
+                        return await client.open(
+                            "GET", path, headers={**SSE, "Last-Event-ID": str(self.last_seq)}
+                        )
+                    except RemoteUnavailableError:
+                        if loop.time() + delay > give_up_at:
+                            raise
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise RemoteUnavailableError(
+                f"lost the events of execution {self.execution_id} from the sandlot server at "
+                f"{client.url} and could not resume them within {RESUME_FOR:g} s",
+                url=client.url,
+            ) from None
 
     def _frame(self, event: ServerEvent) -> Frame | None:
         if event.seq is not None:
@@ -286,6 +302,12 @@ class _Download(RemoteRequest):
         try:
             async for chunk in response.content.iter_any():
                 yield p.DATA, p.STDOUT, chunk
+        except TimeoutError:  # nothing for the client's stream_timeout
+            raise RemoteUnavailableError(
+                f"the download stalled: the sandlot server at {self.channel.client.url} sent "
+                f"nothing for {self.channel.client.stream_timeout:g} s",
+                url=self.channel.client.url,
+            ) from None
         except aiohttp.ClientError as exc:
             raise SandboxClosedError(f"the download was cut off: {exc}") from None
         finally:
@@ -302,8 +324,8 @@ class _Upload(RemoteRequest):
         self._body += data
 
     async def _produce(self) -> AsyncIterator[Frame]:
-        path = self.channel.base + "/files"
-        answer = await self.channel.client.call(
-            "PUT", path + _query(**self.args), data=bytes(self._body)
-        )
+        client = self.channel.client
+        path = self.channel.base + "/files" + _query(**self.args)
+        seconds = client.call_timeout + len(self._body) / UPLOAD_FLOOR  # big files take longer
+        answer = await client.call("PUT", path, data=bytes(self._body), call_timeout=seconds)
         yield p.END, 0, json.dumps(answer).encode()

@@ -7,6 +7,11 @@ SDK runs the same client on its private event loop; each event loop gets its own
 Errors the server answers with come back as the same :mod:`sandlot.errors` class, looked up
 by code. Calls that are safe to repeat (reads, and writes carrying an ``Idempotency-Key``)
 are retried when the connection fails before an answer.
+
+Nothing waits forever on a server that stopped answering (alive but silent, or a dead path):
+a plain call has ``call_timeout`` seconds for its whole answer, retries included; a stream
+(an execution's events, a download) may be silent for ``stream_timeout`` seconds, three of
+the server's keep-alive periods. Either ends in :class:`RemoteUnavailableError`.
 """
 
 from __future__ import annotations
@@ -83,12 +88,38 @@ async def settle(timeout: float = 5.0) -> None:
 
 RETRIES = 3
 RETRY_DELAY = 0.2  # doubled on every retry
+CALL_TIMEOUT = 60.0  # seconds for a plain call's answer (SANDLOT_CALL_TIMEOUT)
+# Calls that may pull an image or move a workspace on the server (create, pause, resume; a
+# session's create, attach, checkpoint, detach, delete) get at least this long.
+SLOW_CALL_TIMEOUT = 600.0
+# A stream carries a keep-alive every 15 s (server/deps.py KEEPALIVE_SECONDS): three missed
+# ones mean the server or the path is gone (SANDLOT_STREAM_TIMEOUT).
+STREAM_TIMEOUT = 45.0
+
+
+def _seconds(given: float | None, variable: str, default: float) -> float:
+    """A deadline: the argument, else the environment variable, else the default."""
+    raw: object = given
+    if given is None:
+        text = os.environ.get(variable, "").strip()
+        if not text:
+            return default
+        try:
+            raw = float(text)
+        except ValueError:
+            raw = text
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw < 10**6:
+        where = variable if given is None else variable.removeprefix("SANDLOT_").lower()
+        raise InvalidArgumentError(f"{where} must be a positive number of seconds, not {raw!r}")
+    return float(raw)
 
 
 class Client:
     """A sandlot server: ``Client(url="http://host:8787", api_key="sl_...")``.
 
-    Without arguments, ``SANDLOT_URL`` and ``SANDLOT_API_KEY`` from the environment."""
+    Without arguments, ``SANDLOT_URL`` and ``SANDLOT_API_KEY`` from the environment; the
+    deadlines not given come from ``SANDLOT_CALL_TIMEOUT`` and ``SANDLOT_STREAM_TIMEOUT``
+    (default 60 and 45 seconds)."""
 
     def __init__(
         self,
@@ -96,7 +127,8 @@ class Client:
         api_key: str | None = None,
         *,
         connect_timeout: float = 10.0,
-        call_timeout: float = 300.0,
+        call_timeout: float | None = None,
+        stream_timeout: float | None = None,
     ) -> None:
         url = url if url is not None else os.environ.get("SANDLOT_URL", "")
         parts = urlsplit(url or "")
@@ -108,7 +140,9 @@ class Client:
         key = api_key if api_key is not None else os.environ.get("SANDLOT_API_KEY")
         self.api_key = key or None
         self.connect_timeout = connect_timeout
-        self.call_timeout = call_timeout
+        self.call_timeout = _seconds(call_timeout, "SANDLOT_CALL_TIMEOUT", CALL_TIMEOUT)
+        self.stream_timeout = _seconds(stream_timeout, "SANDLOT_STREAM_TIMEOUT", STREAM_TIMEOUT)
+        self.slow_call_timeout = max(self.call_timeout, SLOW_CALL_TIMEOUT)
         self.breaker = breaker_for(self.url)
         self._sessions: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, aiohttp.ClientSession
@@ -129,15 +163,23 @@ class Client:
                 headers["Authorization"] = f"Bearer {self.api_key}"
             session = aiohttp.ClientSession(
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=self.connect_timeout, sock_connect=self.connect_timeout
-                ),
+                # Streams and downloads: silence, not length, ends them. Plain calls set their
+                # own (see call()).
+                timeout=self._timeouts(sock_read=self.stream_timeout),
                 connector=aiohttp.TCPConnector(limit=1000, force_close=False),
                 auto_decompress=False,
             )
             self._sessions[loop] = session
             _all_sessions.add(session)
         return session
+
+    def _timeouts(self, sock_read: float | None) -> aiohttp.ClientTimeout:
+        import aiohttp
+
+        connect = self.connect_timeout
+        return aiohttp.ClientTimeout(
+            total=None, connect=connect, sock_connect=connect, sock_read=sock_read
+        )
 
     async def aclose(self) -> None:
         """Close this event loop's connections."""
@@ -162,18 +204,22 @@ class Client:
 
         delay = RETRY_DELAY
         breaker = self.breaker
+        connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", ())  # aiohttp 3.10+
         for attempt in range(RETRIES + 1 if retry else 1):
             breaker.before()
             try:
                 response = await self.session().request(method, self.url + path, **kwargs)
             except (aiohttp.ClientConnectionError, OSError) as exc:
-                breaker.failure(f"cannot connect: {exc}")
-                if attempt < (RETRIES if retry else 0):
+                # Connected, but no answer within the read timeout: asking again waits as long.
+                silent = isinstance(exc, TimeoutError) and not isinstance(exc, connect_timeout)
+                breaker.failure(f"no answer: {exc}" if silent else f"cannot connect: {exc}")
+                if attempt < (RETRIES if retry else 0) and not silent:
                     await asyncio.sleep(delay)
                     delay *= 2
                     continue
+                problem = "it accepted the connection but did not answer" if silent else exc
                 raise RemoteUnavailableError(
-                    f"cannot reach the sandlot server at {self.url}: {exc}", url=self.url
+                    f"cannot reach the sandlot server at {self.url}: {problem}", url=self.url
                 ) from None
             if response.status in (429, 503) or response.status >= 500:
                 overloaded = response.status in (429, 503)
@@ -191,13 +237,39 @@ class Client:
         raise AssertionError("unreachable")
 
     async def call(
-        self, method: str, path: str, *, retry: bool | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        retry: bool | None = None,
+        call_timeout: float | None = None,
+        **kwargs: Any,
     ) -> Any:
-        """A request with a JSON answer (None for 204)."""
-        import aiohttp
-
+        """A request with a JSON answer (None for 204), within ``call_timeout`` seconds
+        (default: the client's) for everything: retries, the answer and its body."""
         if retry is None:
             retry = method in ("GET", "HEAD", "DELETE", "PUT")
+        seconds = self.call_timeout if call_timeout is None else call_timeout
+        # The deadline is ours; aiohttp's read timeout would cut a slow call's wait short.
+        kwargs.setdefault("timeout", self._timeouts(sock_read=None))
+        scope = asyncio.timeout(seconds)
+        try:
+            async with scope:
+                return await self._call(method, path, retry, kwargs)
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the server's own answer (an error class that is a TimeoutError)
+            self.breaker.failure(f"no answer within {seconds:g} s")
+            raise RemoteUnavailableError(
+                f"the sandlot server at {self.url} did not answer {method} {path.split('?')[0]} "
+                f"within {seconds:g} s",
+                url=self.url,
+                timeout=seconds,
+            ) from None
+
+    async def _call(self, method: str, path: str, retry: bool, kwargs: dict[str, Any]) -> Any:
+        import aiohttp
+
         response = await self.open(method, path, retry=retry, **kwargs)
         try:
             body = await response.read()
@@ -222,6 +294,7 @@ class Client:
             json=body,
             headers={"Idempotency-Key": "session-" + uuid.uuid4().hex},
             retry=True,
+            call_timeout=self.slow_call_timeout,
         )
 
     async def get_session(self, session_id: str) -> Any:
@@ -232,7 +305,7 @@ class Client:
         return await self.call("GET", "/v1/sessions", params=params)
 
     async def delete_session(self, session_id: str) -> None:
-        await self.call("DELETE", _session_path(session_id))
+        await self.call("DELETE", _session_path(session_id), call_timeout=self.slow_call_timeout)
 
     async def session_events(self, session_id: str, after: int = 0, limit: int = 1000) -> Any:
         """The transcript as JSON (see ``SessionEventOut``)."""
@@ -240,7 +313,8 @@ class Client:
         return await self.call("GET", _session_path(session_id) + "/events", params=params)
 
     async def checkpoint_session(self, session_id: str) -> Any:
-        return await self.call("POST", _session_path(session_id) + "/checkpoint")
+        path = _session_path(session_id) + "/checkpoint"
+        return await self.call("POST", path, call_timeout=self.slow_call_timeout)
 
     async def attach_session(self, session_id: str, body: dict[str, Any]) -> Any:
         """``POST /v1/sessions/{id}/sandboxes`` (retried with one idempotency key: a retry
@@ -251,6 +325,7 @@ class Client:
             json=body,
             headers={"Idempotency-Key": "attach-" + uuid.uuid4().hex},
             retry=True,
+            call_timeout=self.slow_call_timeout,
         )
 
     async def heartbeat_lease(self, session_id: str, lease_id: str) -> None:
@@ -260,7 +335,8 @@ class Client:
 
     async def detach_session(self, session_id: str, lease_id: str, *, stop: bool = True) -> Any:
         path = f"{_session_path(session_id)}/leases/{quote(lease_id, safe='')}"
-        return await self.call("DELETE", path, params={"stop": "true" if stop else "false"})
+        params = {"stop": "true" if stop else "false"}  # stopping checkpoints the workspace
+        return await self.call("DELETE", path, params=params, call_timeout=self.slow_call_timeout)
 
     # -- secrets (values go in, never out) ----------------------------------------------------
 

@@ -34,12 +34,12 @@ from .commands import (
     MAX_OUTPUT_BYTES,
     _Collector,
     _masker,
-    _started_pid,
     _Stream,
     call_back,
     check_cwd,
     check_env_argument,
 )
+from .deadline import GRACE, Deadline, DeadlinePassed
 
 if TYPE_CHECKING:
     from ..channel import Channel, Request
@@ -124,6 +124,7 @@ class _Cell:
         on_progress: TextCallback | None,
         timeout: float | None,
         inactivity_timeout: float | None,
+        deadline: Deadline,
     ) -> None:
         self.request = request
         self.context = context
@@ -133,12 +134,14 @@ class _Cell:
         self.on_progress = on_progress
         self.timeout = timeout
         self.inactivity_timeout = inactivity_timeout
+        self.deadline = deadline
+        self.started = asyncio.get_running_loop().time()
 
     async def run(self) -> Execution:
         request = self.request
         try:
             while True:
-                kind, stream, payload = await request.receive()
+                kind, stream, payload = await self.deadline.receive(request)
                 if kind == p.DATA:
                     await self.streams.feed(stream, payload)
                     request.consumed(len(payload))
@@ -147,15 +150,29 @@ class _Cell:
                 elif kind == p.END:
                     break
             await self.streams.close()
-        except BaseException:
+        except BaseException as exc:
             # Cancelled, or a callback raised: the agent interrupts the cell (the context
             # keeps its state) and stops sending.
             request.cancel()
+            if isinstance(exc, DeadlinePassed):
+                raise await self.gave_up() from None
             raise
         execution = self._execution(_json(payload))
         if execution.timed_out:
             raise CodeTimeoutError(self._timeout_message(execution), execution=execution)
         return execution
+
+    async def gave_up(self) -> CodeTimeoutError:
+        """The timeout error with what arrived, when the end never did (see deadline.py)."""
+        await self.streams.close()
+        duration = asyncio.get_running_loop().time() - self.started
+        execution = self._execution({"timed_out": True, "interrupted": True, "duration": duration})
+        return CodeTimeoutError(
+            f"the cell ran past its timeout of {self.timeout:g} s and its end did not arrive "
+            f"within {GRACE:g} s more: the client stopped waiting and asked for an interrupt "
+            "(whether the context kept its state is unknown)",
+            execution=execution,
+        )
 
     async def _event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -285,13 +302,9 @@ async def run_code(
     args["max_output"] = max_output_bytes
     if background:
         args["started"] = True  # the handle is returned once the agent accepted the cell
+    # The other side interrupts at the timeout, and kills the cell ``grace`` seconds later.
+    deadline = Deadline(None if timeout is None else timeout + (grace or 0.0))
     request = channel.open("code.run", **args)
-    if background:
-        try:
-            await request.receive()  # "started", or the error (busy, no such context) raised
-        except BaseException:
-            request.cancel()
-            raise
     cell = _Cell(
         request,
         cid,
@@ -300,8 +313,17 @@ async def run_code(
         on_progress,
         timeout,
         inactivity_timeout,
+        deadline,
     )
     if background:
+        try:
+            # "started", or the error (busy, no such context) raised
+            await deadline.receive(request)
+        except BaseException as exc:
+            request.cancel()
+            if isinstance(exc, DeadlinePassed):
+                raise await cell.gave_up() from None
+            raise
         return AsyncExecutionHandle(channel, cell)
     return await cell.run()
 
@@ -434,21 +456,18 @@ async def install(
         args["index_url"] = index_url
     if timeout is not None:
         args["timeout"] = timeout
+    deadline = Deadline(timeout)
     request = channel.open("code.install", **args)
-    try:
-        _kind, _, payload = await request.receive()
-        pid = _started_pid(payload)
-    except BaseException:
-        request.cancel()
-        raise
     collector = _Collector(
         request,
-        pid,
+        None,
         _Stream(MAX_OUTPUT_BYTES, on_stdout),
         _Stream(MAX_OUTPUT_BYTES, on_stderr),
         timeout,
+        deadline,
     )
     try:
+        await collector.start()
         result = await collector.run()
     except CommandTimeoutError as exc:
         raise InstallError(

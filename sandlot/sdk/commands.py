@@ -15,6 +15,7 @@ from ..agent import protocol as p
 from ..errors import CommandTimeoutError, InvalidArgumentError, SandboxClosedError
 from ..models import DEFAULT_COMMAND_TIMEOUT, CommandResult, check_env_refs, check_seconds
 from ..secrets.refs import SecretRef
+from .deadline import GRACE, Deadline, DeadlinePassed
 
 if TYPE_CHECKING:
     from ..channel import Request
@@ -137,20 +138,33 @@ class _Collector:
         stdout: _Stream,
         stderr: _Stream,
         timeout: float | None,
+        deadline: Deadline,
     ) -> None:
         self.request = request
         self.pid = pid
         self.stdout = stdout
         self.stderr = stderr
         self.timeout = timeout
+        self.deadline = deadline
         self.end: dict[str, Any] = {}  # the agent's END message, once the command ended
+
+    async def start(self) -> None:
+        """Wait for the command's start (its pid), within the deadline."""
+        try:
+            _kind, _, payload = await self.deadline.receive(self.request)
+        except BaseException as exc:
+            self.request.cancel()
+            if isinstance(exc, DeadlinePassed):
+                raise await self.gave_up() from None
+            raise
+        self.pid = _started_pid(payload)
 
     async def run(self) -> CommandResult:
         request = self.request
         streams = {p.STDOUT: self.stdout, p.STDERR: self.stderr}
         try:
             while True:
-                kind, stream, payload = await request.receive()
+                kind, stream, payload = await self.deadline.receive(request)
                 if kind == p.DATA:
                     target = streams.get(stream)
                     if target is not None:
@@ -160,10 +174,12 @@ class _Collector:
                     break
             for target in streams.values():
                 await target.feed(b"", final=True)
-        except BaseException:
+        except BaseException as exc:
             # A callback raised or we were cancelled: nobody will read the rest, so the
             # command must not stay blocked on a full pipe. Kill it.
             request.cancel()
+            if isinstance(exc, DeadlinePassed):
+                raise await self.gave_up() from None
             raise
         end = self.end = _end_payload(payload)
         result = CommandResult(
@@ -182,6 +198,18 @@ class _Collector:
                 exit_code=result.exit_code,
             )
         return result
+
+    async def gave_up(self) -> CommandTimeoutError:
+        """The timeout error with what arrived, when the end never did (see deadline.py)."""
+        for target in (self.stdout, self.stderr):
+            await target.feed(b"", final=True)
+        return CommandTimeoutError(
+            f"command timed out after {self.timeout:g} s (its end did not arrive within "
+            f"{GRACE:g} s more: the client stopped waiting and asked for a kill)",
+            stdout=self.stdout.tail.value().decode("utf-8", "replace"),
+            stderr=self.stderr.tail.value().decode("utf-8", "replace"),
+            exit_code=None,
+        )
 
 
 class AsyncCommandHandle:
@@ -317,23 +345,24 @@ class AsyncCommands:
         args["stdin"] = stdin is not None or background
         if secrets and getattr(self._sandbox._channel, "records", False):
             args["_mask"] = secrets  # a session's transcript masks them too
+        deadline = Deadline(timeout)
         request = self._sandbox._channel.open("exec", **args)
-        try:
-            _kind, _, payload = await request.receive()
-            started = _started_pid(payload)
-            if stdin is not None:
-                await request.send_data(stdin.encode() if isinstance(stdin, str) else stdin)
-                request.send_eof()
-        except BaseException:
-            request.cancel()
-            raise
         collector = _Collector(
             request,
-            started,
+            None,
             _Stream(max_output_bytes, on_stdout, secrets),
             _Stream(max_output_bytes, on_stderr, secrets),
             timeout,
+            deadline,
         )
+        await collector.start()
+        if stdin is not None:
+            try:
+                await request.send_data(stdin.encode() if isinstance(stdin, str) else stdin)
+                request.send_eof()
+            except BaseException:
+                request.cancel()
+                raise
         if background:
             return AsyncCommandHandle(self._sandbox, collector)
         return await collector.run()
