@@ -350,7 +350,7 @@ class Database:
             context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
             return context.get_current_revision()
 
-    def reclaim(self, pages: int = 1024) -> int:
+    def reclaim(self, pages: int = 512) -> int:
         """Give up to ``pages`` free pages of an SQLite file back to the file system; how
         many it gave (0: none left, PostgreSQL, or a file made before sandlot set
         ``auto_vacuum``, which reuses its free pages instead of giving them back).
