@@ -45,6 +45,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -121,6 +122,22 @@ sessions = Table(
     Column("pruned_seq", BigInteger, nullable=False, server_default="0"),
     Column("pruned_at", Double),
     Column("pruned_why", Text),  # retention | tenant_log_bytes
+)
+# Sessions with a log retention may drop (ended, something left); the queries that look for
+# them spell the same text, so SQLite and PostgreSQL can use these partial indexes (0004).
+DROPPABLE = text("status = 'ended' AND last_seq > pruned_seq")
+Index(
+    "ix_sessions_droppable_updated_at",
+    sessions.c.updated_at,
+    sqlite_where=DROPPABLE,
+    postgresql_where=DROPPABLE,
+)
+Index(
+    "ix_sessions_droppable_tenant_id_updated_at",
+    sessions.c.tenant_id,
+    sessions.c.updated_at,
+    sqlite_where=DROPPABLE,
+    postgresql_where=DROPPABLE,
 )
 
 # A caller's hold on a session's sandbox, kept by heartbeats (0003).

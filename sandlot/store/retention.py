@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, case, delete, func, select, update
 
-from .database import Database, events, sessions
+from .database import DROPPABLE, Database, events, sessions
 
 BATCH_ROWS = 500
 BATCH_BYTES = 2 * 1024 * 1024  # stored bytes: a step of 10-20 ms on SQLite here
@@ -44,52 +44,60 @@ class Pruned:
 
 
 class Retention:
+    """Steps through one maintenance pass after another; one writer thread at a time."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Per tenant, the stored bytes still to drop in this pass: measured once a pass (a
+        # scan of the sessions), then counted down by each step (an index lookup each).
+        self._excess: dict[str, int] | None = None
 
     def step(self, older_than: float, tenant_log_bytes: int | None = None) -> Pruned | None:
-        """Drop one batch of whatever is due first (age before size); None: nothing is."""
+        """Drop one batch of whatever is due first (age before size); None: nothing is, and
+        the pass is over (the next one measures the tenants again)."""
         with self.db.write() as conn:
             due = self._aged(conn, older_than)
             if due is None and tenant_log_bytes is not None:
                 due = self._oversized(conn, tenant_log_bytes)
             if due is None:
+                self._excess = None
                 return None
-            session_id, last_seq, why = due
-            return self._drop(conn, session_id, last_seq, why)
+            session_id, tenant, last_seq, why = due
+            pruned = self._drop(conn, session_id, last_seq, why)
+        if why == SIZE and self._excess is not None:
+            self._excess[tenant] -= pruned.bytes
+        return pruned
 
     @staticmethod
-    def _aged(conn: Connection, older_than: float) -> tuple[str, int, str] | None:
+    def _aged(conn: Connection, older_than: float) -> tuple[str, str, int, str] | None:
         row = conn.execute(
-            select(sessions.c.id, sessions.c.last_seq)
-            .where(
-                sessions.c.status == "ended",
-                sessions.c.updated_at < older_than,
-                sessions.c.last_seq > sessions.c.pruned_seq,
-            )
-            .order_by(sessions.c.updated_at, sessions.c.id)
+            select(sessions.c.id, sessions.c.tenant_id, sessions.c.last_seq)
+            .where(DROPPABLE, sessions.c.updated_at < older_than)
+            .order_by(sessions.c.updated_at)
             .limit(1)
         ).first()
-        return None if row is None else (row[0], int(row[1]), AGE)
+        return None if row is None else (row[0], row[1], int(row[2]), AGE)
 
-    @staticmethod
-    def _oversized(conn: Connection, cap: int) -> tuple[str, int, str] | None:
-        over = (
-            select(sessions.c.tenant_id)
-            .group_by(sessions.c.tenant_id)
-            .having(func.sum(sessions.c.log_bytes) > cap)
-        )
-        row = conn.execute(
-            select(sessions.c.id, sessions.c.last_seq)
-            .where(
-                sessions.c.status == "ended",
-                sessions.c.log_bytes > 0,
-                sessions.c.tenant_id.in_(over),
-            )
-            .order_by(sessions.c.updated_at, sessions.c.id)
-            .limit(1)
-        ).first()
-        return None if row is None else (row[0], int(row[1]), SIZE)
+    def _oversized(self, conn: Connection, cap: int) -> tuple[str, str, int, str] | None:
+        if self._excess is None:
+            total = func.sum(sessions.c.log_bytes)
+            over = select(sessions.c.tenant_id, total).group_by(sessions.c.tenant_id)
+            rows = conn.execute(over.having(total > cap)).all()
+            self._excess = {tenant: int(size) - cap for tenant, size in rows}
+        for tenant, excess in list(self._excess.items()):
+            row = None
+            if excess > 0:
+                row = conn.execute(
+                    select(sessions.c.id, sessions.c.last_seq)
+                    .where(DROPPABLE, sessions.c.tenant_id == tenant)
+                    .order_by(sessions.c.updated_at)
+                    .limit(1)
+                ).first()
+            if row is None:  # under the cap now, or nothing of its is droppable
+                del self._excess[tenant]
+                continue
+            return row[0], tenant, int(row[1]), SIZE
+        return None
 
     @staticmethod
     def _drop(conn: Connection, session_id: str, through: int, why: str) -> Pruned:

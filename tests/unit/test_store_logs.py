@@ -100,8 +100,8 @@ def session_row(db: Database, session_id: str) -> Any:
 
 def drain(db: Database, older_than: float, cap: int | None) -> list[Pruned]:
     """Every step a maintenance pass would take."""
-    steps = []
-    while (step := Retention(db).step(older_than, cap)) is not None:
+    steps, retention = [], Retention(db)
+    while (step := retention.step(older_than, cap)) is not None:
         steps.append(step)
         assert len(steps) < 1000, "retention made no progress"
     return steps

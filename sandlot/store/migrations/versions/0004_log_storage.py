@@ -23,6 +23,9 @@ down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# Spelled here, not imported: a revision keeps creating what it always created.
+DROPPABLE = sa.text("status = 'ended' AND last_seq > pruned_seq")
+
 
 def upgrade() -> None:
     with op.batch_alter_table("events") as batch:
@@ -38,6 +41,13 @@ def upgrade() -> None:
         )
         batch.add_column(sa.Column("pruned_at", sa.Double(), nullable=True))
         batch.add_column(sa.Column("pruned_why", sa.Text(), nullable=True))
+    for name, columns in (
+        ("ix_sessions_droppable_updated_at", ["updated_at"]),
+        ("ix_sessions_droppable_tenant_id_updated_at", ["tenant_id", "updated_at"]),
+    ):
+        op.create_index(
+            name, "sessions", columns, sqlite_where=DROPPABLE, postgresql_where=DROPPABLE
+        )
     op.execute(
         "UPDATE sessions SET log_bytes = COALESCE("
         "(SELECT SUM(LENGTH(data)) FROM events WHERE events.session_id = sessions.id), 0)"
@@ -51,6 +61,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     _decompress_all()  # an older sandlot reads data as it is stored
+    op.drop_index("ix_sessions_droppable_tenant_id_updated_at", table_name="sessions")
+    op.drop_index("ix_sessions_droppable_updated_at", table_name="sessions")
     with op.batch_alter_table("sessions") as batch:
         for name in ("pruned_why", "pruned_at", "pruned_seq", "log_bytes"):
             batch.drop_column(name)
