@@ -55,15 +55,19 @@ class Retention:
     def step(self, older_than: float, tenant_log_bytes: int | None = None) -> Pruned | None:
         """Drop one batch of whatever is due first (age before size); None: nothing is, and
         the pass is over (the next one measures the tenants again)."""
-        with self.db.write() as conn:
-            due = self._aged(conn, older_than)
-            if due is None and tenant_log_bytes is not None:
-                due = self._oversized(conn, tenant_log_bytes)
-            if due is None:
-                self._excess = None
-                return None
-            session_id, tenant, last_seq, why = due
-            pruned = self._drop(conn, session_id, last_seq, why)
+        try:
+            with self.db.write() as conn:
+                due = self._aged(conn, older_than)
+                if due is None and tenant_log_bytes is not None:
+                    due = self._oversized(conn, tenant_log_bytes)
+                if due is None:
+                    self._excess = None
+                    return None
+                session_id, tenant, last_seq, why = due
+                pruned = self._drop(conn, session_id, last_seq, why)
+        except BaseException:
+            self._excess = None  # the pass ends with the failure: the next one measures
+            raise
         if why == SIZE and self._excess is not None:
             self._excess[tenant] -= pruned.bytes
         return pruned
