@@ -364,7 +364,9 @@ def introduction(schemas: Schemas, idempotent: list[str]) -> list[str]:
         "Event kinds include `started`, `stdout`, `stderr`, `result`, `progress`, `truncated`, "
         "`exit` and `error` for executions (an execution's stream ends after its `exit` or "
         "`error`), and `sandbox` (`created`, `adopted` after a restart, `fallback`, `ended`) for "
-        "the session. A line "
+        "the session. Where retention dropped the events a read reaches back to, one "
+        "`pruned` event stands in for them, numbered as the last one dropped (`data`: "
+        "`through`, `why`, `at`; see [server.md](server.md#retention-and-storage)). A line "
         f"`{keepalive}` (an SSE comment) is sent after {deps.KEEPALIVE_SECONDS:g} s without "
         "events, so proxies keep the connection open.",
         "",

@@ -77,6 +77,16 @@ def serve(
         float,
         typer.Option("--retention-days", min=1e-5, help="Keep ended sessions' logs this long."),
     ] = 7.0,
+    tenant_log_bytes: Annotated[
+        int,
+        typer.Option(
+            "--tenant-log-bytes",
+            envvar="SANDLOT_TENANT_LOG_BYTES",
+            min=0,
+            help="Stored (compressed) log bytes per tenant; beyond them, the logs of its ended "
+            "sessions are dropped, oldest first.",
+        ),
+    ] = 10 * 1024**3,
     kill_on_exit: Annotated[
         bool,
         typer.Option(
@@ -112,6 +122,7 @@ def serve(
         egress_private=egress_private,
         max_log_bytes=max_log_bytes,
         retention_seconds=retention_days * 86400,
+        tenant_log_bytes=tenant_log_bytes,
         kill_on_exit=kill_on_exit,
     )
     uvicorn.run(

@@ -44,7 +44,8 @@ RECENT_BYTES = 8 * 1024 * 1024  # per session, kept in memory for followers
 RECENT_EVENTS = 4096  # and at most this many events
 RECENT_TOTAL = 64 * 1024 * 1024  # all sessions' recent events together
 IDLE_SECONDS = 600.0  # a session nobody wrote to or followed this long leaves memory
-INLINE_BYTES = 256 * 1024  # a batch this small commits on the event loop's thread
+INLINE_BYTES = 32 * 1024  # a batch this small commits on the event loop's thread (output
+# over 4 KiB is compressed as it is written: a bigger batch would hold the loop for ms)
 OUTPUT = frozenset({"stdout", "stderr"})
 TERMINAL = frozenset({"exit", "error"})
 
@@ -425,6 +426,11 @@ class Hub:
                         if event.kind in TERMINAL:
                             yield batch[: i + 1]
                             return
+                    if batch and batch[-1].kind == "pruned":
+                        # Retention dropped the rest, end included (only ended sessions'
+                        # logs are dropped): nothing more of it will come.
+                        yield batch
+                        return
                 if batch:
                     yield batch
                 continue

@@ -47,6 +47,7 @@ from ..store.eventlog import EventLog
 from ..store.keys import LOCAL_TENANT, Keys
 from ..store.logwriter import LogWriter
 from ..store.records import ExecutionRecord, Records, SandboxRecord
+from ..store.retention import Retention
 from ..supervisor import Loop, Supervisor
 from .hub import Hub
 from .metrics import Metrics
@@ -54,7 +55,7 @@ from .runs import Run, new_execution_id
 
 log = logging.getLogger("sandlot.server")
 AUTH_CACHE_SECONDS = 2.0
-MAINTENANCE_SECONDS = 300.0  # between prunes of old logs and idempotency answers
+MAINTENANCE_SECONDS = 60.0  # between prunes of old or oversized logs and idempotency answers
 IDEMPOTENCY_SECONDS = 86400.0  # how long a stored first answer is kept
 # The caller of the request being served, as ``get`` last saw it: who an execution started in
 # the same request holds a session's run lock as.
@@ -74,6 +75,12 @@ class ServerSettings(BaseModel):
     )
     retention_seconds: float = Field(
         7 * 86400, gt=0, description="how long the log of an ended session is kept"
+    )
+    tenant_log_bytes: int = Field(
+        10 * 1024**3,
+        ge=0,
+        description="stored (compressed) log bytes per tenant; beyond them the logs of its "
+        "ended sessions are dropped, oldest first",
     )
     egress_private: bool = Field(
         False,
@@ -195,11 +202,18 @@ class ServerState:
         return state
 
     async def _maintain(self) -> None:
-        """Retention: drop the logs of sessions that ended long ago, and old stored answers."""
+        """Retention: drop the logs of sessions that ended long ago, and of a tenant's oldest
+        ended sessions while its logs are over their cap; old stored answers. A write per
+        bounded step, so other writes go between them (Retention.step)."""
+        retention = Retention(self.db)
         while True:
             now = time.time()
             try:
-                await self.hub.write(self.log.prune, now - self.settings.retention_seconds)
+                cutoff, cap = now - self.settings.retention_seconds, self.settings.tenant_log_bytes
+                while await self.hub.write(retention.step, cutoff, cap):
+                    pass
+                while await self.hub.write(self.db.reclaim):  # free pages back to the disk
+                    pass
                 await self.hub.write(self.records.prune_idempotency, now - IDEMPOTENCY_SECONDS)
             except Exception:
                 log.exception("pruning the store failed")

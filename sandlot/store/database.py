@@ -38,12 +38,14 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     create_engine,
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -57,6 +59,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "sandlot_alembic_version"  # our own name: the database may be shared
 # pg_advisory_xact_lock key for migrations: any constant, the same in every process.
 MIGRATION_LOCK = 0x5A4D_1075_0001
+WAL_LIMIT = 64 * 1024 * 1024  # bytes of SQLite write-ahead log kept after a checkpoint
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -113,6 +116,28 @@ sessions = Table(
     Column("lock_execution", Text),
     Column("lock_sandbox", Text),
     Column("lock_pid", Integer),  # the run's process in the sandbox: what a takeover stops
+    # Log storage (0004): the stored (compressed) bytes of its events, and the cut retention
+    # made: every event up to ``pruned_seq`` is gone, for ``pruned_why``.
+    Column("log_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("pruned_seq", BigInteger, nullable=False, server_default="0"),
+    Column("pruned_at", Double),
+    Column("pruned_why", Text),  # retention | tenant_log_bytes
+)
+# Sessions with a log retention may drop (ended, something left); the queries that look for
+# them spell the same text, so SQLite and PostgreSQL can use these partial indexes (0004).
+DROPPABLE = text("status = 'ended' AND last_seq > pruned_seq")
+Index(
+    "ix_sessions_droppable_updated_at",
+    sessions.c.updated_at,
+    sqlite_where=DROPPABLE,
+    postgresql_where=DROPPABLE,
+)
+Index(
+    "ix_sessions_droppable_tenant_id_updated_at",
+    sessions.c.tenant_id,
+    sessions.c.updated_at,
+    sqlite_where=DROPPABLE,
+    postgresql_where=DROPPABLE,
 )
 
 # A caller's hold on a session's sandbox, kept by heartbeats (0003).
@@ -171,6 +196,8 @@ events = Table(
     Column("kind", Text, nullable=False),
     Column("data", LargeBinary, nullable=False),
     Column("created_at", Double, nullable=False),
+    # How ``data`` is stored (0004): sandlot.store.encoding (0 as is, 1 zlib).
+    Column("encoding", SmallInteger, nullable=False, server_default="0"),
     PrimaryKeyConstraint("session_id", "seq"),
     Index("ix_events_session_id_execution_id_seq", "session_id", "execution_id", "seq"),
 )
@@ -340,6 +367,26 @@ class Database:
             context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
             return context.get_current_revision()
 
+    def reclaim(self, pages: int = 512) -> int:
+        """Give up to ``pages`` free pages of an SQLite file back to the file system; how
+        many it gave (0: none left, PostgreSQL, or a file made before sandlot set
+        ``auto_vacuum``, which reuses its free pages instead of giving them back).
+        Bounded, so a caller on the writer thread can interleave it with other writes."""
+        if self.dialect != "sqlite":
+            return 0
+        raw = self.engine.raw_connection()
+        try:
+            sqlite = raw.driver_connection
+            assert sqlite is not None
+            if sqlite.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # not INCREMENTAL
+                return 0
+            before = sqlite.execute("PRAGMA freelist_count").fetchone()[0]
+            # executescript steps the pragma to its end (execute frees a single page).
+            sqlite.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
+            return max(0, int(before - sqlite.execute("PRAGMA freelist_count").fetchone()[0]))
+        finally:
+            raw.close()
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -354,7 +401,13 @@ def _sqlite_transactions(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA busy_timeout=30000")
+            # Takes effect only on a new, empty file, and only before WAL mode is set: then
+            # pages that pruning frees can be given back (Database.reclaim).
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
             cursor.execute("PRAGMA journal_mode=WAL")
+            # A checkpoint rewinds the WAL but leaves the file as big as a burst made it;
+            # this truncates it back (the WAL still grows while a reader holds a snapshot).
+            cursor.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:

@@ -4,18 +4,32 @@ An append is one transaction: bump ``sessions.last_seq`` by the batch size (``RE
 new value), then insert the batch numbered up to it. The UPDATE locks the session's row
 (PostgreSQL) or the database (SQLite, ``BEGIN IMMEDIATE``) until commit, so concurrent
 appenders, in this process or another, take turns and every number is used exactly once.
+The same UPDATE adds the batch's stored bytes to ``sessions.log_bytes`` (what retention
+by size counts); big output is stored compressed (:mod:`sandlot.store.encoding`).
+
+Retention (:mod:`sandlot.store.retention`) drops a prefix of an ended session's log and
+records the cut in ``sessions.pruned_seq``. A read that reaches back into the dropped part
+gets one ``pruned`` event in its place, numbered ``pruned_seq``::
+
+    {"event": "pruned", "through": 812, "why": "retention", "at": 1765000000.0}
+
+``why`` is ``retention`` (the session ended longer ago than the server keeps logs) or
+``tenant_log_bytes`` (its tenant's logs were over their size cap).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, text, update
+from sqlalchemy import Connection, insert, select, text, update
 
 from ..errors import InvalidArgumentError, NotFoundError
 from .database import Database, events, sessions
+from .encoding import pack, unpack
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,19 +48,23 @@ _INSERT = insert(events)
 _PG_APPEND = text(
     """
     WITH bumped AS (
-        UPDATE sessions SET last_seq = last_seq + :n, updated_at = :now
+        UPDATE sessions
+        SET last_seq = last_seq + :n, log_bytes = log_bytes + :stored, updated_at = :now
         WHERE id = :session_id
         RETURNING last_seq
     )
-    INSERT INTO events (session_id, seq, execution_id, kind, data, created_at)
+    INSERT INTO events (session_id, seq, execution_id, kind, data, encoding, created_at)
     SELECT :session_id, bumped.last_seq - :n + item.ord, item.execution_id, item.kind,
-           item.data, :now
+           item.data, item.encoding, :now
     FROM bumped, unnest(
-        CAST(:execution_ids AS text[]), CAST(:kinds AS text[]), CAST(:datas AS bytea[])
-    ) WITH ORDINALITY AS item(execution_id, kind, data, ord)
+        CAST(:execution_ids AS text[]), CAST(:kinds AS text[]), CAST(:datas AS bytea[]),
+        CAST(:encodings AS smallint[])
+    ) WITH ORDINALITY AS item(execution_id, kind, data, encoding, ord)
     RETURNING seq
     """
 )
+Item = tuple[str | None, str, bytes]
+Stored = list[tuple[bytes, int]]  # each item's stored bytes and encoding
 
 
 class EventLog:
@@ -67,11 +85,12 @@ class EventLog:
             return []
         now = time.time()
         batch = [(execution_id, kind, bytes(data)) for execution_id, kind, data in items]
+        stored = [pack(kind, data) for _, kind, data in batch]
         with self.db.write() as conn:
             if self.db.dialect == "postgresql":
-                last = self._append_postgresql(conn, session_id, batch, now)
+                last = self._append_postgresql(conn, session_id, batch, stored, now)
             else:
-                last = self._append_sqlite(conn, session_id, batch, now)
+                last = self._append_sqlite(conn, session_id, batch, stored, now)
             if last is None:
                 raise NotFoundError(f"no session {session_id!r}", session_id=session_id)
             first = last - len(batch) + 1
@@ -85,12 +104,16 @@ class EventLog:
 
     @staticmethod
     def _append_sqlite(
-        conn: Connection, session_id: str, batch: list[tuple[str | None, str, bytes]], now: float
+        conn: Connection, session_id: str, batch: list[Item], stored: Stored, now: float
     ) -> int | None:
         last = conn.execute(
             update(sessions)
             .where(sessions.c.id == session_id)
-            .values(last_seq=sessions.c.last_seq + len(batch), updated_at=now)
+            .values(
+                last_seq=sessions.c.last_seq + len(batch),
+                log_bytes=sessions.c.log_bytes + sum(len(data) for data, _ in stored),
+                updated_at=now,
+            )
             .returning(sessions.c.last_seq)
         ).scalar_one_or_none()
         if last is None:
@@ -105,26 +128,31 @@ class EventLog:
                     "execution_id": execution_id,
                     "kind": kind,
                     "data": data,
+                    "encoding": encoding,
                     "created_at": now,
                 }
-                for i, (execution_id, kind, data) in enumerate(batch)
+                for i, ((execution_id, kind, _), (data, encoding)) in enumerate(
+                    zip(batch, stored, strict=True)
+                )
             ],
         )
         return int(last)
 
     @staticmethod
     def _append_postgresql(
-        conn: Connection, session_id: str, batch: list[tuple[str | None, str, bytes]], now: float
+        conn: Connection, session_id: str, batch: list[Item], stored: Stored, now: float
     ) -> int | None:
         seqs = conn.execute(
             _PG_APPEND,
             {
                 "session_id": session_id,
                 "n": len(batch),
+                "stored": sum(len(data) for data, _ in stored),
                 "now": now,
                 "execution_ids": [item[0] for item in batch],
                 "kinds": [item[1] for item in batch],
-                "datas": [item[2] for item in batch],
+                "datas": [data for data, _ in stored],
+                "encodings": [encoding for _, encoding in stored],
             },
         ).all()
         return max(row[0] for row in seqs) if seqs else None
@@ -138,7 +166,8 @@ class EventLog:
         limit: int = 1000,
     ) -> list[Event]:
         """Events with ``seq > after``, ascending, at most ``limit``; only one execution's if
-        ``execution_id`` is given. An unknown session reads as empty."""
+        ``execution_id`` is given. An unknown session reads as empty. Where retention
+        dropped events this read reaches back to, a ``pruned`` event comes first (above)."""
         if limit < 1:
             raise InvalidArgumentError(f"limit must be at least 1, not {limit}")
         query = select(
@@ -148,13 +177,23 @@ class EventLog:
             events.c.kind,
             events.c.data,
             events.c.created_at,
+            events.c.encoding,
         ).where(events.c.session_id == session_id, events.c.seq > after)
         if execution_id is not None:
             query = query.where(events.c.execution_id == execution_id)
         query = query.order_by(events.c.seq).limit(limit)
-        with self.db.read() as conn:
+        cut = select(sessions.c.pruned_seq, sessions.c.pruned_why, sessions.c.pruned_at).where(
+            sessions.c.id == session_id, sessions.c.pruned_seq > after
+        )
+        with self.db.read() as conn:  # one snapshot: the cut and the events agree
             rows = conn.execute(query).all()
-        return [Event(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]) for r in rows]
+            pruned = conn.execute(cut).one_or_none()
+        out = [Event(r[0], r[1], r[2], r[3], unpack(bytes(r[4]), r[6]), r[5]) for r in rows]
+        # An execution's first event is its "started": if that is still here, nothing of
+        # this execution was dropped.
+        if pruned is not None and not (execution_id and out and out[0].kind == "started"):
+            out = [_pruned_event(session_id, execution_id, *pruned), *out[: limit - 1]]
+        return out
 
     def last_seq(self, session_id: str) -> int:
         """The newest sequence number in a session's log (0: none yet)."""
@@ -166,15 +205,11 @@ class EventLog:
             raise NotFoundError(f"no session {session_id!r}", session_id=session_id)
         return int(last)
 
-    def prune(self, older_than: float) -> int:
-        """Delete the events older than ``older_than`` (epoch seconds) of ended sessions.
-        Returns how many were deleted. A session's ``last_seq`` is kept, so numbering never
-        restarts."""
-        ended = select(sessions.c.id).where(sessions.c.status == "ended")
-        with self.db.write() as conn:
-            result = conn.execute(
-                delete(events).where(
-                    events.c.created_at < older_than, events.c.session_id.in_(ended)
-                )
-            )
-        return int(result.rowcount)
+
+def _pruned_event(
+    session_id: str, execution_id: str | None, through: int, why: str | None, at: float | None
+) -> Event:
+    """What a reader gets in place of the events retention dropped."""
+    data: dict[str, Any] = {"event": "pruned", "through": through, "why": why, "at": at}
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return Event(session_id, through, execution_id, "pruned", body, at or 0.0)

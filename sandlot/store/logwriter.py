@@ -21,17 +21,19 @@ from sqlalchemy import Connection
 
 from ..errors import NotFoundError
 from .database import Database
+from .encoding import pack
 from .eventlog import Event, EventLog
 from .records import ExecutionRecord, Records, epoch
 
 TERMINAL = frozenset({"exit", "error"})
 
 _BUMP = (
-    "UPDATE sessions SET last_seq = last_seq + ?, updated_at = ? WHERE id = ? RETURNING last_seq"
+    "UPDATE sessions SET last_seq = last_seq + ?, log_bytes = log_bytes + ?, updated_at = ?"
+    " WHERE id = ? RETURNING last_seq"
 )
 _EVENT = (
-    "INSERT INTO events (session_id, seq, execution_id, kind, data, created_at)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (session_id, seq, execution_id, kind, data, encoding, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _START = (
     "INSERT INTO executions (id, session_id, sandbox_id, kind, state, pid, created_at)"
@@ -87,10 +89,12 @@ class LogWriter:
         self, session_id: str, items: Sequence[Item], starts: Sequence[ExecutionRecord]
     ) -> list[Event]:
         db = self._connection()
+        stored = [pack(kind, data) for _, kind, data in items]  # before the lock is taken
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute(_BUMP, (len(items), now, session_id)).fetchone()
+            size = sum(len(data) for data, _ in stored)
+            row = db.execute(_BUMP, (len(items), size, now, session_id)).fetchone()
             if row is None:
                 raise NotFoundError(f"no session {session_id!r}", session_id=session_id)
             first = int(row[0]) - len(items) + 1
@@ -100,7 +104,10 @@ class LogWriter:
             ]
             db.executemany(
                 _EVENT,
-                [(session_id, e.seq, e.execution_id, e.kind, e.data, now) for e in events],
+                [
+                    (session_id, e.seq, e.execution_id, e.kind, data, encoding, now)
+                    for e, (data, encoding) in zip(events, stored, strict=True)
+                ],
             )
             for record in starts:
                 db.execute(

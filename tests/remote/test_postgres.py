@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pg import Postgres, postgres  # noqa: F401 (a fixture)
+from sqlalchemy import func, select
 
 import sandlot
 
@@ -54,3 +56,55 @@ def test_the_server_on_postgresql(pg_server: ServerProcess) -> None:
         assert [s.id for s in sandlot.Sandbox.list(client=client)] == [sb.id]
     finally:
         sb.kill()
+
+
+@pytest.mark.timeout(180)
+def test_output_is_compressed_and_a_tenants_ended_logs_are_capped_on_postgresql(
+    postgres: Postgres,  # noqa: F811
+) -> None:
+    """Through the server: big output is stored compressed in PostgreSQL and streams back
+    exactly; with a tenant cap of nothing, an ended sandbox's log is dropped by the next
+    maintenance pass (every 10 s with 43 s of retention: the cap, not the age, drops it)
+    and reads as one ``pruned`` event; a running sandbox's log stays whole."""
+    from sandlot.store.database import Database, events
+
+    url = postgres.new_database()
+    home = Path(tempfile.mkdtemp(prefix="slpg-", dir="/tmp"))
+    args = ("--kill-on-exit", "--tenant-log-bytes", "0", "--retention-days", "0.0005")
+    server = ServerProcess(home, database_url=url, args=args)
+    server.start()
+    db = Database(url)
+    try:
+        client = sandlot.Client(url=server.url)
+        keep = sandlot.Sandbox.create(client=client)
+        with sandlot.Sandbox.create(client=client) as gone:
+            big = gone.commands.run("seq 1 300000").stdout
+        assert big.splitlines()[-1] == "300000" and len(big) > 1_500_000
+        assert keep.commands.run("seq 1 300000").stdout == big
+        with db.read() as conn:
+            rows = conn.execute(
+                select(func.count(), func.sum(func.length(events.c.data))).where(
+                    events.c.encoding == 1
+                )
+            ).one()
+        assert rows[0] >= 2 and rows[1] < 2 * len(big) / 3  # both logs, compressed
+        log = f"{server.url}/v1/sandboxes/{{}}/events?follow=false"
+        deadline = time.monotonic() + 30
+        while len(sse(log.format(gone.id))) > 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        [(seq, kind, data)] = sse(log.format(gone.id))
+        assert (kind, data["data"]["why"], data["data"]["through"]) == (
+            "pruned",
+            "tenant_log_bytes",
+            seq,
+        )
+        # killed and started again: the running sandbox's log is read from the store
+        server.stop(signal.SIGKILL)
+        server.start()
+        kept = sse(log.format(keep.id))
+        assert "pruned" not in {e[1] for e in kept}
+        assert "".join(e[2].get("text", "") for e in kept if e[1] == "stdout") == big
+        keep.kill()
+    finally:
+        db.close()
+        server.stop()

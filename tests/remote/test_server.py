@@ -339,11 +339,20 @@ def test_the_log_of_an_ended_session_is_pruned_after_the_retention() -> None:
             gone.commands.run("echo old")
         keep.commands.run("echo live")
         url = f"{server.url}/v1/sandboxes/{{}}/events?follow=false"
-        assert len(sse(url.format(gone.id))) > 3
+        before = sse(url.format(gone.id))
+        assert len(before) > 3
         deadline = time.monotonic() + 20
-        while sse(url.format(gone.id)) and time.monotonic() < deadline:
+        while len(sse(url.format(gone.id))) > 1 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert sse(url.format(gone.id)) == []  # the ended session's log is gone
+        # the ended session's log is gone: one event answers for it, numbered as its last
+        [(seq, kind, data)] = sse(url.format(gone.id))
+        assert kind == "pruned" and seq >= before[-1][0]
+        assert data["data"] == {
+            "event": "pruned",
+            "through": seq,
+            "why": "retention",
+            "at": data["data"]["at"],
+        }
         assert any(e[1] == "stdout" for e in sse(url.format(keep.id)))  # a live one stays
         assert http("GET", f"{server.url}/v1/sandboxes/{gone.id}")[1]["state"] == "stopped"
         keep.kill()
