@@ -29,6 +29,7 @@ from sandlot.store.eventlog import EventLog
 from sandlot.store.keys import LOCAL_TENANT, Keys
 from sandlot.store.logwriter import LogWriter
 from sandlot.store.records import Records
+from sandlot.store.retention import Retention
 from sandlot.supervisor import Supervisor
 
 SESSIONS = 500
@@ -142,3 +143,29 @@ async def flood(url: str) -> None:
 
 def test_memory_for_followers_is_bounded_and_freed(tmp_path: Path) -> None:
     asyncio.run(flood(sqlite_url(tmp_path)))
+
+
+async def follow_a_dropped_execution(url: str) -> None:
+    """Retention dropped an ended session's log: following one of its executions to its end
+    gets the 'pruned' event and ends, rather than waiting for an end that is gone."""
+    hub, records = make_hub(url, jitter=0.0)
+    hub.start()
+    try:
+        session = records.create_session(LOCAL_TENANT, {})
+        hub.put_nowait(session.id, "ex-1", "stdout", b"gone\n")
+        hub.put_nowait(session.id, "ex-1", "exit", b'{"exit_code":0}')
+        await hub.flushed(session.id)
+        hub.forget(session.id)
+        await hub.write(records.end_session, session.id)
+        retention = Retention(hub.log.db)
+        while await hub.write(retention.step, time.time() + 1):
+            pass
+        batches = hub.follow(session.id, 0, execution_id="ex-1", until_terminal=True)
+        kinds = [e.kind async for batch in batches for e in batch]
+        assert kinds == ["pruned"]
+    finally:
+        await hub.close()
+
+
+def test_a_stream_of_a_dropped_execution_ends(tmp_path: Path) -> None:
+    asyncio.run(asyncio.wait_for(follow_a_dropped_execution(sqlite_url(tmp_path)), 30))
