@@ -48,6 +48,7 @@ from . import (
     api_secrets,
     api_sessions,
     health,
+    watchdog,
 )
 from .deps import State
 from .metrics import CONTENT_TYPE, Metrics
@@ -179,9 +180,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await ServerState.start(settings, metrics)
         app.state.sandlot = state
+        watching = watchdog.start(state)  # READY=1 to systemd: recovered, serving
         try:
             yield
         finally:
+            watchdog.notify("STOPPING=1")
+            if watching is not None:
+                await Supervisor.current().stop(watching)
             await state.close()
 
     app = FastAPI(

@@ -8,6 +8,7 @@ can break its writer the way a bug would; no sandbox is needed.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -160,3 +161,43 @@ def test_a_stuck_writer_makes_the_server_unhealthy_until_it_drains(
         assert status == 200, body
 
     run(tmp_path, scenario)
+
+
+def test_systemd_watchdog_is_fed_only_while_healthy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real notification socket stands where systemd's would be (sd_notify's protocol is
+    one datagram per message)."""
+    address = str(tmp_path / "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # fed every 0.1 s
+
+    def received() -> list[str]:
+        messages = []
+        while True:
+            try:
+                messages.append(listener.recv(256).decode())
+            except BlockingIOError:
+                return messages
+
+    async def scenario(server: Server) -> None:
+        await asyncio.sleep(0.5)
+        messages = received()
+        assert messages[0] == "READY=1" and messages.count("WATCHDOG=1") >= 2, messages
+        loop = writer_loop()
+        assert loop.task is not None
+        loop.task.cancel()
+        await asyncio.gather(loop.task, return_exceptions=True)
+        await asyncio.sleep(0.3)
+        received()  # what was sent before the check saw it
+        await asyncio.sleep(0.5)
+        assert "WATCHDOG=1" not in received()  # systemd will restart it
+
+    try:
+        run(tmp_path / "home", scenario)
+        assert "STOPPING=1" in received()
+    finally:
+        listener.close()
