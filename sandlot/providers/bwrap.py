@@ -265,6 +265,18 @@ class BwrapProvider(Provider):
     async def settle(self) -> None:
         if self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
+        self._prune_scope()
+
+    async def close(self) -> None:
+        self._prune_scope()
+
+    def _prune_scope(self) -> None:
+        """Remove this state folder's cgroup scope once its last group is gone (a gc, the
+        manager's close): the next create makes it again. Only if the groups were ever
+        looked up: a provider that made no sandbox has nothing to prune."""
+        system = self.__dict__.get("_cgroups")  # the cached property, if computed
+        if system is not None and not self._children:
+            system.prune()
 
     def is_alive(self, handle: dict[str, Any]) -> bool:
         # bwrap's monitor may be gone while the sandbox lives on (it was killed on its own):
