@@ -148,14 +148,17 @@ class BwrapProvider(Provider):
             finally:
                 listener.close()
                 os.close(filter_fd)
+                if namespace is not None:
+                    # bwrap has its own copy (or failed): ours to close, detached or not. A
+                    # descriptor kept would keep the namespace alive: one per sandbox, for
+                    # the process's life (issue 16: a server leaked one per sandbox).
+                    os.close(namespace.fd)
                 if lifeline is not None:
                     os.close(lifeline[0])
                     if child is None:
                         os.close(lifeline[1])
             if lifeline is not None:
                 child.hold(lifeline[1])
-                if namespace is not None:  # bwrap has joined it (or failed): ours to close
-                    os.close(namespace.fd)
             self._children[child.pid] = child
             if system is not None:
                 # Creating the groups and joining them (which can wait a whole RCU grace

@@ -33,7 +33,7 @@ GROUP = "sandlot"
 V1_CONTROLLERS = ("memory", "pids", "cpu", "freezer")
 CFS_PERIOD_US = 100_000
 FREEZE_TIMEOUT = 5.0  # seconds a freeze may take before it is given up (and thawed)
-CREATE_ATTEMPTS = 5  # a prune may remove the scope between making it and making a group in it
+CREATE_ATTEMPTS = 10  # a prune may remove the scope between making it and making a group in it
 
 
 def _write(path: Path, value: str) -> None:
@@ -52,14 +52,34 @@ class CgroupSystem:
 
     def make_roots(self) -> None:
         """Make the scope's folders (again: :meth:`prune` removes them when empty)."""
-        if self.version == 1:
-            for root in self.roots.values():
+        for root in self.roots.values():
+            self._make_root(root)
+
+    def _make_root(self, root: Path) -> None:
+        try:
+            if self.version == 1:
                 root.mkdir(parents=True, exist_ok=True)
-            return
-        parent = self.roots["unified"]
-        for folder in (parent.parent, parent):
-            folder.mkdir(exist_ok=True)
-            _write(folder / "cgroup.subtree_control", " ".join("+" + c for c in self.controllers))
+                return
+            for folder in (root.parent, root):
+                folder.mkdir(exist_ok=True)
+                controllers = " ".join("+" + c for c in self.controllers)
+                _write(folder / "cgroup.subtree_control", controllers)
+        except (FileExistsError, FileNotFoundError):
+            pass  # pruned again meanwhile: the caller's next attempt makes it again
+
+    def _make_group(self, root: Path, sandbox_id: str) -> Path:
+        """``root/sandbox_id``, making the scope again if a prune removed it; the two
+        mkdirs are back to back, so a prune between them is rare, and then retried."""
+        folder = root / sandbox_id
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                folder.mkdir(exist_ok=True)
+                return folder
+            except FileNotFoundError:
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                self._make_root(root)
+        raise AssertionError("unreachable")
 
     def prune(self) -> list[Path]:
         """Remove the scope's folders that are empty (no group, no process); the kernel
@@ -74,24 +94,13 @@ class CgroupSystem:
         return removed
 
     def create(self, sandbox_id: str, resources: Resources) -> list[Path]:
-        for attempt in range(CREATE_ATTEMPTS):
-            try:
-                return self._create(sandbox_id, resources)
-            except FileNotFoundError:
-                if attempt == CREATE_ATTEMPTS - 1:
-                    raise
-                self.make_roots()  # pruned since: make it again, then try again
-        raise AssertionError("unreachable")
-
-    def _create(self, sandbox_id: str, resources: Resources) -> list[Path]:
         memory = resources.memory_mb * 1024 * 1024
         quota = int(resources.cpus * CFS_PERIOD_US)
         folders = []
         try:
             if self.version == 1:
                 for controller, root in self.roots.items():
-                    folder = root / sandbox_id
-                    folder.mkdir(exist_ok=True)
+                    folder = self._make_group(root, sandbox_id)
                     folders.append(folder)
                     if controller == "memory":
                         _write(folder / "memory.limit_in_bytes", str(memory))
@@ -103,8 +112,7 @@ class CgroupSystem:
                         _write(folder / "cpu.cfs_period_us", str(CFS_PERIOD_US))
                         _write(folder / "cpu.cfs_quota_us", str(quota))
             else:
-                folder = self.roots["unified"] / sandbox_id
-                folder.mkdir(exist_ok=True)
+                folder = self._make_group(self.roots["unified"], sandbox_id)
                 folders.append(folder)
                 _write(folder / "memory.max", str(memory))
                 if (folder / "memory.swap.max").exists():
