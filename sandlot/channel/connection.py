@@ -307,6 +307,13 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.channel._lost(self, SandboxClosedError("the connection to the sandbox's agent closed"))
+        # The channel, its transport, this protocol and the error hold each other: only the
+        # cyclic gc's rare full pass frees them. Their read buffers (64 KiB to 4 MiB each)
+        # need not wait for it (issue 16: 208 closed channels held ~100 MiB after a soak).
+        self.buffer = bytearray()
+        self.view = memoryview(self.buffer)
+        self.start = self.end = self.offered = 0
+        self.large = None
 
 
 class Channel:

@@ -149,14 +149,17 @@ class BwrapProvider(Provider):
             finally:
                 listener.close()
                 os.close(filter_fd)
+                if namespace is not None:
+                    # bwrap has its own copy (or failed): ours to close, detached or not. A
+                    # descriptor kept would keep the namespace alive: one per sandbox, for
+                    # the process's life (issue 16: a server leaked one per sandbox).
+                    os.close(namespace.fd)
                 if lifeline is not None:
                     os.close(lifeline[0])
                     if child is None:
                         os.close(lifeline[1])
             if lifeline is not None:
                 child.hold(lifeline[1])
-                if namespace is not None:  # bwrap has joined it (or failed): ours to close
-                    os.close(namespace.fd)
             self._children[child.pid] = child
             if system is not None:
                 # Creating the groups and joining them (which can wait a whole RCU grace
@@ -266,6 +269,18 @@ class BwrapProvider(Provider):
     async def settle(self) -> None:
         if self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
+        self._prune_scope()
+
+    async def close(self) -> None:
+        self._prune_scope()
+
+    def _prune_scope(self) -> None:
+        """Remove this state folder's cgroup scope once its last group is gone (a gc, the
+        manager's close): the next create makes it again. Only if the groups were ever
+        looked up: a provider that made no sandbox has nothing to prune."""
+        system = self.__dict__.get("_cgroups")  # the cached property, if computed
+        if system is not None and not self._children:
+            system.prune()
 
     def is_alive(self, handle: dict[str, Any]) -> bool:
         # bwrap's monitor may be gone while the sandbox lives on (it was killed on its own):

@@ -7,6 +7,11 @@ before the agent starts any command, so everything the sandbox runs is counted a
 killed as a group. Where the hierarchy is missing or not writable, :func:`detect` returns
 None and the provider falls back to rlimits.
 
+The scope's own folders go once empty (:meth:`CgroupSystem.prune`): otherwise every state
+folder ever used (each test run, each benchmark) leaves one per controller behind. The
+kernel refuses to remove a group that still has a child or a process, atomically, so a prune
+is safe at any time; a create whose scope vanished in between makes it again and retries.
+
 The freezer (v1's ``freezer`` controller, v2's ``cgroup.freeze``) pauses a sandbox: every
 process in its groups stops where it is, and thawing lets it go on. A frozen v1 process
 cannot even die, so :func:`kill_all` thaws after it has sent SIGKILL.
@@ -28,6 +33,7 @@ GROUP = "sandlot"
 V1_CONTROLLERS = ("memory", "pids", "cpu", "freezer")
 CFS_PERIOD_US = 100_000
 FREEZE_TIMEOUT = 5.0  # seconds a freeze may take before it is given up (and thawed)
+CREATE_ATTEMPTS = 10  # a prune may remove the scope between making it and making a group in it
 
 
 def _write(path: Path, value: str) -> None:
@@ -39,9 +45,53 @@ def _write(path: Path, value: str) -> None:
 class CgroupSystem:
     version: int
     roots: dict[str, Path] = field(default_factory=dict)  # controller (or "unified") -> parent
+    controllers: tuple[str, ...] = ()  # v2: those the scope hands down to its groups
 
     def folders(self, sandbox_id: str) -> list[Path]:
         return [root / sandbox_id for root in self.roots.values()]
+
+    def make_roots(self) -> None:
+        """Make the scope's folders (again: :meth:`prune` removes them when empty)."""
+        for root in self.roots.values():
+            self._make_root(root)
+
+    def _make_root(self, root: Path) -> None:
+        try:
+            if self.version == 1:
+                root.mkdir(parents=True, exist_ok=True)
+                return
+            for folder in (root.parent, root):
+                folder.mkdir(exist_ok=True)
+                controllers = " ".join("+" + c for c in self.controllers)
+                _write(folder / "cgroup.subtree_control", controllers)
+        except (FileExistsError, FileNotFoundError):
+            pass  # pruned again meanwhile: the caller's next attempt makes it again
+
+    def _make_group(self, root: Path, sandbox_id: str) -> Path:
+        """``root/sandbox_id``, making the scope again if a prune removed it; the two
+        mkdirs are back to back, so a prune between them is rare, and then retried."""
+        folder = root / sandbox_id
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                folder.mkdir(exist_ok=True)
+                return folder
+            except FileNotFoundError:
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                self._make_root(root)
+        raise AssertionError("unreachable")
+
+    def prune(self) -> list[Path]:
+        """Remove the scope's folders that are empty (no group, no process); the kernel
+        refuses the others. The shared ``sandlot`` parent stays. Returns those removed."""
+        removed = []
+        for root in self.roots.values():
+            try:
+                root.rmdir()
+            except OSError:  # busy (a group or a process in it), or gone already
+                continue
+            removed.append(root)
+        return removed
 
     def create(self, sandbox_id: str, resources: Resources) -> list[Path]:
         memory = resources.memory_mb * 1024 * 1024
@@ -50,8 +100,7 @@ class CgroupSystem:
         try:
             if self.version == 1:
                 for controller, root in self.roots.items():
-                    folder = root / sandbox_id
-                    folder.mkdir(exist_ok=True)
+                    folder = self._make_group(root, sandbox_id)
                     folders.append(folder)
                     if controller == "memory":
                         _write(folder / "memory.limit_in_bytes", str(memory))
@@ -63,8 +112,7 @@ class CgroupSystem:
                         _write(folder / "cpu.cfs_period_us", str(CFS_PERIOD_US))
                         _write(folder / "cpu.cfs_quota_us", str(quota))
             else:
-                folder = self.roots["unified"] / sandbox_id
-                folder.mkdir(exist_ok=True)
+                folder = self._make_group(self.roots["unified"], sandbox_id)
                 folders.append(folder)
                 _write(folder / "memory.max", str(memory))
                 if (folder / "memory.swap.max").exists():
@@ -216,34 +264,31 @@ def detect(scope: str) -> CgroupSystem | None:
     if not all((ROOT / c / "cgroup.procs").exists() for c in ("memory", "pids")):
         return None
     roots = {c: r for c, r in roots.items() if (ROOT / c / "cgroup.procs").exists()}
-    for parent in roots.values():
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return None
-        if not os.access(parent, os.W_OK):
-            return None
-    return CgroupSystem(1, roots)
+    system = CgroupSystem(1, roots)
+    try:
+        system.make_roots()
+    except OSError:
+        return None
+    if not all(os.access(parent, os.W_OK) for parent in roots.values()):
+        return None
+    return system
 
 
 def _detect_v2(scope: str) -> CgroupSystem | None:
-    top = ROOT / GROUP
-    parent = top / scope
     try:
         available = (ROOT / "cgroup.controllers").read_text().split()
         if not {"memory", "pids"} <= set(available):
             return None
-        wanted = [c for c in ("memory", "pids", "cpu") if c in available]
+        wanted = tuple(c for c in ("memory", "pids", "cpu") if c in available)
         enabled = (ROOT / "cgroup.subtree_control").read_text().split()
         missing = [c for c in wanted if c not in enabled]
         if missing:
             _write(ROOT / "cgroup.subtree_control", " ".join("+" + c for c in missing))
-        for folder in (top, parent):
-            folder.mkdir(exist_ok=True)
-            _write(folder / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
+        system = CgroupSystem(2, {"unified": ROOT / GROUP / scope}, wanted)
+        system.make_roots()
     except OSError:
         return None
-    return CgroupSystem(2, {"unified": parent})
+    return system
 
 
 def list_groups(system: CgroupSystem) -> set[str]:

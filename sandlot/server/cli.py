@@ -98,6 +98,12 @@ def serve(
 ) -> None:
     """Run the HTTP API (state in SQLite by default). Binding to anything but loopback
     needs at least one API key (``sandlot keys create``)."""
+    from . import memory
+
+    # Before uvicorn and the app start their threads: see memory.py for the figures.
+    memory.tune()
+    memory.start_trimmer()
+
     import uvicorn
 
     from ..store.keys import Keys

@@ -1,0 +1,92 @@
+"""A server that never wedges (issue 16): rounds of concurrent remote clients, large streams
+and sandbox churn against one real ``sandlot serve`` beside CPU hogs, then, with no sandbox
+left, nothing may have grown.
+
+The load is ``driver.py``'s, which ``benchmarks/bench_soak.py`` runs at the field report's
+size. Here it is cut to fit CI: about 2 minutes on 2 cores, 3 when the server wedges. Nothing
+is timed: every call has a generous bound, and a bound hit is a hang, which fails the test
+like an error.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from .driver import REPO, RoundResult, Soak, SoakConfig
+
+pytestmark = pytest.mark.slow
+
+FD_SLACK = 8  # descriptors a server may open lazily after the first round (pools, caches)
+RSS_GROWTH = 0.20  # of the first round's RSS
+
+
+def config() -> SoakConfig:
+    return SoakConfig(
+        rounds=int(os.environ.get("SANDLOT_SOAK_ROUNDS", "4")),
+        clients=16,
+        commands=12,
+        streams=2,
+        stream_mib=8,
+        churn=8,
+        hogs=2,
+        call_bound=60.0,  # a command answers in well under a second, even beside the hogs
+        stream_bound=180.0,
+        retention_seconds=8.0,
+    )
+
+
+def check_round(first: RoundResult, now: RoundResult, soak: Soak) -> list[str]:
+    """What is wrong with a round, compared with the first: [] if nothing."""
+    problems = []
+    if now.errors or now.hangs:
+        wedged = " and the server is wedged (a fresh sandbox hung too)" if now.wedged else ""
+        problems.append(
+            f"{len(now.errors)} errors, {len(now.hangs)} hangs{wedged}: "
+            + "; ".join((now.hangs + now.errors)[:5])
+        )
+    if now.leftover:
+        problems.append(f"sandboxes left after the round: {now.leftover}")
+    if now.log_problems:
+        problems.append("the server logged: " + " | ".join(now.log_problems[:5]))
+    a, b = first.snapshot, now.snapshot
+    if b.children or b.cgroup_procs or b.sandboxes_listed:
+        problems.append(
+            f"processes left: {b.children} children, {b.cgroup_procs} in the cgroups, "
+            f"{b.sandboxes_listed} sandboxes listed"
+        )
+    if b.cgroup_folders > a.cgroup_folders:
+        problems.append(f"cgroup folders grew: {a.cgroup_folders} -> {b.cgroup_folders}")
+    if b.mounts > a.mounts:
+        problems.append(f"mounts grew: {a.mounts} -> {b.mounts}")
+    if b.fds > a.fds + FD_SLACK:
+        problems.append(f"descriptors grew: {a.fds} -> {b.fds}")
+    if b.rss_kb > a.rss_kb * (1 + RSS_GROWTH):
+        problems.append(f"RSS grew: {a.rss_kb // 1024} -> {b.rss_kb // 1024} MiB")
+    if b.db.get("expired_events"):
+        problems.append(f"{b.db['expired_events']} events kept beyond retention")
+    return problems
+
+
+@pytest.mark.timeout(900)  # the bounds end a wedged round first, with a better message
+async def test_soak_rounds_leave_nothing_behind() -> None:
+    cfg = config()
+    soak = Soak(cfg)
+    soak.start()
+    try:
+        assert soak.server_module() == REPO, "the server must run the sandlot under test"
+        results: list[RoundResult] = []
+        for number in range(cfg.rounds):
+            result = await soak.round(number)
+            results.append(result)
+            print(result.line())
+            problems = check_round(results[0], result, soak)
+            assert not problems, (
+                f"round {number}: "
+                + "; ".join(problems)
+                + ("\nserver log:\n" + soak.log_tail() if result.hangs else "")
+            )
+            assert soak.alive(), "the server died:\n" + soak.log_tail()
+    finally:
+        await soak.stop()
