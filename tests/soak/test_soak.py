@@ -24,12 +24,14 @@ RSS_GROWTH = 0.20  # of the first round's RSS
 
 def config() -> SoakConfig:
     return SoakConfig(
-        rounds=int(os.environ.get("SANDLOT_SOAK_ROUNDS", "4")),
-        clients=16,
-        commands=12,
-        streams=2,
+        rounds=int(os.environ.get("SANDLOT_SOAK_ROUNDS", "6")),
+        # Many sessions ending while large commits are under way: where issue 16's wedge
+        # hid (it showed once in 1,000 to 6,000 commands of this mix on 2 cores).
+        clients=32,
+        commands=20,
+        streams=4,
         stream_mib=8,
-        churn=8,
+        churn=16,
         hogs=2,
         call_bound=60.0,  # a command answers in well under a second, even beside the hogs
         stream_bound=180.0,
@@ -74,6 +76,7 @@ async def test_soak_rounds_leave_nothing_behind() -> None:
     cfg = config()
     soak = Soak(cfg)
     soak.start()
+    failed = ""
     try:
         assert soak.server_module() == REPO, "the server must run the sandlot under test"
         results: list[RoundResult] = []
@@ -82,11 +85,12 @@ async def test_soak_rounds_leave_nothing_behind() -> None:
             results.append(result)
             print(result.line())
             problems = check_round(results[0], result, soak)
-            assert not problems, (
-                f"round {number}: "
-                + "; ".join(problems)
-                + ("\nserver log:\n" + soak.log_tail() if result.hangs else "")
-            )
-            assert soak.alive(), "the server died:\n" + soak.log_tail()
+            if not soak.alive():
+                problems.append("the server died")
+            if problems:
+                failed = f"round {number}: " + "; ".join(problems)
+                break
     finally:
         await soak.stop()
+    # After the stop: a wedged server's dead task says why only as it shuts down.
+    assert not failed, failed + "\nthe server's log ends:\n" + soak.log_tail()
