@@ -339,7 +339,8 @@ class Soak:
         sb = None
         try:
             sb = await bounded(
-                sandlot.AsyncSandbox.create(timeout=3600, client=self.client), bound, "create"
+                # A lifetime that ends what a wedged server could not kill, after a while.
+                sandlot.AsyncSandbox.create(timeout=900, client=self.client), bound, "create"
             )
             await work(sb)
             return True

@@ -11,6 +11,7 @@ a hang, which fails the test like an error.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -97,5 +98,7 @@ async def test_soak_rounds_leave_nothing_behind() -> None:
                 failed = f"RSS grew: {first.rss_kb // 1024} -> {rested.rss_kb // 1024} MiB"
     finally:
         await soak.stop()
-    # After the stop: a wedged server's dead task says why only as it shuts down.
-    assert not failed, failed + "\nthe server's log ends:\n" + soak.log_tail()
+        # After the stop: a wedged server's dead task says why only as it shuts down.
+        log = soak.log_tail()
+        shutil.rmtree(soak.home, ignore_errors=True)
+    assert not failed, failed + "\nthe server's log ends:\n" + log
