@@ -340,7 +340,9 @@ class Soak:
         try:
             sb = await bounded(
                 # A lifetime that ends what a wedged server could not kill, after a while.
-                sandlot.AsyncSandbox.create(timeout=900, client=self.client), bound, "create"
+                sandlot.AsyncSandbox.create(timeout=900, client=self.client),
+                bound,
+                "create",
             )
             await work(sb)
             return True
