@@ -3,14 +3,15 @@ and sandbox churn against one real ``sandlot serve`` beside CPU hogs, then, with
 left, nothing may have grown.
 
 The load is ``driver.py``'s, which ``benchmarks/bench_soak.py`` runs at the field report's
-size. Here it is cut to fit CI: about 2 minutes on 2 cores, 3 when the server wedges. Nothing
-is timed: every call has a generous bound, and a bound hit is a hang, which fails the test
-like an error.
+size. Here it is cut to fit CI: about 2.5 minutes on 2 cores (95 s of it the final rest), 3
+when the server wedges. Nothing is timed: every call has a generous bound, and a bound hit is
+a hang, which fails the test like an error.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -24,12 +25,14 @@ RSS_GROWTH = 0.20  # of the first round's RSS
 
 def config() -> SoakConfig:
     return SoakConfig(
-        rounds=int(os.environ.get("SANDLOT_SOAK_ROUNDS", "4")),
-        clients=16,
-        commands=12,
-        streams=2,
+        rounds=int(os.environ.get("SANDLOT_SOAK_ROUNDS", "6")),
+        # Many sessions ending while large commits are under way: where issue 16's wedge
+        # hid (it showed once in 1,000 to 6,000 commands of this mix on 2 cores).
+        clients=32,
+        commands=20,
+        streams=4,
         stream_mib=8,
-        churn=8,
+        churn=16,
         hogs=2,
         call_bound=60.0,  # a command answers in well under a second, even beside the hogs
         stream_bound=180.0,
@@ -62,8 +65,6 @@ def check_round(first: RoundResult, now: RoundResult, soak: Soak) -> list[str]:
         problems.append(f"mounts grew: {a.mounts} -> {b.mounts}")
     if b.fds > a.fds + FD_SLACK:
         problems.append(f"descriptors grew: {a.fds} -> {b.fds}")
-    if b.rss_kb > a.rss_kb * (1 + RSS_GROWTH):
-        problems.append(f"RSS grew: {a.rss_kb // 1024} -> {b.rss_kb // 1024} MiB")
     if b.db.get("expired_events"):
         problems.append(f"{b.db['expired_events']} events kept beyond retention")
     return problems
@@ -74,6 +75,7 @@ async def test_soak_rounds_leave_nothing_behind() -> None:
     cfg = config()
     soak = Soak(cfg)
     soak.start()
+    failed = ""
     try:
         assert soak.server_module() == REPO, "the server must run the sandlot under test"
         results: list[RoundResult] = []
@@ -82,11 +84,21 @@ async def test_soak_rounds_leave_nothing_behind() -> None:
             results.append(result)
             print(result.line())
             problems = check_round(results[0], result, soak)
-            assert not problems, (
-                f"round {number}: "
-                + "; ".join(problems)
-                + ("\nserver log:\n" + soak.log_tail() if result.hangs else "")
-            )
-            assert soak.alive(), "the server died:\n" + soak.log_tail()
+            if not soak.alive():
+                problems.append("the server died")
+            if problems:
+                failed = f"round {number}: " + "; ".join(problems)
+                break
+        if not failed:
+            # RSS right after a round counts the runs of the rounds before (kept 60 s):
+            # compared once they are gone.
+            first, rested = results[0].snapshot, await soak.rest()
+            print(f"at rest: RSS {rested.rss_kb // 1024} MiB, fds {rested.fds}")
+            if rested.rss_kb > first.rss_kb * (1 + RSS_GROWTH):
+                failed = f"RSS grew: {first.rss_kb // 1024} -> {rested.rss_kb // 1024} MiB"
     finally:
         await soak.stop()
+        # After the stop: a wedged server's dead task says why only as it shuts down.
+        log = soak.log_tail()
+        shutil.rmtree(soak.home, ignore_errors=True)
+    assert not failed, failed + "\nthe server's log ends:\n" + log
