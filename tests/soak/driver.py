@@ -89,6 +89,7 @@ class Snapshot:
     hwm_kb: int = 0  # peak RSS so far
     threads: int = 0
     fds: int = 0
+    fd_kinds: dict[str, int] = field(default_factory=dict)  # what they are (socket, a path)
     children: int = 0  # the server's descendants
     cgroup_procs: int = 0  # processes in the cgroups of its state folder
     bwrap_host: int = 0  # bwrap processes on the whole host (other users' too: information)
@@ -403,14 +404,24 @@ class Soak:
             children = procinfo.descendants(self.pid)
             procs = self._cgroup_procs()
             folders = self._scope_folders(sandboxes_only=True)
-            if not listed and not children and not procs and not folders:
+            # A killed sandbox's workspace is unmounted a moment after its processes are
+            # gone (its disk image is released in the background).
+            mounts = self._home_mounts()
+            if not listed and not children and not procs and not folders and not mounts:
                 return ""
             why = (
-                f"{len(listed)} listed, {len(children)} children, {len(procs)} processes "
-                f"and {folders} sandbox folders in the cgroups"
+                f"{len(listed)} listed, {len(children)} children, {len(procs)} processes, "
+                f"{folders} sandbox folders in the cgroups and {mounts} workspace mounts"
             )
             await asyncio.sleep(0.2)
         return why
+
+    def _home_mounts(self) -> int:
+        """Mounts under the server's state folder (sandboxes' disk-capped workspaces)."""
+        home = f" {self.home}/"
+        with contextlib.suppress(OSError), open(f"/proc/{self.pid}/mountinfo") as f:
+            return sum(home in line for line in f)
+        return 0
 
     def _new_log_problems(self) -> list[str]:
         try:
@@ -440,6 +451,7 @@ class Soak:
             hwm_kb=status.get("VmHWM", 0),
             threads=status.get("Threads", 0),
             fds=_count(f"/proc/{self.pid}/fd"),
+            fd_kinds=_fd_kinds(self.pid),
             children=len(procinfo.descendants(self.pid)),
             cgroup_procs=len(self._cgroup_procs()),
             bwrap_host=_bwrap_count(),
@@ -490,26 +502,25 @@ class Soak:
     def db_rows(self) -> dict[str, int]:
         """Rows of the store, read-only: ended sessions and their sandboxes, executions
         and events, and ``expired_events``: events retention should have pruned by now.
-        Retention prunes only events: the other rows are kept for good."""
+        Retention drops only events: the other rows are kept for good."""
         from sqlalchemy import create_engine, text
 
         url = self.config.database_url
         if url is None:
             url = f"sqlite:///file:{self.home / 'server.db'}?mode=ro&uri=true"
-        # A prune deletes what is older than retention at its start, of sessions ended by
-        # then; one starts every interval. So two intervals (and a margin) past both, a row
-        # is one the pruning missed.
+        # A prune drops the whole log of a session that ended (its last write) longer than
+        # retention before its start; one starts every interval. So two intervals (and a
+        # margin) past that, an event left is one the pruning missed.
         late = time.time() - 2 * self.config.maintenance_seconds - 2
-        params = {"old": late - self.config.retention_seconds, "ended": late}
+        params = {"old": late - self.config.retention_seconds}
         queries = {
             "sessions": "SELECT count(*) FROM sessions",
             "sessions_ended": "SELECT count(*) FROM sessions WHERE status = 'ended'",
             "sandboxes_ended": "SELECT count(*) FROM sandboxes WHERE state = 'ended'",
             "executions_ended": "SELECT count(*) FROM executions WHERE state = 'ended'",
             "events": "SELECT count(*) FROM events",
-            "expired_events": "SELECT count(*) FROM events WHERE created_at < :old AND "
-            "session_id IN (SELECT id FROM sessions WHERE status = 'ended' "
-            "AND updated_at < :ended)",
+            "expired_events": "SELECT count(*) FROM events WHERE session_id IN "
+            "(SELECT id FROM sessions WHERE status = 'ended' AND updated_at < :old)",
         }
         engine = create_engine(url)
         try:
@@ -528,6 +539,19 @@ def _unanswered(exc: Exception) -> bool:
 
 
 # -- /proc and /sys readers -----------------------------------------------------------------
+
+
+def _fd_kinds(pid: int) -> dict[str, int]:
+    """The process's descriptors by what they are: ``socket``, ``pipe``, ``anon_inode:...``
+    or a path (digits dropped, so one database's files count together)."""
+    kinds: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                kind = re.sub(r"\[\d+\]|\d+", "", target)
+                kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 def _status(pid: int) -> dict[str, int]:
