@@ -18,6 +18,7 @@ trims its heap every 30 s), RSS within 20% of the first round's and descriptors 
     python benchmarks/bench_soak.py                       # rounds for 45 minutes, the load
     python benchmarks/bench_soak.py --rounds 2            # a short proof
     python benchmarks/bench_soak.py --hogs 2 --minutes 30 # under CPU contention, as in the field
+    python benchmarks/bench_soak.py --postgres --rounds 4 # PostgreSQL (a throwaway cluster)
     python benchmarks/bench_soak.py --quick --no-write    # smoke test
 
 Results: a table on the terminal, and benchmarks/results/soak-<date>.md and .json.
@@ -153,6 +154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--call-bound", type=float, default=120, help="seconds before a call hangs")
     p.add_argument("--retention", type=float, default=30, help="the server's retention (s)")
     p.add_argument("--database-url", default=None, help="a PostgreSQL URL (default: SQLite)")
+    p.add_argument(
+        "--postgres", action="store_true", help="a throwaway PostgreSQL cluster (tests/pg.py)"
+    )
     p.add_argument("--target", type=float, default=150, help="commands/s per round, at least")
     p.add_argument(
         "--rest",
@@ -301,7 +305,23 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     commit = git_commit()
     results = Results()
-    asyncio.run(run(args, results))
+    cluster = None
+    if args.postgres:
+        sys.path.insert(0, str(REPO / "tests"))
+        from pg import Postgres, find_bindir  # type: ignore[import-not-found]
+
+        bindir = find_bindir()
+        if bindir is None:
+            print("no PostgreSQL binaries: run scripts/setup.sh", file=sys.stderr)
+            return 2
+        cluster = Postgres(bindir)
+        cluster.start()
+        args.database_url = cluster.new_database()
+    try:
+        asyncio.run(run(args, results))
+    finally:
+        if cluster is not None:
+            cluster.stop()
     results.notes.append(
         f"load: {args.clients} clients x {args.commands} commands, {args.streams} streams x "
         f"{args.stream_mib} MiB, {args.churn} churned sandboxes, {args.hogs} CPU hogs a round; "

@@ -273,18 +273,21 @@ class Soak:
         self, result: RoundResult, spans: list[tuple[float, float]], number: int, k: int
     ) -> Callable[[sandlot.AsyncSandbox], Awaitable[None]]:
         async def run(sb: sandlot.AsyncSandbox) -> None:
-            first = None
-            for i in range(self.config.commands):
-                word = f"soak-{number}-{k}-{i}"
-                t0 = time.monotonic()
-                first = first or t0
-                done = await bounded(
-                    sb.commands.run(f"echo {word}"), self.config.call_bound, f"run {word}"
-                )
-                result.latencies.append(time.monotonic() - t0)
-                self._check(result, f"run {word}", done, f"{word}\n".encode())
-            if first is not None:
-                spans.append((first, time.monotonic()))
+            first = last = None
+            try:
+                for i in range(self.config.commands):
+                    word = f"soak-{number}-{k}-{i}"
+                    t0 = time.monotonic()
+                    first = first or t0
+                    done = await bounded(
+                        sb.commands.run(f"echo {word}"), self.config.call_bound, f"run {word}"
+                    )
+                    last = time.monotonic()
+                    result.latencies.append(last - t0)
+                    self._check(result, f"run {word}", done, f"{word}\n".encode())
+            finally:  # a hang ends the client: its commands so far still count
+                if first is not None and last is not None:
+                    spans.append((first, last))
 
         return run
 
