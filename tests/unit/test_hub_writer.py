@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pg import Postgres, postgres  # noqa: F401  (a fixture)
 
 from sandlot.server.hub import PENDING_LIMIT, RECENT_TOTAL, Hub
 from sandlot.store.database import Database, sqlite_url

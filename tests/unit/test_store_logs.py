@@ -9,12 +9,11 @@ import json
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pg import Postgres, postgres  # noqa: F401  (a fixture)
 from sqlalchemy import select, text
 
 from sandlot.store import encoding, retention
@@ -22,7 +21,6 @@ from sandlot.store.database import (
     Database,
     alembic_config,
     events,
-    metadata,
     sessions,
     sqlite_url,
 )
@@ -31,51 +29,6 @@ from sandlot.store.keys import Keys
 from sandlot.store.logwriter import LogWriter
 from sandlot.store.records import Records
 from sandlot.store.retention import Pruned, Retention
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database of each kind."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path)
-    cluster: Postgres = request.getfixturevalue("postgres")
-    return cluster.new_database()
-
-
-@pytest.fixture(scope="module")
-def pg_url(postgres: Postgres) -> str:  # noqa: F811
-    """One migrated PostgreSQL database for this file's tests, emptied before each."""
-    url = postgres.new_database()
-    database = Database(url)
-    database.migrate()
-    database.close()
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A migrated, empty database of each kind."""
-    if request.param == "sqlite":
-        database = Database(sqlite_url(tmp_path))
-        database.migrate()
-    else:
-        database = Database(request.getfixturevalue("pg_url"))
-        with database.write() as conn:
-            names = ", ".join(table.name for table in metadata.sorted_tables)
-            conn.exec_driver_sql(f"TRUNCATE {names}")
-    yield database
-    database.close()
-
-
-@pytest.fixture
-def tenant(db: Database) -> str:
-    return Keys(db).create("owner").key.tenant
-
-
-@pytest.fixture
-def session(db: Database, tenant: str) -> str:
-    return Records(db).create_session(tenant).id
-
 
 TEXT = b"".join(
     b"%06d  -rw-r--r-- 1 root root  4096 Dec  6 13:10 file-%d.txt\n" % (i, i) for i in range(20000)

@@ -9,14 +9,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pg import Postgres, postgres  # noqa: F401  (a fixture)
 
 from sandlot.errors import InvalidArgumentError, NotFoundError, SandlotError
 from sandlot.store.database import VERSION_TABLE, WAL_LIMIT, Database, metadata, sqlite_url
@@ -25,50 +24,6 @@ from sandlot.store.keys import Keys
 from sandlot.store.records import ExecutionRecord, Records, SandboxRecord
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database of each kind."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path)
-    cluster: Postgres = request.getfixturevalue("postgres")
-    return cluster.new_database()
-
-
-@pytest.fixture(scope="module")
-def pg_store(postgres: Postgres) -> str:  # noqa: F811
-    """One migrated PostgreSQL database for this file's tests, emptied before each."""
-    url = postgres.new_database()
-    database = Database(url)
-    database.migrate()
-    database.close()
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A migrated, empty database of each kind."""
-    if request.param == "sqlite":
-        database = Database(sqlite_url(tmp_path))
-        database.migrate()
-    else:
-        database = Database(request.getfixturevalue("pg_store"))
-        with database.write() as conn:
-            names = ", ".join(table.name for table in metadata.sorted_tables)
-            conn.exec_driver_sql(f"TRUNCATE {names}")
-    yield database
-    database.close()
-
-
-@pytest.fixture
-def tenant(db: Database) -> str:
-    return Keys(db).create("owner").key.tenant
-
-
-@pytest.fixture
-def session(db: Database, tenant: str) -> str:
-    return Records(db).create_session(tenant).id
 
 
 def run_threads(n: int, target: Callable[[int], Any]) -> list[Any]:
