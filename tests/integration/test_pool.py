@@ -289,7 +289,8 @@ def test_gc_removes_dead_members_and_refills() -> None:
     kill_whole(victim)
     assert wait_until(lambda: not running(victim), 5)
     report = sandlot.Sandbox.gc()
-    assert victim.id in report.removed
+    # This gc, or the sweep of a manager of this process that ran first, removed it.
+    assert victim.id in report.removed or record(victim.id) is None
     assert victim.id not in ready()
     assert wait_until(lambda: len(ready()) == 2, 10)
 

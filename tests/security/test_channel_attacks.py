@@ -254,7 +254,8 @@ def test_descriptor_flood_on_the_handoff(folder: str, sandbox: Any, make_sandbox
                 assert isinstance(handoff.error, ProtocolError)
                 assert "more descriptors" in str(handoff.error)
                 assert all(sock is None for _, sock in items)
-                assert open_fds() == before
+                # Never more (other work of this process may close some meanwhile).
+                assert open_fds() <= before
             assert await neighbour.call("ping") == {"ok": True}
             other = await Channel.connect_unix(honest)  # a new connection: a new descriptor
             assert await other.call("ping") == {"ok": True}
