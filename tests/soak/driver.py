@@ -27,6 +27,7 @@ import hashlib
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,14 +122,11 @@ class RoundResult:
         client_commands = len(self.latencies)
         return client_commands / self.command_phase_s if self.command_phase_s > 0 else 0.0
 
-    def p(self, q: float) -> float:
-        s = sorted(self.latencies)
-        if not s:
-            return math.nan
-        k = (len(s) - 1) * q / 100
-        lo = math.floor(k)
-        hi = min(lo + 1, len(s) - 1)
-        return s[lo] + (s[hi] - s[lo]) * (k - lo)
+    def p(self, q: int) -> float:
+        """The q-th percentile, interpolated between closest ranks (as numpy's default)."""
+        if len(self.latencies) < 2:
+            return self.latencies[0] if self.latencies else math.nan
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[q - 1]
 
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
