@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fds import leaked, open_fds, snapshot
 
 import sandlot
 from sandlot.agent import protocol as p
@@ -161,10 +162,6 @@ while True:
 """
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 @pytest.fixture
 def folder() -> Iterator[str]:
     path = tempfile.mkdtemp(prefix="sandlot-hostile-", dir="/tmp")  # short: a socket path
@@ -223,9 +220,9 @@ async def closed(channel: Channel, within: float = 5) -> BaseException:
 def channel_attack(folder: str, mode: str, attack: Any) -> Any:
     """Run ``attack(path)`` against a compromised agent; check that no descriptor stayed."""
     with hostile_agent(folder, mode) as path:
-        before = open_fds()
+        before = snapshot()
         result = asyncio.run(asyncio.wait_for(attack(path), 20))
-        assert open_fds() == before, "the attack left descriptors open in the host"
+        assert not leaked(before), "the attack left descriptors open in the host"
     return result
 
 
@@ -245,7 +242,7 @@ def test_descriptor_flood_on_the_handoff(folder: str, sandbox: Any, make_sandbox
 
         async def attack() -> None:
             neighbour = await Channel.connect_unix(honest)
-            before = open_fds()
+            before = snapshot()
             for _ in range(20):
                 handoff = await Handoff.open(
                     await dial_unix(flood), name="proxy", env={}, takeover=True
@@ -254,8 +251,7 @@ def test_descriptor_flood_on_the_handoff(folder: str, sandbox: Any, make_sandbox
                 assert isinstance(handoff.error, ProtocolError)
                 assert "more descriptors" in str(handoff.error)
                 assert all(sock is None for _, sock in items)
-                # Never more (other work of this process may close some meanwhile).
-                assert open_fds() <= before
+                assert not await asyncio.to_thread(leaked, before)
             assert await neighbour.call("ping") == {"ok": True}
             other = await Channel.connect_unix(honest)  # a new connection: a new descriptor
             assert await other.call("ping") == {"ok": True}

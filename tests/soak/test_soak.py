@@ -21,7 +21,11 @@ from .driver import REPO, RoundResult, Soak, SoakConfig
 
 pytestmark = pytest.mark.slow
 
-FD_SLACK = 8  # descriptors beyond the warm-up rounds' most (see check_round)
+# Descriptors beyond the warm-up rounds' most (see check_round). The server's pools still
+# move by a dozen between rounds (CI saw sockets 25 -> 32 and database files 8 -> 13: kept-
+# alive clients, overflow connections of SQLAlchemy's pool); a leak of one descriptor a
+# sandbox is 52 a round (32 clients, 4 streams, 16 churned), so it shows in the first round.
+FD_SLACK = 32
 WARM_UP = 2  # rounds in which bounded pools fill: database connections, kept-alive clients
 RSS_GROWTH = 0.20  # of the first round's RSS
 
