@@ -1,14 +1,17 @@
 """Where secrets are kept: encrypted at rest, listed by name and date only.
 
-One async interface, :class:`SecretStore`, three places:
+One async interface, :class:`SecretStore`; here, two places:
 
-- :class:`LocalSecrets`: an SQLite file ``<home>/secrets.db`` (mode 0600), for embedded use
-  (:func:`secret_store`), with the key of :mod:`sandlot.secrets.crypto` (``SANDLOT_SECRET_KEY``
-  or ``<home>/secret.key``);
-- :class:`DatabaseSecrets`: the ``secrets`` table of a server's store (SQLite or PostgreSQL),
-  one tenant's rows, with the server's key;
-- :class:`sandlot.remote.secrets.RemoteSecrets`: a sandlot server's ``/v1/secrets`` API (what
-  the CLI uses when ``SANDLOT_URL`` is set). Values go in, never out: ``get`` is refused.
+- :class:`LocalSecrets` (embedded mode): the ``secrets`` table of the host registry,
+  ``<home>/state.db`` (:mod:`sandlot.store.registry`, mode 0600; before, a file of its own,
+  ``secrets.db``, which the registry adopts on first open), for :func:`secret_store`, with the
+  key of :mod:`sandlot.secrets.crypto` (``SANDLOT_SECRET_KEY`` or ``<home>/secret.key``);
+- :class:`DatabaseSecrets` (server mode): the ``secrets`` table of a server's database
+  (:mod:`sandlot.store.database`, SQLite or PostgreSQL), one tenant's rows, with the server's
+  key.
+
+The third, a server's ``/v1/secrets`` API seen from a client (what the CLI uses when
+``SANDLOT_URL`` is set), is :class:`sandlot.remote.secrets.RemoteSecrets`.
 
 Values are text (stored as UTF-8), at most 64 KiB, without NUL bytes (they end up in
 environment variables and headers): :mod:`sandlot.secrets.models`. Every value is encrypted
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import os
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 LOCAL_TENANT = "local"  # the one tenant of an embedded store (as a keyless server's callers)
-DB_FILE = "secrets.db"
 
 
 def _ts(value: float) -> datetime:
@@ -72,11 +73,14 @@ class SecretStore(ABC):
 
 
 class LocalSecrets(SecretStore):
-    """``<home>/secrets.db``: an SQLite file of ciphertexts, for embedded use."""
+    """The ``secrets`` table of ``<home>/state.db``, the host registry: ciphertexts, for
+    embedded use."""
 
     def __init__(self, home: Path, tenant: str = LOCAL_TENANT) -> None:
+        from ..store.registry import FILE
+
         self.home = Path(home)
-        self.path = self.home / DB_FILE
+        self.path = self.home / FILE
         self.tenant = tenant
         self._cipher: Cipher | None = None
         self._ready = False
@@ -90,33 +94,18 @@ class LocalSecrets(SecretStore):
         return self._cipher
 
     def _connect(self) -> sqlite3.Connection:
-        if not self._ready:
-            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # Created 0600 before SQLite opens it; its -wal and -shm files get the same mode.
-            # Only if new: closing a descriptor of a database another connection of this
-            # process has open would drop the process's (POSIX) locks on it.
-            if not self.path.exists():
-                try:
-                    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                    os.close(os.open(self.path, flags, 0o600))
-                except FileExistsError:
-                    pass
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        """A connection of its own for one call (calls run in worker threads); the first
+        also creates or migrates the registry."""
+        from ..store import registry
+
+        if self._ready:
+            conn = registry.connect(self.home)
+        else:
+            conn = registry.open_registry(self.home)
+            self._ready = True
         try:
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA secure_delete=ON")  # overwrite what is deleted or replaced
-            if not self._ready:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS secrets ("
-                    " tenant_id TEXT NOT NULL,"
-                    " name TEXT NOT NULL,"
-                    " ciphertext BLOB NOT NULL,"
-                    " created_at REAL NOT NULL,"
-                    " updated_at REAL NOT NULL,"
-                    " PRIMARY KEY (tenant_id, name))"
-                )
-                self._ready = True
         except BaseException:
             conn.close()
             raise
@@ -297,7 +286,7 @@ class DatabaseSecrets(SecretStore):
 
 
 def secret_store(home: Path | None = None) -> LocalSecrets:
-    """The embedded store: ``<home>/secrets.db``, ``home`` defaulting to the state folder
+    """The embedded store: ``<home>/state.db``, ``home`` defaulting to the state folder
     (``SANDLOT_HOME``, see :func:`sandlot.store.default_home`)."""
     if home is None:
         from ..store import default_home

@@ -1,5 +1,5 @@
 """State outside the process: sandbox records (SQLite in the user's state folder)."""
 
-from .sqlite import Store, default_home
+from .registry import Store, default_home
 
 __all__ = ["Store", "default_home"]
