@@ -7,7 +7,8 @@ process, what a restarted process re-attaches to or reaps), the host ports they 
 egress settings and events, the warm pools and their members, and the embedded secret store's
 ciphertexts (:class:`sandlot.secrets.store.LocalSecrets`; a server keeps its tenants' secrets
 in its database instead). Not to be confused with the ``sandboxes`` table of the server/session
-database (:mod:`sandlot.store.database`), the server's per-tenant ownership records.
+database (:mod:`sandlot.store.database`): which tenant and session own a sandbox, kept after
+it ended, for a server and for embedded durable sessions.
 
 Plain :mod:`sqlite3` in WAL mode: readers never block the writer, and each write is one
 short transaction. The schema carries a version (``PRAGMA user_version``) and migrates
@@ -37,6 +38,7 @@ FILE = "state.db"
 LEGACY_SECRETS = "secrets.db"  # where embedded secrets were kept before schema 5
 
 log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 5
 MIGRATIONS = {
     1: """
