@@ -38,7 +38,7 @@ from .breaker import breaker_for
 if TYPE_CHECKING:
     import aiohttp
 
-    from ..secrets.store import SecretInfo
+    from ..secrets.models import SecretInfo
 
 _background: set[asyncio.Task[Any]] = set()
 _all_sessions: weakref.WeakSet[aiohttp.ClientSession] = weakref.WeakSet()
@@ -342,14 +342,14 @@ class Client:
 
     async def set_secret(self, name: str, value: str) -> None:
         """Store a secret for this key's tenant, encrypted with the server's key."""
-        from ..secrets.store import check_name, check_value
+        from ..secrets.models import check_name, check_value
 
         path = f"/v1/secrets/{check_name(name)}"
         await self.call("PUT", path, json={"value": check_value(value)})
 
     async def list_secrets(self) -> list[SecretInfo]:
         """The tenant's secrets: names and dates, never values."""
-        from ..secrets.store import SecretInfo
+        from ..secrets.models import SecretInfo
 
         answer = await self.call("GET", "/v1/secrets")
         return [SecretInfo.model_validate(item) for item in answer or []]
@@ -357,7 +357,7 @@ class Client:
     async def delete_secret(self, name: str) -> bool:
         """Forget a secret; False when the tenant had none of that name."""
         from ..errors import SecretNotFoundError
-        from ..secrets.store import check_name
+        from ..secrets.models import check_name
 
         try:
             await self.call("DELETE", f"/v1/secrets/{check_name(name)}")

@@ -34,7 +34,8 @@ def _run(action: Callable[[Any], Awaitable[T]]) -> T:
     """``action(store)`` on this host's store, or on the server's when SANDLOT_URL is set."""
     import asyncio
 
-    from .store import RemoteSecrets, secret_store
+    from ..remote.secrets import RemoteSecrets
+    from .store import secret_store
 
     async def go() -> T:
         if os.environ.get("SANDLOT_URL"):

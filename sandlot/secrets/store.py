@@ -1,25 +1,28 @@
 """Where secrets are kept: encrypted at rest, listed by name and date only.
 
-One async interface, :class:`SecretStore`, three places:
+One async interface, :class:`SecretStore`; here, two places:
 
-- :class:`LocalSecrets`: an SQLite file ``<home>/secrets.db`` (mode 0600), for embedded use
-  (:func:`secret_store`), with the key of :mod:`sandlot.secrets.crypto` (``SANDLOT_SECRET_KEY``
-  or ``<home>/secret.key``);
-- :class:`DatabaseSecrets`: the ``secrets`` table of a server's store (SQLite or PostgreSQL),
-  one tenant's rows, with the server's key;
-- :class:`RemoteSecrets`: a sandlot server's ``/v1/secrets`` API (what the CLI uses when
-  ``SANDLOT_URL`` is set). Values go in, never out: ``get`` is refused.
+- :class:`LocalSecrets` (embedded mode): the ``secrets`` table of the host registry,
+  ``<home>/state.db`` (:mod:`sandlot.store.registry`, mode 0600; before, a file of its own,
+  ``secrets.db``, which the registry adopts on first open), for :func:`secret_store`, with the
+  key of :mod:`sandlot.secrets.crypto` (``SANDLOT_SECRET_KEY`` or ``<home>/secret.key``);
+- :class:`DatabaseSecrets` (server mode): the ``secrets`` table of a server's database
+  (:mod:`sandlot.store.database`, SQLite or PostgreSQL), one tenant's rows, with the server's
+  key.
+
+The third, a server's ``/v1/secrets`` API seen from a client (what the CLI uses when
+``SANDLOT_URL`` is set), is :class:`sandlot.remote.secrets.RemoteSecrets`.
 
 Values are text (stored as UTF-8), at most 64 KiB, without NUL bytes (they end up in
-environment variables and headers). Every value is encrypted with its tenant and name bound
-in (see :mod:`sandlot.secrets.crypto`). No method returns or logs a value except ``get``.
+environment variables and headers): :mod:`sandlot.secrets.models`. Every value is encrypted
+with its tenant and name bound in (see :mod:`sandlot.secrets.crypto`). No method returns or
+logs a value except ``get``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import os
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -28,69 +31,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel
-
-from ..errors import InvalidArgumentError, SecretError, SecretNotFoundError
 from .crypto import Cipher, load_cipher
-from .refs import SECRET_NAME
+from .models import (
+    MAX_VALUE_BYTES,
+    SecretInfo,
+    check_name,
+    check_value,
+    secret_not_found,
+)
 
 if TYPE_CHECKING:
-    from ..remote import Client
     from ..store.database import Database
 
 T = TypeVar("T")
 
 LOCAL_TENANT = "local"  # the one tenant of an embedded store (as a keyless server's callers)
-MAX_VALUE_BYTES = 64 * 1024
-DB_FILE = "secrets.db"
-
-
-class SecretInfo(BaseModel):
-    """A stored secret, without its value."""
-
-    name: str
-    created_at: datetime
-    updated_at: datetime
-
-
-def check_name(name: object) -> str:
-    """A valid secret name, else InvalidArgumentError."""
-    if not isinstance(name, str) or not SECRET_NAME.fullmatch(name):
-        raise InvalidArgumentError(
-            f"invalid secret name {str(name)[:200]!r}: letters, digits, '_', '.', '-', "
-            "starting with a letter or '_', at most 128 characters",
-            name=str(name)[:200],
-        )
-    return name
-
-
-def check_value(value: object) -> str:
-    """A storable value, else InvalidArgumentError (which never quotes the value)."""
-    if not isinstance(value, str):
-        raise InvalidArgumentError(f"a secret value is text, not {type(value).__name__}")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidArgumentError(
-            "a secret value must be valid Unicode text (it has a lone surrogate)"
-        ) from None
-    if size > MAX_VALUE_BYTES:
-        raise InvalidArgumentError(
-            f"a secret value is at most {MAX_VALUE_BYTES} bytes (UTF-8), not {size}"
-        )
-    if "\x00" in value:
-        raise InvalidArgumentError("a secret value may not contain NUL characters")
-    return value
 
 
 def _ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
-
-
-def secret_not_found(name: str) -> SecretNotFoundError:
-    return SecretNotFoundError(
-        f"no secret {name!r} (store it with: sandlot secrets set {name})", name=name
-    )
 
 
 class SecretStore(ABC):
@@ -114,11 +73,14 @@ class SecretStore(ABC):
 
 
 class LocalSecrets(SecretStore):
-    """``<home>/secrets.db``: an SQLite file of ciphertexts, for embedded use."""
+    """The ``secrets`` table of ``<home>/state.db``, the host registry: ciphertexts, for
+    embedded use."""
 
     def __init__(self, home: Path, tenant: str = LOCAL_TENANT) -> None:
+        from ..store.registry import FILE
+
         self.home = Path(home)
-        self.path = self.home / DB_FILE
+        self.path = self.home / FILE
         self.tenant = tenant
         self._cipher: Cipher | None = None
         self._ready = False
@@ -132,33 +94,18 @@ class LocalSecrets(SecretStore):
         return self._cipher
 
     def _connect(self) -> sqlite3.Connection:
-        if not self._ready:
-            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # Created 0600 before SQLite opens it; its -wal and -shm files get the same mode.
-            # Only if new: closing a descriptor of a database another connection of this
-            # process has open would drop the process's (POSIX) locks on it.
-            if not self.path.exists():
-                try:
-                    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                    os.close(os.open(self.path, flags, 0o600))
-                except FileExistsError:
-                    pass
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        """A connection of its own for one call (calls run in worker threads); the first
+        also creates or migrates the registry."""
+        from ..store import registry
+
+        if self._ready:
+            conn = registry.connect(self.home)
+        else:
+            conn = registry.open_registry(self.home)
+            self._ready = True
         try:
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA secure_delete=ON")  # overwrite what is deleted or replaced
-            if not self._ready:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS secrets ("
-                    " tenant_id TEXT NOT NULL,"
-                    " name TEXT NOT NULL,"
-                    " ciphertext BLOB NOT NULL,"
-                    " created_at REAL NOT NULL,"
-                    " updated_at REAL NOT NULL,"
-                    " PRIMARY KEY (tenant_id, name))"
-                )
-                self._ready = True
         except BaseException:
             conn.close()
             raise
@@ -338,40 +285,8 @@ class DatabaseSecrets(SecretStore):
         return deleted
 
 
-class RemoteSecrets(SecretStore):
-    """A sandlot server's secrets (the caller's tenant). Values go in and are used there;
-    they never come back out, so :meth:`get` is refused."""
-
-    def __init__(self, client: Client | None = None) -> None:
-        if client is None:
-            from ..remote import Client
-
-            client = Client()
-        self.client = client
-
-    def __repr__(self) -> str:
-        return f"RemoteSecrets({self.client.url!r})"
-
-    async def set(self, name: str, value: str) -> None:
-        await self.client.set_secret(check_name(name), check_value(value))
-
-    async def get(self, name: str) -> str:
-        check_name(name)
-        raise SecretError(
-            f"the value of {name!r} stays on the server at {self.client.url}: secrets are "
-            "used there, never read back",
-            name=name,
-        )
-
-    async def list(self) -> builtins.list[SecretInfo]:
-        return await self.client.list_secrets()
-
-    async def delete(self, name: str) -> bool:
-        return await self.client.delete_secret(check_name(name))
-
-
 def secret_store(home: Path | None = None) -> LocalSecrets:
-    """The embedded store: ``<home>/secrets.db``, ``home`` defaulting to the state folder
+    """The embedded store: ``<home>/state.db``, ``home`` defaulting to the state folder
     (``SANDLOT_HOME``, see :func:`sandlot.store.default_home`)."""
     if home is None:
         from ..store import default_home
@@ -385,7 +300,6 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "DatabaseSecrets",
     "LocalSecrets",
-    "RemoteSecrets",
     "SecretInfo",
     "SecretStore",
     "check_name",

@@ -1,8 +1,12 @@
-"""The server's persistent store: one SQLAlchemy Core schema on SQLite or PostgreSQL.
+"""The server/session database: one SQLAlchemy Core schema on SQLite or PostgreSQL.
 
-SQLite (the default, a file in the server's state folder) suits one control plane;
-PostgreSQL lets several share work. Only the server imports this module: ``import sandlot``
-must never pay for SQLAlchemy and Alembic.
+Used by a server (``sandlot serve``: tenants, API keys, sessions, sandboxes, executions, the
+event log, secrets) and by embedded durable sessions (:class:`sandlot.Session`: the same
+tables, in ``server.db`` of the state folder, for the local tenant). SQLite (the default, a
+file in the state folder) suits one control plane; PostgreSQL lets several share work. It is
+imported only when a server starts or a session is first used: ``import sandlot`` must never
+pay for SQLAlchemy and Alembic. The host's own registry of live sandboxes is another store,
+:mod:`sandlot.store.registry`.
 
 The tables are defined once, here, and the queries use them. The schema is created and
 upgraded by Alembic (``sandlot/store/migrations``); each revision spells out its own DDL, so
@@ -155,6 +159,10 @@ leases = Table(
     Column("released_at", Double),
 )
 
+# Who owns a sandbox (tenant, session), while it runs and after it ended: the server's and
+# durable sessions' ownership records, shared by every control plane on this database. Not
+# the host registry's ``sandboxes`` (sandlot.store.registry: this host's live ones, with the
+# handles and owning processes to re-attach to or reap them, deleted when killed).
 sandboxes = Table(
     "sandboxes",
     metadata,

@@ -1,4 +1,5 @@
-"""How an event's bytes are stored: as they are, or zlib-compressed.
+"""How an event's bytes are stored in the event log: as they are, or zlib-compressed (both
+modes: a server's log and embedded sessions' alike).
 
 Output events (``stdout``/``stderr``, coalesced by the hub into chunks of up to 1 MiB) are
 most of a log's bytes and usually text, which zlib's fastest level shrinks 3 to 6 times at

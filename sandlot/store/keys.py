@@ -1,4 +1,7 @@
-"""API keys and the tenants they belong to.
+"""API keys and the tenants they belong to, in the server/session database.
+
+Used by a server (authentication, ``sandlot server keys``) and by embedded durable sessions,
+which only make sure their one tenant, ``local``, exists.
 
 A token reads ``sl_<key id>_<secret>``: the key id (12 hex characters) finds the row, and
 the whole token's SHA-256 is compared with the stored one. The secret is 32 random bytes, so

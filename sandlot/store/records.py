@@ -1,7 +1,10 @@
-"""The server's records: sessions, the sandboxes it owns, executions, idempotent answers.
+"""Records in the server/session database: sessions, the sandboxes they own, executions,
+idempotent answers.
 
-The sandboxes here are the server's ownership records (which tenant, which session, when it
-expires). The host-local registry of live processes is :mod:`sandlot.store.sqlite`.
+Used by a server and by embedded durable sessions (:mod:`sandlot.manager.sessions`). The
+sandboxes here are ownership records (which tenant, which session, when it expires, when it
+ended), kept after the sandbox is gone. The host-local registry of live sandboxes is
+:mod:`sandlot.store.registry`.
 """
 
 from __future__ import annotations

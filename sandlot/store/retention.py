@@ -1,5 +1,7 @@
 """Retention: what of the event log is dropped, when, and in steps small enough to interleave.
 
+Server mode only (the server's settings say what to keep); embedded sessions keep their logs.
+
 Two rules, both only ever about *ended* sessions (a running session's log, and a durable
 session's, which never ends, are never touched):
 

@@ -1,4 +1,5 @@
-"""Durable sessions in the store: listing, the run lock, leases, and what the reaper looks for.
+"""Durable sessions in the server/session database: listing, the run lock, leases, and what
+the reaper looks for. Used by a server and by embedded durable sessions alike.
 
 Every change is one short transaction whose ``WHERE`` clause carries its precondition (the
 lock is free, the lease is still this holder's), so processes sharing the database never

@@ -51,14 +51,14 @@ def test_set_reads_stdin_and_strips_one_newline(tmp_path: Path) -> None:
     assert stored(tmp_path, "CRLF") == "abc123"
     assert cli(tmp_path, "set", "RAW", stdin=b"  spaced  ").returncode == 0
     assert stored(tmp_path, "RAW") == "  spaced  "
-    assert VALUE.encode() not in (tmp_path / "secrets.db").read_bytes()
+    assert VALUE.encode() not in b"".join(p.read_bytes() for p in tmp_path.glob("state.db*"))
 
 
 def test_the_value_is_never_an_argument(tmp_path: Path) -> None:
     done = cli(tmp_path, "set", "API_TOKEN", VALUE, stdin=b"x")
     assert done.returncode == 2
     assert "unexpected extra argument" in done.stderr.lower()
-    assert not (tmp_path / "secrets.db").exists() or cli(tmp_path, "ls", "--json").stdout == "[]\n"
+    assert not (tmp_path / "state.db").exists() or cli(tmp_path, "ls", "--json").stdout == "[]\n"
 
 
 def test_ls_shows_names_and_dates_never_values(tmp_path: Path) -> None:

@@ -20,8 +20,9 @@ import pytest
 
 import sandlot
 from sandlot.errors import InvalidArgumentError, SecretError
+from sandlot.remote.secrets import RemoteSecrets
 from sandlot.secrets.crypto import KEY_ENV, Cipher, encode_key
-from sandlot.secrets.store import DatabaseSecrets, RemoteSecrets
+from sandlot.secrets.store import DatabaseSecrets
 from sandlot.store.database import Database, sqlite_url
 
 from .server import ServerProcess

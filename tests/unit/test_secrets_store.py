@@ -130,14 +130,14 @@ def _raw(paths: list[Path]) -> bytes:
 def test_the_local_file_is_private_and_holds_no_value_in_plain_text(tmp_path: Path) -> None:
     store = LocalSecrets(tmp_path)
     run(store.set("WARMUP", OTHER))
-    path = tmp_path / "secrets.db"
+    path = tmp_path / "state.db"
     # A reader holds the database open, so the WAL is not checkpointed away: its bytes count.
     reader = sqlite3.connect(path)
     try:
         reader.execute("SELECT count(*) FROM secrets").fetchall()
         run(store.set("TOKEN", VALUE))
         run(store.set("TOKEN2", VALUE * 3))
-        wal = tmp_path / "secrets.db-wal"
+        wal = tmp_path / "state.db-wal"
         assert wal.exists() and wal.stat().st_size > 0
         raw = _raw([path, wal])
         assert b"TOKEN2" in raw  # the names are there in the clear: the right bytes were read
@@ -155,7 +155,7 @@ def test_a_ciphertext_copied_to_another_name_does_not_decrypt(tmp_path: Path) ->
     store = LocalSecrets(tmp_path)
     run(store.set("REAL", VALUE))
     run(store.set("DECOY", "decoy-value"))
-    with sqlite3.connect(tmp_path / "secrets.db") as conn:
+    with sqlite3.connect(tmp_path / "state.db") as conn:
         conn.execute(
             "UPDATE secrets SET ciphertext = (SELECT ciphertext FROM secrets WHERE name = 'REAL')"
             " WHERE name = 'DECOY'"
@@ -255,7 +255,7 @@ def test_the_embedded_store_lives_in_the_state_folder(
 ) -> None:
     monkeypatch.setenv("SANDLOT_HOME", str(tmp_path / "state"))
     store = secret_store()
-    assert isinstance(store, LocalSecrets) and store.path == tmp_path / "state" / "secrets.db"
+    assert isinstance(store, LocalSecrets) and store.path == tmp_path / "state" / "state.db"
     run(store.set("X_1", VALUE))
     assert run(secret_store(tmp_path / "state").get("X_1")) == VALUE
     assert VALUE not in repr(store)

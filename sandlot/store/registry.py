@@ -1,24 +1,45 @@
-"""The sandbox registry in SQLite, so another process can connect to, list and kill sandboxes.
+"""The host registry, ``<home>/state.db``: what this host's processes share about its
+sandboxes, so another process can connect to, list and kill them; and this host's secrets.
+
+Used in both modes: embedded (each process's manager) and by a server (its manager, on the
+server's host). It holds, per host: the live sandboxes (their provider handles and owning
+process, what a restarted process re-attaches to or reaps), the host ports they expose, their
+egress settings and events, the warm pools and their members, and the embedded secret store's
+ciphertexts (:class:`sandlot.secrets.store.LocalSecrets`; a server keeps its tenants' secrets
+in its database instead). Not to be confused with the ``sandboxes`` table of the server/session
+database (:mod:`sandlot.store.database`): which tenant and session own a sandbox, kept after
+it ended, for a server and for embedded durable sessions.
 
 Plain :mod:`sqlite3` in WAL mode: readers never block the writer, and each write is one
 short transaction. The schema carries a version (``PRAGMA user_version``) and migrates
-forward on open.
+forward on open through the numbered steps of :data:`MIGRATIONS`, in order, in one
+transaction. Opening also adopts a ``secrets.db`` left by a sandlot from before secrets moved
+here (:func:`adopt_legacy_secrets`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..models import SandboxInfo
 
-SCHEMA_VERSION = 4
+FILE = "state.db"
+LEGACY_SECRETS = "secrets.db"  # where embedded secrets were kept before schema 5
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 5
 MIGRATIONS = {
     1: """
     CREATE TABLE sandboxes (
@@ -75,6 +96,18 @@ MIGRATIONS = {
     );
     CREATE INDEX pool_members_key ON pool_members (key, ready, created_at);
     """,
+    # Secrets of the embedded store (sandlot.secrets.store.LocalSecrets): ciphertexts only
+    # (sandlot.secrets.crypto), by tenant and name; the same table secrets.db had.
+    5: """
+    CREATE TABLE secrets (
+        tenant_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (tenant_id, name)
+    );
+    """,
 }
 
 
@@ -94,37 +127,141 @@ def _ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
 
 
-class Store:
-    def __init__(self, home: Path) -> None:
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = home / "state.db"
-        if not self.path.exists():
-            self.path.touch(mode=0o600)  # sandbox metadata is nobody else's business
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, timeout=30, check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+def connect(home: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """A connection to ``<home>/state.db`` (autocommit: transactions are explicit), the file
+    created private (0600) when new. :func:`open_registry` also migrates it."""
+    path = Path(home) / FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Sandbox metadata and secrets are nobody else's business: the file is 0600 before
+        # SQLite opens it (its -wal and -shm files get the same mode). Only if new: closing a
+        # descriptor of a database another connection of this process has open would drop
+        # the process's (POSIX) locks on it.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    return sqlite3.connect(
+        path, timeout=30, check_same_thread=check_same_thread, isolation_level=None
+    )
 
-    def _migrate(self) -> None:
-        with self._lock:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version >= SCHEMA_VERSION:
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS[step].split(";"):
-                        if statement.strip():
-                            self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+
+def open_registry(home: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """:func:`connect`, in WAL mode, the schema migrated and a legacy ``secrets.db`` adopted."""
+    db = connect(home, check_same_thread=check_same_thread)
+    try:
+        _keep_private(Path(home) / FILE)
+        db.execute("PRAGMA journal_mode=WAL")
+        migrate(db)
+        adopt_legacy_secrets(db, Path(home))
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _keep_private(path: Path) -> None:
+    """Make the registry's files 0600 if they are ours and others may read them: sandlot
+    created ``state.db`` with the umask's mode before it was 0600, and secrets live here now."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            info = file.stat()
+            if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+                os.chmod(file, 0o600)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Apply the steps of :data:`MIGRATIONS` the file lacks, in order, in one transaction
+    (a file from a newer sandlot is left as it is)."""
+    if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    with _transaction(db):
+        version = db.execute("PRAGMA user_version").fetchone()[0]  # another process's, maybe
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[step].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        db.execute(f"PRAGMA user_version={max(version, SCHEMA_VERSION)}")
+
+
+def adopt_legacy_secrets(db: sqlite3.Connection, home: Path) -> int:
+    """Move the rows of ``<home>/secrets.db`` (the embedded secret store before schema 5)
+    into the registry, in one transaction, then rename that file aside to
+    ``secrets.db.migrated``. The ciphertexts are copied as they are: the key and the format
+    stay. A row the registry holds already is kept unless the file's is newer (a sandlot from
+    before may have written it meanwhile), so adopting twice changes nothing. The number of
+    rows read; 0 when there is no file. A file that cannot be read is left where it is, with
+    a warning: it costs the secrets in it, not the registry."""
+    old = home / LEGACY_SECRETS
+    if not old.exists():
+        return 0
+    try:
+        with _transaction(db):  # processes take turns: a later one finds no file, or rows
+            rows = _legacy_rows(old)
+            if rows is None:
+                return 0
+            db.executemany(
+                "INSERT INTO secrets VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, name)"
+                " DO UPDATE SET ciphertext = excluded.ciphertext,"
+                " updated_at = excluded.updated_at WHERE excluded.updated_at > secrets.updated_at",
+                rows,
+            )
+    except sqlite3.DatabaseError as exc:
+        log.warning("could not move the secrets of %s into %s: %s", old, FILE, exc)
+        return 0
+    _rename_aside(old)  # after the commit: if that failed, the file is still there to adopt
+    return len(rows)
+
+
+def _legacy_rows(old: Path) -> list[tuple[Any, ...]] | None:
+    """The rows of a legacy ``secrets.db``; None if it is gone (renamed by another process)."""
+    try:
+        # mode=rw: never create the file (another process may have just renamed it).
+        legacy = sqlite3.connect(f"file:{quote(str(old))}?mode=rw", uri=True, timeout=30)
+    except sqlite3.OperationalError:
+        return None
+    try:
+        return legacy.execute(
+            "SELECT tenant_id, name, ciphertext, created_at, updated_at FROM secrets"
+        ).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        return []  # created, never written to
+    finally:
+        legacy.close()
+
+
+def _rename_aside(old: Path) -> None:
+    """``secrets.db`` (and a WAL left beside it) to ``secrets.db.migrated``, or
+    ``.migrated.N`` when an earlier one is there: kept, never overwritten."""
+    target = old.with_name(old.name + ".migrated")
+    n = 1
+    while target.exists():
+        n += 1
+        target = old.with_name(f"{old.name}.migrated.{n}")
+    for suffix in ("-wal", "-shm", ""):  # the database file last: what we look for
+        with contextlib.suppress(FileNotFoundError):
+            old.with_name(old.name + suffix).rename(target.with_name(target.name + suffix))
+
+
+class Store:
+    """The registry of one state folder, on one connection shared by this process's threads."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = Path(home) / FILE
+        self._lock = threading.Lock()
+        self._db = open_registry(home, check_same_thread=False)
+        self._db.execute("PRAGMA synchronous=NORMAL")
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
