@@ -40,6 +40,7 @@ from .commands import AsyncCommands
 from .files import AsyncFiles
 
 if TYPE_CHECKING:
+    from ..manager.manager import Live
     from ..remote import Client
 
 
@@ -77,7 +78,7 @@ class AsyncSandbox:
     kills the sandbox on exit; :meth:`close` only drops this process's connection.
     """
 
-    def __init__(self, manager: Backend, live: Any) -> None:
+    def __init__(self, manager: Backend, live: Live) -> None:
         self._manager = manager
         self._live = live
         self._channel = live.channel
