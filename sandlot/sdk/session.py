@@ -154,6 +154,7 @@ class AsyncSession:
 
     @property
     def id(self) -> str:
+        """The session's id: give it to :meth:`connect` to reach it from elsewhere."""
         return self._info.id
 
     @property
@@ -202,11 +203,14 @@ class AsyncSession:
     async def list(
         metadata: dict[str, str] | None = None, *, client: Client | None = None
     ) -> builtins.list[SessionInfo]:
+        """The sessions (on this host, or the server's tenant's), optionally those whose
+        metadata matches."""
         backend = await sessions_for(client)
         found = await backend.list_sessions(_check_metadata(metadata) or None)
         return [_info(r) for r in found]
 
     async def refresh(self) -> SessionInfo:
+        """Read the session's record again (its sandbox, last checkpoint, ...)."""
         self._info = _info(await self._backend.get_session(self.id))
         return self._info
 

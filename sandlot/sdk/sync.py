@@ -15,7 +15,7 @@ import concurrent.futures
 import contextlib
 import signal as signals
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -45,14 +45,19 @@ from .code import (
     ResultCallback,
     TextCallback,
 )
-from .commands import MAX_OUTPUT_BYTES, AsyncCommandHandle, OutputCallback
-from .files import MAX_FILE_BYTES
+from .commands import MAX_OUTPUT_BYTES, AsyncCommandHandle, AsyncCommands, OutputCallback
+from .files import MAX_FILE_BYTES, AsyncFiles
+from .mirror import adds, mirror
 from .sandbox import AsyncSandbox, build_spec
 
 if TYPE_CHECKING:
+    from types import EllipsisType
+
     from ..remote import Client
+    from ..secrets.refs import SecretRef
 
 T = TypeVar("T")
+_Async = Callable[..., Coroutine[Any, Any, T]]  # an overloaded coroutine method, called as such
 
 
 class _Portal:
@@ -108,8 +113,11 @@ class _Portal:
 _portal = _Portal()
 
 
+@mirror(AsyncCommandHandle)
 class CommandHandle:
     """A running command (see :class:`~sandlot.sdk.commands.AsyncCommandHandle`)."""
+
+    pid: int | None
 
     def __init__(self, inner: AsyncCommandHandle) -> None:
         self._inner = inner
@@ -139,8 +147,11 @@ class CommandHandle:
         _portal.call(self._inner.close_stdin())
 
 
+@mirror(AsyncExecutionHandle)
 class ExecutionHandle:
     """A cell running in the background (see :class:`~sandlot.sdk.code.AsyncExecutionHandle`)."""
+
+    context: str
 
     def __init__(self, inner: AsyncExecutionHandle) -> None:
         self._inner = inner
@@ -164,8 +175,11 @@ class ExecutionHandle:
         return _portal.call(self._inner.interrupt())
 
 
+@mirror(AsyncCommands)
 class Commands:
-    def __init__(self, inner: Any) -> None:
+    """``sb.commands``: run programs in the sandbox (see :class:`AsyncCommands`)."""
+
+    def __init__(self, inner: AsyncCommands) -> None:
         self._inner = inner
 
     @overload
@@ -198,14 +212,41 @@ class Commands:
         max_output_bytes: int = MAX_OUTPUT_BYTES,
     ) -> CommandHandle: ...
 
-    def run(self, cmd: str | list[str], **kwargs: Any) -> CommandResult | CommandHandle:
-        """Run a command; same arguments as :meth:`AsyncCommands.run`."""
-        result = _portal.call(self._inner.run(cmd, **kwargs))
+    def run(
+        self,
+        cmd: str | list[str],
+        *,
+        background: bool = False,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | EllipsisType | None = ...,
+        stdin: str | bytes | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+    ) -> CommandResult | CommandHandle:
+        run: _Async[CommandResult | AsyncCommandHandle] = self._inner.run  # either overload
+        result = _portal.call(
+            run(
+                cmd,
+                background=background,
+                env=env,
+                cwd=cwd,
+                timeout=timeout,
+                stdin=stdin,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                max_output_bytes=max_output_bytes,
+            )
+        )
         return CommandHandle(result) if isinstance(result, AsyncCommandHandle) else result
 
 
+@mirror(AsyncFiles)
 class Files:
-    def __init__(self, inner: Any) -> None:
+    """``sb.files``: read, write, list and manage files (see :class:`AsyncFiles`)."""
+
+    def __init__(self, inner: AsyncFiles) -> None:
         self._inner = inner
 
     @overload
@@ -221,7 +262,8 @@ class Files:
         *,
         max_bytes: int = MAX_FILE_BYTES,
     ) -> str | bytes:
-        return _portal.call(self._inner.read(path, format, max_bytes=max_bytes))
+        read: _Async[str | bytes] = self._inner.read  # either overload
+        return _portal.call(read(path, format, max_bytes=max_bytes))
 
     def write(
         self,
@@ -252,8 +294,12 @@ class Files:
         return _portal.call(self._inner.rename(src, dst, overwrite=overwrite))
 
 
+@mirror(AsyncSandbox)
 class Sandbox:
     """An isolated computer (sync). ``with Sandbox.create() as sb:`` kills it on exit."""
+
+    commands: Commands
+    files: Files
 
     def __init__(self, inner: AsyncSandbox) -> None:
         self._inner = inner
@@ -285,7 +331,7 @@ class Sandbox:
         provider: str | None = None,
         *,
         timeout: float = 300,
-        env: dict[str, Any] | None = None,
+        env: dict[str, str | SecretRef | dict[str, str]] | None = None,
         metadata: dict[str, str] | None = None,
         resources: Resources | dict[str, Any] | None = None,
         workdir: str = "/workspace",
@@ -294,7 +340,6 @@ class Sandbox:
         client: Client | None = None,
         **config: Any,
     ) -> Sandbox:
-        """Create a sandbox (see :meth:`AsyncSandbox.create`)."""
         spec = build_spec(
             provider, timeout, env, metadata, resources, workdir, config, network, bridge
         )
@@ -321,7 +366,6 @@ class Sandbox:
         return _portal.call(self._inner.set_timeout(seconds))
 
     def pause(self) -> None:
-        """Freeze the sandbox until :meth:`resume` (see :meth:`AsyncSandbox.pause`)."""
         _portal.call(self._inner.pause())
 
     def resume(self) -> None:
@@ -331,7 +375,6 @@ class Sandbox:
         return _portal.call(self._inner.is_paused())
 
     def expose(self, port: int) -> str:
-        """A URL that reaches ``port`` inside the sandbox (see :meth:`AsyncSandbox.expose`)."""
         return _portal.call(self._inner.expose(port))
 
     def set_network(
@@ -341,11 +384,9 @@ class Sandbox:
         allow: builtins.list[str] | None = None,
         resolve: dict[str, str | builtins.list[str]] | None = None,
     ) -> None:
-        """Change what the sandbox may reach (see :meth:`AsyncSandbox.set_network`)."""
         return _portal.call(self._inner.set_network(network, allow=allow, resolve=resolve))
 
     def network_events(self, after: int = 0) -> builtins.list[dict[str, Any]]:
-        """Its proxy's and bridge's connections (see :meth:`AsyncSandbox.network_events`)."""
         return _portal.call(self._inner.network_events(after))
 
     def is_running(self) -> bool:
@@ -385,10 +426,38 @@ class Sandbox:
         interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
     ) -> ExecutionHandle: ...
 
-    def run_code(self, code: str, **kwargs: Any) -> Execution | ExecutionHandle:
-        """Run a cell; same arguments as :meth:`AsyncSandbox.run_code`. Ctrl-C while waiting
-        interrupts the cell and keeps the context's state."""
-        result = _portal.call(self._inner.run_code(code, **kwargs))
+    @adds("Ctrl-C while waiting interrupts the cell and keeps the context's state.")
+    def run_code(
+        self,
+        code: str,
+        *,
+        context: ContextRef = None,
+        timeout: float | None = DEFAULT_CODE_TIMEOUT,
+        inactivity_timeout: float | None = None,
+        background: bool = False,
+        on_stdout: TextCallback | None = None,
+        on_stderr: TextCallback | None = None,
+        on_result: ResultCallback | None = None,
+        on_progress: TextCallback | None = None,
+        max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+    ) -> Execution | ExecutionHandle:
+        run_code: _Async[Execution | AsyncExecutionHandle] = self._inner.run_code
+        result = _portal.call(
+            run_code(
+                code,
+                context=context,
+                timeout=timeout,
+                inactivity_timeout=inactivity_timeout,
+                background=background,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                on_result=on_result,
+                on_progress=on_progress,
+                max_output_bytes=max_output_bytes,
+                interrupt_grace=interrupt_grace,
+            )
+        )
         return ExecutionHandle(result) if isinstance(result, AsyncExecutionHandle) else result
 
     def create_code_context(

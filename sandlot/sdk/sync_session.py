@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..models import SandboxSpec, SessionEvent, SessionInfo
+from .mirror import mirror
 from .session import CHECKPOINT_EVERY, LEASE_TTL, AsyncSession
 from .sync import Sandbox, _portal
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from ..workspace import CheckpointInfo
 
 
+@mirror(AsyncSession)
 class Session:
     """A durable session (sync). ``with s.sandbox() as sb:`` detaches (checkpoint, destroy)
     at the end. See :class:`~sandlot.sdk.session.AsyncSession`."""
@@ -84,8 +86,15 @@ class Session:
         network: Any = "none",
         **config: Any,
     ) -> _Attached:
-        """Attach a sandbox (see :meth:`AsyncSession.sandbox`): use it in ``with``, or
-        call :meth:`detach` when done."""
+        """Attach a sandbox: its /workspace holds the session's latest checkpoint, and
+        every run in it goes in the session's transcript. ``with`` detaches at the end
+        (checkpoint, then destroy); without it, :meth:`detach` ends it.
+
+        ``reuse``: take the session's live sandbox if its spec matches exactly (else a
+        busy error while another caller holds it). ``force``: a run of this sandbox
+        cancels a run that holds the session's lock instead of failing with
+        :class:`~sandlot.errors.SessionBusyError`. ``lease_ttl``: seconds the sandbox
+        outlives this process's last heartbeat (sent every ``lease_ttl / 3``)."""
         attaching = self._inner.sandbox(
             provider,
             reuse=reuse,
@@ -113,7 +122,6 @@ class Session:
     def follow(
         self, execution_id: str | None = None, *, after: int = 0, poll: float = 0.1
     ) -> Iterator[SessionEvent]:
-        """See :meth:`AsyncSession.follow`."""
         events = self._inner.follow(execution_id, after=after, poll=poll)
 
         async def step() -> SessionEvent | None:
