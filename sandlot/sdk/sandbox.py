@@ -105,8 +105,8 @@ class AsyncSandbox:
 
     @property
     def isolated(self) -> bool:
-        """Whether it runs isolated from the host (False only for the ``process`` provider,
-        or an ssh host without bubblewrap)."""
+        """Whether it runs isolated from the host: False with the ``process`` provider, and
+        on an ssh host that runs it without bubblewrap."""
         # Some providers decide per sandbox (ssh: bwrap on the far host, or not): the
         # handle says so then; otherwise the provider's kind does.
         handle = getattr(self._live.info, "handle", None) or {}

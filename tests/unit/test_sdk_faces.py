@@ -3,15 +3,20 @@
 Every ``Async*`` class of ``sandlot.sdk`` has a sync twin registered with
 :func:`sandlot.sdk.mirror.mirror`; for each pair, the public members, their kinds, their
 signatures (parameter names, kinds, defaults and annotations, ``await`` aside) and their
-docstrings must agree. Where a sync member differs on purpose, :data:`DIFFERENT` says which
+docstrings must agree. The sync docstrings are written by ``scripts/sync_docs.py`` from the
+async ones; where a sync member says it otherwise on purpose, :data:`DIFFERENT` says which
 and why.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import re
+import sys
 import typing
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -34,10 +39,11 @@ ASYNC_TO_SYNC = {
 }
 SYNC_ALIASES = {"_Attached": "Sandbox"}  # a Sandbox whose ``with`` detaches
 
-# (sync class, member): why its docstring differs from its twin's (it must still have one).
+# (sync class, member) marked ``@differs``: why its docstring is not its twin's.
 DIFFERENT = {
-    ("Session", "sandbox"): "a context manager: `with` instead of `async with` or `await`",
+    ("Session", "sandbox"): "a context manager: `with` where the async face has `async with`",
 }
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "sync_docs.py"
 
 # Context-manager protocols: the sync face's dunders for the async ones.
 DUNDERS = {"__aenter__": "__enter__", "__aexit__": "__exit__"}
@@ -163,10 +169,26 @@ def test_same_member(twin: type, sync: type, name: str) -> None:
     assert sync_doc == (doc if note is None else f"{doc}\n\n{note}")
 
 
-def test_the_listed_differences_exist() -> None:
-    for (sync_name, name), _why in DIFFERENT.items():
-        sync = next(s for s in PAIRS if s.__name__ == sync_name)
-        assert name in _members(sync)
-        assert inspect.getdoc(_function(_members(sync)[name])) != inspect.getdoc(
-            _function(_members(PAIRS[sync])[name])
-        )
+def test_the_listed_differences_are_the_marked_ones() -> None:
+    marked = {
+        (sync.__name__, name)
+        for sync in PAIRS
+        for name, member in _members(sync).items()
+        if getattr(_function(member), "__sync_differs__", None) is not None
+    }
+    assert marked == set(DIFFERENT)
+
+
+def _generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("sync_docs", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sync_docstrings_are_generated() -> None:
+    generator = _generator()
+    for path in sorted({Path(sys.modules[c.__module__].__file__ or "") for c in PAIRS}):
+        if generator.render(path) != path.read_text():
+            pytest.fail(f"{path.name}: run python scripts/sync_docs.py", pytrace=False)
