@@ -521,9 +521,9 @@ class Sandbox:
         raised here. ``background=True`` returns a handle at once.
 
         Ctrl-C while waiting interrupts the cell and keeps the context's state."""
-        run_code: _Async[Execution | AsyncExecutionHandle] = self._inner.run_code
+        run: _Async[Execution | AsyncExecutionHandle] = self._inner.run_code  # either overload
         result = _portal.call(
-            run_code(
+            run(
                 code,
                 context=context,
                 timeout=timeout,
