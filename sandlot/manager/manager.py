@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..channel import Channel
 from ..egress.policy import NetworkPolicy
@@ -52,6 +52,25 @@ NO_OWNER = 0  # a detached sandbox's owner_pid: it lives until its deadline or a
 USED_FOLDER = "providers-used"  # in the state folder: a file per host provider used there
 GC_INTERVAL = 60.0  # seconds between sweeps while a manager runs (SANDLOT_GC_INTERVAL)
 UNFINISHED_CREATE = 120.0  # seconds after which a detached create with no handle is dead
+
+
+class Side(Protocol):
+    """What the SDK asks of the provider behind a live sandbox."""
+
+    @property
+    def isolated(self) -> bool: ...
+
+
+class Live(Protocol):
+    """A sandbox a backend hands the SDK: :class:`LiveSandbox` here, ``RemoteLive`` in
+    remote mode. ``channel`` is a :class:`~sandlot.channel.Channel` or its stand-in."""
+
+    @property
+    def info(self) -> SandboxInfo: ...
+    @property
+    def channel(self) -> Any: ...
+    @property
+    def provider(self) -> Side: ...
 
 
 @dataclass
@@ -428,8 +447,10 @@ class Manager:
     async def list_sandboxes(self, metadata: dict[str, str] | None) -> builtins.list[SandboxInfo]:
         return self.list(metadata)
 
-    async def is_running(self, live: LiveSandbox) -> bool:
-        return live.channel.closed is None and live.provider.is_alive(live.info.handle)
+    async def is_running(self, live: Live) -> bool:
+        # The provider by name: ``live`` may be any backend's (the same object for ours).
+        provider = self.provider(live.info.provider)
+        return live.channel.closed is None and provider.is_alive(live.info.handle)
 
     # -- end --------------------------------------------------------------------------------
 

@@ -10,16 +10,22 @@ import builtins
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..api import SandboxOut
 from ..errors import InvalidArgumentError, SandboxNotFoundError
 from ..manager import GcReport
 from ..manager.ports import check_port
-from ..models import SandboxSpec
+from ..models import SandboxInfo, SandboxSpec
 from .channel import RemoteChannel
 from .client import Client
+
+if TYPE_CHECKING:
+    from ..egress.policy import NetworkPolicy
+    from ..manager.manager import Live
+    from ..models import NetworkMode
+    from ..secrets.refs import SecretRef
 
 
 @dataclass
@@ -62,7 +68,7 @@ class RemoteBackend:
             raise SandboxNotFoundError(f"sandbox {sandbox_id} is no longer running", id=sandbox_id)
         return live
 
-    async def list_sandboxes(self, metadata: dict[str, str] | None) -> builtins.list[SandboxOut]:
+    async def list_sandboxes(self, metadata: dict[str, str] | None) -> builtins.list[SandboxInfo]:
         params = [("metadata", f"{k}={v}") for k, v in (metadata or {}).items()]
         answer = await self.client.call("GET", "/v1/sandboxes", params=params)
         return [SandboxOut.model_validate(item) for item in answer]
@@ -76,7 +82,7 @@ class RemoteBackend:
         )
         return datetime.fromisoformat(answer["expires_at"])
 
-    async def is_running(self, live: Any) -> bool:
+    async def is_running(self, live: Live) -> bool:
         if live.channel.closed is not None:
             return False
         try:
@@ -94,7 +100,9 @@ class RemoteBackend:
         """The server collects its own garbage; nothing to do from a client."""
         return GcReport()
 
-    async def set_network(self, sandbox_id: str, network: Any, channel: Any) -> None:
+    async def set_network(
+        self, sandbox_id: str, network: NetworkMode | NetworkPolicy, channel: Any
+    ) -> None:
         body = network if isinstance(network, str) else network.model_dump(mode="json")
         await self.client.call(
             "PUT", _path(sandbox_id) + "/network", json={"network": body}, retry=True
@@ -122,7 +130,7 @@ class RemoteBackend:
         return []  # the server resolves and masks them; they never reach this process
 
     async def command_env(
-        self, sandbox_id: str, env: dict[str, Any]
+        self, sandbox_id: str, env: dict[str, str | SecretRef]
     ) -> tuple[dict[str, Any], builtins.list[str]]:
         """References travel as they are: the server resolves them with its tenant's."""
         return {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in env.items()}, []

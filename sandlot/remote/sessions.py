@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..api import AttachOut, SessionEventOut, SessionOut
 from ..errors import RemoteUnavailableError, SandboxClosedError, SessionNotFoundError
-from ..models import SandboxSpec, SessionEvent
+from ..models import SandboxSpec, SessionEvent, SessionInfo
 from .backend import RemoteBackend
 
 if TYPE_CHECKING:
     from ..sdk.sandbox import AsyncSandbox
+    from ..workspace import CheckpointInfo
     from .client import Client
 
 log = logging.getLogger("sandlot")
@@ -35,7 +36,9 @@ class RemoteSessions:
         self.client = client
         self._heartbeats: dict[str, asyncio.Task[None]] = {}
 
-    async def create_session(self, metadata: dict[str, str], settings: dict[str, Any]) -> Any:
+    async def create_session(
+        self, metadata: dict[str, str], settings: dict[str, Any]
+    ) -> SessionInfo:
         body: dict[str, Any] = {
             "metadata": metadata,
             "workspace_store": settings.get("workspace", "local"),
@@ -47,10 +50,10 @@ class RemoteSessions:
             body["delete_after"] = delete_after
         return SessionOut.model_validate(await self.client.create_session(body))
 
-    async def get_session(self, session_id: str) -> Any:
+    async def get_session(self, session_id: str) -> SessionInfo:
         return SessionOut.model_validate(await self.client.get_session(session_id))
 
-    async def list_sessions(self, metadata: dict[str, str] | None) -> builtins.list[Any]:
+    async def list_sessions(self, metadata: dict[str, str] | None) -> builtins.list[SessionInfo]:
         answer = await self.client.list_sessions(metadata)
         return [SessionOut.model_validate(item) for item in answer or []]
 
@@ -63,7 +66,7 @@ class RemoteSessions:
         answer = await self.client.session_events(session_id, after, limit)
         return [_event(SessionEventOut.model_validate(item)) for item in answer or []]
 
-    async def checkpoint(self, session_id: str) -> Any:
+    async def checkpoint(self, session_id: str) -> CheckpointInfo:
         from ..workspace import CheckpointInfo
 
         return CheckpointInfo.model_validate(await self.client.checkpoint_session(session_id))

@@ -232,6 +232,8 @@ def _json(payload: bytes) -> dict[str, Any]:
 class AsyncExecutionHandle:
     """A cell running in the background: ``await wait()`` for its :class:`Execution`."""
 
+    context: str  # the id of the code context it runs in
+
     def __init__(self, channel: Channel, cell: _Cell) -> None:
         self._channel = channel
         self._cell = cell
@@ -246,9 +248,11 @@ class AsyncExecutionHandle:
 
     @property
     def results(self) -> list[Result]:
+        """The rich results (displays and the trailing value) the cell has produced so far."""
         return list(self._cell.results)
 
     def done(self) -> bool:
+        """Whether the cell has ended (its :class:`Execution` is then ready)."""
         return self._task.done()
 
     async def wait(self) -> Execution:

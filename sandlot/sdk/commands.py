@@ -215,6 +215,8 @@ class _Collector:
 class AsyncCommandHandle:
     """A running command. Its output is collected in the background while you hold this."""
 
+    pid: int | None  # its process (group) id in the sandbox
+
     def __init__(self, sandbox: AsyncSandbox, collector: _Collector) -> None:
         self._sandbox = sandbox
         self._request = collector.request
@@ -233,9 +235,11 @@ class AsyncCommandHandle:
 
     @property
     def stderr(self) -> str:
+        """What the command has written to stderr so far (up to the result cap)."""
         return self._stderr.tail.value().decode("utf-8", "replace")
 
     def done(self) -> bool:
+        """Whether the command has ended (its result is then ready)."""
         return self._task.done()
 
     async def wait(self) -> CommandResult:
@@ -255,6 +259,8 @@ class AsyncCommandHandle:
         return True
 
     async def send_stdin(self, data: str | bytes) -> None:
+        """Write to the command's stdin (a string as UTF-8). Raises
+        :class:`SandboxClosedError` if the command has ended."""
         if isinstance(data, str):
             data = data.encode()
         if self._task.done():
@@ -262,6 +268,7 @@ class AsyncCommandHandle:
         await self._request.send_data(data)
 
     async def close_stdin(self) -> None:
+        """Close the command's stdin: it reads end-of-file."""
         self._request.send_eof()
 
 
@@ -273,6 +280,8 @@ def _end_payload(payload: bytes) -> dict[str, Any]:
 
 
 class AsyncCommands:
+    """``sb.commands``: run programs in the sandbox, in the foreground or the background."""
+
     def __init__(self, sandbox: AsyncSandbox) -> None:
         self._sandbox = sandbox
 

@@ -32,6 +32,8 @@ def _limit(max_bytes: object) -> int:
 
 
 class AsyncFiles:
+    """``sb.files``: read, write, list and manage files inside the sandbox (absolute paths)."""
+
     def __init__(self, sandbox: AsyncSandbox) -> None:
         self._sandbox = sandbox
 
@@ -114,9 +116,11 @@ class AsyncFiles:
         return [EntryInfo.model_validate(e) for e in answer["entries"]]
 
     async def stat(self, path: str) -> EntryInfo:
+        """The entry at ``path`` (a file, folder or link). Raises if there is none."""
         return EntryInfo.model_validate(await self._call("stat", path=_path(path)))
 
     async def exists(self, path: str) -> bool:
+        """Whether anything exists at ``path``."""
         return bool((await self._call("exists", path=_path(path)))["exists"])
 
     async def make_dir(self, path: str, *, parents: bool = True, exist_ok: bool = True) -> bool:
@@ -129,6 +133,8 @@ class AsyncFiles:
         await self._call("remove", path=_path(path), recursive=recursive)
 
     async def rename(self, src: str, dst: str, *, overwrite: bool = False) -> EntryInfo:
+        """Move ``src`` to ``dst``; an existing ``dst`` is replaced only with ``overwrite``.
+        Returns the moved entry."""
         answer = await self._call(
             "rename", src=_path(src, "src"), dst=_path(dst, "dst"), overwrite=overwrite
         )

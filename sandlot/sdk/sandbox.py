@@ -40,6 +40,7 @@ from .commands import AsyncCommands
 from .files import AsyncFiles
 
 if TYPE_CHECKING:
+    from ..manager.manager import Live
     from ..remote import Client
 
 
@@ -77,7 +78,10 @@ class AsyncSandbox:
     kills the sandbox on exit; :meth:`close` only drops this process's connection.
     """
 
-    def __init__(self, manager: Backend, live: Any) -> None:
+    commands: AsyncCommands
+    files: AsyncFiles
+
+    def __init__(self, manager: Backend, live: Live) -> None:
         self._manager = manager
         self._live = live
         self._channel = live.channel
@@ -86,18 +90,23 @@ class AsyncSandbox:
 
     @property
     def id(self) -> str:
+        """The sandbox's id: give it to :meth:`connect` to reach it from elsewhere."""
         return self._live.info.id
 
     @property
     def info(self) -> SandboxInfo:
+        """Its record: provider, metadata, creation and expiry times."""
         return self._live.info
 
     @property
     def provider(self) -> str:
+        """The name of the provider that runs it (``"bwrap"``, ``"docker"``, ...)."""
         return self._live.info.provider
 
     @property
     def isolated(self) -> bool:
+        """Whether it runs isolated from the host: False with the ``process`` provider, and
+        on an ssh host that runs it without bubblewrap."""
         # Some providers decide per sandbox (ssh: bwrap on the far host, or not): the
         # handle says so then; otherwise the provider's kind does.
         handle = getattr(self._live.info, "handle", None) or {}
@@ -212,9 +221,11 @@ class AsyncSandbox:
         await self._manager.pause(self.id)
 
     async def resume(self) -> None:
+        """Let a sandbox frozen by :meth:`pause` run on."""
         await self._manager.resume(self.id)
 
     async def is_paused(self) -> bool:
+        """Whether the sandbox is frozen by :meth:`pause`."""
         return await self._manager.is_paused(self.id)
 
     async def set_timeout(self, seconds: float) -> datetime:
@@ -322,6 +333,7 @@ class AsyncSandbox:
         )
 
     async def list_code_contexts(self) -> builtins.list[CodeContext]:
+        """The sandbox's code contexts; the default one appears once it is first used."""
         return await code_ops.list_contexts(self._channel)
 
     async def restart_code_context(
@@ -364,6 +376,7 @@ class AsyncSandbox:
         )
 
     async def is_running(self) -> bool:
+        """Whether the sandbox is still alive and this connection to it open."""
         return await self._manager.is_running(self._live)
 
     async def close(self) -> None:

@@ -37,14 +37,18 @@ CHECKPOINT_EVERY = 300.0
 class SessionBackend(Protocol):
     """Where sessions are kept and sandboxes attached: this host, or a sandlot server."""
 
-    async def create_session(self, metadata: dict[str, str], settings: dict[str, Any]) -> Any: ...
-    async def get_session(self, session_id: str) -> Any: ...
-    async def list_sessions(self, metadata: dict[str, str] | None) -> builtins.list[Any]: ...
+    async def create_session(
+        self, metadata: dict[str, str], settings: dict[str, Any]
+    ) -> SessionInfo: ...
+    async def get_session(self, session_id: str) -> SessionInfo: ...
+    async def list_sessions(
+        self, metadata: dict[str, str] | None
+    ) -> builtins.list[SessionInfo]: ...
     async def delete_session(self, session_id: str) -> None: ...
     async def session_events(
         self, session_id: str, after: int, limit: int
     ) -> builtins.list[SessionEvent]: ...
-    async def checkpoint(self, session_id: str) -> Any: ...
+    async def checkpoint(self, session_id: str) -> CheckpointInfo: ...
     async def attach(
         self, session_id: str, spec: SandboxSpec, *, reuse: bool, force: bool, lease_ttl: float
     ) -> tuple[AsyncSandbox, str]: ...
@@ -66,14 +70,16 @@ class EmbeddedSessions:
 
         return cls(await Sessions.local())
 
-    async def create_session(self, metadata: dict[str, str], settings: dict[str, Any]) -> Any:
-        return await self.sessions.create(self.tenant, metadata, **settings)
+    async def create_session(
+        self, metadata: dict[str, str], settings: dict[str, Any]
+    ) -> SessionInfo:
+        return _info(await self.sessions.create(self.tenant, metadata, **settings))
 
-    async def get_session(self, session_id: str) -> Any:
-        return await self.sessions.get(session_id, self.tenant)
+    async def get_session(self, session_id: str) -> SessionInfo:
+        return _info(await self.sessions.get(session_id, self.tenant))
 
-    async def list_sessions(self, metadata: dict[str, str] | None) -> builtins.list[Any]:
-        return await self.sessions.list(self.tenant, metadata)
+    async def list_sessions(self, metadata: dict[str, str] | None) -> builtins.list[SessionInfo]:
+        return [_info(r) for r in await self.sessions.list(self.tenant, metadata)]
 
     async def delete_session(self, session_id: str) -> None:
         await self.sessions.delete(session_id, self.tenant)
@@ -84,7 +90,7 @@ class EmbeddedSessions:
         found = await self.sessions.events(session_id, after, limit, self.tenant)
         return [SessionEvent.of(e.seq, e.kind, e.execution_id, e.data, e.created_at) for e in found]
 
-    async def checkpoint(self, session_id: str) -> Any:
+    async def checkpoint(self, session_id: str) -> CheckpointInfo:
         return await self.sessions.checkpoint(session_id, self.tenant)
 
     async def attach(
@@ -139,6 +145,7 @@ def _check_metadata(metadata: object) -> dict[str, str]:
 
 
 def _info(record: Any) -> SessionInfo:
+    """A session store's record as the SDK shows it."""
     if isinstance(record, SessionInfo):
         return record
     return SessionInfo.model_validate(record.model_dump())
@@ -154,6 +161,7 @@ class AsyncSession:
 
     @property
     def id(self) -> str:
+        """The session's id: give it to :meth:`connect` to reach it from elsewhere."""
         return self._info.id
 
     @property
@@ -189,25 +197,26 @@ class AsyncSession:
             "delete_after": delete_after,
         }
         backend = await sessions_for(client)
-        record = await backend.create_session(_check_metadata(metadata), settings)
-        return cls(backend, _info(record))
+        return cls(backend, await backend.create_session(_check_metadata(metadata), settings))
 
     @classmethod
     async def connect(cls, session_id: str, *, client: Client | None = None) -> AsyncSession:
         """The session with this id (from any process)."""
         backend = await sessions_for(client)
-        return cls(backend, _info(await backend.get_session(session_id)))
+        return cls(backend, await backend.get_session(session_id))
 
     @staticmethod
     async def list(
         metadata: dict[str, str] | None = None, *, client: Client | None = None
     ) -> builtins.list[SessionInfo]:
+        """The sessions (on this host, or the server's tenant's), optionally those whose
+        metadata matches."""
         backend = await sessions_for(client)
-        found = await backend.list_sessions(_check_metadata(metadata) or None)
-        return [_info(r) for r in found]
+        return await backend.list_sessions(_check_metadata(metadata) or None)
 
     async def refresh(self) -> SessionInfo:
-        self._info = _info(await self._backend.get_session(self.id))
+        """Read the session's record again (its sandbox, last checkpoint, ...)."""
+        self._info = await self._backend.get_session(self.id)
         return self._info
 
     def sandbox(

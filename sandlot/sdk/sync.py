@@ -15,7 +15,7 @@ import concurrent.futures
 import contextlib
 import signal as signals
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -45,14 +45,19 @@ from .code import (
     ResultCallback,
     TextCallback,
 )
-from .commands import MAX_OUTPUT_BYTES, AsyncCommandHandle, OutputCallback
-from .files import MAX_FILE_BYTES
+from .commands import MAX_OUTPUT_BYTES, AsyncCommandHandle, AsyncCommands, OutputCallback
+from .files import MAX_FILE_BYTES, AsyncFiles
+from .mirror import adds, mirror
 from .sandbox import AsyncSandbox, build_spec
 
 if TYPE_CHECKING:
+    from types import EllipsisType
+
     from ..remote import Client
+    from ..secrets.refs import SecretRef
 
 T = TypeVar("T")
+_Async = Callable[..., Coroutine[Any, Any, T]]  # an overloaded coroutine method, called as such
 
 
 class _Portal:
@@ -108,8 +113,11 @@ class _Portal:
 _portal = _Portal()
 
 
+@mirror(AsyncCommandHandle)
 class CommandHandle:
     """A running command (see :class:`~sandlot.sdk.commands.AsyncCommandHandle`)."""
+
+    pid: int | None
 
     def __init__(self, inner: AsyncCommandHandle) -> None:
         self._inner = inner
@@ -117,30 +125,41 @@ class CommandHandle:
 
     @property
     def stdout(self) -> str:
+        """What the command has printed so far (up to the result cap)."""
         return self._inner.stdout
 
     @property
     def stderr(self) -> str:
+        """What the command has written to stderr so far (up to the result cap)."""
         return self._inner.stderr
 
     def done(self) -> bool:
+        """Whether the command has ended (its result is then ready)."""
         return self._inner.done()
 
     def wait(self) -> CommandResult:
+        """Wait for the command to end. Raises CommandTimeoutError if it ran out of time."""
         return _portal.call(self._inner.wait())
 
     def kill(self, signal: int = signals.SIGKILL) -> bool:
+        """Send a signal to the command's whole process group. False if it already ended."""
         return _portal.call(self._inner.kill(signal))
 
     def send_stdin(self, data: str | bytes) -> None:
+        """Write to the command's stdin (a string as UTF-8). Raises
+        :class:`SandboxClosedError` if the command has ended."""
         _portal.call(self._inner.send_stdin(data))
 
     def close_stdin(self) -> None:
+        """Close the command's stdin: it reads end-of-file."""
         _portal.call(self._inner.close_stdin())
 
 
+@mirror(AsyncExecutionHandle)
 class ExecutionHandle:
     """A cell running in the background (see :class:`~sandlot.sdk.code.AsyncExecutionHandle`)."""
+
+    context: str
 
     def __init__(self, inner: AsyncExecutionHandle) -> None:
         self._inner = inner
@@ -148,24 +167,33 @@ class ExecutionHandle:
 
     @property
     def logs(self) -> Logs:
+        """What the cell has printed so far."""
         return self._inner.logs
 
     @property
     def results(self) -> builtins.list[Result]:
+        """The rich results (displays and the trailing value) the cell has produced so far."""
         return self._inner.results
 
     def done(self) -> bool:
+        """Whether the cell has ended (its :class:`Execution` is then ready)."""
         return self._inner.done()
 
     def wait(self) -> Execution:
+        """The cell's outcome; raises :class:`CodeTimeoutError` if it ran out of time."""
         return _portal.call(self._inner.wait())
 
     def interrupt(self) -> bool:
+        """Send KeyboardInterrupt to the cell (the context keeps its state). False if the
+        cell had already ended."""
         return _portal.call(self._inner.interrupt())
 
 
+@mirror(AsyncCommands)
 class Commands:
-    def __init__(self, inner: Any) -> None:
+    """``sb.commands``: run programs in the sandbox (see :class:`AsyncCommands`)."""
+
+    def __init__(self, inner: AsyncCommands) -> None:
         self._inner = inner
 
     @overload
@@ -198,14 +226,47 @@ class Commands:
         max_output_bytes: int = MAX_OUTPUT_BYTES,
     ) -> CommandHandle: ...
 
-    def run(self, cmd: str | list[str], **kwargs: Any) -> CommandResult | CommandHandle:
-        """Run a command; same arguments as :meth:`AsyncCommands.run`."""
-        result = _portal.call(self._inner.run(cmd, **kwargs))
+    def run(
+        self,
+        cmd: str | list[str],
+        *,
+        background: bool = False,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | EllipsisType | None = ...,
+        stdin: str | bytes | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+    ) -> CommandResult | CommandHandle:
+        """Run a command: a string goes through the sandbox's shell (bash, else sh); a list
+        runs as argv. Foreground runs return a :class:`CommandResult` (a non-zero exit is not
+        an error); ``background=True`` returns a handle at once. ``timeout`` in seconds kills
+        the whole process group and raises :class:`CommandTimeoutError` with the partial
+        output; by default 60 s in the foreground, and in the background only the sandbox's
+        lifetime (None), so a server you start keeps running."""
+        run: _Async[CommandResult | AsyncCommandHandle] = self._inner.run  # either overload
+        result = _portal.call(
+            run(
+                cmd,
+                background=background,
+                env=env,
+                cwd=cwd,
+                timeout=timeout,
+                stdin=stdin,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                max_output_bytes=max_output_bytes,
+            )
+        )
         return CommandHandle(result) if isinstance(result, AsyncCommandHandle) else result
 
 
+@mirror(AsyncFiles)
 class Files:
-    def __init__(self, inner: Any) -> None:
+    """``sb.files``: read, write, list and manage files (see :class:`AsyncFiles`)."""
+
+    def __init__(self, inner: AsyncFiles) -> None:
         self._inner = inner
 
     @overload
@@ -221,7 +282,9 @@ class Files:
         *,
         max_bytes: int = MAX_FILE_BYTES,
     ) -> str | bytes:
-        return _portal.call(self._inner.read(path, format, max_bytes=max_bytes))
+        """A file's content: text (UTF-8, undecodable bytes replaced) or bytes."""
+        read: _Async[str | bytes] = self._inner.read  # either overload
+        return _portal.call(read(path, format, max_bytes=max_bytes))
 
     def write(
         self,
@@ -231,29 +294,41 @@ class Files:
         mode: int | None = None,
         max_bytes: int = MAX_FILE_BYTES,
     ) -> EntryInfo:
+        """Write a whole file atomically (parents are created). Returns its new entry."""
         return _portal.call(self._inner.write(path, data, mode=mode, max_bytes=max_bytes))
 
     def list(self, path: str, *, depth: int = 1) -> list[EntryInfo]:
+        """Entries of a folder, sorted by name; ``depth`` > 1 descends into sub-folders."""
         return _portal.call(self._inner.list(path, depth=depth))
 
     def stat(self, path: str) -> EntryInfo:
+        """The entry at ``path`` (a file, folder or link). Raises if there is none."""
         return _portal.call(self._inner.stat(path))
 
     def exists(self, path: str) -> bool:
+        """Whether anything exists at ``path``."""
         return _portal.call(self._inner.exists(path))
 
     def make_dir(self, path: str, *, parents: bool = True, exist_ok: bool = True) -> bool:
+        """Create a folder. True if it was created, False if it already existed."""
         return _portal.call(self._inner.make_dir(path, parents=parents, exist_ok=exist_ok))
 
     def remove(self, path: str, *, recursive: bool = True) -> None:
+        """Remove a file, or a folder (with its content unless ``recursive=False``)."""
         _portal.call(self._inner.remove(path, recursive=recursive))
 
     def rename(self, src: str, dst: str, *, overwrite: bool = False) -> EntryInfo:
+        """Move ``src`` to ``dst``; an existing ``dst`` is replaced only with ``overwrite``.
+        Returns the moved entry."""
         return _portal.call(self._inner.rename(src, dst, overwrite=overwrite))
 
 
+@mirror(AsyncSandbox)
 class Sandbox:
     """An isolated computer (sync). ``with Sandbox.create() as sb:`` kills it on exit."""
+
+    commands: Commands
+    files: Files
 
     def __init__(self, inner: AsyncSandbox) -> None:
         self._inner = inner
@@ -262,18 +337,23 @@ class Sandbox:
 
     @property
     def id(self) -> str:
+        """The sandbox's id: give it to :meth:`connect` to reach it from elsewhere."""
         return self._inner.id
 
     @property
     def info(self) -> SandboxInfo:
+        """Its record: provider, metadata, creation and expiry times."""
         return self._inner.info
 
     @property
     def provider(self) -> str:
+        """The name of the provider that runs it (``"bwrap"``, ``"docker"``, ...)."""
         return self._inner.provider
 
     @property
     def isolated(self) -> bool:
+        """Whether it runs isolated from the host: False with the ``process`` provider, and
+        on an ssh host that runs it without bubblewrap."""
         return self._inner.isolated
 
     def __repr__(self) -> str:
@@ -285,7 +365,7 @@ class Sandbox:
         provider: str | None = None,
         *,
         timeout: float = 300,
-        env: dict[str, Any] | None = None,
+        env: dict[str, str | SecretRef | dict[str, str]] | None = None,
         metadata: dict[str, str] | None = None,
         resources: Resources | dict[str, Any] | None = None,
         workdir: str = "/workspace",
@@ -294,7 +374,13 @@ class Sandbox:
         client: Client | None = None,
         **config: Any,
     ) -> Sandbox:
-        """Create a sandbox (see :meth:`AsyncSandbox.create`)."""
+        """Create a sandbox (default provider: bwrap). Extra keyword arguments are the
+        provider's own settings, validated by its config model. With ``client`` (or
+        ``SANDLOT_URL`` set), the sandbox is created on that sandlot server.
+
+        ``network``: ``"none"`` (default), ``{"allow": [rules]}`` (only those hosts, through
+        the egress proxy; see docs/egress.md) or ``"full"``. ``bridge``: a callback bridge
+        to your control plane. ``env`` values may be ``{"secret": NAME}``."""
         spec = build_spec(
             provider, timeout, env, metadata, resources, workdir, config, network, bridge
         )
@@ -302,36 +388,53 @@ class Sandbox:
 
     @classmethod
     def connect(cls, sandbox_id: str, *, client: Client | None = None) -> Sandbox:
+        """Attach to a running sandbox, also one created by another process."""
         return cls(_portal.call(AsyncSandbox.connect(sandbox_id, client=client)))
 
     @staticmethod
     def list(
         metadata: dict[str, str] | None = None, *, client: Client | None = None
     ) -> list[SandboxInfo]:
+        """Running sandboxes (on this host, or the server's), optionally those whose
+        metadata matches."""
         return _portal.call(AsyncSandbox.list(metadata, client=client))
 
     @staticmethod
     def gc(*, client: Client | None = None) -> GcReport:
+        """Remove what crashed processes left behind (also runs when a manager starts).
+        A server collects its own: in remote mode this does nothing."""
         return _portal.call(AsyncSandbox.gc(client=client))
 
     def kill(self) -> bool:
+        """Destroy the sandbox and everything running in it. False if it was already gone."""
         return _portal.call(self._inner.kill())
 
     def set_timeout(self, seconds: float) -> datetime:
+        """Destroy the sandbox ``seconds`` from now instead of at its old deadline."""
         return _portal.call(self._inner.set_timeout(seconds))
 
     def pause(self) -> None:
-        """Freeze the sandbox until :meth:`resume` (see :meth:`AsyncSandbox.pause`)."""
+        """Freeze everything in the sandbox where it stands (bwrap: the cgroup freezer;
+        docker: pause; process: SIGSTOP) until :meth:`resume`: it costs no CPU meanwhile,
+        and a running command carries on afterwards with its output complete. The agent
+        does not answer while paused. Its lifetime keeps running."""
         _portal.call(self._inner.pause())
 
     def resume(self) -> None:
+        """Let a sandbox frozen by :meth:`pause` run on."""
         _portal.call(self._inner.resume())
 
     def is_paused(self) -> bool:
+        """Whether the sandbox is frozen by :meth:`pause`."""
         return _portal.call(self._inner.is_paused())
 
     def expose(self, port: int) -> str:
-        """A URL that reaches ``port`` inside the sandbox (see :meth:`AsyncSandbox.expose`)."""
+        """A URL that reaches ``port`` inside the sandbox (HTTP, WebSocket, any TCP), though
+        the sandbox's own network stays off: the connection rides the agent's channel.
+
+        Embedded, ``http://127.0.0.1:N`` with N from a pool (``SANDLOT_PORT_RANGE``,
+        default 30000-30999), released when the sandbox is killed. Through a server, a path
+        under ``/v1/sandboxes/{id}/ports/{port}/`` that needs the tenant's key."""
         return _portal.call(self._inner.expose(port))
 
     def set_network(
@@ -341,14 +444,19 @@ class Sandbox:
         allow: builtins.list[str] | None = None,
         resolve: dict[str, str | builtins.list[str]] | None = None,
     ) -> None:
-        """Change what the sandbox may reach (see :meth:`AsyncSandbox.set_network`)."""
+        """Change what the sandbox may reach, while it runs: ``set_network(allow=[...])``,
+        or ``set_network("none")``. The next connection obeys it; code inside the sandbox
+        cannot change it. Commands started afterwards get the proxy variables."""
         return _portal.call(self._inner.set_network(network, allow=allow, resolve=resolve))
 
     def network_events(self, after: int = 0) -> builtins.list[dict[str, Any]]:
-        """Its proxy's and bridge's connections (see :meth:`AsyncSandbox.network_events`)."""
+        """Every connection the sandbox made through its proxy or bridge, allowed or
+        refused, oldest first: ``{"id", "created_at", "kind", "host", "port", "verdict",
+        ...}``. ``after``: the last ``id`` already seen."""
         return _portal.call(self._inner.network_events(after))
 
     def is_running(self) -> bool:
+        """Whether the sandbox is still alive and this connection to it open."""
         return _portal.call(self._inner.is_running())
 
     @overload
@@ -385,10 +493,50 @@ class Sandbox:
         interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
     ) -> ExecutionHandle: ...
 
-    def run_code(self, code: str, **kwargs: Any) -> Execution | ExecutionHandle:
-        """Run a cell; same arguments as :meth:`AsyncSandbox.run_code`. Ctrl-C while waiting
-        interrupts the cell and keeps the context's state."""
-        result = _portal.call(self._inner.run_code(code, **kwargs))
+    @adds("Ctrl-C while waiting interrupts the cell and keeps the context's state.")
+    def run_code(
+        self,
+        code: str,
+        *,
+        context: ContextRef = None,
+        timeout: float | None = DEFAULT_CODE_TIMEOUT,
+        inactivity_timeout: float | None = None,
+        background: bool = False,
+        on_stdout: TextCallback | None = None,
+        on_stderr: TextCallback | None = None,
+        on_result: ResultCallback | None = None,
+        on_progress: TextCallback | None = None,
+        max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+    ) -> Execution | ExecutionHandle:
+        """Run Python like a notebook cell in a code context (the default one unless
+        ``context`` names another): the namespace persists between calls, and the value of
+        a trailing expression is the main result.
+
+        ``timeout`` bounds the whole cell and ``inactivity_timeout`` the time without output
+        or ``sandlot_progress()``; either interrupts it (KeyboardInterrupt; the state is
+        kept) and raises :class:`CodeTimeoutError` carrying the partial :class:`Execution`.
+        Code that ignores the interrupt is killed after ``interrupt_grace`` seconds and the
+        context restarts empty. An exception raised by the cell is ``Execution.error``, not
+        raised here. ``background=True`` returns a handle at once.
+
+        Ctrl-C while waiting interrupts the cell and keeps the context's state."""
+        run: _Async[Execution | AsyncExecutionHandle] = self._inner.run_code  # either overload
+        result = _portal.call(
+            run(
+                code,
+                context=context,
+                timeout=timeout,
+                inactivity_timeout=inactivity_timeout,
+                background=background,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                on_result=on_result,
+                on_progress=on_progress,
+                max_output_bytes=max_output_bytes,
+                interrupt_grace=interrupt_grace,
+            )
+        )
         return ExecutionHandle(result) if isinstance(result, AsyncExecutionHandle) else result
 
     def create_code_context(
@@ -399,22 +547,33 @@ class Sandbox:
         name: str | None = None,
         persist: bool = False,
     ) -> CodeContext:
+        """A new, independent Python namespace with its own process and working folder.
+
+        ``persist=True`` saves the namespace into the workspace after every cell
+        (``.sandlot/contexts/<name>.pickle``) and starts from what is saved there, so a new
+        sandbox over the same workspace picks up where the last one stopped."""
         return _portal.call(
             self._inner.create_code_context(cwd=cwd, env=env, name=name, persist=persist)
         )
 
     def list_code_contexts(self) -> builtins.list[CodeContext]:
+        """The sandbox's code contexts; the default one appears once it is first used."""
         return _portal.call(self._inner.list_code_contexts())
 
     def restart_code_context(
         self, context: ContextRef = None, *, forget_state: bool = False
     ) -> CodeContext:
+        """Start the context over in a new process. The namespace is empty, except that a
+        persistent context reloads its saved state, unless ``forget_state=True`` deletes
+        that first (a full reset)."""
         return _portal.call(self._inner.restart_code_context(context, forget_state=forget_state))
 
     def remove_code_context(self, context: ContextRef) -> None:
+        """Stop the context's process and forget it."""
         _portal.call(self._inner.remove_code_context(context))
 
     def interrupt_code(self, context: ContextRef = None) -> bool:
+        """Interrupt the cell running in a context. False if none was running."""
         return _portal.call(self._inner.interrupt_code(context))
 
     def install(
@@ -427,6 +586,9 @@ class Sandbox:
         on_stdout: TextCallback | None = None,
         on_stderr: TextCallback | None = None,
     ) -> CommandResult:
+        """``pip install --user`` with the sandbox's Python, output streamed; running
+        contexts can import the packages at once. Raises :class:`InstallError` saying why
+        (no network, no such package, no pip)."""
         return _portal.call(
             self._inner.install(
                 packages,
@@ -439,6 +601,7 @@ class Sandbox:
         )
 
     def close(self) -> None:
+        """Drop this connection; the sandbox keeps running until killed or timed out."""
         _portal.call(self._inner.close())
 
     def __enter__(self) -> Sandbox:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..models import SandboxSpec, SessionEvent, SessionInfo
+from .mirror import differs, mirror
 from .session import CHECKPOINT_EVERY, LEASE_TTL, AsyncSession
 from .sync import Sandbox, _portal
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from ..workspace import CheckpointInfo
 
 
+@mirror(AsyncSession)
 class Session:
     """A durable session (sync). ``with s.sandbox() as sb:`` detaches (checkpoint, destroy)
     at the end. See :class:`~sandlot.sdk.session.AsyncSession`."""
@@ -25,10 +27,12 @@ class Session:
 
     @property
     def id(self) -> str:
+        """The session's id: give it to :meth:`connect` to reach it from elsewhere."""
         return self._inner.id
 
     @property
     def info(self) -> SessionInfo:
+        """As last read (see :meth:`refresh`)."""
         return self._inner.info
 
     def __repr__(self) -> str:
@@ -45,6 +49,13 @@ class Session:
         delete_after: datetime | float | None = None,
         client: Client | None = None,
     ) -> Session:
+        """A new session. ``workspace_store``: ``"local"`` (a folder in the state folder) or
+        ``"s3://bucket/prefix"`` (endpoint and credentials from ``SANDLOT_S3_ENDPOINT`` and
+        the usual ``AWS_*`` settings). ``idle_timeout``: seconds without a run after which
+        its sandbox is checkpointed and stopped. ``checkpoint_every``: seconds between
+        checkpoints while a sandbox is attached (default 300; None: only on detach and
+        when asked). ``delete_after``: a time (or seconds from
+        now) at which the session and its data are deleted."""
         return cls(
             _portal.call(
                 AsyncSession.create(
@@ -60,17 +71,22 @@ class Session:
 
     @classmethod
     def connect(cls, session_id: str, *, client: Client | None = None) -> Session:
+        """The session with this id (from any process)."""
         return cls(_portal.call(AsyncSession.connect(session_id, client=client)))
 
     @staticmethod
     def list(
         metadata: dict[str, str] | None = None, *, client: Client | None = None
     ) -> builtins.list[SessionInfo]:
+        """The sessions (on this host, or the server's tenant's), optionally those whose
+        metadata matches."""
         return _portal.call(AsyncSession.list(metadata, client=client))
 
     def refresh(self) -> SessionInfo:
+        """Read the session's record again (its sandbox, last checkpoint, ...)."""
         return _portal.call(self._inner.refresh())
 
+    @differs("a context manager: `with` where the async face has `async with` or `await`")
     def sandbox(
         self,
         provider: str | None = None,
@@ -84,8 +100,15 @@ class Session:
         network: Any = "none",
         **config: Any,
     ) -> _Attached:
-        """Attach a sandbox (see :meth:`AsyncSession.sandbox`): use it in ``with``, or
-        call :meth:`detach` when done."""
+        """Attach a sandbox: its /workspace holds the session's latest checkpoint, and
+        every run in it goes in the session's transcript. ``with`` detaches at the end
+        (checkpoint, then destroy); without it, :meth:`detach` ends it.
+
+        ``reuse``: take the session's live sandbox if its spec matches exactly (else a
+        busy error while another caller holds it). ``force``: a run of this sandbox
+        cancels a run that holds the session's lock instead of failing with
+        :class:`~sandlot.errors.SessionBusyError`. ``lease_ttl``: seconds the sandbox
+        outlives this process's last heartbeat (sent every ``lease_ttl / 3``)."""
         attaching = self._inner.sandbox(
             provider,
             reuse=reuse,
@@ -102,18 +125,26 @@ class Session:
         return _Attached(self, inner)
 
     def detach(self, sandbox: Sandbox, *, stop: bool = True) -> None:
+        """Let go of an attached sandbox: checkpoint and destroy it, unless another holder
+        still uses it or ``stop=False`` (it then stays for a later ``reuse=True``)."""
         _portal.call(self._inner.detach(sandbox._inner, stop=stop))
 
     def checkpoint(self) -> CheckpointInfo:
+        """Save the attached sandbox's workspace now."""
         return _portal.call(self._inner.checkpoint())
 
     def events(self, after: int = 0, limit: int = 1000) -> builtins.list[SessionEvent]:
+        """The transcript after sequence number ``after``, oldest first, across every
+        sandbox the session has had."""
         return _portal.call(self._inner.events(after, limit))
 
     def follow(
         self, execution_id: str | None = None, *, after: int = 0, poll: float = 0.1
     ) -> Iterator[SessionEvent]:
-        """See :meth:`AsyncSession.follow`."""
+        """The transcript from ``after`` on, then new events as they are written: catch
+        up on a run you detached from (its id is in its ``started`` event) and follow it
+        to its end (an ``exit`` or ``error`` event, where the iteration stops). Without
+        ``execution_id``, every event, until you stop iterating."""
         events = self._inner.follow(execution_id, after=after, poll=poll)
 
         async def step() -> SessionEvent | None:
@@ -126,6 +157,7 @@ class Session:
             yield event
 
     def delete(self) -> None:
+        """Stop its sandbox and delete its workspace, transcript and records."""
         _portal.call(self._inner.delete())
 
 
