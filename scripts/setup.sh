@@ -4,9 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
+# What `pip install sandlot` needs on any host (the README's Install section): bubblewrap, and
+# libseccomp for bwrap sandboxes' seccomp filter.
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
-# bwrap sandboxes' seccomp filter is built with libseccomp.
 ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
+
+# The rest is the developer set-up: what the tests use.
 # The sandbox's Python is the host's /usr/bin/python3: code contexts use its pip, and the tests
 # plot with its matplotlib and render tables with its pandas.
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
@@ -26,6 +29,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 
+# Editable, with every extra and the test tools. (tests/packaging builds its own wheel and
+# virtual environment with this pip: `python -m venv --without-pip` needs no python3-venv.)
 python -m pip install -q -e '.[dev]'
 # The Docker engine and the test images (built once with debootstrap, then reused).
 python tests/docker_env.py
