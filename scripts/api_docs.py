@@ -2,7 +2,7 @@
 """Write ``docs/api.md``, the HTTP API reference, from the server's OpenAPI document.
 
 No server is started: ``create_app().openapi()`` builds the document from the routes, and the
-error table comes from the status mapping in ``sandlot/server/app.py``. The output depends on
+error table comes from the status mapping in ``sandlot/server/http_errors.py``. The output depends on
 the code only, so ``tests/unit/test_api_docs.py`` can regenerate it and compare::
 
     python scripts/api_docs.py           # write docs/api.md
@@ -287,7 +287,7 @@ def operation(
 def error_table() -> list[str]:
     """Every status the server answers errors with, and the codes that come with it."""
     from sandlot import errors
-    from sandlot.server import app
+    from sandlot.server import http_errors
 
     by_status: dict[int, set[str]] = {}
     # The bases stand for failures of the server itself, which answer 500 (below); the
@@ -305,10 +305,10 @@ def error_table() -> list[str]:
         pending += cls.__subclasses__()
         if cls in skip or cls.__name__.startswith("_") or cls.__module__ != errors.__name__:
             continue
-        status = app.status_of(cls.__new__(cls))
+        status = http_errors.status_of(cls.__new__(cls))
         by_status.setdefault(status, set()).add(cls.code)
     # Answers the framework gives before a route runs (see the HTTP error handler).
-    for status, name in app.HTTP_CODES.items():
+    for status, name in http_errors.HTTP_CODES.items():
         by_status.setdefault(status, set()).add(name)
     by_status.setdefault(500, set()).update({"server_error", "sandlot_error"})
     rows = ["| status | codes |", "|---|---|"]
@@ -350,7 +350,7 @@ def introduction(schemas: Schemas, idempotent: list[str]) -> list[str]:
         "",
         "A request that does not match the schema answers 422 `invalid_argument` with "
         '`details.errors` (`[{"loc": [...], "msg": "..."}]`). The status comes from the '
-        "error's class (the most specific one in the table of `sandlot/server/app.py`); other "
+        "error's class (the most specific one in the table of `sandlot/server/http_errors.py`); other "
         "framework answers carry `http_<status>` as their code. An unexpected failure of the "
         "server answers 500 `server_error`. The operations below list the statuses the OpenAPI "
         "document declares; any of them may also answer the errors of this table.",

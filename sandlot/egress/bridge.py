@@ -37,7 +37,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -259,30 +259,26 @@ class Bridge:
     async def _handle(
         self, conn: h11.Connection, stream: ByteStream, event: h11.Request, method: str, path: bytes
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes, str]:
-        # One pass over the headers: the token, the body's declared kind, the ones to forward.
-        tokens: list[bytes] = []
-        content_type: bytes | None = None
-        length: int | None = None
-        forward: list[tuple[str, str]] = []
-        allow = self._request_allow
-        size = len(event.target)
-        for name, value in event.headers:
-            size += len(name) + len(value)
-            if name == b"authorization":
-                if value[:7].lower() == b"bearer ":
-                    tokens.append(value[7:].strip())
-            elif name == b"x-sandlot-bridge-token":
-                tokens.append(value.strip())
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"content-length":
-                length = int(value)  # h11 checked it
-            if name in allow:
-                forward.append((name.decode(), value.decode("latin-1")))
+        head = _scan_head(event, self._request_allow)
+        clean, rule = self._admit(event, head, method, path)
+        body = await self._request_body(conn, stream, event, head, method)
+        if self._in_flight >= self.config.queue:
+            raise _Refused(503, "queue", f"more than {self.config.queue} requests in flight")
+        self._in_flight += 1
+        try:
+            query = event.target[len(path) :]  # '?...' as sent, or nothing
+            status, headers, data = await self._forward(method, clean + query, head.forward, body)
+        finally:
+            self._in_flight -= 1
+        return status, headers, data, rule
 
-        if size > MAX_HEAD:
+    def _admit(
+        self, event: h11.Request, head: _Head, method: str, path: bytes
+    ) -> tuple[bytes, str]:
+        """Steps 1-3 (and the size of the head): the canonical path and the route's label."""
+        if head.size > MAX_HEAD:
             raise _Refused(431, "malformed", "request headers too large", close=True)
-        if not any(hmac.compare_digest(t, self._token) for t in tokens):
+        if not any(hmac.compare_digest(t, self._token) for t in head.tokens):
             raise _Refused(401, "token", "missing or wrong bridge token")
         if _BAD_QUERY.search(event.target):
             raise _Refused(400, "path", "the request target must be printable ASCII, no '#'")
@@ -293,9 +289,20 @@ class Bridge:
         rule = self._route(event.method, clean)
         if rule is None:
             raise _Refused(403, "route", f"no route allows {method} {clean.decode()}")
+        return clean, rule
 
+    async def _request_body(
+        self,
+        conn: h11.Connection,
+        stream: ByteStream,
+        event: h11.Request,
+        head: _Head,
+        method: str,
+    ) -> bytes:
+        """Steps 4-5: the body, read within the limit and checked to be JSON; its
+        Content-Type is forwarded (allowlisted or not)."""
         limit = self.config.body_limit
-        if length is not None and length > limit:
+        if head.length is not None and head.length > limit:
             raise _Refused(413, "body_limit", f"body over {limit} bytes", close=True)
         if conn.they_are_waiting_for_100_continue:
             await stream.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
@@ -306,24 +313,15 @@ class Bridge:
         if body:
             if event.method in (b"GET", b"HEAD"):
                 raise _Refused(400, "body", f"{method} requests carry no body")
-            if not _is_json(content_type):
+            if not _is_json(head.content_type):
                 raise _Refused(415, "content_type", "the body must be application/json")
             try:
                 orjson.loads(body)
             except orjson.JSONDecodeError:
                 raise _Refused(415, "content_type", "the body is not valid JSON") from None
-            if content_type is not None and b"content-type" not in allow:
-                forward.append(("content-type", content_type.decode("latin-1")))
-
-        if self._in_flight >= self.config.queue:
-            raise _Refused(503, "queue", f"more than {self.config.queue} requests in flight")
-        self._in_flight += 1
-        try:
-            query = event.target[len(path) :]  # '?...' as sent, or nothing
-            status, headers, data = await self._forward(method, clean + query, forward, body)
-        finally:
-            self._in_flight -= 1
-        return status, headers, data, rule
+            if head.content_type is not None and b"content-type" not in self._request_allow:
+                head.forward.append(("content-type", head.content_type.decode("latin-1")))
+        return body
 
     def _route(self, method: bytes, path: bytes) -> str | None:
         for allowed, pattern, label in self._routes:
@@ -460,3 +458,33 @@ class Bridge:
 
 def _reason(status: int) -> bytes:
     return _REASONS.get(status, b"")
+
+
+@dataclass
+class _Head:
+    """What one pass over a request's headers finds."""
+
+    tokens: list[bytes] = field(default_factory=list)  # bridge tokens offered
+    content_type: bytes | None = None
+    length: int | None = None  # Content-Length, as h11 checked it
+    forward: list[tuple[str, str]] = field(default_factory=list)  # the allowlisted headers
+    size: int = 0  # of the target and the headers
+
+
+def _scan_head(event: h11.Request, allow: frozenset[bytes]) -> _Head:
+    head = _Head()
+    head.size = len(event.target)
+    for name, value in event.headers:
+        head.size += len(name) + len(value)
+        if name == b"authorization":
+            if value[:7].lower() == b"bearer ":
+                head.tokens.append(value[7:].strip())
+        elif name == b"x-sandlot-bridge-token":
+            head.tokens.append(value.strip())
+        elif name == b"content-type":
+            head.content_type = value
+        elif name == b"content-length":
+            head.length = int(value)  # h11 checked it
+        if name in allow:
+            head.forward.append((name.decode(), value.decode("latin-1")))
+    return head

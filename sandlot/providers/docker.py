@@ -23,24 +23,19 @@ import asyncio
 import contextlib
 import hashlib
 import importlib.util
-import json
 import logging
 import os
-import re
 import socket
 import stat
 import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-from pydantic import ConfigDict, Field, field_validator
+from typing import Any, ClassVar
 
 from ..channel import Channel
 from ..channel.handoff import dial_unix
 from ..errors import (
-    ImageNotFoundError,
     InvalidArgumentError,
     ProviderUnavailableError,
     SandboxClosedError,
@@ -50,213 +45,27 @@ from ..errors import (
 )
 from ..models import ProviderInfo, SandboxSpec
 from . import agent_files, quota, seccomp, spawn, userns
-from .base import Provider, ProviderConfig, Started
+from .base import Provider, Started
+from .docker_config import (
+    LABEL_EXPIRES,
+    LABEL_HOME,
+    LABEL_SANDBOX,
+    RUN_MOUNT,
+    SECCOMP_NAME,
+    SOCKET_NAME,
+    DockerConfig,
+    container_settings,
+    default_host,
+)
+from .docker_engine import MISSING, START_TIMEOUT, Client, engine_get, probe, slow
+from .docker_images import Images
 
 log = logging.getLogger("sandlot")
 
-DEFAULT_HOST = "unix:///var/run/docker.sock"
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's own
-RUN_MOUNT = "/.sandlot-run"  # the bind-mounted host folder that holds the agent's socket
-SOCKET_NAME = "agent.sock"
-SECCOMP_NAME = "seccomp.bpf"
-# What commands may change (the agent's Landlock domain, where Docker's seccomp profile and
-# the kernel allow one).
-WRITABLE = ("/workspace", "/tmp", "/dev/shm", "/dev")
-LABEL_SANDBOX = "sandlot.sandbox"
-LABEL_HOME = "sandlot.home"
-LABEL_OWNER = "sandlot.owner"
-LABEL_CREATED = "sandlot.created"
-LABEL_EXPIRES = "sandlot.expires"
-START_TIMEOUT = 60.0  # engine calls of a create, and the agent's socket appearing
 POLL = 0.001  # while waiting for the agent's socket
-PROBE_TIMEOUT = 2.0  # the synchronous availability check
-PROBE_TTL = 10.0  # how long its answer is kept
 LOG_LIMIT = 2000  # characters of a failed container's output quoted in the error
 # Runtimes every engine has: others (runsc, kata, ...) are worth a capability.
 STOCK_RUNTIMES = frozenset({"runc", "io.containerd.runc.v2", "io.containerd.runtime.v1.linux"})
-
-
-def _default_host() -> str:
-    return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
-
-
-class DockerConfig(ProviderConfig):
-    # Built on first use: gc imports this module in every process, docker or not.
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    image: str = Field(description="the image to run; it needs a Python 3 interpreter")
-    pull: Literal["never", "missing", "always"] = Field(
-        "missing",
-        description="never: only local images; missing: pull when not on the engine; "
-        "always: pull before every create",
-    )
-    pull_timeout: float = Field(300.0, gt=0, le=3600, description="seconds a pull may take")
-    runtime: str | None = Field(
-        None, description="OCI runtime the engine knows (e.g. runsc for gVisor); default: its own"
-    )
-    python: str = Field("python3", description="the image's interpreter that runs the agent")
-    user: str | None = Field(
-        None,
-        description="UID:GID the sandbox runs as (numeric; owns /workspace); default: when "
-        "sandlot runs as root, a fresh unprivileged uid per sandbox (sandboxes share no "
-        "per-user kernel counters), else sandlot's own",
-    )
-    docker_host: str = Field(
-        default_factory=_default_host,
-        description="the engine's Unix socket, unix:///path (default $DOCKER_HOST or "
-        + DEFAULT_HOST
-        + "); it must be on this machine, which bind-mounts its folders",
-    )
-
-    @field_validator("image")
-    @classmethod
-    def _image(cls, value: str) -> str:
-        if not value or any(c.isspace() for c in value) or value.startswith("-"):
-            raise ValueError("give an image reference such as 'python:3.12-slim'")
-        return value
-
-    @field_validator("python")
-    @classmethod
-    def _python(cls, value: str) -> str:
-        if not value or any(c.isspace() or c == "\0" for c in value):
-            raise ValueError("give the interpreter's name on the image's PATH, or its path")
-        return value
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"\d{1,10}:\d{1,10}", value):
-            raise ValueError("give a numeric UID:GID such as '1000:1000'")
-        return value
-
-    @field_validator("runtime")
-    @classmethod
-    def _runtime(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", value):
-            raise ValueError("give the name of a runtime the engine knows, such as 'runsc'")
-        return value
-
-    @field_validator("docker_host")
-    @classmethod
-    def _host(cls, value: str) -> str:
-        if not value.startswith("unix:///"):
-            raise ValueError(
-                "the docker provider needs the engine on this machine (unix:///path/to/socket): "
-                "it bind-mounts host folders into the container"
-            )
-        return value
-
-    def ids(self) -> tuple[int, int]:
-        """The user asked for, else a fresh host uid (as root) or sandlot's own."""
-        if self.user is not None:
-            uid, _, gid = self.user.partition(":")
-            return int(uid), int(gid)
-        if os.geteuid() == 0:
-            fresh = userns.fresh_user()
-            return fresh.uid, fresh.gid
-        return os.geteuid(), os.getegid()
-
-
-# -- engine availability (synchronous: providers are listed without an event loop) ---------
-
-
-class _Probe:
-    # A plain class: a dataclass compiles its methods at import, and gc imports this module
-    # in every process, docker or not.
-    def __init__(self, reason: str | None, runtimes: frozenset[str] | None, until: float):
-        self.reason = reason
-        self.runtimes = runtimes  # None: not asked yet
-        self.until = until
-
-
-_probes: dict[str, _Probe] = {}
-
-
-def _engine_get(path: str, target: str) -> Any:
-    """GET ``target`` from the engine's socket with a plain HTTP/1.0 request (no aiohttp:
-    this is the cheap, blocking check behind ``sandlot providers``)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(PROBE_TIMEOUT)
-        sock.connect(path)
-        sock.sendall(f"GET {target} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0]
-    if status_line.split(b" ", 2)[1:2] != [b"200"]:
-        raise OSError(f"the engine answered {status_line.decode(errors='replace')!r}")
-    return json.loads(body) if body.startswith((b"{", b"[")) else body
-
-
-def _probe(host: str, runtimes: bool = False) -> _Probe:
-    """Whether the engine at ``host`` answers (and its runtimes, if asked), kept a while."""
-    now = time.monotonic()
-    cached = _probes.get(host)
-    if cached is not None and cached.until > now:  # noqa: SIM102 (one question each)
-        if not runtimes or cached.reason is not None or cached.runtimes is not None:
-            return cached
-    path = host.removeprefix("unix://")
-    reason: str | None = None
-    found: frozenset[str] | None = None
-    if not os.path.exists(path):
-        reason = f"no Docker engine socket at {path} (is dockerd running?)"
-    else:
-        try:
-            if runtimes:
-                found = frozenset(_engine_get(path, "/info").get("Runtimes") or {})
-            else:
-                _engine_get(path, "/_ping")
-        except PermissionError:
-            reason = (
-                f"no permission to use {path} (the Docker engine needs root or the docker group)"
-            )
-        except (OSError, ValueError, AttributeError) as exc:
-            reason = f"the Docker engine at {path} does not answer: {exc}"
-    probe = _Probe(reason, found, now + PROBE_TTL)
-    _probes[host] = probe
-    return probe
-
-
-# -- the lazily imported client -------------------------------------------------------------
-
-
-def _modules() -> tuple[Any, Any]:
-    try:
-        import aiodocker
-        import aiohttp
-    except ImportError:
-        raise ProviderUnavailableError(_MISSING, provider="docker") from None
-    return aiodocker, aiohttp
-
-
-_MISSING = "the docker provider needs aiodocker: pip install 'sandlot[docker]'"
-_API_VERSIONS: dict[str, str] = {}  # engine -> API version it answered, so asked only once
-
-
-class _Client:
-    """An aiodocker client for one engine, on one event loop."""
-
-    def __init__(self, host: str) -> None:
-        aiodocker, aiohttp = _modules()
-        self.host = host
-        self.errors: tuple[type[BaseException], ...] = (aiodocker.DockerError, aiohttp.ClientError)
-        self.docker_error = aiodocker.DockerError
-        # No cap on connections: each watched container holds one for its wait request.
-        self.connector = aiohttp.UnixConnector(path=host.removeprefix("unix://"), limit=0)
-        self.docker = aiodocker.Docker(
-            url="unix://localhost",
-            connector=self.connector,
-            api_version=_API_VERSIONS.get(host, "auto"),
-        )
-
-    def remember_version(self) -> None:
-        if self.docker.api_version != "auto":
-            _API_VERSIONS[self.host] = self.docker.api_version
-
-    async def close(self) -> None:
-        await self.docker.close()
-        await self.connector.close()
 
 
 class DockerProvider(Provider):
@@ -275,25 +84,25 @@ class DockerProvider(Provider):
         self._loop: asyncio.AbstractEventLoop | None = None
         # An async generator the loop closes when it shuts down (see _until_loop_ends).
         self._guard: AsyncGenerator[None, None] | None = None
-        self._clients: dict[str, _Client] = {}
+        self._clients: dict[str, Client] = {}
         self._busy = 0  # engine calls in flight
         self._owned: dict[str, str] = {}  # container -> engine: ours to kill when we end
         self._watches: dict[str, asyncio.Task[None]] = {}  # container -> its exit watcher
         self._removing: dict[str, str] = {}  # container -> engine: destroyed, not yet gone
         self._removals: dict[str, asyncio.Task[None]] = {}
-        self._pulls: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._images = Images()
 
     # -- availability -----------------------------------------------------------------------
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("aiodocker") is None:
-            return _MISSING
-        return _probe(_default_host()).reason
+            return MISSING
+        return probe(default_host()).reason
 
     def info(self) -> ProviderInfo:
         info = super().info()
         if info.available:
-            runtimes = _probe(_default_host(), runtimes=True).runtimes or frozenset()
+            runtimes = probe(default_host(), runtimes=True).runtimes or frozenset()
             extra = {"runtime"} if runtimes - STOCK_RUNTIMES else set()
             if "runsc" in runtimes:
                 extra.add("gvisor")
@@ -305,13 +114,13 @@ class DockerProvider(Provider):
     # -- the client, and the end of its event loop ------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _engine(self, host: str) -> AsyncIterator[_Client]:
+    async def _engine(self, host: str) -> AsyncIterator[Client]:
         """The client for ``host`` (created on first use), counted as busy meanwhile; engine
         failures come out as sandlot errors."""
         self._adopt_loop()
         client = self._clients.get(host)
         if client is None:
-            client = self._clients[host] = _Client(host)
+            client = self._clients[host] = Client(host)
         self._busy += 1
         try:
             yield client
@@ -339,7 +148,7 @@ class DockerProvider(Provider):
         self._clients.clear()
         self._watches.clear()
         self._removals.clear()
-        self._pulls.clear()
+        self._images.forget()
         self._loop = loop
         self._guard = self._until_loop_ends()
         # Step it to its ``yield`` now (it awaits nothing before): the loop registers it on
@@ -394,13 +203,18 @@ class DockerProvider(Provider):
             )
         await quota.cap(folder / "workspace", spec.resources.disk_mb, self.home)
         workspace = spawn.make_workspace(folder, spec.workdir, spawn.HostUser(uid, gid))
-        body = self._container(sandbox_id, spec, config, agent_root, run, workspace)
+        owner = 0 if self.detached else os.getpid()
+        body = container_settings(
+            sandbox_id, spec, config, (workspace, agent_root, run), self.home_hash, owner
+        )
         body["User"] = f"{uid}:{gid}"
         if _write_filter(run / SECCOMP_NAME, uid, gid):
             body["Cmd"] += ["--seccomp", f"{RUN_MOUNT}/{SECCOMP_NAME}"]
         host = config.docker_host
         async with self._engine(host) as client:
-            container = await self._create_container(client, body, f"sandlot-{sandbox_id}", config)
+            container = await self._images.create_container(
+                client, body, f"sandlot-{sandbox_id}", config
+            )
             exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             try:
                 await self._start(client, container, config)
@@ -429,101 +243,12 @@ class DockerProvider(Provider):
             handle["host_uid"] = uid
         return Started(handle=handle, channel=channel, exited=None if self.detached else exited)
 
-    def _container(
-        self,
-        sandbox_id: str,
-        spec: SandboxSpec,
-        config: DockerConfig,
-        agent_root: Path,
-        run: Path,
-        workspace: Path,
-    ) -> dict[str, Any]:
-        """The engine's container settings (``POST /containers/create``)."""
-        argv = agent_files.command(
-            config.python,
-            agent_files.MOUNT_POINT,
-            "--socket", f"{RUN_MOUNT}/{SOCKET_NAME}",
-            "--workdir", spec.workdir,
-            "--deadline", str(spec.timeout),
-            "--rlimit", "core=0",
-            *(arg for path in WRITABLE for arg in ("--writable", path)),
-            "--reap-all",
-        )  # fmt: skip
-        resources = spec.resources
-        memory = resources.memory_mb << 20
-        now = int(time.time())
-        env = {"PATH": DEFAULT_PATH, "HOME": "/workspace", "LANG": "C.UTF-8", **spec.plain_env}
-        host_config: dict[str, Any] = {
-            "NetworkMode": "bridge" if spec.network == "full" else "none",
-            "Init": True,  # docker-init as PID 1 reaps orphans and passes signals on
-            "CapDrop": ["ALL"],
-            "SecurityOpt": ["no-new-privileges"],
-            "ReadonlyRootfs": True,
-            "IpcMode": "private",
-            "Mounts": [
-                _bind(workspace, "/workspace"),
-                _bind(agent_root, agent_files.MOUNT_POINT, read_only=True),
-                _bind(run, RUN_MOUNT),
-            ],
-            "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={resources.tmp_mb}m,mode=1777"},
-            "Memory": memory,
-            "MemorySwap": memory,  # equal: no swap
-            "NanoCpus": int(resources.cpus * 1e9),
-            "PidsLimit": resources.pids,
-            # The agent's own output only (commands have their own pipes); capped.
-            "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}},
-        }
-        if config.runtime:
-            host_config["Runtime"] = config.runtime
-        return {
-            "Image": config.image,
-            "Entrypoint": argv[:1],  # replaces the image's, so the agent is what runs
-            "Cmd": argv[1:],
-            "WorkingDir": "/workspace",
-            "Hostname": "sandlot",
-            "Env": [f"{k}={v}" for k, v in env.items()],
-            "Labels": {
-                LABEL_SANDBOX: sandbox_id,
-                LABEL_HOME: self.home_hash,
-                LABEL_OWNER: str(0 if self.detached else os.getpid()),
-                LABEL_CREATED: str(now),
-                LABEL_EXPIRES: str(now + int(spec.timeout) + 1),
-            },
-            "HostConfig": host_config,
-        }
-
-    async def _create_container(
-        self, client: _Client, body: dict[str, Any], name: str, config: DockerConfig
-    ) -> str:
-        """Create the container, pulling its image as the pull policy says. Without a pull,
-        one call: a missing image is the engine's 404, not an inspect made every time."""
-        if config.pull == "always":
-            await self._pull(client, config)
-        pulled = config.pull == "always"
-        while True:
-            try:
-                async with asyncio.timeout(START_TIMEOUT):
-                    return str((await client.docker.containers.create(body, name=name)).id)
-            except TimeoutError:
-                raise SandboxStartError(_slow("create the container")) from None
-            except client.docker_error as exc:
-                if exc.status != 404 or pulled:
-                    raise _refused(exc) from None
-            if config.pull == "never":
-                raise ImageNotFoundError(
-                    f"image {config.image!r} is not on the Docker engine, and pull is 'never' "
-                    "(build or load it first, or set pull='missing')",
-                    image=config.image,
-                )
-            await self._pull(client, config)
-            pulled = True
-
-    async def _start(self, client: _Client, container: str, config: DockerConfig) -> None:
+    async def _start(self, client: Client, container: str, config: DockerConfig) -> None:
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 await client.docker.containers.container(container).start()
         except TimeoutError:
-            raise SandboxStartError(_slow("start the container")) from None
+            raise SandboxStartError(slow("start the container")) from None
         except client.docker_error as exc:
             if exc.status == 900:
                 raise
@@ -533,32 +258,7 @@ class DockerProvider(Provider):
                 image=config.image,
             ) from None
 
-    async def _pull(self, client: _Client, config: DockerConfig) -> None:
-        """Pull the image, once at a time per image however many creates ask for it."""
-        key = (client.host, config.image)
-        pending = self._pulls.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._pull_once(client, config))
-            self._pulls[key] = pending
-            pending.add_done_callback(lambda _: self._pulls.pop(key, None))
-        await asyncio.shield(pending)
-
-    async def _pull_once(self, client: _Client, config: DockerConfig) -> None:
-        image = config.image
-        try:
-            async with asyncio.timeout(config.pull_timeout):
-                await client.docker.images.pull(image)
-        except TimeoutError:
-            why = f"no answer within {config.pull_timeout:g} s"
-        except client.errors as exc:
-            if getattr(exc, "status", None) == 900:
-                raise
-            why = getattr(exc, "message", None) or str(exc)
-        else:
-            return
-        raise ImageNotFoundError(f"cannot pull image {image!r}: {why}", image=image)
-
-    async def _watch(self, client: _Client, container: str, exited: asyncio.Future[int]) -> None:
+    async def _watch(self, client: Client, container: str, exited: asyncio.Future[int]) -> None:
         try:
             answer = await client.docker.containers.container(container).wait()
         except client.errors:
@@ -577,7 +277,7 @@ class DockerProvider(Provider):
 
     async def _connect_started(
         self,
-        client: _Client,
+        client: Client,
         container: str,
         socket_path: Path,
         exited: asyncio.Future[int],
@@ -616,7 +316,7 @@ class DockerProvider(Provider):
             image=config.image,
         )
 
-    async def _logs(self, client: _Client, container: str) -> str:
+    async def _logs(self, client: Client, container: str) -> str:
         try:
             lines = await client.docker.containers.container(container).log(
                 stdout=True, stderr=True
@@ -645,7 +345,7 @@ class DockerProvider(Provider):
         userns.release_handle(handle)
         container = handle.get("container")
         if container:
-            self._drop(container, handle.get("docker_host") or _default_host())
+            self._drop(container, handle.get("docker_host") or default_host())
 
     def _drop(self, container: str, host: str) -> None:
         self._adopt_loop()
@@ -728,7 +428,7 @@ class DockerProvider(Provider):
             raise self.cannot_pause(handle, "the sandbox's handle names no container")
         if container in self._removing:
             raise SandboxClosedError("the sandbox is gone: it cannot be paused or resumed")
-        host = handle.get("docker_host") or _default_host()
+        host = handle.get("docker_host") or default_host()
         what = "pause the container" if pause else "unpause the container"
         async with self._engine(host) as client:
             target = client.docker.containers.container(container)
@@ -737,7 +437,7 @@ class DockerProvider(Provider):
                     await (target.pause() if pause else target.unpause())
                 return
             except TimeoutError:
-                raise SandboxError(_slow(what)) from None
+                raise SandboxError(slow(what)) from None
             except client.docker_error as exc:
                 if exc.status == 404:
                     raise SandboxClosedError(
@@ -767,9 +467,9 @@ class DockerProvider(Provider):
         container = handle.get("container")
         if not container or container in self._removing:
             return False
-        path = (handle.get("docker_host") or _default_host()).removeprefix("unix://")
+        path = (handle.get("docker_host") or default_host()).removeprefix("unix://")
         try:
-            answer = _engine_get(path, f"/containers/{container}/json")
+            answer = engine_get(path, f"/containers/{container}/json")
         except (OSError, ValueError):
             return False  # gone, or the engine does not answer: not paused by anyone's word
         return isinstance(answer, dict) and bool((answer.get("State") or {}).get("Paused"))
@@ -787,7 +487,7 @@ class DockerProvider(Provider):
         if self.unavailable_reason() is not None:
             return []
         try:
-            async with self._engine(_default_host()) as client:
+            async with self._engine(default_host()) as client:
                 found = await client.docker.containers.list(**self._labelled())
         except SandlotError as exc:
             log.warning("gc: cannot list Docker containers: %s", exc)
@@ -806,33 +506,13 @@ class DockerProvider(Provider):
         return sorted(ids)
 
     async def cleanup_orphan(self, sandbox_id: str) -> None:
-        host = _default_host()
+        host = default_host()
         async with self._engine(host) as client:
             found = await client.docker.containers.list(**self._labelled(sandbox_id))
         for container in found:
             labels = container["Labels"] or {}
             if labels.get(LABEL_HOME) == self.home_hash and labels.get(LABEL_SANDBOX) == sandbox_id:
                 self._drop(container.id, host)
-
-
-def _bind(source: Path, target: str, read_only: bool = False) -> dict[str, Any]:
-    return {"Type": "bind", "Source": str(source), "Target": target, "ReadOnly": read_only}
-
-
-def _slow(what: str) -> str:
-    return f"the Docker engine did not {what} within {START_TIMEOUT:g} s"
-
-
-def _refused(exc: Any) -> Exception:
-    """The engine refused to create the container (one it cannot reach stays as it is:
-    :meth:`DockerProvider._engine` says so)."""
-    if exc.status == 900:
-        return exc
-    if exc.status == 400:
-        return InvalidArgumentError(
-            f"the Docker engine refused the sandbox's settings: {exc.message}"
-        )
-    return SandboxStartError(f"the Docker engine cannot create the container: {exc.message}")
 
 
 def _compiler() -> str:

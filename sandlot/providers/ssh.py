@@ -20,12 +20,6 @@ paths, and the agent's pid and start time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import hashlib
-import itertools
-import json
-import shlex
 import socket
 import time
 from dataclasses import dataclass
@@ -37,7 +31,6 @@ from pydantic import Field, field_validator
 from ..channel import Channel
 from ..errors import (
     HostKeyError,
-    InvalidArgumentError,
     ProviderUnavailableError,
     SandboxClosedError,
     SandboxNotFoundError,
@@ -45,11 +38,11 @@ from ..errors import (
     SandlotError,
 )
 from ..models import SandboxSpec
-from . import agent_files, bwrap, etc, quota, ssh_remote
+from . import agent_files, bwrap, etc, quota
 from .base import Provider, ProviderConfig, Started
+from .ssh_bridge import open_bridge
+from .ssh_helper import HELLO_TIMEOUT, Helper
 
-HELLO_TIMEOUT = 30.0
-CALL_TIMEOUT = 120.0  # a helper request (a kill waits up to ~6 s for the tree to die)
 KEEPALIVE = 15.0  # seconds between keepalives: a dead link is noticed within ~3 of them
 ALIVE_RECHECK = 5.0  # is_alive asks the remote host at most this often per sandbox
 VISIBLE_IN_SANDBOX = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/")
@@ -143,194 +136,6 @@ class _Target:
         }
 
 
-# -- the channel: an SSH direct-streamlocal channel bridged to a local socketpair ----------
-
-
-class _LocalEnd(asyncio.Protocol):
-    """Our end of the socketpair: what the Channel writes goes into the SSH channel."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.chan: Any = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.chan.write(data)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.chan is not None:
-            self.chan.close()
-
-    # The SSH channel's window is the real flow control; these only stop buffering without
-    # bound when the Channel reads more slowly than the network delivers.
-    def pause_writing(self) -> None:
-        if self.chan is not None:
-            self.chan.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.chan is not None:
-            self.chan.resume_reading()
-
-
-def _remote_end_class() -> type:
-    import asyncssh
-
-    class RemoteEnd(asyncssh.SSHUNIXSession[bytes]):
-        """The SSH channel's session: what the agent sends goes to the socketpair."""
-
-        def __init__(self, local: _LocalEnd) -> None:
-            self.local = local
-
-        def data_received(self, data: bytes, datatype: Any) -> None:
-            assert self.local.transport is not None
-            self.local.transport.write(data)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self.local.transport is not None:
-                self.local.transport.close()
-
-        def pause_writing(self) -> None:
-            if self.local.transport is not None:
-                self.local.transport.pause_reading()
-
-        def resume_writing(self) -> None:
-            if self.local.transport is not None:
-                self.local.transport.resume_reading()
-
-    return RemoteEnd
-
-
-async def _open_bridge(conn: Any, path: str) -> socket.socket:
-    """A local socket connected, through the SSH connection, to the remote Unix socket."""
-    loop = asyncio.get_running_loop()
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    local = _LocalEnd()
-    try:
-        await loop.create_connection(lambda: local, sock=ours)
-        remote_end = _remote_end_class()
-        chan, _ = await conn.create_unix_connection(lambda: remote_end(local), path)
-    except BaseException:
-        if local.transport is not None:
-            local.transport.close()
-        else:
-            ours.close()
-        theirs.close()
-        raise
-    local.chan = chan
-    return theirs
-
-
-# -- the helper on the remote host ---------------------------------------------------------
-
-
-@functools.cache
-def _helper_source() -> str:
-    return Path(ssh_remote.__file__).read_text()
-
-
-class _Helper:
-    """The host side of one :mod:`.ssh_remote` helper: JSON requests and answers by id."""
-
-    def __init__(self, process: Any, hello: dict[str, Any], where: str) -> None:
-        self.process = process
-        self.hello = hello
-        self.where = where
-        self.installed: set[str] = set(hello.get("installed", []))
-        self.dead: str | None = None
-        self.stderr = b""  # its last words, should it ever have any
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._reader = asyncio.ensure_future(self._read())
-        # stdout and stderr share the channel's window: unread stderr would stall both.
-        self._drain = asyncio.ensure_future(self._drain_stderr())
-
-    async def _drain_stderr(self) -> None:
-        with contextlib.suppress(Exception):
-            while chunk := await self.process.stderr.read(4096):
-                self.stderr = (self.stderr + chunk)[-4096:]
-
-    @classmethod
-    async def start(cls, conn: Any, python: str, root: str, where: str) -> _Helper:
-        command = f"exec {shlex.quote(python)} -I -S -c {shlex.quote(_helper_source())} "
-        command += shlex.quote(root)
-        process = await conn.create_process(command, encoding=None)
-        try:
-            while True:  # a login shell's rc files may print before the helper does
-                line = await asyncio.wait_for(process.stdout.readline(), HELLO_TIMEOUT)
-                if not line:
-                    break
-                text = line.decode("utf-8", "replace")
-                if text.startswith(ssh_remote.MARKER):
-                    return cls(process, json.loads(text[len(ssh_remote.MARKER) :]), where)
-        except TimeoutError:
-            process.close()
-            raise ProviderUnavailableError(f"{python} on {where} did not start in time") from None
-        try:
-            detail = await asyncio.wait_for(process.stderr.read(8192), 5)
-            detail = detail.decode("utf-8", "replace").strip()
-        except TimeoutError:
-            detail = ""
-        process.close()
-        raise ProviderUnavailableError(
-            f"cannot run {python} on {where}: {detail or 'it exited at once'}"
-            " (the agent needs Python 3.8+ there; set python=...)",
-            reason="no_python",
-        )
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                line = await self.process.stdout.readline()
-                if not line:
-                    break
-                answer = json.loads(line)
-                future = self._pending.pop(answer.get("id"), None)
-                if future is not None and not future.done():
-                    future.set_result(answer)
-        except Exception as exc:  # the connection broke under us
-            self.dead = str(exc) or type(exc).__name__
-        self.dead = self.dead or "the SSH session ended"
-        error = ProviderUnavailableError(f"lost the connection to {self.where}: {self.dead}")
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
-        self._pending.clear()
-
-    async def call(self, op: str, **args: Any) -> dict[str, Any]:
-        if self.dead is not None:
-            raise ProviderUnavailableError(f"lost the connection to {self.where}: {self.dead}")
-        rid = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = future
-        line = json.dumps({"id": rid, "op": op, **args}, separators=(",", ":")) + "\n"
-        self.process.stdin.write(line.encode())
-        try:
-            answer = await asyncio.wait_for(future, CALL_TIMEOUT)
-        except TimeoutError:
-            self._pending.pop(rid, None)
-            raise ProviderUnavailableError(f"{op} on {self.where} did not answer") from None
-        if "error" not in answer:
-            return answer
-        message = f"{op} on {self.where}: {answer['error']}"
-        kind = answer.get("kind")
-        if kind == "argument":
-            raise InvalidArgumentError(message)
-        if kind == "unavailable":
-            raise ProviderUnavailableError(message)
-        raise SandboxStartError(message)
-
-    def close(self) -> None:
-        self.process.close()
-        self._reader.cancel()
-        self._drain.cancel()
-
-
 # -- connections ---------------------------------------------------------------------------
 
 
@@ -341,7 +146,7 @@ class _Host:
     def __init__(self, target: _Target) -> None:
         self.target = target
         self.conn: Any = None
-        self.helpers: dict[tuple[str, str], _Helper] = {}
+        self.helpers: dict[tuple[str, str], Helper] = {}
         self._lock = asyncio.Lock()
 
     def open(self) -> bool:
@@ -356,7 +161,7 @@ class _Host:
                 self.helpers.clear()  # they ended with the old connection
             return self.conn
 
-    async def helper(self, python: str, root: str) -> _Helper:
+    async def helper(self, python: str, root: str) -> Helper:
         key = (python, root)
         found = self.helpers.get(key)
         if found is not None and found.dead is None and self.open():
@@ -365,7 +170,7 @@ class _Host:
         async with self._lock:
             found = self.helpers.get(key)
             if found is None or found.dead is not None:
-                found = await _Helper.start(conn, python, root, str(self.target))
+                found = await Helper.start(conn, python, root, str(self.target))
                 self.helpers[key] = found
             return found
 
@@ -435,20 +240,6 @@ async def _connect(target: _Target) -> Any:
         raise ProviderUnavailableError(f"cannot reach {target} over SSH: {detail}") from None
 
 
-@functools.cache
-def _agent_files() -> dict[str, str]:
-    return {p.name: p.read_text(encoding="utf-8") for p in agent_files._sources()}
-
-
-def _digest(python: str) -> str:
-    """The agent's remote folder name: changes with its sources and the interpreter."""
-    digest = hashlib.sha256(python.encode())
-    for name, text in sorted(_agent_files().items()):
-        digest.update(name.encode())
-        digest.update(text.encode())
-    return digest.hexdigest()[:16]
-
-
 class SshProvider(Provider):
     name = "ssh"
     # Per sandbox: bwrap when the remote host has it, else unisolated (the handle's
@@ -489,13 +280,9 @@ class SshProvider(Provider):
         facts = helper.hello
         isolation = _isolation(config, facts, str(target))
         python = _agent_python(config, facts, isolation, str(target))
-        digest = _digest(python)
         root = facts["root"]
-        if digest not in helper.installed:
-            files = _agent_files()
-            answer = await helper.call("install", digest=digest, files=files, python=python)
-            helper.installed.add(digest)
-            self.uploads += int(bool(answer.get("installed")))
+        digest, uploaded = await helper.install_agent(python)
+        self.uploads += int(uploaded)
         agent_root = f"{root}/agent/{digest}"
         remote = f"{root}/sandboxes/{sandbox_id}"
         argv, env, slots = _agent_command(spec, isolation, python, agent_root, remote)
@@ -550,7 +337,7 @@ class SshProvider(Provider):
             host = self._host(target)
             conn = await host.connection()
             try:
-                return await _open_bridge(conn, path)
+                return await open_bridge(conn, path)
             except Exception as exc:
                 import asyncssh
 

@@ -19,7 +19,7 @@ import socket
 import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 import h11
@@ -35,8 +35,12 @@ from ..channel import Request as Tunnel
 from ..channel.tunnel import open_tunnel, splice
 from ..errors import InvalidArgumentError, PortError, SandboxClosedError, SandlotError
 from .deps import Caller, State, get_principal
+from .http_errors import error_response, status_of
 from .signing import MAX_EXPIRES_IN, Grant, Signer
 from .state import Principal, Served, ServerState
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 router = APIRouter(tags=["ports"])
 log = logging.getLogger("sandlot.server")
@@ -388,9 +392,6 @@ async def _relay(
 ) -> None:
     """Accept the client once the sandbox's server has accepted us, then pass messages both
     ways until either side closes; the close code goes across too."""
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-
     try:
         tunnel = await open_tunnel(served.live.channel, port)
     except SandlotError as exc:
@@ -401,87 +402,115 @@ async def _relay(
     reader, writer = await asyncio.open_connection(sock=far)
     splicing = asyncio.ensure_future(splice(tunnel, reader, writer))
     counter = _port_bytes(websocket.app, state)
-    headers = _forward_headers(
-        websocket, port, segments, strip_authorization, HOP_BY_HOP | WEBSOCKET_OWN
-    )
-    uri = f"ws://127.0.0.1:{port}{_target(websocket.scope, segments).decode('latin-1')}"
     try:
-        try:
-            upstream = await connect(
-                uri,
-                sock=near,
-                additional_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
-                subprotocols=websocket.scope.get("subprotocols") or None,
-                compression=None,  # loopback: compressing would only cost CPU
-                user_agent_header=None,  # the client's own is passed on
-                proxy=None,
-                ping_interval=None,
-                max_size=MAX_MESSAGE,
-                open_timeout=30,
-            )
-        except InvalidStatus as exc:  # the sandbox's server refused: its answer goes back
-            answer = exc.response
-            await _deny_with(
-                websocket,
-                Response(
-                    answer.body or b"",
-                    status_code=answer.status_code,
-                    media_type=answer.headers.get("Content-Type"),
-                ),
-            )
-            return
-        except (InvalidHandshake, OSError, TimeoutError) as exc:
-            await _deny(
-                websocket,
-                PortError(f"no WebSocket answer from port {port} in the sandbox: {exc}", port=port),
-            )
+        upstream = await _dial(websocket, near, port, segments, strip_authorization)
+        if upstream is None:
             return
         await websocket.accept(subprotocol=upstream.subprotocol)
-
-        async def from_client() -> None:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    await upstream.close(
-                        _sendable(message.get("code", 1000)), message.get("reason") or ""
-                    )
-                    return
-                data = message.get("text")
-                if data is None:
-                    data = message.get("bytes") or b""
-                counter.labels("to_sandbox").inc(_size(data))
-                await upstream.send(data)
-
-        async def to_client() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                async for data in upstream:
-                    counter.labels("from_sandbox").inc(_size(data))
-                    if isinstance(data, str):
-                        await websocket.send_text(data)
-                    else:
-                        await websocket.send_bytes(data)
-            code, reason = upstream.close_code, upstream.close_reason or ""
-            if code is None or code == 1006:  # no close frame: the connection was lost
-                ended = served.live.channel.closed is not None
-                code = 1001 if ended else 1011
-                reason = "the sandbox has ended" if ended else "the server in the sandbox went away"
-            with contextlib.suppress(Exception):
-                await websocket.close(_sendable(code), reason)
-
-        tasks = [asyncio.ensure_future(from_client()), asyncio.ensure_future(to_client())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await upstream.close()
+        await _pass_messages(websocket, upstream, counter, served)
     finally:
         near.close()
         splicing.cancel()
         await asyncio.gather(splicing, return_exceptions=True)
         tunnel.cancel()
+
+
+async def _dial(
+    websocket: WebSocket, sock: socket.socket, port: int, segments: int, strip_authorization: bool
+) -> ClientConnection | None:
+    """The WebSocket to the sandbox's server over ``sock``, with the client's headers and
+    subprotocols; None once the client has been refused (with the sandbox's own answer if
+    its server refused)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+    headers = _forward_headers(
+        websocket, port, segments, strip_authorization, HOP_BY_HOP | WEBSOCKET_OWN
+    )
+    uri = f"ws://127.0.0.1:{port}{_target(websocket.scope, segments).decode('latin-1')}"
+    try:
+        return await connect(
+            uri,
+            sock=sock,
+            additional_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
+            subprotocols=websocket.scope.get("subprotocols") or None,
+            compression=None,  # loopback: compressing would only cost CPU
+            user_agent_header=None,  # the client's own is passed on
+            proxy=None,
+            ping_interval=None,
+            max_size=MAX_MESSAGE,
+            open_timeout=30,
+        )
+    except InvalidStatus as exc:  # the sandbox's server refused: its answer goes back
+        answer = exc.response
+        await _deny_with(
+            websocket,
+            Response(
+                answer.body or b"",
+                status_code=answer.status_code,
+                media_type=answer.headers.get("Content-Type"),
+            ),
+        )
+    except (InvalidHandshake, OSError, TimeoutError) as exc:
+        await _deny(
+            websocket,
+            PortError(f"no WebSocket answer from port {port} in the sandbox: {exc}", port=port),
+        )
+    return None
+
+
+async def _pass_messages(
+    websocket: WebSocket, upstream: ClientConnection, counter: Counter, served: Served
+) -> None:
+    """Both directions at once, until either side closes; then the other is closed too."""
+    tasks = [
+        asyncio.ensure_future(_from_client(websocket, upstream, counter)),
+        asyncio.ensure_future(_to_client(websocket, upstream, counter, served)),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await upstream.close()
+
+
+async def _from_client(websocket: WebSocket, upstream: ClientConnection, counter: Counter) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            await upstream.close(_sendable(message.get("code", 1000)), message.get("reason") or "")
+            return
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        counter.labels("to_sandbox").inc(_size(data))
+        await upstream.send(data)
+
+
+async def _to_client(
+    websocket: WebSocket, upstream: ClientConnection, counter: Counter, served: Served
+) -> None:
+    """The sandbox's messages, then its close code; a connection lost without a close frame
+    closes the client with 1001 (the sandbox ended) or 1011 (its server went away)."""
+    from websockets.exceptions import ConnectionClosed
+
+    with contextlib.suppress(ConnectionClosed):
+        async for data in upstream:
+            counter.labels("from_sandbox").inc(_size(data))
+            if isinstance(data, str):
+                await websocket.send_text(data)
+            else:
+                await websocket.send_bytes(data)
+    code, reason = upstream.close_code, upstream.close_reason or ""
+    if code is None or code == 1006:  # no close frame: the connection was lost
+        ended = served.live.channel.closed is not None
+        code = 1001 if ended else 1011
+        reason = "the sandbox has ended" if ended else "the server in the sandbox went away"
+    with contextlib.suppress(Exception):
+        await websocket.close(_sendable(code), reason)
 
 
 def _sendable(code: int) -> int:
@@ -494,8 +523,6 @@ def _size(data: str | bytes) -> int:
 
 
 async def _deny(websocket: WebSocket, error: SandlotError) -> None:
-    from .app import error_response, status_of  # app imports this module
-
     status = 502 if isinstance(error, PortError) else status_of(error)
     await _deny_with(websocket, error_response(status, error.code, error.message, **error.details))
 
@@ -602,6 +629,4 @@ def _sandlot_key(value: bytes) -> bool:
 
 
 def _bad_gateway(error: PortError) -> Response:
-    from .app import error_response  # app imports this module
-
     return error_response(502, error.code, error.message, **error.details)

@@ -17,26 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from .. import __version__
-from ..api import ErrorBody, Health
-from ..errors import (
-    AuthenticationError,
-    CodeContextBusyError,
-    FileExistsInSandboxError,
-    FileNotFoundInSandboxError,
-    FileTooLargeError,
-    ForbiddenError,
-    IdempotencyConflictError,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    ProviderUnavailableError,
-    RemoteUnavailableError,
-    SandboxClosedError,
-    SandlotError,
-    ServerError,
-    SessionBusyError,
-    SessionError,
-)
+from ..api import Health
+from ..errors import SandlotError
 from ..supervisor import Supervisor
 from . import (
     api_code,
@@ -51,48 +33,9 @@ from . import (
     watchdog,
 )
 from .deps import State
+from .http_errors import ERROR_RESPONSES, HTTP_CODES, error_response, status_of
 from .metrics import CONTENT_TYPE, Metrics
 from .state import ServerSettings, ServerState
-
-# HTTP status by error class; the most specific class in an error's MRO wins.
-STATUS: dict[type[SandlotError], int] = {
-    InvalidArgumentError: 422,
-    NotFoundError: 404,
-    FileNotFoundInSandboxError: 404,
-    AuthenticationError: 401,
-    ForbiddenError: 403,
-    PermissionDeniedError: 403,
-    CodeContextBusyError: 409,
-    FileExistsInSandboxError: 409,
-    IdempotencyConflictError: 409,
-    SessionError: 409,  # the session's state does not allow it (e.g. no sandbox attached)
-    SessionBusyError: 409,
-    SandboxClosedError: 410,
-    FileTooLargeError: 413,
-    ProviderUnavailableError: 422,  # this server cannot provide what was asked for
-    RemoteUnavailableError: 503,
-    ServerError: 500,
-}
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in {
-        401: "no valid API key",
-        403: "the key may not do this",
-        404: "no such sandbox or session (or another tenant's), execution, file or context",
-        409: "busy (a session's run lock or lease), exists already, or an idempotency key "
-        "reused for another call",
-        410: "the sandbox has ended, or a session's lease has expired",
-        422: "invalid request: `details.errors` names the fields",
-    }.items()
-}
-HTTP_CODES = {
-    400: "invalid_argument",
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    422: "invalid_argument",
-}
-
 
 MAX_JSON_BODY = 32 * 1024 * 1024  # JSON is parsed whole; raw uploads stream instead
 
@@ -157,19 +100,6 @@ def _too_large() -> JSONResponse:
     return error_response(
         413, "file_too_large", f"a JSON body may be at most {MAX_JSON_BODY} bytes"
     )
-
-
-def status_of(error: SandlotError) -> int:
-    for cls in type(error).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500 if type(error) is SandlotError else 400
-
-
-def error_response(status: int, code: str, message: str, **details: Any) -> JSONResponse:
-    body = ErrorBody(code=code, message=message, details=details)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:

@@ -8,7 +8,8 @@ sandboxes. See docs/workspaces.md.
 """
 
 from .manifest import CheckpointInfo, Entry, Manifest, RestoreInfo, check_session_id
-from .store import WorkspaceStore, check_store_url, open_store
+from .store import WorkspaceStore
+from .url import check_store_url, open_store
 
 __all__ = [
     "CheckpointInfo",

@@ -18,8 +18,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import NoSpaceError, ProtocolError
+from .base import MANIFEST_RE, Staged, store_error
 from .manifest import HASH_RE, SESSION_RE, check_session_id
-from .store import MANIFEST_RE, Staged, WorkspaceStore, store_error
+from .store import WorkspaceStore
 
 CHUNK = 1 << 20
 SYNCFS_OVER = 32  # more new blobs than this: one syncfs instead of an fsync each

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFoundError, ProtocolError
+from .base import MANIFEST_RE, Staged, store_error
 from .manifest import HASH_RE, SESSION_RE, check_session_id
-from .store import MANIFEST_RE, Staged, WorkspaceStore, store_error
+from .store import WorkspaceStore
 
 CHUNK = 1 << 20
 REFRESH_AFTER = 10.0  # seconds: a reused blob older than this gets a new modification time

@@ -328,11 +328,12 @@ def test_runtimes_the_engine_reports_are_capabilities(monkeypatch: pytest.Monkey
     """This engine has runc only, so its answer about runtimes is faked here (a stand-in
     for an engine with gVisor installed); the real answer is checked first."""
     import sandlot.providers.docker as module
+    from sandlot.providers.docker_engine import Probe
 
     real = DockerProvider(home()).info()
     assert real.available and "gvisor" not in real.capabilities
-    probe = module._Probe(None, frozenset({"runc", "runsc"}), float("inf"))
-    monkeypatch.setattr(module, "_probe", lambda host, runtimes=False: probe)
+    probe = Probe(None, frozenset({"runc", "runsc"}), float("inf"))
+    monkeypatch.setattr(module, "probe", lambda host, runtimes=False: probe)
     faked = DockerProvider(home()).info()
     assert {"gvisor", "runtime"} <= set(faked.capabilities)
 
