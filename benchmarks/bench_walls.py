@@ -105,8 +105,8 @@ def main() -> None:
         ("walls", "bare bwrap + a user namespace of its own (made, then joined)"): (
             bwrap_in_namespace
         ),
-        ("walls", "making that user namespace (background, off the start path)"): lambda: (
-            os.close(userns.create(1000, 1000).fd)
+        ("walls", "making that user namespace (background, off the start path)"): lambda: os.close(
+            userns.create(1000, 1000).fd
         ),
         ("agent", "python3 -I -S -c pass"): lambda: run(PASS),
         ("agent", "python3 -I -S raising the agent's walls"): lambda: run(
@@ -146,9 +146,14 @@ def main() -> None:
 
     for row in results.rows:
         base = next((r for r in results.rows if r.subject == row.baseline), None)
-        if row.baseline is None and row.section in ("walls", "agent") and row.subject not in (
-            floor,
-            "python3 -I -S -c pass",
+        if (
+            row.baseline is None
+            and row.section in ("walls", "agent")
+            and row.subject
+            not in (
+                floor,
+                "python3 -I -S -c pass",
+            )
         ):
             base = rows[(row.section, floor if row.section == "walls" else "python3 -I -S -c pass")]
             row.baseline = base.subject
@@ -168,8 +173,17 @@ def main() -> None:
     layout = c.Layout(
         title="sandlot walls benchmarks",
         stem="walls",
-        headers=["section", "subject", "p50", "p99", "n", "vs baseline (p50)", "cost", "target",
-                 "verdict"],
+        headers=[
+            "section",
+            "subject",
+            "p50",
+            "p99",
+            "n",
+            "vs baseline (p50)",
+            "cost",
+            "target",
+            "verdict",
+        ],
         cells=lambda r: [
             r.section,
             r.subject,

@@ -2,8 +2,8 @@
 """Write ``docs/api.md``, the HTTP API reference, from the server's OpenAPI document.
 
 No server is started: ``create_app().openapi()`` builds the document from the routes, and the
-error table comes from the status mapping in ``sandlot/server/http_errors.py``. The output depends on
-the code only, so ``tests/unit/test_api_docs.py`` can regenerate it and compare::
+error table comes from the status mapping in ``sandlot/server/http_errors.py``. The output
+depends on the code only, so ``tests/unit/test_api_docs.py`` can regenerate it and compare::
 
     python scripts/api_docs.py           # write docs/api.md
     python scripts/api_docs.py --check   # exit 1 if docs/api.md is out of date
@@ -350,7 +350,8 @@ def introduction(schemas: Schemas, idempotent: list[str]) -> list[str]:
         "",
         "A request that does not match the schema answers 422 `invalid_argument` with "
         '`details.errors` (`[{"loc": [...], "msg": "..."}]`). The status comes from the '
-        "error's class (the most specific one in the table of `sandlot/server/http_errors.py`); other "
+        "error's class (the most specific one in the table of "
+        "`sandlot/server/http_errors.py`); other "
         "framework answers carry `http_<status>` as their code. An unexpected failure of the "
         "server answers 500 `server_error`. The operations below list the statuses the OpenAPI "
         "document declares; any of them may also answer the errors of this table.",
