@@ -35,7 +35,6 @@ from ..errors import (
 )
 from ..manager import LiveSandbox, Manager
 from ..manager.manager import default_provider
-from ..manager.recorder import takes_run_lock
 from ..manager.sessions import Attachment, Sessions
 from ..models import SandboxSpec
 from ..providers import DEFAULT, provider_class
@@ -43,15 +42,15 @@ from ..secrets.refs import as_ref
 from ..secrets.store import DatabaseSecrets
 from ..store import default_home
 from ..store.database import Database, sqlite_url
-from ..store.eventlog import EventLog
 from ..store.keys import LOCAL_TENANT, Keys
-from ..store.logwriter import LogWriter
 from ..store.records import ExecutionRecord, Records, SandboxRecord
 from ..store.retention import Retention
 from ..supervisor import Loop, Supervisor
-from .hub import Hub
+from ..transcript.eventlog import EventLog
+from ..transcript.hub import Hub
+from ..transcript.logwriter import LogWriter
+from ..transcript.runs import Run, new_execution_id, takes_run_lock
 from .metrics import Metrics
-from .runs import Run, new_execution_id
 
 log = logging.getLogger("sandlot.server")
 AUTH_CACHE_SECONDS = 2.0
@@ -541,26 +540,26 @@ class ServerState:
         interrupted = False
         if locks:
             interrupted = await self._lock(session_id, execution_id, record.id, holder, force)
+        release = (lambda: self.sessions.unlock(session_id, execution_id)) if locks else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TAKEOVER_SECONDS
         try:
             while True:
-                request = served.live.channel.open(op, **args)
                 run = Run(
-                    id=execution_id,
-                    op=op,
-                    session_id=session_id,
-                    sandbox_id=record.id,
-                    request=request,
-                    hub=self.hub,
-                    max_log_bytes=self.settings.max_log_bytes,
-                    base_seq=self.hub.latest(session_id),
+                    served.live.channel.open(op, **args),
+                    self.hub,
+                    op,
+                    session_id,
+                    record.id,
+                    execution_id=execution_id,
+                    summary=summary,
                     secrets=secrets,
+                    max_log_bytes=self.settings.max_log_bytes,
+                    release=release,
+                    base_seq=self.hub.latest(session_id),
                 )
-                if locks:
-                    run.release = lambda: self.sessions.unlock(session_id, execution_id)
                 try:
-                    await run.started(summary)
+                    await run.accepted()
                     break
                 except CodeContextBusyError:
                     # The cell a takeover interrupted is still winding down in its context.
