@@ -635,6 +635,11 @@ class Sessions:
         finally:
             live.channel.close()
 
+    async def lock_holder(self, session_id: str) -> str | None:
+        """The execution that holds the session's run lock (None: free)."""
+        state = await self._read(self.store.lock_state, session_id)
+        return state.execution
+
     async def set_lock_pid(self, session_id: str, execution: str, pid: int) -> None:
         await self._write(self.store.set_lock_pid, session_id, execution, pid)
 
