@@ -1,10 +1,8 @@
-"""The server/session database: one SQLAlchemy Core schema on SQLite or PostgreSQL.
+"""The server's persistent store: one SQLAlchemy Core schema on SQLite or PostgreSQL.
 
-A server keeps its tenants, keys, sandboxes, sessions, executions and event logs here; an
-embedded process opens the same schema (``server.db`` in the state folder, or
-``SANDLOT_DATABASE_URL``) once it uses durable sessions. SQLite (the default) suits one
-control plane; PostgreSQL lets several share work. Only those two paths import this module:
-``import sandlot`` must never pay for SQLAlchemy and Alembic.
+SQLite (the default, a file in the server's state folder) suits one control plane;
+PostgreSQL lets several share work. Only the server imports this module: ``import sandlot``
+must never pay for SQLAlchemy and Alembic.
 
 The tables are defined once, here, and the queries use them. The schema is created and
 upgraded by Alembic (``sandlot/store/migrations``); each revision spells out its own DDL, so

@@ -1,8 +1,7 @@
-"""Records in the server/session database: sessions, sandboxes, executions, idempotent answers.
+"""The server's records: sessions, the sandboxes it owns, executions, idempotent answers.
 
-Written by a server and, for durable sessions, by embedded processes too. The sandboxes here
-are ownership records (which tenant, which session, when it expires). The host-local registry
-of live processes is :mod:`sandlot.store.sqlite`.
+The sandboxes here are the server's ownership records (which tenant, which session, when it
+expires). The host-local registry of live processes is :mod:`sandlot.store.sqlite`.
 """
 
 from __future__ import annotations
