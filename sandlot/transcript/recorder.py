@@ -8,10 +8,11 @@ ends the execution's record. A run of a durable session holds the session's run 
 lock is released as the run ends, and if a forced takeover took it meanwhile, the run ends
 with a ``run_cancelled`` error instead.
 
-Who drives the frames is the only difference between the two paths: a server pumps them in a
-task of its own (:mod:`sandlot.transcript.runs`), an embedded session records each as its
-caller reads it (:mod:`sandlot.manager.recorder`). So a transcript reads the same wherever it
-was written.
+What differs between the two paths is who drives the frames, and the caller's policy: a
+server pumps them in a task of its own (:mod:`sandlot.transcript.runs`) and caps what it logs
+(its ``max_log_bytes`` setting); an embedded session records each frame as its caller reads it
+(:mod:`sandlot.manager.recorder`), all of it. So a transcript reads the same wherever it was
+written.
 """
 
 from __future__ import annotations
