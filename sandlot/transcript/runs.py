@@ -158,53 +158,10 @@ class Runs:
         refusal). With ``locks``, the session's run lock is taken first (``force``: over
         from its holder) and held until the run ends; ``holder``: who a busy error names."""
         execution_id = new_execution_id()
-        interrupted = False
-        if locks:
-            interrupted = await self._lock(session_id, execution_id, sandbox_id, holder, force)
-        try:
-            run = await self._open(
-                channel,
-                op,
-                args,
-                session_id,
-                sandbox_id,
-                execution_id,
-                summary,
-                secrets,
-                locks,
-                interrupted,
-            )
-            if locks and run.pid is not None and op != "code.run":
-                # What a forced takeover kills (a cell is interrupted instead: see _lock).
-                await self.locks.set_lock_pid(session_id, execution_id, run.pid)
-        except BaseException:
-            if locks:
-                await self.locks.unlock(session_id, execution_id)
-            raise
-        self._runs[run.id] = run
-        run.task = Supervisor.current().spawn(self._pump(run), "execution")
-        return run
-
-    async def _open(
-        self,
-        channel: ChannelLike,
-        op: str,
-        args: dict[str, Any],
-        session_id: str,
-        sandbox_id: str,
-        execution_id: str,
-        summary: dict[str, Any],
-        secrets: list[str],
-        locks: bool,
-        interrupted: bool,
-    ) -> Run:
-        """Open the request until the agent accepts it: a cell that a takeover interrupted
-        may still be winding down in its context for a while."""
         release = (lambda: self.locks.unlock(session_id, execution_id)) if locks else None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + TAKEOVER_SECONDS
-        while True:
-            run = Run(
+
+        def run() -> Run:
+            return Run(
                 channel.open(op, **args),
                 self.hub,
                 op,
@@ -217,9 +174,34 @@ class Runs:
                 release=release,
                 base_seq=self.hub.latest(session_id),
             )
+
+        interrupted = False
+        if locks:
+            interrupted = await self._lock(session_id, execution_id, sandbox_id, holder, force)
+        try:
+            started = await self._accepted(run, interrupted)
+            if locks and started.pid is not None and op != "code.run":
+                # What a forced takeover kills (a cell is interrupted instead: see _lock).
+                await self.locks.set_lock_pid(session_id, execution_id, started.pid)
+        except BaseException:
+            if locks:
+                await self.locks.unlock(session_id, execution_id)
+            raise
+        self._runs[execution_id] = started
+        started.task = Supervisor.current().spawn(self._pump(started), "execution")
+        return started
+
+    @staticmethod
+    async def _accepted(run: Callable[[], Run], interrupted: bool) -> Run:
+        """Open the request until the agent accepts it: a cell that a takeover interrupted
+        (``interrupted``) may still be winding down in its context for a while."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TAKEOVER_SECONDS
+        while True:
+            opened = run()
             try:
-                await run.accepted()
-                return run
+                await opened.accepted()
+                return opened
             except CodeContextBusyError:
                 if not interrupted or loop.time() > deadline:
                     raise
