@@ -28,6 +28,7 @@ from typing import Any
 
 from ..agent import protocol as p
 from ..errors import ProtocolError, SandboxClosedError, SandlotError, from_dict
+from .base import ChannelLike, Frame, RequestLike
 
 GRANT_BATCH = p.WINDOW // 4  # return credit in batches, not per frame
 BUFFER_MIN = 64 * 1024  # an idle channel's read buffer
@@ -39,7 +40,6 @@ WRITE_HIGH = 512 * 1024
 VECTORED = 64 * 1024  # frames this large are sent without joining header and payload
 SEND_BUFFER = 4 * 1024 * 1024  # the socket's own buffer: fewer, larger writes (as the agent)
 
-Frame = tuple[int, int, bytes]  # kind, stream, payload
 Dial = Callable[[], Awaitable[socket.socket]]  # a new, connected socket to the agent
 REDIAL_DELAY = (0.05, 2.0)  # first and largest pause between dial attempts, seconds
 # Control frames received and not yet taken by their request's reader, per channel: an agent
@@ -68,7 +68,7 @@ def _bad_header(length: int, kind: int, stream: int) -> str:
     return f"a {length}-byte frame of kind {kind}"
 
 
-class Request:
+class Request(RequestLike):
     """One in-flight request: receive its frames, return credit, send its data."""
 
     def __init__(self, channel: Channel, rid: int) -> None:
@@ -316,7 +316,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self.large = None
 
 
-class Channel:
+class Channel(ChannelLike):
     """An open connection to one agent."""
 
     def __init__(self) -> None:

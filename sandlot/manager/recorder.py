@@ -2,45 +2,33 @@
 
 Every command, code cell and install opened through it takes the session's run lock first
 (foreground runs only: a background command is a service, not a run), then its frames are
-copied into the session's event log as they reach the caller: ``started`` (with the
-execution's record), ``stdout``/``stderr`` (secret values masked), the agent's events, and
-``exit`` or ``error``. The lock is released at the end; if a forced takeover cancelled the
-run meanwhile, the caller gets :class:`~sandlot.errors.RunCancelledError`.
-
-The same kinds and payloads as a server's executions (:mod:`sandlot.server.runs`), so a
-transcript reads the same wherever it was written.
+recorded into the session's event log as they reach the caller, by the same recorder as a
+server's executions (:mod:`sandlot.transcript.recorder`). The lock is released at the end; if
+a forced takeover cancelled the run meanwhile, the caller gets
+:class:`~sandlot.errors.RunCancelledError`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..agent import protocol as p
-from ..errors import RunCancelledError, SandlotError
-from ..secrets.mask import Masker
-from ..server.runs import KINDS, STREAMS, new_execution_id
-from ..supervisor import Supervisor
+from ..channel.base import ChannelLike, Frame, RequestLike
+from ..errors import SandlotError
+from ..transcript.recorder import KINDS, RunRecorder, takes_run_lock
 
 if TYPE_CHECKING:
-    from ..channel import Channel, Request
+    from ..channel import Channel
     from .sessions import Sessions
 
+__all__ = ["MASK_ARG", "RecordedRun", "RecordingChannel", "takes_run_lock"]
 MASK_ARG = "_mask"  # values the SDK resolved from secret references for this run only
+SUMMARY = ("cmd", "argv", "cwd", "context")  # what of a run's arguments its start tells
 
 
-def takes_run_lock(op: str, args: dict[str, Any]) -> bool:
-    """Whether a run of ``op`` takes its session's lock: all but a command that keeps its
-    stdin open and has no time limit (a service, such as a server started in the
-    background). The same rule embedded and in a server."""
-    return not (op == "exec" and args.get("stdin") and args.get("timeout") is None)
-
-
-class RecordingChannel:
-    """Wraps a sandbox's channel; everything but :meth:`open` of a run passes through."""
+class RecordingChannel(ChannelLike):
+    """Wraps a sandbox's channel: runs opened through it are recorded; the rest passes."""
 
     records = True  # the SDK passes per-run secret values (``_mask``) only to such a channel
 
@@ -55,50 +43,53 @@ class RecordingChannel:
         force: bool,
         secrets: list[str],
     ) -> None:
-        self._channel = channel
-        self._sessions = sessions
+        self.channel = channel
+        self.sessions = sessions
         self.session_id = session_id
         self.sandbox_id = sandbox_id
         self.holder = holder
         self.force = force
         self.secrets = secrets
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._channel, name)
-
-    def open(self, op: str, **args: Any) -> Any:
+    def open(self, op: str, **args: Any) -> RequestLike:
         mask = args.pop(MASK_ARG, None) or []
         if op not in KINDS:
-            return self._channel.open(op, **args)
+            return self.channel.open(op, **args)
         return RecordedRun(self, op, args, [*self.secrets, *mask])
 
+    async def call(self, op: str, **args: Any) -> Any:
+        return await self.channel.call(op, **args)
 
-class RecordedRun:
+    def close(self) -> None:
+        self.channel.close()
+
+
+class RecordedRun(RequestLike):
     """A run's request, opened on its first use (once the lock is held) and recorded."""
 
     def __init__(self, owner: RecordingChannel, op: str, args: dict[str, Any], secrets: list[str]):
         self.owner = owner
         self.op = op
         self.args = args
-        self.id = new_execution_id()
         if op == "code.run":
             args["started"] = True  # its pid, for the lock (the SDK skips this event)
         self.locks = takes_run_lock(op, args)
-        self.maskers = {name: Masker(secrets) for name in STREAMS.values()} if secrets else {}
-        self._request: Request | None = None
+        sessions, session_id = owner.sessions, owner.session_id
+        self.recorder = RunRecorder(
+            sessions.hub,
+            op,
+            session_id,
+            owner.sandbox_id,
+            summary=_summary(args),
+            secrets=secrets,
+            release=(lambda: sessions.unlock(session_id, self.id)) if self.locks else None,
+        )
+        self.id = self.recorder.id
+        self._request: RequestLike | None = None
         self._opening = asyncio.Lock()
-        self._ended = False
         self._cancelled = False
-        self._started_at = time.time()
 
-    @property
-    def _hub(self) -> Any:
-        return self.owner._sessions.hub
-
-    def _put(self, kind: str, data: bytes, record: Any = None) -> None:
-        self._hub.put_nowait(self.owner.session_id, self.id, kind, data, record)
-
-    async def _open(self) -> Request:
+    async def _open(self) -> RequestLike:
         async with self._opening:
             if self._request is not None:
                 return self._request
@@ -106,84 +97,32 @@ class RecordedRun:
                 raise asyncio.CancelledError
             owner = self.owner
             if self.locks:
-                await owner._sessions.lock(
+                await owner.sessions.lock(
                     owner.session_id,
                     self.id,
                     owner.sandbox_id,
                     holder=owner.holder,
                     force=owner.force,
                 )
-            self._request = owner._channel.open(self.op, **self.args)
+            self._request = owner.channel.open(self.op, **self.args)
             return self._request
 
-    async def receive(self) -> tuple[int, int, bytes]:
+    async def receive(self) -> Frame:
         request = self._request or await self._open()
+        recorder = self.recorder
         try:
             frame = await request.receive()
         except SandlotError as exc:
-            await self._end("error", exc.to_dict())
+            if not await recorder.failed(exc):
+                raise recorder.takeover_error() from None
             raise
-        kind, stream, payload = frame
-        if kind == p.DATA:
-            name = STREAMS.get(stream)
-            if name is not None and payload:
-                masker = self.maskers.get(name)
-                data = masker.feed(payload) if masker is not None else bytes(payload)
-                if data:
-                    self._put(name, data)
-        elif kind == p.EVENT:
-            event = _json(payload)
-            name = str(event.get("event", "event"))
-            if name == "started":
-                await self._started(event)
-            else:
-                self._put(name, bytes(payload))
-        elif kind == p.END:
-            for name, masker in self.maskers.items():
-                rest = masker.flush()
-                if rest:
-                    self._put(name, rest)
-            await self._end("exit", _json(payload))
+        starting = not recorder.has_started
+        if not await recorder.record(frame):
+            raise recorder.takeover_error()
+        if starting and recorder.has_started and self.locks and recorder.pid is not None:
+            owner = self.owner
+            await owner.sessions.set_lock_pid(owner.session_id, self.id, recorder.pid)
         return frame
-
-    async def _started(self, event: dict[str, Any]) -> None:
-        from ..store.records import ExecutionRecord
-
-        owner = self.owner
-        pid = event.get("pid") if isinstance(event.get("pid"), int) else None
-        summary = {k: v for k, v in self.args.items() if k in ("cmd", "argv", "cwd", "context")}
-        if "code" in self.args:
-            summary["code"] = str(self.args["code"])[:4096]
-        record = ExecutionRecord(
-            id=self.id,
-            session_id=owner.session_id,
-            sandbox_id=owner.sandbox_id,
-            kind=KINDS[self.op],
-            pid=pid,
-            created_at=datetime.fromtimestamp(self._started_at, UTC),
-        )
-        started = {"event": "started", "op": self.op, "pid": pid, **summary}
-        self._put("started", json.dumps(started).encode(), record)
-        if self.locks and pid is not None:
-            await owner._sessions.set_lock_pid(owner.session_id, self.id, pid)
-
-    async def _end(self, kind: str, outcome: dict[str, Any]) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        if not self.locks:
-            self._put(kind, json.dumps(outcome).encode())
-            return
-        owner = self.owner
-        if await owner._sessions.unlock(owner.session_id, self.id):
-            self._put(kind, json.dumps(outcome).encode())
-            return
-        error = RunCancelledError(
-            f"this run was cancelled: another caller took session {owner.session_id} over",
-            id=self.id,
-        )
-        self._put("error", json.dumps(error.to_dict()).encode())
-        raise error
 
     def consumed(self, amount: int) -> None:
         if self._request is not None:
@@ -201,25 +140,11 @@ class RecordedRun:
         self._cancelled = True
         if self._request is not None:
             self._request.cancel()
-        if not self._ended and self._request is not None:  # else it never started
-            self._ended = True
-            outcome = {"code": "cancelled", "message": "the execution was cancelled"}
-            self._put("error", json.dumps(outcome).encode())
-            if self.locks:
-                owner = self.owner
-                Supervisor.current().spawn(
-                    owner._sessions.unlock(owner.session_id, self.id), "unlock-run"
-                )
-
-    def __getattr__(self, name: str) -> Any:
-        if self._request is None:
-            raise AttributeError(name)
-        return getattr(self._request, name)
+            self.recorder.cancelled()  # (a run never opened never started)
 
 
-def _json(payload: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(payload)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+def _summary(args: dict[str, Any]) -> dict[str, Any]:
+    summary = {k: v for k, v in args.items() if k in SUMMARY}
+    if "code" in args:
+        summary["code"] = str(args["code"])[:4096]
+    return summary

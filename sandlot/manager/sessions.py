@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import (
     InvalidArgumentError,
@@ -42,6 +42,9 @@ from ..supervisor import Loop, Supervisor
 from .manager import LiveSandbox, Manager, default_provider
 from .pool import pool_key
 from .workspaces import Workspaces
+
+if TYPE_CHECKING:
+    from ..transcript.hub import Hub
 
 log = logging.getLogger("sandlot")
 T = TypeVar("T")
@@ -93,7 +96,7 @@ class Sessions:
     _local: weakref.WeakKeyDictionary[Manager, Sessions] = weakref.WeakKeyDictionary()
 
     def __init__(
-        self, manager: Manager, db: Any, hub: Any, *, owns_store: bool, tenant: str | None = None
+        self, manager: Manager, db: Any, hub: Hub, *, owns_store: bool, tenant: str | None = None
     ) -> None:
         from ..store.records import Records
         from ..store.sessions import SessionStore
@@ -126,12 +129,12 @@ class Sessions:
         if found is not None and not found._closed:
             return found
         try:
-            from ..server.hub import Hub
             from ..store.database import Database, sqlite_url
-            from ..store.eventlog import EventLog
             from ..store.keys import LOCAL_TENANT, Keys
-            from ..store.logwriter import LogWriter
             from ..store.records import Records
+            from ..transcript.eventlog import EventLog
+            from ..transcript.hub import Hub
+            from ..transcript.logwriter import LogWriter
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise SessionError(
                 f"durable sessions need the 'sessions' extra (pip install 'sandlot[sessions]'):"
@@ -631,6 +634,11 @@ class Sessions:
             pass  # it ended meanwhile
         finally:
             live.channel.close()
+
+    async def lock_holder(self, session_id: str) -> str | None:
+        """The execution that holds the session's run lock (None: free)."""
+        state = await self._read(self.store.lock_state, session_id)
+        return state.execution
 
     async def set_lock_pid(self, session_id: str, execution: str, pid: int) -> None:
         await self._write(self.store.set_lock_pid, session_id, execution, pid)

@@ -1,11 +1,11 @@
 """The channel interface over HTTP: the SDK's one implementation drives a remote sandbox too.
 
-:class:`RemoteChannel` offers what :class:`sandlot.channel.Channel` offers (``open``,
-``call``, ``close``) and turns each agent operation into its REST call. Executions (commands,
-cells, installs) become one streaming POST whose Server-Sent Events are turned back into the
-agent's frames; when the connection drops mid-stream, or carries nothing (not even the
-server's keep-alive) for the client's ``stream_timeout``, the request resumes from the log with
-``Last-Event-ID``, so no byte is lost and none arrives twice.
+:class:`RemoteChannel` implements :class:`sandlot.channel.ChannelLike` (``open``, ``call``,
+``close``), as :class:`sandlot.channel.Channel` does, and turns each agent operation into its
+REST call. Executions (commands, cells, installs) become one streaming POST whose Server-Sent
+Events are turned back into the agent's frames; when the connection drops mid-stream, or
+carries nothing (not even the server's keep-alive) for the client's ``stream_timeout``, the
+request resumes from the log with ``Last-Event-ID``, so no byte is lost and none arrives twice.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from ..agent import protocol as p
+from ..channel.base import ChannelLike, Frame, RequestLike
 from ..errors import (
     InvalidArgumentError,
     RemoteUnavailableError,
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
     from .client import Client
 
-Frame = tuple[int, int, bytes]
 EXECUTIONS = {"exec": "/commands", "code.run": "/code/run", "code.install": "/code/install"}
 STREAMS = {"stdout": p.STDOUT, "stderr": p.STDERR}
 RESUME_FOR = 30.0  # seconds a dropped stream keeps trying to resume
@@ -57,8 +57,8 @@ def _query(**args: Any) -> str:
     )
 
 
-class RemoteChannel:
-    """The HTTP stand-in for a :class:`~sandlot.channel.Channel` to one remote sandbox."""
+class RemoteChannel(ChannelLike):
+    """The channel seam over HTTP, to one remote sandbox."""
 
     def __init__(self, client: Client, sandbox_id: str) -> None:
         self.client = client
@@ -128,8 +128,8 @@ _ANSWERS: dict[str, Any] = {
 }
 
 
-class RemoteRequest:
-    """One streaming operation: the :class:`~sandlot.channel.Request` interface."""
+class RemoteRequest(RequestLike):
+    """One streaming operation over HTTP."""
 
     def __init__(self, channel: RemoteChannel, op: str, args: dict[str, Any]) -> None:
         self.channel = channel

@@ -42,7 +42,7 @@ from .commands import (
 from .deadline import GRACE, Deadline, DeadlinePassed
 
 if TYPE_CHECKING:
-    from ..channel import Channel, Request
+    from ..channel.base import ChannelLike, RequestLike
 
 DEFAULT_CODE_TIMEOUT = 300.0
 DEFAULT_INSTALL_TIMEOUT = 300.0
@@ -117,7 +117,7 @@ class _Cell:
 
     def __init__(
         self,
-        request: Request,
+        request: RequestLike,
         context: str,
         streams: _Streams,
         on_result: ResultCallback | None,
@@ -234,7 +234,7 @@ class AsyncExecutionHandle:
 
     context: str  # the id of the code context it runs in
 
-    def __init__(self, channel: Channel, cell: _Cell) -> None:
+    def __init__(self, channel: ChannelLike, cell: _Cell) -> None:
         self._channel = channel
         self._cell = cell
         self.context = cell.context
@@ -269,7 +269,7 @@ class AsyncExecutionHandle:
 
 
 async def run_code(
-    channel: Channel,
+    channel: ChannelLike,
     code: str,
     *,
     context: ContextRef,
@@ -333,7 +333,7 @@ async def run_code(
 
 
 async def create_context(
-    channel: Channel,
+    channel: ChannelLike,
     *,
     cwd: str | None,
     env: dict[str, str] | None,
@@ -360,13 +360,13 @@ async def create_context(
     return CodeContext.model_validate(await channel.call("code.create", **args))
 
 
-async def list_contexts(channel: Channel) -> list[CodeContext]:
+async def list_contexts(channel: ChannelLike) -> list[CodeContext]:
     answer = await channel.call("code.list")
     return [CodeContext.model_validate(c) for c in answer.get("contexts", [])]
 
 
 async def restart_context(
-    channel: Channel, context: ContextRef, forget_state: bool = False
+    channel: ChannelLike, context: ContextRef, forget_state: bool = False
 ) -> CodeContext:
     return CodeContext.model_validate(
         await channel.call(
@@ -375,11 +375,11 @@ async def restart_context(
     )
 
 
-async def remove_context(channel: Channel, context: ContextRef) -> None:
+async def remove_context(channel: ChannelLike, context: ContextRef) -> None:
     await channel.call("code.remove", context=context_id(context))
 
 
-async def interrupt_context(channel: Channel, context: ContextRef) -> bool:
+async def interrupt_context(channel: ChannelLike, context: ContextRef) -> bool:
     answer = await channel.call("code.interrupt", context=context_id(context))
     return bool(answer.get("interrupted"))
 
@@ -442,7 +442,7 @@ def _last_error_line(output: str) -> str:
 
 
 async def install(
-    channel: Channel,
+    channel: ChannelLike,
     packages: str | list[str],
     *,
     upgrade: bool,

@@ -18,7 +18,7 @@ from ..secrets.refs import SecretRef
 from .deadline import GRACE, Deadline, DeadlinePassed
 
 if TYPE_CHECKING:
-    from ..channel import Request
+    from ..channel.base import RequestLike
     from ..secrets.mask import Masker
     from .sandbox import AsyncSandbox
 
@@ -133,7 +133,7 @@ class _Collector:
 
     def __init__(
         self,
-        request: Request,
+        request: RequestLike,
         pid: int | None,
         stdout: _Stream,
         stderr: _Stream,
@@ -352,7 +352,7 @@ class AsyncCommands:
         if timeout is not None:
             args["timeout"] = timeout
         args["stdin"] = stdin is not None or background
-        if secrets and getattr(self._sandbox._channel, "records", False):
+        if secrets and self._sandbox._channel.records:
             args["_mask"] = secrets  # a session's transcript masks them too
         deadline = Deadline(timeout)
         request = self._sandbox._channel.open("exec", **args)

@@ -16,7 +16,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..channel import Request
+    from ..channel.base import RequestLike
 
 GRACE = 5.0  # seconds past the timeout for the other side's own answer
 
@@ -32,7 +32,7 @@ class Deadline:
         loop = asyncio.get_running_loop()
         self.at = None if seconds is None else loop.time() + seconds + GRACE
 
-    async def receive(self, request: Request) -> tuple[int, int, bytes]:
+    async def receive(self, request: RequestLike) -> tuple[int, int, bytes]:
         """The next frame; :class:`DeadlinePassed` when it does not come in time."""
         if self.at is None:
             return await request.receive()

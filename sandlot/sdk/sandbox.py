@@ -40,6 +40,7 @@ from .commands import AsyncCommands
 from .files import AsyncFiles
 
 if TYPE_CHECKING:
+    from ..channel.base import ChannelLike
     from ..manager.manager import Live
     from ..remote import Client
 
@@ -84,7 +85,7 @@ class AsyncSandbox:
     def __init__(self, manager: Backend, live: Live) -> None:
         self._manager = manager
         self._live = live
-        self._channel = live.channel
+        self._channel: ChannelLike = live.channel  # runs and operations go through it
         self.commands = AsyncCommands(self)
         self.files = AsyncFiles(self)
 
@@ -186,7 +187,7 @@ class AsyncSandbox:
         Embedded, ``http://127.0.0.1:N`` with N from a pool (``SANDLOT_PORT_RANGE``,
         default 30000-30999), released when the sandbox is killed. Through a server, a path
         under ``/v1/sandboxes/{id}/ports/{port}/`` that needs the tenant's key."""
-        return await self._manager.expose(self.id, port, self._channel)
+        return await self._manager.expose(self.id, port, self._live.channel)
 
     async def set_network(
         self,
@@ -205,7 +206,7 @@ class AsyncSandbox:
         elif network is None:
             raise InvalidArgumentError("set_network needs allow=[...] or a network")
         checked = _check_network(network)
-        await self._manager.set_network(self.id, checked, self._channel)
+        await self._manager.set_network(self.id, checked, self._live.channel)
 
     async def network_events(self, after: int = 0) -> builtins.list[dict[str, Any]]:
         """Every connection the sandbox made through its proxy or bridge, allowed or
@@ -234,7 +235,7 @@ class AsyncSandbox:
             raise InvalidArgumentError("timeout must be a positive number of seconds")
         checked = check_seconds(seconds)
         assert checked is not None
-        expires = await self._manager.set_timeout(self.id, checked, self._channel)
+        expires = await self._manager.set_timeout(self.id, checked, self._live.channel)
         self._live.info.expires_at = expires
         return expires
 

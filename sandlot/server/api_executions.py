@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from ..api import CodeRunRequest, CommandRequest, ExecutionOut, InstallRequest, SignalRequest
 from ..store.records import ExecutionRecord
+from ..transcript.runs import Run
 from .deps import (
     Caller,
     IdempotencyKey,
@@ -27,7 +28,6 @@ from .deps import (
     event_stream,
     wants_stream,
 )
-from .runs import Run
 from .sse import MEDIA_TYPE
 from .state import Principal, ServerState
 

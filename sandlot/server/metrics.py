@@ -9,9 +9,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ..store.eventlog import Event
 from ..supervisor import Supervisor
-from .hub import OUTPUT, HubHealth
+from ..transcript.eventlog import Event
+from ..transcript.hub import OUTPUT, HubHealth
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Scope = MutableMapping[str, Any]

@@ -17,8 +17,8 @@ import json
 
 import orjson
 
-from ..store.eventlog import Event
-from .hub import OUTPUT
+from ..transcript.eventlog import Event
+from ..transcript.hub import OUTPUT
 
 MEDIA_TYPE = "text/event-stream"
 KEEPALIVE = b": keep-alive\n\n"

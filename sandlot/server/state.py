@@ -23,7 +23,6 @@ from pydantic import BaseModel, Field
 from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy, is_public, system_resolver
 from ..errors import (
-    CodeContextBusyError,
     ExecutionLostError,
     ForbiddenError,
     InvalidArgumentError,
@@ -35,7 +34,6 @@ from ..errors import (
 )
 from ..manager import LiveSandbox, Manager
 from ..manager.manager import default_provider
-from ..manager.recorder import takes_run_lock
 from ..manager.sessions import Attachment, Sessions
 from ..models import SandboxSpec
 from ..providers import DEFAULT, provider_class
@@ -43,15 +41,15 @@ from ..secrets.refs import as_ref
 from ..secrets.store import DatabaseSecrets
 from ..store import default_home
 from ..store.database import Database, sqlite_url
-from ..store.eventlog import EventLog
 from ..store.keys import LOCAL_TENANT, Keys
-from ..store.logwriter import LogWriter
 from ..store.records import ExecutionRecord, Records, SandboxRecord
 from ..store.retention import Retention
 from ..supervisor import Loop, Supervisor
-from .hub import Hub
+from ..transcript.eventlog import EventLog
+from ..transcript.hub import Hub
+from ..transcript.logwriter import LogWriter
+from ..transcript.runs import Run, Runs, takes_run_lock
 from .metrics import Metrics
-from .runs import Run, new_execution_id
 
 log = logging.getLogger("sandlot.server")
 AUTH_CACHE_SECONDS = 2.0
@@ -59,7 +57,6 @@ MAINTENANCE_SECONDS = 60.0  # between prunes of old or oversized logs and idempo
 IDEMPOTENCY_SECONDS = 86400.0  # how long a stored first answer is kept
 # The caller of the request being served, as ``get`` last saw it: who an execution started in
 # the same request holds a session's run lock as.
-TAKEOVER_SECONDS = 5.0  # a killed run's end that takes longer is forced (a cancel)
 
 
 class ServerSettings(BaseModel):
@@ -162,8 +159,8 @@ class ServerState:
     manager: Manager
     metrics: Metrics
     sessions: Sessions
+    runs: Runs
     served: dict[str, Served] = field(default_factory=dict)
-    runs: dict[str, Run] = field(default_factory=dict)
     _auth_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
     _maintenance: Loop | None = None
     _endings: dict[str, asyncio.Future[None]] = field(default_factory=dict)
@@ -179,6 +176,13 @@ class ServerState:
         hub = Hub(log, LogWriter(db, log, records), on_commit=metrics.count_commit)
         hub.start()
         manager = Manager(home, detached=True)
+        sessions = Sessions(manager, db, hub, owns_store=False)
+        runs = Runs(
+            hub,
+            sessions,
+            max_log_bytes=settings.max_log_bytes,
+            on_end=lambda run: metrics.executions_finished.labels(run.kind).inc(),
+        )
         state = cls(
             settings=settings,
             db=db,
@@ -188,7 +192,8 @@ class ServerState:
             hub=hub,
             manager=manager,
             metrics=metrics,
-            sessions=Sessions(manager, db, hub, owns_store=False),
+            sessions=sessions,
+            runs=runs,
         )
         # First: the server records a sandbox's end (with why) before the sessions do.
         state.manager.on_release.insert(0, state._released)
@@ -225,9 +230,7 @@ class ServerState:
         if self._maintenance is not None:
             await Supervisor.current().stop(self._maintenance)
         await self.sessions.close()
-        for run in list(self.runs.values()):
-            if run.task is not None:
-                run.task.cancel()
+        self.runs.cancel()
         if self.settings.kill_on_exit:
             for sandbox_id in list(self.served):
                 try:
@@ -468,9 +471,7 @@ class ServerState:
         served = self.served.pop(sandbox_id, None)
         if served is None:
             return
-        for run in list(self.runs.values()):
-            if run.sandbox_id == sandbox_id and run.task is not None:
-                run.task.cancel()
+        self.runs.cancel(sandbox_id)
         self._ending(sandbox_id, served.record.session_id, "killed")
 
     def _ending(self, sandbox_id: str, session_id: str, why: str) -> asyncio.Future[None]:
@@ -535,85 +536,20 @@ class ServerState:
             env = {k: as_ref(v) or v for k, v in args["env"].items()}
             args["env"], used = await resolve_env(env, self.secrets(record.tenant))
             secrets = [*secrets, *used]
-        execution_id = new_execution_id()
-        session_id = record.session_id
-        locks = served.durable and takes_run_lock(op, args)
-        interrupted = False
-        if locks:
-            interrupted = await self._lock(session_id, execution_id, record.id, holder, force)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + TAKEOVER_SECONDS
-        try:
-            while True:
-                request = served.live.channel.open(op, **args)
-                run = Run(
-                    id=execution_id,
-                    op=op,
-                    session_id=session_id,
-                    sandbox_id=record.id,
-                    request=request,
-                    hub=self.hub,
-                    max_log_bytes=self.settings.max_log_bytes,
-                    base_seq=self.hub.latest(session_id),
-                    secrets=secrets,
-                )
-                if locks:
-                    run.release = lambda: self.sessions.unlock(session_id, execution_id)
-                try:
-                    await run.started(summary)
-                    break
-                except CodeContextBusyError:
-                    # The cell a takeover interrupted is still winding down in its context.
-                    if not interrupted or loop.time() > deadline:
-                        raise
-                    await asyncio.sleep(0.05)
-            if locks and run.pid is not None and op != "code.run":
-                # What a forced takeover kills (a cell is interrupted instead: below).
-                await self.sessions.set_lock_pid(session_id, execution_id, run.pid)
-        except BaseException:
-            if locks:
-                await self.sessions.unlock(session_id, execution_id)
-            raise
-        self.runs[run.id] = run
-        run.task = Supervisor.current().spawn(self._pump(run), "execution")
+        run = await self.runs.start(
+            served.live.channel,
+            op,
+            args,
+            session_id=record.session_id,
+            sandbox_id=record.id,
+            summary=summary,
+            secrets=secrets,
+            locks=served.durable and takes_run_lock(op, args),
+            holder=holder,
+            force=force,
+        )
         self.metrics.executions_started.labels(run.kind).inc()
         return run
-
-    async def _pump(self, run: Run) -> None:
-        try:
-            await run.pump()
-        except asyncio.CancelledError:
-            pass
-        finally:
-            # Its record ends with its exit (or error) event, in the same transaction.
-            self.metrics.executions_finished.labels(run.kind).inc()
-            # Kept a while for stdin/signal calls that race with the end; then dropped.
-            asyncio.get_running_loop().call_later(60, self.runs.pop, run.id, None)
-
-    async def _lock(
-        self, session_id: str, execution_id: str, sandbox_id: str, holder: str, force: bool
-    ) -> bool:
-        """Take the session's run lock. A forced takeover cancels the holder's run: its
-        process is killed (Sessions.lock), and a run this server pumps ends with a
-        ``run_cancelled`` error (a code cell is interrupted, its context kept: True)."""
-        sessions = self.sessions
-        if not force:
-            await sessions.lock(session_id, execution_id, sandbox_id, holder=holder, force=False)
-            return False
-        held = await asyncio.to_thread(sessions.store.lock_state, session_id)
-        await sessions.lock(session_id, execution_id, sandbox_id, holder=holder, force=True)
-        old = self.runs.get(held.execution or "")
-        if old is None or old.task is None or old.done.is_set():
-            return False
-        old.taken_over = True
-        if old.op == "code.run" or old.pid is None:
-            old.task.cancel()
-            return True
-        else:  # killed: its end comes from the agent; cancel it if that takes too long
-            asyncio.get_running_loop().call_later(
-                TAKEOVER_SECONDS, lambda: old.done.is_set() or old.task is None or old.task.cancel()
-            )
-        return False
 
     # -- durable sessions -------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ Each :meth:`Retention.step` is one transaction deleting at most :data:`BATCH_ROW
 about :data:`BATCH_BYTES`, so the server's single writer thread runs other writes between
 steps. What was dropped is a prefix of the session's log, recorded on its row
 (``pruned_seq``, ``pruned_at``, ``pruned_why``); :meth:`EventLog.read
-<sandlot.store.eventlog.EventLog.read>` answers for it with a ``pruned`` event.
+<sandlot.transcript.eventlog.EventLog.read>` answers for it with a ``pruned`` event.
 """
 
 from __future__ import annotations

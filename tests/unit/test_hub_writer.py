@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from sandlot.server.hub import PENDING_LIMIT, RECENT_TOTAL, Hub
 from sandlot.store.database import Database, sqlite_url
-from sandlot.store.eventlog import EventLog
 from sandlot.store.keys import LOCAL_TENANT, Keys
-from sandlot.store.logwriter import LogWriter
 from sandlot.store.records import Records
 from sandlot.store.retention import Retention
 from sandlot.supervisor import Supervisor
+from sandlot.transcript.eventlog import EventLog
+from sandlot.transcript.hub import PENDING_LIMIT, RECENT_TOTAL, Hub
+from sandlot.transcript.logwriter import LogWriter
 
 SESSIONS = 500
 BOUND = 60.0  # seconds for the whole churn: far beyond what it takes, short of a hang

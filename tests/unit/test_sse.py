@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sandlot.remote.sse import ServerEvent, events
 from sandlot.server.sse import KEEPALIVE, encode
-from sandlot.store.eventlog import Event
+from sandlot.transcript.eventlog import Event
 
 
 class _Content:

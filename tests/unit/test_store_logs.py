@@ -24,11 +24,11 @@ from sandlot.store.database import (
     sessions,
     sqlite_url,
 )
-from sandlot.store.eventlog import Event, EventLog
 from sandlot.store.keys import Keys
-from sandlot.store.logwriter import LogWriter
 from sandlot.store.records import Records
 from sandlot.store.retention import Pruned, Retention
+from sandlot.transcript.eventlog import Event, EventLog
+from sandlot.transcript.logwriter import LogWriter
 
 TEXT = b"".join(
     b"%06d  -rw-r--r-- 1 root root  4096 Dec  6 13:10 file-%d.txt\n" % (i, i) for i in range(20000)

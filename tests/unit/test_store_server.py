@@ -19,9 +19,9 @@ import pytest
 
 from sandlot.errors import InvalidArgumentError, NotFoundError, SandlotError
 from sandlot.store.database import VERSION_TABLE, WAL_LIMIT, Database, metadata, sqlite_url
-from sandlot.store.eventlog import Event, EventLog
 from sandlot.store.keys import Keys
 from sandlot.store.records import ExecutionRecord, Records, SandboxRecord
+from sandlot.transcript.eventlog import Event, EventLog
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,10 +1,12 @@
-"""The server's half of the event log: group-committed appends and live followers.
+"""The event log's live half: group-committed appends and live followers.
 
-Every execution's pump hands its events to the :class:`Hub`. One writer task commits whatever
-has accumulated, per session in one transaction, while the next batch accumulates: an idle
-server commits each event at once (low latency), a busy one commits many per transaction
-(high throughput). Consecutive output of one execution is coalesced into chunks of up to
-``CHUNK`` bytes first, so a flood of small writes does not become a flood of rows.
+A server has one :class:`Hub`, and so has an embedded process once it uses durable sessions
+(:meth:`sandlot.manager.sessions.Sessions.local`); every run's recorder hands its events to
+it. One writer task commits whatever has accumulated, per session in one transaction, while
+the next batch accumulates: an idle process commits each event at once (low latency), a busy
+one commits many per transaction (high throughput). Consecutive output of one execution is
+coalesced into chunks of up to ``CHUNK`` bytes first, so a flood of small writes does not
+become a flood of rows.
 
 Only committed events are ever sent to a client: what a client saw survives a crash, and its
 sequence number is never reused. Followers are woken after each commit and read from a small
@@ -12,7 +14,7 @@ per-session memory of recent events; one that fell behind reads the store.
 
 The writer is a supervised loop (:mod:`sandlot.supervisor`): an exception in it is
 logged and the loop restarted, with what it had not yet committed still queued. How far behind
-it is (:meth:`Hub.health`) is what the server's health check reports: a writer that stops
+it is (:meth:`Hub.health`) is what a server's health check reports: a writer that stops
 draining makes the server unhealthy, never silently wedged.
 """
 
@@ -29,12 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import NotFoundError
-from ..store.eventlog import Event, EventLog
-from ..store.logwriter import LogWriter
 from ..store.records import ExecutionRecord
 from ..supervisor import Loop, Supervisor
+from .eventlog import Event, EventLog
+from .logwriter import LogWriter
 
-log = logging.getLogger("sandlot.server")
+log = logging.getLogger("sandlot.transcript")
 T = TypeVar("T")
 CHUNK = 1024 * 1024  # largest coalesced output event
 PENDING_LIMIT = 8 * 1024 * 1024  # bytes waiting for commit before producers wait
@@ -92,8 +94,8 @@ class HubHealth:
 
 
 class Hub:
-    """Owns the database's one writer thread: every write of the server goes through it, so
-    writes never queue on SQLite's lock (whose busy handler sleeps in milliseconds)."""
+    """Owns the database's one writer thread: every write of the process to it goes through
+    it, so writes never queue on SQLite's lock (whose busy handler sleeps in milliseconds)."""
 
     def __init__(
         self,
@@ -176,13 +178,17 @@ class Hub:
     async def put(self, session_id: str, execution_id: str | None, kind: str, data: bytes) -> None:
         """Queue an event; waits while too much is uncommitted, in all or in this session
         (back-pressure to the agent)."""
+        await self.room(session_id)
+        self.put_nowait(session_id, execution_id, kind, data)
+
+    async def room(self, session_id: str) -> None:
+        """Wait while too much is uncommitted, in all or in this session."""
         while not self._closed and (
             self._pending_bytes > PENDING_LIMIT
             or self._session(session_id).pending_bytes > SESSION_PENDING_LIMIT
         ):
             self._room.clear()
             await self._room.wait()
-        self.put_nowait(session_id, execution_id, kind, data)
 
     def put_nowait(
         self,

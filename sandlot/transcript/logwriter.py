@@ -3,10 +3,10 @@
 Every command writes at least two batches (its start and its end), on the path of its round
 trip, so the cost of one append matters: through SQLAlchemy's Core it is about 0.6 ms here,
 through the SQLite driver directly 0.04 ms. On SQLite this writer therefore holds one raw
-connection, used only from the server's single database-writer thread, and speaks plain SQL
+connection, used only from the hub's single database-writer thread, and speaks plain SQL
 against the tables of :mod:`sandlot.store.database` (their columns are named once, below).
 On PostgreSQL, where the network round trip dominates, it goes through
-:meth:`EventLog.append <sandlot.store.eventlog.EventLog.append>` and :class:`Records`.
+:meth:`EventLog.append <sandlot.transcript.eventlog.EventLog.append>` and :class:`Records`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..errors import NotFoundError
-from .database import Database
-from .encoding import pack
+from ..store.database import Database
+from ..store.encoding import pack
+from ..store.records import ExecutionRecord, Records, epoch
 from .eventlog import Event, EventLog
-from .records import ExecutionRecord, Records, epoch
 
 TERMINAL = frozenset({"exit", "error"})
 

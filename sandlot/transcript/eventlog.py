@@ -28,8 +28,8 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, text, update
 
 from ..errors import InvalidArgumentError, NotFoundError
-from .database import Database, events, sessions
-from .encoding import pack, unpack
+from ..store.database import Database, events, sessions
+from ..store.encoding import pack, unpack
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,254 @@
+"""One run in its session's transcript: the one recorder of embedded and server runs alike.
+
+A *run* is a command, a code cell or an install. Its agent's frames become events of its
+session's log, in order: ``started`` (with the execution's record, in one transaction),
+``stdout``/``stderr`` (secret values masked; past ``max_log_bytes`` one ``truncated`` event,
+and the exit notes ``log_dropped``), the agent's own events, then ``exit`` or ``error``, which
+ends the execution's record. A run of a durable session holds the session's run lock; the
+lock is released as the run ends, and if a forced takeover took it meanwhile, the run ends
+with a ``run_cancelled`` error instead.
+
+What differs between the two paths is who drives the frames, and the caller's policy: a
+server pumps them in a task of its own (:mod:`sandlot.transcript.runs`) and caps what it logs
+(its ``max_log_bytes`` setting); an embedded session records each frame as its caller reads it
+(:mod:`sandlot.manager.recorder`), all of it. So a transcript reads the same wherever it was
+written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from ..agent import protocol as p
+from ..channel.base import Frame
+from ..errors import ProtocolError, RunCancelledError, SandlotError
+from ..secrets.mask import Masker
+from ..store.records import ExecutionRecord
+from ..supervisor import Supervisor
+from .hub import Hub
+
+STREAMS = {p.STDOUT: "stdout", p.STDERR: "stderr"}
+KINDS = {"exec": "command", "code.run": "code", "code.install": "install"}  # ops that are runs
+
+
+def new_execution_id() -> str:
+    return "ex-" + uuid.uuid4().hex[:16]
+
+
+def takes_run_lock(op: str, args: dict[str, Any]) -> bool:
+    """Whether a run of ``op`` takes its session's lock: all but a command that keeps its
+    stdin open and has no time limit (a service, such as a server started in the
+    background). The same rule embedded and in a server."""
+    return not (op == "exec" and args.get("stdin") and args.get("timeout") is None)
+
+
+class RunRecorder:
+    """Writes one run into its session's log through the :class:`~.hub.Hub`.
+
+    ``summary``: what the ``started`` event tells of the request besides its op and pid.
+    ``release``: releases the session's run lock the run holds (False: a forced takeover
+    took it meanwhile). ``max_log_bytes``: output logged at most (None: all of it).
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        op: str,
+        session_id: str,
+        sandbox_id: str,
+        *,
+        execution_id: str | None = None,
+        summary: dict[str, Any] | None = None,
+        secrets: list[str] | None = None,
+        max_log_bytes: int | None = None,
+        release: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.op = op
+        self.id = execution_id or new_execution_id()
+        self.session_id = session_id
+        self.sandbox_id = sandbox_id
+        self.summary = summary or {}
+        self.max_log_bytes = max_log_bytes
+        self.release = release
+        self.maskers = _maskers(secrets or [])
+        self.created_at = time.time()
+        self.pid: int | None = None
+        self.outcome: dict[str, Any] | None = None  # set as the run ends
+        self.logged = 0  # output bytes logged so far
+        self.dropped = 0  # output bytes over max_log_bytes, not logged
+        self.has_started = False  # its started event is queued
+        self.ended = False  # its exit or error event is queued
+        self.taken_over = False  # set by a taker before it cancels this run
+        self._released = False
+
+    @property
+    def kind(self) -> str:
+        return KINDS[self.op]
+
+    # -- the start --------------------------------------------------------------------------
+
+    def started(self, pid: Any) -> None:
+        """Log the ``started`` event with the execution's record (one transaction)."""
+        self.has_started = True
+        self.pid = pid if isinstance(pid, int) else None
+        record = ExecutionRecord(
+            id=self.id,
+            session_id=self.session_id,
+            sandbox_id=self.sandbox_id,
+            kind=self.kind,
+            state="running",
+            pid=self.pid,
+            created_at=datetime.fromtimestamp(self.created_at, UTC),
+        )
+        started = {"event": "started", "op": self.op, "pid": self.pid, **self.summary}
+        self._put("started", dumps(started), record)
+
+    # -- frames -----------------------------------------------------------------------------
+
+    async def record(self, frame: Frame) -> bool:
+        """Log one frame of the agent's answer. False: the run was taken over as it ended
+        (its ``run_cancelled`` error is logged; :meth:`takeover_error` is what to raise)."""
+        kind, stream, payload = frame
+        if kind == p.DATA:
+            name = STREAMS.get(stream)
+            if name is not None and payload:
+                await self._output(name, payload)
+        elif kind == p.EVENT:
+            event = parse(payload)
+            name = str(event.get("event", "event"))
+            if name == "started" and not self.has_started:
+                self.started(event.get("pid"))
+            else:
+                await self._log(name, payload)
+        elif kind == p.END:
+            for name, masker in self.maskers.items():  # what a partial match held back
+                rest = masker.flush()
+                if rest:
+                    await self._output(name, rest, masked=True)
+            outcome = parse(payload)
+            if self.dropped:
+                outcome["log_dropped"] = self.dropped
+                payload = dumps(outcome)
+            return await self._end("exit", outcome, payload)
+        return True
+
+    async def failed(self, error: SandlotError) -> bool:
+        """The run failed with ``error``; False as :meth:`record`."""
+        outcome = error.to_dict()
+        return await self._end("error", outcome, dumps(outcome))
+
+    def cancelled(self) -> None:
+        """The run was cancelled (its caller gave up, its sandbox ended, a takeover)."""
+        if self.ended:
+            return
+        if self.taken_over:
+            self.outcome = self.takeover_error().to_dict()
+        else:
+            self.outcome = {"code": "cancelled", "message": "the execution was cancelled"}
+            self._unlock_later()
+        self._terminal("error", dumps(self.outcome))
+
+    def crashed(self, error: Exception) -> None:
+        """A bug ended the pump: the run's followers still get an end."""
+        if self.ended:
+            return
+        self._unlock_later()
+        self.outcome = {"code": "sandlot_error", "message": f"server error: {error}"}
+        self._terminal("error", dumps(self.outcome))
+
+    def takeover_error(self) -> RunCancelledError:
+        return RunCancelledError(
+            f"this run was cancelled: another caller took session {self.session_id} over",
+            id=self.id,
+        )
+
+    # -- internals --------------------------------------------------------------------------
+
+    async def _end(self, kind: str, outcome: dict[str, Any], payload: bytes) -> bool:
+        if self.ended:
+            return True
+        released = await self._unlock()
+        if self.ended:  # cancelled meanwhile: that is its end
+            return True
+        if not released:
+            self.taken_over = True
+            self.outcome = self.takeover_error().to_dict()
+            self._terminal("error", dumps(self.outcome))
+            return False
+        self.outcome = outcome
+        self._terminal(kind, payload)
+        return True
+
+    async def _unlock(self) -> bool:
+        """Release the session's run lock (if it took one); False: it was taken over."""
+        if self.release is None or self._released:
+            return not self.taken_over
+        self._released = True
+        return await self.release() and not self.taken_over
+
+    def _unlock_later(self) -> None:
+        if self.release is not None and not self._released:
+            self._released = True
+            Supervisor.current().spawn(self.release(), "unlock-run")
+
+    async def _output(self, name: str, data: bytes, masked: bool = False) -> None:
+        masker = None if masked else self.maskers.get(name)
+        if masker is not None:  # a secret's value never reaches the log or a stream
+            data = masker.feed(data)
+        if self.max_log_bytes is not None:
+            room = self.max_log_bytes - self.logged
+            if len(data) > room:
+                if self.dropped == 0:
+                    notice = {"event": "truncated", "after": self.max_log_bytes}
+                    await self._log("truncated", dumps(notice))
+                self.dropped += len(data) - max(room, 0)
+                data = data[: max(room, 0)]
+        if data:
+            self.logged += len(data)
+            await self._log(name, data)
+
+    async def _log(self, kind: str, data: bytes) -> None:
+        """Queue an event once the log has room for it (back-pressure to the agent); not
+        after the run's end, which a cancel may have queued meanwhile."""
+        await self.hub.room(self.session_id)
+        if not self.ended:
+            self._put(kind, data)
+
+    def _terminal(self, kind: str, data: bytes) -> None:
+        self.ended = True
+        self._put(kind, data)
+
+    def _put(self, kind: str, data: bytes, record: ExecutionRecord | None = None) -> None:
+        self.hub.put_nowait(self.session_id, self.id, kind, data, record)
+
+
+def _maskers(secrets: list[str]) -> dict[str, Masker]:
+    """One masker a stream, if any of the values is long enough to mask."""
+    maskers = {}
+    if secrets:
+        for name in STREAMS.values():
+            masker = Masker(secrets)
+            if masker.values:
+                maskers[name] = masker
+    return maskers
+
+
+def parse(payload: bytes) -> dict[str, Any]:
+    """A control payload from the agent (the channel has checked it is a JSON object)."""
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"malformed message from the agent: {payload[:200]!r}")
+    return value
+
+
+def dumps(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()

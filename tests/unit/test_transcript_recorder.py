@@ -1,0 +1,165 @@
+"""The one run recorder: a run pumped by a server and one read by an embedded caller leave the
+same transcript.
+
+The log, the hub and the database are real (SQLite in a temporary folder); the agent's answer
+is a scripted list of frames (:class:`Script`), since what is under test is what becomes of
+frames, not how an agent produces them (the integration and remote suites run real agents
+through both paths).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandlot.agent import protocol as p
+from sandlot.channel.base import Frame, RequestLike
+from sandlot.store.database import Database, sqlite_url
+from sandlot.store.keys import LOCAL_TENANT, Keys
+from sandlot.store.records import Records
+from sandlot.transcript.eventlog import EventLog
+from sandlot.transcript.hub import Hub
+from sandlot.transcript.logwriter import LogWriter
+from sandlot.transcript.recorder import RunRecorder
+from sandlot.transcript.runs import Run
+
+SECRET = "hunter2-very-secret"
+FRAMES: list[Frame] = [
+    (p.EVENT, 0, b'{"event":"started","pid":42}'),
+    (p.DATA, p.STDOUT, b"one hunter2-"),  # the secret split across two chunks
+    (p.DATA, p.STDOUT, b"very-secret two\n"),
+    (p.DATA, p.STDERR, b"warning\n"),
+    (p.EVENT, 0, b'{"event":"progress","done":1}'),
+    (p.END, 0, b'{"exit_code":0}'),
+]
+
+
+class Script(RequestLike):
+    """A request whose frames are given in advance (see the module docstring)."""
+
+    def __init__(self, frames: list[Frame]) -> None:
+        self.frames = list(frames)
+        self.consumed_bytes = 0
+        self.cancelled = False
+
+    async def receive(self) -> Frame:
+        await asyncio.sleep(0)
+        return self.frames.pop(0)
+
+    def consumed(self, amount: int) -> None:
+        self.consumed_bytes += amount
+
+    async def send_data(self, data: bytes, stream: int = p.STDIN) -> None:
+        return None
+
+    def send_eof(self, stream: int = p.STDIN) -> None:
+        return None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    db = Database(sqlite_url(tmp_path))
+    db.migrate()
+    Keys(db).ensure_tenant(LOCAL_TENANT)
+    log, records = EventLog(db), Records(db)
+    hub = Hub(log, LogWriter(db, log, records))
+    hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.close()
+        db.close()
+
+
+def new_session(hub: Hub) -> str:
+    return Records(hub.log.db).create_session(LOCAL_TENANT, {}).id
+
+
+async def transcript(hub: Hub, session_id: str) -> list[tuple[str, Any]]:
+    """The session's events, adjacent output of one stream joined (the hub coalesces output
+    as commits happen to fall)."""
+    await hub.flushed(session_id)
+    out: list[tuple[str, Any]] = []
+    for e in hub.log.read(session_id, 0):
+        if e.kind in ("stdout", "stderr"):
+            if out and out[-1][0] == e.kind:
+                out[-1] = (e.kind, out[-1][1] + e.data)
+            else:
+                out.append((e.kind, e.data))
+        else:
+            out.append((e.kind, json.loads(e.data)))
+    return out
+
+
+async def test_pumped_and_read_runs_leave_the_same_transcript(hub: Hub) -> None:
+    pumped, read = new_session(hub), new_session(hub)
+    run = Run(Script(FRAMES), hub, "exec", pumped, "sb-1", summary={"cmd": "x"}, secrets=[SECRET])
+    await run.accepted()
+    await run.pump()
+    recorder = RunRecorder(hub, "exec", read, "sb-1", summary={"cmd": "x"}, secrets=[SECRET])
+    for frame in FRAMES:  # as an embedded caller reads them
+        assert await recorder.record(frame)
+    logged = await transcript(hub, pumped)
+    assert logged == await transcript(hub, read)
+    output = b"".join(data for kind, data in logged if kind == "stdout")
+    assert output == b"one ******** two\n"  # masked, also split across chunks
+    assert logged[0] == ("started", {"event": "started", "op": "exec", "pid": 42, "cmd": "x"})
+    assert logged[-1] == ("exit", {"exit_code": 0})
+    assert run.outcome == recorder.outcome == {"exit_code": 0}
+    record = Records(hub.log.db).get_execution(run.id)
+    assert record is not None and record.state == "ended" and record.pid == 42
+
+
+async def test_output_past_the_cap_is_dropped_and_counted(hub: Hub) -> None:
+    session = new_session(hub)
+    recorder = RunRecorder(hub, "exec", session, "sb-1", max_log_bytes=10)
+    recorder.started(7)
+    await recorder.record((p.DATA, p.STDOUT, b"0123456789abcdef"))
+    await recorder.record((p.END, 0, b'{"exit_code":0}'))
+    logged = await transcript(hub, session)
+    assert [kind for kind, _ in logged] == ["started", "truncated", "stdout", "exit"]
+    assert logged[2][1] == b"0123456789"
+    assert logged[-1][1] == {"exit_code": 0, "log_dropped": 6}
+
+
+async def test_a_run_taken_over_ends_with_run_cancelled(hub: Hub) -> None:
+    session = new_session(hub)
+
+    async def taken() -> bool:
+        return False  # a forced takeover took the lock meanwhile
+
+    recorder = RunRecorder(hub, "exec", session, "sb-1", release=taken)
+    recorder.started(7)
+    assert not await recorder.record((p.END, 0, b'{"exit_code":-9}'))
+    assert recorder.takeover_error().code == "run_cancelled"
+    recorder.cancelled()  # after its end: nothing more
+    logged = await transcript(hub, session)
+    assert [kind for kind, _ in logged] == ["started", "error"]
+    assert logged[-1][1]["code"] == "run_cancelled"
+
+
+async def test_a_cancelled_run_ends_once_and_releases_its_lock(hub: Hub) -> None:
+    session = new_session(hub)
+    released = asyncio.Event()
+
+    async def release() -> bool:
+        released.set()
+        return True
+
+    recorder = RunRecorder(hub, "exec", session, "sb-1", release=release)
+    recorder.started(7)
+    recorder.cancelled()
+    await recorder.record((p.DATA, p.STDOUT, b"late\n"))  # after the end: not logged
+    assert await recorder.record((p.END, 0, b'{"exit_code":0}'))
+    await asyncio.wait_for(released.wait(), 5)
+    logged = await transcript(hub, session)
+    assert [kind for kind, _ in logged] == ["started", "error"]
+    assert logged[-1][1]["code"] == "cancelled"
