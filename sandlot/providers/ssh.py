@@ -45,7 +45,7 @@ from ..errors import (
     SandlotError,
 )
 from ..models import SandboxSpec
-from . import agent_files, bwrap, etc, quota, ssh_remote
+from . import agent_files, bwrap, etc, quota, ssh_connect, ssh_remote
 from .base import Provider, ProviderConfig, Started
 
 HELLO_TIMEOUT = 30.0
@@ -409,13 +409,7 @@ async def _connect(target: _Target) -> Any:
             )
         kwargs["known_hosts"] = str(path)
     try:
-        options = await asyncssh.SSHClientConnectionOptions.construct(**kwargs)
-        if options.known_hosts is None:
-            # "UserKnownHostsFile none" would turn host-key checking off: never. Without the
-            # default file, no key is trusted (b"": known_hosts content with no entries).
-            default = Path("~/.ssh/known_hosts").expanduser()
-            kwargs["known_hosts"] = str(default) if default.is_file() else b""
-        return await asyncssh.connect(**kwargs)
+        return await ssh_connect.connect(asyncssh, kwargs)
     except asyncssh.HostKeyNotVerifiable as exc:
         raise HostKeyError(
             f"the host key of {target} is not trusted ({exc.reason}): add the right key to "

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InvalidArgumentError, NotFoundError
+from ._common import print_json
 
 relay_app = typer.Typer(
     help="The air-gapped relay: whitelisted operations for a compute node without internet.",
@@ -24,7 +25,7 @@ QueueOption = Annotated[
 
 
 def _queue(path: str | None) -> Any:
-    from .queue import Queue
+    from ..relay.queue import Queue
 
     return Queue(path)
 
@@ -66,8 +67,8 @@ def daemon(
     """Serve the queue (on the login node; e.g. inside tmux). Stops on SIGTERM or Ctrl-C."""
     import signal
 
-    from .daemon import Daemon
-    from .ops import Whitelist
+    from ..relay.daemon import Daemon
+    from ..relay.ops import Whitelist
 
     home = Path.home()
     config_path = Path(os.path.expanduser(config)) if config is not None else None
@@ -132,9 +133,7 @@ def pending(
             }
         )
     if json_output:
-        from ..cli import _print_json
-
-        _print_json(rows)
+        print_json(rows)
         return
     if not rows:
         sys.stdout.write("no requests await consent\n")
@@ -151,7 +150,7 @@ def pending(
 
 
 def _decide(queue: str | None, request_id: str, folder: str, code: str | None = None) -> None:
-    from .validate import REQUEST_ID
+    from ..relay.validate import REQUEST_ID
 
     q = _queue(queue)
     if not REQUEST_ID.fullmatch(request_id):
@@ -209,9 +208,7 @@ def status(
             continue
     report = {"queue": str(q.root), "heartbeat_age_s": age, "depths": depths, "last": entries}
     if json_output:
-        from ..cli import _print_json
-
-        _print_json(report)
+        print_json(report)
         return
     if age is None:
         beat = "no heartbeat: no daemon serves this queue"

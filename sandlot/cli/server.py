@@ -98,7 +98,7 @@ def serve(
 ) -> None:
     """Run the HTTP API (state in SQLite by default). Binding to anything but loopback
     needs at least one API key (``sandlot keys create``)."""
-    from . import memory
+    from ..server import memory
 
     # Before uvicorn and the app start their threads: see memory.py for the figures.
     memory.tune()
@@ -106,9 +106,9 @@ def serve(
 
     import uvicorn
 
+    from ..server.app import create_app
+    from ..server.state import ServerSettings, is_loopback
     from ..store.keys import Keys
-    from .app import create_app
-    from .state import ServerSettings, is_loopback
 
     db = _database(database_url)  # fails here, with one line, if the store cannot be opened
     try:
