@@ -110,41 +110,51 @@ def _emit(statuses: list[Any], as_json: bool) -> None:
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
+SizeOption = Annotated[
+    int, typer.Option("--size", "-n", help="Started sandboxes to keep (0: none, for now).")
+]
+ProviderOption = Annotated[
+    str | None,
+    typer.Option("--provider", "-p", help="A local provider (bwrap, process, docker)."),
+]
+ImageOption = Annotated[
+    str | None, typer.Option("--image", help="Container image (the docker provider).")
+]
+MemoryOption = Annotated[
+    int | None, typer.Option("--memory-mb", help="Memory limit, MiB (default: 512).")
+]
+CpusOption = Annotated[float | None, typer.Option("--cpus", help="CPU limit, cores (default: 1).")]
+EnvOption = Annotated[
+    list[str] | None,
+    typer.Option("--env", "-e", metavar="K=V", help="Environment variable (repeatable)."),
+]
+WorkdirOption = Annotated[
+    str, typer.Option("--workdir", "-w", help="Working folder in the sandbox.")
+]
+SettingOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="K=V", help="A provider setting (repeatable), as for run."),
+]
+FullNetworkOption = Annotated[
+    bool, typer.Option("--full-network", help="Give the sandboxes the host's network.")
+]
+WaitOption = Annotated[
+    bool, typer.Option("--wait/--no-wait", help="Fill the pool before returning.")
+]
+
+
 @pool_app.command("set")
 def set_pool(
-    size: Annotated[
-        int, typer.Option("--size", "-n", help="Started sandboxes to keep (0: none, for now).")
-    ],
-    provider: Annotated[
-        str | None,
-        typer.Option("--provider", "-p", help="A local provider (bwrap, process, docker)."),
-    ] = None,
-    image: Annotated[
-        str | None, typer.Option("--image", help="Container image (the docker provider).")
-    ] = None,
-    memory_mb: Annotated[
-        int | None, typer.Option("--memory-mb", help="Memory limit, MiB (default: 512).")
-    ] = None,
-    cpus: Annotated[
-        float | None, typer.Option("--cpus", help="CPU limit, cores (default: 1).")
-    ] = None,
-    env: Annotated[
-        list[str] | None,
-        typer.Option("--env", "-e", metavar="K=V", help="Environment variable (repeatable)."),
-    ] = None,
-    workdir: Annotated[
-        str, typer.Option("--workdir", "-w", help="Working folder in the sandbox.")
-    ] = "/workspace",
-    setting: Annotated[
-        list[str] | None,
-        typer.Option("--set", metavar="K=V", help="A provider setting (repeatable), as for run."),
-    ] = None,
-    full_network: Annotated[
-        bool, typer.Option("--full-network", help="Give the sandboxes the host's network.")
-    ] = False,
-    wait: Annotated[
-        bool, typer.Option("--wait/--no-wait", help="Fill the pool before returning.")
-    ] = True,
+    size: SizeOption,
+    provider: ProviderOption = None,
+    image: ImageOption = None,
+    memory_mb: MemoryOption = None,
+    cpus: CpusOption = None,
+    env: EnvOption = None,
+    workdir: WorkdirOption = "/workspace",
+    setting: SettingOption = None,
+    full_network: FullNetworkOption = False,
+    wait: WaitOption = True,
     json_: JsonOption = False,
 ) -> None:
     """Keep SIZE started sandboxes of this spec; a create with the same spec (any metadata

@@ -30,39 +30,44 @@ def _queue(path: str | None) -> Any:
     return Queue(path)
 
 
+ConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="Site operations and folders (TOML; keep it off the shared filesystem). "
+        "Without it: the built-in operations, in $HOME.",
+    ),
+]
+PollOption = Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between scans.")]
+TrustConfigOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-shared-config",
+        help="Accept a config file the compute node could write (inside $HOME or a root).",
+    ),
+]
+ConsentCodesOption = Annotated[
+    bool,
+    typer.Option(
+        "--consent-codes/--no-consent-codes",
+        help="Approvals must quote the code this daemon prints (default: on). Without "
+        "codes, anything that can write the queue can approve, the agent included.",
+    ),
+]
+ConsentExpiryOption = Annotated[
+    float,
+    typer.Option("--consent-expiry", min=1, help="Seconds before an undecided request expires."),
+]
+
+
 @relay_app.command()
 def daemon(
     queue: QueueOption = None,
-    config: Annotated[
-        str | None,
-        typer.Option(
-            "--config",
-            help="Site operations and folders (TOML; keep it off the shared filesystem). "
-            "Without it: the built-in operations, in $HOME.",
-        ),
-    ] = None,
-    poll: Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between scans.")] = 0.5,
-    trust_shared_config: Annotated[
-        bool,
-        typer.Option(
-            "--trust-shared-config",
-            help="Accept a config file the compute node could write (inside $HOME or a root).",
-        ),
-    ] = False,
-    consent_codes: Annotated[
-        bool,
-        typer.Option(
-            "--consent-codes/--no-consent-codes",
-            help="Approvals must quote the code this daemon prints (default: on). Without "
-            "codes, anything that can write the queue can approve, the agent included.",
-        ),
-    ] = True,
-    consent_expiry: Annotated[
-        float,
-        typer.Option(
-            "--consent-expiry", min=1, help="Seconds before an undecided request expires."
-        ),
-    ] = 24 * 3600.0,
+    config: ConfigOption = None,
+    poll: PollOption = 0.5,
+    trust_shared_config: TrustConfigOption = False,
+    consent_codes: ConsentCodesOption = True,
+    consent_expiry: ConsentExpiryOption = 24 * 3600.0,
 ) -> None:
     """Serve the queue (on the login node; e.g. inside tmux). Stops on SIGTERM or Ctrl-C."""
     import signal

@@ -105,18 +105,7 @@ async def install(
     if upload.status != 0:
         raise ProvisionError(f"upload failed: {first_line(upload.stderr)}", EXIT_INSTALL)
     if not info.venv or (info.installed or {}).get("python") != info.executable:
-        step.update(f"creating a venv in {venv}")
-        made = await run_remote(
-            conn, [python, "-m", "venv", "--clear", "--system-site-packages", venv], timeout=300
-        )
-        if made.status != 0:
-            raise ProvisionError(
-                f"cannot create a venv with {python} on the host: "
-                f"{first_line(made.stdout + made.stderr)} (on Debian/Ubuntu: apt install "
-                "python3-venv)",
-                EXIT_INSTALL,
-                last_lines(made.stdout + made.stderr),
-            )
+        await _make_venv(conn, python, venv, step)
     pip = [f"{venv}/bin/python", "-m", "pip", "install", "--progress-bar", "off"]
     env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONUNBUFFERED": "1"}
     # The wheel first, without dependencies, forced: a sandlot of the same version in the
@@ -137,6 +126,24 @@ async def install(
         raise ProvisionError(f"cannot write {folder}/installed.json: {wrote.stderr.strip()}")
     step.done(f"installed sandlot {wheel.version} ({wheel.digest[:12]}) in {venv}")
     return True
+
+
+async def _make_venv(
+    conn: asyncssh.SSHClientConnection, python: str, venv: str, step: Step
+) -> None:
+    """A fresh venv that sees the host's site-packages (what is there is reused)."""
+    step.update(f"creating a venv in {venv}")
+    made = await run_remote(
+        conn, [python, "-m", "venv", "--clear", "--system-site-packages", venv], timeout=300
+    )
+    if made.status != 0:
+        raise ProvisionError(
+            f"cannot create a venv with {python} on the host: "
+            f"{first_line(made.stdout + made.stderr)} (on Debian/Ubuntu: apt install "
+            "python3-venv)",
+            EXIT_INSTALL,
+            last_lines(made.stdout + made.stderr),
+        )
 
 
 async def _stream(

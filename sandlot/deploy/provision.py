@@ -98,18 +98,7 @@ async def up(options: UpOptions, reporter: Reporter | None = None) -> UpResult:
         return UpResult(earlier, path, already_up=True)
     if earlier is not None:
         stop_tunnel(path, earlier)  # stale: it is started again below
-    for other_path, other in all_records():
-        if (
-            other_path != path
-            and other.local_port == local_port
-            and tunnel_alive(other_path, other)
-        ):
-            raise ProvisionError(
-                f"port {local_port} here is the tunnel to {other.target}; choose another with "
-                "--local-port",
-                EXIT_PORT_IN_USE,
-            )
-    check_local_port(local_port)
+    _check_local_port(path, local_port)
 
     with reporter.step(f"connecting to {target}") as step:
         conn = await ssh_connect(target, options.ssh)
@@ -149,6 +138,22 @@ async def up(options: UpOptions, reporter: Reporter | None = None) -> UpResult:
         return UpResult(record, path, installed=installed)
     finally:
         conn.close()
+
+
+def _check_local_port(path: Path, local_port: int) -> None:
+    """The tunnel's port here is free, and no other ``up``'s tunnel holds it."""
+    for other_path, other in all_records():
+        if (
+            other_path != path
+            and other.local_port == local_port
+            and tunnel_alive(other_path, other)
+        ):
+            raise ProvisionError(
+                f"port {local_port} here is the tunnel to {other.target}; choose another with "
+                "--local-port",
+                EXIT_PORT_IN_USE,
+            )
+    check_local_port(local_port)
 
 
 async def _start(
