@@ -38,7 +38,7 @@ from ..errors import (
     SandlotError,
 )
 from ..models import SandboxSpec
-from . import agent_files, bwrap, etc, quota
+from . import agent_files, bwrap, etc, quota, ssh_connect
 from .base import Provider, ProviderConfig, Started
 from .ssh_bridge import open_bridge
 from .ssh_helper import HELLO_TIMEOUT, Helper
@@ -214,13 +214,7 @@ async def _connect(target: _Target) -> Any:
             )
         kwargs["known_hosts"] = str(path)
     try:
-        options = await asyncssh.SSHClientConnectionOptions.construct(**kwargs)
-        if options.known_hosts is None:
-            # "UserKnownHostsFile none" would turn host-key checking off: never. Without the
-            # default file, no key is trusted (b"": known_hosts content with no entries).
-            default = Path("~/.ssh/known_hosts").expanduser()
-            kwargs["known_hosts"] = str(default) if default.is_file() else b""
-        return await asyncssh.connect(**kwargs)
+        return await ssh_connect.connect(asyncssh, kwargs)
     except asyncssh.HostKeyNotVerifiable as exc:
         raise HostKeyError(
             f"the host key of {target} is not trusted ({exc.reason}): add the right key to "

@@ -24,7 +24,7 @@ import pytest
 from ssh_env import SshServer
 
 import sandlot
-from sandlot.remote.provision import (
+from sandlot.deploy import (
     EXIT_AUTH,
     EXIT_HOST_KEY,
     EXIT_PORT_IN_USE,
@@ -33,7 +33,7 @@ from sandlot.remote.provision import (
     build_wheel,
 )
 
-# The sub-app on its own; once registered, `sandlot.cli remote` runs the same code.
+# The sub-app as `sandlot remote` runs it.
 CLI = [sys.executable, "-m", "sandlot.cli", "remote"]
 
 

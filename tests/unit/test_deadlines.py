@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from sandlot import cli
+from sandlot.cli import _common as cli
 from sandlot.errors import InvalidArgumentError
 from sandlot.remote.client import Client
 
@@ -57,7 +57,7 @@ def test_a_held_signal_acts_once_held_too_long(monkeypatch: pytest.MonkeyPatch) 
     """A command's start that never ends (a silent server) cannot keep SIGTERM back."""
     monkeypatch.setattr(cli, "HOLD_LIMIT", 0.2)
     never = threading.Event()
-    with pytest.raises(cli._Signalled) as caught, cli._HeldSignals():
+    with pytest.raises(cli.Signalled) as caught, cli.HeldSignals():
         os.kill(os.getpid(), signal.SIGTERM)
         never.wait(30)  # the start that hangs; the signal must interrupt it
     assert caught.value.signum == signal.SIGTERM

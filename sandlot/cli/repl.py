@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from .models import Execution, Result
-    from .sdk import ExecutionHandle, Sandbox
+    from ..models import Execution, Result
+    from ..sdk import ExecutionHandle, Sandbox
 
 # Formats written to files by --save-results: MIME type -> (extension, base64-encoded).
 IMAGE_FORMATS = {
@@ -269,7 +269,7 @@ class Repl:
 
     def run_cell(self, source: str) -> Execution | None:
         """Run one input and show its outcome; None if it could not start (reported)."""
-        from .errors import CodeError, CodeTimeoutError, InvalidArgumentError, NotFoundError
+        from ..errors import CodeError, CodeTimeoutError, InvalidArgumentError, NotFoundError
 
         if self.before_cell is not None:
             self.before_cell()
@@ -305,7 +305,7 @@ class Repl:
         return execution
 
     def _interrupt(self, handle: ExecutionHandle) -> bool:
-        from .errors import SandlotError
+        from ..errors import SandlotError
 
         try:
             handle.interrupt()

@@ -1,6 +1,6 @@
 """``sandlot remote up`` / ``down`` / ``status``: a sandlot server on a host reached over SSH.
 
-The work is in :mod:`sandlot.remote.provision`; this module is its command line: options,
+The work is in :mod:`sandlot.deploy`; this module is its command line: options,
 rich progress on stderr, the ``export`` lines on stdout (so ``eval "$(sandlot remote up
 HOST)"`` works), and one red line with a distinct exit code per kind of failure:
 
@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ._common import run
+
 if TYPE_CHECKING:
-    from .provision import Record, Reporter, Step
+    from ..deploy import Record, Reporter, Step, UpResult
 
 remote_app = typer.Typer(
     help="A sandlot server on a host you reach over SSH: install, start, tunnel, stop.",
@@ -60,7 +62,7 @@ def _fail(exc: BaseException) -> typer.Exit:
     """Print the remote log's tail (when there is one) and one red line; the exit to raise."""
     from rich.markup import escape
 
-    from .provision import exit_code_for
+    from ..deploy import exit_code_for
 
     console = _stderr()
     tail = getattr(exc, "log_tail", "")
@@ -72,19 +74,18 @@ def _fail(exc: BaseException) -> typer.Exit:
     return typer.Exit(exit_code_for(exc))
 
 
-def _run(coro: Any) -> Any:
-    import asyncio
-
+def _provision(coro: Any) -> Any:
+    """``run(coro)``; a sandlot error as its line and exit code."""
     from ..errors import SandlotError
 
     try:
-        return asyncio.run(coro)
+        return run(coro)
     except SandlotError as exc:
         raise _fail(exc) from None
 
 
 def _reporter() -> Reporter:
-    from .provision import Reporter, Step
+    from ..deploy import Reporter, Step
 
     class RichStep(Step):
         def __init__(self, text: str, progress: Any, task: Any) -> None:
@@ -154,84 +155,98 @@ def _print_exports(record: Record) -> None:
     sys.stdout.flush()
 
 
+TargetArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="USER@HOST",
+        help="[USER@]HOST[:SSH_PORT]; HOST may be an alias of your SSH config.",
+        show_default=False,
+    ),
+]
+PortOption = Annotated[
+    int, typer.Option("--port", "-p", min=1, max=65535, help="The server's port on the host.")
+]
+LocalPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--local-port",
+        min=1,
+        max=65535,
+        help="The tunnel's port on 127.0.0.1 here [default: --port].",
+        show_default=False,
+    ),
+]
+BindOption = Annotated[
+    str,
+    typer.Option(
+        "--bind",
+        help="The address the server listens on, on the host. Anything but loopback "
+        "is reachable without the tunnel, by anyone the network lets in: the key is "
+        "then all that protects it.",
+    ),
+]
+PythonOption = Annotated[
+    str, typer.Option("--python", help="The host's Python (3.11+) for the venv.")
+]
+IdentityOption = Annotated[
+    Path | None, _file_option("--identity", "-i", help="SSH private key to log in with.")
+]
+KnownHostsOption = Annotated[
+    Path | None,
+    _file_option(
+        "--known-hosts",
+        help="known_hosts file to check the host key against [default: as ssh does].",
+    ),
+]
+SshConfigOption = Annotated[
+    Path | None,
+    _file_option("--ssh-config", "-F", help="SSH config file [default: ~/.ssh/config]."),
+]
+RemoteDirOption = Annotated[
+    str,
+    typer.Option(
+        "--remote-dir", help="Folder on the host for the venv, the server's log and pidfile."
+    ),
+]
+RemoteHomeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--remote-home",
+        help="The server's SANDLOT_HOME on the host (its database and sandboxes) "
+        "[default: the host's own default state folder].",
+        show_default=False,
+    ),
+]
+WaitOption = Annotated[
+    float,
+    typer.Option("--wait", min=1.0, help="Seconds to wait for the server to get ready."),
+]
+ReinstallOption = Annotated[
+    bool, typer.Option("--reinstall", help="Install even when this version is there.")
+]
+
+
 @remote_app.command("up")
 def up_command(
-    target: Annotated[
-        str,
-        typer.Argument(
-            metavar="USER@HOST",
-            help="[USER@]HOST[:SSH_PORT]; HOST may be an alias of your SSH config.",
-            show_default=False,
-        ),
-    ],
-    port: Annotated[
-        int, typer.Option("--port", "-p", min=1, max=65535, help="The server's port on the host.")
-    ] = 8787,
-    local_port: Annotated[
-        int | None,
-        typer.Option(
-            "--local-port",
-            min=1,
-            max=65535,
-            help="The tunnel's port on 127.0.0.1 here [default: --port].",
-            show_default=False,
-        ),
-    ] = None,
-    bind: Annotated[
-        str,
-        typer.Option(
-            "--bind",
-            help="The address the server listens on, on the host. Anything but loopback "
-            "is reachable without the tunnel, by anyone the network lets in: the key is "
-            "then all that protects it.",
-        ),
-    ] = "127.0.0.1",
-    python: Annotated[
-        str, typer.Option("--python", help="The host's Python (3.11+) for the venv.")
-    ] = "python3",
-    identity: Annotated[
-        Path | None, _file_option("--identity", "-i", help="SSH private key to log in with.")
-    ] = None,
-    known_hosts: Annotated[
-        Path | None,
-        _file_option(
-            "--known-hosts",
-            help="known_hosts file to check the host key against [default: as ssh does].",
-        ),
-    ] = None,
-    ssh_config: Annotated[
-        Path | None,
-        _file_option("--ssh-config", "-F", help="SSH config file [default: ~/.ssh/config]."),
-    ] = None,
-    remote_dir: Annotated[
-        str,
-        typer.Option(
-            "--remote-dir", help="Folder on the host for the venv, the server's log and pidfile."
-        ),
-    ] = "~/.sandlot",
-    remote_home: Annotated[
-        str | None,
-        typer.Option(
-            "--remote-home",
-            help="The server's SANDLOT_HOME on the host (its database and sandboxes) "
-            "[default: the host's own default state folder].",
-            show_default=False,
-        ),
-    ] = None,
-    wait: Annotated[
-        float,
-        typer.Option("--wait", min=1.0, help="Seconds to wait for the server to get ready."),
-    ] = 180.0,
-    reinstall: Annotated[
-        bool, typer.Option("--reinstall", help="Install even when this version is there.")
-    ] = False,
+    target: TargetArgument,
+    port: PortOption = 8787,
+    local_port: LocalPortOption = None,
+    bind: BindOption = "127.0.0.1",
+    python: PythonOption = "python3",
+    identity: IdentityOption = None,
+    known_hosts: KnownHostsOption = None,
+    ssh_config: SshConfigOption = None,
+    remote_dir: RemoteDirOption = "~/.sandlot",
+    remote_home: RemoteHomeOption = None,
+    wait: WaitOption = 180.0,
+    reinstall: ReinstallOption = False,
 ) -> None:
     """Install sandlot on a host over SSH, start `sandlot serve` there and tunnel to it.
 
     Prints the SANDLOT_URL and SANDLOT_API_KEY to export: eval "$(sandlot remote up HOST)".
     """
+    from ..deploy import SshOptions, UpOptions, parse_target, up
     from ..errors import SandlotError
-    from .provision import SshOptions, UpOptions, parse_target, up
 
     try:
         options = UpOptions(
@@ -253,7 +268,13 @@ def up_command(
     except SandlotError as exc:
         raise _fail(exc) from None
     reporter = _reporter()
-    result = _run(up(options, reporter))
+    result = _provision(up(options, reporter))
+    _report_up(reporter, result)
+    _print_exports(result.record)
+
+
+def _report_up(reporter: Reporter, result: UpResult) -> None:
+    """What runs where now, and a warning when the server listens beyond the host."""
     record = result.record
     if result.already_up:
         reporter.note(
@@ -269,7 +290,6 @@ def up_command(
             f"it also listens on {record.bind}:{record.port} on the host: whoever can reach "
             "that address needs a key, and the traffic is not encrypted (the tunnel is)"
         )
-    _print_exports(record)
 
 
 @remote_app.command("down")
@@ -288,8 +308,8 @@ def down_command(
     ] = False,
 ) -> None:
     """Stop the server on the host, the tunnel here, and forget them. Idempotent."""
+    from ..deploy import all_records, down, parse_target, record_path, records_dir
     from ..errors import InvalidArgumentError, SandlotError
-    from .provision import all_records, down, parse_target, record_path, records_dir
 
     console = _stderr()
     records = all_records()
@@ -319,7 +339,7 @@ def down_command(
         console.print(f"nothing is up{where} (no record in {records_dir()})")
         return
     path, record = chosen[0]
-    _run(down(path, record, _reporter(), force=force))
+    _provision(down(path, record, _reporter(), force=force))
     console.print(f"down: {record.target}")
 
 
@@ -331,7 +351,7 @@ def status_command() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .provision import all_records, readyz, records_dir, tunnel_alive
+    from ..deploy import all_records, readyz, records_dir, tunnel_alive
 
     records = all_records()
     if not records:
@@ -341,7 +361,7 @@ def status_command() -> None:
     async def check() -> list[str | None]:
         return list(await asyncio.gather(*(readyz(r.url, timeout=3) for _, r in records)))
 
-    answers = asyncio.run(check())
+    answers = run(check())
     table = Table()
     for column in ("target", "url", "tunnel", "ready", "server pid", "version", "started"):
         table.add_column(column, no_wrap=True)
@@ -359,7 +379,7 @@ def status_command() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m sandlot.remote.provision_cli ...``: the sub-app on its own."""
+    """``python -m sandlot.cli.remote ...``: the sub-app on its own."""
     remote_app(args=argv, prog_name="sandlot remote")
 
 

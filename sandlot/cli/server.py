@@ -52,53 +52,61 @@ def _database(url: str | None) -> Any:
     return db
 
 
+AllowUnisolatedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unisolated", help="Let callers use the 'process' provider (no isolation)."
+    ),
+]
+EgressPrivateOption = Annotated[
+    bool,
+    typer.Option(
+        "--egress-private",
+        help="Let tenants' network rules name private, loopback and link-local addresses.",
+    ),
+]
+MaxLogBytesOption = Annotated[
+    int,
+    typer.Option("--max-log-bytes", min=0, help="Output logged per execution."),
+]
+RetentionOption = Annotated[
+    float,
+    typer.Option("--retention-days", min=1e-5, help="Keep ended sessions' logs this long."),
+]
+TenantLogBytesOption = Annotated[
+    int,
+    typer.Option(
+        "--tenant-log-bytes",
+        envvar="SANDLOT_TENANT_LOG_BYTES",
+        min=0,
+        help="Stored (compressed) log bytes per tenant; beyond them, the logs of its ended "
+        "sessions are dropped, oldest first.",
+    ),
+]
+KillOnExitOption = Annotated[
+    bool,
+    typer.Option(
+        "--kill-on-exit",
+        help="Kill the sandboxes when the server stops (default: they run on until their "
+        "deadline, and the next start adopts them).",
+    ),
+]
+
+
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8787,
     database_url: DatabaseOption = None,
-    allow_unisolated: Annotated[
-        bool,
-        typer.Option(
-            "--allow-unisolated", help="Let callers use the 'process' provider (no isolation)."
-        ),
-    ] = False,
-    egress_private: Annotated[
-        bool,
-        typer.Option(
-            "--egress-private",
-            help="Let tenants' network rules name private, loopback and link-local addresses.",
-        ),
-    ] = False,
-    max_log_bytes: Annotated[
-        int,
-        typer.Option("--max-log-bytes", min=0, help="Output logged per execution."),
-    ] = 256 * 1024 * 1024,
-    retention_days: Annotated[
-        float,
-        typer.Option("--retention-days", min=1e-5, help="Keep ended sessions' logs this long."),
-    ] = 7.0,
-    tenant_log_bytes: Annotated[
-        int,
-        typer.Option(
-            "--tenant-log-bytes",
-            envvar="SANDLOT_TENANT_LOG_BYTES",
-            min=0,
-            help="Stored (compressed) log bytes per tenant; beyond them, the logs of its ended "
-            "sessions are dropped, oldest first.",
-        ),
-    ] = 10 * 1024**3,
-    kill_on_exit: Annotated[
-        bool,
-        typer.Option(
-            "--kill-on-exit",
-            help="Kill the sandboxes when the server stops (default: they run on until their "
-            "deadline, and the next start adopts them).",
-        ),
-    ] = False,
+    allow_unisolated: AllowUnisolatedOption = False,
+    egress_private: EgressPrivateOption = False,
+    max_log_bytes: MaxLogBytesOption = 256 * 1024 * 1024,
+    retention_days: RetentionOption = 7.0,
+    tenant_log_bytes: TenantLogBytesOption = 10 * 1024**3,
+    kill_on_exit: KillOnExitOption = False,
 ) -> None:
     """Run the HTTP API (state in SQLite by default). Binding to anything but loopback
     needs at least one API key (``sandlot keys create``)."""
-    from . import memory
+    from ..server import memory
 
     # Before uvicorn and the app start their threads: see memory.py for the figures.
     memory.tune()
@@ -106,9 +114,9 @@ def serve(
 
     import uvicorn
 
+    from ..server.app import create_app
+    from ..server.state import ServerSettings, is_loopback
     from ..store.keys import Keys
-    from .app import create_app
-    from .state import ServerSettings, is_loopback
 
     db = _database(database_url)  # fails here, with one line, if the store cannot be opened
     try:

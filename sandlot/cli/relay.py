@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InvalidArgumentError, NotFoundError
+from ._common import print_json
 
 relay_app = typer.Typer(
     help="The air-gapped relay: whitelisted operations for a compute node without internet.",
@@ -24,50 +25,55 @@ QueueOption = Annotated[
 
 
 def _queue(path: str | None) -> Any:
-    from .queue import Queue
+    from ..relay.queue import Queue
 
     return Queue(path)
+
+
+ConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="Site operations and folders (TOML; keep it off the shared filesystem). "
+        "Without it: the built-in operations, in $HOME.",
+    ),
+]
+PollOption = Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between scans.")]
+TrustConfigOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-shared-config",
+        help="Accept a config file the compute node could write (inside $HOME or a root).",
+    ),
+]
+ConsentCodesOption = Annotated[
+    bool,
+    typer.Option(
+        "--consent-codes/--no-consent-codes",
+        help="Approvals must quote the code this daemon prints (default: on). Without "
+        "codes, anything that can write the queue can approve, the agent included.",
+    ),
+]
+ConsentExpiryOption = Annotated[
+    float,
+    typer.Option("--consent-expiry", min=1, help="Seconds before an undecided request expires."),
+]
 
 
 @relay_app.command()
 def daemon(
     queue: QueueOption = None,
-    config: Annotated[
-        str | None,
-        typer.Option(
-            "--config",
-            help="Site operations and folders (TOML; keep it off the shared filesystem). "
-            "Without it: the built-in operations, in $HOME.",
-        ),
-    ] = None,
-    poll: Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between scans.")] = 0.5,
-    trust_shared_config: Annotated[
-        bool,
-        typer.Option(
-            "--trust-shared-config",
-            help="Accept a config file the compute node could write (inside $HOME or a root).",
-        ),
-    ] = False,
-    consent_codes: Annotated[
-        bool,
-        typer.Option(
-            "--consent-codes/--no-consent-codes",
-            help="Approvals must quote the code this daemon prints (default: on). Without "
-            "codes, anything that can write the queue can approve, the agent included.",
-        ),
-    ] = True,
-    consent_expiry: Annotated[
-        float,
-        typer.Option(
-            "--consent-expiry", min=1, help="Seconds before an undecided request expires."
-        ),
-    ] = 24 * 3600.0,
+    config: ConfigOption = None,
+    poll: PollOption = 0.5,
+    trust_shared_config: TrustConfigOption = False,
+    consent_codes: ConsentCodesOption = True,
+    consent_expiry: ConsentExpiryOption = 24 * 3600.0,
 ) -> None:
     """Serve the queue (on the login node; e.g. inside tmux). Stops on SIGTERM or Ctrl-C."""
     import signal
 
-    from .daemon import Daemon
-    from .ops import Whitelist
+    from ..relay.daemon import Daemon
+    from ..relay.ops import Whitelist
 
     home = Path.home()
     config_path = Path(os.path.expanduser(config)) if config is not None else None
@@ -132,9 +138,7 @@ def pending(
             }
         )
     if json_output:
-        from ..cli import _print_json
-
-        _print_json(rows)
+        print_json(rows)
         return
     if not rows:
         sys.stdout.write("no requests await consent\n")
@@ -151,7 +155,7 @@ def pending(
 
 
 def _decide(queue: str | None, request_id: str, folder: str, code: str | None = None) -> None:
-    from .validate import REQUEST_ID
+    from ..relay.validate import REQUEST_ID
 
     q = _queue(queue)
     if not REQUEST_ID.fullmatch(request_id):
@@ -209,9 +213,7 @@ def status(
             continue
     report = {"queue": str(q.root), "heartbeat_age_s": age, "depths": depths, "last": entries}
     if json_output:
-        from ..cli import _print_json
-
-        _print_json(report)
+        print_json(report)
         return
     if age is None:
         beat = "no heartbeat: no daemon serves this queue"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+
+from ._common import pairs, print_json
 
 sessions_app = typer.Typer(
     help="Durable sessions: a workspace and a transcript that outlive sandboxes.",
@@ -22,15 +24,7 @@ sessions_app = typer.Typer(
 
 
 def _meta(values: list[str] | None) -> dict[str, str]:
-    from .cli import _pairs  # (cli registers this sub-app as it loads: import it late)
-
-    return _pairs(values, "--meta")
-
-
-def _dump(value: Any) -> None:
-    from .cli import _print_json  # (see _meta)
-
-    _print_json(value)
+    return pairs(values, "--meta")
 
 
 @sessions_app.command("create")
@@ -58,7 +52,7 @@ def create(
     ] = None,
 ) -> None:
     """Create a session; prints its id."""
-    from .sdk import Session
+    from ..sdk import Session
 
     session = Session.create(
         _meta(meta),
@@ -79,11 +73,11 @@ def ls(
     ] = None,
 ) -> None:
     """Sessions, newest first."""
-    from .sdk import Session
+    from ..sdk import Session
 
     found = Session.list(_meta(meta) or None)
     if json_:
-        _dump([s.model_dump(mode="json") for s in found])
+        print_json([s.model_dump(mode="json") for s in found])
         return
     if not found:
         from rich.console import Console
@@ -112,9 +106,9 @@ def ls(
 @sessions_app.command("show")
 def show(session_id: Annotated[str, typer.Argument(help="The session's id.")]) -> None:
     """One session's settings, sandbox, lock and latest checkpoint (JSON)."""
-    from .sdk import Session
+    from ..sdk import Session
 
-    _dump(Session.connect(session_id).info.model_dump(mode="json"))
+    print_json(Session.connect(session_id).info.model_dump(mode="json"))
 
 
 @sessions_app.command("events")
@@ -126,7 +120,7 @@ def events(
 ) -> None:
     """The session's transcript, oldest first: output as it was printed, other events as
     one line each."""
-    from .sdk import Session
+    from ..sdk import Session
 
     found = Session.connect(session_id).events(after, limit)
     out = sys.stdout
@@ -144,10 +138,10 @@ def events(
 @sessions_app.command("checkpoint")
 def checkpoint(session_id: Annotated[str, typer.Argument(help="The session's id.")]) -> None:
     """Save the attached sandbox's workspace now."""
-    from .sdk import Session
+    from ..sdk import Session
 
     info = Session.connect(session_id).checkpoint()
-    _dump(info.model_dump(mode="json"))
+    print_json(info.model_dump(mode="json"))
 
 
 @sessions_app.command("rm")
@@ -155,7 +149,7 @@ def rm(
     session_ids: Annotated[list[str], typer.Argument(help="The sessions' ids.")],
 ) -> None:
     """Delete sessions: their sandbox, workspace checkpoints and transcript."""
-    from .sdk import Session
+    from ..sdk import Session
 
     for session_id in session_ids:
         Session.connect(session_id).delete()

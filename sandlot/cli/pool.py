@@ -9,11 +9,12 @@ metadata or lifetime) takes a member, from any process on the same SANDLOT_HOME.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+
+from ._common import console, parse_env, parse_settings, print_json, run
 
 T = TypeVar("T")
 
@@ -24,12 +25,10 @@ pool_app = typer.Typer(
 )
 
 
-def _run(action: Callable[[Any], Awaitable[T]]) -> T:
+async def _with_manager(action: Callable[[Any], Awaitable[T]]) -> T:
     """``action(manager)`` with a manager of this host's state folder, closed afterwards."""
-    import asyncio
-
-    from .errors import InvalidArgumentError
-    from .manager import Manager
+    from ..errors import InvalidArgumentError
+    from ..manager import Manager
 
     if os.environ.get("SANDLOT_URL"):
         raise InvalidArgumentError(
@@ -37,14 +36,11 @@ def _run(action: Callable[[Any], Awaitable[T]]) -> T:
             "(SANDLOT_URL is set)"
         )
 
-    async def go() -> T:
-        manager = Manager()
-        try:
-            return await action(manager)
-        finally:
-            await manager.close()
-
-    return asyncio.run(go())
+    manager = Manager()
+    try:
+        return await action(manager)
+    finally:
+        await manager.close()
 
 
 def _row(status: Any) -> dict[str, Any]:
@@ -60,7 +56,7 @@ def _row(status: Any) -> dict[str, Any]:
 
 def _summary(spec: dict[str, Any]) -> str:
     """The parts of a pool's spec that differ from a default sandbox's."""
-    from .models import SandboxSpec
+    from ..models import SandboxSpec
 
     default = SandboxSpec().model_dump(mode="json")
     parts = []
@@ -79,13 +75,11 @@ def _summary(spec: dict[str, Any]) -> str:
 
 
 def _print_table(statuses: list[Any]) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     if not statuses:
-        console.print("no pools", style="dim")
+        console().print("no pools", style="dim")
         return
     table = Table()
     table.add_column("key", no_wrap=True)
@@ -103,15 +97,12 @@ def _print_table(statuses: list[Any]) -> None:
             str(status.filling),
             escape(_summary(status.spec)),
         )
-    console.print(table)
+    console().print(table)
 
 
 def _emit(statuses: list[Any], as_json: bool) -> None:
     if as_json:
-        import json
-
-        sys.stdout.write(json.dumps([_row(s) for s in statuses], indent=2) + "\n")
-        sys.stdout.flush()
+        print_json([_row(s) for s in statuses])
     else:
         _print_table(statuses)
 
@@ -119,41 +110,51 @@ def _emit(statuses: list[Any], as_json: bool) -> None:
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
+SizeOption = Annotated[
+    int, typer.Option("--size", "-n", help="Started sandboxes to keep (0: none, for now).")
+]
+ProviderOption = Annotated[
+    str | None,
+    typer.Option("--provider", "-p", help="A local provider (bwrap, process, docker)."),
+]
+ImageOption = Annotated[
+    str | None, typer.Option("--image", help="Container image (the docker provider).")
+]
+MemoryOption = Annotated[
+    int | None, typer.Option("--memory-mb", help="Memory limit, MiB (default: 512).")
+]
+CpusOption = Annotated[float | None, typer.Option("--cpus", help="CPU limit, cores (default: 1).")]
+EnvOption = Annotated[
+    list[str] | None,
+    typer.Option("--env", "-e", metavar="K=V", help="Environment variable (repeatable)."),
+]
+WorkdirOption = Annotated[
+    str, typer.Option("--workdir", "-w", help="Working folder in the sandbox.")
+]
+SettingOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="K=V", help="A provider setting (repeatable), as for run."),
+]
+FullNetworkOption = Annotated[
+    bool, typer.Option("--full-network", help="Give the sandboxes the host's network.")
+]
+WaitOption = Annotated[
+    bool, typer.Option("--wait/--no-wait", help="Fill the pool before returning.")
+]
+
+
 @pool_app.command("set")
 def set_pool(
-    size: Annotated[
-        int, typer.Option("--size", "-n", help="Started sandboxes to keep (0: none, for now).")
-    ],
-    provider: Annotated[
-        str | None,
-        typer.Option("--provider", "-p", help="A local provider (bwrap, process, docker)."),
-    ] = None,
-    image: Annotated[
-        str | None, typer.Option("--image", help="Container image (the docker provider).")
-    ] = None,
-    memory_mb: Annotated[
-        int | None, typer.Option("--memory-mb", help="Memory limit, MiB (default: 512).")
-    ] = None,
-    cpus: Annotated[
-        float | None, typer.Option("--cpus", help="CPU limit, cores (default: 1).")
-    ] = None,
-    env: Annotated[
-        list[str] | None,
-        typer.Option("--env", "-e", metavar="K=V", help="Environment variable (repeatable)."),
-    ] = None,
-    workdir: Annotated[
-        str, typer.Option("--workdir", "-w", help="Working folder in the sandbox.")
-    ] = "/workspace",
-    setting: Annotated[
-        list[str] | None,
-        typer.Option("--set", metavar="K=V", help="A provider setting (repeatable), as for run."),
-    ] = None,
-    full_network: Annotated[
-        bool, typer.Option("--full-network", help="Give the sandboxes the host's network.")
-    ] = False,
-    wait: Annotated[
-        bool, typer.Option("--wait/--no-wait", help="Fill the pool before returning.")
-    ] = True,
+    size: SizeOption,
+    provider: ProviderOption = None,
+    image: ImageOption = None,
+    memory_mb: MemoryOption = None,
+    cpus: CpusOption = None,
+    env: EnvOption = None,
+    workdir: WorkdirOption = "/workspace",
+    setting: SettingOption = None,
+    full_network: FullNetworkOption = False,
+    wait: WaitOption = True,
     json_: JsonOption = False,
 ) -> None:
     """Keep SIZE started sandboxes of this spec; a create with the same spec (any metadata
@@ -161,13 +162,13 @@ def set_pool(
 
     Example: sandlot pool set --size 4 --memory-mb 1024
     """
-    from .cli import _env, _settings
-    from .errors import InvalidArgumentError
-    from .models import SandboxSpec
+    from ..errors import InvalidArgumentError
+    from ..models import SandboxSpec
+    from ..sdk.sandbox import build_spec
 
     if size < 0:
         raise InvalidArgumentError(f"--size must be 0 or more, got {size}")
-    config = _settings(setting)
+    config = parse_settings(setting)
     if image is not None:
         config["image"] = image
     resources: dict[str, Any] = {}
@@ -175,12 +176,10 @@ def set_pool(
         resources["memory_mb"] = memory_mb
     if cpus is not None:
         resources["cpus"] = cpus
-    from .sdk.sandbox import build_spec
-
     spec: SandboxSpec = build_spec(
         provider,
         300,
-        _env(env),
+        parse_env(env),
         None,
         resources or None,
         workdir,
@@ -192,7 +191,7 @@ def set_pool(
         await manager.pools.maintain(refill=False)  # dead members do not count
         return await manager.pools.set(spec, size, wait=wait)
 
-    status = _run(go)
+    status = run(_with_manager(go))
     _emit([status], json_)
 
 
@@ -203,7 +202,7 @@ def list_pools(json_: JsonOption = False) -> None:
     async def go(manager: Any) -> Any:
         return manager.pools.list()
 
-    _emit(_run(go), json_)
+    _emit(run(_with_manager(go)), json_)
 
 
 @pool_app.command("rm")
@@ -215,7 +214,7 @@ def remove_pools(
     all_: Annotated[bool, typer.Option("--all", help="Remove every pool.")] = False,
 ) -> None:
     """Remove pools and kill their members (sandboxes already taken are not touched)."""
-    from .errors import InvalidArgumentError
+    from ..errors import InvalidArgumentError
 
     if bool(keys) == all_:
         raise InvalidArgumentError("give pool keys (see `sandlot pool ls`) or --all")
@@ -225,5 +224,5 @@ def remove_pools(
         resolved = [manager.pools.resolve(key) for key in chosen]  # all known, or none
         return [(key, await manager.pools.remove(key)) for key in resolved]
 
-    for key, killed in _run(go):
+    for key, killed in run(_with_manager(go)):
         typer.echo(f"removed pool {key} ({len(killed)} sandboxes killed)", err=True)

@@ -14,6 +14,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from ._common import console, error, print_json, run
+
 T = TypeVar("T")
 
 secrets_app = typer.Typer(
@@ -30,23 +32,18 @@ NameArgument = Annotated[
 ]
 
 
-def _run(action: Callable[[Any], Awaitable[T]]) -> T:
+async def _with_store(action: Callable[[Any], Awaitable[T]]) -> T:
     """``action(store)`` on this host's store, or on the server's when SANDLOT_URL is set."""
-    import asyncio
-
     from ..remote.secrets import RemoteSecrets
-    from .store import secret_store
+    from ..secrets.store import secret_store
 
-    async def go() -> T:
-        if os.environ.get("SANDLOT_URL"):
-            store = RemoteSecrets()
-            try:
-                return await action(store)
-            finally:
-                await store.client.aclose()
-        return await action(secret_store())
-
-    return asyncio.run(go())
+    if os.environ.get("SANDLOT_URL"):
+        store = RemoteSecrets()
+        try:
+            return await action(store)
+        finally:
+            await store.client.aclose()
+    return await action(secret_store())
 
 
 def _read_value(name: str) -> str:
@@ -85,7 +82,7 @@ def _read_value(name: str) -> str:
 def set_secret(name: NameArgument) -> None:
     """Store a secret, reading its value from standard input: typed twice, hidden, at a
     terminal; otherwise all of it, less one trailing newline. Replaces an existing value."""
-    from .store import check_name
+    from ..secrets.store import check_name
 
     check_name(name)
     value = _read_value(name)
@@ -93,7 +90,7 @@ def set_secret(name: NameArgument) -> None:
     async def store_it(store: Any) -> None:
         await store.set(name, value)
 
-    _run(store_it)
+    run(_with_store(store_it))
     typer.echo(f"stored secret {name}", err=True)
 
 
@@ -106,20 +103,14 @@ def list_secrets(
     async def list_them(store: Any) -> Any:
         return await store.list()
 
-    infos = _run(list_them)
+    infos = run(_with_store(list_them))
     if json_:
-        import json
-
-        rows = [info.model_dump(mode="json") for info in infos]
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
-        sys.stdout.flush()
+        print_json([info.model_dump(mode="json") for info in infos])
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     if not infos:
-        console.print("no secrets", style="dim")
+        console().print("no secrets", style="dim")
         return
     table = Table()
     table.add_column("name", no_wrap=True)
@@ -131,13 +122,13 @@ def list_secrets(
             info.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
             info.updated_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
         )
-    console.print(table)
+    console().print(table)
 
 
 @secrets_app.command("rm")
 def remove_secret(name: NameArgument) -> None:
     """Remove a secret (exit code 1 when there is none of that name)."""
-    from .store import check_name
+    from ..secrets.store import check_name
 
     check_name(name)
 
@@ -145,9 +136,7 @@ def remove_secret(name: NameArgument) -> None:
         deleted: bool = await store.delete(name)
         return deleted
 
-    if not _run(delete_it):
-        from ..cli import _error
-
-        _error(f"no secret {name!r}")
+    if not run(_with_store(delete_it)):
+        error(f"no secret {name!r}")
         raise typer.Exit(1)
     typer.echo(f"removed secret {name}", err=True)
