@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ruff check .
 mypy sandlot
+lint-imports --no-cache  # the layers and the no-cycles rule (pyproject's contracts)
 python -m pytest -q "$@"
