@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import json
 import logging
 import os
 import secrets
@@ -19,7 +18,6 @@ import socket
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from ..secrets.resolve import has_refs, resolve_config, resolve_env
 from ..secrets.store import SecretStore
 from ..store import Store, default_home
 from ..supervisor import Loop, Supervisor
+from .base import GcReport, LiveSandbox, default_provider
 from .egress import DialLocal, Egress, EventSink, check_network, new_settings
 from .pool import Pools
 from .ports import ChannelFor, PortForwards, check_port
@@ -52,42 +51,6 @@ NO_OWNER = 0  # a detached sandbox's owner_pid: it lives until its deadline or a
 USED_FOLDER = "providers-used"  # in the state folder: a file per host provider used there
 GC_INTERVAL = 60.0  # seconds between sweeps while a manager runs (SANDLOT_GC_INTERVAL)
 UNFINISHED_CREATE = 120.0  # seconds after which a detached create with no handle is dead
-
-
-@dataclass
-class LiveSandbox:
-    """A sandbox this process has a channel to."""
-
-    info: SandboxInfo
-    channel: Channel
-    provider: Provider
-    fell_back: dict[str, str] | None = None  # {"from", "to", "reason"} if created elsewhere
-
-
-@dataclass
-class GcReport:
-    removed: list[str] = field(default_factory=list)  # records of dead or expired sandboxes
-    orphans: list[str] = field(default_factory=list)  # resources with no record
-
-
-def default_provider(spec: SandboxSpec) -> SandboxSpec:
-    """A spec that names no provider gets ``SANDLOT_PROVIDER`` (default: bwrap). A spec for
-    that provider (named or not) gets the settings in ``SANDLOT_PROVIDER_CONFIG`` (a JSON
-    object) under its own: an operator's defaults, e.g. ``{"pull": "never"}``."""
-    name = os.environ.get("SANDLOT_PROVIDER") or DEFAULT
-    if spec.provider is not None and spec.provider != name:
-        return spec
-    raw = os.environ.get("SANDLOT_PROVIDER_CONFIG")
-    config: dict[str, object] = {}
-    if raw:
-        try:
-            loaded = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"SANDLOT_PROVIDER_CONFIG is not JSON: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise InvalidArgumentError("SANDLOT_PROVIDER_CONFIG must be a JSON object")
-        config = loaded
-    return spec.model_copy(update={"provider": name, "config": {**config, **spec.config}})
 
 
 def _dump_refs(refs: dict[str, SecretRef]) -> dict[str, Any]:

@@ -35,9 +35,10 @@ from ..models import SandboxSpec, describe
 from ..providers import BUILTIN, procinfo, provider_class
 from ..secrets.resolve import has_refs
 from ..supervisor import Supervisor
+from .base import LiveSandbox, default_provider
 
-if TYPE_CHECKING:
-    from .manager import LiveSandbox, Manager
+if TYPE_CHECKING:  # only for the types: the manager imports this module, never the reverse
+    from .manager import Manager
 
 log = logging.getLogger("sandlot")
 
@@ -134,8 +135,6 @@ class Pools:
     async def set(self, spec: SandboxSpec, size: int, *, wait: bool = True) -> PoolStatus:
         """Keep ``size`` started sandboxes of ``spec``: fill the pool up to it (``wait``:
         before returning), or kill the members beyond it."""
-        from .manager import default_provider
-
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE:
             raise InvalidArgumentError(f"a pool's size is a whole number from 0 to {MAX_SIZE}")
         spec = default_provider(spec)
@@ -239,8 +238,6 @@ class Pools:
             self.refill(key, REFILL_DELAY)
 
     async def _adopt(self, info: Any, spec: SandboxSpec) -> LiveSandbox | None:
-        from .manager import LiveSandbox
-
         manager = self.manager
         provider = manager.provider(info.provider)
         held = None
@@ -288,9 +285,7 @@ class Pools:
     def filler(self) -> Manager:
         """The detached manager that creates members (no owner: they outlive this process)."""
         if self._filler is None:
-            from .manager import Manager
-
-            filler = Manager(self.manager.home, detached=True)
+            filler = type(self.manager)(self.manager.home, detached=True)
             filler.pools.enabled = False
             filler._collected = True  # no gc or sweeper of its own: this manager's do it
             self._filler = filler

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..manager import GcReport, Manager
+from ..manager import GcReport
 from ..models import SandboxSpec
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ def backend_for(client: Client | None) -> Backend:
         from ..remote.backend import RemoteBackend
 
         return RemoteBackend(client)
+    from ..manager import Manager
+
     return Manager.current()
 
 
