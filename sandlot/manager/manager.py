@@ -123,16 +123,16 @@ class Manager:
     # -- create / connect -------------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec, *, secrets: SecretStore | None = None) -> LiveSandbox:
+        spec = default_provider(spec)
+        name = spec.provider or DEFAULT
+        provider = self.provider(name)
         if not self._collected:
             self._collected = True
-            await self.gc()
+            await self.gc(quick=True)
             self._sweeper = Supervisor.current().keep("gc-sweeper", self._sweep)
-        spec = default_provider(spec)
         taken = await self.pools.take(spec)
         if taken is not None:
             return taken
-        name = spec.provider or DEFAULT
-        provider = self.provider(name)
         if isinstance(spec.network, NetworkPolicy):
             check_network(provider, spec.network)
         now = datetime.now(UTC)
@@ -505,8 +505,13 @@ class Manager:
             return
         Supervisor.current().spawn(self.kill(sandbox_id), "expire")
 
-    async def gc(self) -> GcReport:
-        """Destroy sandboxes whose owner is gone or whose time is up; remove orphans."""
+    async def gc(self, *, quick: bool = False) -> GcReport:
+        """Destroy sandboxes whose owner is gone or whose time is up; remove orphans.
+
+        ``quick`` (a process's first create) looks for orphans only of the providers this
+        manager has already made (and the default), not of every provider the state folder
+        ever used: asking the Docker engine cost a bwrap user's first create 200-300 ms.
+        The sweeper and ``sandlot gc`` look everywhere."""
         report = GcReport()
         now = time.time()
         known = set()
@@ -532,7 +537,7 @@ class Manager:
             else:
                 await self._release(info, provider)
             report.removed.append(info.id)
-        for _, provider in self._instantiated_local_providers():
+        for _, provider in self._instantiated_local_providers(quick):
             for sandbox_id in await provider.list_instances():
                 if sandbox_id not in known and self.store.get(sandbox_id) is None:
                     await provider.cleanup_orphan(sandbox_id)
@@ -583,16 +588,20 @@ class Manager:
             (used / name).touch()
             self._marked.add(name)
 
-    def _instantiated_local_providers(self) -> builtins.list[tuple[str, Provider]]:
+    def _instantiated_local_providers(
+        self, quick: bool = False
+    ) -> builtins.list[tuple[str, Provider]]:
         """The host providers whose leftovers gc looks for: those this state folder has
         used (so a bwrap user's gc never imports, let alone asks, the Docker engine), and
-        the default, which state folders older than the marks used without one."""
+        the default, which state folders older than the marks used without one; ``quick``:
+        only those this manager has made, and the default."""
         from ..providers import BUILTIN
 
         used = self.home / USED_FOLDER
         found = []
         for name in BUILTIN:
-            if name != DEFAULT and name not in self._providers and not (used / name).exists():
+            here = name == DEFAULT or name in self._providers
+            if not here and (quick or not (used / name).exists()):
                 continue
             try:
                 found.append((name, self.provider(name)))
