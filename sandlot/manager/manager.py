@@ -97,7 +97,9 @@ class Manager:
         self._egress: dict[str, Egress] = {}
         self._secret_stores: dict[str, SecretStore] = {}  # given at create (a server's tenant)
         self._secret_values: dict[str, builtins.list[str]] = {}
-        self.pools = Pools(self)  # warm pools: a create that matches one takes a member
+        # Warm pools: a create that matches one takes a member; members are made by a
+        # detached manager of the same state folder.
+        self.pools = Pools(self, lambda: Manager(self.home, detached=True))
 
     @classmethod
     def current(cls) -> Manager:
