@@ -182,6 +182,10 @@ def main() -> int:
     judge(results, rows[("python", floor)], rows.get(("cli", docker)), create_rows)
     results.note_load()
     results.notes.append(f"sandlot CLI run as: {' '.join(cli)}")
+    results.notes.append(
+        "a process's first create loads the manager and the provider (imports, the models' "
+        "first validation, pydantic's plugin scan): `from sandlot import Sandbox` does not"
+    )
     meta = c.run_meta(
         "bench_startup.py",
         None,
