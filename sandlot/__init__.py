@@ -6,92 +6,195 @@
         print(sb.commands.run("echo hi").stdout)
 
 See the README and docs/ for the full surface.
+
+The names below are loaded when first used (PEP 562): ``import sandlot`` costs next to
+nothing, ``from sandlot import Sandbox`` loads the SDK, and the egress proxy, the secret
+store, the stores, the server and the providers load when a sandbox needs them.
 """
 
-from .egress.bridge_config import BridgeConfig
-from .egress.policy import NetworkPolicy
-from .errors import (
-    AuthenticationError,
-    CodeContextBusyError,
-    CodeContextFailedError,
-    CodeContextNotFoundError,
-    CodeError,
-    CodeTimeoutError,
-    CommandError,
-    CommandTimeoutError,
-    DirectoryNotEmptyError,
-    EgressError,
-    ExecutionLostError,
-    FileError,
-    FileExistsInSandboxError,
-    FileNotFoundInSandboxError,
-    FileTooLargeError,
-    ForbiddenError,
-    HostKeyError,
-    IdempotencyConflictError,
-    ImageNotFoundError,
-    InstallError,
-    InvalidArgumentError,
-    IsADirectoryInSandboxError,
-    NoSpaceError,
-    NotADirectoryInSandboxError,
-    NotFoundError,
-    PermissionDeniedError,
-    PortError,
-    ProcessNotFoundError,
-    ProtocolError,
-    ProviderNotFoundError,
-    ProviderUnavailableError,
-    ProvisionError,
-    RelayCrashed,
-    RelayDown,
-    RelayError,
-    RelayRejected,
-    RelayTimeout,
-    RelayValidationError,
-    RemoteUnavailableError,
-    RunCancelledError,
-    SandboxClosedError,
-    SandboxError,
-    SandboxNotFoundError,
-    SandboxStartError,
-    SandlotError,
-    SecretError,
-    SecretNotFoundError,
-    ServerError,
-    SessionBusyError,
-    SessionError,
-    SessionNotFoundError,
-)
-from .models import (
-    CodeContext,
-    CommandResult,
-    EntryInfo,
-    Execution,
-    ExecutionError,
-    Logs,
-    ProviderInfo,
-    Resources,
-    Result,
-    SandboxInfo,
-    SandboxSpec,
-    SessionEvent,
-    SessionInfo,
-)
-from .remote import Client
-from .sdk import (
-    AsyncCommandHandle,
-    AsyncExecutionHandle,
-    AsyncSandbox,
-    AsyncSession,
-    CommandHandle,
-    ExecutionHandle,
-    Sandbox,
-    Session,
-)
-from .secrets.refs import SecretRef
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ below
+    from .egress.bridge_config import BridgeConfig
+    from .egress.policy import NetworkPolicy
+    from .errors import (
+        AuthenticationError,
+        CodeContextBusyError,
+        CodeContextFailedError,
+        CodeContextNotFoundError,
+        CodeError,
+        CodeTimeoutError,
+        CommandError,
+        CommandTimeoutError,
+        DirectoryNotEmptyError,
+        EgressError,
+        ExecutionLostError,
+        FileError,
+        FileExistsInSandboxError,
+        FileNotFoundInSandboxError,
+        FileTooLargeError,
+        ForbiddenError,
+        HostKeyError,
+        IdempotencyConflictError,
+        ImageNotFoundError,
+        InstallError,
+        InvalidArgumentError,
+        IsADirectoryInSandboxError,
+        NoSpaceError,
+        NotADirectoryInSandboxError,
+        NotFoundError,
+        PermissionDeniedError,
+        PortError,
+        ProcessNotFoundError,
+        ProtocolError,
+        ProviderNotFoundError,
+        ProviderUnavailableError,
+        ProvisionError,
+        RelayCrashed,
+        RelayDown,
+        RelayError,
+        RelayRejected,
+        RelayTimeout,
+        RelayValidationError,
+        RemoteUnavailableError,
+        RunCancelledError,
+        SandboxClosedError,
+        SandboxError,
+        SandboxNotFoundError,
+        SandboxStartError,
+        SandlotError,
+        SecretError,
+        SecretNotFoundError,
+        ServerError,
+        SessionBusyError,
+        SessionError,
+        SessionNotFoundError,
+    )
+    from .models import (
+        CodeContext,
+        CommandResult,
+        EntryInfo,
+        Execution,
+        ExecutionError,
+        Logs,
+        ProviderInfo,
+        Resources,
+        Result,
+        SandboxInfo,
+        SandboxSpec,
+        SessionEvent,
+        SessionInfo,
+    )
+    from .remote import Client
+    from .sdk import (
+        AsyncCommandHandle,
+        AsyncExecutionHandle,
+        AsyncSandbox,
+        AsyncSession,
+        CommandHandle,
+        ExecutionHandle,
+        Sandbox,
+        Session,
+    )
+    from .secrets.refs import SecretRef
 
 __version__ = "0.1.0"
+
+# Each public name and the module it lives in.
+_SOURCES: dict[str, str] = {
+    "BridgeConfig": ".egress.bridge_config",
+    "NetworkPolicy": ".egress.policy",
+    "AuthenticationError": ".errors",
+    "CodeContextBusyError": ".errors",
+    "CodeContextFailedError": ".errors",
+    "CodeContextNotFoundError": ".errors",
+    "CodeError": ".errors",
+    "CodeTimeoutError": ".errors",
+    "CommandError": ".errors",
+    "CommandTimeoutError": ".errors",
+    "DirectoryNotEmptyError": ".errors",
+    "EgressError": ".errors",
+    "ExecutionLostError": ".errors",
+    "FileError": ".errors",
+    "FileExistsInSandboxError": ".errors",
+    "FileNotFoundInSandboxError": ".errors",
+    "FileTooLargeError": ".errors",
+    "ForbiddenError": ".errors",
+    "HostKeyError": ".errors",
+    "IdempotencyConflictError": ".errors",
+    "ImageNotFoundError": ".errors",
+    "InstallError": ".errors",
+    "InvalidArgumentError": ".errors",
+    "IsADirectoryInSandboxError": ".errors",
+    "NoSpaceError": ".errors",
+    "NotADirectoryInSandboxError": ".errors",
+    "NotFoundError": ".errors",
+    "PermissionDeniedError": ".errors",
+    "PortError": ".errors",
+    "ProcessNotFoundError": ".errors",
+    "ProtocolError": ".errors",
+    "ProviderNotFoundError": ".errors",
+    "ProviderUnavailableError": ".errors",
+    "ProvisionError": ".errors",
+    "RelayCrashed": ".errors",
+    "RelayDown": ".errors",
+    "RelayError": ".errors",
+    "RelayRejected": ".errors",
+    "RelayTimeout": ".errors",
+    "RelayValidationError": ".errors",
+    "RemoteUnavailableError": ".errors",
+    "RunCancelledError": ".errors",
+    "SandboxClosedError": ".errors",
+    "SandboxError": ".errors",
+    "SandboxNotFoundError": ".errors",
+    "SandboxStartError": ".errors",
+    "SandlotError": ".errors",
+    "SecretError": ".errors",
+    "SecretNotFoundError": ".errors",
+    "ServerError": ".errors",
+    "SessionBusyError": ".errors",
+    "SessionError": ".errors",
+    "SessionNotFoundError": ".errors",
+    "CodeContext": ".models",
+    "CommandResult": ".models",
+    "EntryInfo": ".models",
+    "Execution": ".models",
+    "ExecutionError": ".models",
+    "Logs": ".models",
+    "ProviderInfo": ".models",
+    "Resources": ".models",
+    "Result": ".models",
+    "SandboxInfo": ".models",
+    "SandboxSpec": ".models",
+    "SessionEvent": ".models",
+    "SessionInfo": ".models",
+    "Client": ".remote",
+    "AsyncCommandHandle": ".sdk",
+    "AsyncExecutionHandle": ".sdk",
+    "AsyncSandbox": ".sdk",
+    "AsyncSession": ".sdk",
+    "CommandHandle": ".sdk",
+    "ExecutionHandle": ".sdk",
+    "Sandbox": ".sdk",
+    "Session": ".sdk",
+    "SecretRef": ".secrets.refs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(source, __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

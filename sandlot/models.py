@@ -62,10 +62,14 @@ MAX_PATH = 4096  # Linux's PATH_MAX
 MAX_NAME = 255  # and NAME_MAX: longer paths fail in the kernel, not at the boundary
 
 
+# Every model here is built when first used (``defer_build``), not at import: most programs
+# use a few of them, and building one costs a millisecond or more.
+
+
 class Resources(BaseModel):
     """Limits for one sandbox. Enforced with cgroups where the host has them, else rlimits."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     memory_mb: int = Field(512, ge=16, le=1 << 30, description="memory limit (RAM, no swap)")
     pids: int = Field(256, ge=8, le=4194304, description="maximum number of processes and threads")
@@ -106,7 +110,7 @@ class SandboxSpec(BaseModel):
     ``{"secret": NAME}``: resolved when the sandbox starts, never stored or shown.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     provider: str | None = None
     timeout: float = Field(
@@ -167,6 +171,8 @@ SandboxState = Literal["running", "stopped"]
 class SandboxInfo(BaseModel):
     """A sandbox's record, as the store keeps it."""
 
+    model_config = ConfigDict(defer_build=True)
+
     id: str
     provider: str
     state: SandboxState = "running"
@@ -179,6 +185,8 @@ class SandboxInfo(BaseModel):
 
 class SessionInfo(BaseModel):
     """A durable session: its workspace, lifetimes, current sandbox and run lock."""
+
+    model_config = ConfigDict(defer_build=True)
 
     id: str
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -201,6 +209,8 @@ class SessionInfo(BaseModel):
 class SessionEvent(BaseModel):
     """One entry of a session's transcript. Output (``stdout``/``stderr``) is in ``text``
     (UTF-8, with replacement) and ``raw``; every other kind carries its JSON in ``data``."""
+
+    model_config = ConfigDict(defer_build=True)
 
     seq: int
     kind: str
@@ -238,6 +248,8 @@ class CommandResult(BaseModel):
     ``truncated`` says so (the streaming callbacks still saw every byte).
     """
 
+    model_config = ConfigDict(defer_build=True)
+
     exit_code: int
     signal: int | None = None
     stdout_bytes: bytes = b""
@@ -263,6 +275,8 @@ EntryType = Literal["file", "dir", "symlink", "other"]
 
 class EntryInfo(BaseModel):
     """One file-system entry inside a sandbox (``lstat``: symlinks are not followed)."""
+
+    model_config = ConfigDict(defer_build=True)
 
     name: str
     path: str
@@ -296,6 +310,8 @@ class Result(BaseModel):
     as opposed to ``display()`` calls and figures. ``dropped`` lists formats left out because
     the result was over the size limit.
     """
+
+    model_config = ConfigDict(defer_build=True)
 
     data: dict[str, Any] = Field(default_factory=dict)
     is_main_result: bool = False
@@ -351,12 +367,16 @@ class Result(BaseModel):
 class Logs(BaseModel):
     """What a cell printed, in chunks as they arrived (decoded as UTF-8)."""
 
+    model_config = ConfigDict(defer_build=True)
+
     stdout: list[str] = Field(default_factory=list)
     stderr: list[str] = Field(default_factory=list)
 
 
 class ExecutionError(BaseModel):
     """The exception a cell raised: its class name, ``str()`` and formatted traceback."""
+
+    model_config = ConfigDict(defer_build=True)
 
     name: str
     value: str
@@ -373,6 +393,8 @@ class Execution(BaseModel):
     (the head and tail are kept). ``not_persisted`` names variables a persistent context could
     not save, with the reason.
     """
+
+    model_config = ConfigDict(defer_build=True)
 
     context: str
     results: list[Result] = Field(default_factory=list)
@@ -400,6 +422,8 @@ class Execution(BaseModel):
 class CodeContext(BaseModel):
     """A Python namespace in a sandbox, kept by its own process between cells."""
 
+    model_config = ConfigDict(defer_build=True)
+
     id: str
     name: str | None = None
     cwd: str
@@ -413,6 +437,8 @@ class CodeContext(BaseModel):
 
 class ProviderInfo(BaseModel):
     """Whether a provider can run here, and if not, why."""
+
+    model_config = ConfigDict(defer_build=True)
 
     name: str
     available: bool

@@ -60,7 +60,7 @@ def _header_name(name: str, *, what: str) -> str:
 class BridgeConfig(BaseModel):
     """What a sandbox may call back: one target, its credentials, the allowed routes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     target: str
     """``http(s)://host[:port][/base]``: requests go to base + their own path."""

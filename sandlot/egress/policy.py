@@ -281,7 +281,7 @@ def parse_rule(text: str) -> Rule:
 class NetworkPolicy(BaseModel):
     """What a sandbox's proxy may connect to (see the module's documentation)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     allow: list[str] = []
     """Allow rules: host names, ``*.`` wildcards, IP addresses and networks, each with an

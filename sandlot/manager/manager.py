@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import json
 import logging
 import os
 import secrets
@@ -19,10 +18,9 @@ import socket
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ..channel import Channel
 from ..egress.policy import NetworkPolicy
@@ -41,6 +39,7 @@ from ..secrets.resolve import has_refs, resolve_config, resolve_env
 from ..secrets.store import SecretStore
 from ..store import Store, default_home
 from ..supervisor import Loop, Supervisor
+from .base import GcReport, Live, LiveSandbox, default_provider
 from .egress import DialLocal, Egress, EventSink, check_network, new_settings
 from .pool import Pools
 from .ports import ChannelFor, PortForwards, check_port
@@ -52,61 +51,6 @@ NO_OWNER = 0  # a detached sandbox's owner_pid: it lives until its deadline or a
 USED_FOLDER = "providers-used"  # in the state folder: a file per host provider used there
 GC_INTERVAL = 60.0  # seconds between sweeps while a manager runs (SANDLOT_GC_INTERVAL)
 UNFINISHED_CREATE = 120.0  # seconds after which a detached create with no handle is dead
-
-
-class Side(Protocol):
-    """What the SDK asks of the provider behind a live sandbox."""
-
-    @property
-    def isolated(self) -> bool: ...
-
-
-class Live(Protocol):
-    """A sandbox a backend hands the SDK: :class:`LiveSandbox` here, ``RemoteLive`` in
-    remote mode. ``channel`` is a :class:`~sandlot.channel.Channel` or its stand-in."""
-
-    @property
-    def info(self) -> SandboxInfo: ...
-    @property
-    def channel(self) -> Any: ...
-    @property
-    def provider(self) -> Side: ...
-
-
-@dataclass
-class LiveSandbox:
-    """A sandbox this process has a channel to."""
-
-    info: SandboxInfo
-    channel: Channel
-    provider: Provider
-    fell_back: dict[str, str] | None = None  # {"from", "to", "reason"} if created elsewhere
-
-
-@dataclass
-class GcReport:
-    removed: list[str] = field(default_factory=list)  # records of dead or expired sandboxes
-    orphans: list[str] = field(default_factory=list)  # resources with no record
-
-
-def default_provider(spec: SandboxSpec) -> SandboxSpec:
-    """A spec that names no provider gets ``SANDLOT_PROVIDER`` (default: bwrap). A spec for
-    that provider (named or not) gets the settings in ``SANDLOT_PROVIDER_CONFIG`` (a JSON
-    object) under its own: an operator's defaults, e.g. ``{"pull": "never"}``."""
-    name = os.environ.get("SANDLOT_PROVIDER") or DEFAULT
-    if spec.provider is not None and spec.provider != name:
-        return spec
-    raw = os.environ.get("SANDLOT_PROVIDER_CONFIG")
-    config: dict[str, object] = {}
-    if raw:
-        try:
-            loaded = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"SANDLOT_PROVIDER_CONFIG is not JSON: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise InvalidArgumentError("SANDLOT_PROVIDER_CONFIG must be a JSON object")
-        config = loaded
-    return spec.model_copy(update={"provider": name, "config": {**config, **spec.config}})
 
 
 def _dump_refs(refs: dict[str, SecretRef]) -> dict[str, Any]:
@@ -153,7 +97,9 @@ class Manager:
         self._egress: dict[str, Egress] = {}
         self._secret_stores: dict[str, SecretStore] = {}  # given at create (a server's tenant)
         self._secret_values: dict[str, builtins.list[str]] = {}
-        self.pools = Pools(self)  # warm pools: a create that matches one takes a member
+        # Warm pools: a create that matches one takes a member; members are made by a
+        # detached manager of the same state folder.
+        self.pools = Pools(self, lambda: Manager(self.home, detached=True))
 
     @classmethod
     def current(cls) -> Manager:
@@ -179,16 +125,16 @@ class Manager:
     # -- create / connect -------------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec, *, secrets: SecretStore | None = None) -> LiveSandbox:
+        spec = default_provider(spec)
+        name = spec.provider or DEFAULT
+        provider = self.provider(name)
         if not self._collected:
             self._collected = True
-            await self.gc()
+            await self.gc(quick=True)
             self._sweeper = Supervisor.current().keep("gc-sweeper", self._sweep)
-        spec = default_provider(spec)
         taken = await self.pools.take(spec)
         if taken is not None:
             return taken
-        name = spec.provider or DEFAULT
-        provider = self.provider(name)
         if isinstance(spec.network, NetworkPolicy):
             check_network(provider, spec.network)
         now = datetime.now(UTC)
@@ -563,8 +509,13 @@ class Manager:
             return
         Supervisor.current().spawn(self.kill(sandbox_id), "expire")
 
-    async def gc(self) -> GcReport:
-        """Destroy sandboxes whose owner is gone or whose time is up; remove orphans."""
+    async def gc(self, *, quick: bool = False) -> GcReport:
+        """Destroy sandboxes whose owner is gone or whose time is up; remove orphans.
+
+        ``quick`` (a process's first create) looks for orphans only of the providers this
+        manager has already made (and the default), not of every provider the state folder
+        ever used: asking the Docker engine cost a bwrap user's first create 200-300 ms.
+        The sweeper and ``sandlot gc`` look everywhere."""
         report = GcReport()
         now = time.time()
         known = set()
@@ -590,7 +541,7 @@ class Manager:
             else:
                 await self._release(info, provider)
             report.removed.append(info.id)
-        for _, provider in self._instantiated_local_providers():
+        for _, provider in self._instantiated_local_providers(quick):
             for sandbox_id in await provider.list_instances():
                 if sandbox_id not in known and self.store.get(sandbox_id) is None:
                     await provider.cleanup_orphan(sandbox_id)
@@ -641,16 +592,20 @@ class Manager:
             (used / name).touch()
             self._marked.add(name)
 
-    def _instantiated_local_providers(self) -> builtins.list[tuple[str, Provider]]:
+    def _instantiated_local_providers(
+        self, quick: bool = False
+    ) -> builtins.list[tuple[str, Provider]]:
         """The host providers whose leftovers gc looks for: those this state folder has
         used (so a bwrap user's gc never imports, let alone asks, the Docker engine), and
-        the default, which state folders older than the marks used without one."""
+        the default, which state folders older than the marks used without one; ``quick``:
+        only those this manager has made, and the default."""
         from ..providers import BUILTIN
 
         used = self.home / USED_FOLDER
         found = []
         for name in BUILTIN:
-            if name != DEFAULT and name not in self._providers and not (used / name).exists():
+            here = name == DEFAULT or name in self._providers
+            if not here and (quick or not (used / name).exists()):
                 continue
             try:
                 found.append((name, self.provider(name)))

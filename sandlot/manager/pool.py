@@ -25,9 +25,10 @@ import os
 import secrets
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..egress.policy import NetworkPolicy
 from ..errors import InvalidArgumentError, NotFoundError
@@ -35,11 +36,42 @@ from ..models import SandboxSpec, describe
 from ..providers import BUILTIN, procinfo, provider_class
 from ..secrets.resolve import has_refs
 from ..supervisor import Supervisor
+from .base import LiveSandbox, default_provider
 
 if TYPE_CHECKING:
-    from .manager import LiveSandbox, Manager
+    from pathlib import Path
+
+    from ..channel import Channel
+    from ..providers import Provider
+    from ..store import Store
 
 log = logging.getLogger("sandlot")
+
+
+class PoolOwner(Protocol):
+    """What pools need of the manager that serves them: :class:`~sandlot.manager.Manager`
+    (which imports this module; this module never imports it). A take hands the manager a
+    started sandbox to look after as if it had created it, hence its private parts."""
+
+    home: Path
+    store: Store
+    detached: bool
+    pools: Pools
+    on_release: builtins.list[Callable[[str], None]]
+    _collected: bool
+    _owned: dict[str, LiveSandbox]
+    _timers: dict[str, asyncio.TimerHandle]
+    _secret_values: dict[str, builtins.list[str]]
+
+    def provider(self, name: str) -> Provider: ...
+    async def create(self, spec: SandboxSpec) -> LiveSandbox: ...
+    async def kill(self, sandbox_id: str) -> None: ...
+    async def set_timeout(self, sandbox_id: str, seconds: float, channel: Channel) -> Any: ...
+    async def close(self) -> None: ...
+    def _schedule_expiry(self, sandbox_id: str, seconds: float) -> None: ...
+    def _kill_on_violation(self, sandbox_id: str, channel: Channel) -> None: ...
+    def _on_exit(self, sandbox_id: str) -> None: ...
+
 
 POOL_LIFETIME = 86400.0  # seconds a member lives unclaimed (the agent's own deadline too)
 # A member is started with this lifetime, and given POOL_LIFETIME once it is in the pool: if
@@ -57,7 +89,7 @@ _OWNER_STARTED = procinfo.start_time(os.getpid())
 # ``--die-with-parent`` (by whichever process filled the pool), so the owner's exit ends it
 # here instead (gc ends it if the owner is SIGKILLed).
 _TAKEN: dict[str, dict[str, Any]] = {}
-_FILLERS: weakref.WeakSet[Manager] = weakref.WeakSet()  # this process's member makers
+_FILLERS: weakref.WeakSet[PoolOwner] = weakref.WeakSet()  # this process's member makers
 
 
 _PID = os.getpid()
@@ -119,10 +151,17 @@ class PoolStatus:
 class Pools:
     """The warm pools of one manager's state folder, served by that manager."""
 
-    def __init__(self, manager: Manager, *, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        manager: PoolOwner,
+        make_filler: Callable[[], PoolOwner],
+        *,
+        enabled: bool = True,
+    ) -> None:
         self.manager = manager
         self.enabled = enabled  # False for the manager that fills pools (never takes)
-        self._filler: Manager | None = None
+        self._make_filler = make_filler  # a detached manager of the same state folder
+        self._filler: PoolOwner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refilling: dict[str, asyncio.Task[Any]] = {}
         self._token = secrets.token_hex(4)
@@ -134,8 +173,6 @@ class Pools:
     async def set(self, spec: SandboxSpec, size: int, *, wait: bool = True) -> PoolStatus:
         """Keep ``size`` started sandboxes of ``spec``: fill the pool up to it (``wait``:
         before returning), or kill the members beyond it."""
-        from .manager import default_provider
-
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE:
             raise InvalidArgumentError(f"a pool's size is a whole number from 0 to {MAX_SIZE}")
         spec = default_provider(spec)
@@ -239,8 +276,6 @@ class Pools:
             self.refill(key, REFILL_DELAY)
 
     async def _adopt(self, info: Any, spec: SandboxSpec) -> LiveSandbox | None:
-        from .manager import LiveSandbox
-
         manager = self.manager
         provider = manager.provider(info.provider)
         held = None
@@ -285,12 +320,10 @@ class Pools:
 
     # -- refill and upkeep ------------------------------------------------------------------
 
-    def filler(self) -> Manager:
+    def filler(self) -> PoolOwner:
         """The detached manager that creates members (no owner: they outlive this process)."""
         if self._filler is None:
-            from .manager import Manager
-
-            filler = Manager(self.manager.home, detached=True)
+            filler = self._make_filler()
             filler.pools.enabled = False
             filler._collected = True  # no gc or sweeper of its own: this manager's do it
             self._filler = filler

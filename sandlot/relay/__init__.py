@@ -11,16 +11,45 @@ runs it without a shell, and drops the answer back. See docs/relay.md.
     res = rc.request("wandb_sync", args=["runs/abc"])   # waits for a person's consent
 """
 
-from ..errors import (
-    RelayCrashed,
-    RelayDown,
-    RelayError,
-    RelayRejected,
-    RelayTimeout,
-    RelayValidationError,
-)
-from .client import RelayClient
-from .queue import Queue, RelayRequest, RelayResult
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..errors import (
+        RelayCrashed,
+        RelayDown,
+        RelayError,
+        RelayRejected,
+        RelayTimeout,
+        RelayValidationError,
+    )
+    from .client import RelayClient
+    from .queue import Queue, RelayRequest, RelayResult
+
+# Loaded when first used (PEP 562): the ``sandlot relay`` commands import this package, and
+# ``sandlot --help`` should not pay for the relay's pydantic models.
+_SOURCES = {
+    "RelayCrashed": "..errors",
+    "RelayDown": "..errors",
+    "RelayError": "..errors",
+    "RelayRejected": "..errors",
+    "RelayTimeout": "..errors",
+    "RelayValidationError": "..errors",
+    "RelayClient": ".client",
+    "Queue": ".queue",
+    "RelayRequest": ".queue",
+    "RelayResult": ".queue",
+}
+
+
+def __getattr__(name: str) -> Any:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(source, __name__), name)
+
 
 __all__ = [
     "Queue",

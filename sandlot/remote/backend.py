@@ -23,7 +23,7 @@ from .client import Client
 
 if TYPE_CHECKING:
     from ..egress.policy import NetworkPolicy
-    from ..manager.manager import Live
+    from ..manager.base import Live
     from ..models import NetworkMode
     from ..secrets.refs import SecretRef
 

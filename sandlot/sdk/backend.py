@@ -9,12 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..manager import GcReport, Manager
+from ..manager import GcReport
 from ..models import SandboxSpec
 
 if TYPE_CHECKING:
     from ..egress.policy import NetworkPolicy
-    from ..manager.manager import Live
+    from ..manager.base import Live
     from ..models import NetworkMode, SandboxInfo
     from ..remote import Client
     from ..secrets.refs import SecretRef
@@ -65,6 +65,8 @@ def backend_for(client: Client | None) -> Backend:
         from ..remote.backend import RemoteBackend
 
         return RemoteBackend(client)
+    from ..manager import Manager
+
     return Manager.current()
 
 

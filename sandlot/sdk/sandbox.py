@@ -41,7 +41,7 @@ from .files import AsyncFiles
 
 if TYPE_CHECKING:
     from ..channel.base import ChannelLike
-    from ..manager.manager import Live
+    from ..manager.base import Live
     from ..remote import Client
 
 

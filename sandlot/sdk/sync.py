@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy
-from ..manager import GcReport, Manager
+from ..manager import GcReport
 from ..models import (
     DEFAULT_COMMAND_TIMEOUT,
     CodeContext,
@@ -97,6 +97,8 @@ class _Portal:
             return
 
         async def close() -> None:
+            from ..manager import Manager
+
             manager = Manager._per_loop.get(loop)
             if manager is not None:
                 await manager.close()

@@ -22,7 +22,7 @@ def check_secret_name(name: str) -> str:
 class SecretRef(BaseModel):
     """``{"secret": "NAME"}``: the value of the stored secret NAME, resolved when used."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     secret: str
 
