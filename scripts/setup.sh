@@ -29,7 +29,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 
-# Editable, with every extra and the test tools. (tests/packaging builds its own wheel and
+# Editable, with every extra and the test tools. (tests/install builds its own wheel and
 # virtual environment with this pip: `python -m venv --without-pip` needs no python3-venv.)
 python -m pip install -q -e '.[dev]'
 # The Docker engine and the test images (built once with debootstrap, then reused).
