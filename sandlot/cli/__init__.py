@@ -16,6 +16,16 @@ share is in ``_common``. Importing this package adds little to importing ``sandl
 the providers and the manager are imported inside the commands that use them.
 """
 
-from .entry_point import app, main
+from typing import Any
+
+from .entry_point import main
 
 __all__ = ["app", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # built on use: `main` builds only the command it runs
+        from .entry_point import build_app
+
+        return build_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,6 @@ from typing import Any
 import typer
 
 from ..errors import InvalidArgumentError, NotFoundError, SandlotError
-from . import code, run, sandboxes
 from ._common import (
     EXIT_BROKEN_PIPE,
     EXIT_SANDLOT_FAILED,
@@ -21,39 +20,68 @@ from ._common import (
     error,
     note,
 )
-from .pool import pool_app
-from .relay import relay_app
-from .remote import remote_app
-from .secrets import secrets_app
-from .server import keys_app, serve
-from .sessions import sessions_app
 
-app = typer.Typer(
-    name="sandlot",
-    help="Disposable, isolated sandboxes for AI agents.",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+# Every top-level command and group, in `sandlot --help` order: (name, module, attribute,
+# kind, options). A command line naming one of them builds an app of that one only, so a
+# `sandlot run` neither imports the other groups' modules nor lets typer read the
+# signatures of all 66 commands (~40 ms); `--help` and anything unknown get the whole app.
+REGISTRY: tuple[tuple[str, str, str, str, dict[str, Any]], ...] = (
+    ("run", "run", "run", "command", {"command_context": True}),
+    ("exec", "run", "exec_", "command", {"command_context": True}),
+    ("run-code", "code", "run_code", "command", {}),
+    ("repl", "code", "repl", "command", {}),
+    ("_hold", "code", "hold", "command", {"hidden": True}),
+    ("providers", "sandboxes", "providers", "command", {}),
+    ("ls", "sandboxes", "ls", "command", {}),
+    ("kill", "sandboxes", "kill", "command", {}),
+    ("gc", "sandboxes", "gc", "command", {}),
+    ("relay", "relay", "relay_app", "group", {}),
+    ("keys", "server", "keys_app", "group", {}),
+    ("remote", "remote", "remote_app", "group", {}),
+    ("secrets", "secrets", "secrets_app", "group", {}),
+    ("pool", "pool", "pool_app", "group", {}),
+    ("sessions", "sessions", "sessions_app", "group", {}),
+    ("serve", "server", "serve", "command", {}),
 )
+NAMES = frozenset(entry[0] for entry in REGISTRY)
 
-# In this order in `sandlot --help`.
-app.command(context_settings=run.COMMAND_CONTEXT)(run.run)
-app.command(name="exec", context_settings=run.COMMAND_CONTEXT)(run.exec_)
-app.command(name="run-code")(code.run_code)
-app.command()(code.repl)
-app.command(name="_hold", hidden=True)(code.hold)
-app.command()(sandboxes.providers)
-app.command(name="ls")(sandboxes.ls)
-app.command()(sandboxes.kill)
-app.command()(sandboxes.gc)
-app.add_typer(relay_app, name="relay")
-app.add_typer(keys_app, name="keys")
-app.add_typer(remote_app, name="remote")
-app.add_typer(secrets_app, name="secrets")
-app.add_typer(pool_app, name="pool")
-app.add_typer(sessions_app, name="sessions")
-app.command(name="serve")(serve)
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """The ``sandlot`` app: every command, or only the one named ``only``."""
+    import importlib
+
+    built = typer.Typer(
+        name="sandlot",
+        help="Disposable, isolated sandboxes for AI agents.",
+        add_completion=False,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    for name, module_name, attribute, kind, options in REGISTRY:
+        if only is not None and name != only:
+            continue
+        module = importlib.import_module(f"{__package__}.{module_name}")
+        target = getattr(module, attribute)
+        if kind == "group":
+            built.add_typer(target, name=name)
+            continue
+        context = module.COMMAND_CONTEXT if "command_context" in options else None
+        built.command(name=name, hidden=options.get("hidden", False), context_settings=context)(
+            target
+        )
+    return built
+
+
+def _invoked(argv: list[str]) -> str | None:
+    """The command a command line names, if it is one of ours and comes first."""
+    return argv[0] if argv and argv[0] in NAMES else None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the whole app, for whoever drives it (tests, completion, docs)
+        return build_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _click_exceptions() -> Any:
@@ -72,7 +100,10 @@ def _run_app(argv: list[str] | None) -> int:
     no_args_is_help = getattr(ce, "NoArgsIsHelpError", ())
     aborted = (getattr(ce, "Abort", typer.Abort), typer.Abort, KeyboardInterrupt)
     try:
-        result = app(args=argv, prog_name="sandlot", standalone_mode=False)
+        args = sys.argv[1:] if argv is None else argv
+        # As a group even when it holds one command (typer would make that the root).
+        group = typer.main.get_group(build_app(_invoked(args)))
+        result = group(args=args, prog_name="sandlot", standalone_mode=False)
     except UsageError as exc:
         error(str(exc))
         return EXIT_USAGE
