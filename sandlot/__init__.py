@@ -14,8 +14,9 @@ store, the stores, the server and the providers load when a sandbox needs them.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_names
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ below
     from .egress.bridge_config import BridgeConfig
@@ -184,19 +185,6 @@ _SOURCES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    source = _SOURCES.get(name)
-    if source is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(source, __name__), name)
-    globals()[name] = value  # found directly from now on
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
 __all__ = [
     "AsyncCommandHandle",
     "AsyncExecutionHandle",
@@ -276,3 +264,5 @@ __all__ = [
     "SessionNotFoundError",
     "__version__",
 ]
+
+__getattr__, __dir__ = lazy_names(__name__, _SOURCES, __all__)

@@ -6,20 +6,14 @@ records (:class:`GcReport`) without loading the providers, the stores and the eg
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_names
 from .base import GcReport, LiveSandbox
 
 if TYPE_CHECKING:
     from .manager import Manager
 
 
-def __getattr__(name: str) -> Any:
-    if name == "Manager":
-        from .manager import Manager
-
-        return Manager
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["GcReport", "LiveSandbox", "Manager"]
+__getattr__, __dir__ = lazy_names(__name__, {"Manager": ".manager"}, __all__)

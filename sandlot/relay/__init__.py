@@ -13,8 +13,9 @@ runs it without a shell, and drops the answer back. See docs/relay.md.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
 
 if TYPE_CHECKING:
     from ..errors import (
@@ -44,13 +45,6 @@ _SOURCES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    source = _SOURCES.get(name)
-    if source is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(source, __name__), name)
-
-
 __all__ = [
     "Queue",
     "RelayClient",
@@ -63,3 +57,5 @@ __all__ = [
     "RelayTimeout",
     "RelayValidationError",
 ]
+
+__getattr__, __dir__ = lazy_names(__name__, _SOURCES, __all__)

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
 
 if TYPE_CHECKING:
     from .client import Client
 
 
-def __getattr__(name: str) -> Any:
-    # Loaded when first used (PEP 562): the CLI imports submodules of this package without
-    # needing the client (and asyncio) at its start.
-    if name == "Client":
-        from .client import Client
-
-        return Client
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["Client"]
+
+# Loaded when first used: the CLI imports submodules of this package without needing the
+# client (and asyncio) at its start.
+__getattr__, __dir__ = lazy_names(__name__, {"Client": ".client"}, __all__)

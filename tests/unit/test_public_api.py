@@ -136,7 +136,7 @@ def _loaded_by(code: str) -> list[str]:
 
 
 def test_import_sandlot_loads_nothing_heavy() -> None:
-    assert _loaded_by("import sandlot") == ["sandlot"]
+    assert _loaded_by("import sandlot") == ["sandlot", "sandlot._lazy"]
 
 
 def test_the_sdk_loads_nothing_heavy() -> None:
