@@ -129,37 +129,7 @@ class BwrapProvider(Provider):
         child: spawn.ChildProcess | None = None
         limiting: asyncio.Future[set[int]] | None = None
         try:
-            listener = spawn.listen(folder)
-            filter_fd = seccomp.memfd()
-            # The agent exits when this process dies, however it dies (bwrap's own
-            # --die-with-parent does not survive the uid change inside); the sandbox's PID
-            # namespace, setsid'd daemons included, ends with it.
-            lifeline = None if self.detached else os.pipe2(os.O_CLOEXEC)
-            try:
-                ns_fd = None if namespace is None else namespace.fd
-                argv = self._argv(
-                    spec, config, folder, agent_root, listener.fileno(), bool(groups), ns_fd
-                )
-                argv[1:1] = ["--seccomp", str(filter_fd)]
-                extra = [filter_fd] if ns_fd is None else [filter_fd, ns_fd]
-                if lifeline is not None:
-                    argv += ["--lifeline", str(lifeline[0])]
-                    extra.append(lifeline[0])
-                child = spawn.spawn(argv, folder, listener, {"PATH": DEFAULT_PATH}, tuple(extra))
-            finally:
-                listener.close()
-                os.close(filter_fd)
-                if namespace is not None:
-                    # bwrap has its own copy (or failed): ours to close, detached or not. A
-                    # descriptor kept would keep the namespace alive: one per sandbox, for
-                    # the process's life (issue 16: a server leaked one per sandbox).
-                    os.close(namespace.fd)
-                if lifeline is not None:
-                    os.close(lifeline[0])
-                    if child is None:
-                        os.close(lifeline[1])
-            if lifeline is not None:
-                child.hold(lifeline[1])
+            child = self._start(spec, config, folder, agent_root, namespace, bool(groups))
             self._children[child.pid] = child
             if system is not None:
                 # Creating the groups and joining them (which can wait a whole RCU grace
@@ -204,6 +174,53 @@ class BwrapProvider(Provider):
         for path in (self.home, folder.parent, folder):
             if path.stat().st_mode & 0o111 != 0o111:
                 path.chmod(0o711)
+
+    def _start(
+        self,
+        spec: SandboxSpec,
+        config: BwrapConfig,
+        folder: Path,
+        agent_root: Path,
+        namespace: userns.Namespace | None,
+        limited: bool,
+    ) -> spawn.ChildProcess:
+        """bwrap started with the agent, handed the listening socket, the seccomp filter,
+        the user namespace and (unless detached) the lifeline; every descriptor of ours that
+        bwrap has its own copy of is closed here, whether it started or not."""
+        listener = filter_fd = lifeline = None
+        child = None
+        try:
+            listener = spawn.listen(folder)
+            filter_fd = seccomp.memfd()
+            # The agent exits when this process dies, however it dies (bwrap's own
+            # --die-with-parent does not survive the uid change inside); the sandbox's PID
+            # namespace, setsid'd daemons included, ends with it.
+            lifeline = None if self.detached else os.pipe2(os.O_CLOEXEC)
+            ns_fd = None if namespace is None else namespace.fd
+            argv = self._argv(spec, config, folder, agent_root, listener.fileno(), limited, ns_fd)
+            argv[1:1] = ["--seccomp", str(filter_fd)]
+            extra = [filter_fd] if ns_fd is None else [filter_fd, ns_fd]
+            if lifeline is not None:
+                argv += ["--lifeline", str(lifeline[0])]
+                extra.append(lifeline[0])
+            child = spawn.spawn(argv, folder, listener, {"PATH": DEFAULT_PATH}, tuple(extra))
+        finally:
+            if listener is not None:
+                listener.close()
+            if filter_fd is not None:
+                os.close(filter_fd)
+            if namespace is not None:
+                # bwrap has its own copy (or failed): ours to close, detached or not. A
+                # descriptor kept would keep the namespace alive: one per sandbox, for the
+                # process's life (issue 16: a server leaked one per sandbox).
+                os.close(namespace.fd)
+            if lifeline is not None:
+                os.close(lifeline[0])
+                if child is None:
+                    os.close(lifeline[1])
+        if lifeline is not None:
+            child.hold(lifeline[1])
+        return child
 
     def _argv(
         self,
