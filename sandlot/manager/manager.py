@@ -33,7 +33,7 @@ from ..errors import (
     SandlotError,
 )
 from ..models import MAX_LIFETIME, NetworkMode, SandboxInfo, SandboxSpec
-from ..providers import DEFAULT, Provider, procinfo, provider_class, quota
+from ..providers import DEFAULT, Provider, Started, procinfo, provider_class, quota
 from ..secrets.refs import SecretRef, as_ref
 from ..secrets.resolve import has_refs, resolve_config, resolve_env
 from ..secrets.store import SecretStore
@@ -146,36 +146,13 @@ class Manager:
             expires_at=now + timedelta(seconds=spec.timeout),
             owner_pid=NO_OWNER if self.detached else os.getpid(),
         )
-        secret_config: dict[str, str] = {}
-        if has_refs(spec.config):  # settings the provider's schema marks secret
-            secret_config = {
-                k: ref.secret for k, v in spec.config.items() if (ref := as_ref(v)) is not None
-            }
-            store = secrets or self._local_secrets("")
-            config, _ = await resolve_config(provider.config_model, spec.config, store)
-            spec = spec.model_copy(update={"config": config})
+        spec, secret_config = await self._resolve_config(provider, spec, secrets)
         # The record goes in first: a concurrent gc then sees a live owner, never an orphan.
         self.store.insert(info, _OWNER_STARTED)
         folder = self.folder(info.id)
-        fell_back = None
         try:
             folder.mkdir(parents=True, mode=0o700)
-            self._mark_used(name)
-            try:
-                started = await provider.create(info.id, spec, folder)
-            except RemoteUnavailableError as exc:
-                alternative = provider.fallback(spec)
-                if not alternative:
-                    raise
-                # The server is down (or its breaker open): its sandboxes go elsewhere.
-                fell_back = {"from": name, "to": alternative, "reason": str(exc)}
-                log.warning("provider %s is unavailable (%s): using %s", name, exc, alternative)
-                name, provider = alternative, self.provider(alternative)
-                self._mark_used(name)
-                spec = spec.model_copy(update={"provider": alternative, "config": {}})
-                info.provider = name
-                self.store.set_provider(info.id, name)
-                started = await provider.create(info.id, spec, folder)
+            started, provider, spec, fell_back = await self._start(info, provider, spec, folder)
         except BaseException:
             self.store.delete(info.id)
             quota.remove_folder(folder)
@@ -199,6 +176,44 @@ class Manager:
                 await self.kill(info.id)
                 raise
         return live
+
+    async def _resolve_config(
+        self, provider: Provider, spec: SandboxSpec, secrets: SecretStore | None
+    ) -> tuple[SandboxSpec, dict[str, str]]:
+        """``spec`` with the provider settings its schema marks secret resolved, and which
+        settings those were (names only: a re-connect resolves them again)."""
+        if not has_refs(spec.config):
+            return spec, {}
+        secret_config = {
+            k: ref.secret for k, v in spec.config.items() if (ref := as_ref(v)) is not None
+        }
+        store = secrets or self._local_secrets("")
+        config, _ = await resolve_config(provider.config_model, spec.config, store)
+        return spec.model_copy(update={"config": config}), secret_config
+
+    async def _start(
+        self, info: SandboxInfo, provider: Provider, spec: SandboxSpec, folder: Path
+    ) -> tuple[Started, Provider, SandboxSpec, dict[str, str] | None]:
+        """The sandbox started by ``provider``, or by its fallback when it is a server that
+        is down (or its breaker open); the provider and spec used, and the fall-back made."""
+        name = info.provider
+        self._mark_used(name)
+        try:
+            return await provider.create(info.id, spec, folder), provider, spec, None
+        except RemoteUnavailableError as exc:
+            alternative = provider.fallback(spec)
+            if not alternative:
+                raise
+            fell_back = {"from": name, "to": alternative, "reason": str(exc)}
+        log.warning(
+            "provider %s is unavailable (%s): using %s", name, fell_back["reason"], alternative
+        )
+        provider = self.provider(alternative)
+        self._mark_used(alternative)
+        spec = spec.model_copy(update={"provider": alternative, "config": {}})
+        info.provider = alternative
+        self.store.set_provider(info.id, alternative)
+        return await provider.create(info.id, spec, folder), provider, spec, fell_back
 
     # -- egress and secrets -------------------------------------------------------------------
 
