@@ -104,3 +104,39 @@ def test_a_server_forwarding_to_another_logs_the_fallback_and_reports_its_breake
         assert health["breakers"][far.url] == "open"
     finally:
         near.stop()
+
+
+@pytest.mark.timeout(120)
+def test_the_remote_providers_api_key_as_a_secret(embedded: None) -> None:
+    """A provider setting its schema marks secret (the remote provider's ``api_key``) given
+    as ``{"secret": NAME}``: resolved from this host's secrets when the sandbox is created,
+    and again by name when another process connects; the key itself never reaches the host
+    registry."""
+    import asyncio
+    import sqlite3
+
+    from sandlot.secrets.store import LocalSecrets
+    from sandlot.store import default_home
+
+    home = Path(tempfile.mkdtemp(prefix="slkeyed-", dir="/tmp"))
+    server = ServerProcess(home, args=("--kill-on-exit", "--host", "0.0.0.0"))
+    key = server.keys("create", "--name", "provider")
+    server.start()
+    secrets = LocalSecrets(default_home())
+    asyncio.run(secrets.set("far-api-key", key))
+    try:
+        with pytest.raises(sandlot.AuthenticationError):
+            sandlot.Sandbox.create("remote", url=server.url)  # no key: refused
+        with sandlot.Sandbox.create(
+            "remote", url=server.url, api_key={"secret": "far-api-key"}
+        ) as sb:
+            assert sb.commands.run("echo keyed").stdout == "keyed\n"
+            again = sandlot.Sandbox.connect(sb.id)  # the key found again by its name
+            assert again.commands.run("echo again").stdout == "again\n"
+            registry = sqlite3.connect(default_home() / "state.db")
+            stored = "".join(str(row) for row in registry.execute("SELECT * FROM sandboxes"))
+            registry.close()
+            assert key not in stored and "far-api-key" in stored
+    finally:
+        asyncio.run(secrets.delete("far-api-key"))
+        server.stop()
