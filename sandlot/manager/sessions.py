@@ -298,6 +298,33 @@ class Sessions:
                 if keep_alive:
                     self._keep(attached.lease_id, ttl)
                 return attached
+        live, lease, restored = await self._fresh(record, spec, key, holder, ttl, secrets)
+        self.note(
+            session_id,
+            "sandbox",
+            {"event": "attached", "sandbox": live.info.id, "provider": live.info.provider,
+             "holder": holder, "lease": lease.id,
+             "restored": None if restored is None else restored.model_dump(mode="json")},
+        )  # fmt: skip
+        if keep_alive:
+            self._keep(lease.id, ttl)
+        if restored is not None:  # nobody may write before the restore's clock tick is over
+            await asyncio.sleep(max(0.0, (restored.settled_ns - time.time_ns()) / 1e9))
+        return Attachment(session_id, live, lease.id, False, restored)
+
+    async def _fresh(
+        self,
+        record: Any,
+        spec: SandboxSpec,
+        key: str,
+        holder: str,
+        ttl: float,
+        secrets: SecretStore | None,
+    ) -> tuple[LiveSandbox, Any, Any]:
+        """A new sandbox for the session with its workspace restored and its attachment
+        recorded (the live sandbox, the lease, the restore's report); killed if either
+        fails, so no half-restored workspace is ever saved."""
+        session_id = record.id
         spec = spec.model_copy(update={"metadata": {**spec.metadata, SESSION_KEY: session_id}})
         live = await self.manager.create(spec, secrets=secrets)
         sandbox_id = live.info.id
@@ -323,18 +350,7 @@ class Sessions:
                 await self._write(self.store.release_lease, lease.id)
             await self.manager.kill(sandbox_id)
             raise
-        self.note(
-            session_id,
-            "sandbox",
-            {"event": "attached", "sandbox": sandbox_id, "provider": live.info.provider,
-             "holder": holder, "lease": lease.id,
-             "restored": None if restored is None else restored.model_dump(mode="json")},
-        )  # fmt: skip
-        if keep_alive:
-            self._keep(lease.id, ttl)
-        if restored is not None:  # nobody may write before the restore's clock tick is over
-            await asyncio.sleep(max(0.0, (restored.settled_ns - time.time_ns()) / 1e9))
-        return Attachment(session_id, live, lease.id, False, restored)
+        return live, lease, restored
 
     async def _existing(
         self, record: Any, current: str, key: str, reuse: bool, holder: str, ttl: float
