@@ -153,16 +153,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def git_commit() -> str:
+def git_commit(repo: Path = REPO) -> str:
     try:
         out = subprocess.run(
-            ["git", "-C", str(REPO), "log", "-1", "--format=%h %s"],
+            ["git", "-C", str(repo), "log", "-1", "--format=%h %s"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "sandlot"],
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "sandlot"],
             capture_output=True,
             text=True,
         ).stdout.strip()

@@ -18,6 +18,8 @@ subject writes them first, even under ``PYTHONDONTWRITEBYTECODE``) and a fresh t
 
     python benchmarks/bench_startup.py      # ~2 minutes; writes results/startup-<date>.{md,json}
     python benchmarks/bench_startup.py --runs 5 --no-write
+    python benchmarks/bench_startup.py --baseline /tmp/old   # + every sandlot row of a checkout
+                                                             # of another commit, interleaved
 """
 
 from __future__ import annotations
@@ -97,9 +99,12 @@ def docker_image(wanted: str | None) -> tuple[str | None, str]:
     return None, f"no local image {wanted!r}" if wanted else "no local Docker image"
 
 
+NEUTRAL = "/"  # the children's working folder: `python -c` puts it first on sys.path
+
+
 def timed(argv: list[str], env: dict[str, str]) -> float:
     start = c.now()
-    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=NEUTRAL)
     return (c.now() - start) * 1000
 
 
@@ -108,6 +113,11 @@ def main() -> int:
     c.add_run_options(p)
     p.add_argument("--runs", type=int, default=20, help="runs of each subject (default 20)")
     p.add_argument("--image", help="the image for docker run (default: see above)")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another commit: its sandlot rows measured too, in the same rounds",
+    )
     p.add_argument("--create-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.create_worker:
@@ -137,15 +147,32 @@ def main() -> int:
         ("cli", "sandlot --help"): [*cli, "--help"],
         ("cli", "sandlot run -- true"): [*cli, "run", "--", "true"],
     }
+    envs = {key: env for key in commands}
+    if args.baseline is not None:  # the same sandlot subjects, run from the other checkout
+        before = env | {"PYTHONPATH": str(args.baseline.resolve())}
+        for (section, subject), argv in list(commands.items()):
+            if section != "python":
+                key = (section, f"{subject}, baseline")
+                commands[key], envs[key] = argv, before  # PYTHONPATH wins over the install
     image, why = docker_image(args.image)
     docker = f"docker run --rm --network none {image or 'IMAGE'} true"
     if image is not None:
         commands[("cli", docker)] = ["docker", "run", "--rm", "--network", "none", image, "true"]
+        envs[("cli", docker)] = env
     rows = {key: results.add(Row(*key)) for key in commands}
     if image is None:
         results.add(Row("cli", docker, skipped=True, note=why))
     worker = [py, str(Path(__file__).resolve()), "--create-worker"]
     homes = {"bwrap only": env["SANDLOT_HOME"], "used Docker too": str(docker_used)}
+    create_envs = {label: env for label in homes}
+    if args.baseline is not None:  # its own state folders: the two may differ in schema
+        for label in list(homes):
+            other = c.fresh_sandlot_home("sl-bench-startup-base-")
+            if label == "used Docker too":
+                (other / "providers-used").mkdir()
+                (other / "providers-used" / "docker").touch()
+            homes[f"{label}, baseline"] = str(other)
+            create_envs[f"{label}, baseline"] = before
     create_rows: dict[str, tuple[Row, Row]] = {}
     for label in homes:
         first = results.add(Row("create", f"first Sandbox.create() of a process ({label})"))
@@ -154,7 +181,11 @@ def main() -> int:
 
     def create_round(label: str) -> None:
         out = subprocess.run(
-            worker, env=env | {"SANDLOT_HOME": homes[label]}, capture_output=True, text=True
+            worker,
+            env=create_envs[label] | {"SANDLOT_HOME": homes[label]},
+            capture_output=True,
+            text=True,
+            cwd=NEUTRAL,
         )
         first, tenth = create_rows[label]
         if out.returncode != 0:
@@ -169,7 +200,7 @@ def main() -> int:
         if key[0] == "create":
             create_round(key[1])
         else:
-            subprocess.run(commands[key], env=env, capture_output=True)
+            subprocess.run(commands[key], env=envs[key], capture_output=True, cwd=NEUTRAL)
     for first, tenth in create_rows.values():
         first.samples.clear()
         tenth.samples.clear()
@@ -177,9 +208,14 @@ def main() -> int:
         if key[0] == "create":
             create_round(key[1])
         else:
-            rows[key].samples.append(timed(commands[key], env))
+            rows[key].samples.append(timed(commands[key], envs[key]))
 
     judge(results, rows[("python", floor)], rows.get(("cli", docker)), create_rows)
+    if args.baseline is not None:
+        results.notes.append(
+            f"baseline: the same subject run from {args.baseline} (commit "
+            f"{c.git_commit(args.baseline)}), interleaved with this checkout's"
+        )
     results.note_load()
     results.notes.append(f"sandlot CLI run as: {' '.join(cli)}")
     results.notes.append(
