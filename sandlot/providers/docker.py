@@ -492,6 +492,8 @@ class DockerProvider(Provider):
         except SandlotError as exc:
             log.warning("gc: cannot list Docker containers: %s", exc)
             return []
+        finally:
+            await self._close_if_idle()
         now = time.time()
         ids = set()
         for container in found:
@@ -513,6 +515,15 @@ class DockerProvider(Provider):
             labels = container["Labels"] or {}
             if labels.get(LABEL_HOME) == self.home_hash and labels.get(LABEL_SANDBOX) == sandbox_id:
                 self._drop(container.id, host)
+        await self.settle()
+        await self._close_if_idle()
+
+    async def _close_if_idle(self) -> None:
+        """Close the engine clients when nothing of this process uses them: a process that
+        only sweeps (its state folder once used Docker) holds no connection to the engine
+        between sweeps, a minute apart."""
+        if not (self._busy or self._owned or self._watches or self._removing):
+            await self._close_clients()
 
 
 def _compiler() -> str:

@@ -543,3 +543,25 @@ def test_young_containers_are_not_orphans(strangers: dict[str, str]) -> None:
         assert running(young)
     finally:
         docker("rm", "-f", young, check=False)
+
+
+def test_a_sweep_leaves_no_connection_to_the_engine(tmp_path: Path) -> None:
+    """A process whose state folder once used Docker asks the engine at every gc sweep (a
+    minute apart) but runs no container: it keeps no connection open in between. Before,
+    the engine client and its kept-alive connections lived as long as the event loop."""
+    from fds import leaked, snapshot
+
+    (tmp_path / "providers-used").mkdir()
+    (tmp_path / "providers-used" / "docker").touch()
+
+    async def sweep() -> list[str]:
+        manager = Manager(tmp_path)
+        try:
+            before = snapshot()
+            await manager.gc()
+            await manager.gc()
+            return await asyncio.to_thread(leaked, before, 2.0)
+        finally:
+            await manager.close()
+
+    assert asyncio.run(sweep()) == []

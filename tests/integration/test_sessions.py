@@ -215,7 +215,7 @@ async def test_periodic_checkpoints_and_delete_after(sessions: Sessions) -> None
             await asyncio.sleep(0.05)
         assert saved[-1].data["why"] == "periodic" and saved[-1].data["changed"] == 1
     await asyncio.sleep(max(0.0, s.info.delete_after.timestamp() - time.time()) + 0.1)  # type: ignore[union-attr]
-    assert (s.id, "deleted") in await sessions.reap()
+    await sessions.reap()  # deletes it, unless the process's own reaper loop did just before
     with pytest.raises(sandlot.SessionNotFoundError):
         await sandlot.AsyncSession.connect(s.id)
     store = sessions.workspaces.store("local")
