@@ -11,8 +11,10 @@ ones, and cannot be masked by some other descriptor closing meanwhile.
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import time
+from collections.abc import Callable
 
 Identity = tuple[int, int, int]  # (number, device, inode): a reused number is a new one
 
@@ -50,3 +52,11 @@ def leaked(before: set[Identity], within: float = 5.0) -> list[str]:
         except OSError:
             continue  # closed after all
     return names
+
+
+def in_fresh_process(function: Callable[[], None], timeout: float = 300.0) -> None:
+    """Run ``function`` (module level, so importable by name) in a new interpreter and raise
+    here what it raised there. Nothing else of the test process runs in that interpreter
+    (no sandboxes' sweepers, pools or engine clients), so :func:`leaked` there is exact."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply_async(function).get(timeout)
