@@ -16,16 +16,10 @@ share is in ``_common``. Importing this package adds little to importing ``sandl
 the providers and the manager are imported inside the commands that use them.
 """
 
-from typing import Any
-
+from .._lazy import lazy_names
 from .entry_point import main
 
 __all__ = ["app", "main"]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "app":  # built on use: `main` builds only the command it runs
-        from .entry_point import build_app
-
-        return build_app()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Built on use: `main` builds only the command it runs.
+__getattr__, __dir__ = lazy_names(__name__, {"app": ".entry_point"}, __all__)

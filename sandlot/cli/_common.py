@@ -12,11 +12,27 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
 
 from ..errors import InvalidArgumentError, NotFoundError, SandlotError
 
 T = TypeVar("T")
+
+# -- options several command groups take, worded once -----------------------------------------
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+EnvOption = Annotated[
+    list[str] | None,
+    typer.Option("--env", "-e", metavar="K=V", help="Environment variable (repeatable)."),
+]
+MemoryOption = Annotated[
+    int | None, typer.Option("--memory-mb", help="Memory limit, MiB (default: 512).")
+]
+ImageOption = Annotated[
+    str | None, typer.Option("--image", help="Container image (the docker provider).")
+]
 
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124

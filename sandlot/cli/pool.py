@@ -14,7 +14,17 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ._common import console, parse_env, parse_settings, print_json, run
+from ._common import (
+    EnvOption,
+    ImageOption,
+    JsonOption,
+    MemoryOption,
+    console,
+    parse_env,
+    parse_settings,
+    print_json,
+    run,
+)
 
 T = TypeVar("T")
 
@@ -107,9 +117,6 @@ def _emit(statuses: list[Any], as_json: bool) -> None:
         _print_table(statuses)
 
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
 SizeOption = Annotated[
     int, typer.Option("--size", "-n", help="Started sandboxes to keep (0: none, for now).")
 ]
@@ -117,17 +124,7 @@ ProviderOption = Annotated[
     str | None,
     typer.Option("--provider", "-p", help="A local provider (bwrap, process, docker)."),
 ]
-ImageOption = Annotated[
-    str | None, typer.Option("--image", help="Container image (the docker provider).")
-]
-MemoryOption = Annotated[
-    int | None, typer.Option("--memory-mb", help="Memory limit, MiB (default: 512).")
-]
 CpusOption = Annotated[float | None, typer.Option("--cpus", help="CPU limit, cores (default: 1).")]
-EnvOption = Annotated[
-    list[str] | None,
-    typer.Option("--env", "-e", metavar="K=V", help="Environment variable (repeatable)."),
-]
 WorkdirOption = Annotated[
     str, typer.Option("--workdir", "-w", help="Working folder in the sandbox.")
 ]

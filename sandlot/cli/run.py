@@ -18,7 +18,10 @@ from ._common import (
     EXIT_BROKEN_PIPE,
     EXIT_TIMEOUT,
     LIFETIME_GRACE,
+    EnvOption,
     HeldSignals,
+    ImageOption,
+    MemoryOption,
     UsageError,
     best_effort,
     check_positive,
@@ -37,10 +40,6 @@ if TYPE_CHECKING:
 # Everything after the command's first word belongs to the command (`sandlot run ls -la`).
 COMMAND_CONTEXT = {"allow_interspersed_args": False}
 
-EnvOption = Annotated[
-    list[str] | None,
-    typer.Option("--env", "-e", metavar="K=V", help="Environment variable (repeatable)."),
-]
 CommandArgument = Annotated[
     list[str] | None,
     typer.Argument(
@@ -72,12 +71,6 @@ CommandTimeoutOption = Annotated[
 ]
 WorkdirOption = Annotated[
     str, typer.Option("--workdir", "-w", help="Working folder in the sandbox (created).")
-]
-MemoryOption = Annotated[
-    int | None, typer.Option("--memory-mb", help="Memory limit, MiB (default: 512).")
-]
-ImageOption = Annotated[
-    str | None, typer.Option("--image", help="Container image (the docker provider).")
 ]
 SettingOption = Annotated[
     list[str] | None,

@@ -10,9 +10,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidArgumentError, NotFoundError, SandlotError
-from ._common import EXIT_USAGE, console, error, pairs, print_json, run
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+from ._common import EXIT_USAGE, JsonOption, console, error, pairs, print_json, run
 
 
 def providers(
