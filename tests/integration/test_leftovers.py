@@ -128,3 +128,50 @@ async def test_a_detached_manager_keeps_no_descriptor_per_sandbox() -> None:
         assert len(after) <= len(before) + 4, (len(before), len(after), namespace_fds())
     finally:
         await manager.close()
+
+
+def failed_creates_keep_no_namespace() -> None:
+    """Run in a fresh interpreter by the test below: nothing else holds namespaces there."""
+    from sandlot.providers import bwrap, userns
+
+    def namespaces_held() -> int:
+        held = 0
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                held += os.readlink(f"/proc/self/fd/{name}").startswith("user:")
+            except OSError:
+                continue
+        return held
+
+    def broken() -> int:
+        raise OSError("no memory for the filter")
+
+    async def fail(times: int, manager: Manager) -> int:
+        for _ in range(times):
+            with pytest.raises(OSError, match="no memory for the filter"):
+                await manager.create(SandboxSpec(provider="bwrap"))
+        await asyncio.sleep(1.0)  # the spares taken are made again meanwhile
+        return namespaces_held()
+
+    async def main() -> None:
+        manager = Manager(Path(tempfile.mkdtemp(prefix="sl-fail-", dir="/tmp")))
+        try:
+            await manager.create(SandboxSpec(provider="bwrap"))
+            bwrap.seccomp.memfd = broken  # type: ignore[assignment]
+            after_5 = await fail(5, manager)
+            after_25 = await fail(20, manager)
+            # Spares come and go (at most SPARES of them); one kept per failure would add 20.
+            assert after_25 <= after_5 + userns.SPARES, (after_5, after_25)
+        finally:
+            await manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_create_that_fails_before_bwrap_starts_keeps_no_namespace() -> None:
+    """A create that fails after it took the sandbox's user namespace but before bwrap
+    started (here: the seccomp filter cannot be made) closes it, with the listening socket.
+    Before, each such failure kept the namespace's descriptor for the process's life."""
+    from fds import in_fresh_process
+
+    in_fresh_process(failed_creates_keep_no_namespace)
