@@ -1,10 +1,16 @@
 """remote: sandboxes on another sandlot server, through its HTTP API.
 
 The manager keeps a local record (so ``connect``, ``list`` and ``kill`` work as for any
-provider); the handle holds the server's URL and the sandbox's id there, never the API key
-(that comes from the settings or ``SANDLOT_REMOTE_API_KEY``). Calls go through the server's
-circuit breaker; while it is open, a configured ``fallback`` provider (e.g. ``bwrap``) takes
-new sandboxes instead (see :meth:`Manager.create <sandlot.manager.Manager.create>`).
+provider); the handle holds the server's URL and the sandbox's id there, never the API key.
+The key a sandbox was created with is kept in memory by the provider that created it and used
+for everything it does with that sandbox later (connect, kill, pause); another process finds
+it again by the secret's name it was given as (``{"secret": NAME}``), else in
+``SANDLOT_REMOTE_API_KEY``.
+
+Calls wait for a server that restarts (the client's ``retry_for``). With a ``fallback``
+provider (e.g. ``bwrap``) configured, creating goes through a circuit breaker instead (one per
+provider and server): while the server is failing, the fallback takes new sandboxes at once
+(see :meth:`Manager.create <sandlot.manager.Manager.create>`).
 """
 
 from __future__ import annotations
@@ -60,14 +66,20 @@ class RemoteProvider(Provider):
 
     def __init__(self, home: Path) -> None:
         super().__init__(home)
-        self._clients: dict[tuple[str, str | None], Any] = {}
+        self._clients: dict[tuple[str, str | None, bool], Any] = {}
+        self._breakers: dict[str, Any] = {}  # url -> the breaker its fallback waits behind
+        self._keys: dict[tuple[str, str], str | None] = {}  # (url, id) -> key created with
 
-    def _client(self, url: str, api_key: str | None) -> Any:
-        from ..remote import Client
+    def _client(self, url: str, api_key: str | None, *, fallback: bool = False) -> Any:
+        from ..remote import CircuitBreaker, Client
 
-        key = (url, api_key)
+        key = (url, api_key, fallback)
         if key not in self._clients:
-            self._clients[key] = Client(url=url, api_key=api_key or "")
+            breaker = None
+            if fallback:
+                breaker = self._breakers.get(url) or CircuitBreaker(url)
+                self._breakers[url] = breaker
+            self._clients[key] = Client(url=url, api_key=api_key or "", breaker=breaker)
         return self._clients[key]
 
     def unavailable_reason(self) -> str | None:
@@ -86,13 +98,19 @@ class RemoteProvider(Provider):
         config = self.parse_config(spec.config)
         assert isinstance(config, RemoteConfig)
         remote_spec = spec.model_copy(update={"provider": config.provider, "config": {}})
-        live = await RemoteBackend(self._client(config.url, config.api_key)).create(remote_spec)
+        client = self._client(config.url, config.api_key, fallback=bool(config.fallback))
+        live = await RemoteBackend(client).create(remote_spec)
         handle = {"url": config.url, "id": live.info.id}
+        self._keys[(config.url, live.info.id)] = config.api_key
         return Started(handle=handle, channel=live.channel)  # type: ignore[arg-type]
 
     async def _key(self, handle: dict[str, Any]) -> str | None:
-        """The key again, for a later call: from the secret it was given as (the manager
-        notes which in the handle), else the environment."""
+        """The key again, for a later call: the one this provider created the sandbox with,
+        else from the secret it was given as (the manager notes which in the handle), else
+        the environment."""
+        created_with = (str(handle.get("url")), str(handle.get("id")))
+        if created_with in self._keys:
+            return self._keys[created_with]
         name = (handle.get("secret_config") or {}).get("api_key")
         if name:
             from ..secrets.store import LocalSecrets
@@ -117,6 +135,7 @@ class RemoteProvider(Provider):
             await RemoteBackend(client).kill(handle["id"])
         except SandboxNotFoundError:
             pass
+        self._keys.pop((str(handle["url"]), str(handle.get("id"))), None)
 
     async def _backend(self, handle: dict[str, Any]) -> Any:
         from ..remote.backend import RemoteBackend

@@ -6,6 +6,7 @@ REST call. Executions (commands, cells, installs) become one streaming POST whos
 Events are turned back into the agent's frames; when the connection drops mid-stream, or
 carries nothing (not even the server's keep-alive) for the client's ``stream_timeout``, the
 request resumes from the log with ``Last-Event-ID``, so no byte is lost and none arrives twice.
+It keeps trying for the client's ``retry_for`` seconds (a server that restarts is waited for).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 EXECUTIONS = {"exec": "/commands", "code.run": "/code/run", "code.install": "/code/install"}
 STREAMS = {"stdout": p.STDOUT, "stderr": p.STDERR}
-RESUME_FOR = 30.0  # seconds a dropped stream keeps trying to resume
 UPLOAD_FLOOR = 1 << 20  # bytes per second an upload may slow to before its deadline ends it
 SSE = {"Accept": "text/event-stream"}
 
@@ -215,7 +215,7 @@ class _Execution(RemoteRequest):
             if self.done or self.execution_id is None:
                 raise SandboxClosedError("the stream from the server ended early")
             loop = asyncio.get_running_loop()
-            give_up_at = give_up_at or loop.time() + RESUME_FOR
+            give_up_at = give_up_at or loop.time() + client.retry_for
             response = await self._resume(give_up_at)
             self._response = response
 
@@ -233,7 +233,10 @@ class _Execution(RemoteRequest):
                 while True:
                     try:
                         return await client.open(
-                            "GET", path, headers={**SSE, "Last-Event-ID": str(self.last_seq)}
+                            "GET",
+                            path,
+                            headers={**SSE, "Last-Event-ID": str(self.last_seq)},
+                            retry=True,
                         )
                     except RemoteUnavailableError:
                         if loop.time() + delay > give_up_at:
@@ -245,7 +248,7 @@ class _Execution(RemoteRequest):
                 raise
             raise RemoteUnavailableError(
                 f"lost the events of execution {self.execution_id} from the sandlot server at "
-                f"{client.url} and could not resume them within {RESUME_FOR:g} s",
+                f"{client.url} and could not resume them within {client.retry_for:g} s",
                 url=client.url,
             ) from None
 

@@ -5,8 +5,19 @@ and 1.9 ms with httpx, and the remote round trip has a budget of 2 ms over embed
 SDK runs the same client on its private event loop; each event loop gets its own session.
 
 Errors the server answers with come back as the same :mod:`sandlot.errors` class, looked up
-by code. Calls that are safe to repeat (reads, and writes carrying an ``Idempotency-Key``)
-are retried when the connection fails before an answer.
+by code.
+
+A server that restarts, or is briefly out of reach, is waited for: for up to ``retry_for``
+seconds (default 30, ``SANDLOT_RETRY_FOR``) a request that is safe to repeat is tried again,
+with exponential backoff and full jitter: any request whose connection was never made (it
+cannot have reached the server), and one that may be repeated (reads, ``PUT``, ``DELETE``,
+writes with an ``Idempotency-Key``) after a dropped connection or a 429/502/503/504 answer.
+A dropped stream resumes from the log with ``Last-Event-ID`` within the same time (see
+:mod:`sandlot.remote.channel`). Only a client given a circuit breaker (the remote provider's,
+when a ``fallback`` can take over) stops calling a failing server; see
+:mod:`sandlot.remote.breaker`. A small loop here rather than tenacity: the decision depends on
+aiohttp's exception kinds, the breaker and a deadline shared with the call's own, and the SDK
+should not pull a dependency for fifteen lines.
 
 Nothing waits forever on a server that stopped answering (alive but silent, or a dead path):
 a plain call has ``call_timeout`` seconds for its whole answer, retries included; a stream
@@ -21,6 +32,7 @@ import atexit
 import contextlib
 import json
 import os
+import random
 import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -33,12 +45,12 @@ from ..errors import (
     SandlotError,
     from_dict,
 )
-from .breaker import breaker_for
 
 if TYPE_CHECKING:
     import aiohttp
 
     from ..secrets.models import SecretInfo
+    from .breaker import CircuitBreaker
 
 _background: set[asyncio.Task[Any]] = set()
 _all_sessions: weakref.WeakSet[aiohttp.ClientSession] = weakref.WeakSet()
@@ -86,8 +98,11 @@ async def settle(timeout: float = 5.0) -> None:
         await asyncio.wait(pending, timeout=timeout)
 
 
-RETRIES = 3
-RETRY_DELAY = 0.2  # doubled on every retry
+RETRIES = 3  # with a breaker: tries after the first, then the fallback takes over
+RETRY_DELAY = 0.2  # the first pause before trying again; doubled on every retry
+RETRY_DELAY_MAX = 2.0  # at most this long between tries (so a server back is seen soon)
+RETRY_FOR = 30.0  # seconds a failing request keeps being tried (SANDLOT_RETRY_FOR)
+RETRY_STATUSES = frozenset({429, 502, 503, 504})  # not served: a repeatable call tries again
 CALL_TIMEOUT = 60.0  # seconds for a plain call's answer (SANDLOT_CALL_TIMEOUT)
 # Calls that may pull an image or move a workspace on the server (create, pause, resume; a
 # session's create, attach, checkpoint, detach, delete) get at least this long.
@@ -118,8 +133,11 @@ class Client:
     """A sandlot server: ``Client(url="http://host:8787", api_key="sl_...")``.
 
     Without arguments, ``SANDLOT_URL`` and ``SANDLOT_API_KEY`` from the environment; the
-    deadlines not given come from ``SANDLOT_CALL_TIMEOUT`` and ``SANDLOT_STREAM_TIMEOUT``
-    (default 60 and 45 seconds)."""
+    deadlines not given come from ``SANDLOT_CALL_TIMEOUT``, ``SANDLOT_STREAM_TIMEOUT`` and
+    ``SANDLOT_RETRY_FOR`` (default 60, 45 and 30 seconds). ``retry_for`` is how long a server
+    that cannot be reached is tried again before :class:`RemoteUnavailableError`; ``breaker``
+    (a :class:`~sandlot.remote.breaker.CircuitBreaker`) makes calls fail at once while it is
+    open instead, for a caller that has somewhere else to go."""
 
     def __init__(
         self,
@@ -129,6 +147,8 @@ class Client:
         connect_timeout: float = 10.0,
         call_timeout: float | None = None,
         stream_timeout: float | None = None,
+        retry_for: float | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         url = url if url is not None else os.environ.get("SANDLOT_URL", "")
         parts = urlsplit(url or "")
@@ -143,7 +163,8 @@ class Client:
         self.call_timeout = _seconds(call_timeout, "SANDLOT_CALL_TIMEOUT", CALL_TIMEOUT)
         self.stream_timeout = _seconds(stream_timeout, "SANDLOT_STREAM_TIMEOUT", STREAM_TIMEOUT)
         self.slow_call_timeout = max(self.call_timeout, SLOW_CALL_TIMEOUT)
-        self.breaker = breaker_for(self.url)
+        self.retry_for = _seconds(retry_for, "SANDLOT_RETRY_FOR", RETRY_FOR)
+        self.breaker = breaker
         self._sessions: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, aiohttp.ClientSession
         ] = weakref.WeakKeyDictionary()
@@ -199,42 +220,56 @@ class Client:
         **kwargs: Any,
     ) -> aiohttp.ClientResponse:
         """Send a request and return the response once its headers are in, raising the
-        server's error for a status >= 400. The caller reads (and releases) the body."""
+        server's error for a status >= 400. The caller reads (and releases) the body.
+
+        ``retry``: the request may be repeated after it may have reached the server (a
+        request with an ``Idempotency-Key`` always may)."""
         import aiohttp
 
-        delay = RETRY_DELAY
+        retry = retry or _has_idempotency_key(kwargs.get("headers"))
         breaker = self.breaker
+        loop = asyncio.get_running_loop()
+        # With a breaker, a few quick tries: a fallback is waiting. Without, the server is
+        # waited for.
+        give_up = loop.time() + (RETRY_DELAY * (2**RETRIES) if breaker else self.retry_for)
         connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", ())  # aiohttp 3.10+
-        for attempt in range(RETRIES + 1 if retry else 1):
-            breaker.before()
+        attempt = 0
+        while True:
+            attempt += 1
+            if breaker is not None:
+                breaker.before()
             try:
                 response = await self.session().request(method, self.url + path, **kwargs)
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 # Connected, but no answer within the read timeout: asking again waits as long.
                 silent = isinstance(exc, TimeoutError) and not isinstance(exc, connect_timeout)
-                breaker.failure(f"no answer: {exc}" if silent else f"cannot connect: {exc}")
-                if attempt < (RETRIES if retry else 0) and not silent:
-                    await asyncio.sleep(delay)
-                    delay *= 2
+                # No connection was made: the request cannot have reached the server.
+                unsent = isinstance(exc, (aiohttp.ClientConnectorError, connect_timeout))
+                if breaker is not None:
+                    breaker.failure(f"no answer: {exc}" if silent else f"cannot connect: {exc}")
+                pause = _pause(attempt, give_up - loop.time())
+                if not silent and (unsent or retry) and pause is not None:
+                    await asyncio.sleep(pause)
                     continue
                 problem = "it accepted the connection but did not answer" if silent else exc
                 raise RemoteUnavailableError(
                     f"cannot reach the sandlot server at {self.url}: {problem}", url=self.url
                 ) from None
-            if response.status in (429, 503) or response.status >= 500:
-                overloaded = response.status in (429, 503)
-                breaker.failure(f"it answered {response.status}", overloaded=overloaded)
-                if overloaded and retry and attempt < RETRIES:
+            status = response.status
+            if status >= 500 or status == 429:
+                overloaded = status in (429, 503)
+                if breaker is not None:
+                    breaker.failure(f"it answered {status}", overloaded=overloaded)
+                pause = _pause(attempt, give_up - loop.time(), response.headers.get("Retry-After"))
+                if retry and status in RETRY_STATUSES and pause is not None:
                     response.release()
-                    await asyncio.sleep(delay)
-                    delay *= 2
+                    await asyncio.sleep(pause)
                     continue
-            else:
+            elif breaker is not None:
                 breaker.success()
-            if response.status >= 400:
+            if status >= 400:
                 raise await error_of(response)
             return response
-        raise AssertionError("unreachable")
 
     async def call(
         self,
@@ -259,7 +294,8 @@ class Client:
         except TimeoutError:
             if not scope.expired():
                 raise  # the server's own answer (an error class that is a TimeoutError)
-            self.breaker.failure(f"no answer within {seconds:g} s")
+            if self.breaker is not None:
+                self.breaker.failure(f"no answer within {seconds:g} s")
             raise RemoteUnavailableError(
                 f"the sandlot server at {self.url} did not answer {method} {path.split('?')[0]} "
                 f"within {seconds:g} s",
@@ -364,6 +400,20 @@ class Client:
         except SecretNotFoundError:
             return False
         return True
+
+
+def _pause(attempt: int, left: float, retry_after: str | None = None) -> float | None:
+    """How long to wait before try ``attempt + 1`` (exponential, full jitter; at least what
+    the server's ``Retry-After`` asks), or None when that would pass the deadline."""
+    ceiling = min(RETRY_DELAY * 2 ** (attempt - 1), RETRY_DELAY_MAX)
+    pause = random.uniform(ceiling / 2, ceiling)
+    if retry_after is not None and retry_after.strip().isdigit():
+        pause = max(pause, float(retry_after.strip()))
+    return pause if pause < left else None
+
+
+def _has_idempotency_key(headers: Any) -> bool:
+    return bool(headers) and any(str(k).lower() == "idempotency-key" for k in headers)
 
 
 def _session_path(session_id: str) -> str:

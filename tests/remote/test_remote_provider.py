@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import sandlot
-from sandlot.remote.breaker import breaker_for
+from sandlot.remote.breaker import states
 
 from .server import ServerProcess
 from .test_server import http, sse
@@ -33,9 +33,11 @@ def embedded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_remote_provider_with_fallback_and_recovery(far: ServerProcess, embedded: None) -> None:
-    breaker = breaker_for(far.url)
-    breaker.cooldown = 1.0
+def test_remote_provider_with_fallback_and_recovery(
+    far: ServerProcess, embedded: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sandlot.remote.breaker.COOLDOWN", 1.0)  # the provider's breaker's
+    monkeypatch.setenv("SANDLOT_RETRY_FOR", "1")  # read as the provider makes its clients
     with sandlot.Sandbox.create("remote", url=far.url, fallback="bwrap") as sb:
         assert sb.provider == "remote"
         assert sb.commands.run("echo far away").stdout == "far away\n"
@@ -55,21 +57,22 @@ def test_remote_provider_with_fallback_and_recovery(far: ServerProcess, embedded
         assert sb.commands.run("echo local").stdout == "local\n"
     with sandlot.Sandbox.create("remote", url=far.url, fallback="bwrap") as sb:
         assert sb.provider == "bwrap"
-    assert breaker.state == "open"  # 5 calls in a row failed
+    assert states()[far.url] == "open"  # 5 calls in a row failed
     quick = time.monotonic()
     with sandlot.Sandbox.create("remote", url=far.url, fallback="bwrap") as sb:
         assert sb.provider == "bwrap"
     assert time.monotonic() - quick < 1.0  # the open breaker fails at once
     assert time.monotonic() - started < 15
 
-    with pytest.raises(sandlot.RemoteUnavailableError):
-        sandlot.Sandbox.create("remote", url=far.url)  # no fallback: the error
+    # No fallback: no breaker either; the server is waited for (here 1 s), then the error.
+    with pytest.raises(sandlot.RemoteUnavailableError, match="cannot reach"):
+        sandlot.Sandbox.create("remote", url=far.url)
 
     far.start()
     time.sleep(1.1)  # past the cooldown: the next call is the probe
     with sandlot.Sandbox.create("remote", url=far.url, fallback="bwrap") as sb:
         assert sb.provider == "remote"
-    assert breaker.state == "closed"
+    assert states()[far.url] == "closed"
 
 
 @pytest.mark.timeout(120)
