@@ -34,7 +34,8 @@ work as a Python user expects::
     │   ├── ForbiddenError (PermissionError)     forbidden
     │   ├── IdempotencyConflictError             idempotency_conflict
     │   ├── ExecutionLostError                   execution_lost
-    │   └── RemoteUnavailableError               remote_unavailable
+    │   ├── RemoteUnavailableError               remote_unavailable
+    │   └── ServerRunningError                   server_running
     ├── ProvisionError                           provision_failed
     ├── SecretError                              secret_error
     ├── EgressError                              egress_error
@@ -249,6 +250,13 @@ class RemoteUnavailableError(ServerError):
     """The sandlot server cannot be reached, or its circuit breaker is open."""
 
     code = "remote_unavailable"
+
+
+class ServerRunningError(ServerError):
+    """Another process already serves this state folder (a second ``sandlot serve`` on it,
+    or a process adopting its sandboxes); ``pid`` and ``address`` name it."""
+
+    code = "server_running"
 
 
 class ProvisionError(SandlotError):

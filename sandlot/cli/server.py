@@ -105,7 +105,13 @@ def serve(
     kill_on_exit: KillOnExitOption = False,
 ) -> None:
     """Run the HTTP API (state in SQLite by default). Binding to anything but loopback
-    needs at least one API key (``sandlot keys create``)."""
+    needs at least one API key (``sandlot keys create``). One server per state folder."""
+    from ..store import default_home, owner
+
+    # First of all: a second server on this folder stops here, before it touches anything
+    # (the kernel lets go of the lock when this process ends, however it ends).
+    home = default_home()
+    owner.acquire(home, _address(host, port))
     from ..server import memory
 
     # Before uvicorn and the app start their threads: see memory.py for the figures.
@@ -128,6 +134,11 @@ def serve(
             )
     finally:
         db.close()
+    # The port is taken before the app starts, so a busy one fails before any sandbox is
+    # adopted; calls that arrive while the server recovers wait in the backlog.
+    sock = _listen(host, port)
+    port = sock.getsockname()[1]
+    owner.set_address(home, _address(host, port))
     settings = ServerSettings(
         host=host,
         port=port,
@@ -139,7 +150,7 @@ def serve(
         tenant_log_bytes=tenant_log_bytes,
         kill_on_exit=kill_on_exit,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
@@ -149,6 +160,30 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+BACKLOG = 2048  # uvicorn's default
+
+
+def _address(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _listen(host: str, port: int) -> Any:
+    """A listening socket on ``host:port`` (SO_REUSEADDR, as uvicorn's own), or one line
+    saying why not."""
+    import socket
+
+    from ..errors import SandlotError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise SandlotError(f"cannot listen on {_address(host, port)}: {reason}") from None
+    return sock  # not inheritable: no sandbox the server starts gets it
 
 
 def _best(module: str, fallback: str) -> str:

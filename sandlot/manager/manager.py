@@ -37,7 +37,7 @@ from ..providers import DEFAULT, Provider, Started, procinfo, provider_class, qu
 from ..secrets.refs import SecretRef, as_ref
 from ..secrets.resolve import has_refs, resolve_config, resolve_env
 from ..secrets.store import SecretStore
-from ..store import Store, default_home
+from ..store import Store, default_home, owner
 from ..supervisor import Loop, Supervisor
 from .base import GcReport, Live, LiveSandbox, default_provider
 from .egress import DialLocal, Egress, EventSink, check_network, new_settings
@@ -82,6 +82,7 @@ class Manager:
         self._sweeper: Loop | None = None
         self._marked: set[str] = set()  # providers this manager has noted as used here
         self._removals: set[asyncio.Future[None]] = set()
+        self._adopting = False  # owns the state folder (see adopt)
         # Called with the id of every sandbox this manager released (killed, expired, exited).
         self.on_release: builtins.list[Callable[[str], None]] = []
         # Called for every connection a sandbox made through its proxy or bridge.
@@ -349,7 +350,15 @@ class Manager:
 
     async def adopt(self, sandbox_id: str) -> LiveSandbox:
         """Take over a detached sandbox another (dead) process created: connect, and look
-        after it as if created here (its expiry; its release when its agent goes away)."""
+        after it as if created here (its expiry; its release when its agent goes away).
+
+        Only one process at a time may look after a state folder's sandboxes: the first
+        adoption makes this manager own the folder (until it closes, see
+        :mod:`sandlot.store.owner`); :class:`ServerRunningError` when another process owns
+        it (a running server), before anything of the sandbox is touched."""
+        if not self._adopting:
+            owner.acquire(self.home)
+            self._adopting = True
         live = await self.connect(sandbox_id)
         self._owned[sandbox_id] = live
         remaining = live.info.expires_at.timestamp() - time.time()
@@ -666,3 +675,6 @@ class Manager:
             except Exception as exc:  # one provider's trouble must not keep the rest open
                 log.warning("closing provider %s: %s", provider.name, exc)
         self.store.close()
+        if self._adopting:
+            self._adopting = False
+            owner.release(self.home)

@@ -39,7 +39,7 @@ from ..models import SandboxSpec
 from ..providers import DEFAULT, provider_class
 from ..secrets.refs import as_ref
 from ..secrets.store import DatabaseSecrets
-from ..store import default_home
+from ..store import default_home, owner
 from ..store.database import Database, sqlite_url
 from ..store.keys import LOCAL_TENANT, Keys
 from ..store.records import ExecutionRecord, Records, SandboxRecord
@@ -168,7 +168,9 @@ class ServerState:
     @classmethod
     async def start(cls, settings: ServerSettings, metrics: Metrics) -> ServerState:
         home = settings.resolved_home()
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # One server per state folder, checked before the store or any sandbox is touched
+        # (``sandlot serve`` took it already, before binding its port; this is the same lock).
+        owner.acquire(home, f"http://{settings.host}:{settings.port}")
         db = Database(settings.resolved_database_url())
         await asyncio.to_thread(db.migrate)
         log = EventLog(db)
@@ -240,6 +242,7 @@ class ServerState:
         await self.manager.close()
         await self.hub.close()
         self.db.close()
+        owner.release(self.settings.resolved_home())  # a successor may adopt from now on
 
     async def recover(self) -> None:
         """After a restart: adopt the sandboxes that still run (they outlive the server),

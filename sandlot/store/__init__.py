@@ -11,6 +11,8 @@
   :mod:`.encoding`), server secrets, retention (:mod:`.retention`, server only). Used by a
   server, and by embedded durable sessions (:class:`sandlot.Session`), which open
   ``server.db`` in the state folder; it can be shared by several hosts (PostgreSQL).
+- The **owner lock** (:mod:`.owner`, ``<home>/owner.lock``): the one process (a server) that
+  looks after the folder's detached sandboxes.
 
 Importing this package loads the registry only; the database's modules load SQLAlchemy.
 """
