@@ -81,6 +81,7 @@ PUBLIC = [
     "SecretNotFoundError",
     "SecretRef",
     "ServerError",
+    "ServerRunningError",
     "Session",
     "SessionBusyError",
     "SessionError",
