@@ -143,3 +143,26 @@ def test_the_remote_providers_api_key_as_a_secret(embedded: None) -> None:
     finally:
         asyncio.run(secrets.delete("far-api-key"))
         server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_the_remote_provider_keeps_the_api_key_it_was_given(
+    embedded: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``api_key`` passed to the provider (no ``SANDLOT_REMOTE_API_KEY``) is used for
+    everything it does with the sandbox later: connecting again and killing it."""
+    monkeypatch.delenv("SANDLOT_REMOTE_API_KEY", raising=False)
+    home = Path(tempfile.mkdtemp(prefix="slgiven-", dir="/tmp"))
+    server = ServerProcess(home, args=("--kill-on-exit", "--host", "0.0.0.0"))
+    key = server.keys("create", "--name", "provider")
+    server.start()
+    try:
+        sb = sandlot.Sandbox.create("remote", url=server.url, api_key=key)
+        assert sb.commands.run("echo keyed").stdout == "keyed\n"
+        again = sandlot.Sandbox.connect(sb.id)  # through the local record
+        assert again.commands.run("echo again").stdout == "again\n"
+        assert len(http("GET", f"{server.url}/v1/sandboxes", key=key)[1]) == 1
+        sb.kill()
+        assert http("GET", f"{server.url}/v1/sandboxes", key=key)[1] == []  # killed there
+    finally:
+        server.stop()
