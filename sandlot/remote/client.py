@@ -233,6 +233,7 @@ class Client:
         # waited for.
         give_up = loop.time() + (RETRY_DELAY * (2**RETRIES) if breaker else self.retry_for)
         connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", ())  # aiohttp 3.10+
+        started = loop.time()
         attempt = 0
         while True:
             attempt += 1
@@ -243,8 +244,11 @@ class Client:
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 # Connected, but no answer within the read timeout: asking again waits as long.
                 silent = isinstance(exc, TimeoutError) and not isinstance(exc, connect_timeout)
-                # No connection was made: the request cannot have reached the server.
-                unsent = isinstance(exc, (aiohttp.ClientConnectorError, connect_timeout))
+                # No connection was made: the request cannot have reached the server (a TLS
+                # certificate that is refused will be refused again: not worth a retry).
+                unsent = isinstance(
+                    exc, (aiohttp.ClientConnectorError, connect_timeout)
+                ) and not isinstance(exc, aiohttp.ClientSSLError)
                 if breaker is not None:
                     breaker.failure(f"no answer: {exc}" if silent else f"cannot connect: {exc}")
                 pause = _pause(attempt, give_up - loop.time())
@@ -252,8 +256,11 @@ class Client:
                     await asyncio.sleep(pause)
                     continue
                 problem = "it accepted the connection but did not answer" if silent else exc
+                tried = f" (tried {attempt} times in {loop.time() - started:.1f} s)"
                 raise RemoteUnavailableError(
-                    f"cannot reach the sandlot server at {self.url}: {problem}", url=self.url
+                    f"cannot reach the sandlot server at {self.url}: {problem}"
+                    + (tried if attempt > 1 else ""),
+                    url=self.url,
                 ) from None
             status = response.status
             if status >= 500 or status == 429:

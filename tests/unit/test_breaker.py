@@ -64,3 +64,34 @@ def test_a_success_resets_the_count() -> None:
 def test_breakers_are_shared_per_url() -> None:
     assert breaker_for("http://shared:1") is breaker_for("http://shared:1")
     assert states()["http://shared:1"] == "closed"
+
+
+def test_a_client_has_no_breaker_unless_given_one() -> None:
+    from sandlot.remote import Client
+
+    assert Client(url="http://alone:1").breaker is None
+    assert Client(url="http://alone:1").retry_for == 30.0
+    shared = breaker_for("http://alone:1")
+    assert Client(url="http://alone:1", breaker=shared).breaker is shared
+
+
+def test_states_report_the_worst_breaker_of_a_url() -> None:
+    calm = CircuitBreaker("http://several:1")
+    tripped = CircuitBreaker("http://several:1", failures=1)
+    tripped.failure("refused")
+    assert states()["http://several:1"] == "open"
+    del tripped
+    assert states()["http://several:1"] == "closed"
+    assert calm.state == "closed"
+
+
+def test_retry_pauses_grow_with_jitter_and_stop_at_the_deadline() -> None:
+    from sandlot.remote.client import RETRY_DELAY, RETRY_DELAY_MAX, _pause
+
+    for attempt in range(1, 12):
+        pause = _pause(attempt, 100.0)
+        ceiling = min(RETRY_DELAY * 2 ** (attempt - 1), RETRY_DELAY_MAX)
+        assert pause is not None and ceiling / 2 <= pause <= ceiling
+    assert _pause(1, 0.05) is None  # past the deadline: give up instead
+    assert _pause(1, 100.0, "7") == 7.0  # the server's Retry-After
+    assert _pause(1, 5.0, "7") is None
