@@ -100,7 +100,7 @@ async def settle(timeout: float = 5.0) -> None:
 
 RETRIES = 3  # with a breaker: tries after the first, then the fallback takes over
 RETRY_DELAY = 0.2  # the first pause before trying again; doubled on every retry
-RETRY_DELAY_MAX = 2.0  # at most this long between tries (so a server back is seen soon)
+RETRY_DELAY_MAX = 1.0  # at most this long between tries: a server back is seen within 1 s
 RETRY_FOR = 30.0  # seconds a failing request keeps being tried (SANDLOT_RETRY_FOR)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})  # not served: a repeatable call tries again
 CALL_TIMEOUT = 60.0  # seconds for a plain call's answer (SANDLOT_CALL_TIMEOUT)
