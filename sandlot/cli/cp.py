@@ -89,7 +89,7 @@ def _base(path: str) -> str:
 
 def _remote_stat(sandbox: Any, path: str) -> EntryInfo | None:
     try:
-        return sandbox.files.stat(path.rstrip("/") or "/")  # type: ignore[no-any-return]
+        return sandbox.files.stat(path.rstrip("/") or "/")
     except FileNotFoundInSandboxError:
         return None
 
