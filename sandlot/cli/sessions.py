@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ._common import pairs, print_json
+
+if TYPE_CHECKING:
+    from ..models import SessionEvent
 
 sessions_app = typer.Typer(
     help="Durable sessions: a workspace and a transcript that outlive sandboxes.",
@@ -126,13 +129,17 @@ def events(
     out = sys.stdout
     for event in found:
         if json_:
-            row = event.model_dump(mode="json", exclude={"raw"})
-            out.write(json.dumps(row) + "\n")
+            out.write(event_json(event) + "\n")
         elif event.text is not None:
             out.write(f"{event.seq:>6} {event.kind:<10} {event.text.rstrip(chr(10))}\n")
         else:
             out.write(f"{event.seq:>6} {event.kind:<10} {json.dumps(event.data)}\n")
     out.flush()
+
+
+def event_json(event: SessionEvent) -> str:
+    """One transcript event as a line of JSON (``events --json``, ``sandlot logs --json``)."""
+    return json.dumps(event.model_dump(mode="json", exclude={"raw"}))
 
 
 @sessions_app.command("checkpoint")
