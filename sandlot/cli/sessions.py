@@ -53,6 +53,9 @@ def create(
         float | None,
         typer.Option("--delete-after", help="Delete the session this many seconds from now."),
     ] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print its record (as `show`), not only its id.")
+    ] = False,
 ) -> None:
     """Create a session; prints its id."""
     from ..sdk import Session
@@ -64,6 +67,9 @@ def create(
         checkpoint_every=checkpoint_every or None,
         delete_after=delete_after,
     )
+    if json_:
+        print_json(session.info.model_dump(mode="json"))
+        return
     sys.stdout.write(session.id + "\n")
 
 
