@@ -22,7 +22,8 @@ from ._common import UsageError, note
 if TYPE_CHECKING:
     from ..models import EntryInfo
 
-MAX_DEPTH = 256  # folder levels listed below the copied folder
+MAX_DEPTH = 64  # folder levels listed in one call (a server's limit)
+MAX_ENTRIES = 1_000_000  # entries copied from one folder at most
 MODE_BITS = 0o777  # what of a mode is copied (no set-id or sticky bits)
 
 
@@ -213,16 +214,24 @@ def _write_local(path: str, data: bytes, mode: int, *, follow: bool = False) -> 
 
 
 def _entries(sandbox: Any, src: str) -> list[tuple[str, EntryInfo]]:
-    """The folder's entries below ``src``, each with its path relative to it, checked: the
-    sandbox chose these names, so none may climb out or hide a separator."""
-    prefix = src.rstrip("/") + "/"
-    found = []
-    for entry in sandbox.files.list(src.rstrip("/") or "/", depth=MAX_DEPTH):
-        rel = entry.path[len(prefix) :] if entry.path.startswith(prefix) else ""
-        parts = rel.split("/")
-        if not rel or any(part in ("", ".", "..") or "\0" in part for part in parts):
-            raise SandlotError(f"the sandbox listed an entry outside {src}: {entry.path!r}")
-        found.append((rel, entry))
+    """The folder's entries below ``src``, parents first, each with its path relative to it,
+    checked: the sandbox chose these names, so none may climb out or hide a separator.
+    Listed MAX_DEPTH levels at a time (a server lists no deeper in one call)."""
+    found: list[tuple[str, EntryInfo]] = []
+    pending = [(src.rstrip("/") or "/", "")]
+    while pending:
+        folder, above = pending.pop()
+        prefix = folder.rstrip("/") + "/"
+        for entry in sandbox.files.list(folder, depth=MAX_DEPTH):
+            rel = entry.path[len(prefix) :] if entry.path.startswith(prefix) else ""
+            parts = rel.split("/")
+            if not rel or any(part in ("", ".", "..") or "\0" in part for part in parts):
+                raise SandlotError(f"the sandbox listed an entry outside {src}: {entry.path!r}")
+            found.append((f"{above}/{rel}" if above else rel, entry))
+            if entry.type == "dir" and len(parts) == MAX_DEPTH:
+                pending.append((entry.path, found[-1][0]))
+        if len(found) > MAX_ENTRIES:
+            raise SandlotError(f"{src} holds more than {MAX_ENTRIES} entries: copy less at once")
     return found
 
 
