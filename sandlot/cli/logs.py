@@ -9,10 +9,13 @@ sandboxes of a session are recorded; on a server (``SANDLOT_URL``) every sandbox
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -22,12 +25,14 @@ from ._common import JsonOption, UsageError
 from .sessions import event_json
 
 if TYPE_CHECKING:
-    from ..models import SessionEvent
+    from ..remote.sse import ServerEvent
 
 PAGE = 1000  # events per read
 POLL = 0.2  # seconds between reads while following and nothing came
 ALIVE_EVERY = 1.0  # seconds between checks that a followed sandbox still runs
 SESSION_KEY = "sandlot.session"  # in an embedded session sandbox's metadata
+RESUMES = 5  # times a dropped events stream is taken up again after its last event
+SSE = {"Accept": "text/event-stream"}
 
 
 def logs(
@@ -47,13 +52,26 @@ def logs(
 
     Example: sandlot logs -f sb-0123456789ab
     """
-    from ..sdk import Session
-
     if after < 0:
         raise UsageError(f"--after must be 0 or more, got {after}")
-    session_id, sandbox_id = _resolve(target)
-    session = Session.connect(session_id)
     show = _json_line if json_ else _Transcript()
+    if os.environ.get("SANDLOT_URL"):
+        record = _remote_record(target)
+        if record is not None:  # a server's sandbox: its log, streamed (SSE)
+            _stream(target, after, follow, show)
+            return
+    session_id, sandbox_id = _resolve(target)
+    _poll(session_id, sandbox_id, after, follow, show)
+
+
+def _poll(
+    session_id: str, sandbox_id: str | None, after: int, follow: bool, show: Callable[[Any], None]
+) -> None:
+    """Print a session's log from ``after`` on, read page by page; following, go on until
+    the sandbox followed ends (a session: until interrupted)."""
+    from ..sdk import Session
+
+    session = Session.connect(session_id)
     last_check = time.monotonic()
     while True:
         batch = session.events(after, PAGE)
@@ -73,6 +91,73 @@ def logs(
                 continue
             last_check = time.monotonic()
         time.sleep(POLL)
+
+
+def _stream(sandbox_id: str, after: int, follow: bool, show: Callable[[Any], None]) -> None:
+    """Print a server's sandbox's log from its events stream (``/v1/sandboxes/ID/events``),
+    resumed after the last event if the connection drops; following, until it ends."""
+    from ..sdk.sync import _portal  # the sync SDK's loop, where its client lives
+
+    _portal.call(_stream_events(sandbox_id, after, follow, show))
+
+
+async def _stream_events(
+    sandbox_id: str, after: int, follow: bool, show: Callable[[Any], None]
+) -> None:
+    import asyncio
+
+    import aiohttp
+
+    from ..remote.sse import events
+    from ..sdk.backend import backend_for
+
+    client = backend_for(None).client  # type: ignore[attr-defined]
+    record = f"/v1/sandboxes/{_quote(sandbox_id)}"
+    path = record + "/events"
+    last = after
+
+    async def read() -> None:
+        nonlocal last
+        for attempt in range(RESUMES + 1):
+            query = f"?after={last}&follow={'true' if follow else 'false'}"
+            response = await client.open("GET", path + query, headers=SSE, retry=True)
+            try:
+                async for event in events(response):
+                    if event.seq is None or event.seq <= last:
+                        continue
+                    last = event.seq
+                    shown = _Streamed.of(event)
+                    show(shown)
+                    sys.stdout.flush()
+                    if _ends(shown, sandbox_id):
+                        return
+                return  # the server ended the stream: all of it (not following)
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                if attempt == RESUMES:
+                    raise
+            finally:
+                response.release()
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while not reader.done():
+            await asyncio.wait({reader}, timeout=ALIVE_EVERY)
+            if follow and not reader.done() and not await _alive_remote(client, record):
+                await asyncio.wait({reader}, timeout=ALIVE_EVERY)  # what it wrote as it ended
+                break
+    finally:
+        reader.cancel()
+    failure = None if reader.cancelled() else reader.exception()
+    if failure is not None:
+        raise failure
+
+
+async def _alive_remote(client: Any, path: str) -> bool:
+    try:
+        answer = await client.call("GET", path)
+    except SandboxNotFoundError:
+        return False
+    return isinstance(answer, dict) and answer.get("state") == "running"
 
 
 def _resolve(target: str) -> tuple[str, str | None]:
@@ -104,9 +189,13 @@ def _sandbox(sandbox_id: str) -> Any:
     return next((i for i in Sandbox.list() if i.id == sandbox_id), None)
 
 
-def _remote_record(sandbox_id: str) -> Any:
+def _quote(sandbox_id: str) -> str:
     from urllib.parse import quote
 
+    return quote(sandbox_id, safe="")
+
+
+def _remote_record(sandbox_id: str) -> Any:
     from ..api import SandboxOut
     from ..sdk.backend import backend_for
     from ..sdk.sync import _portal  # the sync SDK's loop, where its client lives
@@ -115,7 +204,7 @@ def _remote_record(sandbox_id: str) -> Any:
 
     async def get() -> Any:
         try:
-            return await client.call("GET", f"/v1/sandboxes/{quote(sandbox_id, safe='')}")
+            return await client.call("GET", f"/v1/sandboxes/{_quote(sandbox_id)}")
         except SandboxNotFoundError:
             return None
 
@@ -128,7 +217,7 @@ def _running(sandbox_id: str) -> bool:
     return info is not None and info.state == "running"
 
 
-def _ends(event: SessionEvent, sandbox_id: str | None) -> bool:
+def _ends(event: Any, sandbox_id: str | None) -> bool:
     """Whether this event says the followed sandbox ended."""
     data = event.data if isinstance(event.data, dict) else {}
     return (
@@ -139,8 +228,44 @@ def _ends(event: SessionEvent, sandbox_id: str | None) -> bool:
     )
 
 
-def _json_line(event: SessionEvent) -> None:
-    sys.stdout.write(event_json(event) + "\n")
+def _json_line(event: Any) -> None:
+    line = event.json() if isinstance(event, _Streamed) else event_json(event)
+    sys.stdout.write(line + "\n")
+
+
+@dataclass(frozen=True, slots=True)
+class _Streamed:
+    """An event from a server's stream, shaped as a :class:`SessionEvent` (the stream does
+    not say when it was written: ``created_at`` is null)."""
+
+    seq: int
+    kind: str
+    execution_id: str | None
+    text: str | None
+    data: Any
+
+    @classmethod
+    def of(cls, event: ServerEvent) -> _Streamed:
+        output = event.kind in ("stdout", "stderr")
+        execution = event.data.get("execution")
+        return cls(
+            seq=event.seq or 0,
+            kind=event.kind,
+            execution_id=execution if isinstance(execution, str) else None,
+            text=event.output.decode("utf-8", "replace") if output else None,
+            data=None if output else event.data.get("data"),
+        )
+
+    def json(self) -> str:
+        row = {
+            "seq": self.seq,
+            "kind": self.kind,
+            "execution_id": self.execution_id,
+            "created_at": None,
+            "text": self.text,
+            "data": self.data,
+        }
+        return json.dumps(row)
 
 
 class _Transcript:
@@ -149,7 +274,7 @@ class _Transcript:
     def __init__(self) -> None:
         self.at_line_start = True  # of our stdout: a marker line must start on its own
 
-    def __call__(self, event: SessionEvent) -> None:
+    def __call__(self, event: Any) -> None:
         if event.kind in ("stdout", "stderr"):
             text = event.text or ""
             if event.kind == "stdout":
@@ -170,7 +295,7 @@ class _Transcript:
         self._out(("" if self.at_line_start else "\n") + text + "\n")
 
 
-def _describe(event: SessionEvent) -> str:
+def _describe(event: Any) -> str:
     """One line for an event that is not output."""
     data: dict[str, Any] = event.data if isinstance(event.data, dict) else {}
     if event.kind == "started":
