@@ -2,8 +2,8 @@
 
 ``run-code`` exits 0 when the cell succeeded, 1 when it raised, 124 on timeout and 125 when
 sandlot failed; ``repl`` exits 0 at the end of input and 125 when sandlot failed. ``repl
---keep`` leaves its sandbox to a background ``sandlot _hold`` process (a sandbox dies with the
-process that created it).
+--keep`` (and ``sandlot create``) leave their sandbox to a background ``sandlot _hold``
+process (a sandbox dies with the process that created it).
 """
 
 from __future__ import annotations
