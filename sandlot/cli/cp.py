@@ -102,7 +102,7 @@ def _upload(sandbox: Any, src: str, dst: str) -> None:
     where = f"sandbox {sandbox.id}"
     target = _remote_stat(sandbox, dst)
     if src == "-":
-        if target is not None and target.type == "dir":
+        if (target is not None and target.type == "dir") or dst.endswith("/"):
             raise UsageError(f"{dst} in {where} is a folder: give the file's path for stdin")
         data = sys.stdin.buffer.read() if sys.stdin is not None else b""
         sandbox.files.write(dst, data)
