@@ -184,6 +184,26 @@ def test_cp_stdin_and_stdout(home: Path, made: str) -> None:
         assert member is not None and member.read() == b"\x00\xff"
 
 
+def test_cp_never_writes_through_a_link(home: Path, made: str, tmp_path: Path) -> None:
+    """Links in the sandbox come out as links, never followed; and a link already at the
+    place of a file in the destination is not written through."""
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    make = f"mkdir -p /workspace/d && ln -s {victim} /workspace/d/evil && echo new > /workspace/d/f"
+    assert cli(home, "exec", made, "--", make).returncode == 0
+
+    done = cli(home, "cp", f"{made}:/workspace/d", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert os.readlink(tmp_path / "out" / "evil") == str(victim)
+    assert (tmp_path / "out" / "f").read_text() == "new\n"
+
+    (tmp_path / "trap").mkdir()
+    (tmp_path / "trap" / "f").symlink_to(victim)
+    done = cli(home, "cp", f"{made}:/workspace/d/.", str(tmp_path / "trap"))
+    assert "cannot write" in assert_one_line_error(done)
+    assert victim.read_text() == "untouched\n"
+
+
 def test_cp_errors_are_clear(home: Path, made: str, tmp_path: Path) -> None:
     local = str(tmp_path / "f")
     Path(local).write_text("x")
