@@ -10,10 +10,11 @@ red line on stderr, never a traceback; other sandlot failures exit 1 outside ``r
 ``run-code``/``repl``.
 
 One module per command group, as :mod:`entry_point` assembles them: ``run`` (run, exec),
-``code`` (run-code, repl), ``sandboxes`` (providers, ls, kill, gc), ``sessions``, ``pool``,
-``secrets``, ``relay``, ``remote`` (up, down, status), ``server`` (serve, keys); what they
-share is in ``_common``. Importing this package adds little to importing ``sandlot``: rich,
-the providers and the manager are imported inside the commands that use them.
+``code`` (run-code, repl), ``sandboxes`` (providers, ls, kill, gc), ``create``, ``cp``,
+``logs``, ``sessions``, ``pool``, ``secrets``, ``relay``, ``remote`` (up, down, status),
+``server`` (serve, keys), ``completion``; what they share is in ``_common``. Importing
+this package adds little to importing ``sandlot``: rich, the providers and the manager are
+imported inside the commands that use them.
 """
 
 from .._lazy import lazy_names

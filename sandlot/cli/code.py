@@ -2,8 +2,8 @@
 
 ``run-code`` exits 0 when the cell succeeded, 1 when it raised, 124 on timeout and 125 when
 sandlot failed; ``repl`` exits 0 at the end of input and 125 when sandlot failed. ``repl
---keep`` leaves its sandbox to a background ``sandlot _hold`` process (a sandbox dies with the
-process that created it).
+--keep`` (and ``sandlot create``) leave their sandbox to a background ``sandlot _hold``
+process (a sandbox dies with the process that created it).
 """
 
 from __future__ import annotations
@@ -340,22 +340,31 @@ def _prompt(sandbox: Any, context: str | None, lifetime: float | None) -> None:
         shell.run()
 
 
-def _held_sandbox(provider: str | None, lifetime: float) -> str:
+def _held_sandbox(
+    provider: str | None, lifetime: float, settings: dict[str, Any] | None = None
+) -> str:
     """A fresh sandbox owned by a background ``sandlot _hold`` process, so that it outlives
-    us (a sandbox dies with the process that created it); its id."""
+    us (a sandbox dies with the process that created it); its id. ``settings``: more of
+    ``Sandbox.create``'s keyword arguments (sent on the holder's stdin, not in its argv,
+    where other users could read the environment)."""
     import json
     import subprocess
 
     args = [sys.executable, "-m", "sandlot.cli", "_hold", "--timeout", repr(lifetime)]
     if provider is not None:
         args += ["--provider", provider]
+    if settings is not None:
+        args.append("--settings")
     holder = subprocess.Popen(
         args,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if settings is None else subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C and the terminal's hang-up are not for it
     )
+    if holder.stdin is not None:
+        with holder.stdin:
+            holder.stdin.write(json.dumps(settings).encode() + b"\n")
     assert holder.stdout is not None
     with holder.stdout:
         line = holder.stdout.readline()
@@ -376,13 +385,20 @@ def _held_sandbox(provider: str | None, lifetime: float) -> str:
 def hold(
     timeout: Annotated[float, typer.Option("--timeout")] = REPL_LIFETIME,
     provider: Annotated[str | None, typer.Option("--provider")] = None,
+    settings: Annotated[bool, typer.Option("--settings")] = False,
 ) -> None:
-    """Create a sandbox, print its id (one JSON line), and hold it until it ends."""
+    """Create a sandbox, print its id (one JSON line), and hold it until it ends. With
+    ``--settings``, more of ``Sandbox.create``'s keyword arguments come as one JSON line on
+    stdin."""
     import json
     import time
     import warnings
 
     from ..sdk import Sandbox
+
+    more: dict[str, Any] = {}
+    if settings:
+        more = json.loads(sys.stdin.readline() or "{}")
 
     def answer(value: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(value) + "\n")
@@ -393,7 +409,7 @@ def hold(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            sandbox = Sandbox.create(provider, timeout=timeout)
+            sandbox = Sandbox.create(provider, timeout=timeout, **more)
         except SandlotError as exc:
             bad = isinstance(exc, (InvalidArgumentError, NotFoundError))
             answer({"error": str(exc), "exit": EXIT_USAGE if bad else EXIT_SANDLOT_FAILED})

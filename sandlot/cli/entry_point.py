@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -35,6 +35,9 @@ REGISTRY: tuple[tuple[str, str, str, str, dict[str, Any]], ...] = (
     ("ls", "sandboxes", "ls", "command", {}),
     ("kill", "sandboxes", "kill", "command", {}),
     ("gc", "sandboxes", "gc", "command", {}),
+    ("create", "create", "create", "command", {}),
+    ("cp", "cp", "cp", "command", {}),
+    ("logs", "logs", "logs", "command", {}),
     ("relay", "relay", "relay_app", "group", {}),
     ("keys", "server", "keys_app", "group", {}),
     ("remote", "remote", "remote_app", "group", {}),
@@ -42,8 +45,10 @@ REGISTRY: tuple[tuple[str, str, str, str, dict[str, Any]], ...] = (
     ("pool", "pool", "pool_app", "group", {}),
     ("sessions", "sessions", "sessions_app", "group", {}),
     ("serve", "server", "serve", "command", {}),
+    ("completion", "completion", "completion", "command", {}),
 )
 NAMES = frozenset(entry[0] for entry in REGISTRY)
+COMPLETE_VAR = "_SANDLOT_COMPLETE"  # set by the script `sandlot completion SHELL` prints
 
 
 def build_app(only: str | None = None) -> typer.Typer:
@@ -58,6 +63,7 @@ def build_app(only: str | None = None) -> typer.Typer:
         pretty_exceptions_enable=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
+    built.callback()(_root)
     for name, module_name, attribute, kind, options in REGISTRY:
         if only is not None and name != only:
             continue
@@ -71,6 +77,29 @@ def build_app(only: str | None = None) -> typer.Typer:
             target
         )
     return built
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        sys.stdout.write(f"sandlot {__version__}\n")
+        raise typer.Exit()
+
+
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print the version and exit.",
+            is_eager=True,
+            callback=_show_version,
+        ),
+    ] = False,
+) -> None:
+    """Disposable, isolated sandboxes for AI agents."""
 
 
 def _invoked(argv: list[str]) -> str | None:
@@ -99,6 +128,10 @@ def _run_app(argv: list[str] | None) -> int:
     ce = _click_exceptions()
     no_args_is_help = getattr(ce, "NoArgsIsHelpError", ())
     aborted = (getattr(ce, "Abort", typer.Abort), typer.Abort, KeyboardInterrupt)
+    if os.environ.get(COMPLETE_VAR):  # the shell asks for completions (`sandlot completion`)
+        from typer.completion import completion_init
+
+        completion_init()
     try:
         args = sys.argv[1:] if argv is None else argv
         # As a group even when it holds one command (typer would make that the root).

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import run
+from ._common import JsonOption, print_json, run
 
 if TYPE_CHECKING:
     from ..deploy import Record, Reporter, Step, UpResult
@@ -344,7 +344,7 @@ def down_command(
 
 
 @remote_app.command("status")
-def status_command() -> None:
+def status_command(json_: JsonOption = False) -> None:
     """What `up` started and whether it answers."""
     import asyncio
 
@@ -354,7 +354,7 @@ def status_command() -> None:
     from ..deploy import all_records, readyz, records_dir, tunnel_alive
 
     records = all_records()
-    if not records:
+    if not records and not json_:
         _stderr().print(f"nothing is up (no record in {records_dir()})")
         return
 
@@ -362,6 +362,24 @@ def status_command() -> None:
         return list(await asyncio.gather(*(readyz(r.url, timeout=3) for _, r in records)))
 
     answers = run(check())
+    if json_:  # never the key: `up` printed it once
+        print_json(
+            [
+                {
+                    "target": record.target,
+                    "url": record.url,
+                    "tunnel_pid": record.tunnel_pid,
+                    "tunnel_up": tunnel_alive(path, record),
+                    "ready": answer is None,
+                    "problem": answer,
+                    "server_pid": record.server_pid,
+                    "version": record.version,
+                    "started_at": record.started_at,
+                }
+                for (path, record), answer in zip(records, answers, strict=True)
+            ]
+        )
+        return
     table = Table()
     for column in ("target", "url", "tunnel", "ready", "server pid", "version", "started"):
         table.add_column(column, no_wrap=True)

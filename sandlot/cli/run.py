@@ -31,6 +31,7 @@ from ._common import (
     pairs,
     parse_env,
     parse_settings,
+    print_json,
     sandlot_failure,
 )
 
@@ -50,6 +51,14 @@ CommandArgument = Annotated[
 ]
 StdinOption = Annotated[
     bool, typer.Option("--stdin", help="Forward this terminal's stdin to the command.")
+]
+ResultJsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print the result (exit code, signal, output) as JSON at the end, not the output "
+        "as it comes.",
+    ),
 ]
 
 # -- run's options ----------------------------------------------------------------------------
@@ -137,6 +146,7 @@ def run(
     secret_env: SecretEnvOption = None,
     session: SessionOption = None,
     force: ForceOption = False,
+    json_: ResultJsonOption = False,
 ) -> None:
     """Run one command in a fresh sandbox, stream its output, exit with its exit code.
 
@@ -164,7 +174,7 @@ def run(
     install_signal_handlers()
     sandbox, attached_to = _open(provider, session, force, workdir, create, config)
     try:
-        code = _run_in(sandbox, command, workdir, command_timeout, stdin)
+        code = _run_in(sandbox, command, workdir, command_timeout, stdin, json_)
     finally:
         _close(sandbox, attached_to)
     raise typer.Exit(code)
@@ -226,7 +236,12 @@ def _open(
 
 
 def _run_in(
-    sandbox: Sandbox, command: str | list[str], workdir: str, timeout: float, stdin: bool
+    sandbox: Sandbox,
+    command: str | list[str],
+    workdir: str,
+    timeout: float,
+    stdin: bool,
+    as_json: bool,
 ) -> int:
     """Make the working folder, then run the command; its exit code."""
     try:
@@ -235,7 +250,7 @@ def _run_in(
                 sandbox.files.make_dir(workdir)
             except SandlotError as exc:
                 raise UsageError(f"--workdir {workdir}: {exc}") from None
-        return stream(sandbox, command, timeout=timeout, forward_stdin=stdin)
+        return stream(sandbox, command, timeout=timeout, forward_stdin=stdin, as_json=as_json)
     except SandlotError as exc:
         raise sandlot_failure(exc) from None
 
@@ -273,6 +288,7 @@ def exec_(
         str | None, typer.Option("--workdir", "-w", help="Working folder in the sandbox.")
     ] = None,
     stdin: StdinOption = False,
+    json_: ResultJsonOption = False,
 ) -> None:
     """Run a command in a running sandbox (also one another process created).
 
@@ -301,7 +317,13 @@ def exec_(
         raise sandlot_failure(exc) from None
     try:
         code = stream(
-            sandbox, command, timeout=timeout, env=env_map, cwd=workdir, forward_stdin=stdin
+            sandbox,
+            command,
+            timeout=timeout,
+            env=env_map,
+            cwd=workdir,
+            forward_stdin=stdin,
+            as_json=json_,
         )
     except SandlotError as exc:
         raise sandlot_failure(exc) from None
@@ -377,8 +399,10 @@ def stream(
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     forward_stdin: bool = False,
+    as_json: bool = False,
 ) -> int:
-    """Run ``command`` with its output streamed to our stdout/stderr; its exit code."""
+    """Run ``command`` with its output streamed to our stdout/stderr (``as_json``: kept, and
+    printed with how it ended as JSON at the end); its exit code."""
     import threading
 
     from ..errors import CommandTimeoutError
@@ -389,15 +413,22 @@ def stream(
     handle = None
     try:
         with HeldSignals() as held:
+            shown: dict[str, Any] = (
+                {}  # kept up to the SDK's cap, printed at the end
+                if as_json
+                else {
+                    "on_stdout": _Writer(sys.stdout),
+                    "on_stderr": _Writer(sys.stderr),
+                    "max_output_bytes": 0,  # streamed, not kept
+                }
+            )
             handle = sandbox.commands.run(
                 command,
                 background=True,  # a handle, so that we can kill the command if interrupted
                 timeout=timeout,
                 env=env or None,
                 cwd=cwd,
-                on_stdout=_Writer(sys.stdout),
-                on_stderr=_Writer(sys.stderr),
-                max_output_bytes=0,  # streamed, not kept
+                **shown,
             )
         held.replay()
         if forward_stdin:
@@ -406,6 +437,8 @@ def stream(
             handle.close_stdin()
         result = handle.wait()
     except CommandTimeoutError as exc:
+        if as_json:
+            print_json(_outcome(None, None, exc.stdout, exc.stderr, timed_out=True))
         error(f"{exc} (exit {EXIT_TIMEOUT})")
         return EXIT_TIMEOUT
     except BrokenPipeError:  # whoever read our output went away: stop the command, as SIGPIPE
@@ -414,10 +447,31 @@ def stream(
     except BaseException:
         _abandon(handle)
         raise
+    if as_json:
+        print_json(
+            {
+                **_outcome(result.exit_code, result.signal, result.stdout, result.stderr),
+                "truncated": result.truncated,
+            }
+        )
     if result.signal:
         return 128 + int(result.signal)
     code = int(result.exit_code)
     return 128 - code if code < 0 else code & 0xFF
+
+
+def _outcome(
+    exit_code: int | None, signal: int | None, stdout: str, stderr: str, *, timed_out: bool = False
+) -> dict[str, Any]:
+    """What ``--json`` prints: how the command ended, and its output (decoded as UTF-8)."""
+    return {
+        "exit_code": exit_code,
+        "signal": signal,
+        "timed_out": timed_out,
+        "stdout": stdout,
+        "stderr": stderr,
+        "truncated": False,
+    }
 
 
 def _abandon(handle: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InvalidArgumentError
+from ._common import JsonOption, print_json
 
 keys_app = typer.Typer(
     help="API keys of a sandlot server (stored hashed; a token is shown once).",
@@ -221,6 +222,7 @@ def create_key(
 def list_keys(
     all_: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
     database_url: DatabaseOption = None,
+    json_: JsonOption = False,
 ) -> None:
     """The keys: id, tenant, name, admin, created, revoked."""
     from ..store.keys import Keys
@@ -230,6 +232,9 @@ def list_keys(
         keys = Keys(db).list(None, all_)
     finally:
         db.close()
+    if json_:
+        print_json([key.model_dump(mode="json") for key in keys])
+        return
     for key in keys:
         revoked = f" revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else ""
         admin = " admin" if key.admin else ""

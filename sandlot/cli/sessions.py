@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ._common import pairs, print_json
+
+if TYPE_CHECKING:
+    from ..models import SessionEvent
 
 sessions_app = typer.Typer(
     help="Durable sessions: a workspace and a transcript that outlive sandboxes.",
@@ -50,6 +53,9 @@ def create(
         float | None,
         typer.Option("--delete-after", help="Delete the session this many seconds from now."),
     ] = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print its record (as `show`), not only its id.")
+    ] = False,
 ) -> None:
     """Create a session; prints its id."""
     from ..sdk import Session
@@ -61,6 +67,9 @@ def create(
         checkpoint_every=checkpoint_every or None,
         delete_after=delete_after,
     )
+    if json_:
+        print_json(session.info.model_dump(mode="json"))
+        return
     sys.stdout.write(session.id + "\n")
 
 
@@ -126,13 +135,17 @@ def events(
     out = sys.stdout
     for event in found:
         if json_:
-            row = event.model_dump(mode="json", exclude={"raw"})
-            out.write(json.dumps(row) + "\n")
+            out.write(event_json(event) + "\n")
         elif event.text is not None:
             out.write(f"{event.seq:>6} {event.kind:<10} {event.text.rstrip(chr(10))}\n")
         else:
             out.write(f"{event.seq:>6} {event.kind:<10} {json.dumps(event.data)}\n")
     out.flush()
+
+
+def event_json(event: SessionEvent) -> str:
+    """One transcript event as a line of JSON (``events --json``, ``sandlot logs --json``)."""
+    return json.dumps(event.model_dump(mode="json", exclude={"raw"}))
 
 
 @sessions_app.command("checkpoint")

@@ -17,3 +17,4 @@ del test_gc_removes_what_a_killed_owner_left  # noqa: F821
 # A server refuses host-touching provider settings from a call (test_server covers that).
 del test_run_passes_provider_settings  # noqa: F821
 del test_run_refuses_bad_provider_settings  # noqa: F821
+from integration.test_cli_more import *  # noqa: E402, F403 (create, cp, logs, --json, ...)
