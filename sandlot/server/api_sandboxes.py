@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 SSE_RESPONSE = {200: {"content": {MEDIA_TYPE: {}}, "description": "Server-Sent Events"}}
 
 
-def sandbox_out(record: SandboxRecord) -> SandboxOut:
+def sandbox_out(record: SandboxRecord, idle_timeout: float | None = None) -> SandboxOut:
     try:
         isolated = provider_class(record.provider).isolated
     except Exception:
@@ -35,6 +35,7 @@ def sandbox_out(record: SandboxRecord) -> SandboxOut:
         owner_pid=0,
         session_id=record.session_id,
         isolated=isolated,
+        idle_timeout=idle_timeout,
     )
 
 
@@ -56,7 +57,7 @@ async def create_sandbox(
     except BaseException:
         await once.abandon()
         raise
-    body = sandbox_out(served.record).model_dump_json().encode()
+    body = sandbox_out(served.record, served.live.info.idle_timeout).model_dump_json().encode()
     await once.finish(201, "application/json", body)
     return Response(body, status_code=201, media_type="application/json")
 
@@ -84,7 +85,9 @@ async def list_sandboxes(
 
 @router.get("/{sandbox_id}", response_model=SandboxOut)
 async def get_sandbox(sandbox_id: str, state: State, caller: Caller) -> SandboxOut:
-    return sandbox_out(await state.record(caller, sandbox_id))
+    served = state.served.get(sandbox_id)
+    idle = served.live.info.idle_timeout if served is not None else None
+    return sandbox_out(await state.record(caller, sandbox_id), idle)
 
 
 @router.delete("/{sandbox_id}", status_code=204)
@@ -160,4 +163,5 @@ async def transcript(
     """The log of the sandbox's session as Server-Sent Events (``id`` = sequence number),
     then new events as they happen (unless ``follow=false``)."""
     record = await state.record(caller, sandbox_id)
-    return event_stream(state, record.session_id, after_from(after, last_event_id), follow=follow)
+    start = after_from(after, last_event_id)
+    return event_stream(state, record.session_id, start, follow=follow, sandbox_id=sandbox_id)
