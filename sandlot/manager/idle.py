@@ -47,9 +47,15 @@ class _Watched:
 class IdleWatch:
     """The idle timeouts of the sandboxes one manager owns."""
 
-    def __init__(self, channel_for: ChannelFor, stop: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        channel_for: ChannelFor,
+        stop: Callable[[str], Awaitable[None]],
+        stored: Callable[[str], float | None],
+    ) -> None:
         self._channel_for = channel_for
         self._stop = stop
+        self._stored = stored  # the idle timeout the store holds (another process may set it)
         self._watched: dict[str, _Watched] = {}
 
     def __contains__(self, sandbox_id: str) -> bool:
@@ -120,6 +126,11 @@ class IdleWatch:
             return  # forgotten or given a new timeout meanwhile
         if touch:
             watched.told = asked
+        if answer.get("limit") != agent_limit(watched.seconds):  # set from elsewhere
+            seconds = self._stored(sandbox_id)
+            if seconds != watched.seconds:
+                self.follow(sandbox_id, seconds)
+                return
         idle = min(_seconds(answer.get("idle")), asked - watched.touched)
         if idle < watched.seconds:
             self._schedule(sandbox_id, watched.seconds - idle)

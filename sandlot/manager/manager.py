@@ -33,7 +33,7 @@ from ..errors import (
     SandboxNotFoundError,
     SandlotError,
 )
-from ..models import MAX_LIFETIME, NetworkMode, SandboxInfo, SandboxSpec
+from ..models import MAX_LIFETIME, NetworkMode, SandboxInfo, SandboxSpec, check_seconds
 from ..providers import DEFAULT, Provider, Started, procinfo, provider_class, quota
 from ..secrets.refs import SecretRef, as_ref
 from ..secrets.resolve import has_refs, resolve_config, resolve_env
@@ -42,7 +42,7 @@ from ..store import Store, default_home
 from ..supervisor import Loop, Supervisor
 from .base import GcReport, Live, LiveSandbox, default_provider
 from .egress import DialLocal, Egress, EventSink, check_network, new_settings
-from .idle import IdleWatch
+from .idle import IdleWatch, agent_limit
 from .pool import Pools
 from .ports import ChannelFor, PortForwards, check_port
 from .workspaces import Workspaces
@@ -80,7 +80,7 @@ class Manager:
         self._providers: dict[str, Provider] = {}
         self._owned: dict[str, LiveSandbox] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self.idle = IdleWatch(self._idle_channel, self._stop_idle)
+        self.idle = IdleWatch(self._idle_channel, self._stop_idle, self._idle_timeout_of)
         self._check_channels: dict[str, Channel] = {}  # for idle checks, once the owner's closed
         # Called with the id of a sandbox about to be stopped for being idle.
         self.on_idle: builtins.list[Callable[[str], None]] = []
@@ -516,6 +516,24 @@ class Manager:
             await self.idle.watch(sandbox_id, seconds, channel)
         # else none; or a remote server's sandbox, whose idle timeout that server keeps
 
+    async def set_idle_timeout(self, sandbox_id: str, seconds: float | None, channel: Any) -> None:
+        """A new idle timeout (None: none), counted from now. An owner in another process
+        learns of it at its next check (its agent's limit changed: it reads the store)."""
+        checked = check_seconds(seconds, "idle_timeout")
+        info, _ = self._lookup(sandbox_id)
+        if not isinstance(channel, Channel):
+            raise InvalidArgumentError("this sandbox's idle timeout is kept by its server")
+        await channel.call("idle", seconds=None if checked is None else agent_limit(checked))
+        handle = {k: v for k, v in info.handle.items() if k != "idle_timeout"}
+        if checked is not None:
+            handle["idle_timeout"] = checked
+        self.store.set_handle(sandbox_id, handle)
+        live = self._owned.get(sandbox_id)
+        if live is not None:
+            live.info.handle = handle
+            live.info.idle_timeout = checked
+            self.idle.follow(sandbox_id, checked)
+
     def touch(self, sandbox_id: str) -> None:
         """Activity its agent does not see (a server's call answered from its store)."""
         self.idle.touch(sandbox_id)
@@ -534,6 +552,10 @@ class Manager:
             channel = self._check_channels[sandbox_id] = await provider.connect(info.handle)
             self._kill_on_violation(sandbox_id, channel)
         return channel
+
+    def _idle_timeout_of(self, sandbox_id: str) -> float | None:
+        found = self.store.get(sandbox_id)
+        return found[0].idle_timeout if found is not None else None
 
     async def _stop_idle(self, sandbox_id: str) -> None:
         for callback in self.on_idle:

@@ -82,6 +82,11 @@ class RemoteBackend:
         )
         return datetime.fromisoformat(answer["expires_at"])
 
+    async def set_idle_timeout(self, sandbox_id: str, seconds: float | None, channel: Any) -> None:
+        await self.client.call(
+            "POST", _path(sandbox_id) + "/idle_timeout", json={"seconds": seconds}, retry=True
+        )
+
     async def is_running(self, live: Live) -> bool:
         if live.channel.closed is not None:
             return False

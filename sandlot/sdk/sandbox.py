@@ -249,6 +249,13 @@ class AsyncSandbox:
         self._live.info.expires_at = expires
         return expires
 
+    async def set_idle_timeout(self, seconds: float | None) -> None:
+        """Stop the sandbox once nothing has used it for ``seconds`` (None: never), counted
+        from now (this call is a use). Its hard lifetime (:meth:`set_timeout`) stays."""
+        checked = check_seconds(seconds, "idle_timeout")
+        await self._manager.set_idle_timeout(self.id, checked, self._live.channel)
+        self._live.info.idle_timeout = checked
+
     # -- stateful code -----------------------------------------------------------------------
 
     @overload

@@ -422,6 +422,11 @@ class Sandbox:
         """Destroy the sandbox ``seconds`` from now instead of at its old deadline."""
         return _portal.call(self._inner.set_timeout(seconds))
 
+    def set_idle_timeout(self, seconds: float | None) -> None:
+        """Stop the sandbox once nothing has used it for ``seconds`` (None: never), counted
+        from now (this call is a use). Its hard lifetime (:meth:`set_timeout`) stays."""
+        _portal.call(self._inner.set_idle_timeout(seconds))
+
     def pause(self) -> None:
         """Freeze everything in the sandbox where it stands (bwrap: the cgroup freezer;
         docker: pause; process: SIGSTOP) until :meth:`resume`: it costs no CPU meanwhile,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
-from ..api import NetworkRequest, SandboxOut, TimeoutRequest
+from ..api import IdleTimeoutRequest, NetworkRequest, SandboxOut, TimeoutRequest
 from ..errors import InvalidArgumentError
 from ..models import SandboxSpec
 from ..providers import provider_class
@@ -104,6 +104,17 @@ async def set_timeout(
     """Destroy the sandbox ``seconds`` from now instead of at its old deadline."""
     expires = await state.set_timeout(caller, sandbox_id, body.seconds)
     return {"expires_at": expires.isoformat()}
+
+
+@router.post("/{sandbox_id}/idle_timeout", status_code=204)
+async def set_idle_timeout(
+    sandbox_id: str, body: IdleTimeoutRequest, state: State, caller: Caller
+) -> Response:
+    """Stop the sandbox once nothing has used it for ``seconds`` (null: never), counted from
+    now (this call is a use). Its hard lifetime stays."""
+    served = await state.get(caller, sandbox_id)
+    await state.manager.set_idle_timeout(sandbox_id, body.seconds, served.live.channel)
+    return Response(status_code=204)
 
 
 @router.post("/{sandbox_id}/pause", status_code=204)

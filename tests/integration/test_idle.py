@@ -112,6 +112,23 @@ def test_no_idle_timeout_means_none() -> None:
         assert sb.is_running()
 
 
+def test_set_idle_timeout_turns_it_on_and_off() -> None:
+    on = sandlot.Sandbox.create(idle_timeout=None)
+    off = sandlot.Sandbox.create(idle_timeout=1)
+    try:
+        on.set_idle_timeout(1)
+        off.set_idle_timeout(None)
+        assert (on.info.idle_timeout, off.info.idle_timeout) == (1, None)
+        assert wait_until(lambda: not on.is_running(), BOUND)
+        time.sleep(1.5)
+        assert off.is_running()
+        with pytest.raises(sandlot.InvalidArgumentError, match="idle_timeout"):
+            off.set_idle_timeout(0)
+    finally:
+        on.kill()
+        off.kill()
+
+
 @pytest.mark.parametrize("bad", [0, -1, "soon", float("nan")])
 def test_a_bad_idle_timeout_is_refused(bad: object) -> None:
     with pytest.raises(sandlot.InvalidArgumentError, match="idle_timeout"):

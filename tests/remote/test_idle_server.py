@@ -65,3 +65,12 @@ def test_a_sandbox_in_use_through_the_server_is_kept(server: ServerProcess) -> N
     finally:
         used.kill()
         watched.kill()
+
+
+def test_set_idle_timeout_through_the_server(server: ServerProcess) -> None:
+    sb = sandlot.Sandbox.create(idle_timeout=None)
+    try:
+        sb.set_idle_timeout(1)
+        assert eventually(lambda: sb.id not in {i.id for i in sandlot.Sandbox.list()})
+    finally:
+        sb.kill()
