@@ -191,9 +191,9 @@ class Agent:
         return count
 
     def idle_for(self):
-        """Seconds since the last activity (0 while something is in use). What was in use
-        at the last look and is not now ended between the two: counted as ending now, so
-        idleness is never overstated (at most a look's interval late)."""
+        """Seconds since the last activity (0 while something is in use). Something in use
+        at the last look and gone now ended between the two looks: it counts as ending now,
+        so idleness is never overstated (at most one look's interval understated)."""
         now = time.monotonic()
         busy = self.busy() > 0
         if busy or self._was_busy:

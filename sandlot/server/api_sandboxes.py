@@ -80,7 +80,8 @@ async def list_sandboxes(
     records = await asyncio.to_thread(
         state.records.list_sandboxes, caller.tenant, wanted, "running"
     )
-    return [sandbox_out(r) for r in records if r.id in state.served]
+    served = state.served
+    return [sandbox_out(r, served[r.id].live.info.idle_timeout) for r in records if r.id in served]
 
 
 @router.get("/{sandbox_id}", response_model=SandboxOut)

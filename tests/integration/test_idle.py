@@ -181,3 +181,23 @@ async def test_a_session_sandbox_is_checkpointed_then_stopped(
             assert await again.files.read("/workspace/notes.txt") == "kept across the stop"
     finally:
         await sessions.close()
+
+
+async def test_the_agents_idle_operation() -> None:
+    """``{"op": "idle"}``: its own checks are not use, a running command is, bad limits are
+    refused."""
+    async with sandlot.AsyncSandbox.create(idle_timeout=None) as sb:
+        channel = sb._channel
+        first = await channel.call("idle")
+        assert first["busy"] == 0 and first["limit"] is None
+        await asyncio.sleep(0.2)
+        assert (await channel.call("idle"))["idle"] > first["idle"]
+        handle = await sb.commands.run("sleep 1", background=True)
+        during = await channel.call("idle")
+        assert during["busy"] >= 1 and during["idle"] == 0
+        await handle.wait()
+        assert (await channel.call("idle", touch=True))["idle"] < 0.5
+        assert (await channel.call("idle", seconds=30))["limit"] == 30
+        for bad in (-1, 0, "1", True, 10**9):
+            with pytest.raises(sandlot.InvalidArgumentError):
+                await channel.call("idle", seconds=bad)
