@@ -80,6 +80,11 @@ def test_an_idle_sandbox_is_stopped() -> None:
     assert sb.id not in {i.id for i in sandlot.Sandbox.list()}
 
 
+def test_the_egress_proxy_it_keeps_open_is_not_use() -> None:
+    sb = sandlot.Sandbox.create(idle_timeout=1, network={"allow": ["example.com"]})
+    assert wait_until(lambda: not sb.is_running(), BOUND), "its proxy's listener kept it"
+
+
 def test_a_running_quiet_command_keeps_it_then_its_end_starts_the_clock() -> None:
     sb = sandlot.Sandbox.create(idle_timeout=1)
     try:
