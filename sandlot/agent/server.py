@@ -196,10 +196,17 @@ class Agent:
         so idleness is never overstated (at most one look's interval understated)."""
         now = time.monotonic()
         busy = self.busy() > 0
-        if busy or self._was_busy:
+        if busy or self._was_busy or self._thawed(now):
             self._last_active = now
         self._was_busy = busy
         return now - self._last_active
+
+    def _thawed(self, now):
+        """Whether our idle timer missed its time by far: we did not run meanwhile (the
+        sandbox was paused, the host suspended), and that time is nobody's idleness."""
+        if self._idle_limit is None:
+            return False
+        return now - self._idle_checked > 2 * self._idle_step() + 1.0
 
     def _idle_check(self):
         self._idle_timer = None
@@ -207,12 +214,9 @@ class Agent:
             return
         step = self._idle_step()
         now = time.monotonic()
-        if now - self._idle_checked > 2 * step + 1.0:
-            # We did not run meanwhile (the sandbox was paused, the host suspended): that
-            # time is nobody's idleness.
-            self._last_active = now
+        idle = self.idle_for()
         self._idle_checked = now
-        if self.idle_for() >= self._idle_limit:
+        if idle >= self._idle_limit:
             self.shutdown()
             return
         self._idle_timer = self.loop.call_at(now + step, self._idle_check)

@@ -570,8 +570,10 @@ class Manager:
 
     async def resume(self, sandbox_id: str) -> None:
         info, provider = self._lookup(sandbox_id)
-        await provider.resume(info.handle)
+        # Use, and before it runs again: an idle check left waiting on the frozen agent
+        # must not take the time it was paused for idleness.
         self.touch(sandbox_id)
+        await provider.resume(info.handle)
 
     async def is_paused(self, sandbox_id: str) -> bool:
         info, provider = self._lookup(sandbox_id)

@@ -97,6 +97,19 @@ def test_a_running_quiet_command_keeps_it_then_its_end_starts_the_clock() -> Non
         sb.kill()
 
 
+def test_time_paused_is_not_idleness() -> None:
+    sb = sandlot.Sandbox.create(idle_timeout=1)
+    try:
+        sb.pause()
+        time.sleep(3)  # three timeouts, frozen: its host's checks go unanswered
+        assert sb.is_paused() and sb.id in {i.id for i in sandlot.Sandbox.list()}
+        sb.resume()
+        assert sb.commands.run("echo thawed").stdout == "thawed\n"
+        assert wait_until(lambda: not sb.is_running(), BOUND)
+    finally:
+        sb.kill()
+
+
 def test_calls_extend_it() -> None:
     sb = sandlot.Sandbox.create(idle_timeout=1)
     try:
