@@ -74,3 +74,15 @@ def test_set_idle_timeout_through_the_server(server: ServerProcess) -> None:
         assert eventually(lambda: sb.id not in {i.id for i in sandlot.Sandbox.list()})
     finally:
         sb.kill()
+
+
+def test_a_durable_sessions_sandbox_is_checkpointed_then_stopped(server: ServerProcess) -> None:
+    s = sandlot.Session.create()
+    sb = s.sandbox(provider="bwrap", idle_timeout=1)
+    sb.files.write("/workspace/notes.txt", "kept across the stop")
+    assert eventually(lambda: s.refresh().sandbox_id is None and s.refresh().checkpoint == 1)
+    events = [(e.kind, e.data) for e in s.events()]
+    assert ("sandbox", {"event": "stopping", "sandbox": sb.id, "why": "idle"}) in events
+    with s.sandbox(provider="bwrap") as again:
+        assert again.files.read("/workspace/notes.txt") == "kept across the stop"
+    s.delete()
