@@ -144,6 +144,12 @@ class TimeoutRequest(_Body):
     seconds: float = Field(gt=0, le=MAX_LIFETIME)
 
 
+class IdleTimeoutRequest(_Body):
+    seconds: float | None = Field(
+        gt=0, le=MAX_LIFETIME, description="seconds without activity before it stops; null: never"
+    )
+
+
 class NetworkRequest(_Body):
     """``"none"`` (refuse everything from now on) or ``{"allow": [...], "resolve": {...}}``."""
 

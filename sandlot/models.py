@@ -15,7 +15,10 @@ from .egress.policy import NetworkPolicy
 from .errors import InvalidArgumentError
 from .secrets.refs import MaybeSecret, SecretRef, as_ref
 
-DEFAULT_TIMEOUT = 300.0  # sandbox lifetime, seconds
+# A sandbox's two lifetimes (docs/lifetimes.md): the idle timeout ends one nobody uses (no
+# command, stream or client call for that long); the hard lifetime ends any, used or not.
+DEFAULT_TIMEOUT = 4 * 3600.0  # hard lifetime, seconds: a long chat fits, a runaway is bounded
+DEFAULT_IDLE_TIMEOUT = 600.0  # seconds: a pause to think survives it, an abandoned run does not
 DEFAULT_COMMAND_TIMEOUT = 60.0
 MAX_LIFETIME = 366 * 86400.0  # seconds: a sandbox's lifetime, and any timeout
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -114,7 +117,17 @@ class SandboxSpec(BaseModel):
 
     provider: str | None = None
     timeout: float = Field(
-        DEFAULT_TIMEOUT, gt=0, le=MAX_LIFETIME, description="lifetime in seconds (at most a year)"
+        DEFAULT_TIMEOUT,
+        gt=0,
+        le=MAX_LIFETIME,
+        description="hard lifetime in seconds (at most a year): the sandbox ends then, used or not",
+    )
+    idle_timeout: float | None = Field(
+        DEFAULT_IDLE_TIMEOUT,
+        gt=0,
+        le=MAX_LIFETIME,
+        description="seconds without activity (no command or cell running, no stream, no call) "
+        "after which the sandbox is stopped (a session's: checkpointed first); null: never",
     )
     env: dict[str, MaybeSecret] = Field(default_factory=dict)
     workdir: str = "/workspace"
@@ -180,6 +193,7 @@ class SandboxInfo(BaseModel):
     created_at: datetime
     expires_at: datetime
     owner_pid: int
+    idle_timeout: float | None = None  # seconds (None: none); see SandboxSpec
     handle: dict[str, Any] = Field(default_factory=dict, repr=False)
 
 

@@ -14,6 +14,11 @@ SIGCHLD = 17
 SIGTERM = 15
 SIGKILL = 9
 PARENT_CHECK = 1.0
+# Idleness: requests of these ops are not a client's activity (the host's idle checks, probes).
+NOT_ACTIVITY = ("idle", "ping")
+# Requests in flight that are plumbing the host keeps open, not anybody's use of the sandbox.
+PLUMBING = ("Listener", "_Standby")
+MAX_IDLE = 366 * 86400.0
 
 
 SEND_BUFFER = 4 * 1024 * 1024
@@ -77,6 +82,11 @@ class Agent:
         self._shell = None
         self._parent = parent
         self._deadline_timer = None
+        self._idle_limit = None  # seconds without activity before shutting down (None: never)
+        self._idle_timer = None
+        self._last_active = time.monotonic()
+        self._idle_checked = self._last_active
+        self._was_busy = False  # whether something was in use at the last look
         self._reap_all = reap_all
         posix.set_inheritable(listen_fd, False)  # commands must never inherit it
         self._listen = _socket.socket(fileno=listen_fd)
@@ -148,6 +158,69 @@ class Agent:
             self.loop.cancel(self._deadline_timer)
         self._deadline_timer = self.loop.call_at(time.monotonic() + seconds, self.shutdown)
 
+    def set_idle(self, seconds):
+        """Shut down after ``seconds`` without activity (None: never). The host that owns the
+        sandbox stops it earlier (it gives us a longer limit than its own); this is for when
+        no host is left to do it."""
+        if self._idle_timer is not None:
+            self.loop.cancel(self._idle_timer)
+            self._idle_timer = None
+        self._idle_limit = seconds
+        if seconds is not None:
+            self._last_active = self._idle_checked = time.monotonic()
+            self._idle_timer = self.loop.call_at(
+                self._idle_checked + self._idle_step(), self._idle_check
+            )
+
+    def _idle_step(self):
+        return min(max(self._idle_limit / 4, 0.25), 5.0)
+
+    def busy(self):
+        """What is in use now: running commands, ptys and installs, running cells, and host
+        requests in flight (streams being read, transfers, forwarded connections)."""
+        count = 0
+        for item in self.commands.values():
+            # A command's status is None while it runs; a code context's worker has none,
+            # and counts while a cell runs in it.
+            if getattr(item, "status", 0) is None or getattr(item, "cell", None) is not None:
+                count += 1
+        for conn in self.connections:
+            for request in conn.requests.values():
+                if type(request).__name__ not in PLUMBING:
+                    count += 1
+        return count
+
+    def idle_for(self):
+        """Seconds since the last activity (0 while something is in use). Something in use
+        at the last look and gone now ended between the two looks: it counts as ending now,
+        so idleness is never overstated (at most one look's interval understated)."""
+        now = time.monotonic()
+        busy = self.busy() > 0
+        if busy or self._was_busy or self._thawed(now):
+            self._last_active = now
+        self._was_busy = busy
+        return now - self._last_active
+
+    def _thawed(self, now):
+        """Whether our idle timer missed its time by far: we did not run meanwhile (the
+        sandbox was paused, the host suspended), and that time is nobody's idleness."""
+        if self._idle_limit is None:
+            return False
+        return now - self._idle_checked > 2 * self._idle_step() + 1.0
+
+    def _idle_check(self):
+        self._idle_timer = None
+        if self._idle_limit is None:
+            return
+        step = self._idle_step()
+        now = time.monotonic()
+        idle = self.idle_for()
+        self._idle_checked = now
+        if idle >= self._idle_limit:
+            self.shutdown()
+            return
+        self._idle_timer = self.loop.call_at(now + step, self._idle_check)
+
     def _check_parent(self):
         if posix.getppid() != self._parent:
             self.shutdown()
@@ -193,6 +266,8 @@ class Agent:
 
     def handle_request(self, conn, rid, request):
         op = request.get("op")
+        if op not in NOT_ACTIVITY:
+            self._last_active = time.monotonic()
         try:
             entry = OPERATIONS.get(op)
             if entry is None:
@@ -229,6 +304,23 @@ class Agent:
             raise AgentError("invalid_argument", "seconds must be a non-negative number")
         self.set_deadline(seconds)
         return {}
+
+    def op_idle(self, conn, rid, request):
+        """``{"op": "idle", "seconds": N | null, "touch": bool}``: ``seconds`` (when given)
+        sets the idle limit (null: none); ``touch`` counts as activity (the host saw some we
+        did not). Answers how long the sandbox has been idle, and how much is in use."""
+        if "seconds" in request:
+            seconds = request["seconds"]
+            if seconds is not None and (
+                not isinstance(seconds, (int, float))
+                or isinstance(seconds, bool)
+                or not 0 < seconds <= MAX_IDLE
+            ):
+                raise AgentError("invalid_argument", "seconds must be a positive number or null")
+            self.set_idle(seconds)
+        if request.get("touch") is True:
+            self._last_active = time.monotonic()
+        return {"idle": self.idle_for(), "busy": self.busy(), "limit": self._idle_limit}
 
     def op_env(self, conn, rid, request):
         """Set variables for every later command and code context: values the host keeps
@@ -292,6 +384,7 @@ OPERATIONS = {
     "exec": ("stream", _commands, "Command"),
     "signal": ("call", None, "op_signal"),
     "deadline": ("call", None, "op_deadline"),
+    "idle": ("call", None, "op_idle"),
     "info": ("call", None, "op_info"),
     "ping": ("call", None, "op_ping"),
     "read": ("stream", _files, "Download"),

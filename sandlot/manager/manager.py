@@ -2,7 +2,8 @@
 
 Records live in the store, so any process can find a sandbox; the process that created one
 owns it (bwrap's ``--die-with-parent`` ties the sandbox to it) and enforces its lifetime with
-a timer, backed by the agent's own deadline. Whatever a dead owner left behind (records,
+a timer, backed by the agent's own deadline, and its idle timeout (:mod:`.idle`), backed by the
+agent's own longer one. Whatever a dead owner left behind (records,
 cgroups, folders) is removed by :meth:`Manager.gc`, which runs at every manager's start and
 from ``sandlot gc``.
 """
@@ -32,7 +33,7 @@ from ..errors import (
     SandboxNotFoundError,
     SandlotError,
 )
-from ..models import MAX_LIFETIME, NetworkMode, SandboxInfo, SandboxSpec
+from ..models import MAX_LIFETIME, NetworkMode, SandboxInfo, SandboxSpec, check_seconds
 from ..providers import DEFAULT, Provider, Started, procinfo, provider_class, quota
 from ..secrets.refs import SecretRef, as_ref
 from ..secrets.resolve import has_refs, resolve_config, resolve_env
@@ -41,6 +42,7 @@ from ..store import Store, default_home, owner
 from ..supervisor import Loop, Supervisor
 from .base import GcReport, Live, LiveSandbox, default_provider
 from .egress import DialLocal, Egress, EventSink, check_network, new_settings
+from .idle import IdleWatch, agent_limit
 from .pool import Pools
 from .ports import ChannelFor, PortForwards, check_port
 from .workspaces import Workspaces
@@ -78,6 +80,10 @@ class Manager:
         self._providers: dict[str, Provider] = {}
         self._owned: dict[str, LiveSandbox] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.idle = IdleWatch(self._idle_channel, self._stop_idle, self._idle_timeout_of)
+        self._check_channels: dict[str, Channel] = {}  # for idle checks, once the owner's closed
+        # Called with the id of a sandbox about to be stopped for being idle.
+        self.on_idle: builtins.list[Callable[[str], None]] = []
         self._collected = False
         self._sweeper: Loop | None = None
         self._marked: set[str] = set()  # providers this manager has noted as used here
@@ -146,6 +152,7 @@ class Manager:
             created_at=now,
             expires_at=now + timedelta(seconds=spec.timeout),
             owner_pid=NO_OWNER if self.detached else os.getpid(),
+            idle_timeout=spec.idle_timeout,
         )
         spec, secret_config = await self._resolve_config(provider, spec, secrets)
         # The record goes in first: a concurrent gc then sees a live owner, never an orphan.
@@ -160,6 +167,8 @@ class Manager:
             raise
         if secret_config:  # which settings were secrets (names only), to resolve them again
             started.handle["secret_config"] = secret_config
+        if spec.idle_timeout is not None:  # for a process that adopts it
+            started.handle["idle_timeout"] = spec.idle_timeout
         info.handle = started.handle
         self.store.set_handle(info.id, started.handle)
         live = LiveSandbox(info, started.channel, provider, fell_back)
@@ -170,12 +179,13 @@ class Manager:
             started.exited.add_done_callback(lambda _: self._on_exit(info.id))
         if secrets is not None:
             self._secret_stores[info.id] = secrets
-        if provider.serves_egress:
-            try:
+        try:
+            await self.watch_idle(info.id, spec.idle_timeout, started.channel)
+            if provider.serves_egress:
                 await self._start_egress(info.id, spec, started.channel)
-            except BaseException:
-                await self.kill(info.id)
-                raise
+        except BaseException:
+            await self.kill(info.id)
+            raise
         return live
 
     async def _resolve_config(
@@ -363,6 +373,8 @@ class Manager:
         self._owned[sandbox_id] = live
         remaining = live.info.expires_at.timestamp() - time.time()
         self._schedule_expiry(sandbox_id, max(remaining, 0.0))
+        if isinstance(live.channel, Channel):  # its agent knows its limit already
+            self.idle.follow(sandbox_id, live.info.idle_timeout)
         live.channel.on_close.append(lambda _error: self._on_exit(sandbox_id))
         return live
 
@@ -433,6 +445,10 @@ class Manager:
         timer = self._timers.pop(info.id, None)
         if timer is not None:
             timer.cancel()
+        self.idle.forget(info.id)
+        checks = self._check_channels.pop(info.id, None)
+        if checks is not None:
+            checks.close()
         if live is not None:
             live.channel.close()
         self.ports.close(info.id)
@@ -501,6 +517,60 @@ class Manager:
             self._schedule_expiry(sandbox_id, seconds)
         return expires
 
+    # -- idleness (see .idle) ----------------------------------------------------------------
+
+    async def watch_idle(self, sandbox_id: str, seconds: float | None, channel: Any) -> None:
+        """Give an owned sandbox its idle timeout (None: none)."""
+        if seconds is not None and isinstance(channel, Channel):
+            await self.idle.watch(sandbox_id, seconds, channel)
+        # else none; or a remote server's sandbox, whose idle timeout that server keeps
+
+    async def set_idle_timeout(self, sandbox_id: str, seconds: float | None, channel: Any) -> None:
+        """A new idle timeout (None: none), counted from now. An owner in another process
+        learns of it at its next check (its agent's limit changed: it reads the store)."""
+        checked = check_seconds(seconds, "idle_timeout")
+        info, _ = self._lookup(sandbox_id)
+        if not isinstance(channel, Channel):
+            raise InvalidArgumentError("this sandbox's idle timeout is kept by its server")
+        await channel.call("idle", seconds=None if checked is None else agent_limit(checked))
+        handle = {k: v for k, v in info.handle.items() if k != "idle_timeout"}
+        if checked is not None:
+            handle["idle_timeout"] = checked
+        self.store.set_handle(sandbox_id, handle)
+        live = self._owned.get(sandbox_id)
+        if live is not None:
+            live.info.handle = handle
+            live.info.idle_timeout = checked
+            self.idle.follow(sandbox_id, checked)
+
+    def touch(self, sandbox_id: str) -> None:
+        """Activity its agent does not see (a server's call answered from its store)."""
+        self.idle.touch(sandbox_id)
+
+    async def _idle_channel(self, sandbox_id: str) -> Channel:
+        live = self._owned.get(sandbox_id)
+        if live is None:
+            raise SandboxNotFoundError(f"sandbox {sandbox_id} is not ours", id=sandbox_id)
+        if live.channel.closed is None:
+            return live.channel
+        channel = self._check_channels.get(sandbox_id)
+        if channel is None or channel.closed is not None:
+            info, provider = self._lookup(sandbox_id)
+            if not provider.is_alive(info.handle):
+                raise SandboxNotFoundError(f"sandbox {sandbox_id} has ended", id=sandbox_id)
+            channel = self._check_channels[sandbox_id] = await provider.connect(info.handle)
+            self._kill_on_violation(sandbox_id, channel)
+        return channel
+
+    def _idle_timeout_of(self, sandbox_id: str) -> float | None:
+        found = self.store.get(sandbox_id)
+        return found[0].idle_timeout if found is not None else None
+
+    async def _stop_idle(self, sandbox_id: str) -> None:
+        for callback in self.on_idle:
+            callback(sandbox_id)
+        await self.kill(sandbox_id)  # its release checkpoints a session's workspace
+
     async def pause(self, sandbox_id: str) -> None:
         """Freeze every process of the sandbox (bwrap: the cgroup freezer; docker: pause)
         until :meth:`resume`. Its lifetime keeps running."""
@@ -509,6 +579,9 @@ class Manager:
 
     async def resume(self, sandbox_id: str) -> None:
         info, provider = self._lookup(sandbox_id)
+        # Use, and before it runs again: an idle check left waiting on the frozen agent
+        # must not take the time it was paused for idleness.
+        self.touch(sandbox_id)
         await provider.resume(info.handle)
 
     async def is_paused(self, sandbox_id: str) -> bool:
@@ -649,6 +722,10 @@ class Manager:
         if self._sweeper is not None:
             await Supervisor.current().stop(self._sweeper)
             self._sweeper = None
+        self.idle.close()
+        for channel in self._check_channels.values():
+            channel.close()
+        self._check_channels.clear()
         await self.pools.close()
         if self.detached:
             for sandbox_id, live in list(self._owned.items()):

@@ -67,6 +67,7 @@ class PoolOwner(Protocol):
     async def create(self, spec: SandboxSpec) -> LiveSandbox: ...
     async def kill(self, sandbox_id: str) -> None: ...
     async def set_timeout(self, sandbox_id: str, seconds: float, channel: Channel) -> Any: ...
+    async def watch_idle(self, sandbox_id: str, seconds: float | None, channel: Any) -> None: ...
     async def close(self) -> None: ...
     def _schedule_expiry(self, sandbox_id: str, seconds: float) -> None: ...
     def _kill_on_violation(self, sandbox_id: str, channel: Channel) -> None: ...
@@ -83,7 +84,7 @@ MAX_SIZE = 1000
 REFILL_DELAY = 0.05  # seconds after a take before its refill starts: the take returns first
 CLOSE_WAIT = 10.0  # seconds close() lets refills in flight finish (short scripts take too)
 POOL_LABEL = "sandlot.pool"  # a member's metadata until taken: its pool's key
-_KEY_EXCLUDE = {"metadata", "timeout"}
+_KEY_EXCLUDE = {"metadata", "timeout", "idle_timeout"}  # lifetimes are the taker's
 _OWNER_STARTED = procinfo.start_time(os.getpid())
 # Taken members this process owns, by id: their handles. A member was started without
 # ``--die-with-parent`` (by whichever process filled the pool), so the owner's exit ends it
@@ -303,6 +304,10 @@ class Pools:
                 channel = await provider.connect(info.handle)
                 manager._kill_on_violation(info.id, channel)
             await channel.call("deadline", seconds=spec.timeout)
+            if spec.idle_timeout is not None:  # in its handle, for a process that adopts it
+                manager.store.set_handle(
+                    info.id, {**info.handle, "idle_timeout": spec.idle_timeout}
+                )
         except Exception as exc:
             log.warning("pool member %s cannot be used (%s): killing it", info.id, exc)
             await self._kill(info.id)
@@ -312,6 +317,13 @@ class Pools:
         manager._owned[info.id] = live
         manager._secret_values[info.id] = []  # a pooled spec has no secret variables
         manager._schedule_expiry(info.id, spec.timeout)
+        info.idle_timeout = spec.idle_timeout
+        try:
+            await manager.watch_idle(info.id, spec.idle_timeout, channel)
+        except Exception as exc:
+            log.warning("pool member %s cannot be used (%s): killing it", info.id, exc)
+            await manager.kill(info.id)
+            return None
         if child is not None:  # its end releases it, as for a sandbox created here
             child.exited.add_done_callback(lambda _: manager._on_exit(info.id))
         if not manager.detached and "pid" in info.handle:
@@ -455,7 +467,12 @@ class Pools:
 def _member_spec(stored: dict[str, Any], key: str) -> SandboxSpec:
     try:
         spec = SandboxSpec.model_validate(
-            {**stored, "timeout": UNFINISHED_LIFETIME, "metadata": {POOL_LABEL: key}}
+            {
+                **stored,
+                "timeout": UNFINISHED_LIFETIME,
+                "idle_timeout": None,  # a member waits unused: the taker's starts at the take
+                "metadata": {POOL_LABEL: key},
+            }
         )
     except Exception as exc:
         from pydantic import ValidationError

@@ -117,6 +117,7 @@ class Sessions:
         self._closed = False
         manager.on_release.append(self._released)
         manager.on_checkpoint.append(self._checkpointed)
+        manager.on_idle.append(self._idle)
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -507,6 +508,17 @@ class Sessions:
                 self._write(self.store.set_checkpoint, session_id, result.number),
                 "record-checkpoint",
             )
+
+    def _idle(self, sandbox_id: str) -> None:
+        """A session's sandbox nobody used for its idle timeout is about to stop (its
+        release checkpoints the workspace)."""
+        found = self.manager.store.get(sandbox_id)
+        session = found[0].handle.get("session") if found is not None else None
+        if isinstance(session, dict) and session.get("id"):
+            self.note(
+                str(session["id"]), "sandbox",
+                {"event": "stopping", "sandbox": sandbox_id, "why": "idle"},
+            )  # fmt: skip
 
     def _released(self, sandbox_id: str) -> None:
         """A sandbox ended (whoever ended it): a session pointing at it no longer has it."""

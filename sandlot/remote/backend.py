@@ -17,7 +17,7 @@ from ..api import SandboxOut
 from ..errors import InvalidArgumentError, SandboxNotFoundError
 from ..manager import GcReport
 from ..manager.ports import check_port
-from ..models import SandboxInfo, SandboxSpec
+from ..models import DEFAULT_IDLE_TIMEOUT, SandboxInfo, SandboxSpec
 from .channel import RemoteChannel
 from .client import Client
 
@@ -55,7 +55,7 @@ class RemoteBackend:
         answer = await self.client.call(
             "POST",
             "/v1/sandboxes",
-            json=spec.model_dump(mode="json"),
+            json=spec_body(spec),
             headers={"Idempotency-Key": "create-" + uuid.uuid4().hex},
             retry=True,
             call_timeout=self.client.slow_call_timeout,  # may pull an image
@@ -81,6 +81,11 @@ class RemoteBackend:
             "POST", _path(sandbox_id) + "/timeout", json={"seconds": seconds}, retry=True
         )
         return datetime.fromisoformat(answer["expires_at"])
+
+    async def set_idle_timeout(self, sandbox_id: str, seconds: float | None, channel: Any) -> None:
+        await self.client.call(
+            "POST", _path(sandbox_id) + "/idle_timeout", json={"seconds": seconds}, retry=True
+        )
 
     async def is_running(self, live: Live) -> bool:
         if live.channel.closed is not None:
@@ -134,6 +139,15 @@ class RemoteBackend:
     ) -> tuple[dict[str, Any], builtins.list[str]]:
         """References travel as they are: the server resolves them with its tenant's."""
         return {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in env.items()}, []
+
+
+def spec_body(spec: SandboxSpec) -> dict[str, Any]:
+    """A create body. The idle timeout goes only when it is not the default: a server older
+    than idle timeouts refuses the field (a newer one applies the same default without it)."""
+    body = spec.model_dump(mode="json")
+    if spec.idle_timeout == DEFAULT_IDLE_TIMEOUT:
+        del body["idle_timeout"]
+    return body
 
 
 def _path(sandbox_id: str) -> str:

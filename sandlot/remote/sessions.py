@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..api import AttachOut, SessionEventOut, SessionOut
 from ..errors import RemoteUnavailableError, SandboxClosedError, SessionNotFoundError
 from ..models import SandboxSpec, SessionEvent, SessionInfo
-from .backend import RemoteBackend
+from .backend import RemoteBackend, spec_body
 
 if TYPE_CHECKING:
     from ..sdk.sandbox import AsyncSandbox
@@ -76,7 +76,7 @@ class RemoteSessions:
     ) -> tuple[AsyncSandbox, str]:
         from ..sdk.sandbox import AsyncSandbox
 
-        body = {**spec.model_dump(mode="json"), "reuse": reuse, "lease_ttl": lease_ttl}
+        body = {**spec_body(spec), "reuse": reuse, "lease_ttl": lease_ttl}
         answer = AttachOut.model_validate(await self.client.attach_session(session_id, body))
         backend = RemoteBackend(self.client)
         live = backend._live(answer.sandbox.model_dump(mode="json"))

@@ -13,6 +13,7 @@ from ..egress.policy import NetworkPolicy
 from ..errors import InvalidArgumentError, SandboxNotFoundError
 from ..manager import GcReport
 from ..models import (
+    DEFAULT_IDLE_TIMEOUT,
     CodeContext,
     CommandResult,
     Execution,
@@ -55,11 +56,13 @@ def build_spec(
     config: dict[str, Any],
     network: Any = "none",
     bridge: Any = None,
+    idle_timeout: Any = DEFAULT_IDLE_TIMEOUT,
 ) -> SandboxSpec:
     try:
         return SandboxSpec(
             provider=provider,
             timeout=timeout,
+            idle_timeout=idle_timeout,
             env=env or {},
             metadata=metadata or {},
             resources=resources or Resources(),
@@ -122,7 +125,8 @@ class AsyncSandbox:
         cls,
         provider: str | None = None,
         *,
-        timeout: float = 300,
+        timeout: float = 14400,
+        idle_timeout: float | None = 600,
         env: dict[str, str | SecretRef | dict[str, str]] | None = None,
         metadata: dict[str, str] | None = None,
         resources: Resources | dict[str, Any] | None = None,
@@ -138,10 +142,16 @@ class AsyncSandbox:
 
         ``network``: ``"none"`` (default), ``{"allow": [rules]}`` (only those hosts, through
         the egress proxy; see docs/egress.md) or ``"full"``. ``bridge``: a callback bridge
-        to your control plane. ``env`` values may be ``{"secret": NAME}``."""
+        to your control plane. ``env`` values may be ``{"secret": NAME}``.
+
+        ``timeout``: the hard lifetime, seconds (default 4 h): the sandbox ends then, used or
+        not. ``idle_timeout``: it ends sooner once nothing has used it for this long (no
+        command or cell running, no stream, no call; default 10 min; None: never). See
+        docs/lifetimes.md."""
         spec = build_spec(
-            provider, timeout, env, metadata, resources, workdir, config, network, bridge
-        )
+            provider, timeout, env, metadata, resources, workdir, config, network, bridge,
+            idle_timeout,
+        )  # fmt: skip
         return _Creating(cls._create(spec, client))
 
     @classmethod
@@ -238,6 +248,13 @@ class AsyncSandbox:
         expires = await self._manager.set_timeout(self.id, checked, self._live.channel)
         self._live.info.expires_at = expires
         return expires
+
+    async def set_idle_timeout(self, seconds: float | None) -> None:
+        """Stop the sandbox once nothing has used it for ``seconds`` (None: never), counted
+        from now (this call is a use). Its hard lifetime (:meth:`set_timeout`) stays."""
+        checked = check_seconds(seconds, "idle_timeout")
+        await self._manager.set_idle_timeout(self.id, checked, self._live.channel)
+        self._live.info.idle_timeout = checked
 
     # -- stateful code -----------------------------------------------------------------------
 

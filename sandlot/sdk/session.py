@@ -227,6 +227,7 @@ class AsyncSession:
         force: bool = False,
         lease_ttl: float = LEASE_TTL,
         timeout: float = 3600,
+        idle_timeout: float | None = 600,
         env: dict[str, Any] | None = None,
         resources: Any = None,
         network: Any = "none",
@@ -241,8 +242,13 @@ class AsyncSession:
         busy error while another caller holds it). ``force``: a run of this sandbox
         cancels a run that holds the session's lock instead of failing with
         :class:`~sandlot.errors.SessionBusyError`. ``lease_ttl``: seconds the sandbox
-        outlives this process's last heartbeat (sent every ``lease_ttl / 3``)."""
-        spec = build_spec(provider, timeout, env, None, resources, "/workspace", config, network)
+        outlives this process's last heartbeat (sent every ``lease_ttl / 3``). ``idle_timeout``:
+        seconds without any use (no command or cell running, no stream, no call) after which
+        the sandbox is checkpointed and stopped (None: never; see docs/lifetimes.md)."""
+        spec = build_spec(
+            provider, timeout, env, None, resources, "/workspace", config, network, None,
+            idle_timeout,
+        )  # fmt: skip
         return _Attaching(self, spec, reuse, force, lease_ttl)
 
     async def _attach(

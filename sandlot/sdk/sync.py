@@ -366,7 +366,8 @@ class Sandbox:
         cls,
         provider: str | None = None,
         *,
-        timeout: float = 300,
+        timeout: float = 14400,
+        idle_timeout: float | None = 600,
         env: dict[str, str | SecretRef | dict[str, str]] | None = None,
         metadata: dict[str, str] | None = None,
         resources: Resources | dict[str, Any] | None = None,
@@ -382,10 +383,16 @@ class Sandbox:
 
         ``network``: ``"none"`` (default), ``{"allow": [rules]}`` (only those hosts, through
         the egress proxy; see docs/egress.md) or ``"full"``. ``bridge``: a callback bridge
-        to your control plane. ``env`` values may be ``{"secret": NAME}``."""
+        to your control plane. ``env`` values may be ``{"secret": NAME}``.
+
+        ``timeout``: the hard lifetime, seconds (default 4 h): the sandbox ends then, used or
+        not. ``idle_timeout``: it ends sooner once nothing has used it for this long (no
+        command or cell running, no stream, no call; default 10 min; None: never). See
+        docs/lifetimes.md."""
         spec = build_spec(
-            provider, timeout, env, metadata, resources, workdir, config, network, bridge
-        )
+            provider, timeout, env, metadata, resources, workdir, config, network, bridge,
+            idle_timeout,
+        )  # fmt: skip
         return cls(_portal.call(AsyncSandbox._create(spec, client)))
 
     @classmethod
@@ -414,6 +421,11 @@ class Sandbox:
     def set_timeout(self, seconds: float) -> datetime:
         """Destroy the sandbox ``seconds`` from now instead of at its old deadline."""
         return _portal.call(self._inner.set_timeout(seconds))
+
+    def set_idle_timeout(self, seconds: float | None) -> None:
+        """Stop the sandbox once nothing has used it for ``seconds`` (None: never), counted
+        from now (this call is a use). Its hard lifetime (:meth:`set_timeout`) stays."""
+        _portal.call(self._inner.set_idle_timeout(seconds))
 
     def pause(self) -> None:
         """Freeze everything in the sandbox where it stands (bwrap: the cgroup freezer;

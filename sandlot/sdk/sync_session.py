@@ -95,6 +95,7 @@ class Session:
         force: bool = False,
         lease_ttl: float = LEASE_TTL,
         timeout: float = 3600,
+        idle_timeout: float | None = 600,
         env: dict[str, Any] | None = None,
         resources: Any = None,
         network: Any = "none",
@@ -108,13 +109,16 @@ class Session:
         busy error while another caller holds it). ``force``: a run of this sandbox
         cancels a run that holds the session's lock instead of failing with
         :class:`~sandlot.errors.SessionBusyError`. ``lease_ttl``: seconds the sandbox
-        outlives this process's last heartbeat (sent every ``lease_ttl / 3``)."""
+        outlives this process's last heartbeat (sent every ``lease_ttl / 3``). ``idle_timeout``:
+        seconds without any use (no command or cell running, no stream, no call) after which
+        the sandbox is checkpointed and stopped (None: never; see docs/lifetimes.md)."""
         attaching = self._inner.sandbox(
             provider,
             reuse=reuse,
             force=force,
             lease_ttl=lease_ttl,
             timeout=timeout,
+            idle_timeout=idle_timeout,
             env=env,
             resources=resources,
             network=network,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
-from ..api import NetworkRequest, SandboxOut, TimeoutRequest
+from ..api import IdleTimeoutRequest, NetworkRequest, SandboxOut, TimeoutRequest
 from ..errors import InvalidArgumentError
 from ..models import SandboxSpec
 from ..providers import provider_class
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 SSE_RESPONSE = {200: {"content": {MEDIA_TYPE: {}}, "description": "Server-Sent Events"}}
 
 
-def sandbox_out(record: SandboxRecord) -> SandboxOut:
+def sandbox_out(record: SandboxRecord, idle_timeout: float | None = None) -> SandboxOut:
     try:
         isolated = provider_class(record.provider).isolated
     except Exception:
@@ -35,6 +35,7 @@ def sandbox_out(record: SandboxRecord) -> SandboxOut:
         owner_pid=0,
         session_id=record.session_id,
         isolated=isolated,
+        idle_timeout=idle_timeout,
     )
 
 
@@ -56,7 +57,7 @@ async def create_sandbox(
     except BaseException:
         await once.abandon()
         raise
-    body = sandbox_out(served.record).model_dump_json().encode()
+    body = sandbox_out(served.record, served.live.info.idle_timeout).model_dump_json().encode()
     await once.finish(201, "application/json", body)
     return Response(body, status_code=201, media_type="application/json")
 
@@ -79,12 +80,15 @@ async def list_sandboxes(
     records = await asyncio.to_thread(
         state.records.list_sandboxes, caller.tenant, wanted, "running"
     )
-    return [sandbox_out(r) for r in records if r.id in state.served]
+    served = state.served
+    return [sandbox_out(r, served[r.id].live.info.idle_timeout) for r in records if r.id in served]
 
 
 @router.get("/{sandbox_id}", response_model=SandboxOut)
 async def get_sandbox(sandbox_id: str, state: State, caller: Caller) -> SandboxOut:
-    return sandbox_out(await state.record(caller, sandbox_id))
+    served = state.served.get(sandbox_id)
+    idle = served.live.info.idle_timeout if served is not None else None
+    return sandbox_out(await state.record(caller, sandbox_id), idle)
 
 
 @router.delete("/{sandbox_id}", status_code=204)
@@ -101,6 +105,17 @@ async def set_timeout(
     """Destroy the sandbox ``seconds`` from now instead of at its old deadline."""
     expires = await state.set_timeout(caller, sandbox_id, body.seconds)
     return {"expires_at": expires.isoformat()}
+
+
+@router.post("/{sandbox_id}/idle_timeout", status_code=204)
+async def set_idle_timeout(
+    sandbox_id: str, body: IdleTimeoutRequest, state: State, caller: Caller
+) -> Response:
+    """Stop the sandbox once nothing has used it for ``seconds`` (null: never), counted from
+    now (this call is a use). Its hard lifetime stays."""
+    served = await state.get(caller, sandbox_id)
+    await state.manager.set_idle_timeout(sandbox_id, body.seconds, served.live.channel)
+    return Response(status_code=204)
 
 
 @router.post("/{sandbox_id}/pause", status_code=204)
@@ -160,4 +175,5 @@ async def transcript(
     """The log of the sandbox's session as Server-Sent Events (``id`` = sequence number),
     then new events as they happen (unless ``follow=false``)."""
     record = await state.record(caller, sandbox_id)
-    return event_stream(state, record.session_id, after_from(after, last_event_id), follow=follow)
+    start = after_from(after, last_event_id)
+    return event_stream(state, record.session_id, start, follow=follow, sandbox_id=sandbox_id)

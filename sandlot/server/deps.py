@@ -146,7 +146,11 @@ def event_stream(
     execution_id: str | None = None,
     follow: bool = True,
     headers: dict[str, str] | None = None,
+    sandbox_id: str | None = None,
 ) -> StreamingResponse:
+    """``sandbox_id``: the sandbox whose transcript this is; a stream being read is its
+    activity (each batch or keep-alive counts)."""
+
     async def body() -> AsyncIterator[bytes]:
         events = state.hub.follow(
             session_id,
@@ -157,6 +161,8 @@ def event_stream(
             heartbeat=KEEPALIVE_SECONDS,
         )
         async for batch in events:
+            if sandbox_id is not None:
+                state.manager.touch(sandbox_id)
             # An empty batch is a quiet spell: a comment line keeps proxies from closing.
             yield b"".join(map(sse.encode, batch)) if batch else sse.KEEPALIVE
 

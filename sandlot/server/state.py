@@ -164,6 +164,7 @@ class ServerState:
     _auth_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
     _maintenance: Loop | None = None
     _endings: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    _idle: set[str] = field(default_factory=set)  # sandboxes being stopped for idleness
 
     @classmethod
     async def start(cls, settings: ServerSettings, metrics: Metrics) -> ServerState:
@@ -199,6 +200,7 @@ class ServerState:
         )
         # First: the server records a sandbox's end (with why) before the sessions do.
         state.manager.on_release.insert(0, state._released)
+        state.manager.on_idle.append(state._idle.add)
         state.manager.on_egress_event.append(state._egress_event)
         state.manager.secrets_for = state._secrets_of_sandbox
         await hub.write(state.keys.ensure_tenant, LOCAL_TENANT)
@@ -380,6 +382,7 @@ class ServerState:
             raise SandboxClosedError(f"sandbox {sandbox_id} has ended", id=sandbox_id)
         if served.live.channel.closed is not None:
             raise SandboxClosedError(f"sandbox {sandbox_id} has stopped", id=sandbox_id)
+        self.manager.touch(sandbox_id)  # a call of its tenant's: activity
         return served
 
     async def call(self, principal: Principal, sandbox_id: str, op: str, **args: Any) -> Any:
@@ -392,6 +395,7 @@ class ServerState:
         record = await asyncio.to_thread(self.records.get_sandbox, sandbox_id, principal.tenant)
         if record is None:
             raise SandboxNotFoundError(f"no sandbox with id {sandbox_id!r}", id=sandbox_id)
+        self.manager.touch(sandbox_id)
         return record
 
     async def kill(self, principal: Principal, sandbox_id: str) -> None:
@@ -471,11 +475,14 @@ class ServerState:
 
     def _released(self, sandbox_id: str) -> None:
         """The manager let a sandbox go (killed, expired, or it died)."""
+        idle = sandbox_id in self._idle
+        self._idle.discard(sandbox_id)
         served = self.served.pop(sandbox_id, None)
         if served is None:
             return
         self.runs.cancel(sandbox_id)
-        self._ending(sandbox_id, served.record.session_id, "killed")
+        why = "idle" if idle else "killed"
+        self._ending(sandbox_id, served.record.session_id, why)
 
     def _ending(self, sandbox_id: str, session_id: str, why: str) -> asyncio.Future[None]:
         """The one task that records a sandbox's end (a kill and the manager's release

@@ -533,12 +533,15 @@ _SELECT = (
 
 
 def _row(row: tuple[Any, ...]) -> tuple[SandboxInfo, int | None]:
+    handle = json.loads(row[4])
+    idle = handle.get("idle_timeout")  # kept in the handle: no column, no migration
     info = SandboxInfo(
         id=row[0],
         provider=row[1],
         state=row[2],
         metadata=json.loads(row[3]),
-        handle=json.loads(row[4]),
+        handle=handle,
+        idle_timeout=idle if isinstance(idle, (int, float)) and idle > 0 else None,
         created_at=_ts(row[5]),
         expires_at=_ts(row[6]),
         owner_pid=row[7],

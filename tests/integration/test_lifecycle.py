@@ -63,7 +63,8 @@ def test_id_info_and_kill(sb: sandlot.Sandbox) -> None:
     assert sb.isolated is True
     assert sb.info.owner_pid == os.getpid()
     lifetime = (sb.info.expires_at - sb.info.created_at).total_seconds()
-    assert lifetime == pytest.approx(300, abs=1)  # the default lifetime
+    assert lifetime == pytest.approx(4 * 3600, abs=1)  # the default hard lifetime
+    assert sb.info.idle_timeout == 600  # and the default idle timeout (docs/lifetimes.md)
     assert sb.is_running() is True
     assert sb.id in listed_ids()
     pid = sb.info.handle["pid"]

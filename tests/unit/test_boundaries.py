@@ -104,5 +104,6 @@ def test_bad_sandbox_settings_are_refused_with_a_clear_message(kwargs):
 def test_defaults_fail_closed():
     spec = SandboxSpec()
     assert spec.env == {}
-    assert spec.timeout == 300
+    assert spec.timeout == 4 * 3600  # the hard lifetime: a long chat fits
+    assert spec.idle_timeout == 600  # the idle timeout: an abandoned sandbox goes soon
     assert spec.resources == Resources(memory_mb=512, pids=256, cpus=1.0, tmp_mb=256)
