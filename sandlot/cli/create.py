@@ -50,6 +50,13 @@ def create(
     timeout: Annotated[
         float, typer.Option("--timeout", "-t", help="Sandbox lifetime, seconds.")
     ] = 300.0,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(
+            "--idle-timeout",
+            help="Stop it after this many seconds without use (0: never; default 600).",
+        ),
+    ] = 600.0,
     env: EnvOption = None,
     workdir: WorkdirOption = "/workspace",
     memory_mb: MemoryOption = None,
@@ -66,10 +73,13 @@ def create(
 ) -> None:
     """Create a sandbox that keeps running after this command; print its id.
 
-    It lives until `sandlot kill ID` or its lifetime (--timeout) ends.
+    It lives until `sandlot kill ID`, its lifetime (--timeout) ends, or nothing has used it
+    for --idle-timeout seconds.
     Example: ID=$(sandlot create -t 3600) && sandlot exec $ID -- make
     """
     check_positive(timeout, "--timeout")
+    if idle_timeout < 0:
+        raise UsageError(f"--idle-timeout must be 0 (never) or positive, got {idle_timeout:g}")
     if not workdir.startswith("/"):
         raise UsageError(f"--workdir must be an absolute path, got {workdir!r}")
     config = parse_settings(setting)
@@ -81,6 +91,7 @@ def create(
         "resources": {"memory_mb": memory_mb} if memory_mb is not None else None,
         "metadata": pairs(meta, "--meta") or None,
         "workdir": workdir,
+        "idle_timeout": idle_timeout or None,
         **config,
     }
     sandbox = _create(provider, timeout, settings)

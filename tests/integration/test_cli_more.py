@@ -62,7 +62,17 @@ def test_create_outlives_the_command_until_killed(home: Path) -> None:
 
 
 def test_create_takes_the_spec_and_prints_its_record_as_json(home: Path) -> None:
-    args = ["--json", "-t", "120", "-e", "GREETING=hi", "-m", "who=cli-more"]
+    args = [
+        "--json",
+        "-t",
+        "120",
+        "--idle-timeout",
+        "900",
+        "-e",
+        "GREETING=hi",
+        "-m",
+        "who=cli-more",
+    ]
     done = cli(home, "create", *args, "-w", "/workspace/src", "--memory-mb", "256")
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
@@ -70,6 +80,7 @@ def test_create_takes_the_spec_and_prints_its_record_as_json(home: Path) -> None
         assert record["id"].startswith("sb-")
         assert record["state"] == "running"
         assert record["metadata"]["who"] == "cli-more"
+        assert record["idle_timeout"] == 900
         assert [i["id"] for i in running(home, "who=cli-more")] == [record["id"]]
         done = cli(home, "exec", record["id"], "--", 'echo "$GREETING"; pwd')
         assert (done.stdout, done.returncode) == ("hi\n/workspace/src\n", 0)
@@ -84,6 +95,7 @@ def test_create_takes_the_spec_and_prints_its_record_as_json(home: Path) -> None
         (["--provider", "nope"], "unknown provider"),
         (["--workdir", "rel"], "absolute"),
         (["--timeout", "0"], "--timeout"),
+        (["--idle-timeout", "-1"], "--idle-timeout"),
         (["-e", "novalue"], "KEY=VALUE"),
     ],
 )
