@@ -243,22 +243,13 @@ class ServerState:
 
     async def recover(self) -> None:
         """After a restart: adopt the sandboxes that still run (they outlive the server),
-        end the records of the rest, and end the executions the last process was pumping:
-        what they printed after it died was not recorded, and their followers must get an
-        end to their stream."""
-        for execution in await asyncio.to_thread(self.records.running_executions, None):
-            if execution.id not in self.runs:
-                outcome = ExecutionLostError(
-                    "the server restarted while this ran: what it did after that was not "
-                    "recorded (it may still be running in the sandbox)",
-                    id=execution.id,
-                ).to_dict()
-                # The error event ends the execution's record as it commits.
-                self.hub.put_nowait(
-                    execution.session_id, execution.id, "error", json.dumps(outcome).encode()
-                )
-                # A durable session's run lock held by it would never be released.
-                await self.sessions.unlock(execution.session_id, execution.id)
+        end the records of the rest, and carry on the executions the last process was
+        pumping. A command of an adopted sandbox is re-attached to (the agent keeps its
+        process and output log): its record goes on from the agent offset the log stored,
+        with its run lock (if it held its session's) held until it ends. The rest end with
+        ExecutionLostError, so their followers get an end to their stream: a command whose
+        sandbox (or process, to its agent) is gone, and code cells, which the agent cannot
+        re-attach to."""
         for record in await asyncio.to_thread(self.records.list_sandboxes, None, None, "running"):
             try:
                 live = await self.manager.adopt(record.id)
@@ -269,6 +260,60 @@ class ServerState:
             durable = session is not None and session.workspace is not None
             self.served[record.id] = Served(record, live, durable)
             self._note(record.session_id, "sandbox", {"event": "adopted", "sandbox": record.id})
+        tenant_secrets: dict[str, list[str]] = {}
+        for execution in await asyncio.to_thread(self.records.running_executions, None):
+            if execution.id in self.runs:
+                continue
+            why = await self._reattach(execution, tenant_secrets)
+            if why is None:
+                continue
+            outcome = ExecutionLostError(why, id=execution.id).to_dict()
+            # The error event ends the execution's record as it commits.
+            self.hub.put_nowait(
+                execution.session_id, execution.id, "error", json.dumps(outcome).encode()
+            )
+            # A durable session's run lock held by it would never be released.
+            await self.sessions.unlock(execution.session_id, execution.id)
+
+    async def _reattach(
+        self, execution: ExecutionRecord, tenant_secrets: dict[str, list[str]]
+    ) -> str | None:
+        """Carry on an execution after a restart (see recover); None if it does, else why it
+        is lost."""
+        lost = "the server restarted while this ran: what it did after that was not recorded"
+        served = self.served.get(execution.sandbox_id)
+        if served is None:
+            return f"{lost}, and its sandbox is gone"
+        if execution.kind != "command" or execution.pid is None:
+            return f"{lost} (it may still be running in the sandbox)"
+        record = served.record
+        if record.tenant not in tenant_secrets:  # which the command used is not recorded
+            tenant_secrets[record.tenant] = await self._all_secret_values(record.tenant)
+        secrets = [*await self.manager.secret_values(record.id), *tenant_secrets[record.tenant]]
+        place = await asyncio.to_thread(self.records.resume_of, execution.id)
+        locked = served.durable and execution.id == await self.sessions.lock_holder(
+            execution.session_id
+        )
+        try:
+            await self.runs.reattach(
+                served.live.channel, execution, place, secrets=secrets, locked=locked
+            )
+        except Exception as exc:  # one execution's trouble must not stop the server
+            if getattr(exc, "code", None) == "process_not_found":
+                return f"{lost}, and its process is gone from the sandbox"
+            log.warning("cannot re-attach to execution %s: %s", execution.id, exc)
+            return f"{lost}: re-attaching to it failed ({exc})"
+        return None
+
+    async def _all_secret_values(self, tenant: str) -> list[str]:
+        """Every secret value of a tenant: masked in a re-attached command's output (a
+        superset of the values its environment used, which were not recorded)."""
+        store = self.secrets(tenant)
+        try:
+            return [await store.get(info.name) for info in await store.list()]
+        except Exception:
+            log.warning("cannot read the secrets of tenant %s to mask output", tenant)
+            return []
 
     # -- auth -------------------------------------------------------------------------------
 

@@ -192,6 +192,8 @@ executions = Table(
     Column("created_at", Double, nullable=False),
     Column("ended_at", Double),
     Column("outcome", Text),  # JSON object
+    # A running command's place in the agent's output log (JSON, see transcript.recorder).
+    Column("resume", Text),
     Index("ix_executions_state_sandbox_id", "state", "sandbox_id"),
 )
 

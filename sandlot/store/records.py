@@ -348,6 +348,29 @@ class Records:
             ).one_or_none()
         return None if row is None else _execution(row)
 
+    def set_resume(self, execution_id: str, resume: str, conn: Connection) -> None:
+        """Where a running command's record stands (in ``conn``'s transaction: the one of
+        the output it describes)."""
+        conn.execute(
+            update(executions)
+            .where(executions.c.id == execution_id, executions.c.state == "running")
+            .values(resume=resume)
+        )
+
+    def resume_of(self, execution_id: str) -> list[Any] | None:
+        """What :meth:`set_resume` last stored (None: no output recorded yet)."""
+        with self.db.read() as conn:
+            value = conn.execute(
+                select(executions.c.resume).where(executions.c.id == execution_id)
+            ).scalar_one_or_none()
+        if value is None:
+            return None
+        try:
+            found = json.loads(value)
+        except ValueError:
+            return None
+        return found if isinstance(found, list) else None
+
     def set_execution_pid(self, execution_id: str, pid: int) -> None:
         self._update_one(executions, execution_id, "execution", pid=pid)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -39,8 +39,10 @@ _START = (
     "INSERT INTO executions (id, session_id, sandbox_id, kind, state, pid, created_at)"
     " VALUES (?, ?, ?, ?, 'running', ?, ?)"
 )
+_RESUME = "UPDATE executions SET resume = ? WHERE id = ? AND state = 'running'"
 _END = "UPDATE executions SET state = 'ended', ended_at = ?, outcome = ?, last_seq = ? WHERE id = ?"
 Item = tuple[str | None, str, bytes]
+Progress = Mapping[str, tuple[int, ...]]  # a command's place in the agent's log, by execution
 
 
 class LogWriter:
@@ -56,23 +58,35 @@ class LogWriter:
         self.inline = db.dialect == "sqlite"
 
     def append(
-        self, session_id: str, items: Sequence[Item], starts: Sequence[ExecutionRecord] = ()
+        self,
+        session_id: str,
+        items: Sequence[Item],
+        starts: Sequence[ExecutionRecord] = (),
+        progress: Progress | None = None,
     ) -> list[Event]:
-        """Append the items (numbered in order), insert the started executions' records and
-        end those whose exit or error is in the batch: one transaction."""
+        """Append the items (numbered in order), insert the started executions' records,
+        store where running commands stand in the agent's log (``progress``: what a restart
+        resumes from, so it must commit with the output it describes) and end those whose
+        exit or error is in the batch: one transaction."""
         if not items:
             return []
         if self.db.dialect != "sqlite":
             return self.log.append(
-                session_id, items, lambda conn, out: self._derive(conn, out, starts)
+                session_id, items, lambda conn, out: self._derive(conn, out, starts, progress)
             )
-        return self._append_sqlite(session_id, items, starts)
+        return self._append_sqlite(session_id, items, starts, progress)
 
     def _derive(
-        self, conn: Connection, events: list[Event], starts: Sequence[ExecutionRecord]
+        self,
+        conn: Connection,
+        events: list[Event],
+        starts: Sequence[ExecutionRecord],
+        progress: Progress | None,
     ) -> None:
         for record in starts:
             self.records.add_execution(record, conn)
+        for execution_id, place in (progress or {}).items():
+            self.records.set_resume(execution_id, json.dumps(place), conn)
         for event in events:
             if event.kind in TERMINAL and event.execution_id is not None:
                 self.records.end_execution(event.execution_id, _outcome(event), event.seq, conn)
@@ -86,7 +100,11 @@ class LogWriter:
         return self._raw
 
     def _append_sqlite(
-        self, session_id: str, items: Sequence[Item], starts: Sequence[ExecutionRecord]
+        self,
+        session_id: str,
+        items: Sequence[Item],
+        starts: Sequence[ExecutionRecord],
+        progress: Progress | None,
     ) -> list[Event]:
         db = self._connection()
         stored = [pack(kind, data) for _, kind, data in items]  # before the lock is taken
@@ -121,6 +139,9 @@ class LogWriter:
                         epoch(record.created_at),
                     ),
                 )
+            if progress:
+                for execution_id, place in progress.items():
+                    db.execute(_RESUME, (json.dumps(place), execution_id))
             for event in events:
                 if event.kind in TERMINAL and event.execution_id is not None:
                     outcome = json.dumps(_outcome(event))
