@@ -217,9 +217,7 @@ class Hub:
         else:
             if not session.pending:
                 session.since = time.monotonic()
-            session.pending.append(
-                _Pending(execution_id, kind, bytearray(data), record, progress)
-            )
+            session.pending.append(_Pending(execution_id, kind, bytearray(data), record, progress))
         session.pending_bytes += len(data)
         self._pending_bytes += len(data)
         self._dirty.add(session_id)
@@ -310,9 +308,7 @@ class Hub:
         transient failures (a busy or restarting database) are retried."""
         items = [(p.execution_id, p.kind, bytes(p.data)) for p in batch]
         starts = [p.record for p in batch if p.record is not None]
-        progress = {
-            p.execution_id: p.progress for p in batch if p.progress and p.execution_id
-        }
+        progress = {p.execution_id: p.progress for p in batch if p.progress and p.execution_id}
         delay = 0.05
         for attempt in range(8):
             try:

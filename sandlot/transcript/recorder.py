@@ -176,9 +176,7 @@ class RunRecorder:
         holds = place[3::2]  # where each stream's held-back bytes began
         return int(min([place[0], *holds]))
 
-    async def resumed(
-        self, pid: int | None, place: list[Any] | None, start: int, gap: int
-    ) -> None:
+    async def resumed(self, pid: int | None, place: list[Any] | None, start: int, gap: int) -> None:
         """Carry on the record of a command after a restart (its ``started`` is logged),
         from ``place`` (what the log stored); the agent replays from ``start`` on, having
         lost ``gap`` bytes before it."""
