@@ -1,73 +1,154 @@
-"""SIGKILL the server in the middle of a streaming command, start it again: the sandbox is
-still there, the log holds everything the client was sent, and the client's stream resumes
-(and ends with the news that the server lost track of the command)."""
+"""SIGKILL the server while commands stream, start it again on the same state folder: it
+adopts the sandboxes, re-attaches to every running command through its agent (``proc.attach``
+from the byte offset the log had recorded) and carries each execution's record on, so the
+clients' streams resume (Last-Event-ID) and get the whole output exactly once and the real
+exit codes, and the transcript is gapless and in order. Only a command whose sandbox died
+meanwhile ends lost."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import tempfile
 import threading
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import sandlot
+from sandlot.manager import Manager
 
 from .server import ServerProcess
 from .test_server import sse
 
+# 30 numbered lines over about 3 s, three of them on stderr too, then exit 7.
+SCRIPT = (
+    "for i in $(seq 1 30); do echo line $i; if [ $((i % 10)) = 0 ]; then echo err $i >&2; fi;"
+    " sleep 0.1; done; exit 7"
+)
+STDOUT = "".join(f"line {i}\n" for i in range(1, 31))
+STDERR = "err 10\nerr 20\nerr 30\n"
 
-@pytest.mark.timeout(120)
-def test_a_killed_server_comes_back_with_its_sandboxes_and_logs() -> None:
+
+def _in_thread(results: dict[str, Any], name: str, call: Callable[[], Any]) -> threading.Thread:
+    def run() -> None:
+        try:
+            results[name] = call()
+        except BaseException as exc:
+            results[name] = exc
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    return thread
+
+
+def _kill_while_the_server_is_down(home: Path, sandbox_id: str) -> None:
+    """Destroy a sandbox with the state folder's own manager, as an operator might."""
+
+    async def kill() -> None:
+        manager = Manager(home, detached=True)
+        try:
+            await manager.kill(sandbox_id)
+        finally:
+            await manager.close()
+
+    asyncio.run(kill())
+
+
+def _outputs(events: list[tuple[int, str, dict[str, Any]]]) -> dict[str, dict[str, str]]:
+    """Each execution's stdout and stderr as its output events logged them, in order."""
+    out: dict[str, dict[str, str]] = defaultdict(lambda: {"stdout": "", "stderr": ""})
+    for _, kind, data in events:
+        if kind in ("stdout", "stderr"):
+            out[data["execution"]][kind] += data["text"]
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_server_comes_back_and_its_commands_lose_nothing() -> None:
     home = Path(tempfile.mkdtemp(prefix="slrst-", dir="/tmp"))
     server = ServerProcess(home, args=()).start()
     client = sandlot.Client(url=server.url)
     sb = sandlot.Sandbox.create(client=client, timeout=120)
+    doomed = sandlot.Sandbox.create(client=client, timeout=120)
+    session = sandlot.Session.create(client=client)
     try:
-        sb.files.write("/workspace/kept.txt", "still here")
-        script = (
-            "import time\nfor i in range(100000):\n    print(i, flush=True); time.sleep(0.01)\n"
-        )
-        seen: list[str] = []
-        outcome: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                sb.commands.run(["python3", "-c", script], on_stdout=seen.append, timeout=100)
-            except BaseException as exc:
-                outcome.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while "".join(seen).count("\n") < 50 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        server.stop(signal.SIGKILL)
-        time.sleep(1.0)
-        server.start()  # same folder, same port
-        thread.join(60)
-        assert not thread.is_alive()
-        assert len(outcome) == 1 and isinstance(outcome[0], sandlot.ExecutionLostError)
-        printed = "".join(seen)
-        lines = printed.splitlines()
-        assert len(lines) >= 50 and lines == [str(i) for i in range(len(lines))]
-
-        # Everything the client was sent is in the transcript, exactly once, in order.
-        events = sse(f"{server.url}/v1/sandboxes/{sb.id}/events?follow=false")
-        logged = "".join(e[2].get("text", "") for e in events if e[1] == "stdout")
-        assert logged == printed
-        kinds = [e[1] for e in events]
-        assert kinds[-1] == "sandbox" and events[-1][2]["data"]["event"] == "adopted"
-        assert "error" in kinds
-        ids = [e[0] for e in events]
-        assert ids == list(range(ids[0], ids[0] + len(ids)))
-
-        # The sandbox survived, with its files, and takes new work.
-        again = sandlot.Sandbox.connect(sb.id, client=client)
-        assert again.files.read("/workspace/kept.txt") == "still here"
-        assert again.commands.run("echo after").stdout == "after\n"
-        assert [s.id for s in sandlot.Sandbox.list(client=client)] == [sb.id]
+        with session.sandbox(provider="bwrap", timeout=120) as durable:
+            _lose_nothing(home, server, client, sb, doomed, session, durable)
     finally:
         sb.kill()
         server.stop()
+
+
+def _lose_nothing(
+    home: Path,
+    server: ServerProcess,
+    client: sandlot.Client,
+    sb: sandlot.Sandbox,
+    doomed: sandlot.Sandbox,
+    session: sandlot.Session,
+    durable: sandlot.Sandbox,
+) -> None:
+    sb.files.write("/workspace/kept.txt", "still here")
+    seen: list[str] = []
+    results: dict[str, Any] = {}
+    background = sb.commands.run(SCRIPT, background=True)
+    lost = doomed.commands.run("while :; do echo x; sleep 0.2; done", background=True)
+    threads = [
+        _in_thread(results, "foreground",
+                   lambda: sb.commands.run(SCRIPT, on_stdout=seen.append, timeout=100)),
+        _in_thread(results, "durable", lambda: durable.commands.run(SCRIPT, timeout=100)),
+    ]  # fmt: skip
+    deadline = time.monotonic() + 20
+    while "".join(seen).count("\n") < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "".join(seen).count("\n") >= 8
+    server.stop(signal.SIGKILL)  # mid-stream: about 20 lines of each still to come
+    _kill_while_the_server_is_down(home, doomed.id)
+    time.sleep(1.0)  # the commands print on into their agents' buffers meanwhile
+    server.start()  # same folder, same port
+    threads += [
+        _in_thread(results, "background", background.wait),
+        _in_thread(results, "lost", lost.wait),
+    ]
+    for thread in threads:
+        thread.join(90)
+        assert not thread.is_alive(), thread.name
+
+    # Every client got the whole output once and the real exit code.
+    for name in ("foreground", "background", "durable"):
+        result = results[name]
+        assert isinstance(result, sandlot.CommandResult), (name, result)
+        assert (result.stdout, result.stderr, result.exit_code) == (STDOUT, STDERR, 7), name
+    assert "".join(seen) == STDOUT
+    assert isinstance(results["lost"], sandlot.ExecutionLostError), results["lost"]
+    assert "sandbox is gone" in str(results["lost"])
+
+    # The transcripts: gapless, in order, each command's output whole and once.
+    events = sse(f"{server.url}/v1/sandboxes/{sb.id}/events?follow=false")
+    ids = [e[0] for e in events]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    outputs = _outputs(events)
+    assert [o for o in outputs.values() if o["stdout"] == STDOUT] == [
+        {"stdout": STDOUT, "stderr": STDERR}
+    ] * 2
+    exits = [e[2]["data"] for e in events if e[1] == "exit"]
+    assert [x["exit_code"] for x in exits] == [7, 7]
+    assert "error" not in [e[1] for e in events]
+    adopted = [e for e in events if e[1] == "sandbox" and e[2]["data"]["event"] == "adopted"]
+    assert len(adopted) == 1
+    logged = session.events()
+    assert [e.seq for e in logged] == list(range(1, len(logged) + 1))
+    assert "".join(e.text or "" for e in logged if e.kind == "stdout") == STDOUT
+    assert [e.data["exit_code"] for e in logged if e.kind == "exit"] == [7]
+
+    # The re-attached run held the session's run lock, and let it go as it ended.
+    assert durable.commands.run("echo next").stdout == "next\n"
+    # The sandbox survived, with its files, and takes new work.
+    again = sandlot.Sandbox.connect(sb.id, client=client)
+    assert again.files.read("/workspace/kept.txt") == "still here"
+    assert again.commands.run("echo after").stdout == "after\n"
