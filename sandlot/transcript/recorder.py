@@ -100,7 +100,6 @@ class RunRecorder:
         # together, in arrival order): what a restarted server resumes from.
         self.offset = 0
         self.tracks = op == "exec"  # code cells are not processes one can re-attach to
-        self.reattached = False  # carried on after a restart (resumed)
         self._skip: dict[str, int] | None = None  # per stream: logged up to this offset
         # Per stream, the recent frames fed to its masker (end offset, length): where the
         # bytes it holds back began.
@@ -157,9 +156,6 @@ class RunRecorder:
                 if rest:
                     await self._output(name, rest, masked=True)
             outcome = parse(payload)
-            if self.reattached:
-                outcome.pop("end", None)  # proc.attach's END: exec's, plus the final offset
-                payload = dumps(outcome)
             if self.dropped:
                 outcome["log_dropped"] = self.dropped
                 payload = dumps(outcome)
@@ -181,7 +177,6 @@ class RunRecorder:
         from ``place`` (what the log stored); the agent replays from ``start`` on, having
         lost ``gap`` bytes before it."""
         self.has_started = True
-        self.reattached = True
         self.pid = pid
         resume_at = self.resume_offset(place)
         self.offset = max(resume_at, start)

@@ -178,7 +178,7 @@ AGENT_LOG: list[tuple[int, bytes]] = [
     (p.STDOUT, b"hunter2-very-secrethunter2-very-secret c\n"),
     (p.STDERR, b"e2\n"),
 ]
-END = (p.END, 0, b'{"exit_code":3,"end":99}')  # proc.attach's: exec's plus the final offset
+END = (p.END, 0, b'{"exit_code":3,"end":99}')  # exec's and proc.attach's: the final offset too
 
 
 def replay(offset: int) -> list[Frame]:
@@ -200,8 +200,7 @@ async def test_a_record_goes_on_after_a_crash_at_any_frame_with_no_byte_twice(
     stored place: the transcript is the one an uninterrupted run leaves, masked the same
     (and cut at the same byte, with the same count of bytes dropped)."""
     whole = new_session(hub)
-    exec_end = (p.END, 0, b'{"exit_code":3}')
-    run = Run(Script([(p.EVENT, 0, b'{"event":"started","pid":5}'), *replay(0), exec_end]),
+    run = Run(Script([(p.EVENT, 0, b'{"event":"started","pid":5}'), *replay(0), END]),
               hub, "exec", whole, "sb-1", secrets=[SECRET], max_log_bytes=cap)  # fmt: skip
     await run.accepted()
     await run.pump()
@@ -244,5 +243,5 @@ async def test_bytes_the_agent_no_longer_held_are_one_gap_event(hub: Hub) -> Non
     logged = await transcript(hub, session)
     assert [kind for kind, _ in logged] == ["started", "stdout", "gap", "stdout", "exit"]
     assert logged[2][1] == {"event": "gap", "bytes": 6, "offset": 4}
-    assert logged[3][1] == b"abc" and logged[-1][1] == {"exit_code": 3}
+    assert logged[3][1] == b"abc" and logged[-1][1] == {"exit_code": 3, "end": 99}
     assert Records(hub.log.db).get_execution(first.id).state == "ended"  # type: ignore[union-attr]
