@@ -230,7 +230,10 @@ class ServerState:
         if self._maintenance is not None:
             await Supervisor.current().stop(self._maintenance)
         await self.sessions.close()
-        self.runs.cancel()
+        if self.settings.kill_on_exit:
+            self.runs.cancel()
+        else:  # the commands run on in their sandboxes: the next start re-attaches to them
+            await self.runs.detach()
         if self.settings.kill_on_exit:
             for sandbox_id in list(self.served):
                 try:

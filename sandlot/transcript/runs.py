@@ -50,6 +50,7 @@ class Run(RunRecorder):
         self.ended_at: float | None = None
         self.stdin_lock = asyncio.Lock()
         self.kill: Callable[[], Awaitable[Any]] | None = None  # a re-attached run's cancel
+        self.detaching = False  # its pump stops, its command runs on (Runs.detach)
 
     async def accepted(self) -> None:
         """Wait for the agent to accept the request (raising its refusal), then log its
@@ -89,6 +90,8 @@ class Run(RunRecorder):
                 elif frame[0] == p.END or ended:
                     return
         except asyncio.CancelledError:
+            if self.detaching:  # no CANCEL: that would kill the command
+                raise
             request.cancel()
             if self.kill is not None:  # an attach's cancel only detaches
                 Supervisor.current().spawn(self.kill(), "kill-run")
@@ -161,6 +164,18 @@ class Runs:
         for run in self.values():
             if run.task is not None and sandbox_id in (None, run.sandbox_id):
                 run.task.cancel()
+
+    async def detach(self) -> None:
+        """The process stops: stop pumping, but leave its commands running and their
+        records open, with their run locks, for the next start to re-attach to (see
+        :meth:`reattach`). Code cells cannot be re-attached to: they are cancelled."""
+        tasks = []
+        for run in self.values():
+            if run.task is not None and not run.done.is_set():
+                run.detaching = run.tracks
+                run.task.cancel()
+                tasks.append(run.task)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def start(
         self,
@@ -284,7 +299,7 @@ class Runs:
             pass
         finally:
             # Its record ends with its exit (or error) event, in the same transaction.
-            if self.on_end is not None:
+            if self.on_end is not None and not run.detaching:
                 self.on_end(run)
             asyncio.get_running_loop().call_later(KEEP_SECONDS, self._runs.pop, run.id, None)
 
