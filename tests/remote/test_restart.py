@@ -155,3 +155,46 @@ def _lose_nothing(
     again = sandlot.Sandbox.connect(sb.id, client=client)
     assert again.files.read("/workspace/kept.txt") == "still here"
     assert again.commands.run("echo after").stdout == "after\n"
+
+
+# Waits for a file the test writes on the host while the server is down, then prints 3 MB:
+# more than the agent's output log holds (2 MiB by default) with no reader attached.
+FLOOD = (
+    "echo before; while [ ! -e /workspace/go ]; do sleep 0.05; done;"
+    " head -c 3000000 /dev/zero | tr '\\0' x; echo; echo done"
+)
+
+
+@pytest.mark.timeout(120)
+def test_output_the_agent_no_longer_held_is_one_gap_event_and_the_rest_follows() -> None:
+    home = Path(tempfile.mkdtemp(prefix="slrsg-", dir="/tmp"))
+    server = ServerProcess(home, args=()).start()
+    client = sandlot.Client(url=server.url)
+    sb = sandlot.Sandbox.create(client=client, timeout=120)
+    try:
+        seen: list[str] = []
+        handle = sb.commands.run(FLOOD, background=True, on_stdout=seen.append)
+        deadline = time.monotonic() + 20
+        while "before" not in "".join(seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.stop(signal.SIGKILL)
+        (home / "sandboxes" / sb.id / "workspace" / "go").write_text("")
+        time.sleep(2.0)  # the flood overruns the agent's log meanwhile
+        server.start()
+        result = handle.wait()
+        assert result.exit_code == 0 and result.stdout.endswith("x\ndone\n")
+        assert result.stdout.startswith("before\n")
+
+        events = sse(f"{server.url}/v1/sandboxes/{sb.id}/events?follow=false")
+        ids = [e[0] for e in events]
+        assert ids == list(range(ids[0], ids[0] + len(ids)))
+        gaps = [e[2]["data"] for e in events if e[1] == "gap"]
+        assert len(gaps) == 1 and gaps[0]["offset"] == len("before\n")
+        logged = "".join(e[2]["text"] for e in events if e[1] == "stdout")
+        # What was logged and what was lost add up to every byte the command printed.
+        assert len(logged) + gaps[0]["bytes"] == len("before\n") + 3_000_000 + len("\ndone\n")
+        assert logged == result.stdout
+        assert [e[1] for e in events].index("gap") < [e[1] for e in events].index("exit")
+    finally:
+        sb.kill()
+        server.stop()
