@@ -55,6 +55,7 @@ log = logging.getLogger("sandlot.server")
 AUTH_CACHE_SECONDS = 2.0
 MAINTENANCE_SECONDS = 60.0  # between prunes of old or oversized logs and idempotency answers
 IDEMPOTENCY_SECONDS = 86400.0  # how long a stored first answer is kept
+LOST = "the server restarted while this ran: what it did after that was not recorded"
 # The caller of the request being served, as ``get`` last saw it: who an execution started in
 # the same request holds a session's run lock as.
 
@@ -253,10 +254,16 @@ class ServerState:
         ExecutionLostError, so their followers get an end to their stream: a command whose
         sandbox (or process, to its agent) is gone, and code cells, which the agent cannot
         re-attach to."""
+        running = await asyncio.to_thread(self.records.running_executions, None)
+        lost: set[str] = set()
         for record in await asyncio.to_thread(self.records.list_sandboxes, None, None, "running"):
             try:
                 live = await self.manager.adopt(record.id)
             except Exception:
+                for execution in running:  # lost before their sandbox's end is recorded
+                    if execution.sandbox_id == record.id:
+                        await self._lose(execution, f"{LOST}, and its sandbox is gone")
+                        lost.add(execution.id)
                 await self._end_sandbox(record.id, record.session_id, "gone after a restart")
                 continue
             session = await asyncio.to_thread(self.records.get_session, record.session_id)
@@ -264,36 +271,39 @@ class ServerState:
             self.served[record.id] = Served(record, live, durable)
             self._note(record.session_id, "sandbox", {"event": "adopted", "sandbox": record.id})
         tenant_secrets: dict[str, list[str]] = {}
-        for execution in await asyncio.to_thread(self.records.running_executions, None):
-            if execution.id in self.runs:
+        for execution in running:
+            if execution.id in self.runs or execution.id in lost:
                 continue
             why = await self._reattach(execution, tenant_secrets)
-            if why is None:
-                continue
-            outcome = ExecutionLostError(why, id=execution.id).to_dict()
-            # The error event ends the execution's record as it commits.
-            self.hub.put_nowait(
-                execution.session_id, execution.id, "error", json.dumps(outcome).encode()
-            )
-            # A durable session's run lock held by it would never be released.
-            await self.sessions.unlock(execution.session_id, execution.id)
+            if why is not None:
+                await self._lose(execution, why)
+
+    async def _lose(self, execution: ExecutionRecord, why: str) -> None:
+        """End an execution the server lost in a restart (see recover)."""
+        outcome = ExecutionLostError(why, id=execution.id).to_dict()
+        # The error event ends the execution's record as it commits.
+        self.hub.put_nowait(
+            execution.session_id, execution.id, "error", json.dumps(outcome).encode()
+        )
+        # A durable session's run lock held by it would never be released.
+        await self.sessions.unlock(execution.session_id, execution.id)
 
     async def _reattach(
         self, execution: ExecutionRecord, tenant_secrets: dict[str, list[str]]
     ) -> str | None:
         """Carry on an execution after a restart (see recover); None if it does, else why it
         is lost."""
-        lost = "the server restarted while this ran: what it did after that was not recorded"
         served = self.served.get(execution.sandbox_id)
         if served is None:
-            return f"{lost}, and its sandbox is gone"
+            return f"{LOST}, and its sandbox is gone"
         if execution.kind != "command" or execution.pid is None:
-            return f"{lost} (it may still be running in the sandbox)"
+            return f"{LOST} (it may still be running in the sandbox)"
         record = served.record
         if record.tenant not in tenant_secrets:  # which the command used is not recorded
             tenant_secrets[record.tenant] = await self._all_secret_values(record.tenant)
         secrets = [*await self.manager.secret_values(record.id), *tenant_secrets[record.tenant]]
-        place = await asyncio.to_thread(self.records.resume_of, execution.id)
+        places = await asyncio.to_thread(self.records.resume_places, execution.session_id)
+        place = places.get(execution.id)
         locked = served.durable and execution.id == await self.sessions.lock_holder(
             execution.session_id
         )
@@ -303,9 +313,9 @@ class ServerState:
             )
         except Exception as exc:  # one execution's trouble must not stop the server
             if getattr(exc, "code", None) == "process_not_found":
-                return f"{lost}, and its process is gone from the sandbox"
+                return f"{LOST}, and its process is gone from the sandbox"
             log.warning("cannot re-attach to execution %s: %s", execution.id, exc)
-            return f"{lost}: re-attaching to it failed ({exc})"
+            return f"{LOST}: re-attaching to it failed ({exc})"
         return None
 
     async def _all_secret_values(self, tenant: str) -> list[str]:

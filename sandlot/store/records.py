@@ -348,28 +348,38 @@ class Records:
             ).one_or_none()
         return None if row is None else _execution(row)
 
-    def set_resume(self, execution_id: str, resume: str, conn: Connection) -> None:
-        """Where a running command's record stands (in ``conn``'s transaction: the one of
-        the output it describes)."""
-        conn.execute(
-            update(executions)
-            .where(executions.c.id == execution_id, executions.c.state == "running")
-            .values(resume=resume)
-        )
-
-    def resume_of(self, execution_id: str) -> list[Any] | None:
-        """What :meth:`set_resume` last stored (None: no output recorded yet)."""
+    def resume_places(self, session_id: str, running_only: bool = False) -> dict[str, list[Any]]:
+        """Where the session's running commands stand in their agents' output logs, by
+        execution (``sessions.resume``, written with their output; see
+        :mod:`sandlot.transcript.recorder`). ``running_only``: without executions that ended
+        since (a lost one's place may linger)."""
         with self.db.read() as conn:
             value = conn.execute(
-                select(executions.c.resume).where(executions.c.id == execution_id)
+                select(sessions.c.resume).where(sessions.c.id == session_id)
             ).scalar_one_or_none()
-        if value is None:
-            return None
+            running = (
+                set(
+                    conn.execute(
+                        select(executions.c.id).where(
+                            executions.c.session_id == session_id,
+                            executions.c.state == "running",
+                        )
+                    ).scalars()
+                )
+                if running_only
+                else None
+            )
         try:
-            found = json.loads(value)
+            found = json.loads(value) if value else {}
         except ValueError:
-            return None
-        return found if isinstance(found, list) else None
+            found = {}
+        if not isinstance(found, dict):
+            return {}
+        return {
+            k: v
+            for k, v in found.items()
+            if isinstance(v, list) and (running is None or k in running)
+        }
 
     def set_execution_pid(self, execution_id: str, pid: int) -> None:
         self._update_one(executions, execution_id, "execution", pid=pid)

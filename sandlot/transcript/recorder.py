@@ -9,10 +9,11 @@ lock is released as the run ends, and if a forced takeover took it meanwhile, th
 with a ``run_cancelled`` error instead.
 
 A command's record also keeps, with each batch of its output, where it stands in the agent's
-output log (the ``resume`` column of its execution, written in the same transaction): the
-agent byte offset up to which output is logged, the bytes logged and dropped so far, and, when
-secrets are masked, where each stream's held-back partial match began (and how much of it a
-replacement already covered). A restarted server re-attaches to the command from there
+output log (its session's ``resume``, written by the same transaction, see
+:mod:`sandlot.transcript.logwriter`): ``[offset, logged, dropped]``, the agent byte offset up
+to which output is logged and the bytes logged and dropped so far; when secrets are masked,
+then for stdout and for stderr where its held-back partial match began and how much of it a
+replacement already covered. A restarted server re-attaches to the command from there
 (:meth:`RunRecorder.resume_offset`, :meth:`RunRecorder.resumed`): output a masker held back is
 fed again, output already logged is skipped, so the record goes on with no byte twice or
 missing; bytes the agent no longer held are logged as one ``gap`` event.

@@ -215,7 +215,8 @@ async def test_a_record_goes_on_after_a_crash_at_any_frame_with_no_byte_twice(
         for frame in replay(0)[:crash]:
             await first.record(frame)
         await hub.flushed(session)  # what the log has when the server dies
-        place = records.resume_of(first.id)
+        hub.writer._places.clear()  # a new process: what is stored is all it knows
+        place = records.resume_places(session).get(first.id)
         offset = RunRecorder.resume_offset(place)
         second = Run(Script([*replay(offset), END]), hub, "exec", session, "sb-1",
                      execution_id=first.id, secrets=[SECRET], max_log_bytes=cap)  # fmt: skip
@@ -233,7 +234,7 @@ async def test_bytes_the_agent_no_longer_held_are_one_gap_event(hub: Hub) -> Non
     first.started(5)
     await first.record((p.DATA, p.STDOUT, b"0123"))
     await hub.flushed(session)
-    place = Records(hub.log.db).resume_of(first.id)
+    place = Records(hub.log.db).resume_places(session).get(first.id)
     assert place == [4, 4, 0]
     # The agent's buffer now starts at offset 10: bytes 4..9 are gone.
     second = Run(Script([(p.DATA, p.STDOUT, b"abc"), END]), hub, "exec", session, "sb-1",
