@@ -32,7 +32,7 @@ MIN_BUFFER = 4096
 MAX_BUFFER = 64 * 1024 * 1024
 MAX_ENDED = 64  # ended commands kept listed, with their logs...
 ENDED_BYTES = 64 * 1024 * 1024  # ...holding at most this much together (oldest go first)
-TOTAL_BYTES = 256 * 1024 * 1024  # every log together (past it, see Command._over_budget)
+TOTAL_BYTES = 128 * 1024 * 1024  # every log together (past it, see Command._over_budget)
 SHOWN_CHARS = 1024  # of a command line or argument in proc.list
 
 
