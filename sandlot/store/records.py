@@ -348,38 +348,21 @@ class Records:
             ).one_or_none()
         return None if row is None else _execution(row)
 
-    def resume_places(self, session_id: str, running_only: bool = False) -> dict[str, list[Any]]:
+    def resume_places(self, session_id: str) -> dict[str, list[Any]]:
         """Where the session's running commands stand in their agents' output logs, by
         execution (``sessions.resume``, written with their output; see
-        :mod:`sandlot.transcript.recorder`). ``running_only``: without executions that ended
-        since (a lost one's place may linger)."""
+        :mod:`sandlot.transcript.recorder`)."""
         with self.db.read() as conn:
             value = conn.execute(
                 select(sessions.c.resume).where(sessions.c.id == session_id)
             ).scalar_one_or_none()
-            running = (
-                set(
-                    conn.execute(
-                        select(executions.c.id).where(
-                            executions.c.session_id == session_id,
-                            executions.c.state == "running",
-                        )
-                    ).scalars()
-                )
-                if running_only
-                else None
-            )
         try:
             found = json.loads(value) if value else {}
         except ValueError:
             found = {}
         if not isinstance(found, dict):
             return {}
-        return {
-            k: v
-            for k, v in found.items()
-            if isinstance(v, list) and (running is None or k in running)
-        }
+        return {k: v for k, v in found.items() if isinstance(v, list)}
 
     def set_execution_pid(self, execution_id: str, pid: int) -> None:
         self._update_one(executions, execution_id, "execution", pid=pid)

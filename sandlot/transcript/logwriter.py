@@ -86,13 +86,13 @@ class LogWriter:
         execution id -> place. It rides on the UPDATE of the session's row that every append
         makes anyway (a row of its own per batch cost a tenth more per append), and is kept
         here, each place encoded once, for the sessions with running commands: this writer
-        is the only one to write it."""
+        is the only one to write it, and knows every place stored (those of a previous
+        process through :meth:`remember`)."""
         places = self._places.get(session_id)
         if places is None:
             if not progress:
                 return None  # the common case: nothing to do
-            stored = self.records.resume_places(session_id, running_only=True)
-            places = {k: _encode(v) for k, v in stored.items()}
+            places = {}
         changed = False
         if places:
             for execution_id, kind, _ in items:
@@ -111,6 +111,11 @@ class LogWriter:
             return None
         # Execution ids are ours (ex- and hex digits): nothing in them needs escaping.
         return "{" + ",".join(f'"{k}":{v}' for k, v in places.items()) + "}"
+
+    def remember(self, session_id: str, execution_id: str, place: Sequence[int]) -> None:
+        """A place a previous process stored, of a command carried on here: kept in the
+        session's ``resume`` until the command's output moves it or its end drops it."""
+        self._places.setdefault(session_id, {})[execution_id] = _encode(place)
 
     def _derive(
         self, conn: Connection, events: list[Event], starts: Sequence[ExecutionRecord]

@@ -246,6 +246,8 @@ class Runs:
         pid = record.pid
         session_id, execution_id = record.session_id, record.id
         offset = Run.resume_offset(place)
+        if place:  # the writer keeps it stored until the output moves it
+            await self.hub.write(self.hub.writer.remember, session_id, execution_id, place)
         run = Run(
             channel.open("proc.attach", pid=pid, offset=offset),
             self.hub,

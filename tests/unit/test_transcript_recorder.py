@@ -246,3 +246,26 @@ async def test_bytes_the_agent_no_longer_held_are_one_gap_event(hub: Hub) -> Non
     assert logged[2][1] == {"event": "gap", "bytes": 6, "offset": 4}
     assert logged[3][1] == b"abc" and logged[-1][1] == {"exit_code": 3, "end": 99}
     assert Records(hub.log.db).get_execution(first.id).state == "ended"  # type: ignore[union-attr]
+
+
+def test_the_places_stored_are_every_running_commands_across_processes(tmp_path: Path) -> None:
+    """A session's ``resume`` holds every running command's place: those a previous process
+    stored (remembered by the next) too, until each command ends."""
+    db = Database(sqlite_url(tmp_path))
+    db.migrate()
+    Keys(db).ensure_tenant(LOCAL_TENANT)
+    records = Records(db)
+    session = records.create_session(LOCAL_TENANT, {}).id
+    first = LogWriter(db, EventLog(db), records)
+    first.append(session, [("ex-1", "stdout", b"a")], (), {"ex-1": (1, 1, 0)})
+    first.append(session, [(None, "note", b"{}")])  # no output: left as it is
+    assert records.resume_places(session) == {"ex-1": [1, 1, 0]}
+    first.close()
+    second = LogWriter(db, EventLog(db), records)  # a new process carries ex-1 on
+    second.remember(session, "ex-1", [1, 1, 0])
+    second.append(session, [("ex-2", "stdout", b"bb")], (), {"ex-2": (2, 2, 0)})
+    assert records.resume_places(session) == {"ex-1": [1, 1, 0], "ex-2": [2, 2, 0]}
+    second.append(session, [("ex-1", "exit", b"{}")])
+    assert records.resume_places(session) == {"ex-2": [2, 2, 0]}
+    second.close()
+    db.close()
