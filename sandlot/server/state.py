@@ -270,13 +270,33 @@ class ServerState:
             durable = session is not None and session.workspace is not None
             self.served[record.id] = Served(record, live, durable)
             self._note(record.session_id, "sandbox", {"event": "adopted", "sandbox": record.id})
+        carried = [e for e in running if e.id not in self.runs and e.id not in lost]
+        places = await self._places(carried)
         tenant_secrets: dict[str, list[str]] = {}
-        for execution in running:
-            if execution.id in self.runs or execution.id in lost:
-                continue
-            why = await self._reattach(execution, tenant_secrets)
+        for execution in carried:
+            place = places.get(execution.session_id, {}).get(execution.id)
+            why = await self._reattach(execution, place, tenant_secrets)
             if why is not None:
                 await self._lose(execution, why)
+
+    async def _places(self, carried: list[ExecutionRecord]) -> dict[str, dict[str, Any]]:
+        """Where the executions to carry on stood in their agents' logs, by session; the
+        log's writer learns them all before any of them logs output (LogWriter.remember)."""
+        places: dict[str, dict[str, Any]] = {}
+        for execution in carried:
+            if execution.session_id not in places:
+                stored = await asyncio.to_thread(self.records.resume_places, execution.session_id)
+                places[execution.session_id] = stored
+        for session_id, stored in places.items():
+            ids = {e.id for e in carried if e.session_id == session_id}
+            kept = {k: v for k, v in stored.items() if k in ids}
+            places[session_id] = kept
+            if kept:
+                try:
+                    await self.hub.write(self.hub.writer.remember, session_id, kept)
+                except Exception:  # a malformed place: that execution replays or is lost
+                    log.exception("cannot restore the places of session %s", session_id)
+        return places
 
     async def _lose(self, execution: ExecutionRecord, why: str) -> None:
         """End an execution the server lost in a restart (see recover)."""
@@ -289,7 +309,7 @@ class ServerState:
         await self.sessions.unlock(execution.session_id, execution.id)
 
     async def _reattach(
-        self, execution: ExecutionRecord, tenant_secrets: dict[str, list[str]]
+        self, execution: ExecutionRecord, place: Any, tenant_secrets: dict[str, list[str]]
     ) -> str | None:
         """Carry on an execution after a restart (see recover); None if it does, else why it
         is lost."""
@@ -302,8 +322,6 @@ class ServerState:
         if record.tenant not in tenant_secrets:  # which the command used is not recorded
             tenant_secrets[record.tenant] = await self._all_secret_values(record.tenant)
         secrets = [*await self.manager.secret_values(record.id), *tenant_secrets[record.tenant]]
-        places = await asyncio.to_thread(self.records.resume_places, execution.session_id)
-        place = places.get(execution.id)
         locked = served.durable and execution.id == await self.sessions.lock_holder(
             execution.session_id
         )

@@ -112,10 +112,14 @@ class LogWriter:
         # Execution ids are ours (ex- and hex digits): nothing in them needs escaping.
         return "{" + ",".join(f'"{k}":{v}' for k, v in places.items()) + "}"
 
-    def remember(self, session_id: str, execution_id: str, place: Sequence[int]) -> None:
-        """A place a previous process stored, of a command carried on here: kept in the
-        session's ``resume`` until the command's output moves it or its end drops it."""
-        self._places.setdefault(session_id, {})[execution_id] = _encode(place)
+    def remember(self, session_id: str, places: Mapping[str, Sequence[int]]) -> None:
+        """Places a previous process stored, of the session's commands carried on here (all
+        of them before any logs output: what is stored is what this writer knows): each
+        kept in the session's ``resume`` until its command's output moves it or its end
+        drops it."""
+        known = self._places.setdefault(session_id, {})
+        for execution_id, place in places.items():
+            known[execution_id] = _encode(place)
 
     def _derive(
         self, conn: Connection, events: list[Event], starts: Sequence[ExecutionRecord]

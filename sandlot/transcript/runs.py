@@ -238,7 +238,10 @@ class Runs:
         locked: bool,
     ) -> Run:
         """Carry on a command's record after a restart, from ``place`` (what its log stored
-        of where it stood, :meth:`RunRecorder.resume_offset`); ``locked``: it holds its
+        of where it stood, :meth:`RunRecorder.resume_offset`; the hub's writer must know it
+        first, with those of the session's other commands carried on: see
+        :meth:`LogWriter.remember <sandlot.transcript.logwriter.LogWriter.remember>`);
+        ``locked``: it holds its
         session's run lock, released as it ends. Raises the agent's refusal (the process is
         unknown to it: ``process_not_found``)."""
         if record.pid is None:
@@ -246,8 +249,6 @@ class Runs:
         pid = record.pid
         session_id, execution_id = record.session_id, record.id
         offset = Run.resume_offset(place)
-        if place:  # the writer keeps it stored until the output moves it
-            await self.hub.write(self.hub.writer.remember, session_id, execution_id, place)
         run = Run(
             channel.open("proc.attach", pid=pid, offset=offset),
             self.hub,

@@ -262,7 +262,7 @@ def test_the_places_stored_are_every_running_commands_across_processes(tmp_path:
     assert records.resume_places(session) == {"ex-1": [1, 1, 0]}
     first.close()
     second = LogWriter(db, EventLog(db), records)  # a new process carries ex-1 on
-    second.remember(session, "ex-1", [1, 1, 0])
+    second.remember(session, {"ex-1": [1, 1, 0]})
     second.append(session, [("ex-2", "stdout", b"bb")], (), {"ex-2": (2, 2, 0)})
     assert records.resume_places(session) == {"ex-1": [1, 1, 0], "ex-2": [2, 2, 0]}
     second.append(session, [("ex-1", "exit", b"{}")])
