@@ -239,10 +239,11 @@ class Reader:
             self.conn.send(p.GRANT, self.rid, p.CREDIT.pack(amount), p.STDIN)
 
     def cancel(self):
+        """The host abandoned this request (it drops what still comes for it): detach, and
+        kill the command if this request started it."""
         if self.first:
-            self.command.cancel()  # the END still comes (the host drops it)
-        else:
-            self.leave()
+            self.command.cancel()
+        self.leave()
 
     def detach(self):
         """The host connection is gone: the command runs on, logging."""
@@ -313,9 +314,10 @@ class Command:
         env = dict(agent.base_env)
         env.update(_str_dict(request.get("env"), "env"))
         argv = self._command_line(request, env)
-        cwd = agent.paths.to_real(request.get("cwd") or agent.workdir)
+        cwd = request.get("cwd") or agent.workdir
         if not isinstance(cwd, str):
             raise AgentError("invalid_argument", "cwd must be a path")
+        cwd = agent.paths.to_real(cwd)
         try:
             if not _is_dir(cwd):
                 raise AgentError("not_a_directory", "working directory is not a folder: " + cwd)
