@@ -48,6 +48,7 @@ from ..supervisor import Loop, Supervisor
 from ..transcript.eventlog import EventLog
 from ..transcript.hub import Hub
 from ..transcript.logwriter import LogWriter
+from ..transcript.recorder import REATTACHABLE
 from ..transcript.runs import Run, Runs, takes_run_lock
 from .metrics import Metrics
 
@@ -253,7 +254,7 @@ class ServerState:
         with its run lock (if it held its session's) held until it ends. The rest end with
         ExecutionLostError, so their followers get an end to their stream: a command whose
         sandbox (or process, to its agent) is gone, and code cells, which the agent cannot
-        re-attach to."""
+        re-attach to (an install is a process of the agent's: it is re-attached to)."""
         running = await asyncio.to_thread(self.records.running_executions, None)
         lost: set[str] = set()
         for record in await asyncio.to_thread(self.records.list_sandboxes, None, None, "running"):
@@ -316,7 +317,7 @@ class ServerState:
         served = self.served.get(execution.sandbox_id)
         if served is None:
             return f"{LOST}, and its sandbox is gone"
-        if execution.kind != "command" or execution.pid is None:
+        if execution.kind not in REATTACHABLE or execution.pid is None:  # a code cell
             return f"{LOST} (it may still be running in the sandbox)"
         record = served.record
         if record.tenant not in tenant_secrets:  # which the command used is not recorded

@@ -45,6 +45,7 @@ from .hub import Hub
 
 STREAMS = {p.STDOUT: "stdout", p.STDERR: "stderr"}
 KINDS = {"exec": "command", "code.run": "code", "code.install": "install"}  # ops that are runs
+REATTACHABLE = {"command": "exec", "install": "code.install"}  # by kind: the agent's processes
 
 
 def new_execution_id() -> str:
@@ -100,7 +101,8 @@ class RunRecorder:
         # Where the command stands in the agent's output log (stdout and stderr bytes
         # together, in arrival order): what a restarted server resumes from.
         self.offset = 0
-        self.tracks = op == "exec"  # code cells are not processes one can re-attach to
+        # Code cells are not processes one can re-attach to; commands and installs are.
+        self.tracks = op in REATTACHABLE.values()
         self._skip: dict[str, int] | None = None  # per stream: logged up to this offset
         # Per stream, the recent frames fed to its masker (end offset, length): where the
         # bytes it holds back began.

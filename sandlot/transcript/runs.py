@@ -31,7 +31,15 @@ from ..errors import CodeContextBusyError, ProtocolError, SandlotError
 from ..store.records import ExecutionRecord
 from ..supervisor import Supervisor
 from .hub import Hub
-from .recorder import KINDS, STREAMS, RunRecorder, new_execution_id, parse, takes_run_lock
+from .recorder import (
+    KINDS,
+    REATTACHABLE,
+    STREAMS,
+    RunRecorder,
+    new_execution_id,
+    parse,
+    takes_run_lock,
+)
 
 __all__ = ["KINDS", "STREAMS", "Run", "RunLock", "Runs", "new_execution_id", "takes_run_lock"]
 TAKEOVER_SECONDS = 5.0  # a killed run's end that takes longer is forced (a cancel)
@@ -244,7 +252,8 @@ class Runs:
         ``locked``: it holds its
         session's run lock, released as it ends. Raises the agent's refusal (the process is
         unknown to it: ``process_not_found``)."""
-        if record.pid is None:
+        op = REATTACHABLE.get(record.kind)
+        if record.pid is None or op is None:
             raise ProtocolError(f"execution {record.id} has no process to re-attach to")
         pid = record.pid
         session_id, execution_id = record.session_id, record.id
@@ -252,7 +261,7 @@ class Runs:
         run = Run(
             channel.open("proc.attach", pid=pid, offset=offset),
             self.hub,
-            "exec",
+            op,
             session_id,
             record.sandbox_id,
             execution_id=execution_id,
