@@ -216,3 +216,49 @@ def test_output_the_agent_no_longer_held_is_one_gap_event_and_the_rest_follows()
     finally:
         sb.kill()
         server.stop()
+
+
+# pip runs setup.py twice (metadata, wheel), 4 s each: an install to restart the server in.
+SLOW_SETUP = (
+    "import time\ntime.sleep(4)\nfrom setuptools import setup\n"
+    "setup(name='slowpkg', version='1.0', py_modules=[])\n"
+)
+
+
+@pytest.mark.timeout(180)
+def test_an_install_is_carried_on_too() -> None:
+    """An install (``code.install``) is a process of the agent's, re-attached like a command
+    (a code cell is not: it ends lost)."""
+    home = Path(tempfile.mkdtemp(prefix="slrsi-", dir="/tmp"))
+    server = ServerProcess(home, args=()).start()
+    client = sandlot.Client(url=server.url)
+    # The network is off: setuptools from the sandbox's Python, not a build environment.
+    sb = sandlot.Sandbox.create(client=client, timeout=120, env={"PIP_NO_BUILD_ISOLATION": "0"})
+    try:
+        sb.files.write("/workspace/slow/setup.py", SLOW_SETUP)
+        results: dict[str, Any] = {}
+        thread = _in_thread(results, "install", lambda: sb.install(["/workspace/slow"]))
+        events_url = f"{server.url}/v1/sandboxes/{sb.id}/events?follow=false"
+
+        def printed() -> str:
+            return "".join(e[2]["text"] for e in sse(events_url) if e[1] == "stdout")
+
+        deadline = time.monotonic() + 60
+        while "(setup.py): started" not in printed() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.stop(signal.SIGKILL)
+        time.sleep(1.0)
+        server.start()
+        thread.join(120)
+        assert not thread.is_alive()
+        result = results["install"]
+        assert result.exit_code == 0, result
+        assert result.stdout.count("Processing ./slow\n") == 1
+        assert result.stdout.endswith("Successfully installed slowpkg-1.0\n")
+        events = sse(events_url)
+        assert [e[0] for e in events] == list(range(events[0][0], events[0][0] + len(events)))
+        assert printed() == result.stdout
+        assert "error" not in [e[1] for e in events]
+    finally:
+        sb.kill()
+        server.stop()
