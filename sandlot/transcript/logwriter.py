@@ -110,7 +110,7 @@ class LogWriter:
         if not changed:
             return None
         # Execution ids are ours (ex- and hex digits): nothing in them needs escaping.
-        return "{" + ",".join(f'"{k}":{v}' for k, v in places.items()) + "}"
+        return "{" + ",".join([f'"{k}":{v}' for k, v in places.items()]) + "}"
 
     def remember(self, session_id: str, places: Mapping[str, Sequence[int]]) -> None:
         """Places a previous process stored, of the session's commands carried on here (all
