@@ -241,7 +241,8 @@ class IdempotencyConflictError(ServerError):
 
 
 class ExecutionLostError(ServerError):
-    """The server restarted while a command or cell ran: its outcome was not recorded."""
+    """The server restarted while a command or cell ran and could not carry its record on
+    (its sandbox or process is gone, or it was a code cell): its outcome was not recorded."""
 
     code = "execution_lost"
 

@@ -363,6 +363,7 @@ def introduction(schemas: Schemas, idempotent: list[str]) -> list[str]:
         rst_to_md(sse.__doc__ or ""),
         "",
         "Event kinds include `started`, `stdout`, `stderr`, `result`, `progress`, `truncated`, "
+        "`gap` (output lost across a server restart: `bytes`, `offset`), "
         "`exit` and `error` for executions (an execution's stream ends after its `exit` or "
         "`error`), and `sandbox` (`created`, `adopted` after a restart, `fallback`, `ended`) for "
         "the session. Where retention dropped the events a read reaches back to, one "

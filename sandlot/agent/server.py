@@ -382,6 +382,10 @@ def _preload():
 # op -> (kind, module loader or None for an Agent method, attribute)
 OPERATIONS = {
     "exec": ("stream", _commands, "Command"),
+    "pty": ("stream", _commands, "Pty"),
+    "proc.list": ("call", _commands, "op_list"),
+    "proc.attach": ("stream", _commands, "op_attach"),
+    "proc.resize": ("call", _commands, "op_resize"),
     "signal": ("call", None, "op_signal"),
     "deadline": ("call", None, "op_deadline"),
     "idle": ("call", None, "op_idle"),

@@ -56,6 +56,16 @@ class Masker:
         """How many bytes are held back (fewer than the longest value's length)."""
         return len(self._pending)
 
+    @property
+    def covered(self) -> int:
+        """How many of the held-back bytes are inside a run whose replacement is out."""
+        return self._covered
+
+    def restore(self, covered: int) -> None:
+        """Carry on a stream (after a restart) whose held-back bytes will be fed again:
+        ``covered`` as :attr:`covered` was when they were held back."""
+        self._covered = max(0, int(covered))
+
     def feed(self, data: bytes) -> bytes:
         """What of the stream so far is safe to emit now, masked."""
         if self._finder is None:

@@ -48,6 +48,7 @@ from ..supervisor import Loop, Supervisor
 from ..transcript.eventlog import EventLog
 from ..transcript.hub import Hub
 from ..transcript.logwriter import LogWriter
+from ..transcript.recorder import REATTACHABLE
 from ..transcript.runs import Run, Runs, takes_run_lock
 from .metrics import Metrics
 
@@ -55,6 +56,7 @@ log = logging.getLogger("sandlot.server")
 AUTH_CACHE_SECONDS = 2.0
 MAINTENANCE_SECONDS = 60.0  # between prunes of old or oversized logs and idempotency answers
 IDEMPOTENCY_SECONDS = 86400.0  # how long a stored first answer is kept
+LOST = "the server restarted while this ran: what it did after that was not recorded"
 # The caller of the request being served, as ``get`` last saw it: who an execution started in
 # the same request holds a session's run lock as.
 
@@ -234,7 +236,10 @@ class ServerState:
         if self._maintenance is not None:
             await Supervisor.current().stop(self._maintenance)
         await self.sessions.close()
-        self.runs.cancel()
+        if self.settings.kill_on_exit:
+            self.runs.cancel()
+        else:  # the commands run on in their sandboxes: the next start re-attaches to them
+            await self.runs.detach()
         if self.settings.kill_on_exit:
             for sandbox_id in list(self.served):
                 try:
@@ -248,32 +253,104 @@ class ServerState:
 
     async def recover(self) -> None:
         """After a restart: adopt the sandboxes that still run (they outlive the server),
-        end the records of the rest, and end the executions the last process was pumping:
-        what they printed after it died was not recorded, and their followers must get an
-        end to their stream."""
-        for execution in await asyncio.to_thread(self.records.running_executions, None):
-            if execution.id not in self.runs:
-                outcome = ExecutionLostError(
-                    "the server restarted while this ran: what it did after that was not "
-                    "recorded (it may still be running in the sandbox)",
-                    id=execution.id,
-                ).to_dict()
-                # The error event ends the execution's record as it commits.
-                self.hub.put_nowait(
-                    execution.session_id, execution.id, "error", json.dumps(outcome).encode()
-                )
-                # A durable session's run lock held by it would never be released.
-                await self.sessions.unlock(execution.session_id, execution.id)
+        end the records of the rest, and carry on the executions the last process was
+        pumping. A command of an adopted sandbox is re-attached to (the agent keeps its
+        process and output log): its record goes on from the agent offset the log stored,
+        with its run lock (if it held its session's) held until it ends. The rest end with
+        ExecutionLostError, so their followers get an end to their stream: a command whose
+        sandbox (or process, to its agent) is gone, and code cells, which the agent cannot
+        re-attach to (an install is a process of the agent's: it is re-attached to)."""
+        running = await asyncio.to_thread(self.records.running_executions, None)
+        lost: set[str] = set()
         for record in await asyncio.to_thread(self.records.list_sandboxes, None, None, "running"):
             try:
                 live = await self.manager.adopt(record.id)
             except Exception:
+                for execution in running:  # lost before their sandbox's end is recorded
+                    if execution.sandbox_id == record.id:
+                        await self._lose(execution, f"{LOST}, and its sandbox is gone")
+                        lost.add(execution.id)
                 await self._end_sandbox(record.id, record.session_id, "gone after a restart")
                 continue
             session = await asyncio.to_thread(self.records.get_session, record.session_id)
             durable = session is not None and session.workspace is not None
             self.served[record.id] = Served(record, live, durable)
             self._note(record.session_id, "sandbox", {"event": "adopted", "sandbox": record.id})
+        carried = [e for e in running if e.id not in self.runs and e.id not in lost]
+        places = await self._places(carried)
+        tenant_secrets: dict[str, list[str]] = {}
+        for execution in carried:
+            place = places.get(execution.session_id, {}).get(execution.id)
+            why = await self._reattach(execution, place, tenant_secrets)
+            if why is not None:
+                await self._lose(execution, why)
+
+    async def _places(self, carried: list[ExecutionRecord]) -> dict[str, dict[str, Any]]:
+        """Where the executions to carry on stood in their agents' logs, by session; the
+        log's writer learns them all before any of them logs output (LogWriter.remember)."""
+        places: dict[str, dict[str, Any]] = {}
+        for execution in carried:
+            if execution.session_id not in places:
+                stored = await asyncio.to_thread(self.records.resume_places, execution.session_id)
+                places[execution.session_id] = stored
+        for session_id, stored in places.items():
+            ids = {e.id for e in carried if e.session_id == session_id}
+            kept = {k: v for k, v in stored.items() if k in ids}
+            places[session_id] = kept
+            if kept:
+                try:
+                    await self.hub.write(self.hub.writer.remember, session_id, kept)
+                except Exception:  # a malformed place: that execution replays or is lost
+                    log.exception("cannot restore the places of session %s", session_id)
+        return places
+
+    async def _lose(self, execution: ExecutionRecord, why: str) -> None:
+        """End an execution the server lost in a restart (see recover)."""
+        outcome = ExecutionLostError(why, id=execution.id).to_dict()
+        # The error event ends the execution's record as it commits.
+        self.hub.put_nowait(
+            execution.session_id, execution.id, "error", json.dumps(outcome).encode()
+        )
+        # A durable session's run lock held by it would never be released.
+        await self.sessions.unlock(execution.session_id, execution.id)
+
+    async def _reattach(
+        self, execution: ExecutionRecord, place: Any, tenant_secrets: dict[str, list[str]]
+    ) -> str | None:
+        """Carry on an execution after a restart (see recover); None if it does, else why it
+        is lost."""
+        served = self.served.get(execution.sandbox_id)
+        if served is None:
+            return f"{LOST}, and its sandbox is gone"
+        if execution.kind not in REATTACHABLE or execution.pid is None:  # a code cell
+            return f"{LOST} (it may still be running in the sandbox)"
+        record = served.record
+        if record.tenant not in tenant_secrets:  # which the command used is not recorded
+            tenant_secrets[record.tenant] = await self._all_secret_values(record.tenant)
+        secrets = [*await self.manager.secret_values(record.id), *tenant_secrets[record.tenant]]
+        locked = served.durable and execution.id == await self.sessions.lock_holder(
+            execution.session_id
+        )
+        try:
+            await self.runs.reattach(
+                served.live.channel, execution, place, secrets=secrets, locked=locked
+            )
+        except Exception as exc:  # one execution's trouble must not stop the server
+            if getattr(exc, "code", None) == "process_not_found":
+                return f"{LOST}, and its process is gone from the sandbox"
+            log.warning("cannot re-attach to execution %s: %s", execution.id, exc)
+            return f"{LOST}: re-attaching to it failed ({exc})"
+        return None
+
+    async def _all_secret_values(self, tenant: str) -> list[str]:
+        """Every secret value of a tenant: masked in a re-attached command's output (a
+        superset of the values its environment used, which were not recorded)."""
+        store = self.secrets(tenant)
+        try:
+            return [await store.get(info.name) for info in await store.list()]
+        except Exception:
+            log.warning("cannot read the secrets of tenant %s to mask output", tenant)
+            return []
 
     # -- auth -------------------------------------------------------------------------------
 

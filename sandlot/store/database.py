@@ -126,6 +126,9 @@ sessions = Table(
     Column("pruned_seq", BigInteger, nullable=False, server_default="0"),
     Column("pruned_at", Double),
     Column("pruned_why", Text),  # retention | tenant_log_bytes
+    # Where its running commands stand in their agents' output logs: JSON, execution id ->
+    # place (transcript.recorder), written with their output by the append that numbers it.
+    Column("resume", Text),
 )
 # Sessions with a log retention may drop (ended, something left); the queries that look for
 # them spell the same text, so SQLite and PostgreSQL can use these partial indexes (0004).

@@ -348,6 +348,22 @@ class Records:
             ).one_or_none()
         return None if row is None else _execution(row)
 
+    def resume_places(self, session_id: str) -> dict[str, list[Any]]:
+        """Where the session's running commands stand in their agents' output logs, by
+        execution (``sessions.resume``, written with their output; see
+        :mod:`sandlot.transcript.recorder`)."""
+        with self.db.read() as conn:
+            value = conn.execute(
+                select(sessions.c.resume).where(sessions.c.id == session_id)
+            ).scalar_one_or_none()
+        try:
+            found = json.loads(value) if value else {}
+        except ValueError:
+            found = {}
+        if not isinstance(found, dict):
+            return {}
+        return {k: v for k, v in found.items() if isinstance(v, list)}
+
     def set_execution_pid(self, execution_id: str, pid: int) -> None:
         self._update_one(executions, execution_id, "execution", pid=pid)
 

@@ -45,8 +45,7 @@ class Event:
 _INSERT = insert(events)
 # PostgreSQL: the UPDATE and the INSERT of an append as one statement (half the time of two
 # round trips and an executemany). Nothing is inserted for an unknown session.
-_PG_APPEND = text(
-    """
+_PG_SQL = """
     WITH bumped AS (
         UPDATE sessions
         SET last_seq = last_seq + :n, log_bytes = log_bytes + :stored, updated_at = :now
@@ -62,6 +61,9 @@ _PG_APPEND = text(
     ) WITH ORDINALITY AS item(execution_id, kind, data, encoding, ord)
     RETURNING seq
     """
+_PG_APPEND = text(_PG_SQL)
+_PG_APPEND_RESUME = text(
+    _PG_SQL.replace("updated_at = :now", "updated_at = :now, resume = :resume")
 )
 Item = tuple[str | None, str, bytes]
 Stored = list[tuple[bytes, int]]  # each item's stored bytes and encoding
@@ -76,11 +78,13 @@ class EventLog:
         session_id: str,
         items: Sequence[tuple[str | None, str, bytes]],
         also: Callable[[Connection, list[Event]], None] | None = None,
+        resume: str | None = None,
     ) -> list[Event]:
         """Append ``(execution_id, kind, data)`` items to a session's log, numbered in order,
         in one transaction. Raises NotFoundError for an unknown session. ``also`` runs in the
         same transaction with the numbered events (records derived from them commit with
-        them, or not at all)."""
+        them, or not at all). ``resume``: the session's new ``resume`` value, stored by the
+        same UPDATE (:meth:`sandlot.transcript.logwriter.LogWriter.append`)."""
         if not items:
             return []
         now = time.time()
@@ -88,9 +92,9 @@ class EventLog:
         stored = [pack(kind, data) for _, kind, data in batch]
         with self.db.write() as conn:
             if self.db.dialect == "postgresql":
-                last = self._append_postgresql(conn, session_id, batch, stored, now)
+                last = self._append_postgresql(conn, session_id, batch, stored, now, resume)
             else:
-                last = self._append_sqlite(conn, session_id, batch, stored, now)
+                last = self._append_sqlite(conn, session_id, batch, stored, now, resume)
             if last is None:
                 raise NotFoundError(f"no session {session_id!r}", session_id=session_id)
             first = last - len(batch) + 1
@@ -104,8 +108,14 @@ class EventLog:
 
     @staticmethod
     def _append_sqlite(
-        conn: Connection, session_id: str, batch: list[Item], stored: Stored, now: float
+        conn: Connection,
+        session_id: str,
+        batch: list[Item],
+        stored: Stored,
+        now: float,
+        resume: str | None = None,
     ) -> int | None:
+        also = {} if resume is None else {"resume": resume}
         last = conn.execute(
             update(sessions)
             .where(sessions.c.id == session_id)
@@ -113,6 +123,7 @@ class EventLog:
                 last_seq=sessions.c.last_seq + len(batch),
                 log_bytes=sessions.c.log_bytes + sum(len(data) for data, _ in stored),
                 updated_at=now,
+                **also,
             )
             .returning(sessions.c.last_seq)
         ).scalar_one_or_none()
@@ -140,11 +151,18 @@ class EventLog:
 
     @staticmethod
     def _append_postgresql(
-        conn: Connection, session_id: str, batch: list[Item], stored: Stored, now: float
+        conn: Connection,
+        session_id: str,
+        batch: list[Item],
+        stored: Stored,
+        now: float,
+        resume: str | None = None,
     ) -> int | None:
+        also = {} if resume is None else {"resume": resume}
         seqs = conn.execute(
-            _PG_APPEND,
+            _PG_APPEND if resume is None else _PG_APPEND_RESUME,
             {
+                **also,
                 "session_id": session_id,
                 "n": len(batch),
                 "stored": sum(len(data) for data, _ in stored),

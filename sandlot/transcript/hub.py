@@ -58,6 +58,7 @@ class _Pending:
     kind: str
     data: bytearray
     record: ExecutionRecord | None = None  # a "started" event records its execution
+    progress: tuple[int, ...] | None = None  # where its command stands in the agent's log
 
 
 @dataclass
@@ -197,7 +198,10 @@ class Hub:
         kind: str,
         data: bytes,
         record: ExecutionRecord | None = None,
+        progress: tuple[int, ...] | None = None,
     ) -> None:
+        """``progress``: where the command stands in the agent's output log with this event
+        (stored with it, in its transaction: what a restarted server resumes from)."""
         session = self._session(session_id)
         last = session.pending[-1] if session.pending else None
         if (
@@ -208,10 +212,12 @@ class Hub:
             and len(last.data) + len(data) <= CHUNK
         ):
             last.data += data
+            if progress is not None:
+                last.progress = progress
         else:
             if not session.pending:
                 session.since = time.monotonic()
-            session.pending.append(_Pending(execution_id, kind, bytearray(data), record))
+            session.pending.append(_Pending(execution_id, kind, bytearray(data), record, progress))
         session.pending_bytes += len(data)
         self._pending_bytes += len(data)
         self._dirty.add(session_id)
@@ -302,6 +308,7 @@ class Hub:
         transient failures (a busy or restarting database) are retried."""
         items = [(p.execution_id, p.kind, bytes(p.data)) for p in batch]
         starts = [p.record for p in batch if p.record is not None]
+        progress = {p.execution_id: p.progress for p in batch if p.progress and p.execution_id}
         delay = 0.05
         for attempt in range(8):
             try:
@@ -310,8 +317,8 @@ class Hub:
                     # Nothing else writes now (writes start only from this thread), so a
                     # small SQLite append cannot wait on a lock: no thread hand-off. Big or
                     # many batches go to the writer thread, not to block the event loop.
-                    return self.writer.append(session_id, items, starts)
-                return await self.write(self.writer.append, session_id, items, starts)
+                    return self.writer.append(session_id, items, starts, progress)
+                return await self.write(self.writer.append, session_id, items, starts, progress)
             except NotFoundError:
                 return []  # the session is gone: nobody can follow it
             except Exception:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -31,6 +31,8 @@ _BUMP = (
     "UPDATE sessions SET last_seq = last_seq + ?, log_bytes = log_bytes + ?, updated_at = ?"
     " WHERE id = ? RETURNING last_seq"
 )
+# The same, also storing where the session's running commands stand (see LogWriter._resume).
+_BUMP_RESUME = _BUMP.replace("updated_at = ?", "updated_at = ?, resume = ?")
 _EVENT = (
     "INSERT INTO events (session_id, seq, execution_id, kind, data, encoding, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -41,6 +43,7 @@ _START = (
 )
 _END = "UPDATE executions SET state = 'ended', ended_at = ?, outcome = ?, last_seq = ? WHERE id = ?"
 Item = tuple[str | None, str, bytes]
+Progress = Mapping[str, tuple[int, ...]]  # a command's place in the agent's log, by execution
 
 
 class LogWriter:
@@ -54,19 +57,69 @@ class LogWriter:
         # An SQLite append takes tens of microseconds: cheaper to run on the caller's thread
         # than to hand to another (when no other write is running, see Hub._commit).
         self.inline = db.dialect == "sqlite"
+        self._places: dict[str, dict[str, str]] = {}  # see _resume
 
     def append(
-        self, session_id: str, items: Sequence[Item], starts: Sequence[ExecutionRecord] = ()
+        self,
+        session_id: str,
+        items: Sequence[Item],
+        starts: Sequence[ExecutionRecord] = (),
+        progress: Progress | None = None,
     ) -> list[Event]:
-        """Append the items (numbered in order), insert the started executions' records and
-        end those whose exit or error is in the batch: one transaction."""
+        """Append the items (numbered in order), insert the started executions' records,
+        store where running commands stand in the agent's log (``progress``: what a restart
+        resumes from, so it must commit with the output it describes) and end those whose
+        exit or error is in the batch: one transaction."""
         if not items:
             return []
+        resume = self._resume(session_id, items, progress)
         if self.db.dialect != "sqlite":
             return self.log.append(
-                session_id, items, lambda conn, out: self._derive(conn, out, starts)
+                session_id, items, lambda conn, out: self._derive(conn, out, starts), resume
             )
-        return self._append_sqlite(session_id, items, starts)
+        return self._append_sqlite(session_id, items, starts, resume)
+
+    def _resume(
+        self, session_id: str, items: Sequence[Item], progress: Progress | None
+    ) -> str | None:
+        """The session's ``resume`` value after this batch (None: unchanged): a JSON object,
+        execution id -> place. It rides on the UPDATE of the session's row that every append
+        makes anyway (a row of its own per batch cost a tenth more per append), and is kept
+        here, each place encoded once, for the sessions with running commands: this writer
+        is the only one to write it, and knows every place stored (those of a previous
+        process through :meth:`remember`)."""
+        places = self._places.get(session_id)
+        if places is None:
+            if not progress:
+                return None  # the common case: nothing to do
+            places = {}
+        changed = False
+        if places:
+            for execution_id, kind, _ in items:
+                if kind in TERMINAL and execution_id in places:
+                    del places[execution_id]
+                    changed = True
+        if progress:
+            for execution_id, place in progress.items():
+                places[execution_id] = _encode(place)
+            changed = True
+        if places:
+            self._places[session_id] = places
+        else:
+            self._places.pop(session_id, None)
+        if not changed:
+            return None
+        # Execution ids are ours (ex- and hex digits): nothing in them needs escaping.
+        return "{" + ",".join([f'"{k}":{v}' for k, v in places.items()]) + "}"
+
+    def remember(self, session_id: str, places: Mapping[str, Sequence[int]]) -> None:
+        """Places a previous process stored, of the session's commands carried on here (all
+        of them before any logs output: what is stored is what this writer knows): each
+        kept in the session's ``resume`` until its command's output moves it or its end
+        drops it."""
+        known = self._places.setdefault(session_id, {})
+        for execution_id, place in places.items():
+            known[execution_id] = _encode(place)
 
     def _derive(
         self, conn: Connection, events: list[Event], starts: Sequence[ExecutionRecord]
@@ -86,7 +139,11 @@ class LogWriter:
         return self._raw
 
     def _append_sqlite(
-        self, session_id: str, items: Sequence[Item], starts: Sequence[ExecutionRecord]
+        self,
+        session_id: str,
+        items: Sequence[Item],
+        starts: Sequence[ExecutionRecord],
+        resume: str | None,
     ) -> list[Event]:
         db = self._connection()
         stored = [pack(kind, data) for _, kind, data in items]  # before the lock is taken
@@ -94,7 +151,11 @@ class LogWriter:
         db.execute("BEGIN IMMEDIATE")
         try:
             size = sum(len(data) for data, _ in stored)
-            row = db.execute(_BUMP, (len(items), size, now, session_id)).fetchone()
+            if resume is None:
+                row = db.execute(_BUMP, (len(items), size, now, session_id)).fetchone()
+            else:
+                bump = (len(items), size, now, resume, session_id)
+                row = db.execute(_BUMP_RESUME, bump).fetchone()
             if row is None:
                 raise NotFoundError(f"no session {session_id!r}", session_id=session_id)
             first = int(row[0]) - len(items) + 1
@@ -135,6 +196,14 @@ class LogWriter:
         if self._raw is not None:
             self._pool_entry.close()
             self._raw = None
+
+
+_FORMATS = {n: "[" + ",".join(["%d"] * n) + "]" for n in range(1, 9)}
+
+
+def _encode(place: Sequence[int]) -> str:
+    """A place as JSON (a list of integers), faster than json.dumps."""
+    return _FORMATS[len(place)] % tuple(place)
 
 
 def _outcome(event: Event) -> dict[str, Any]:

@@ -8,6 +8,16 @@ ends the execution's record. A run of a durable session holds the session's run 
 lock is released as the run ends, and if a forced takeover took it meanwhile, the run ends
 with a ``run_cancelled`` error instead.
 
+A command's record also keeps, with each batch of its output, where it stands in the agent's
+output log (its session's ``resume``, written by the same transaction, see
+:mod:`sandlot.transcript.logwriter`): ``[offset, logged, dropped]``, the agent byte offset up
+to which output is logged and the bytes logged and dropped so far; when secrets are masked,
+then for stdout and for stderr where its held-back partial match began and how much of it a
+replacement already covered. A restarted server re-attaches to the command from there
+(:meth:`RunRecorder.resume_offset`, :meth:`RunRecorder.resumed`): output a masker held back is
+fed again, output already logged is skipped, so the record goes on with no byte twice or
+missing; bytes the agent no longer held are logged as one ``gap`` event.
+
 What differs between the two paths is who drives the frames, and the caller's policy: a
 server pumps them in a task of its own (:mod:`sandlot.transcript.runs`) and caps what it logs
 (its ``max_log_bytes`` setting); an embedded session records each frame as its caller reads it
@@ -20,6 +30,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +45,7 @@ from .hub import Hub
 
 STREAMS = {p.STDOUT: "stdout", p.STDERR: "stderr"}
 KINDS = {"exec": "command", "code.run": "code", "code.install": "install"}  # ops that are runs
+REATTACHABLE = {"command": "exec", "install": "code.install"}  # by kind: the agent's processes
 
 
 def new_execution_id() -> str:
@@ -86,6 +98,15 @@ class RunRecorder:
         self.ended = False  # its exit or error event is queued
         self.taken_over = False  # set by a taker before it cancels this run
         self._released = False
+        # Where the command stands in the agent's output log (stdout and stderr bytes
+        # together, in arrival order): what a restarted server resumes from.
+        self.offset = 0
+        # Code cells are not processes one can re-attach to; commands and installs are.
+        self.tracks = op in REATTACHABLE.values()
+        self._skip: dict[str, int] | None = None  # per stream: logged up to this offset
+        # Per stream, the recent frames fed to its masker (end offset, length): where the
+        # bytes it holds back began.
+        self._fed: dict[str, deque[tuple[int, int]]] = {n: deque() for n in self.maskers}
 
     @property
     def kind(self) -> str:
@@ -118,6 +139,12 @@ class RunRecorder:
         if kind == p.DATA:
             name = STREAMS.get(stream)
             if name is not None and payload:
+                at = self.offset
+                self.offset = at + len(payload)
+                if self._skip is not None:  # re-attached: replayed output already logged
+                    payload = self._unlogged(name, at, payload)
+                    if not payload:
+                        return True
                 await self._output(name, payload)
         elif kind == p.EVENT:
             event = parse(payload)
@@ -137,6 +164,77 @@ class RunRecorder:
                 payload = dumps(outcome)
             return await self._end("exit", outcome, payload)
         return True
+
+    # -- a restart ----------------------------------------------------------------------------
+
+    @staticmethod
+    def resume_offset(place: list[Any] | None) -> int:
+        """The agent offset to re-attach from, given what the log stored (``resume``)."""
+        if not place:
+            return 0
+        holds = place[3::2]  # where each stream's held-back bytes began
+        return int(min([place[0], *holds]))
+
+    async def resumed(self, pid: int | None, place: list[Any] | None, start: int, gap: int) -> None:
+        """Carry on the record of a command after a restart (its ``started`` is logged),
+        from ``place`` (what the log stored); the agent replays from ``start`` on, having
+        lost ``gap`` bytes before it."""
+        self.has_started = True
+        self.pid = pid
+        resume_at = self.resume_offset(place)
+        self.offset = max(resume_at, start)
+        if place:
+            self.logged, self.dropped = int(place[1]), int(place[2])
+            holds = place[3:]
+            if holds:
+                names = list(STREAMS.values())
+                self._skip = {n: int(holds[2 * i]) for i, n in enumerate(names)}
+                for i, name in enumerate(names):
+                    masker = self.maskers.get(name)
+                    if masker is not None and not gap:  # what it held back comes again
+                        masker.restore(int(holds[2 * i + 1]))
+        if gap:
+            notice = {"event": "gap", "bytes": gap, "offset": resume_at}
+            await self._log("gap", dumps(notice))
+
+    def _unlogged(self, name: str, at: int, payload: bytes) -> bytes:
+        """What of a replayed frame starting at offset ``at`` is not logged yet."""
+        assert self._skip is not None
+        logged_to = self._skip.get(name, 0)
+        if at < logged_to:
+            payload = payload[logged_to - at :]
+        if self.offset >= max(self._skip.values()):
+            self._skip = None  # past every stream's logged output
+        return payload
+
+    def _progress(self) -> tuple[int, ...] | None:
+        """Where the command stands, stored with its output (see the module)."""
+        if not self.tracks:
+            return None
+        if not self.maskers:
+            return (self.offset, self.logged, self.dropped)
+        place = [self.offset, self.logged, self.dropped]
+        for name in STREAMS.values():
+            masker = self.maskers[name]
+            place += [self._held_from(name, masker.pending), masker.covered]
+        return tuple(place)
+
+    def _held_from(self, name: str, held: int) -> int:
+        """The offset of the first of the ``held`` bytes a stream's masker holds back."""
+        for end, length in reversed(self._fed[name]):
+            if held <= length:
+                return end - held
+            held -= length
+        return self.offset
+
+    def _fed_frame(self, name: str, length: int) -> None:
+        """Note a frame fed to a masker; keep only what covers a held-back match."""
+        fed = self._fed[name]
+        fed.append((self.offset, length))
+        longest = len(self.maskers[name].values[0])
+        total = sum(n for _, n in fed)
+        while len(fed) > 1 and total - fed[0][1] >= longest:
+            total -= fed.popleft()[1]
 
     async def failed(self, error: SandlotError) -> bool:
         """The run failed with ``error``; False as :meth:`record`."""
@@ -200,18 +298,28 @@ class RunRecorder:
     async def _output(self, name: str, data: bytes, masked: bool = False) -> None:
         masker = None if masked else self.maskers.get(name)
         if masker is not None:  # a secret's value never reaches the log or a stream
+            if self.tracks:
+                self._fed_frame(name, len(data))
             data = masker.feed(data)
+        notice = None
         if self.max_log_bytes is not None:
             room = self.max_log_bytes - self.logged
             if len(data) > room:
                 if self.dropped == 0:
-                    notice = {"event": "truncated", "after": self.max_log_bytes}
-                    await self._log("truncated", dumps(notice))
+                    notice = dumps({"event": "truncated", "after": self.max_log_bytes})
                 self.dropped += len(data) - max(room, 0)
                 data = data[: max(room, 0)]
+        if not data and notice is None:
+            return  # held back or dropped: what the log stored still says where it stands
+        await self.hub.room(self.session_id)
+        if self.ended:
+            return
+        self.logged += len(data)
+        place = self._progress()
+        if notice is not None:  # both in one batch: a restart sees both or neither
+            self._put("truncated", notice, progress=place)
         if data:
-            self.logged += len(data)
-            await self._log(name, data)
+            self._put(name, data, progress=place)
 
     async def _log(self, kind: str, data: bytes) -> None:
         """Queue an event once the log has room for it (back-pressure to the agent); not
@@ -224,8 +332,14 @@ class RunRecorder:
         self.ended = True
         self._put(kind, data)
 
-    def _put(self, kind: str, data: bytes, record: ExecutionRecord | None = None) -> None:
-        self.hub.put_nowait(self.session_id, self.id, kind, data, record)
+    def _put(
+        self,
+        kind: str,
+        data: bytes,
+        record: ExecutionRecord | None = None,
+        progress: tuple[int, ...] | None = None,
+    ) -> None:
+        self.hub.put_nowait(self.session_id, self.id, kind, data, record, progress)
 
 
 def _maskers(secrets: list[str]) -> dict[str, Masker]:

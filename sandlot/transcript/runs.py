@@ -11,21 +11,35 @@ A run of a durable session takes the session's run lock first (SessionBusyError 
 holder). A forced takeover cancels the holder's run: its process is killed (by the lock's
 keeper, :meth:`sandlot.manager.sessions.Sessions.lock`), and a run pumped here ends with a
 ``run_cancelled`` error; a code cell is interrupted instead, its context kept.
+
+After a restart, :meth:`Runs.reattach` carries on the record of a command the last process
+was pumping: the same execution, pumped the same way, from the agent's ``proc.attach`` of its
+process at the offset its log had stored. Cancelling such a run kills its process group, as
+cancelling the original request would have (cancelling an attach only detaches).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..agent import protocol as p
 from ..channel.base import ChannelLike, RequestLike
 from ..errors import CodeContextBusyError, ProtocolError, SandlotError
+from ..store.records import ExecutionRecord
 from ..supervisor import Supervisor
 from .hub import Hub
-from .recorder import KINDS, STREAMS, RunRecorder, new_execution_id, parse, takes_run_lock
+from .recorder import (
+    KINDS,
+    REATTACHABLE,
+    STREAMS,
+    RunRecorder,
+    new_execution_id,
+    parse,
+    takes_run_lock,
+)
 
 __all__ = ["KINDS", "STREAMS", "Run", "RunLock", "Runs", "new_execution_id", "takes_run_lock"]
 TAKEOVER_SECONDS = 5.0  # a killed run's end that takes longer is forced (a cancel)
@@ -43,6 +57,8 @@ class Run(RunRecorder):
         self.task: asyncio.Task[None] | None = None
         self.ended_at: float | None = None
         self.stdin_lock = asyncio.Lock()
+        self.kill: Callable[[], Awaitable[Any]] | None = None  # a re-attached run's cancel
+        self.detaching = False  # its pump stops, its command runs on (Runs.detach)
 
     async def accepted(self) -> None:
         """Wait for the agent to accept the request (raising its refusal), then log its
@@ -57,6 +73,19 @@ class Run(RunRecorder):
             raise ProtocolError(f"the agent answered {self.op} with frame kind {kind}")
         self.started(parse(payload).get("pid"))
 
+    async def attached(self) -> dict[str, Any]:
+        """Wait for the agent's ``attached`` event of a ``proc.attach`` request (raising
+        its refusal: ``process_not_found`` when the agent no longer knows the process)."""
+        try:
+            kind, _, payload = await self.request.receive()
+            event = parse(payload) if kind == p.EVENT else {}
+            if event.get("event") != "attached":
+                raise ProtocolError(f"the agent answered proc.attach with {payload[:200]!r}")
+        except BaseException:
+            self.request.cancel()
+            raise
+        return event
+
     async def pump(self) -> None:
         """Log every frame until the request ends; then the outcome is final."""
         request = self.request
@@ -69,7 +98,11 @@ class Run(RunRecorder):
                 elif frame[0] == p.END or ended:
                     return
         except asyncio.CancelledError:
+            if self.detaching:  # no CANCEL: that would kill the command
+                raise
             request.cancel()
+            if self.kill is not None:  # an attach's cancel only detaches
+                Supervisor.current().spawn(self.kill(), "kill-run")
             self.cancelled()
             raise
         except SandlotError as exc:
@@ -140,6 +173,18 @@ class Runs:
             if run.task is not None and sandbox_id in (None, run.sandbox_id):
                 run.task.cancel()
 
+    async def detach(self) -> None:
+        """The process stops: stop pumping, but leave its commands running and their
+        records open, with their run locks, for the next start to re-attach to (see
+        :meth:`reattach`). Code cells cannot be re-attached to: they are cancelled."""
+        tasks = []
+        for run in self.values():
+            if run.task is not None and not run.done.is_set():
+                run.detaching = run.tracks
+                run.task.cancel()
+                tasks.append(run.task)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def start(
         self,
         channel: ChannelLike,
@@ -191,6 +236,58 @@ class Runs:
         started.task = Supervisor.current().spawn(self._pump(started), "execution")
         return started
 
+    async def reattach(
+        self,
+        channel: ChannelLike,
+        record: ExecutionRecord,
+        place: list[Any] | None,
+        *,
+        secrets: list[str],
+        locked: bool,
+    ) -> Run:
+        """Carry on a command's record after a restart, from ``place`` (what its log stored
+        of where it stood, :meth:`RunRecorder.resume_offset`; the hub's writer must know it
+        first, with those of the session's other commands carried on: see
+        :meth:`LogWriter.remember <sandlot.transcript.logwriter.LogWriter.remember>`);
+        ``locked``: it holds its
+        session's run lock, released as it ends. Raises the agent's refusal (the process is
+        unknown to it: ``process_not_found``)."""
+        op = REATTACHABLE.get(record.kind)
+        if record.pid is None or op is None:
+            raise ProtocolError(f"execution {record.id} has no process to re-attach to")
+        pid = record.pid
+        session_id, execution_id = record.session_id, record.id
+        offset = Run.resume_offset(place)
+        run = Run(
+            channel.open("proc.attach", pid=pid, offset=offset),
+            self.hub,
+            op,
+            session_id,
+            record.sandbox_id,
+            execution_id=execution_id,
+            secrets=secrets,
+            max_log_bytes=self.max_log_bytes,
+            release=(lambda: self.locks.unlock(session_id, execution_id)) if locked else None,
+        )
+        run.created_at = record.created_at.timestamp()
+        attached = await run.attached()
+        start, gap = attached.get("start", 0), attached.get("gap", 0)
+        if not isinstance(start, int) or not isinstance(gap, int) or start < 0 or gap < 0:
+            run.request.cancel()
+            raise ProtocolError(f"malformed attached event from the agent: {attached!r}")
+        await run.resumed(pid, place, start, gap)
+
+        async def kill() -> None:
+            try:
+                await channel.call("signal", pid=pid, signal=9)
+            except SandlotError:
+                pass  # it ended meanwhile, or its sandbox did
+
+        run.kill = kill
+        self._runs[execution_id] = run
+        run.task = Supervisor.current().spawn(self._pump(run), "execution")
+        return run
+
     @staticmethod
     async def _accepted(run: Callable[[], Run], interrupted: bool) -> Run:
         """Open the request until the agent accepts it: a cell that a takeover interrupted
@@ -214,7 +311,7 @@ class Runs:
             pass
         finally:
             # Its record ends with its exit (or error) event, in the same transaction.
-            if self.on_end is not None:
+            if self.on_end is not None and not run.detaching:
                 self.on_end(run)
             asyncio.get_running_loop().call_later(KEEP_SECONDS, self._runs.pop, run.id, None)
 

@@ -108,3 +108,33 @@ def test_output_is_compressed_and_a_tenants_ended_logs_are_capped_on_postgresql(
     finally:
         db.close()
         server.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_server_re_attaches_to_a_running_command_on_postgresql(
+    pg_server: ServerProcess,
+) -> None:
+    """Where a command stands in its agent's log commits with its output on PostgreSQL
+    too: the restarted server carries its record on (tests/remote/test_restart.py)."""
+    from .test_restart import SCRIPT, STDERR, STDOUT
+
+    pg_server.start()
+    client = sandlot.Client(url=pg_server.url)
+    sb = sandlot.Sandbox.create(client=client, timeout=120)
+    try:
+        seen: list[str] = []
+        handle = sb.commands.run(SCRIPT, background=True, on_stdout=seen.append)
+        deadline = time.monotonic() + 20
+        while "".join(seen).count("\n") < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pg_server.stop(signal.SIGKILL)
+        time.sleep(1.0)
+        pg_server.start()
+        result = handle.wait()
+        assert (result.stdout, result.stderr, result.exit_code) == (STDOUT, STDERR, 7)
+        assert "".join(seen) == STDOUT
+        events = sse(f"{pg_server.url}/v1/sandboxes/{sb.id}/events?follow=false")
+        assert [e[0] for e in events] == list(range(1, len(events) + 1))
+        assert "".join(e[2]["text"] for e in events if e[1] == "stdout") == STDOUT
+    finally:
+        sb.kill()
