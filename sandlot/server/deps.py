@@ -1,4 +1,5 @@
-"""Request dependencies: the server's state, the caller (by API key), idempotency, SSE."""
+"""Request dependencies: the server's state, the caller (by API key), idempotency, event
+streams (Server-Sent Events, or binary frames for clients that ask for them)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,17 @@ from fastapi import Depends, Header, Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import AuthenticationError, ForbiddenError, IdempotencyConflictError
-from . import sse
+from . import frames, sse
 from .state import LOCAL_TENANT, Principal, ServerState
 
 KEEPALIVE_SECONDS = 15.0
 MAX_SEQ = 2**63 - 1  # what the database's integers hold: the largest id or seq a query takes
 IDEMPOTENCY_WAIT = 30.0
+# How OpenAPI declares an event stream's two bodies.
+STREAM_CONTENT = {
+    sse.MEDIA_TYPE: {},
+    frames.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+}
 
 
 async def get_state(request: Request) -> ServerState:  # async: a plain def runs in a thread
@@ -146,8 +152,14 @@ def event_stream(
     execution_id: str | None = None,
     follow: bool = True,
     headers: dict[str, str] | None = None,
+    media_type: str = sse.MEDIA_TYPE,
 ) -> StreamingResponse:
-    async def body() -> AsyncIterator[bytes]:
+    """The session's events after ``after`` as a streaming body: Server-Sent Events, or
+    binary frames (:mod:`.frames`) when ``media_type`` says so."""
+    binary = media_type == frames.MEDIA_TYPE
+    keepalive = frames.KEEPALIVE if binary else sse.KEEPALIVE
+
+    async def body() -> AsyncIterator[bytes | memoryview]:
         events = state.hub.follow(
             session_id,
             after,
@@ -157,15 +169,29 @@ def event_stream(
             heartbeat=KEEPALIVE_SECONDS,
         )
         async for batch in events:
-            # An empty batch is a quiet spell: a comment line keeps proxies from closing.
-            yield b"".join(map(sse.encode, batch)) if batch else sse.KEEPALIVE
+            # An empty batch is a quiet spell: a keep-alive keeps proxies from closing.
+            if not batch:
+                yield keepalive
+            elif binary:
+                for part in frames.writes(batch):
+                    yield part
+            else:
+                yield b"".join(map(sse.encode, batch))
 
     return StreamingResponse(
         body(),
-        media_type=sse.MEDIA_TYPE,
+        media_type=media_type,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})},
     )
 
 
-def wants_stream(accept: str | None) -> bool:
-    return bool(accept) and sse.MEDIA_TYPE in (accept or "")
+def stream_type(accept: str | None) -> str | None:
+    """The streaming body a caller accepts: binary frames if it names them (the SDK), else
+    Server-Sent Events if it names those; None: it wants JSON."""
+    if not accept:
+        return None
+    if frames.MEDIA_TYPE in accept:
+        return frames.MEDIA_TYPE
+    if sse.MEDIA_TYPE in accept:
+        return sse.MEDIA_TYPE
+    return None
