@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 EXECUTIONS = {"exec": "/commands", "code.run": "/code/run", "code.install": "/code/install"}
 STREAMS = {"stdout": p.STDOUT, "stderr": p.STDERR}
 RESUME_FOR = 30.0  # seconds a dropped stream keeps trying to resume
+DRAIN_SECONDS = 5.0  # for the end of a body after its last event
 UPLOAD_FLOOR = 1 << 20  # bytes per second an upload may slow to before its deadline ends it
 # Binary frames from a server that has them; an older one answers with Server-Sent Events.
 STREAM = {"Accept": f"{FRAMES}, text/event-stream;q=0.5"}
@@ -205,19 +206,21 @@ class _Execution(RemoteRequest):
         self._response = response
         self.execution_id = response.headers.get("X-Sandlot-Execution")
         give_up_at: float | None = None
+        ended = False
         while True:
             try:
                 async for event in _events(response):
                     give_up_at = None
                     frame = self._frame(event)
                     if frame is not None:
+                        ended = frame[0] == p.END
                         yield frame
-                        if frame[0] == p.END:
+                        if ended:
                             return
             except (TimeoutError, aiohttp.ClientError, OSError):
                 pass  # the connection dropped: resume below
             finally:
-                response.release()
+                _release(response, ended)
             if self.done or self.execution_id is None:
                 raise SandboxClosedError("the stream from the server ended early")
             loop = asyncio.get_running_loop()
@@ -295,6 +298,25 @@ class _Execution(RemoteRequest):
             path = f"{self.channel.base}/executions/{self.execution_id}/cancel"
             background(self.channel.client.call("POST", path))
         self.abandon()
+
+
+def _release(response: aiohttp.ClientResponse, ended: bool) -> None:
+    """Done with a stream. aiohttp closes a connection released before its body's end was
+    read (a quarter of warm runs paid a new connection for it): after the last event, the
+    end (which a server sends with it, or just after) is read first."""
+    if ended and not response.content.at_eof():
+        background(_drain(response))
+    else:
+        response.release()
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while await response.content.readany():
+                pass
+    finally:
+        response.release()
 
 
 def _events(response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
