@@ -262,3 +262,8 @@ def stream_type(accept: str | None) -> str | None:
     if sse.MEDIA_TYPE in accept:
         return sse.MEDIA_TYPE
     return None
+
+
+def wants_stream(accept: str | None) -> bool:
+    """Whether the caller accepts a stream (either kind)."""
+    return stream_type(accept) is not None
