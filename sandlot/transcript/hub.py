@@ -6,7 +6,7 @@ it. One writer task commits whatever has accumulated, per session in one transac
 the next batch accumulates: an idle process commits each event at once (low latency), a busy
 one commits many per transaction (high throughput). Consecutive output of one execution is
 coalesced into chunks of up to ``CHUNK`` bytes first, so a flood of small writes does not
-become a flood of rows.
+become a flood of rows (a big write stays an event of its own: joining it would copy it).
 
 Only committed events are ever sent to a client: what a client saw survives a crash, and its
 sequence number is never reused. Followers are woken after each commit and read from a small
