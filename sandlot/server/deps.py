@@ -159,9 +159,14 @@ class EventStreamResponse(StreamingResponse):
         writes: AsyncGenerator[tuple[bytes | memoryview, bool], None],
         media_type: str,
         headers: dict[str, str],
+        *,
+        hold_headers: bool = False,
     ) -> None:
         super().__init__(_nothing(), media_type=media_type, headers=headers)
         self.writes = writes
+        # The headers go out with the first write (an execution's starts at once): the
+        # client wakes up once for both, not twice.
+        self.hold_headers = hold_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -188,12 +193,19 @@ class EventStreamResponse(StreamingResponse):
 
     async def stream_response(self, send: Send) -> None:
         start = {"type": "http.response.start", "status": self.status_code}
-        await send({**start, "headers": self.raw_headers})
+        start["headers"] = self.raw_headers
+        if not self.hold_headers:
+            await send(start)
         try:
             async for data, last in self.writes:
+                if self.hold_headers:
+                    self.hold_headers = False
+                    await send(start)
                 await send({"type": "http.response.body", "body": data, "more_body": not last})
                 if last:
                     return
+            if self.hold_headers:
+                await send(start)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await self.writes.aclose()  # its follower stops now, not when it is collected
@@ -249,6 +261,7 @@ def event_stream(
         writes(),
         media_type,
         {"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})},
+        hold_headers=until_terminal,
     )
 
 
