@@ -214,7 +214,10 @@ class _Protocol(asyncio.BufferedProtocol):
         self.end = 0  # end of received data
         self.offered = 0  # size of the last buffer handed to the transport
         # A large DATA frame being read into a buffer of its own: (header, body, filled).
-        self.large: tuple[tuple[int, int, int], bytearray, int] | None = None
+        self.large: tuple[tuple[int, int, int], memoryview, int] | None = None
+        # Where large frames are read, kept from one to the next: a new buffer for each
+        # would cost page faults per MiB (the server has big blocks mapped and unmapped).
+        self.spare: bytearray | None = None
 
     def _resize(self, size: int) -> None:
         """A new buffer of ``size`` bytes holding the unparsed data at its front."""
@@ -241,7 +244,7 @@ class _Protocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.large is not None:  # exactly the rest of the frame: no copy, no compaction
             _, body, filled = self.large
-            return memoryview(body)[filled:]
+            return body[filled:]
         capacity = len(self.buffer)
         if capacity - self.end < capacity // 4:  # little room left at the end
             if self.start:  # compact in place: move the partial frame to the front
@@ -280,7 +283,9 @@ class _Protocol(asyncio.BufferedProtocol):
                 if kind == p.DATA and length >= LARGE_FRAME:
                     # Read the rest of it into a buffer of its own, rather than growing
                     # and compacting ours around it.
-                    body = bytearray(length)
+                    if self.spare is None:
+                        self.spare = bytearray(p.MAX_DATA)
+                    body = memoryview(self.spare)[:length]
                     have = end - offset - p.HEADER_SIZE
                     body[:have] = view[offset + p.HEADER_SIZE : end]
                     self.large = (kind, stream, rid), body, have
@@ -295,6 +300,7 @@ class _Protocol(asyncio.BufferedProtocol):
             self.start = self.end = 0
             if nbytes < BUFFER_MIN // 2 < capacity:  # the stream is over: give memory back
                 self._resize(BUFFER_MIN)
+                self.spare = None
             elif nbytes == self.offered and capacity < BUFFER_MAX:  # reads fill it: grow
                 self._resize(min(capacity * 2, BUFFER_MAX))
             return
@@ -314,6 +320,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self.view = memoryview(self.buffer)
         self.start = self.end = self.offered = 0
         self.large = None
+        self.spare = None
 
 
 class Channel(ChannelLike):

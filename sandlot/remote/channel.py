@@ -2,11 +2,12 @@
 
 :class:`RemoteChannel` implements :class:`sandlot.channel.ChannelLike` (``open``, ``call``,
 ``close``), as :class:`sandlot.channel.Channel` does, and turns each agent operation into its
-REST call. Executions (commands, cells, installs) become one streaming POST whose Server-Sent
-Events are turned back into the agent's frames; when the connection drops mid-stream, or
-carries nothing (not even the server's keep-alive) for the client's ``stream_timeout``, the
-request resumes from the log with ``Last-Event-ID``, so no byte is lost and none arrives twice.
-It keeps trying for the client's ``retry_for`` seconds (a server that restarts is waited for).
+REST call. Executions (commands, cells, installs) become one streaming POST whose events
+are turned back into the agent's frames: binary frames (:mod:`.frames`), or Server-Sent Events
+from a server that has none; when the connection drops mid-stream, or carries nothing (not
+even the server's keep-alive) for the client's ``stream_timeout``, the request resumes from the
+log with ``Last-Event-ID``, so no byte is lost and none arrives twice. It keeps trying for the
+client's ``retry_for`` seconds (a server that restarts is waited for).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from ..errors import (
     from_dict,
 )
 from .client import background
+from .frames import MEDIA_TYPE as FRAMES
+from .frames import FrameEvent, frames
 from .sse import ServerEvent, events
 
 if TYPE_CHECKING:
@@ -34,10 +37,14 @@ if TYPE_CHECKING:
 
     from .client import Client
 
+    Event = FrameEvent | ServerEvent
+
 EXECUTIONS = {"exec": "/commands", "code.run": "/code/run", "code.install": "/code/install"}
 STREAMS = {"stdout": p.STDOUT, "stderr": p.STDERR}
+DRAIN_SECONDS = 5.0  # for the end of a body after its last event
 UPLOAD_FLOOR = 1 << 20  # bytes per second an upload may slow to before its deadline ends it
-SSE = {"Accept": "text/event-stream"}
+# Binary frames from a server that has them; an older one answers with Server-Sent Events.
+STREAM = {"Accept": f"{FRAMES}, text/event-stream;q=0.5"}
 
 
 def _q(value: Any) -> str:
@@ -194,24 +201,26 @@ class _Execution(RemoteRequest):
         client = self.channel.client
         body = {**self.args, "force": True} if self.channel.force else self.args
         response = await client.open(
-            "POST", self.channel.base + EXECUTIONS[self.op], json=body, headers=SSE
+            "POST", self.channel.base + EXECUTIONS[self.op], json=body, headers=STREAM
         )
         self._response = response
         self.execution_id = response.headers.get("X-Sandlot-Execution")
         give_up_at: float | None = None
+        ended = False
         while True:
             try:
-                async for event in events(response):
+                async for event in _events(response):
                     give_up_at = None
                     frame = self._frame(event)
                     if frame is not None:
+                        ended = frame[0] == p.END
                         yield frame
-                        if frame[0] == p.END:
+                        if ended:
                             return
             except (TimeoutError, aiohttp.ClientError, OSError):
                 pass  # the connection dropped: resume below
             finally:
-                response.release()
+                _release(response, ended)
             if self.done or self.execution_id is None:
                 raise SandboxClosedError("the stream from the server ended early")
             loop = asyncio.get_running_loop()
@@ -235,7 +244,7 @@ class _Execution(RemoteRequest):
                         return await client.open(
                             "GET",
                             path,
-                            headers={**SSE, "Last-Event-ID": str(self.last_seq)},
+                            headers={**STREAM, "Last-Event-ID": str(self.last_seq)},
                             retry=True,
                         )
                     except RemoteUnavailableError:
@@ -252,7 +261,7 @@ class _Execution(RemoteRequest):
                 url=client.url,
             ) from None
 
-    def _frame(self, event: ServerEvent) -> Frame | None:
+    def _frame(self, event: Event) -> Frame | None:
         if event.seq is not None:
             if event.seq <= self.last_seq:
                 return None  # already delivered before a reconnect
@@ -260,9 +269,9 @@ class _Execution(RemoteRequest):
         kind = event.kind
         if kind in STREAMS:
             return p.DATA, STREAMS[kind], event.output
-        data = event.data.get("data")
+        data = event.value
         if kind == "started" and self.execution_id is None:
-            self.execution_id = event.data.get("execution")
+            self.execution_id = event.execution
         if kind == "error":
             raise from_dict(data)
         payload = json.dumps(data).encode()
@@ -292,6 +301,32 @@ class _Execution(RemoteRequest):
             path = f"{self.channel.base}/executions/{self.execution_id}/cancel"
             background(self.channel.client.call("POST", path))
         self.abandon()
+
+
+def _release(response: aiohttp.ClientResponse, ended: bool) -> None:
+    """Done with a stream. aiohttp closes a connection released before its body's end was
+    read (a quarter of warm runs paid a new connection for it): after the last event, the
+    end (which a server sends with it, or just after) is read first."""
+    if ended and not response.content.at_eof():
+        background(_drain(response))
+    else:
+        response.release()
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while await response.content.readany():
+                pass
+    finally:
+        response.release()
+
+
+def _events(response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
+    """A stream's events, in the format the server chose."""
+    if response.content_type == FRAMES:
+        return frames(response)
+    return events(response)
 
 
 class _Download(RemoteRequest):

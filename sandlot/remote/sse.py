@@ -29,6 +29,15 @@ class ServerEvent:
             return base64.b64decode(self.data["b64"])
         return str(self.data.get("text", "")).encode()
 
+    @property
+    def execution(self) -> Any:
+        return self.data.get("execution")
+
+    @property
+    def value(self) -> Any:
+        """The agent's message of any other event."""
+        return self.data.get("data")
+
 
 async def events(response: aiohttp.ClientResponse) -> AsyncIterator[ServerEvent]:
     pending: list[bytes] = []  # an event's start, in the chunks it came in

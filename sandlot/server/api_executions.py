@@ -1,9 +1,11 @@
 """Commands and code cells (*executions*): start them, follow their events, drive them.
 
 ``POST .../commands`` (and ``.../code/run``, ``.../code/install``) answers with the
-execution's events as Server-Sent Events when the caller accepts ``text/event-stream``, else
-at once with the execution's id (202). Either way the execution runs on the server, not on
-the connection: ``GET .../executions/{id}/events?after=N`` (or ``Last-Event-ID``) resumes.
+execution's events as they happen when the caller accepts a stream: binary frames
+(``application/x-sandlot-frames``, :mod:`.frames`) or Server-Sent Events
+(``text/event-stream``); else at once with the execution's id (202). Either way the execution
+runs on the server, not on the connection: ``GET .../executions/{id}/events?after=N`` (or
+``Last-Event-ID``) resumes, in either format.
 """
 
 from __future__ import annotations
@@ -20,23 +22,29 @@ from ..api import CodeRunRequest, CommandRequest, ExecutionOut, InstallRequest, 
 from ..store.records import ExecutionRecord
 from ..transcript.runs import Run
 from .deps import (
+    STREAM_CONTENT,
     Caller,
     IdempotencyKey,
     Idempotent,
     State,
     after_from,
     event_stream,
-    wants_stream,
+    stream_type,
 )
-from .sse import MEDIA_TYPE
+from .sse import MEDIA_TYPE as SSE
 from .state import Principal, ServerState
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["executions"])
 STARTED = {
     202: {"model": ExecutionOut, "description": "started (JSON)"},
-    200: {"content": {MEDIA_TYPE: {}}, "description": "the execution's events (SSE)"},
+    200: {
+        "content": STREAM_CONTENT,
+        "description": "the execution's events: Server-Sent Events, or binary frames",
+    },
 }
-SSE_RESPONSE = {200: {"content": {MEDIA_TYPE: {}}, "description": "Server-Sent Events"}}
+SSE_RESPONSE = {
+    200: {"content": STREAM_CONTENT, "description": "Server-Sent Events, or binary frames"}
+}
 Accept = Annotated[str | None, Header()]
 
 
@@ -81,28 +89,31 @@ async def _start(
     except BaseException:
         await once.abandon()
         raise
-    streaming = wants_stream(accept)
+    streaming = stream_type(accept)
     if idempotency_key is not None or not streaming:
         body = execution_out(run).model_dump_json().encode()
         await once.finish(202, "application/json", body)
     if streaming:
-        return _events_of(state, run.session_id, run.id, run.base_seq)
+        return _events_of(state, run.session_id, run.id, run.base_seq, streaming)
     return Response(body, status_code=202, media_type="application/json")
 
 
 def _replayed(state: ServerState, replay: Response, accept: str | None) -> Response:
     """A repeated call gets the first answer: the same execution (its events from the start,
     when the caller streams)."""
-    if not wants_stream(accept) or replay.status_code != 202:
+    streaming = stream_type(accept)
+    if not streaming or replay.status_code != 202:
         return replay
     first = json.loads(bytes(replay.body))
-    return _events_of(state, first["session_id"], first["id"], 0)
+    return _events_of(state, first["session_id"], first["id"], 0, streaming)
 
 
-def _events_of(state: ServerState, session_id: str, execution_id: str, after: int) -> Response:
+def _events_of(
+    state: ServerState, session_id: str, execution_id: str, after: int, media_type: str
+) -> Response:
     return event_stream(
         state, session_id, after, execution_id=execution_id,
-        headers={"X-Sandlot-Execution": execution_id},
+        headers={"X-Sandlot-Execution": execution_id}, media_type=media_type,
     )  # fmt: skip
 
 
@@ -182,10 +193,13 @@ async def execution_events(
     caller: Caller,
     after: Annotated[int | None, Query(ge=0, description="resume after this seq")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    accept: Accept = None,
 ) -> Response:
-    """The execution's events from the log, then live until it ends."""
+    """The execution's events from the log, then live until it ends: Server-Sent Events, or
+    binary frames when ``Accept`` names ``application/x-sandlot-frames``."""
     record = await state.execution(caller, sandbox_id, execution_id)
-    return _events_of(state, record.session_id, execution_id, after_from(after, last_event_id))
+    start = after_from(after, last_event_id)
+    return _events_of(state, record.session_id, execution_id, start, stream_type(accept) or SSE)
 
 
 @router.post(

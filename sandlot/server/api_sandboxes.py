@@ -13,11 +13,23 @@ from ..errors import InvalidArgumentError
 from ..models import SandboxSpec
 from ..providers import provider_class
 from ..store.records import SandboxRecord
-from .deps import MAX_SEQ, Caller, IdempotencyKey, Idempotent, State, after_from, event_stream
+from .deps import (
+    MAX_SEQ,
+    STREAM_CONTENT,
+    Caller,
+    IdempotencyKey,
+    Idempotent,
+    State,
+    after_from,
+    event_stream,
+    stream_type,
+)
 from .sse import MEDIA_TYPE
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
-SSE_RESPONSE = {200: {"content": {MEDIA_TYPE: {}}, "description": "Server-Sent Events"}}
+SSE_RESPONSE = {
+    200: {"content": STREAM_CONTENT, "description": "Server-Sent Events, or binary frames"}
+}
 
 
 def sandbox_out(record: SandboxRecord, idle_timeout: float | None = None) -> SandboxOut:
@@ -171,9 +183,18 @@ async def transcript(
     after: Annotated[int | None, Query(ge=0, description="resume after this seq")] = None,
     follow: bool = True,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    accept: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The log of the sandbox's session as Server-Sent Events (``id`` = sequence number),
-    then new events as they happen (unless ``follow=false``)."""
+    """The log of the sandbox's session as Server-Sent Events (``id`` = sequence number), or
+    as binary frames when ``Accept`` names ``application/x-sandlot-frames``, then new events
+    as they happen (unless ``follow=false``)."""
     record = await state.record(caller, sandbox_id)
     start = after_from(after, last_event_id)
-    return event_stream(state, record.session_id, start, follow=follow, sandbox_id=sandbox_id)
+    return event_stream(
+        state,
+        record.session_id,
+        start,
+        follow=follow,
+        media_type=stream_type(accept) or MEDIA_TYPE,
+        sandbox_id=sandbox_id,
+    )

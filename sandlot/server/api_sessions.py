@@ -26,22 +26,23 @@ from ..errors import InvalidArgumentError
 from .api_sandboxes import sandbox_out
 from .deps import (
     MAX_SEQ,
+    STREAM_CONTENT,
     Caller,
     IdempotencyKey,
     Idempotent,
     State,
     after_from,
     event_stream,
-    wants_stream,
+    stream_type,
 )
-from .sse import MEDIA_TYPE
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 EVENTS_RESPONSE = {
     200: {
-        "content": {MEDIA_TYPE: {}},
+        "content": STREAM_CONTENT,
         "description": "a JSON list of events, or Server-Sent Events with "
-        "`Accept: text/event-stream`",
+        "`Accept: text/event-stream`, or binary frames with "
+        "`Accept: application/x-sandlot-frames`",
     }
 }
 OUTPUT = ("stdout", "stderr")
@@ -157,9 +158,10 @@ async def session_events(
     list of :class:`SessionEventOut`. As Server-Sent Events (``id`` = seq, resumable with
     ``Last-Event-ID``): the log so far, then new events while ``follow``."""
     start = min(after_from(after, last_event_id), MAX_SEQ)
-    if wants_stream(accept):
+    streaming = stream_type(accept)
+    if streaming:
         await state.sessions.get(session_id, caller.tenant)
-        return event_stream(state, session_id, start, follow=follow)
+        return event_stream(state, session_id, start, follow=follow, media_type=streaming)
     found = await state.sessions.events(session_id, start, limit, caller.tenant)
     body = b"[" + b",".join(event_out(e).model_dump_json().encode() for e in found) + b"]"
     return Response(body, media_type="application/json")

@@ -6,7 +6,7 @@ it. One writer task commits whatever has accumulated, per session in one transac
 the next batch accumulates: an idle process commits each event at once (low latency), a busy
 one commits many per transaction (high throughput). Consecutive output of one execution is
 coalesced into chunks of up to ``CHUNK`` bytes first, so a flood of small writes does not
-become a flood of rows.
+become a flood of rows (a big write stays an event of its own: joining it would copy it).
 
 Only committed events are ever sent to a client: what a client saw survives a crash, and its
 sequence number is never reused. Followers are woken after each commit and read from a small
@@ -39,6 +39,7 @@ from .logwriter import LogWriter
 log = logging.getLogger("sandlot.transcript")
 T = TypeVar("T")
 CHUNK = 1024 * 1024  # largest coalesced output event
+ALONE = 256 * 1024  # output this big is an event of its own (joining it to others is a copy)
 PENDING_LIMIT = 8 * 1024 * 1024  # bytes waiting for commit before producers wait
 SESSION_PENDING_LIMIT = 2 * 1024 * 1024  # the same for one session (one session's flood
 # must not take all the room of the others)
@@ -56,7 +57,9 @@ TERMINAL = frozenset({"exit", "error"})
 class _Pending:
     execution_id: str | None
     kind: str
-    data: bytearray
+    parts: list[bytes]  # joined as it is committed: one copy of coalesced output, none of
+    # a chunk alone
+    size: int
     record: ExecutionRecord | None = None  # a "started" event records its execution
     progress: tuple[int, ...] | None = None  # where its command stands in the agent's log
 
@@ -202,6 +205,8 @@ class Hub:
     ) -> None:
         """``progress``: where the command stands in the agent's output log with this event
         (stored with it, in its transaction: what a restarted server resumes from)."""
+        if type(data) is not bytes:
+            data = bytes(data)  # kept until it is committed: nobody may change it meanwhile
         session = self._session(session_id)
         last = session.pending[-1] if session.pending else None
         if (
@@ -209,15 +214,19 @@ class Hub:
             and last is not None
             and last.kind == kind
             and last.execution_id == execution_id
-            and len(last.data) + len(data) <= CHUNK
+            and last.size + len(data) <= CHUNK
+            and len(data) < ALONE
         ):
-            last.data += data
+            last.parts.append(data)
+            last.size += len(data)
             if progress is not None:
                 last.progress = progress
         else:
             if not session.pending:
                 session.since = time.monotonic()
-            session.pending.append(_Pending(execution_id, kind, bytearray(data), record, progress))
+            session.pending.append(
+                _Pending(execution_id, kind, [data], len(data), record, progress)
+            )
         session.pending_bytes += len(data)
         self._pending_bytes += len(data)
         self._dirty.add(session_id)
@@ -306,7 +315,7 @@ class Hub:
     async def _commit(self, session_id: str, batch: list[_Pending], alone: bool) -> list[Event]:
         """Append a batch, with the execution records it implies, in one transaction;
         transient failures (a busy or restarting database) are retried."""
-        items = [(p.execution_id, p.kind, bytes(p.data)) for p in batch]
+        items = [(p.execution_id, p.kind, b"".join(p.parts)) for p in batch]
         starts = [p.record for p in batch if p.record is not None]
         progress = {p.execution_id: p.progress for p in batch if p.progress and p.execution_id}
         delay = 0.05

@@ -4,7 +4,9 @@ API keys and tenancy, errors on the wire, idempotent retries."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import subprocess
 import sys
 import tempfile
@@ -58,6 +60,28 @@ def sse(url: str, key: str | None = None) -> list[tuple[int, str, dict[str, Any]
         if "id" in fields:
             out.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
     return out
+
+
+def frames(url: str, headers: dict[str, str] | None = None) -> list[tuple[int, str, Any, bytes]]:
+    """A finished binary stream, as (seq, kind, execution, data): read as docs/server.md
+    specifies it, not with the SDK's reader."""
+    accept = {"Accept": "application/x-sandlot-frames", **(headers or {})}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=accept), timeout=30) as answer:
+        assert answer.headers["Content-Type"] == "application/x-sandlot-frames"
+        body = answer.read()
+    out, at = [], 0
+    while at < len(body):
+        (length,) = struct.unpack_from(">I", body, at)
+        frame, at = body[at + 4 : at + 4 + length], at + 4 + length
+        if length:
+            seq, k, e = struct.unpack_from(">QBB", frame)
+            names = frame[10 : 10 + k + e].decode()
+            out.append((seq, names[:k], names[k:] or None, frame[10 + k + e :]))
+    return out
+
+
+def sse_output(data: dict[str, Any]) -> bytes:
+    return base64.b64decode(data["b64"]) if "b64" in data else data["text"].encode()
 
 
 # -- the event log --------------------------------------------------------------------------
@@ -153,6 +177,42 @@ def test_a_detached_client_reads_what_it_missed(server: ServerProcess) -> None:
         events = sse(f"{server.url}/v1/sandboxes/{sb.id}/executions/{execution}/events")
         assert "".join(e[2].get("text", "") for e in events) == "a\nb\n"
         assert events[-1][1] == "exit"
+
+
+def test_the_binary_stream_carries_the_sse_streams_events_and_resumes_alike(
+    server: ServerProcess,
+) -> None:
+    """Binary frames and Server-Sent Events: the same events, seqs and bytes, from the start,
+    after ``?after=`` and after ``Last-Event-ID``; the SDK still reads a server's SSE."""
+    script = "printf 'line\\n\\000\\377\\033['; echo oops >&2; head -c 300000 /dev/zero"
+    with sandlot.Sandbox.create() as sb:
+        base = f"{server.url}/v1/sandboxes/{sb.id}"
+        _, started = http("POST", base + "/commands", {"cmd": script})
+        http("POST", f"{base}/executions/{started['id']}/wait?timeout=30")
+        url = f"{base}/executions/{started['id']}/events"
+        binary, text = frames(url), sse(url)
+        assert [(f[0], f[1]) for f in binary] == [(e[0], e[1]) for e in text]
+        assert binary[-1][1] == "exit" and json.loads(binary[-1][3])["exit_code"] == 0
+        out = b"".join(f[3] for f in binary if f[1] == "stdout")
+        assert out == b"line\n\0\xff\x1b[" + bytes(300000)
+        assert out == b"".join(sse_output(e[2]) for e in text if e[1] == "stdout")
+        assert {f[2] for f in binary} == {started["id"]}
+        middle = binary[1][0]
+        assert frames(f"{url}?after={middle}") == binary[2:]
+        assert frames(url, {"Last-Event-ID": str(middle)}) == binary[2:]
+        assert sse(f"{url}?after={middle}") == text[2:]
+        whole = frames(f"{base}/events?follow=false")  # the session's, in frames too
+        assert [f[0] for f in whole] == list(range(1, len(whole) + 1))
+
+        # The SDK asks for frames first; from a server that sends SSE it reads those.
+        from sandlot.remote import channel
+
+        saved, channel.STREAM = channel.STREAM, {"Accept": "text/event-stream"}
+        try:
+            result = sb.commands.run(script)
+        finally:
+            channel.STREAM = saved
+        assert result.stdout_bytes == out and result.stderr == "oops\n"
 
 
 # -- errors on the wire ---------------------------------------------------------------------
