@@ -313,3 +313,73 @@ class Health(BaseModel):
     problems: list[str] = Field(default_factory=list, description="what is wrong, when unhealthy")
     events_waiting: int = Field(0, description="events queued for the log, not yet committed")
     event_lag_seconds: float = Field(0.0, description="how long the oldest of them has waited")
+
+
+# -- terminals and processes (see docs/server.md, "Terminals over WebSocket") ----------------
+
+MAX_TERMINAL = 10000  # columns or rows, as the agent takes them
+MAX_PROCESS_BUFFER = 64 << 20  # the largest output log the agent keeps for one process
+
+
+class PtyStart(_Body):
+    """The terminal a ``/pty`` WebSocket starts: the first text message (or the query)."""
+
+    type: Literal["start"] = "start"
+    cmd: str | None = Field(None, min_length=1, max_length=1 << 16)
+    argv: list[str] | None = Field(None, min_length=1, max_length=4096)
+    cols: int = Field(80, ge=1, le=MAX_TERMINAL)
+    rows: int = Field(24, ge=1, le=MAX_TERMINAL)
+    env: dict[str, MaybeSecret] | None = Field(
+        None, description='values are strings or {"secret": NAME} (the tenant\'s secret)'
+    )
+    cwd: str | None = None
+    timeout: float | None = Field(None, gt=0, le=MAX_LIFETIME, description="seconds")
+    buffer: int | None = Field(
+        None, ge=1, le=MAX_PROCESS_BUFFER, description="output kept for reattaching, bytes"
+    )
+
+    @model_validator(mode="after")
+    def _command(self) -> PtyStart:
+        if self.cmd is not None and self.argv is not None:
+            raise ValueError("give at most one of cmd (a shell string) or argv (a list)")
+        if self.cmd is not None:
+            _no_nul(self.cmd, "cmd")
+        if self.argv is not None and (not self.argv[0] or any("\0" in a for a in self.argv)):
+            raise ValueError("argv must be non-empty at [0] and NUL-free")
+        return self
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, MaybeSecret] | None) -> dict[str, MaybeSecret] | None:
+        return None if value is None else check_env_refs(value)
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(value)
+
+
+class ResizeRequest(_Body):
+    """A terminal's new size (the process gets SIGWINCH)."""
+
+    cols: int = Field(ge=1, le=MAX_TERMINAL)
+    rows: int = Field(ge=1, le=MAX_TERMINAL)
+
+
+class ProcessOut(BaseModel):
+    """A process the agent keeps (``GET .../processes``): running, or ended a while ago."""
+
+    pid: int
+    kind: Literal["exec", "pty"]
+    cmd: str | None = None
+    argv: list[str] | None = None
+    running: bool
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    start: int = Field(ge=0, description="offset of the oldest output byte still held")
+    end: int = Field(ge=0, description="offset after the last output byte")
+    attached: int = Field(ge=0, description="readers streaming its output now")
+    started_at: float
+    cols: int | None = None
+    rows: int | None = None
