@@ -26,6 +26,8 @@ from .secrets.refs import MaybeSecret
 NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)  # stored as epoch seconds: far from datetime's end
+MIN_PROCESS_BUFFER = 4096  # the output log the agent keeps for one process: its bounds
+MAX_PROCESS_BUFFER = 64 << 20
 FORCE_DESCRIPTION = (
     "on a durable session's sandbox: cancel the run that holds the session's run lock "
     "(its stream ends with a `run_cancelled` error) instead of answering 409"
@@ -61,6 +63,10 @@ class CommandRequest(_Body):
         None, gt=0, le=MAX_LIFETIME, description="seconds; kills the process group"
     )
     stdin: bool = Field(False, description="keep stdin open for POST .../stdin")
+    buffer: int | None = Field(
+        None, ge=MIN_PROCESS_BUFFER, le=MAX_PROCESS_BUFFER,
+        description="output the sandbox keeps for reattaching (GET .../pty/{pid}), bytes",
+    )  # fmt: skip
     force: bool = Field(False, description=FORCE_DESCRIPTION)
 
     @model_validator(mode="after")
@@ -318,7 +324,6 @@ class Health(BaseModel):
 # -- terminals and processes (see docs/server.md, "Terminals over WebSocket") ----------------
 
 MAX_TERMINAL = 10000  # columns or rows, as the agent takes them
-MAX_PROCESS_BUFFER = 64 << 20  # the largest output log the agent keeps for one process
 
 
 class PtyStart(_Body):
@@ -335,7 +340,10 @@ class PtyStart(_Body):
     cwd: str | None = None
     timeout: float | None = Field(None, gt=0, le=MAX_LIFETIME, description="seconds")
     buffer: int | None = Field(
-        None, ge=1, le=MAX_PROCESS_BUFFER, description="output kept for reattaching, bytes"
+        None,
+        ge=MIN_PROCESS_BUFFER,
+        le=MAX_PROCESS_BUFFER,
+        description="output kept for reattaching, bytes",
     )
 
     @model_validator(mode="after")
