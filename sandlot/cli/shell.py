@@ -202,9 +202,10 @@ class Terminal:
 
 
 def _raw(fd: int) -> None:
+    import termios
     import tty
 
-    tty.setraw(fd)
+    tty.setraw(fd, termios.TCSANOW)  # not TCSAFLUSH: what was typed ahead goes to the shell
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ def ended(child: pexpect.spawn) -> int:
 def test_a_new_sandbox_shell_is_a_terminal_that_follows_the_window(home: Path) -> None:
     before = ids(home)
     child = spawn(home, "--command", SHELL)
-    child.sendline("PS1='PROMPT> '")
+    child.sendline("PS1='PRO''MPT> '")  # typed ahead: it waits for the shell
     child.expect("PROMPT> ")
     child.sendline("tty; stty size; echo MARK$((1+1))")
     child.expect("MARK2")
