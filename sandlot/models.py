@@ -270,6 +270,34 @@ class CommandResult(BaseModel):
         return self.exit_code == 0
 
 
+class ProcessInfo(BaseModel):
+    """A process the sandbox's agent keeps a log of (``sb.commands.list()``): a command or a
+    terminal, running, or ended a short while ago (then with its exit status).
+
+    ``start``/``end`` are offsets into its output log (stdout and stderr bytes together, in
+    the order they came, from 0): the log holds the bytes from ``start`` to ``end``; bytes
+    before ``start`` were dropped when the log was full. ``attached`` counts the clients
+    streaming it now. ``cols``/``rows`` are a terminal's size.
+    """
+
+    model_config = ConfigDict(defer_build=True, extra="ignore")
+
+    pid: int
+    kind: Literal["exec", "pty"]
+    cmd: str | None = None
+    argv: list[str] | None = None
+    running: bool
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    attached: int = Field(default=0, ge=0)
+    started_at: float
+    cols: int | None = None
+    rows: int | None = None
+
+
 EntryType = Literal["file", "dir", "symlink", "other"]
 
 

@@ -3,9 +3,10 @@
 from .code import AsyncExecutionHandle
 from .commands import AsyncCommandHandle, AsyncCommands
 from .files import AsyncFiles
+from .pty import AsyncPty, AsyncPtyHandle
 from .sandbox import AsyncSandbox
 from .session import AsyncSession
-from .sync import CommandHandle, Commands, ExecutionHandle, Files, Sandbox
+from .sync import CommandHandle, Commands, ExecutionHandle, Files, Pty, PtyHandle, Sandbox
 from .sync_session import Session
 
 __all__ = [
@@ -13,12 +14,16 @@ __all__ = [
     "AsyncCommands",
     "AsyncExecutionHandle",
     "AsyncFiles",
+    "AsyncPty",
+    "AsyncPtyHandle",
     "AsyncSandbox",
     "AsyncSession",
     "CommandHandle",
     "Commands",
     "ExecutionHandle",
     "Files",
+    "Pty",
+    "PtyHandle",
     "Sandbox",
     "Session",
 ]

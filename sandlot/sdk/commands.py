@@ -1,8 +1,10 @@
-"""``sb.commands``: run commands, stream their output, drive background processes."""
+"""``sb.commands``: run commands, stream their output, drive background processes, list and
+reattach to the processes the sandbox's agent keeps a log of."""
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import codecs
 import json
 import signal as signals
@@ -12,8 +14,14 @@ from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..agent import protocol as p
-from ..errors import CommandTimeoutError, InvalidArgumentError, SandboxClosedError
-from ..models import DEFAULT_COMMAND_TIMEOUT, CommandResult, check_env_refs, check_seconds
+from ..errors import CommandTimeoutError, InvalidArgumentError, ProtocolError, SandboxClosedError
+from ..models import (
+    DEFAULT_COMMAND_TIMEOUT,
+    CommandResult,
+    ProcessInfo,
+    check_env_refs,
+    check_seconds,
+)
 from ..secrets.refs import SecretRef
 from .deadline import GRACE, Deadline, DeadlinePassed
 
@@ -23,6 +31,7 @@ if TYPE_CHECKING:
     from .sandbox import AsyncSandbox
 
 OutputCallback = Callable[[str], Awaitable[None] | None]
+DataCallback = Callable[[bytes], Awaitable[None] | None]
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # kept per stream in a CommandResult; the tail wins
 
 
@@ -54,12 +63,20 @@ class _Tail:
 
 
 class _Stream:
+    """One output stream: its tail, and its callback (given text, or bytes if ``raw``)."""
+
     def __init__(
-        self, limit: int, callback: OutputCallback | None, secrets: list[str] | None = None
+        self,
+        limit: int,
+        callback: OutputCallback | DataCallback | None,
+        secrets: list[str] | None = None,
+        raw: bool = False,
     ) -> None:
         self.tail = _Tail(limit)
         self.callback = callback
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace") if callback else None
+        self.raw = raw
+        decode = callback is not None and not raw
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace") if decode else None
         self.masker = _masker(secrets)
 
     async def feed(self, data: bytes, final: bool = False) -> None:
@@ -73,6 +90,8 @@ class _Stream:
             text = self.decoder.decode(data, final)
             if text:
                 await call_back(self.callback, text)
+        elif self.callback is not None and data:
+            await call_back(self.callback, data)
 
 
 def _check_command(cmd: object) -> dict[str, object]:
@@ -147,9 +166,13 @@ class _Collector:
         self.timeout = timeout
         self.deadline = deadline
         self.end: dict[str, Any] = {}  # the agent's END message, once the command ended
+        self.base = 0  # the log offset of the first byte this request receives
+        self.received = 0  # bytes received since
+        self.gap = 0  # bytes the log had dropped before the first one (an attach)
 
     async def start(self) -> None:
-        """Wait for the command's start (its pid), within the deadline."""
+        """Wait for the command's start (its pid), or an attach's first event, within the
+        deadline."""
         try:
             _kind, _, payload = await self.deadline.receive(self.request)
         except BaseException as exc:
@@ -157,7 +180,16 @@ class _Collector:
             if isinstance(exc, DeadlinePassed):
                 raise await self.gave_up() from None
             raise
-        self.pid = _started_pid(payload)
+        event = _event(payload)
+        pid = event.get("pid")
+        self.pid = pid if _is_count(pid) else None
+        if event.get("event") == "attached":
+            start, gap = event.get("start"), event.get("gap")
+            if not (isinstance(start, int) and isinstance(gap, int) and start >= 0 <= gap):
+                self.request.cancel()
+                raise ProtocolError(f"malformed attach event from the agent: {payload[:200]!r}")
+            self.gap = gap
+            self.base = max(start, self.base)
 
     async def run(self) -> CommandResult:
         request = self.request
@@ -166,6 +198,7 @@ class _Collector:
             while True:
                 kind, stream, payload = await self.deadline.receive(request)
                 if kind == p.DATA:
+                    self.received += len(payload)
                     target = streams.get(stream)
                     if target is not None:
                         await target.feed(payload)
@@ -219,6 +252,7 @@ class AsyncCommandHandle:
 
     def __init__(self, sandbox: AsyncSandbox, collector: _Collector) -> None:
         self._sandbox = sandbox
+        self._collector = collector
         self._request = collector.request
         self._stdout = collector.stdout
         self._stderr = collector.stderr
@@ -237,6 +271,18 @@ class AsyncCommandHandle:
     def stderr(self) -> str:
         """What the command has written to stderr so far (up to the result cap)."""
         return self._stderr.tail.value().decode("utf-8", "replace")
+
+    @property
+    def offset(self) -> int:
+        """Where its output log stands for this handle: the offset of the next byte it will
+        receive. Give it to :meth:`AsyncCommands.connect` to carry on from there."""
+        return self._collector.base + self._collector.received
+
+    @property
+    def gap(self) -> int:
+        """Bytes the agent's log had already dropped when this handle began its replay (0:
+        nothing was lost; always 0 for a command this handle started)."""
+        return self._collector.gap
 
     def done(self) -> bool:
         """Whether the command has ended (its result is then ready)."""
@@ -270,6 +316,55 @@ class AsyncCommandHandle:
     async def close_stdin(self) -> None:
         """Close the command's stdin: it reads end-of-file."""
         self._request.send_eof()
+
+
+def _event(payload: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        event = None
+    return event if isinstance(event, dict) else {}
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def check_pid(pid: object) -> int:
+    if type(pid) is not int or pid <= 0:
+        raise InvalidArgumentError("pid must be a positive integer (a process in the sandbox)")
+    return pid
+
+
+def check_offset(offset: object) -> int:
+    if type(offset) is not int or offset < 0:
+        raise InvalidArgumentError("offset must be a non-negative integer (bytes of output)")
+    return offset
+
+
+def _process_infos(answer: Any) -> list[ProcessInfo]:
+    """The agent's process list, checked (what comes out of a sandbox is untrusted)."""
+    from pydantic import ValidationError
+
+    items = answer.get("processes") if isinstance(answer, dict) else None
+    if not isinstance(items, list):
+        raise ProtocolError("malformed process list from the agent")
+    try:
+        return [ProcessInfo.model_validate(item) for item in items]
+    except ValidationError as exc:
+        raise ProtocolError(f"malformed process list from the agent: {exc}"[:300]) from None
+
+
+async def attach(
+    sandbox: AsyncSandbox, pid: object, offset: object, stdout: _Stream, stderr: _Stream
+) -> _Collector:
+    """Open ``proc.attach`` on a process and read its first event: a started collector."""
+    args = {"pid": check_pid(pid), "offset": check_offset(offset)}
+    request = sandbox._channel.open("proc.attach", **args)
+    collector = _Collector(request, None, stdout, stderr, None, Deadline(None))
+    collector.base = args["offset"]
+    await collector.start()
+    return collector
 
 
 def _end_payload(payload: bytes) -> dict[str, Any]:
@@ -376,8 +471,35 @@ class AsyncCommands:
             return AsyncCommandHandle(self._sandbox, collector)
         return await collector.run()
 
+    async def list(self) -> builtins.list[ProcessInfo]:
+        """The processes the sandbox keeps output logs of: every command and terminal still
+        running (also ones whose client went away), and recently ended ones with their exit
+        status (at most 64, oldest forgotten first)."""
+        return _process_infos(await self._sandbox._channel.call("proc.list"))
 
-def _started_pid(payload: bytes) -> int | None:
-    event = json.loads(payload)
-    pid = event.get("pid") if isinstance(event, dict) else None
-    return pid if isinstance(pid, int) else None
+    async def connect(
+        self,
+        pid: int,
+        *,
+        offset: int = 0,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> AsyncCommandHandle:
+        """Reattach to a process by pid (see :meth:`list`): its output is replayed from
+        ``offset`` (bytes of stdout and stderr together; 0, the start) and then streamed as
+        it comes, each byte once. If the log has dropped bytes past ``offset`` (it keeps the
+        newest 2 MiB by default), the handle's ``gap`` says how many. ``wait()`` gives the
+        exit code also for a process that has already ended; ``send_stdin`` writes to it if
+        it was started with stdin (background commands are). Dropping this handle detaches;
+        ``kill()`` signals the process. Raises :class:`ProcessNotFoundError` for an unknown
+        pid."""
+        backend, sandbox_id = self._sandbox._manager, self._sandbox.id
+        secrets = await backend.secret_values(sandbox_id)
+        collector = await attach(
+            self._sandbox,
+            pid,
+            offset,
+            _Stream(MAX_OUTPUT_BYTES, on_stdout, secrets),
+            _Stream(MAX_OUTPUT_BYTES, on_stderr, secrets),
+        )
+        return AsyncCommandHandle(self._sandbox, collector)

@@ -38,6 +38,7 @@ from .code import (
 )
 from .commands import AsyncCommands
 from .files import AsyncFiles
+from .pty import AsyncPty
 
 if TYPE_CHECKING:
     from ..channel.base import ChannelLike
@@ -73,7 +74,8 @@ def build_spec(
 
 
 class AsyncSandbox:
-    """An isolated computer: ``sb.commands`` runs programs, ``sb.files`` moves data.
+    """An isolated computer: ``sb.commands`` runs programs, ``sb.files`` moves data,
+    ``sb.pty`` opens terminals.
 
     ``async with await AsyncSandbox.create() as sb`` (or ``async with AsyncSandbox.create()``)
     kills the sandbox on exit; :meth:`close` only drops this process's connection.
@@ -81,12 +83,14 @@ class AsyncSandbox:
 
     commands: AsyncCommands
     files: AsyncFiles
+    pty: AsyncPty
 
     def __init__(self, manager: Backend, live: Live) -> None:
         self._manager = manager
         self._live = live
         self._channel: ChannelLike = live.channel  # runs and operations go through it
         self.commands = AsyncCommands(self)
+        self.pty = AsyncPty(self)
         self.files = AsyncFiles(self)
 
     @property

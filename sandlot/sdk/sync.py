@@ -30,6 +30,7 @@ from ..models import (
     Execution,
     Logs,
     NetworkMode,
+    ProcessInfo,
     Resources,
     Result,
     SandboxInfo,
@@ -45,9 +46,16 @@ from .code import (
     ResultCallback,
     TextCallback,
 )
-from .commands import MAX_OUTPUT_BYTES, AsyncCommandHandle, AsyncCommands, OutputCallback
+from .commands import (
+    MAX_OUTPUT_BYTES,
+    AsyncCommandHandle,
+    AsyncCommands,
+    DataCallback,
+    OutputCallback,
+)
 from .files import MAX_FILE_BYTES, AsyncFiles
 from .mirror import adds, mirror
+from .pty import AsyncPty, AsyncPtyHandle
 from .sandbox import AsyncSandbox, build_spec
 
 if TYPE_CHECKING:
@@ -134,6 +142,18 @@ class CommandHandle:
     def stderr(self) -> str:
         """What the command has written to stderr so far (up to the result cap)."""
         return self._inner.stderr
+
+    @property
+    def offset(self) -> int:
+        """Where its output log stands for this handle: the offset of the next byte it will
+        receive. Give it to :meth:`AsyncCommands.connect` to carry on from there."""
+        return self._inner.offset
+
+    @property
+    def gap(self) -> int:
+        """Bytes the agent's log had already dropped when this handle began its replay (0:
+        nothing was lost; always 0 for a command this handle started)."""
+        return self._inner.gap
 
     def done(self) -> bool:
         """Whether the command has ended (its result is then ready)."""
@@ -263,6 +283,117 @@ class Commands:
         )
         return CommandHandle(result) if isinstance(result, AsyncCommandHandle) else result
 
+    def list(self) -> builtins.list[ProcessInfo]:
+        """The processes the sandbox keeps output logs of: every command and terminal still
+        running (also ones whose client went away), and recently ended ones with their exit
+        status (at most 64, oldest forgotten first)."""
+        return _portal.call(self._inner.list())
+
+    def connect(
+        self,
+        pid: int,
+        *,
+        offset: int = 0,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> CommandHandle:
+        """Reattach to a process by pid (see :meth:`list`): its output is replayed from
+        ``offset`` (bytes of stdout and stderr together; 0, the start) and then streamed as
+        it comes, each byte once. If the log has dropped bytes past ``offset`` (it keeps the
+        newest 2 MiB by default), the handle's ``gap`` says how many. ``wait()`` gives the
+        exit code also for a process that has already ended; ``send_stdin`` writes to it if
+        it was started with stdin (background commands are). Dropping this handle detaches;
+        ``kill()`` signals the process. Raises :class:`ProcessNotFoundError` for an unknown
+        pid."""
+        return CommandHandle(
+            _portal.call(
+                self._inner.connect(pid, offset=offset, on_stdout=on_stdout, on_stderr=on_stderr)
+            )
+        )
+
+
+@mirror(AsyncPtyHandle)
+class PtyHandle:
+    """A terminal (see :class:`~sandlot.sdk.pty.AsyncPtyHandle`)."""
+
+    pid: int | None
+
+    def __init__(self, inner: AsyncPtyHandle) -> None:
+        self._inner = inner
+        self.pid = inner.pid
+
+    @property
+    def offset(self) -> int:
+        """The offset of the next byte of output this handle will receive: give it to
+        :meth:`AsyncPty.connect` to carry on from there."""
+        return self._inner.offset
+
+    @property
+    def gap(self) -> int:
+        """Bytes the terminal's log had already dropped when this handle began its replay."""
+        return self._inner.gap
+
+    def done(self) -> bool:
+        """Whether the terminal's process has ended."""
+        return self._inner.done()
+
+    def send_stdin(self, data: str | bytes) -> None:
+        """Type into the terminal (a string as UTF-8): carriage return is Enter, byte 3
+        Ctrl-C, byte 4 Ctrl-D. Raises :class:`SandboxClosedError` once it has ended."""
+        _portal.call(self._inner.send_stdin(data))
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Change the terminal's size (1 to 10000 each); its programs get SIGWINCH."""
+        _portal.call(self._inner.resize(cols, rows))
+
+    def kill(self, signal: int = signals.SIGKILL) -> bool:
+        """Send a signal to the terminal's process group. False if it already ended."""
+        return _portal.call(self._inner.kill(signal))
+
+    def wait(self) -> CommandResult:
+        """Wait for the terminal's process to end: its exit code, and the tail of what the
+        terminal showed in ``stdout``."""
+        return _portal.call(self._inner.wait())
+
+
+@mirror(AsyncPty)
+class Pty:
+    """``sb.pty``: terminals in the sandbox (see :class:`AsyncPty`). ``on_data`` runs on
+    the SDK's thread."""
+
+    def __init__(self, inner: AsyncPty) -> None:
+        self._inner = inner
+
+    def create(
+        self,
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        cmd: str | builtins.list[str] | None = None,
+        on_data: DataCallback | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> PtyHandle:
+        """Start a process on a new terminal of ``cols`` x ``rows``: ``cmd`` (a string through
+        the shell, or argv), by default the sandbox's shell (bash, else sh), interactive.
+        ``TERM`` is ``xterm-256color`` unless ``env`` sets it. ``timeout`` in seconds kills
+        it (by default it lives as long as the sandbox). ``on_data`` gets the terminal's
+        output as bytes."""
+        inner = self._inner.create(
+            cols=cols, rows=rows, cmd=cmd, on_data=on_data, env=env, cwd=cwd, timeout=timeout
+        )
+        return PtyHandle(_portal.call(inner))
+
+    def connect(
+        self, pid: int, *, offset: int = 0, on_data: DataCallback | None = None
+    ) -> PtyHandle:
+        """Reattach to a terminal by pid: its output is replayed from ``offset`` (0: the
+        start of what its log holds) to ``on_data``, then streamed; the handle's ``gap``
+        counts bytes the log had dropped. Raises :class:`ProcessNotFoundError` for an
+        unknown pid."""
+        return PtyHandle(_portal.call(self._inner.connect(pid, offset=offset, on_data=on_data)))
+
 
 @mirror(AsyncFiles)
 class Files:
@@ -331,10 +462,12 @@ class Sandbox:
 
     commands: Commands
     files: Files
+    pty: Pty
 
     def __init__(self, inner: AsyncSandbox) -> None:
         self._inner = inner
         self.commands = Commands(inner.commands)
+        self.pty = Pty(inner.pty)
         self.files = Files(inner.files)
 
     @property

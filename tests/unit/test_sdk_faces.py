@@ -34,6 +34,8 @@ ASYNC_TO_SYNC = {
     "AsyncCommandHandle": "CommandHandle",
     "AsyncFiles": "Files",
     "AsyncExecutionHandle": "ExecutionHandle",
+    "AsyncPty": "Pty",
+    "AsyncPtyHandle": "PtyHandle",
     # Awaitable and ``async with``-able: the sync face returns the sandbox itself.
     "_Creating": "Sandbox",
     "_Attaching": "Sandbox",
