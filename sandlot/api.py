@@ -372,22 +372,3 @@ class ResizeRequest(_Body):
 
     cols: int = Field(ge=1, le=MAX_TERMINAL)
     rows: int = Field(ge=1, le=MAX_TERMINAL)
-
-
-class ProcessOut(BaseModel):
-    """A process the agent keeps (``GET .../processes``): running, or ended a while ago."""
-
-    pid: int
-    kind: Literal["exec", "pty"]
-    cmd: str | None = None
-    argv: list[str] | None = None
-    running: bool
-    exit_code: int | None = None
-    signal: int | None = None
-    timed_out: bool = False
-    start: int = Field(ge=0, description="offset of the oldest output byte still held")
-    end: int = Field(ge=0, description="offset after the last output byte")
-    attached: int = Field(ge=0, description="readers streaming its output now")
-    started_at: float
-    cols: int | None = None
-    rows: int | None = None

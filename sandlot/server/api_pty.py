@@ -37,9 +37,10 @@ from fastapi import APIRouter, Path, WebSocket
 from pydantic import ValidationError
 
 from ..agent import protocol as p
-from ..api import ProcessOut, PtyStart, ResizeRequest, SignalRequest
+from ..api import PtyStart, ResizeRequest, SignalRequest
 from ..channel.base import RequestLike
 from ..errors import InvalidArgumentError, ProtocolError, SandlotError
+from ..models import ProcessInfo
 from ..supervisor import Supervisor
 from .api_ports import _on_purpose
 from .deps import Caller, State, get_principal
@@ -63,13 +64,13 @@ Pid = Annotated[int, Path(ge=1, le=2**31 - 1)]
 # -- REST --------------------------------------------------------------------------------------
 
 
-@router.get("/processes", response_model=list[ProcessOut])
-async def list_processes(sandbox_id: str, state: State, caller: Caller) -> list[ProcessOut]:
+@router.get("/processes", response_model=list[ProcessInfo])
+async def list_processes(sandbox_id: str, state: State, caller: Caller) -> list[ProcessInfo]:
     """The processes the agent keeps: running commands and terminals, and lately ended ones
     with their exit status and the byte range of output still held (``start``..``end``)."""
     answer = await state.call(caller, sandbox_id, "proc.list")
     try:  # the agent's answer is untrusted: checked before it is passed on
-        return [ProcessOut.model_validate(item) for item in answer["processes"]]
+        return [ProcessInfo.model_validate(item) for item in answer["processes"]]
     except (KeyError, TypeError, ValidationError):
         raise ProtocolError("the agent answered proc.list with a malformed list") from None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,6 +198,9 @@ def test_remote_sdk_pty(server: ServerProcess, box: sandlot.Sandbox) -> None:
     seen = bytearray()
     terminal = box.pty.create(cols=100, rows=30, cmd=SHELL, on_data=seen.extend)
     terminal.send_stdin("tty; stty size; echo MARK$((5+5))\r")
+    deadline = time.monotonic() + 60
+    while b"MARK10" not in seen and time.monotonic() < deadline:
+        time.sleep(0.01)
     terminal.resize(120, 40)
     terminal.send_stdin("stty size; exit 5\r")
     result = terminal.wait()
