@@ -280,7 +280,8 @@ class ProcessInfo(BaseModel):
     streaming it now. ``cols``/``rows`` are a terminal's size.
     """
 
-    model_config = ConfigDict(defer_build=True, extra="ignore")
+    # Strict: it comes from the sandbox, where "7" is not a pid.
+    model_config = ConfigDict(defer_build=True, extra="ignore", strict=True)
 
     pid: int
     kind: Literal["exec", "pty"]
