@@ -5,6 +5,7 @@ bubblewrap sandboxes (and, from tests/remote, a real server)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,18 @@ def test_a_running_sandbox_stays_running(home: Path, holder: Holder) -> None:
     assert holder.id in ids(home)
     done = cli(home, "exec", holder.id, "--", "cat /workspace/mark")
     assert done.stdout == "IN-42\n"
+
+
+def test_sigterm_ends_the_shell_and_kills_its_sandbox(home: Path) -> None:
+    before = ids(home)
+    child = spawn(home, "-c", SHELL)
+    child.sendline("PS1='PRO''MPT> '")
+    child.expect("PROMPT> ")
+    child.kill(signal.SIGTERM)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 128 + signal.SIGTERM
+    assert ids(home) <= before
 
 
 def test_the_terminal_is_restored_after_the_shell(home: Path) -> None:
