@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from websockets.exceptions import InvalidStatus
 
 import sandlot
 
+from .proxy import CuttableProxy
 from .server import ServerProcess
 from .terminals import dial, start
 from .test_server import http
@@ -222,3 +224,36 @@ def test_remote_sdk_lists_and_connects_to_a_command(
     assert result.stdout == "one\ngot-three\n" and result.stderr == "two\n"
     assert again.gap == 0
     assert handle.wait().stdout == "one\ngot-three\n"
+
+
+def test_a_terminal_cut_mid_output_reattaches_without_loss_or_duplicates(
+    server: ServerProcess,
+) -> None:
+    script = (
+        "import sys, time\n"
+        "for i in range(4000):\n"
+        "    sys.stdout.write(f'{i:06d}' + 'x' * 200 + '\\n'); sys.stdout.flush()\n"
+        "    if i % 100 == 0: time.sleep(0.05)\n"
+    )
+    with CuttableProxy(int(server.url.rsplit(":", 1)[1])) as proxy:
+        client = sandlot.Client(url=proxy.url)
+        with sandlot.Sandbox.create(client=client) as sb:
+            seen = bytearray()
+            cuts = 0
+
+            def cutter() -> None:
+                nonlocal cuts
+                for _ in range(3):
+                    time.sleep(0.2)
+                    cuts += proxy.cut()
+
+            thread = threading.Thread(target=cutter)
+            thread.start()
+            terminal = sb.pty.create(cmd=["python3", "-c", script], on_data=seen.extend)
+            result = terminal.wait()
+            thread.join()
+    expected = "".join(f"{i:06d}" + "x" * 200 + "\r\n" for i in range(4000)).encode()
+    assert cuts >= 2, "the test did not manage to cut the terminal's connection"
+    assert bytes(seen) == expected
+    assert result.exit_code == 0
+    assert proxy.connections > 2  # it did reattach
