@@ -113,8 +113,8 @@ async def pty(websocket: WebSocket, sandbox_id: str) -> None:
     except SandlotError as exc:
         await _fail(websocket, exc)
         return
-    pid = first.get("pid")
-    if not isinstance(pid, int) or not 0 < pid < 2**31:
+    pid = first.get("pid")  # None: the program could not start (its message and 127 follow)
+    if pid is not None and (type(pid) is not int or not 0 < pid < 2**31):
         request.cancel()
         await _fail(websocket, ProtocolError("the agent sent a pty without a valid pid"))
         return
@@ -156,7 +156,7 @@ class Session:
         state: ServerState,
         served: Served,
         request: RequestLike,
-        pid: int,
+        pid: int | None,
         *,
         creator: bool,
         tagged: bool,
@@ -268,6 +268,8 @@ class Session:
         message = _control_message(text)
         kind = message.get("type")
         channel = self.served.live.channel
+        if self.pid is None and kind in ("resize", "signal", "kill"):
+            raise InvalidArgumentError("the program did not start: there is no process")
         if kind == "resize":
             size = _valid(ResizeRequest, {k: v for k, v in message.items() if k != "type"})
             await channel.call("proc.resize", pid=self.pid, cols=size.cols, rows=size.rows)

@@ -96,6 +96,16 @@ def test_start_parameters_in_the_query(server: ServerProcess, box: sandlot.Sandb
     assert term.exit()["exit_code"] == 0
 
 
+def test_a_program_that_cannot_start_says_so_and_exits_127(
+    server: ServerProcess, box: sandlot.Sandbox
+) -> None:
+    term = dial(server.url, box.id)
+    term.control(type="start", argv=["/no/such/program"])
+    assert term.control_of("started")["pid"] is None
+    assert term.exit()["exit_code"] == 127
+    assert b"/no/such/program" in term.output
+
+
 def test_a_bad_start_is_refused_clearly(server: ServerProcess, box: sandlot.Sandbox) -> None:
     with pytest.raises(InvalidStatus) as refused:
         dial(server.url, box.id, cols=0)
