@@ -119,9 +119,8 @@ async def pty(websocket: WebSocket, sandbox_id: str) -> None:
         await _fail(websocket, ProtocolError("the agent sent a pty without a valid pid"))
         return
     state._note(served.record.session_id, "pty", {"event": "started", "pid": pid, **_cmd(args)})
-    await _send_event(websocket, first)
     session = Session(websocket, state, served, request, pid, creator=True, tagged=_tagged(query))
-    await session.run()
+    await session.run(first)
 
 
 @router.websocket("/pty/{pid}")
@@ -140,11 +139,9 @@ async def attach(websocket: WebSocket, sandbox_id: str, pid: str) -> None:
     except SandlotError as exc:
         await _deny(websocket, exc)
         return
-    await _accept(websocket)
-    await _send_event(websocket, first)
     session = Session(websocket, state, served, request, number, creator=False,
                       tagged=_tagged(query))  # fmt: skip
-    await session.run()
+    await session.run(first, accept=True)
 
 
 class Session:
@@ -170,15 +167,22 @@ class Session:
         self.tagged = tagged
         self.finished = False  # the agent request has ended (END, or its failure)
 
-    async def run(self) -> None:
-        output = asyncio.ensure_future(self._output())
-        control = asyncio.ensure_future(self._input())
+    async def run(self, first: dict[str, Any], *, accept: bool = False) -> None:
+        """Serve until the process ends or the client goes; however it ends, the agent's
+        request is left in order (see :meth:`_detach`)."""
+        tasks: list[asyncio.Future[None]] = []
         try:
-            await asyncio.wait([output, control], return_when=asyncio.FIRST_COMPLETED)
+            if accept:
+                await _accept(self.websocket)
+            await _send_event(self.websocket, first)
+            tasks = [asyncio.ensure_future(self._output()), asyncio.ensure_future(self._input())]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except Exception as exc:  # the client went before the first message: as a detach
+            log.debug("terminal client gone early: %s", type(exc).__name__)
         finally:
-            for task in (output, control):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(output, control, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             if not self.finished:
                 self._detach()
 

@@ -142,6 +142,31 @@ def test_detach_and_reattach_by_pid_gets_every_byte_once(
     assert again.exit()["signal"] == 9
 
 
+def test_a_detached_terminal_runs_to_its_end_and_its_tail_is_kept(
+    server: ServerProcess, box: sandlot.Sandbox
+) -> None:
+    """Far more output than the log holds, printed while nobody is attached: the server
+    reads on for the connection that went, so the program never waits on its output."""
+    term = start(server.url, box.id, cmd="head -c 30000000 /dev/zero; echo; echo END")
+    pid = term.controls[0]["pid"]
+    term.close()
+    path = f"{server.url}/v1/sandboxes/{box.id}/processes"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        mine = next(p for p in http("GET", path)[1] if p["pid"] == pid)
+        if not mine["running"]:
+            break
+        time.sleep(0.1)
+    assert not mine["running"] and mine["exit_code"] == 0
+    assert mine["end"] >= 30000000 and mine["start"] > 0  # the oldest bytes went
+    again = dial(server.url, box.id, f"/pty/{pid}", offset=0)
+    attached = again.control_of("attached")
+    assert attached["gap"] == mine["start"] and attached["running"] is False
+    assert again.exit()["exit_code"] == 0
+    assert again.output.endswith(b"END\r\n")
+    assert len(again.output) == mine["end"] - mine["start"]
+
+
 def test_attaching_to_an_unknown_pid_is_refused(
     server: ServerProcess, box: sandlot.Sandbox
 ) -> None:
