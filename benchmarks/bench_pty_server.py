@@ -201,13 +201,15 @@ def main() -> None:
     if args.write:
         day = datetime.date.today().isoformat()
         head = [
-            f"# PTY through the server ({day}, commit {git_commit()})",
+            f"# Terminals through the server ({day}, commit {git_commit().split()[0]})",
             "",
             f"`python benchmarks/bench_pty_server.py --keys {args.keys}`",
             "",
         ]
         (RESULTS / f"pty-server-{day}.md").write_text("\n".join(head + lines) + "\n")
-        (RESULTS / f"pty-server-{day}.json").write_text(json.dumps(found) + "\n")
+        rounded = {k: {n: [round(x * 1000, 4) for x in v] for n, v in rows.items()}
+                   for k, rows in found.items()}  # fmt: skip
+        (RESULTS / f"pty-server-{day}.json").write_text(json.dumps({"ms": rounded}) + "\n")
 
 
 if __name__ == "__main__":
