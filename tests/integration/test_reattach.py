@@ -5,6 +5,7 @@ bytes, and an ended process's output and exit code after its end."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -140,6 +141,8 @@ async def test_a_background_command_is_reattached_while_it_runs() -> None:
         first = await sb.commands.run("read x; echo got $x; sleep 1000", background=True)
         second = await sb.commands.connect(first.pid)
         await second.send_stdin("hello\n")  # its stdin, from the second reader
+        while not (first.stdout and second.stdout):  # until both have the answer
+            await asyncio.sleep(0.01)
         listed = {p.pid: p for p in await sb.commands.list()}[first.pid]
         assert listed.running and listed.attached == 2 and listed.exit_code is None
         assert await second.kill() is True
