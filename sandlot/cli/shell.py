@@ -117,37 +117,37 @@ async def _shell(
 
 
 class Terminal:
-    """Our terminal joined to a pty in the sandbox until the process there ends."""
+    """Our terminal joined to a pty in the sandbox until the process there ends.
+
+    Keys and window sizes go out through one queue, in the order they happened: a key typed
+    after a resize reaches the sandbox after the resize, so what it runs sees the new size.
+    """
 
     def __init__(self, sandbox: AsyncSandbox) -> None:
         self.sandbox = sandbox
         self.stdin = sys.stdin.fileno()
         self.stdout = sys.stdout.fileno()
-        self.keys: asyncio.Queue[bytes] = asyncio.Queue()
-        self.resized = asyncio.Event()
+        self.size = self._size()
+        self.outbox: asyncio.Queue[bytes | tuple[int, int]] = asyncio.Queue()
 
     async def run(self, command: str | None, env: dict[str, str], cwd: str | None) -> int:
         loop = asyncio.get_running_loop()
-        cols, rows = self._size()
+        cols, rows = self.size
         with _restored(self.stdin):
             _raw(self.stdin)
             handle = await self.sandbox.pty.create(
                 cols=cols, rows=rows, cmd=command, env=env or None, cwd=cwd, on_data=self._write
             )
             loop.add_reader(self.stdin, self._read)
-            loop.add_signal_handler(signal.SIGWINCH, self.resized.set)
-            helpers = [
-                asyncio.ensure_future(self._forward(handle)),
-                asyncio.ensure_future(self._follow_size(handle)),
-            ]
+            loop.add_signal_handler(signal.SIGWINCH, self._check_size)
+            forwarding = asyncio.ensure_future(self._forward(handle))
             try:
                 result = await handle.wait()
             finally:
                 loop.remove_reader(self.stdin)
                 loop.remove_signal_handler(signal.SIGWINCH)
-                for task in helpers:
-                    task.cancel()
-                await asyncio.gather(*helpers, return_exceptions=True)
+                forwarding.cancel()
+                await asyncio.gather(forwarding, return_exceptions=True)
         if result.signal:
             return 128 + int(result.signal)
         code = int(result.exit_code)
@@ -160,6 +160,14 @@ class Terminal:
                 if size.columns > 0 and size.lines > 0:
                     return size.columns, size.lines
         return DEFAULT_SIZE
+
+    def _check_size(self) -> None:
+        """On SIGWINCH, and before every batch of keys (the signal and the keys may be
+        noticed in either order): a new size goes out first."""
+        size = self._size()
+        if size != self.size:
+            self.size = size
+            self.outbox.put_nowait(size)
 
     def _write(self, data: bytes) -> None:
         """The terminal's output, as it comes, to ours (raw: it is a terminal's already)."""
@@ -181,24 +189,22 @@ class Terminal:
             data = b""
         if not data:  # our terminal went away
             asyncio.get_running_loop().remove_reader(self.stdin)
-        self.keys.put_nowait(data)
+        self._check_size()
+        self.outbox.put_nowait(data)
 
     async def _forward(self, handle: Any) -> None:
-        """Keys to the sandbox, in order; when our terminal closes, the process is hung up."""
+        """Keys and sizes to the sandbox, in order; when our terminal closes, the process is
+        hung up."""
         while True:
-            data = await self.keys.get()
-            if not data:
+            item = await self.outbox.get()
+            if isinstance(item, tuple):
+                with contextlib.suppress(SandlotError):
+                    await handle.resize(*item)
+            elif not item:
                 await handle.kill()
                 return
-            await handle.send_stdin(data)
-
-    async def _follow_size(self, handle: Any) -> None:
-        while True:
-            await self.resized.wait()
-            self.resized.clear()
-            cols, rows = self._size()
-            with contextlib.suppress(SandlotError):
-                await handle.resize(cols, rows)
+            else:
+                await handle.send_stdin(item)
 
 
 def _raw(fd: int) -> None:
