@@ -22,7 +22,13 @@ from urllib.parse import urlencode
 
 from ..agent import protocol as p
 from ..channel.base import Frame, RequestLike
-from ..errors import ProtocolError, RemoteUnavailableError, SandboxClosedError, from_dict
+from ..errors import (
+    InvalidArgumentError,
+    ProtocolError,
+    RemoteUnavailableError,
+    SandboxClosedError,
+    from_dict,
+)
 from .client import background
 
 if TYPE_CHECKING:
@@ -237,6 +243,11 @@ def _refusal(exc: aiohttp.WSServerHandshakeError) -> Exception:
     message = headers.get("X-Sandlot-Message", "")
     if code:
         return from_dict({"code": code, "message": message})
+    if exc.status in (403, 404):  # a sandlot server from before terminals, or a proxy's answer
+        return InvalidArgumentError(
+            f"terminals are not available through this server (it answered {exc.status}): "
+            "an older sandlot serve, or a proxy that does not pass WebSocket upgrades on"
+        )
     return RemoteUnavailableError(f"the server refused the WebSocket: {exc.status}")
 
 

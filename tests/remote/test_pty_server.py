@@ -5,6 +5,7 @@ real pseudo-terminals in them."""
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 import threading
@@ -20,7 +21,7 @@ import sandlot
 from .proxy import CuttableProxy
 from .server import ServerProcess
 from .terminals import dial, start
-from .test_server import http
+from .test_server import http, sse
 
 pytestmark = pytest.mark.timeout(180)
 SHELL = "bash --norc --noprofile -i"
@@ -85,6 +86,20 @@ def test_a_signal_message_and_kill(server: ServerProcess, box: sandlot.Sandbox) 
     term.until("UP")
     term.control(type="kill")
     assert term.exit()["signal"] == 9
+
+
+def test_the_session_log_notes_a_terminal_not_its_bytes_or_env(server: ServerProcess) -> None:
+    with sandlot.Sandbox.create(client=sandlot.Client(url=server.url)) as sb:
+        term = start(server.url, sb.id, cmd="echo SEEN-$((3*3)); exit 6", env={"TOKEN": "s3cret"})
+        term.until("SEEN-9")
+        assert term.exit()["exit_code"] == 6
+        pid = term.controls[0]["pid"]
+        events = sse(f"{server.url}/v1/sandboxes/{sb.id}/events?follow=false")
+    noted = [data for _, kind, data in events if kind == "pty"]
+    assert noted[0]["data"]["event"] == "started" and noted[0]["data"]["pid"] == pid
+    assert noted[1]["data"] == {"event": "exit", "pid": pid, "exit_code": 6, "signal": None,
+                                "timed_out": False}  # fmt: skip
+    assert "s3cret" not in json.dumps(events) and "SEEN-9" not in json.dumps(events)
 
 
 def test_start_parameters_in_the_query(server: ServerProcess, box: sandlot.Sandbox) -> None:
