@@ -26,6 +26,8 @@ from .secrets.refs import MaybeSecret
 NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)  # stored as epoch seconds: far from datetime's end
+MIN_PROCESS_BUFFER = 4096  # the output log the agent keeps for one process: its bounds
+MAX_PROCESS_BUFFER = 64 << 20
 FORCE_DESCRIPTION = (
     "on a durable session's sandbox: cancel the run that holds the session's run lock "
     "(its stream ends with a `run_cancelled` error) instead of answering 409"
@@ -61,6 +63,10 @@ class CommandRequest(_Body):
         None, gt=0, le=MAX_LIFETIME, description="seconds; kills the process group"
     )
     stdin: bool = Field(False, description="keep stdin open for POST .../stdin")
+    buffer: int | None = Field(
+        None, ge=MIN_PROCESS_BUFFER, le=MAX_PROCESS_BUFFER,
+        description="output the sandbox keeps for reattaching (GET .../pty/{pid}), bytes",
+    )  # fmt: skip
     force: bool = Field(False, description=FORCE_DESCRIPTION)
 
     @model_validator(mode="after")
@@ -319,3 +325,56 @@ class Health(BaseModel):
     problems: list[str] = Field(default_factory=list, description="what is wrong, when unhealthy")
     events_waiting: int = Field(0, description="events queued for the log, not yet committed")
     event_lag_seconds: float = Field(0.0, description="how long the oldest of them has waited")
+
+
+# -- terminals and processes (see docs/server.md, "Terminals over WebSocket") ----------------
+
+MAX_TERMINAL = 10000  # columns or rows, as the agent takes them
+
+
+class PtyStart(_Body):
+    """The terminal a ``/pty`` WebSocket starts: the first text message (or the query)."""
+
+    type: Literal["start"] = "start"
+    cmd: str | None = Field(None, min_length=1, max_length=1 << 16)
+    argv: list[str] | None = Field(None, min_length=1, max_length=4096)
+    cols: int = Field(80, ge=1, le=MAX_TERMINAL)
+    rows: int = Field(24, ge=1, le=MAX_TERMINAL)
+    env: dict[str, MaybeSecret] | None = Field(
+        None, description='values are strings or {"secret": NAME} (the tenant\'s secret)'
+    )
+    cwd: str | None = None
+    timeout: float | None = Field(None, gt=0, le=MAX_LIFETIME, description="seconds")
+    buffer: int | None = Field(
+        None,
+        ge=MIN_PROCESS_BUFFER,
+        le=MAX_PROCESS_BUFFER,
+        description="output kept for reattaching, bytes",
+    )
+
+    @model_validator(mode="after")
+    def _command(self) -> PtyStart:
+        if self.cmd is not None and self.argv is not None:
+            raise ValueError("give at most one of cmd (a shell string) or argv (a list)")
+        if self.cmd is not None:
+            _no_nul(self.cmd, "cmd")
+        if self.argv is not None and (not self.argv[0] or any("\0" in a for a in self.argv)):
+            raise ValueError("argv must be non-empty at [0] and NUL-free")
+        return self
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, MaybeSecret] | None) -> dict[str, MaybeSecret] | None:
+        return None if value is None else check_env_refs(value)
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(value)
+
+
+class ResizeRequest(_Body):
+    """A terminal's new size (the process gets SIGWINCH)."""
+
+    cols: int = Field(ge=1, le=MAX_TERMINAL)
+    rows: int = Field(ge=1, le=MAX_TERMINAL)

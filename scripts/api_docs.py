@@ -24,11 +24,14 @@ OUTPUT = ROOT / "docs" / "api.md"
 sys.path.insert(0, str(ROOT))
 
 # Sections in this order; a tag not listed here follows, alphabetically.
-TAG_ORDER = ("sandboxes", "sessions", "executions", "files", "code", "keys", "health")
+TAG_ORDER = (
+    "sandboxes", "sessions", "executions", "processes", "files", "code", "keys", "health"
+)  # fmt: skip
 TAG_TITLES = {
     "sandboxes": "Sandboxes",
     "sessions": "Durable sessions",
     "executions": "Commands and code cells (executions)",
+    "processes": "Processes and terminals",
     "files": "Files",
     "code": "Code contexts",
     "keys": "API keys",
@@ -379,6 +382,18 @@ def introduction(schemas: Schemas, idempotent: list[str]) -> list[str]:
         "seen>` (or `?after=<id>`; the header wins when both are given) and gets every later "
         "event exactly once. Executions run on the server, not on the connection: nothing "
         "stops when a client goes away.",
+        "",
+        "### WebSockets: terminals",
+        "",
+        "Terminals are WebSocket endpoints, which an OpenAPI document does not list: "
+        "`/v1/sandboxes/{id}/pty` starts a process on a new pseudo-terminal, "
+        "`/v1/sandboxes/{id}/pty/{pid}?offset=N` reattaches to a process and replays its "
+        "output from byte `N`. Binary messages carry the terminal's bytes both ways, text "
+        "messages JSON control messages (`resize`, `signal`, `kill`; `started`, `attached`, "
+        "`exit`, `error`). The key may also be offered as the subprotocol "
+        "`sandlot.bearer.<key>` next to `sandlot.pty`, for browsers. The wire format is in "
+        "[server.md](server.md#terminals-over-websocket); the routes below list and resize "
+        "the processes.",
         "",
         "### `Idempotency-Key`",
         "",

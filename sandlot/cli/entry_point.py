@@ -28,6 +28,7 @@ from ._common import (
 REGISTRY: tuple[tuple[str, str, str, str, dict[str, Any]], ...] = (
     ("run", "run", "run", "command", {"command_context": True}),
     ("exec", "run", "exec_", "command", {"command_context": True}),
+    ("shell", "shell", "shell", "command", {}),
     ("run-code", "code", "run_code", "command", {}),
     ("repl", "code", "repl", "command", {}),
     ("_hold", "code", "hold", "command", {"hidden": True}),

@@ -31,6 +31,7 @@ from .client import background
 from .frames import MEDIA_TYPE as FRAMES
 from .frames import FrameEvent, frames
 from .sse import ServerEvent, events
+from .terminal import TerminalSocket
 
 if TYPE_CHECKING:
     import aiohttp
@@ -72,14 +73,16 @@ class RemoteChannel(ChannelLike):
         self.sandbox_id = sandbox_id
         self.base = "/v1/sandboxes/" + quote(sandbox_id, safe="")
         self.closed: SandlotError | None = None
-        self.requests: set[RemoteRequest] = set()
+        self.requests: set[RemoteRequest | TerminalSocket] = set()
         # A durable session's sandbox attached with force=True: every execution asks the
         # server to take the session's run lock over from whoever holds it.
         self.force = False
 
-    def open(self, op: str, **args: Any) -> RemoteRequest:
+    def open(self, op: str, **args: Any) -> RemoteRequest | TerminalSocket:
         if self.closed is not None:
             raise self.closed
+        if op in ("pty", "proc.attach"):  # over the server's WebSocket
+            return TerminalSocket(self, op, args)
         if op in EXECUTIONS:
             return _Execution(self, op, args)
         if op == "read":
@@ -120,6 +123,8 @@ _CALLS: dict[str, tuple[str, str, str]] = {
     "remove": ("DELETE", "/files", "query"),
     "rename": ("POST", "/files/rename", "json"),
     "signal": ("POST", "/processes/{pid}/signal", "json"),
+    "proc.list": ("GET", "/processes", ""),
+    "proc.resize": ("POST", "/processes/{pid}/resize", "json"),
     "code.create": ("POST", "/code/contexts", "json"),
     "code.list": ("GET", "/code/contexts", ""),
     "code.restart": ("POST", "/code/contexts/{context}/restart", "json"),
@@ -132,6 +137,8 @@ _ANSWERS: dict[str, Any] = {
     "code.list": lambda a: {"contexts": a},
     "remove": lambda a: {},
     "code.remove": lambda a: {},
+    "proc.list": lambda a: {"processes": a},
+    "proc.resize": lambda a: {},
 }
 
 

@@ -26,6 +26,7 @@ from . import (
     api_files,
     api_keys,
     api_ports,
+    api_pty,
     api_sandboxes,
     api_secrets,
     api_sessions,
@@ -123,6 +124,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         title="sandlot",
         version=__version__,
         summary="Disposable, isolated computers for AI agents",
+        # WebSocket routes have no place in OpenAPI: named here, specified in docs/server.md.
+        description="WebSocket endpoints (not listed below): `/v1/sandboxes/{id}/pty` starts a "
+        "terminal, `/v1/sandboxes/{id}/pty/{pid}?offset=N` reattaches to a process; "
+        "`/v1/sandboxes/{id}/ports/{port}/...` and `/v1/ports/{token}/...` proxy WebSockets "
+        "to a sandbox's port. See docs/server.md.",
         lifespan=lifespan,
     )
     for module in (
@@ -132,6 +138,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         api_code,
         api_keys,
         api_ports,
+        api_pty,
         api_secrets,
         api_sessions,
     ):

@@ -366,6 +366,8 @@ class ServerState:
         return required
 
     async def authenticate(self, token: str) -> Principal | None:
+        if not token:  # never a key (and "" is auth_required's own entry in the cache)
+            return None
         cached = self._auth_cache.get(token)
         if cached is not None and cached[0] > time.monotonic():
             found: Principal | None = cached[1]
