@@ -8,11 +8,12 @@ Errors the server answers with come back as the same :mod:`sandlot.errors` class
 by code.
 
 A server that restarts, or is briefly out of reach, is waited for: for up to ``retry_for``
-seconds (default 30, ``SANDLOT_RETRY_FOR``) a request that is safe to repeat is tried again,
-with exponential backoff and full jitter: any request whose connection was never made (it
-cannot have reached the server), and one that may be repeated (reads, ``PUT``, ``DELETE``,
-writes with an ``Idempotency-Key``) after a dropped connection or a 429/502/503/504 answer.
-A dropped stream resumes from the log with ``Last-Event-ID`` within the same time (see
+seconds (default 30, ``SANDLOT_RETRY_FOR``; 3 s for a server that never answered this process,
+which is more likely a wrong URL or one not started) a request that is safe to repeat is tried
+again, with exponential backoff and full jitter: any request whose connection was never made
+(it cannot have reached the server), and one that may be repeated (reads, ``PUT``, ``DELETE``,
+writes with an ``Idempotency-Key``) after a dropped connection or a 429/502/503/504 answer. A
+dropped stream resumes from the log with ``Last-Event-ID`` within the same time (see
 :mod:`sandlot.remote.channel`). Only a client given a circuit breaker (the remote provider's,
 when a ``fallback`` can take over) stops calling a failing server; see
 :mod:`sandlot.remote.breaker`. A small loop here rather than tenacity: the decision depends on
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from .breaker import CircuitBreaker
 
 _background: set[asyncio.Task[Any]] = set()
+_answered: set[str] = set()  # the servers (URLs) that have answered this process
 _all_sessions: weakref.WeakSet[aiohttp.ClientSession] = weakref.WeakSet()
 
 
@@ -102,6 +104,9 @@ RETRIES = 3  # with a breaker: tries after the first, then the fallback takes ov
 RETRY_DELAY = 0.2  # the first pause before trying again; doubled on every retry
 RETRY_DELAY_MAX = 1.0  # at most this long between tries: a server back is seen within 1 s
 RETRY_FOR = 30.0  # seconds a failing request keeps being tried (SANDLOT_RETRY_FOR)
+# A server this process never reached is more likely a wrong URL or one not started than one
+# restarting: it is tried this long at most, so a typo is reported in seconds, not half a minute.
+FIRST_CONTACT = 3.0
 RETRY_STATUSES = frozenset({429, 502, 503, 504})  # not served: a repeatable call tries again
 CALL_TIMEOUT = 60.0  # seconds for a plain call's answer (SANDLOT_CALL_TIMEOUT)
 # Calls that may pull an image or move a workspace on the server (create, pause, resume; a
@@ -231,7 +236,13 @@ class Client:
         loop = asyncio.get_running_loop()
         # With a breaker, a few quick tries: a fallback is waiting. Without, the server is
         # waited for.
-        give_up = loop.time() + (RETRY_DELAY * (2**RETRIES) if breaker else self.retry_for)
+        if breaker is not None:
+            window = RETRY_DELAY * (2**RETRIES)
+        elif self.url in _answered:
+            window = self.retry_for
+        else:
+            window = min(self.retry_for, FIRST_CONTACT)
+        give_up = loop.time() + window
         connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", ())  # aiohttp 3.10+
         started = loop.time()
         attempt = 0
@@ -263,6 +274,7 @@ class Client:
                     url=self.url,
                 ) from None
             status = response.status
+            _answered.add(self.url)
             if status >= 500 or status == 429:
                 overloaded = status in (429, 503)
                 if breaker is not None:

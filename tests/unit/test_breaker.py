@@ -95,3 +95,40 @@ def test_retry_pauses_grow_with_jitter_and_stop_at_the_deadline() -> None:
     assert _pause(1, 0.05) is None  # past the deadline: give up instead
     assert _pause(1, 100.0, "7") == 7.0  # the server's Retry-After
     assert _pause(1, 5.0, "7") is None
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again: connections are refused
+
+
+def test_a_server_never_reached_is_given_up_on_within_the_first_contact_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wrong URL is reported in seconds even with a long retry_for; a server that has
+    answered this process before is tried for all of retry_for (a restart)."""
+    import asyncio
+
+    from sandlot.remote import client as module
+
+    monkeypatch.setattr(module, "FIRST_CONTACT", 0.5)
+    url = f"http://127.0.0.1:{_closed_port()}"
+
+    async def attempts(retry_for: float) -> str:
+        client = module.Client(url=url, retry_for=retry_for)
+        try:
+            with pytest.raises(RemoteUnavailableError) as caught:
+                await client.call("GET", "/healthz")
+        finally:
+            await client.aclose()
+        return str(caught.value)
+
+    # Without the first-contact window this call would retry for an hour.
+    assert "cannot reach" in asyncio.run(attempts(3600.0))
+    monkeypatch.setattr(module, "_answered", {url})
+    message = asyncio.run(attempts(1.5))
+    tried = float(message.split(" in ")[-1].split(" s)")[0])
+    assert tried > 1.0  # past the first-contact window: it was waited for
