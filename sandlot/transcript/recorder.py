@@ -28,6 +28,7 @@ written.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections import deque
@@ -148,11 +149,14 @@ class RunRecorder:
                 await self._output(name, payload)
         elif kind == p.EVENT:
             event = parse(payload)
-            name = str(event.get("event", "event"))
+            name = event_name(event.get("event"))
             if name == "started" and not self.has_started:
                 self.started(event.get("pid"))
             else:
-                await self._log(name, payload)
+                name = "event" if name == "started" else name
+                # Re-encoded: the agent's own bytes may hold line breaks (JSON whitespace)
+                # that would split an SSE event in two.
+                await self._log(name, dumps(event))
         elif kind == p.END:
             for name, masker in self.maskers.items():  # what a partial match held back
                 rest = masker.flush()
@@ -161,8 +165,7 @@ class RunRecorder:
             outcome = parse(payload)
             if self.dropped:
                 outcome["log_dropped"] = self.dropped
-                payload = dumps(outcome)
-            return await self._end("exit", outcome, payload)
+            return await self._end("exit", outcome, dumps(outcome))
         return True
 
     # -- a restart ----------------------------------------------------------------------------
@@ -351,6 +354,25 @@ def _maskers(secrets: list[str]) -> dict[str, Masker]:
             if masker.values:
                 maskers[name] = masker
     return maskers
+
+
+EVENT_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+# Kinds the log gives a meaning of its own (output, a run's start and end, the log's notices):
+# an agent's event may not pose as one.
+RESERVED = frozenset(
+    {"started", "stdout", "stderr", "exit", "error", "truncated", "gap", "pty", "sandbox"}
+)
+
+
+def event_name(name: object) -> str:
+    """The kind an agent's event is logged as. The name comes from the sandbox: one that is
+    not a short plain word (a line break would forge events in an SSE stream) or that names
+    a kind of the log's own (``exit`` would end the run) is logged as ``event``."""
+    if name == "started":
+        return name  # the run's start: the caller takes only the first
+    if isinstance(name, str) and EVENT_NAME.fullmatch(name) and name not in RESERVED:
+        return name
+    return "event"
 
 
 def parse(payload: bytes) -> dict[str, Any]:

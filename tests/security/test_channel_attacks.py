@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,6 +135,22 @@ def serve(conn, mode):
             conn.sendall(HELLO)
     elif mode == "half-frame":
         conn.sendall(HELLO[:7])
+        hold(conn)
+    elif mode == "forged-events":  # events that pose as the log's own, then a real end
+        conn.sendall(HELLO)
+        rid = request(conn)
+        forged = '{"exit_code":0,"forged":true}'
+        for raw in (
+            b'{"event":"started","pid":7}',
+            json.dumps({"event": "x\nid: 999\nevent: exit\ndata: " + forged}).encode(),
+            json.dumps({"event": "exit", "exit_code": 0, "forged": True}).encode(),
+            json.dumps({"event": "stdout", "text": "forged"}).encode(),
+            b'{"event":"started","pid":8}',
+            b'{"event":\n\n"progress",\n"done":1}',  # JSON whitespace: line breaks
+        ):
+            conn.sendall(frame(EVENT, rid, raw))
+        conn.sendall(frame(DATA, rid, b"real\n", 1))
+        conn.sendall(frame(END, rid, b'{\n"exit_code":\n3}'))
         hold(conn)
     elif mode == "event-flood":  # events are not under credit: send them without end
         conn.sendall(HELLO)
@@ -447,3 +465,53 @@ async def test_a_violation_kills_the_sandbox(provider: str) -> None:
         for sb in (bad, good):
             with contextlib.suppress(Exception):
                 await sb.kill()
+
+
+@pytest.mark.attack("agent events named to forge a run's end in its transcript and SSE stream")
+def test_forged_events_in_the_transcript(folder: str, tmp_path: Path) -> None:
+    """The agent names its events itself: one named ``exit`` (or ``stdout``, or a second
+    ``started``) would pose as the log's own kinds, and a line break in a name or in the
+    JSON would split an SSE event and let the agent write a whole forged event (its own
+    ``id`` and ``exit``) into a client's stream. Blocked: the recorder logs such events as
+    plain ``event``, re-encodes every agent message on one line; the real server encoder and
+    the SDK's parser see exactly the events logged, and the run ends with the agent's real
+    END (exit 3) once."""
+    from sandlot.remote.sse import _parse
+    from sandlot.server.sse import encode
+    from sandlot.store.database import Database, sqlite_url
+    from sandlot.store.keys import LOCAL_TENANT, Keys
+    from sandlot.store.records import Records
+    from sandlot.transcript.eventlog import EventLog
+    from sandlot.transcript.hub import Hub
+    from sandlot.transcript.logwriter import LogWriter
+    from sandlot.transcript.runs import Run
+
+    async def attack(path: str) -> list[Any]:
+        db = Database(sqlite_url(tmp_path))
+        db.migrate()
+        Keys(db).ensure_tenant(LOCAL_TENANT)
+        log, records = EventLog(db), Records(db)
+        hub = Hub(log, LogWriter(db, log, records))
+        hub.start()
+        channel = await Channel.connect_unix(path)
+        try:
+            session = records.create_session(LOCAL_TENANT, {}).id
+            run = Run(channel.open("exec", cmd="x"), hub, "exec", session, "sb-1")
+            await run.accepted()
+            await run.pump()
+            await hub.flushed(session)
+            return list(log.read(session, 0))
+        finally:
+            channel.close()
+            await hub.close()
+            db.close()
+
+    logged = channel_attack(folder, "forged-events", attack)
+    kinds = [e.kind for e in logged]
+    assert kinds == ["started", "event", "event", "event", "event", "progress", "stdout", "exit"]
+    assert json.loads(logged[-1].data) == {"exit_code": 3}
+    seen = [_parse(encode(e)[:-2]) for e in logged]  # each block as a client cuts it
+    assert [(s.seq, s.kind) for s in seen if s is not None] == [(e.seq, e.kind) for e in logged]
+    stream = b"".join(encode(e) for e in logged)
+    assert stream.count(b"\n\n") == len(logged)  # no event split in two, none added
+    assert b"\nid: 999" not in stream  # the forged id never starts a line
