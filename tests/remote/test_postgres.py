@@ -87,7 +87,8 @@ def test_output_is_compressed_and_a_tenants_ended_logs_are_capped_on_postgresql(
                     events.c.encoding == 1
                 )
             ).one()
-        assert rows[0] >= 2 and rows[1] < 2 * len(big) / 3  # both logs, compressed
+        # Both logs, compressed (seq's digits shrink to about a third, ISA-L or zlib alike).
+        assert rows[0] >= 2 and rows[1] < 2 * len(big) * 0.4
         log = f"{server.url}/v1/sandboxes/{{}}/events?follow=false"
         deadline = time.monotonic() + 30
         while len(sse(log.format(gone.id))) > 1 and time.monotonic() < deadline:
