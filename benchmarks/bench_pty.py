@@ -92,11 +92,12 @@ async def measure(rounds: int, seed: int, results: c.Results) -> None:
         cooked, raw = Echo(), Echo()
         await cooked.open(sb, "exec cat > /dev/null")  # the terminal echoes what is typed
         await raw.open(sb, "stty raw -echo; exec cat")  # cat writes back what it reads
-        logged = await sb.commands.run(f"head -c {REPLAY_BYTES} /dev/zero")
-        assert len(logged.stdout_bytes) == REPLAY_BYTES and logged.pid is not None
-        pid = logged.pid
-
         async def replay() -> float:
+            # A fresh finished process each time (untimed): the agent keeps only the newest
+            # 64 ended ones, and the baseline's commands would push an old one out.
+            logged = await sb.commands.run(f"head -c {REPLAY_BYTES} /dev/zero")
+            assert len(logged.stdout_bytes) == REPLAY_BYTES and logged.pid is not None
+            pid = logged.pid
             t = c.now()
             handle = await sb.commands.connect(pid)
             result = await handle.wait()
