@@ -50,7 +50,22 @@ def _absolute(value: str) -> str:
     return _no_nul(value, "path")
 
 
-class CommandRequest(_Body):
+class _ProcessStart(_Body):
+    """What starts a process (a command, a terminal): the checks of its variables (``env``)
+    and working folder (``cwd``), which each subclass declares where it wants them."""
+
+    @field_validator("env", check_fields=False)
+    @classmethod
+    def _env(cls, value: dict[str, MaybeSecret] | None) -> dict[str, MaybeSecret] | None:
+        return None if value is None else check_env_refs(value)
+
+    @field_validator("cwd", check_fields=False)
+    @classmethod
+    def _cwd(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(value)
+
+
+class CommandRequest(_ProcessStart):
     """Run a command: ``cmd`` through the sandbox's shell, or ``argv`` as it is."""
 
     cmd: str | None = Field(None, min_length=1, max_length=1 << 20)
@@ -80,16 +95,6 @@ class CommandRequest(_Body):
         if self.argv is not None and (not self.argv[0] or any("\0" in a for a in self.argv)):
             raise ValueError("argv must be non-empty at [0] and NUL-free")
         return self
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: dict[str, MaybeSecret] | None) -> dict[str, MaybeSecret] | None:
-        return None if value is None else check_env_refs(value)
-
-    @field_validator("cwd")
-    @classmethod
-    def _cwd(cls, value: str | None) -> str | None:
-        return None if value is None else _absolute(value)
 
 
 class CodeRunRequest(_Body):
@@ -332,7 +337,7 @@ class Health(BaseModel):
 MAX_TERMINAL = 10000  # columns or rows, as the agent takes them
 
 
-class PtyStart(_Body):
+class PtyStart(_ProcessStart):
     """The terminal a ``/pty`` WebSocket starts: the first text message (or the query)."""
 
     type: Literal["start"] = "start"
@@ -361,16 +366,6 @@ class PtyStart(_Body):
         if self.argv is not None and (not self.argv[0] or any("\0" in a for a in self.argv)):
             raise ValueError("argv must be non-empty at [0] and NUL-free")
         return self
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: dict[str, MaybeSecret] | None) -> dict[str, MaybeSecret] | None:
-        return None if value is None else check_env_refs(value)
-
-    @field_validator("cwd")
-    @classmethod
-    def _cwd(cls, value: str | None) -> str | None:
-        return None if value is None else _absolute(value)
 
 
 class ResizeRequest(_Body):

@@ -296,13 +296,7 @@ class AsyncCommandHandle:
         """Send a signal to the command's whole process group. False if it already ended."""
         if self._task.done() or self.pid is None:
             return False
-        try:
-            await self._sandbox._channel.call("signal", pid=self.pid, signal=int(signal))
-        except Exception as exc:
-            if getattr(exc, "code", None) == "process_not_found":
-                return False
-            raise
-        return True
+        return await signal_process(self._sandbox, self.pid, signal)
 
     async def send_stdin(self, data: str | bytes) -> None:
         """Write to the command's stdin (a string as UTF-8). Raises
@@ -365,6 +359,17 @@ async def attach(
     collector.base = args["offset"]
     await collector.start()
     return collector
+
+
+async def signal_process(sandbox: AsyncSandbox, pid: int, signal: int) -> bool:
+    """Send a signal to a process group in the sandbox; False if it had ended meanwhile."""
+    try:
+        await sandbox._channel.call("signal", pid=pid, signal=int(signal))
+    except Exception as exc:
+        if getattr(exc, "code", None) == "process_not_found":
+            return False
+        raise
+    return True
 
 
 def _end_payload(payload: bytes) -> dict[str, Any]:

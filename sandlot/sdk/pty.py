@@ -26,6 +26,7 @@ from .commands import (
     attach,
     check_cwd,
     check_env_argument,
+    signal_process,
 )
 from .deadline import Deadline
 
@@ -91,13 +92,7 @@ class AsyncPtyHandle:
         """Send a signal to the terminal's process group. False if it already ended."""
         if self._task.done() or self.pid is None:
             return False
-        try:
-            await self._sandbox._channel.call("signal", pid=self.pid, signal=int(signal))
-        except Exception as exc:
-            if getattr(exc, "code", None) == "process_not_found":
-                return False
-            raise
-        return True
+        return await signal_process(self._sandbox, self.pid, signal)
 
     async def wait(self) -> CommandResult:
         """Wait for the terminal's process to end: its exit code, and the tail of what the
