@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Path, WebSocket
 from pydantic import ValidationError
@@ -39,7 +40,7 @@ from pydantic import ValidationError
 from ..agent import protocol as p
 from ..api import PtyStart, ResizeRequest, SignalRequest
 from ..channel.base import RequestLike
-from ..errors import InvalidArgumentError, ProtocolError, SandlotError
+from ..errors import ForbiddenError, InvalidArgumentError, ProtocolError, SandlotError
 from ..models import ProcessInfo
 from ..supervisor import Supervisor
 from .api_ports import _on_purpose
@@ -299,6 +300,11 @@ async def _admit(websocket: WebSocket, sandbox_id: str) -> tuple[ServerState, Se
     state: ServerState = websocket.app.state.sandlot
     try:
         caller = await get_principal(state, _authorization(websocket))
+        if caller.key_id is None and _cross_origin(websocket):
+            raise ForbiddenError(
+                "a terminal cannot be opened from a web page of another origin on a server "
+                "without API keys (create one: sandlot keys create)"
+            )
         served = await state.get(caller, sandbox_id)
     except SandlotError as exc:
         await _deny(websocket, exc)
@@ -317,6 +323,17 @@ async def _deny(websocket: WebSocket, error: SandlotError) -> None:
         _on_purpose.set(True)  # uvicorn would call this an incomplete handshake
     else:
         await websocket.close(POLICY)
+
+
+def _cross_origin(websocket: WebSocket) -> bool:
+    """Whether a browser opened this from a page of another origin. Browsers always send
+    ``Origin`` on a WebSocket and let any page dial loopback, and no CORS rule applies: on a
+    server without keys, a page the user visits could otherwise type into a terminal.
+    Programs (the SDK, the CLI, ``websockets``) send no ``Origin`` unless asked."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return False
+    return urlsplit(origin).netloc.lower() != (websocket.headers.get("host") or "").lower()
 
 
 def _authorization(websocket: WebSocket) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from remote.server import ServerProcess
-from remote.terminals import Term, dial, start
+from remote.terminals import Term, dial, start, ws_url
 from websockets.exceptions import InvalidStatus
 
 import sandlot
@@ -196,3 +196,31 @@ def test_hostile_start_messages_are_refused(
     term.type(b"\x03 binary first")
     assert term.control_of("error")["code"] == "invalid_argument"
     assert term.close_code() == 1008
+
+
+@pytest.mark.attack("a web page of another origin types into a terminal on a server without keys")
+def test_a_web_page_cannot_open_a_terminal_on_a_keyless_server(provider: str) -> None:
+    """A browser lets any page open a WebSocket to loopback, and no CORS rule applies: on a
+    server without API keys (loopback only), a page the user visits could open a terminal in
+    a sandbox whose id it learned. Blocked: an upgrade with a foreign ``Origin`` is refused
+    with 403 unless a key authenticated it; the same page origin, and programs (which send no
+    ``Origin``), still get in."""
+    from websockets.sync.client import connect
+
+    home = Path(tempfile.mkdtemp(prefix="slptyo-", dir="/tmp"))
+    server = ServerProcess(home)
+    server.start()
+    try:
+        sb = sandlot.Sandbox.create(timeout=300, client=sandlot.Client(server.url))
+        url = ws_url(server.url, sb.id, cmd="id")
+        host = server.url.split("//", 1)[1]
+        for origin in ("http://evil.example", "null", f"http://{host}.evil.example"):
+            with pytest.raises(InvalidStatus) as caught:
+                connect(url, origin=origin, open_timeout=10).close()  # type: ignore[arg-type]
+            assert caught.value.response.status_code == 403
+        for origin in (f"http://{host}", None):  # the server's own page, and a program
+            with connect(url, origin=origin, open_timeout=10) as ws:  # type: ignore[arg-type]
+                assert json.loads(ws.recv(timeout=10))["type"] == "started"
+        sb.kill()
+    finally:
+        server.stop()
