@@ -92,6 +92,7 @@ async def measure(rounds: int, seed: int, results: c.Results) -> None:
         cooked, raw = Echo(), Echo()
         await cooked.open(sb, "exec cat > /dev/null")  # the terminal echoes what is typed
         await raw.open(sb, "stty raw -echo; exec cat")  # cat writes back what it reads
+
         async def replay() -> float:
             # A fresh finished process each time (untimed): the agent keeps only the newest
             # 64 ended ones, and the baseline's commands would push an old one out.
