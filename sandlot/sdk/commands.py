@@ -245,8 +245,9 @@ class _Collector:
         )
 
 
-class AsyncCommandHandle:
-    """A running command. Its output is collected in the background while you hold this."""
+class CollectedProcess:
+    """What a handle to a process holds (a command's, a terminal's): its request, and the
+    task collecting its frames in the background."""
 
     pid: int | None  # its process (group) id in the sandbox
 
@@ -254,13 +255,20 @@ class AsyncCommandHandle:
         self._sandbox = sandbox
         self._collector = collector
         self._request = collector.request
-        self._stdout = collector.stdout
-        self._stderr = collector.stderr
         self.pid = collector.pid
         self._task: asyncio.Task[CommandResult] = asyncio.ensure_future(collector.run())
         # Nobody may ever wait (a caller interrupted, or not interested): don't let asyncio
         # report the outcome as "never retrieved"; wait() still raises it.
         self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+class AsyncCommandHandle(CollectedProcess):
+    """A running command. Its output is collected in the background while you hold this."""
+
+    def __init__(self, sandbox: AsyncSandbox, collector: _Collector) -> None:
+        super().__init__(sandbox, collector)
+        self._stdout = collector.stdout
+        self._stderr = collector.stderr
 
     @property
     def stdout(self) -> str:

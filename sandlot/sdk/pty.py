@@ -19,6 +19,7 @@ from ..errors import InvalidArgumentError, SandboxClosedError
 from ..models import CommandResult, check_seconds
 from .commands import (
     MAX_OUTPUT_BYTES,
+    CollectedProcess,
     DataCallback,
     _check_command,
     _Collector,
@@ -43,19 +44,9 @@ def check_size(cols: object, rows: object) -> tuple[int, int]:
     return cols, rows  # type: ignore[return-value]
 
 
-class AsyncPtyHandle:
+class AsyncPtyHandle(CollectedProcess):
     """A terminal: send it keystrokes, resize it, wait for its end. Its output goes to the
     ``on_data`` callback as it comes (and its tail into the result)."""
-
-    pid: int | None  # the terminal's process (its session and process group) in the sandbox
-
-    def __init__(self, sandbox: AsyncSandbox, collector: _Collector) -> None:
-        self._sandbox = sandbox
-        self._collector = collector
-        self._request = collector.request
-        self.pid = collector.pid
-        self._task: asyncio.Task[CommandResult] = asyncio.ensure_future(collector.run())
-        self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     @property
     def offset(self) -> int:
