@@ -32,7 +32,9 @@ SSE_RESPONSE = {
 }
 
 
-def sandbox_out(record: SandboxRecord, idle_timeout: float | None = None) -> SandboxOut:
+def sandbox_out(
+    record: SandboxRecord, idle_timeout: float | None = None, ending: bool = False
+) -> SandboxOut:
     try:
         isolated = provider_class(record.provider).isolated
     except Exception:
@@ -40,7 +42,7 @@ def sandbox_out(record: SandboxRecord, idle_timeout: float | None = None) -> San
     return SandboxOut(
         id=record.id,
         provider=record.provider,
-        state="running" if record.state == "running" else "stopped",
+        state="running" if record.state == "running" and not ending else "stopped",
         metadata=record.metadata,
         created_at=record.created_at,
         expires_at=record.expires_at,
@@ -100,7 +102,8 @@ async def list_sandboxes(
 async def get_sandbox(sandbox_id: str, state: State, caller: Caller) -> SandboxOut:
     served = state.served.get(sandbox_id)
     idle = served.live.info.idle_timeout if served is not None else None
-    return sandbox_out(await state.record(caller, sandbox_id), idle)
+    record = await state.record(caller, sandbox_id)
+    return sandbox_out(record, idle, ending=state.is_ending(sandbox_id))
 
 
 @router.delete("/{sandbox_id}", status_code=204)

@@ -563,6 +563,11 @@ class ServerState:
         why = "idle" if idle else "killed"
         self._ending(sandbox_id, served.record.session_id, why)
 
+    def is_ending(self, sandbox_id: str) -> bool:
+        """Whether the sandbox has been let go and its end is being recorded (its record
+        still says running for that moment)."""
+        return sandbox_id in self._endings
+
     def _ending(self, sandbox_id: str, session_id: str, why: str) -> asyncio.Future[None]:
         """The one task that records a sandbox's end (a kill and the manager's release
         both ask for it; the second caller waits for the first)."""
