@@ -93,6 +93,14 @@ KillOnExitOption = Annotated[
     ),
 ]
 
+E2BOption = Annotated[
+    bool,
+    typer.Option(
+        "--e2b/--no-e2b",
+        help="Serve E2B's API on the same port, for the official e2b SDKs (docs/e2b.md).",
+    ),
+]
+
 
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
@@ -104,6 +112,7 @@ def serve(
     retention_days: RetentionOption = 7.0,
     tenant_log_bytes: TenantLogBytesOption = 10 * 1024**3,
     kill_on_exit: KillOnExitOption = False,
+    e2b: E2BOption = True,
 ) -> None:
     """Run the HTTP API (state in SQLite by default). Binding to anything but loopback
     needs at least one API key (``sandlot keys create``). One server per state folder."""
@@ -150,6 +159,7 @@ def serve(
         retention_seconds=retention_days * 86400,
         tenant_log_bytes=tenant_log_bytes,
         kill_on_exit=kill_on_exit,
+        e2b=e2b,
     )
     config = uvicorn.Config(
         create_app(settings),

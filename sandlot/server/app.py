@@ -34,6 +34,8 @@ from . import (
     watchdog,
 )
 from .deps import State
+from .e2b import control as e2b_control
+from .e2b.gateway import E2BGateway
 from .http_errors import ERROR_RESPONSES, HTTP_CODES, error_response, status_of
 from .metrics import CONTENT_TYPE, Metrics
 from .state import ServerSettings, ServerState
@@ -147,6 +149,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     _install_health(app)
     app.add_middleware(metrics.Timing)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit)
+    if settings.e2b:
+        app.include_router(e2b_control.router)
+        app.add_middleware(E2BGateway)  # outermost: its requests carry their own bounds
     return app
 
 

@@ -91,6 +91,7 @@ class ServerSettings(BaseModel):
         description="kill the sandboxes when the server stops (by default they keep running "
         "until their deadline, and the next start adopts them)",
     )
+    e2b: bool = Field(True, description="serve E2B's API beside sandlot's own (docs/e2b.md)")
 
     def resolved_home(self) -> Path:
         return self.home or default_home()
