@@ -24,6 +24,10 @@ from ..state import LOCAL_TENANT, Principal, Served, ServerState
 
 CONTEXT = b"sandlot-e2b-access-v1."
 MAX_ID = 200  # a sandbox id longer than this is not one of ours: refused before any lookup
+# The envd version reported to the SDKs: the newest whose features (envd/versions.py in the
+# e2b package: stdin, CloseStdin, octet-stream uploads, file metadata, watch entry info)
+# the gateway serves, so the SDKs take their full-featured paths.
+ENVD_VERSION = "0.6.4"
 ENVD_PORT = 49983  # envd: processes, files, /health
 INTERPRETER_PORT = 49999  # the code interpreter: /execute, /contexts
 
