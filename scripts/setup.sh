@@ -32,5 +32,16 @@ fi
 # Editable, with every extra and the test tools. (tests/install builds its own wheel and
 # virtual environment with this pip: `python -m venv --without-pip` needs no python3-venv.)
 python -m pip install -q -e '.[dev]'
+# The OpenAI Agents SDK's E2B extension pins an older e2b pair (e2b 2.31, e2b-code-interpreter
+# 2.8) that cannot share an environment with the current one: a virtual environment of its own
+# for tests/e2b (same path there), rebuilt only when the pins change.
+old_e2b="${SANDLOT_E2B_OLD_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sandlot/e2b-old-venv}"
+old_pins=("openai-agents[e2b]==0.24.0" "e2b==2.31.0" "e2b-code-interpreter==2.8.1")
+if [ "$(cat "$old_e2b/sandlot-pins" 2>/dev/null)" != "${old_pins[*]}" ]; then
+  rm -rf "$old_e2b"
+  python -m venv --without-pip "$old_e2b"  # this pip installs into it: no python3-venv needed
+  python -m pip --python "$old_e2b/bin/python" install -q "${old_pins[@]}"
+  echo "${old_pins[*]}" >"$old_e2b/sandlot-pins"
+fi
 # The Docker engine and the test images (built once with debootstrap, then reused).
 python tests/docker_env.py
