@@ -385,9 +385,7 @@ def isolation_args(
     ]  # fmt: skip
 
 
-def mount_args(
-    workspace: str, agent_root: str, tmp_mb: int, alias: str | None = None
-) -> list[str]:
+def mount_args(workspace: str, agent_root: str, tmp_mb: int, alias: str | None = None) -> list[str]:
     """/proc, /dev, a size-capped /dev/shm and /tmp, the writable /workspace (and at its
     ``alias`` too), and the agent read-only."""
     return [
