@@ -42,6 +42,8 @@ def make_workspace(
         for part in inner.relative_to("/workspace").parts:
             target = target / part
             target.mkdir(exist_ok=True)
+            if target.is_symlink():  # never followed on the host (nor chowned through)
+                raise InvalidArgumentError(f"workdir {workdir}: {part} is a symbolic link")
             made.append(target)
     if owner is not None:
         for path in made:
