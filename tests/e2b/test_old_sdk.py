@@ -1,6 +1,7 @@
 """The issue's user flow with the older E2B pair that openai-agents[e2b] pins (e2b 2.31.0,
 e2b-code-interpreter 2.8.1), unmodified, in a virtual environment of its own (older_sdk.py):
-it creates with `POST /sandboxes` (not v2) and talks to an older envd client.
+it creates with `POST /sandboxes` (not v2), connects with `POST /sandboxes/{id}/connect`, and
+talks to an older envd client. run_code is the one part of the flow it cannot reach (below).
 
 One run of tests/e2b/old_sdk_flow.py (one sandbox) for the module; each test checks its steps.
 """
@@ -43,9 +44,12 @@ def test_files_written_and_listed_in_home(flow: dict[str, object]) -> None:
     assert files["read"] == "x", files
 
 
-def test_run_code_keeps_state_and_draws_a_png(flow: dict[str, object]) -> None:
-    assert flow["code_state"] == "42", (flow["code_state"], flow["stderr"])
-    assert flow["png"] is True, (flow["png"], flow["stderr"])
+def test_run_code_is_out_of_reach_of_code_interpreter_2_8(flow: dict[str, object]) -> None:
+    """e2b-code-interpreter 2.8.1 builds run_code's URL from the sandbox's domain and ignores
+    E2B_SANDBOX_URL (2.9.0 honors it, with e2b >= 2.26): no server can answer it under the URL
+    users set. docs/e2b.md says so; the Agents SDK's extension never calls run_code."""
+    url = flow["jupyter_url"]
+    assert isinstance(url, str) and url.startswith("https://49999-"), url
 
 
 def test_connect_then_kill(flow: dict[str, object]) -> None:
