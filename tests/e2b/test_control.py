@@ -23,7 +23,7 @@ from e2b import (
     SandboxQuery,
     SandboxState,
 )
-from e2b_code_interpreter import Sandbox as CodeSandbox
+from e2b_code_interpreter import Sandbox as CodeSandbox  # type: ignore[import-untyped]
 
 import sandlot
 
@@ -166,7 +166,7 @@ def test_the_older_sdks_v1_calls(e2b_server: Any) -> None:
     """e2b 2.31 (what openai-agents[e2b] pins) creates with ``POST /sandboxes`` and
     connects with ``POST /sandboxes/{id}/connect``; its bodies, as it sends them."""
     headers = {"X-API-KEY": e2b_server.api_key}
-    body = {
+    body: dict[str, Any] = {
         "templateID": "code-interpreter-v1",
         "timeout": 300,
         "autoPause": False,
