@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from e2b import AsyncSandbox, FileType, NotFoundException, Sandbox
+from e2b import AsyncSandbox, FileType, InvalidArgumentException, NotFoundException, Sandbox
 from e2b.sandbox.filesystem.watch_handle import FilesystemEventType
+from e2b_sandbox import e2b_sandbox, token_for
 
 import sandlot
-from e2b_sandbox import e2b_sandbox, token_for
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
@@ -27,7 +27,7 @@ MiB = 1 << 20
 def pair(e2b_server: Any) -> Iterator[tuple[sandlot.Sandbox, Sandbox]]:
     """A sandlot sandbox and the E2B SDK's view of it."""
     client = sandlot.Client(url=e2b_server.url, api_key=e2b_server.api_key)
-    with sandlot.Sandbox.create(client=client) as sb:
+    with sandlot.Sandbox.create(client=client, workspace_alias="/home/user") as sb:
         yield sb, e2b_sandbox(Sandbox, e2b_server, sb.id, e2b_server.api_key)
 
 
@@ -44,9 +44,13 @@ def _wait_events(handle: Any, wanted: set[tuple[str, FilesystemEventType]]) -> l
 def test_write_and_read_text_bytes_and_stream(pair: tuple[sandlot.Sandbox, Sandbox]) -> None:
     sb, e2b = pair
     info = e2b.files.write("/workspace/t/hello.txt", "héllo")
-    assert (info.name, info.path, info.type) == ("hello.txt", "/workspace/t/hello.txt", FileType.FILE)
+    assert (info.name, info.path, info.type) == (
+        "hello.txt",
+        "/workspace/t/hello.txt",
+        FileType.FILE,
+    )
     assert e2b.files.read("/workspace/t/hello.txt") == "héllo"
-    assert sb.files.read("/workspace/t/hello.txt") == "héllo".encode()  # the same file
+    assert sb.files.read("/workspace/t/hello.txt") == "héllo"  # the same file
     e2b.files.write("/workspace/t/raw.bin", b"\x00\xff" * 10)
     assert e2b.files.read("/workspace/t/raw.bin", format="bytes") == bytearray(b"\x00\xff" * 10)
     e2b.files.write("/workspace/t/streamed.bin", io.BytesIO(b"abc" * 1000))  # octet-stream
@@ -153,7 +157,10 @@ def test_twenty_mib_up_and_down_whole(pair: tuple[sandlot.Sandbox, Sandbox]) -> 
             for chunk in reader:
                 got.update(chunk)
         assert got.hexdigest() == digest
-    assert hashlib.sha256(e2b.files.read("/workspace/big/octet.bin", format="bytes")).hexdigest() == digest
+    assert (
+        hashlib.sha256(e2b.files.read("/workspace/big/octet.bin", format="bytes")).hexdigest()
+        == digest
+    )
 
 
 def test_gzip_upload(pair: tuple[sandlot.Sandbox, Sandbox]) -> None:
@@ -162,13 +169,20 @@ def test_gzip_upload(pair: tuple[sandlot.Sandbox, Sandbox]) -> None:
     assert e2b.files.read("/workspace/gz.txt") == "zipped " * 1000
 
 
+def test_file_metadata_is_refused_plainly(pair: tuple[sandlot.Sandbox, Sandbox]) -> None:
+    _, e2b = pair
+    with pytest.raises(InvalidArgumentException, match="metadata"):
+        e2b.files.write("/workspace/meta.txt", "x", metadata={"owner": "me"})
+    assert e2b.files.exists("/workspace/meta.txt") is False
+
+
 def test_relative_paths_are_under_home(pair: tuple[sandlot.Sandbox, Sandbox]) -> None:
     sb, e2b = pair
     if not sb.files.exists("/home/user"):
         pytest.skip("the workspace is not at /home/user yet (helper `home`)")
     e2b.files.write("rel/in-home.txt", "home")
     assert e2b.files.read("/home/user/rel/in-home.txt") == "home"
-    assert sb.files.read("/workspace/rel/in-home.txt") == b"home"
+    assert sb.files.read("/workspace/rel/in-home.txt") == "home"
 
 
 async def test_the_async_sdk(e2b_server: Any, pair: tuple[sandlot.Sandbox, Sandbox]) -> None:

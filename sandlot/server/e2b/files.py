@@ -17,7 +17,7 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -106,6 +106,8 @@ async def upload_files(request: Request) -> Response:
             written = [await _octet_stream(call, request)]
     except (SandlotError, ConnectError) as exc:
         return envd_error(exc)
+    except ClientDisconnect:  # the client left mid-upload: the file was not written
+        return Response(status_code=499)
     return Response(json.dumps(written), media_type="application/json")
 
 

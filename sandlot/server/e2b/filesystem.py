@@ -45,7 +45,7 @@ MAX_DEPTH = 64  # the deepest listing (sandlot's own API has the same limit)
 POLL = 0.2  # seconds between two listings of a watched folder
 KEEPALIVE = 15.0  # seconds of quiet before a WatchDir stream says it is alive
 MAX_EVENTS = 10_000  # events a polled watcher keeps until read (the oldest go first)
-MAX_WATCHERS = 16  # polled watchers per sandbox
+MAX_WATCHERS = 8  # watches per sandbox, streamed or polled: each lists its folder
 WATCHER_IDLE = 120.0  # a polled watcher not read for this long is removed
 OWNER = "user"
 FILE_TYPES = {
@@ -163,91 +163,112 @@ async def remove(request: Request) -> dict[str, Any]:
 
 # -- watching ---------------------------------------------------------------------------------
 
-Snapshot = dict[str, dict[str, Any]]
+# What a listing tells of an entry, kept between two listings: (type, size, mtime, mode).
+Identity = tuple[str, int, float, int]
+_active: dict[str, int] = {}  # watches (streams and polled watchers) per sandbox
+
+
+def _identity(entry: dict[str, Any]) -> Identity:
+    return (entry["type"], entry["size"], entry["mtime"], entry["mode"])
 
 
 @dataclass
 class _Watch:
-    """One watched folder: what its last listing held, and the events since."""
+    """One watched folder: what its last listing held. Counted against its sandbox's
+    :data:`MAX_WATCHERS` until :meth:`close`."""
 
     call: SandboxCall
     root: str
     recursive: bool
     include_entry: bool
-    previous: Snapshot = field(default_factory=dict)
+    previous: dict[str, Identity] = field(default_factory=dict)
+    closed: bool = False
 
     @classmethod
     async def start(cls, call: SandboxCall, message: dict[str, Any]) -> _Watch:
-        watch = cls(
-            call,
-            resolve(message.get("path", "")),
-            message.get("recursive") is True,
-            message.get("includeEntry") is True,
-        )
-        stat = await _op(call, "stat", path=watch.root)
-        if stat["type"] != "dir":
-            raise ConnectError("invalid_argument", f"{watch.root} is not a directory")
-        watch.previous = await watch.snapshot()
+        root = resolve(message.get("path", ""))
+        recursive, include = message.get("recursive") is True, message.get("includeEntry") is True
+        if _active.get(call.sandbox_id, 0) >= MAX_WATCHERS:
+            raise ConnectError("resource_exhausted", f"at most {MAX_WATCHERS} watches per sandbox")
+        _active[call.sandbox_id] = _active.get(call.sandbox_id, 0) + 1
+        watch = cls(call, root, recursive, include)
+        try:
+            stat = await _op(call, "stat", path=root)
+            if stat["type"] != "dir":
+                raise ConnectError("invalid_argument", f"{root} is not a directory")
+            watch.previous = {path: _identity(e) for path, e in (await watch.listing()).items()}
+        except BaseException:
+            watch.close()
+            raise
         return watch
 
-    async def snapshot(self) -> Snapshot:
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            left = _active.get(self.call.sandbox_id, 1) - 1
+            if left > 0:
+                _active[self.call.sandbox_id] = left
+            else:
+                _active.pop(self.call.sandbox_id, None)
+
+    async def listing(self) -> dict[str, dict[str, Any]]:
         depth = MAX_DEPTH if self.recursive else 1
         answer = await _op(self.call, "list", path=self.root, depth=depth)
         return {entry["path"]: entry for entry in answer["entries"]}
 
     async def changes(self) -> list[dict[str, Any]]:
-        current = await self.snapshot()
-        previous, self.previous = self.previous, current
-        gone = {path: e for path, e in previous.items() if path not in current}
-        came = {path: e for path, e in current.items() if path not in previous}
+        """The events between the last listing and a new one."""
+        current = await self.listing()
+        previous = self.previous
+        self.previous = {path: _identity(e) for path, e in current.items()}
+        came = {
+            path: e
+            for path, e in current.items()
+            if path not in previous or previous[path][0] != e["type"]
+        }
+        moved = {_identity(e) for e in came.values()}
         events: list[dict[str, Any]] = []
-        moved = {_identity(e): path for path, e in came.items()}
-        for path, entry in sorted(gone.items()):
-            kind = "EVENT_TYPE_RENAME" if _identity(entry) in moved else "EVENT_TYPE_REMOVE"
-            events.append(self._event(path, kind, None))
-        for path, entry in sorted(came.items()):
-            events.append(self._event(path, "EVENT_TYPE_CREATE", entry))
+        for path, old in sorted(previous.items()):
+            if path not in current or path in came:
+                kind = "EVENT_TYPE_RENAME" if old in moved else "EVENT_TYPE_REMOVE"
+                events.append(self._event(path, kind, None))
         for path, entry in sorted(current.items()):
-            old = previous.get(path)
-            if old is None or old["type"] != entry["type"]:
+            if path in came:
+                events.append(self._event(path, "EVENT_TYPE_CREATE", entry))
                 continue
-            if entry["type"] != "dir" and (old["size"], old["mtime"]) != (
-                entry["size"],
-                entry["mtime"],
-            ):
+            old = previous[path]
+            if entry["type"] != "dir" and old[1:3] != (entry["size"], entry["mtime"]):
                 events.append(self._event(path, "EVENT_TYPE_WRITE", entry))
-            if old["mode"] != entry["mode"]:
+            if old[3] != entry["mode"]:
                 events.append(self._event(path, "EVENT_TYPE_CHMOD", entry))
         return events
 
     def _event(self, path: str, kind: str, entry: dict[str, Any] | None) -> dict[str, Any]:
-        name = posixpath.relpath(path, self.root) if path.startswith(self.root) else path
-        event: dict[str, Any] = {"name": name, "type": kind}
+        event: dict[str, Any] = {"name": posixpath.relpath(path, self.root), "type": kind}
         if self.include_entry and entry is not None:
             event["entry"] = entry_info(entry)
         return event
-
-
-def _identity(entry: dict[str, Any]) -> tuple[Any, ...]:
-    return (entry["type"], entry["size"], entry["mtime"], entry["mode"])
 
 
 async def watch_dir(request: Request, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """The async SDK's watch: a start event, then the events as they are seen."""
     call = await sandbox_call(request)
     watch = await _Watch.start(call, message)
-    yield {"start": {}}
-    quiet = time.monotonic()
-    while True:
-        await asyncio.sleep(POLL)
-        events = await watch.changes()
-        for event in events:
-            yield {"filesystem": event}
-        if events:
-            quiet = time.monotonic()
-        elif time.monotonic() - quiet > KEEPALIVE:
-            quiet = time.monotonic()
-            yield {"keepalive": {}}
+    try:
+        yield {"start": {}}
+        quiet = time.monotonic()
+        while True:
+            await asyncio.sleep(POLL)
+            events = await watch.changes()
+            for event in events:
+                yield {"filesystem": event}
+            if events:
+                quiet = time.monotonic()
+            elif time.monotonic() - quiet > KEEPALIVE:
+                quiet = time.monotonic()
+                yield {"keepalive": {}}
+    finally:
+        watch.close()
 
 
 @dataclass
@@ -271,6 +292,7 @@ class _Watcher:
                         self.error = exc  # the next read answers it
         finally:
             _WATCHERS.pop(watcher_id, None)
+            self.watch.close()
 
 
 _WATCHERS: dict[str, _Watcher] = {}
@@ -288,9 +310,6 @@ def _watcher(call: SandboxCall, message: dict[str, Any]) -> tuple[str, _Watcher]
 
 async def create_watcher(request: Request) -> dict[str, Any]:
     call, message = await _request(request)
-    mine = sum(w.watch.call.sandbox_id == call.sandbox_id for w in _WATCHERS.values())
-    if mine >= MAX_WATCHERS:
-        raise ConnectError("resource_exhausted", f"at most {MAX_WATCHERS} watchers per sandbox")
     watcher = _Watcher(await _Watch.start(call, message))
     watcher_id = secrets.token_urlsafe(16)
     _WATCHERS[watcher_id] = watcher
