@@ -44,7 +44,11 @@ async def main() -> dict[str, object]:
     run_config = RunConfig(
         sandbox=SandboxRunConfig(
             client=E2BSandboxClient(),
-            options=E2BSandboxClientOptions(sandbox_type=E2BSandboxType.E2B, timeout=300),
+            # on_timeout defaults to "pause" (E2B's autoPause), which sandlot refuses: its
+            # sandboxes end at their timeout (docs/e2b.md).
+            options=E2BSandboxClientOptions(
+                sandbox_type=E2BSandboxType.E2B, timeout=300, on_timeout="kill"
+            ),
         ),
         tracing_disabled=True,
         workflow_name="sandlot e2b",
