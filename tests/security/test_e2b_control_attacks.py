@@ -113,10 +113,10 @@ def test_absurd_timeouts(provider: str, alice: Tenant, victim: dict[str, Any]) -
     path = f"/sandboxes/{victim['sandboxID']}"
     for raw in ("-1", "0", "1e18", "NaN", "Infinity", "-Infinity", "true", '"300"', "[300]",
                 "99999999999999999999999999999", "2.5"):  # fmt: skip
-        body = '{"templateID": "base", "metadata": {"tag": "%s"}, "timeout": %s}' % (tag, raw)
+        body = f'{{"templateID": "base", "metadata": {{"tag": "{tag}"}}, "timeout": {raw}}}'
         headers = {"Content-Type": "application/json"}
         refused(alice.http.post("/v2/sandboxes", content=body, headers=headers), 400)
-        timeout = '{"timeout": %s}' % raw
+        timeout = f'{{"timeout": {raw}}}'
         refused(alice.http.post(path + "/timeout", content=timeout, headers=headers), 400)
         refused(alice.http.post(f"/v2{path}/connect", content=timeout, headers=headers), 400)
     none_created(alice, tag)
@@ -172,9 +172,8 @@ def test_access_token_is_not_an_api_key(
         refused(http.get(f"/sandboxes/{victim['sandboxID']}"), 401)
         refused(http.delete(f"/sandboxes/{victim['sandboxID']}"), 401)
         refused(http.post("/v2/sandboxes", json={"templateID": "base"}), 401)
-    assert Tenant(server, server.api_key).http.get(  # type: ignore[attr-defined]
-        f"/sandboxes/{victim['sandboxID']}"
-    ).json()["state"] == "running"
+    owner = Tenant(server, server.api_key)  # type: ignore[attr-defined]
+    assert owner.http.get(f"/sandboxes/{victim['sandboxID']}").json()["state"] == "running"
 
 
 @pytest.mark.attack("E2B list: forged, altered or another tenant's paging tokens")
@@ -197,7 +196,7 @@ def test_paging_token_forgery(provider: str, alice: Tenant, mallory: Tenant) -> 
             answer = alice.http.get("/v2/sandboxes", params={"limit": 1, "nextToken": bad})
             refused(answer, 400)
         # A good token, for another order or in another tenant's hands, is no token.
-        params = {"limit": 1, "nextToken": token}
+        params: dict[str, Any] = {"limit": 1, "nextToken": token}
         refused(alice.http.get("/v2/sandboxes", params={**params, "order": "desc"}), 400)
         refused(mallory.http.get("/v2/sandboxes", params=params), 400)
         refused(alice.http.get("/v2/sandboxes", params={**params, "nextToken": "x" * 5000}), 400)
