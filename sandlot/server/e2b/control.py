@@ -376,8 +376,11 @@ def _metadata_filter(text: str | None) -> dict[str, str]:
             text, keep_blank_values=True, strict_parsing=True, max_num_fields=MAX_METADATA
         )
     except ValueError:
-        raise InvalidArgumentError("metadata is key=value pairs joined by '&'") from None
-    return {unquote(k): unquote(v) for k, v in pairs}
+        pairs = []
+    wanted = {unquote(k): unquote(v) for k, v in pairs}
+    if not wanted or "" in wanted:
+        raise InvalidArgumentError("metadata is key=value pairs joined by '&'")
+    return wanted
 
 
 def _states(values: list[str]) -> set[str]:

@@ -24,7 +24,7 @@ MAX_ENV_VALUE = 32 * 1024  # characters of one value (a whole environment stays 
 MAX_RULES = 256  # network rules each way
 MAX_RULE = 300  # characters of one rule (a name is at most 253, plus a port)
 
-Timeout = Annotated[int, Field(gt=0, le=int(MAX_LIFETIME))]
+Timeout = Annotated[int, Field(gt=0, le=int(MAX_LIFETIME), strict=True)]  # true is no number
 MetaKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY)]
 MetaValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]
 EnvKey = Annotated[str, StringConstraints(min_length=1, max_length=256)]
