@@ -15,7 +15,7 @@ Targets (issue 19): the E2B SDK's p50 at most 1 ms above sandlot's own for ``run
 ``run_code``; ``create`` is reported next to sandlot's own. Both SDKs are synchronous clients
 here (e2b's httpx, sandlot's aiohttp loop in a thread): what a user's script sees.
 
-    python benchmarks/bench_e2b.py                  # about a minute
+    python benchmarks/bench_e2b.py                  # about half a minute
     python benchmarks/bench_e2b.py --iters 1000 --creates 40 --write
 """
 
