@@ -85,6 +85,13 @@ def test_close_stdin_ends_input(sbx: Any) -> None:
     assert handle.wait().stdout == "a\nb\ndone\n"
 
 
+def test_stream_input(sbx: Any) -> None:
+    handle = sbx.commands.run("cat", background=True, stdin=True)
+    sbx.commands.stream_input(handle.pid, iter(["one\n", b"two\n", "three\n"]))
+    sbx.commands.close_stdin(handle.pid)
+    assert handle.wait().stdout == "one\ntwo\nthree\n"
+
+
 def test_kill_and_kill_by_pid(sbx: Any) -> None:
     handle = sbx.commands.run("sleep 100", background=True)
     assert handle.kill() is True

@@ -50,11 +50,13 @@ from ...transcript.runs import Run
 from ..api_pty import agent_args, first_event, pty_summary, valid
 from .access import MAX_ID, SandboxCall, access_token, sandbox_call, signer_of
 from .connect import (
+    STREAM_JSON,
     ConnectError,
+    end_of_stream,
+    envelope,
     read_client_stream,
     read_unary,
     server_stream,
-    stream_response,
     unary,
 )
 
@@ -63,6 +65,8 @@ KEEPALIVE_RANGE = (1.0, 300.0)
 MAX_TIMEOUT_MS = 10**10
 MAX_TAG = 256
 MAX_PID = 2**31 - 1
+MAX_COMMAND = 1024 * 1024  # command line and environment together (the kernel's ARG_MAX is 2 MiB)
+MAX_ENVS = 4096
 SIGNALS = {"SIGNAL_SIGKILL": 9, "SIGNAL_SIGTERM": 15, 9: 9, 15: 15}
 OUTPUT = {p.STDOUT: "stdout", p.STDERR: "stderr"}
 KEEPALIVE: dict[str, Any] = {"event": {"keepalive": {}}}
@@ -218,10 +222,21 @@ async def start(request: Request, message: dict[str, Any]) -> AsyncIterator[dict
         raise InvalidArgumentError("process.cmd must be a non-empty string")
     if not isinstance(args, list):
         raise InvalidArgumentError("process.args must be a list of strings")
+    envs = config.get("envs") or {}
+    if not isinstance(envs, dict) or not all(isinstance(v, str) for v in envs.values()):
+        raise InvalidArgumentError("process.envs must map names to strings")
+    if len(envs) > MAX_ENVS or len(args) > MAX_ENVS * 16:
+        raise InvalidArgumentError("too many arguments or environment variables")
+    total = len(cmd) + sum(len(a) if isinstance(a, str) else 0 for a in args)
+    total += sum(len(k) + len(v) for k, v in envs.items())
+    if total > MAX_COMMAND:
+        raise InvalidArgumentError(
+            f"the command line and its environment exceed {MAX_COMMAND} bytes"
+        )
     tag = message.get("tag")
     if tag is not None and (not isinstance(tag, str) or len(tag) > MAX_TAG):
         raise InvalidArgumentError(f"tag must be a string of at most {MAX_TAG} characters")
-    fields: dict[str, Any] = {"argv": [cmd, *args], "env": config.get("envs") or None}
+    fields: dict[str, Any] = {"argv": [cmd, *args], "env": envs or None}
     if config.get("cwd"):
         fields["cwd"] = config["cwd"]
     timeout = _timeout(request)
@@ -469,9 +484,10 @@ async def _write(call: SandboxCall, pid: int, proc: Proc | None, data: bytes) ->
 
 
 async def stream_input(request: Request) -> Response:
-    """A client stream: ``start`` (the process), then ``data`` and ``keepalive`` messages."""
-
-    async def answer() -> AsyncIterator[dict[str, Any]]:
+    """A client stream: ``start`` (the process), then ``data`` and ``keepalive`` messages,
+    each written to the process as it arrives. Answered once the client's half has ended
+    (a streamed answer would compete with the body for the connection's messages)."""
+    try:
         call = await sandbox_call(request)
         target: tuple[int, Proc | None] | None = None
         async for message in read_client_stream(request):
@@ -483,16 +499,17 @@ async def stream_input(request: Request) -> Response:
                 data = _object(message["data"], "data")
                 _, chunk = _data(_object(data.get("input"), "input"), ("stdin", "pty"))
                 await _write(call, target[0], target[1], chunk)
-        yield {}
-
-    return stream_response(answer())
+    except (ConnectError, SandlotError) as exc:
+        return Response(end_of_stream(exc), media_type=STREAM_JSON)
+    return Response(envelope({}) + end_of_stream(), media_type=STREAM_JSON)
 
 
 async def send_signal(request: Request) -> dict[str, Any]:
     call = await sandbox_call(request)
     message = await _read(request)
     pid, _ = _selected(request, call.sandbox_id, message)
-    signum = SIGNALS.get(message.get("signal"))
+    given = message.get("signal")
+    signum = SIGNALS.get(given) if isinstance(given, (str, int)) else None
     if signum is None:
         raise InvalidArgumentError("signal must be SIGNAL_SIGTERM or SIGNAL_SIGKILL")
     await call.served.live.channel.call("signal", pid=pid, signal=signum)
