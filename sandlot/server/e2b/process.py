@@ -22,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hmac
 import json
 import signal as signals
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,11 +331,13 @@ async def _start_pty(
     if proc is not None:
         procs.add(sandbox_id, proc)
 
-    def ended(outcome: dict[str, Any]) -> None:
+    def ended(outcome: dict[str, Any] | None) -> None:
+        """Its end (None: the sandbox's channel went first): listed no more."""
         if proc is not None:
             procs.drop(sandbox_id, proc)
-        what = {k: outcome.get(k) for k in ("exit_code", "signal", "timed_out")}
-        state._note(session_id, "pty", {"event": "exit", "pid": pid, **what})
+        if outcome is not None:
+            what = {k: outcome.get(k) for k in ("exit_code", "signal", "timed_out")}
+            state._note(session_id, "pty", {"event": "exit", "pid": pid, **what})
 
     finished = False
     try:
@@ -351,17 +352,22 @@ async def _start_pty(
             Supervisor.current().spawn(_drain(agent, ended), "e2b-pty-drain")
 
 
-async def _drain(agent: RequestLike, ended: Any) -> None:
+async def _drain(agent: RequestLike, ended: Callable[[dict[str, Any] | None], None]) -> None:
     """Read a detached terminal's request to its end: cancelling it would kill the process,
     and leaving it unread would stop it once the agent's window is full."""
-    with contextlib.suppress(SandlotError):
+    outcome = None
+    try:
         while True:
             kind, _, payload = await agent.receive()
             if kind == p.DATA:
                 agent.consumed(len(payload))
             elif kind == p.END:
-                ended(_parse(payload))
+                outcome = _parse(payload)
                 return
+    except SandlotError:
+        pass  # the sandbox has gone
+    finally:
+        ended(outcome)
 
 
 async def _frames(
