@@ -25,7 +25,7 @@ import binascii
 import hmac
 import json
 import signal as signals
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,15 +47,17 @@ from ...errors import (
 from ...supervisor import Supervisor
 from ...transcript.runs import Run
 from ..api_pty import agent_args, first_event, pty_summary, valid
+from ..deps import EventStreamResponse
 from .access import MAX_ID, SandboxCall, access_token, sandbox_call, signer_of
 from .connect import (
     STREAM_JSON,
     ConnectError,
+    Handler,
     end_of_stream,
     envelope,
     read_client_stream,
+    read_stream_request,
     read_unary,
-    server_stream,
     unary,
 )
 
@@ -213,7 +215,41 @@ def _start_event(pid: int | None) -> dict[str, Any]:
 # -- Start ---------------------------------------------------------------------------------
 
 
-async def start(request: Request, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+Batches = AsyncIterator[list[dict[str, Any]]]
+
+
+def streamed(handler: Callable[[Request, dict[str, Any]], Batches]) -> Handler:
+    """A server-streaming procedure whose messages come in batches: one write per batch
+    (the headers go with the first, the end of the stream with the last), as sandlot's own
+    event streams write (:class:`~sandlot.server.deps.EventStreamResponse`). Every error,
+    also one before the first message, ends the stream as Connect says."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            message = await read_stream_request(request)
+        except (ConnectError, SandlotError) as exc:
+            return Response(end_of_stream(exc), media_type=STREAM_JSON)
+        return EventStreamResponse(_writes(handler(request, message)), STREAM_JSON, {},
+                                   hold_headers=True)  # fmt: skip
+
+    return endpoint
+
+
+async def _writes(batches: Batches) -> AsyncGenerator[tuple[bytes | memoryview, bool], None]:
+    try:
+        async for batch in batches:
+            data = b"".join(map(envelope, batch))
+            if batch and "end" in batch[-1]["event"]:
+                yield data + end_of_stream(), True
+                return
+            yield data, False
+    except Exception as exc:  # the client reads it in the end-of-stream message
+        yield end_of_stream(exc), True
+        return
+    yield end_of_stream(), True
+
+
+async def start(request: Request, message: dict[str, Any]) -> Batches:
     call = await sandbox_call(request)
     config = _object(message.get("process"), "process")
     cmd, args = config.get("cmd"), config.get("args") or []
@@ -248,12 +284,15 @@ async def start(request: Request, message: dict[str, Any]) -> AsyncIterator[dict
     if message.get("pty") is not None:
         size = _object(_object(message["pty"], "pty").get("size"), "pty.size")
         fields.update(cols=size.get("cols", 80), rows=size.get("rows", 24))
-        events = _start_pty(request, call, valid(PtyStart, fields), shown, tag, keepalive)
-    else:
-        fields["stdin"] = message.get("stdin") is True
-        events = _start_command(request, call, valid(CommandRequest, fields), shown, tag, keepalive)
-    async for event in events:
-        yield event
+        async for event in _start_pty(
+            request, call, valid(PtyStart, fields), shown, tag, keepalive
+        ):
+            yield [event]
+        return
+    fields["stdin"] = message.get("stdin") is True
+    body = valid(CommandRequest, fields)
+    async for batch in _start_command(request, call, body, shown, tag, keepalive):
+        yield batch
 
 
 async def _start_command(
@@ -263,7 +302,7 @@ async def _start_command(
     shown: dict[str, Any],
     tag: str | None,
     keepalive: float,
-) -> AsyncIterator[dict[str, Any]]:
+) -> Batches:
     """As ``POST .../commands`` runs it; its events read back from the transcript."""
     state, served = call.state, call.served
     args = body.model_dump(exclude_none=True, exclude={"force"})
@@ -277,26 +316,31 @@ async def _start_command(
         procs.add(sandbox_id, proc)
         if run.task is not None:
             run.task.add_done_callback(lambda _: procs.drop(sandbox_id, proc))
-    yield _start_event(run.pid)
+    yield [_start_event(run.pid)]
     events = state.hub.follow(
         run.session_id, run.base_seq, execution_id=run.id, until_terminal=True,
         heartbeat=keepalive,
     )  # fmt: skip
     async for batch in events:
         if not batch:
-            yield KEEPALIVE
+            yield [KEEPALIVE]
             continue
+        out = []
         for event in batch:
             kind = event.kind
             if kind == "stdout" or kind == "stderr":
-                yield _output(kind, event.data)
+                out.append(_output(kind, event.data))
             elif kind == "exit":
-                yield _end(_parse(event.data))
-                return
-            elif kind == "error":
+                out.append(_end(_parse(event.data)))
+                break
+            elif kind == "error" or kind == "pruned":
+                if out:
+                    yield out
+                if kind == "pruned":
+                    raise ConnectError("data_loss", "the process's log was dropped")
                 raise from_dict(_parse(event.data))
-            elif kind == "pruned":
-                raise ConnectError("data_loss", "the process's log was dropped")
+        if out:
+            yield out
 
 
 def _parse(data: bytes) -> dict[str, Any]:
@@ -409,7 +453,7 @@ async def _frames(
 # -- Connect -------------------------------------------------------------------------------
 
 
-async def connect(request: Request, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def connect(request: Request, message: dict[str, Any]) -> Batches:
     """Follow a running process from now on (envd replays nothing), through the agent's
     ``proc.attach``: a command or a terminal, whoever started it."""
     call = await sandbox_call(request)
@@ -423,11 +467,11 @@ async def connect(request: Request, message: dict[str, Any]) -> AsyncIterator[di
             raise ProtocolError("the agent answered proc.attach with a malformed event")
         if attached.get("running") is not True:
             raise ProcessNotFoundError(f"process {pid} has ended")
-        yield _start_event(pid)
+        yield [_start_event(pid)]
         pty = "pty" if attached.get("kind") == "pty" else None
         async for event in _frames(agent, keepalive, pty, end - start_at):
             event.pop("outcome", None)
-            yield event
+            yield [event]
     finally:
         agent.cancel()  # an attach's cancel only detaches
 
@@ -572,8 +616,8 @@ async def health(request: Request) -> Response:
 
 
 routes = [
-    Route("/process.Process/Start", server_stream(start), methods=["POST"]),
-    Route("/process.Process/Connect", server_stream(connect), methods=["POST"]),
+    Route("/process.Process/Start", streamed(start), methods=["POST"]),
+    Route("/process.Process/Connect", streamed(connect), methods=["POST"]),
     Route("/process.Process/List", unary(list_processes), methods=["POST"]),
     Route("/process.Process/SendInput", unary(send_input), methods=["POST"]),
     Route("/process.Process/StreamInput", stream_input, methods=["POST"]),
