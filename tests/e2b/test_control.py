@@ -26,6 +26,7 @@ from e2b import (
 from e2b_code_interpreter import Sandbox as CodeSandbox  # type: ignore[import-untyped]
 
 import sandlot
+from sandlot.models import SandboxSpec
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -80,6 +81,15 @@ def test_create_with_metadata_env_and_timeout(e2b_server: Any) -> None:
     assert Sandbox.kill(sbx.sandbox_id) is False  # gone: the SDK says so, no error
     with pytest.raises(NotFoundException):
         sbx.get_info()
+
+
+@pytest.mark.skipif(
+    "workspace_alias" not in SandboxSpec.model_fields,
+    reason="needs SandboxSpec.workspace_alias (E2B's /home/user)",
+)
+def test_e2b_layout_home_user_is_the_workspace(e2b_server: Any, sbx: Sandbox) -> None:
+    out, _ = inside(e2b_server, sbx.sandbox_id, "pwd; echo $HOME; echo x > a.txt; ls /workspace")
+    assert out == "/home/user\n/home/user\na.txt\n"
 
 
 def test_the_code_interpreter_sdk_creates_its_template() -> None:
