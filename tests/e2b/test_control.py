@@ -293,3 +293,24 @@ def test_what_sandlot_does_not_do(sbx: Sandbox) -> None:
     with pytest.raises(SandboxException, match="autoPause"):
         Sandbox.create(metadata=tag(), lifecycle={"on_timeout": "pause"})
     assert sbx.get_metrics() == []  # nothing measured
+
+
+def test_a_repeated_idempotency_key_gets_the_first_sandbox(e2b_server: Any) -> None:
+    key, meta = uuid.uuid4().hex, tag()
+    first = Sandbox.create(metadata=meta, idempotency_key=key)
+    try:
+        again = Sandbox.create(metadata=meta, idempotency_key=key)  # a retry, say
+        assert again.sandbox_id == first.sandbox_id
+        assert len(Sandbox.list(query=SandboxQuery(metadata=meta)).next_items()) == 1
+        # The replay carries the access token too (the store keeps none).
+        headers = {"X-API-KEY": e2b_server.api_key, "Idempotency-Key": key}
+        body = {"templateID": "base", "metadata": meta, "envVars": {}}
+        replay = httpx.post(f"{e2b_server.url}/v2/sandboxes", json=body, headers=headers)
+        assert replay.headers.get("idempotent-replayed") is None  # answered as E2B would
+        assert replay.status_code == 201
+        assert replay.json()["sandboxID"] == first.sandbox_id
+        assert replay.json()["envdAccessToken"]
+        with pytest.raises(SandboxException, match="409"):
+            Sandbox.create(metadata=tag(), idempotency_key=key)  # another call, same key
+    finally:
+        first.kill()

@@ -26,6 +26,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import logging
 import math
 import re
@@ -51,7 +52,7 @@ from ...errors import (
 )
 from ...models import NetworkMode, Resources, SandboxSpec, describe
 from ...providers import BUILTIN, provider_names
-from ..deps import State
+from ..deps import Idempotent, State
 from ..http_errors import status_of
 from ..state import Principal, Served, ServerState
 from . import access
@@ -304,22 +305,48 @@ async def _running(state: ServerState, caller: Principal, sandbox_id: str) -> Se
 # -- create, connect, resume ----------------------------------------------------------------
 
 
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+]
+
+
 async def _create(
-    request: Request, body: NewSandbox, state: ServerState, caller: Principal
+    request: Request, body: NewSandbox, state: ServerState, caller: Principal, key: str | None
 ) -> Response:
-    spec = spec_of(body)
-    served = await state.create(caller, spec)
-    return created(state, request, served, 201)
+    """Create; a repeated ``Idempotency-Key`` gets the first answer (stored without its
+    access token, which is added again: no credential is kept in the store)."""
+    once = Idempotent(state, caller, key, request)
+    replay = await once.begin(body.model_dump_json(by_alias=True).encode())
+    if replay is not None:
+        first = json.loads(bytes(replay.body))
+        if replay.status_code == 201:
+            first["envdAccessToken"] = _token(state, request, first["sandboxID"])
+        return JSONResponse(first, status_code=replay.status_code)
+    try:
+        served = await state.create(caller, spec_of(body))
+    except BaseException:
+        await once.abandon()
+        raise
+    answer = created(state, request, served, 201)
+    if key is not None:
+        stored = json.loads(bytes(answer.body))
+        stored.pop("envdAccessToken", None)
+        await once.finish(201, "application/json", json.dumps(stored).encode())
+    return answer
 
 
 @router.post("/v2/sandboxes")
-async def create_v2(request: Request, body: NewSandbox, state: State, caller: Caller) -> Response:
-    return await _create(request, body, state, caller)
+async def create_v2(
+    request: Request, body: NewSandbox, state: State, caller: Caller, key: IdempotencyKey = None
+) -> Response:
+    return await _create(request, body, state, caller, key)
 
 
 @router.post("/sandboxes")
-async def create_v1(request: Request, body: NewSandbox, state: State, caller: Caller) -> Response:
-    return await _create(request, body, state, caller)
+async def create_v1(
+    request: Request, body: NewSandbox, state: State, caller: Caller, key: IdempotencyKey = None
+) -> Response:
+    return await _create(request, body, state, caller, key)
 
 
 async def _connect(
