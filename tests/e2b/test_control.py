@@ -69,6 +69,7 @@ def test_create_with_metadata_env_and_timeout(e2b_server: Any) -> None:
         assert info.state == SandboxState.RUNNING
         assert info.envd_version == "0.6.4"
         assert info.cpu_count >= 1 and info.memory_mb > 0
+        assert info.lifecycle == {"on_timeout": "kill", "auto_resume": False}
         assert info.end_at - info.started_at == timedelta(seconds=600)
         [listed] = Sandbox.list(query=SandboxQuery(metadata=meta)).next_items()
         assert listed.sandbox_id == sbx.sandbox_id
