@@ -10,6 +10,9 @@ core as ``/v1/sandboxes`` (tenancy, limits, the transcript). What it adds is tra
   The sandbox keeps its templateID in its metadata under ``e2b.templateID``.
 - **Lifetimes**: E2B's ``timeout`` (default 300 s) is the hard lifetime; E2B sandboxes have no
   idle timeout, so neither do these. Pausing freezes the sandbox; its lifetime keeps running.
+  ``autoPause`` (pause at the timeout instead of ending) is accepted and not done: the sandbox
+  ends at its timeout, as ``get_info().lifecycle`` says (the OpenAI Agents SDK asks for it by
+  default, and creates a new sandbox when the old one is gone).
 - **Network** (:func:`network_of`): sandlot fails closed. With ``network.allowOut`` the
   sandbox reaches those hosts, addresses and networks through the egress proxy (E2B's allow
   rules win over its deny rules, and everything not allowed is denied, so ``denyOut`` holds
@@ -189,10 +192,6 @@ def network_of(network: NetworkIn | None) -> NetworkMode | NetworkPolicy:
 
 def spec_of(body: NewSandbox) -> SandboxSpec:
     where = placement(body.template_id)
-    if body.auto_pause:
-        raise InvalidArgumentError(
-            "autoPause is not supported: a sandlot sandbox ends at its timeout"
-        )
     if body.mcp:
         raise InvalidArgumentError("mcp is not supported by sandlot")
     if body.iam and body.iam.get("tokens"):
