@@ -299,6 +299,7 @@ def test_what_sandlot_does_not_do(sbx: Sandbox) -> None:
     finally:
         later.kill()
     assert sbx.get_metrics() == []  # nothing measured
+    assert Sandbox.list_snapshots().next_items() == []
 
 
 def test_a_repeated_idempotency_key_gets_the_first_sandbox(e2b_server: Any) -> None:

@@ -64,6 +64,7 @@ MAX_TOKEN = 1024
 # E2B's status for sandlot's: an ended sandbox is one E2B no longer knows; a bad argument
 # is 400 (E2B answers 422 for nothing the SDKs send).
 E2B_STATUS = {410: 404, 422: 400}
+_STATE = {True: "paused", False: "running"}
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -368,15 +369,10 @@ async def _listing(
     if started_after is not None:
         since = started_after if started_after.tzinfo else started_after.replace(tzinfo=UTC)
         records = [r for r in records if r.created_at >= since]
-    found = []
-    for record in records:
-        served = state.served.get(record.id)
-        if served is None or state.is_ending(record.id):
-            continue
-        paused = await _paused(state, record.id)
-        if ("paused" if paused else "running") in states:
-            found.append((served, paused))
-    return found
+    live = [state.served[r.id] for r in records if r.id in state.served]
+    live = [s for s in live if not state.is_ending(s.record.id)]
+    paused = await asyncio.gather(*(_paused(state, s.record.id) for s in live))
+    return [(s, p) for s, p in zip(live, paused, strict=True) if _STATE[p] in states]
 
 
 @router.get("/v2/sandboxes")
@@ -537,3 +533,9 @@ async def snapshot(sandbox_id: str, state: State, caller: Caller) -> Response:
     return await _unsupported(
         state, caller, sandbox_id, "snapshotting a sandbox (use a sandlot session's checkpoints)"
     )
+
+
+@router.get("/snapshots")
+async def snapshots(state: State, caller: Caller) -> Response:
+    """sandlot takes no E2B snapshots: the list is empty."""
+    return JSONResponse([])
