@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from by_hand import e2b_sandbox, kill
-from e2b import AsyncSandbox, CommandExitException, TimeoutException
+from e2b import AsyncSandbox, CommandExitException, Sandbox, TimeoutException
 from remote.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(180)
@@ -21,10 +20,15 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def sbx(e2b_server: ServerProcess) -> Iterator[Any]:
-    key = e2b_server.api_key  # type: ignore[attr-defined]
-    sandbox = e2b_sandbox(e2b_server, key)
+    # Module-scoped: the function-scoped e2b_env is not set up yet.
+    sandbox = Sandbox.create(timeout=600, **connection(e2b_server))
     yield sandbox
-    kill(e2b_server, key, sandbox.sandbox_id)
+    sandbox.kill()
+
+
+def connection(server: ServerProcess) -> dict[str, Any]:
+    key = server.api_key  # type: ignore[attr-defined]
+    return {"api_key": key, "api_url": server.url, "sandbox_url": server.url}
 
 
 def running(sbx: Any) -> set[int]:
@@ -157,11 +161,9 @@ def test_the_transcript_records_e2b_commands(e2b_server: ServerProcess, sbx: Any
     assert "recorded-42" in text  # its output
 
 
-def test_async_sdk(e2b_server: ServerProcess) -> None:
-    key = e2b_server.api_key  # type: ignore[attr-defined]
-
+def test_async_sdk() -> None:
     async def flow() -> None:
-        sandbox = e2b_sandbox(e2b_server, key, AsyncSandbox)
+        sandbox = await AsyncSandbox.create()
         try:
             result = await sandbox.commands.run("echo async")
             assert result.stdout == "async\n"
@@ -176,6 +178,6 @@ def test_async_sdk(e2b_server: ServerProcess) -> None:
             with pytest.raises(CommandExitException):
                 await sandbox.commands.run("exit 5")
         finally:
-            kill(e2b_server, key, sandbox.sandbox_id)
+            await sandbox.kill()
 
     asyncio.run(flow())

@@ -18,9 +18,6 @@ from typing import Any
 import pytest
 from remote.server import ServerProcess
 
-from sandlot.server.e2b.access import access_token
-from sandlot.server.signing import Signer
-
 pytestmark = [
     pytest.mark.timeout(180),
     pytest.mark.parametrize("provider", ["bwrap"], indirect=True),  # the server's default
@@ -30,14 +27,16 @@ SERVICE = "/process.Process/"
 
 
 class Box:
-    """A sandbox as its tenant holds it: its id and access token."""
+    """A sandbox as its tenant holds it, from E2B's create call: its id and access token."""
 
     def __init__(self, server: ServerProcess, key: str) -> None:
         self.server = server
         self.key = key
-        answer = call(server, "POST", "/v1/sandboxes", b"{}", bearer=key)
-        self.id = json.loads(answer[1])["id"]
-        self.token = access_token(Signer(Path(server.home)), self.id)
+        body = json.dumps({"templateID": "base", "timeout": 600}).encode()
+        status, answer, _ = call(server, "POST", "/sandboxes", body, {"X-API-KEY": key})
+        assert status == 201, answer
+        created = json.loads(answer)
+        self.id, self.token = created["sandboxID"], created["envdAccessToken"]
 
     def headers(self, **extra: str) -> dict[str, str]:
         return {"E2b-Sandbox-Id": self.id, "X-Access-Token": self.token, **extra}
