@@ -240,8 +240,8 @@ def test_other_sandbox_and_tenant(world: tuple[ServerProcess, Box, Box], provide
         ("SendInput", {"process": {"pid": victim}, "input": {"stdin": "eA=="}}),
         ("CloseStdin", {"process": {"pid": victim}}),
     ):
-        status, body = unary(bob, procedure, message)
-        assert (status, body["code"]) == (404, "not_found"), procedure
+        status, answer = unary(bob, procedure, message)
+        assert (status, answer["code"]) == (404, "not_found"), procedure
     assert stream_error(bob, "Connect", envelope({"process": {"pid": victim}})) == "not_found"
     assert victim not in [p["pid"] for p in unary(bob, "List", {})[1]["processes"]]
     # Alice's process is untouched, and still takes her input.
@@ -262,9 +262,10 @@ def test_input_and_signals_to_non_commands(
         assert (status, body["code"]) == (404, "not_found")
         status, body = unary(alice, "SendSignal", {"process": {"pid": pid}, "signal": 9})
         assert (status, body["code"]) == (404, "not_found")
-    for pid in (0, -1, 2**31, 2**64, 1.5, "x", None, [1]):
-        status, body = unary(alice, "SendSignal", {"process": {"pid": pid}, "signal": 9})
-        assert (status, body["code"]) == (400, "invalid_argument"), pid
+    bad: tuple[Any, ...] = (0, -1, 2**31, 2**64, 1.5, "x", None, [1])
+    for value in bad:
+        status, body = unary(alice, "SendSignal", {"process": {"pid": value}, "signal": 9})
+        assert (status, body["code"]) == (400, "invalid_argument"), value
     status, body = unary(alice, "SendInput", {"process": {"tag": "nobody"}, "input": {}})
     assert status in (400, 404)
 
