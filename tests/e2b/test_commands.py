@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import struct
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -135,6 +137,27 @@ def test_timeout_raises_and_kills(sbx: Any) -> None:
     listed = [p for p in sbx.commands.list() if "sleep 60" in " ".join(p.args)]
     until(lambda: not [p for p in sbx.commands.list() if "sleep 60" in " ".join(p.args)],
           f"the timed-out command is killed ({listed})")  # fmt: skip
+
+
+def test_a_timed_out_stream_ends_as_its_deadline(sbx: Any) -> None:
+    """However the kill and the client's own deadline race, the stream says deadline (what
+    envd's killed context says), never a plain exit the SDK would not call a timeout."""
+    body = json.dumps({"process": {"cmd": "/bin/sleep", "args": ["30"]}}).encode()
+    request = urllib.request.Request(
+        sbx.connection_config.get_sandbox_url(sbx.sandbox_id, None) + "/process.Process/Start",
+        struct.pack(">BI", 0, len(body)) + body,
+        {**sbx.connection_config.sandbox_headers, "Content-Type": "application/connect+json",
+         "Connect-Timeout-Ms": "300"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request) as answer:
+        raw = answer.read()
+    envelopes, at = [], 0
+    while at < len(raw):
+        flags, length = struct.unpack_from(">BI", raw, at)
+        envelopes.append((flags, json.loads(raw[at + 5 : at + 5 + length])))
+        at += 5 + length
+    assert "start" in envelopes[0][1]["event"]
+    assert envelopes[-1][0] == 2 and envelopes[-1][1]["error"]["code"] == "deadline_exceeded"
 
 
 def test_large_output_whole_and_in_order(sbx: Any) -> None:

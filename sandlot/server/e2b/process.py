@@ -199,9 +199,14 @@ def _end(outcome: dict[str, Any]) -> dict[str, Any]:
     else:
         code = code if isinstance(code, int) else -1
         end = {"exitCode": code, "exited": True, "status": f"exit status {code}"}
-    if outcome.get("timed_out") is True:
-        end["error"] = "the process was killed: its timeout passed"
     return {"event": {"end": end}}
+
+
+def _check_timeout(outcome: dict[str, Any]) -> None:
+    """A process killed as its timeout passed ends the stream as the call's deadline does
+    (the SDK's TimeoutException), however its end and the client's own deadline race."""
+    if outcome.get("timed_out") is True:
+        raise ConnectError("deadline_exceeded", "the process was killed: its timeout passed")
 
 
 def _output(name: str, data: bytes | memoryview) -> dict[str, Any]:
@@ -331,7 +336,11 @@ async def _start_command(
             if kind == "stdout" or kind == "stderr":
                 out.append(_output(kind, event.data))
             elif kind == "exit":
-                out.append(_end(_parse(event.data)))
+                outcome = _parse(event.data)
+                if outcome.get("timed_out") is True and out:
+                    yield out
+                _check_timeout(outcome)
+                out.append(_end(outcome))
                 break
             elif kind == "error" or kind == "pruned":
                 if out:
@@ -389,7 +398,9 @@ async def _start_pty(
         async for event in _frames(agent, keepalive, "pty", 0):
             if "end" in event["event"]:
                 finished = True
-                ended(event.pop("outcome"))
+                outcome = event.pop("outcome")
+                ended(outcome)
+                _check_timeout(outcome)
             yield event
     finally:
         if not finished:  # the client went: the terminal runs on (see _drain)
@@ -470,7 +481,7 @@ async def connect(request: Request, message: dict[str, Any]) -> Batches:
         yield [_start_event(pid)]
         pty = "pty" if attached.get("kind") == "pty" else None
         async for event in _frames(agent, keepalive, pty, end - start_at):
-            event.pop("outcome", None)
+            _check_timeout(event.pop("outcome", {}))
             yield [event]
     finally:
         agent.cancel()  # an attach's cancel only detaches
