@@ -26,7 +26,9 @@ from e2b import (
 from e2b_code_interpreter import Sandbox as CodeSandbox  # type: ignore[import-untyped]
 
 import sandlot
+from sandlot.errors import NotFoundError
 from sandlot.models import SandboxSpec
+from sandlot.server.e2b.spec import placement
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -264,6 +266,19 @@ def test_templates(e2b_server: Any) -> None:
         assert inside(e2b_server, sbx.sandbox_id)[1].provider == "bwrap"
     finally:
         sbx.kill()
+
+
+def test_the_template_mapping() -> None:
+    """The table docs/e2b.md gives (the one function that holds it)."""
+    for default in ("base", "code-interpreter-v1", "code-interpreter", "", None):
+        assert placement(default) == {}
+    assert placement("bwrap") == {"provider": "bwrap"}
+    assert placement("docker") == {"provider": "docker"}
+    image = "registry.example:5000/team/py:3.12-slim@sha256:" + "a" * 64
+    assert placement(f"docker:{image}") == {"provider": "docker", "config": {"image": image}}
+    for unknown in ("desktop", "docker:", "docker:../x", "docker:-v", "bwrap:x", "../base"):
+        with pytest.raises(NotFoundError, match="not found"):
+            placement(unknown)
 
 
 def test_network_allow_out_goes_through_the_egress_proxy(e2b_server: Any) -> None:
