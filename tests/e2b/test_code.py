@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import json
+import threading
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -238,3 +239,29 @@ def test_concurrent_cells_in_one_context_take_turns(sbx: Sandbox) -> None:
         executions = list(pool.map(lambda _: sbx.run_code(code), range(6)))
     assert [e.error for e in executions] == [None] * 6
     assert sbx.run_code("turns").text == str(["in", "out"] * 6)  # never two at once
+
+
+def test_a_sandbox_killed_mid_cell(e2b_server: Any) -> None:
+    """The cell's stream ends with an error (no hang); later calls raise what E2B raises for
+    a sandbox that is gone."""
+    sandbox = Sandbox.create()
+    started = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["execution"] = sandbox.run_code(
+            "import time\nprint('go', flush=True)\nwhile True: time.sleep(0.05)",
+            on_stdout=lambda _: started.set(),
+        )
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(60)
+    Sandbox.kill(sandbox.sandbox_id)
+    thread.join(60)
+    error = outcome["execution"].error
+    assert error is not None and error.name == "UnexpectedEndOfExecution"
+    with pytest.raises(TimeoutException, match="has ended"):
+        sandbox.run_code("1")
+    with pytest.raises(TimeoutException, match="has ended"):
+        sandbox.list_code_contexts()

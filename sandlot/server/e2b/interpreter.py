@@ -293,9 +293,9 @@ async def _start(
     as its client left, winding down) is retried for up to :data:`BUSY_WAIT` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + BUSY_WAIT
+    served = call.served
     while True:
         try:
-            served = await state.get(call.principal, call.sandbox_id)
             return await state.execute(
                 served, "code.run", dict(args), summary, holder=call.principal.holder
             )
@@ -303,6 +303,7 @@ async def _start(
             if loop.time() > deadline:
                 raise
             await asyncio.sleep(BUSY_RETRY)
+            served = await state.get(call.principal, call.sandbox_id)  # still there?
 
 
 async def _lines(
