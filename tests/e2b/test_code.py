@@ -265,3 +265,14 @@ def test_a_sandbox_killed_mid_cell(e2b_server: Any) -> None:
         sandbox.run_code("1")
     with pytest.raises(TimeoutException, match="has ended"):
         sandbox.list_code_contexts()
+
+
+def test_output_with_unicode_line_breaks_and_split_characters(sbx: Sandbox) -> None:
+    """The SDK splits the stream as ``str.splitlines`` does (U+2028 too); a character may
+    also arrive split across two writes of the cell."""
+    execution = sbx.run_code(
+        "import sys\nprint('a\\u2028b\\u2029c\\x85d')\n"
+        "raw = 'é😀'.encode()\nsys.stdout.buffer.write(raw[:3]); sys.stdout.flush()\n"
+        "sys.stdout.buffer.write(raw[3:] + b'\\n'); sys.stdout.flush()"
+    )
+    assert "".join(execution.logs.stdout) == "a\u2028b\u2029c\x85d\né😀\n"

@@ -79,6 +79,11 @@ STREAM_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 END = b'{"type":"end_of_execution"}\n'
+LINE_BREAKS = (
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+    (b"\xc2\x85", b"\\u0085"),
+)
 KEEPALIVE = b'{"type":"keepalive"}\n'
 _NAME = __import__("re").compile(NAME)
 
@@ -425,7 +430,13 @@ def result_line(data: dict[str, Any], main: bool) -> dict[str, Any]:
 
 
 def _line(value: dict[str, Any]) -> bytes:
-    return orjson.dumps(value) + b"\n"
+    """One JSON line. The SDK splits lines as ``str.splitlines`` does, which also breaks at
+    U+0085, U+2028 and U+2029: those are escaped (JSON escapes every other line break)."""
+    data = orjson.dumps(value)
+    if b"\xe2\x80" in data or b"\xc2\x85" in data:
+        for raw, escaped in LINE_BREAKS:
+            data = data.replace(raw, escaped)
+    return data + b"\n"
 
 
 def _time(event: Event) -> str:
