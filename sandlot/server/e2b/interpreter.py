@@ -56,6 +56,7 @@ MAX_CODE = 16 << 20
 MAX_ENV = 1000  # variables in one execution's env_vars
 BUSY_WAIT = 5.0  # a context busy with a cell of another caller (or winding one down): retried
 BUSY_RETRY = 0.02
+MAX_WAITING = 100  # executions queued for one context (each holds a connection): more are 429
 LANGUAGES = frozenset({"python", "python3", "py"})
 UNSUPPORTED = "sandlot's code interpreter runs Python only: language {!r} is not supported"
 # Jupyter MIME types as E2B's Result fields; the rest go to ``extra``.
@@ -207,6 +208,10 @@ class _Turns:
     @asynccontextmanager
     async def turn(self, key: tuple[str, str]) -> AsyncIterator[None]:
         lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        if users[0] > MAX_WAITING:
+            raise _Crowded(
+                f"{MAX_WAITING} executions already wait for code context {key[1]}: try later"
+            )
         users[0] += 1
         try:
             async with lock:
@@ -253,6 +258,8 @@ class _Execution(Response):
             turns = turns_of(scope["app"].state)
             async with turns.turn((self.call.sandbox_id, self.args["context"])):
                 await self._run(send)
+        except _Crowded as exc:
+            await _send(send, Response(str(exc), status_code=429, media_type="text/plain"))
         except asyncio.CancelledError:
             if not gone:
                 raise
@@ -270,10 +277,7 @@ class _Execution(Response):
         try:
             run = await _start(state, call, args, summary)
         except SandlotError as exc:
-            refused = failure(exc)
-            start = {"type": "http.response.start", "status": refused.status_code}
-            await send({**start, "headers": refused.raw_headers})
-            await send({"type": "http.response.body", "body": refused.body})
+            await _send(send, failure(exc))
             return
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         started = False
@@ -289,6 +293,17 @@ class _Execution(Response):
         finally:
             if not run.done.is_set() and run.task is not None:
                 run.task.cancel()  # the client left: interrupt the cell, keep the context
+
+
+class _Crowded(Exception):
+    """Too many executions wait for one context."""
+
+
+async def _send(send: Send, response: Response) -> None:
+    """An answer of the stream's request that is not a stream (a refusal)."""
+    start = {"type": "http.response.start", "status": response.status_code}
+    await send({**start, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
 
 
 async def _start(
