@@ -64,6 +64,40 @@ def check_env_refs(env: Mapping[Any, Any]) -> dict[str, MaybeSecret]:
 MAX_PATH = 4096  # Linux's PATH_MAX
 MAX_NAME = 255  # and NAME_MAX: longer paths fail in the kernel, not at the boundary
 
+# A workspace alias lives only beneath one of these roots, never at one: none of them holds
+# anything a sandbox's system needs (unlike /etc, /usr, /proc, /tmp, ...), so a second mount
+# of the workspace there hides nothing. An allow-list fails closed.
+ALIAS_ROOTS = ("/home", "/mnt", "/srv", "/data")
+ALIAS_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+MAX_ALIAS = 255
+MAX_ALIAS_PARTS = 6
+
+
+def check_alias(value: str) -> str:
+    """A workspace alias: absolute, normalised, beneath one of :data:`ALIAS_ROOTS`."""
+    if len(value) > MAX_ALIAS:
+        raise ValueError(f"workspace_alias is too long (at most {MAX_ALIAS} characters)")
+    parts = value.split("/")
+    if not value.startswith("/") or len(parts) < 3 or len(parts) > MAX_ALIAS_PARTS + 1:
+        raise ValueError(
+            f"workspace_alias must be an absolute path of 2 to {MAX_ALIAS_PARTS} folders"
+        )
+    if not all(ALIAS_PART.fullmatch(p) and p != "." and p != ".." for p in parts[1:]):
+        raise ValueError(
+            "workspace_alias must be normalised: folder names of letters, digits, '.', '_' "
+            "and '-', no '.' or '..', no empty name, no trailing '/'"
+        )
+    if "/" + parts[1] not in ALIAS_ROOTS:
+        raise ValueError("workspace_alias must be beneath " + ", ".join(ALIAS_ROOTS))
+    return value
+
+
+def alias_of(path: str, alias: str | None) -> str:
+    """``path`` as a /workspace path when it is the alias or beneath it, else unchanged."""
+    if alias is not None and (path == alias or path.startswith(alias + "/")):
+        return "/workspace" + path[len(alias) :]
+    return path
+
 
 # Every model here is built when first used (``defer_build``), not at import: most programs
 # use a few of them, and building one costs a millisecond or more.
@@ -131,6 +165,13 @@ class SandboxSpec(BaseModel):
     )
     env: dict[str, MaybeSecret] = Field(default_factory=dict)
     workdir: str = "/workspace"
+    workspace_alias: str | None = Field(
+        None,
+        description="a second path where the workspace is mounted (the same files as "
+        "/workspace, e.g. /home/user): an absolute, normalised path of 2 to 6 folder names "
+        "(letters, digits, '.', '_', '-'; at most 255 characters) beneath /home, /mnt, /srv "
+        "or /data; providers that cannot mount (process) refuse it",
+    )
     metadata: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     network: NetworkMode | NetworkPolicy = "none"
@@ -162,6 +203,11 @@ class SandboxSpec(BaseModel):
         if value is not None and not value.strip():
             raise ValueError("provider must be a name, or None for the default")
         return value
+
+    @field_validator("workspace_alias")
+    @classmethod
+    def _alias(cls, value: str | None) -> str | None:
+        return None if value is None else check_alias(value)
 
     @field_validator("workdir")
     @classmethod

@@ -303,6 +303,7 @@ class Context:
     def _spawn(self):
         agent = self.agent
         env = dict(agent.base_env)
+        env["PWD"] = agent.paths.to_real(self.cwd)  # as for a command (commands.py)
         env.update(self.env)
         python = sys.executable or "/usr/bin/python3"
         parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)

@@ -312,12 +312,17 @@ class Command:
     def _spawn(self, request):
         agent = self.agent
         env = dict(agent.base_env)
-        env.update(_str_dict(request.get("env"), "env"))
+        asked = _str_dict(request.get("env"), "env")
+        env.update(asked)
         argv = self._command_line(request, env)
         cwd = request.get("cwd") or agent.workdir
         if not isinstance(cwd, str):
             raise AgentError("invalid_argument", "cwd must be a path")
         cwd = agent.paths.to_real(cwd)
+        if "PWD" not in asked:
+            # A shell trusts an inherited PWD naming the same folder: the agent's own would
+            # make ``pwd`` print /workspace in a second mount of it (a workspace alias).
+            env["PWD"] = cwd
         try:
             if not _is_dir(cwd):
                 raise AgentError("not_a_directory", "working directory is not a folder: " + cwd)

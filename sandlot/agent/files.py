@@ -121,20 +121,40 @@ def remove(agent, request):
     real = agent.paths.to_real(path)
     if path.rstrip("/") in ("", "/workspace") and not request.get("allow_root"):
         raise AgentError("invalid_argument", "refusing to remove " + (path or "/"))
-    _remove(real, bool(request.get("recursive", True)))
+    if _mount_point(real):  # /tmp, the workspace's alias: it would empty it, then fail
+        raise AgentError("invalid_argument", "refusing to remove a mount point: " + path)
+    try:
+        _remove(real, bool(request.get("recursive", True)))
+    except AgentError as exc:
+        raise AgentError(exc.code, exc.message + ": " + path) from None
     return {}
 
 
-def _remove(real, recursive):
+def _mount_point(real):
+    try:
+        st = posix.lstat(real)
+        parent = posix.lstat(real.rstrip("/") + "/..")
+    except OSError:
+        return False  # the removal's own error says what is wrong
+    if (st.st_mode & S_IFMT) != 0o040000:
+        return False
+    return st.st_dev != parent.st_dev or st.st_ino == parent.st_ino
+
+
+def _remove(real, recursive, device=None):
     st = posix.lstat(real)
     if (st.st_mode & S_IFMT) != 0o040000:
         posix.unlink(real)
         return
+    if device is not None and st.st_dev != device:
+        # Another file system mounted beneath (the workspace at its alias): never emptied
+        # through a folder above it (rm's --one-file-system).
+        raise AgentError("invalid_argument", "refusing to remove a mount point in it")
     if recursive:
         with posix.scandir(real) as it:
             names = [e.name for e in it]
         for name in names:
-            _remove(_join(real, name), True)
+            _remove(_join(real, name), True, st.st_dev)
     posix.rmdir(real)
 
 

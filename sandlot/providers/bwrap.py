@@ -117,13 +117,14 @@ class BwrapProvider(Provider):
         reason = _static_reason()
         if reason is not None:
             raise ProviderUnavailableError(f"bwrap cannot isolate here: {reason}", reason=reason)
+        _check_alias(spec.workspace_alias, config.ro_binds)
         agent_root = agent_files.prepare(self.home, config.python)
         await quota.cap(folder / "workspace", spec.resources.disk_mb, self.home)
         namespace = await _namespace_for(config.host_user)
         user = namespace.user if namespace is not None else None
         if user is not None:
             self._open_path_to(folder)
-        spawn.make_workspace(folder, spec.workdir, user)
+        spawn.make_workspace(folder, spec.workdir, user, spec.workspace_alias)
         system = self._cgroups
         groups = system.folders(sandbox_id) if system else []
         child: spawn.ChildProcess | None = None
@@ -242,13 +243,13 @@ class BwrapProvider(Provider):
             argv.append("--disable-userns")
         argv += [*_top_level_binds()]
         argv += ["--ro-bind", str(etc_folder), "/etc"]
-        argv += mount_args(str(folder / "workspace"), str(agent_root), spec.resources.tmp_mb)
+        alias = spec.workspace_alias
+        argv += mount_args(str(folder / "workspace"), str(agent_root), spec.resources.tmp_mb, alias)
         for path in config.ro_binds:  # last, so /tmp or /workspace cannot hide them
             argv += ["--ro-bind", path, path]
         argv += environment_args(spec.plain_env)
         agent_args = ["--listen-fd", str(listen_fd), "--deadline", str(spec.timeout)]
-        for path in WRITABLE:
-            agent_args += ["--writable", path]
+        agent_args += writable_args(spec.workspace_alias)
         agent_args += ["--reap-all"]
         agent_args += ["--workdir", spec.workdir]
         if not limited:
@@ -384,17 +385,39 @@ def isolation_args(
     ]  # fmt: skip
 
 
-def mount_args(workspace: str, agent_root: str, tmp_mb: int) -> list[str]:
-    """/proc, /dev, a size-capped /dev/shm and /tmp, the writable /workspace, and the
-    agent read-only."""
+def mount_args(workspace: str, agent_root: str, tmp_mb: int, alias: str | None = None) -> list[str]:
+    """/proc, /dev, a size-capped /dev/shm and /tmp, the writable /workspace (and at its
+    ``alias`` too), and the agent read-only."""
     return [
         "--proc", "/proc",
         "--dev", "/dev",
         "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
         "--perms", "1777", "--size", str(tmp_mb << 20), "--tmpfs", "/tmp",
         "--bind", workspace, "/workspace",
+        *alias_args(workspace, alias),
         "--ro-bind", agent_root, agent_files.MOUNT_POINT,
     ]  # fmt: skip
+
+
+def alias_args(workspace: str, alias: str | None) -> list[str]:
+    """The workspace's host folder bound a second time at ``alias`` (validated by the spec:
+    beneath /home, /mnt, ...), its parents made as plain folders in the new root's tmpfs,
+    read-only with it. bwrap makes them in the new root, before anything of the sandbox
+    runs, so nothing the sandbox wrote (a symlink in its workspace) can redirect the mount."""
+    if alias is None:
+        return []
+    args: list[str] = []
+    parts = alias.split("/")[1:]
+    for end in range(1, len(parts)):
+        args += ["--perms", "0755", "--dir", "/" + "/".join(parts[:end])]
+    return [*args, "--bind", workspace, alias]
+
+
+def writable_args(alias: str | None) -> list[str]:
+    """The agent's ``--writable`` folders (its Landlock walls): :data:`WRITABLE`, and the
+    workspace's alias (the same files as /workspace)."""
+    paths = (*WRITABLE, alias) if alias is not None else WRITABLE
+    return [arg for path in paths for arg in ("--writable", path)]
 
 
 def environment_args(env: dict[str, str]) -> list[str]:
@@ -412,6 +435,19 @@ def environment_args(env: dict[str, str]) -> list[str]:
     for key, value in env.items():
         args += ["--setenv", key, value]
     return args
+
+
+def _check_alias(alias: str | None, ro_binds: list[str]) -> None:
+    """A read-only bind of the operator's (bound last) over or beneath the alias would hide
+    it or part of it: refused rather than a workspace that is not what it says."""
+    if alias is None:
+        return
+    for path in ro_binds:
+        bound = path.rstrip("/") or "/"
+        if bound == "/" or alias == bound or alias.startswith(bound + "/"):
+            raise InvalidArgumentError(f"workspace_alias {alias} is hidden by ro_binds {path}")
+        if bound.startswith(alias + "/"):
+            raise InvalidArgumentError(f"workspace_alias {alias} holds ro_binds {path}")
 
 
 def _limit_tree(

@@ -202,7 +202,9 @@ class DockerProvider(Provider):
                 "SANDLOT_HOME to a shorter path"
             )
         await quota.cap(folder / "workspace", spec.resources.disk_mb, self.home)
-        workspace = spawn.make_workspace(folder, spec.workdir, spawn.HostUser(uid, gid))
+        workspace = spawn.make_workspace(
+            folder, spec.workdir, spawn.HostUser(uid, gid), spec.workspace_alias
+        )
         owner = 0 if self.detached else os.getpid()
         body = container_settings(
             sandbox_id, spec, config, (workspace, agent_root, run), self.home_hash, owner

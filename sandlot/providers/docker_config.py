@@ -153,9 +153,14 @@ def _agent_argv(spec: SandboxSpec, config: DockerConfig) -> list[str]:
         "--workdir", spec.workdir,
         "--deadline", str(spec.timeout),
         "--rlimit", "core=0",
-        *(arg for path in WRITABLE for arg in ("--writable", path)),
+        *(arg for path in _writable(spec) for arg in ("--writable", path)),
         "--reap-all",
     )  # fmt: skip
+
+
+def _writable(spec: SandboxSpec) -> tuple[str, ...]:
+    alias = spec.workspace_alias
+    return WRITABLE if alias is None else (*WRITABLE, alias)
 
 
 def _host_config(
@@ -173,6 +178,9 @@ def _host_config(
         "IpcMode": "private",
         "Mounts": [
             _bind(workspace, "/workspace"),
+            # The same folder at the alias: the engine makes the mount point (and its
+            # parents) in the container's root, resolved within it, before it is read-only.
+            *([_bind(workspace, spec.workspace_alias)] if spec.workspace_alias else []),
             _bind(agent_root, agent_files.MOUNT_POINT, read_only=True),
             _bind(run, RUN_MOUNT),
         ],

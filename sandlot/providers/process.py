@@ -26,7 +26,7 @@ from pydantic import Field
 
 from ..channel import Channel
 from ..channel.handoff import dial_unix
-from ..errors import SandboxClosedError, SandboxError
+from ..errors import InvalidArgumentError, SandboxClosedError, SandboxError
 from ..models import SandboxSpec
 from . import agent_files, procinfo, quota, spawn
 from .base import AgentPythonConfig, Provider, Started
@@ -72,6 +72,7 @@ class ProcessProvider(Provider):
         config = self.parse_config(spec.config)
         assert isinstance(config, ProcessConfig)
         quota.refuse(spec.resources.disk_mb, self.name)
+        refuse_alias(spec, "the process provider")
         agent_root = agent_files.prepare(self.home, config.python)
         workspace = spawn.make_workspace(folder, spec.workdir)
         _warn_once()
@@ -196,3 +197,13 @@ def _signal_tree(pid: int, signum: int) -> bool:
             except ProcessLookupError:
                 continue
     return running
+
+
+def refuse_alias(spec: SandboxSpec, what: str) -> None:
+    """An unisolated agent has no mount namespace: it cannot show the workspace at a second
+    path (and must not make one on the host)."""
+    if spec.workspace_alias is not None:
+        raise InvalidArgumentError(
+            f"{what} cannot mount the workspace at a second path "
+            "(workspace_alias): use an isolating provider (bwrap, docker)"
+        )

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..channel import Channel
 from ..errors import InvalidArgumentError, SandboxStartError
+from ..models import alias_of
 from . import procinfo
 
 SOCKET_NAME = "agent.sock"
@@ -26,18 +27,23 @@ MAX_SOCKET_PATH = 107
 HELLO_TIMEOUT = 30.0
 
 
-def make_workspace(folder: Path, workdir: str, owner: HostUser | None = None) -> Path:
+def make_workspace(
+    folder: Path, workdir: str, owner: HostUser | None = None, alias: str | None = None
+) -> Path:
     """The sandbox's /workspace on the host, with the working folder inside it created,
-    owned by the host user the sandbox runs as."""
+    owned by the host user the sandbox runs as. A working folder beneath the workspace's
+    ``alias`` is the same folder beneath /workspace."""
     workspace = folder / "workspace"
     made = [workspace]
     workspace.mkdir(exist_ok=True)
-    inner = PurePosixPath(workdir)
+    inner = PurePosixPath(alias_of(workdir, alias))
     if inner.is_relative_to("/workspace") and ".." not in inner.parts:
         target = workspace
         for part in inner.relative_to("/workspace").parts:
             target = target / part
             target.mkdir(exist_ok=True)
+            if target.is_symlink():  # never followed on the host (nor chowned through)
+                raise InvalidArgumentError(f"workdir {workdir}: {part} is a symbolic link")
             made.append(target)
     if owner is not None:
         for path in made:

@@ -37,9 +37,10 @@ from ..errors import (
     SandboxStartError,
     SandlotError,
 )
-from ..models import SandboxSpec
+from ..models import SandboxSpec, alias_of
 from . import agent_files, bwrap, etc, quota, ssh_connect
 from .base import Provider, ProviderConfig, Started
+from .process import refuse_alias
 from .ssh_bridge import open_bridge
 from .ssh_helper import HELLO_TIMEOUT, Helper
 
@@ -273,6 +274,8 @@ class SshProvider(Provider):
         helper = await host.helper(config.python, config.remote_dir)
         facts = helper.hello
         isolation = _isolation(config, facts, str(target))
+        if isolation == "none":
+            refuse_alias(spec, "the ssh provider with isolation='none'")
         python = _agent_python(config, facts, isolation, str(target))
         root = facts["root"]
         digest, uploaded = await helper.install_agent(python)
@@ -281,7 +284,7 @@ class SshProvider(Provider):
         remote = f"{root}/sandboxes/{sandbox_id}"
         argv, env, slots = _agent_command(spec, isolation, python, agent_root, remote)
         request: dict[str, Any] = {"dir": remote, "argv": argv, "env": env, "slots": slots}
-        request["workdir"] = _workdir_parts(spec.workdir)
+        request["workdir"] = _workdir_parts(alias_of(spec.workdir, spec.workspace_alias))
         if isolation == "bwrap":
             files = etc.synthetic(bwrap.SANDBOX_UID, bwrap.SANDBOX_GID)
             request["etc"] = {"allowlist": list(etc.ALLOWLIST), "files": files}
@@ -500,8 +503,7 @@ def _agent_command(
     resources = spec.resources
     agent_args += ["--rlimit", f"as={resources.memory_mb * 1024 * 1024}"]
     agent_args += ["--rlimit", f"nproc={resources.pids}", "--rlimit", "core=0"]
-    for path in bwrap.WRITABLE:  # the agent's walls, as in a local bwrap sandbox
-        agent_args += ["--writable", path]
+    agent_args += bwrap.writable_args(spec.workspace_alias)  # as in a local bwrap sandbox
     agent_args += ["--reap-all"]
     # Detached from the SSH session: the agent's own deadline ends it, not a parent.
     argv = bwrap.isolation_args(None, die_with_parent=False, full_network=spec.network == "full")
@@ -509,7 +511,7 @@ def _agent_command(
     argv += ["-", "--ro-bind"]
     slots["etc"] = len(argv)
     argv += ["-", "/etc"]
-    argv += bwrap.mount_args(workspace, agent_root, resources.tmp_mb)
+    argv += bwrap.mount_args(workspace, agent_root, resources.tmp_mb, spec.workspace_alias)
     argv += bwrap.environment_args(spec.plain_env)
     argv += ["--", *agent_files.command(python, agent_files.MOUNT_POINT, *agent_args)]
     argv += ["--listen-fd"]

@@ -147,6 +147,8 @@ def spec_body(spec: SandboxSpec) -> dict[str, Any]:
     body = spec.model_dump(mode="json")
     if spec.idle_timeout == DEFAULT_IDLE_TIMEOUT:
         del body["idle_timeout"]
+    if spec.workspace_alias is None:
+        del body["workspace_alias"]  # likewise: only a server that knows it gets it
     return body
 
 

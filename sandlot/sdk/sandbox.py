@@ -58,6 +58,7 @@ def build_spec(
     network: Any = "none",
     bridge: Any = None,
     idle_timeout: Any = DEFAULT_IDLE_TIMEOUT,
+    workspace_alias: str | None = None,
 ) -> SandboxSpec:
     try:
         return SandboxSpec(
@@ -68,6 +69,7 @@ def build_spec(
             metadata=metadata or {},
             resources=resources or Resources(),
             workdir=workdir,
+            workspace_alias=workspace_alias,
             network=network if network is not None else "none",
             bridge=bridge,
             config=config,
@@ -135,6 +137,7 @@ class AsyncSandbox:
         metadata: dict[str, str] | None = None,
         resources: Resources | dict[str, Any] | None = None,
         workdir: str = "/workspace",
+        workspace_alias: str | None = None,
         network: NetworkMode | NetworkPolicy | dict[str, Any] = "none",
         bridge: BridgeConfig | dict[str, Any] | None = None,
         client: Client | None = None,
@@ -151,10 +154,11 @@ class AsyncSandbox:
         ``timeout``: the hard lifetime, seconds (default 4 h): the sandbox ends then, used or
         not. ``idle_timeout``: it ends sooner once nothing has used it for this long (no
         command or cell running, no stream, no call; default 10 min; None: never). See
-        docs/lifetimes.md."""
+        docs/lifetimes.md. ``workspace_alias``: a second path of the workspace (the same
+        files as /workspace, e.g. ``/home/user``; see SandboxSpec)."""
         spec = build_spec(
             provider, timeout, env, metadata, resources, workdir, config, network, bridge,
-            idle_timeout,
+            idle_timeout, workspace_alias,
         )  # fmt: skip
         return _Creating(cls._create(spec, client))
 

@@ -231,6 +231,7 @@ class AsyncSession:
         env: dict[str, Any] | None = None,
         resources: Any = None,
         network: Any = "none",
+        workspace_alias: str | None = None,
         **config: Any,
     ) -> _Attaching:
         """Attach a sandbox: its /workspace holds the session's latest checkpoint, and
@@ -244,10 +245,11 @@ class AsyncSession:
         :class:`~sandlot.errors.SessionBusyError`. ``lease_ttl``: seconds the sandbox
         outlives this process's last heartbeat (sent every ``lease_ttl / 3``). ``idle_timeout``:
         seconds without any use (no command or cell running, no stream, no call) after which
-        the sandbox is checkpointed and stopped (None: never; see docs/lifetimes.md)."""
+        the sandbox is checkpointed and stopped (None: never; see docs/lifetimes.md).
+        ``workspace_alias``: a second path of the workspace (see SandboxSpec)."""
         spec = build_spec(
             provider, timeout, env, None, resources, "/workspace", config, network, None,
-            idle_timeout,
+            idle_timeout, workspace_alias,
         )  # fmt: skip
         return _Attaching(self, spec, reuse, force, lease_ttl)
 

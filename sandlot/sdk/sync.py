@@ -505,6 +505,7 @@ class Sandbox:
         metadata: dict[str, str] | None = None,
         resources: Resources | dict[str, Any] | None = None,
         workdir: str = "/workspace",
+        workspace_alias: str | None = None,
         network: NetworkMode | NetworkPolicy | dict[str, Any] = "none",
         bridge: BridgeConfig | dict[str, Any] | None = None,
         client: Client | None = None,
@@ -521,10 +522,11 @@ class Sandbox:
         ``timeout``: the hard lifetime, seconds (default 4 h): the sandbox ends then, used or
         not. ``idle_timeout``: it ends sooner once nothing has used it for this long (no
         command or cell running, no stream, no call; default 10 min; None: never). See
-        docs/lifetimes.md."""
+        docs/lifetimes.md. ``workspace_alias``: a second path of the workspace (the same
+        files as /workspace, e.g. ``/home/user``; see SandboxSpec)."""
         spec = build_spec(
             provider, timeout, env, metadata, resources, workdir, config, network, bridge,
-            idle_timeout,
+            idle_timeout, workspace_alias,
         )  # fmt: skip
         return cls(_portal.call(AsyncSandbox._create(spec, client)))
 

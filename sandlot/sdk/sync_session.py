@@ -99,6 +99,7 @@ class Session:
         env: dict[str, Any] | None = None,
         resources: Any = None,
         network: Any = "none",
+        workspace_alias: str | None = None,
         **config: Any,
     ) -> _Attached:
         """Attach a sandbox: its /workspace holds the session's latest checkpoint, and
@@ -111,7 +112,8 @@ class Session:
         :class:`~sandlot.errors.SessionBusyError`. ``lease_ttl``: seconds the sandbox
         outlives this process's last heartbeat (sent every ``lease_ttl / 3``). ``idle_timeout``:
         seconds without any use (no command or cell running, no stream, no call) after which
-        the sandbox is checkpointed and stopped (None: never; see docs/lifetimes.md)."""
+        the sandbox is checkpointed and stopped (None: never; see docs/lifetimes.md).
+        ``workspace_alias``: a second path of the workspace (see SandboxSpec)."""
         attaching = self._inner.sandbox(
             provider,
             reuse=reuse,
@@ -122,6 +124,7 @@ class Session:
             env=env,
             resources=resources,
             network=network,
+            workspace_alias=workspace_alias,
             **config,
         )
         spec: SandboxSpec = attaching._args[0]
