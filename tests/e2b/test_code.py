@@ -142,6 +142,8 @@ def test_envs_are_set_for_the_cell_only(sbx: Sandbox) -> None:
 
 def test_a_context_of_its_own(sbx: Sandbox) -> None:
     sbx.run_code("shared = 'default'")
+    assert sbx.run_code("import os\nos.getcwd()").text == "/home/user"  # E2B's home
+    assert sbx.create_code_context().cwd == "/home/user"
     context = sbx.create_code_context(cwd="/tmp")
     assert (context.language, context.cwd) == ("python", "/tmp")
     assert sbx.run_code("import os\nos.getcwd()", context=context).text == "/tmp"
