@@ -16,7 +16,8 @@ A run that ends without its cell's end (the sandbox ended, the server stopped) e
 (:meth:`ServerState.execute`), so the session's transcript records it and secrets are
 masked; a client that goes away (the SDK's ``timeout``, a closed connection) interrupts
 the cell, and the context keeps its state. A context runs one cell at a time: a second
-execution waits its turn, as in E2B. Python only: another ``language`` is refused (400).
+execution waits its turn, as in E2B (up to :data:`MAX_WAITING` of them; more are a 429).
+Python only: another ``language`` is refused (400).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import datetime as dt
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -86,7 +88,7 @@ LINE_BREAKS = (
     (b"\xc2\x85", b"\\u0085"),
 )
 KEEPALIVE = b'{"type":"keepalive"}\n'
-_NAME = __import__("re").compile(NAME)
+_NAME = re.compile(NAME)
 
 
 # -- answers ----------------------------------------------------------------------------------
