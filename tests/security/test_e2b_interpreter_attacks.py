@@ -120,6 +120,8 @@ def test_junk_bodies_are_refused_clearly(world: dict[str, Any]) -> None:
         json.dumps({"code": "1", "env_vars": {"A": 5}}).encode(),
         json.dumps({"code": "1", "env_vars": {f"V{i}": "x" for i in range(5000)}}).encode(),
         json.dumps({"code": "1", "env_vars": {"A": {"secret": "../x"}}}).encode(),
+        json.dumps({"code": "1", "env_vars": {"B" * 100_000 + "=": "x"}}).encode(),
+        json.dumps({"code": "1", "context_id": "default\n"}).encode(),
         b"[" * 100_000 + b"]" * 100_000,  # deeper than any parser's stack
     ]
     for body in junk:

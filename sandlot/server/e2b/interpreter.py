@@ -109,7 +109,7 @@ def failure(exc: SandlotError) -> Response:
 
 
 def invalid(message: str) -> Response:
-    return Response(message, status_code=400, media_type="text/plain")
+    return Response(message[:1000], status_code=400, media_type="text/plain")
 
 
 def answer(value: Any, status_code: int = 200) -> Response:
@@ -173,7 +173,7 @@ def execute_args(body: bytes) -> dict[str, Any] | str:
     refused = _language(language)
     if refused is not None:
         return refused
-    if context is not None and (not isinstance(context, str) or not _NAME.match(context)):
+    if context is not None and (not isinstance(context, str) or not _NAME.fullmatch(context)):
         return "context_id must be the id of a code context"
     args: dict[str, Any] = {"context": context or "default", "code": code, "started": True}
     env = request.get("env_vars")
@@ -292,9 +292,17 @@ class _Execution(Response):
                 await send({"type": "http.response.body", "body": data, "more_body": not last})
                 if last:
                     return
+            # The log ended before the run did (its session was let go): say so, and end.
+            if not started:
+                await send(start)
+            body = b"".join(_Converter().failed(_LOST))
+            await send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
             if not run.done.is_set() and run.task is not None:
                 run.task.cancel()  # the client left: interrupt the cell, keep the context
+
+
+_LOST = Event("", 0, None, "error", b'{"code":"execution_lost"}', 0.0)
 
 
 class _Crowded(Exception):
@@ -523,7 +531,7 @@ async def list_contexts(request: Request) -> Response:
 
 def _context_id(request: Request) -> str:
     context = str(request.path_params.get("context_id", ""))
-    if not _NAME.match(context):
+    if not _NAME.fullmatch(context):
         raise NotFoundError(f"Context {context[:100]!r} not found")
     return context
 
