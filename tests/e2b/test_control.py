@@ -27,7 +27,6 @@ from e2b_code_interpreter import Sandbox as CodeSandbox  # type: ignore[import-u
 
 import sandlot
 from sandlot.errors import NotFoundError
-from sandlot.models import SandboxSpec
 from sandlot.server.e2b.spec import placement
 
 pytestmark = pytest.mark.timeout(120)
@@ -86,10 +85,6 @@ def test_create_with_metadata_env_and_timeout(e2b_server: Any) -> None:
         sbx.get_info()
 
 
-@pytest.mark.skipif(
-    "workspace_alias" not in SandboxSpec.model_fields,
-    reason="needs SandboxSpec.workspace_alias (E2B's /home/user)",
-)
 def test_e2b_layout_home_user_is_the_workspace(e2b_server: Any, sbx: Sandbox) -> None:
     out, _ = inside(e2b_server, sbx.sandbox_id, "pwd; echo $HOME; echo x > a.txt; ls /workspace")
     assert out == "/home/user\n/home/user\na.txt\n"

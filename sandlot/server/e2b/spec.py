@@ -94,15 +94,9 @@ def spec_of(body: NewSandbox) -> SandboxSpec:
     if TEMPLATE_KEY in metadata:
         raise InvalidArgumentError(f"metadata key {TEMPLATE_KEY!r} is the server's")
     metadata[TEMPLATE_KEY] = body.template_id or "base"
-    layout: dict[str, Any] = {}
-    env: dict[str, str] = {}
-    # E2B code works in /home/user: the workspace is mounted there too, where the spec can
-    # say so (workspace_alias), and is the home and working folder. Without it, /home/user
-    # does not exist in the sandbox and the workspace stays at /workspace.
-    if "workspace_alias" in SandboxSpec.model_fields:
-        layout = {"workspace_alias": HOME, "workdir": HOME}
-        env["HOME"] = HOME
-    env.update(body.env_vars or {})
+    # E2B code works in /home/user: the workspace is mounted there too, and is the home and
+    # working folder (the caller's HOME, if given, wins).
+    env = {"HOME": HOME, **(body.env_vars or {})}
     try:
         return SandboxSpec(
             timeout=float(body.timeout or DEFAULT_TIMEOUT),
@@ -110,8 +104,9 @@ def spec_of(body: NewSandbox) -> SandboxSpec:
             env=env,
             metadata=metadata,
             network=network_of(body.network),
+            workspace_alias=HOME,
+            workdir=HOME,
             **where,
-            **layout,
         )
     except ValidationError as exc:
         raise InvalidArgumentError(describe(exc, "sandbox settings")) from None
