@@ -10,43 +10,17 @@ import asyncio
 import base64
 import io
 import json
+import threading
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
-from e2b import ConnectionConfig, NotFoundException, SandboxException, TimeoutException
+from e2b import NotFoundException, SandboxException, TimeoutException
 from e2b_code_interpreter import AsyncSandbox, Sandbox  # type: ignore[import-untyped]
-from packaging.version import Version
-
-from sandlot.server.e2b.access import ENVD_PORT, ENVD_VERSION, access_token
-from sandlot.server.signing import Signer
 
 pytestmark = pytest.mark.timeout(120)
-T = TypeVar("T")
-
-
-def interpreter(cls: type[T], server: Any, sandbox_id: str) -> T:
-    """The SDK's ``Sandbox`` for a sandbox made through sandlot's own API, built as
-    ``Sandbox.connect`` builds it from the control plane's answer (whose
-    ``trafficAccessToken`` is the access token: the SDK's ``/contexts`` calls send only
-    that one)."""
-    token = access_token(Signer(Path(server.home)), sandbox_id)
-    headers = {"E2b-Sandbox-Id": sandbox_id, "E2b-Sandbox-Port": str(ENVD_PORT),
-               "X-Access-Token": token}  # fmt: skip
-    config = ConnectionConfig(
-        api_key=server.api_key, api_url=server.url, sandbox_url=server.url,
-        extra_sandbox_headers=headers,
-    )  # fmt: skip
-    return cls(  # type: ignore[call-arg]
-        sandbox_id=sandbox_id,
-        sandbox_domain=None,
-        envd_version=Version(ENVD_VERSION),
-        envd_access_token=token,
-        traffic_access_token=token,
-        connection_config=config,
-    )
 
 
 def sandlot_api(server: Any, method: str, path: str, body: Any = None) -> Any:
@@ -66,16 +40,15 @@ def sandlot_api(server: Any, method: str, path: str, body: Any = None) -> Any:
 
 
 @pytest.fixture(scope="module")
-def pair(e2b_server: Any) -> Iterator[tuple[str, Sandbox]]:
-    """A sandbox made through sandlot's own API, and the code interpreter SDK's view of it."""
-    sandbox_id = sandlot_api(e2b_server, "POST", "/v1/sandboxes", {"timeout": 600})["id"]
-    yield sandbox_id, interpreter(Sandbox, e2b_server, sandbox_id)
-    sandlot_api(e2b_server, "DELETE", f"/v1/sandboxes/{sandbox_id}")
-
-
-@pytest.fixture
-def sbx(pair: tuple[str, Sandbox]) -> Sandbox:
-    return pair[1]
+def sbx(e2b_server: Any) -> Iterator[Sandbox]:
+    """A sandbox made through the E2B control plane, as E2B code makes it (the URLs and key
+    as arguments: a module's fixture comes before the environment each test gets)."""
+    server = e2b_server
+    sandbox = Sandbox.create(
+        timeout=600, api_key=server.api_key, api_url=server.url, sandbox_url=server.url
+    )
+    yield sandbox
+    sandbox.kill()
 
 
 def test_state_is_kept_between_cells(sbx: Sandbox) -> None:
@@ -169,6 +142,8 @@ def test_envs_are_set_for_the_cell_only(sbx: Sandbox) -> None:
 
 def test_a_context_of_its_own(sbx: Sandbox) -> None:
     sbx.run_code("shared = 'default'")
+    assert sbx.run_code("import os\nos.getcwd()").text == "/home/user"  # E2B's home
+    assert sbx.create_code_context().cwd == "/home/user"
     context = sbx.create_code_context(cwd="/tmp")
     assert (context.language, context.cwd) == ("python", "/tmp")
     assert sbx.run_code("import os\nos.getcwd()", context=context).text == "/tmp"
@@ -207,10 +182,7 @@ def test_unsupported_language_is_a_clear_error(sbx: Sandbox) -> None:
     assert sbx.run_code("'python ok'", language="python").text == "python ok"
 
 
-def test_cells_are_in_the_transcript_with_secrets_masked(
-    e2b_server: Any, pair: tuple[str, Sandbox]
-) -> None:
-    sandbox_id, sbx = pair
+def test_cells_are_in_the_transcript_with_secrets_masked(e2b_server: Any, sbx: Sandbox) -> None:
     sandlot_api(e2b_server, "PUT", "/v1/secrets/interp_token", {"value": "s3cret-value-for-e2b"})
     marker = "print('recorded ' + 'cell')"
     # A secret reference in envs (JSON allows it; the SDK passes the dict through).
@@ -218,30 +190,32 @@ def test_cells_are_in_the_transcript_with_secrets_masked(
     execution = sbx.run_code(f"{marker}\nimport os\nprint(os.environ['TOKEN'])", envs=envs)
     assert execution.logs.stdout[0].startswith("recorded cell\n")
     assert "s3cret-value-for-e2b" not in "".join(execution.logs.stdout)
-    log = sandlot_api(e2b_server, "GET", f"/v1/sandboxes/{sandbox_id}/events?follow=false")
+    log = sandlot_api(e2b_server, "GET", f"/v1/sandboxes/{sbx.sandbox_id}/events?follow=false")
     assert json.dumps(marker)[1:-1] in log and "code.run" in log
     assert "recorded cell" in log and "s3cret-value-for-e2b" not in log
 
 
-def test_the_async_sdk(e2b_server: Any, pair: tuple[str, Sandbox]) -> None:
+def test_the_async_sdk(sbx: Sandbox) -> None:
     async def flow() -> None:
-        sbx = interpreter(AsyncSandbox, e2b_server, pair[0])
+        sandbox = await AsyncSandbox.connect(sbx.sandbox_id)  # the control plane too
         seen: list[str] = []
 
         async def on_stdout(message: Any) -> None:
             seen.append(message.line)
 
-        await sbx.run_code("async_value = 6")
-        execution = await sbx.run_code("print('async out')\nasync_value * 7", on_stdout=on_stdout)
+        await sandbox.run_code("async_value = 6")
+        execution = await sandbox.run_code(
+            "print('async out')\nasync_value * 7", on_stdout=on_stdout
+        )
         assert (execution.text, seen) == ("42", ["async out\n"])
-        context = await sbx.create_code_context()
-        failed = await sbx.run_code("async_value", context=context)
+        context = await sandbox.create_code_context()
+        failed = await sandbox.run_code("async_value", context=context)
         assert failed.error is not None and failed.error.name == "NameError"
-        assert context.id in [c.id for c in await sbx.list_code_contexts()]
-        await sbx.remove_code_context(context)
+        assert context.id in [c.id for c in await sandbox.list_code_contexts()]
+        await sandbox.remove_code_context(context)
         with pytest.raises(TimeoutException):
-            await sbx.run_code("import time\nwhile True:\n    time.sleep(0.05)", timeout=1)
-        assert (await sbx.run_code("async_value")).text == "6"
+            await sandbox.run_code("import time\nwhile True:\n    time.sleep(0.05)", timeout=1)
+        assert (await sandbox.run_code("async_value")).text == "6"
 
     asyncio.run(flow())
 
@@ -257,3 +231,50 @@ def test_big_output_streams_in_order(sbx: Sandbox) -> None:
     assert "".join(chunks) == text
     buffer = io.StringIO(text)
     assert sum(1 for _ in buffer) == 2000
+
+
+def test_concurrent_cells_in_one_context_take_turns(sbx: Sandbox) -> None:
+    """E2B's interpreter queues a context's executions: none fails as busy."""
+    sbx.run_code("turns = []")
+    code = "import time\nturns.append('in')\ntime.sleep(0.05)\nturns.append('out')"
+    with ThreadPoolExecutor(6) as pool:
+        executions = list(pool.map(lambda _: sbx.run_code(code), range(6)))
+    assert [e.error for e in executions] == [None] * 6
+    assert sbx.run_code("turns").text == str(["in", "out"] * 6)  # never two at once
+
+
+def test_a_sandbox_killed_mid_cell(e2b_server: Any) -> None:
+    """The cell's stream ends with an error (no hang); later calls raise what E2B raises for
+    a sandbox that is gone."""
+    sandbox = Sandbox.create()
+    started = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["execution"] = sandbox.run_code(
+            "import time\nprint('go', flush=True)\nwhile True: time.sleep(0.05)",
+            on_stdout=lambda _: started.set(),
+        )
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(60)
+    Sandbox.kill(sandbox.sandbox_id)
+    thread.join(60)
+    error = outcome["execution"].error
+    assert error is not None and error.name == "UnexpectedEndOfExecution"
+    with pytest.raises(TimeoutException, match="has ended"):
+        sandbox.run_code("1")
+    with pytest.raises(TimeoutException, match="has ended"):
+        sandbox.list_code_contexts()
+
+
+def test_output_with_unicode_line_breaks_and_split_characters(sbx: Sandbox) -> None:
+    """The SDK splits the stream as ``str.splitlines`` does (U+2028 too); a character may
+    also arrive split across two writes of the cell."""
+    execution = sbx.run_code(
+        "import sys\nprint('a\\u2028b\\u2029c\\x85d')\n"
+        "raw = 'é😀'.encode()\nsys.stdout.buffer.write(raw[:3]); sys.stdout.flush()\n"
+        "sys.stdout.buffer.write(raw[3:] + b'\\n'); sys.stdout.flush()"
+    )
+    assert "".join(execution.logs.stdout) == "a\u2028b\u2029c\x85d\né😀\n"

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import struct
 import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from by_hand import e2b_sandbox, kill
-from e2b import AsyncSandbox, CommandExitException, TimeoutException
+from e2b import AsyncSandbox, CommandExitException, Sandbox, TimeoutException
 from remote.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(180)
@@ -21,10 +22,15 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def sbx(e2b_server: ServerProcess) -> Iterator[Any]:
-    key = e2b_server.api_key  # type: ignore[attr-defined]
-    sandbox = e2b_sandbox(e2b_server, key)
+    # Module-scoped: the function-scoped e2b_env is not set up yet.
+    sandbox = Sandbox.create(timeout=600, **connection(e2b_server))
     yield sandbox
-    kill(e2b_server, key, sandbox.sandbox_id)
+    sandbox.kill()
+
+
+def connection(server: ServerProcess) -> dict[str, Any]:
+    key = server.api_key  # type: ignore[attr-defined]
+    return {"api_key": key, "api_url": server.url, "sandbox_url": server.url}
 
 
 def running(sbx: Any) -> set[int]:
@@ -85,6 +91,13 @@ def test_close_stdin_ends_input(sbx: Any) -> None:
     assert handle.wait().stdout == "a\nb\ndone\n"
 
 
+def test_stream_input(sbx: Any) -> None:
+    handle = sbx.commands.run("cat", background=True, stdin=True)
+    sbx.commands.stream_input(handle.pid, iter(["one\n", b"two\n", "three\n"]))
+    sbx.commands.close_stdin(handle.pid)
+    assert handle.wait().stdout == "one\ntwo\nthree\n"
+
+
 def test_kill_and_kill_by_pid(sbx: Any) -> None:
     handle = sbx.commands.run("sleep 100", background=True)
     assert handle.kill() is True
@@ -126,6 +139,27 @@ def test_timeout_raises_and_kills(sbx: Any) -> None:
           f"the timed-out command is killed ({listed})")  # fmt: skip
 
 
+def test_a_timed_out_stream_ends_as_its_deadline(sbx: Any) -> None:
+    """However the kill and the client's own deadline race, the stream says deadline (what
+    envd's killed context says), never a plain exit the SDK would not call a timeout."""
+    body = json.dumps({"process": {"cmd": "/bin/sleep", "args": ["30"]}}).encode()
+    request = urllib.request.Request(
+        sbx.connection_config.get_sandbox_url(sbx.sandbox_id, None) + "/process.Process/Start",
+        struct.pack(">BI", 0, len(body)) + body,
+        {**sbx.connection_config.sandbox_headers, "Content-Type": "application/connect+json",
+         "Connect-Timeout-Ms": "300"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request) as answer:
+        raw = answer.read()
+    envelopes, at = [], 0
+    while at < len(raw):
+        flags, length = struct.unpack_from(">BI", raw, at)
+        envelopes.append((flags, json.loads(raw[at + 5 : at + 5 + length])))
+        at += 5 + length
+    assert "start" in envelopes[0][1]["event"]
+    assert envelopes[-1][0] == 2 and envelopes[-1][1]["error"]["code"] == "deadline_exceeded"
+
+
 def test_large_output_whole_and_in_order(sbx: Any) -> None:
     # ~6.9 MiB of numbered lines on stdout, some stderr between
     result = sbx.commands.run("seq 1 1000000; echo tail >&2", timeout=120)
@@ -150,11 +184,9 @@ def test_the_transcript_records_e2b_commands(e2b_server: ServerProcess, sbx: Any
     assert "recorded-42" in text  # its output
 
 
-def test_async_sdk(e2b_server: ServerProcess) -> None:
-    key = e2b_server.api_key  # type: ignore[attr-defined]
-
+def test_async_sdk() -> None:
     async def flow() -> None:
-        sandbox = e2b_sandbox(e2b_server, key, AsyncSandbox)
+        sandbox = await AsyncSandbox.create()
         try:
             result = await sandbox.commands.run("echo async")
             assert result.stdout == "async\n"
@@ -169,6 +201,6 @@ def test_async_sdk(e2b_server: ServerProcess) -> None:
             with pytest.raises(CommandExitException):
                 await sandbox.commands.run("exit 5")
         finally:
-            kill(e2b_server, key, sandbox.sandbox_id)
+            await sandbox.kill()
 
     asyncio.run(flow())

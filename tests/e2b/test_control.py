@@ -26,6 +26,8 @@ from e2b import (
 from e2b_code_interpreter import Sandbox as CodeSandbox  # type: ignore[import-untyped]
 
 import sandlot
+from sandlot.errors import NotFoundError
+from sandlot.server.e2b.spec import placement
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,6 +70,7 @@ def test_create_with_metadata_env_and_timeout(e2b_server: Any) -> None:
         assert info.state == SandboxState.RUNNING
         assert info.envd_version == "0.6.4"
         assert info.cpu_count >= 1 and info.memory_mb > 0
+        assert info.lifecycle == {"on_timeout": "kill", "auto_resume": False}
         assert info.end_at - info.started_at == timedelta(seconds=600)
         [listed] = Sandbox.list(query=SandboxQuery(metadata=meta)).next_items()
         assert listed.sandbox_id == sbx.sandbox_id
@@ -80,6 +83,11 @@ def test_create_with_metadata_env_and_timeout(e2b_server: Any) -> None:
     assert Sandbox.kill(sbx.sandbox_id) is False  # gone: the SDK says so, no error
     with pytest.raises(NotFoundException):
         sbx.get_info()
+
+
+def test_e2b_layout_home_user_is_the_workspace(e2b_server: Any, sbx: Sandbox) -> None:
+    out, _ = inside(e2b_server, sbx.sandbox_id, "pwd; echo $HOME; echo x > a.txt; ls /workspace")
+    assert out == "/home/user\n/home/user\na.txt\n"
 
 
 def test_the_code_interpreter_sdk_creates_its_template() -> None:
@@ -255,6 +263,19 @@ def test_templates(e2b_server: Any) -> None:
         sbx.kill()
 
 
+def test_the_template_mapping() -> None:
+    """The table docs/e2b.md gives (the one function that holds it)."""
+    for default in ("base", "code-interpreter-v1", "code-interpreter", "", None):
+        assert placement(default) == {}
+    assert placement("bwrap") == {"provider": "bwrap"}
+    assert placement("docker") == {"provider": "docker"}
+    image = "registry.example:5000/team/py:3.12-slim@sha256:" + "a" * 64
+    assert placement(f"docker:{image}") == {"provider": "docker", "config": {"image": image}}
+    for unknown in ("desktop", "docker:", "docker:../x", "docker:-v", "bwrap:x", "../base"):
+        with pytest.raises(NotFoundError, match="not found"):
+            placement(unknown)
+
+
 def test_network_allow_out_goes_through_the_egress_proxy(e2b_server: Any) -> None:
     closed = Sandbox.create(metadata=tag())  # E2B's default internet: sandlot's "none"
     opened = Sandbox.create(metadata=tag(), network={"allow_out": ["example.com"]})
@@ -280,6 +301,33 @@ def test_what_sandlot_does_not_do(sbx: Sandbox) -> None:
         sbx.create_snapshot()
     with pytest.raises(SandboxException, match="not supported"):
         Sandbox.fork(sbx.sandbox_id)
-    with pytest.raises(SandboxException, match="autoPause"):
-        Sandbox.create(metadata=tag(), lifecycle={"on_timeout": "pause"})
+    # Pausing at the timeout is asked for (the OpenAI Agents SDK does by default) and not
+    # done: the sandbox ends at its timeout, as its lifecycle says.
+    later = Sandbox.create(metadata=tag(), lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        assert later.get_info().lifecycle == {"on_timeout": "kill", "auto_resume": False}
+    finally:
+        later.kill()
     assert sbx.get_metrics() == []  # nothing measured
+    assert Sandbox.list_snapshots().next_items() == []
+
+
+def test_a_repeated_idempotency_key_gets_the_first_sandbox(e2b_server: Any) -> None:
+    key, meta = uuid.uuid4().hex, tag()
+    first = Sandbox.create(metadata=meta, idempotency_key=key)
+    try:
+        again = Sandbox.create(metadata=meta, idempotency_key=key)  # a retry, say
+        assert again.sandbox_id == first.sandbox_id
+        assert len(Sandbox.list(query=SandboxQuery(metadata=meta)).next_items()) == 1
+        # The replay carries the access token too (the store keeps none).
+        headers = {"X-API-KEY": e2b_server.api_key, "Idempotency-Key": key}
+        body = {"templateID": "base", "metadata": meta, "envVars": {}}
+        replay = httpx.post(f"{e2b_server.url}/v2/sandboxes", json=body, headers=headers)
+        assert replay.headers.get("idempotent-replayed") is None  # answered as E2B would
+        assert replay.status_code == 201
+        assert replay.json()["sandboxID"] == first.sandbox_id
+        assert replay.json()["envdAccessToken"]
+        with pytest.raises(SandboxException, match="409"):
+            Sandbox.create(metadata=tag(), idempotency_key=key)  # another call, same key
+    finally:
+        first.kill()

@@ -15,7 +15,6 @@ import httpx
 import pytest
 from e2b import AsyncSandbox, FileType, InvalidArgumentException, NotFoundException, Sandbox
 from e2b.sandbox.filesystem.watch_handle import FilesystemEventType
-from e2b_sandbox import e2b_sandbox, token_for
 
 import sandlot
 
@@ -25,10 +24,19 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def pair(e2b_server: Any) -> Iterator[tuple[sandlot.Sandbox, Sandbox]]:
-    """A sandlot sandbox and the E2B SDK's view of it."""
+    """A sandbox made by the E2B SDK, and sandlot's SDK on the same sandbox."""
+    with pytest.MonkeyPatch.context() as env:  # as the e2b_env fixture, for the module
+        env.setenv("E2B_API_URL", e2b_server.url)
+        env.setenv("E2B_SANDBOX_URL", e2b_server.url)
+        env.setenv("E2B_API_KEY", e2b_server.api_key)
+        env.delenv("E2B_DOMAIN", raising=False)
+        env.delenv("E2B_DEBUG", raising=False)
+        e2b = Sandbox.create(timeout=600)
     client = sandlot.Client(url=e2b_server.url, api_key=e2b_server.api_key)
-    with sandlot.Sandbox.create(client=client, workspace_alias="/home/user") as sb:
-        yield sb, e2b_sandbox(Sandbox, e2b_server, sb.id, e2b_server.api_key)
+    try:
+        yield sandlot.Sandbox.connect(e2b.sandbox_id, client=client), e2b
+    finally:
+        e2b.kill()
 
 
 def _wait_events(handle: Any, wanted: set[tuple[str, FilesystemEventType]]) -> list[Any]:
@@ -178,8 +186,6 @@ def test_file_metadata_is_refused_plainly(pair: tuple[sandlot.Sandbox, Sandbox])
 
 def test_relative_paths_are_under_home(pair: tuple[sandlot.Sandbox, Sandbox]) -> None:
     sb, e2b = pair
-    if not sb.files.exists("/home/user"):
-        pytest.skip("the workspace is not at /home/user yet (helper `home`)")
     e2b.files.write("rel/in-home.txt", "home")
     assert e2b.files.read("/home/user/rel/in-home.txt") == "home"
     assert sb.files.read("/workspace/rel/in-home.txt") == "home"
@@ -187,7 +193,7 @@ def test_relative_paths_are_under_home(pair: tuple[sandlot.Sandbox, Sandbox]) ->
 
 async def test_the_async_sdk(e2b_server: Any, pair: tuple[sandlot.Sandbox, Sandbox]) -> None:
     sb, _ = pair
-    e2b = e2b_sandbox(AsyncSandbox, e2b_server, sb.id, e2b_server.api_key)
+    e2b = await AsyncSandbox.connect(sb.id)
     await e2b.files.make_dir("/workspace/async")
     events: list[Any] = []
     handle = await e2b.files.watch_dir("/workspace/async", on_event=events.append)
@@ -218,7 +224,8 @@ def test_a_user_port_through_e2b_sandbox_port(
         background=True,
         timeout=None,
     )
-    token = token_for(e2b_server.home, sb.id)
+    token = e2b._envd_access_token  # what create answered (envdAccessToken)
+    assert token
     headers = {"E2b-Sandbox-Id": sb.id, "E2b-Sandbox-Port": "8123"}
     status = 0
     for _ in range(200):  # the server starts in the background

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from by_hand import e2b_sandbox, kill
-from e2b import CommandExitException, PtySize
+from e2b import CommandExitException, PtySize, Sandbox
 from remote.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -17,10 +16,15 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def sbx(e2b_server: ServerProcess) -> Iterator[Any]:
-    key = e2b_server.api_key  # type: ignore[attr-defined]
-    sandbox = e2b_sandbox(e2b_server, key)
+    # Module-scoped: the function-scoped e2b_env is not set up yet.
+    sandbox = Sandbox.create(timeout=600, **connection(e2b_server))
     yield sandbox
-    kill(e2b_server, key, sandbox.sandbox_id)
+    sandbox.kill()
+
+
+def connection(server: ServerProcess) -> dict[str, Any]:
+    key = server.api_key  # type: ignore[attr-defined]
+    return {"api_key": key, "api_url": server.url, "sandbox_url": server.url}
 
 
 class Screen:

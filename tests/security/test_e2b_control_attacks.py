@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ def server() -> Iterator[ServerProcess]:
     process.start()
     yield process
     process.stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

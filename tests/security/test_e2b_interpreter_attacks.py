@@ -12,6 +12,7 @@ a client that goes away interrupts its cell and the context lives on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 import urllib.request
@@ -24,7 +25,7 @@ import pytest
 from remote.server import ServerProcess
 
 from sandlot.server.e2b.access import INTERPRETER_PORT, access_token
-from sandlot.server.e2b.interpreter import MAX_BODY
+from sandlot.server.e2b.interpreter import MAX_BODY, MAX_WAITING
 from sandlot.server.signing import Signer
 
 pytestmark = pytest.mark.timeout(180)
@@ -119,6 +120,8 @@ def test_junk_bodies_are_refused_clearly(world: dict[str, Any]) -> None:
         json.dumps({"code": "1", "env_vars": {"A": 5}}).encode(),
         json.dumps({"code": "1", "env_vars": {f"V{i}": "x" for i in range(5000)}}).encode(),
         json.dumps({"code": "1", "env_vars": {"A": {"secret": "../x"}}}).encode(),
+        json.dumps({"code": "1", "env_vars": {"B" * 100_000 + "=": "x"}}).encode(),
+        json.dumps({"code": "1", "context_id": "default\n"}).encode(),
         b"[" * 100_000 + b"]" * 100_000,  # deeper than any parser's stack
     ]
     for body in junk:
@@ -262,3 +265,37 @@ def test_clients_that_drop_interrupt_their_cells(world: dict[str, Any]) -> None:
         # closed here, mid-cell: the cell is interrupted and the next one takes its turn
     _, lines = _execute(world, {"code": "dropped"})
     assert _text(lines) == "10"
+
+
+@pytest.mark.attack("E2B /execute: 150 executions queued behind an endless cell in one context")
+def test_a_crowd_of_waiting_executions_is_bounded(world: dict[str, Any]) -> None:
+    url = world["server"].url + "/execute"
+    headers = _headers(world, world["b"])
+    endless = {"code": "import time\nprint('go', flush=True)\nwhile True: time.sleep(0.05)"}
+
+    async def crowd() -> list[int]:
+        limits = httpx.Limits(max_connections=300)
+        async with (
+            httpx.AsyncClient(limits=limits, timeout=60) as client,
+            client.stream("POST", url, json=endless, headers=headers) as first,
+        ):
+            assert first.status_code == 200
+            async for line in first.aiter_lines():
+                assert json.loads(line)["text"] == "go\n"
+                break
+            calls = [client.post(url, json={"code": "1"}, headers=headers) for _ in range(150)]
+            tasks = [asyncio.ensure_future(c) for c in calls]
+            refused: list[int] = []
+            for done in asyncio.as_completed(tasks):
+                refused.append((await done).status_code)
+                if len(refused) == 150 - MAX_WAITING:
+                    break
+            for task in tasks:
+                task.cancel()  # the waiting ones hang up: they leave the queue
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return refused
+
+    refused = asyncio.run(crowd())
+    assert set(refused) == {429}
+    answer, lines = _execute(world, {"code": "'b serves again'"}, world["b"])
+    assert answer.status_code == 200 and _text(lines) == "b serves again"

@@ -1,22 +1,11 @@
 """E2B's control plane (``/sandboxes``, ``/v2/sandboxes``), keyed by ``X-API-KEY``.
 
 A front over :class:`~sandlot.server.state.ServerState`: every call goes through the same
-core as ``/v1/sandboxes`` (tenancy, limits, the transcript). What it adds is translation:
-
-- **Templates** (:func:`placement`): ``base``, ``code-interpreter-v1``, ``code-interpreter``
-  and an empty or absent ``templateID`` are the server's default provider (with Python); a
-  provider's name (``bwrap``, ``docker``, ...) picks that provider; ``docker:IMAGE`` is the
-  docker provider with that image. Anything else is 404 "template not found", as E2B says.
-  The sandbox keeps its templateID in its metadata under ``e2b.templateID``.
-- **Lifetimes**: E2B's ``timeout`` (default 300 s) is the hard lifetime; E2B sandboxes have no
-  idle timeout, so neither do these. Pausing freezes the sandbox; its lifetime keeps running.
-- **Network** (:func:`network_of`): sandlot fails closed. With ``network.allowOut`` the
-  sandbox reaches those hosts, addresses and networks through the egress proxy (E2B's allow
-  rules win over its deny rules, and everything not allowed is denied, so ``denyOut`` holds
-  as given). Without it the sandbox has no network, whatever ``allow_internet_access`` says:
-  sandlot has no "the whole internet" rule a tenant may be given.
-- **Errors** answer E2B's ``{"code": status, "message": ...}`` (:class:`E2BRoute`), which the
-  SDKs turn into their exceptions; another tenant's sandbox is "not found".
+core as ``/v1/sandboxes`` (tenancy, limits, the transcript); :mod:`.spec` translates E2B's
+create settings (templates, lifetimes, network). Errors answer E2B's ``{"code": status,
+"message": ...}`` (:class:`E2BRoute`), which the SDKs turn into their exceptions; another
+tenant's sandbox is "not found". Paused sandboxes (``pause``; ``connect`` resumes) are
+frozen: their lifetime keeps running. Listings page with a signed ``x-next-token``.
 """
 
 from __future__ import annotations
@@ -26,9 +15,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import logging
 import math
-import re
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -37,21 +26,17 @@ from urllib.parse import parse_qsl, unquote
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from ...egress.policy import NetworkPolicy
 from ...errors import (
     InvalidArgumentError,
-    NotFoundError,
     SandboxNotFoundError,
     SandlotError,
     SessionError,
 )
-from ...models import NetworkMode, Resources, SandboxSpec, describe
-from ...providers import BUILTIN, provider_names
-from ..deps import State
+from ...models import Resources
+from ..deps import Idempotent, State
 from ..http_errors import status_of
 from ..state import Principal, Served, ServerState
 from . import access
@@ -68,20 +53,18 @@ from .models import (
     SandboxOut,
     TimeoutIn,
 )
+from .spec import TEMPLATE_KEY, network_of, spec_of
 
 log = logging.getLogger("sandlot.server.e2b")
 
-DEFAULT_TEMPLATES = frozenset({"base", "code-interpreter-v1", "code-interpreter"})
-TEMPLATE_KEY = "e2b.templateID"  # metadata key the sandbox's templateID is kept under
-HOME = "/home/user"  # E2B's home and working folder
 CLIENT_ID = "sandlot"
 MAX_API_KEY = 512  # longer is no key of ours: refused before any lookup
 PAGE_CONTEXT = b"sandlot-e2b-page-v1."
 MAX_TOKEN = 1024
-DOCKER_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
 # E2B's status for sandlot's: an ended sandbox is one E2B no longer knows; a bad argument
 # is 400 (E2B answers 422 for nothing the SDKs send).
 E2B_STATUS = {410: 404, 422: 400}
+_STATE = {True: "paused", False: "running"}
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -138,93 +121,6 @@ async def e2b_caller(
 Caller = Annotated[Principal, Depends(e2b_caller)]
 
 
-# -- templates and the spec -----------------------------------------------------------------
-
-
-def placement(template_id: str | None) -> dict[str, Any]:
-    """Where a templateID runs: SandboxSpec fields (``provider``, ``config``). The one place
-    templates map to sandlot (docs/e2b.md)."""
-    name = template_id or ""
-    if name in DEFAULT_TEMPLATES or not name:
-        return {}
-    if name.startswith("docker:"):
-        image = name.removeprefix("docker:")
-        if DOCKER_IMAGE.fullmatch(image) and ".." not in image and "//" not in image:
-            return {"provider": "docker", "config": {"image": image}}
-    elif name in BUILTIN or name in ("remote", "ssh") or name in provider_names():
-        return {"provider": name}
-    raise NotFoundError(f"template {name[:MAX_TEMPLATE]!r} not found")
-
-
-def _open_everything(rule: str) -> bool:
-    return rule.split("/")[-1] == "0" or rule in ("*", "0.0.0.0", "::")
-
-
-def network_of(network: NetworkIn | None) -> NetworkMode | NetworkPolicy:
-    """E2B's network settings as sandlot's (see the module's documentation)."""
-    if network is None:
-        return "none"
-    if network.egress_proxy is not None:
-        raise InvalidArgumentError("network.egressProxy is not supported by sandlot")
-    if network.rules:
-        raise InvalidArgumentError(
-            "network.rules (header transforms) are not supported by sandlot; "
-            "its callback bridge adds credentials on the host side (docs/egress.md)"
-        )
-    allow = network.allow_out or []
-    if not allow:
-        return "none"
-    wide = [rule for rule in allow if _open_everything(rule)]
-    if wide:
-        raise InvalidArgumentError(
-            f"allowOut {wide[0]!r} would open the whole network, which sandlot does not "
-            "give a sandbox: name the hosts, addresses or networks it may reach"
-        )
-    try:
-        return NetworkPolicy(allow=allow)
-    except ValidationError as exc:
-        raise InvalidArgumentError(describe(exc, "network.allowOut")) from None
-
-
-def spec_of(body: NewSandbox) -> SandboxSpec:
-    where = placement(body.template_id)
-    if body.auto_pause:
-        raise InvalidArgumentError(
-            "autoPause is not supported: a sandlot sandbox ends at its timeout"
-        )
-    if body.mcp:
-        raise InvalidArgumentError("mcp is not supported by sandlot")
-    if body.iam and body.iam.get("tokens"):
-        raise InvalidArgumentError("iam (workload identity) is not supported by sandlot")
-    if body.volume_mounts:
-        raise InvalidArgumentError("volumeMounts are not supported by sandlot")
-    metadata = dict(body.metadata or {})
-    if TEMPLATE_KEY in metadata:
-        raise InvalidArgumentError(f"metadata key {TEMPLATE_KEY!r} is the server's")
-    metadata[TEMPLATE_KEY] = body.template_id or "base"
-    layout: dict[str, Any] = {}
-    env: dict[str, str] = {}
-    # E2B code works in /home/user: the workspace is mounted there too, where the spec can
-    # say so (workspace_alias), and is the home and working folder. Without it, /home/user
-    # does not exist in the sandbox and the workspace stays at /workspace.
-    if "workspace_alias" in SandboxSpec.model_fields:
-        layout = {"workspace_alias": HOME, "workdir": HOME}
-        env["HOME"] = HOME
-    env.update(body.env_vars or {})
-    try:
-        return SandboxSpec(
-            timeout=float(body.timeout or DEFAULT_TIMEOUT),
-            idle_timeout=None,  # E2B sandboxes live until their timeout, used or not
-            env=env,
-            metadata=metadata,
-            network=network_of(body.network),
-            **where,
-            **layout,
-        )
-    except ValidationError as exc:
-        raise InvalidArgumentError(describe(exc, "sandbox settings")) from None
-
-
 # -- answers --------------------------------------------------------------------------------
 
 
@@ -242,13 +138,16 @@ def _user_metadata(metadata: dict[str, str]) -> dict[str, str]:
 
 def created(state: ServerState, request: Request, served: Served, status: int) -> Response:
     record = served.record
+    token = _token(state, request, record.id)
     out = SandboxOut(
         template_id=_template(record.metadata),
         sandbox_id=record.id,
         alias=_template(record.metadata),
         client_id=CLIENT_ID,
         envd_version=access.ENVD_VERSION,
-        envd_access_token=_token(state, request, record.id),
+        envd_access_token=token,
+        # The code interpreter's SDK sends only this one on its /contexts calls.
+        traffic_access_token=token,
     )
     return JSONResponse(out.model_dump(mode="json", by_alias=True), status_code=status)
 
@@ -304,22 +203,48 @@ async def _running(state: ServerState, caller: Principal, sandbox_id: str) -> Se
 # -- create, connect, resume ----------------------------------------------------------------
 
 
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+]
+
+
 async def _create(
-    request: Request, body: NewSandbox, state: ServerState, caller: Principal
+    request: Request, body: NewSandbox, state: ServerState, caller: Principal, key: str | None
 ) -> Response:
-    spec = spec_of(body)
-    served = await state.create(caller, spec)
-    return created(state, request, served, 201)
+    """Create; a repeated ``Idempotency-Key`` gets the first answer (stored without its
+    access token, which is added again: no credential is kept in the store)."""
+    once = Idempotent(state, caller, key, request)
+    replay = await once.begin(body.model_dump_json(by_alias=True).encode())
+    if replay is not None:
+        first = json.loads(bytes(replay.body))
+        if replay.status_code == 201:
+            first["envdAccessToken"] = _token(state, request, first["sandboxID"])
+        return JSONResponse(first, status_code=replay.status_code)
+    try:
+        served = await state.create(caller, spec_of(body))
+    except BaseException:
+        await once.abandon()
+        raise
+    answer = created(state, request, served, 201)
+    if key is not None:
+        stored = json.loads(bytes(answer.body))
+        stored.pop("envdAccessToken", None)
+        await once.finish(201, "application/json", json.dumps(stored).encode())
+    return answer
 
 
 @router.post("/v2/sandboxes")
-async def create_v2(request: Request, body: NewSandbox, state: State, caller: Caller) -> Response:
-    return await _create(request, body, state, caller)
+async def create_v2(
+    request: Request, body: NewSandbox, state: State, caller: Caller, key: IdempotencyKey = None
+) -> Response:
+    return await _create(request, body, state, caller, key)
 
 
 @router.post("/sandboxes")
-async def create_v1(request: Request, body: NewSandbox, state: State, caller: Caller) -> Response:
-    return await _create(request, body, state, caller)
+async def create_v1(
+    request: Request, body: NewSandbox, state: State, caller: Caller, key: IdempotencyKey = None
+) -> Response:
+    return await _create(request, body, state, caller, key)
 
 
 async def _connect(
@@ -447,15 +372,10 @@ async def _listing(
     if started_after is not None:
         since = started_after if started_after.tzinfo else started_after.replace(tzinfo=UTC)
         records = [r for r in records if r.created_at >= since]
-    found = []
-    for record in records:
-        served = state.served.get(record.id)
-        if served is None or state.is_ending(record.id):
-            continue
-        paused = await _paused(state, record.id)
-        if ("paused" if paused else "running") in states:
-            found.append((served, paused))
-    return found
+    live = [state.served[r.id] for r in records if r.id in state.served]
+    live = [s for s in live if not state.is_ending(s.record.id)]
+    paused = await asyncio.gather(*(_paused(state, s.record.id) for s in live))
+    return [(s, p) for s, p in zip(live, paused, strict=True) if _STATE[p] in states]
 
 
 @router.get("/v2/sandboxes")
@@ -616,3 +536,9 @@ async def snapshot(sandbox_id: str, state: State, caller: Caller) -> Response:
     return await _unsupported(
         state, caller, sandbox_id, "snapshotting a sandbox (use a sandlot session's checkpoints)"
     )
+
+
+@router.get("/snapshots")
+async def snapshots(state: State, caller: Caller) -> Response:
+    """sandlot takes no E2B snapshots: the list is empty."""
+    return JSONResponse([])

@@ -35,7 +35,7 @@ from ...errors import (
     SandboxNotFoundError,
     SandlotError,
 )
-from ..api_files import MAX_FILE, download_body, upload
+from ..api_files import MAX_FILE, download_body, exact_path, upload
 from .access import SandboxCall, sandbox_call
 from .connect import ConnectError
 from .filesystem import resolve
@@ -71,7 +71,7 @@ def envd_error(exc: BaseException) -> Response:
 
 def _query_path(request: Request) -> str | None:
     value = request.query_params.get("path")
-    return resolve(value) if value else None
+    return resolve(exact_path(request, value)) if value else None  # non-UTF-8 names kept
 
 
 async def download(request: Request) -> Response:

@@ -324,20 +324,23 @@ async def get_watcher_events(request: Request) -> dict[str, Any]:
     events = list(watcher.events)
     watcher.events.clear()
     if watcher.error is not None and not events:
-        _WATCHERS.pop(watcher_id, None)
+        await _drop(watcher_id, watcher)
         raise watcher.error
     return {"events": events}
 
 
 async def remove_watcher(request: Request) -> dict[str, Any]:
     call, message = await _request(request)
-    watcher_id, watcher = _watcher(call, message)
+    await _drop(*_watcher(call, message))
+    return {}
+
+
+async def _drop(watcher_id: str, watcher: _Watcher) -> None:
     _WATCHERS.pop(watcher_id, None)
     if watcher.task is not None:
         watcher.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher.task
-    return {}
 
 
 _PREFIX = "/filesystem.Filesystem/"

@@ -16,7 +16,8 @@ A run that ends without its cell's end (the sandbox ended, the server stopped) e
 (:meth:`ServerState.execute`), so the session's transcript records it and secrets are
 masked; a client that goes away (the SDK's ``timeout``, a closed connection) interrupts
 the cell, and the context keeps its state. A context runs one cell at a time: a second
-execution waits its turn, as in E2B. Python only: another ``language`` is refused (400).
+execution waits its turn, as in E2B (up to :data:`MAX_WAITING` of them; more are a 429).
+Python only: another ``language`` is refused (400).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import datetime as dt
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -56,6 +58,7 @@ MAX_CODE = 16 << 20
 MAX_ENV = 1000  # variables in one execution's env_vars
 BUSY_WAIT = 5.0  # a context busy with a cell of another caller (or winding one down): retried
 BUSY_RETRY = 0.02
+MAX_WAITING = 100  # executions queued for one context (each holds a connection): more are 429
 LANGUAGES = frozenset({"python", "python3", "py"})
 UNSUPPORTED = "sandlot's code interpreter runs Python only: language {!r} is not supported"
 # Jupyter MIME types as E2B's Result fields; the rest go to ``extra``.
@@ -79,8 +82,13 @@ STREAM_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 END = b'{"type":"end_of_execution"}\n'
+LINE_BREAKS = (
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+    (b"\xc2\x85", b"\\u0085"),
+)
 KEEPALIVE = b'{"type":"keepalive"}\n'
-_NAME = __import__("re").compile(NAME)
+_NAME = re.compile(NAME)
 
 
 # -- answers ----------------------------------------------------------------------------------
@@ -101,7 +109,7 @@ def failure(exc: SandlotError) -> Response:
 
 
 def invalid(message: str) -> Response:
-    return Response(message, status_code=400, media_type="text/plain")
+    return Response(message[:1000], status_code=400, media_type="text/plain")
 
 
 def answer(value: Any, status_code: int = 200) -> Response:
@@ -165,7 +173,7 @@ def execute_args(body: bytes) -> dict[str, Any] | str:
     refused = _language(language)
     if refused is not None:
         return refused
-    if context is not None and (not isinstance(context, str) or not _NAME.match(context)):
+    if context is not None and (not isinstance(context, str) or not _NAME.fullmatch(context)):
         return "context_id must be the id of a code context"
     args: dict[str, Any] = {"context": context or "default", "code": code, "started": True}
     env = request.get("env_vars")
@@ -202,6 +210,10 @@ class _Turns:
     @asynccontextmanager
     async def turn(self, key: tuple[str, str]) -> AsyncIterator[None]:
         lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        if users[0] > MAX_WAITING:
+            raise _Crowded(
+                f"{MAX_WAITING} executions already wait for code context {key[1]}: try later"
+            )
         users[0] += 1
         try:
             async with lock:
@@ -248,6 +260,8 @@ class _Execution(Response):
             turns = turns_of(scope["app"].state)
             async with turns.turn((self.call.sandbox_id, self.args["context"])):
                 await self._run(send)
+        except _Crowded as exc:
+            await _send(send, Response(str(exc), status_code=429, media_type="text/plain"))
         except asyncio.CancelledError:
             if not gone:
                 raise
@@ -265,10 +279,7 @@ class _Execution(Response):
         try:
             run = await _start(state, call, args, summary)
         except SandlotError as exc:
-            refused = failure(exc)
-            start = {"type": "http.response.start", "status": refused.status_code}
-            await send({**start, "headers": refused.raw_headers})
-            await send({"type": "http.response.body", "body": refused.body})
+            await _send(send, failure(exc))
             return
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         started = False
@@ -281,9 +292,28 @@ class _Execution(Response):
                 await send({"type": "http.response.body", "body": data, "more_body": not last})
                 if last:
                     return
+            # The log ended before the run did (its session was let go): say so, and end.
+            if not started:
+                await send(start)
+            body = b"".join(_Converter().failed(_LOST))
+            await send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
             if not run.done.is_set() and run.task is not None:
                 run.task.cancel()  # the client left: interrupt the cell, keep the context
+
+
+_LOST = Event("", 0, None, "error", b'{"code":"execution_lost"}', 0.0)
+
+
+class _Crowded(Exception):
+    """Too many executions wait for one context."""
+
+
+async def _send(send: Send, response: Response) -> None:
+    """An answer of the stream's request that is not a stream (a refusal)."""
+    start = {"type": "http.response.start", "status": response.status_code}
+    await send({**start, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
 
 
 async def _start(
@@ -293,9 +323,9 @@ async def _start(
     as its client left, winding down) is retried for up to :data:`BUSY_WAIT` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + BUSY_WAIT
+    served = call.served
     while True:
         try:
-            served = await state.get(call.principal, call.sandbox_id)
             return await state.execute(
                 served, "code.run", dict(args), summary, holder=call.principal.holder
             )
@@ -303,6 +333,7 @@ async def _start(
             if loop.time() > deadline:
                 raise
             await asyncio.sleep(BUSY_RETRY)
+            served = await state.get(call.principal, call.sandbox_id)  # still there?
 
 
 async def _lines(
@@ -424,7 +455,13 @@ def result_line(data: dict[str, Any], main: bool) -> dict[str, Any]:
 
 
 def _line(value: dict[str, Any]) -> bytes:
-    return orjson.dumps(value) + b"\n"
+    """One JSON line. The SDK splits lines as ``str.splitlines`` does, which also breaks at
+    U+0085, U+2028 and U+2029: those are escaped (JSON escapes every other line break)."""
+    data = orjson.dumps(value)
+    if b"\xe2\x80" in data or b"\xc2\x85" in data:
+        for raw, escaped in LINE_BREAKS:
+            data = data.replace(raw, escaped)
+    return data + b"\n"
 
 
 def _time(event: Event) -> str:
@@ -494,7 +531,7 @@ async def list_contexts(request: Request) -> Response:
 
 def _context_id(request: Request) -> str:
     context = str(request.path_params.get("context_id", ""))
-    if not _NAME.match(context):
+    if not _NAME.fullmatch(context):
         raise NotFoundError(f"Context {context[:100]!r} not found")
     return context
 

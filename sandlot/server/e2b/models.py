@@ -133,7 +133,13 @@ class SandboxDetailOut(BaseModel):
     state: Literal["running", "paused"]
     allow_internet_access: bool | None = Field(None, serialization_alias="allowInternetAccess")
     volume_mounts: list[Any] = Field(default_factory=list, serialization_alias="volumeMounts")
+    # A sandlot sandbox ends at its timeout, and nothing resumes it but a call.
+    lifecycle: dict[str, Any] = Field(
+        default_factory=lambda: {"onTimeout": "kill", "autoResume": False}
+    )
 
     def wire(self, *, token: bool) -> dict[str, Any]:
-        exclude = None if token else {"envd_access_token", "domain", "allow_internet_access"}
+        exclude = (
+            None if token else {"envd_access_token", "domain", "allow_internet_access", "lifecycle"}
+        )
         return self.model_dump(mode="json", by_alias=True, exclude=exclude)

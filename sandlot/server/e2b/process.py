@@ -22,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hmac
 import json
 import signal as signals
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,13 +47,17 @@ from ...errors import (
 from ...supervisor import Supervisor
 from ...transcript.runs import Run
 from ..api_pty import agent_args, first_event, pty_summary, valid
+from ..deps import EventStreamResponse
 from .access import MAX_ID, SandboxCall, access_token, sandbox_call, signer_of
 from .connect import (
+    STREAM_JSON,
     ConnectError,
+    Handler,
+    end_of_stream,
+    envelope,
     read_client_stream,
+    read_stream_request,
     read_unary,
-    server_stream,
-    stream_response,
     unary,
 )
 
@@ -63,6 +66,8 @@ KEEPALIVE_RANGE = (1.0, 300.0)
 MAX_TIMEOUT_MS = 10**10
 MAX_TAG = 256
 MAX_PID = 2**31 - 1
+MAX_COMMAND = 1024 * 1024  # command line and environment together (the kernel's ARG_MAX is 2 MiB)
+MAX_ENVS = 4096
 SIGNALS = {"SIGNAL_SIGKILL": 9, "SIGNAL_SIGTERM": 15, 9: 9, 15: 15}
 OUTPUT = {p.STDOUT: "stdout", p.STDERR: "stderr"}
 KEEPALIVE: dict[str, Any] = {"event": {"keepalive": {}}}
@@ -194,9 +199,14 @@ def _end(outcome: dict[str, Any]) -> dict[str, Any]:
     else:
         code = code if isinstance(code, int) else -1
         end = {"exitCode": code, "exited": True, "status": f"exit status {code}"}
-    if outcome.get("timed_out") is True:
-        end["error"] = "the process was killed: its timeout passed"
     return {"event": {"end": end}}
+
+
+def _check_timeout(outcome: dict[str, Any]) -> None:
+    """A process killed as its timeout passed ends the stream as the call's deadline does
+    (the SDK's TimeoutException), however its end and the client's own deadline race."""
+    if outcome.get("timed_out") is True:
+        raise ConnectError("deadline_exceeded", "the process was killed: its timeout passed")
 
 
 def _output(name: str, data: bytes | memoryview) -> dict[str, Any]:
@@ -210,7 +220,41 @@ def _start_event(pid: int | None) -> dict[str, Any]:
 # -- Start ---------------------------------------------------------------------------------
 
 
-async def start(request: Request, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+Batches = AsyncIterator[list[dict[str, Any]]]
+
+
+def streamed(handler: Callable[[Request, dict[str, Any]], Batches]) -> Handler:
+    """A server-streaming procedure whose messages come in batches: one write per batch
+    (the headers go with the first, the end of the stream with the last), as sandlot's own
+    event streams write (:class:`~sandlot.server.deps.EventStreamResponse`). Every error,
+    also one before the first message, ends the stream as Connect says."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            message = await read_stream_request(request)
+        except (ConnectError, SandlotError) as exc:
+            return Response(end_of_stream(exc), media_type=STREAM_JSON)
+        return EventStreamResponse(_writes(handler(request, message)), STREAM_JSON, {},
+                                   hold_headers=True)  # fmt: skip
+
+    return endpoint
+
+
+async def _writes(batches: Batches) -> AsyncGenerator[tuple[bytes | memoryview, bool], None]:
+    try:
+        async for batch in batches:
+            data = b"".join(map(envelope, batch))
+            if batch and "end" in batch[-1]["event"]:
+                yield data + end_of_stream(), True
+                return
+            yield data, False
+    except Exception as exc:  # the client reads it in the end-of-stream message
+        yield end_of_stream(exc), True
+        return
+    yield end_of_stream(), True
+
+
+async def start(request: Request, message: dict[str, Any]) -> Batches:
     call = await sandbox_call(request)
     config = _object(message.get("process"), "process")
     cmd, args = config.get("cmd"), config.get("args") or []
@@ -218,10 +262,21 @@ async def start(request: Request, message: dict[str, Any]) -> AsyncIterator[dict
         raise InvalidArgumentError("process.cmd must be a non-empty string")
     if not isinstance(args, list):
         raise InvalidArgumentError("process.args must be a list of strings")
+    envs = config.get("envs") or {}
+    if not isinstance(envs, dict) or not all(isinstance(v, str) for v in envs.values()):
+        raise InvalidArgumentError("process.envs must map names to strings")
+    if len(envs) > MAX_ENVS or len(args) > MAX_ENVS * 16:
+        raise InvalidArgumentError("too many arguments or environment variables")
+    total = len(cmd) + sum(len(a) if isinstance(a, str) else 0 for a in args)
+    total += sum(len(k) + len(v) for k, v in envs.items())
+    if total > MAX_COMMAND:
+        raise InvalidArgumentError(
+            f"the command line and its environment exceed {MAX_COMMAND} bytes"
+        )
     tag = message.get("tag")
     if tag is not None and (not isinstance(tag, str) or len(tag) > MAX_TAG):
         raise InvalidArgumentError(f"tag must be a string of at most {MAX_TAG} characters")
-    fields: dict[str, Any] = {"argv": [cmd, *args], "env": config.get("envs") or None}
+    fields: dict[str, Any] = {"argv": [cmd, *args], "env": envs or None}
     if config.get("cwd"):
         fields["cwd"] = config["cwd"]
     timeout = _timeout(request)
@@ -234,12 +289,15 @@ async def start(request: Request, message: dict[str, Any]) -> AsyncIterator[dict
     if message.get("pty") is not None:
         size = _object(_object(message["pty"], "pty").get("size"), "pty.size")
         fields.update(cols=size.get("cols", 80), rows=size.get("rows", 24))
-        events = _start_pty(request, call, valid(PtyStart, fields), shown, tag, keepalive)
-    else:
-        fields["stdin"] = message.get("stdin") is True
-        events = _start_command(request, call, valid(CommandRequest, fields), shown, tag, keepalive)
-    async for event in events:
-        yield event
+        async for event in _start_pty(
+            request, call, valid(PtyStart, fields), shown, tag, keepalive
+        ):
+            yield [event]
+        return
+    fields["stdin"] = message.get("stdin") is True
+    body = valid(CommandRequest, fields)
+    async for batch in _start_command(request, call, body, shown, tag, keepalive):
+        yield batch
 
 
 async def _start_command(
@@ -249,7 +307,7 @@ async def _start_command(
     shown: dict[str, Any],
     tag: str | None,
     keepalive: float,
-) -> AsyncIterator[dict[str, Any]]:
+) -> Batches:
     """As ``POST .../commands`` runs it; its events read back from the transcript."""
     state, served = call.state, call.served
     args = body.model_dump(exclude_none=True, exclude={"force"})
@@ -263,26 +321,35 @@ async def _start_command(
         procs.add(sandbox_id, proc)
         if run.task is not None:
             run.task.add_done_callback(lambda _: procs.drop(sandbox_id, proc))
-    yield _start_event(run.pid)
+    yield [_start_event(run.pid)]
     events = state.hub.follow(
         run.session_id, run.base_seq, execution_id=run.id, until_terminal=True,
         heartbeat=keepalive,
     )  # fmt: skip
     async for batch in events:
         if not batch:
-            yield KEEPALIVE
+            yield [KEEPALIVE]
             continue
+        out = []
         for event in batch:
             kind = event.kind
             if kind == "stdout" or kind == "stderr":
-                yield _output(kind, event.data)
+                out.append(_output(kind, event.data))
             elif kind == "exit":
-                yield _end(_parse(event.data))
-                return
-            elif kind == "error":
+                outcome = _parse(event.data)
+                if outcome.get("timed_out") is True and out:
+                    yield out
+                _check_timeout(outcome)
+                out.append(_end(outcome))
+                break
+            elif kind == "error" or kind == "pruned":
+                if out:
+                    yield out
+                if kind == "pruned":
+                    raise ConnectError("data_loss", "the process's log was dropped")
                 raise from_dict(_parse(event.data))
-            elif kind == "pruned":
-                raise ConnectError("data_loss", "the process's log was dropped")
+        if out:
+            yield out
 
 
 def _parse(data: bytes) -> dict[str, Any]:
@@ -317,11 +384,13 @@ async def _start_pty(
     if proc is not None:
         procs.add(sandbox_id, proc)
 
-    def ended(outcome: dict[str, Any]) -> None:
+    def ended(outcome: dict[str, Any] | None) -> None:
+        """Its end (None: the sandbox's channel went first): listed no more."""
         if proc is not None:
             procs.drop(sandbox_id, proc)
-        what = {k: outcome.get(k) for k in ("exit_code", "signal", "timed_out")}
-        state._note(session_id, "pty", {"event": "exit", "pid": pid, **what})
+        if outcome is not None:
+            what = {k: outcome.get(k) for k in ("exit_code", "signal", "timed_out")}
+            state._note(session_id, "pty", {"event": "exit", "pid": pid, **what})
 
     finished = False
     try:
@@ -329,24 +398,31 @@ async def _start_pty(
         async for event in _frames(agent, keepalive, "pty", 0):
             if "end" in event["event"]:
                 finished = True
-                ended(event.pop("outcome"))
+                outcome = event.pop("outcome")
+                ended(outcome)
+                _check_timeout(outcome)
             yield event
     finally:
         if not finished:  # the client went: the terminal runs on (see _drain)
             Supervisor.current().spawn(_drain(agent, ended), "e2b-pty-drain")
 
 
-async def _drain(agent: RequestLike, ended: Any) -> None:
+async def _drain(agent: RequestLike, ended: Callable[[dict[str, Any] | None], None]) -> None:
     """Read a detached terminal's request to its end: cancelling it would kill the process,
     and leaving it unread would stop it once the agent's window is full."""
-    with contextlib.suppress(SandlotError):
+    outcome = None
+    try:
         while True:
             kind, _, payload = await agent.receive()
             if kind == p.DATA:
                 agent.consumed(len(payload))
             elif kind == p.END:
-                ended(_parse(payload))
+                outcome = _parse(payload)
                 return
+    except SandlotError:
+        pass  # the sandbox has gone
+    finally:
+        ended(outcome)
 
 
 async def _frames(
@@ -388,7 +464,7 @@ async def _frames(
 # -- Connect -------------------------------------------------------------------------------
 
 
-async def connect(request: Request, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def connect(request: Request, message: dict[str, Any]) -> Batches:
     """Follow a running process from now on (envd replays nothing), through the agent's
     ``proc.attach``: a command or a terminal, whoever started it."""
     call = await sandbox_call(request)
@@ -402,11 +478,11 @@ async def connect(request: Request, message: dict[str, Any]) -> AsyncIterator[di
             raise ProtocolError("the agent answered proc.attach with a malformed event")
         if attached.get("running") is not True:
             raise ProcessNotFoundError(f"process {pid} has ended")
-        yield _start_event(pid)
+        yield [_start_event(pid)]
         pty = "pty" if attached.get("kind") == "pty" else None
         async for event in _frames(agent, keepalive, pty, end - start_at):
-            event.pop("outcome", None)
-            yield event
+            _check_timeout(event.pop("outcome", {}))
+            yield [event]
     finally:
         agent.cancel()  # an attach's cancel only detaches
 
@@ -469,9 +545,10 @@ async def _write(call: SandboxCall, pid: int, proc: Proc | None, data: bytes) ->
 
 
 async def stream_input(request: Request) -> Response:
-    """A client stream: ``start`` (the process), then ``data`` and ``keepalive`` messages."""
-
-    async def answer() -> AsyncIterator[dict[str, Any]]:
+    """A client stream: ``start`` (the process), then ``data`` and ``keepalive`` messages,
+    each written to the process as it arrives. Answered once the client's half has ended
+    (a streamed answer would compete with the body for the connection's messages)."""
+    try:
         call = await sandbox_call(request)
         target: tuple[int, Proc | None] | None = None
         async for message in read_client_stream(request):
@@ -483,16 +560,17 @@ async def stream_input(request: Request) -> Response:
                 data = _object(message["data"], "data")
                 _, chunk = _data(_object(data.get("input"), "input"), ("stdin", "pty"))
                 await _write(call, target[0], target[1], chunk)
-        yield {}
-
-    return stream_response(answer())
+    except (ConnectError, SandlotError) as exc:
+        return Response(end_of_stream(exc), media_type=STREAM_JSON)
+    return Response(envelope({}) + end_of_stream(), media_type=STREAM_JSON)
 
 
 async def send_signal(request: Request) -> dict[str, Any]:
     call = await sandbox_call(request)
     message = await _read(request)
     pid, _ = _selected(request, call.sandbox_id, message)
-    signum = SIGNALS.get(message.get("signal"))
+    given = message.get("signal")
+    signum = SIGNALS.get(given) if isinstance(given, (str, int)) else None
     if signum is None:
         raise InvalidArgumentError("signal must be SIGNAL_SIGTERM or SIGNAL_SIGKILL")
     await call.served.live.channel.call("signal", pid=pid, signal=signum)
@@ -549,8 +627,8 @@ async def health(request: Request) -> Response:
 
 
 routes = [
-    Route("/process.Process/Start", server_stream(start), methods=["POST"]),
-    Route("/process.Process/Connect", server_stream(connect), methods=["POST"]),
+    Route("/process.Process/Start", streamed(start), methods=["POST"]),
+    Route("/process.Process/Connect", streamed(connect), methods=["POST"]),
     Route("/process.Process/List", unary(list_processes), methods=["POST"]),
     Route("/process.Process/SendInput", unary(send_input), methods=["POST"]),
     Route("/process.Process/StreamInput", stream_input, methods=["POST"]),
