@@ -108,9 +108,9 @@ async def pty(websocket: WebSocket, sandbox_id: str) -> None:
             start = await _start_from_message(websocket)
             if start is None:
                 return
-        args = await _agent_args(state, served, start)
+        args = await agent_args(state, served, start)
         request = served.live.channel.open("pty", **args)
-        first = await _first_event(request)
+        first = await first_event(request)
     except SandlotError as exc:
         await _fail(websocket, exc)
         return
@@ -119,7 +119,8 @@ async def pty(websocket: WebSocket, sandbox_id: str) -> None:
         request.cancel()
         await _fail(websocket, ProtocolError("the agent sent a pty without a valid pid"))
         return
-    state._note(served.record.session_id, "pty", {"event": "started", "pid": pid, **_cmd(args)})
+    started = {"event": "started", "pid": pid, **pty_summary(args)}
+    state._note(served.record.session_id, "pty", started)
     session = Session(websocket, state, served, request, pid, creator=True, tagged=_tagged(query))
     await session.run(first)
 
@@ -136,7 +137,7 @@ async def attach(websocket: WebSocket, sandbox_id: str, pid: str) -> None:
         number = _number(pid, "pid", 1, 2**31 - 1)
         offset = _number(query.get("offset", "0"), "offset", 0, MAX_OFFSET)
         request = served.live.channel.open("proc.attach", pid=number, offset=offset)
-        first = await _first_event(request)  # process_not_found: refused with a 404
+        first = await first_event(request)  # process_not_found: refused with a 404
     except SandlotError as exc:
         await _deny(websocket, exc)
         return
@@ -276,10 +277,10 @@ class Session:
         if self.pid is None and kind in ("resize", "signal", "kill"):
             raise InvalidArgumentError("the program did not start: there is no process")
         if kind == "resize":
-            size = _valid(ResizeRequest, {k: v for k, v in message.items() if k != "type"})
+            size = valid(ResizeRequest, {k: v for k, v in message.items() if k != "type"})
             await channel.call("proc.resize", pid=self.pid, cols=size.cols, rows=size.rows)
         elif kind == "signal":
-            signal = _valid(SignalRequest, {k: v for k, v in message.items() if k != "type"})
+            signal = valid(SignalRequest, {k: v for k, v in message.items() if k != "type"})
             await channel.call("signal", pid=self.pid, signal=signal.signal)
         elif kind == "kill":  # by signal, not by cancelling: the exit message still comes
             await channel.call("signal", pid=self.pid, signal=9)
@@ -361,7 +362,7 @@ def _start_from_query(query: Any) -> PtyStart:
         fields["env"] = {k: v for k, _, v in pairs}
         if any(not sep for _, sep, _ in pairs):
             raise InvalidArgumentError("env in the query is NAME=VALUE")
-    return _valid(PtyStart, fields)
+    return valid(PtyStart, fields)
 
 
 async def _start_from_message(websocket: WebSocket) -> PtyStart | None:
@@ -379,10 +380,10 @@ async def _start_from_message(websocket: WebSocket) -> PtyStart | None:
     if len(text) > MAX_CONTROL_MESSAGE:
         await _close(websocket, TOO_BIG, f"control over {MAX_CONTROL_MESSAGE} bytes")
         return None
-    return _valid(PtyStart, _control_message(text))
+    return valid(PtyStart, _control_message(text))
 
 
-async def _agent_args(state: ServerState, served: Served, start: PtyStart) -> dict[str, Any]:
+async def agent_args(state: ServerState, served: Served, start: PtyStart) -> dict[str, Any]:
     args = start.model_dump(exclude_none=True, exclude={"type"})
     if args.get("env"):
         from ..secrets.refs import as_ref
@@ -393,12 +394,12 @@ async def _agent_args(state: ServerState, served: Served, start: PtyStart) -> di
     return args
 
 
-def _cmd(args: dict[str, Any]) -> dict[str, Any]:
+def pty_summary(args: dict[str, Any]) -> dict[str, Any]:
     """What the session log says about a terminal: its command, never its environment."""
     return {k: args[k] for k in ("cmd", "argv", "cwd", "cols", "rows") if k in args}
 
 
-async def _first_event(request: RequestLike) -> dict[str, Any]:
+async def first_event(request: RequestLike) -> dict[str, Any]:
     """The agent's first answer to a pty or an attach: its started or attached event."""
     try:
         kind, _, payload = await request.receive()
@@ -431,7 +432,7 @@ def _control_message(text: str) -> dict[str, Any]:
     return value
 
 
-def _valid(model: Any, fields: dict[str, Any]) -> Any:
+def valid(model: Any, fields: dict[str, Any]) -> Any:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:

@@ -144,7 +144,7 @@ async def _body(request: Request) -> bytes:
 def _parse(data: bytes) -> dict[str, Any]:
     try:
         message = json.loads(data) if data else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested past the parser's depth
         raise ConnectError("invalid_argument", "the message is not valid JSON") from None
     if not isinstance(message, dict):
         raise ConnectError("invalid_argument", "the message is not a JSON object")
