@@ -525,6 +525,9 @@ class Context:
         code = request.get("code")
         if not isinstance(code, str):
             raise AgentError("invalid_argument", "code must be a string")
+        env = _str_dict(request.get("env"), "env")  # set for this cell only
+        if any(not k or "=" in k or "\0" in k or "\0" in v for k, v in env.items()):
+            raise AgentError("invalid_argument", "env names need no '=' and no NUL, values no NUL")
         if self.cell is not None:
             raise AgentError(
                 "code_context_busy",
@@ -540,7 +543,10 @@ class Context:
             conn.send_json(p.EVENT, rid, {"event": "started", "context": self.id})
         refresh = self.refresh_seen != self.agent.code.refresh
         self.refresh_seen = self.agent.code.refresh
-        self._send_control({"op": "run", "cell": self.cell_count, "code": code, "refresh": refresh})
+        message = {"op": "run", "cell": self.cell_count, "code": code, "refresh": refresh}
+        if env:
+            message["env"] = env
+        self._send_control(message)
 
     def cell_completed(self, cell):
         if self.cell is cell:

@@ -204,10 +204,13 @@ class Kernel:
             _refresh_paths()
         self.count += 1
         error = None
+        saved = _set_env(message.get("env"))
         try:
             error = self._execute(message.get("code", ""))
         except KeyboardInterrupt:  # landed in the worker's own code between two checks
             error = _error_payload(*sys.exc_info())
+        finally:
+            _restore_env(saved)
         _flush()
         if posix.getpid() != self.pid:  # a child the cell forked must not become a 2nd kernel
             posix._exit(0)
@@ -367,6 +370,30 @@ def _flush():
             stream.flush()
         except Exception:
             pass
+
+
+def _set_env(env):
+    """A cell's own environment variables (E2B's ``env_vars``): set for the cell only; what
+    they replaced is returned for :func:`_restore_env`."""
+    if not env:
+        return None
+    import os
+
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    return saved
+
+
+def _restore_env(saved):
+    if not saved:
+        return
+    import os
+
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _refresh_paths():

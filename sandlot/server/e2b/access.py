@@ -79,7 +79,10 @@ async def sandbox_call(conn: HTTPConnection) -> SandboxCall:
     sandbox_id = conn.headers.get("e2b-sandbox-id", "")
     if not sandbox_id or len(sandbox_id) > MAX_ID:
         raise SandboxNotFoundError(f"no sandbox with id {sandbox_id[:MAX_ID]!r}")
-    given = conn.headers.get("x-access-token", "")
+    # The code interpreter's SDK sends only E2B-Traffic-Access-Token on its /contexts calls:
+    # the control plane returns the same token as trafficAccessToken, so either header will do.
+    headers = conn.headers
+    given = headers.get("x-access-token") or headers.get("e2b-traffic-access-token", "")
     expected = access_token(signer_of(state, conn.app.state), sandbox_id)
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise AuthenticationError("the sandbox's access token is missing or wrong")

@@ -138,13 +138,16 @@ def _user_metadata(metadata: dict[str, str]) -> dict[str, str]:
 
 def created(state: ServerState, request: Request, served: Served, status: int) -> Response:
     record = served.record
+    token = _token(state, request, record.id)
     out = SandboxOut(
         template_id=_template(record.metadata),
         sandbox_id=record.id,
         alias=_template(record.metadata),
         client_id=CLIENT_ID,
         envd_version=access.ENVD_VERSION,
-        envd_access_token=_token(state, request, record.id),
+        envd_access_token=token,
+        # The code interpreter's SDK sends only this one on its /contexts calls.
+        traffic_access_token=token,
     )
     return JSONResponse(out.model_dump(mode="json", by_alias=True), status_code=status)
 
