@@ -15,6 +15,7 @@ from ..api import MkdirRequest, RenameRequest
 from ..channel import Request as AgentRequest
 from ..models import EntryInfo
 from .deps import Caller, State
+from .state import Served
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
 
@@ -51,10 +52,12 @@ async def read_file(
     except BaseException:
         download.cancel()
         raise
-    return StreamingResponse(_download(download, first), media_type="application/octet-stream")
+    return StreamingResponse(download_body(download, first), media_type="application/octet-stream")
 
 
-async def _download(request: AgentRequest, first: tuple[int, int, bytes]) -> AsyncIterator[bytes]:
+async def download_body(
+    request: AgentRequest, first: tuple[int, int, bytes]
+) -> AsyncIterator[bytes]:
     frame = first
     try:
         while frame[0] != p.END:
@@ -89,18 +92,24 @@ async def write_file(
     args: dict[str, Any] = {"path": path, "max_bytes": max_bytes}
     if mode is not None:
         args["mode"] = mode
-    upload = served.live.channel.open("write", **args)
+    return json_answer(await upload(served, args, request.stream()))
+
+
+async def upload(served: Served, args: dict[str, Any], chunks: AsyncIterator[bytes]) -> Any:
+    """Stream ``chunks`` into a file of the sandbox under the channel's credit (op ``write``
+    with ``args``); the file's entry once the agent has it whole."""
+    writing = served.live.channel.open("write", **args)
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks:
             if chunk:
-                await upload.send_data(chunk)
-        upload.send_eof()
+                await writing.send_data(chunk)
+        writing.send_eof()
         while True:
-            kind, _, payload = await upload.receive()
+            kind, _, payload = await writing.receive()
             if kind == p.END:
-                return json_answer(json.loads(payload))
+                return json.loads(payload)
     except BaseException:
-        upload.cancel()
+        writing.cancel()
         raise
 
 

@@ -155,26 +155,31 @@ async def proxy(
     sandbox_id: str, port: PortNumber, path: str, request: Request, state: State, caller: Caller
 ) -> Response:
     served = await state.get(caller, sandbox_id)
-    return await _proxy(request, state, served, port, SANDBOX_SEGMENTS, strip_authorization=True)
+    return await proxy_http(
+        request, state, served, port, SANDBOX_SEGMENTS, strip_authorization=True
+    )
 
 
 @router.api_route(SIGNED + "/{path:path}", methods=METHODS, include_in_schema=False)
 async def signed_proxy(token: str, path: str, request: Request, state: State) -> Response:
     served, grant = await _granted(request, state, token)
-    return await _proxy(
+    return await proxy_http(
         request, state, served, grant.port, SIGNED_SEGMENTS, strip_authorization=False
     )
 
 
-async def _proxy(
+async def proxy_http(
     request: Request,
     state: ServerState,
     served: Served,
     port: int,
     segments: int,
     strip_authorization: bool,
+    drop: frozenset[bytes] = HOP_BY_HOP,
 ) -> Response:
-    headers = _forward_headers(request, port, segments, strip_authorization, HOP_BY_HOP)
+    """Pass ``request`` on to ``port`` of the sandbox (also for the E2B gateway): the
+    path after its first ``segments`` segments, the headers without those in ``drop``."""
+    headers = _forward_headers(request, port, segments, strip_authorization, drop)
     declared = request.headers.get("content-length")
     if declared is None and "transfer-encoding" in request.headers:
         headers.append((b"transfer-encoding", b"chunked"))  # we re-frame the body ourselves

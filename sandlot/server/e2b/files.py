@@ -1,7 +1,257 @@
-"""(to be built: see /tmp/s19/common.md)"""
+"""envd's ``/files``: ``GET`` a file's bytes, ``POST`` files into the sandbox, streamed
+both ways through sandlot's own file transfer (:mod:`sandlot.server.api_files`: the agent's
+``read``/``write`` under the channel's credit), never whole in the server.
+
+Uploads come as ``application/octet-stream`` (one file, at ``?path=``; gzip accepted) or
+``multipart/form-data`` (each part a file at its ``filename``, else at ``?path=``), parsed
+here as it arrives, with bounds on the parts and their headers. Errors are envd's JSON,
+``{"code": status, "message"}``, which the SDKs turn into their exceptions (404: not found,
+400: invalid argument, 401: authentication, 507: not enough space).
+"""
 
 from __future__ import annotations
 
+import json
+import re
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-routes: list[Route] = []
+from ...errors import (
+    AuthenticationError,
+    FileNotFoundInSandboxError,
+    FileTooLargeError,
+    InvalidArgumentError,
+    IsADirectoryInSandboxError,
+    NoSpaceError,
+    NotADirectoryInSandboxError,
+    NotFoundError,
+    PermissionDeniedError,
+    SandboxClosedError,
+    SandboxNotFoundError,
+    SandlotError,
+)
+from ..api_files import MAX_FILE, download_body, exact_path, upload
+from .access import SandboxCall, sandbox_call
+from .connect import ConnectError
+from .filesystem import resolve
+
+MAX_PARTS = 1000  # files in one multipart upload
+MAX_PART_HEAD = 16 * 1024  # one part's headers
+CHUNK = 256 * 1024  # the most one step of gunzip gives
+# envd's statuses for sandlot's errors; the most specific class in the MRO wins.
+STATUS: dict[type[BaseException], int] = {
+    InvalidArgumentError: 400,
+    ConnectError: 400,
+    IsADirectoryInSandboxError: 400,
+    NotADirectoryInSandboxError: 400,
+    AuthenticationError: 401,
+    PermissionDeniedError: 403,
+    NotFoundError: 404,
+    FileNotFoundInSandboxError: 404,
+    FileTooLargeError: 413,
+    NoSpaceError: 507,
+    SandboxNotFoundError: 502,  # as E2B's proxy answers for a sandbox it does not know
+    SandboxClosedError: 502,
+}
+
+
+def envd_error(exc: BaseException) -> Response:
+    status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 500)
+    message = str(exc) if isinstance(exc, (SandlotError, ConnectError)) else "internal error"
+    if status == 502:
+        message = f"The sandbox was not found: {message}"  # the SDK's SandboxNotRunning
+    body = json.dumps({"code": status, "message": message})
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _query_path(request: Request) -> str | None:
+    value = request.query_params.get("path")
+    return resolve(exact_path(request, value)) if value else None  # non-UTF-8 names kept
+
+
+async def download(request: Request) -> Response:
+    try:
+        call = await sandbox_call(request)
+        path = _query_path(request)
+        if path is None:
+            raise InvalidArgumentError("path is required")
+        reading = call.served.live.channel.open("read", path=path, max_bytes=MAX_FILE)
+        try:
+            first = await reading.receive()  # no such file, ...: raised here
+        except BaseException:
+            reading.cancel()
+            raise
+    except (SandlotError, ConnectError) as exc:
+        return envd_error(exc)
+    return StreamingResponse(download_body(reading, first), media_type="application/octet-stream")
+
+
+async def upload_files(request: Request) -> Response:
+    try:
+        call = await sandbox_call(request)
+        if any(name.lower().startswith("x-metadata-") for name in request.headers):
+            raise InvalidArgumentError("file metadata (X-Metadata-* headers) is not supported")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_FILE:
+            raise FileTooLargeError(f"an upload may be at most {MAX_FILE} bytes")
+        media = request.headers.get("content-type", "")
+        if media.split(";", 1)[0].strip().lower() == "multipart/form-data":
+            written = await _multipart(call, request, media)
+        else:
+            written = [await _octet_stream(call, request)]
+    except (SandlotError, ConnectError) as exc:
+        return envd_error(exc)
+    except ClientDisconnect:  # the client left mid-upload: the file was not written
+        return Response(status_code=499)
+    return Response(json.dumps(written), media_type="application/json")
+
+
+def _written(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"name": entry["name"], "type": "dir" if entry["type"] == "dir" else "file",
+            "path": entry["path"]}  # fmt: skip
+
+
+async def _octet_stream(call: SandboxCall, request: Request) -> dict[str, Any]:
+    path = _query_path(request)
+    if path is None:
+        raise InvalidArgumentError("path is required for an octet-stream upload")
+    chunks: AsyncIterator[bytes] = request.stream()
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "gzip":
+        chunks = _gunzip(chunks)
+    elif encoding not in ("", "identity"):
+        raise InvalidArgumentError(f"content encoding {encoding!r} is not supported")
+    args = {"path": path, "max_bytes": MAX_FILE}
+    return _written(await upload(call.served, args, chunks))
+
+
+async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Decompressed as it arrives, a step at a time (a small bomb never becomes a big
+    buffer: the file's bound and the disk's stop it in the sandbox)."""
+    inflate = zlib.decompressobj(wbits=31)
+    try:
+        async for chunk in chunks:
+            data = chunk
+            while data:
+                yield inflate.decompress(data, CHUNK)
+                data = inflate.unconsumed_tail
+        if not inflate.eof:
+            raise InvalidArgumentError("the gzip body ends early")
+    except zlib.error:
+        raise InvalidArgumentError("the body is not valid gzip") from None
+
+
+# -- multipart/form-data ----------------------------------------------------------------------
+
+_BOUNDARY = re.compile(r'boundary="?([^";]{1,200})"?', re.IGNORECASE)
+_FILENAME = re.compile(r'filename="((?:[^"\\]|\\.)*)"', re.IGNORECASE)
+
+
+async def _multipart(call: SandboxCall, request: Request, media: str) -> list[dict[str, Any]]:
+    found = _BOUNDARY.search(media)
+    if found is None:
+        raise InvalidArgumentError("the multipart body has no boundary")
+    parts = _Parts(request.stream(), found.group(1).encode("latin-1"))
+    fallback = _query_path(request)
+    written: list[dict[str, Any]] = []
+    while (head := await parts.next_part()) is not None:
+        if len(written) >= MAX_PARTS:
+            raise InvalidArgumentError(f"at most {MAX_PARTS} files in one upload")
+        name = _filename(head)
+        path = resolve(name) if name else fallback
+        if path is None:
+            raise InvalidArgumentError("a part has no filename and no path was given")
+        args = {"path": path, "max_bytes": MAX_FILE}
+        written.append(_written(await upload(call.served, args, parts.body())))
+    if not written:
+        raise InvalidArgumentError("the upload holds no file")
+    return written
+
+
+def _filename(head: bytes) -> str | None:
+    for line in head.split(b"\r\n"):
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-disposition":
+            found = _FILENAME.search(value.decode("utf-8", "surrogateescape"))
+            if found is not None:
+                text = re.sub(r"\\(.)", r"\1", found.group(1))
+                return text.replace("%22", '"')
+    return None
+
+
+class _Parts:
+    """A multipart body read as it arrives: each part's headers, then its content in
+    pieces (the parser holds back at most a delimiter's length)."""
+
+    def __init__(self, stream: AsyncIterator[bytes], boundary: bytes) -> None:
+        self.stream = stream
+        self.delimiter = b"\r\n--" + boundary
+        self.buffer = b"\r\n"  # the first delimiter has no line break before it
+        self.in_body = False
+        self.done = False
+
+    async def _more(self) -> None:
+        async for chunk in self.stream:
+            if chunk:
+                self.buffer += chunk
+                return
+        raise InvalidArgumentError("the multipart body ends early")
+
+    async def next_part(self) -> bytes | None:
+        """The next part's headers (None after the last part)."""
+        if self.in_body:
+            async for _ in self.body():  # a part its reader left: skipped
+                pass
+        while not self.done:
+            at = self.buffer.find(self.delimiter)
+            if at < 0:
+                if len(self.buffer) > MAX_PART_HEAD:
+                    raise InvalidArgumentError("the multipart body does not start with a part")
+                await self._more()
+                continue
+            rest = self.buffer[at + len(self.delimiter) :]
+            if len(rest) < 2:
+                await self._more()
+                continue
+            if rest[:2] == b"--":
+                self.done = True
+                return None
+            end = rest.find(b"\r\n\r\n")
+            if end < 0:
+                if len(rest) > MAX_PART_HEAD:
+                    raise InvalidArgumentError("a part's headers are too long")
+                await self._more()
+                continue
+            if end > MAX_PART_HEAD:
+                raise InvalidArgumentError("a part's headers are too long")
+            self.buffer = rest[end + 4 :]
+            self.in_body = True
+            return rest[:end]
+        return None
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The current part's content, up to (not including) the next delimiter."""
+        while self.in_body:
+            at = self.buffer.find(self.delimiter)
+            if at >= 0:
+                data, self.buffer = self.buffer[:at], self.buffer[at:]
+                self.in_body = False
+                if data:
+                    yield data
+                return
+            keep = len(self.delimiter) - 1  # a delimiter may begin in the tail
+            if len(self.buffer) > keep:
+                data, self.buffer = self.buffer[:-keep], self.buffer[-keep:]
+                yield data
+            await self._more()
+
+
+routes: list[Route] = [
+    Route("/files", download, methods=["GET"]),
+    Route("/files", upload_files, methods=["POST"]),
+]
