@@ -106,8 +106,12 @@ def test_filename(disposition: bytes, name: str | None) -> None:
 async def test_too_many_parts() -> None:
     part = _part(b'Content-Disposition: form-data; filename="p"', b"x")
     assert len(await _read([_body(*[part] * MAX_PARTS)])) == MAX_PARTS
+    parts = _Parts(_chunks([_body(*[part] * (MAX_PARTS + 1))]), BOUNDARY)
+    taken = 0
     with pytest.raises(InvalidArgumentError, match=f"at most {MAX_PARTS}"):
-        await _read([_body(*[part] * (MAX_PARTS + 1))])
+        while await parts.next_part() is not None:
+            taken += 1
+    assert taken == MAX_PARTS  # the parts before the bound are given (and written) first
 
 
 async def test_a_parts_headers_are_bounded_in_all() -> None:

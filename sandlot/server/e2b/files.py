@@ -211,9 +211,6 @@ class _Parts:
         )
 
     def _part_begin(self) -> None:
-        self.count += 1
-        if self.count > MAX_PARTS:
-            raise InvalidArgumentError(f"at most {MAX_PARTS} files in one upload")
         self.head = 0
         self.disposition = b""
 
@@ -248,6 +245,10 @@ class _Parts:
         while not self.done:
             kind, data = await self._next()
             if kind == "part":
+                # Counted as taken (not as parsed): the parts before the bound are written.
+                self.count += 1
+                if self.count > MAX_PARTS:
+                    raise InvalidArgumentError(f"at most {MAX_PARTS} files in one upload")
                 self.in_body = True
                 return data
             self.done = kind == "done"
