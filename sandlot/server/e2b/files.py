@@ -12,6 +12,7 @@ exceptions (404: not found, 400: invalid argument, 401: authentication, 507: not
 from __future__ import annotations
 
 import json
+import logging
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator
@@ -41,6 +42,10 @@ from ..api_files import MAX_FILE, download_body, exact_path, upload
 from .access import SandboxCall, sandbox_call
 from .connect import ConnectError
 from .filesystem import resolve
+
+# The parser logs a warning for every malformed body: a client could fill the server's log.
+# The client gets the error instead.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 MAX_PARTS = 1000  # files in one multipart upload
 MAX_PART_HEAD = 16 * 1024  # one part's headers
