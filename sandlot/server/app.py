@@ -7,6 +7,7 @@ code of a :mod:`sandlot.errors` class; the SDK raises that same class again.
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,6 +40,11 @@ from .e2b.gateway import E2BGateway
 from .http_errors import ERROR_RESPONSES, HTTP_CODES, error_response, status_of
 from .metrics import CONTENT_TYPE, Metrics
 from .state import ServerSettings, ServerState
+
+# FastAPI's body parameters make pydantic (2.12+) warn that an alias "has no effect" on the
+# first request of each route: a false positive (pydantic issues 12356, 12362) that would
+# greet every server log. Only that message is silenced.
+warnings.filterwarnings("ignore", message="The 'alias' attribute with value", category=UserWarning)
 
 MAX_JSON_BODY = 32 * 1024 * 1024  # JSON is parsed whole; raw uploads stream instead
 

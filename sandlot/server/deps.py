@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -26,6 +26,32 @@ STREAM_CONTENT = {
     sse.MEDIA_TYPE: {},
     frames.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
 }
+
+
+async def until_disconnect(receive: Receive, work: Awaitable[None]) -> None:
+    """Await ``work``, cancelled if the client goes away meanwhile (the request is over then,
+    not the server: that cancellation ends here)."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def listen() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    listener = asyncio.ensure_future(listen())
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+    finally:
+        listener.cancel()
+    if gone and task.cancelling():
+        task.uncancel()
 
 
 async def get_state(request: Request) -> ServerState:  # async: a plain def runs in a thread
@@ -169,27 +195,7 @@ class EventStreamResponse(StreamingResponse):
         self.hold_headers = hold_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        gone = False
-
-        async def listen() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            task.cancel()
-
-        listener = asyncio.ensure_future(listen())
-        try:
-            await self.stream_response(send)
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-        finally:
-            listener.cancel()
-        if gone and task.cancelling():
-            task.uncancel()  # the cancel was ours: the request is over, not the server
+        await until_disconnect(receive, self.stream_response(send))
 
     async def stream_response(self, send: Send) -> None:
         start = {"type": "http.response.start", "status": self.status_code}

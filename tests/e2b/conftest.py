@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from remote.server import ServerProcess
@@ -23,6 +24,20 @@ def e2b_server() -> Iterator[ServerProcess]:
     process.other_key = process.keys("create", "--name", "other-tenant")  # type: ignore[attr-defined]
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="module")
+def sbx(e2b_server: ServerProcess) -> Iterator[Any]:
+    """One E2B sandbox per test module (the SDK is given the server explicitly: the
+    function-scoped environment is not set yet at module scope)."""
+    from e2b import Sandbox
+
+    key = e2b_server.api_key  # type: ignore[attr-defined]
+    sandbox = Sandbox.create(
+        timeout=600, api_key=key, api_url=e2b_server.url, sandbox_url=e2b_server.url
+    )
+    yield sandbox
+    sandbox.kill()
 
 
 @pytest.fixture(autouse=True)

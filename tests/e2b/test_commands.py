@@ -10,27 +10,13 @@ import json
 import struct
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2b import AsyncSandbox, CommandExitException, Sandbox, TimeoutException
+from e2b import AsyncSandbox, CommandExitException, TimeoutException
 from remote.server import ServerProcess
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def sbx(e2b_server: ServerProcess) -> Iterator[Any]:
-    # Module-scoped: the function-scoped e2b_env is not set up yet.
-    sandbox = Sandbox.create(timeout=600, **connection(e2b_server))
-    yield sandbox
-    sandbox.kill()
-
-
-def connection(server: ServerProcess) -> dict[str, Any]:
-    key = server.api_key  # type: ignore[attr-defined]
-    return {"api_key": key, "api_url": server.url, "sandbox_url": server.url}
 
 
 def running(sbx: Any) -> set[int]:

@@ -4,27 +4,12 @@ output, input, resize, reattach and kill."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2b import CommandExitException, PtySize, Sandbox
-from remote.server import ServerProcess
+from e2b import CommandExitException, PtySize
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def sbx(e2b_server: ServerProcess) -> Iterator[Any]:
-    # Module-scoped: the function-scoped e2b_env is not set up yet.
-    sandbox = Sandbox.create(timeout=600, **connection(e2b_server))
-    yield sandbox
-    sandbox.kill()
-
-
-def connection(server: ServerProcess) -> dict[str, Any]:
-    key = server.api_key  # type: ignore[attr-defined]
-    return {"api_key": key, "api_url": server.url, "sandbox_url": server.url}
 
 
 class Screen:

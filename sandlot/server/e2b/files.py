@@ -4,19 +4,22 @@ both ways through sandlot's own file transfer (:mod:`sandlot.server.api_files`: 
 
 Uploads come as ``application/octet-stream`` (one file, at ``?path=``; gzip accepted) or
 ``multipart/form-data`` (each part a file at its ``filename``, else at ``?path=``), parsed
-here as it arrives, with bounds on the parts and their headers. Errors are envd's JSON,
-``{"code": status, "message"}``, which the SDKs turn into their exceptions (404: not found,
-400: invalid argument, 401: authentication, 507: not enough space).
+as it arrives by python-multipart's push parser, with bounds on the parts and their headers.
+Errors are envd's JSON, ``{"code": status, "message"}``, which the SDKs turn into their
+exceptions (404: not found, 400: invalid argument, 401: authentication, 507: not enough space).
 """
 
 from __future__ import annotations
 
 import json
-import re
+import logging
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -39,6 +42,10 @@ from ..api_files import MAX_FILE, download_body, exact_path, upload
 from .access import SandboxCall, sandbox_call
 from .connect import ConnectError
 from .filesystem import resolve
+
+# The parser logs a warning for every malformed body: a client could fill the server's log.
+# The client gets the error instead.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 MAX_PARTS = 1000  # files in one multipart upload
 MAX_PART_HEAD = 16 * 1024  # one part's headers
@@ -148,21 +155,16 @@ async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 # -- multipart/form-data ----------------------------------------------------------------------
 
-_BOUNDARY = re.compile(r'boundary="?([^";]{1,200})"?', re.IGNORECASE)
-_FILENAME = re.compile(r'filename="((?:[^"\\]|\\.)*)"', re.IGNORECASE)
-
 
 async def _multipart(call: SandboxCall, request: Request, media: str) -> list[dict[str, Any]]:
-    found = _BOUNDARY.search(media)
-    if found is None:
+    boundary = parse_options_header(media)[1].get(b"boundary", b"")
+    if not 0 < len(boundary) <= 200:
         raise InvalidArgumentError("the multipart body has no boundary")
-    parts = _Parts(request.stream(), found.group(1).encode("latin-1"))
+    parts = _Parts(request.stream(), boundary)
     fallback = _query_path(request)
     written: list[dict[str, Any]] = []
-    while (head := await parts.next_part()) is not None:
-        if len(written) >= MAX_PARTS:
-            raise InvalidArgumentError(f"at most {MAX_PARTS} files in one upload")
-        name = _filename(head)
+    while (disposition := await parts.next_part()) is not None:
+        name = _filename(disposition)
         path = resolve(name) if name else fallback
         if path is None:
             raise InvalidArgumentError("a part has no filename and no path was given")
@@ -173,82 +175,98 @@ async def _multipart(call: SandboxCall, request: Request, media: str) -> list[di
     return written
 
 
-def _filename(head: bytes) -> str | None:
-    for line in head.split(b"\r\n"):
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == b"content-disposition":
-            found = _FILENAME.search(value.decode("utf-8", "surrogateescape"))
-            if found is not None:
-                text = re.sub(r"\\(.)", r"\1", found.group(1))
-                return text.replace("%22", '"')
-    return None
+def _filename(disposition: bytes) -> str | None:
+    """A part's ``filename`` from its Content-Disposition (raw UTF-8, as browsers and httpx
+    send it: a quote comes as ``%22``). ``filename*`` is ignored, as RFC 7578 says."""
+    options = parse_options_header(disposition.decode("latin-1"))[1]
+    name = options.get(b"filename")
+    return name.decode("utf-8", "surrogateescape").replace("%22", '"') if name else None
 
 
 class _Parts:
-    """A multipart body read as it arrives: each part's headers, then its content in
-    pieces (the parser holds back at most a delimiter's length)."""
+    """A multipart body read as it arrives, through python-multipart's push parser: its
+    callbacks queue events that :meth:`next_part` and :meth:`body` take in order, and more
+    of the body is read only once they are taken (the sandbox's pace is the client's)."""
 
     def __init__(self, stream: AsyncIterator[bytes], boundary: bytes) -> None:
         self.stream = stream
-        self.delimiter = b"\r\n--" + boundary
-        self.buffer = b"\r\n"  # the first delimiter has no line break before it
+        # ("part", Content-Disposition), ("data", content), ("end", b""), ("done", b"")
+        self.events: deque[tuple[str, bytes]] = deque()
+        self.count = 0
+        self.head = 0  # the current part's header bytes
+        self.field = bytearray()
+        self.value = bytearray()
+        self.disposition = b""
         self.in_body = False
         self.done = False
+        put = self.events.append
+        self.parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": lambda data, start, end: self._head(self.field, data[start:end]),
+                "on_header_value": lambda data, start, end: self._head(self.value, data[start:end]),
+                "on_header_end": self._header_end,
+                "on_headers_finished": lambda: put(("part", self.disposition)),
+                "on_part_data": lambda data, start, end: put(("data", data[start:end])),
+                "on_part_end": lambda: put(("end", b"")),
+                "on_end": lambda: put(("done", b"")),
+            },
+            max_header_size=MAX_PART_HEAD,  # the bound is ours, on all of a part's headers
+        )
 
-    async def _more(self) -> None:
-        async for chunk in self.stream:
-            if chunk:
-                self.buffer += chunk
-                return
-        raise InvalidArgumentError("the multipart body ends early")
+    def _part_begin(self) -> None:
+        self.head = 0
+        self.disposition = b""
+
+    def _head(self, into: bytearray, data: bytes) -> None:
+        self.head += len(data)
+        if self.head > MAX_PART_HEAD:
+            raise InvalidArgumentError("a part's headers are too long")
+        into += data
+
+    def _header_end(self) -> None:
+        if self.field.strip().lower() == b"content-disposition":
+            self.disposition = bytes(self.value)
+        self.field.clear()
+        self.value.clear()
+
+    async def _next(self) -> tuple[str, bytes]:
+        while not self.events:
+            chunk = await anext(self.stream, None)
+            if chunk is None:
+                raise InvalidArgumentError("the multipart body ends early")
+            try:
+                self.parser.write(chunk)
+            except FormParserError as exc:
+                raise InvalidArgumentError(f"the multipart body is malformed: {exc}") from None
+        return self.events.popleft()
 
     async def next_part(self) -> bytes | None:
-        """The next part's headers (None after the last part)."""
+        """The next part's Content-Disposition (b"" without one; None after the last part)."""
         if self.in_body:
             async for _ in self.body():  # a part its reader left: skipped
                 pass
         while not self.done:
-            at = self.buffer.find(self.delimiter)
-            if at < 0:
-                if len(self.buffer) > MAX_PART_HEAD:
-                    raise InvalidArgumentError("the multipart body does not start with a part")
-                await self._more()
-                continue
-            rest = self.buffer[at + len(self.delimiter) :]
-            if len(rest) < 2:
-                await self._more()
-                continue
-            if rest[:2] == b"--":
-                self.done = True
-                return None
-            end = rest.find(b"\r\n\r\n")
-            if end < 0:
-                if len(rest) > MAX_PART_HEAD:
-                    raise InvalidArgumentError("a part's headers are too long")
-                await self._more()
-                continue
-            if end > MAX_PART_HEAD:
-                raise InvalidArgumentError("a part's headers are too long")
-            self.buffer = rest[end + 4 :]
-            self.in_body = True
-            return rest[:end]
+            kind, data = await self._next()
+            if kind == "part":
+                # Counted as taken (not as parsed): the parts before the bound are written.
+                self.count += 1
+                if self.count > MAX_PARTS:
+                    raise InvalidArgumentError(f"at most {MAX_PARTS} files in one upload")
+                self.in_body = True
+                return data
+            self.done = kind == "done"
         return None
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The current part's content, up to (not including) the next delimiter."""
+        """The current part's content, in the pieces the parser gives."""
         while self.in_body:
-            at = self.buffer.find(self.delimiter)
-            if at >= 0:
-                data, self.buffer = self.buffer[:at], self.buffer[at:]
+            kind, data = await self._next()
+            if kind == "end":
                 self.in_body = False
-                if data:
-                    yield data
-                return
-            keep = len(self.delimiter) - 1  # a delimiter may begin in the tail
-            if len(self.buffer) > keep:
-                data, self.buffer = self.buffer[:-keep], self.buffer[-keep:]
+            elif data:
                 yield data
-            await self._more()
 
 
 routes: list[Route] = [

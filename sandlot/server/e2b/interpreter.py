@@ -45,9 +45,9 @@ from ...errors import (
     SandboxClosedError,
     SandlotError,
 )
-from ...models import check_env_refs
+from ...models import RESULT_FORMATS, check_env_refs
 from ...transcript.eventlog import Event
-from ..deps import ENDS, KEEPALIVE_SECONDS
+from ..deps import ENDS, KEEPALIVE_SECONDS, until_disconnect
 from ..http_errors import status_of
 from ..state import ServerState
 from .access import SandboxCall, sandbox_call
@@ -62,20 +62,7 @@ MAX_WAITING = 100  # executions queued for one context (each holds a connection)
 LANGUAGES = frozenset({"python", "python3", "py"})
 UNSUPPORTED = "sandlot's code interpreter runs Python only: language {!r} is not supported"
 # Jupyter MIME types as E2B's Result fields; the rest go to ``extra``.
-FIELDS = {
-    "text/plain": "text",
-    "text/html": "html",
-    "text/markdown": "markdown",
-    "image/svg+xml": "svg",
-    "image/png": "png",
-    "image/jpeg": "jpeg",
-    "application/pdf": "pdf",
-    "text/latex": "latex",
-    "application/json": "json",
-    "application/javascript": "javascript",
-    "e2b/data": "data",
-    "e2b/chart": "chart",
-}
+FIELDS = {**RESULT_FORMATS, "e2b/data": "data", "e2b/chart": "chart"}
 STREAM_HEADERS = [
     (b"content-type", NDJSON.encode()),
     (b"cache-control", b"no-store"),
@@ -244,31 +231,14 @@ class _Execution(Response):
         self.args = args
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        gone = False
+        await until_disconnect(receive, self._in_turn(scope["app"].state, send))
 
-        async def listen() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            task.cancel()
-
-        listener = asyncio.ensure_future(listen())
+    async def _in_turn(self, app_state: Any, send: Send) -> None:
         try:
-            turns = turns_of(scope["app"].state)
-            async with turns.turn((self.call.sandbox_id, self.args["context"])):
+            async with turns_of(app_state).turn((self.call.sandbox_id, self.args["context"])):
                 await self._run(send)
         except _Crowded as exc:
             await _send(send, Response(str(exc), status_code=429, media_type="text/plain"))
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-        finally:
-            listener.cancel()
-        if gone and task.cancelling():
-            task.uncancel()  # the cancel was ours: the request is over, not the server
 
     async def _run(self, send: Send) -> None:
         call, args = self.call, self.args
