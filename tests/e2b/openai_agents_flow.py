@@ -44,11 +44,7 @@ async def main() -> dict[str, object]:
     run_config = RunConfig(
         sandbox=SandboxRunConfig(
             client=E2BSandboxClient(),
-            # on_timeout defaults to "pause" (E2B's autoPause), which sandlot refuses: its
-            # sandboxes end at their timeout (docs/e2b.md).
-            options=E2BSandboxClientOptions(
-                sandbox_type=E2BSandboxType.E2B, timeout=300, on_timeout="kill"
-            ),
+            options=E2BSandboxClientOptions(sandbox_type=E2BSandboxType.E2B, timeout=300),
         ),
         tracing_disabled=True,
         workflow_name="sandlot e2b",
