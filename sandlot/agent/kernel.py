@@ -309,7 +309,13 @@ def _compile(source, filename):
     import ast
 
     flags = ast.PyCF_ONLY_AST | getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
-    tree = compile(source, filename, "exec", flags)
+    try:
+        tree = compile(source, filename, "exec", flags)
+    except SyntaxError:
+        escaped = _shell_escapes(source)
+        if escaped is None:
+            raise
+        tree = compile(escaped, filename, "exec", flags)
     code_flags = flags & ~ast.PyCF_ONLY_AST
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
@@ -317,6 +323,33 @@ def _compile(source, filename):
         last = compile(expression, filename, "eval", code_flags)
     body = compile(tree, filename, "exec", code_flags)
     return body, last
+
+
+def _shell_escapes(source):
+    """The cell with IPython's shell escapes as Python, or None if it has none. Notebooks and
+    E2B's code interpreter (and the agents written for them: ``!pip install ...``) accept
+    ``!cmd`` and ``%pip ...`` lines: each becomes a statement that runs the command through
+    the shell, its output the cell's, its exit status ignored (as in IPython). Tried only on
+    a cell that is not Python as it stands, so valid code is never rewritten; one line stays
+    one line, so tracebacks point at the cell's own lines. ``{var}`` is not expanded."""
+    import re
+    import shlex
+
+    escape = re.compile(r"([ \t]*)(?:!|%pip(?=[ \t]))(.*)")
+    lines = source.splitlines(True)
+    changed = False
+    for i, line in enumerate(lines):
+        body = line.rstrip("\r\n")
+        found = escape.fullmatch(body)
+        if found is None:
+            continue
+        indent, command = found.groups()
+        if not body.lstrip().startswith("!"):
+            command = "%s -m pip%s" % (shlex.quote(sys.executable), command)
+        statement = '__import__("subprocess").call(%r, shell=True)' % command.strip()
+        lines[i] = "%sif %s: pass%s" % (indent, statement, line[len(body) :])
+        changed = True
+    return "".join(lines) if changed else None
 
 
 def _hides_result(source):
