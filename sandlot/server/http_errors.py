@@ -4,7 +4,8 @@ and the routers that answer errors themselves (the port proxy)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from starlette.responses import JSONResponse
 
@@ -28,6 +29,8 @@ from ..errors import (
     SessionBusyError,
     SessionError,
 )
+
+T = TypeVar("T")
 
 # HTTP status by error class; the most specific class in an error's MRO wins.
 STATUS: dict[type[SandlotError], int] = {
@@ -71,11 +74,16 @@ HTTP_CODES = {
 }
 
 
-def status_of(error: SandlotError) -> int:
+def most_specific(table: Mapping[type, T], error: BaseException, default: T) -> T:
+    """The entry of ``table`` for the most specific class in the error's MRO."""
     for cls in type(error).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500 if type(error) is SandlotError else 400
+        if cls in table:
+            return table[cls]
+    return default
+
+
+def status_of(error: SandlotError) -> int:
+    return most_specific(STATUS, error, 500 if type(error) is SandlotError else 400)
 
 
 def error_response(status: int, code: str, message: str, **details: Any) -> JSONResponse:

@@ -35,6 +35,7 @@ from ...errors import (
     SandboxClosedError,
     SandlotError,
 )
+from ..http_errors import most_specific
 
 JSON = "application/json"
 STREAM_JSON = "application/connect+json"
@@ -91,10 +92,7 @@ class ConnectError(Exception):
 def code_of(exc: BaseException) -> str:
     if isinstance(exc, ConnectError):
         return exc.code
-    for cls in type(exc).__mro__:
-        if cls in CODES:
-            return CODES[cls]
-    return "unknown" if isinstance(exc, SandlotError) else "internal"
+    return most_specific(CODES, exc, "unknown" if isinstance(exc, SandlotError) else "internal")
 
 
 def message_of(exc: BaseException) -> str:

@@ -39,6 +39,7 @@ from ...errors import (
     SandlotError,
 )
 from ..api_files import MAX_FILE, download_body, exact_path, upload
+from ..http_errors import most_specific
 from .access import SandboxCall, sandbox_call
 from .connect import ConnectError
 from .filesystem import resolve
@@ -68,7 +69,7 @@ STATUS: dict[type[BaseException], int] = {
 
 
 def envd_error(exc: BaseException) -> Response:
-    status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 500)
+    status = most_specific(STATUS, exc, 500)
     message = str(exc) if isinstance(exc, (SandlotError, ConnectError)) else "internal error"
     if status == 502:
         message = f"The sandbox was not found: {message}"  # the SDK's SandboxNotRunning

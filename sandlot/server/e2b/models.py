@@ -96,8 +96,8 @@ class RefreshIn(_Body):
     duration: Annotated[int, Field(ge=0, le=3600)] | None = None
 
 
-class SandboxOut(BaseModel):
-    """What create, connect and resume answer (E2B's ``Sandbox``)."""
+class _SandboxIdentity(BaseModel):
+    """What every answer naming a sandbox carries."""
 
     model_config = ConfigDict(populate_by_name=True, defer_build=True)
 
@@ -107,25 +107,21 @@ class SandboxOut(BaseModel):
     client_id: str = Field(serialization_alias="clientID")
     envd_version: str = Field(serialization_alias="envdVersion")
     envd_access_token: str | None = Field(None, serialization_alias="envdAccessToken")
-    traffic_access_token: str | None = Field(None, serialization_alias="trafficAccessToken")
     domain: str | None = None
 
 
-class SandboxDetailOut(BaseModel):
+class SandboxOut(_SandboxIdentity):
+    """What create, connect and resume answer (E2B's ``Sandbox``)."""
+
+    traffic_access_token: str | None = Field(None, serialization_alias="trafficAccessToken")
+
+
+class SandboxDetailOut(_SandboxIdentity):
     """``GET /sandboxes/{id}`` (E2B's ``SandboxDetail``); a listing leaves out the token
     (E2B's ``ListedSandbox``)."""
 
-    model_config = ConfigDict(populate_by_name=True, defer_build=True)
-
-    template_id: str = Field(serialization_alias="templateID")
-    sandbox_id: str = Field(serialization_alias="sandboxID")
-    alias: str | None = None
-    client_id: str = Field(serialization_alias="clientID")
     started_at: datetime = Field(serialization_alias="startedAt")
     end_at: datetime = Field(serialization_alias="endAt")
-    envd_version: str = Field(serialization_alias="envdVersion")
-    envd_access_token: str | None = Field(None, serialization_alias="envdAccessToken")
-    domain: str | None = None
     cpu_count: int = Field(serialization_alias="cpuCount")
     memory_mb: int = Field(serialization_alias="memoryMB")
     disk_size_mb: int = Field(serialization_alias="diskSizeMB")
