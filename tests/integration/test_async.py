@@ -118,14 +118,18 @@ async def test_thirty_concurrent_commands_in_one_sandbox() -> None:
 @pytest.mark.timeout(60)
 async def test_a_slow_command_does_not_block_others() -> None:
     async with sandlot.AsyncSandbox.create() as sb:
-        # The slow command's end is the clock: had the fast calls waited behind it, it would
-        # have ended before them (8 s leaves a loaded machine room; no wall-clock bound).
-        slow = asyncio.ensure_future(sb.commands.run("sleep 8; echo slow"))
+        # The slow command runs until the test lets it end, after the fast calls: had they
+        # waited behind it, they would never have ended (no clock: CI saw 10 remote calls
+        # under load outlast an 8 s sleep).
+        slow = asyncio.ensure_future(
+            sb.commands.run("until [ -e /workspace/go ]; do sleep 0.05; done; echo slow")
+        )
         await asyncio.sleep(0.2)
         for _ in range(10):
             assert (await sb.commands.run("echo fast")).stdout == "fast\n"
         await sb.files.write("/workspace/x", "x" * 100_000)
         assert not slow.done()
+        await sb.files.write("/workspace/go", "")
         assert (await slow).stdout == "slow\n"
 
 
