@@ -21,6 +21,7 @@ draining makes the server unhealthy, never silently wedged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -46,6 +47,7 @@ SESSION_PENDING_LIMIT = 2 * 1024 * 1024  # the same for one session (one session
 RECENT_BYTES = 8 * 1024 * 1024  # per session, kept in memory for followers
 RECENT_EVENTS = 4096  # and at most this many events
 RECENT_TOTAL = 64 * 1024 * 1024  # all sessions' recent events together
+SNAPSHOT_WAIT = 5.0  # a read of "the log so far" waits this long for what was queued before it
 IDLE_SECONDS = 600.0  # a session nobody wrote to or followed this long leaves memory
 INLINE_BYTES = 32 * 1024  # a batch this small commits on the event loop's thread (output
 # over 4 KiB is compressed as it is written: a bigger batch would hold the loop for ms)
@@ -406,6 +408,11 @@ class Hub:
         session = self._session(session_id)
         session.followers += 1
         try:
+            if not follow:
+                # "The log so far" includes what was queued before this read (a note written
+                # just before the caller's answer): the writer commits it a moment later.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.flushed(session_id), SNAPSHOT_WAIT)
             batches = self._follow(
                 session, session_id, after, execution_id, follow, until_terminal, heartbeat
             )

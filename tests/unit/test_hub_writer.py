@@ -168,3 +168,24 @@ async def follow_a_dropped_execution(url: str) -> None:
 
 def test_a_stream_of_a_dropped_execution_ends(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(follow_a_dropped_execution(sqlite_url(tmp_path)), 30))
+
+
+async def read_right_after_a_write(url: str) -> None:
+    """A snapshot read (``follow=False``) sees what was queued before it, even when the
+    writer has not got to it yet: a client reading a sandbox's notes right after creating it
+    gets them."""
+    hub, records = make_hub(url, jitter=0.0)
+    session = records.create_session(LOCAL_TENANT, {})
+    hub.put_nowait(session.id, None, "sandbox", b'{"event":"fallback"}')
+    asyncio.get_running_loop().call_later(0.3, hub.start)  # a writer busy elsewhere
+    try:
+        batches = hub.follow(session.id, 0, follow=False)
+        kinds = [e.kind async for batch in batches for e in batch]
+        assert kinds == ["sandbox"]
+    finally:
+        await asyncio.sleep(0.4)
+        await hub.close()
+
+
+def test_a_snapshot_read_sees_what_was_queued_before_it(tmp_path: Path) -> None:
+    asyncio.run(asyncio.wait_for(read_right_after_a_write(sqlite_url(tmp_path)), 30))
