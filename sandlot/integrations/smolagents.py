@@ -30,7 +30,7 @@ from smolagents.local_python_executor import CodeOutput  # type: ignore[import-u
 from smolagents.monitoring import AgentLogger, LogLevel  # type: ignore[import-untyped]
 from smolagents.remote_executors import RemotePythonExecutor  # type: ignore[import-untyped]
 from smolagents.tools import Tool  # type: ignore[import-untyped]
-from smolagents.utils import AgentError  # type: ignore[import-untyped]
+from smolagents.utils import AgentError, truncate_content  # type: ignore[import-untyped]
 
 import sandlot
 from sandlot.errors import CodeTimeoutError, InstallError, InvalidArgumentError, SandlotError
@@ -200,7 +200,10 @@ class SandlotExecutor(RemotePythonExecutor):
                     f"{text}\nThe final answer could not be decoded: {exc}", self.logger
                 ) from exc
             return CodeOutput(output=answer, logs=text, is_final_answer=True)
-        report = error.traceback or f"{error.name}: {error.value}\n"
+        # The exception's text is the sandbox's to choose: bounded like the output.
+        report = truncate_content(
+            error.traceback or f"{error.name}: {error.value}\n", self.options.max_output_bytes
+        )
         raise AgentError(f"{text}\nExecuting code yielded an error:\n{report}", self.logger)
 
     def _run(self, code: str, logs: list[str]) -> Execution:

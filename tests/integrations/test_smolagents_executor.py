@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -207,7 +208,11 @@ def test_output_streams_in_order_and_is_capped(sandbox: sandlot.Sandbox) -> None
         assert sorted(output.logs.splitlines()) == ["one", "three", "two"]
         assert output.logs.index("one") < output.logs.index("three")
         flood = ex("print('x' * 100_000)")
+        with pytest.raises(AgentError) as caught:
+            ex("raise ValueError('y' * 100_000)")
     assert len(flood.logs) < 2200 and "bytes of stdout cut here" in flood.logs
+    # An exception's text is bounded the same way (smolagents' own truncation).
+    assert len(str(caught.value)) < 2300 and "has been truncated" in str(caught.value)
 
 
 def test_a_timeout_interrupts_the_action_and_keeps_the_state(sandbox: sandlot.Sandbox) -> None:
@@ -304,7 +309,8 @@ def test_cleanup_kills_only_what_the_executor_made(sandbox: sandlot.Sandbox) -> 
 
 
 def test_a_remote_server_runs_the_agent() -> None:
-    server = ServerProcess(Path(tempfile.mkdtemp(prefix="slsmol-", dir="/tmp"))).start()
+    home = Path(tempfile.mkdtemp(prefix="slsmol-", dir="/tmp"))
+    server = ServerProcess(home).start()
     client = sandlot.Client(url=server.url)
     try:
         logger, _ = quiet_logger()
@@ -316,3 +322,4 @@ def test_a_remote_server_runs_the_agent() -> None:
     finally:
         _portal.call(client.aclose())  # the caller's client: the executor leaves it open
         server.stop()
+        shutil.rmtree(home, ignore_errors=True)
