@@ -154,8 +154,12 @@ class SandlotExecutor(RemotePythonExecutor):
         self._recording: str | None = None
         self._owns_sandbox = given is None
         self._owns_context = self.options.context is None
-        self.sandbox: sandlot.Sandbox = given or sandlot.Sandbox.create(
-            self.options.provider, client=self.options.client, **self.options.sandbox_options
+        self.sandbox: sandlot.Sandbox = (
+            given
+            if given is not None
+            else sandlot.Sandbox.create(
+                self.options.provider, client=self.options.client, **self.options.sandbox_options
+            )
         )
         try:
             self.context_id = self.options.context or self.sandbox.create_code_context().id
