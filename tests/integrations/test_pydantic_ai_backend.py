@@ -1,0 +1,156 @@
+"""pydantic-ai's own workspace conformance suite (``WorkspaceBackendSuite``, unmodified) over
+sandlot sandboxes, with every optional fixture (fresh backend, reattach, destroy); then an
+``Agent`` with pydantic-ai's offline ``FunctionModel`` working in the sandbox through the
+``SandlotWorkspace`` capability, embedded and against a real ``sandlot serve``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydantic_ai import Agent, RunContext
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.workspaces import WorkspaceBackend, WorkspaceRef
+from pydantic_ai.workspaces.conformance import WorkspaceBackendSuite
+
+import sandlot
+from sandlot.errors import SandboxNotFoundError
+from sandlot.integrations.pydantic_ai import (
+    SandlotWorkspace,
+    SandlotWorkspaceBackend,
+    SandlotWorkspaceOptions,
+)
+from tests.remote.server import ServerProcess
+
+OPTIONS = SandlotWorkspaceOptions(idle_timeout=600, metadata={"test": "pydantic-ai"})
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"  # the suite's anyio mark; trio is not a sandlot event loop
+
+
+def _kill(backends: list[SandlotWorkspaceBackend]) -> None:
+    """Kill what the rules left running, through the sync SDK (its own loop)."""
+    for backend in backends:
+        if backend.ref is not None:
+            try:
+                sandlot.Sandbox.connect(backend.ref.id).kill()
+            except SandboxNotFoundError:
+                pass
+
+
+# The project runs async tests with pytest-asyncio (auto mode), and the anyio plugin would run
+# async fixtures on a loop of its own: so the fixtures are sync (building a backend does no
+# I/O) and the class's tests share one module-wide loop, where the shared backend's
+# connection lives.
+@pytest.mark.asyncio(loop_scope="module")
+class TestSandlotWorkspaceConformance(WorkspaceBackendSuite):
+    @pytest.fixture(scope="class")
+    def shared(self) -> Iterator[SandlotWorkspaceBackend]:
+        """One backend for the rules: its first operation creates the module's sandbox."""
+        backend = SandlotWorkspaceBackend(OPTIONS)
+        yield backend
+        _kill([backend])
+
+    @pytest.fixture
+    def backend(self, shared: SandlotWorkspaceBackend) -> WorkspaceBackend:
+        return shared
+
+    @pytest.fixture
+    def made(self) -> Iterator[list[SandlotWorkspaceBackend]]:
+        backends: list[SandlotWorkspaceBackend] = []
+        yield backends
+        _kill(backends)
+
+    @pytest.fixture
+    def fresh_backend(self, made: list[SandlotWorkspaceBackend]) -> Callable[[], WorkspaceBackend]:
+        def build() -> WorkspaceBackend:
+            backend = SandlotWorkspaceBackend(OPTIONS)
+            made.append(backend)
+            return backend
+
+        return build
+
+    @pytest.fixture
+    def attach_backend(self) -> Callable[[WorkspaceRef], WorkspaceBackend]:
+        # Rebuilt from the ref, as durable execution does for every call; never killed here.
+        return lambda ref: SandlotWorkspaceBackend(OPTIONS, ref=ref)
+
+    @pytest.fixture
+    def destroy_environment(self) -> Callable[[WorkspaceBackend], Awaitable[None]]:
+        async def destroy(backend: WorkspaceBackend) -> None:
+            assert isinstance(backend, SandlotWorkspaceBackend)
+            await backend.destroy()
+
+        return destroy
+
+
+# -- an Agent working in the sandbox ---------------------------------------------------------
+
+
+def _scripted(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """The model: run a command that writes a file, read the file, answer with what it read."""
+    returns = [part for message in messages for part in message.parts if isinstance(part, ToolReturnPart)]
+    if not returns:
+        return ModelResponse(parts=[ToolCallPart("shell", {"command": "echo hello > note.txt && pwd"})])
+    if len(returns) == 1:
+        return ModelResponse(parts=[ToolCallPart("read_file", {"path": "note.txt"})])
+    return ModelResponse(parts=[TextPart(json.dumps([r.content for r in returns]))])
+
+
+def _agent(capability: SandlotWorkspace[None]) -> Agent[None, str]:
+    agent = Agent(FunctionModel(_scripted), capabilities=[capability])
+
+    @agent.tool
+    async def shell(ctx: RunContext[None], command: str) -> str:
+        result = await ctx.workspace.run(command, shell=True)
+        return f"exit {result.exit_code}: {result.stdout.strip()}"
+
+    @agent.tool
+    async def read_file(ctx: RunContext[None], path: str) -> str:
+        return await ctx.workspace.read_text(path)
+
+    return agent
+
+
+async def _run_and_resume(capability: SandlotWorkspace[None]) -> None:
+    agent = _agent(capability)
+    result = await agent.run("write a note and read it back")
+    assert json.loads(result.output) == ["exit 0: /workspace", "hello\n"]
+    ref = result.workspace.ref
+    assert isinstance(ref, WorkspaceRef) and ref.provider == "sandlot"
+    try:
+        # A run's end leaves the sandbox alive; the next run continues in it by its ref.
+        again = await agent.run("again", workspace=ref)
+        assert again.workspace.ref == ref
+        sandbox = await sandlot.AsyncSandbox.connect(ref.id, client=capability.client)
+        assert await sandbox.files.read("/workspace/note.txt") == "hello\n"
+    finally:
+        await SandlotWorkspaceBackend(ref=ref, client=capability.client).destroy()
+
+
+async def test_an_agent_runs_a_command_and_reads_a_file_embedded() -> None:
+    await _run_and_resume(SandlotWorkspace(OPTIONS))
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    # A short state folder of its own: sandbox sockets live below it (108-byte paths).
+    home = Path(tempfile.mkdtemp(prefix="slpa-", dir="/tmp"))
+    process = ServerProcess(home).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def test_an_agent_runs_a_command_and_reads_a_file_remote(server: ServerProcess) -> None:
+    client = sandlot.Client(url=server.url)
+    await _run_and_resume(SandlotWorkspace(OPTIONS, client=client))
