@@ -78,7 +78,8 @@ class SandlotWorkspaceOptions(BaseModel):
     env: dict[str, str | dict[str, str]] = Field(default_factory=dict)
     """Variables of every command (``{"secret": NAME}`` values are masked in output)."""
     metadata: dict[str, str] = Field(default_factory=dict)
-    """Labels of the sandbox (``sandlot list --metadata``)."""
+    """Labels of the sandbox (``sandlot list --metadata``); a ref to a sandbox without them
+    is refused, so a ref from message history cannot reach another application's sandbox."""
     resources: dict[str, Any] | None = None
     """``{"memory_mb", "pids", "cpus", "tmp_mb"}``."""
     workdir: str = "/workspace"
@@ -145,7 +146,9 @@ def _argv(command: WorkspaceCommand, shell: bool) -> str | list[str]:
     return argv
 
 
-class SandlotWorkspaceBackend(WorkspaceBackend, SupportsCommands, SupportsFilesystem, SupportsRealpath):
+class SandlotWorkspaceBackend(
+    WorkspaceBackend, SupportsCommands, SupportsFilesystem, SupportsRealpath
+):
     """A pydantic-ai workspace backend in a sandlot sandbox.
 
     ``SandlotWorkspaceBackend()`` creates a sandbox on first use (``ref`` then names it);
@@ -193,18 +196,29 @@ class SandlotWorkspaceBackend(WorkspaceBackend, SupportsCommands, SupportsFilesy
         if self._sandbox is not None:
             return self._sandbox
         async with self._lock:
-            if self._sandbox is None:
+            sandbox = self._sandbox
+            if sandbox is None:
                 # Shielded: a caller cancelled mid-create must still leave the ref of what it made.
                 with anyio.CancelScope(shield=True):
-                    self._sandbox = await self._open()
-        return self._sandbox
+                    sandbox = await self._open()
+                    self._sandbox = sandbox
+        assert sandbox is not None  # a shield nobody cancels swallows nothing
+        return sandbox
 
     async def _open(self) -> AsyncSandbox:
         if self._ref is not None:
             try:
-                return await AsyncSandbox.connect(self._ref.id, client=self._client)
+                sandbox = await AsyncSandbox.connect(self._ref.id, client=self._client)
             except SandboxNotFoundError as exc:
                 raise WorkspaceUnavailableError(f"sandlot sandbox {self._ref.id} is gone") from exc
+            labels = sandbox.info.metadata
+            if any(labels.get(key) != value for key, value in self.options.metadata.items()):
+                # A ref (from message history, say) naming a sandbox these options did not make.
+                await sandbox.close()
+                raise WorkspaceUnavailableError(
+                    f"sandlot sandbox {self._ref.id} does not carry this workspace's metadata"
+                )
+            return sandbox
         o = self.options
         sandbox = await AsyncSandbox.create(
             o.provider,
@@ -279,9 +293,13 @@ class SandlotWorkspaceBackend(WorkspaceBackend, SupportsCommands, SupportsFilesy
         cwd: str | None,
     ) -> CommandResult:
         argv = _argv(command, shell)
-        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0 or timeout == float("inf")):
+        if timeout is not None and (
+            isinstance(timeout, bool) or not timeout > 0 or timeout == float("inf")
+        ):
             raise ValueError("timeout must be a positive finite number or None")
-        if env is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        if env is not None and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
             raise TypeError("env must map strings to strings")
         sandbox = await self._reach()
         start = cwd or await self.working_dir()
@@ -314,7 +332,9 @@ class SandlotWorkspaceBackend(WorkspaceBackend, SupportsCommands, SupportsFilesy
             raise
         # A command killed by a signal: the sandbox's end, or only the command's?
         if result.signal is not None and await self._gone(sandbox):
-            raise WorkspaceUnavailableError(f"sandlot sandbox {sandbox.id} ended during the command")
+            raise WorkspaceUnavailableError(
+                f"sandlot sandbox {sandbox.id} ended during the command"
+            )
         return CommandResult(exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
     # -- files -------------------------------------------------------------------------------
@@ -438,7 +458,9 @@ class SandlotWorkspaceBackend(WorkspaceBackend, SupportsCommands, SupportsFilesy
                 except OSError:  # dangling or a loop: listed, as what it is
                     size = 0
             is_dir = kind == "dir"
-            listed.append(FileEntry(name=entry.name, path=child, is_dir=is_dir, size=None if is_dir else size))
+            listed.append(
+                FileEntry(name=entry.name, path=child, is_dir=is_dir, size=None if is_dir else size)
+            )
         return listed
 
     async def make_dir(self, path: str) -> None:
@@ -481,9 +503,9 @@ class SandlotWorkspace(AbstractCapability[AgentDepsT]):
     """Gives an agent's runs a sandlot sandbox as their workspace.
 
     ```python
-    agent = Agent(model, capabilities=[SandlotWorkspace(SandlotWorkspaceOptions(idle_timeout=3600))])
-    result = await agent.run("...")          # a new sandbox, created on the first tool call
-    await agent.run("...", workspace=result.workspace)   # the same sandbox again
+    agent = Agent(model, capabilities=[SandlotWorkspace(SandlotWorkspaceOptions(env={"A": "1"}))])
+    result = await agent.run("...")   # a new sandbox, created on the first workspace call
+    await agent.run("...", workspace=result.workspace.ref)   # the same sandbox, later
     ```
 
     A run continues in the sandbox a ``workspace=`` ref (or the message history) names; a
@@ -495,7 +517,9 @@ class SandlotWorkspace(AbstractCapability[AgentDepsT]):
     client: Client | None = None
     id: str | None = "sandlot_workspace"
 
-    def get_workspace(self, ctx: RunContext[AgentDepsT], *, ref: WorkspaceRef | None) -> WorkspaceBackend | None:
+    def get_workspace(
+        self, ctx: RunContext[AgentDepsT], *, ref: WorkspaceRef | None
+    ) -> WorkspaceBackend | None:
         if ref is not None and ref.provider != PROVIDER:
             return None
         return SandlotWorkspaceBackend(self.options, ref=ref, client=self.client)

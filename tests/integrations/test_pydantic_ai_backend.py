@@ -12,14 +12,20 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
-from pydantic_ai.workspaces import WorkspaceBackend, WorkspaceRef
+from pydantic_ai.workspaces import (
+    WorkspaceBackend,
+    WorkspaceOutputLimitError,
+    WorkspaceRef,
+    WorkspaceUnavailableError,
+)
 from pydantic_ai.workspaces.conformance import WorkspaceBackendSuite
 
 import sandlot
-from sandlot.errors import SandboxNotFoundError
+from sandlot.errors import FileTooLargeError, SandboxNotFoundError
 from sandlot.integrations.pydantic_ai import (
     SandlotWorkspace,
     SandlotWorkspaceBackend,
@@ -45,19 +51,20 @@ def _kill(backends: list[SandlotWorkspaceBackend]) -> None:
                 pass
 
 
+@pytest.fixture(scope="module")
+def shared() -> Iterator[SandlotWorkspaceBackend]:
+    """One backend for the module: its first operation creates the module's sandbox."""
+    backend = SandlotWorkspaceBackend(OPTIONS)
+    yield backend
+    _kill([backend])
+
+
 # The project runs async tests with pytest-asyncio (auto mode), and the anyio plugin would run
 # async fixtures on a loop of its own: so the fixtures are sync (building a backend does no
-# I/O) and the class's tests share one module-wide loop, where the shared backend's
+# I/O) and the module's tests share one module-wide loop, where the shared backend's
 # connection lives.
 @pytest.mark.asyncio(loop_scope="module")
 class TestSandlotWorkspaceConformance(WorkspaceBackendSuite):
-    @pytest.fixture(scope="class")
-    def shared(self) -> Iterator[SandlotWorkspaceBackend]:
-        """One backend for the rules: its first operation creates the module's sandbox."""
-        backend = SandlotWorkspaceBackend(OPTIONS)
-        yield backend
-        _kill([backend])
-
     @pytest.fixture
     def backend(self, shared: SandlotWorkspaceBackend) -> WorkspaceBackend:
         return shared
@@ -96,9 +103,13 @@ class TestSandlotWorkspaceConformance(WorkspaceBackendSuite):
 
 def _scripted(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     """The model: run a command that writes a file, read the file, answer with what it read."""
-    returns = [part for message in messages for part in message.parts if isinstance(part, ToolReturnPart)]
+    returns = [
+        part for message in messages for part in message.parts if isinstance(part, ToolReturnPart)
+    ]
     if not returns:
-        return ModelResponse(parts=[ToolCallPart("shell", {"command": "echo hello > note.txt && pwd"})])
+        return ModelResponse(
+            parts=[ToolCallPart("shell", {"command": "echo hello > note.txt && pwd"})]
+        )
     if len(returns) == 1:
         return ModelResponse(parts=[ToolCallPart("read_file", {"path": "note.txt"})])
     return ModelResponse(parts=[TextPart(json.dumps([r.content for r in returns]))])
@@ -153,4 +164,66 @@ def server() -> Iterator[ServerProcess]:
 
 async def test_an_agent_runs_a_command_and_reads_a_file_remote(server: ServerProcess) -> None:
     client = sandlot.Client(url=server.url)
-    await _run_and_resume(SandlotWorkspace(OPTIONS, client=client))
+    try:
+        await _run_and_resume(SandlotWorkspace(OPTIONS, client=client))
+    finally:
+        await client.aclose()
+
+
+# -- what the suite does not check -----------------------------------------------------------
+
+
+def test_building_does_no_io_and_checks_its_arguments() -> None:
+    backend = SandlotWorkspaceBackend(provider="bwrap", idle_timeout=60, env={"A": "1"})
+    assert backend.ref is None and backend.sandbox is None
+    assert backend.options.idle_timeout == 60
+    with pytest.raises(ValueError, match="not a sandlot workspace ref"):
+        SandlotWorkspaceBackend(ref=WorkspaceRef(provider="e2b", id="x"))
+    with pytest.raises(ValidationError):
+        SandlotWorkspaceBackend(timeout_seconds=5)  # a misspelt option
+    with pytest.raises(TypeError):
+        SandlotWorkspaceBackend(OPTIONS, provider="bwrap")
+    capability = SandlotWorkspace[None](OPTIONS)
+    assert capability.get_workspace(None, ref=WorkspaceRef(provider="local", id="/")) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_output_over_the_cap_is_an_error_with_its_beginning(
+    shared: SandlotWorkspaceBackend,
+) -> None:
+    await shared.working_dir()
+    small = SandlotWorkspaceBackend(
+        OPTIONS.model_copy(update={"max_output_bytes": 1000}), ref=shared.ref
+    )
+    with pytest.raises(WorkspaceOutputLimitError) as caught:
+        await small.run(["sh", "-c", "echo start; yes"])  # endless: stopped, not waited for
+    assert caught.value.limit == 1000 and caught.value.stdout.startswith("start\ny\n")
+    assert (await small.run(["sh", "-c", "echo fits"])).stdout == "fits\n"
+    await small.aclose()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_ref_to_a_sandbox_of_other_metadata_is_refused(
+    shared: SandlotWorkspaceBackend,
+) -> None:
+    await shared.working_dir()
+    assert shared.ref is not None
+    other = SandlotWorkspaceBackend(metadata={"test": "someone-else"}, ref=shared.ref)
+    with pytest.raises(WorkspaceUnavailableError, match="metadata"):
+        await other.working_dir()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_files_over_the_cap_are_refused(shared: SandlotWorkspaceBackend) -> None:
+    await shared.working_dir()
+    small = SandlotWorkspaceBackend(
+        OPTIONS.model_copy(update={"max_file_bytes": 10}), ref=shared.ref
+    )
+    path = f"{await small.working_dir()}/big.bin"
+    with pytest.raises(FileTooLargeError):
+        await small.write_bytes(path, b"x" * 11)
+    await shared.write_bytes(path, b"x" * 11)
+    with pytest.raises(FileTooLargeError):
+        await small.read_bytes(path)
+    await shared.remove(path)
+    await small.aclose()
