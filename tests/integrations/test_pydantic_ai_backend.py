@@ -31,6 +31,7 @@ from sandlot.integrations.pydantic_ai import (
     SandlotWorkspaceBackend,
     SandlotWorkspaceOptions,
 )
+from sandlot.sdk.sync import _portal
 from tests.remote.server import ServerProcess
 
 OPTIONS = SandlotWorkspaceOptions(idle_timeout=600, metadata={"test": "pydantic-ai"})
@@ -41,14 +42,16 @@ def anyio_backend() -> str:
     return "asyncio"  # the suite's anyio mark; trio is not a sandlot event loop
 
 
-def _kill(backends: list[SandlotWorkspaceBackend]) -> None:
+def _kill(backends: list[SandlotWorkspaceBackend], client: sandlot.Client | None = None) -> None:
     """Kill what the rules left running, through the sync SDK (its own loop)."""
     for backend in backends:
         if backend.ref is not None:
             try:
-                sandlot.Sandbox.connect(backend.ref.id).kill()
+                sandlot.Sandbox.connect(backend.ref.id, client=client).kill()
             except SandboxNotFoundError:
                 pass
+    if client is not None:
+        _portal.call(client.aclose())  # the sync SDK loop's connections
 
 
 @pytest.fixture(scope="module")
@@ -65,29 +68,45 @@ def shared() -> Iterator[SandlotWorkspaceBackend]:
 # connection lives.
 @pytest.mark.asyncio(loop_scope="module")
 class TestSandlotWorkspaceConformance(WorkspaceBackendSuite):
-    @pytest.fixture
-    def backend(self, shared: SandlotWorkspaceBackend) -> WorkspaceBackend:
-        return shared
+    """Embedded: sandboxes on this host."""
+
+    @pytest.fixture(scope="class")
+    def client(self) -> sandlot.Client | None:
+        return None
+
+    @pytest.fixture(scope="class")
+    def shared_backend(self, client: sandlot.Client | None) -> Iterator[SandlotWorkspaceBackend]:
+        backend = SandlotWorkspaceBackend(OPTIONS, client=client)
+        yield backend
+        _kill([backend], client)
 
     @pytest.fixture
-    def made(self) -> Iterator[list[SandlotWorkspaceBackend]]:
+    def backend(self, shared_backend: SandlotWorkspaceBackend) -> WorkspaceBackend:
+        return shared_backend
+
+    @pytest.fixture
+    def made(self, client: sandlot.Client | None) -> Iterator[list[SandlotWorkspaceBackend]]:
         backends: list[SandlotWorkspaceBackend] = []
         yield backends
-        _kill(backends)
+        _kill(backends, client)
 
     @pytest.fixture
-    def fresh_backend(self, made: list[SandlotWorkspaceBackend]) -> Callable[[], WorkspaceBackend]:
+    def fresh_backend(
+        self, made: list[SandlotWorkspaceBackend], client: sandlot.Client | None
+    ) -> Callable[[], WorkspaceBackend]:
         def build() -> WorkspaceBackend:
-            backend = SandlotWorkspaceBackend(OPTIONS)
+            backend = SandlotWorkspaceBackend(OPTIONS, client=client)
             made.append(backend)
             return backend
 
         return build
 
     @pytest.fixture
-    def attach_backend(self) -> Callable[[WorkspaceRef], WorkspaceBackend]:
+    def attach_backend(
+        self, client: sandlot.Client | None
+    ) -> Callable[[WorkspaceRef], WorkspaceBackend]:
         # Rebuilt from the ref, as durable execution does for every call; never killed here.
-        return lambda ref: SandlotWorkspaceBackend(OPTIONS, ref=ref)
+        return lambda ref: SandlotWorkspaceBackend(OPTIONS, ref=ref, client=client)
 
     @pytest.fixture
     def destroy_environment(self) -> Callable[[WorkspaceBackend], Awaitable[None]]:
@@ -96,6 +115,31 @@ class TestSandlotWorkspaceConformance(WorkspaceBackendSuite):
             await backend.destroy()
 
         return destroy
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    # A short state folder of its own: sandbox sockets live below it (108-byte paths).
+    home = Path(tempfile.mkdtemp(prefix="slpa-", dir="/tmp"))
+    process = ServerProcess(home).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+class TestSandlotWorkspaceConformanceRemote(TestSandlotWorkspaceConformance):
+    """The same rules through a real ``sandlot serve`` on loopback."""
+
+    @pytest.fixture(scope="class")
+    def client(self, server: ServerProcess) -> Iterator[sandlot.Client | None]:
+        client = sandlot.Client(url=server.url)
+        yield client
+        # Its connections live on the module's loop, idle between tests: close them there.
+        for loop, session in list(client._sessions.items()):
+            if not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(session.close())
 
 
 # -- an Agent working in the sandbox ---------------------------------------------------------
@@ -148,18 +192,6 @@ async def _run_and_resume(capability: SandlotWorkspace[None]) -> None:
 
 async def test_an_agent_runs_a_command_and_reads_a_file_embedded() -> None:
     await _run_and_resume(SandlotWorkspace(OPTIONS))
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    # A short state folder of its own: sandbox sockets live below it (108-byte paths).
-    home = Path(tempfile.mkdtemp(prefix="slpa-", dir="/tmp"))
-    process = ServerProcess(home).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 async def test_an_agent_runs_a_command_and_reads_a_file_remote(server: ServerProcess) -> None:
