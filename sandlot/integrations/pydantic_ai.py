@@ -243,8 +243,14 @@ class SandlotWorkspaceBackend(
         return self._working_dir
 
     async def destroy(self) -> None:
-        """Kill the sandbox (never done for you at the end of a run)."""
-        sandbox = await self._reach()
+        """Kill the sandbox (never done for you at the end of a run). Nothing to do if none
+        was made yet or it is already gone."""
+        if self._sandbox is None and self._ref is None:
+            return
+        try:
+            sandbox = await self._reach()
+        except WorkspaceUnavailableError:
+            return
         await sandbox.kill()
 
     async def aclose(self) -> None:
