@@ -6,7 +6,11 @@ command and reads a file through its own tools."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +20,7 @@ pytest.importorskip("langchain_tests")
 
 from deepagents import create_deep_agent
 from deepagents.backends.protocol import (
+    ExecuteResponse,
     FileDownloadResponse,
     FileUploadResponse,
     SandboxBackendProtocol,
@@ -25,6 +30,7 @@ from langchain_core.language_models.fake_chat_models import (
 )
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_tests.integration_tests import SandboxIntegrationTests
+from remote.server import ServerProcess
 
 import sandlot
 from sandlot.integrations.deepagents import (
@@ -148,6 +154,23 @@ def test_execute_timeout_kills_and_keeps_output(backend: SandlotBackend) -> None
     assert backend.execute("echo again", timeout=0).output == "again\n"
 
 
+def test_cancelling_aexecute_from_another_loop_kills_the_command(backend: SandlotBackend) -> None:
+    """deepagents bounds agrep/aglob with asyncio.wait_for: the cancel reaches the sandbox."""
+
+    async def give_up() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(backend.aexecute("sleep 60; echo cancelled-run"), 0.5)
+
+    asyncio.run(give_up())
+    sb = sandlot.Sandbox.connect(backend.id)
+    for _ in range(100):  # the kill is on its way: wait for the agent to reap it
+        (run,) = [p for p in sb.commands.list() if p.cmd and "cancelled-run" in p.cmd]
+        if not run.running:
+            break
+        time.sleep(0.1)
+    assert not run.running and run.signal == 9
+
+
 def test_download_caps_and_errors(backend: SandlotBackend) -> None:
     backend.upload_files([("/tmp/big.bin", b"x" * 2048), ("/tmp/small.txt", b"ok")])
     assert backend.download_files(["/tmp/big.bin", "/tmp/small.txt", "/tmp", "/tmp/nul\0"]) == [
@@ -230,3 +253,34 @@ def test_connect_reattaches_by_id(backend: SandlotBackend) -> None:
     assert again.download_files(["/workspace/kept.txt"])[0].content == b"kept"
     with pytest.raises(sandlot.InvalidArgumentError):
         SandlotBackend("sb-123")  # type: ignore[arg-type]
+
+
+def test_remote_sandbox_through_a_server() -> None:
+    """``acreate(client=...)``: the same backend over a real ``sandlot serve`` on loopback,
+    from async code; its sync face works from another thread meanwhile."""
+    # Its own short state folder: the sandbox's user must reach it (pytest's tmp_path is 0700).
+    server = ServerProcess(Path(tempfile.mkdtemp(prefix="slda-", dir="/tmp"))).start()
+
+    async def scenario() -> None:
+        client = sandlot.Client(url=server.url)
+        backend = await SandlotBackend.acreate(client=client, timeout=120)
+        try:
+            assert await backend.aexecute("echo remote; exit 4") == ExecuteResponse("remote\n", 4)
+            assert await backend.aupload_files([("/workspace/r.bin", bytes(range(256)))]) == [
+                FileUploadResponse(path="/workspace/r.bin")
+            ]
+            assert await backend.adownload_files(["/workspace/r.bin", "/nope"]) == [
+                FileDownloadResponse(path="/workspace/r.bin", content=bytes(range(256))),
+                FileDownloadResponse(path="/nope", error="file_not_found"),
+            ]
+            synced = await asyncio.to_thread(backend.execute, "cat /workspace/r.bin | wc -c")
+            assert synced.output == "256\n"
+        finally:
+            await backend.akill()
+            await client.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+        shutil.rmtree(server.home, ignore_errors=True)
