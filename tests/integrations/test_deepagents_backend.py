@@ -19,6 +19,7 @@ pytest.importorskip("deepagents")
 pytest.importorskip("langchain_tests")
 
 from deepagents import create_deep_agent
+from deepagents.backends import CompositeBackend
 from deepagents.backends.protocol import (
     ExecuteResponse,
     FileDownloadResponse,
@@ -232,7 +233,10 @@ def _check_agent_run(messages: list[Any]) -> None:
 
 
 def test_deep_agent_runs_a_command_and_reads_a_file(backend: SandlotBackend) -> None:
-    agent = create_deep_agent(model=_ScriptedChatModel(responses=_agent_script()), backend=backend)
+    """As docs/integrations.md shows it: large tool results go under /workspace (``/`` is
+    read-only in a sandlot sandbox)."""
+    routed = CompositeBackend(default=backend, routes={}, artifacts_root="/workspace/.deepagents")
+    agent = create_deep_agent(model=_ScriptedChatModel(responses=_agent_script()), backend=routed)
     _check_agent_run(
         agent.invoke({"messages": [HumanMessage("write a note and read it")]})["messages"]
     )
