@@ -57,7 +57,6 @@ _FILE_ERRORS: dict[str, str] = {
     "is_a_directory": IS_DIRECTORY,
     "not_a_directory": INVALID_PATH,  # a component of the path is a file
     "file_exists": INVALID_PATH,  # the same, met while creating an upload's parents
-    "invalid_argument": INVALID_PATH,
 }
 
 
@@ -182,17 +181,25 @@ class SandlotBackend(BaseSandbox):
                 "a sync SandlotBackend method was called on the event loop its sandbox "
                 "belongs to: use the async method (aexecute, aread, ...)"
             )
-        if self._loop.is_closed():
-            coro.close()
-            raise RuntimeError("the event loop this sandbox belongs to is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(coro, self._owner_loop(coro)).result()
 
     async def _acall(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await ``coro`` on the sandbox's loop (the async methods). Cancelling the caller
         cancels it there too (a foreground command is then killed)."""
         if _running_loop() is self._loop:
             return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+        future = asyncio.run_coroutine_threadsafe(coro, self._owner_loop(coro))
+        return await asyncio.wrap_future(future)
+
+    def _owner_loop(self, coro: Coroutine[Any, Any, Any]) -> asyncio.AbstractEventLoop:
+        """The sandbox's loop, if it runs (a call handed to a stopped loop would never end)."""
+        if not self._loop.is_running():
+            coro.close()
+            raise RuntimeError(
+                "the event loop this sandbox belongs to is not running: build the backend "
+                "from a sandlot.Sandbox to use it from anywhere"
+            )
+        return self._loop
 
     # -- execute --------------------------------------------------------------------------
 
@@ -215,6 +222,8 @@ class SandlotBackend(BaseSandbox):
 
     async def _execute(self, command: str, timeout: int | None) -> ExecuteResponse:
         seconds = self._timeout(timeout)
+        if not isinstance(command, str):  # the SDK would take a list as argv
+            return ExecuteResponse(output="Error: the command must be a string.", exit_code=1)
         try:
             result = await self._sandbox.commands.run(
                 command, timeout=seconds, max_output_bytes=self.options.max_output_bytes

@@ -142,7 +142,12 @@ def test_execute_maps_exit_code_stderr_and_truncation(backend: SandlotBackend) -
     assert missing.exit_code == 127 and "not found" in missing.output
     big = backend.execute("head -c 10000 /dev/zero | tr '\\0' x")
     assert big.truncated and big.output == "x" * 4096  # the tail, within max_output_bytes
-    assert backend.execute("").exit_code == 1  # the model's mistake: an answer, not a crash
+    # The model's mistakes are answers, not crashes.
+    assert backend.execute("").exit_code == 1
+    assert backend.execute(["ls"]).exit_code == 1  # type: ignore[arg-type]
+    assert backend.upload_files([("/tmp/x", None)]) == [  # type: ignore[list-item]
+        FileUploadResponse(path="/tmp/x", error="invalid_argument")
+    ]
     with pytest.raises(ValueError):
         backend.execute("true", timeout=-1)
 
@@ -200,6 +205,21 @@ async def test_async_backend_in_its_own_loop() -> None:
             backend.execute("true")  # would block the loop the sandbox needs
     finally:
         await backend.akill()
+
+
+def test_async_built_backend_outside_its_loop() -> None:
+    """Misuse gets a clear error, never a hang: the loop an AsyncSandbox needs has ended."""
+
+    async def make() -> SandlotBackend:
+        backend = await SandlotBackend.acreate()
+        await backend.akill()
+        return backend
+
+    backend = asyncio.run(make())
+    with pytest.raises(RuntimeError, match="not running"):
+        backend.execute("true")
+    with pytest.raises(sandlot.InvalidArgumentError, match="inside the event loop"):
+        SandlotBackend(backend.sandbox)
 
 
 class _ScriptedChatModel(FakeMessagesListChatModel):
