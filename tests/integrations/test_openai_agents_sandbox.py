@@ -9,9 +9,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -269,3 +271,42 @@ async def test_exec_results_and_bad_input_in_the_sdk_forms(live: SandboxSession)
         await SandlotSandboxClient().create(
             options=SandlotSandboxClientOptions(durable=False, session_id="ses-000000000000")
         )
+
+
+async def test_remote_server_runs_and_resumes() -> None:
+    """The same client against a real ``sandlot serve`` on loopback (sessions and sandboxes
+    on the server, the key from sandlot.Client)."""
+    from tests.remote.server import ServerProcess
+
+    # a folder of its own under /tmp: the sandboxes' uids must reach its files
+    home = Path(tempfile.mkdtemp(prefix="sloai-", dir="/tmp"))
+    server = ServerProcess(home)
+    key = server.keys("create", "--name", "oai")
+    server.start()
+    remote = sandlot.Client(url=server.url, api_key=key)
+    try:
+        client = SandlotSandboxClient(remote)
+        model = ScriptedModel(
+            [
+                [_patch_call("remote.txt", "over the wire", "r1")],
+                [function_call("exec_command", {"cmd": "cat remote.txt"}, call_id="r2")],
+                [assistant_message("Remote done.")],
+            ]
+        )
+        run_config = RunConfig(
+            sandbox=SandboxRunConfig(client=client, options=SandlotSandboxClientOptions()),
+            tracing_disabled=True,
+        )
+        result = await Runner.run(_agent(model), "Write remotely.", run_config=run_config)
+        model.assert_complete()
+        assert "over the wire" in _outputs(result)[1]
+        payload = result.to_state().to_json()["sandbox"]["session_state"]
+        resumed = await client.resume(client.deserialize_session_state(payload))
+        async with resumed:
+            assert (await resumed.read(Path("remote.txt"))).read() == b"over the wire"
+        await client.delete(resumed)
+        await client.delete_workspace(resumed.state)
+    finally:
+        await remote.aclose()
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
