@@ -160,12 +160,19 @@ class _Process:
         self.chunks.append(data.encode() if isinstance(data, str) else bytes(data))
         self.notify.set()
 
-    def watch(self) -> None:
-        """Wake the output collector when the process ends (no more output may come)."""
+    def watch(self, timeout: float | None = None) -> None:
+        """Wake the output collector when the process ends (no more output may come), and
+        kill it at ``timeout`` seconds."""
 
         async def ended() -> None:
             try:
-                await self.handle.wait()
+                await asyncio.wait_for(asyncio.shield(self.handle.wait()), timeout)
+            except TimeoutError:
+                await _kill_quietly(self, cancel_watcher=False)
+                try:
+                    await self.handle.wait()
+                except SandlotError:
+                    pass
             except SandlotError:
                 pass
             finally:
@@ -337,18 +344,19 @@ class SandlotSandboxSession(BaseSandboxSession):
             else:
                 # Background with stdin open and no lock: a dev server or a watcher started
                 # by the model keeps running while later commands run.
+                # (A sandlot timeout would make it a run holding the session's run lock: the
+                # watcher below kills it at the timeout instead.)
                 pending = _Process(handle=None, tty=False)  # type: ignore[arg-type]
                 handle = await sandbox.commands.run(
                     argv,
                     background=True,
                     env=env,
                     cwd=self._cwd(),
-                    timeout=timeout,
                     on_stdout=pending.feed,
                     on_stderr=pending.feed,
                 )
             pending.handle = handle
-            pending.watch()
+            pending.watch(None if tty else timeout)
             process = pending
         except CommandTimeoutError as exc:
             raise ExecTimeoutError(command=command, timeout_s=timeout, cause=exc) from exc
@@ -594,11 +602,13 @@ class SandlotSandboxSession(BaseSandboxSession):
             raw = stream.read(self.state.max_file_bytes + 1)
         finally:
             stream.close()
+        if isinstance(raw, str):
+            raw = raw.encode()
         if isinstance(raw, bytes) and raw.startswith(_CHECKPOINT_REF_MAGIC):
             self._check_checkpoint_ref(raw)
             return
         await self._clear_workspace_root_on_resume()
-        await self.hydrate_workspace(io.BytesIO(raw if isinstance(raw, bytes) else b""))
+        await self.hydrate_workspace(io.BytesIO(raw))
 
     async def _remove_quietly(self, path: str) -> None:
         try:
@@ -759,12 +769,12 @@ async def _connect_session(
     return await sandlot.AsyncSession.connect(state.sandlot_session_id, client=client)
 
 
-async def _kill_quietly(process: _Process) -> None:
+async def _kill_quietly(process: _Process, *, cancel_watcher: bool = True) -> None:
     try:
         await process.handle.kill()
     except SandlotError:
         pass
-    if process.watcher is not None:
+    if cancel_watcher and process.watcher is not None:
         process.watcher.cancel()
 
 

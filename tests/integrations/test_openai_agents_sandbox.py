@@ -224,6 +224,13 @@ async def test_pty_processes_stream_and_take_input(live: SandboxSession) -> None
         last = await live.pty_write_stdin(session_id=term.process_id, chars="")
     assert last.exit_code == 3
 
+    # a time limit kills it; commands run meanwhile (it holds no session run lock)
+    limited = await live.pty_exec_start("sleep 30", timeout=1, yield_time_s=0.25)
+    assert limited.process_id is not None
+    assert (await live.exec("echo meanwhile")).stdout == b"meanwhile\n"
+    killed = await live.pty_write_stdin(session_id=limited.process_id, chars="")
+    assert killed.exit_code is not None and killed.exit_code != 0
+
     # a non-tty process reads end of input on Ctrl-D
     cat = await live.pty_exec_start("cat", yield_time_s=0.25)
     assert cat.process_id is not None
