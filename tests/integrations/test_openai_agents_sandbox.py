@@ -141,9 +141,10 @@ async def test_agent_runs_writes_reads_and_resumes_in_a_new_process(tmp_path: Pa
         await sandlot.AsyncSession.connect(state.sandlot_session_id)
 
 
-async def test_runner_owned_session_keeps_the_workspace_after_the_run() -> None:
+async def test_runner_owned_session_keeps_the_workspace_after_the_run(tmp_path: Path) -> None:
     """With client + options the Runner creates the session and, at the end, stops, shuts
-    down and deletes it: the sandbox goes, the durable workspace stays."""
+    down and deletes it: the sandbox goes, the durable workspace stays (in the sandlot
+    session's checkpoint; the SDK's snapshot holds a reference to it)."""
     client = SandlotSandboxClient()
     model = ScriptedModel(
         [
@@ -152,11 +153,17 @@ async def test_runner_owned_session_keeps_the_workspace_after_the_run() -> None:
         ]
     )
     run_config = RunConfig(
-        sandbox=SandboxRunConfig(client=client, options=SandlotSandboxClientOptions()),
+        sandbox=SandboxRunConfig(
+            client=client,
+            options=SandlotSandboxClientOptions(),
+            snapshot=LocalSnapshotSpec(base_path=tmp_path),
+        ),
         tracing_disabled=True,
     )
     result = await Runner.run(_agent(model), "Save a file.", run_config=run_config)
     model.assert_complete()
+    (snapshot_file,) = tmp_path.glob("*.tar")
+    assert snapshot_file.read_bytes().startswith(b"SANDLOT_SESSION_CHECKPOINT_V1\n")
     payload = result.to_state().to_json()["sandbox"]
     assert payload["backend_id"] == "sandlot"
     state = client.deserialize_session_state(payload["session_state"])
@@ -280,7 +287,7 @@ async def test_exec_results_and_bad_input_in_the_sdk_forms(live: SandboxSession)
         )
 
 
-async def test_remote_server_runs_and_resumes() -> None:
+async def test_remote_server_runs_and_resumes(tmp_path: Path) -> None:
     """The same client against a real ``sandlot serve`` on loopback (sessions and sandboxes
     on the server, the key from sandlot.Client)."""
     from tests.remote.server import ServerProcess
@@ -301,7 +308,11 @@ async def test_remote_server_runs_and_resumes() -> None:
             ]
         )
         run_config = RunConfig(
-            sandbox=SandboxRunConfig(client=client, options=SandlotSandboxClientOptions()),
+            sandbox=SandboxRunConfig(
+                client=client,
+                options=SandlotSandboxClientOptions(),
+                snapshot=LocalSnapshotSpec(base_path=tmp_path),
+            ),
             tracing_disabled=True,
         )
         result = await Runner.run(_agent(model), "Write remotely.", run_config=run_config)
