@@ -253,6 +253,14 @@ async def test_exec_results_and_bad_input_in_the_sdk_forms(live: SandboxSession)
     assert (failed.stdout, failed.stderr, failed.exit_code) == (b"out\n", b"err\n", 5)
     binary = await live.exec("printf '\\377\\000\\001'")
     assert binary.stdout == b"\xff\x00\x01"
+    # a bounded read (view_image's) of a larger file: its first bytes
+    assert (await live.exec("seq 1 1000 > big.txt")).exit_code == 0
+    assert await live.read_bounded(Path("big.txt"), max_bytes=6) == b"1\n2\n3\n"
+    assert await live.read_bounded(Path("big.txt"), max_bytes=10**6) == (
+        "".join(f"{i}\n" for i in range(1, 1001)).encode()
+    )
+    with pytest.raises(WorkspaceReadNotFoundError):
+        await live.read_bounded(Path("nope.txt"), max_bytes=10)
     with pytest.raises(WorkspaceReadNotFoundError):
         await live.read(Path("nope.txt"))
     with pytest.raises(InvalidManifestPathError):
