@@ -15,7 +15,7 @@ from typing import Any
 
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
-from mcp_types import CallToolResult
+from mcp_types import CallToolResult, TextContent
 
 CALL_TIMEOUT = 120.0
 
@@ -45,8 +45,7 @@ class Driven:
         self.thread.start()
         self._stop: asyncio.Event | None = None
         self.client: Client | None = None
-        ready: asyncio.Future[None] = asyncio.run_coroutine_threadsafe(self._ready(), self.loop)
-        ready.result(CALL_TIMEOUT)
+        asyncio.run_coroutine_threadsafe(self._ready(), self.loop).result(CALL_TIMEOUT)
         self._held = asyncio.run_coroutine_threadsafe(self._hold(make), self.loop)
         while self.client is None:
             if self._held.done():
@@ -87,7 +86,7 @@ class Driven:
 
 def text(result: CallToolResult) -> str:
     """Every text block of a result, joined."""
-    return "\n".join(b.text for b in result.content if getattr(b, "type", "") == "text")
+    return "\n".join(b.text for b in result.content if isinstance(b, TextContent))
 
 
 def value(result: CallToolResult, field: str) -> str:
