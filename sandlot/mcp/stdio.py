@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sandlot.mcp")
 ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+STOP_SECONDS = 10.0  # to end the sandboxes on a signal before the process exits anyway
 
 
 async def serve(book: Book) -> None:
@@ -39,19 +41,33 @@ async def serve(book: Book) -> None:
         return book
 
     server = build_server(book_for)
-    task = asyncio.current_task()
-    assert task is not None
     loop = asyncio.get_running_loop()
     for sig in ENDING_SIGNALS:
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, _stop, book, sig)
     try:
         await server.run_stdio_async()
-    except asyncio.CancelledError:
-        log.info("sandlot mcp: stopping on a signal")
     finally:
         for sig in ENDING_SIGNALS:
             loop.remove_signal_handler(sig)
         await asyncio.shield(_end(book))
+
+
+_stopping: set[asyncio.Task[None]] = set()
+
+
+def _stop(book: Book, sig: int) -> None:
+    """A signal: end the sandboxes, then the process. Cancelling the server would not do:
+    it waits for the thread that reads stdin, which waits for input that may never come."""
+
+    async def stop() -> None:
+        log.info("sandlot mcp: stopping on signal %d", sig)
+        try:
+            await asyncio.wait_for(_end(book), STOP_SECONDS)
+        finally:
+            os._exit(128 + sig)
+
+    if not _stopping:
+        _stopping.add(asyncio.ensure_future(stop()))
 
 
 async def _end(book: Book) -> None:

@@ -6,6 +6,10 @@ One connection for the module (its default sandbox made on first use)."""
 from __future__ import annotations
 
 import base64
+import json
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -165,3 +169,39 @@ def test_nothing_outlives_the_connection(mcp: Driven, before: set[str]) -> None:
     mcp.close()
     left = {info.id for info in sandlot.Sandbox.list()} & made
     assert not left, f"still running after the disconnect: {left}"
+
+
+def test_sigterm_ends_the_sandboxes_then_the_process() -> None:
+    """An MCP host that stops its server with SIGTERM (no end of input first)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandlot.cli", "mcp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdin is not None and process.stdout is not None
+
+    def send(message: dict[str, object]) -> None:
+        assert process.stdin is not None
+        process.stdin.write((json.dumps({"jsonrpc": "2.0", **message}) + "\n").encode())
+        process.stdin.flush()
+
+    try:
+        hello = {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        }
+        send({"id": 1, "method": "initialize", "params": hello})
+        assert json.loads(process.stdout.readline())["id"] == 1
+        send({"method": "notifications/initialized"})
+        made = {"name": "create_sandbox", "arguments": {}}
+        send({"id": 2, "method": "tools/call", "params": made})
+        answer = json.loads(process.stdout.readline())
+        sandbox_id = answer["result"]["content"][0]["text"].split()[1]
+        assert sandbox_id in {info.id for info in sandlot.Sandbox.list()}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 128 + signal.SIGTERM
+        assert sandbox_id not in {info.id for info in sandlot.Sandbox.list()}
+    finally:
+        process.kill()
+        process.wait()
