@@ -152,7 +152,17 @@ class Book:
             self._default = None
 
     def keep(self, held: Held, job: AsyncCommandHandle) -> None:
-        """Hold a background command's handle (its request stays open while held)."""
+        """Hold a background command's handle (its request stays open while held).
+
+        Through a server, let go of its stream instead: the server runs the command on
+        without it (abandoning the stream is not cancelling it, which would kill it), and
+        an HTTP book must not hold streams to its own server open, or the server's shutdown
+        would wait for them."""
+        abandon = getattr(job._request, "abandon", None)
+        if self.client is not None and abandon is not None:
+            abandon()  # first: done, so the cancel below only lets go of the stream
+            job._task.cancel()
+            return
         running = sum(len(h.jobs) for h in self._held.values())
         if running >= limits.MAX_BACKGROUND:
             raise InvalidArgumentError(

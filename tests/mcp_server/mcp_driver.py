@@ -7,10 +7,11 @@ tests/security/test_mcp_attacks.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from mcp import Client
@@ -27,13 +28,20 @@ def stdio_server(*args: str) -> StdioServerParameters:
     )
 
 
-def http_server(url: str, key: str | None) -> Any:
-    """The streamable HTTP transport to ``url`` with ``key`` as the bearer token."""
+@contextlib.asynccontextmanager
+async def http_server(url: str, key: str | None) -> AsyncIterator[Any]:
+    """The streamable HTTP transport to ``url`` with ``key`` as the bearer token (its HTTP
+    client closed with it: a keep-alive connection left open would hold up the server's
+    graceful stop)."""
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
 
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return streamable_http_client(url, http_client=httpx2.AsyncClient(headers=headers, timeout=120))
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=120) as http,
+        streamable_http_client(url, http_client=http) as streams,
+    ):
+        yield streams
 
 
 class Driven:
