@@ -19,8 +19,12 @@ import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from mcp.server.mcpserver import MCPServer
+from mcp.server.stdio import stdio_server
+
+from . import pipes
 from .book import Book, Defaults
 from .tools import build_server
 
@@ -45,11 +49,22 @@ async def serve(book: Book) -> None:
     for sig in ENDING_SIGNALS:
         loop.add_signal_handler(sig, _stop, book, sig)
     try:
-        await server.run_stdio_async()
+        async with pipes.stdio() as streams:
+            if streams is None:
+                await server.run_stdio_async()
+            else:
+                await _run(server, *streams)
     finally:
         for sig in ENDING_SIGNALS:
             loop.remove_signal_handler(sig)
         await asyncio.shield(_end(book))
+
+
+async def _run(server: MCPServer, stdin: Any, stdout: Any) -> None:
+    """What ``server.run_stdio_async()`` does, over the event loop's pipes."""
+    lowlevel = server._lowlevel_server  # as the mcp package's own Client reaches it
+    async with stdio_server(stdin, stdout) as (read_stream, write_stream):
+        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
 
 _stopping: set[asyncio.Task[None]] = set()
