@@ -71,8 +71,9 @@ _stopping: set[asyncio.Task[None]] = set()
 
 
 def _stop(book: Book, sig: int) -> None:
-    """A signal: end the sandboxes, then the process. Cancelling the server would not do:
-    it waits for the thread that reads stdin, which waits for input that may never come."""
+    """A signal: end the sandboxes, then the process. Cancelling the server would not do
+    with the mcp package's own transport (a stdin that is a regular file): it waits for the
+    thread that reads stdin, which waits for input that may never come."""
 
     async def stop() -> None:
         log.info("sandlot mcp: stopping on signal %d", sig)
