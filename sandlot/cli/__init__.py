@@ -12,9 +12,9 @@ red line on stderr, never a traceback; other sandlot failures exit 1 outside ``r
 One module per command group, as :mod:`entry_point` assembles them: ``run`` (run, exec),
 ``code`` (run-code, repl), ``sandboxes`` (providers, ls, kill, gc), ``create``, ``cp``,
 ``logs``, ``sessions``, ``pool``, ``secrets``, ``relay``, ``remote`` (up, down, status),
-``server`` (serve, keys), ``completion``; what they share is in ``_common``. Importing
-this package adds little to importing ``sandlot``: rich, the providers and the manager are
-imported inside the commands that use them.
+``server`` (serve, keys), ``mcp`` (the MCP server over stdio), ``completion``; what they
+share is in ``_common``. Importing this package adds little to importing ``sandlot``: rich,
+the providers and the manager are imported inside the commands that use them.
 """
 
 from .._lazy import lazy_names

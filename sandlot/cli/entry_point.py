@@ -46,6 +46,7 @@ REGISTRY: tuple[tuple[str, str, str, str, dict[str, Any]], ...] = (
     ("pool", "pool", "pool_app", "group", {}),
     ("sessions", "sessions", "sessions_app", "group", {}),
     ("serve", "server", "serve", "command", {}),
+    ("mcp", "mcp", "mcp", "command", {}),
     ("completion", "completion", "completion", "command", {}),
 )
 NAMES = frozenset(entry[0] for entry in REGISTRY)

@@ -101,6 +101,11 @@ E2BOption = Annotated[
     ),
 ]
 
+McpOption = Annotated[
+    bool,
+    typer.Option("--mcp/--no-mcp", help="Serve the MCP tools at /mcp (docs/mcp.md)."),
+]
+
 
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
@@ -113,6 +118,7 @@ def serve(
     tenant_log_bytes: TenantLogBytesOption = 10 * 1024**3,
     kill_on_exit: KillOnExitOption = False,
     e2b: E2BOption = True,
+    mcp: McpOption = True,
 ) -> None:
     """Run the HTTP API (state in SQLite by default). Binding to anything but loopback
     needs at least one API key (``sandlot keys create``). One server per state folder."""
@@ -160,6 +166,7 @@ def serve(
         tenant_log_bytes=tenant_log_bytes,
         kill_on_exit=kill_on_exit,
         e2b=e2b,
+        mcp=mcp,
     )
     config = uvicorn.Config(
         create_app(settings),

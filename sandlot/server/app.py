@@ -7,15 +7,17 @@ code of a :mod:`sandlot.errors` class; the SDK raises that same class again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import warnings
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from .. import __version__
 from ..api import Health
@@ -115,13 +117,16 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     metrics = Metrics()
 
+    mcp = _mcp_endpoint(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await ServerState.start(settings, metrics)
         app.state.sandlot = state
         watching = watchdog.start(state)  # READY=1 to systemd: recovered, serving
         try:
-            yield
+            async with mcp.running() if mcp is not None else nullcontext():
+                yield
         finally:
             watchdog.notify("STOPPING=1")
             if watching is not None:
@@ -151,6 +156,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         api_sessions,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
+    if mcp is not None:
+        app.router.routes.append(Route("/mcp", mcp, include_in_schema=False))
     _install_error_handlers(app)
     _install_health(app)
     app.add_middleware(metrics.Timing)  # type: ignore[arg-type]
@@ -159,6 +166,20 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         app.include_router(e2b_control.router)
         app.add_middleware(E2BGateway)  # outermost: its requests carry their own bounds
     return app
+
+
+def _mcp_endpoint(settings: ServerSettings) -> Any:
+    """The MCP front at ``/mcp`` (sandlot.mcp.http), unless turned off or not installed."""
+    if not settings.mcp:
+        return None
+    try:
+        from ..mcp.http import McpEndpoint
+    except ModuleNotFoundError as exc:
+        if not str(exc.name).startswith("mcp"):
+            raise
+        logging.getLogger("sandlot.server").info("no /mcp: the mcp package is not installed")
+        return None
+    return McpEndpoint(settings)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -92,6 +92,9 @@ class ServerSettings(BaseModel):
         "until their deadline, and the next start adopts them)",
     )
     e2b: bool = Field(True, description="serve E2B's API beside sandlot's own (docs/e2b.md)")
+    mcp: bool = Field(
+        True, description="serve the MCP tools at /mcp (docs/mcp.md; needs the mcp package)"
+    )
 
     def resolved_home(self) -> Path:
         return self.home or default_home()
