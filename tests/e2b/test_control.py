@@ -283,7 +283,7 @@ def test_network_allow_out_goes_through_the_egress_proxy(e2b_server: Any) -> Non
         proxy = "echo ${HTTPS_PROXY:-none}"
         assert inside(e2b_server, closed.sandbox_id, proxy)[0] == "none\n"
         assert inside(e2b_server, opened.sandbox_id, proxy)[0] != "none\n"
-        closed.update_network({"allow_out": ["pypi.org"]})  # it gets its proxy now
+        closed.update_network({"allow_out": ["packages.example.com"]})  # it gets its proxy now
         assert inside(e2b_server, closed.sandbox_id, proxy)[0] != "none\n"
         with pytest.raises(SandboxException, match="whole network"):
             Sandbox.create(metadata=tag(), network={"allow_out": ["0.0.0.0/0"]})
