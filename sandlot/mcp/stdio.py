@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import MCPServer
@@ -96,5 +97,18 @@ def run(defaults: Defaults, client: Client | None = None) -> None:
     """Serve stdin/stdout until the client goes away (blocking)."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="sandlot mcp: %(message)s")
     book = Book(client, defaults, default_sandbox=True, kill_on_close=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(book))
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=_loop_factory()) as runner,
+    ):
+        runner.run(serve(book))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (the server extra has it, as ``sandlot serve`` uses it): its
+    pipes and callbacks cut the protocol's own share of a round trip."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
