@@ -125,6 +125,70 @@ def shuffled_rounds(rng: random.Random, items: Sequence[T], rounds: int) -> Iter
         yield from order
 
 
+Op = Callable[[], float]  # one timed operation: its seconds
+
+
+def timed(call: Callable[[], object]) -> Op:
+    def op() -> float:
+        started = time.perf_counter()
+        call()
+        return time.perf_counter() - started
+
+    return op
+
+
+def interleaved(ops: dict[str, Op], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Every subject every round, in turn forwards then backwards (A B, B A, ...): none always
+    goes first, and drift in the machine's load hits them alike."""
+    for _ in range(warmup):
+        for op in ops.values():
+            op()
+    samples: dict[str, list[float]] = {name: [] for name in ops}
+    names = list(ops)
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else names[::-1]:
+            samples[name].append(ops[name]())
+    return samples
+
+
+def pair_table(
+    found: dict[str, dict[str, list[float]]],
+    subjects: tuple[str, str],
+    targets: dict[str, float],
+) -> list[str]:
+    """Markdown: each measure's subjects (percentiles in ms), then the first subject against
+    the second (p50 and p90 differences, the ratio) with its target, ``targets[measure]`` ms
+    above the second at p50 (a measure without one is reported only)."""
+    lines = [
+        "| measure | subject | n | p50 ms | p90 ms | p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for measure, rows in found.items():
+        for name, samples in rows.items():
+            ms = [s * 1000 for s in samples]
+            p50, p90, p99 = (percentile(ms, q) for q in (50, 90, 99))
+            lines.append(f"| {measure} | {name} | {len(ms)} | {p50:.3f} | {p90:.3f} | {p99:.3f} |")
+    a, b = subjects
+    lines += [
+        "",
+        f"| measure | {a} - {b} p50 ms | {a} - {b} p90 ms | {a} / {b} p50 | target | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for measure, rows in found.items():
+        first, second = ([s * 1000 for s in rows[name]] for name in subjects)
+        d50 = percentile(first, 50) - percentile(second, 50)
+        d90 = percentile(first, 90) - percentile(second, 90)
+        ratio = percentile(first, 50) / percentile(second, 50)
+        target = targets.get(measure)
+        goal, verdict = (
+            (f"<= +{target:g} ms", "met" if d50 <= target else "MISSED")
+            if target is not None
+            else ("reported", "-")
+        )
+        lines.append(f"| {measure} | {d50:+.3f} | {d90:+.3f} | {ratio:.2f}x | {goal} | {verdict} |")
+    return lines
+
+
 # --------------------------------------------------------------------------------------------
 # the machine and the code measured
 

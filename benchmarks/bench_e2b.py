@@ -27,38 +27,22 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, when not run as a script
-from _common import REPO, RESULTS, fresh_sandlot_home, git_commit, percentile, version_of
+from _common import (
+    REPO,
+    RESULTS,
+    fresh_sandlot_home,
+    git_commit,
+    interleaved,
+    pair_table,
+    timed,
+    version_of,
+)
 
 TARGET_ABOVE_MS = {"run": 1.0, "run_code": 1.0}
 SUBJECTS = ("e2b", "sandlot")
-
-Op = Callable[[], float]  # one timed operation: its seconds
-
-
-def timed(call: Callable[[], object]) -> Op:
-    def op() -> float:
-        started = time.perf_counter()
-        call()
-        return time.perf_counter() - started
-
-    return op
-
-
-def interleaved(ops: dict[str, Op], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Both subjects every round, A B then B A: neither always goes first."""
-    for _ in range(warmup):
-        for op in ops.values():
-            op()
-    samples: dict[str, list[float]] = {name: [] for name in ops}
-    names = list(ops)
-    for i in range(rounds):
-        for name in names if i % 2 == 0 else names[::-1]:
-            samples[name].append(ops[name]())
-    return samples
 
 
 def run(args: argparse.Namespace, url: str, key: str) -> dict[str, dict[str, list[float]]]:
@@ -113,37 +97,6 @@ def run(args: argparse.Namespace, url: str, key: str) -> dict[str, dict[str, lis
     return found
 
 
-def table(found: dict[str, dict[str, list[float]]]) -> list[str]:
-    lines = [
-        "| measure | subject | n | p50 ms | p90 ms | p99 ms |",
-        "|---|---|---|---|---|---|",
-    ]
-    for measure, rows in found.items():
-        for name, samples in rows.items():
-            ms = [s * 1000 for s in samples]
-            p50, p90, p99 = (percentile(ms, q) for q in (50, 90, 99))
-            lines.append(f"| {measure} | {name} | {len(ms)} | {p50:.3f} | {p90:.3f} | {p99:.3f} |")
-    lines += [
-        "",
-        "| measure | e2b - sandlot p50 ms | e2b - sandlot p90 ms | e2b / sandlot p50 | target "
-        "| verdict |",
-        "|---|---|---|---|---|---|",
-    ]
-    for measure, rows in found.items():
-        e2b_ms, own_ms = ([s * 1000 for s in rows[name]] for name in SUBJECTS)
-        d50 = percentile(e2b_ms, 50) - percentile(own_ms, 50)
-        d90 = percentile(e2b_ms, 90) - percentile(own_ms, 90)
-        ratio = percentile(e2b_ms, 50) / percentile(own_ms, 50)
-        target = TARGET_ABOVE_MS.get(measure)
-        goal, verdict = (
-            (f"<= +{target:g} ms", "met" if d50 <= target else "MISSED")
-            if target is not None
-            else ("reported", "-")
-        )
-        lines.append(f"| {measure} | {d50:+.3f} | {d90:+.3f} | {ratio:.2f}x | {goal} | {verdict} |")
-    return lines
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=300, help="rounds for run and run_code")
@@ -168,7 +121,7 @@ def main() -> None:
     finally:
         server.stop()
     load = f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
-    lines = table(found)
+    lines = pair_table(found, SUBJECTS, TARGET_ABOVE_MS)
     print("\n".join(lines))
     print(load)
     if args.write:

@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, when not run as a script
-from _common import RESULTS, fresh_sandlot_home, git_commit, percentile, version_of
+from _common import (
+    RESULTS,
+    fresh_sandlot_home,
+    git_commit,
+    interleaved,
+    pair_table,
+    timed,
+    version_of,
+)
 
 TARGET_ABOVE_MS = 2.0
 SUBJECTS = ("front", "sdk")
@@ -40,21 +48,6 @@ FRAMEWORKS = ("pydantic-ai-slim", "deepagents", "openai-agents", "smolagents")
 
 Samples = dict[str, list[float]]
 Found = dict[str, Samples]
-
-
-def interleaved(ops: dict[str, Callable[[], object]], rounds: int, warmup: int) -> Samples:
-    """Both subjects every round, A B then B A: neither always goes first."""
-    for _ in range(warmup):
-        for op in ops.values():
-            op()
-    samples: Samples = {name: [] for name in ops}
-    names = list(ops)
-    for i in range(rounds):
-        for name in names if i % 2 == 0 else names[::-1]:
-            started = time.perf_counter()
-            ops[name]()
-            samples[name].append(time.perf_counter() - started)
-    return samples
 
 
 async def ainterleaved(
@@ -140,8 +133,8 @@ def deepagents_execute(rounds: int, warmup: int) -> Samples:
     try:
         return interleaved(
             {
-                "front": lambda: backend.execute("true"),
-                "sdk": lambda: own.commands.run("true"),
+                "front": timed(lambda: backend.execute("true")),
+                "sdk": timed(lambda: own.commands.run("true")),
             },
             rounds,
             warmup,
@@ -163,8 +156,8 @@ def smolagents_code(rounds: int, warmup: int) -> Samples:
     try:
         return interleaved(
             {
-                "front": lambda: executor(code),
-                "sdk": lambda: executor.sandbox.run_code(code, context=executor.context_id),
+                "front": timed(lambda: executor(code)),
+                "sdk": timed(lambda: executor.sandbox.run_code(code, context=executor.context_id)),
             },
             rounds,
             warmup,
@@ -180,35 +173,6 @@ def run(rounds: int, warmup: int) -> Found:
     return found
 
 
-def table(found: Found) -> list[str]:
-    lines = [
-        "| measure | subject | n | p50 ms | p90 ms | p99 ms |",
-        "|---|---|---|---|---|---|",
-    ]
-    for measure, rows in found.items():
-        for name, samples in rows.items():
-            ms = [s * 1000 for s in samples]
-            p50, p90, p99 = (percentile(ms, q) for q in (50, 90, 99))
-            lines.append(f"| {measure} | {name} | {len(ms)} | {p50:.3f} | {p90:.3f} | {p99:.3f} |")
-    lines += [
-        "",
-        "| measure | front - sdk p50 ms | front - sdk p90 ms | front / sdk p50 | target "
-        "| verdict |",
-        "|---|---|---|---|---|---|",
-    ]
-    for measure, rows in found.items():
-        front, sdk = ([s * 1000 for s in rows[name]] for name in SUBJECTS)
-        d50 = percentile(front, 50) - percentile(sdk, 50)
-        d90 = percentile(front, 90) - percentile(sdk, 90)
-        ratio = percentile(front, 50) / percentile(sdk, 50)
-        verdict = "met" if d50 <= TARGET_ABOVE_MS else "MISSED"
-        lines.append(
-            f"| {measure} | {d50:+.3f} | {d90:+.3f} | {ratio:.2f}x "
-            f"| <= +{TARGET_ABOVE_MS:g} ms | {verdict} |"
-        )
-    return lines
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=200, help="rounds per measure")
@@ -222,7 +186,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     found = run(args.iters, args.warmup)
     load = f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
-    lines = table(found)
+    lines = pair_table(found, SUBJECTS, dict.fromkeys(found, TARGET_ABOVE_MS))
     print("\n".join(lines))
     print(load)
     if args.write:

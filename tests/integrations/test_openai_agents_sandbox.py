@@ -64,6 +64,19 @@ def _outputs(result: Any) -> list[str]:
     return [str(item.output) for item in result.new_items if isinstance(item, ToolCallOutputItem)]
 
 
+def _client_run_config(client: SandlotSandboxClient, snapshots: Path) -> RunConfig:
+    """A run whose Runner creates (and at its end deletes) the session through ``client``,
+    with the SDK's snapshots in ``snapshots``."""
+    return RunConfig(
+        sandbox=SandboxRunConfig(
+            client=client,
+            options=SandlotSandboxClientOptions(),
+            snapshot=LocalSnapshotSpec(base_path=snapshots),
+        ),
+        tracing_disabled=True,
+    )
+
+
 def _agent(model: ScriptedModel) -> SandboxAgent[Any]:
     return SandboxAgent(
         name="sandlot",
@@ -152,14 +165,7 @@ async def test_runner_owned_session_keeps_the_workspace_after_the_run(tmp_path: 
             [assistant_message("Saved.")],
         ]
     )
-    run_config = RunConfig(
-        sandbox=SandboxRunConfig(
-            client=client,
-            options=SandlotSandboxClientOptions(),
-            snapshot=LocalSnapshotSpec(base_path=tmp_path),
-        ),
-        tracing_disabled=True,
-    )
+    run_config = _client_run_config(client, tmp_path)
     result = await Runner.run(_agent(model), "Save a file.", run_config=run_config)
     model.assert_complete()
     (snapshot_file,) = tmp_path.glob("*.tar")
@@ -315,14 +321,7 @@ async def test_remote_server_runs_and_resumes(tmp_path: Path) -> None:
                 [assistant_message("Remote done.")],
             ]
         )
-        run_config = RunConfig(
-            sandbox=SandboxRunConfig(
-                client=client,
-                options=SandlotSandboxClientOptions(),
-                snapshot=LocalSnapshotSpec(base_path=tmp_path),
-            ),
-            tracing_disabled=True,
-        )
+        run_config = _client_run_config(client, tmp_path)
         result = await Runner.run(_agent(model), "Write remotely.", run_config=run_config)
         model.assert_complete()
         assert "over the wire" in _outputs(result)[1]
