@@ -110,7 +110,8 @@ class Resources(BaseModel):
 
     memory_mb: int = Field(512, ge=16, le=1 << 30, description="memory limit (RAM, no swap)")
     pids: int = Field(256, ge=8, le=4194304, description="maximum number of processes and threads")
-    cpus: float = Field(1.0, gt=0, le=4096, description="CPU time, in cores")
+    # At least 0.01: the kernel's least CFS quota (1 ms a 100 ms period), Docker's least too.
+    cpus: float = Field(1.0, ge=0.01, le=4096, description="CPU time, in cores")
     tmp_mb: int = Field(256, ge=1, le=1 << 30, description="size of the writable /tmp")
     disk_mb: int | None = Field(
         None,

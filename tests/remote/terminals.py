@@ -3,6 +3,7 @@ endpoints, as a browser or a script would drive them: no sandlot code on this si
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from typing import Any
@@ -93,6 +94,13 @@ def ws_url(url: str, sandbox_id: str, path: str = "/pty", **query: Any) -> str:
     return base + ("?" + urlencode(query) if query else "")
 
 
+# websockets 17.1 warns unless `legacy=True` asks for the connection returned directly; 16.x
+# (what openai-agents 0.24 allows beside it) has no such flag and returns it directly anyway.
+DIRECT: dict[str, Any] = (
+    {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+)
+
+
 def dial(
     url: str,
     sandbox_id: str,
@@ -110,7 +118,7 @@ def dial(
         open_timeout=WAIT,
         max_size=None,
         compression=None,
-        legacy=True,  # held open across calls, closed by the test
+        **DIRECT,  # held open across calls, closed by the test
     )
     return Term(ws)
 
