@@ -7,10 +7,9 @@ code of a :mod:`sandlot.errors` class; the SDK raises that same class again.
 from __future__ import annotations
 
 import asyncio
-import logging
 import warnings
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,6 +39,7 @@ from .deps import State
 from .e2b import control as e2b_control
 from .e2b.gateway import E2BGateway
 from .http_errors import ERROR_RESPONSES, HTTP_CODES, error_response, status_of
+from .mcp_front import McpFront
 from .metrics import CONTENT_TYPE, Metrics
 from .state import ServerSettings, ServerState
 
@@ -117,17 +117,20 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     metrics = Metrics()
 
-    mcp = _mcp_endpoint(settings)
+    mcp = McpFront(settings) if settings.mcp else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await ServerState.start(settings, metrics)
         app.state.sandlot = state
         watching = watchdog.start(state)  # READY=1 to systemd: recovered, serving
+        if mcp is not None:
+            mcp.start()
         try:
-            async with mcp.running() if mcp is not None else nullcontext():
-                yield
+            yield
         finally:
+            if mcp is not None:
+                await mcp.stop()
             watchdog.notify("STOPPING=1")
             if watching is not None:
                 await Supervisor.current().stop(watching)
@@ -166,20 +169,6 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         app.include_router(e2b_control.router)
         app.add_middleware(E2BGateway)  # outermost: its requests carry their own bounds
     return app
-
-
-def _mcp_endpoint(settings: ServerSettings) -> Any:
-    """The MCP front at ``/mcp`` (sandlot.mcp.http), unless turned off or not installed."""
-    if not settings.mcp:
-        return None
-    try:
-        from ..mcp.http import McpEndpoint
-    except ModuleNotFoundError as exc:
-        if not str(exc.name).startswith("mcp"):
-            raise
-        logging.getLogger("sandlot.server").info("no /mcp: the mcp package is not installed")
-        return None
-    return McpEndpoint(settings)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -31,20 +31,21 @@ def server() -> Iterator[ServerProcess]:
     shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def alice(server: ServerProcess) -> Iterator[Driven]:
-    key = server.alice  # type: ignore[attr-defined]
+def _tenant(server: ServerProcess, key: str) -> Iterator[Driven]:
+    """An MCP client of /mcp with one tenant's key, closed at the end of the module."""
     driven = Driven(lambda: Client(http_server(server.url + "/mcp", key)))
     yield driven
     driven.close()
+
+
+@pytest.fixture(scope="module")
+def alice(server: ServerProcess) -> Iterator[Driven]:
+    yield from _tenant(server, server.alice)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
 def bob(server: ServerProcess) -> Iterator[Driven]:
-    key = server.bob  # type: ignore[attr-defined]
-    driven = Driven(lambda: Client(http_server(server.url + "/mcp", key)))
-    yield driven
-    driven.close()
+    yield from _tenant(server, server.bob)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
