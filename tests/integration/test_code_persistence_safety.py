@@ -97,7 +97,9 @@ def test_an_oversized_value_is_skipped_once_with_a_report(box: sandlot.Sandbox) 
     assert set(ex.not_persisted) == {"big"}, ex.not_persisted
     box.run_code("del big, numbers", context=ctx)
     # the total cap: 4 values of 15 MiB fit in 64 MiB, a fifth does not
-    ex = box.run_code("\n".join(f"part{i} = bytes([{i}]) * (15 << 20)" for i in range(5)), context=ctx)
+    ex = box.run_code(
+        "\n".join(f"part{i} = bytes([{i}]) * (15 << 20)" for i in range(5)), context=ctx
+    )
     assert ex.error is None, ex.error
     assert list(ex.not_persisted) == ["part4"], ex.not_persisted
     assert "total cap of 64 MiB" in ex.not_persisted["part4"]
