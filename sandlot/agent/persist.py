@@ -128,18 +128,13 @@ def _refusal(obj, handles):
     for kind, what in handles:
         if isinstance(obj, kind):
             name = getattr(obj, "name", None)
-            detail = (
-                " %r" % (name,) if isinstance(name, (str, int)) and what.endswith("stream") else ""
-            )
+            detail = ""
+            if isinstance(name, (str, int)) and what.endswith("stream"):
+                detail = " %s" % repr(name)[:200]  # which file, bounded
             return (
-                "holds %s%s (%s.%s): handles are not saved, re-opening one on restore "
-                "could destroy data"
-                % (
-                    what,
-                    detail,
-                    type(obj).__module__,
-                    type(obj).__qualname__,
-                )
+                "holds %s%s (%s.%s): handles are not saved, as re-creating one on restore "
+                "could destroy data (re-opening a file for writing truncates it)"
+                % (what, detail, type(obj).__module__, type(obj).__qualname__)
             )
     return None
 
