@@ -481,7 +481,7 @@ class Execution(BaseModel):
     code ignored the interrupt and had to be killed, or its process died, ``state_lost`` says
     the context restarted empty. ``cut`` counts bytes left out of the middle of each stream
     (the head and tail are kept). ``not_persisted`` names variables a persistent context could
-    not save, with the reason.
+    not save, with the reason: each name and reason once, not again in later cells.
     """
 
     model_config = ConfigDict(defer_build=True)

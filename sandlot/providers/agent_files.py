@@ -5,6 +5,7 @@ byte-compiled by that interpreter, so a sandbox (whose view is read-only) never 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -24,6 +25,17 @@ def _sources() -> list[Path]:
     return sorted(AGENT_SOURCE.glob("*.py"))
 
 
+def vendored() -> list[Path]:
+    """The host's ``cloudpickle`` (pure Python), shipped beside the agent so that every
+    sandbox's Python can persist cell-defined functions (agent/persist.py imports it from
+    ``vendor/``). Empty when the host lacks it: persistence then falls back."""
+    spec = importlib.util.find_spec("cloudpickle")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return sorted(folder.glob("*.py"))
+
+
 def prepare(home: Path, python: str) -> Path:
     """Return a folder holding ``agent/`` compiled for ``python``; build it if needed."""
     key = (home, python)
@@ -34,7 +46,7 @@ def prepare(home: Path, python: str) -> Path:
             f"no Python interpreter at {python} on the host (it runs the sandbox's agent)"
         )
     digest = hashlib.sha256(python.encode())
-    for source in _sources():
+    for source in _sources() + vendored():
         digest.update(source.name.encode())
         digest.update(source.read_bytes())
     target = home / "agent" / digest.hexdigest()[:16]
@@ -45,6 +57,7 @@ def prepare(home: Path, python: str) -> Path:
         package.mkdir()
         for source in _sources():
             shutil.copy2(source, package / source.name)
+        _stage_vendored(python, staging / "vendor" / "cloudpickle")
         compiled = subprocess.run(
             [python, "-I", "-S", "-m", "compileall", "-q", str(package)],
             capture_output=True,
@@ -62,6 +75,20 @@ def prepare(home: Path, python: str) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
     _prepared[key] = target
     return target
+
+
+def _stage_vendored(python: str, package: Path) -> None:
+    sources = vendored()
+    if not sources:
+        return
+    package.mkdir(parents=True)
+    for source in sources:
+        shutil.copy2(source, package / source.name)
+    compiled = subprocess.run(
+        [python, "-I", "-S", "-m", "compileall", "-q", str(package)], capture_output=True
+    )
+    if compiled.returncode != 0:  # a Python too old for this copy: persistence falls back
+        shutil.rmtree(package.parent, ignore_errors=True)
 
 
 def command(python: str, root: str, *args: str) -> list[str]:

@@ -123,7 +123,9 @@ class Helper:
         digest = _digest(python)
         if digest in self.installed:
             return digest, False
-        answer = await self.call("install", digest=digest, files=_agent_files(), python=python)
+        answer = await self.call(
+            "install", digest=digest, files=_agent_files(), vendor=_vendor_files(), python=python
+        )
         self.installed.add(digest)
         return digest, bool(answer.get("installed"))
 
@@ -138,10 +140,15 @@ def _agent_files() -> dict[str, str]:
     return {p.name: p.read_text(encoding="utf-8") for p in agent_files._sources()}
 
 
+@functools.cache
+def _vendor_files() -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in agent_files.vendored()}
+
+
 def _digest(python: str) -> str:
     """The agent's remote folder name: changes with its sources and the interpreter."""
     digest = hashlib.sha256(python.encode())
-    for name, text in sorted(_agent_files().items()):
+    for name, text in sorted(_agent_files().items()) + sorted(_vendor_files().items()):
         digest.update(name.encode())
         digest.update(text.encode())
     return digest.hexdigest()[:16]

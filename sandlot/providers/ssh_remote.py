@@ -201,6 +201,7 @@ class Helper:
             )
             if compiled.returncode != 0:
                 raise Failed(f"cannot compile the agent: {compiled.stdout.decode()[-2000:]}")
+            self._install_vendored(python, staging, req.get("vendor") or {})
             for folder, _, names in os.walk(staging):
                 os.chmod(folder, 0o755)
                 for name in names:
@@ -212,6 +213,28 @@ class Helper:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return {"installed": True}
+
+    def _install_vendored(self, python, staging, files):
+        """sandlot's copy of cloudpickle in vendor/ (agent/persist.py imports it from
+        there); dropped if this Python cannot compile it (persistence then falls back)."""
+        if not files:
+            return
+        package = os.path.join(staging, "vendor", "cloudpickle")
+        os.makedirs(package)
+        for name, text in files.items():
+            if "/" in name or name.startswith("."):
+                raise Failed(f"bad file name {name!r}", "argument")
+            with open(os.path.join(package, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        import subprocess
+
+        compiled = subprocess.run(
+            [python, "-I", "-S", "-m", "compileall", "-q", package],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if compiled.returncode != 0:
+            shutil.rmtree(os.path.dirname(package), ignore_errors=True)
 
     def op_etc(self, req):
         """The sandbox's /etc: allowlisted host entries plus synthetic files, one folder per

@@ -9,6 +9,7 @@ left out below, each with the reason. Everything else must pass unchanged.
 from integration.test_async import *  # noqa: F403
 from integration.test_code import *  # noqa: F403
 from integration.test_code_async import *  # noqa: F403
+from integration.test_code_persistence_safety import *  # noqa: F403
 from integration.test_commands import *  # noqa: F403
 from integration.test_egress import *  # noqa: F403
 from integration.test_files import *  # noqa: F403

@@ -11,6 +11,7 @@ unisolated, that would change the test machine. The process-like mode has its ow
 from integration.test_async import *  # noqa: F403
 from integration.test_code import *  # noqa: F403
 from integration.test_code_async import *  # noqa: F403
+from integration.test_code_persistence_safety import *  # noqa: F403
 from integration.test_commands import *  # noqa: F403
 from integration.test_egress import *  # noqa: F403
 from integration.test_files import *  # noqa: F403
