@@ -4,6 +4,7 @@ import _signal
 import _socket
 import posix
 import select
+import sys
 import time
 
 from . import protocol as p
@@ -79,7 +80,7 @@ class Agent:
         self.code = None  # code.Contexts, created on first use
         self.listeners = {}  # name -> ports.Listener (egress proxy, callback bridge)
         self.base_env = {k.decode(): v.decode() for k, v in posix.environ.items()}
-        _pip_defaults(self.base_env)
+        _pip_defaults(self.base_env, sys.prefix)
         self._shell = None
         self._parent = parent
         self._deadline_timer = None
@@ -351,7 +352,7 @@ class Agent:
         }
 
 
-def _pip_defaults(env):
+def _pip_defaults(env, prefix):
     """pip that works in the sandbox, from a cell (``!pip``), a command or ``install``.
 
     On a read-only root, pip cannot write the interpreter's site-packages and installs into
@@ -362,9 +363,7 @@ def _pip_defaults(env):
     PIP_USER is not set: it would break ``pip`` in a virtual environment the user makes.
     ``$HOME/.local/bin`` (installed scripts) goes last on PATH. The caller's values win.
     """
-    import sys
-
-    if not posix.access(sys.prefix or "/usr", posix.W_OK):
+    if not posix.access(prefix or "/usr", posix.W_OK):
         env.setdefault("PIP_BREAK_SYSTEM_PACKAGES", "1")
     env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")  # no lookup of a newer pip offline
     home = env.get("HOME", "")
