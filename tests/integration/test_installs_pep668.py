@@ -18,6 +18,7 @@ import pytest
 
 import sandlot
 from sandlot.agent.server import _pip_defaults
+from sandlot.sdk.code import PIP_TAIL_CHARS, _pip_tail
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -190,6 +191,9 @@ def test_a_failing_install_raises_with_pips_own_reason(box: sandlot.Sandbox) -> 
     assert "pip said:" in message
     assert "ERROR" in message.split("pip said:", 1)[1]
     assert info.value.stderr  # and all of pip's output is kept
+    with pytest.raises(sandlot.InstallError) as info:
+        box.install([broken], timeout=0.05)  # pip cannot even start in time
+    assert str(info.value).startswith("pip did not finish within 0.05 s\npip said:\n")
 
 
 def test_an_index_install_without_network_fails_at_once_with_a_clear_reason(
@@ -237,3 +241,16 @@ def test_pip_defaults_lift_pep_668_only_where_the_prefix_is_read_only(tmp_path: 
     assert "PIP_BREAK_SYSTEM_PACKAGES" not in env
     assert env["PIP_DISABLE_PIP_VERSION_CHECK"] == "0"  # the caller's value wins
     assert env["PATH"] == "/home/me/.local/bin"
+
+
+def test_pips_tail_is_bounded_and_keeps_its_first_error() -> None:
+    noise = "\n".join(f"line {i} " + "x" * 1000 for i in range(100))
+    tail = _pip_tail("", f"ERROR: the first reason\n{noise}\nERROR: the last")
+    assert len(tail) <= PIP_TAIL_CHARS + 400  # the last lines, and the first error (cut)
+    assert tail.startswith("  ERROR: the first reason\n  ...\n  line 9")
+    assert tail.endswith("  ERROR: the last")
+    short = _pip_tail("", "ERROR: the first reason\n" + "\n".join(f"l{i}" for i in range(20)))
+    assert short.splitlines()[:2] == ["  ERROR: the first reason", "  ..."]
+    assert short.splitlines()[-1] == "  l19"
+    assert _pip_tail("only stdout\n", "  \n") == "  only stdout"
+    assert _pip_tail("", "") == "(no output)"
