@@ -304,6 +304,8 @@ class Context:
         agent = self.agent
         env = dict(agent.base_env)
         env["PWD"] = agent.paths.to_real(self.cwd)  # as for a command (commands.py)
+        if not _has_route() and not any(k.lower().endswith("_proxy") for k in env):
+            env["PIP_RETRIES"] = "0"  # ``!pip`` in a cell: nowhere to retry to, fail at once
         env.update(self.env)
         python = sys.executable or "/usr/bin/python3"
         parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)

@@ -430,14 +430,48 @@ def _restore_env(saved):
 
 
 def _refresh_paths():
-    """Packages just installed with ``pip --user`` become importable without a restart."""
+    """Packages pip just put in the user site become importable without a restart."""
     import importlib
     import site
 
     user_site = site.getusersitepackages()
     if site.ENABLE_USER_SITE and user_site not in sys.path and posix.access(user_site, posix.F_OK):
-        site.addsitedir(user_site)
+        site.addsitedir(user_site)  # its .pth files too
+        if user_site in sys.path:  # before the system's, as site.py puts it: an upgrade wins
+            sys.path.remove(user_site)
+            sys.path.insert(_first_site_dir(), user_site)
+    # Python 3.9 caches "no finder" for a folder that did not exist yet: drop it.
+    if sys.path_importer_cache.get(user_site, True) is None:
+        del sys.path_importer_cache[user_site]
     importlib.invalidate_caches()
+
+
+def _first_site_dir():
+    for index, entry in enumerate(sys.path):
+        if entry.endswith(("site-packages", "dist-packages")):
+            return index
+    return len(sys.path)
+
+
+class _AfterPip:
+    """Last on ``sys.meta_path``: an import nothing found is looked up again once the user
+    site appeared after the worker started (``pip install`` from a cell, a command or another
+    context; pip makes the folder on its first install). Costs a check per failed import."""
+
+    def find_spec(self, name, path=None, target=None):
+        if path is not None:  # a submodule: its package's own path
+            return None
+        import site
+
+        user_site = site.getusersitepackages()
+        if user_site in sys.path or not site.ENABLE_USER_SITE:
+            return None
+        if not posix.access(user_site, posix.F_OK):
+            return None
+        _refresh_paths()
+        from importlib.machinery import PathFinder
+
+        return PathFinder.find_spec(name)
 
 
 def _streams():
@@ -483,6 +517,7 @@ def _cell_folder_after_stdlib():
 
 def main(root):
     _cell_folder_after_stdlib()
+    sys.meta_path.append(_AfterPip())
     persist_path = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None
     sys.argv = [""]
     posix.set_inheritable(CONTROL_FD, False)  # subprocesses of cells must not get it

@@ -4,6 +4,7 @@ import _signal
 import _socket
 import posix
 import select
+import sys
 import time
 
 from . import protocol as p
@@ -79,6 +80,7 @@ class Agent:
         self.code = None  # code.Contexts, created on first use
         self.listeners = {}  # name -> ports.Listener (egress proxy, callback bridge)
         self.base_env = {k.decode(): v.decode() for k, v in posix.environ.items()}
+        _pip_defaults(self.base_env, sys.prefix)
         self._shell = None
         self._parent = parent
         self._deadline_timer = None
@@ -348,6 +350,28 @@ class Agent:
             "commands": sorted(pid for pid in self.commands if pid > 0),
             "walls": walls.report(),
         }
+
+
+def _pip_defaults(env, prefix):
+    """pip that works in the sandbox, from a cell (``!pip``), a command or ``install``.
+
+    On a read-only root, pip cannot write the interpreter's site-packages and installs into
+    the user site instead (``$HOME/.local``, in the workspace), which every ``python3`` of that
+    version puts on its path; PEP 668's marker (Debian, Ubuntu) would refuse first, so it is
+    lifted, which is safe only because the system cannot be written anyway. Where the prefix is
+    writable (the process provider run by root) the marker keeps protecting the host's Python.
+    PIP_USER is not set: it would break ``pip`` in a virtual environment the user makes.
+    ``$HOME/.local/bin`` (installed scripts) goes last on PATH. The caller's values win.
+    """
+    if not posix.access(prefix or "/usr", posix.W_OK):
+        env.setdefault("PIP_BREAK_SYSTEM_PACKAGES", "1")
+    env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")  # no lookup of a newer pip offline
+    home = env.get("HOME", "")
+    if home.startswith("/"):
+        scripts = home.rstrip("/") + "/.local/bin"
+        path = env.get("PATH", "")
+        if scripts not in path.split(":"):
+            env["PATH"] = path + ":" + scripts if path else scripts
 
 
 def _commands():

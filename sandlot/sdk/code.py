@@ -416,6 +416,12 @@ def _packages(packages: str | list[str]) -> list[str]:
 
 
 def _install_failure(result: CommandResult, network: bool, local_index: bool) -> str:
+    """sandlot's reason, then pip's own (the tail of what it printed, bounded)."""
+    reason = _install_reason(result, network, local_index)
+    return f"{reason}\npip said:\n{_pip_tail(result.stdout, result.stderr)}"
+
+
+def _install_reason(result: CommandResult, network: bool, local_index: bool) -> str:
     output = result.stdout + result.stderr
     if "No module named pip" in output:
         return "the sandbox's Python has no pip: install python3-pip in its image"
@@ -439,6 +445,26 @@ def _last_error_line(output: str) -> str:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("ERROR")]
     return (errors or lines or ["no output"])[-1][:500]
+
+
+PIP_TAIL_LINES = 12
+PIP_TAIL_CHARS = 2000
+
+
+def _pip_tail(stdout: str, stderr: str) -> str:
+    """The last lines pip wrote to stderr (stdout if stderr is empty), with its first error
+    line kept when the tail does not reach it; each line and the whole bounded."""
+    text = stderr if stderr.strip() else stdout
+    lines = [line.rstrip()[:300] for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "(no output)"
+    tail = lines[-PIP_TAIL_LINES:]
+    while len(tail) > 1 and sum(len(line) + 3 for line in tail) > PIP_TAIL_CHARS:
+        tail.pop(0)
+    first_error = next((x for x in lines if x.lower().startswith("error")), None)
+    if first_error is not None and first_error not in tail:
+        tail = [first_error, "...", *tail]
+    return "\n".join("  " + line for line in tail)
 
 
 async def install(
@@ -475,7 +501,10 @@ async def install(
         result = await collector.run()
     except CommandTimeoutError as exc:
         raise InstallError(
-            f"pip did not finish within {timeout:g} s", stdout=exc.stdout, stderr=exc.stderr
+            f"pip did not finish within {timeout:g} s\npip said:\n"
+            + _pip_tail(exc.stdout, exc.stderr),
+            stdout=exc.stdout,
+            stderr=exc.stderr,
         ) from None
     if result.exit_code != 0:
         network = bool(collector.end.get("network", True))
