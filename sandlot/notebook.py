@@ -23,14 +23,17 @@ callbacks only queue what arrives and the kernel's thread shows it.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import queue
 import shlex
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic import cell_magic as _cell_magic
 from IPython.display import display
@@ -76,6 +79,35 @@ def _remote_error(name: str, value: str, traceback: str) -> RemoteError:
     return cls(value, traceback)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _plain_errors(method: _F) -> _F:
+    """sandlot's own errors (no sandbox, a failed install, ...) shown as one line with the
+    reason, not as the host's stack through the SDK."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except SandlotError as exc:
+            raise _remote_error(type(exc).__name__, str(exc), "") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _timeout(options: dict[str, str]) -> float:
+    try:
+        value = float(options.get("timeout", DEFAULT_TIMEOUT))
+    except ValueError:
+        raise UsageError(
+            f"--timeout must be a number of seconds, not {options['timeout']!r}"
+        ) from None
+    if not value > 0:
+        raise UsageError("--timeout must be positive")
+    return value
+
+
 class _Bundle:
     """A cell's main result, returned by the magic so IPython shows it as ``Out[n]``."""
 
@@ -103,7 +135,10 @@ def _parse(line: str) -> tuple[dict[str, str], list[str]]:
     """``--session NAME`` and ``--timeout S`` (also ``--opt=value``), then the rest."""
     options: dict[str, str] = {}
     rest: list[str] = []
-    words = shlex.split(line)
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse {line!r}: {exc}") from None
     i = 0
     while i < len(words):
         word = words[i]
@@ -112,7 +147,7 @@ def _parse(line: str) -> tuple[dict[str, str], list[str]]:
             if not eq:
                 i += 1
                 if i >= len(words):
-                    raise ValueError(f"--{key} needs a value")
+                    raise UsageError(f"--{key} needs a value")
                 value = words[i]
             options[key] = value
         else:
@@ -170,12 +205,13 @@ class SandlotMagics(Magics):
     # -- magics -----------------------------------------------------------------------------
 
     @_cell_magic
+    @_plain_errors
     def sandlot(self, line: str, cell: str) -> _Bundle | None:
         """Run the cell in a sandbox: ``%%sandlot [--session NAME] [--timeout S]``."""
         options, rest = _parse(line)
         if rest:
-            raise ValueError(f"%%sandlot: unexpected arguments {rest!r}")
-        timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
+            raise UsageError(f"%%sandlot: unexpected arguments {rest!r}")
+        timeout = _timeout(options)
         target = self._target(options.get("session"))
         with target.lock:
             execution, main = _run(target, cell, timeout)
@@ -185,36 +221,48 @@ class SandlotMagics(Magics):
         return main  # IPython shows it as Out[n], like a local cell's trailing value
 
     @line_magic
+    @_plain_errors
     def sandlot_reset(self, line: str) -> None:
         """Empty the cell namespace (a session's saved state too): ``%sandlot_reset
         [--session NAME]``."""
         options, rest = _parse(line)
         if rest:
-            raise ValueError(f"%sandlot_reset: unexpected arguments {rest!r}")
+            raise UsageError(f"%sandlot_reset: unexpected arguments {rest!r}")
         target = self._target(options.get("session"))
         with target.lock:
             target.sandbox.restart_code_context(target.context, forget_state=True)
         print("sandlot: code context reset")
 
     @line_magic
+    @_plain_errors
     def sandlot_install(self, line: str) -> None:
         """``pip install`` in the sandbox: ``%sandlot_install [--session NAME] PKG ...``.
         A wheel or sdist that exists on this machine is uploaded first."""
         options, packages = _parse(line)
         if not packages:
-            raise ValueError("%sandlot_install: name at least one package")
+            raise UsageError("%sandlot_install: name at least one package")
         target = self._target(options.get("session"))
         with target.lock:
             packages = [_upload(target.sandbox, p) for p in packages]
+            timeout = _timeout(options)
             out = _Stream()
-            try:
-                target.sandbox.install(
-                    packages, on_stdout=out.stdout, on_stderr=out.stderr, timeout=float(
-                        options.get("timeout", DEFAULT_TIMEOUT)
+            failure: list[BaseException] = []
+
+            def install() -> None:
+                try:
+                    target.sandbox.install(
+                        packages, on_stdout=out.stdout, on_stderr=out.stderr, timeout=timeout
                     )
-                )  # fmt: skip
-            finally:
-                out.flush()
+                except BaseException as exc:  # shown on the kernel's thread
+                    failure.append(exc)
+
+            worker = threading.Thread(target=install, name="sandlot-install", daemon=True)
+            worker.start()
+            out.pump(lambda: not worker.is_alive())
+            worker.join()
+            out.flush()
+            if failure:
+                raise failure[0]
 
 
 def _upload(sandbox: Sandbox, package: str) -> str:
@@ -255,6 +303,17 @@ class _Stream:
             display(dict(item.data), raw=True)
         return None
 
+    def pump(self, done: Callable[[], bool]) -> _Bundle | None:
+        """Show output as it comes until ``done()``; the main result, if one came."""
+        main = None
+        while not done():
+            try:
+                kind, item = self.items.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            main = self.show(kind, item) or main
+        return main
+
     def flush(self) -> _Bundle | None:
         """Show what is queued; the main result, if it was among it."""
         main = None
@@ -281,12 +340,7 @@ def _run(target: _Target, cell: str, timeout: float) -> tuple[Execution, _Bundle
     )
     main: _Bundle | None = None
     try:
-        while not handle.done():
-            try:
-                kind, item = stream.items.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            main = stream.show(kind, item) or main
+        main = stream.pump(handle.done)
     except KeyboardInterrupt:
         handle.interrupt()
     try:

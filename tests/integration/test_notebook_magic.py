@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# The `dev` extra has both; a missing one fails the module rather than skipping it.
+import jupyter_client
 import pytest
 
 import sandlot
-
-jupyter_client = pytest.importorskip("jupyter_client")
-pytest.importorskip("ipykernel")
 
 REPO = str(Path(__file__).resolve().parents[2])
 PNG = base64.b64decode(
@@ -235,6 +234,44 @@ def test_a_named_session_is_separate_and_found_again(kernel: Kernel) -> None:
     assert len(sessions) == 1
 
 
+def test_kernel_interrupt_interrupts_the_cell(kernel: Kernel) -> None:
+    kernel.run("%%sandlot\nsurvivor = 3")
+    msg_id = kernel.client.execute(
+        "%%sandlot\nimport time\nprint('sleeping', flush=True)\ntime.sleep(60)"
+    )
+    while True:  # the cell runs in the sandbox: interrupt now
+        msg = kernel.client.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            break
+    kernel.manager.interrupt_kernel()
+    errors = []
+    while True:
+        msg = kernel.client.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "error":
+            errors.append(msg["content"]["ename"])
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    kernel.client.get_shell_msg(timeout=60)
+    assert errors == ["KeyboardInterrupt"]
+    _, messages = kernel.run("%%sandlot\nsurvivor")
+    assert results(messages) == [{"text/plain": "3"}]
+
+
+def test_sandlot_errors_and_bad_usage_are_one_line(kernel: Kernel) -> None:
+    status, messages = kernel.run("%sandlot_install /workspace/no-such-0.1-py3-none-any.whl")
+    assert status == "error"
+    [err] = [c for k, c in messages if k == "error"]
+    assert err["ename"] == "InstallError"
+    assert not any("site-packages" in line or "sdk" in line for line in err["traceback"])
+    status, messages = kernel.run("%%sandlot --timeout soon\n1")
+    assert status == "error"
+    # IPython prints a UsageError as one line on stderr.
+    errors = "".join(c["text"] for k, c in messages if k == "stream" and c["name"] == "stderr")
+    assert "UsageError: --timeout must be a number of seconds" in errors
+
+
 def test_kernel_exit_kills_its_sandbox() -> None:
     k = Kernel()
     try:
@@ -248,3 +285,25 @@ def test_kernel_exit_kills_its_sandbox() -> None:
     finally:
         k.stop()
     assert sandlot.Sandbox.list(metadata=mine) == []
+
+
+def test_a_named_session_outlives_the_kernel() -> None:
+    name = f"nb-keep-{os.getpid()}"
+    first = Kernel()
+    try:
+        first.run("%load_ext sandlot")
+        status, messages = first.run(f"%%sandlot --session {name}\nkept = [1, 2]")
+        assert status == "ok", messages
+        first.run(f"%%sandlot --session {name}\nopen('/workspace/note.txt', 'w').write('hi')")
+    finally:
+        first.stop()  # detaches: checkpoint, then destroy
+    second = Kernel()
+    try:
+        second.run("%load_ext sandlot")
+        status, messages = second.run(
+            f"%%sandlot --session {name}\nkept, open('/workspace/note.txt').read()"
+        )
+        assert status == "ok", messages
+        assert results(messages) == [{"text/plain": "([1, 2], 'hi')"}]
+    finally:
+        second.stop()
