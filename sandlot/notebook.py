@@ -40,6 +40,7 @@ from IPython.display import display
 
 from .errors import CodeTimeoutError, SandlotError
 from .models import Execution, Result
+from .safe_html import safe_bundle
 from .sdk import Sandbox, Session
 
 if TYPE_CHECKING:
@@ -132,7 +133,8 @@ class _Target:
 
 
 def _parse(line: str) -> tuple[dict[str, str], list[str]]:
-    """``--session NAME`` and ``--timeout S`` (also ``--opt=value``), then the rest."""
+    """``--session NAME``, ``--timeout S`` (also ``--opt=value``) and ``--trust``, then the
+    rest."""
     options: dict[str, str] = {}
     rest: list[str] = []
     try:
@@ -142,7 +144,9 @@ def _parse(line: str) -> tuple[dict[str, str], list[str]]:
     i = 0
     while i < len(words):
         word = words[i]
-        if word.startswith("--") and word[2:].split("=", 1)[0] in ("session", "timeout"):
+        if word == "--trust":
+            options["trust"] = "yes"
+        elif word.startswith("--") and word[2:].split("=", 1)[0] in ("session", "timeout"):
             key, eq, value = word[2:].partition("=")
             if not eq:
                 i += 1
@@ -214,7 +218,7 @@ class SandlotMagics(Magics):
         timeout = _timeout(options)
         target = self._target(options.get("session"))
         with target.lock:
-            execution, main = _run(target, cell, timeout)
+            execution, main = _run(target, cell, timeout, "trust" in options)
         if execution.error is not None:
             err = execution.error
             raise _remote_error(err.name, err.value, err.traceback) from None
@@ -278,7 +282,8 @@ def _upload(sandbox: Sandbox, package: str) -> str:
 class _Stream:
     """Output queued by the SDK's thread, shown by the kernel's (see the module's doc)."""
 
-    def __init__(self) -> None:
+    def __init__(self, trust: bool = False) -> None:
+        self.trust = trust
         self.items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
     def stdout(self, text: str) -> None:
@@ -297,10 +302,11 @@ class _Stream:
         elif kind == "stderr":
             sys.stderr.write(item)
             sys.stderr.flush()
-        elif item.is_main_result:
-            return _Bundle(dict(item.data))
         else:
-            display(dict(item.data), raw=True)
+            data = dict(item.data) if self.trust else safe_bundle(item.data)
+            if item.is_main_result:
+                return _Bundle(data)
+            display(data, raw=True)
         return None
 
     def pump(self, done: Callable[[], bool]) -> _Bundle | None:
@@ -325,10 +331,12 @@ class _Stream:
             main = self.show(kind, item) or main
 
 
-def _run(target: _Target, cell: str, timeout: float) -> tuple[Execution, _Bundle | None]:
+def _run(
+    target: _Target, cell: str, timeout: float, trust: bool
+) -> tuple[Execution, _Bundle | None]:
     """Run ``cell`` in the background, showing its output as it comes; Ctrl-C (the kernel's
     interrupt) interrupts the remote cell and keeps its state."""
-    stream = _Stream()
+    stream = _Stream(trust)
     handle = target.sandbox.run_code(
         cell,
         context=target.context,

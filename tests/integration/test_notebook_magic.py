@@ -52,8 +52,14 @@ class Kernel:
                 break
             if kind not in ("status", "execute_input"):
                 messages.append((kind, content))
-        reply = self.client.get_shell_msg(timeout=timeout)
-        return reply["content"]["status"], messages
+        return self.reply(msg_id, timeout), messages
+
+    def reply(self, msg_id: str, timeout: float = 60) -> str:
+        """The status of ``msg_id``'s execute_reply (older replies are passed over)."""
+        while True:
+            reply = self.client.get_shell_msg(timeout=timeout)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return str(reply["content"]["status"])
 
     def stop(self) -> None:
         self.client.stop_channels()
@@ -122,6 +128,42 @@ print("after")
     assert stdout(messages) == "before\nafter\n"
 
 
+def test_active_content_is_cleaned_unless_trusted(kernel: Kernel) -> None:
+    # A notebook front end runs scripts in live outputs, with the user's Jupyter rights.
+    cell = (
+        "class Evil:\n"
+        "    def _repr_html_(self): return '<b>ok</b><img src=x onerror=f()><script>x</script>'\n"
+        "    def _repr_javascript_(self): return 'alert(1)'\n"
+        "Evil()"
+    )
+    status, messages = kernel.run("%%sandlot\n" + cell)
+    assert status == "ok", messages
+    [data] = results(messages)
+    assert data["text/html"] == "<b>ok</b><img>"  # no handler, no src, no script
+    assert "application/javascript" not in data
+    status, messages = kernel.run("%%sandlot --trust\nEvil()")
+    [data] = results(messages)
+    assert "<script>" in data["text/html"] and data["application/javascript"] == "alert(1)"
+
+
+def test_matplotlib_figures_and_dataframes(kernel: Kernel) -> None:
+    _, messages = kernel.run(
+        "%%sandlot\nimport importlib.util as u\n"
+        "all(u.find_spec(m) for m in ('matplotlib', 'pandas'))"
+    )
+    if results(messages) != [{"text/plain": "True"}]:
+        pytest.skip("the sandbox's Python has no matplotlib or pandas")
+    status, messages = kernel.run(
+        "%%sandlot\nimport matplotlib.pyplot as plt, pandas as pd\n"
+        "plt.plot([1, 3, 2]); plt.show()\npd.DataFrame({'a': [1, 2]})"
+    )
+    assert status == "ok", messages
+    [figure] = [c["data"] for k, c in messages if k == "display_data"]
+    assert base64.b64decode(figure["image/png"]).startswith(b"\x89PNG")
+    [table] = results(messages)
+    assert "<table" in table["text/html"] and "a" in table["text/plain"]
+
+
 def test_output_streams_while_the_cell_runs(kernel: Kernel) -> None:
     # The first line arrives as a stream message before the cell ends: the cell waits for a
     # file the test writes into its sandbox only after seeing that line.
@@ -152,7 +194,7 @@ def test_output_streams_while_the_cell_runs(kernel: Kernel) -> None:
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
     assert "".join(seen) == "waiting\ndone\n"
-    assert kernel.client.get_shell_msg(timeout=60)["content"]["status"] == "ok"
+    assert kernel.reply(msg_id) == "ok"
 
 
 def test_an_exception_is_shown_as_the_remote_one(kernel: Kernel) -> None:
@@ -253,7 +295,7 @@ def test_kernel_interrupt_interrupts_the_cell(kernel: Kernel) -> None:
             errors.append(msg["content"]["ename"])
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
-    kernel.client.get_shell_msg(timeout=60)
+    kernel.reply(msg_id)
     assert errors == ["KeyboardInterrupt"]
     _, messages = kernel.run("%%sandlot\nsurvivor")
     assert results(messages) == [{"text/plain": "3"}]
