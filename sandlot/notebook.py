@@ -54,6 +54,9 @@ DEFAULT_TIMEOUT = 300.0
 # Where host files given to %sandlot_install are uploaded first.
 UPLOAD_DIR = "/tmp/sandlot-install"
 _UPLOADABLE = (".whl", ".tar.gz", ".zip")
+# A remote traceback shows at most this many lines from each end, each cut to _MAX_LINE.
+_KEEP_LINES = 500
+_MAX_LINE = 10_000
 
 
 class RemoteError(Exception):
@@ -66,7 +69,10 @@ class RemoteError(Exception):
         self.remote_traceback = traceback
 
     def _render_traceback_(self) -> list[str]:
-        lines = self.remote_traceback.rstrip("\n").splitlines()
+        lines = [line[:_MAX_LINE] for line in self.remote_traceback.rstrip("\n").splitlines()]
+        if len(lines) > 2 * _KEEP_LINES:  # the sandbox's text: bounded before the browser
+            cut = len(lines) - 2 * _KEEP_LINES
+            lines = [*lines[:_KEEP_LINES], f"[... {cut} lines ...]", *lines[-_KEEP_LINES:]]
         last = f"{type(self).__name__}: {self}" if str(self) else type(self).__name__
         if not lines or lines[-1] != last:
             lines.append(last)
@@ -211,7 +217,8 @@ class SandlotMagics(Magics):
     @_cell_magic
     @_plain_errors
     def sandlot(self, line: str, cell: str) -> _Bundle | None:
-        """Run the cell in a sandbox: ``%%sandlot [--session NAME] [--timeout S]``."""
+        """Run the cell in a sandbox: ``%%sandlot [--session NAME] [--timeout S] [--trust]``.
+        ``--trust`` shows its results as sent (scripts included) instead of cleaned."""
         options, rest = _parse(line)
         if rest:
             raise UsageError(f"%%sandlot: unexpected arguments {rest!r}")

@@ -349,3 +349,25 @@ def test_a_named_session_outlives_the_kernel() -> None:
         assert results(messages) == [{"text/plain": "([1, 2], 'hi')"}]
     finally:
         second.stop()
+
+
+def test_parse_and_remote_errors_offline() -> None:
+    from IPython.core.error import UsageError
+
+    from sandlot.notebook import _parse, _remote_error
+
+    assert _parse("--session 'my nb' --timeout=5 --trust") == (
+        {"session": "my nb", "timeout": "5", "trust": "yes"},
+        [],
+    )
+    assert _parse("a.whl --session s b") == ({"session": "s"}, ["a.whl", "b"])
+    for bad in ("--session", "--session 'open"):
+        with pytest.raises(UsageError):
+            _parse(bad)
+    # The class name is the sandbox's: anything but an identifier becomes RemoteError.
+    err = _remote_error("x; import os", "v", "")
+    assert type(err).__name__ == "RemoteError"
+    long = _remote_error("E", "v", "\n".join(f"line {i}" for i in range(5000)))
+    rendered = long._render_traceback_()
+    assert len(rendered) == 1002 and rendered[500] == "[... 4000 lines ...]"
+    assert rendered[-1] == "E: v"
