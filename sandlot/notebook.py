@@ -49,6 +49,10 @@ if TYPE_CHECKING:
     from .models import CodeContext
 
 SESSION_KEY = "sandlot.notebook"
+# The kernel's own sandbox: killed at kernel exit; these bound it if the kernel dies without
+# running its exit handlers, and let a notebook sit unused for an hour.
+KERNEL_SANDBOX_LIFETIME = 24 * 3600.0
+KERNEL_SANDBOX_IDLE = 3600.0
 CONTEXT_NAME = "notebook"
 DEFAULT_TIMEOUT = 300.0
 # Where host files given to %sandlot_install are uploaded first.
@@ -179,8 +183,19 @@ class SandlotMagics(Magics):
     # -- targets ----------------------------------------------------------------------------
 
     def _target(self, name: str | None) -> _Target:
+        """The sandbox for ``name``; a new one if its last one ended (idle or hard timeout,
+        killed elsewhere), said on stderr since the namespace starts over."""
         with self._guard:
             target = self._targets.get(name)
+            if target is not None and not target.sandbox.is_running():
+                label = f"session {name!r}" if name else "this kernel"
+                print(
+                    f"sandlot: the sandbox of {label} had ended; starting a new one "
+                    + ("(restored from the last checkpoint)" if name else "(empty namespace)"),
+                    file=sys.stderr,
+                )
+                self._drop(target)
+                target = None
             if target is None:
                 target = self._open(name)
                 self._targets[name] = target
@@ -188,7 +203,12 @@ class SandlotMagics(Magics):
 
     def _open(self, name: str | None) -> _Target:
         if name is None:
-            return _Target(Sandbox.create(metadata={SESSION_KEY: f"kernel-{os.getpid()}"}))
+            sandbox = Sandbox.create(
+                metadata={SESSION_KEY: f"kernel-{os.getpid()}"},
+                timeout=KERNEL_SANDBOX_LIFETIME,
+                idle_timeout=KERNEL_SANDBOX_IDLE,
+            )
+            return _Target(sandbox)
         found = Session.list(metadata={SESSION_KEY: name})
         session = (
             Session.connect(found[0].id) if found else Session.create(metadata={SESSION_KEY: name})
@@ -204,13 +224,17 @@ class SandlotMagics(Magics):
         with self._guard:
             targets, self._targets = list(self._targets.values()), {}
         for target in targets:
-            try:
-                if target.session is not None:
-                    target.session.detach(target.sandbox)
-                else:
-                    target.sandbox.kill()
-            except SandlotError:
-                pass  # already gone: nothing left to clean
+            self._drop(target)
+
+    @staticmethod
+    def _drop(target: _Target) -> None:
+        try:
+            if target.session is not None:
+                target.session.detach(target.sandbox)
+            else:
+                target.sandbox.kill()
+        except SandlotError:
+            pass  # already gone: nothing left to clean
 
     # -- magics -----------------------------------------------------------------------------
 

@@ -314,6 +314,19 @@ def test_sandlot_errors_and_bad_usage_are_one_line(kernel: Kernel) -> None:
     assert "UsageError: --timeout must be a number of seconds" in errors
 
 
+def test_an_ended_sandbox_is_replaced_with_a_warning(kernel: Kernel) -> None:
+    kernel.run("%%sandlot\nbefore = 1")
+    _, messages = kernel.run("import os; os.getpid()")
+    pid = results(messages)[0]["text/plain"]
+    [info] = sandlot.Sandbox.list(metadata={"sandlot.notebook": f"kernel-{pid}"})
+    sandlot.Sandbox.connect(info.id).kill()  # as its idle timeout would
+    status, messages = kernel.run("%%sandlot\n'before' in globals()")
+    assert status == "ok", messages
+    assert results(messages) == [{"text/plain": "False"}]
+    stderr = "".join(c["text"] for k, c in messages if k == "stream" and c["name"] == "stderr")
+    assert "the sandbox of this kernel had ended" in stderr
+
+
 def test_kernel_exit_kills_its_sandbox() -> None:
     k = Kernel()
     try:
