@@ -91,6 +91,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
         SessionEvent,
         SessionInfo,
     )
+    from .notebook import load_ipython_extension as load_ipython_extension
+    from .notebook import unload_ipython_extension as unload_ipython_extension
     from .remote import Client
     from .sdk import (
         AsyncCommandHandle,
@@ -190,6 +192,9 @@ _SOURCES: dict[str, str] = {
     "Sandbox": ".sdk",
     "Session": ".sdk",
     "SecretRef": ".secrets.refs",
+    # `%load_ext sandlot` (IPython looks these up on the package); not in __all__.
+    "load_ipython_extension": ".notebook",
+    "unload_ipython_extension": ".notebook",
 }
 
 
