@@ -275,7 +275,9 @@ def _pick(parent: Path, name: str) -> Path:
     try:
         entries = list(os.scandir(parent))
     except FileNotFoundError:
-        raise NotFoundError(f"no scratch folder for {slug!r}: {parent} does not exist ({hint})")
+        raise NotFoundError(
+            f"no scratch folder for {slug!r}: {parent} does not exist ({hint})"
+        ) from None
     dated = sorted(
         entry.name
         for entry in entries

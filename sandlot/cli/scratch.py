@@ -44,9 +44,7 @@ def new(
     """Make a dated scratch folder with its README and a durable session; prints its path."""
     from .. import scratch
 
-    made = scratch.new(
-        slug, title=title, parent_dir=parent_dir, day=day, session=not no_session
-    )
+    made = scratch.new(slug, title=title, parent_dir=parent_dir, day=day, session=not no_session)
     if json_:
         print_json(made.to_json())
         return

@@ -20,6 +20,7 @@ from sandlot import scratch
 from sandlot.errors import InvalidArgumentError, NotFoundError, SandlotError
 
 DAY = date(2026, 12, 7)
+ScratchExists = scratch.ScratchExistsError
 
 
 @pytest.fixture
@@ -39,7 +40,9 @@ def cwd() -> Iterator[None]:
 
 
 def test_new_scaffolds_the_folder_and_the_parent_files(repo: Path) -> None:
-    made = scratch.new("attention-probe", title="Attention probe", root=repo, day=DAY, session=False)
+    made = scratch.new(
+        "attention-probe", title="Attention probe", root=repo, day=DAY, session=False
+    )
     parent = repo / "notebooks" / "_sandbox"
     assert made.path == parent / "2026-12-07_attention-probe"
     assert made.path.is_dir()
@@ -75,10 +78,9 @@ def test_same_day_refused_other_day_made_and_nothing_overwritten(repo: Path) -> 
     assert (parent / ".gitignore").read_text() == "mine: .gitignore\n"
 
 
-ScratchExists = scratch.ScratchExistsError
-
-
-def test_a_file_or_link_where_the_folder_goes_is_refused_untouched(repo: Path, tmp_path: Path) -> None:
+def test_a_file_or_link_where_the_folder_goes_is_refused_untouched(
+    repo: Path, tmp_path: Path
+) -> None:
     parent = repo / "notebooks" / "_sandbox"
     parent.mkdir(parents=True)
     (parent / "2026-12-07_taken").write_text("a file\n")
@@ -124,9 +126,7 @@ def test_bad_date_and_title_refused(repo: Path) -> None:
     assert not (repo / "notebooks").exists()
 
 
-def test_new_from_a_subfolder_goes_under_the_repository_root(
-    repo: Path, cwd: None
-) -> None:
+def test_new_from_a_subfolder_goes_under_the_repository_root(repo: Path, cwd: None) -> None:
     deep = repo / "src" / "pkg"
     deep.mkdir(parents=True)
     os.chdir(deep)
@@ -162,7 +162,7 @@ def test_setup_notebook_from_three_working_folders(repo: Path, cwd: None, where:
     (folder / "data.csv").write_text("a,b\n")
     rel = "notebooks/_sandbox/2026-12-07_probe/data.csv"
     assert Path(rel).resolve() == folder / "data.csv"
-    assert open(rel).read() == "a,b\n"
+    assert Path(rel).read_text() == "a,b\n"
     # Running the first cell again changes nothing.
     assert scratch.setup_notebook("probe") == folder and Path.cwd() == repo
 
