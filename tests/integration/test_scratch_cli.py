@@ -119,3 +119,40 @@ def test_outside_a_repository_exits_2(home: Path, tmp_path: Path) -> None:
 def test_help_lists_new(home: Path, repo: Path) -> None:
     done = scratch(home, repo, "--help")
     assert done.returncode == 0 and "new" in done.stdout
+
+
+def test_setup_notebook_in_a_real_kernel_started_in_the_notebooks_folder(
+    home: Path, repo: Path
+) -> None:
+    """The trap itself: Jupyter starts a kernel in the notebook's own folder, where
+    the repository's relative paths would double; the first cell fixes it."""
+    from jupyter_client.manager import start_new_kernel
+
+    done = scratch(home, repo, "new", "probe", "--no-session", "--json")
+    folder = Path(json.loads(done.stdout)["path"])
+    (folder / "data.csv").write_text("a,b\n1,2\n")
+    rel = f"notebooks/_sandbox/{folder.name}/data.csv"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "SANDLOT_HOME": str(home)}
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(folder), env=env)
+    try:
+        outputs: list[str] = []
+
+        def cell(code: str) -> str:
+            outputs.clear()
+            reply = kc.execute_interactive(
+                code,
+                timeout=60,
+                output_hook=lambda m: outputs.append(m["content"].get("text", "")),
+            )
+            assert reply["content"]["status"] == "ok", reply["content"]
+            return "".join(outputs)
+
+        assert cell("import os; print(os.getcwd())").strip() == str(folder)
+        first = 'from sandlot.scratch import setup_notebook\nHERE = setup_notebook("probe")\n'
+        cell(first)
+        cell(first)  # a re-run of the first cell changes nothing
+        out = cell(f"print(HERE); print(os.getcwd()); print(open({rel!r}).read())")
+        assert out.splitlines() == [str(folder), str(repo), "a,b", "1,2", ""]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
