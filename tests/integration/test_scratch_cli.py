@@ -131,6 +131,7 @@ def test_setup_notebook_in_a_real_kernel_started_in_the_notebooks_folder(
     done = scratch(home, repo, "new", "probe", "--no-session", "--json")
     folder = Path(json.loads(done.stdout)["path"])
     (folder / "data.csv").write_text("a,b\n1,2\n")
+    (repo / "projmod.py").write_text("VALUE = 42\n")  # the project's own module, at its root
     rel = f"notebooks/_sandbox/{folder.name}/data.csv"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "SANDLOT_HOME": str(home)}
     km, kc = start_new_kernel(kernel_name="python3", cwd=str(folder), env=env)
@@ -153,6 +154,7 @@ def test_setup_notebook_in_a_real_kernel_started_in_the_notebooks_folder(
         cell(first)  # a re-run of the first cell changes nothing
         out = cell(f"print(HERE); print(os.getcwd()); print(open({rel!r}).read())")
         assert out.splitlines() == [str(folder), str(repo), "a,b", "1,2", ""]
+        assert cell("import projmod; print(projmod.VALUE)").strip() == "42"
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
