@@ -23,7 +23,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +129,8 @@ def _today(when: date | str | None) -> str:
             return date.fromisoformat(when).isoformat()
         except ValueError:
             raise InvalidArgumentError(f"bad date {when[:40]!r}: use YYYY-MM-DD") from None
+    if isinstance(when, datetime):  # a datetime is a date too, but its isoformat has a time
+        when = when.date()
     return when.isoformat()
 
 
@@ -167,8 +169,13 @@ def new(
         raise InvalidArgumentError("a scratch title is one line of at most 200 characters")
     base = Path(root).resolve() if root is not None else find_root()
     parent = _parent(base, parent_dir)
-    parent.mkdir(parents=True, exist_ok=True)
     folder = parent / f"{today}_{slug}"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder should be, no permission, ...
+        raise InvalidArgumentError(
+            f"cannot make the parent folder {parent}: {exc.strerror}"
+        ) from None
     try:
         folder.mkdir()
     except FileExistsError:
@@ -176,6 +183,8 @@ def new(
             f"{folder} already exists: a scratch slug is made once a day "
             f"(pick another slug, or keep working in that folder)"
         ) from None
+    except OSError as exc:
+        raise SandlotError(f"cannot make {folder}: {exc.strerror}") from None
     created: list[Path] = []
     try:
         session_id = _session(folder, base, slug, today, client) if session else None

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
@@ -124,6 +124,18 @@ def test_bad_date_and_title_refused(repo: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="title"):
         scratch.new("probe", root=repo, day=DAY, title="two\nlines", session=False)
     assert not (repo / "notebooks").exists()
+
+
+def test_a_datetime_day_names_the_date_only(repo: Path) -> None:
+    made = scratch.new("probe", root=repo, day=datetime(2026, 12, 7, 23, 59), session=False)
+    assert made.path.name == "2026-12-07_probe"
+
+
+def test_a_parent_that_cannot_be_a_folder_is_a_clear_error(repo: Path) -> None:
+    (repo / "notebooks").write_text("a file\n")
+    with pytest.raises(InvalidArgumentError, match="cannot make the parent folder"):
+        scratch.new("probe", root=repo, day=DAY, session=False)
+    assert (repo / "notebooks").read_text() == "a file\n"
 
 
 def test_new_from_a_subfolder_goes_under_the_repository_root(repo: Path, cwd: None) -> None:
