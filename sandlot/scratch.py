@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ __all__ = [
     "ScratchExistsError",
     "bind_for",
     "find_root",
+    "folders",
     "new",
     "setup_notebook",
     "validate_slug",
@@ -46,7 +48,7 @@ __all__ = [
 DEFAULT_PARENT = "notebooks/_sandbox"
 MAX_SLUG = 64
 ROOT_MARKERS = (".git", "pyproject.toml")  # .git first: a repository beats a sub-project
-RECORD = ".sandlot.json"  # in each scratch folder: its session's id (host-local, git-ignored)
+RECORD = ".sandlot.json"  # in each scratch folder: title, session id (host-local, git-ignored)
 BIND_PATH = "/project"  # where the future project bind mounts the repository root
 
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -189,9 +191,8 @@ def new(
     try:
         session_id = _session(folder, base, slug, today, client) if session else None
         _write_once(folder / "README.md", _readme(title, today, slug, session_id), created)
-        if session_id is not None:
-            record = {"session": session_id, "slug": slug, "date": today, "title": title}
-            _write_once(folder / RECORD, json.dumps(record, indent=2) + "\n", created)
+        record = {"session": session_id, "slug": slug, "date": today, "title": title}
+        _write_once(folder / RECORD, json.dumps(record, indent=2) + "\n", created)
     except BaseException:
         for path in created:  # the folder is ours (made above): leave no half-made one
             path.unlink(missing_ok=True)
@@ -233,6 +234,52 @@ def bind_for(metadata: dict[str, str]) -> dict[str, str]:
     if Path(rel).is_absolute() or ".." in parts:
         raise InvalidArgumentError(f"bad scratch_rel {rel[:200]!r}")
     return {"host": folder, "path": f"{BIND_PATH}/{Path(rel).as_posix()}", "mode": "rw"}
+
+
+def folders(
+    *,
+    parent_dir: str | os.PathLike[str] = DEFAULT_PARENT,
+    root: str | os.PathLike[str] | None = None,
+) -> list[Scratch]:
+    """The scratch folders under the parent, oldest first, with the title and session each
+    one's ``.sandlot.json`` names (a missing or unreadable one gives none: it is the
+    user's file, read only up to 64 KiB)."""
+    base = Path(root).resolve() if root is not None else find_root()
+    parent = _parent(base, parent_dir)
+    try:
+        entries = sorted(os.scandir(parent), key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for entry in entries:
+        named = _FOLDER.fullmatch(entry.name)
+        if named is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        record = _record(Path(entry.path) / RECORD)
+        session_id = record.get("session")
+        title = record.get("title")
+        title = title if isinstance(title, str) else ""
+        session_id = session_id if isinstance(session_id, str) else None
+        slug, day = named.group(2), named.group(1)
+        found.append(Scratch(Path(entry.path), base, slug, day, title, session_id))
+    return found
+
+
+def _record(path: Path) -> dict[str, Any]:
+    """A folder's record, if it is a regular file (a FIFO there must not hang ``ls``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        data = json.loads(os.read(fd, 64 * 1024))
+    except (OSError, ValueError):
+        return {}
+    finally:
+        os.close(fd)
+    return data if isinstance(data, dict) else {}
 
 
 def setup_notebook(

@@ -3,7 +3,8 @@
 ``new SLUG`` makes ``<root>/<parent>/<YYYY-MM-DD>_<slug>/`` with its README (and the
 parent's README and ``.gitignore`` when absent) and a durable session for it; prints the
 folder's path on stdout (so ``cd "$(sandlot scratch new probe)"`` works), what it wrote on
-stderr. A slug already made that day exits 1; a bad slug, date or parent exits 2.
+stderr. A slug already made that day exits 1; a bad slug, date or parent exits 2. ``ls``
+lists the folders with their title and session.
 """
 
 from __future__ import annotations
@@ -56,3 +57,34 @@ def new(
     if made.session_id is not None:
         note(f"session {made.session_id} (sandlot sessions show {made.session_id})", style="dim")
     note(f'first cell: from sandlot.scratch import setup_notebook; setup_notebook("{slug}")', "dim")
+
+
+@scratch_app.command("ls")
+def ls(
+    parent_dir: Annotated[
+        str,
+        typer.Option("--parent-dir", help="Where the folders are, from the repository root."),
+    ] = "notebooks/_sandbox",
+    json_: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Scratch folders, oldest first, with their title and session."""
+    from .. import scratch
+
+    found = scratch.folders(parent_dir=parent_dir)
+    if json_:
+        print_json([made.to_json() for made in found])
+        return
+    if not found:
+        note("no scratch folders", style="dim")
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ._common import console
+
+    table = Table()
+    for column in ("folder", "session", "title"):
+        table.add_column(column, no_wrap=column != "title")
+    for made in found:
+        table.add_row(escape(made.name), made.session_id or "-", escape(made.title))
+    console().print(table)

@@ -116,9 +116,23 @@ def test_outside_a_repository_exits_2(home: Path, tmp_path: Path) -> None:
     assert "no repository root" in one_error(scratch(home, lost, "new", "probe"), 2)
 
 
-def test_help_lists_new(home: Path, repo: Path) -> None:
+def test_help_lists_new_and_ls(home: Path, repo: Path) -> None:
     done = scratch(home, repo, "--help")
-    assert done.returncode == 0 and "new" in done.stdout
+    assert done.returncode == 0 and "new" in done.stdout and "ls" in done.stdout
+
+
+def test_ls(home: Path, repo: Path) -> None:
+    empty = scratch(home, repo, "ls")
+    assert empty.returncode == 0 and empty.stdout == "" and "no scratch folders" in empty.stderr
+    made = json.loads(scratch(home, repo, "new", "probe", "-t", "Probe [x]", "--json").stdout)
+    listed = scratch(home, repo / "notebooks", "ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(f["name"], f["title"], f["session_id"]) for f in json.loads(listed.stdout)] == [
+        (made["name"], "Probe [x]", made["session_id"])
+    ]
+    table = scratch(home, repo, "ls")
+    assert made["name"] in table.stdout and "Probe [x]" in table.stdout
+    assert made["session_id"] in table.stdout
 
 
 def test_setup_notebook_in_a_real_kernel_started_in_the_notebooks_folder(

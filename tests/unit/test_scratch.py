@@ -53,10 +53,18 @@ def test_new_scaffolds_the_folder_and_the_parent_files(repo: Path) -> None:
     assert 'setup_notebook("attention-probe")' in readme
     assert "*.csv" in (parent / ".gitignore").read_text().splitlines()
     assert "# Exploratory workspaces" in (parent / "README.md").read_text()
+    record = made.path / scratch.RECORD
     assert sorted(made.created) == sorted(
-        [made.path / "README.md", parent / "README.md", parent / ".gitignore"]
+        [made.path / "README.md", record, parent / "README.md", parent / ".gitignore"]
     )
-    assert made.session_id is None and not (made.path / scratch.RECORD).exists()
+    assert made.session_id is None
+    assert json.loads(record.read_text()) == {
+        "session": None,
+        "slug": "attention-probe",
+        "date": "2026-12-07",
+        "title": "Attention probe",
+    }
+    assert ".sandlot.json" in (parent / ".gitignore").read_text().splitlines()
 
 
 def test_same_day_refused_other_day_made_and_nothing_overwritten(repo: Path) -> None:
@@ -73,7 +81,8 @@ def test_same_day_refused_other_day_made_and_nothing_overwritten(repo: Path) -> 
 
     second = scratch.new("probe", root=repo, day="2026-12-08", session=False)
     assert second.path.name == "2026-12-08_probe"
-    assert second.created == [second.path / "README.md"]  # the parent's files were kept
+    # The parent's files were kept.
+    assert second.created == [second.path / "README.md", second.path / scratch.RECORD]
     assert (parent / "README.md").read_text() == "mine: README.md\n"
     assert (parent / ".gitignore").read_text() == "mine: .gitignore\n"
 
@@ -236,6 +245,28 @@ def test_find_root_prefers_git_over_a_nearer_pyproject(repo: Path, tmp_path: Pat
     worktree.mkdir()
     (worktree / ".git").write_text("gitdir: /elsewhere\n")  # a git worktree's .git is a file
     assert scratch.find_root(worktree) == worktree
+
+
+def test_folders_lists_them_oldest_first_and_survives_odd_records(repo: Path) -> None:
+    assert scratch.folders(root=repo) == []
+    scratch.new("b-probe", root=repo, day=DAY, title="Second", session=False)
+    scratch.new("a-probe", root=repo, day="2026-12-01", title="First", session=False)
+    parent = repo / "notebooks" / "_sandbox"
+    (parent / "not-a-scratch").mkdir()
+    (parent / "2026-12-02_a-file").write_text("")
+    odd = parent / "2026-12-03_odd"
+    odd.mkdir()
+    os.mkfifo(odd / scratch.RECORD)  # must not block
+    broken = parent / "2026-12-04_broken"
+    broken.mkdir()
+    (broken / scratch.RECORD).write_text("[1, 2")
+    listed = scratch.folders(root=repo)
+    assert [(f.name, f.title, f.session_id) for f in listed] == [
+        ("2026-12-01_a-probe", "First", None),
+        ("2026-12-03_odd", "", None),
+        ("2026-12-04_broken", "", None),
+        ("2026-12-07_b-probe", "Second", None),
+    ]
 
 
 # -- the session ---------------------------------------------------------------------------
