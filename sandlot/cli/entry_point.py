@@ -45,6 +45,7 @@ REGISTRY: tuple[tuple[str, str, str, str, dict[str, Any]], ...] = (
     ("secrets", "secrets", "secrets_app", "group", {}),
     ("pool", "pool", "pool_app", "group", {}),
     ("sessions", "sessions", "sessions_app", "group", {}),
+    ("scratch", "scratch", "scratch_app", "group", {}),
     ("serve", "server", "serve", "command", {}),
     ("mcp", "mcp", "mcp", "command", {}),
     ("completion", "completion", "completion", "command", {}),
