@@ -38,33 +38,6 @@ from sandlot.models import Execution
 
 __all__ = ["SandlotExecutor", "SandlotExecutorOptions"]
 
-# The context's environment for pip run from a cell (`!pip install x`, as smolagents and the
-# models it prompts write it). The sandbox's Python is usually a distribution's (PEP 668:
-# "externally managed") on a read-only root, so pip may only write to the user site, which
-# lives in the workspace; that folder is put on sys.path now, as Python skips it at start-up
-# when it does not exist yet. Without a route off the sandbox (sandlot's default), pip is
-# told not to retry, so the model reads pip's error in about a second instead of eight.
-_PIP_SETUP = """
-def _sandlot_pip_setup():
-    import os, site, sys
-    os.environ.setdefault("PIP_BREAK_SYSTEM_PACKAGES", "1")
-    os.environ.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-    os.environ.setdefault("PIP_PROGRESS_BAR", "off")
-    if sys.prefix == sys.base_prefix and site.ENABLE_USER_SITE:
-        os.environ.setdefault("PIP_USER", "1")
-        os.makedirs(site.getusersitepackages(), exist_ok=True)
-        site.addsitedir(site.getusersitepackages())
-    try:
-        with open("/proc/net/route") as routes:
-            routed = len(routes.read().splitlines()) > 1
-    except OSError:
-        routed = True
-    if not routed and not any(k.lower().endswith("_proxy") for k in os.environ):
-        os.environ.setdefault("PIP_RETRIES", "0")
-_sandlot_pip_setup()
-del _sandlot_pip_setup
-"""
-
 # Which names in the sandbox are importable: smolagents passes module names
 # (additional_authorized_imports, tool requirements), so only the missing ones are installed.
 _MISSING_MODULES = """
@@ -163,8 +136,6 @@ class SandlotExecutor(RemotePythonExecutor):
         )
         try:
             self.context_id = self.options.context or self.sandbox.create_code_context().id
-            with self._recorded("pip"):
-                self.run_code_raise_errors(_PIP_SETUP)
             self.installed_packages = self.install_packages(self.additional_imports)
         except BaseException:
             self.cleanup()
