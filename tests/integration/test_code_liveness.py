@@ -166,3 +166,19 @@ def test_cwd_on_path_can_be_left_off(box: sandlot.Sandbox) -> None:
     off = box.create_code_context(cwd_on_path=False)
     assert not off.cwd_on_path
     assert box.run_code(check, context=off).text == "False"
+
+
+def test_a_long_c_call_holding_the_gil_is_alive(box: sandlot.Sandbox) -> None:
+    """``sum(range(n))`` never lets the heartbeat thread run: the worker's CPU time is what
+    shows it is alive. ``n`` is calibrated in the cell to last about three timeouts."""
+    context = box.create_code_context()
+    cell = (
+        "import time\n"
+        "t = time.perf_counter(); sum(range(10**7)); unit = time.perf_counter() - t\n"
+        "n = int(10**7 * 3.0 / max(unit, 1e-6))\n"
+        "t = time.perf_counter(); sum(range(n)); spent = time.perf_counter() - t\n"
+        "spent > 1.0"
+    )
+    ex = box.run_code(cell, context=context, inactivity_timeout=1.0)
+    assert ex.error is None and not ex.timed_out, ex.error
+    assert ex.text == "True"  # it really ran past the timeout in one C call
