@@ -46,6 +46,7 @@ DEFAULT_MAX_OUTPUT = 2 * 1024 * 1024  # per stream and cell: half head, half tai
 DEFAULT_GRACE = 2.0
 MAX_CONTEXTS = 64
 MAX_SETUP = 256 * 1024  # bytes of setup code
+SETUP_TIMEOUT = 50.0  # seconds; under a remote client's 60 s call timeout for create
 MAX_SETUP_ERROR = 16 * 1024  # what a worker may say about its setup's failure
 MAX_CWD = 4096
 BOOT_STDERR = 8192  # what a worker printed while starting, kept for the error message
@@ -394,12 +395,28 @@ class Context:
         self.setup_error = None
         if self.setup is not None:  # the worker reads it first, before it says ready
             self._send_control({"op": "setup", "code": self.setup})
+            pid = self.pid
+            agent.loop.call_at(time.monotonic() + SETUP_TIMEOUT, lambda: self._setup_late(pid))
         self._pipes = {p.STDOUT: out_r, p.STDERR: err_r}
         for fd in self._pipes.values():
             posix.set_blocking(fd, False)
         self._pipes_watched = False
         self.pipes_wanted(True)
         agent.commands[self.pid] = self  # reaped, and killed at shutdown, with the commands
+
+    def _setup_late(self, pid):
+        """Setup still running: interrupt it (reported as its error); if it ignores that,
+        the worker is killed and the context fails to start, with no respawn loop."""
+        if self.pid != pid or self.ready:
+            return
+        self.signal(SIGCONT)
+        self.signal(SIGINT)
+
+        def grace_over():
+            if self.pid == pid and not self.ready:
+                self.kill("setup")
+
+        self.agent.loop.call_at(time.monotonic() + DEFAULT_GRACE, grace_over)
 
     def signal(self, signum):
         if self.pid is not None:
@@ -683,7 +700,7 @@ class Context:
             posix.close(fd)
         self._pipes_watched = False
         reason, self._kill_reason = self._kill_reason, None
-        failed_start = not self.ready and reason is None
+        failed_start = not self.ready and reason in (None, "setup")
         self.ready = False
         cell = self.cell
         if cell is not None and not cell.finished:
