@@ -662,9 +662,10 @@ class Sandbox:
         ``context`` names another): the namespace persists between calls, and the value of
         a trailing expression is the main result.
 
-        ``timeout`` bounds the whole cell and ``inactivity_timeout`` the time without output
-        or ``sandlot_progress()``; either interrupts it (KeyboardInterrupt; the state is
-        kept) and raises :class:`CodeTimeoutError` carrying the partial :class:`Execution`.
+        ``timeout`` bounds the whole cell and ``inactivity_timeout`` the time without a sign of
+        life (output, ``progress()``, the worker's heartbeat); either interrupts it
+        (KeyboardInterrupt; the state is kept) and raises :class:`CodeTimeoutError` carrying
+        the partial :class:`Execution`.
         Code that ignores the interrupt is killed after ``interrupt_grace`` seconds and the
         context restarts empty. An exception raised by the cell is ``Execution.error``, not
         raised here. ``background=True`` returns a handle at once.
