@@ -558,6 +558,11 @@ class Context:
             for waiter in waiters:
                 waiter(None)
             return
+        if kind == "alive":  # the heartbeat orders nothing: no drain
+            cell = self.cell
+            if cell is not None and not cell.finished and message.get("cell") == self.cell_count:
+                cell.alive()
+            return
         # Output written before this message comes first. For results and progress the
         # worker waits for the ack before it writes more, so the drain takes exactly that.
         self._drain()
@@ -577,8 +582,7 @@ class Context:
             cell.event(event)
         elif kind == "progress":
             cell.event({"event": "progress", "message": str(message.get("message", ""))})
-        elif kind == "alive":
-            cell.alive()
+
         elif kind == "done":
             lost, self.lost = self.lost, False
             cell.finish(
