@@ -308,8 +308,7 @@ class Kernel:
                 tail = ""
             error = {
                 "name": "SetupError",
-                "value": "the context's setup code raised %s: %s; this cell did not run (the "
-                "context is usable: run it again)" % (error["name"], error["value"]),
+                "value": "the context's setup code raised %s: %s" % (error["name"], error["value"]),
                 "traceback": error["traceback"]
                 + ("\nsetup output (its end):\n" + tail if tail.strip() else ""),
             }
@@ -324,7 +323,8 @@ class Kernel:
             _refresh_paths()
         error = None
         if self.setup_error is not None:  # reported once, instead of running the cell
-            error, self.setup_error = self.setup_error, None
+            error, self.setup_error = dict(self.setup_error), None
+            error["value"] += "; this cell did not run (the context is usable: run it again)"
             self.control.send(
                 {"type": "done", "cell": state.cell, "execution_count": None, "error": error}
             )
