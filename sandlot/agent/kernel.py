@@ -265,8 +265,9 @@ class Kernel:
 
     def _run_setup(self, source):
         """Run the context's setup code in the namespace (after a restore, so what it defines
-        is fresh). Its output goes to a scratch file, not to the next cell; a failure is the
-        error payload, with the tail of that output."""
+        is fresh). Its output never reaches a cell: Python's ``sys.stdout``/``sys.stderr`` keep
+        only their tail, for the error if setup fails; file descriptors 1 and 2 (subprocesses,
+        C code) point at /dev/null, so a server that setup starts cannot fill anything."""
         import linecache
 
         filename = "<setup>"
@@ -274,13 +275,13 @@ class Kernel:
         error = None
         _flush()
         saved = (posix.dup(1), posix.dup(2))
-        try:
-            scratch = posix.memfd_create("sandlot-setup")
-        except (AttributeError, OSError):
-            scratch = posix.open("/dev/null", posix.O_WRONLY)
+        streams = (sys.stdout, sys.stderr)
+        scratch = posix.open("/dev/null", posix.O_WRONLY)
+        tail = _TailWriter()
         try:
             posix.dup2(scratch, 1)
             posix.dup2(scratch, 2)
+            sys.stdout = sys.stderr = tail
             import ast
 
             flags = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
@@ -293,26 +294,20 @@ class Kernel:
                     state.armed = False
             except BaseException:
                 error = _error_payload(*sys.exc_info())
-            _flush()
         finally:
+            sys.stdout, sys.stderr = streams
             posix.dup2(saved[0], 1)
             posix.dup2(saved[1], 2)
-            posix.close(saved[0])
-            posix.close(saved[1])
+            for fd in (*saved, scratch):
+                posix.close(fd)
         if error is not None:
-            try:
-                size = posix.lseek(scratch, 0, 2)
-                posix.lseek(scratch, max(0, size - SETUP_OUTPUT), 0)
-                tail = posix.read(scratch, SETUP_OUTPUT).decode("utf-8", "replace")
-            except OSError:
-                tail = ""
+            output = tail.text
             error = {
                 "name": "SetupError",
                 "value": "the context's setup code raised %s: %s" % (error["name"], error["value"]),
                 "traceback": error["traceback"]
-                + ("\nsetup output (its end):\n" + tail if tail.strip() else ""),
+                + ("\nsetup output (its end):\n" + output if output.strip() else ""),
             }
-        posix.close(scratch)
         return error
 
     def run(self, message):
@@ -440,6 +435,34 @@ class Kernel:
 
     def _warn(self, method, exc):
         sys.stderr.write("sandlot: %s failed: %s: %s\n" % (method, type(exc).__name__, exc))
+
+
+class _TailWriter:
+    """A text stream that keeps only its last ``SETUP_OUTPUT`` characters."""
+
+    encoding = "utf-8"
+    errors = "backslashreplace"
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text):
+        text = str(text)
+        self.text = (self.text + text)[-SETUP_OUTPUT:]
+        return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
 
 
 def _compile(source, filename):

@@ -20,6 +20,8 @@ SETUP = (
     "print('setup noise')\n"
     "import sys\n"
     "print('setup noise on stderr', file=sys.stderr)\n"
+    "import subprocess\n"
+    "subprocess.run(['echo', 'setup noise from a subprocess'])\n"
 )
 
 
