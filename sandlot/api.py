@@ -135,6 +135,8 @@ class ContextRequest(_Body):
     env: dict[str, str] | None = None
     name: str | None = Field(None, pattern=NAME)
     persist: bool = False
+    setup: str | None = Field(None, max_length=256 * 1024)  # the agent bounds its bytes too
+    cwd_on_path: bool = True
 
     @field_validator("cwd")
     @classmethod

@@ -497,6 +497,7 @@ class Execution(BaseModel):
     cut: dict[str, int] = Field(default_factory=dict)
     not_persisted: dict[str, str] = Field(default_factory=dict)
     duration: float = 0.0
+    cwd: str | None = None  # the worker's working directory after the cell, if known
 
     @property
     def main_result(self) -> Result | None:
@@ -523,6 +524,9 @@ class CodeContext(BaseModel):
     busy: bool = False
     restored: list[str] = Field(default_factory=list)
     not_restored: dict[str, str] = Field(default_factory=dict)
+    setup: bool = False  # it has setup code, run in every fresh worker
+    setup_error: str | None = None  # what the current worker's setup raised, if it did
+    cwd_on_path: bool = True
 
 
 class ProviderInfo(BaseModel):

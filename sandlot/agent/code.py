@@ -7,11 +7,20 @@ an END with the error, if any. Output beyond a cap keeps its head (streamed as i
 tail (sent at the end, after a marker saying how much was cut), so a cell that prints gigabytes
 costs neither side memory.
 
-Interrupts: a timeout (total or inactivity) or an interrupt request sends SIGINT to the worker's
-process group; the cell ends with ``KeyboardInterrupt`` and the namespace lives on. Code that
-ignores SIGINT is killed after a grace period, the worker restarts empty, and the cell's END
-says ``state_lost``. A worker that dies on its own (``os._exit``, the OOM killer) restarts the
-same way.
+Interrupts: a timeout (total or inactivity) or an interrupt request sends SIGCONT (a stopped
+worker could not take the interrupt) and SIGINT to the worker's process group; the cell ends
+with ``KeyboardInterrupt`` and the namespace lives on. Code that ignores SIGINT is killed
+after a grace period, the worker restarts empty, and the cell's END says ``state_lost``. A
+worker that dies on its own (``os._exit``, the OOM killer) restarts the same way.
+
+Inactivity is liveness, not output: a cell is stopped when its worker showed no sign of life
+for ``inactivity_timeout`` seconds. Signs of life are output, results, ``progress()``, the
+heartbeat the worker's watchdog thread sends while a cell runs, and CPU time the worker spent
+(/proc), so a quiet ``time.sleep`` or a long C call holding the GIL is alive, while a stopped or
+deadlocked worker is not.
+
+Setup code given at create runs in every fresh worker before its first cell (at create, after
+a restart or a crash, after a persisted namespace is restored).
 """
 
 import _socket
@@ -27,6 +36,7 @@ from .errors import AgentError
 
 SIGINT = 2
 SIGKILL = 9
+SIGCONT = 18
 SIGPIPE = 13
 SIGXFSZ = 25
 READ_SIZE = 256 * 1024
@@ -35,6 +45,10 @@ MAX_CONTROL = p.MAX_CONTROL  # a worker frame larger than this is a broken worke
 DEFAULT_MAX_OUTPUT = 2 * 1024 * 1024  # per stream and cell: half head, half tail
 DEFAULT_GRACE = 2.0
 MAX_CONTEXTS = 64
+MAX_SETUP = 256 * 1024  # bytes of setup code
+SETUP_TIMEOUT = 50.0  # seconds; under a remote client's 60 s call timeout for create
+MAX_SETUP_ERROR = 16 * 1024  # what a worker may say about its setup's failure
+MAX_CWD = 4096
 BOOT_STDERR = 8192  # what a worker printed while starting, kept for the error message
 BOOT = "import sys;sys.path.insert(0,%r);from agent import kernel;kernel.main(%r)"
 STREAM_NAMES = {p.STDOUT: "stdout", p.STDERR: "stderr"}
@@ -110,6 +124,7 @@ class Cell:
         self.inactivity = _number(request, "inactivity_timeout", None)
         self.grace = _number(request, "grace", DEFAULT_GRACE)
         self.started = self.last_activity = time.monotonic()
+        self.cpu_seen = context.cpu_time() if self.inactivity is not None else None
         self._timers = []
         loop = context.agent.loop
         if self.timeout is not None:
@@ -118,6 +133,15 @@ class Cell:
             self._timers.append(loop.call_at(self.started + self.inactivity, self._on_idle))
 
     # -- output, in order --------------------------------------------------------------------
+
+    def heartbeat_period(self):
+        """How often the worker says it is alive: well under the inactivity timeout."""
+        if self.inactivity is None:
+            return None
+        return max(0.05, min(self.inactivity / 4.0, 5.0))
+
+    def alive(self):
+        self.last_activity = time.monotonic()
 
     def output(self, stream, data):
         self.last_activity = time.monotonic()
@@ -197,6 +221,10 @@ class Cell:
 
     def _on_idle(self):
         now = time.monotonic()
+        cpu = self.context.cpu_time()
+        if cpu is not None and cpu != self.cpu_seen:  # busy in C with the GIL held: alive
+            self.cpu_seen = cpu
+            self.last_activity = now
         due = self.last_activity + self.inactivity
         if now < due:
             self._timers.append(self.context.agent.loop.call_at(due, self._on_idle))
@@ -256,13 +284,16 @@ class Cell:
 class Context:
     """One worker process and the namespace it holds."""
 
-    def __init__(self, agent, cid, name, cwd, env, persist_path):
+    def __init__(self, agent, cid, name, cwd, env, persist_path, setup=None, cwd_on_path=True):
         self.agent = agent
         self.id = cid
         self.name = name
         self.cwd = cwd
         self.env = env
         self.persist_path = persist_path
+        self.setup = setup  # run by every fresh worker before its first cell
+        self.setup_error = None  # what the current worker's setup raised
+        self.cwd_on_path = cwd_on_path
         self.pid = None
         self.ready = False
         self.removed = False
@@ -296,7 +327,21 @@ class Context:
             "busy": self.cell is not None,
             "restored": self.restored,
             "not_restored": self.not_restored,
+            "setup": self.setup is not None,
+            "setup_error": _error_text(self.setup_error),
+            "cwd_on_path": self.cwd_on_path,
         }
+
+    def cpu_time(self):
+        """The worker's CPU time in clock ticks, or None."""
+        if self.pid is None:
+            return None
+        try:
+            with open("/proc/%d/stat" % self.pid, "rb") as f:
+                fields = f.read(4096).rsplit(b")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError, ValueError):
+            return None
 
     # -- the worker process ------------------------------------------------------------------
 
@@ -312,7 +357,8 @@ class Context:
         out_r, out_w = posix.pipe2(posix.O_CLOEXEC)
         err_r, err_w = posix.pipe2(posix.O_CLOEXEC)
         real_persist = agent.paths.to_real(self.persist_path) if self.persist_path else ""
-        argv = [python, "-c", BOOT % (_agent_root(), _agent_root()), real_persist]
+        flags = ("s" if self.setup is not None else "") + ("" if self.cwd_on_path else "n")
+        argv = [python, "-c", BOOT % (_agent_root(), _agent_root()), real_persist, flags]
         try:
             posix.chdir(agent.paths.to_real(self.cwd))
             self.pid = agent.spawn(
@@ -346,12 +392,31 @@ class Context:
         self._ctl = parent.detach()
         posix.set_blocking(self._ctl, False)
         agent.loop.watch(self._ctl, select.EPOLLIN, self._on_control)
+        self.setup_error = None
+        if self.setup is not None:  # the worker reads it first, before it says ready
+            self._send_control({"op": "setup", "code": self.setup})
+            pid = self.pid
+            agent.loop.call_at(time.monotonic() + SETUP_TIMEOUT, lambda: self._setup_late(pid))
         self._pipes = {p.STDOUT: out_r, p.STDERR: err_r}
         for fd in self._pipes.values():
             posix.set_blocking(fd, False)
         self._pipes_watched = False
         self.pipes_wanted(True)
         agent.commands[self.pid] = self  # reaped, and killed at shutdown, with the commands
+
+    def _setup_late(self, pid):
+        """Setup still running: interrupt it (reported as its error); if it ignores that,
+        the worker is killed and the context fails to start, with no respawn loop."""
+        if self.pid != pid or self.ready:
+            return
+        self.signal(SIGCONT)
+        self.signal(SIGINT)
+
+        def grace_over():
+            if self.pid == pid and not self.ready:
+                self.kill("setup")
+
+        self.agent.loop.call_at(time.monotonic() + DEFAULT_GRACE, grace_over)
 
     def signal(self, signum):
         if self.pid is not None:
@@ -487,9 +552,16 @@ class Context:
             self.python = message.get("python")
             self.restored = message.get("restored") or []
             self.not_restored = message.get("not_restored") or {}
+            setup_error = message.get("setup_error")
+            self.setup_error = setup_error if isinstance(setup_error, dict) else None
             waiters, self.waiters = self.waiters, []
             for waiter in waiters:
                 waiter(None)
+            return
+        if kind == "alive":  # the heartbeat orders nothing: no drain
+            cell = self.cell
+            if cell is not None and not cell.finished and message.get("cell") == self.cell_count:
+                cell.alive()
             return
         # Output written before this message comes first. For results and progress the
         # worker waits for the ack before it writes more, so the drain takes exactly that.
@@ -510,6 +582,7 @@ class Context:
             cell.event(event)
         elif kind == "progress":
             cell.event({"event": "progress", "message": str(message.get("message", ""))})
+
         elif kind == "done":
             lost, self.lost = self.lost, False
             cell.finish(
@@ -518,8 +591,15 @@ class Context:
                     "error": message.get("error"),
                     "not_persisted": message.get("not_persisted"),
                     "state_lost": lost,
+                    "cwd": self._shown_cwd(message.get("cwd")),
                 }
             )
+
+    def _shown_cwd(self, cwd):
+        """The worker's working directory as a sandbox path, or None."""
+        if not isinstance(cwd, str) or not cwd.startswith("/") or len(cwd) > MAX_CWD:
+            return None
+        return self.agent.paths.to_shown(cwd)
 
     # -- cells -------------------------------------------------------------------------------
 
@@ -546,6 +626,8 @@ class Context:
         refresh = self.refresh_seen != self.agent.code.refresh
         self.refresh_seen = self.agent.code.refresh
         message = {"op": "run", "cell": self.cell_count, "code": code, "refresh": refresh}
+        if cell.heartbeat_period() is not None:
+            message["heartbeat"] = cell.heartbeat_period()
         if env:
             message["env"] = env
         self._send_control(message)
@@ -567,6 +649,7 @@ class Context:
         # The message names the cell, so a signal that reaches the worker between two cells
         # is neither lost (the next cell was meant) nor misapplied (the last one was).
         self._send_control({"op": "interrupt", "cell": self.cell_count})
+        self.signal(SIGCONT)  # a stopped worker keeps a SIGINT pending: wake it to take it
         self.signal(SIGINT)
         loop = self.agent.loop
 
@@ -621,7 +704,7 @@ class Context:
             posix.close(fd)
         self._pipes_watched = False
         reason, self._kill_reason = self._kill_reason, None
-        failed_start = not self.ready and reason is None
+        failed_start = not self.ready and reason in (None, "setup")
         self.ready = False
         cell = self.cell
         if cell is not None and not cell.finished:
@@ -707,11 +790,11 @@ class Contexts:
         context = self.contexts.get(cid or "default")
         if context is None:
             if cid in (None, "default"):
-                return self.create("default", None, None, {}, None)
+                return self.create("default", None, None, {}, None)  # no setup
             raise AgentError("code_context_not_found", "no code context %r" % (cid,))
         return context
 
-    def create(self, cid, name, cwd, env, persist):
+    def create(self, cid, name, cwd, env, persist, setup=None, cwd_on_path=True):
         agent = self.agent
         if len(self.contexts) >= MAX_CONTEXTS:
             raise AgentError("invalid_argument", "too many code contexts (%d)" % MAX_CONTEXTS)
@@ -733,9 +816,26 @@ class Contexts:
         if cid is None:
             self._next += 1
             cid = "ctx-%d" % self._next
-        context = Context(agent, cid, name, cwd, env, persist_path)
+        if setup is not None:
+            if not isinstance(setup, str):
+                raise AgentError("invalid_argument", "setup must be Python source text")
+            if len(setup.encode("utf-8", "surrogatepass")) > MAX_SETUP:
+                raise AgentError(
+                    "invalid_argument", "setup code is at most %d KiB" % (MAX_SETUP // 1024)
+                )
+        if not isinstance(cwd_on_path, bool):
+            raise AgentError("invalid_argument", "cwd_on_path must be true or false")
+        context = Context(agent, cid, name, cwd, env, persist_path, setup, cwd_on_path)
         self.contexts[cid] = context
         return context
+
+
+def _error_text(error):
+    """A worker's error payload as one bounded line of text, or None."""
+    if not isinstance(error, dict):
+        return None
+    text = "%s: %s" % (error.get("name"), error.get("value"))
+    return text[:MAX_SETUP_ERROR]
 
 
 def _contexts(agent):
@@ -785,7 +885,13 @@ class _Waiting:
 def op_create(agent, conn, rid, request):
     persist = bool(request.get("persist"))
     context = _contexts(agent).create(
-        None, request.get("name"), request.get("cwd"), _str_dict(request.get("env"), "env"), persist
+        None,
+        request.get("name"),
+        request.get("cwd"),
+        _str_dict(request.get("env"), "env"),
+        persist,
+        setup=request.get("setup"),
+        cwd_on_path=request.get("cwd_on_path", True),
     )
     _answer_when_ready(context, conn, rid)
 

@@ -2,7 +2,8 @@
 
 The agent starts it with stdout and stderr on pipes it reads (so ``print``, C extensions and
 subprocesses all stream the same way) and a control socket on fd 3, which carries length-
-prefixed JSON: cells to run one way; ``ready``, ``result``, ``progress`` and ``done`` the other.
+prefixed JSON: the context's setup code and cells to run one way; ``ready``, ``result``,
+``progress``, ``alive`` (the heartbeat) and ``done`` the other.
 A cell runs like a notebook cell: its statements, then the value of a trailing expression as
 the main result (a trailing ``;`` hides it). SIGINT raises ``KeyboardInterrupt`` only while
 user code runs, never inside the worker's own bookkeeping, so an interrupt cannot corrupt the
@@ -20,6 +21,8 @@ from . import protocol as _p
 
 CONTROL_FD = 3
 LENGTH = _struct.Struct("!I")
+MAX_CWD = 4096  # a longer working directory is reported as unknown
+SETUP_OUTPUT = 2000  # the tail of a failing setup's output kept in its error
 MAX_RESULT = 12 * 1024 * 1024  # one result message; bigger ones keep only their text
 RESULT_BUDGET = 64 * 1024 * 1024  # all results of one cell
 HIDDEN = frozenset(["display", "sandlot_progress"])
@@ -57,6 +60,7 @@ class Control:
         self.buffer = b""
         self.backlog = []  # messages read while waiting for something else
         self.interrupts = set()  # cells the agent asked to interrupt
+        self.lock = None  # set by heartbeat(): frames from two threads must not interleave
 
     def send(self, message, ack=False):
         """Send; with ``ack``, also wait until the agent has taken in the output written
@@ -65,9 +69,7 @@ class Control:
         data = LENGTH.pack(len(body)) + body
         armed, state.armed = state.armed, False  # an interrupt must not cut a frame in half
         try:
-            view = memoryview(data)
-            while view:
-                view = view[posix.write(self.fd, view) :]
+            self._write(data)
             while ack:
                 reply = self._next(block=True)
                 if reply is None:
@@ -80,6 +82,52 @@ class Control:
         if armed and state.pending:  # during a cell, a SIGINT can only be for this cell
             state.pending = False
             raise KeyboardInterrupt
+
+    def _write(self, data):
+        lock = self.lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[posix.write(self.fd, view) :]
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def heartbeat(self, cell, period):
+        """Start a thread that says "alive" every ``period`` seconds while ``cell`` runs, so
+        the agent tells a quiet cell (``time.sleep``, a C call that releases the GIL) from a
+        frozen worker. Returns the function that stops it."""
+        import threading
+
+        if self.lock is None:
+            self.lock = threading.Lock()
+            posix.register_at_fork(after_in_child=self._fresh_lock)
+        body = _p.dumps({"type": "alive", "cell": cell})
+        frame = LENGTH.pack(len(body)) + body
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(period):
+                try:
+                    self._write(frame)
+                except OSError:
+                    return
+
+        thread = threading.Thread(target=beat, name="sandlot-heartbeat", daemon=True)
+        thread.start()
+
+        def stopper():
+            stop.set()
+            thread.join()
+
+        return stopper
+
+    def _fresh_lock(self):
+        import threading
+
+        self.lock = threading.Lock()  # a child forked mid-beat must not inherit it held
 
     def receive(self):
         """The next request (blocking), or None when the agent is gone."""
@@ -132,17 +180,22 @@ class Control:
 
 
 class Kernel:
-    def __init__(self, control, persist_path):
+    def __init__(self, control, persist_path, setup=False):
         import types
 
         self.control = control
         self.pid = posix.getpid()
         self.count = 0
+        self.setup = setup  # the agent sends the context's setup code first
+        self.setup_error = None  # reported by the next cell, once
         module = types.ModuleType("__main__")
         module.__dict__["__builtins__"] = builtins
         module.display = self.display
         module.sandlot_progress = self.progress
         builtins.sandlot_progress = self.progress  # also from modules the cell calls into
+        # A builtin, not a global: a user's own ``progress`` shadows it and is persisted as
+        # theirs, and ours is never saved.
+        builtins.progress = self.progress
         sys.modules["__main__"] = module  # pickle, dataclasses and typing look things up here
         self.namespace = module.__dict__
         self.store = None
@@ -177,6 +230,19 @@ class Kernel:
     # -- running cells -----------------------------------------------------------------------
 
     def serve(self):
+        if self.setup:
+            while True:
+                try:
+                    message = self.control.receive()
+                    break
+                except KeyboardInterrupt:
+                    continue
+            if message is None:
+                return
+            if message.get("op") == "setup":
+                self.setup_error = self._run_setup(message.get("code") or "")
+            else:  # cannot happen: the agent sends the setup first
+                self.control.backlog.insert(0, message)
         self.control.send(
             {
                 "type": "ready",
@@ -184,6 +250,7 @@ class Kernel:
                 "python": "%d.%d.%d" % sys.version_info[:3],
                 "restored": self.restored,
                 "not_restored": self.not_restored,
+                "setup_error": self.setup_error,
             }
         )
         while True:
@@ -196,14 +263,73 @@ class Kernel:
             if message.get("op") == "run":
                 self.run(message)
 
+    def _run_setup(self, source):
+        """Run the context's setup code in the namespace (after a restore, so what it defines
+        is fresh). Its output never reaches a cell: Python's ``sys.stdout``/``sys.stderr`` keep
+        only their tail, for the error if setup fails; file descriptors 1 and 2 (subprocesses,
+        C code) point at /dev/null, so a server that setup starts cannot fill anything."""
+        import linecache
+
+        filename = "<setup>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        error = None
+        _flush()
+        saved = (posix.dup(1), posix.dup(2))
+        streams = (sys.stdout, sys.stderr)
+        scratch = posix.open("/dev/null", posix.O_WRONLY)
+        tail = _TailWriter()
+        try:
+            posix.dup2(scratch, 1)
+            posix.dup2(scratch, 2)
+            sys.stdout = sys.stderr = tail
+            import ast
+
+            flags = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
+            try:
+                code = compile(source, filename, "exec", flags)
+                state.armed = True
+                try:
+                    self._exec(code)
+                finally:
+                    state.armed = False
+            except BaseException:
+                error = _error_payload(*sys.exc_info())
+        finally:
+            sys.stdout, sys.stderr = streams
+            posix.dup2(saved[0], 1)
+            posix.dup2(saved[1], 2)
+            for fd in (*saved, scratch):
+                posix.close(fd)
+        if error is not None:
+            output = tail.text
+            error = {
+                "name": "SetupError",
+                "value": "the context's setup code raised %s: %s" % (error["name"], error["value"]),
+                "traceback": error["traceback"]
+                + ("\nsetup output (its end):\n" + output if output.strip() else ""),
+            }
+        return error
+
     def run(self, message):
         state.cell = message.get("cell")
         state.result_bytes = 0
         state.shown = ()
         if message.get("refresh"):
             _refresh_paths()
-        self.count += 1
         error = None
+        if self.setup_error is not None:  # reported once, instead of running the cell
+            error, self.setup_error = dict(self.setup_error), None
+            error["value"] += "; this cell did not run (the context is usable: run it again)"
+            self.control.send(
+                {"type": "done", "cell": state.cell, "execution_count": None, "error": error}
+            )
+            state.cell = None
+            return
+        self.count += 1
+        period = message.get("heartbeat")
+        stop_heartbeat = None
+        if isinstance(period, (int, float)) and not isinstance(period, bool) and period > 0:
+            stop_heartbeat = self.control.heartbeat(state.cell, period)
         saved = _set_env(message.get("env"))
         try:
             error = self._execute(message.get("code", ""))
@@ -214,6 +340,12 @@ class Kernel:
         _flush()
         if posix.getpid() != self.pid:  # a child the cell forked must not become a 2nd kernel
             posix._exit(0)
+        if stop_heartbeat is not None:
+            stop_heartbeat()
+        try:
+            cwd = posix.getcwd()
+        except OSError:  # deleted, or unreadable
+            cwd = None
         not_persisted = None
         if self.store is not None:
             try:
@@ -227,6 +359,7 @@ class Kernel:
                 "execution_count": self.count,
                 "error": error,
                 "not_persisted": not_persisted,
+                "cwd": cwd if cwd is not None and len(cwd) <= MAX_CWD else None,
             }
         )
         state.cell = None
@@ -302,6 +435,34 @@ class Kernel:
 
     def _warn(self, method, exc):
         sys.stderr.write("sandlot: %s failed: %s: %s\n" % (method, type(exc).__name__, exc))
+
+
+class _TailWriter:
+    """A text stream that keeps only its last ``SETUP_OUTPUT`` characters."""
+
+    encoding = "utf-8"
+    errors = "backslashreplace"
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text):
+        text = str(text)
+        self.text = (self.text + text)[-SETUP_OUTPUT:]
+        return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
 
 
 def _compile(source, filename):
@@ -381,7 +542,7 @@ def _error_payload(etype, value, tb):
 
     # The traceback shows the user's frames only: the worker's (the cell runner, the SIGINT
     # handler, the import hook) are noise.
-    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell-"):
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith(("<cell-", "<setup")):
         tb = tb.tb_next
     report = traceback.TracebackException(etype, value, tb)
     report.stack = traceback.StackSummary.from_list(
@@ -516,7 +677,12 @@ def _cell_folder_after_stdlib():
 
 
 def main(root):
-    _cell_folder_after_stdlib()
+    flags = sys.argv[2] if len(sys.argv) > 2 else ""  # "s": a setup comes; "n": no cwd on path
+    if "n" in flags:
+        while "" in sys.path:
+            sys.path.remove("")
+    else:
+        _cell_folder_after_stdlib()
     sys.meta_path.append(_AfterPip())
     persist_path = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None
     sys.argv = [""]
@@ -524,6 +690,7 @@ def main(root):
     _signal.signal(_signal.SIGINT, _on_sigint)
     _streams()
     control = Control(CONTROL_FD)
-    kernel = Kernel(control, persist_path)  # imports what it needs before the agent is forgotten
+    # Kernel imports what it needs before the agent is forgotten.
+    kernel = Kernel(control, persist_path, setup="s" in flags)
     _forget_agent(root)
     kernel.serve()

@@ -51,6 +51,13 @@ class Paths:
                 return real + path[len(shown) :]
         return path
 
+    def to_shown(self, path):
+        """A real path as the sandbox shows it (the reverse of :meth:`to_real`)."""
+        for shown, real in self.mapping:
+            if path == real or path.startswith(real.rstrip("/") + "/"):
+                return shown + path[len(real) :]
+        return path
+
 
 class Agent:
     def __init__(

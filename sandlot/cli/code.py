@@ -80,7 +80,8 @@ InactivityOption = Annotated[
     float | None,
     typer.Option(
         "--inactivity-timeout",
-        help="Time limit without output, seconds (default: none).",
+        help="Time limit without a sign of life (output, progress, heartbeat), seconds "
+        "(default: none).",
         show_default=False,
     ),
 ]

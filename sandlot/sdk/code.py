@@ -48,6 +48,8 @@ DEFAULT_CODE_TIMEOUT = 300.0
 DEFAULT_INSTALL_TIMEOUT = 300.0
 MAX_CELL_OUTPUT_BYTES = 2 * 1024 * 1024  # per stream: the first and last MiB are kept
 DEFAULT_INTERRUPT_GRACE = 2.0
+MAX_SETUP = 256 * 1024  # bytes of a context's setup code, as the agent allows
+MAX_CWD = 4096
 
 TextCallback = Callable[[str], Awaitable[None] | None]
 ResultCallback = Callable[[Result], Awaitable[None] | None]
@@ -203,6 +205,7 @@ class _Cell:
                 cut=end.get("cut") or {},
                 not_persisted=end.get("not_persisted") or {},
                 duration=float(end.get("duration") or 0.0),
+                cwd=_cwd(end.get("cwd")),
             )
         except (ValueError, TypeError) as exc:
             raise ProtocolError(f"malformed cell result from the agent: {exc}") from None
@@ -211,12 +214,19 @@ class _Cell:
         if self.timeout is not None and execution.duration >= self.timeout:
             message = f"the cell ran past its timeout of {self.timeout:g} s"
         else:
-            message = f"the cell printed nothing for {self.inactivity_timeout:g} s"
+            message = f"the cell showed no sign of life for {self.inactivity_timeout:g} s"
         if execution.state_lost:
             return (
                 message + "; it ignored the interrupt and was killed: the context's state was lost"
             )
         return message + " and was interrupted; the context kept its state"
+
+
+def _cwd(value: Any) -> str | None:
+    """The worker's working directory, if the agent sent a sane one."""
+    if isinstance(value, str) and value.startswith("/") and len(value) <= MAX_CWD:
+        return value
+    return None
 
 
 def _json(payload: bytes) -> dict[str, Any]:
@@ -339,8 +349,20 @@ async def create_context(
     env: dict[str, str] | None,
     name: str | None,
     persist: bool,
+    setup: str | None = None,
+    cwd_on_path: bool = True,
 ) -> CodeContext:
     args: dict[str, Any] = {"persist": bool(persist)}
+    if setup is not None:
+        if not isinstance(setup, str) or len(setup.encode("utf-8", "surrogatepass")) > MAX_SETUP:
+            raise InvalidArgumentError(
+                f"setup must be Python source of at most {MAX_SETUP // 1024} KiB"
+            )
+        args["setup"] = setup
+    if not isinstance(cwd_on_path, bool):
+        raise InvalidArgumentError("cwd_on_path must be True or False")
+    if not cwd_on_path:
+        args["cwd_on_path"] = False
     if cwd is not None:
         args["cwd"] = check_cwd(cwd)
     if env is not None:

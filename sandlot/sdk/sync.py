@@ -662,9 +662,10 @@ class Sandbox:
         ``context`` names another): the namespace persists between calls, and the value of
         a trailing expression is the main result.
 
-        ``timeout`` bounds the whole cell and ``inactivity_timeout`` the time without output
-        or ``sandlot_progress()``; either interrupts it (KeyboardInterrupt; the state is
-        kept) and raises :class:`CodeTimeoutError` carrying the partial :class:`Execution`.
+        ``timeout`` bounds the whole cell and ``inactivity_timeout`` the time without a sign of
+        life (output, ``progress()``, the worker's heartbeat); either interrupts it
+        (KeyboardInterrupt; the state is kept) and raises :class:`CodeTimeoutError` carrying
+        the partial :class:`Execution`.
         Code that ignores the interrupt is killed after ``interrupt_grace`` seconds and the
         context restarts empty. An exception raised by the cell is ``Execution.error``, not
         raised here. ``background=True`` returns a handle at once.
@@ -695,14 +696,23 @@ class Sandbox:
         env: dict[str, str] | None = None,
         name: str | None = None,
         persist: bool = False,
+        setup: str | None = None,
+        cwd_on_path: bool = True,
     ) -> CodeContext:
         """A new, independent Python namespace with its own process and working folder.
 
         ``persist=True`` saves the namespace into the workspace after every cell
         (``.sandlot/contexts/<name>.pickle``) and starts from what is saved there, so a new
-        sandbox over the same workspace picks up where the last one stopped."""
+        sandbox over the same workspace picks up where the last one stopped.
+
+        ``setup`` is Python source (at most 256 KiB) the context runs in every fresh worker
+        before its first cell: now, after a restart, after a crash, after a restore; its output
+        is discarded, and if it raises, the next cell reports a ``SetupError`` instead of
+        running. ``cwd_on_path=False`` leaves the working folder off ``sys.path``."""
         return _portal.call(
-            self._inner.create_code_context(cwd=cwd, env=env, name=name, persist=persist)
+            self._inner.create_code_context(
+                cwd=cwd, env=env, name=name, persist=persist, setup=setup, cwd_on_path=cwd_on_path
+            )
         )
 
     def list_code_contexts(self) -> builtins.list[CodeContext]:

@@ -124,11 +124,14 @@ def test_run_code_timeout_exits_124_and_says_so(home: Path) -> None:
 
 
 def test_run_code_inactivity_timeout(home: Path) -> None:
-    code = "import time\nfor i in range(100):\n    print(i, flush=True)\n    time.sleep(i)\n"
+    code = (  # quiet sleeps are alive; the worker stopping itself is not
+        "import os, signal, time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(i)\n"
+        "os.kill(os.getpid(), signal.SIGSTOP)\n"
+    )
     done = cli(home, "run-code", "--inactivity-timeout", "1.5", "-", input=code)
     assert done.returncode == 124
     assert done.stdout == "0\n1\n2\n"
-    assert "printed nothing for 1.5 s" in done.stderr
+    assert "no sign of life for 1.5 s" in done.stderr
 
 
 def test_run_code_json(home: Path) -> None:

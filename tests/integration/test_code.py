@@ -556,7 +556,9 @@ def test_inactivity_timeout_stops_a_silent_cell(
     started = time.monotonic()
     with pytest.raises(sandlot.CodeTimeoutError) as info:
         box.run_code(
-            "import time\nprint('talking')\ntime.sleep(0.3)\nprint('then silence')\ntime.sleep(60)",
+            # Quiet is not dead (a silent sleep is alive): a stopped worker is.
+            "import os, signal, time\nprint('talking')\ntime.sleep(0.3)\nprint('then silence')\n"
+            "os.kill(os.getpid(), signal.SIGSTOP)",
             context=ctx,
             inactivity_timeout=1.0,
         )
@@ -566,7 +568,7 @@ def test_inactivity_timeout_stops_a_silent_cell(
     assert stdout(ex) == "talking\nthen silence\n"
     assert ex.timed_out and ex.interrupted and not ex.state_lost
     assert ex.error is not None and ex.error.name == "KeyboardInterrupt"
-    assert "printed nothing" in str(info.value)
+    assert "no sign of life" in str(info.value)
     assert box.run_code("kept", context=ctx).text == "'still here'"
 
 

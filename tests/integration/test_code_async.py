@@ -115,7 +115,9 @@ async def test_inactivity_timeout_and_progress(asb: sandlot.AsyncSandbox) -> Non
     assert ex.error is None and not ex.timed_out
     assert progress == [str(i) for i in range(6)]
     with pytest.raises(sandlot.CodeTimeoutError):
-        await asb.run_code("import time\ntime.sleep(30)", inactivity_timeout=1)
+        await asb.run_code(  # a frozen worker: a silent sleep would be alive
+            "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)", inactivity_timeout=1
+        )
 
 
 async def test_sigint_ignored_then_killed(asb: sandlot.AsyncSandbox) -> None:
