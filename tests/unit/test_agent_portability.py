@@ -10,7 +10,9 @@ AGENT = Path(__file__).resolve().parents[2] / "sandlot" / "agent"
 SOURCES = sorted(AGENT.glob("*.py"))
 ALLOWED_TOP_LEVEL = set(sys.stdlib_module_names)
 # Used by code contexts only when the user's own code already imported them.
-OPTIONAL = {"display.py": {"matplotlib"}}
+# Imported only when present, with a fallback: matplotlib for charts; cloudpickle, which sandlot
+# ships beside the agent (agent_files.py), for functions and classes in a persisted state.
+OPTIONAL = {"display.py": {"matplotlib"}, "persist.py": {"cloudpickle"}}
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
