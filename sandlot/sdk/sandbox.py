@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -60,7 +61,7 @@ def build_spec(
     bridge: Any = None,
     idle_timeout: Any = DEFAULT_IDLE_TIMEOUT,
     workspace_alias: str | None = None,
-    binds: list[Bind | dict[str, Any]] | None = None,
+    binds: Sequence[Bind | dict[str, Any]] | None = None,
 ) -> SandboxSpec:
     try:
         return SandboxSpec(
@@ -72,7 +73,7 @@ def build_spec(
             resources=resources or Resources(),
             workdir=workdir,
             workspace_alias=workspace_alias,
-            binds=binds or [],
+            binds=list(binds or ()),
             network=network if network is not None else "none",
             bridge=bridge,
             config=config,
@@ -143,7 +144,7 @@ class AsyncSandbox:
         workspace_alias: str | None = None,
         network: NetworkMode | NetworkPolicy | dict[str, Any] = "none",
         bridge: BridgeConfig | dict[str, Any] | None = None,
-        binds: list[Bind | dict[str, Any]] | None = None,
+        binds: Sequence[Bind | dict[str, Any]] | None = None,
         client: Client | None = None,
         **config: Any,
     ) -> _Creating:

@@ -15,7 +15,7 @@ import concurrent.futures
 import contextlib
 import signal as signals
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -509,7 +509,7 @@ class Sandbox:
         workspace_alias: str | None = None,
         network: NetworkMode | NetworkPolicy | dict[str, Any] = "none",
         bridge: BridgeConfig | dict[str, Any] | None = None,
-        binds: list[Bind | dict[str, Any]] | None = None,
+        binds: Sequence[Bind | dict[str, Any]] | None = None,
         client: Client | None = None,
         **config: Any,
     ) -> Sandbox:
