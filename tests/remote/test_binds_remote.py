@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,3 +96,18 @@ def test_a_session_sandbox_takes_binds_each_time(rooted: sandlot.Client, folders
     with s.sandbox(binds=[bind]) as sb:
         assert sb.commands.run("cat /project/from-session").stdout == "s1\n"
     assert (proj / "from-session").stat().st_uid == os.getuid()
+
+
+@pytest.mark.parametrize("root", ["/", "relative", "/no/such/folder"])
+def test_the_server_refuses_a_bad_allowed_root(root: str, tmp_path: Path) -> None:
+    env = {**os.environ, "SANDLOT_HOME": str(tmp_path)}
+    env.pop("SANDLOT_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "sandlot.cli", "serve", "--port", "0", "--allow-bind-root", root],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "--allow-bind-root" in done.stderr
