@@ -25,6 +25,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "ref").mkdir()
     (root / "ref" / "data.txt").write_text("reference\n")
     (root / "one.cfg").write_text("key=1\n")
+    (root / "notes.md").write_text("notes\n")
     (root / "link-to-proj").symlink_to(root / "proj")
     return root
 
@@ -35,6 +36,7 @@ def sb(project: Path) -> Iterator[sandlot.Sandbox]:
         {"host": str(project / "link-to-proj"), "path": "/project", "mode": "rw"},
         {"host": str(project / "ref"), "path": "/mnt/ref"},  # ro by default
         {"host": str(project / "one.cfg"), "path": "/srv/one.cfg", "mode": "ro"},
+        {"host": str(project / "notes.md"), "path": "/srv/notes.md", "mode": "rw"},
     ]
     with sandlot.Sandbox.create(binds=binds) as box:
         yield box
@@ -160,3 +162,16 @@ def test_a_non_root_user_gets_its_own_files(tmp_path):
     assert code == 0 and out.strip() == "1000"  # the sandbox's own uid inside
     assert uid == nobody  # and the host user's outside
     assert (proj / "mine").stat().st_uid == nobody
+
+
+def test_a_rw_bind_of_one_file_can_be_written_not_replaced(sb, project):
+    """The agent's Landlock rule for a single file takes file rights only (a folder's would
+    make the kernel refuse the rule): writing in place works, the mount point stays."""
+    done = sb.commands.run("echo more >> /srv/notes.md && echo ok; rm /srv/notes.md; echo end")
+    assert done.stdout == "ok\nend\n", done.stderr
+    assert (project / "notes.md").read_text() == "notes\nmore\n"
+    # files.write replaces a file atomically (a new file renamed over it, in its folder):
+    # not possible for a bound file in the read-only root, and refused as such.
+    with pytest.raises(sandlot.PermissionDeniedError, match="Read-only"):
+        sb.files.write("/srv/notes.md", "rewritten\n")
+    assert (project / "notes.md").read_text() == "notes\nmore\n"
