@@ -177,7 +177,7 @@ def overlaps(a: str, b: str) -> bool:
 
 
 class Bind(BaseModel):
-    """A host file or folder mounted into the sandbox at ``path`` (docs/binds.md).
+    """A host file or folder mounted into the sandbox at ``path`` (see docs/security.md).
 
     ``host``: an absolute path on the machine that runs the sandbox (a server's, remotely),
     resolved once (symlinks followed) when the sandbox is made; what it resolved to is what is

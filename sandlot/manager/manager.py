@@ -782,7 +782,4 @@ def check_binds(
             f"the {provider.name} provider cannot mount host paths (binds): use bwrap or docker",
             provider=provider.name,
         )
-    resolved = binds.resolve(spec.binds)
-    if roots is not None:
-        binds.check_roots(resolved, roots)
-    return spec.model_copy(update={"binds": resolved})
+    return spec.model_copy(update={"binds": binds.resolve(spec.binds, roots)})

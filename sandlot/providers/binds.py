@@ -17,11 +17,22 @@ from ..errors import InvalidArgumentError
 from ..models import Bind
 
 
-def resolve(binds: list[Bind]) -> list[Bind]:
+def resolve(binds: list[Bind], roots: Iterable[str] | None = None) -> list[Bind]:
     """Each bind with its host path resolved: it must exist and be a folder or a regular
-    file, and not be / itself."""
+    file, and not be / itself. With ``roots`` (a server's), the resolved path must also be
+    one of them or beneath one, checked first: a tenant learns nothing of the paths outside
+    (not even whether they exist, through a symlink it planted beneath a root)."""
+    allowed = None if roots is None else [os.path.realpath(r) for r in roots]
     resolved = []
     for bind in binds:
+        real = os.path.realpath(bind.host)
+        if allowed is not None and not any(inside(real, root) for root in allowed):
+            where = ", ".join(allowed) if allowed else "none: binds are disabled"
+            raise InvalidArgumentError(
+                f"bind host {bind.host} is outside the roots this server allows binds from "
+                f"({where}; the operator sets them with --allow-bind-root)",
+                path=bind.host,
+            )
         try:
             real = os.path.realpath(bind.host, strict=True)
             mode = os.stat(real).st_mode
@@ -35,25 +46,17 @@ def resolve(binds: list[Bind]) -> list[Bind]:
             raise InvalidArgumentError(
                 f"bind host {bind.host} is neither a folder nor a regular file", path=bind.host
             )
+        if allowed is not None and not any(inside(real, root) for root in allowed):
+            raise InvalidArgumentError(  # changed between the two resolutions
+                f"bind host {bind.host} is outside the roots this server allows binds from",
+                path=bind.host,
+            )
         resolved.append(bind.model_copy(update={"host": real}))
     return resolved
 
 
-def check_roots(binds: list[Bind], roots: Iterable[str]) -> None:
-    """Refuse a (resolved) bind outside every allowed root; no roots: refuse any bind."""
-    allowed = [os.path.realpath(r) for r in roots]
-    for bind in binds:
-        if not any(root == "/" or inside(bind.host, root) for root in allowed):
-            where = ", ".join(allowed) if allowed else "none: binds are disabled"
-            raise InvalidArgumentError(
-                f"bind host {bind.host} is outside the roots this server allows binds from "
-                f"({where}; the operator sets them with --allow-bind-root)",
-                path=bind.host,
-            )
-
-
 def inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root + "/")
+    return root == "/" or path == root or path.startswith(root + "/")
 
 
 def open_nofollow(path: str) -> int:

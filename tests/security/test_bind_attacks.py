@@ -165,7 +165,7 @@ def _create(server: ServerProcess, binds_: Any) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/sandboxes", json=body, timeout=60)
 
 
-@pytest.mark.attack("a tenant binds /, /etc, a path outside the allowed root, or via symlinks")
+@pytest.mark.attack("a tenant binds /, /etc, outside the allowed root, via symlinks; probes files")
 def test_a_server_binds_only_inside_its_allowed_roots(
     server: ServerProcess, served_victim: Path
 ) -> None:
@@ -183,6 +183,16 @@ def test_a_server_binds_only_inside_its_allowed_roots(
         answer = _create(server, [{"host": host, "path": "/project", "mode": "rw"}])
         assert answer.status_code in (400, 422), (host, answer.status_code, answer.text)
         assert "secret" not in answer.text
+    # Probing the server's files: a missing path outside, or one behind a link planted in
+    # the root, answers exactly as an existing one does.
+    (proj / "probe-yes").symlink_to("/etc/passwd")
+    (proj / "probe-no").symlink_to("/etc/no-such-file")
+    probes = ["/etc/passwd", "/etc/no-such-file", str(proj / "probe-yes"), str(proj / "probe-no")]
+    answers = {
+        host: _create(server, [{"host": host, "path": "/p"}]).json()["message"].split(" is ")[1]
+        for host in probes
+    }
+    assert len(set(answers.values())) == 1, answers
     for path in ("/proc", "/workspace", "/.sandlot/x"):
         answer = _create(server, [{"host": str(proj), "path": path}])
         assert answer.status_code in (400, 422), (path, answer.text)
