@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .egress.bridge_config import BridgeConfig
 from .egress.policy import NetworkPolicy
@@ -139,6 +146,84 @@ def parse_network(value: Any, modes: tuple[str, ...] = ("none", "full")) -> Any:
     return value
 
 
+MAX_BINDS = 16
+# A bind never goes at, over or beneath what every sandbox needs (its system, its agent, its
+# workspace, the kernel's filesystems) nor at the root: the first folder name of its sandbox
+# path is checked against these, so nothing a provider mounts is hidden or shadowed.
+RESERVED_TOP = frozenset(
+    {
+        "bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "root", "run",
+        "sbin", "sys", "tmp", "usr", "var", "workspace", ".sandlot",
+    }
+)  # fmt: skip
+
+
+def _check_bind_path(value: str, what: str) -> str:
+    """An absolute, normalised path: no '.', '..' or empty names, no NUL, bounded."""
+    if not value.startswith("/") or value == "/":
+        raise ValueError(f"{what} must be an absolute path below / ({value!r})")
+    parts = value.split("/")[1:]
+    if any(p in ("", ".", "..") for p in parts) or "\0" in value:
+        raise ValueError(f"{what} must be normalised: no '.', '..', '//', trailing '/' ({value!r})")
+    encoded = value.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_PATH or any(len(p) > MAX_NAME for p in encoded.split(b"/")):
+        raise ValueError(f"{what} is too long ({value[:64]!r}...)")
+    return value
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether one of two normalised absolute paths is the other or beneath it."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+class Bind(BaseModel):
+    """A host file or folder mounted into the sandbox at ``path`` (see docs/security.md).
+
+    ``host``: an absolute path on the machine that runs the sandbox (a server's, remotely),
+    resolved once (symlinks followed) when the sandbox is made; what it resolved to is what is
+    mounted. ``path``: where the sandbox sees it, e.g. ``/project``; never /, /proc, /dev,
+    /sys, /usr, /etc, /tmp, /workspace or the agent's folder. ``mode``: ``"ro"`` (the default)
+    or ``"rw"``: the sandbox's writes land in the host folder, owned by the user who runs
+    sandlot.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str
+    path: str
+    mode: Literal["ro", "rw"] = "ro"
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _check_bind_path(value, "host")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        _check_bind_path(value, "path")
+        if value.split("/")[1] in RESERVED_TOP:
+            raise ValueError(
+                f"path {value} would hide a folder every sandbox needs: pick another place, "
+                "e.g. /project or /mnt/NAME"
+            )
+        return value
+
+
+def check_binds(binds: list[Bind], alias: str | None) -> list[Bind]:
+    """At most :data:`MAX_BINDS`, no two at the same place or one inside another, none over
+    or inside the workspace's alias."""
+    if len(binds) > MAX_BINDS:
+        raise ValueError(f"at most {MAX_BINDS} binds")
+    for i, bind in enumerate(binds):
+        if alias is not None and overlaps(bind.path, alias):
+            raise ValueError(f"bind path {bind.path} overlaps the workspace_alias {alias}")
+        for other in binds[:i]:
+            if overlaps(bind.path, other.path):
+                raise ValueError(f"bind paths {other.path} and {bind.path} overlap")
+    return binds
+
+
 class SandboxSpec(BaseModel):
     """What to create. Provider-specific settings go in ``config``, validated by the provider.
 
@@ -177,6 +262,12 @@ class SandboxSpec(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     network: NetworkMode | NetworkPolicy = "none"
     bridge: BridgeConfig | None = None
+    binds: list[Bind] = Field(
+        default_factory=list,
+        description="host files or folders mounted into the sandbox, read-only or read-write "
+        f"(at most {MAX_BINDS}; see Bind); a server refuses them unless its operator allowed "
+        "roots for them (--allow-bind-root)",
+    )
     config: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("env", mode="before")
@@ -209,6 +300,11 @@ class SandboxSpec(BaseModel):
     @classmethod
     def _alias(cls, value: str | None) -> str | None:
         return None if value is None else check_alias(value)
+
+    @model_validator(mode="after")
+    def _binds(self) -> SandboxSpec:
+        check_binds(self.binds, self.workspace_alias)
+        return self
 
     @field_validator("workdir")
     @classmethod

@@ -140,6 +140,10 @@ def _allow_beneath(syscall, ruleset, path, allowed):
     except OSError:
         return  # not in this sandbox: nothing to allow
     try:
+        if posix.fstat(fd).st_mode & 0o170000 != 0o040000:
+            # A single file (a bind of one): Landlock takes only file rights for it, and
+            # refuses the whole rule otherwise.
+            allowed &= DEVICE_ACCESS
         # struct landlock_path_beneath_attr, packed: u64 allowed_access, s32 parent_fd
         rule = _u64(allowed) + fd.to_bytes(4, sys.byteorder, signed=True)
         syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, rule, 0)

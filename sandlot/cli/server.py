@@ -93,6 +93,17 @@ KillOnExitOption = Annotated[
     ),
 ]
 
+AllowBindRootOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-bind-root",
+        envvar="SANDLOT_ALLOW_BIND_ROOTS",
+        help="A host folder beneath which callers may bind host paths into sandboxes "
+        "(repeatable; the variable takes several, space-separated). Any tenant may then bind "
+        "anything beneath it, read-write included. Default: binds are refused.",
+    ),
+]
+
 E2BOption = Annotated[
     bool,
     typer.Option(
@@ -117,6 +128,7 @@ def serve(
     retention_days: RetentionOption = 7.0,
     tenant_log_bytes: TenantLogBytesOption = 10 * 1024**3,
     kill_on_exit: KillOnExitOption = False,
+    allow_bind_root: AllowBindRootOption = None,
     e2b: E2BOption = True,
     mcp: McpOption = True,
 ) -> None:
@@ -152,6 +164,7 @@ def serve(
         db.close()
     # The port is taken before the app starts, so a busy one fails before any sandbox is
     # adopted; calls that arrive while the server recovers wait in the backlog.
+    bind_roots = _bind_roots(allow_bind_root or [])
     sock = _listen(host, port)
     port = sock.getsockname()[1]
     owner.set_address(home, _address(host, port))
@@ -165,6 +178,7 @@ def serve(
         retention_seconds=retention_days * 86400,
         tenant_log_bytes=tenant_log_bytes,
         kill_on_exit=kill_on_exit,
+        allow_bind_roots=bind_roots,
         e2b=e2b,
         mcp=mcp,
     )
@@ -276,3 +290,16 @@ def revoke_key(
     finally:
         db.close()
     typer.echo(f"revoked {key_id}", err=True)
+
+
+def _bind_roots(roots: list[str]) -> list[str]:
+    """The allowed bind roots, resolved: existing folders, never / (which would allow all)."""
+    resolved = []
+    for root in roots:
+        real = os.path.realpath(root)
+        if not os.path.isabs(root) or not os.path.isdir(real):
+            raise InvalidArgumentError(f"--allow-bind-root {root}: not an absolute folder")
+        if real == "/":
+            raise InvalidArgumentError("--allow-bind-root /: tenants could bind the whole host")
+        resolved.append(real)
+    return resolved

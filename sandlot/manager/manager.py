@@ -34,7 +34,7 @@ from ..errors import (
     SandlotError,
 )
 from ..models import MAX_LIFETIME, NetworkMode, SandboxInfo, SandboxSpec, check_seconds
-from ..providers import DEFAULT, Provider, Started, procinfo, provider_class, quota
+from ..providers import DEFAULT, Provider, Started, binds, procinfo, provider_class, quota
 from ..secrets.refs import SecretRef, as_ref
 from ..secrets.resolve import has_refs, resolve_config, resolve_env
 from ..secrets.store import SecretStore
@@ -75,6 +75,9 @@ class Manager:
         # Detached (a server): sandboxes are not tied to this process; a new process adopts
         # them (:meth:`adopt`), and only their deadline or a kill ends them.
         self.detached = detached
+        # Where binds may come from (a server's --allow-bind-root); None: anywhere (embedded,
+        # the caller is the host's user). Checked after resolution, on this machine.
+        self.bind_roots: builtins.list[str] | None = None
         self.store = Store(self.home)
         self.ports = PortForwards(self.store)
         self._providers: dict[str, Provider] = {}
@@ -139,6 +142,7 @@ class Manager:
             self._collected = True
             await self.gc(quick=True)
             self._sweeper = Supervisor.current().keep("gc-sweeper", self._sweep)
+        spec = check_binds(provider, spec, self.bind_roots)
         taken = await self.pools.take(spec)
         if taken is not None:
             return taken
@@ -212,7 +216,8 @@ class Manager:
         try:
             return await provider.create(info.id, spec, folder), provider, spec, None
         except RemoteUnavailableError as exc:
-            alternative = provider.fallback(spec)
+            # Binds name paths of the server's machine, not of this one.
+            alternative = None if spec.binds else provider.fallback(spec)
             if not alternative:
                 raise
             fell_back = {"from": name, "to": alternative, "reason": str(exc)}
@@ -755,3 +760,26 @@ class Manager:
         if self._adopting:
             self._adopting = False
             owner.release(self.home)
+
+
+def check_binds(
+    provider: Provider, spec: SandboxSpec, roots: builtins.list[str] | None = None
+) -> SandboxSpec:
+    """The spec with its binds' host paths resolved (see providers/binds.py), or an error if
+    the provider cannot mount them or one is outside ``roots`` (when given)."""
+    if not spec.binds:
+        return spec
+    if roots is not None and provider.binds != "local":
+        # A server's roots are paths of its own machine: it never forwards binds.
+        raise InvalidArgumentError(
+            f"this server cannot bind host paths with the {provider.name} provider",
+            provider=provider.name,
+        )
+    if provider.binds == "forward":
+        return spec
+    if provider.binds != "local":
+        raise InvalidArgumentError(
+            f"the {provider.name} provider cannot mount host paths (binds): use bwrap or docker",
+            provider=provider.name,
+        )
+    return spec.model_copy(update={"binds": binds.resolve(spec.binds, roots)})

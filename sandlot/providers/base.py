@@ -57,6 +57,9 @@ class Provider(abc.ABC):
     # The manager serves the sandbox's proxy and bridge here (not so for a remote server,
     # which serves its own).
     serves_egress: ClassVar[bool] = True
+    # SandboxSpec.binds: "local" (host paths of this machine, resolved here and mounted),
+    # "forward" (passed on to a server, which resolves them) or "none" (refused).
+    binds: ClassVar[str] = "none"
     config_model: ClassVar[type[ProviderConfig]] = ProviderConfig
     # Settings a server accepts from a call (e.g. a container image). Everything else in
     # the config decides what of the host a sandbox sees: the operator's choice.

@@ -33,9 +33,9 @@ from ..errors import (
     SandboxClosedError,
     SandboxError,
 )
-from ..models import ProviderInfo, Resources, SandboxSpec
+from ..models import ProviderInfo, Resources, SandboxSpec, overlaps
 from ..supervisor import Supervisor
-from . import agent_files, cgroups, etc, procinfo, quota, seccomp, spawn, userns
+from . import agent_files, binds, cgroups, etc, procinfo, quota, seccomp, spawn, userns
 from .base import AgentPythonConfig, Provider, Started
 
 SANDBOX_UID = 1000
@@ -79,6 +79,7 @@ class BwrapProvider(Provider):
     name = "bwrap"
     isolated = True
     capabilities = frozenset({"isolation", "limits", "reconnect", "no-network"})
+    binds = "local"
     config_model = BwrapConfig
 
     def __init__(self, home: Path) -> None:
@@ -118,9 +119,10 @@ class BwrapProvider(Provider):
         if reason is not None:
             raise ProviderUnavailableError(f"bwrap cannot isolate here: {reason}", reason=reason)
         _check_alias(spec.workspace_alias, config.ro_binds)
+        host_user = _check_binds(spec, config)
         agent_root = agent_files.prepare(self.home, config.python)
         await quota.cap(folder / "workspace", spec.resources.disk_mb, self.home)
-        namespace = await _namespace_for(config.host_user)
+        namespace = await _namespace_for(host_user)
         user = namespace.user if namespace is not None else None
         if user is not None:
             self._open_path_to(folder)
@@ -188,6 +190,27 @@ class BwrapProvider(Provider):
         """bwrap started with the agent, handed the listening socket, the seccomp filter,
         the user namespace and (unless detached) the lifeline; every descriptor of ours that
         bwrap has its own copy of is closed here, whether it started or not."""
+        try:
+            bind_fds = binds.open_all(spec.binds)
+        except BaseException:
+            if namespace is not None:
+                os.close(namespace.fd)  # as _spawn would have
+            raise
+        try:
+            return self._spawn(spec, config, folder, agent_root, namespace, limited, bind_fds)
+        finally:
+            binds.close_all(bind_fds)  # bwrap has its own copies (or failed)
+
+    def _spawn(
+        self,
+        spec: SandboxSpec,
+        config: BwrapConfig,
+        folder: Path,
+        agent_root: Path,
+        namespace: userns.Namespace | None,
+        limited: bool,
+        bind_fds: list[int],
+    ) -> spawn.ChildProcess:
         listener = filter_fd = lifeline = None
         child = None
         try:
@@ -200,7 +223,10 @@ class BwrapProvider(Provider):
             ns_fd = None if namespace is None else namespace.fd
             argv = self._argv(spec, config, folder, agent_root, listener.fileno(), limited, ns_fd)
             argv[1:1] = ["--seccomp", str(filter_fd)]
-            extra = [filter_fd] if ns_fd is None else [filter_fd, ns_fd]
+            argv[argv.index("--remount-ro") : argv.index("--remount-ro")] = bind_args(
+                spec, bind_fds
+            )
+            extra = [filter_fd, *bind_fds] if ns_fd is None else [filter_fd, ns_fd, *bind_fds]
             if lifeline is not None:
                 argv += ["--lifeline", str(lifeline[0])]
                 extra.append(lifeline[0])
@@ -250,6 +276,7 @@ class BwrapProvider(Provider):
         argv += environment_args(spec.plain_env)
         agent_args = ["--listen-fd", str(listen_fd), "--deadline", str(spec.timeout)]
         agent_args += writable_args(spec.workspace_alias)
+        agent_args += [a for b in spec.binds if b.mode == "rw" for a in ("--writable", b.path)]
         agent_args += ["--reap-all"]
         agent_args += ["--workdir", spec.workdir]
         if not limited:
@@ -435,6 +462,36 @@ def environment_args(env: dict[str, str]) -> list[str]:
     for key, value in env.items():
         args += ["--setenv", key, value]
     return args
+
+
+def bind_args(spec: SandboxSpec, fds: list[int]) -> list[str]:
+    """The caller's binds, from descriptors opened without following symlinks (see
+    :mod:`.binds`); bwrap makes their mount points (and parents) in the new root."""
+    args: list[str] = []
+    for bind, fd in zip(spec.binds, fds, strict=True):
+        args += ["--bind-fd" if bind.mode == "rw" else "--ro-bind-fd", str(fd), bind.path]
+    return args
+
+
+def _check_binds(spec: SandboxSpec, config: BwrapConfig) -> str | int | None:
+    """The host user the sandbox runs as. With binds: sandlot's own (as root too, instead of
+    a fresh uid), so it can read the bound files and what it writes is owned by the user who
+    runs sandlot; another host_user is refused for a read-write bind (its files would be
+    that user's). A bind may not overlap the operator's ro_binds."""
+    for bind in spec.binds:
+        for path in config.ro_binds:
+            if overlaps(bind.path, path.rstrip("/") or "/"):
+                raise InvalidArgumentError(f"bind path {bind.path} overlaps ro_binds {path}")
+    if not spec.binds:
+        return config.host_user
+    if config.host_user is not None and _host_user(config.host_user) is not None:
+        if any(b.mode == "rw" for b in spec.binds):
+            raise InvalidArgumentError(
+                f"a read-write bind writes as the sandbox's host user ({config.host_user}), "
+                "not as the user who runs sandlot: drop host_user or make the bind read-only"
+            )
+        return config.host_user
+    return pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
 
 
 def _check_alias(alias: str | None, ro_binds: list[str]) -> None:

@@ -72,6 +72,7 @@ class DockerProvider(Provider):
     name = "docker"
     isolated = True
     capabilities = frozenset({"isolation", "limits", "reconnect", "no-network", "images", "pause"})
+    binds = "local"
     config_model = DockerConfig
     caller_settings = frozenset({"image"})
     # Containers younger than this are never orphans: a create may still be filling in
@@ -185,7 +186,7 @@ class DockerProvider(Provider):
     async def create(self, sandbox_id: str, spec: SandboxSpec, folder: Path) -> Started:
         config = self.parse_config(spec.config)
         assert isinstance(config, DockerConfig)
-        uid, gid = config.ids()
+        uid, gid = _ids(spec, config)
         if os.geteuid() != 0 and uid != os.geteuid():
             raise InvalidArgumentError(
                 f"sandlot runs as uid {os.geteuid()}, not root: it can only hand the workspace "
@@ -579,3 +580,20 @@ def _float(text: str | None) -> float | None:
         return float(text) if text is not None else None
     except ValueError:
         return None
+
+
+def _ids(spec: SandboxSpec, config: DockerConfig) -> tuple[int, int]:
+    """The container's user. With binds: sandlot's own unless ``user`` is set (a fresh uid
+    could not read the bound files, and what the sandbox writes must be the host user's); a
+    read-write bind with another ``user`` is refused, its files would be that user's."""
+    if not spec.binds:
+        return config.ids()
+    if config.user is None:
+        return os.geteuid(), os.getegid()
+    uid, gid = config.ids()
+    if uid != os.geteuid() and any(b.mode == "rw" for b in spec.binds):
+        raise InvalidArgumentError(
+            f"a read-write bind writes as the container's user ({config.user}), not as the "
+            "user who runs sandlot: drop user or make the bind read-only"
+        )
+    return uid, gid

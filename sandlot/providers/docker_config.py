@@ -160,7 +160,8 @@ def _agent_argv(spec: SandboxSpec, config: DockerConfig) -> list[str]:
 
 def _writable(spec: SandboxSpec) -> tuple[str, ...]:
     alias = spec.workspace_alias
-    return WRITABLE if alias is None else (*WRITABLE, alias)
+    rw = tuple(b.path for b in spec.binds if b.mode == "rw")
+    return (*WRITABLE, *rw) if alias is None else (*WRITABLE, alias, *rw)
 
 
 def _host_config(
@@ -183,6 +184,9 @@ def _host_config(
             *([_bind(workspace, spec.workspace_alias)] if spec.workspace_alias else []),
             _bind(agent_root, agent_files.MOUNT_POINT, read_only=True),
             _bind(run, RUN_MOUNT),
+            # The caller's binds, resolved by the manager (the engine follows symlinks in
+            # them again: see docs/security.md).
+            *(_bind(Path(b.host), b.path, read_only=b.mode == "ro") for b in spec.binds),
         ],
         "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={resources.tmp_mb}m,mode=1777"},
         "Memory": memory,

@@ -61,6 +61,7 @@ class RemoteProvider(Provider):
     name = "remote"
     capabilities = frozenset({"reconnect", "remote"})
     serves_egress = False  # the server serves them
+    binds = "forward"
     config_model = RemoteConfig
     caller_settings = frozenset({"provider"})  # which provider the far server uses
 

@@ -149,6 +149,8 @@ def spec_body(spec: SandboxSpec) -> dict[str, Any]:
         del body["idle_timeout"]
     if spec.workspace_alias is None:
         del body["workspace_alias"]  # likewise: only a server that knows it gets it
+    if not spec.binds:
+        del body["binds"]
     return body
 
 

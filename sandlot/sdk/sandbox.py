@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -14,6 +15,7 @@ from ..errors import InvalidArgumentError, SandboxNotFoundError
 from ..manager import GcReport
 from ..models import (
     DEFAULT_IDLE_TIMEOUT,
+    Bind,
     CodeContext,
     CommandResult,
     Execution,
@@ -59,6 +61,7 @@ def build_spec(
     bridge: Any = None,
     idle_timeout: Any = DEFAULT_IDLE_TIMEOUT,
     workspace_alias: str | None = None,
+    binds: Sequence[Bind | dict[str, Any]] | None = None,
 ) -> SandboxSpec:
     try:
         return SandboxSpec(
@@ -70,6 +73,7 @@ def build_spec(
             resources=resources or Resources(),
             workdir=workdir,
             workspace_alias=workspace_alias,
+            binds=list(binds or ()),
             network=network if network is not None else "none",
             bridge=bridge,
             config=config,
@@ -140,6 +144,7 @@ class AsyncSandbox:
         workspace_alias: str | None = None,
         network: NetworkMode | NetworkPolicy | dict[str, Any] = "none",
         bridge: BridgeConfig | dict[str, Any] | None = None,
+        binds: Sequence[Bind | dict[str, Any]] | None = None,
         client: Client | None = None,
         **config: Any,
     ) -> _Creating:
@@ -155,10 +160,12 @@ class AsyncSandbox:
         not. ``idle_timeout``: it ends sooner once nothing has used it for this long (no
         command or cell running, no stream, no call; default 10 min; None: never). See
         docs/lifetimes.md. ``workspace_alias``: a second path of the workspace (the same
-        files as /workspace, e.g. ``/home/user``; see SandboxSpec)."""
+        files as /workspace, e.g. ``/home/user``; see SandboxSpec). ``binds``: host folders
+        or files mounted in the sandbox, ``[{"host": "/home/me/proj", "path": "/project",
+        "mode": "rw"}]`` (see Bind and docs/binds.md)."""
         spec = build_spec(
             provider, timeout, env, metadata, resources, workdir, config, network, bridge,
-            idle_timeout, workspace_alias,
+            idle_timeout, workspace_alias, binds,
         )  # fmt: skip
         return _Creating(cls._create(spec, client))
 

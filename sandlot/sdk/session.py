@@ -232,6 +232,7 @@ class AsyncSession:
         resources: Any = None,
         network: Any = "none",
         workspace_alias: str | None = None,
+        binds: builtins.list[Any] | None = None,
         **config: Any,
     ) -> _Attaching:
         """Attach a sandbox: its /workspace holds the session's latest checkpoint, and
@@ -246,10 +247,12 @@ class AsyncSession:
         outlives this process's last heartbeat (sent every ``lease_ttl / 3``). ``idle_timeout``:
         seconds without any use (no command or cell running, no stream, no call) after which
         the sandbox is checkpointed and stopped (None: never; see docs/lifetimes.md).
-        ``workspace_alias``: a second path of the workspace (see SandboxSpec)."""
+        ``workspace_alias``: a second path of the workspace (see SandboxSpec). ``binds``:
+        host paths mounted in this sandbox (see Bind): the session does not keep them, so
+        pass them to each sandbox; they are not part of its checkpoints."""
         spec = build_spec(
             provider, timeout, env, None, resources, "/workspace", config, network, None,
-            idle_timeout, workspace_alias,
+            idle_timeout, workspace_alias, binds,
         )  # fmt: skip
         return _Attaching(self, spec, reuse, force, lease_ttl)
 

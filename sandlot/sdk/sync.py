@@ -15,7 +15,7 @@ import concurrent.futures
 import contextlib
 import signal as signals
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -24,6 +24,7 @@ from ..egress.policy import NetworkPolicy
 from ..manager import GcReport
 from ..models import (
     DEFAULT_COMMAND_TIMEOUT,
+    Bind,
     CodeContext,
     CommandResult,
     EntryInfo,
@@ -508,6 +509,7 @@ class Sandbox:
         workspace_alias: str | None = None,
         network: NetworkMode | NetworkPolicy | dict[str, Any] = "none",
         bridge: BridgeConfig | dict[str, Any] | None = None,
+        binds: Sequence[Bind | dict[str, Any]] | None = None,
         client: Client | None = None,
         **config: Any,
     ) -> Sandbox:
@@ -523,10 +525,12 @@ class Sandbox:
         not. ``idle_timeout``: it ends sooner once nothing has used it for this long (no
         command or cell running, no stream, no call; default 10 min; None: never). See
         docs/lifetimes.md. ``workspace_alias``: a second path of the workspace (the same
-        files as /workspace, e.g. ``/home/user``; see SandboxSpec)."""
+        files as /workspace, e.g. ``/home/user``; see SandboxSpec). ``binds``: host folders
+        or files mounted in the sandbox, ``[{"host": "/home/me/proj", "path": "/project",
+        "mode": "rw"}]`` (see Bind and docs/binds.md)."""
         spec = build_spec(
             provider, timeout, env, metadata, resources, workdir, config, network, bridge,
-            idle_timeout, workspace_alias,
+            idle_timeout, workspace_alias, binds,
         )  # fmt: skip
         return cls(_portal.call(AsyncSandbox._create(spec, client)))
 

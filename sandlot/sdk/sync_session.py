@@ -100,6 +100,7 @@ class Session:
         resources: Any = None,
         network: Any = "none",
         workspace_alias: str | None = None,
+        binds: builtins.list[Any] | None = None,
         **config: Any,
     ) -> _Attached:
         """Attach a sandbox: its /workspace holds the session's latest checkpoint, and
@@ -113,7 +114,8 @@ class Session:
         outlives this process's last heartbeat (sent every ``lease_ttl / 3``). ``idle_timeout``:
         seconds without any use (no command or cell running, no stream, no call) after which
         the sandbox is checkpointed and stopped (None: never; see docs/lifetimes.md).
-        ``workspace_alias``: a second path of the workspace (see SandboxSpec)."""
+        ``workspace_alias``: a second path of the workspace (see SandboxSpec). ``binds``:
+        host paths mounted in this sandbox (see Bind; not kept by the session)."""
         attaching = self._inner.sandbox(
             provider,
             reuse=reuse,
@@ -125,6 +127,7 @@ class Session:
             resources=resources,
             network=network,
             workspace_alias=workspace_alias,
+            binds=binds,
             **config,
         )
         spec: SandboxSpec = attaching._args[0]

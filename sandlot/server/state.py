@@ -91,6 +91,12 @@ class ServerSettings(BaseModel):
         description="kill the sandboxes when the server stops (by default they keep running "
         "until their deadline, and the next start adopts them)",
     )
+    allow_bind_roots: list[str] = Field(
+        default_factory=list,
+        description="host folders beneath which a sandbox may bind host paths (binds, after "
+        "symlinks are resolved on this machine); empty: binds are refused. Any tenant may "
+        "bind anything beneath them",
+    )
     e2b: bool = Field(True, description="serve E2B's API beside sandlot's own (docs/e2b.md)")
     mcp: bool = Field(
         True, description="serve the MCP tools at /mcp (docs/mcp.md; needs the mcp package)"
@@ -185,6 +191,7 @@ class ServerState:
         hub = Hub(log, LogWriter(db, log, records), on_commit=metrics.count_commit)
         hub.start()
         manager = Manager(home, detached=True)
+        manager.bind_roots = list(settings.allow_bind_roots)
         sessions = Sessions(manager, db, hub, owns_store=False)
         runs = Runs(
             hub,
@@ -406,6 +413,11 @@ class ServerState:
                     else ""
                 ),
                 provider=name,
+            )
+        if spec.binds and not self.settings.allow_bind_roots:
+            raise InvalidArgumentError(
+                "this server does not bind host paths (binds): its operator allows none "
+                "(sandlot serve --allow-bind-root PATH)"
             )
         if not cls.isolated and not self.settings.allow_unisolated:
             raise ProviderUnavailableError(
