@@ -137,8 +137,14 @@ def test_environment_holds_only_what_was_asked_for() -> None:
     assert env["ANSWER"] == "42"
     assert env["HOME"] == "/workspace"
     assert env["LANG"] == "C.UTF-8"
-    # HOSTNAME comes from Docker itself; PWD and SHLVL from the shell.
-    assert set(env) - {"ANSWER", "HOME", "LANG", "PATH", "HOSTNAME", "PWD", "SHLVL", "_"} == set()
+    # HOSTNAME comes from Docker itself; PWD and SHLVL from the shell; the PIP_ pair from the
+    # agent, so pip installs into the user site on a read-only, PEP 668 root (docs/code.md).
+    assert env["PIP_BREAK_SYSTEM_PACKAGES"] == env["PIP_DISABLE_PIP_VERSION_CHECK"] == "1"
+    expected = {"ANSWER", "HOME", "LANG", "PATH", "HOSTNAME", "PWD", "SHLVL", "_"}
+    assert (
+        set(env) - expected - {"PIP_BREAK_SYSTEM_PACKAGES", "PIP_DISABLE_PIP_VERSION_CHECK"}
+        == set()
+    )
     assert env["HOSTNAME"] == "sandlot"
 
 
