@@ -6,7 +6,7 @@ once per parent folder, a README saying what the folder is and a ``.gitignore`` 
 data files out of git. Nothing that exists is ever overwritten: a slug already made today
 is refused (:class:`ScratchExistsError`), the parent's files are written only when absent.
 Each folder gets a durable sandlot session whose metadata names it (see
-:func:`bind_for`), so a sandbox can later have the folder bound read-write.
+:func:`bind_for`); :func:`sandbox` attaches it with the folder bound read-write.
 
 :func:`setup_notebook` is a notebook's first cell: it finds the repository root from
 whatever folder the kernel started in (Jupyter starts it in the notebook's own folder, so
@@ -223,9 +223,8 @@ def _session(folder: Path, root: Path, slug: str, day: str, client: Client | Non
 def bind_for(metadata: dict[str, str]) -> dict[str, str]:
     """The read-write bind a scratch session's sandbox should get, from the session's
     metadata: the folder at the same place under ``/project`` as under the repository
-    root, so a notebook's relative paths mean the same inside and out. In the shape of the
-    project binds of issue 21 (``binds=[...]``), which are not built yet: until then a
-    sandbox does not see the folder."""
+    root, so a notebook's relative paths mean the same inside and out (:func:`sandbox` passes
+    it; see docs/sdk.md for binds)."""
     folder = metadata.get("scratch")
     rel = metadata.get("scratch_rel")
     if not folder or not rel:
@@ -234,6 +233,33 @@ def bind_for(metadata: dict[str, str]) -> dict[str, str]:
     if Path(rel).is_absolute() or ".." in parts:
         raise InvalidArgumentError(f"bad scratch_rel {rel[:200]!r}")
     return {"host": folder, "path": f"{BIND_PATH}/{Path(rel).as_posix()}", "mode": "rw"}
+
+
+def sandbox(
+    name: str,
+    *,
+    parent_dir: str | os.PathLike[str] = DEFAULT_PARENT,
+    start: str | os.PathLike[str] | None = None,
+    client: Client | None = None,
+    **options: Any,
+) -> Any:
+    """The sandbox of scratch folder ``name``'s session (its live one, else a new one from
+    its last checkpoint), with the folder bound read-write at ``/project/<path from the
+    root>`` (:func:`bind_for`). ``with`` detaches it at the end; ``options`` go to
+    :meth:`sandlot.Session.sandbox`. :class:`~sandlot.errors.NotFoundError` for a folder made
+    without a session."""
+    from .sdk import Session
+
+    if not isinstance(name, str):
+        raise InvalidArgumentError("name must be a scratch folder's name or slug")
+    root = _notebook_root(start)
+    folder = _pick(_parent(root, parent_dir), name)
+    session_id = _record(folder / RECORD).get("session")
+    if not isinstance(session_id, str):
+        raise NotFoundError(f"{folder.name} has no session (it was made with --no-session)")
+    session = Session.connect(session_id, client=client)
+    options.setdefault("reuse", True)
+    return session.sandbox(binds=[bind_for(session.info.metadata)], **options)
 
 
 def folders(

@@ -172,3 +172,21 @@ def test_setup_notebook_in_a_real_kernel_started_in_the_notebooks_folder(
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_the_scratch_sandbox_sees_its_folder_read_write(repo: Path) -> None:
+    import sandlot
+    import sandlot.scratch
+
+    made = sandlot.scratch.new("bound", root=repo)
+    assert made.session_id is not None
+    try:
+        (made.path / "data.csv").write_text("a\n1\n")
+        inside = "/project/" + made.path.relative_to(repo).as_posix()
+        with sandlot.scratch.sandbox("bound", start=made.path) as sb:
+            run = sb.commands.run(f"cat {inside}/data.csv && echo out > {inside}/result.txt")
+            assert (run.exit_code, run.stdout) == (0, "a\n1\n"), run
+        assert (made.path / "result.txt").read_text() == "out\n"
+        assert (made.path / "result.txt").stat().st_uid == os.getuid()
+    finally:
+        sandlot.Session.connect(made.session_id).delete()
