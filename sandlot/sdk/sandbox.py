@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -10,11 +11,12 @@ from pydantic import ValidationError
 
 from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy
-from ..errors import InvalidArgumentError, SandboxNotFoundError
+from ..errors import CodeContextNotFoundError, InvalidArgumentError, SandboxNotFoundError
 from ..manager import GcReport
 from ..models import (
     DEFAULT_IDLE_TIMEOUT,
     CodeContext,
+    CodeEvent,
     CommandResult,
     Execution,
     NetworkMode,
@@ -340,6 +342,47 @@ class AsyncSandbox:
             interrupt_grace=interrupt_grace,
             secrets=await self._manager.secret_values(self.id),
         )
+
+    def run_code_stream(
+        self,
+        code: str,
+        *,
+        context: ContextRef = None,
+        timeout: float | None = DEFAULT_CODE_TIMEOUT,
+        inactivity_timeout: float | None = None,
+        max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+    ) -> AsyncIterator[CodeEvent]:
+        """:meth:`run_code` as events: ``async for event in sb.run_code_stream(code)`` (a plain
+        ``for`` on the sync :class:`Sandbox`) yields
+        :class:`OutputEvent` (stdout/stderr chunks), :class:`ResultEvent` and
+        :class:`ProgressEvent` as they happen, then one :class:`EndEvent` with the
+        :class:`Execution`, or the error (a timeout's error and its partial execution).
+
+        Leaving the loop early interrupts the cell (the context keeps its state); use
+        ``contextlib.aclosing(...)`` to have that done before the next line runs."""
+        cid = code_ops.context_id(context)
+
+        async def run(**callbacks: Any) -> Execution:
+            return await self.run_code(
+                code,
+                context=cid,
+                timeout=timeout,
+                inactivity_timeout=inactivity_timeout,
+                max_output_bytes=max_output_bytes,
+                interrupt_grace=interrupt_grace,
+                **callbacks,
+            )
+
+        return code_ops.stream_code(run, lambda: self.interrupt_code(cid))
+
+    async def get_code_context(self, context: ContextRef = None) -> CodeContext:
+        """A context by its id or name (:class:`CodeContextNotFoundError` if there is none)."""
+        cid = code_ops.context_id(context)
+        for item in await self.list_code_contexts():
+            if cid in (item.id, item.name):
+                return item
+        raise CodeContextNotFoundError(f"no code context {cid!r}")
 
     async def create_code_context(
         self,

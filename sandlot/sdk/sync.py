@@ -15,9 +15,9 @@ import concurrent.futures
 import contextlib
 import signal as signals
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy
@@ -25,6 +25,7 @@ from ..manager import GcReport
 from ..models import (
     DEFAULT_COMMAND_TIMEOUT,
     CodeContext,
+    CodeEvent,
     CommandResult,
     EntryInfo,
     Execution,
@@ -121,6 +122,23 @@ class _Portal:
 
 
 _portal = _Portal()
+
+
+def _iterate(events: AsyncIterator[T]) -> Iterator[T]:
+    """An async iterator walked step by step on the portal's loop; closing the generator
+    (a ``break`` drops it) closes the async one there and waits for that."""
+    nxt = cast("Callable[[], Coroutine[Any, Any, T]]", events.__anext__)
+    try:
+        while True:
+            try:
+                item = _portal.call(nxt())
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            _portal.call(close())
 
 
 @mirror(AsyncCommandHandle)
@@ -687,6 +705,41 @@ class Sandbox:
             )
         )
         return ExecutionHandle(result) if isinstance(result, AsyncExecutionHandle) else result
+
+    @adds("A plain ``break`` interrupts at once: closing the iterator waits for the cell's end.")
+    def run_code_stream(
+        self,
+        code: str,
+        *,
+        context: ContextRef = None,
+        timeout: float | None = DEFAULT_CODE_TIMEOUT,
+        inactivity_timeout: float | None = None,
+        max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+    ) -> Iterator[CodeEvent]:
+        """:meth:`run_code` as events: ``async for event in sb.run_code_stream(code)`` (a plain
+        ``for`` on the sync :class:`Sandbox`) yields
+        :class:`OutputEvent` (stdout/stderr chunks), :class:`ResultEvent` and
+        :class:`ProgressEvent` as they happen, then one :class:`EndEvent` with the
+        :class:`Execution`, or the error (a timeout's error and its partial execution).
+
+        Leaving the loop early interrupts the cell (the context keeps its state); use
+        ``contextlib.aclosing(...)`` to have that done before the next line runs.
+
+        A plain ``break`` interrupts at once: closing the iterator waits for the cell's end."""
+        events = self._inner.run_code_stream(
+            code,
+            context=context,
+            timeout=timeout,
+            inactivity_timeout=inactivity_timeout,
+            max_output_bytes=max_output_bytes,
+            interrupt_grace=interrupt_grace,
+        )
+        return _iterate(events)
+
+    def get_code_context(self, context: ContextRef = None) -> CodeContext:
+        """A context by its id or name (:class:`CodeContextNotFoundError` if there is none)."""
+        return _portal.call(self._inner.get_code_context(context))
 
     def create_code_context(
         self,
