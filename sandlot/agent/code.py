@@ -521,6 +521,7 @@ class Context:
         elif kind == "done":
             lost, self.lost = self.lost, False
             end = {
+                "context": self.id,  # the caller may have named it
                 "execution_count": message.get("execution_count"),
                 "error": message.get("error"),
                 "not_persisted": message.get("not_persisted"),

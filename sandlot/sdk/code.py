@@ -210,8 +210,9 @@ class _Cell:
     def _execution(self, end: dict[str, Any]) -> Execution:
         error = end.get("error")
         try:
+            context = end.get("context")
             return Execution(
-                context=self.context,
+                context=context if isinstance(context, str) else self.context,
                 results=self.results,
                 logs=self.streams.logs,
                 error=ExecutionError.model_validate(error) if error else None,
@@ -343,7 +344,10 @@ async def run_code(
     if background:
         try:
             # "started", or the error (busy, no such context) raised
-            await deadline.receive(request)
+            kind, _, payload = await deadline.receive(request)
+            if kind == p.EVENT:  # it names the context's id (the caller may have its name)
+                started = _json(payload).get("context")
+                cell.context = started if isinstance(started, str) else cid
         except BaseException as exc:
             request.cancel()
             if isinstance(exc, DeadlinePassed):
