@@ -52,8 +52,8 @@ def _is_dir(path):
 
 
 def _is_id(name):
-    """Whether ``name`` has the form of an id the agent gives ("default", "ctx-N")."""
-    return name == "default" or (name.startswith("ctx-") and name[4:].isdigit())
+    """Whether ``name`` has the form of an id ("default", "ctx-..."): never a name."""
+    return name == "default" or name.startswith("ctx-")
 
 
 def _name_ok(name):

@@ -11,7 +11,7 @@ import codecs
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..agent import protocol as p
@@ -66,7 +66,7 @@ CONTEXT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 def context_id(context: ContextRef) -> str:
     """The id or name the agent looks the context up by (names and ids never collide: an id
-    is ``default`` or ``ctx-N``, and no name may take those forms)."""
+    is ``default`` or ``ctx-N``, and no name is ``default`` or starts with ``ctx-``)."""
     if context is None:
         return "default"
     if isinstance(context, CodeContext):
@@ -80,7 +80,7 @@ def context_id(context: ContextRef) -> str:
 
 
 def _is_context_id(name: str) -> bool:
-    return name == "default" or re.fullmatch(r"ctx-[0-9]+", name) is not None
+    return name == "default" or name.startswith("ctx-")
 
 
 class _Streams:
@@ -364,7 +364,7 @@ STREAM_CLOSE_WAIT = 10.0  # how long closing a stream waits for the interrupted 
 async def stream_code(
     run: Callable[..., Awaitable[Execution]],
     interrupt: Callable[[], Awaitable[bool]],
-) -> AsyncIterator[CodeEvent]:
+) -> AsyncGenerator[CodeEvent, None]:
     """Yield a cell's events: ``run(on_stdout=, on_stderr=, on_result=, on_progress=)`` is
     the ordinary callback path. A bounded queue sits between the callbacks and the consumer,
     so a slow consumer slows the cell's output (flow control) instead of growing memory.

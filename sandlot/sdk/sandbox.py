@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -352,7 +352,7 @@ class AsyncSandbox:
         inactivity_timeout: float | None = None,
         max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
         interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
-    ) -> AsyncIterator[CodeEvent]:
+    ) -> AsyncGenerator[CodeEvent, None]:
         """:meth:`run_code` as events: ``async for event in sb.run_code_stream(code)`` (a plain
         ``for`` on the sync :class:`Sandbox`) yields
         :class:`OutputEvent` (stdout/stderr chunks), :class:`ResultEvent` and

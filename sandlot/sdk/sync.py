@@ -15,7 +15,7 @@ import concurrent.futures
 import contextlib
 import signal as signals
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
@@ -124,7 +124,7 @@ class _Portal:
 _portal = _Portal()
 
 
-def _iterate(events: AsyncIterator[T]) -> Iterator[T]:
+def _iterate(events: AsyncIterator[T]) -> Generator[T, None, None]:
     """An async iterator walked step by step on the portal's loop; closing the generator
     (a ``break`` drops it) closes the async one there and waits for that."""
     nxt = cast("Callable[[], Coroutine[Any, Any, T]]", events.__anext__)
@@ -716,7 +716,7 @@ class Sandbox:
         inactivity_timeout: float | None = None,
         max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
         interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
-    ) -> Iterator[CodeEvent]:
+    ) -> Generator[CodeEvent, None, None]:
         """:meth:`run_code` as events: ``async for event in sb.run_code_stream(code)`` (a plain
         ``for`` on the sync :class:`Sandbox`) yields
         :class:`OutputEvent` (stdout/stderr chunks), :class:`ResultEvent` and

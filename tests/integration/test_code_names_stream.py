@@ -59,7 +59,7 @@ def test_names_are_validated_and_unique(box: sandlot.Sandbox) -> None:
     made = box.create_code_context(name="bea")
     with pytest.raises(InvalidArgumentError, match="named 'bea' exists"):
         box.create_code_context(name="bea")
-    for bad in ("ctx-7", "default"):  # an id's form: never a name
+    for bad in ("ctx-7", "ctx-anton", "default"):  # an id's form: never a name
         with pytest.raises(InvalidArgumentError, match="form of a context id"):
             box.create_code_context(name=bad)
     for bad in ("", "a b", "x" * 65, "../up", "é"):
@@ -153,7 +153,7 @@ def test_the_async_stream(box: sandlot.Sandbox) -> None:
                 text = event.execution.text
         code = "import time\nprint('x', flush=True)\ntime.sleep(60)"
         async with contextlib.aclosing(asb.run_code_stream(code, context="async")) as events:
-            async for event in events:
+            async for _event in events:
                 break
         busy = (await asb.get_code_context("async")).busy
         await asb.close()
