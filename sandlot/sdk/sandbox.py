@@ -326,7 +326,10 @@ class AsyncSandbox:
         kept) and raises :class:`CodeTimeoutError` carrying the partial :class:`Execution`.
         Code that ignores the interrupt is killed after ``interrupt_grace`` seconds and the
         context restarts empty. An exception raised by the cell is ``Execution.error``, not
-        raised here. ``background=True`` returns a handle at once."""
+        raised here. ``background=True`` returns a handle at once.
+
+        ``context`` is a :class:`CodeContext`, its id, or its name: a name no context has
+        yet makes one (not persistent) on this first run."""
         return await code_ops.run_code(
             self._channel,
             code,
@@ -396,7 +399,9 @@ class AsyncSandbox:
 
         ``persist=True`` saves the namespace into the workspace after every cell
         (``.sandlot/contexts/<name>.pickle``) and starts from what is saved there, so a new
-        sandbox over the same workspace picks up where the last one stopped."""
+        sandbox over the same workspace picks up where the last one stopped. A ``name``
+        (1-64 of ``A-Za-z0-9_.-``, not ``default``, not starting with ``ctx-``) is unique in
+        the sandbox and addresses the context wherever its id does."""
         return await code_ops.create_context(
             self._channel, cwd=cwd, env=env, name=name, persist=persist
         )

@@ -687,6 +687,9 @@ class Sandbox:
         context restarts empty. An exception raised by the cell is ``Execution.error``, not
         raised here. ``background=True`` returns a handle at once.
 
+        ``context`` is a :class:`CodeContext`, its id, or its name: a name no context has
+        yet makes one (not persistent) on this first run.
+
         Ctrl-C while waiting interrupts the cell and keeps the context's state."""
         run: _Async[Execution | AsyncExecutionHandle] = self._inner.run_code  # either overload
         result = _portal.call(
@@ -753,7 +756,9 @@ class Sandbox:
 
         ``persist=True`` saves the namespace into the workspace after every cell
         (``.sandlot/contexts/<name>.pickle``) and starts from what is saved there, so a new
-        sandbox over the same workspace picks up where the last one stopped."""
+        sandbox over the same workspace picks up where the last one stopped. A ``name``
+        (1-64 of ``A-Za-z0-9_.-``, not ``default``, not starting with ``ctx-``) is unique in
+        the sandbox and addresses the context wherever its id does."""
         return _portal.call(
             self._inner.create_code_context(cwd=cwd, env=env, name=name, persist=persist)
         )
