@@ -20,6 +20,7 @@ import pytest
 import sandlot
 from sandlot.errors import CodeContextNotFoundError, InvalidArgumentError, RemoteUnavailableError
 from sandlot.remote.client import close_sessions
+from sandlot.sdk.sync import _portal
 
 from .server import ServerProcess
 
@@ -37,8 +38,9 @@ def own() -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def client(own: ServerProcess) -> sandlot.Client:
-    return sandlot.Client(url=own.url)
+def client(own: ServerProcess) -> Iterator[sandlot.Client]:
+    yield sandlot.Client(url=own.url)
+    _portal.call(close_sessions())  # the SDK's loop's HTTP sessions (made again when needed)
 
 
 @pytest.fixture(scope="module")
