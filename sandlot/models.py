@@ -19,7 +19,7 @@ from pydantic import (
 
 from .egress.bridge_config import BridgeConfig
 from .egress.policy import NetworkPolicy
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, SandlotError
 from .secrets.refs import MaybeSecret, SecretRef, as_ref
 
 # A sandbox's two lifetimes (docs/lifetimes.md): the idle timeout ends one nobody uses (no
@@ -594,6 +594,10 @@ class Execution(BaseModel):
     not_persisted: dict[str, str] = Field(default_factory=dict)
     duration: float = 0.0
     cwd: str | None = None  # the worker's working directory after the cell, if known
+    # Set on the first cell after a persistent context (re)started from its saved state
+    # (the same lists as on its CodeContext); None on every other cell.
+    restored: list[str] | None = None
+    not_restored: dict[str, str] | None = None
 
     @property
     def main_result(self) -> Result | None:
@@ -604,6 +608,41 @@ class Execution(BaseModel):
         """The main result's text, as Jupyter shows the value of a cell's last line."""
         main = self.main_result
         return main.text if main is not None else None
+
+
+class OutputEvent(BaseModel):
+    """A chunk of a cell's stdout or stderr, as :meth:`AsyncSandbox.run_code_stream` yields it."""
+
+    type: Literal["stdout", "stderr"]
+    text: str
+
+
+class ResultEvent(BaseModel):
+    """A rich result (a display, or the cell's trailing value)."""
+
+    type: Literal["result"] = "result"
+    result: Result
+
+
+class ProgressEvent(BaseModel):
+    """A message the cell sent with ``progress()``."""
+
+    type: Literal["progress"] = "progress"
+    message: str
+
+
+class EndEvent(BaseModel):
+    """The last event: the cell's :class:`Execution`, or the SDK error that ended it
+    (a timeout's error carries its partial ``Execution`` too)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    type: Literal["end"] = "end"
+    execution: Execution | None = None
+    error: SandlotError | None = None
+
+
+CodeEvent = OutputEvent | ResultEvent | ProgressEvent | EndEvent
 
 
 class CodeContext(BaseModel):

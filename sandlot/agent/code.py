@@ -65,10 +65,16 @@ def _is_dir(path):
         return False
 
 
+def _is_id(name):
+    """Whether ``name`` has the form of an id ("default", "ctx-..."): never a name."""
+    return name == "default" or name.startswith("ctx-")
+
+
 def _name_ok(name):
     return (
         isinstance(name, str)
         and 0 < len(name) <= 64
+        and name.isascii()
         and all(c.isalnum() or c in "_.-" for c in name)
         and not name.startswith(".")
     )
@@ -303,6 +309,7 @@ class Context:
         self.refresh_seen = agent.code.refresh
         self.restored = []
         self.not_restored = {}
+        self.report_restore = False  # the next cell's end carries restored/not_restored
         self.python = None
         self.waiters = []  # callables(error or None) waiting for ready
         self._exit_waiters = []  # callables() waiting for the worker to be gone (remove)
@@ -554,6 +561,7 @@ class Context:
             self.not_restored = message.get("not_restored") or {}
             setup_error = message.get("setup_error")
             self.setup_error = setup_error if isinstance(setup_error, dict) else None
+            self.report_restore = self.persist_path is not None
             waiters, self.waiters = self.waiters, []
             for waiter in waiters:
                 waiter(None)
@@ -585,15 +593,19 @@ class Context:
 
         elif kind == "done":
             lost, self.lost = self.lost, False
-            cell.finish(
-                {
-                    "execution_count": message.get("execution_count"),
-                    "error": message.get("error"),
-                    "not_persisted": message.get("not_persisted"),
-                    "state_lost": lost,
-                    "cwd": self._shown_cwd(message.get("cwd")),
-                }
-            )
+            end = {
+                "context": self.id,  # the caller may have named it
+                "execution_count": message.get("execution_count"),
+                "error": message.get("error"),
+                "not_persisted": message.get("not_persisted"),
+                "state_lost": lost,
+                "cwd": self._shown_cwd(message.get("cwd")),
+            }
+            if self.report_restore:  # the first cell after a (re)start says what came back
+                self.report_restore = False
+                end["restored"] = self.restored
+                end["not_restored"] = self.not_restored
+            cell.finish(end)
 
     def _shown_cwd(self, cwd):
         """The worker's working directory as a sandbox path, or None."""
@@ -786,11 +798,17 @@ class Contexts:
         self.refresh = 0  # bumped after each install: workers re-scan their paths
         self._next = 0
 
-    def get(self, cid):
+    def get(self, cid, create=False):
+        """The context with this id or name; ``create`` makes a missing name (first use)."""
         context = self.contexts.get(cid or "default")
         if context is None:
             if cid in (None, "default"):
                 return self.create("default", None, None, {}, None)  # no setup
+            for candidate in self.contexts.values():
+                if candidate.name == cid:
+                    return candidate
+            if create and _name_ok(cid) and not _is_id(cid):
+                return self.create(None, cid, None, {}, False)
             raise AgentError("code_context_not_found", "no code context %r" % (cid,))
         return context
 
@@ -807,6 +825,10 @@ class Contexts:
             if not _name_ok(name):
                 raise AgentError(
                     "invalid_argument", "a context name is 1-64 letters, digits, '_', '.', '-'"
+                )
+            if _is_id(name):  # ids and names never collide
+                raise AgentError(
+                    "invalid_argument", "%r is a context id's form: choose another name" % name
                 )
             if any(c.name == name for c in self.contexts.values()):
                 raise AgentError("invalid_argument", "a code context named %r exists" % name)
@@ -897,7 +919,7 @@ def op_create(agent, conn, rid, request):
 
 
 def op_run(agent, conn, rid, request):
-    _contexts(agent).get(request.get("context")).run(conn, rid, request)
+    _contexts(agent).get(request.get("context"), create=True).run(conn, rid, request)
 
 
 def op_restart(agent, conn, rid, request):
@@ -921,9 +943,9 @@ def op_interrupt(agent, request):
 
 def op_remove(agent, conn, rid, request):
     cid = request.get("context")
-    context = _contexts(agent).contexts.get(cid)
-    if context is None:
+    if cid in (None, "default") and "default" not in _contexts(agent).contexts:
         raise AgentError("code_context_not_found", "no code context %r" % (cid,))
+    context = _contexts(agent).get(cid)  # by id or name
     conn.requests[rid] = _Waiting()
 
     def gone():  # answer once the process is gone: its memory is free when remove returns

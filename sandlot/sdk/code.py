@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..agent import protocol as p
@@ -20,14 +21,20 @@ from ..errors import (
     InstallError,
     InvalidArgumentError,
     ProtocolError,
+    SandlotError,
 )
 from ..models import (
     CodeContext,
+    CodeEvent,
     CommandResult,
+    EndEvent,
     Execution,
     ExecutionError,
     Logs,
+    OutputEvent,
+    ProgressEvent,
     Result,
+    ResultEvent,
     check_seconds,
 )
 from .commands import (
@@ -56,14 +63,26 @@ ResultCallback = Callable[[Result], Awaitable[None] | None]
 ContextRef = CodeContext | str | None
 
 
+CONTEXT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
 def context_id(context: ContextRef) -> str:
+    """The id or name the agent looks the context up by (names and ids never collide: an id
+    is ``default`` or ``ctx-N``, and no name is ``default`` or starts with ``ctx-``)."""
     if context is None:
         return "default"
     if isinstance(context, CodeContext):
         return context.id
-    if isinstance(context, str) and context:
+    if isinstance(context, str) and CONTEXT_NAME.fullmatch(context):
         return context
-    raise InvalidArgumentError("context must be a CodeContext, its id, or None for the default")
+    raise InvalidArgumentError(
+        "context must be a CodeContext, its id or name (1-64 letters, digits, '_', '.', '-'), "
+        "or None for the default"
+    )
+
+
+def _is_context_id(name: str) -> bool:
+    return name == "default" or name.startswith("ctx-")
 
 
 class _Streams:
@@ -193,8 +212,9 @@ class _Cell:
     def _execution(self, end: dict[str, Any]) -> Execution:
         error = end.get("error")
         try:
+            context = end.get("context")
             return Execution(
-                context=self.context,
+                context=context if isinstance(context, str) else self.context,
                 results=self.results,
                 logs=self.streams.logs,
                 error=ExecutionError.model_validate(error) if error else None,
@@ -206,6 +226,8 @@ class _Cell:
                 not_persisted=end.get("not_persisted") or {},
                 duration=float(end.get("duration") or 0.0),
                 cwd=_cwd(end.get("cwd")),
+                restored=end.get("restored"),
+                not_restored=end.get("not_restored"),
             )
         except (ValueError, TypeError) as exc:
             raise ProtocolError(f"malformed cell result from the agent: {exc}") from None
@@ -332,7 +354,10 @@ async def run_code(
     if background:
         try:
             # "started", or the error (busy, no such context) raised
-            await deadline.receive(request)
+            kind, _, payload = await deadline.receive(request)
+            if kind == p.EVENT:  # it names the context's id (the caller may have its name)
+                started = _json(payload).get("context")
+                cell.context = started if isinstance(started, str) else cid
         except BaseException as exc:
             request.cancel()
             if isinstance(exc, DeadlinePassed):
@@ -340,6 +365,76 @@ async def run_code(
             raise
         return AsyncExecutionHandle(channel, cell)
     return await cell.run()
+
+
+STREAM_QUEUE = 64  # events between the cell's reader and a slow consumer (then it waits)
+STREAM_CLOSE_WAIT = 10.0  # how long closing a stream waits for the interrupted cell's end
+
+
+async def stream_code(
+    run: Callable[..., Awaitable[Execution]],
+    interrupt: Callable[[], Awaitable[bool]],
+) -> AsyncGenerator[CodeEvent, None]:
+    """Yield a cell's events: ``run(on_stdout=, on_stderr=, on_result=, on_progress=)`` is
+    the ordinary callback path. A bounded queue sits between the callbacks and the consumer,
+    so a slow consumer slows the cell's output (flow control) instead of growing memory.
+
+    Closing the iterator before the end (``break``) interrupts the cell, like Ctrl-C: the
+    context keeps its state, and once ``aclose()`` returns the context is idle again."""
+    queue: asyncio.Queue[CodeEvent] = asyncio.Queue(STREAM_QUEUE)
+    closing = False
+
+    async def put(event: CodeEvent) -> None:
+        if not closing:
+            await queue.put(event)
+
+    async def produce() -> None:
+        try:
+            execution = await run(
+                on_stdout=lambda text: put(OutputEvent(type="stdout", text=text)),
+                on_stderr=lambda text: put(OutputEvent(type="stderr", text=text)),
+                on_result=lambda result: put(ResultEvent(result=result)),
+                on_progress=lambda message: put(ProgressEvent(message=message)),
+            )
+            end = EndEvent(execution=execution)
+        except SandlotError as exc:
+            end = EndEvent(execution=getattr(exc, "execution", None), error=exc)
+        await put(end)
+
+    task = asyncio.ensure_future(produce())
+    getter: asyncio.Future[CodeEvent] | None = None
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                if queue.empty():
+                    task.result()  # raises what ended it (not a SandlotError: those are events)
+                    return  # unreachable: produce() queues an end
+                event = queue.get_nowait()
+            else:
+                event = getter.result()
+            yield event
+            if isinstance(event, EndEvent):
+                return
+    finally:
+        if getter is not None:
+            getter.cancel()
+        if not task.done():
+            closing = True
+            while not queue.empty():  # unblock a callback waiting for room
+                queue.get_nowait()
+            try:
+                with contextlib.suppress(SandlotError):
+                    await interrupt()
+                await asyncio.wait_for(asyncio.shield(task), STREAM_CLOSE_WAIT)
+            except BaseException as exc:
+                task.cancel()  # the agent interrupts a cell whose request is cancelled
+                with contextlib.suppress(BaseException):
+                    await task
+                if not isinstance(exc, asyncio.TimeoutError):
+                    raise
 
 
 async def create_context(
@@ -374,10 +469,10 @@ async def create_context(
             )
         args["env"] = checked
     if name is not None:
-        if not isinstance(name, str) or not re.fullmatch(
-            r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", name
-        ):
+        if not isinstance(name, str) or not CONTEXT_NAME.fullmatch(name):
             raise InvalidArgumentError("a context name is 1-64 letters, digits, '_', '.', '-'")
+        if _is_context_id(name):
+            raise InvalidArgumentError(f"{name!r} has the form of a context id: choose another")
         args["name"] = name
     return CodeContext.model_validate(await channel.call("code.create", **args))
 

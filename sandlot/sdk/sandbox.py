@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -11,12 +11,13 @@ from pydantic import ValidationError
 
 from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy
-from ..errors import InvalidArgumentError, SandboxNotFoundError
+from ..errors import CodeContextNotFoundError, InvalidArgumentError, SandboxNotFoundError
 from ..manager import GcReport
 from ..models import (
     DEFAULT_IDLE_TIMEOUT,
     Bind,
     CodeContext,
+    CodeEvent,
     CommandResult,
     Execution,
     NetworkMode,
@@ -332,7 +333,10 @@ class AsyncSandbox:
         the partial :class:`Execution`.
         Code that ignores the interrupt is killed after ``interrupt_grace`` seconds and the
         context restarts empty. An exception raised by the cell is ``Execution.error``, not
-        raised here. ``background=True`` returns a handle at once."""
+        raised here. ``background=True`` returns a handle at once.
+
+        ``context`` is a :class:`CodeContext`, its id, or its name: a name no context has
+        yet makes one (not persistent) on this first run."""
         return await code_ops.run_code(
             self._channel,
             code,
@@ -349,6 +353,47 @@ class AsyncSandbox:
             secrets=await self._manager.secret_values(self.id),
         )
 
+    def run_code_stream(
+        self,
+        code: str,
+        *,
+        context: ContextRef = None,
+        timeout: float | None = DEFAULT_CODE_TIMEOUT,
+        inactivity_timeout: float | None = None,
+        max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+    ) -> AsyncGenerator[CodeEvent, None]:
+        """:meth:`run_code` as events: ``async for event in sb.run_code_stream(code)`` (a plain
+        ``for`` on the sync :class:`Sandbox`) yields
+        :class:`OutputEvent` (stdout/stderr chunks), :class:`ResultEvent` and
+        :class:`ProgressEvent` as they happen, then one :class:`EndEvent` with the
+        :class:`Execution`, or the error (a timeout's error and its partial execution).
+
+        Leaving the loop early interrupts the cell (the context keeps its state); use
+        ``contextlib.aclosing(...)`` to have that done before the next line runs."""
+        cid = code_ops.context_id(context)
+
+        async def run(**callbacks: Any) -> Execution:
+            return await self.run_code(
+                code,
+                context=cid,
+                timeout=timeout,
+                inactivity_timeout=inactivity_timeout,
+                max_output_bytes=max_output_bytes,
+                interrupt_grace=interrupt_grace,
+                **callbacks,
+            )
+
+        return code_ops.stream_code(run, lambda: self.interrupt_code(cid))
+
+    async def get_code_context(self, context: ContextRef = None) -> CodeContext:
+        """A context by its id or name (:class:`CodeContextNotFoundError` if there is none)."""
+        cid = code_ops.context_id(context)
+        for item in await self.list_code_contexts():
+            if cid in (item.id, item.name):
+                return item
+        raise CodeContextNotFoundError(f"no code context {cid!r}")
+
     async def create_code_context(
         self,
         *,
@@ -363,7 +408,9 @@ class AsyncSandbox:
 
         ``persist=True`` saves the namespace into the workspace after every cell
         (``.sandlot/contexts/<name>.pickle``) and starts from what is saved there, so a new
-        sandbox over the same workspace picks up where the last one stopped.
+        sandbox over the same workspace picks up where the last one stopped. A ``name``
+        (1-64 of ``A-Za-z0-9_.-``, not ``default``, not starting with ``ctx-``) is unique in
+        the sandbox and addresses the context wherever its id does.
 
         ``setup`` is Python source (at most 256 KiB) the context runs in every fresh worker
         before its first cell: now, after a restart, after a crash, after a restore; its output

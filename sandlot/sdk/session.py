@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import fcntl
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -144,6 +146,26 @@ def _check_metadata(metadata: object) -> dict[str, str]:
     return dict(metadata)
 
 
+def _last_used(info: SessionInfo) -> tuple[datetime, datetime, str]:
+    return (info.last_active_at or info.updated_at, info.created_at, info.id)
+
+
+@contextlib.asynccontextmanager
+async def _creation_lock(backend: SessionBackend) -> AsyncIterator[None]:
+    """Embedded: an exclusive lock on ``sessions.lock`` in the state folder (processes and
+    threads of this host); through a server, none."""
+    if not isinstance(backend, EmbeddedSessions):
+        yield
+        return
+    path = os.path.join(backend.sessions.manager.home, "sessions.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)  # held briefly by others
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _info(record: Any) -> SessionInfo:
     """A session store's record as the SDK shows it."""
     if isinstance(record, SessionInfo):
@@ -198,6 +220,45 @@ class AsyncSession:
         }
         backend = await sessions_for(client)
         return cls(backend, await backend.create_session(_check_metadata(metadata), settings))
+
+    @classmethod
+    async def find_or_create(
+        cls,
+        metadata: dict[str, str],
+        *,
+        workspace_store: str = "local",
+        idle_timeout: float | None = None,
+        checkpoint_every: float | None = CHECKPOINT_EVERY,
+        delete_after: datetime | float | None = None,
+        client: Client | None = None,
+    ) -> AsyncSession:
+        """The caller's session whose metadata holds every pair of ``metadata``; if there is
+        none, a new one made with that metadata (and the other arguments, as for
+        :meth:`create`; they do not change a session that is found). When several match,
+        the most recently used (its last run, else its last change) is taken.
+
+        Embedded, finding and creating happen under a file lock in the state folder, so
+        callers racing on this host make one session. Through a server, two callers racing
+        may each create one (the next call then takes the most recently used)."""
+        wanted = _check_metadata(metadata)
+        if not wanted:
+            raise InvalidArgumentError("find_or_create needs metadata to find the session by")
+        settings = {
+            "workspace": workspace_store,
+            "idle_timeout": idle_timeout,
+            "checkpoint_every": checkpoint_every,
+            "delete_after": delete_after,
+        }
+        backend = await sessions_for(client)
+        async with _creation_lock(backend):
+            found = [
+                info
+                for info in await backend.list_sessions(wanted)
+                if wanted.items() <= info.metadata.items()
+            ]
+            if found:
+                return cls(backend, max(found, key=_last_used))
+            return cls(backend, await backend.create_session(wanted, settings))
 
     @classmethod
     async def connect(cls, session_id: str, *, client: Client | None = None) -> AsyncSession:

@@ -15,9 +15,9 @@ import concurrent.futures
 import contextlib
 import signal as signals
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from ..egress.bridge_config import BridgeConfig
 from ..egress.policy import NetworkPolicy
@@ -26,6 +26,7 @@ from ..models import (
     DEFAULT_COMMAND_TIMEOUT,
     Bind,
     CodeContext,
+    CodeEvent,
     CommandResult,
     EntryInfo,
     Execution,
@@ -122,6 +123,23 @@ class _Portal:
 
 
 _portal = _Portal()
+
+
+def _iterate(events: AsyncIterator[T]) -> Generator[T, None, None]:
+    """An async iterator walked step by step on the portal's loop; closing the generator
+    (a ``break`` drops it) closes the async one there and waits for that."""
+    nxt = cast("Callable[[], Coroutine[Any, Any, T]]", events.__anext__)
+    try:
+        while True:
+            try:
+                item = _portal.call(nxt())
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            _portal.call(close())
 
 
 @mirror(AsyncCommandHandle)
@@ -674,6 +692,9 @@ class Sandbox:
         context restarts empty. An exception raised by the cell is ``Execution.error``, not
         raised here. ``background=True`` returns a handle at once.
 
+        ``context`` is a :class:`CodeContext`, its id, or its name: a name no context has
+        yet makes one (not persistent) on this first run.
+
         Ctrl-C while waiting interrupts the cell and keeps the context's state."""
         run: _Async[Execution | AsyncExecutionHandle] = self._inner.run_code  # either overload
         result = _portal.call(
@@ -693,6 +714,41 @@ class Sandbox:
         )
         return ExecutionHandle(result) if isinstance(result, AsyncExecutionHandle) else result
 
+    @adds("A plain ``break`` interrupts at once: closing the iterator waits for the cell's end.")
+    def run_code_stream(
+        self,
+        code: str,
+        *,
+        context: ContextRef = None,
+        timeout: float | None = DEFAULT_CODE_TIMEOUT,
+        inactivity_timeout: float | None = None,
+        max_output_bytes: int = MAX_CELL_OUTPUT_BYTES,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+    ) -> Generator[CodeEvent, None, None]:
+        """:meth:`run_code` as events: ``async for event in sb.run_code_stream(code)`` (a plain
+        ``for`` on the sync :class:`Sandbox`) yields
+        :class:`OutputEvent` (stdout/stderr chunks), :class:`ResultEvent` and
+        :class:`ProgressEvent` as they happen, then one :class:`EndEvent` with the
+        :class:`Execution`, or the error (a timeout's error and its partial execution).
+
+        Leaving the loop early interrupts the cell (the context keeps its state); use
+        ``contextlib.aclosing(...)`` to have that done before the next line runs.
+
+        A plain ``break`` interrupts at once: closing the iterator waits for the cell's end."""
+        events = self._inner.run_code_stream(
+            code,
+            context=context,
+            timeout=timeout,
+            inactivity_timeout=inactivity_timeout,
+            max_output_bytes=max_output_bytes,
+            interrupt_grace=interrupt_grace,
+        )
+        return _iterate(events)
+
+    def get_code_context(self, context: ContextRef = None) -> CodeContext:
+        """A context by its id or name (:class:`CodeContextNotFoundError` if there is none)."""
+        return _portal.call(self._inner.get_code_context(context))
+
     def create_code_context(
         self,
         *,
@@ -707,7 +763,9 @@ class Sandbox:
 
         ``persist=True`` saves the namespace into the workspace after every cell
         (``.sandlot/contexts/<name>.pickle``) and starts from what is saved there, so a new
-        sandbox over the same workspace picks up where the last one stopped.
+        sandbox over the same workspace picks up where the last one stopped. A ``name``
+        (1-64 of ``A-Za-z0-9_.-``, not ``default``, not starting with ``ctx-``) is unique in
+        the sandbox and addresses the context wherever its id does.
 
         ``setup`` is Python source (at most 256 KiB) the context runs in every fresh worker
         before its first cell: now, after a restart, after a crash, after a restore; its output

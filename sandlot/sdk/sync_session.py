@@ -70,6 +70,38 @@ class Session:
         )
 
     @classmethod
+    def find_or_create(
+        cls,
+        metadata: dict[str, str],
+        *,
+        workspace_store: str = "local",
+        idle_timeout: float | None = None,
+        checkpoint_every: float | None = CHECKPOINT_EVERY,
+        delete_after: datetime | float | None = None,
+        client: Client | None = None,
+    ) -> Session:
+        """The caller's session whose metadata holds every pair of ``metadata``; if there is
+        none, a new one made with that metadata (and the other arguments, as for
+        :meth:`create`; they do not change a session that is found). When several match,
+        the most recently used (its last run, else its last change) is taken.
+
+        Embedded, finding and creating happen under a file lock in the state folder, so
+        callers racing on this host make one session. Through a server, two callers racing
+        may each create one (the next call then takes the most recently used)."""
+        return cls(
+            _portal.call(
+                AsyncSession.find_or_create(
+                    metadata,
+                    workspace_store=workspace_store,
+                    idle_timeout=idle_timeout,
+                    checkpoint_every=checkpoint_every,
+                    delete_after=delete_after,
+                    client=client,
+                )
+            )
+        )
+
+    @classmethod
     def connect(cls, session_id: str, *, client: Client | None = None) -> Session:
         """The session with this id (from any process)."""
         return cls(_portal.call(AsyncSession.connect(session_id, client=client)))
