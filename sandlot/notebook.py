@@ -38,7 +38,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic import cell_magic as _cell_magic
 from IPython.display import display
 
-from .errors import CodeTimeoutError, SandlotError
+from .errors import CodeContextNotFoundError, CodeTimeoutError, SandlotError
 from .models import Execution, Result
 from .safe_html import safe_bundle
 from .sdk import Sandbox, Session
@@ -209,14 +209,12 @@ class SandlotMagics(Magics):
                 idle_timeout=KERNEL_SANDBOX_IDLE,
             )
             return _Target(sandbox)
-        found = Session.list(metadata={SESSION_KEY: name})
-        session = (
-            Session.connect(found[0].id) if found else Session.create(metadata={SESSION_KEY: name})
-        )
+        session = Session.find_or_create({SESSION_KEY: name})
         sandbox = session.sandbox(reuse=True)
-        context = next(
-            (c for c in sandbox.list_code_contexts() if c.name == CONTEXT_NAME), None
-        ) or sandbox.create_code_context(name=CONTEXT_NAME, persist=True)
+        try:
+            context = sandbox.get_code_context(CONTEXT_NAME)
+        except CodeContextNotFoundError:
+            context = sandbox.create_code_context(name=CONTEXT_NAME, persist=True)
         return _Target(sandbox, context, session)
 
     def close(self) -> None:
