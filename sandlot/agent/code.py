@@ -7,11 +7,12 @@ an END with the error, if any. Output beyond a cap keeps its head (streamed as i
 tail (sent at the end, after a marker saying how much was cut), so a cell that prints gigabytes
 costs neither side memory.
 
-Interrupts: a timeout (total or inactivity) or an interrupt request sends SIGCONT (a stopped
-worker could not take the interrupt) and SIGINT to the worker's process group; the cell ends
-with ``KeyboardInterrupt`` and the namespace lives on. Code that ignores SIGINT is killed
-after a grace period, the worker restarts empty, and the cell's END says ``state_lost``. A
-worker that dies on its own (``os._exit``, the OOM killer) restarts the same way.
+Interrupts: a timeout (total or inactivity) or an interrupt request sends SIGINT, then
+SIGCONT (a stopped worker takes the pending SIGINT as it wakes), to the worker's process
+group; the cell ends with ``KeyboardInterrupt`` and the namespace lives on. Code that
+ignores SIGINT is killed after a grace period, the worker restarts empty, and the cell's END
+says ``state_lost``. A worker that dies on its own (``os._exit``, the OOM killer) restarts
+the same way.
 
 Inactivity is liveness, not output: a cell is stopped when its worker showed no sign of life
 for ``inactivity_timeout`` seconds. Signs of life are output, results, ``progress()``, the
@@ -416,8 +417,8 @@ class Context:
         the worker is killed and the context fails to start, with no respawn loop."""
         if self.pid != pid or self.ready:
             return
-        self.signal(SIGCONT)
         self.signal(SIGINT)
+        self.signal(SIGCONT)  # after: a stopped worker takes the pending SIGINT on waking
 
         def grace_over():
             if self.pid == pid and not self.ready:
@@ -661,8 +662,11 @@ class Context:
         # The message names the cell, so a signal that reaches the worker between two cells
         # is neither lost (the next cell was meant) nor misapplied (the last one was).
         self._send_control({"op": "interrupt", "cell": self.cell_count})
-        self.signal(SIGCONT)  # a stopped worker keeps a SIGINT pending: wake it to take it
+        # SIGINT first: a stopped worker keeps it pending and takes it the moment SIGCONT
+        # wakes it, before running any more of the cell (woken first, it could finish the
+        # cell and meet the SIGINT between cells, where it is dropped).
         self.signal(SIGINT)
+        self.signal(SIGCONT)
         loop = self.agent.loop
 
         def grace_over():

@@ -402,6 +402,24 @@ class Database:
         self.engine.dispose()
 
 
+def _set_wal(cursor: Any) -> None:
+    """WAL mode, waiting for another connection that holds the new file's lock: SQLite may
+    answer this pragma "database is locked" at once, without its busy handler (seen with two
+    processes opening a new database together)."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_transactions(engine: Engine) -> None:
     """Let SQLAlchemy, not the sqlite3 module, say when transactions begin (the documented
     recipe for Python < 3.12), and set the per-connection pragmas."""
@@ -415,7 +433,7 @@ def _sqlite_transactions(engine: Engine) -> None:
             # Takes effect only on a new, empty file, and only before WAL mode is set: then
             # pages that pruning frees can be given back (Database.reclaim).
             cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _set_wal(cursor)
             # A checkpoint rewinds the WAL but leaves the file as big as a burst made it;
             # this truncates it back (the WAL still grows while a reader holds a snapshot).
             cursor.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
