@@ -628,6 +628,9 @@ class Context:
                 "code_context_busy",
                 "code context %s is still running a cell; interrupt it or wait" % self.id,
             )
+        # A worker killed while idle may not be reaped yet (its SIGCHLD still queued behind
+        # this request): reap now, so the cell goes to its replacement, not into a dead socket.
+        self.agent.reap()
         if self.pid is None:  # its worker failed to start before: try again
             self._spawn()
         cell = Cell(self, conn, rid, request)

@@ -111,14 +111,15 @@ def test_a_frozen_worker_is_stopped_and_the_context_lives_on(box: sandlot.Sandbo
     box.run_code("kept = 7", context=context)
     with pytest.raises(sandlot.CodeTimeoutError) as info:
         box.run_code(
-            "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)\n'not here'",
+            "import os, signal, time\nos.kill(os.getpid(), signal.SIGSTOP)\n"
+            "while True: time.sleep(0.01)",
             context=context,
             inactivity_timeout=1.5,
         )
     ex = info.value.execution
     assert ex.timed_out and ex.error is not None
     assert "no sign of life" in str(info.value)
-    # SIGCONT before the SIGINT: the worker woke to take the interrupt and kept its state.
+    # SIGINT, then SIGCONT: the worker woke to take the interrupt and kept its state.
     assert ex.error.name == "KeyboardInterrupt" and not ex.state_lost
     ex = box.run_code("kept + 1", context=context)
     assert ex.error is None and ex.text == "8"
