@@ -74,13 +74,25 @@ def build_spec(
             resources=resources or Resources(),
             workdir=workdir,
             workspace_alias=workspace_alias,
-            binds=list(binds or ()),
+            binds=_bind_list(binds),
             network=network if network is not None else "none",
             bridge=bridge,
             config=config,
         )
     except ValidationError as exc:
         raise InvalidArgumentError(describe(exc, "sandbox settings")) from None
+
+
+def _bind_list(binds: Any) -> builtins.list[Any]:
+    """``binds`` as a list; a lone path or bind is a mistake (a string would be taken apart
+    into one bad bind per character)."""
+    if binds is None:
+        return []
+    if isinstance(binds, (str, bytes, dict, Bind)):
+        raise InvalidArgumentError(
+            "binds must be a list of binds, each {'host': PATH, 'path': PATH, 'mode': 'ro' or 'rw'}"
+        )
+    return list(binds)
 
 
 class AsyncSandbox:
@@ -163,7 +175,7 @@ class AsyncSandbox:
         docs/lifetimes.md. ``workspace_alias``: a second path of the workspace (the same
         files as /workspace, e.g. ``/home/user``; see SandboxSpec). ``binds``: host folders
         or files mounted in the sandbox, ``[{"host": "/home/me/proj", "path": "/project",
-        "mode": "rw"}]`` (see Bind and docs/binds.md)."""
+        "mode": "rw"}]`` (see Bind and docs/sdk.md, "Host folders in a sandbox")."""
         spec = build_spec(
             provider, timeout, env, metadata, resources, workdir, config, network, bridge,
             idle_timeout, workspace_alias, binds,

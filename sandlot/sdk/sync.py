@@ -545,7 +545,7 @@ class Sandbox:
         docs/lifetimes.md. ``workspace_alias``: a second path of the workspace (the same
         files as /workspace, e.g. ``/home/user``; see SandboxSpec). ``binds``: host folders
         or files mounted in the sandbox, ``[{"host": "/home/me/proj", "path": "/project",
-        "mode": "rw"}]`` (see Bind and docs/binds.md)."""
+        "mode": "rw"}]`` (see Bind and docs/sdk.md, "Host folders in a sandbox")."""
         spec = build_spec(
             provider, timeout, env, metadata, resources, workdir, config, network, bridge,
             idle_timeout, workspace_alias, binds,

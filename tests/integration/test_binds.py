@@ -112,6 +112,9 @@ def test_bad_binds_are_refused_before_anything_starts(project):
     assert f"at most {MAX_BINDS}" in _bad(many)
     assert "ro_binds" in _bad([{"host": proj, "path": "/opt/x"}], ro_binds=["/opt"])
     assert "process provider" in _bad([{"host": proj, "path": "/project"}], provider="process")
+    # One bind or a path where a list belongs: one clear error, not one per character.
+    assert "must be a list of binds" in _bad(proj)
+    assert "must be a list of binds" in _bad({"host": proj, "path": "/project"})
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root switches host users")
