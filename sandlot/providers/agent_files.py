@@ -57,12 +57,13 @@ def prepare(home: Path, python: str) -> Path:
         package.mkdir()
         for source in _sources():
             shutil.copy2(source, package / source.name)
-        _stage_vendored(python, staging / "vendor" / "cloudpickle")
-        compiled = subprocess.run(
-            [python, "-I", "-S", "-m", "compileall", "-q", str(package)],
-            capture_output=True,
-            text=True,
-        )
+        vendor = _stage_vendored(staging / "vendor" / "cloudpickle")
+        # One interpreter start compiles both (a build per new SANDLOT_HOME: tests make many).
+        compiled = _compile(python, package, *([vendor] if vendor else []))
+        if compiled.returncode != 0 and vendor is not None:
+            # A Python too old for this copy of cloudpickle: persistence falls back to pickle.
+            shutil.rmtree(vendor.parent, ignore_errors=True)
+            compiled = _compile(python, package)
         if compiled.returncode != 0:
             shutil.rmtree(staging, ignore_errors=True)
             raise SandboxStartError(
@@ -77,18 +78,23 @@ def prepare(home: Path, python: str) -> Path:
     return target
 
 
-def _stage_vendored(python: str, package: Path) -> None:
+def _stage_vendored(package: Path) -> Path | None:
+    """Copy the host's cloudpickle into ``package``; None if the host has none."""
     sources = vendored()
     if not sources:
-        return
+        return None
     package.mkdir(parents=True)
     for source in sources:
         shutil.copy2(source, package / source.name)
-    compiled = subprocess.run(
-        [python, "-I", "-S", "-m", "compileall", "-q", str(package)], capture_output=True
+    return package
+
+
+def _compile(python: str, *folders: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [python, "-I", "-S", "-m", "compileall", "-q", *map(str, folders)],
+        capture_output=True,
+        text=True,
     )
-    if compiled.returncode != 0:  # a Python too old for this copy: persistence falls back
-        shutil.rmtree(package.parent, ignore_errors=True)
 
 
 def command(python: str, root: str, *args: str) -> list[str]:

@@ -18,7 +18,7 @@ from ..errors import InvalidArgumentError, ProviderUnavailableError, SandboxStar
 from . import agent_files, ssh_remote
 
 HELLO_TIMEOUT = 30.0
-CALL_TIMEOUT = 120.0  # a helper request (a kill waits up to ~6 s for the tree to die)
+CALL_TIMEOUT = 120.0  # a helper request (a kill waits up to ~15 s for the tree to die)
 
 
 @functools.cache

@@ -32,7 +32,7 @@ RSS_GROWTH = 0.20  # of the first round's RSS
 
 def config() -> SoakConfig:
     return SoakConfig(
-        rounds=int(os.environ.get("SANDLOT_SOAK_ROUNDS", "6")),
+        rounds=int(os.environ.get("SANDLOT_SOAK_ROUNDS", "5")),
         # Many sessions ending while large commits are under way: where issue 16's wedge
         # hid (it showed once in 1,000 to 6,000 commands of this mix on 2 cores).
         clients=32,
