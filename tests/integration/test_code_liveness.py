@@ -6,6 +6,7 @@ down (an inactivity timeout of 1.5 s); nothing asserts how fast anything was.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -58,6 +59,12 @@ def test_setup_runs_again_in_every_fresh_worker(box: sandlot.Sandbox) -> None:
     # Killed from outside while idle (SIGKILL from a command).
     pid = _pid(box, context)
     assert box.commands.run(f"kill -9 {pid}").exit_code == 0
+    # Until the agent has reaped it: a cell sent while the SIGKILL is still landing meets
+    # the dying worker and ends with ContextDied (its state is gone either way).
+    for _ in range(400):
+        if box.commands.run(f"kill -0 {pid}").exit_code != 0:
+            break
+        time.sleep(0.025)
     ex = box.run_code("helper(3)", context=context)
     assert ex.error is None and ex.text == "6"
     assert ex.state_lost
