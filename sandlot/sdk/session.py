@@ -173,6 +173,21 @@ def _info(record: Any) -> SessionInfo:
     return SessionInfo.model_validate(record.model_dump())
 
 
+def _settings(
+    workspace_store: str,
+    idle_timeout: float | None,
+    checkpoint_every: float | None,
+    delete_after: datetime | float | None,
+) -> dict[str, Any]:
+    """A new session's settings, as the backends take them."""
+    return {
+        "workspace": workspace_store,
+        "idle_timeout": idle_timeout,
+        "checkpoint_every": checkpoint_every,
+        "delete_after": delete_after,
+    }
+
+
 class AsyncSession:
     """A durable session. Attach sandboxes with :meth:`sandbox`; read its transcript with
     :meth:`events`; save its workspace now with :meth:`checkpoint`."""
@@ -212,12 +227,7 @@ class AsyncSession:
         checkpoints while a sandbox is attached (default 300; None: only on detach and
         when asked). ``delete_after``: a time (or seconds from
         now) at which the session and its data are deleted."""
-        settings = {
-            "workspace": workspace_store,
-            "idle_timeout": idle_timeout,
-            "checkpoint_every": checkpoint_every,
-            "delete_after": delete_after,
-        }
+        settings = _settings(workspace_store, idle_timeout, checkpoint_every, delete_after)
         backend = await sessions_for(client)
         return cls(backend, await backend.create_session(_check_metadata(metadata), settings))
 
@@ -243,19 +253,10 @@ class AsyncSession:
         wanted = _check_metadata(metadata)
         if not wanted:
             raise InvalidArgumentError("find_or_create needs metadata to find the session by")
-        settings = {
-            "workspace": workspace_store,
-            "idle_timeout": idle_timeout,
-            "checkpoint_every": checkpoint_every,
-            "delete_after": delete_after,
-        }
+        settings = _settings(workspace_store, idle_timeout, checkpoint_every, delete_after)
         backend = await sessions_for(client)
         async with _creation_lock(backend):
-            found = [
-                info
-                for info in await backend.list_sessions(wanted)
-                if wanted.items() <= info.metadata.items()
-            ]
+            found = await backend.list_sessions(wanted)  # every pair held (the store's filter)
             if found:
                 return cls(backend, max(found, key=_last_used))
             return cls(backend, await backend.create_session(wanted, settings))
