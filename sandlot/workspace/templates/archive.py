@@ -190,7 +190,7 @@ def _extract(
     extracted: dict[str, _Layer] = {}
     used = members = 0
     try:
-        tar = tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=_BoundedInfo)
+        tar = tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=_BoundedInfo)  # noqa: SIM115
     except tarfile.TarError as exc:
         raise _bad(f"not a tar stream ({exc})") from None
     with tar:
@@ -203,10 +203,10 @@ def _extract(
                     if member.name != MANIFEST or not member.isreg() or member.size > MAX_JSON:
                         raise _bad(f"the first member must be {MANIFEST}")
                     manifest = parse_manifest(_read(tar, member), "imported template manifest")
-                    for layer in manifest.layers:
-                        if layer.id in extracted:
-                            raise _bad(f"layer {layer.id} listed twice")
-                        extracted[layer.id] = _Layer(work / layer.id)
+                    for listed in manifest.layers:
+                        if listed.id in extracted:
+                            raise _bad(f"layer {listed.id} listed twice")
+                        extracted[listed.id] = _Layer(work / listed.id)
                     continue
                 layer_id, what, rel = _split(member.name)
                 layer = extracted.get(layer_id)
