@@ -107,7 +107,7 @@ class _BoundedInfo(tarfile.TarInfo):
     """Refuses long-name and extended headers over MAX_HEADER before tarfile reads them
     into memory."""
 
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:  # type: ignore[override]
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
         if self.type in _HEADERS and self.size > MAX_HEADER:
             raise InvalidArgumentError(f"template archive: a {self.size}-byte header")
         return super()._proc_member(tarfile_)  # type: ignore[misc]
