@@ -54,6 +54,7 @@ BUILD_FOLDERS = ("usr", "etc", "opt", "var", "srv")
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 WHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
 MOUNT_DIR = "rootfs"
+FSTAB = "rootfs.fstab"
 WORK_SUFFIX = ".work"
 EMPTY = "empty"
 
@@ -226,7 +227,7 @@ class _Mounts:
         self.base = _common_parent(lowers)
         self.target = folder / MOUNT_DIR
         self.upper = upper
-        self.commands: list[str] = []
+        self.mounts: list[str] = []  # fstab lines
         self.checks: list[str] = []
 
     def _rel(self, path: Path) -> str:
@@ -257,8 +258,8 @@ class _Mounts:
                 "the template's layer paths are too long to mount (shorten SANDLOT_HOME)"
             )
         target.mkdir(parents=True, exist_ok=True)
-        self.commands.append(
-            f"mount -n -i -t overlay sandlot -o {shlex.quote(options)} {shlex.quote(str(target))}"
+        self.mounts.append(
+            f"sandlot {_fstab_field(str(target))} overlay {_fstab_field(options)} 0 0"
         )
 
     def host_base(self, found: list[Entry], build: bool) -> list[str]:
@@ -310,15 +311,25 @@ class _Mounts:
         return args
 
     def wrapper(self) -> list[str]:
-        """``unshare ... sh -c 'mount ...; exec "$@"' sh`` (bwrap's argv follows), or []."""
-        if not self.commands:
+        """``unshare ... sh -c 'mount -a ...; exec "$@"' sh`` (bwrap's argv follows), or []:
+        the mounts listed in an fstab of the sandbox's own, made by one ``mount`` (each
+        ``mount`` started costs ~4 ms; the mount itself ~30 us). ``-c``: no canonicalising
+        (libmount's realpath walks), ``-n -i``: no mtab, no helpers."""
+        if not self.mounts:
             return []
+        fstab = self.target.parent / FSTAB
+        fstab.write_text("".join(line + "\n" for line in self.mounts))
         lines = [f"cd {shlex.quote(str(self.base))}"] if self.base is not None else []
-        lines += self.commands
+        lines += [f"mount -n -i -c -a -T {shlex.quote(str(fstab))}"]
         # A merged entry bwrap binds must be what it was judged to be: never a symlink
         # (bwrap would follow it on the host).
         lines += [f"! test -L {path}" for path in self.checks]
         return [*_unshare(), "/bin/sh", "-c", " && ".join(lines) + ' && exec "$@"', "sh"]
+
+
+def _fstab_field(text: str) -> str:
+    """A field of an fstab line: whitespace and backslashes as octal escapes."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in text)
 
 
 def _unshare() -> list[str]:
@@ -384,7 +395,7 @@ def _probe() -> str | None:
     with tempfile.TemporaryDirectory(prefix="sandlot-overlay-") as scratch:
         for name in ("a", "b", "m"):
             (Path(scratch) / name).mkdir()
-        script = "mount -n -i -t overlay sandlot -o ro,lowerdir=a:b m"
+        script = "mount -n -i -c -t overlay sandlot -o ro,lowerdir=a:b m"
         try:
             done = subprocess.run(
                 [*_unshare(), "/bin/sh", "-c", script],

@@ -253,3 +253,15 @@ async def test_build_mode_on_an_image_base_can_make_top_level_folders(image_temp
     # The step's folder; not the mount points bwrap made for /workspace and the agent.
     assert sorted(p.name for p in upper.iterdir()) == ["app"]
     assert (upper / "app/main.py").read_text() == "a\n"
+
+
+@pytest.mark.filterwarnings("ignore:the 'process' provider:RuntimeWarning")
+@pytest.mark.parametrize(
+    ("provider", "config", "named"),
+    [("process", {}, "process"), ("ssh", {"host": "127.0.0.1", "port": 9}, "ssh hosts")],
+)
+async def test_providers_without_a_root_of_their_own_refuse_templates(
+    host_template, provider, config, named
+):
+    with pytest.raises(sandlot.InvalidArgumentError, match=f"{named}: not yet"):
+        await _create(host_template, provider=provider, config=config)
