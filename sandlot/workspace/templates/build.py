@@ -214,6 +214,7 @@ class _Build:
             self.done.append(step)
             return False, 0
         if isinstance(step, FileStep):
+            step = step.model_copy(update={"src": os.path.abspath(step.src)})
             step = step.model_copy(update={"sha256": S.input_digest(step)})
         key = step_key(self.parent, step, self.env, self.workdir)
         cached = self.store.has_layer(key) and not self.no_cache
