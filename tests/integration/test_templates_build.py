@@ -111,7 +111,7 @@ async def test_build_from_host_with_file_and_pip_steps_and_start_a_sandbox(input
         parse_step("pip", [wheel]),
         parse_step("env", "TPL_GREETING=hello"),
     ]
-    events, manifest = await run_build("probe", steps)
+    events, _ = await run_build("probe", steps)
     finished = [e for e in events if e.type == "step_finished"]
     assert [e.name.split()[0] for e in finished] == ["file", "file", "pip", "env"]
     assert finished[2].bytes > 0  # the pip step wrote the package into its layer
