@@ -102,3 +102,13 @@ def test_file_destinations_follow_symlinked_folders_inside_the_view(tmp_path):
     assert resolve_in_view([root], "/bin/tool") == "/usr/bin/tool"
     assert resolve_in_view([root], "/opt/x/y") == "/srv/elsewhere/x/y"
     assert resolve_in_view([root], "/new/place") == "/new/place"
+
+
+async def test_apt_on_a_host_base_is_refused_before_anything_runs(tmp_path):
+    from sandlot.errors import TemplateBuildError
+    from sandlot.workspace.templates.build import build
+
+    steps = [parse_step("file", f"{__file__}:/opt/x.py"), parse_step("apt", ["graphviz"])]
+    with pytest.raises(TemplateBuildError, match="apt steps need an image base"):
+        await build(None, "aptly", "host", steps, home=tmp_path)
+    assert not list((tmp_path / "templates/layers").iterdir())

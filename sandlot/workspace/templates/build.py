@@ -380,6 +380,7 @@ async def build(
         with store.using():
             await log.write(f"# sandlot template build {name} --from {base}\n")
             engine.base, base_layer = await prepare_base(base, store, on_event or _ignore)
+            _check_steps_fit(engine.base, checked)
             if base_layer is not None:
                 engine.layers.append(store.layer(base_layer))
                 engine.parent = base_layer
@@ -436,6 +437,16 @@ async def build(
         ),
     )
     return manifest
+
+
+def _check_steps_fit(base: BaseInfo, steps: list[Step]) -> None:
+    """Refuse, before anything runs, a step the base cannot take."""
+    if base.kind == "host" and any(isinstance(s, AptStep) for s in steps):
+        raise InvalidArgumentError(
+            "apt steps need an image base (oci:, docker:, rootfs:, tar:): a host-base template "
+            "holds only what its steps add, not the host's package database, so apt would "
+            "see an empty system; use --pip or --file on a host base"
+        )
 
 
 def _reason(exc: BaseException) -> str:
