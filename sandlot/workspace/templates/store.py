@@ -363,6 +363,18 @@ class TemplateStore:
 
     # ---------------------------------------------------------------------------- export, gc
 
+    def write_rootfs_tar(self, ref: str, fileobj: BinaryIO, owner: str = "") -> ResolvedTemplate:
+        """The merged root filesystem of an image-base template as one tar stream (whiteouts
+        applied; what ``docker import`` takes). A host-base template has no whole root."""
+        resolved = self.resolve(ref, owner)
+        if resolved.host_base:
+            raise InvalidArgumentError(
+                f"template {ref} is built on the host's system: it has no root filesystem of "
+                "its own to export as an image"
+            )
+        L.write_merged_tar(resolved.lowers, fileobj)
+        return resolved
+
     def export(self, name: str, fileobj: BinaryIO, owner: str = "") -> TemplateManifest:
         """Write a template (manifest + its layers) as a tar stream."""
         from .archive import export_template
