@@ -282,7 +282,9 @@ class _Build:
         else:
             assert isinstance(step, RunStep)
             command = S.run_command(step, self.workdir)
-        network: Any = NetworkPolicy(allow=hosts) if hosts else "none"
+        network: Any = "none"
+        if hosts:
+            network = NetworkPolicy(**await asyncio.to_thread(S.network_policy, hosts))
         if hosts:
             await log.write(f"network: {', '.join(hosts)}\n")
         spec = SandboxSpec.model_validate(
