@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import subprocess
 import zipfile
 from pathlib import Path
@@ -161,3 +162,38 @@ async def test_a_failed_run_step_is_named_with_its_log(tmp_path):
     store = TemplateStore(default_home())
     with pytest.raises(LookupError):
         store.get("broken")
+
+
+def test_the_cli_builds_lists_shows_exports_imports_removes_and_collects(tmp_path, capsys):
+    from sandlot.cli.entry_point import main
+
+    def cli(*args: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            main(["template", *args])
+        out, err = capsys.readouterr()
+        assert done.value.code == 0, err
+        return out
+
+    (tmp_path / "f").write_text("from the cli\n")
+    events = [
+        json.loads(line)
+        for line in cli("build", "clitpl", "--from", "host", "--env", "A=1",
+                        "--file", f"{tmp_path / 'f'}:/opt/clitpl/f", "--json").splitlines()
+    ]  # fmt: skip
+    assert [e["name"] for e in events if e["type"] == "step_started"] == [
+        "env A=1",
+        f"file {tmp_path / 'f'}:/opt/clitpl/f",
+    ]
+    assert events[-1]["type"] == "done"
+    assert "clitpl" in [t["name"] for t in json.loads(cli("ls", "--json"))]
+    shown = json.loads(cli("show", "clitpl", "--json"))
+    assert shown["env"] == {"A": "1"} and shown["base"]["kind"] == "host"
+    assert shown["digest"] == "sha256:" + events[-1]["digest"] and Path(shown["log"]).is_file()
+    cli("export", "clitpl", "-o", str(tmp_path / "t.tar"))
+    cli("import", str(tmp_path / "t.tar"), "--name", "clicopy")
+    copy = json.loads(cli("show", "clicopy", "--json"))
+    assert copy["steps"] == shown["steps"]
+    cli("rm", "clitpl", "clicopy")
+    assert "clitpl" not in [t["name"] for t in json.loads(cli("ls", "--json"))]
+    report = json.loads(cli("gc", "--json"))
+    assert events[-1]["digest"] in report["removed_manifests"]
