@@ -63,6 +63,8 @@ BUILD_RESOURCES = {"memory_mb": 4096, "pids": 1024, "tmp_mb": 4096,
                    "cpus": float(max(1, min(os.cpu_count() or 1, 8)))}  # fmt: skip
 MAX_LAYER_BYTES = 64 << 30
 LOG_TAIL = 2000  # characters of the log an error ends with
+MAX_LOG = 32 << 20  # characters of a build's log file
+MAX_LINE = 8192  # characters of one log event
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,33 +133,47 @@ def step_key(parent: str, step: Step, env: dict[str, str], workdir: str | None) 
 
 
 class _Log:
-    """The build log: a file, and LogLine events."""
+    """The build log: a file (at most MAX_LOG bytes; the rest only counted), and LogLine
+    events (lines cut at MAX_LINE characters: a step's output is untrusted)."""
 
     def __init__(self, path: Path, on_event: OnEvent | None) -> None:
         self.path = path
         self.fh = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
         self.on_event = on_event
         self.index = 0
+        self.written = 0
+        self.dropped = 0
         self._partial = ""
+        self._tail = ""
 
     async def write(self, text: str) -> None:
-        self.fh.write(text)
-        self.fh.flush()
+        self._tail = (self._tail + text)[-LOG_TAIL:]
+        if self.written < MAX_LOG:
+            chunk = text[: MAX_LOG - self.written]
+            self.fh.write(chunk)
+            self.fh.flush()
+            self.written += len(chunk)
+            self.dropped += len(text) - len(chunk)
+            if self.written >= MAX_LOG:
+                self.fh.write(f"\n[build log full at {MAX_LOG} characters; the rest dropped]\n")
+        else:
+            self.dropped += len(text)
         lines = (self._partial + text).split("\n")
         self._partial = lines.pop()
+        if len(self._partial) > MAX_LINE:
+            lines.append(self._partial)
+            self._partial = ""
         for line in lines:
-            await _emit(self.on_event, LogLine(index=self.index, line=line))
+            await _emit(self.on_event, LogLine(index=self.index, line=line[:MAX_LINE]))
 
     async def flush(self) -> None:
         if self._partial:
-            await _emit(self.on_event, LogLine(index=self.index, line=self._partial))
+            await _emit(self.on_event, LogLine(index=self.index, line=self._partial[:MAX_LINE]))
             self._partial = ""
 
     def tail(self) -> str:
-        self.fh.flush()
-        with open(self.path, "rb") as fh:
-            fh.seek(max(0, os.path.getsize(self.path) - LOG_TAIL))
-            return fh.read().decode("utf-8", "replace")
+        """The last LOG_TAIL characters written (also past a full log)."""
+        return self._tail
 
     def close(self) -> None:
         self.fh.close()
@@ -423,7 +439,7 @@ async def build(
         log.close()
         kept = _keep_failed_log(store, work_log, name, base, checked, index)
         message = f"step {index} ({label}): {_reason(exc)}" if index else f"{label}: {_reason(exc)}"
-        tail = Path(kept).read_text(errors="replace")[-LOG_TAIL:]
+        tail = log.tail()
         await _emit(on_event, BuildFailed(index=index, name=label, error=message, log=str(kept)))
         if isinstance(exc, (_StepFailed, SandlotError, OSError)):
             raise TemplateBuildError(
