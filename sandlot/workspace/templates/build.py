@@ -201,6 +201,8 @@ class _Build:
         self.env: dict[str, str] = {}
         self.workdir: str | None = None
         self.parent = ""
+        self.index = 0  # the step running (0: the base)
+        self.label = "base"
 
     @property
     def lowers(self) -> list[Path]:
@@ -400,70 +402,87 @@ async def build(
     store = TemplateStore(home)
     started = time.monotonic()
     engine = _Build(mgr, store, on_event, no_cache, provider, resources)
-    work_log = store.tmp_dir("log-") / "build.log"
-    log = _Log(work_log, on_event)
-    index, label = 0, f"base {base}"
-    try:
-        with store.using():
-            await log.write(f"# sandlot template build {name} --from {base}\n")
-            engine.base, base_layer = await prepare_base(base, store, on_event or _ignore)
-            _check_steps_fit(engine.base, checked)
-            if base_layer is not None:
-                engine.layers.append(store.layer(base_layer))
-                engine.parent = base_layer
-            else:
-                engine.parent = engine.base.key
-            for index, step in enumerate(checked, 1):
-                label = step.label()
-                log.index = index
-                await _emit(on_event, StepStarted(index=index, total=len(checked), name=label))
-                await log.write(f"# step {index}/{len(checked)}: {label}\n")
-                t0 = time.monotonic()
-                cached, size = await engine.step(step, log)
-                await _emit(
-                    on_event,
-                    StepFinished(
-                        index=index,
-                        name=label,
-                        cached=cached,
-                        layer=step.makes_layer,
-                        seconds=round(time.monotonic() - t0, 3),
-                        bytes=size,
-                    ),
-                )
-            log.index = len(checked) + 1
-            manifest = engine.manifest(name)
-            digest = store.save(manifest, owner)
-    except BaseException as exc:
-        await log.flush()
+    engine.label = f"base {base}"
+    with store.using():  # held until the template is named: gc never runs during a build
+        work_log = store.tmp_dir("log-") / "build.log"
+        log = _Log(work_log, on_event)
+        try:
+            manifest, digest = await _run(engine, name, base, checked, owner, log)
+        except BaseException as exc:
+            await log.flush()
+            log.close()
+            error = await _failed(engine, exc, log, work_log, name, base, checked)
+            if error is exc:
+                raise
+            raise error from (None if isinstance(exc, _StepFailed) else exc)
         log.close()
-        kept = _keep_failed_log(store, work_log, name, base, checked, index)
-        message = f"step {index} ({label}): {_reason(exc)}" if index else f"{label}: {_reason(exc)}"
-        tail = log.tail()
-        await _emit(on_event, BuildFailed(index=index, name=label, error=message, log=str(kept)))
-        if isinstance(exc, (_StepFailed, SandlotError, OSError)):
-            raise TemplateBuildError(
-                f"{message}\n--- build log ({kept}), last lines ---\n{tail}",
-                step=index,
-                step_name=label,
-                log=str(kept),
-            ) from (None if isinstance(exc, _StepFailed) else exc)
-        raise
-    log.close()
-    final = store.log_path(digest)
-    if not final.exists():  # a rebuild of the same digest keeps the log that made its layers
-        os.replace(work_log, final)
-    remove_tree(work_log.parent)
-    await _emit(
-        on_event,
-        BuildDone(
-            name=name,
-            digest=digest,
-            size=manifest.size,
-            seconds=round(time.monotonic() - started, 3),
-        ),
-    )
+        final = store.log_path(digest)
+        if not final.exists():  # a rebuild of the same digest keeps the log that made it
+            os.replace(work_log, final)
+        remove_tree(work_log.parent)
+    seconds = round(time.monotonic() - started, 3)
+    done = BuildDone(name=name, digest=digest, size=manifest.size, seconds=seconds)
+    await _emit(on_event, done)
     return manifest
+
+
+async def _run(
+    engine: _Build, name: str, base: str, steps: list[Step], owner: str, log: _Log
+) -> tuple[TemplateManifest, str]:
+    store, on_event = engine.store, engine.on_event
+    await log.write(f"# sandlot template build {name} --from {base}\n")
+    engine.base, base_layer = await prepare_base(base, store, on_event or _ignore)
+    _check_steps_fit(engine.base, steps)
+    if base_layer is not None:
+        engine.layers.append(store.layer(base_layer))
+        engine.parent = base_layer
+    else:
+        engine.parent = engine.base.key
+    for index, step in enumerate(steps, 1):
+        engine.index, engine.label = index, step.label()
+        log.index = index
+        await _emit(on_event, StepStarted(index=index, total=len(steps), name=engine.label))
+        await log.write(f"# step {index}/{len(steps)}: {engine.label}\n")
+        t0 = time.monotonic()
+        cached, size = await engine.step(step, log)
+        finished = StepFinished(
+            index=index,
+            name=engine.label,
+            cached=cached,
+            layer=step.makes_layer,
+            seconds=round(time.monotonic() - t0, 3),
+            bytes=size,
+        )
+        await _emit(on_event, finished)
+    log.index = len(steps) + 1
+    manifest = engine.manifest(name)
+    return manifest, store.save(manifest, owner)
+
+
+async def _failed(
+    engine: _Build,
+    exc: BaseException,
+    log: _Log,
+    work_log: Path,
+    name: str,
+    base: str,
+    steps: list[Step],
+) -> BaseException:
+    """What a failed build raises (its log kept, a ``failed`` event sent): a
+    TemplateBuildError naming the step, or ``exc`` itself if it is not a build failure
+    (a cancellation, a bug)."""
+    index, label = engine.index, engine.label
+    kept = _keep_failed_log(engine.store, work_log, name, base, steps, index)
+    message = f"step {index} ({label}): {_reason(exc)}" if index else f"{label}: {_reason(exc)}"
+    await _emit(engine.on_event, BuildFailed(index=index, name=label, error=message, log=str(kept)))
+    if not isinstance(exc, (_StepFailed, SandlotError, OSError)):
+        return exc
+    return TemplateBuildError(
+        f"{message}\n--- build log ({kept}), last lines ---\n{log.tail()}",
+        step=index,
+        step_name=label,
+        log=str(kept),
+    )
 
 
 def _check_steps_fit(base: BaseInfo, steps: list[Step]) -> None:

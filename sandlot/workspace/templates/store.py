@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from .model import (
 
 PIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_JSON = 4 << 20  # a manifest or name file larger than this is not ours
+TMP_GRACE = 6 * 3600.0  # seconds: gc leaves younger work folders alone
 
 
 @dataclass
@@ -199,6 +201,10 @@ class TemplateStore:
     def add_base_layer(self, source: Path) -> LayerInfo:
         """Copy a root filesystem folder into the store as a base layer, its id the digest
         of its content. For bases made from a folder, and for tests."""
+        with self.using():
+            return self._add_base_layer(source)
+
+    def _add_base_layer(self, source: Path) -> LayerInfo:
         work = self.tmp_dir("base-")
         try:
             L.copy_tree(Path(source), work / "root")
@@ -250,7 +256,13 @@ class TemplateStore:
     ) -> TemplateManifest:
         """A template of one base layer copied from a root filesystem folder (kind
         ``rootfs``): what tests and the rootfs base start from."""
-        layer = self.add_base_layer(source)
+        with self.using():
+            return self._template_from_dir(name, source, owner, python)
+
+    def _template_from_dir(
+        self, name: str, source: Path, owner: str, python: str | None
+    ) -> TemplateManifest:
+        layer = self._add_base_layer(source)
         manifest = TemplateManifest(
             name=check_name(name),
             base=BaseInfo(kind="rootfs", ref=str(source), digest="sha256:" + layer.id),
@@ -399,8 +411,9 @@ class TemplateStore:
 
     def gc(self, extra_in_use: set[str] | None = None) -> TemplateGcReport:
         """Remove manifests no name, pin or ``extra_in_use`` holds, then layers no kept
-        manifest uses, logs of removed manifests and stale work folders. ``extra_in_use``:
-        manifest digests (``sha256:`` or bare) or layer ids that must stay (pools' specs).
+        manifest uses, logs of removed manifests and work folders older than TMP_GRACE.
+        ``extra_in_use``: manifest digests (``sha256:`` or bare) or layer ids that must
+        stay (pools' specs).
         Refused (SandlotError) while a build or import runs: waiting could block the very
         event loop that build needs."""
         report = TemplateGcReport()
@@ -430,7 +443,12 @@ class TemplateStore:
                     report.freed_bytes += self.layer(folder.name).size
                 remove_tree(folder)
                 report.removed_layers.append(folder.name)
-            for folder in (self.root / "tmp").iterdir():  # nothing uses tmp/ outside the lock
+            # Work folders of crashed builds; young ones may belong to work outside the lock
+            # (a docker import, a base layer being copied).
+            stale = time.time() - TMP_GRACE
+            for folder in (self.root / "tmp").iterdir():
+                if os.lstat(folder).st_mtime > stale:
+                    continue
                 if folder.is_dir() and not folder.is_symlink():
                     remove_tree(folder)
                 else:
