@@ -14,6 +14,7 @@ import io
 import json
 import subprocess
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,39 @@ def test_the_cli_builds_lists_shows_exports_imports_removes_and_collects(tmp_pat
     assert "clitpl" not in [t["name"] for t in json.loads(cli("ls", "--json"))]
     report = json.loads(cli("gc", "--json"))
     assert events[-1]["digest"] in report["removed_manifests"]
+
+
+@pytest.fixture
+def web_on_loopback(tmp_path) -> Iterator[str]:
+    """An HTTP server on 127.0.0.2 (not in a sandbox's NO_PROXY: reached through its proxy)."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "x").write_text("served\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.2:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_run_steps_have_no_network_unless_allowed(web_on_loopback):
+    fetch = (
+        "python3 -c \"import urllib.request as u; open('/opt/fetched', 'w')"
+        f".write(u.urlopen('http://{web_on_loopback}/x').read().decode())\""
+    )
+    steps = [parse_step("run", fetch)]
+    manager = Manager()
+    try:
+        with pytest.raises(TemplateBuildError, match="exit 1"):
+            await build(manager, "offline", "host", steps)
+        await build(manager, "online", "host", steps, allow=[web_on_loopback])
+    finally:
+        await manager.close()
+    root = TemplateStore(default_home()).resolve("online").lowers[0]
+    assert (root / "opt/fetched").read_text() == "served\n"

@@ -188,8 +188,10 @@ class _Build:
         no_cache: bool,
         provider: str | None,
         resources: dict[str, Any] | None = None,
+        allow: list[str] | None = None,
     ) -> None:
         self.resources = {**BUILD_RESOURCES, **(resources or {})}
+        self.allow = list(allow or [])
         self.manager = manager
         self.store = store
         self.on_event = on_event
@@ -279,8 +281,6 @@ class _Build:
 
         if self.manager is None:
             raise SandlotError("a manager is needed to run apt, pip and run steps")
-        if "template" not in SandboxSpec.model_fields:
-            raise SandlotError("this sandlot's providers cannot start a sandbox from a template")
         intermediate = self.manifest()
         digest = self.store.put_manifest(intermediate)
         env = dict(self.env)
@@ -301,10 +301,11 @@ class _Build:
             assert isinstance(step, RunStep)
             command = S.run_command(step, self.workdir)
         network: Any = "none"
-        if hosts:
-            network = NetworkPolicy(**await asyncio.to_thread(S.network_policy, hosts))
-        if hosts:
-            await log.write(f"network: {', '.join(hosts)}\n")
+        if hosts or self.allow:
+            policy = await asyncio.to_thread(S.network_policy, hosts)
+            policy["allow"] += [rule for rule in self.allow if rule not in policy["allow"]]
+            network = NetworkPolicy(**policy)
+            await log.write(f"network: {', '.join([*hosts, *self.allow])}\n")
         spec = SandboxSpec.model_validate(
             {
                 "provider": self.provider,
@@ -384,12 +385,15 @@ async def build(
     no_cache: bool = False,
     provider: str | None = None,
     resources: dict[str, Any] | None = None,
+    allow: list[str] | None = None,
 ) -> TemplateManifest:
     """Build template ``name`` of ``owner`` from ``base`` (``host``, ``oci:REF``, ...) and
     ``steps`` (Step models or their JSON); returns its manifest, stored and named. ``manager``
     (or a factory of one) runs the sandboxed steps; the store is ``home``'s (default: the
     manager's). ``resources``: limits of the build sandboxes (default BUILD_RESOURCES).
-    A failed step raises TemplateBuildError naming it, with its log's tail."""
+    ``allow``: network rules (as NetworkPolicy.allow) every sandboxed step gets, on top of
+    pip's index and the apt sources (run steps have no network otherwise). A failed step
+    raises TemplateBuildError naming it, with its log's tail."""
     check_name(name)
     checked = check_steps(steps)
     if callable(manager) and not hasattr(manager, "create"):
@@ -401,7 +405,14 @@ async def build(
         home = Path(mgr.home)
     store = TemplateStore(home)
     started = time.monotonic()
-    engine = _Build(mgr, store, on_event, no_cache, provider, resources)
+    if allow:
+        from ...egress.policy import NetworkPolicy
+
+        try:
+            NetworkPolicy(allow=allow)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"invalid --allow rule: {exc}") from None
+    engine = _Build(mgr, store, on_event, no_cache, provider, resources, allow)
     engine.label = f"base {base}"
     with store.using():  # held until the template is named: gc never runs during a build
         work_log = store.tmp_dir("log-") / "build.log"
