@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from .model import (
 
 PIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_JSON = 4 << 20  # a manifest or name file larger than this is not ours
+TMP_GRACE = 6 * 3600.0  # seconds: gc leaves younger work folders alone
 
 
 @dataclass
@@ -132,7 +134,12 @@ class TemplateStore:
     def _lock(self, kind: int) -> Iterator[None]:
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, kind)
+            try:
+                fcntl.flock(fd, kind)
+            except BlockingIOError:
+                raise SandlotError(
+                    "a template build or import is running: run the template gc after it"
+                ) from None
             yield
         finally:
             os.close(fd)
@@ -194,6 +201,10 @@ class TemplateStore:
     def add_base_layer(self, source: Path) -> LayerInfo:
         """Copy a root filesystem folder into the store as a base layer, its id the digest
         of its content. For bases made from a folder, and for tests."""
+        with self.using():
+            return self._add_base_layer(source)
+
+    def _add_base_layer(self, source: Path) -> LayerInfo:
         work = self.tmp_dir("base-")
         try:
             L.copy_tree(Path(source), work / "root")
@@ -245,7 +256,13 @@ class TemplateStore:
     ) -> TemplateManifest:
         """A template of one base layer copied from a root filesystem folder (kind
         ``rootfs``): what tests and the rootfs base start from."""
-        layer = self.add_base_layer(source)
+        with self.using():
+            return self._template_from_dir(name, source, owner, python)
+
+    def _template_from_dir(
+        self, name: str, source: Path, owner: str, python: str | None
+    ) -> TemplateManifest:
+        layer = self._add_base_layer(source)
         manifest = TemplateManifest(
             name=check_name(name),
             base=BaseInfo(kind="rootfs", ref=str(source), digest="sha256:" + layer.id),
@@ -358,6 +375,18 @@ class TemplateStore:
 
     # ---------------------------------------------------------------------------- export, gc
 
+    def write_rootfs_tar(self, ref: str, fileobj: BinaryIO, owner: str = "") -> ResolvedTemplate:
+        """The merged root filesystem of an image-base template as one tar stream (whiteouts
+        applied; what ``docker import`` takes). A host-base template has no whole root."""
+        resolved = self.resolve(ref, owner)
+        if resolved.host_base:
+            raise InvalidArgumentError(
+                f"template {ref} is built on the host's system: it has no root filesystem of "
+                "its own to export as an image"
+            )
+        L.write_merged_tar(resolved.lowers, fileobj)
+        return resolved
+
     def export(self, name: str, fileobj: BinaryIO, owner: str = "") -> TemplateManifest:
         """Write a template (manifest + its layers) as a tar stream."""
         from .archive import export_template
@@ -382,11 +411,13 @@ class TemplateStore:
 
     def gc(self, extra_in_use: set[str] | None = None) -> TemplateGcReport:
         """Remove manifests no name, pin or ``extra_in_use`` holds, then layers no kept
-        manifest uses, logs of removed manifests and stale work folders. ``extra_in_use``:
-        manifest digests (``sha256:`` or bare) or layer ids that must stay (pools' specs).
-        Waits for running builds and imports."""
+        manifest uses, logs of removed manifests and work folders older than TMP_GRACE.
+        ``extra_in_use``: manifest digests (``sha256:`` or bare) or layer ids that must
+        stay (pools' specs).
+        Refused (SandlotError) while a build or import runs: waiting could block the very
+        event loop that build needs."""
         report = TemplateGcReport()
-        with self._lock(fcntl.LOCK_EX):
+        with self._lock(fcntl.LOCK_EX | fcntl.LOCK_NB):
             keep = self._named_digests() | set(self.pins().values())
             keep_layers = set()
             for item in extra_in_use or ():
@@ -412,7 +443,12 @@ class TemplateStore:
                     report.freed_bytes += self.layer(folder.name).size
                 remove_tree(folder)
                 report.removed_layers.append(folder.name)
-            for folder in (self.root / "tmp").iterdir():  # nothing uses tmp/ outside the lock
+            # Work folders of crashed builds; young ones may belong to work outside the lock
+            # (a docker import, a base layer being copied).
+            stale = time.time() - TMP_GRACE
+            for folder in (self.root / "tmp").iterdir():
+                if os.lstat(folder).st_mtime > stale:
+                    continue
                 if folder.is_dir() and not folder.is_symlink():
                     remove_tree(folder)
                 else:
