@@ -169,9 +169,14 @@ class BwrapProvider(Provider):
         child: spawn.ChildProcess | None = None
         limiting: asyncio.Future[set[int]] | None = None
         root = None
+        pinning: asyncio.Future[None] | None = None
         try:
             if template is not None:
-                templated.pin(self.home, sandbox_id, template.digest)
+                # Written (with an fsync) by a worker while bwrap starts; there before the
+                # sandbox is handed out.
+                pinning = asyncio.get_running_loop().run_in_executor(
+                    None, templated.pin, self.home, sandbox_id, template.digest
+                )
                 root = self._root(template, config, folder, namespace)
             child = self._start(spec, config, folder, agent_root, namespace, bool(groups), root)
             self._children[child.pid] = child
@@ -196,8 +201,12 @@ class BwrapProvider(Provider):
                 missed = [p for p in procinfo.descendants(child.pid) if p not in moved]
                 if missed:
                     system.add(groups, missed)
+            if pinning is not None:
+                await pinning
         except BaseException:
             if template is not None:
+                if pinning is not None:
+                    await asyncio.gather(pinning, return_exceptions=True)
                 templated.unpin(self.home, sandbox_id)
                 if config.root_upper is not None:
                     rootfs.tidy_upper(Path(config.root_upper), template.lowers)
