@@ -224,10 +224,7 @@ class BwrapProvider(Provider):
         if user is not None:
             handle["host_uid"] = user.uid
         if template is not None:
-            handle["template"] = {"sandbox": sandbox_id, "digest": template.digest}
-            if config.root_upper is not None:
-                handle["template"]["upper"] = config.root_upper
-                handle["template"]["lowers"] = [str(p) for p in template.lowers]
+            handle["template"] = templated.handle(sandbox_id, template, config.root_upper)
         return Started(handle=handle, channel=channel, exited=child.exited)
 
     def _root(
@@ -399,18 +396,7 @@ class BwrapProvider(Provider):
     async def destroy(self, handle: dict[str, Any]) -> None:
         userns.release_handle(handle)
         await self._destroy(handle)
-        self._release_template(handle)
-
-    def _release_template(self, handle: dict[str, Any]) -> None:
-        """Once its processes are gone: the template's pin, and a build's work folders."""
-        used = handle.get("template")
-        if not isinstance(used, dict):
-            return
-        if isinstance(used.get("upper"), str):
-            lowers = [Path(p) for p in used.get("lowers", []) if isinstance(p, str)]
-            rootfs.tidy_upper(Path(used["upper"]), lowers)
-        if isinstance(used.get("sandbox"), str):
-            templated.unpin(self.home, used["sandbox"])
+        templated.release(self.home, handle.get("template"))  # once its processes are gone
 
     async def _destroy(self, handle: dict[str, Any]) -> None:
         groups = [Path(g) for g in handle.get("cgroups", [])]
