@@ -5,6 +5,7 @@
     layers/<id>/layer.json     its LayerInfo
     manifests/<digest>.json    a TemplateManifest (digest: of its canonical JSON)
     names/<owner-dir>/<name>.json   {"digest": ...}: a name of an owner (""= the local user)
+    cache/<key>                the layer a build step's cache key made (see build.py)
     logs/<digest>.log          the build log of a manifest
     pins/<sandbox id>          the manifest digest a running sandbox uses
     tmp/                       work folders, on the same file system (renamed into place)
@@ -47,6 +48,7 @@ from .model import (
     parse_ref,
 )
 
+L_HEX = re.compile(r"^[0-9a-f]{64}$")
 PIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_JSON = 4 << 20  # a manifest or name file larger than this is not ours
 TMP_GRACE = 6 * 3600.0  # seconds: gc leaves younger work folders alone
@@ -121,7 +123,7 @@ class TemplateStore:
 
     def __init__(self, home: Path) -> None:
         self.root = Path(home) / "templates"
-        for sub in ("layers", "manifests", "names", "logs", "pins", "tmp"):
+        for sub in ("layers", "manifests", "names", "cache", "logs", "pins", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         # Sandboxes run as an unprivileged user that must reach the layers, not list names.
         with contextlib.suppress(OSError):
@@ -214,6 +216,22 @@ class TemplateStore:
         finally:
             if work.exists():
                 remove_tree(work)
+
+    # ---------------------------------------------------------------------------- build cache
+
+    def cached(self, key: str) -> str | None:
+        """The layer a step with this cache key made, if it is still in the store."""
+        try:
+            layer_id = _read_small(self.root / "cache" / check_hex64(key, "cache key")).decode()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        if not L_HEX.match(layer_id) or not self.has_layer(layer_id):
+            return None
+        return layer_id
+
+    def remember(self, key: str, layer_id: str) -> None:
+        """Point a cache key at a layer (a later build of the same step reuses it)."""
+        write_atomic(self.root / "cache" / check_hex64(key, "cache key"), layer_id.encode())
 
     # ---------------------------------------------------------------------------- manifests
 
@@ -443,6 +461,10 @@ class TemplateStore:
                     report.freed_bytes += self.layer(folder.name).size
                 remove_tree(folder)
                 report.removed_layers.append(folder.name)
+            for entry in (self.root / "cache").iterdir():  # keys of removed layers
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    if _read_small(entry).decode() not in keep_layers:
+                        entry.unlink()
             # Work folders of crashed builds; young ones may belong to work outside the lock
             # (a docker import, a base layer being copied).
             stale = time.time() - TMP_GRACE
