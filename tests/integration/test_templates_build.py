@@ -24,7 +24,7 @@ from sandlot.manager import Manager
 from sandlot.models import SandboxSpec
 from sandlot.sdk.sandbox import AsyncSandbox
 from sandlot.store import default_home
-from sandlot.workspace.templates import TemplateStore, parse_step
+from sandlot.workspace.templates import TemplateManifest, TemplateStore, parse_step
 from sandlot.workspace.templates.build import build
 
 pytestmark = pytest.mark.timeout(120)
@@ -74,11 +74,11 @@ def file_steps(folder: Path, names: list[str]) -> list:
     return [parse_step("file", f"{folder / n}:/opt/tpl/{n}") for n in names]
 
 
-async def run_build(name: str, steps: list) -> tuple[list, object]:
+async def run_build(name: str, steps: list, **options) -> tuple[list, TemplateManifest]:
     events: list = []
     manager = Manager()
     try:
-        manifest = await build(manager, name, "host", steps, on_event=events.append)
+        manifest = await build(manager, name, "host", steps, on_event=events.append, **options)
     finally:
         await manager.close()
     return events, manifest
@@ -103,6 +103,11 @@ async def test_a_changed_file_step_redoes_itself_and_what_follows(tmp_path):
     assert (view[1] / "opt/tpl/b").read_text() == "b, changed"
     assert store.log_path(manifest.digest()).is_file()
     assert [e.type for e in events][-1] == "done"
+    # --no-cache runs every step again; the layers in use stay as they are
+    events, again = await run_build("files", steps, no_cache=True)
+    assert cached_flags(events) == [False, False, False]
+    assert again.layer_ids == manifest.layer_ids  # the same content: the same layers
+    assert all(store.layer_dir(i).is_dir() for i in manifest.layer_ids)
 
 
 @needs_template_sandboxes

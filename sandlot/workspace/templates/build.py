@@ -1,8 +1,9 @@
 """The build engine: a base and steps in, a named template out, each step a cached layer.
 
-A step's layer id is its cache key: sha256 of the layer below (or the base), the step's
-canonical JSON, the env and workdir it runs with, and the hash of its input files (file
-steps). A key already in the store is reused; otherwise the step runs:
+A step's cache key is sha256 of the layer below (or the base), the step's canonical JSON,
+the env and workdir it runs with, and the hash of its input files (file steps); the store
+maps a key to the layer it made (``cache/<key>``), reused by a later build; otherwise the
+step runs (its layer's id: of its key and its content):
 
 - ``file``: copied from the host into a new layer directly (no sandbox);
 - ``apt``, ``pip``, ``run``: in a build sandbox of the layers so far, made by the manager
@@ -37,6 +38,7 @@ from . import steps as S
 from .bases import prepare_base
 from .model import (
     DIGEST_PREFIX,
+    PYTHONS,
     AptStep,
     BaseInfo,
     EnvStep,
@@ -130,6 +132,27 @@ def step_key(parent: str, step: Step, env: dict[str, str], workdir: str | None) 
     """A step layer's id: what the step sees and does (file steps carry their input hash)."""
     data = {"parent": parent, "step": step.model_dump(mode="json"), "env": env, "workdir": workdir}
     return hashlib.sha256(b"step\0" + canonical(data)).hexdigest()
+
+
+def host_fingerprint() -> str:
+    """What a host-base step's cache key starts from: the host's release and its Python
+    interpreters (path, size, time), so upgrading the host's system builds anew."""
+    h = hashlib.sha256()
+    with contextlib.suppress(OSError):
+        h.update(Path("/etc/os-release").read_bytes()[:65536])
+    for candidate in PYTHONS:
+        with contextlib.suppress(OSError):
+            real = os.path.realpath(candidate)
+            st = os.stat(real)
+            h.update(f"{candidate}\0{real}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:32]
+
+
+def layer_id_of(key: str, content: str) -> str:
+    """A step layer's id: its cache key and its content. The cache (``cache/<key>``) maps a
+    key to the layer it made last; a layer's id never changes meaning, so a rebuild with
+    --no-cache makes a new layer and leaves the old one to the sandboxes that use it."""
+    return hashlib.sha256(f"layer\0{key}\0{content}".encode()).hexdigest()
 
 
 class _Log:
@@ -243,16 +266,17 @@ class _Build:
             step = step.model_copy(update={"src": os.path.abspath(step.src)})
             step = step.model_copy(update={"sha256": S.input_digest(step)})
         key = step_key(self.parent, step, self.env, self.workdir)
-        cached = self.store.has_layer(key) and not self.no_cache
-        if cached:
-            info = self.store.layer(key)
-            await log.write(f"cached: layer {key[:12]}\n")
+        found = None if self.no_cache else self.store.cached(key)
+        if found is not None:
+            info = self.store.layer(found)
+            await log.write(f"cached: layer {found[:12]}\n")
         else:
             info = await self._make_layer(step, key, log)
+            self.store.remember(key, info.id)
         self.layers.append(info)
         self.done.append(step)
-        self.parent = key
-        return cached, info.size
+        self.parent = info.id
+        return found is not None, info.size
 
     async def _make_layer(self, step: Step, key: str, log: _Log) -> LayerInfo:
         work = self.store.tmp_dir("step-")
@@ -268,9 +292,9 @@ class _Build:
             size, _ = await asyncio.to_thread(L.measure, upper)
             if size > MAX_LAYER_BYTES:
                 raise SandlotError(f"the step wrote {size} bytes (at most {MAX_LAYER_BYTES})")
-            if self.no_cache and self.store.has_layer(key):
-                remove_tree(self.store.layer_dir(key))
-            return await asyncio.to_thread(self.store.add_layer, upper, key, step)
+            content = await asyncio.to_thread(L.tree_digest, upper)
+            layer_id = layer_id_of(key, content)
+            return await asyncio.to_thread(self.store.add_layer, upper, layer_id, step, content)
         finally:
             remove_tree(work)
 
@@ -449,6 +473,8 @@ async def _run(
         engine.parent = base_layer
     else:
         engine.parent = engine.base.key
+        if engine.base.kind == "host":
+            engine.parent += ":" + await asyncio.to_thread(host_fingerprint)
     for index, step in enumerate(steps, 1):
         engine.index, engine.label = index, step.label()
         log.index = index

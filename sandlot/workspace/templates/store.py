@@ -5,6 +5,7 @@
     layers/<id>/layer.json     its LayerInfo
     manifests/<digest>.json    a TemplateManifest (digest: of its canonical JSON)
     names/<owner-dir>/<name>.json   {"digest": ...}: a name of an owner (""= the local user)
+    cache/<key>                the layer a build step's cache key made (see build.py)
     logs/<digest>.log          the build log of a manifest
     pins/<sandbox id>          the manifest digest a running sandbox uses
     tmp/                       work folders, on the same file system (renamed into place)
@@ -24,19 +25,20 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from ...errors import InvalidArgumentError, SandlotError, TemplateNotFoundError
 from . import layers as L
+from .fsutil import MAX_JSON as MAX_JSON  # re-exported: the store's helpers live there
+from .fsutil import read_small, remove_tree, write_atomic
+from .layers import find_python
 from .model import (
     DIGEST_PREFIX,
-    PYTHONS,
     BaseInfo,
     LayerInfo,
     Step,
@@ -47,8 +49,8 @@ from .model import (
     parse_ref,
 )
 
+L_HEX = re.compile(r"^[0-9a-f]{64}$")
 PIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-MAX_JSON = 4 << 20  # a manifest or name file larger than this is not ours
 TMP_GRACE = 6 * 3600.0  # seconds: gc leaves younger work folders alone
 
 
@@ -81,47 +83,12 @@ def owner_dir(owner: str) -> str:
     return "o-" + hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _read_small(path: Path) -> bytes:
-    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
-        data = fh.read(MAX_JSON + 1)
-    if len(data) > MAX_JSON:
-        raise InvalidArgumentError(f"{path.name} is too large")
-    return data
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a folder whose contents may be read-only (a layer copied from a root)."""
-
-    def retry(func: Any, target: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(target), 0o700)
-            func(target)
-
-    shutil.rmtree(path, onerror=retry)
-
-
 class TemplateStore:
     """Templates of every owner on this host (see the module's documentation)."""
 
     def __init__(self, home: Path) -> None:
         self.root = Path(home) / "templates"
-        for sub in ("layers", "manifests", "names", "logs", "pins", "tmp"):
+        for sub in ("layers", "manifests", "names", "cache", "logs", "pins", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         # Sandboxes run as an unprivileged user that must reach the layers, not list names.
         with contextlib.suppress(OSError):
@@ -159,7 +126,7 @@ class TemplateStore:
     def layer(self, layer_id: str) -> LayerInfo:
         path = self.layer_dir(layer_id) / "layer.json"
         try:
-            raw = _read_small(path)
+            raw = read_small(path)
         except FileNotFoundError:
             raise TemplateNotFoundError(f"layer {layer_id} is not in the store") from None
         try:
@@ -215,6 +182,22 @@ class TemplateStore:
             if work.exists():
                 remove_tree(work)
 
+    # ---------------------------------------------------------------------------- build cache
+
+    def cached(self, key: str) -> str | None:
+        """The layer a step with this cache key made, if it is still in the store."""
+        try:
+            layer_id = read_small(self.root / "cache" / check_hex64(key, "cache key")).decode()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        if not L_HEX.match(layer_id) or not self.has_layer(layer_id):
+            return None
+        return layer_id
+
+    def remember(self, key: str, layer_id: str) -> None:
+        """Point a cache key at a layer (a later build of the same step reuses it)."""
+        write_atomic(self.root / "cache" / check_hex64(key, "cache key"), layer_id.encode())
+
     # ---------------------------------------------------------------------------- manifests
 
     def manifest_path(self, digest: str) -> Path:
@@ -234,7 +217,7 @@ class TemplateStore:
     def manifest(self, digest: str) -> TemplateManifest:
         """A stored manifest, checked against its digest."""
         try:
-            raw = _read_small(self.manifest_path(digest))
+            raw = read_small(self.manifest_path(digest))
         except FileNotFoundError:
             raise TemplateNotFoundError(f"no template sha256:{digest}") from None
         manifest = parse_manifest(raw)
@@ -286,7 +269,7 @@ class TemplateStore:
 
     def digest_of(self, name: str, owner: str = "") -> str:
         try:
-            raw = _read_small(self._name_path(name, owner))
+            raw = read_small(self._name_path(name, owner))
         except FileNotFoundError:
             raise TemplateNotFoundError(f"no template named {name!r}") from None
         try:
@@ -318,7 +301,7 @@ class TemplateStore:
         found = set()
         for path in (self.root / "names").glob("*/*.json"):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                found.add(check_hex64(json.loads(_read_small(path))["digest"]))
+                found.add(check_hex64(json.loads(read_small(path))["digest"]))
         return found
 
     # ---------------------------------------------------------------------------- resolve
@@ -367,7 +350,7 @@ class TemplateStore:
             if path.name.startswith("."):
                 continue
             with contextlib.suppress(OSError, InvalidArgumentError, UnicodeDecodeError):
-                found[path.name] = check_hex64(_read_small(path).decode().strip())
+                found[path.name] = check_hex64(read_small(path).decode().strip())
         return found
 
     def log_path(self, digest: str) -> Path:
@@ -443,6 +426,10 @@ class TemplateStore:
                     report.freed_bytes += self.layer(folder.name).size
                 remove_tree(folder)
                 report.removed_layers.append(folder.name)
+            for entry in (self.root / "cache").iterdir():  # keys of removed layers
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    if read_small(entry).decode() not in keep_layers:
+                        entry.unlink()
             # Work folders of crashed builds; young ones may belong to work outside the lock
             # (a docker import, a base layer being copied).
             stale = time.time() - TMP_GRACE
@@ -462,20 +449,6 @@ class TemplateStore:
             with contextlib.suppress(SandlotError, InvalidArgumentError):
                 total += self.layer(folder.name).size
         return total
-
-
-def find_python(lowers: list[Path], host_base: bool) -> str:
-    """The agent's interpreter in a merged view (topmost first); on a host base the host's
-    own folders are the bottom layer. Raises SandlotError if there is none."""
-    views = [*lowers, Path("/")] if host_base else lowers
-    for candidate in PYTHONS:
-        st = L.merged_resolve(views, candidate)
-        if st is not None and L.stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
-            return candidate
-    raise SandlotError(
-        "the template has no python3 (looked for " + ", ".join(PYTHONS) + "): the sandlot "
-        "agent needs one; add it in a step (e.g. --apt python3) or use a base that has it"
-    )
 
 
 def _version() -> str:
