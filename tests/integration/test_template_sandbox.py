@@ -157,22 +157,27 @@ async def _run(sb: AsyncSandbox, command: str) -> Any:
     return await sb.commands.run(command, timeout=30)
 
 
-async def test_a_host_base_template_adds_its_files_to_the_hosts_system(host_template):
-    sb = await _create(host_template, env={"OVERRIDDEN": "caller"})
+async def test_a_host_base_template_adds_its_files_to_the_hosts_system(host_template, tmp_path):
+    (tmp_path / "in.txt").write_text("bound\n")
+    bind = {"host": str(tmp_path), "path": "/data", "mode": "rw"}
+    sb = await _create(host_template, env={"OVERRIDDEN": "caller"}, binds=[bind])
     try:
         done = await _run(
             sb,
             "hello && cat /opt/x/data.txt && pwd && echo $FROM_TEMPLATE $OVERRIDDEN "
-            "&& test -x /usr/bin/python3 && test -e /usr/bin/bwrap && echo host-usr",
+            "&& test -x /usr/bin/python3 && test -e /usr/bin/bwrap && echo host-usr "
+            "&& cat /data/in.txt && echo out > /data/out.txt",
         )
         assert done.exit_code == 0, done.stderr
-        assert done.stdout.split("\n")[:5] == [
+        assert done.stdout.split("\n")[:6] == [
             "hello from the template",
             "template data",
             "/srv/app",
             "yes caller",
             "host-usr",
+            "bound",
         ]
+        assert (tmp_path / "out.txt").read_text() == "out\n"  # binds work as without one
     finally:
         await sb.kill()
 
