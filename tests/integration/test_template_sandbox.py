@@ -307,3 +307,12 @@ async def test_a_failed_create_and_an_orphan_leave_no_pin(store, host_template):
     store.pin("sb-c-orphan", store.resolve(host_template).digest)
     await BwrapProvider(_home()).cleanup_orphan("sb-c-orphan")
     assert store.pins() == before
+
+
+async def test_an_unknown_template_is_not_found(store):
+    before = store.pins()
+    with pytest.raises(sandlot.NotFoundError):
+        await _create("c-no-such-template")
+    with pytest.raises(sandlot.NotFoundError):
+        await _create("sha256:" + "e" * 64)
+    assert store.pins() == before
