@@ -241,7 +241,8 @@ class BwrapProvider(Provider):
         idmapped = None
         if upper is not None and namespace is not None:
             idmapped = (config.python, namespace.fd)
-        root = rootfs.plan(template, folder, etc_folder, upper, idmapped)
+        shared = self.home / rootfs.SHARED_DIR
+        root = rootfs.plan(template, folder, etc_folder, upper, idmapped, shared)
         root.python = template.python
         return root
 
