@@ -407,14 +407,16 @@ async def build(
     *,
     home: Path | None = None,
     no_cache: bool = False,
-    provider: str | None = None,
+    provider: str = "bwrap",
     resources: dict[str, Any] | None = None,
     allow: list[str] | None = None,
 ) -> TemplateManifest:
     """Build template ``name`` of ``owner`` from ``base`` (``host``, ``oci:REF``, ...) and
     ``steps`` (Step models or their JSON); returns its manifest, stored and named. ``manager``
     (or a factory of one) runs the sandboxed steps; the store is ``home``'s (default: the
-    manager's). ``resources``: limits of the build sandboxes (default BUILD_RESOURCES).
+    manager's). ``provider``: the one that runs steps (build mode, ``root_upper``, is
+    bwrap's; whatever SANDLOT_PROVIDER says). ``resources``: limits of the build sandboxes
+    (default BUILD_RESOURCES).
     ``allow``: network rules (as NetworkPolicy.allow) every sandboxed step gets, on top of
     pip's index and the apt sources (run steps have no network otherwise). A failed step
     raises TemplateBuildError naming it, with its log's tail."""
