@@ -351,6 +351,7 @@ class _Build:
             await log.write("$ " + " ".join(command) + "\n")
             result = await sandbox.commands.run(
                 command,
+                cwd="/",  # the template's workdir may not exist yet: a run step makes it
                 timeout=STEP_TIMEOUT,
                 on_stdout=log.write,
                 on_stderr=log.write,
