@@ -239,3 +239,15 @@ async def test_run_steps_have_no_network_unless_allowed(web_on_loopback):
         await manager.close()
     root = TemplateStore(default_home()).resolve("online").lowers[0]
     assert (root / "opt/fetched").read_text() == "served\n"
+
+
+async def test_a_run_step_makes_and_works_in_the_workdir():
+    steps = [parse_step("workdir", "/opt/wd"), parse_step("run", "touch made-here")]
+    manager = Manager()
+    try:
+        manifest = await build(manager, "workdir", "host", steps)
+    finally:
+        await manager.close()
+    assert manifest.workdir == "/opt/wd"
+    root = TemplateStore(default_home()).resolve("workdir").lowers[0]
+    assert (root / "opt/wd/made-here").is_file()
