@@ -170,8 +170,13 @@ async def test_a_failed_run_step_is_named_with_its_log(tmp_path):
         store.get("broken")
 
 
-def test_the_cli_builds_lists_shows_exports_imports_removes_and_collects(tmp_path, capsys):
+def test_the_cli_builds_lists_shows_exports_imports_removes_and_collects(
+    tmp_path, capsys, monkeypatch
+):
     from sandlot.cli.entry_point import main
+
+    # A state folder of its own: its gc must not collect what other tests built.
+    monkeypatch.setenv("SANDLOT_HOME", str(tmp_path / "home"))
 
     def cli(*args: str) -> str:
         with pytest.raises(SystemExit) as done:
