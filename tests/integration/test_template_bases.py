@@ -1,0 +1,126 @@
+"""Template bases that bring their own root filesystem: ``oci:`` pulled from a real registry
+on loopback (Debian's docker-registry, holding an image built with umoci) with no Docker
+engine, ``tar:`` and ``rootfs:``. (``docker:`` is in tests/docker/test_template_docker.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+from registry import (
+    TINY_ENV,
+    TINY_FILES,
+    TINY_HARDLINK,
+    TINY_SETUID,
+    TINY_SYMLINK,
+    TINY_WORKDIR,
+    Registry,
+    registry,  # noqa: F401 - a fixture
+    tiny_image,  # noqa: F401 - a fixture
+)
+
+from sandlot.errors import ImageNotFoundError, InvalidArgumentError, NotFoundError
+from sandlot.workspace.templates.image_bases import prepare_image_base
+
+
+def prepare(kind: str, ref: str, layers: Path, **kwargs: object):  # type: ignore[no-untyped-def]
+    return asyncio.run(prepare_image_base(kind, ref, layers, **kwargs))  # type: ignore[arg-type]
+
+
+def test_oci_base_pulled_from_a_loopback_registry_without_an_engine(
+    registry: Registry,  # noqa: F811
+    tiny_image: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No engine may be involved: point every Docker client at a socket that does not exist.
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    events: list[str] = []
+    base = prepare("oci", tiny_image, tmp_path / "layers", on_event=events.append)
+
+    assert base.digest == registry.manifest_digest("sandlot/tiny", "1")
+    assert not base.reused
+    root = tmp_path / "layers" / base.layer_id / "root"
+    for rel, text in TINY_FILES.items():
+        assert (root / rel).read_text() == text
+    suid = (root / TINY_SETUID).stat()
+    assert suid.st_mode & (stat.S_ISUID | stat.S_ISGID) == 0
+    assert suid.st_mode & 0o111  # still executable
+    assert os.readlink(root / TINY_SYMLINK[0]) == TINY_SYMLINK[1]  # kept as written
+    first, second = ((root / name).stat() for name in TINY_HARDLINK)
+    assert first.st_ino == second.st_ino
+    assert {k: base.env[k] for k in TINY_ENV} == TINY_ENV
+    assert base.workdir == TINY_WORKDIR
+    assert any("pulling" in event for event in events)
+
+    again = prepare("oci", tiny_image, tmp_path / "layers")
+    assert again.reused and again.layer_id == base.layer_id
+    assert again.env == base.env
+
+
+def test_oci_base_errors_name_the_reference(
+    registry: Registry,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    missing = f"{registry.host}/sandlot/absent:1"
+    with pytest.raises(ImageNotFoundError, match="sandlot/absent:1"):
+        prepare("oci", missing, tmp_path / "layers")
+    with pytest.raises(InvalidArgumentError, match="not an image reference"):
+        prepare("oci", "--src-creds=x:y", tmp_path / "layers")
+    with pytest.raises(InvalidArgumentError, match="not an image reference"):
+        prepare("oci", "UPPER/Case", tmp_path / "layers")
+    assert sorted(p.name for p in (tmp_path / "layers").iterdir()) == []  # nothing left
+
+
+def _tree(root: Path) -> None:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text("ID=tiny\n")
+    (root / "bin").mkdir()
+    tool = root / "bin" / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o6755)
+    (root / "usr").mkdir()
+    os.symlink("/etc", root / "usr" / "etc-link")
+
+
+def test_tar_base_unpacks_and_is_reused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    archive = tmp_path / "base.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname=".")
+    base = prepare("tar", str(archive), tmp_path / "layers")
+    root = tmp_path / "layers" / base.layer_id / "root"
+    assert (root / "etc" / "os-release").read_text() == "ID=tiny\n"
+    assert (root / "bin" / "tool").stat().st_mode & 0o7777 == 0o755
+    assert os.readlink(root / "usr" / "etc-link") == "/etc"
+    assert base.digest.startswith("sha256:") and base.files == 6
+    assert prepare("tar", str(archive), tmp_path / "layers").reused
+
+
+def test_rootfs_base_copies_without_following_symlinks(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    base = prepare("rootfs", str(src), tmp_path / "layers")
+    root = tmp_path / "layers" / base.layer_id / "root"
+    assert (root / "etc" / "os-release").read_text() == "ID=tiny\n"
+    assert (root / "usr" / "etc-link").is_symlink()
+    assert (root / "bin" / "tool").stat().st_mode & 0o7777 == 0o755
+    # The same tree again is the same base; a changed one is another.
+    assert prepare("rootfs", str(src), tmp_path / "layers").layer_id == base.layer_id
+    (src / "etc" / "os-release").write_text("ID=changed\n")
+    assert prepare("rootfs", str(src), tmp_path / "layers").layer_id != base.layer_id
+
+
+def test_host_bases_that_do_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError, match="no such folder"):
+        prepare("rootfs", str(tmp_path / "absent"), tmp_path / "layers")
+    with pytest.raises(NotFoundError, match="no such file"):
+        prepare("tar", str(tmp_path / "absent.tar"), tmp_path / "layers")
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(InvalidArgumentError, match="refused: not a tar"):
+        prepare("tar", str(tmp_path / "junk.tar"), tmp_path / "layers")
