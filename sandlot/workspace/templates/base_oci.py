@@ -72,8 +72,11 @@ def _tls_args(ref: OciRef, limits: BaseLimits, flag: str) -> list[str]:
     return []
 
 
-async def _run(args: list[str], timeout: float, what: str, ref: str) -> bytes:
-    """Run a tool; its failure becomes the sandlot error for pulling ``ref``."""
+async def _run(
+    args: list[str], timeout: float, what: str, ref: str, unpacking: bool = False
+) -> bytes:
+    """Run a tool; its failure becomes the sandlot error for pulling ``ref`` (or, for an
+    image that cannot be unpacked, a refusal of its content)."""
     if shutil.which(args[0]) is None:
         raise ProviderUnavailableError(
             f"oci: bases need {args[0]} (Debian: apt-get install skopeo umoci)", provider="oci"
@@ -99,6 +102,8 @@ async def _run(args: list[str], timeout: float, what: str, ref: str) -> bytes:
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
         why = lines[-1] if lines else f"{args[0]} exited with {proc.returncode}"
+        if unpacking:
+            raise Refused(f"{args[0]} cannot {what} it: {why[:STDERR_LIMIT]}")
         raise ImageNotFoundError(f"cannot {what} {ref!r}: {why[:STDERR_LIMIT]}", image=ref)
     return out
 
@@ -152,6 +157,7 @@ async def pull(
         limits.pull_timeout,
         "unpack",
         ref.ref,
+        unpacking=True,
     )
     shutil.rmtree(layout)
     return bundle / "rootfs", config
