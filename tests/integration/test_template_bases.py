@@ -24,11 +24,20 @@ from registry import (
 )
 
 from sandlot.errors import ImageNotFoundError, InvalidArgumentError, NotFoundError
-from sandlot.workspace.templates.image_bases import prepare_image_base
+from sandlot.workspace.templates import TemplateStore
+from sandlot.workspace.templates.image_bases import ImportedBase, prepare_image_base
 
 
-def prepare(kind: str, ref: str, layers: Path, **kwargs: object):  # type: ignore[no-untyped-def]
-    return asyncio.run(prepare_image_base(kind, ref, layers, **kwargs))  # type: ignore[arg-type]
+def prepare(kind: str, ref: str, store: TemplateStore, **kwargs: object) -> ImportedBase:
+    return asyncio.run(prepare_image_base(kind, ref, store, **kwargs))  # type: ignore[arg-type]
+
+
+def store(tmp_path: Path) -> TemplateStore:
+    return TemplateStore(tmp_path / "home")
+
+
+def layer_root(tmp_path: Path, base: ImportedBase) -> Path:
+    return store(tmp_path).layer_dir(base.layer_id) / "root"
 
 
 def test_oci_base_pulled_from_a_loopback_registry_without_an_engine(
@@ -40,11 +49,11 @@ def test_oci_base_pulled_from_a_loopback_registry_without_an_engine(
     # No engine may be involved: point every Docker client at a socket that does not exist.
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     events: list[str] = []
-    base = prepare("oci", tiny_image, tmp_path / "layers", on_event=events.append)
+    base = prepare("oci", tiny_image, store(tmp_path), on_event=events.append)
 
     assert base.digest == registry.manifest_digest("sandlot/tiny", "1")
     assert not base.reused
-    root = tmp_path / "layers" / base.layer_id / "root"
+    root = layer_root(tmp_path, base)
     for rel, text in TINY_FILES.items():
         assert (root / rel).read_text() == text
     suid = (root / TINY_SETUID).stat()
@@ -57,7 +66,7 @@ def test_oci_base_pulled_from_a_loopback_registry_without_an_engine(
     assert base.workdir == TINY_WORKDIR
     assert any("pulling" in event for event in events)
 
-    again = prepare("oci", tiny_image, tmp_path / "layers")
+    again = prepare("oci", tiny_image, store(tmp_path))
     assert again.reused and again.layer_id == base.layer_id
     assert again.env == base.env
 
@@ -68,12 +77,12 @@ def test_oci_base_errors_name_the_reference(
 ) -> None:
     missing = f"{registry.host}/sandlot/absent:1"
     with pytest.raises(ImageNotFoundError, match="sandlot/absent:1"):
-        prepare("oci", missing, tmp_path / "layers")
+        prepare("oci", missing, store(tmp_path))
     with pytest.raises(InvalidArgumentError, match="not an image reference"):
-        prepare("oci", "--src-creds=x:y", tmp_path / "layers")
+        prepare("oci", "--src-creds=x:y", store(tmp_path))
     with pytest.raises(InvalidArgumentError, match="not an image reference"):
-        prepare("oci", "UPPER/Case", tmp_path / "layers")
-    assert sorted(p.name for p in (tmp_path / "layers").iterdir()) == []  # nothing left
+        prepare("oci", "UPPER/Case", store(tmp_path))
+    assert list((store(tmp_path).root / "layers").iterdir()) == []  # nothing left
 
 
 def _tree(root: Path) -> None:
@@ -93,34 +102,49 @@ def test_tar_base_unpacks_and_is_reused(tmp_path: Path) -> None:
     archive = tmp_path / "base.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src, arcname=".")
-    base = prepare("tar", str(archive), tmp_path / "layers")
-    root = tmp_path / "layers" / base.layer_id / "root"
+    base = prepare("tar", str(archive), store(tmp_path))
+    root = layer_root(tmp_path, base)
     assert (root / "etc" / "os-release").read_text() == "ID=tiny\n"
     assert (root / "bin" / "tool").stat().st_mode & 0o7777 == 0o755
     assert os.readlink(root / "usr" / "etc-link") == "/etc"
     assert base.digest.startswith("sha256:") and base.files == 6
-    assert prepare("tar", str(archive), tmp_path / "layers").reused
+    assert prepare("tar", str(archive), store(tmp_path)).reused
 
 
 def test_rootfs_base_copies_without_following_symlinks(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _tree(src)
-    base = prepare("rootfs", str(src), tmp_path / "layers")
-    root = tmp_path / "layers" / base.layer_id / "root"
+    base = prepare("rootfs", str(src), store(tmp_path))
+    root = layer_root(tmp_path, base)
     assert (root / "etc" / "os-release").read_text() == "ID=tiny\n"
     assert (root / "usr" / "etc-link").is_symlink()
     assert (root / "bin" / "tool").stat().st_mode & 0o7777 == 0o755
     # The same tree again is the same base; a changed one is another.
-    assert prepare("rootfs", str(src), tmp_path / "layers").layer_id == base.layer_id
+    assert prepare("rootfs", str(src), store(tmp_path)).layer_id == base.layer_id
     (src / "etc" / "os-release").write_text("ID=changed\n")
-    assert prepare("rootfs", str(src), tmp_path / "layers").layer_id != base.layer_id
+    assert prepare("rootfs", str(src), store(tmp_path)).layer_id != base.layer_id
 
 
 def test_host_bases_that_do_not_exist(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="no such folder"):
-        prepare("rootfs", str(tmp_path / "absent"), tmp_path / "layers")
+        prepare("rootfs", str(tmp_path / "absent"), store(tmp_path))
     with pytest.raises(NotFoundError, match="no such file"):
-        prepare("tar", str(tmp_path / "absent.tar"), tmp_path / "layers")
+        prepare("tar", str(tmp_path / "absent.tar"), store(tmp_path))
     (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
     with pytest.raises(InvalidArgumentError, match="refused: not a tar"):
-        prepare("tar", str(tmp_path / "junk.tar"), tmp_path / "layers")
+        prepare("tar", str(tmp_path / "junk.tar"), store(tmp_path))
+
+
+def test_prepare_base_dispatches_image_kinds(tmp_path: Path) -> None:
+    """The build's entry point (``--from KIND:REF``) reaches these bases."""
+    from sandlot.workspace.templates.bases import prepare_base
+
+    src = tmp_path / "src"
+    _tree(src)
+    events: list[object] = []
+    info, layer_id = asyncio.run(prepare_base(f"rootfs:{src}", store(tmp_path), events.append))
+    assert info.kind == "rootfs" and info.ref == str(src) and info.digest.startswith("sha256:")
+    assert layer_id is not None and store(tmp_path).has_layer(layer_id)
+    assert events
+    with pytest.raises(InvalidArgumentError, match="names nothing"):
+        asyncio.run(prepare_base("tar:", store(tmp_path), events.append))

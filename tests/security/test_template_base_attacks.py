@@ -17,7 +17,8 @@ import pytest
 from registry import Registry, registry  # noqa: F401 - a fixture
 
 from sandlot.errors import InvalidArgumentError
-from sandlot.workspace.templates.image_bases import prepare_image_base
+from sandlot.workspace.templates import TemplateStore
+from sandlot.workspace.templates.image_bases import ImportedBase, prepare_image_base
 from sandlot.workspace.templates.limits import BaseLimits
 
 SHADOW = "/etc/shadow"
@@ -40,12 +41,23 @@ def hostile_tar(path: Path, *members: tuple[tarfile.TarInfo, bytes]) -> Path:
     return path
 
 
-def prepare(kind: str, ref: str, layers: Path, limits: BaseLimits | None = None):  # type: ignore[no-untyped-def]
-    return asyncio.run(prepare_image_base(kind, ref, layers, limits=limits))
+def prepare(
+    kind: str, ref: str, store: TemplateStore, limits: BaseLimits | None = None
+) -> ImportedBase:
+    return asyncio.run(prepare_image_base(kind, ref, store, limits=limits))
 
 
-def nothing_left(layers: Path) -> None:
-    assert not layers.exists() or list(layers.iterdir()) == []
+def store(tmp_path: Path) -> TemplateStore:
+    return TemplateStore(tmp_path / "home")
+
+
+def layer_root(tmp_path: Path, base: ImportedBase) -> Path:
+    return store(tmp_path).layer_dir(base.layer_id) / "root"
+
+
+def nothing_left(store: TemplateStore) -> None:
+    for sub in ("layers", "tmp"):
+        assert list((store.root / sub).iterdir()) == []
 
 
 @pytest.fixture
@@ -60,16 +72,16 @@ def victim(tmp_path: Path) -> Path:
 def test_dotdot_member(tmp_path: Path, victim: Path) -> None:
     tar = hostile_tar(tmp_path / "a.tar", (member("../../victim/pwned"), b"x"))
     with pytest.raises(InvalidArgumentError, match="climbs out"):
-        prepare("tar", str(tar), tmp_path / "layers")
+        prepare("tar", str(tar), store(tmp_path))
     assert list(victim.iterdir()) == []
-    nothing_left(tmp_path / "layers")
+    nothing_left(store(tmp_path))
 
 
 @pytest.mark.attack("tar base: absolute member path")
 def test_absolute_member(tmp_path: Path, victim: Path) -> None:
     tar = hostile_tar(tmp_path / "a.tar", (member(f"{victim}/pwned"), b"x"))
     with pytest.raises(InvalidArgumentError, match="absolute path"):
-        prepare("tar", str(tar), tmp_path / "layers")
+        prepare("tar", str(tar), store(tmp_path))
     assert list(victim.iterdir()) == []
 
 
@@ -82,9 +94,9 @@ def test_symlink_then_write_through(tmp_path: Path, victim: Path) -> None:
             (member("escape/pwned"), b"owned"),
         )
         with pytest.raises(InvalidArgumentError, match="not a directory"):
-            prepare("tar", str(tar), tmp_path / "layers")
+            prepare("tar", str(tar), store(tmp_path))
         assert list(victim.iterdir()) == []
-        nothing_left(tmp_path / "layers")
+        nothing_left(store(tmp_path))
 
 
 @pytest.mark.attack("tar base: a symlink replacing a directory already written")
@@ -96,7 +108,7 @@ def test_symlink_replaces_directory(tmp_path: Path, victim: Path) -> None:
         (member("etc/pwned"), b"owned"),
     )
     with pytest.raises(InvalidArgumentError, match="replaces a directory"):
-        prepare("tar", str(tar), tmp_path / "layers")
+        prepare("tar", str(tar), store(tmp_path))
     assert list(victim.iterdir()) == []
 
 
@@ -107,8 +119,8 @@ def test_hardlink_to_host_file(tmp_path: Path) -> None:
             tmp_path / "a.tar", (member("stolen", tarfile.LNKTYPE, linkname=target), b"")
         )
         with pytest.raises(InvalidArgumentError, match=r"hardlink|absolute|climbs out"):
-            prepare("tar", str(tar), tmp_path / "layers")
-        nothing_left(tmp_path / "layers")
+            prepare("tar", str(tar), store(tmp_path))
+        nothing_left(store(tmp_path))
 
 
 @pytest.mark.attack("tar base: hardlink through a symlink pointing out")
@@ -119,8 +131,8 @@ def test_hardlink_through_symlink(tmp_path: Path) -> None:
         (member("stolen", tarfile.LNKTYPE, linkname="hostetc/shadow"), b""),
     )
     with pytest.raises(InvalidArgumentError, match="not a directory"):
-        prepare("tar", str(tar), tmp_path / "layers")
-    nothing_left(tmp_path / "layers")
+        prepare("tar", str(tar), store(tmp_path))
+    nothing_left(store(tmp_path))
 
 
 @pytest.mark.attack("tar base: device nodes, fifo and setuid/setgid binaries planted")
@@ -133,8 +145,8 @@ def test_devices_dropped_setuid_cleared(tmp_path: Path) -> None:
         (member("bin/rootshell", mode=0o6755), b"#!/bin/sh\n"),
         (member("tmp", tarfile.DIRTYPE, mode=0o3777), b""),
     )
-    base = prepare("tar", str(tar), tmp_path / "layers")
-    root = tmp_path / "layers" / base.layer_id / "root"
+    base = prepare("tar", str(tar), store(tmp_path))
+    root = layer_root(tmp_path, base)
     assert not (root / "dev" / "sda").exists() and not (root / "dev" / "mem").exists()
     assert not os.path.lexists(root / "fifo")
     assert (root / "bin" / "rootshell").stat().st_mode & 0o7777 == 0o755
@@ -153,11 +165,11 @@ def test_size_limit(tmp_path: Path) -> None:
         info.size = 4 << 20
         out.addfile(info, io.BytesIO(bytes(info.size)))
     with pytest.raises(InvalidArgumentError, match="larger than"):
-        prepare("tar", str(tar), tmp_path / "layers", BaseLimits(max_bytes=1 << 20))
-    nothing_left(tmp_path / "layers")
+        prepare("tar", str(tar), store(tmp_path), BaseLimits(max_bytes=1 << 20))
+    nothing_left(store(tmp_path))
     many = hostile_tar(tmp_path / "many.tar", *[(member(f"f{i}"), b"") for i in range(50)])
     with pytest.raises(InvalidArgumentError, match="more than 20 entries"):
-        prepare("tar", str(many), tmp_path / "layers", BaseLimits(max_files=20))
+        prepare("tar", str(many), store(tmp_path), BaseLimits(max_files=20))
 
 
 @pytest.mark.attack("rootfs base: symlinks to host folders are copied, never followed")
@@ -167,8 +179,8 @@ def test_rootfs_symlinks_not_followed(tmp_path: Path, victim: Path) -> None:
     src.mkdir()
     os.symlink(victim, src / "dir-link")
     os.symlink(victim / "secret", src / "file-link")
-    base = prepare("rootfs", str(src), tmp_path / "layers")
-    root = tmp_path / "layers" / base.layer_id / "root"
+    base = prepare("rootfs", str(src), store(tmp_path))
+    root = layer_root(tmp_path, base)
     assert os.readlink(root / "dir-link") == str(victim)
     assert os.readlink(root / "file-link") == str(victim / "secret")
     assert base.size == 0  # the secret's bytes were never read into the layer
@@ -207,8 +219,8 @@ def test_hostile_oci_layer(
         (member("../../../../" + str(victim).lstrip("/") + "/pwned"), b"owned"),
         (member("dev/mem", tarfile.CHRTYPE, devmajor=1, devminor=1), b""),
     )
-    base = prepare("oci", ref, tmp_path / "layers")
-    root = tmp_path / "layers" / base.layer_id / "root"
+    base = prepare("oci", ref, store(tmp_path))
+    root = layer_root(tmp_path, base)
     assert (root / "bin" / "rootshell").stat().st_mode & 0o7777 == 0o755
     mem = root / "dev" / "mem"
     assert not os.path.lexists(mem) or stat.S_ISREG(os.lstat(mem).st_mode)
@@ -227,6 +239,6 @@ def test_oci_hardlink_to_host_file(
         (member("stolen", tarfile.LNKTYPE, linkname=SHADOW), b""),
     )
     with pytest.raises(InvalidArgumentError, match="refused: umoci cannot unpack"):
-        prepare("oci", ref, tmp_path / "layers")
-    nothing_left(tmp_path / "layers")
+        prepare("oci", ref, store(tmp_path))
+    nothing_left(store(tmp_path))
     assert os.stat(SHADOW).st_nlink == 1

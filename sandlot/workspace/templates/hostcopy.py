@@ -18,15 +18,15 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def copy(source: Path, dest: Path, limits: BaseLimits, digest: bool = False) -> TreeWriter:
+def copy(source: Path, dest: Path, limits: BaseLimits) -> TreeWriter:
     """Copy the tree at ``source`` (the folder itself may be reached through a symlink: the
-    caller named it) into the empty folder ``dest`` (``digest``: hash it on the way)."""
+    caller named it) into the empty folder ``dest``."""
     try:
         root_fd = os.open(source, _DIR_FLAGS)
     except OSError as exc:
         raise Refused(f"cannot open the folder {str(source)!r}: {exc.strerror}") from None
     try:
-        with TreeWriter(dest, limits, digest) as writer:
+        with TreeWriter(dest, limits) as writer:
             top = os.fstat(root_fd)
             writer.directory((), top.st_mode, top.st_uid, top.st_gid, top.st_mtime)
             pending: list[tuple[str, ...]] = [()]

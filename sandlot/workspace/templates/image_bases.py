@@ -11,10 +11,8 @@ copy, so a rootfs base is always read, and stored once). The tree comes in throu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,13 +20,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ...errors import InvalidArgumentError, NotFoundError
-from . import base_docker, base_oci, hostcopy, untar
+from . import base_oci, hostcopy, untar
+from . import layers as L
 from .limits import BaseLimits
+from .model import BaseInfo
+from .store import TemplateStore, remove_tree, write_atomic
 from .tree import Refused, check_tree
 
 KINDS = ("oci", "docker", "rootfs", "tar")
 
-OnEvent = Callable[[str], None]
+OnEvent = Callable[[Any], Any]
+BASE_FILE = "base.json"  # beside layer.json: the ImportedBase, for the image's env and workdir
 
 
 class ImportedBase(BaseModel):
@@ -53,14 +55,25 @@ def base_layer_id(kind: str, digest: str, platform: str = "") -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def base_config(store: TemplateStore, layer_id: str) -> tuple[dict[str, str], str | None]:
+    """The environment and working folder a base layer's image asks for (its ``Env`` and
+    ``WorkingDir``; empty for ``rootfs:``/``tar:`` bases and layers imported otherwise)."""
+    with contextlib.suppress(OSError, ValueError):
+        saved = ImportedBase.model_validate_json(
+            (store.layer_dir(layer_id) / BASE_FILE).read_text()
+        )
+        return dict(saved.env), saved.workdir
+    return {}, None
+
+
 async def prepare_image_base(
     kind: str,
     ref: str,
-    layers: Path,
+    store: TemplateStore,
     on_event: OnEvent | None = None,
     limits: BaseLimits | None = None,
 ) -> ImportedBase:
-    """Import the base ``kind:ref`` as ``layers/<id>/root`` unless it is there already.
+    """Import the base ``kind:ref`` as a layer of ``store`` unless it is there already.
     Raises a sandlot error naming the base when it cannot be read or is refused."""
     limits = limits or BaseLimits.from_env()
     say = on_event or (lambda _: None)
@@ -68,30 +81,30 @@ async def prepare_image_base(
     if kind not in KINDS:
         raise InvalidArgumentError(f"unknown base kind {kind!r} (one of host, {', '.join(KINDS)})")
     if not ref:
-        raise InvalidArgumentError(f"base {spec!r} names nothing")
-    layers.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".import-", dir=layers))
+        raise InvalidArgumentError(f"base {spec!r} names nothing: {kind}:REF")
+    work = store.tmp_dir("import-")
     try:
-        return await _import(kind, ref, layers, work, say, limits)
+        with store.using():
+            return await _import(kind, ref, store, work, say, limits)
     except Refused as exc:
         raise InvalidArgumentError(f"base {spec!r} refused: {exc}", base=spec) from None
     finally:
-        await asyncio.to_thread(shutil.rmtree, work, True)
+        await asyncio.to_thread(remove_tree, work)
 
 
 async def _import(
-    kind: str, ref: str, layers: Path, work: Path, say: OnEvent, limits: BaseLimits
+    kind: str, ref: str, store: TemplateStore, work: Path, say: OnEvent, limits: BaseLimits
 ) -> ImportedBase:
     config: dict[str, Any] = {}
     platform = ""
+    content: str | None = None
     root = work / "root"
     if kind == "oci":
         parsed = base_oci.OciRef(ref)
         digest = await base_oci.manifest_digest(parsed, limits)
         platform = base_oci.platform()
-        found = _existing(layers, kind, ref, digest, platform)
+        found = _existing(store, kind, ref, digest, platform, say)
         if found is not None:
-            say(f"base {kind}:{ref} ({digest[:19]}) already imported")
             return found
         say(f"pulling {ref} ({digest[:19]})")
         unpacked, config = await base_oci.pull(parsed, digest, work, limits)
@@ -99,11 +112,12 @@ async def _import(
         await asyncio.to_thread(check_tree, unpacked, limits)
         unpacked.rename(root)
     elif kind == "docker":
+        from . import base_docker  # the engine's client only when asked for
+
         image = await base_docker.inspect(ref)
         digest, config = image.id, image.config
-        found = _existing(layers, kind, ref, digest, platform)
+        found = _existing(store, kind, ref, digest, platform, say)
         if found is not None:
-            say(f"base {kind}:{ref} ({digest[:19]}) already imported")
             return found
         say(f"exporting {ref} ({digest[:19]}) from the Docker engine")
         tar = work / "export.tar"
@@ -116,19 +130,20 @@ async def _import(
         path = _host_path(ref, kind)
         say(f"hashing {path}")
         digest = await asyncio.to_thread(_file_digest, path)
-        found = _existing(layers, kind, ref, digest, platform)
+        found = _existing(store, kind, ref, digest, platform, say)
         if found is not None:
             return found
         root.mkdir()
         say(f"unpacking {path}")
         await asyncio.to_thread(_untar_file, path, root, limits)
-    else:  # rootfs
+    else:  # rootfs: its digest is its content's, known once copied
         path = _host_path(ref, kind)
         root.mkdir()
         say(f"copying {path}")
-        writer = await asyncio.to_thread(hostcopy.copy, path, root, limits, True)
-        digest = writer.digest()
-        found = _existing(layers, kind, ref, digest, platform)
+        await asyncio.to_thread(hostcopy.copy, path, root, limits)
+        content = await asyncio.to_thread(L.tree_digest, root)
+        digest = "sha256:" + content
+        found = _existing(store, kind, ref, digest, platform, say)
         if found is not None:
             return found
     size, files, _ = await asyncio.to_thread(check_tree, root, limits)
@@ -142,32 +157,42 @@ async def _import(
         env=base_oci.env_of(config),
         workdir=base_oci.workdir_of(config),
     )
-    _commit(work, root, layers, imported)
+    await asyncio.to_thread(store.add_layer, root, imported.layer_id, None, content)
+    write_atomic(
+        store.layer_dir(imported.layer_id) / BASE_FILE, imported.model_dump_json().encode()
+    )
     return imported
 
 
-def _existing(layers: Path, kind: str, ref: str, digest: str, platform: str) -> ImportedBase | None:
+def _existing(
+    store: TemplateStore, kind: str, ref: str, digest: str, platform: str, say: OnEvent
+) -> ImportedBase | None:
     layer_id = base_layer_id(kind, digest, platform)
-    info = layers / layer_id / "base.json"
-    if not info.is_file():
+    if not store.has_layer(layer_id):
         return None
-    stored = ImportedBase.model_validate_json(info.read_text())
-    return stored.model_copy(update={"ref": ref, "reused": True})
+    say(f"base {kind}:{ref} ({digest[:19]}) is imported already")
+    info = store.layer(layer_id)
+    env, workdir = base_config(store, layer_id)
+    return ImportedBase(
+        kind=kind,
+        ref=ref,
+        digest=digest,
+        layer_id=layer_id,
+        size=info.size,
+        files=info.files,
+        env=env,
+        workdir=workdir,
+        reused=True,
+    )
 
 
-def _commit(work: Path, root: Path, layers: Path, imported: ImportedBase) -> None:
-    """Move the checked tree into place in one rename (a concurrent import of the same base
-    may have won: then this copy is dropped with ``work``)."""
-    staged = work / uuid.uuid4().hex
-    staged.mkdir()
-    root.rename(staged / "root")
-    (staged / "base.json").write_text(imported.model_dump_json())
-    target = layers / imported.layer_id
-    try:
-        staged.rename(target)
-    except OSError:
-        if not (target / "base.json").is_file():
-            raise
+async def prepare(
+    kind: str, ref: str, store: TemplateStore, on_event: OnEvent
+) -> tuple[BaseInfo, str]:
+    """The preparer :mod:`.bases` calls for ``kind:ref``."""
+    imported = await prepare_image_base(kind, ref, store, on_event)
+    info = BaseInfo(kind=kind, ref=ref, digest=imported.digest)  # type: ignore[arg-type]
+    return info, imported.layer_id
 
 
 def _host_path(ref: str, kind: str) -> Path:

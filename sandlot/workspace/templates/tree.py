@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -75,11 +74,8 @@ def opened_dir(root_fd: int, parts: tuple[str, ...], create: bool = False) -> It
 class TreeWriter:
     """Writes entries into ``dest`` (an empty folder this process made) safely and bounded."""
 
-    def __init__(self, dest: Path, limits: BaseLimits, digest: bool = False) -> None:
+    def __init__(self, dest: Path, limits: BaseLimits) -> None:
         self.limits = limits
-        # digest: a hash of every entry as written (names, modes, owners, contents, link
-        # targets; not times), the identity of a tree that has no other (a host folder).
-        self.hasher = hashlib.sha256() if digest else None
         self.root_fd = os.open(dest, _DIR_FLAGS)
         self.as_root = os.geteuid() == 0
         self.bytes = 0
@@ -113,7 +109,6 @@ class TreeWriter:
         self, parts: tuple[str, ...], mode: int, uid: int, gid: int, mtime: float
     ) -> None:
         self._count(parts, 0)
-        self._note("d", parts, mode, uid, gid)
         if parts:
             with opened_dir(self.root_fd, parts[:-1], create=True) as parent:
                 existing = _lstat(parts[-1], parent)
@@ -136,7 +131,6 @@ class TreeWriter:
     ) -> None:
         self._need_name(parts)
         self._count(parts, size)
-        self._note("f", parts, mode, uid, gid, str(size))
         with opened_dir(self.root_fd, parts[:-1], create=True) as parent:
             self._clear(parts, parent)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -148,8 +142,6 @@ class TreeWriter:
                     if not chunk:
                         raise Refused(f"{'/'.join(parts)!r} is shorter than its header says")
                     os.write(fd, chunk)
-                    if self.hasher is not None:
-                        self.hasher.update(chunk)
                     left -= len(chunk)
                 if data.read(1):
                     raise Refused(f"{'/'.join(parts)!r} grew while it was copied")
@@ -166,7 +158,6 @@ class TreeWriter:
         self._count(parts, 0)
         if "\0" in target or len(target) > 4095:
             raise Refused(f"symlink {'/'.join(parts)!r} has a bad target")
-        self._note("l", parts, 0o777, uid, gid, target)
         with opened_dir(self.root_fd, parts[:-1], create=True) as parent:
             self._clear(parts, parent)
             os.symlink(target, parts[-1], dir_fd=parent)
@@ -178,7 +169,6 @@ class TreeWriter:
         self._need_name(parts)
         self._count(parts, 0)
         target_parts = split(target)
-        self._note("h", parts, 0, 0, 0, "/".join(target_parts))
         if not target_parts:
             raise Refused(f"hardlink {'/'.join(parts)!r} to the root")
         try:
@@ -208,19 +198,7 @@ class TreeWriter:
     def drop(self, name: str) -> None:
         self.dropped.append(name)
 
-    def digest(self) -> str:
-        assert self.hasher is not None, "made without digest=True"
-        return "sha256:" + self.hasher.hexdigest()
-
     # -- helpers ------------------------------------------------------------------------------
-
-    def _note(
-        self, kind: str, parts: tuple[str, ...], mode: int, uid: int, gid: int, *more: str
-    ) -> None:
-        if self.hasher is not None:
-            mode = stat.S_IMODE(mode) & ~DROPPED_BITS
-            fields = [kind, "/".join(parts), f"{mode:o}", str(uid), str(gid), *more]
-            self.hasher.update("\0".join(fields).encode("utf-8", "surrogateescape") + b"\0")
 
     def _mode(self, mode: int, directory: bool = False) -> int:
         mode = stat.S_IMODE(mode) & ~DROPPED_BITS
