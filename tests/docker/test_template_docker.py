@@ -1,0 +1,147 @@
+"""Templates on the docker provider, and the ``docker:`` base, against the real engine.
+
+The template is a slim Python image exported through ``docker:`` (a base layer) plus a layer
+on top as a step leaves one (an overlay upper folder: a new file, and a whiteout deleting one
+of the base's files). A docker sandbox of it runs the engine image sandlot imports from the
+merged layers, once per template.
+
+The slim image (44 MB: Debian's python3.11, its libraries, dash and a few tools, cut from the
+test image's cached root filesystem) keeps the export and import this exercises to seconds;
+it is built once per engine, like the other test images."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker_env
+import pytest
+
+import sandlot
+from sandlot.errors import InvalidArgumentError
+from sandlot.models import SandboxSpec
+from sandlot.workspace.templates import BaseInfo, TemplateManifest, TemplateStore, find_python
+from sandlot.workspace.templates.image_bases import ImportedBase, prepare_image_base
+from sandlot.workspace.templates.layers import make_whiteout
+
+NAME = "docker-test-tpl"
+DELETED = "etc/passwd"  # in the base, whited out by the top layer
+SLIM = "sandlot-test-slim-python:v1"
+_LIBS = (
+    r"(libc|libm|libz|libexpat|libffi|libbz2|liblzma|libmpdec|libuuid|libcrypto|libssl"
+    r"|libsqlite3|libtinfo|libreadline|libncursesw|libselinux|libpcre2-8|ld-linux-x86-64)\.so"
+)
+_KEEP = re.compile(
+    r"^\./(usr/bin/(python3(\.11)?|dash|sh|cat|env|id|ls|sleep|true)$|usr/lib/python3\.11/"
+    r"|usr/lib/x86_64-linux-gnu/"
+    + _LIBS
+    + r"|usr/lib64/|etc/(passwd|group)$|(bin|lib|lib64|sbin)$)"
+)
+_DROP = re.compile(
+    r"^\./usr/lib/python3\.11/(test|idlelib|tkinter|lib2to3|ensurepip|pydoc_data|turtledemo"
+    r"|config-3\.11[^/]*)/"
+)
+
+
+def home() -> Path:
+    return Path(os.environ["SANDLOT_HOME"])
+
+
+def docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+
+
+def build_slim_image() -> None:
+    """Cut SLIM from the test image's cached root filesystem (skipped if it exists)."""
+    if docker_env.image_exists(SLIM):
+        return
+    load = subprocess.Popen(["docker", "import", "-", SLIM], stdin=subprocess.PIPE)
+    assert load.stdin is not None
+    with (
+        tarfile.open(docker_env._rootfs_tar()) as src,
+        tarfile.open(fileobj=load.stdin, mode="w|") as dst,
+    ):
+        for member in src:
+            if member.isdir() or (_KEEP.match(member.name) and not _DROP.match(member.name)):
+                dst.addfile(member, src.extractfile(member) if member.isreg() else None)
+    load.stdin.close()
+    assert load.wait() == 0
+
+
+@pytest.fixture(scope="module")
+def docker_base() -> ImportedBase:
+    build_slim_image()
+    return asyncio.run(prepare_image_base("docker", SLIM, TemplateStore(home())))
+
+
+@pytest.fixture(scope="module")
+def template(docker_base: ImportedBase) -> Iterator[str]:
+    """The docker: base plus one step-like layer, saved under NAME; its engine image removed
+    afterwards (the next run imports it again)."""
+    store = TemplateStore(home())
+    upper = store.tmp_dir("test-upper-") / "root"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc" / "template-marker").write_text("from the top layer\n")
+    make_whiteout(str(upper / DELETED))
+    top = store.add_layer(upper, "ab" * 32)
+    base = store.layer(docker_base.layer_id)
+    lowers = [store.layer_dir(top.id) / "root", store.layer_dir(base.id) / "root"]
+    manifest = TemplateManifest(
+        name=NAME,
+        base=BaseInfo(kind="docker", ref=SLIM, digest=docker_base.digest),
+        layers=[base, top],
+        env={"TEMPLATE_VAR": "from-the-template"},
+        python=find_python(lowers, False),
+    )
+    digest = store.save(manifest)
+    yield digest
+    docker("image", "rm", "-f", f"sandlot-template:{digest[:12]}")
+
+
+def test_docker_base_is_the_image_exported(docker_base: ImportedBase) -> None:
+    image_id = docker("image", "inspect", "--format", "{{.Id}}", SLIM).stdout.strip()
+    assert docker_base.digest == image_id
+    root = TemplateStore(home()).layer_dir(docker_base.layer_id) / "root"
+    assert (root / "usr" / "bin" / "python3.11").is_file()
+    assert (root / DELETED).is_file()
+    assert not (root / "dev" / "null").exists() or not (root / "dev" / "null").is_char_device()
+    again = asyncio.run(prepare_image_base("docker", SLIM, TemplateStore(home())))
+    assert again.reused and again.layer_id == docker_base.layer_id
+
+
+async def test_a_docker_sandbox_from_a_template_sees_its_files(template: str) -> None:
+    store = TemplateStore(home())
+    spec = SandboxSpec(provider="docker", template=NAME, env={"MINE": "1"})
+    async with await sandlot.AsyncSandbox._create(spec, None) as sb:
+        assert sb.info.provider == "docker"
+        result = await sb.commands.run(
+            f"cat /etc/template-marker; test -e /{DELETED} || echo deleted; "
+            'echo "$TEMPLATE_VAR $MINE"'
+        )
+        assert result.stdout == "from the top layer\ndeleted\nfrom-the-template 1\n", result
+        container = sb.info.handle["container"]
+        image = docker("inspect", "--format", "{{.Config.Image}}", container).stdout.strip()
+        assert image == f"sandlot-template:{template[:12]}"
+        assert store.pins().get(sb.id) == template  # gc keeps its layers meanwhile
+        # Writes stay in the sandbox: the root is read-only, the template untouched.
+        denied = await sb.commands.run("echo x > /etc/template-marker")
+        assert denied.exit_code != 0
+    assert sb.id not in store.pins()
+    # A second sandbox uses the image made for the first (one import per template).
+    created = docker("image", "inspect", "--format", "{{.Created}}", image).stdout
+    async with await sandlot.AsyncSandbox._create(spec, None) as again:
+        assert (await again.commands.run("cat /etc/template-marker")).exit_code == 0
+    assert docker("image", "inspect", "--format", "{{.Created}}", image).stdout == created
+
+
+async def test_a_host_based_template_is_refused_on_docker() -> None:
+    store = TemplateStore(home())
+    store.save(TemplateManifest(name="docker-test-hosty", base=BaseInfo(kind="host")))
+    spec = SandboxSpec(provider="docker", template="docker-test-hosty")
+    with pytest.raises(InvalidArgumentError, match="built on the host"):
+        await sandlot.AsyncSandbox._create(spec, None)
