@@ -191,7 +191,7 @@ async def prepare(
 ) -> tuple[BaseInfo, str]:
     """The preparer :mod:`.bases` calls for ``kind:ref``."""
     imported = await prepare_image_base(kind, ref, store, on_event)
-    info = BaseInfo(kind=kind, ref=ref, digest=imported.digest)  # type: ignore[arg-type]
+    info = BaseInfo(kind=kind, ref=ref, digest=imported.digest)
     return info, imported.layer_id
 
 

@@ -18,7 +18,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from .limits import BaseLimits
 
@@ -122,7 +122,7 @@ class TreeWriter:
     def file(
         self,
         parts: tuple[str, ...],
-        data: BinaryIO,
+        data: IO[bytes],
         size: int,
         mode: int,
         uid: int,
