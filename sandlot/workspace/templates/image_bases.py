@@ -146,21 +146,20 @@ async def _import(
         found = _existing(store, kind, ref, digest, platform, say)
         if found is not None:
             return found
-    size, files, _ = await asyncio.to_thread(check_tree, root, limits)
+    await asyncio.to_thread(check_tree, root, limits)
+    layer_id = base_layer_id(kind, digest, platform)
+    layer = await asyncio.to_thread(store.add_layer, root, layer_id, None, content)
     imported = ImportedBase(
         kind=kind,
         ref=ref,
         digest=digest,
-        layer_id=base_layer_id(kind, digest, platform),
-        size=size,
-        files=files,
+        layer_id=layer_id,
+        size=layer.size,
+        files=layer.files,
         env=base_oci.env_of(config),
         workdir=base_oci.workdir_of(config),
     )
-    await asyncio.to_thread(store.add_layer, root, imported.layer_id, None, content)
-    write_atomic(
-        store.layer_dir(imported.layer_id) / BASE_FILE, imported.model_dump_json().encode()
-    )
+    write_atomic(store.layer_dir(layer_id) / BASE_FILE, imported.model_dump_json().encode())
     return imported
 
 
