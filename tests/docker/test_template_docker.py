@@ -18,9 +18,11 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import docker_env
 import pytest
+from registry import Registry, registry  # noqa: F401 - a fixture used by name
 
 import sandlot
 from sandlot.errors import InvalidArgumentError
@@ -56,21 +58,54 @@ def docker(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
 
 
-def build_slim_image() -> None:
-    """Cut SLIM from the test image's cached root filesystem (skipped if it exists)."""
-    if docker_env.image_exists(SLIM):
-        return
-    load = subprocess.Popen(["docker", "import", "-", SLIM], stdin=subprocess.PIPE)
-    assert load.stdin is not None
+def write_slim_tar(out: BinaryIO) -> None:
+    """The slim tree as a tar stream, cut from the test image's cached root filesystem."""
     with (
         tarfile.open(docker_env._rootfs_tar()) as src,
-        tarfile.open(fileobj=load.stdin, mode="w|") as dst,
+        tarfile.open(fileobj=out, mode="w|") as dst,
     ):
         for member in src:
             if member.isdir() or (_KEEP.match(member.name) and not _DROP.match(member.name)):
                 dst.addfile(member, src.extractfile(member) if member.isreg() else None)
+
+
+def build_slim_image() -> None:
+    """SLIM on the engine (skipped if it exists)."""
+    if docker_env.image_exists(SLIM):
+        return
+    load = subprocess.Popen(["docker", "import", "-", SLIM], stdin=subprocess.PIPE)
+    assert load.stdin is not None
+    write_slim_tar(load.stdin)  # type: ignore[arg-type]
     load.stdin.close()
     assert load.wait() == 0
+
+
+@pytest.fixture(scope="module")
+def slim_oci(
+    registry: Registry,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> str:
+    """The slim tree as an OCI image in the loopback registry, made with umoci alone (one
+    layer, its config naming an environment variable and a working folder)."""
+    work = tmp_path_factory.mktemp("slim-oci")
+    layer = work / "layer.tar"
+    with open(layer, "wb") as out:
+        write_slim_tar(out)
+    image = f"{work / 'layout'}:slim"
+    for args in (
+        ["init", "--layout", str(work / "layout")],
+        ["new", "--image", image],
+        ["raw", "add-layer", "--image", image, str(layer)],
+        [
+            "config",
+            "--image",
+            image,
+            "--config.env=OCI_VAR=from-the-image",
+            "--config.workingdir=/usr/lib",
+        ],
+    ):
+        subprocess.run(["umoci", *args], check=True, capture_output=True)
+    return registry.push_layout(f"oci:{image}", "sandlot/slim-python:1")
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +180,37 @@ async def test_a_host_based_template_is_refused_on_docker() -> None:
     spec = SandboxSpec(provider="docker", template="docker-test-hosty")
     with pytest.raises(InvalidArgumentError, match="built on the host"):
         await sandlot.AsyncSandbox._create(spec, None)
+
+
+async def test_a_docker_sandbox_from_an_oci_template_pulled_without_the_engine(
+    slim_oci: str,
+    registry: Registry,  # noqa: F811
+) -> None:
+    """The image is pulled and unpacked with skopeo and umoci while no engine is reachable
+    (DOCKER_HOST points nowhere); the template made of it then runs on docker, with the
+    image's environment and working folder and its own python3."""
+    store = TemplateStore(home())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOCKER_HOST", f"unix://{home()}/no-engine.sock")
+        base = await prepare_image_base("oci", slim_oci, store)
+    assert base.digest == registry.manifest_digest("sandlot/slim-python", "1")
+    assert base.env["OCI_VAR"] == "from-the-image" and base.workdir == "/usr/lib"
+    layer = store.layer(base.layer_id)
+    manifest = TemplateManifest(
+        name="docker-test-oci",
+        base=BaseInfo(kind="oci", ref=slim_oci, digest=base.digest),
+        layers=[layer],
+        env=base.env,
+        workdir=base.workdir,
+        python=find_python([store.layer_dir(layer.id) / "root"], False),
+    )
+    digest = store.save(manifest)
+    try:
+        spec = SandboxSpec(provider="docker", template="docker-test-oci")
+        async with await sandlot.AsyncSandbox._create(spec, None) as sb:
+            result = await sb.commands.run(
+                "pwd; echo $OCI_VAR; python3 -c 'import sys; print(sys.version_info[:2])'"
+            )
+        assert result.stdout == "/usr/lib\nfrom-the-image\n(3, 11)\n", result
+    finally:
+        docker("image", "rm", "-f", f"sandlot-template:{digest[:12]}")
