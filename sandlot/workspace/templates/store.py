@@ -132,7 +132,12 @@ class TemplateStore:
     def _lock(self, kind: int) -> Iterator[None]:
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, kind)
+            try:
+                fcntl.flock(fd, kind)
+            except BlockingIOError:
+                raise SandlotError(
+                    "a template build or import is running: run the template gc after it"
+                ) from None
             yield
         finally:
             os.close(fd)
@@ -384,9 +389,10 @@ class TemplateStore:
         """Remove manifests no name, pin or ``extra_in_use`` holds, then layers no kept
         manifest uses, logs of removed manifests and stale work folders. ``extra_in_use``:
         manifest digests (``sha256:`` or bare) or layer ids that must stay (pools' specs).
-        Waits for running builds and imports."""
+        Refused (SandlotError) while a build or import runs: waiting could block the very
+        event loop that build needs."""
         report = TemplateGcReport()
-        with self._lock(fcntl.LOCK_EX):
+        with self._lock(fcntl.LOCK_EX | fcntl.LOCK_NB):
             keep = self._named_digests() | set(self.pins().values())
             keep_layers = set()
             for item in extra_in_use or ():
