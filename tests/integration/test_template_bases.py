@@ -9,6 +9,7 @@ import os
 import stat
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from registry import (
@@ -48,7 +49,7 @@ def test_oci_base_pulled_from_a_loopback_registry_without_an_engine(
 ) -> None:
     # No engine may be involved: point every Docker client at a socket that does not exist.
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
-    events: list[str] = []
+    events: list[Any] = []
     base = prepare("oci", tiny_image, store(tmp_path), on_event=events.append)
 
     assert base.digest == registry.manifest_digest("sandlot/tiny", "1")
@@ -64,7 +65,8 @@ def test_oci_base_pulled_from_a_loopback_registry_without_an_engine(
     assert first.st_ino == second.st_ino
     assert {k: base.env[k] for k in TINY_ENV} == TINY_ENV
     assert base.workdir == TINY_WORKDIR
-    assert any("pulling" in event for event in events)
+    assert any("pulling" in event.line for event in events)
+    assert {event.type for event in events} == {"log"}  # as the build's log events
 
     again = prepare("oci", tiny_image, store(tmp_path))
     assert again.reused and again.layer_id == base.layer_id

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,8 +30,17 @@ from .tree import Refused, check_tree
 
 KINDS = ("oci", "docker", "rootfs", "tar")
 
-OnEvent = Callable[[Any], Any]
+OnEvent = Callable[[Any], Any]  # may return an awaitable
+Say = Callable[[str], Awaitable[None]]
 BASE_FILE = "base.json"  # beside layer.json: the ImportedBase, for the image's env and workdir
+
+
+class BaseProgress(BaseModel):
+    """A progress line of a base's import, shaped as the build's ``log`` event of step 0."""
+
+    type: Literal["log"] = "log"
+    index: int = 0
+    line: str
 
 
 class ImportedBase(BaseModel):
@@ -76,7 +86,13 @@ async def prepare_image_base(
     """Import the base ``kind:ref`` as a layer of ``store`` unless it is there already.
     Raises a sandlot error naming the base when it cannot be read or is refused."""
     limits = limits or BaseLimits.from_env()
-    say = on_event or (lambda _: None)
+
+    async def say(line: str) -> None:
+        if on_event is not None:
+            answer = on_event(BaseProgress(line=line))
+            if inspect.isawaitable(answer):
+                await answer
+
     spec = f"{kind}:{ref}"
     if kind not in KINDS:
         raise InvalidArgumentError(f"unknown base kind {kind!r} (one of host, {', '.join(KINDS)})")
@@ -93,7 +109,7 @@ async def prepare_image_base(
 
 
 async def _import(
-    kind: str, ref: str, store: TemplateStore, work: Path, say: OnEvent, limits: BaseLimits
+    kind: str, ref: str, store: TemplateStore, work: Path, say: Say, limits: BaseLimits
 ) -> ImportedBase:
     config: dict[str, Any] = {}
     platform = ""
@@ -103,12 +119,13 @@ async def _import(
         parsed = base_oci.OciRef(ref)
         digest = await base_oci.manifest_digest(parsed, limits)
         platform = base_oci.platform()
-        found = _existing(store, kind, ref, digest, platform, say)
+        found = _existing(store, kind, ref, digest, platform)
         if found is not None:
+            await say(f"base {kind}:{ref} ({digest[:19]}) is imported already")
             return found
-        say(f"pulling {ref} ({digest[:19]})")
+        await say(f"pulling {ref} ({digest[:19]})")
         unpacked, config = await base_oci.pull(parsed, digest, work, limits)
-        say(f"checking {ref}")
+        await say(f"checking {ref}")
         await asyncio.to_thread(check_tree, unpacked, limits)
         unpacked.rename(root)
     elif kind == "docker":
@@ -116,35 +133,38 @@ async def _import(
 
         image = await base_docker.inspect(ref)
         digest, config = image.id, image.config
-        found = _existing(store, kind, ref, digest, platform, say)
+        found = _existing(store, kind, ref, digest, platform)
         if found is not None:
+            await say(f"base {kind}:{ref} ({digest[:19]}) is imported already")
             return found
-        say(f"exporting {ref} ({digest[:19]}) from the Docker engine")
+        await say(f"exporting {ref} ({digest[:19]}) from the Docker engine")
         tar = work / "export.tar"
         await base_docker.export(image, tar, limits)
         root.mkdir()
-        say(f"unpacking {ref}")
+        await say(f"unpacking {ref}")
         await asyncio.to_thread(_untar_file, tar, root, limits)
         tar.unlink()
     elif kind == "tar":
         path = _host_path(ref, kind)
-        say(f"hashing {path}")
+        await say(f"hashing {path}")
         digest = await asyncio.to_thread(_file_digest, path)
-        found = _existing(store, kind, ref, digest, platform, say)
+        found = _existing(store, kind, ref, digest, platform)
         if found is not None:
+            await say(f"base {kind}:{ref} ({digest[:19]}) is imported already")
             return found
         root.mkdir()
-        say(f"unpacking {path}")
+        await say(f"unpacking {path}")
         await asyncio.to_thread(_untar_file, path, root, limits)
     else:  # rootfs: its digest is its content's, known once copied
         path = _host_path(ref, kind)
         root.mkdir()
-        say(f"copying {path}")
+        await say(f"copying {path}")
         await asyncio.to_thread(hostcopy.copy, path, root, limits)
         content = await asyncio.to_thread(L.tree_digest, root)
         digest = "sha256:" + content
-        found = _existing(store, kind, ref, digest, platform, say)
+        found = _existing(store, kind, ref, digest, platform)
         if found is not None:
+            await say(f"base {kind}:{ref} ({digest[:19]}) is imported already")
             return found
     await asyncio.to_thread(check_tree, root, limits)
     layer_id = base_layer_id(kind, digest, platform)
@@ -164,12 +184,11 @@ async def _import(
 
 
 def _existing(
-    store: TemplateStore, kind: str, ref: str, digest: str, platform: str, say: OnEvent
+    store: TemplateStore, kind: str, ref: str, digest: str, platform: str
 ) -> ImportedBase | None:
     layer_id = base_layer_id(kind, digest, platform)
     if not store.has_layer(layer_id):
         return None
-    say(f"base {kind}:{ref} ({digest[:19]}) is imported already")
     info = store.layer(layer_id)
     env, workdir = base_config(store, layer_id)
     return ImportedBase(
