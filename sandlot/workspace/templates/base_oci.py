@@ -151,16 +151,18 @@ async def pull(
     if blobs > limits.max_bytes:
         raise Refused(f"larger than the limit of {limits.max_bytes} bytes")
     config = _image_config(layout)
-    bundle = work / "bundle"
+    # "raw unpack": the root filesystem only, no runtime bundle (whose mtree of every file's
+    # hash would cost more than the unpack itself).
+    rootfs = work / "rootfs"
     await _run(
-        ["umoci", "unpack", "--rootless", "--image", f"{layout}:{TAG}", str(bundle)],
+        ["umoci", "raw", "unpack", "--rootless", "--image", f"{layout}:{TAG}", str(rootfs)],
         limits.pull_timeout,
         "unpack",
         ref.ref,
         unpacking=True,
     )
     shutil.rmtree(layout)
-    return bundle / "rootfs", config
+    return rootfs, config
 
 
 def _image_config(layout: Path) -> dict[str, Any]:
