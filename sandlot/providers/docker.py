@@ -197,6 +197,10 @@ class DockerProvider(Provider):
         else:
             config = self.parse_config(spec.config)
         assert isinstance(config, DockerConfig)
+        if not config.image:
+            raise InvalidArgumentError(
+                "the docker provider needs an image (image='python:3.12-slim') or a template"
+            )
         uid, gid = _ids(spec, config)
         if os.geteuid() != 0 and uid != os.geteuid():
             raise InvalidArgumentError(

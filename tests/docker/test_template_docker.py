@@ -167,6 +167,14 @@ async def test_a_docker_sandbox_from_a_template_sees_its_files(template: str) ->
         denied = await sb.commands.run("echo x > /etc/template-marker")
         assert denied.exit_code != 0
     assert sb.id not in store.pins()
+    # No image setting at all (not even the operator's default): the template's is the image.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SANDLOT_PROVIDER_CONFIG")
+        bare = SandboxSpec(provider="docker", template=NAME)
+        async with await sandlot.AsyncSandbox._create(bare, None) as third:
+            assert (await third.commands.run("cat /etc/template-marker")).exit_code == 0
+        with pytest.raises(InvalidArgumentError, match="needs an image"):
+            await sandlot.AsyncSandbox._create(SandboxSpec(provider="docker"), None)
     # A second sandbox uses the image made for the first (one import per template).
     created = docker("image", "inspect", "--format", "{{.Created}}", image).stdout
     async with await sandlot.AsyncSandbox._create(spec, None) as again:
