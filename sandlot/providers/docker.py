@@ -199,7 +199,8 @@ class DockerProvider(Provider):
         assert isinstance(config, DockerConfig)
         if not config.image:
             raise InvalidArgumentError(
-                "the docker provider needs an image (image='python:3.12-slim') or a template"
+                "invalid settings for provider 'docker': image: required unless the sandbox "
+                "starts from a template (e.g. image='python:3.12-slim')"
             )
         uid, gid = _ids(spec, config)
         if os.geteuid() != 0 and uid != os.geteuid():

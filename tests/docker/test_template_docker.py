@@ -173,7 +173,7 @@ async def test_a_docker_sandbox_from_a_template_sees_its_files(template: str) ->
         bare = SandboxSpec(provider="docker", template=NAME)
         async with await sandlot.AsyncSandbox._create(bare, None) as third:
             assert (await third.commands.run("cat /etc/template-marker")).exit_code == 0
-        with pytest.raises(InvalidArgumentError, match="needs an image"):
+        with pytest.raises(InvalidArgumentError, match="image: required unless"):
             await sandlot.AsyncSandbox._create(SandboxSpec(provider="docker"), None)
     # A second sandbox uses the image made for the first (one import per template).
     created = docker("image", "inspect", "--format", "{{.Created}}", image).stdout

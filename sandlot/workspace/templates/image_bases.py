@@ -108,79 +108,114 @@ async def prepare_image_base(
         await asyncio.to_thread(remove_tree, work)
 
 
+class _Fetched:
+    """A base's tree in ``work/root``, not yet checked or stored."""
+
+    def __init__(
+        self,
+        digest: str,
+        platform: str = "",
+        config: dict[str, Any] | None = None,
+        content: str | None = None,
+    ) -> None:
+        self.digest, self.platform = digest, platform
+        self.config = config or {}
+        self.content = content  # the tree's digest, when already computed
+
+
+Fetcher = Callable[
+    [str, TemplateStore, Path, Say, BaseLimits], Awaitable["_Fetched | ImportedBase"]
+]
+
+
 async def _import(
     kind: str, ref: str, store: TemplateStore, work: Path, say: Say, limits: BaseLimits
 ) -> ImportedBase:
-    config: dict[str, Any] = {}
-    platform = ""
-    content: str | None = None
+    got = await _FETCHERS[kind](ref, store, work, say, limits)
+    if isinstance(got, ImportedBase):
+        await say(f"base {kind}:{ref} ({got.digest[:19]}) is imported already")
+        return got
     root = work / "root"
-    if kind == "oci":
-        parsed = base_oci.OciRef(ref)
-        digest = await base_oci.manifest_digest(parsed, limits)
-        platform = base_oci.platform()
-        found = _existing(store, kind, ref, digest, platform)
-        if found is not None:
-            await say(f"base {kind}:{ref} ({digest[:19]}) is imported already")
-            return found
-        await say(f"pulling {ref} ({digest[:19]})")
-        unpacked, config = await base_oci.pull(parsed, digest, work, limits)
-        await say(f"checking {ref}")
-        await asyncio.to_thread(check_tree, unpacked, limits)
-        unpacked.rename(root)
-    elif kind == "docker":
-        from . import base_docker  # the engine's client only when asked for
-
-        image = await base_docker.inspect(ref)
-        digest, config = image.id, image.config
-        found = _existing(store, kind, ref, digest, platform)
-        if found is not None:
-            await say(f"base {kind}:{ref} ({digest[:19]}) is imported already")
-            return found
-        await say(f"exporting {ref} ({digest[:19]}) from the Docker engine")
-        tar = work / "export.tar"
-        await base_docker.export(image, tar, limits)
-        root.mkdir()
-        await say(f"unpacking {ref}")
-        await asyncio.to_thread(_untar_file, tar, root, limits)
-        tar.unlink()
-    elif kind == "tar":
-        path = _host_path(ref, kind)
-        await say(f"hashing {path}")
-        digest = await asyncio.to_thread(_file_digest, path)
-        found = _existing(store, kind, ref, digest, platform)
-        if found is not None:
-            await say(f"base {kind}:{ref} ({digest[:19]}) is imported already")
-            return found
-        root.mkdir()
-        await say(f"unpacking {path}")
-        await asyncio.to_thread(_untar_file, path, root, limits)
-    else:  # rootfs: its digest is its content's, known once copied
-        path = _host_path(ref, kind)
-        root.mkdir()
-        await say(f"copying {path}")
-        await asyncio.to_thread(hostcopy.copy, path, root, limits)
-        content = await asyncio.to_thread(L.tree_digest, root)
-        digest = "sha256:" + content
-        found = _existing(store, kind, ref, digest, platform)
-        if found is not None:
-            await say(f"base {kind}:{ref} ({digest[:19]}) is imported already")
-            return found
     await asyncio.to_thread(check_tree, root, limits)
-    layer_id = base_layer_id(kind, digest, platform)
-    layer = await asyncio.to_thread(store.add_layer, root, layer_id, None, content)
+    layer_id = base_layer_id(kind, got.digest, got.platform)
+    layer = await asyncio.to_thread(store.add_layer, root, layer_id, None, got.content)
     imported = ImportedBase(
         kind=kind,
         ref=ref,
-        digest=digest,
+        digest=got.digest,
         layer_id=layer_id,
         size=layer.size,
         files=layer.files,
-        env=base_oci.env_of(config),
-        workdir=base_oci.workdir_of(config),
+        env=base_oci.env_of(got.config),
+        workdir=base_oci.workdir_of(got.config),
     )
     write_atomic(store.layer_dir(layer_id) / BASE_FILE, imported.model_dump_json().encode())
     return imported
+
+
+async def _oci(
+    ref: str, store: TemplateStore, work: Path, say: Say, limits: BaseLimits
+) -> _Fetched | ImportedBase:
+    parsed = base_oci.OciRef(ref)
+    digest = await base_oci.manifest_digest(parsed, limits)
+    platform = base_oci.platform()
+    found = _existing(store, "oci", ref, digest, platform)
+    if found is not None:
+        return found
+    await say(f"pulling {ref} ({digest[:19]})")
+    unpacked, config = await base_oci.pull(parsed, digest, work, limits)
+    unpacked.rename(work / "root")
+    return _Fetched(digest, platform, config)
+
+
+async def _docker(
+    ref: str, store: TemplateStore, work: Path, say: Say, limits: BaseLimits
+) -> _Fetched | ImportedBase:
+    from . import base_docker  # the engine's client only when asked for
+
+    image = await base_docker.inspect(ref)
+    found = _existing(store, "docker", ref, image.id, "")
+    if found is not None:
+        return found
+    await say(f"exporting {ref} ({image.id[:19]}) from the Docker engine")
+    tar = work / "export.tar"
+    await base_docker.export(image, tar, limits)
+    (work / "root").mkdir()
+    await say(f"unpacking {ref}")
+    await asyncio.to_thread(_untar_file, tar, work / "root", limits)
+    tar.unlink()
+    return _Fetched(image.id, config=image.config)
+
+
+async def _tar(
+    ref: str, store: TemplateStore, work: Path, say: Say, limits: BaseLimits
+) -> _Fetched | ImportedBase:
+    path = _host_path(ref, "tar")
+    await say(f"hashing {path}")
+    digest = await asyncio.to_thread(_file_digest, path)
+    found = _existing(store, "tar", ref, digest, "")
+    if found is not None:
+        return found
+    (work / "root").mkdir()
+    await say(f"unpacking {path}")
+    await asyncio.to_thread(_untar_file, path, work / "root", limits)
+    return _Fetched(digest)
+
+
+async def _rootfs(
+    ref: str, store: TemplateStore, work: Path, say: Say, limits: BaseLimits
+) -> _Fetched | ImportedBase:
+    """Its digest is its content's, known once copied."""
+    path = _host_path(ref, "rootfs")
+    (work / "root").mkdir()
+    await say(f"copying {path}")
+    await asyncio.to_thread(hostcopy.copy, path, work / "root", limits)
+    content = await asyncio.to_thread(L.tree_digest, work / "root")
+    found = _existing(store, "rootfs", ref, "sha256:" + content, "")
+    return found or _Fetched("sha256:" + content, content=content)
+
+
+_FETCHERS: dict[str, Fetcher] = {"oci": _oci, "docker": _docker, "tar": _tar, "rootfs": _rootfs}
 
 
 def _existing(
