@@ -372,7 +372,7 @@ class DockerProvider(Provider):
         used = handle.get("template")
         if isinstance(used, dict) and isinstance(used.get("sandbox"), str):
             with contextlib.suppress(SandlotError, OSError, ValueError):
-                docker_templates.store(self.home).unpin(used["sandbox"])
+                docker_templates.unpin(self.home, used["sandbox"])
         container = handle.get("container")
         if container:
             self._drop(container, handle.get("docker_host") or default_host())
@@ -545,6 +545,8 @@ class DockerProvider(Provider):
             labels = container["Labels"] or {}
             if labels.get(LABEL_HOME) == self.home_hash and labels.get(LABEL_SANDBOX) == sandbox_id:
                 self._drop(container.id, host)
+        with contextlib.suppress(SandlotError, OSError, ValueError):
+            docker_templates.unpin(self.home, sandbox_id)  # a template's pin, if it had one
         await self.settle()
         await self._close_if_idle()
 

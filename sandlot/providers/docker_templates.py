@@ -32,6 +32,12 @@ def store(home: Path) -> TemplateStore:
     return TemplateStore(home)
 
 
+def unpin(home: Path, sandbox_id: str) -> None:
+    """Drop a sandbox's pin; nothing if it has none (or this state folder has no store)."""
+    if (home / "templates").is_dir():
+        store(home).unpin(sandbox_id)
+
+
 def resolve(home: Path, ref: str) -> ResolvedTemplate:
     """The template ``ref`` names, if docker can run it."""
     template = store(home).resolve(ref)
