@@ -4,6 +4,9 @@
 storage in a temporary folder, once per test session. ``tiny_image`` builds an OCI image
 with umoci (no engine: ``umoci init/new``, files added to the unpacked bundle,
 ``umoci repack``) and pushes it with skopeo; what it holds is listed in :data:`TINY_FILES`.
+``python_image`` is a slim image that can run sandboxes (44 MB: Debian's python3.11, its
+libraries, dash and a few tools, cut from the Docker tests' cached debootstrap tree; one
+layer added with ``umoci raw add-layer``), also built and pushed without an engine.
 
 Import the fixtures in a test module (``from registry import registry, tiny_image``) or a
 conftest. Nothing here talks to anything but loopback.
@@ -13,15 +16,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import tarfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+import docker_env
 import pytest
 
 BINARY = "docker-registry"
@@ -166,3 +173,51 @@ def tiny_image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> 
     """``127.0.0.1:PORT/sandlot/tiny:1`` in the loopback registry (built once a session)."""
     source = build_tiny_layout(tmp_path_factory.mktemp("tiny-image"))
     return registry.push_layout(source, "sandlot/tiny:1")
+
+
+# The slim tree: what python3 and the sandlot agent need, and a few tools for tests.
+_LIBS = (
+    r"(libc|libm|libz|libexpat|libffi|libbz2|liblzma|libmpdec|libuuid|libcrypto|libssl"
+    r"|libsqlite3|libtinfo|libreadline|libncursesw|libselinux|libpcre2-8|ld-linux-x86-64)\.so"
+)
+_KEEP = re.compile(
+    r"^\./(usr/bin/(python3(\.11)?|dash|sh|cat|env|id|ls|sleep|true)$|usr/lib/python3\.11/"
+    r"|usr/lib/x86_64-linux-gnu/"
+    + _LIBS
+    + r"|usr/lib64/|etc/(passwd|group)$|(bin|lib|lib64|sbin)$)"
+)
+_DROP = re.compile(
+    r"^\./usr/lib/python3\.11/(test|idlelib|tkinter|lib2to3|ensurepip|pydoc_data|turtledemo"
+    r"|config-3\.11[^/]*)/"
+)
+PYTHON_ENV = {"OCI_VAR": "from-the-image"}
+PYTHON_WORKDIR = "/usr/lib"
+
+
+def write_slim_tar(out: BinaryIO) -> None:
+    """The slim tree as a tar stream (debootstrap builds the source tree once per machine)."""
+    with (
+        tarfile.open(docker_env._rootfs_tar()) as src,
+        tarfile.open(fileobj=out, mode="w|") as dst,
+    ):
+        for member in src:
+            if member.isdir() or (_KEEP.match(member.name) and not _DROP.match(member.name)):
+                dst.addfile(member, src.extractfile(member) if member.isreg() else None)
+
+
+@pytest.fixture(scope="session")
+def python_image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``127.0.0.1:PORT/sandlot/slim-python:1``: the slim tree as one layer, its config
+    naming PYTHON_ENV and PYTHON_WORKDIR (built once a session, with umoci alone)."""
+    work = tmp_path_factory.mktemp("slim-oci")
+    layer = work / "layer.tar"
+    with open(layer, "wb") as out:
+        write_slim_tar(out)
+    image = f"{work / 'layout'}:slim"
+    env = [f"--config.env={k}={v}" for k, v in PYTHON_ENV.items()]
+    _run(["umoci", "init", "--layout", str(work / "layout")])
+    _run(["umoci", "new", "--image", image])
+    _run(["umoci", "raw", "add-layer", "--image", image, str(layer)])
+    _run(["umoci", "config", "--image", image, *env, f"--config.workingdir={PYTHON_WORKDIR}"])
+    layer.unlink()
+    return registry.push_layout(f"oci:{image}", "sandlot/slim-python:1")

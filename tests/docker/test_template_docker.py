@@ -5,24 +5,25 @@ on top as a step leaves one (an overlay upper folder: a new file, and a whiteout
 of the base's files). A docker sandbox of it runs the engine image sandlot imports from the
 merged layers, once per template.
 
-The slim image (44 MB: Debian's python3.11, its libraries, dash and a few tools, cut from the
-test image's cached root filesystem) keeps the export and import this exercises to seconds;
-it is built once per engine, like the other test images."""
+The slim image (tests/registry.py's slim tree, 44 MB) keeps the export and import this
+exercises to seconds; it is built once per engine, like the other test images."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import docker_env
 import pytest
-from registry import Registry, registry  # noqa: F401 - a fixture used by name
+from registry import (
+    PYTHON_ENV,
+    PYTHON_WORKDIR,
+    Registry,
+    write_slim_tar,
+)
 
 import sandlot
 from sandlot.errors import InvalidArgumentError
@@ -33,21 +34,7 @@ from sandlot.workspace.templates.layers import make_whiteout
 
 NAME = "docker-test-tpl"
 DELETED = "etc/passwd"  # in the base, whited out by the top layer
-SLIM = "sandlot-test-slim-python:v1"
-_LIBS = (
-    r"(libc|libm|libz|libexpat|libffi|libbz2|liblzma|libmpdec|libuuid|libcrypto|libssl"
-    r"|libsqlite3|libtinfo|libreadline|libncursesw|libselinux|libpcre2-8|ld-linux-x86-64)\.so"
-)
-_KEEP = re.compile(
-    r"^\./(usr/bin/(python3(\.11)?|dash|sh|cat|env|id|ls|sleep|true)$|usr/lib/python3\.11/"
-    r"|usr/lib/x86_64-linux-gnu/"
-    + _LIBS
-    + r"|usr/lib64/|etc/(passwd|group)$|(bin|lib|lib64|sbin)$)"
-)
-_DROP = re.compile(
-    r"^\./usr/lib/python3\.11/(test|idlelib|tkinter|lib2to3|ensurepip|pydoc_data|turtledemo"
-    r"|config-3\.11[^/]*)/"
-)
+SLIM = "sandlot-test-slim-python:v1"  # the same tree as registry.python_image
 
 
 def home() -> Path:
@@ -56,17 +43,6 @@ def home() -> Path:
 
 def docker(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
-
-
-def write_slim_tar(out: BinaryIO) -> None:
-    """The slim tree as a tar stream, cut from the test image's cached root filesystem."""
-    with (
-        tarfile.open(docker_env._rootfs_tar()) as src,
-        tarfile.open(fileobj=out, mode="w|") as dst,
-    ):
-        for member in src:
-            if member.isdir() or (_KEEP.match(member.name) and not _DROP.match(member.name)):
-                dst.addfile(member, src.extractfile(member) if member.isreg() else None)
 
 
 def build_slim_image() -> None:
@@ -78,34 +54,6 @@ def build_slim_image() -> None:
     write_slim_tar(load.stdin)  # type: ignore[arg-type]
     load.stdin.close()
     assert load.wait() == 0
-
-
-@pytest.fixture(scope="module")
-def slim_oci(
-    registry: Registry,  # noqa: F811
-    tmp_path_factory: pytest.TempPathFactory,
-) -> str:
-    """The slim tree as an OCI image in the loopback registry, made with umoci alone (one
-    layer, its config naming an environment variable and a working folder)."""
-    work = tmp_path_factory.mktemp("slim-oci")
-    layer = work / "layer.tar"
-    with open(layer, "wb") as out:
-        write_slim_tar(out)
-    image = f"{work / 'layout'}:slim"
-    for args in (
-        ["init", "--layout", str(work / "layout")],
-        ["new", "--image", image],
-        ["raw", "add-layer", "--image", image, str(layer)],
-        [
-            "config",
-            "--image",
-            image,
-            "--config.env=OCI_VAR=from-the-image",
-            "--config.workingdir=/usr/lib",
-        ],
-    ):
-        subprocess.run(["umoci", *args], check=True, capture_output=True)
-    return registry.push_layout(f"oci:{image}", "sandlot/slim-python:1")
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +139,8 @@ async def test_a_host_based_template_is_refused_on_docker() -> None:
 
 
 async def test_a_docker_sandbox_from_an_oci_template_pulled_without_the_engine(
-    slim_oci: str,
-    registry: Registry,  # noqa: F811
+    python_image: str,
+    registry: Registry,
 ) -> None:
     """The image is pulled and unpacked with skopeo and umoci while no engine is reachable
     (DOCKER_HOST points nowhere); the template made of it then runs on docker, with the
@@ -200,13 +148,14 @@ async def test_a_docker_sandbox_from_an_oci_template_pulled_without_the_engine(
     store = TemplateStore(home())
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DOCKER_HOST", f"unix://{home()}/no-engine.sock")
-        base = await prepare_image_base("oci", slim_oci, store)
+        base = await prepare_image_base("oci", python_image, store)
     assert base.digest == registry.manifest_digest("sandlot/slim-python", "1")
-    assert base.env["OCI_VAR"] == "from-the-image" and base.workdir == "/usr/lib"
+    assert {k: base.env[k] for k in PYTHON_ENV} == PYTHON_ENV
+    assert base.workdir == PYTHON_WORKDIR
     layer = store.layer(base.layer_id)
     manifest = TemplateManifest(
         name="docker-test-oci",
-        base=BaseInfo(kind="oci", ref=slim_oci, digest=base.digest),
+        base=BaseInfo(kind="oci", ref=python_image, digest=base.digest),
         layers=[layer],
         env=base.env,
         workdir=base.workdir,

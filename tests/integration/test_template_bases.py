@@ -1,6 +1,8 @@
 """Template bases that bring their own root filesystem: ``oci:`` pulled from a real registry
-on loopback (Debian's docker-registry, holding an image built with umoci) with no Docker
-engine, ``tar:`` and ``rootfs:``. (``docker:`` is in tests/docker/test_template_docker.py.)"""
+on loopback (Debian's docker-registry, holding images built with umoci) with no Docker
+engine, ``tar:`` and ``rootfs:``; and a template built from an ``oci:`` base whose bwrap
+sandbox runs on the image's own python3. (``docker:`` is in
+tests/docker/test_template_docker.py.)"""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Any
 
 import pytest
 from registry import (
+    PYTHON_ENV,
+    PYTHON_WORKDIR,
     TINY_ENV,
     TINY_FILES,
     TINY_HARDLINK,
@@ -20,8 +24,6 @@ from registry import (
     TINY_SYMLINK,
     TINY_WORKDIR,
     Registry,
-    registry,  # noqa: F401 - a fixture
-    tiny_image,  # noqa: F401 - a fixture
 )
 
 from sandlot.errors import ImageNotFoundError, InvalidArgumentError, NotFoundError
@@ -42,8 +44,8 @@ def layer_root(tmp_path: Path, base: ImportedBase) -> Path:
 
 
 def test_oci_base_pulled_from_a_loopback_registry_without_an_engine(
-    registry: Registry,  # noqa: F811
-    tiny_image: str,  # noqa: F811
+    registry: Registry,
+    tiny_image: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -74,7 +76,7 @@ def test_oci_base_pulled_from_a_loopback_registry_without_an_engine(
 
 
 def test_oci_base_errors_name_the_reference(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     tmp_path: Path,
 ) -> None:
     missing = f"{registry.host}/sandlot/absent:1"
@@ -150,3 +152,42 @@ def test_prepare_base_dispatches_image_kinds(tmp_path: Path) -> None:
     assert events
     with pytest.raises(InvalidArgumentError, match="names nothing"):
         asyncio.run(prepare_base("tar:", store(tmp_path), events.append))
+
+
+async def test_build_from_oci_and_run_a_bwrap_sandbox_on_the_images_python(
+    python_image: str,
+    tmp_path: Path,
+) -> None:
+    """The issue's ``--from oci:REF`` end to end with no engine anywhere: pulled, unpacked,
+    a file step on top, and a sandbox whose whole system is the image's (its python3, its
+    Env and WorkingDir; not the host's packages)."""
+    from sandlot.manager import Manager
+    from sandlot.models import SandboxSpec
+    from sandlot.sdk.sandbox import AsyncSandbox
+    from sandlot.workspace.templates import parse_step
+    from sandlot.workspace.templates.build import build
+
+    assert Path("/usr/bin/apt-get").exists()  # on the host, not in the image
+    (tmp_path / "hello.py").write_text("print('hello from the template')\n")
+    manager = Manager()
+    try:
+        manifest = await build(
+            manager,
+            "oci-python",
+            f"oci:{python_image}",
+            [parse_step("file", f"{tmp_path / 'hello.py'}:/opt/hello.py")],
+        )
+        assert manifest.base.kind == "oci" and manifest.base.digest.startswith("sha256:")
+        assert manifest.env.items() >= PYTHON_ENV.items()
+        assert manifest.workdir == PYTHON_WORKDIR
+        spec = SandboxSpec(provider="bwrap", template="oci-python")
+        async with await AsyncSandbox._create(spec, None) as sb:
+            result = await sb.commands.run(
+                "pwd; echo $OCI_VAR; python3 /opt/hello.py; "
+                "test -e /usr/bin/apt-get || echo no-host-tools"
+            )
+    finally:
+        await manager.close()
+    assert result.stdout == (
+        f"{PYTHON_WORKDIR}\nfrom-the-image\nhello from the template\nno-host-tools\n"
+    ), result

@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from registry import Registry, registry  # noqa: F401 - a fixture
+from registry import Registry
 
 from sandlot.errors import InvalidArgumentError
 from sandlot.workspace.templates import TemplateStore
@@ -187,7 +187,7 @@ def test_rootfs_symlinks_not_followed(tmp_path: Path, victim: Path) -> None:
 
 
 def push_hostile_image(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     work: Path,
     name: str,
     *members: tuple[tarfile.TarInfo, bytes],
@@ -206,7 +206,7 @@ def push_hostile_image(
 
 @pytest.mark.attack("oci base: a layer with ../ members, a setuid binary and a device node")
 def test_hostile_oci_layer(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     tmp_path: Path,
     victim: Path,
 ) -> None:
@@ -229,7 +229,7 @@ def test_hostile_oci_layer(
 
 @pytest.mark.attack("oci base: a layer hardlinking the host's /etc/shadow")
 def test_oci_hardlink_to_host_file(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     tmp_path: Path,
 ) -> None:
     ref = push_hostile_image(
