@@ -62,3 +62,13 @@ def test_tls_is_verified_except_on_loopback_and_listed_registries(
         assert _tls_args(OciRef(ref), limits, "--tls-verify") == [], ref
     monkeypatch.delenv("SANDLOT_INSECURE_REGISTRIES")
     assert _tls_args(OciRef("mirror.internal:5000/a"), BaseLimits.from_env(), "--tls-verify") == []
+
+
+def test_docker_references_and_ids() -> None:
+    from sandlot.workspace.templates.base_docker import check_ref
+
+    for ref in ("myimage:latest", "sandlot-test-bookworm:v2", "ab" * 6, "sha256:" + "ab" * 32):
+        check_ref(ref)
+    for ref in ("../containers/json", "img?x=1", "a/../../b", "-x"):
+        with pytest.raises(InvalidArgumentError):
+            check_ref(ref)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from pathlib import Path
 from typing import Any
 
 from ...errors import ImageNotFoundError, ProviderUnavailableError, SandlotError
 from ...providers.docker_config import default_host
 from ...providers.docker_engine import Client
+from .base_oci import OciRef
 from .limits import BaseLimits
 from .tree import Refused
 
@@ -51,7 +53,18 @@ async def _client(ref: str) -> Any:
         await client.close()
 
 
+_IMAGE_ID = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
+
+
+def check_ref(ref: str) -> None:
+    """A reference as ``docker pull`` spells it, or an image id: nothing else reaches the
+    engine's API paths."""
+    if not _IMAGE_ID.match(ref):
+        OciRef(ref)  # InvalidArgumentError naming it
+
+
 async def inspect(ref: str) -> DockerImage:
+    check_ref(ref)
     async with _client(ref) as client:
         try:
             found = await client.docker.images.inspect(ref)
