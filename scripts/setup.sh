@@ -21,6 +21,11 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 # SSH provider and `sandlot remote up` tests: a real OpenSSH server on loopback.
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+# Template bases: skopeo pulls and umoci unpacks oci: images with no engine; a real registry on
+# loopback (Debian's docker-registry) holds the images the tests build.
+command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+command -v umoci >/dev/null 2>&1 || need+=(umoci)
+command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 # Egress proxy tests and benchmarks: a real HTTP client speaking HTTP, CONNECT and SOCKS5.
 command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then

@@ -15,6 +15,9 @@ import tempfile
 HOME = tempfile.mkdtemp(prefix="sl-", dir="/tmp")
 os.environ["SANDLOT_HOME"] = HOME
 
+# A loopback registry and images built without Docker, one of each per session wherever used.
+pytest_plugins = ["registry"]
+
 
 def pytest_report_header(config: object) -> str:
     return f"SANDLOT_HOME={HOME}"

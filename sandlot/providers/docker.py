@@ -44,7 +44,7 @@ from ..errors import (
     SandlotError,
 )
 from ..models import ProviderInfo, SandboxSpec
-from . import agent_files, quota, seccomp, spawn, userns
+from . import agent_files, docker_templates, quota, seccomp, spawn, userns
 from .base import Provider, Started
 from .docker_config import (
     LABEL_EXPIRES,
@@ -59,6 +59,7 @@ from .docker_config import (
 )
 from .docker_engine import MISSING, START_TIMEOUT, Client, engine_get, probe, slow
 from .docker_images import Images
+from .docker_templates import TemplateImages
 
 log = logging.getLogger("sandlot")
 
@@ -92,6 +93,7 @@ class DockerProvider(Provider):
         self._removing: dict[str, str] = {}  # container -> engine: destroyed, not yet gone
         self._removals: dict[str, asyncio.Task[None]] = {}
         self._images = Images()
+        self._template_images = TemplateImages()
 
     # -- availability -----------------------------------------------------------------------
 
@@ -150,6 +152,7 @@ class DockerProvider(Provider):
         self._watches.clear()
         self._removals.clear()
         self._images.forget()
+        self._template_images.forget()
         self._loop = loop
         self._guard = self._until_loop_ends()
         # Step it to its ``yield`` now (it awaits nothing before): the loop registers it on
@@ -184,8 +187,21 @@ class DockerProvider(Provider):
     # -- lifecycle --------------------------------------------------------------------------
 
     async def create(self, sandbox_id: str, spec: SandboxSpec, folder: Path) -> Started:
-        config = self.parse_config(spec.config)
+        template = None
+        if spec.template is not None:
+            # The template's image replaces any image setting (see docker_templates).
+            template = docker_templates.resolve(self.home, spec.template)
+            spec = docker_templates.apply(spec, template)
+            settings = {**spec.config, "image": docker_templates.image_name(template)}
+            config = self.parse_config({**settings, "pull": "never", "python": template.python})
+        else:
+            config = self.parse_config(spec.config)
         assert isinstance(config, DockerConfig)
+        if not config.image:
+            raise InvalidArgumentError(
+                "invalid settings for provider 'docker': image: required unless the sandbox "
+                "starts from a template (e.g. image='python:3.12-slim')"
+            )
         uid, gid = _ids(spec, config)
         if os.geteuid() != 0 and uid != os.geteuid():
             raise InvalidArgumentError(
@@ -215,6 +231,9 @@ class DockerProvider(Provider):
             body["Cmd"] += ["--seccomp", f"{RUN_MOUNT}/{SECCOMP_NAME}"]
         host = config.docker_host
         async with self._engine(host) as client:
+            if template is not None:
+                await self._template_images.ensure(client, template, self.home)
+                docker_templates.store(self.home).pin(sandbox_id, template.digest)
             container = await self._images.create_container(
                 client, body, f"sandlot-{sandbox_id}", config
             )
@@ -234,6 +253,8 @@ class DockerProvider(Provider):
                 socket_path = _hide_socket(socket_path, folder / SOCKET_NAME)
             except BaseException:
                 self._drop(container, host)
+                if template is not None:
+                    docker_templates.store(self.home).unpin(sandbox_id)
                 raise
         if self.detached:  # nobody here waits for its end: the next process adopts it
             self._stop_watching(container)
@@ -244,6 +265,8 @@ class DockerProvider(Provider):
         }
         if config.user is None and os.geteuid() == 0:
             handle["host_uid"] = uid
+        if template is not None:  # pinned: template gc keeps its layers while it runs
+            handle["template"] = {"sandbox": sandbox_id, "digest": template.digest}
         return Started(handle=handle, channel=channel, exited=None if self.detached else exited)
 
     async def _start(self, client: Client, container: str, config: DockerConfig) -> None:
@@ -346,6 +369,10 @@ class DockerProvider(Provider):
         nobody needs to wait for: the removal runs in the background, ``is_alive`` says False
         at once, and :meth:`settle` (which ``Manager.close`` awaits) waits for it."""
         userns.release_handle(handle)
+        used = handle.get("template")
+        if isinstance(used, dict) and isinstance(used.get("sandbox"), str):
+            with contextlib.suppress(SandlotError, OSError, ValueError):
+                docker_templates.unpin(self.home, used["sandbox"])
         container = handle.get("container")
         if container:
             self._drop(container, handle.get("docker_host") or default_host())
@@ -518,6 +545,8 @@ class DockerProvider(Provider):
             labels = container["Labels"] or {}
             if labels.get(LABEL_HOME) == self.home_hash and labels.get(LABEL_SANDBOX) == sandbox_id:
                 self._drop(container.id, host)
+        with contextlib.suppress(SandlotError, OSError, ValueError):
+            docker_templates.unpin(self.home, sandbox_id)  # a template's pin, if it had one
         await self.settle()
         await self._close_if_idle()
 

@@ -39,7 +39,11 @@ class DockerConfig(ProviderConfig):
     # Built on first use: gc imports this module in every process, docker or not.
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    image: str = Field(description="the image to run; it needs a Python 3 interpreter")
+    image: str = Field(
+        "",
+        description="the image to run; it needs a Python 3 interpreter (required unless the "
+        "sandbox starts from a template, whose own image replaces it)",
+    )
     pull: Literal["never", "missing", "always"] = Field(
         "missing",
         description="never: only local images; missing: pull when not on the engine; "
@@ -66,7 +70,7 @@ class DockerConfig(ProviderConfig):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str) -> str:
-        if not value or any(c.isspace() for c in value) or value.startswith("-"):
+        if value and (any(c.isspace() for c in value) or value.startswith("-")):
             raise ValueError("give an image reference such as 'python:3.12-slim'")
         return value
 

@@ -25,7 +25,21 @@ async def _host(ref: str, store: TemplateStore, on_event: OnEvent) -> tuple[Base
     return BaseInfo(kind="host"), None
 
 
-PREPARERS: dict[str, Preparer] = {"host": _host}
+def _image(kind: str) -> Preparer:
+    async def prepare(
+        ref: str, store: TemplateStore, on_event: OnEvent
+    ) -> tuple[BaseInfo, str | None]:
+        from . import image_bases  # skopeo, umoci and the engine's client only when asked for
+
+        return await image_bases.prepare(kind, ref, store, on_event)
+
+    return prepare
+
+
+PREPARERS: dict[str, Preparer] = {
+    "host": _host,
+    **{kind: _image(kind) for kind in ("oci", "docker", "rootfs", "tar")},
+}
 
 
 async def prepare_base(

@@ -36,6 +36,7 @@ from ...errors import InvalidArgumentError, SandlotError, TemplateBuildError
 from . import layers as L
 from . import steps as S
 from .bases import prepare_base
+from .image_bases import base_config
 from .model import (
     DIGEST_PREFIX,
     PYTHONS,
@@ -489,6 +490,8 @@ async def _run(
     if base_layer is not None:
         engine.layers.append(store.layer(base_layer))
         engine.parent = base_layer
+        # An image's own Env and WorkingDir start the template's (helper B's bases).
+        engine.env, engine.workdir = base_config(store, base_layer)
     else:
         engine.parent = engine.base.key
         if engine.base.kind == "host":
