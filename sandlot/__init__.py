@@ -74,6 +74,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
         SessionBusyError,
         SessionError,
         SessionNotFoundError,
+        VolumeError,
+        VolumeInUseError,
+        VolumeNotFoundError,
     )
     from .models import (
         CodeContext,
@@ -95,6 +98,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
         SandboxSpec,
         SessionEvent,
         SessionInfo,
+        VolumeInfo,
+        VolumeMount,
     )
     from .notebook import load_ipython_extension as load_ipython_extension
     from .notebook import unload_ipython_extension as unload_ipython_extension
@@ -111,6 +116,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
         Sandbox,
         Session,
     )
+    from .sdk.volumes import AsyncVolumes, Volumes, async_volumes, volumes
     from .secrets.refs import SecretRef
 
 __version__ = "0.1.0"
@@ -171,6 +177,9 @@ _SOURCES: dict[str, str] = {
     "SessionBusyError": ".errors",
     "SessionError": ".errors",
     "SessionNotFoundError": ".errors",
+    "VolumeError": ".errors",
+    "VolumeInUseError": ".errors",
+    "VolumeNotFoundError": ".errors",
     "CodeContext": ".models",
     "CodeEvent": ".models",
     "EndEvent": ".models",
@@ -190,6 +199,8 @@ _SOURCES: dict[str, str] = {
     "SandboxSpec": ".models",
     "SessionEvent": ".models",
     "SessionInfo": ".models",
+    "VolumeInfo": ".models",
+    "VolumeMount": ".models",
     "Client": ".remote",
     "AsyncCommandHandle": ".sdk",
     "AsyncExecutionHandle": ".sdk",
@@ -202,6 +213,10 @@ _SOURCES: dict[str, str] = {
     "Sandbox": ".sdk",
     "Session": ".sdk",
     "SecretRef": ".secrets.refs",
+    "AsyncVolumes": ".sdk.volumes",
+    "Volumes": ".sdk.volumes",
+    "async_volumes": ".sdk.volumes",
+    "volumes": ".sdk.volumes",
     # `%load_ext sandlot` (IPython looks these up on the package); not in __all__.
     "load_ipython_extension": ".notebook",
     "unload_ipython_extension": ".notebook",
@@ -214,6 +229,7 @@ __all__ = [
     "AsyncPtyHandle",
     "AsyncSandbox",
     "AsyncSession",
+    "AsyncVolumes",
     "AuthenticationError",
     "BridgeConfig",
     "Client",
@@ -294,7 +310,15 @@ __all__ = [
     "SessionEvent",
     "SessionInfo",
     "SessionNotFoundError",
+    "VolumeError",
+    "VolumeInUseError",
+    "VolumeInfo",
+    "VolumeMount",
+    "VolumeNotFoundError",
+    "Volumes",
     "__version__",
+    "async_volumes",
+    "volumes",
 ]
 
 __getattr__, __dir__ = lazy_names(__name__, _SOURCES, __all__)

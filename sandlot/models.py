@@ -272,6 +272,19 @@ class VolumeMount(BaseModel):
         return Bind._path(value)
 
 
+class VolumeInfo(BaseModel):
+    """A named volume, as listed and shown."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    name: str
+    size_mb: int | None = Field(description="the size cap in MiB; None: no cap")
+    enforced: bool = Field(description="whether writes past size_mb fail (ENOSPC)")
+    used_bytes: int = Field(description="bytes its files use now")
+    created_at: datetime
+    mounted_by: list[str] = Field(description="the live sandboxes that mount it")
+
+
 def check_volumes(volumes: list[VolumeMount], binds: list[Bind], alias: str | None) -> None:
     """At most :data:`MAX_VOLUMES`; no two at one place or one inside another, none over or
     inside a bind or the workspace's alias."""

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import (
     InvalidArgumentError,
@@ -57,7 +57,7 @@ from ..errors import (
     VolumeInUseError,
     VolumeNotFoundError,
 )
-from ..models import VolumeMount, check_volume_name
+from ..models import VolumeInfo, VolumeMount, check_volume_name
 from ..providers import procinfo, quota
 
 FOLDER = "volumes"
@@ -81,19 +81,6 @@ class VolumeRecord(BaseModel):
     size_mb: int | None
     enforced: bool
     created_at: datetime
-
-
-class VolumeInfo(BaseModel):
-    """A named volume, as listed and shown."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    size_mb: int | None = Field(description="the size cap in MiB; None: no cap")
-    enforced: bool = Field(description="whether writes past size_mb fail (ENOSPC)")
-    used_bytes: int = Field(description="bytes its files use now")
-    created_at: datetime
-    mounted_by: list[str] = Field(description="the live sandboxes that mount it")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ PUBLIC = [
     "AsyncPtyHandle",
     "AsyncSandbox",
     "AsyncSession",
+    "AsyncVolumes",
     "AuthenticationError",
     "BridgeConfig",
     "Client",
@@ -96,7 +97,15 @@ PUBLIC = [
     "SessionEvent",
     "SessionInfo",
     "SessionNotFoundError",
+    "VolumeError",
+    "VolumeInUseError",
+    "VolumeInfo",
+    "VolumeMount",
+    "VolumeNotFoundError",
+    "Volumes",
     "__version__",
+    "async_volumes",
+    "volumes",
 ]
 
 # Loaded when used, never by importing the package or the SDK.
