@@ -3,7 +3,7 @@ once and outliving them (see docs/volumes.md).
 
 State, per owner (``""``: the local user; a server passes the tenant)::
 
-    $SANDLOT_HOME/volumes/<owner dir>/          owner dir: "local", or "t-" + sha256(owner)
+    $SANDLOT_HOME/volumes/<owner dir>/          "local", or "t-" + sha256(tenant)
         .lock                                   flock: creates, removes and mount records
         uid                                     the owner's volume uid (as root, see below)
         <name>/volume.json                      VolumeRecord
@@ -94,8 +94,10 @@ class Resolved:
 
 
 def owner_dir(owner: str) -> str:
-    """A folder name for any owner string: never a path, never one owner's for another."""
-    if owner == "":
+    """A folder name for any owner string: never a path, never one owner's for another.
+    "" (embedded) and "local" (store/keys.py's LOCAL_TENANT: a keyless server's callers,
+    the same user) are one owner."""
+    if owner in ("", "local"):
         return "local"
     return "t-" + hashlib.sha256(owner.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
@@ -125,7 +127,17 @@ class VolumeStore:
 
     # -- the volumes ----------------------------------------------------------------------
 
-    def create(self, name: str, size_mb: int | None = None, owner: str = "") -> VolumeInfo:
+    def create(
+        self,
+        name: str,
+        size_mb: int | None = None,
+        owner: str = "",
+        *,
+        max_count: int | None = None,
+        max_total_mb: int | None = None,
+    ) -> VolumeInfo:
+        """A new, empty volume. ``max_count``, ``max_total_mb``: the owner's quotas (a
+        server's), checked under the lock; an uncapped volume counts as the default size."""
         check_volume_name(name)
         if size_mb is not None and not MIN_SIZE_MB <= size_mb <= MAX_SIZE_MB:
             raise InvalidArgumentError(
@@ -143,6 +155,7 @@ class VolumeStore:
             folder = base / name
             if (folder / "volume.json").exists():
                 raise VolumeError(f"volume {name!r} exists already", name=name)
+            self._check_quota(owner, size or quota.DEFAULT_MB, max_count, max_total_mb)
             shutil.rmtree(folder, ignore_errors=True)  # a create that died half-way
             staging = base / f".new-{secrets.token_hex(6)}"
             staging.mkdir(mode=0o711)
@@ -278,6 +291,31 @@ class VolumeStore:
         return int(path.read_text())
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _check_quota(
+        self, owner: str, size: int, max_count: int | None, max_total_mb: int | None
+    ) -> None:
+        if max_count is None and max_total_mb is None:
+            return
+        base = self.root / owner_dir(owner)
+        sizes = []
+        for entry in base.glob("*/volume.json"):
+            with contextlib.suppress(OSError, ValueError):
+                record = VolumeRecord.model_validate_json(entry.read_bytes())
+                sizes.append(record.size_mb or quota.DEFAULT_MB)
+        if max_count is not None and len(sizes) >= max_count:
+            raise VolumeError(
+                f"the volume quota is full: {len(sizes)} of {max_count} volumes",
+                quota="count",
+                limit=max_count,
+            )
+        if max_total_mb is not None and sum(sizes) + size > max_total_mb:
+            raise VolumeError(
+                f"the volume size quota is full: {sum(sizes)} MiB used of {max_total_mb} MiB, "
+                f"{size} MiB asked",
+                quota="size",
+                limit=max_total_mb,
+            )
 
     @contextlib.contextmanager
     def _locked(self, owner: str) -> Iterator[Path]:

@@ -1,0 +1,123 @@
+"""Named volumes in bwrap sandboxes (docs/volumes.md): shared by sandboxes at once, surviving
+them, size-capped (as root), refused removal while mounted, read-only mounts, and the
+mount records a crashed control plane leaves behind."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+import sandlot
+from sandlot.errors import (
+    InvalidArgumentError,
+    ProviderUnavailableError,
+    VolumeError,
+    VolumeInUseError,
+    VolumeNotFoundError,
+)
+from sandlot.providers import quota
+
+ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[str]:
+    """A 32 MiB volume (uncapped where the host cannot cap), removed at the end."""
+    name = "shared"
+    sandlot.volumes.create(name, size=32 if quota.unavailable_reason() is None else None)
+    yield name
+    sandlot.volumes.remove(name, force=True)
+
+
+@pytest.fixture(scope="module")
+def pair(shared: str) -> Iterator[tuple[sandlot.Sandbox, sandlot.Sandbox]]:
+    """Two sandboxes mounting it at once: one read-write, one read-only."""
+    with (
+        sandlot.Sandbox.create(volumes={shared: "/data"}) as one,
+        sandlot.Sandbox.create(volumes=[{"name": shared, "path": "/mnt/in", "mode": "ro"}]) as two,
+    ):
+        yield one, two
+
+
+def test_two_sandboxes_share_a_volume_at_once(pair, shared):
+    one, two = pair
+    done = one.commands.run("echo hello > /data/note && mkdir -p /data/sub && echo x > /data/sub/f")
+    assert done.exit_code == 0, done.stderr
+    assert two.commands.run("cat /mnt/in/note /mnt/in/sub/f").stdout == "hello\nx\n"
+    info = sandlot.volumes.get(shared)
+    assert sorted(info.mounted_by) == sorted([one.id, two.id])
+    assert info.used_bytes > 0
+
+
+def test_a_read_only_mount_refuses_writes(pair):
+    _, two = pair
+    done = two.commands.run("echo no > /mnt/in/other")
+    assert done.exit_code != 0
+    assert "Read-only" in done.stderr or "Permission denied" in done.stderr
+
+
+def test_removal_is_refused_while_mounted(pair, shared):
+    with pytest.raises(VolumeInUseError) as caught:
+        sandlot.volumes.remove(shared)
+    assert caught.value.code == "volume_in_use"
+    assert sandlot.volumes.get(shared).name == shared  # nothing was lost
+
+
+def test_data_survives_the_sandboxes_and_another_writes_it_again():
+    sandlot.volumes.create("keep", size=None if quota.unavailable_reason() else 16)
+    with sandlot.Sandbox.create(volumes={"keep": "/data"}) as first:
+        assert first.commands.run("echo kept > /data/f").exit_code == 0
+    # A later sandbox (as root: another user namespace, the same volume uid) changes the
+    # first one's file and makes its own.
+    with sandlot.Sandbox.create(volumes={"keep": "/srv/keep"}) as second:
+        done = second.commands.run("cat /srv/keep/f && echo again >> /srv/keep/f && touch /srv/keep/g")
+        assert done.exit_code == 0, done.stderr
+        assert done.stdout == "kept\n"
+    assert sandlot.volumes.get("keep").mounted_by == []
+    sandlot.volumes.remove("keep")  # allowed once nobody mounts it
+    with pytest.raises(VolumeNotFoundError):
+        sandlot.volumes.get("keep")
+
+
+@pytest.mark.skipif(not ROOT, reason="the size cap is a loop-mounted image: root only")
+def test_the_size_limit_is_enforced():
+    sandlot.volumes.create("small", size=16)
+    try:
+        with sandlot.Sandbox.create(volumes={"small": "/data"}) as sb:
+            done = sb.commands.run("head -c 40M /dev/zero > /data/big; echo rc=$?")
+            assert "No space left on device" in done.stderr
+            assert sandlot.volumes.get("small").used_bytes <= 16 << 20
+    finally:
+        sandlot.volumes.remove("small", force=True)
+
+
+def test_bad_names_sizes_and_duplicates_are_refused():
+    for bad in ("../x", "A", "", ".hidden", "a/b", "x" * 64):
+        with pytest.raises(InvalidArgumentError):
+            sandlot.volumes.create(bad)
+    with pytest.raises(InvalidArgumentError):
+        sandlot.Sandbox.create(volumes={"../x": "/data"})
+    with pytest.raises(VolumeNotFoundError):
+        sandlot.Sandbox.create(volumes={"nothere": "/data"})
+    sandlot.volumes.create("twice", size=None if quota.unavailable_reason() else 16)
+    try:
+        with pytest.raises(VolumeError):
+            sandlot.volumes.create("twice")
+    finally:
+        sandlot.volumes.remove("twice")
+    if not ROOT:
+        with pytest.raises(ProviderUnavailableError):
+            sandlot.volumes.create("sized", size="1G")
+
+
+def test_a_crashed_control_plane_leaves_no_volume_in_use(shared):
+    """A mount record whose sandbox the registry no longer has (its process died and was
+    reaped, or never finished) does not keep the volume in use."""
+    from sandlot.store import default_home
+
+    records = default_home() / "volumes" / "local" / shared / "mounts"
+    (records / "sb-000000000000").write_text("1")
+    assert "sb-000000000000" not in sandlot.volumes.get(shared).mounted_by
+    assert not (records / "sb-000000000000").exists()
