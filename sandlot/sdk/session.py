@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidArgumentError
 from ..models import SandboxSpec, SessionEvent, SessionInfo
-from .sandbox import AsyncSandbox, build_spec
+from .sandbox import AsyncSandbox, VolumesArg, build_spec
 
 if TYPE_CHECKING:
     from ..manager.sessions import Sessions
@@ -295,6 +295,8 @@ class AsyncSession:
         network: Any = "none",
         workspace_alias: str | None = None,
         binds: builtins.list[Any] | None = None,
+        volumes: VolumesArg = None,
+        template: str | None = None,
         **config: Any,
     ) -> _Attaching:
         """Attach a sandbox: its /workspace holds the session's latest checkpoint, and
@@ -311,10 +313,12 @@ class AsyncSession:
         the sandbox is checkpointed and stopped (None: never; see docs/lifetimes.md).
         ``workspace_alias``: a second path of the workspace (see SandboxSpec). ``binds``:
         host paths mounted in this sandbox (see Bind): the session does not keep them, so
-        pass them to each sandbox; they are not part of its checkpoints."""
+        pass them to each sandbox; they are not part of its checkpoints. ``volumes``: named
+        volumes for this sandbox, beside those the session always mounts (see
+        docs/volumes.md). ``template``: the template its root file system comes from."""
         spec = build_spec(
             provider, timeout, env, None, resources, "/workspace", config, network, None,
-            idle_timeout, workspace_alias, binds,
+            idle_timeout, workspace_alias, binds, volumes=volumes, template=template,
         )  # fmt: skip
         return _Attaching(self, spec, reuse, force, lease_ttl)
 

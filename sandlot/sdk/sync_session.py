@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..models import SandboxSpec, SessionEvent, SessionInfo
 from .mirror import differs, mirror
+from .sandbox import VolumesArg
 from .session import CHECKPOINT_EVERY, LEASE_TTL, AsyncSession
 from .sync import Sandbox, _portal
 
@@ -133,6 +134,8 @@ class Session:
         network: Any = "none",
         workspace_alias: str | None = None,
         binds: builtins.list[Any] | None = None,
+        volumes: VolumesArg = None,
+        template: str | None = None,
         **config: Any,
     ) -> _Attached:
         """Attach a sandbox: its /workspace holds the session's latest checkpoint, and
@@ -147,7 +150,9 @@ class Session:
         seconds without any use (no command or cell running, no stream, no call) after which
         the sandbox is checkpointed and stopped (None: never; see docs/lifetimes.md).
         ``workspace_alias``: a second path of the workspace (see SandboxSpec). ``binds``:
-        host paths mounted in this sandbox (see Bind; not kept by the session)."""
+        host paths mounted in this sandbox (see Bind; not kept by the session). ``volumes``:
+        named volumes for this sandbox, beside those the session always mounts (see
+        docs/volumes.md). ``template``: the template its root file system comes from."""
         attaching = self._inner.sandbox(
             provider,
             reuse=reuse,
@@ -160,6 +165,8 @@ class Session:
             network=network,
             workspace_alias=workspace_alias,
             binds=binds,
+            volumes=volumes,
+            template=template,
             **config,
         )
         spec: SandboxSpec = attaching._args[0]
