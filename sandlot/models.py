@@ -480,6 +480,9 @@ class SessionInfo(BaseModel):
     checkpointed_at: datetime | None = None
     lock_holder: str | None = None  # who runs something in it now
     lock_since: datetime | None = None
+    volumes: list[VolumeMount] = Field(
+        default_factory=list, description="named volumes every sandbox attached to it mounts"
+    )
 
 
 class SessionEvent(BaseModel):

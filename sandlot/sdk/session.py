@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidArgumentError
 from ..models import SandboxSpec, SessionEvent, SessionInfo
-from .sandbox import AsyncSandbox, VolumesArg, build_spec
+from .sandbox import AsyncSandbox, VolumesArg, build_spec, volume_list
 
 if TYPE_CHECKING:
     from ..manager.sessions import Sessions
@@ -178,14 +178,18 @@ def _settings(
     idle_timeout: float | None,
     checkpoint_every: float | None,
     delete_after: datetime | float | None,
+    volumes: VolumesArg = None,
 ) -> dict[str, Any]:
     """A new session's settings, as the backends take them."""
-    return {
+    settings: dict[str, Any] = {
         "workspace": workspace_store,
         "idle_timeout": idle_timeout,
         "checkpoint_every": checkpoint_every,
         "delete_after": delete_after,
     }
+    if volumes:
+        settings["volumes"] = volume_list(volumes)
+    return settings
 
 
 class AsyncSession:
@@ -218,6 +222,7 @@ class AsyncSession:
         idle_timeout: float | None = None,
         checkpoint_every: float | None = CHECKPOINT_EVERY,
         delete_after: datetime | float | None = None,
+        volumes: VolumesArg = None,
         client: Client | None = None,
     ) -> AsyncSession:
         """A new session. ``workspace_store``: ``"local"`` (a folder in the state folder) or
@@ -226,8 +231,10 @@ class AsyncSession:
         its sandbox is checkpointed and stopped. ``checkpoint_every``: seconds between
         checkpoints while a sandbox is attached (default 300; None: only on detach and
         when asked). ``delete_after``: a time (or seconds from
-        now) at which the session and its data are deleted."""
-        settings = _settings(workspace_store, idle_timeout, checkpoint_every, delete_after)
+        now) at which the session and its data are deleted. ``volumes``: named volumes
+        every sandbox attached to it mounts, ``{"data": "/data"}`` or a list of
+        ``{"name", "path", "mode"}`` (see docs/volumes.md)."""
+        settings = _settings(workspace_store, idle_timeout, checkpoint_every, delete_after, volumes)
         backend = await sessions_for(client)
         return cls(backend, await backend.create_session(_check_metadata(metadata), settings))
 
@@ -240,6 +247,7 @@ class AsyncSession:
         idle_timeout: float | None = None,
         checkpoint_every: float | None = CHECKPOINT_EVERY,
         delete_after: datetime | float | None = None,
+        volumes: VolumesArg = None,
         client: Client | None = None,
     ) -> AsyncSession:
         """The caller's session whose metadata holds every pair of ``metadata``; if there is
@@ -253,7 +261,7 @@ class AsyncSession:
         wanted = _check_metadata(metadata)
         if not wanted:
             raise InvalidArgumentError("find_or_create needs metadata to find the session by")
-        settings = _settings(workspace_store, idle_timeout, checkpoint_every, delete_after)
+        settings = _settings(workspace_store, idle_timeout, checkpoint_every, delete_after, volumes)
         backend = await sessions_for(client)
         async with _creation_lock(backend):
             found = await backend.list_sessions(wanted)  # every pair held (the store's filter)

@@ -48,6 +48,7 @@ class Session:
         idle_timeout: float | None = None,
         checkpoint_every: float | None = CHECKPOINT_EVERY,
         delete_after: datetime | float | None = None,
+        volumes: VolumesArg = None,
         client: Client | None = None,
     ) -> Session:
         """A new session. ``workspace_store``: ``"local"`` (a folder in the state folder) or
@@ -56,7 +57,9 @@ class Session:
         its sandbox is checkpointed and stopped. ``checkpoint_every``: seconds between
         checkpoints while a sandbox is attached (default 300; None: only on detach and
         when asked). ``delete_after``: a time (or seconds from
-        now) at which the session and its data are deleted."""
+        now) at which the session and its data are deleted. ``volumes``: named volumes
+        every sandbox attached to it mounts, ``{"data": "/data"}`` or a list of
+        ``{"name", "path", "mode"}`` (see docs/volumes.md)."""
         return cls(
             _portal.call(
                 AsyncSession.create(
@@ -65,6 +68,7 @@ class Session:
                     idle_timeout=idle_timeout,
                     checkpoint_every=checkpoint_every,
                     delete_after=delete_after,
+                    volumes=volumes,
                     client=client,
                 )
             )
@@ -79,6 +83,7 @@ class Session:
         idle_timeout: float | None = None,
         checkpoint_every: float | None = CHECKPOINT_EVERY,
         delete_after: datetime | float | None = None,
+        volumes: VolumesArg = None,
         client: Client | None = None,
     ) -> Session:
         """The caller's session whose metadata holds every pair of ``metadata``; if there is
@@ -97,6 +102,7 @@ class Session:
                     idle_timeout=idle_timeout,
                     checkpoint_every=checkpoint_every,
                     delete_after=delete_after,
+                    volumes=volumes,
                     client=client,
                 )
             )

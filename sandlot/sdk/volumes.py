@@ -60,23 +60,23 @@ class AsyncVolumes:
         see ``enforced``)."""
         remote = _backend(client)
         if remote is not None:
-            return await remote.create(name, _size_mb(size))  # type: ignore[no-any-return]
-        return await asyncio.to_thread(_local().create, name, _size_mb(size))  # type: ignore[no-any-return]
+            return await remote.create(name, _size_mb(size))
+        return await asyncio.to_thread(_local().create, name, _size_mb(size))
 
     async def list(self, *, client: Client | None = None) -> builtins.list[VolumeInfo]:
         """The volumes, by name."""
         remote = _backend(client)
         if remote is not None:
-            return await remote.list()  # type: ignore[no-any-return]
-        return await asyncio.to_thread(_local().list)  # type: ignore[no-any-return]
+            return await remote.list()
+        return await asyncio.to_thread(_local().list)
 
     async def get(self, name: str, *, client: Client | None = None) -> VolumeInfo:
         """One volume: its size, bytes used and the live sandboxes that mount it
         (VolumeNotFoundError if there is none of that name)."""
         remote = _backend(client)
         if remote is not None:
-            return await remote.get(name)  # type: ignore[no-any-return]
-        return await asyncio.to_thread(_local().get, name)  # type: ignore[no-any-return]
+            return await remote.get(name)
+        return await asyncio.to_thread(_local().get, name)
 
     async def remove(self, name: str, *, force: bool = False, client: Client | None = None) -> None:
         """Delete a volume and its files. Refused with VolumeInUseError while a live sandbox
@@ -101,16 +101,16 @@ class Volumes:
         """Create a volume. ``size``: MiB, or a text like ``"20G"`` (default 10 GiB where
         the host can cap it; where it cannot, a size is refused and the volume is uncapped:
         see ``enforced``)."""
-        return _call(self._inner.create(name, size=size, client=client))  # type: ignore[no-any-return]
+        return _call(self._inner.create(name, size=size, client=client))
 
     def list(self, *, client: Client | None = None) -> builtins.list[VolumeInfo]:
         """The volumes, by name."""
-        return _call(self._inner.list(client=client))  # type: ignore[no-any-return]
+        return _call(self._inner.list(client=client))
 
     def get(self, name: str, *, client: Client | None = None) -> VolumeInfo:
         """One volume: its size, bytes used and the live sandboxes that mount it
         (VolumeNotFoundError if there is none of that name)."""
-        return _call(self._inner.get(name, client=client))  # type: ignore[no-any-return]
+        return _call(self._inner.get(name, client=client))
 
     def remove(self, name: str, *, force: bool = False, client: Client | None = None) -> None:
         """Delete a volume and its files. Refused with VolumeInUseError while a live sandbox
