@@ -110,7 +110,7 @@ def parse_size(text: str) -> int:
     number = value[:-1] if scale is not None else value
     try:
         mb = int(float(number) * (scale or 1))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidArgumentError(f"size {text!r} is not like 512M, 20G or 1T") from None
     return mb
 
