@@ -170,7 +170,9 @@ class Manager:
             self._sweeper = Supervisor.current().keep("gc-sweeper", self._sweep)
         spec = check_binds(provider, spec, self.bind_roots)
         check_volumes(provider, spec, volume_owner)
-        taken = await self.pools.take(spec)
+        # A pool's members mount the local user's volumes: never a tenant's sandbox's.
+        shared = not spec.volumes or volume_owner in ("", "local")
+        taken = await self.pools.take(spec) if shared else None
         if taken is not None:
             return taken
         if isinstance(spec.network, NetworkPolicy):
