@@ -139,3 +139,21 @@ def test_a_session_mounts_its_volumes_in_every_sandbox():
     finally:
         session.delete()
         sandlot.volumes.remove("sesvol", force=True)
+
+
+def test_forced_removal_leaves_running_sandboxes_their_files():
+    from sandlot.store import default_home
+
+    removed = default_home() / "volumes" / ".removed"
+    sandlot.volumes.create("forced", size=None if quota.unavailable_reason() else 16)
+    before = set(removed.iterdir()) if removed.exists() else set()
+    with sandlot.Sandbox.create(volumes={"forced": "/data"}) as sb:
+        assert sb.commands.run("echo still > /data/f").exit_code == 0
+        sandlot.volumes.remove("forced", force=True)
+        with pytest.raises(VolumeNotFoundError):
+            sandlot.volumes.get("forced")
+        assert sb.commands.run("cat /data/f").stdout == "still\n"
+        moved = set(removed.iterdir()) - before
+        assert len(moved) == 1  # kept while mounted
+    sandlot.Sandbox.gc()
+    assert not any(path.exists() for path in moved)
