@@ -157,3 +157,27 @@ def test_forced_removal_leaves_running_sandboxes_their_files():
         assert len(moved) == 1  # kept while mounted
     sandlot.Sandbox.gc()
     assert not any(path.exists() for path in moved)
+
+
+def test_the_cli_creates_lists_mounts_and_removes():
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "sandlot.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    size = [] if quota.unavailable_reason() else ["--size", "16M"]
+    assert cli("volume", "create", "clivol", *size).returncode == 0
+    try:
+        ran = cli("run", "--volume", "clivol:/data", "--", "sh", "-c", "echo cli > /data/f")
+        assert ran.returncode == 0, ran.stderr
+        ro = cli("run", "-v", "clivol:/srv/v:ro", "--", "sh", "-c", "cat /srv/v/f; touch /srv/v/g")
+        assert ro.stdout == "cli\n" and ro.returncode != 0
+        listed = {v["name"]: v for v in json.loads(cli("volume", "ls", "--json").stdout)}
+        assert listed["clivol"]["mounted_by"] == [] and listed["clivol"]["used_bytes"] > 0
+    finally:
+        assert cli("volume", "rm", "clivol").returncode == 0
+    with pytest.raises(VolumeNotFoundError):
+        sandlot.volumes.get("clivol")
