@@ -124,3 +124,37 @@ def remove(
 
     volumes.remove(name, force=force)
     typer.echo(f"removed volume {name}", err=True)
+
+
+StoreArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="STORE",
+        help="A workspace store: 'local' or s3://bucket/prefix (docs/workspaces.md).",
+    ),
+]
+
+
+@volume_app.command("sync")
+def sync(name: NameArgument, store: StoreArgument, json_: JsonOption = False) -> None:
+    """Save the volume's files to a workspace store (incremental; this host only)."""
+    from ..sdk.volumes import volumes
+
+    info = volumes.sync(name, store)
+    if json_:
+        print_json(info.model_dump(mode="json"))
+        return
+    typer.echo(f"synced volume {name} to {store} (checkpoint {info.number})", err=True)
+
+
+@volume_app.command("seed")
+def seed(name: NameArgument, store: StoreArgument) -> None:
+    """Fill the volume with its latest checkpoint in a workspace store (refused while a
+    sandbox mounts it; this host only)."""
+    from ..sdk.volumes import volumes
+
+    info = volumes.seed(name, store)
+    if info is None:
+        typer.echo(f"{store} holds no checkpoint of volume {name}: nothing changed", err=True)
+        return
+    typer.echo(f"seeded volume {name} from {store} (checkpoint {info.number})", err=True)

@@ -17,6 +17,7 @@ from .mirror import mirror
 
 if TYPE_CHECKING:
     from ..remote import Client
+    from ..workspace import CheckpointInfo, RestoreInfo
 
 
 def _size_mb(size: int | str | None) -> int | None:
@@ -40,6 +41,16 @@ def _backend(client: Client | None) -> Any:
 
         return RemoteVolumes(client)
     return None
+
+
+def _host_only(client: Client | None, what: str) -> None:
+    if client is not None or os.environ.get("SANDLOT_URL"):
+        from ..errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            f"a volume {what} with a workspace store runs on this host only: not through a "
+            "server yet (unset SANDLOT_URL)"
+        )
 
 
 def _local() -> Any:
@@ -87,6 +98,22 @@ class AsyncVolumes:
             return
         await asyncio.to_thread(_local().remove, name, "", force)
 
+    async def sync(self, name: str, store: str, *, client: Client | None = None) -> CheckpointInfo:
+        """Save the volume's files to a workspace store (``"local"`` or
+        ``"s3://bucket/prefix"``, see docs/workspaces.md) as a checkpoint, incrementally.
+        On this host only, for now."""
+        _host_only(client, "sync")
+        return await asyncio.to_thread(_local().sync, name, store)
+
+    async def seed(
+        self, name: str, store: str, *, client: Client | None = None
+    ) -> RestoreInfo | None:
+        """Make the volume hold its latest checkpoint in a workspace store (None: there is
+        none); refused with VolumeInUseError while a sandbox mounts it. On this host only,
+        for now."""
+        _host_only(client, "seed")
+        return await asyncio.to_thread(_local().seed, name, store)
+
 
 @mirror(AsyncVolumes)
 class Volumes:
@@ -116,6 +143,18 @@ class Volumes:
         """Delete a volume and its files. Refused with VolumeInUseError while a live sandbox
         mounts it, unless ``force`` (those sandboxes keep their files until they end)."""
         _call(self._inner.remove(name, force=force, client=client))
+
+    def sync(self, name: str, store: str, *, client: Client | None = None) -> CheckpointInfo:
+        """Save the volume's files to a workspace store (``"local"`` or
+        ``"s3://bucket/prefix"``, see docs/workspaces.md) as a checkpoint, incrementally.
+        On this host only, for now."""
+        return _call(self._inner.sync(name, store, client=client))
+
+    def seed(self, name: str, store: str, *, client: Client | None = None) -> RestoreInfo | None:
+        """Make the volume hold its latest checkpoint in a workspace store (None: there is
+        none); refused with VolumeInUseError while a sandbox mounts it. On this host only,
+        for now."""
+        return _call(self._inner.seed(name, store, client=client))
 
 
 def _call(coro: Any) -> Any:

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
@@ -60,9 +61,13 @@ from ..errors import (
 from ..models import VolumeInfo, VolumeMount, check_volume_name
 from ..providers import procinfo, quota
 
+if TYPE_CHECKING:
+    from .manifest import CheckpointInfo, RestoreInfo
+
 FOLDER = "volumes"
 REMOVED = ".removed"
 IMAGE = "volume.ext4"
+INDEX = "data.index"  # the stat index of syncs: beside the files, out of the sandboxes' reach
 MAX_SIZE_MB = 8 << 20  # 8 TiB, as for a workspace
 MIN_SIZE_MB = 16
 # Host uids for the owners' volumes: apart from userns.UID_RANGE (one per sandbox), so an
@@ -228,6 +233,49 @@ class VolumeStore:
                 return
         _delete(folder)
 
+    # -- a workspace store (local or S3) ---------------------------------------------------
+
+    def sync(self, name: str, store_url: str, owner: str = "") -> CheckpointInfo:
+        """Save the volume's files to a workspace store (``"local"`` or ``"s3://..."``) as a
+        checkpoint of its own key (see :func:`store_key`), incrementally: only files whose
+        stat changed since the last sync are read. Sandboxes may be writing meanwhile."""
+        from . import check_store_url, open_store
+
+        record, folder = self._record(name, owner)
+        if record.enforced:
+            self._mount(folder, owner)
+        store = open_store(check_store_url(store_url), self.home)
+        try:
+            return store.checkpoint_sync(store_key(name, owner), folder / "data", folder / INDEX)
+        finally:
+            store.close_sync()
+
+    def seed(self, name: str, store_url: str, owner: str = "") -> RestoreInfo | None:
+        """Make the volume hold its latest checkpoint in a workspace store (None: the store
+        has none). Refused while a live sandbox mounts it (its files would change under it)."""
+        from . import check_store_url, open_store
+
+        with self._locked(owner):
+            record, folder = self._record(name, owner)
+            users = self._live_mounts(folder)
+            if users:
+                raise VolumeInUseError(
+                    f"volume {name!r} is mounted by {', '.join(users)}: seed it before they "
+                    "start or after they end",
+                    name=name,
+                    sandboxes=users,
+                )
+            if record.enforced:
+                self._mount(folder, owner)
+            store = open_store(check_store_url(store_url), self.home)
+            try:
+                info = store.restore_sync(store_key(name, owner), folder / "data", folder / INDEX)
+            finally:
+                store.close_sync()
+            if os.geteuid() == 0:
+                _chown_tree(folder / "data", self.uid(owner))
+        return info
+
     # -- mounts ---------------------------------------------------------------------------
 
     def attach(
@@ -367,6 +415,22 @@ class VolumeStore:
             uid = self.uid(owner)
             os.chown(data, uid, uid)
         data.chmod(0o700)
+
+
+def store_key(name: str, owner: str = "") -> str:
+    """The key a volume's checkpoints have in a workspace store: ``vol-`` and a hash of its
+    owner and name (a store's keys allow no '.'; two tenants' volumes never share one)."""
+    digest = hashlib.sha256(f"{owner_dir(owner)}/{name}".encode()).hexdigest()[:32]
+    return "vol-" + digest
+
+
+def _chown_tree(data: Path, uid: int) -> None:
+    """Give what a restore (as root) made to the owner's volume uid, links themselves not
+    their targets (nothing mounts the volume meanwhile: see seed)."""
+    os.chown(data, uid, uid)
+    for top, dirs, files in os.walk(data):
+        for entry in (*dirs, *files):
+            os.chown(os.path.join(top, entry), uid, uid, follow_symlinks=False)
 
 
 def _delete(folder: Path) -> None:

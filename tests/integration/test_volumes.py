@@ -181,3 +181,37 @@ def test_the_cli_creates_lists_mounts_and_removes():
         assert cli("volume", "rm", "clivol").returncode == 0
     with pytest.raises(VolumeNotFoundError):
         sandlot.volumes.get("clivol")
+
+
+def test_a_volume_syncs_to_a_workspace_store_and_seeds_another():
+    """The local store here (S3 runs the same code: tests/workspace cover its backend)."""
+    size = None if quota.unavailable_reason() else 16
+    sandlot.volumes.create("src", size=size)
+    sandlot.volumes.create("dst", size=size)
+    try:
+        with sandlot.Sandbox.create(volumes={"src": "/data"}) as sb:
+            made = sb.commands.run("mkdir -p /data/d && echo one > /data/d/f && ln -s d/f /data/l")
+            assert made.exit_code == 0, made.stderr
+            first = sandlot.volumes.sync("src", "local")
+            sb.commands.run("echo two > /data/d/g")
+            second = sandlot.volumes.sync("src", "local")
+            assert second.number == first.number + 1
+        # Seeding a volume copies the other's latest checkpoint under its own key: same name.
+        assert sandlot.volumes.seed("dst", "local") is None  # nothing stored for dst yet
+        from sandlot.workspace.volumes import store_key
+
+        assert store_key("src") != store_key("dst") != store_key("src", "tenant")
+        sandlot.volumes.remove("src")
+        sandlot.volumes.create("src", size=size)
+        with sandlot.Sandbox.create(volumes={"src": "/data"}) as busy:
+            with pytest.raises(VolumeInUseError):
+                sandlot.volumes.seed("src", "local")
+            busy.kill()
+        assert sandlot.volumes.seed("src", "local").number == second.number
+        with sandlot.Sandbox.create(volumes={"src": "/data"}) as sb:
+            done = sb.commands.run("cat /data/d/f /data/d/g /data/l && echo three > /data/d/f")
+            assert done.exit_code == 0, done.stderr  # the restored files are the volume's own
+            assert done.stdout == "one\ntwo\none\n"
+    finally:
+        sandlot.volumes.remove("src", force=True)
+        sandlot.volumes.remove("dst", force=True)
