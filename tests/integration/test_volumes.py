@@ -123,19 +123,19 @@ def test_a_crashed_control_plane_leaves_no_volume_in_use(shared):
     assert not (records / "sb-000000000000").exists()
 
 
-def test_a_session_mounts_its_volumes_in_every_sandbox():
+def test_a_session_mounts_its_volumes_in_every_sandbox(shared):
     sandlot.volumes.create("sesvol", size=None if quota.unavailable_reason() else 16)
     session = sandlot.Session.create(volumes={"sesvol": "/data"})
     try:
         assert [v.name for v in session.info.volumes] == ["sesvol"]
         with session.sandbox() as first:
             assert first.commands.run("echo from-first > /data/f").exit_code == 0
-        with session.sandbox(volumes={"shared": "/mnt/more"}) as second:  # plus its own
+        with session.sandbox(volumes={shared: "/mnt/more"}) as second:  # plus its own
             done = second.commands.run("cat /data/f && test -d /mnt/more")
             assert done.exit_code == 0, done.stderr
             assert done.stdout == "from-first\n"
             with pytest.raises(InvalidArgumentError):  # over the session's own
-                session.sandbox(volumes={"shared": "/data/in"}).__enter__()
+                session.sandbox(volumes={shared: "/data/in"}).__enter__()
     finally:
         session.delete()
         sandlot.volumes.remove("sesvol", force=True)
