@@ -161,7 +161,7 @@ class VolumeStore:
             if (folder / "volume.json").exists():
                 raise VolumeError(f"volume {name!r} exists already", name=name)
             self._check_quota(owner, size or quota.DEFAULT_MB, max_count, max_total_mb)
-            shutil.rmtree(folder, ignore_errors=True)  # a create that died half-way
+            _delete(folder)  # what a remove that died half-way left
             staging = base / f".new-{secrets.token_hex(6)}"
             staging.mkdir(mode=0o711)
             try:
@@ -231,7 +231,7 @@ class VolumeStore:
                 trash.mkdir(mode=0o700, exist_ok=True)
                 os.rename(folder, trash / secrets.token_hex(8))
                 return
-        _delete(folder)
+            _delete(folder)  # under the lock: a create of the name waits for it
 
     # -- a workspace store (local or S3) ---------------------------------------------------
 

@@ -4,6 +4,8 @@ volumes), deletion is refused while mounted, and the count quota holds."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 import sandlot
@@ -13,9 +15,14 @@ from .keyed import VOLUME_COUNT, keyed_server
 
 
 @pytest.fixture(scope="module")
-def clients() -> dict[str, sandlot.Client]:
+def clients() -> Iterator[dict[str, sandlot.Client]]:
+    from sandlot.sdk.sync import _portal
+
     process, keys = keyed_server()
-    return {name: sandlot.Client(url=process.url, api_key=key) for name, key in keys.items()}
+    made = {name: sandlot.Client(url=process.url, api_key=key) for name, key in keys.items()}
+    yield made
+    for client in made.values():
+        _portal.call(client.aclose())
 
 
 def test_each_tenant_has_its_own_volumes(clients, monkeypatch):
