@@ -318,10 +318,9 @@ class VolumeStore:
             if not self.is_live(record.name):
                 record.unlink(missing_ok=True)
                 cleared.append(record.name)
-        with contextlib.suppress(OSError):
-            for folder in (self.root / REMOVED).iterdir():
-                if not any((folder / "mounts").iterdir()):
-                    _delete(folder)
+        for folder in self.root.glob(f"{REMOVED}/*"):
+            if not any(folder.glob("mounts/*")):
+                _delete(folder)
         return cleared
 
     def uid(self, owner: str = "") -> int:
