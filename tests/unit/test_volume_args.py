@@ -59,3 +59,14 @@ def test_spec_checks_volume_paths():
             SandboxSpec(volumes=volumes)
     with pytest.raises(ValueError):
         SandboxSpec(volumes=[{"name": "a", "path": "/p"}], binds=[{"host": "/tmp", "path": "/p"}])
+
+
+def test_a_create_body_leaves_out_volumes_and_template_it_does_not_use():
+    """An older server refuses fields it does not know: send them only when set."""
+    from sandlot.remote.backend import spec_body
+
+    body = spec_body(SandboxSpec())
+    assert "volumes" not in body and "template" not in body
+    body = spec_body(SandboxSpec(volumes=[{"name": "d", "path": "/d"}], template="t"))
+    assert body["volumes"] == [{"name": "d", "path": "/d", "mode": "rw"}]
+    assert body["template"] == "t"
