@@ -46,5 +46,8 @@ def keyed_server() -> tuple[ServerProcess, dict[str, str]]:
 
 
 def _stop(process: ServerProcess, home: Path) -> None:
+    from sandlot.providers import quota
+
     process.stop()
+    quota.release_under(home)  # volumes left (as root: loop mounts), never deleted through
     shutil.rmtree(home, ignore_errors=True)

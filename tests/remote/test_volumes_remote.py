@@ -61,3 +61,5 @@ def test_the_count_quota(clients, monkeypatch):
     with pytest.raises(VolumeError) as caught:
         sandlot.volumes.create("one-too-many", client=carol)
     assert caught.value.code == "volume_error" and "quota" in str(caught.value)
+    for i in range(VOLUME_COUNT):
+        sandlot.volumes.remove(f"q{i}", client=carol)
