@@ -101,6 +101,8 @@ def test_bad_names_sizes_and_duplicates_are_refused():
         sandlot.Sandbox.create(volumes={"../x": "/data"})
     with pytest.raises(VolumeNotFoundError):
         sandlot.Sandbox.create(volumes={"nothere": "/data"})
+    with pytest.raises(InvalidArgumentError, match="cannot mount volumes"):
+        sandlot.Sandbox.create("process", volumes={"nothere": "/data"})
     sandlot.volumes.create("twice", size=None if quota.unavailable_reason() else 16)
     try:
         with pytest.raises(VolumeError):
