@@ -76,6 +76,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
         SessionNotFoundError,
         TemplateBuildError,
         TemplateNotFoundError,
+        VolumeError,
+        VolumeInUseError,
+        VolumeNotFoundError,
     )
     from .models import (
         CodeContext,
@@ -97,6 +100,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
         SandboxSpec,
         SessionEvent,
         SessionInfo,
+        VolumeInfo,
+        VolumeMount,
     )
     from .notebook import load_ipython_extension as load_ipython_extension
     from .notebook import unload_ipython_extension as unload_ipython_extension
@@ -113,6 +118,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
         Sandbox,
         Session,
     )
+    from .sdk.volumes import AsyncVolumes, Volumes, async_volumes, volumes
     from .secrets.refs import SecretRef
 
 __version__ = "0.1.0"
@@ -175,6 +181,9 @@ _SOURCES: dict[str, str] = {
     "SessionNotFoundError": ".errors",
     "TemplateBuildError": ".errors",
     "TemplateNotFoundError": ".errors",
+    "VolumeError": ".errors",
+    "VolumeInUseError": ".errors",
+    "VolumeNotFoundError": ".errors",
     "CodeContext": ".models",
     "CodeEvent": ".models",
     "EndEvent": ".models",
@@ -194,6 +203,8 @@ _SOURCES: dict[str, str] = {
     "SandboxSpec": ".models",
     "SessionEvent": ".models",
     "SessionInfo": ".models",
+    "VolumeInfo": ".models",
+    "VolumeMount": ".models",
     "Client": ".remote",
     "AsyncCommandHandle": ".sdk",
     "AsyncExecutionHandle": ".sdk",
@@ -206,6 +217,10 @@ _SOURCES: dict[str, str] = {
     "Sandbox": ".sdk",
     "Session": ".sdk",
     "SecretRef": ".secrets.refs",
+    "AsyncVolumes": ".sdk.volumes",
+    "Volumes": ".sdk.volumes",
+    "async_volumes": ".sdk.volumes",
+    "volumes": ".sdk.volumes",
     # `%load_ext sandlot` (IPython looks these up on the package); not in __all__.
     "load_ipython_extension": ".notebook",
     "unload_ipython_extension": ".notebook",
@@ -218,6 +233,7 @@ __all__ = [
     "AsyncPtyHandle",
     "AsyncSandbox",
     "AsyncSession",
+    "AsyncVolumes",
     "AuthenticationError",
     "BridgeConfig",
     "Client",
@@ -300,7 +316,15 @@ __all__ = [
     "SessionNotFoundError",
     "TemplateBuildError",
     "TemplateNotFoundError",
+    "VolumeError",
+    "VolumeInUseError",
+    "VolumeInfo",
+    "VolumeMount",
+    "VolumeNotFoundError",
+    "Volumes",
     "__version__",
+    "async_volumes",
+    "volumes",
 ]
 
 __getattr__, __dir__ = lazy_names(__name__, _SOURCES, __all__)

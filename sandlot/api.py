@@ -17,6 +17,7 @@ from .models import (
     SandboxInfo,
     SandboxSpec,
     SessionInfo,
+    VolumeMount,
     check_env,
     check_env_refs,
     parse_network,
@@ -244,6 +245,11 @@ class SessionCreateRequest(_Body):
     )  # fmt: skip
     delete_after: datetime | None = Field(
         None, description="a time (with its zone) at which the session and its data are deleted"
+    )
+    volumes: list[VolumeMount] = Field(
+        default_factory=list,
+        max_length=16,
+        description="named volumes (the caller's tenant's) every sandbox attached to it mounts",
     )
 
     @field_validator("workspace_store")

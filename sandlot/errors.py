@@ -15,7 +15,8 @@ work as a Python user expects::
     │   ├── ImageNotFoundError                   image_not_found
     │   ├── SecretNotFoundError                  secret_not_found
     │   ├── SessionNotFoundError                 session_not_found
-    │   └── TemplateNotFoundError                template_not_found
+    │   ├── TemplateNotFoundError                template_not_found
+    │   └── VolumeNotFoundError                  volume_not_found
     ├── ProviderUnavailableError                 provider_unavailable
     │   └── HostKeyError                         host_key_rejected
     ├── SandboxError                             sandbox_error
@@ -40,6 +41,8 @@ work as a Python user expects::
     ├── ProvisionError                           provision_failed
     ├── SecretError                              secret_error
     ├── EgressError                              egress_error
+    ├── VolumeError                              volume_error
+    │   └── VolumeInUseError                     volume_in_use
     ├── SessionError                             session_error
     │   ├── SessionBusyError                     session_busy
     │   └── RunCancelledError                    run_cancelled
@@ -129,6 +132,10 @@ class TemplateNotFoundError(NotFoundError):
     """A template name (or ``sha256:`` digest) that this owner's template store does not hold."""
 
     code = "template_not_found"
+class VolumeNotFoundError(NotFoundError):
+    """No named volume of that name (for this owner: another tenant's is not found)."""
+
+    code = "volume_not_found"
 
 
 class ProviderUnavailableError(SandlotError):
@@ -291,6 +298,18 @@ class EgressError(SandlotError):
     """A network policy or callback bridge cannot be applied to this sandbox."""
 
     code = "egress_error"
+
+
+class VolumeError(SandlotError):
+    """A named volume cannot do what was asked (it exists already, a quota is full)."""
+
+    code = "volume_error"
+
+
+class VolumeInUseError(VolumeError):
+    """The volume is mounted by a live sandbox: removal needs ``force``."""
+
+    code = "volume_in_use"
 
 
 class SessionError(SandlotError):

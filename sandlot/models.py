@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -226,6 +227,82 @@ def check_binds(binds: list[Bind], alias: str | None) -> list[Bind]:
     return binds
 
 
+MAX_VOLUMES = 16
+VOLUME_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+def check_volume_name(value: str) -> str:
+    """A volume's name: 1 to 63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit
+    (so never '.', '..' or a path)."""
+    if not isinstance(value, str) or not VOLUME_NAME.fullmatch(value):
+        raise InvalidArgumentError(
+            f"volume name {str(value)[:80]!r} is not 1 to 63 of a-z, 0-9, '.', '_', '-' "
+            "starting with a letter or digit",
+            name=str(value)[:80],
+        )
+    return value
+
+
+class VolumeMount(BaseModel):
+    """A named volume (see docs/volumes.md) mounted into the sandbox at ``path``.
+
+    ``name``: the volume's name (``sandlot volume create NAME``). ``path``: where the sandbox
+    sees it, checked like a :class:`Bind`'s (absolute, normalised, never over /, /etc, /usr,
+    /proc, /tmp, /workspace, the agent's folder, ...). ``mode``: ``"rw"`` (the default) or
+    ``"ro"``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    path: str
+    mode: Literal["ro", "rw"] = "rw"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not VOLUME_NAME.fullmatch(value):
+            raise ValueError(
+                "a volume name is 1 to 63 of a-z, 0-9, '.', '_', '-' starting with a letter "
+                f"or digit ({value[:80]!r})"
+            )
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return Bind._path(value)
+
+
+class VolumeInfo(BaseModel):
+    """A named volume, as listed and shown."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    name: str
+    size_mb: int | None = Field(description="the size cap in MiB; None: no cap")
+    enforced: bool = Field(description="whether writes past size_mb fail (ENOSPC)")
+    used_bytes: int = Field(description="bytes its files use now")
+    created_at: datetime
+    mounted_by: list[str] = Field(description="the live sandboxes that mount it")
+
+
+def check_volumes(volumes: list[VolumeMount], binds: list[Bind], alias: str | None) -> None:
+    """At most :data:`MAX_VOLUMES`; no two at one place or one inside another, none over or
+    inside a bind or the workspace's alias."""
+    if len(volumes) > MAX_VOLUMES:
+        raise ValueError(f"at most {MAX_VOLUMES} volumes")
+    for i, volume in enumerate(volumes):
+        if alias is not None and overlaps(volume.path, alias):
+            raise ValueError(f"volume path {volume.path} overlaps the workspace_alias {alias}")
+        for bind in binds:
+            if overlaps(volume.path, bind.path):
+                raise ValueError(f"volume path {volume.path} overlaps bind path {bind.path}")
+        for other in volumes[:i]:
+            if overlaps(volume.path, other.path):
+                raise ValueError(f"volume paths {other.path} and {volume.path} overlap")
+
+
 class SandboxSpec(BaseModel):
     """What to create. Provider-specific settings go in ``config``, validated by the provider.
 
@@ -270,12 +347,22 @@ class SandboxSpec(BaseModel):
         f"(at most {MAX_BINDS}; see Bind); a server refuses them unless its operator allowed "
         "roots for them (--allow-bind-root)",
     )
+    volumes: list[VolumeMount] = Field(
+        default_factory=list,
+        description=f"named volumes mounted into the sandbox (at most {MAX_VOLUMES}; see "
+        "VolumeMount and docs/volumes.md); a server looks their names up among its caller's "
+        "tenant's volumes",
+    )
     template: str | None = Field(
         None,
         description="the template the sandbox's root file system comes from: a name, or "
         "'sha256:' and a manifest digest (see docs/templates.md); None: the host's system",
     )
     config: dict[str, Any] = Field(default_factory=dict)
+    # Set by the manager only, never from input (see mounted_volumes): the volumes' host
+    # folders in the order of ``volumes``, and the host uid their files belong to (as root).
+    _volume_hosts: list[str] = PrivateAttr(default_factory=list)
+    _volume_uid: int | None = PrivateAttr(default=None)
 
     @field_validator("template")
     @classmethod
@@ -321,6 +408,7 @@ class SandboxSpec(BaseModel):
     @model_validator(mode="after")
     def _binds(self) -> SandboxSpec:
         check_binds(self.binds, self.workspace_alias)
+        check_volumes(self.volumes, self.binds, self.workspace_alias)
         return self
 
     @field_validator("workdir")
@@ -336,6 +424,32 @@ class SandboxSpec(BaseModel):
                 f"workdir is too long (at most {MAX_PATH} bytes, {MAX_NAME} per folder name)"
             )
         return value
+
+
+def mounted_volumes(spec: SandboxSpec) -> list[Bind]:
+    """The spec's volumes as binds of their host folders, for a provider that mounts them:
+    empty unless the manager resolved them (a spec that reached a provider otherwise, e.g.
+    through a server's remote provider, names volumes of the far side)."""
+    hosts = spec._volume_hosts
+    if len(hosts) != len(spec.volumes):
+        return []
+    return [
+        Bind(host=host, path=v.path, mode=v.mode)
+        for host, v in zip(hosts, spec.volumes, strict=True)
+    ]
+
+
+def with_volume_hosts(spec: SandboxSpec, hosts: list[str], uid: int | None) -> SandboxSpec:
+    """A copy of ``spec`` whose volumes resolved to ``hosts`` (owned by ``uid``)."""
+    copy = spec.model_copy()
+    copy._volume_hosts = list(hosts)
+    copy._volume_uid = uid
+    return copy
+
+
+def volume_uid(spec: SandboxSpec) -> int | None:
+    """The host uid a sandbox mounting the spec's volumes runs as (root only), or None."""
+    return spec._volume_uid if spec._volume_hosts else None
 
 
 SandboxState = Literal["running", "stopped"]
@@ -378,6 +492,9 @@ class SessionInfo(BaseModel):
     checkpointed_at: datetime | None = None
     lock_holder: str | None = None  # who runs something in it now
     lock_since: datetime | None = None
+    volumes: list[VolumeMount] = Field(
+        default_factory=list, description="named volumes every sandbox attached to it mounts"
+    )
 
 
 class SessionEvent(BaseModel):

@@ -24,7 +24,7 @@ from ._common import (
 # Every top-level command and group, in `sandlot --help` order: (name, module, attribute,
 # kind, options). A command line naming one of them builds an app of that one only, so a
 # `sandlot run` neither imports the other groups' modules nor lets typer read the
-# signatures of all 66 commands (~40 ms); `--help` and anything unknown get the whole app.
+# signatures of all 70 commands (~40 ms); `--help` and anything unknown get the whole app.
 REGISTRY: tuple[tuple[str, str, str, str, dict[str, Any]], ...] = (
     ("run", "run", "run", "command", {"command_context": True}),
     ("exec", "run", "exec_", "command", {"command_context": True}),
@@ -43,6 +43,7 @@ REGISTRY: tuple[tuple[str, str, str, str, dict[str, Any]], ...] = (
     ("keys", "server", "keys_app", "group", {}),
     ("remote", "remote", "remote_app", "group", {}),
     ("secrets", "secrets", "secrets_app", "group", {}),
+    ("volume", "volumes", "volume_app", "group", {}),
     ("pool", "pool", "pool_app", "group", {}),
     ("template", "templates", "template_app", "group", {}),
     ("sessions", "sessions", "sessions_app", "group", {}),

@@ -123,6 +123,24 @@ SessionOption = Annotated[
         "restored first and saved after, and the run goes in its transcript.",
     ),
 ]
+VolumeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--volume",
+        "-v",
+        metavar="NAME:PATH[:ro]",
+        help="Mount a named volume (see `sandlot volume`) at PATH, read-write unless ':ro' "
+        "(repeatable).",
+    ),
+]
+TemplateOption = Annotated[
+    str | None,
+    typer.Option(
+        "--template",
+        metavar="NAME",
+        help="Start from this template's root file system (see `sandlot template`).",
+    ),
+]
 ForceOption = Annotated[
     bool,
     typer.Option("--force", help="With --session: cancel a run that holds the session."),
@@ -146,6 +164,8 @@ def run(
     secret_env: SecretEnvOption = None,
     session: SessionOption = None,
     force: ForceOption = False,
+    volume: VolumeOption = None,
+    template: TemplateOption = None,
     json_: ResultJsonOption = False,
 ) -> None:
     """Run one command in a fresh sandbox, stream its output, exit with its exit code.
@@ -167,6 +187,10 @@ def run(
         "network": network,
         "resources": {"memory_mb": memory_mb} if memory_mb is not None else None,
     }
+    if volume:
+        create["volumes"] = parse_volumes(volume)
+    if template is not None:
+        create["template"] = template
     if force and session is None:
         raise UsageError("--force takes over a session's run: give --session too")
     if session is not None and workdir != "/workspace":
@@ -178,6 +202,20 @@ def run(
     finally:
         _close(sandbox, attached_to)
     raise typer.Exit(code)
+
+
+def parse_volumes(values: list[str]) -> list[dict[str, str]]:
+    """``--volume NAME:PATH[:ro|:rw]`` as volume mounts."""
+    mounts = []
+    for value in values:
+        parts = value.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise UsageError(f"--volume {value!r}: expected NAME:/PATH or NAME:/PATH:ro")
+        mode = parts[2] if len(parts) == 3 else "rw"
+        if mode not in ("ro", "rw"):
+            raise UsageError(f"--volume {value!r}: the mode is 'ro' or 'rw', not {mode!r}")
+        mounts.append({"name": parts[0], "path": parts[1], "mode": mode})
+    return mounts
 
 
 def _command_timeout(timeout: float, command_timeout: float | None) -> float:

@@ -104,6 +104,19 @@ AllowBindRootOption = Annotated[
     ),
 ]
 
+VolumeCountOption = Annotated[
+    int,
+    typer.Option("--volume-count", min=0, help="Named volumes per tenant (docs/volumes.md)."),
+]
+VolumeTotalOption = Annotated[
+    str,
+    typer.Option(
+        "--volume-total",
+        help="The sizes of a tenant's named volumes together, e.g. 500G or 1T (an uncapped "
+        "volume counts as 10G).",
+    ),
+]
+
 E2BOption = Annotated[
     bool,
     typer.Option(
@@ -129,6 +142,8 @@ def serve(
     tenant_log_bytes: TenantLogBytesOption = 10 * 1024**3,
     kill_on_exit: KillOnExitOption = False,
     allow_bind_root: AllowBindRootOption = None,
+    volume_count: VolumeCountOption = 100,
+    volume_total: VolumeTotalOption = "1T",
     e2b: E2BOption = True,
     mcp: McpOption = True,
 ) -> None:
@@ -179,6 +194,8 @@ def serve(
         tenant_log_bytes=tenant_log_bytes,
         kill_on_exit=kill_on_exit,
         allow_bind_roots=bind_roots,
+        volume_count=volume_count,
+        volume_total_mb=_volume_total(volume_total),
         e2b=e2b,
         mcp=mcp,
     )
@@ -196,6 +213,12 @@ def serve(
 
 
 BACKLOG = 2048  # uvicorn's default
+
+
+def _volume_total(text: str) -> int:
+    from ..workspace.volumes import parse_size
+
+    return parse_size(text)
 
 
 def _address(host: str, port: int) -> str:

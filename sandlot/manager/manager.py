@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import logging
 import os
 import secrets
@@ -21,7 +22,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..channel import Channel
 from ..egress.policy import NetworkPolicy
@@ -33,7 +34,14 @@ from ..errors import (
     SandboxNotFoundError,
     SandlotError,
 )
-from ..models import MAX_LIFETIME, NetworkMode, SandboxInfo, SandboxSpec, check_seconds
+from ..models import (
+    MAX_LIFETIME,
+    NetworkMode,
+    SandboxInfo,
+    SandboxSpec,
+    check_seconds,
+    with_volume_hosts,
+)
 from ..providers import DEFAULT, Provider, Started, binds, procinfo, provider_class, quota
 from ..secrets.refs import SecretRef, as_ref
 from ..secrets.resolve import has_refs, resolve_config, resolve_env
@@ -46,6 +54,9 @@ from .idle import IdleWatch, agent_limit
 from .pool import Pools
 from .ports import ChannelFor, PortForwards, check_port
 from .workspaces import Workspaces
+
+if TYPE_CHECKING:
+    from ..workspace.volumes import VolumeStore
 
 log = logging.getLogger("sandlot")
 _OWNER_STARTED = procinfo.start_time(os.getpid())
@@ -111,6 +122,13 @@ class Manager:
         # detached manager of the same state folder.
         self.pools = Pools(self, lambda: Manager(self.home, detached=True))
 
+    @functools.cached_property
+    def volumes(self) -> VolumeStore:
+        """The state folder's named volumes (imported on first use: most sandboxes have none)."""
+        from ..workspace.volumes import VolumeStore
+
+        return VolumeStore(self.home)
+
     @classmethod
     def current(cls) -> Manager:
         """The manager of the running event loop (created on first use)."""
@@ -134,7 +152,15 @@ class Manager:
 
     # -- create / connect -------------------------------------------------------------------
 
-    async def create(self, spec: SandboxSpec, *, secrets: SecretStore | None = None) -> LiveSandbox:
+    async def create(
+        self,
+        spec: SandboxSpec,
+        *,
+        secrets: SecretStore | None = None,
+        volume_owner: str = "",
+    ) -> LiveSandbox:
+        """A new sandbox. ``volume_owner``: whose named volumes ``spec.volumes`` names (a
+        server: the caller's tenant; embedded: the local user, "")."""
         spec = default_provider(spec)
         name = spec.provider or DEFAULT
         provider = self.provider(name)
@@ -143,7 +169,10 @@ class Manager:
             await self.gc(quick=True)
             self._sweeper = Supervisor.current().keep("gc-sweeper", self._sweep)
         spec = check_binds(provider, spec, self.bind_roots)
-        taken = await self.pools.take(spec)
+        check_volumes(provider, spec, volume_owner)
+        # A pool's members mount the local user's volumes: never a tenant's sandbox's.
+        shared = not spec.volumes or volume_owner in ("", "local")
+        taken = await self.pools.take(spec) if shared else None
         if taken is not None:
             return taken
         if isinstance(spec.network, NetworkPolicy):
@@ -164,11 +193,16 @@ class Manager:
         folder = self.folder(info.id)
         try:
             folder.mkdir(parents=True, mode=0o700)
+            spec = await self._attach_volumes(info.id, provider, spec, volume_owner)
             started, provider, spec, fell_back = await self._start(info, provider, spec, folder)
         except BaseException:
+            if spec.volumes:
+                self.volumes.detach(info.id)
             self.store.delete(info.id)
             quota.remove_folder(folder)
             raise
+        if spec.volumes:  # its mount records go when it does
+            started.handle["volumes"] = [v.name for v in spec.volumes]
         if secret_config:  # which settings were secrets (names only), to resolve them again
             started.handle["secret_config"] = secret_config
         if spec.idle_timeout is not None:  # for a process that adopts it
@@ -191,6 +225,20 @@ class Manager:
             await self.kill(info.id)
             raise
         return live
+
+    async def _attach_volumes(
+        self, sandbox_id: str, provider: Provider, spec: SandboxSpec, owner: str
+    ) -> SandboxSpec:
+        """Record the sandbox as a user of its volumes and hand their host folders (and, as
+        root, their owner's uid) to the provider (see workspace/volumes.py)."""
+        if not spec.volumes or provider.binds != "local":
+            return spec
+        loop = asyncio.get_running_loop()
+        resolved = await loop.run_in_executor(
+            None, self.volumes.attach, sandbox_id, spec.volumes, owner
+        )
+        uid = self.volumes.uid(owner) if os.geteuid() == 0 else None
+        return with_volume_hosts(spec, [r.host for r in resolved], uid)
 
     async def _resolve_config(
         self, provider: Provider, spec: SandboxSpec, secrets: SecretStore | None
@@ -217,7 +265,7 @@ class Manager:
             return await provider.create(info.id, spec, folder), provider, spec, None
         except RemoteUnavailableError as exc:
             # Binds name paths of the server's machine, not of this one.
-            alternative = None if spec.binds else provider.fallback(spec)
+            alternative = None if spec.binds or spec.volumes else provider.fallback(spec)
             if not alternative:
                 raise
             fell_back = {"from": name, "to": alternative, "reason": str(exc)}
@@ -463,6 +511,8 @@ class Manager:
         self._secret_values.pop(info.id, None)
         self._secret_stores.pop(info.id, None)
         await provider.destroy(info.handle)
+        if info.handle.get("volumes"):
+            self.volumes.detach(info.id)
         session = info.handle.get("session")
         if session:  # stopped: its workspace is still, and still here
             await self._save_workspace(info.id, session)
@@ -656,6 +706,8 @@ class Manager:
                     if folder.name not in report.orphans:
                         report.orphans.append(folder.name)
         quota.collect(self.home)  # spare workspaces of processes that died
+        if (self.home / "volumes").is_dir():  # records of sandboxes gone without a destroy
+            self.volumes.collect()
         report.removed += await self.pools.maintain()  # dead members out; pools topped up
         await self.settle()
         return report
@@ -783,3 +835,18 @@ def check_binds(
             provider=provider.name,
         )
     return spec.model_copy(update={"binds": binds.resolve(spec.binds, roots)})
+
+
+def check_volumes(provider: Provider, spec: SandboxSpec, owner: str) -> None:
+    """Volumes need a provider that mounts host folders (bwrap, docker); the remote provider
+    passes their names on to its server, except from a server's tenant (its names are this
+    server's, not the far one's)."""
+    if not spec.volumes:
+        return
+    if provider.binds == "forward" and owner == "":
+        return
+    if provider.binds != "local":
+        raise InvalidArgumentError(
+            f"the {provider.name} provider cannot mount volumes: use bwrap or docker",
+            provider=provider.name,
+        )

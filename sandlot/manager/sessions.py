@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import ValidationError
+
 from ..errors import (
     InvalidArgumentError,
     SandboxNotFoundError,
@@ -36,7 +38,7 @@ from ..errors import (
     SessionBusyError,
     SessionError,
 )
-from ..models import SandboxSpec, check_seconds
+from ..models import SandboxSpec, VolumeMount, check_seconds, check_volumes, describe
 from ..secrets.store import SecretStore
 from ..supervisor import Loop, Supervisor
 from .manager import LiveSandbox, Manager, default_provider
@@ -201,7 +203,10 @@ class Sessions:
         idle_timeout: float | None = None,
         checkpoint_every: float | None = CHECKPOINT_EVERY,
         delete_after: datetime | float | None = None,
+        volumes: builtins.list[Any] | None = None,
     ) -> Any:
+        """A new durable session. ``volumes``: named volumes (VolumeMount or its dict) that
+        every sandbox attached to it mounts."""
         from ..workspace import check_store_url
 
         settings = {
@@ -210,6 +215,9 @@ class Sessions:
             "checkpoint_every": check_seconds(checkpoint_every, "checkpoint_every"),
             "delete_after": check_when(delete_after),
         }
+        if volumes:
+            mounts = _volume_mounts(volumes)
+            settings["volumes"] = json.dumps([m.model_dump() for m in mounts])
         record = await self._write(self.records.create_session, tenant, metadata, **settings)
         self.note(record.id, "session", {"event": "created", "workspace": record.workspace})
         return record
@@ -287,7 +295,7 @@ class Sessions:
         secret references resolve with (a server: the tenant's)."""
         ttl = check_seconds(lease_ttl, "lease_ttl") or LEASE_TTL
         record = await self.get(session_id, tenant)
-        spec = default_provider(spec)
+        spec = default_provider(_with_session_volumes(spec, record.volumes))
         provider = spec.provider or "bwrap"
         self.workspaces.check_provider(provider)
         key = pool_key(spec)  # what a reusing request must match: the sandbox, not its labels
@@ -327,7 +335,7 @@ class Sessions:
         fails, so no half-restored workspace is ever saved."""
         session_id = record.id
         spec = spec.model_copy(update={"metadata": {**spec.metadata, SESSION_KEY: session_id}})
-        live = await self.manager.create(spec, secrets=secrets)
+        live = await self.manager.create(spec, secrets=secrets, volume_owner=record.tenant)
         sandbox_id = live.info.id
         lease: Any = None
         restored: Any = None
@@ -674,3 +682,27 @@ class Sessions:
     async def unlock(self, session_id: str, execution: str) -> bool:
         """False: a forced takeover cancelled this run."""
         return await self._write(self.store.unlock, session_id, execution)
+
+
+def _volume_mounts(volumes: builtins.list[Any]) -> builtins.list[VolumeMount]:
+    """Volume mounts from VolumeMount objects or their dicts, checked as a spec checks them."""
+    try:
+        mounts = [VolumeMount.model_validate(v) for v in volumes]
+        check_volumes(mounts, [], None)
+    except (ValidationError, ValueError) as exc:
+        message = describe(exc, "volumes") if isinstance(exc, ValidationError) else str(exc)
+        raise InvalidArgumentError(message) from None
+    return mounts
+
+
+def _with_session_volumes(spec: SandboxSpec, volumes: builtins.list[Any]) -> SandboxSpec:
+    """The spec with the session's volumes first (a spec's own at the same path is an
+    overlap, refused)."""
+    if not volumes:
+        return spec
+    merged = [*_volume_mounts(volumes), *spec.volumes]
+    try:
+        check_volumes(merged, spec.binds, spec.workspace_alias)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    return spec.model_copy(update={"volumes": merged})

@@ -33,7 +33,15 @@ from ..errors import (
     SandboxClosedError,
     SandboxError,
 )
-from ..models import ProviderInfo, Resources, SandboxSpec, overlaps
+from ..models import (
+    Bind,
+    ProviderInfo,
+    Resources,
+    SandboxSpec,
+    mounted_volumes,
+    overlaps,
+    volume_uid,
+)
 from ..supervisor import Supervisor
 from . import (
     agent_files,
@@ -146,7 +154,7 @@ class BwrapProvider(Provider):
         if reason is not None:
             raise ProviderUnavailableError(f"bwrap cannot isolate here: {reason}", reason=reason)
         _check_alias(spec.workspace_alias, config.ro_binds)
-        host_user = _check_binds(spec, config)
+        host_user = _volume_user(spec, config, _check_binds(spec, config))
         template = None
         if spec.template is not None:
             rootfs.require()
@@ -267,7 +275,7 @@ class BwrapProvider(Provider):
         the user namespace and (unless detached) the lifeline; every descriptor of ours that
         bwrap has its own copy of is closed here, whether it started or not."""
         try:
-            bind_fds = binds.open_all(spec.binds)
+            bind_fds = binds.open_all(_all_binds(spec))
         except BaseException:
             if namespace is not None:
                 os.close(namespace.fd)  # as _spawn would have
@@ -377,7 +385,8 @@ class BwrapProvider(Provider):
         agent_args += writable_args(spec.workspace_alias)
         if build:
             agent_args += ["--writable", "/"]
-        agent_args += [a for b in spec.binds if b.mode == "rw" for a in ("--writable", b.path)]
+        rw = [b.path for b in _all_binds(spec) if b.mode == "rw"]
+        agent_args += [a for path in rw for a in ("--writable", path)]
         agent_args += ["--reap-all"]
         agent_args += ["--workdir", spec.workdir]
         if not limited:
@@ -577,7 +586,7 @@ def bind_args(spec: SandboxSpec, fds: list[int]) -> list[str]:
     """The caller's binds, from descriptors opened without following symlinks (see
     :mod:`.binds`); bwrap makes their mount points (and parents) in the new root."""
     args: list[str] = []
-    for bind, fd in zip(spec.binds, fds, strict=True):
+    for bind, fd in zip(_all_binds(spec), fds, strict=True):
         args += ["--bind-fd" if bind.mode == "rw" else "--ro-bind-fd", str(fd), bind.path]
     return args
 
@@ -587,7 +596,7 @@ def _check_binds(spec: SandboxSpec, config: BwrapConfig) -> str | int | None:
     a fresh uid), so it can read the bound files and what it writes is owned by the user who
     runs sandlot; another host_user is refused for a read-write bind (its files would be
     that user's). A bind may not overlap the operator's ro_binds."""
-    for bind in spec.binds:
+    for bind in _all_binds(spec):
         for path in config.ro_binds:
             if overlaps(bind.path, path.rstrip("/") or "/"):
                 raise InvalidArgumentError(f"bind path {bind.path} overlaps ro_binds {path}")
@@ -601,6 +610,34 @@ def _check_binds(spec: SandboxSpec, config: BwrapConfig) -> str | int | None:
             )
         return config.host_user
     return pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
+
+
+def _all_binds(spec: SandboxSpec) -> list[Bind]:
+    """The caller's binds, then the volumes' host folders (resolved by the manager)."""
+    return [*spec.binds, *mounted_volumes(spec)]
+
+
+def _volume_user(
+    spec: SandboxSpec, config: BwrapConfig, host_user: str | int | None
+) -> str | int | spawn.HostUser | None:
+    """As root, a sandbox that mounts volumes runs as their owner's volume uid (see
+    workspace/volumes.py), so every sandbox of that owner can write their files; binds or
+    an operator's host_user would make the files another user's: refused together."""
+    uid = volume_uid(spec)
+    if uid is None or os.geteuid() != 0:
+        return host_user
+    if spec.binds:
+        raise InvalidArgumentError(
+            "volumes and binds cannot be mounted together when sandlot runs as root (a "
+            "sandbox with binds runs as root's own user, and would leave volume files no "
+            "other sandbox can change): use one or the other"
+        )
+    if config.host_user is not None:
+        raise InvalidArgumentError(
+            f"volumes cannot be mounted in a sandbox with host_user={config.host_user!r}: "
+            "its files belong to the volume owner's own uid"
+        )
+    return spawn.HostUser(uid, uid)
 
 
 def _check_alias(alias: str | None, ro_binds: list[str]) -> None:
@@ -683,9 +720,13 @@ def _probe() -> str | None:
     return None
 
 
-async def _namespace_for(setting: str | int | None) -> userns.Namespace | None:
+async def _namespace_for(setting: str | int | spawn.HostUser | None) -> userns.Namespace | None:
     """As root, the sandbox's own user namespace (see :mod:`.userns`); None: bwrap makes
-    one itself, as the current user."""
+    one itself, as the current user. A HostUser (a volume owner's uid): a namespace made
+    for it now, no spares kept (one owner's sandboxes are few)."""
+    if isinstance(setting, spawn.HostUser):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, userns.create, SANDBOX_UID, SANDBOX_GID, setting)
     fixed = _host_user(setting)
     if os.geteuid() != 0 or (setting is not None and fixed is None):
         return None  # not root, or host_user="root" asked for by name: bwrap unshares

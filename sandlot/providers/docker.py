@@ -43,7 +43,7 @@ from ..errors import (
     SandboxStartError,
     SandlotError,
 )
-from ..models import ProviderInfo, SandboxSpec
+from ..models import ProviderInfo, SandboxSpec, volume_uid
 from . import agent_files, docker_templates, quota, seccomp, spawn, userns
 from .base import Provider, Started
 from .docker_config import (
@@ -615,6 +615,14 @@ def _ids(spec: SandboxSpec, config: DockerConfig) -> tuple[int, int]:
     """The container's user. With binds: sandlot's own unless ``user`` is set (a fresh uid
     could not read the bound files, and what the sandbox writes must be the host user's); a
     read-write bind with another ``user`` is refused, its files would be that user's."""
+    uid = volume_uid(spec)
+    if uid is not None and os.geteuid() == 0:  # the volumes' owner (workspace/volumes.py)
+        if spec.binds or config.user is not None:
+            raise InvalidArgumentError(
+                "volumes cannot be mounted together with binds or a set user when sandlot "
+                "runs as root: their files belong to the volume owner's own uid"
+            )
+        return uid, uid
     if not spec.binds:
         return config.ids()
     if config.user is None:

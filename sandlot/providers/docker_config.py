@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from ..models import SandboxSpec
+from ..models import SandboxSpec, mounted_volumes
 from . import agent_files, userns
 from .base import ProviderConfig
 
@@ -164,7 +164,7 @@ def _agent_argv(spec: SandboxSpec, config: DockerConfig) -> list[str]:
 
 def _writable(spec: SandboxSpec) -> tuple[str, ...]:
     alias = spec.workspace_alias
-    rw = tuple(b.path for b in spec.binds if b.mode == "rw")
+    rw = tuple(b.path for b in [*spec.binds, *mounted_volumes(spec)] if b.mode == "rw")
     return (*WRITABLE, *rw) if alias is None else (*WRITABLE, alias, *rw)
 
 
@@ -191,6 +191,8 @@ def _host_config(
             # The caller's binds, resolved by the manager (the engine follows symlinks in
             # them again: see docs/security.md).
             *(_bind(Path(b.host), b.path, read_only=b.mode == "ro") for b in spec.binds),
+            # Named volumes: their folders, resolved by the manager (workspace/volumes.py).
+            *(_bind(Path(v.host), v.path, read_only=v.mode == "ro") for v in mounted_volumes(spec)),
         ],
         "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={resources.tmp_mb}m,mode=1777"},
         "Memory": memory,

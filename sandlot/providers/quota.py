@@ -158,6 +158,24 @@ async def cap(workspace: Path, disk_mb: int | None, home: Path) -> int | None:
     return size
 
 
+def make_image(home: Path, size: int, image: Path) -> None:
+    """A fresh, empty image of ``size`` MiB at ``image`` (a copy of its template): for a
+    file system that outlives sandboxes (a named volume), mounted by :func:`mount_at`."""
+    _sparse_copy(_template(home, size), image)
+
+
+def mount_at(image: Path, folder: Path) -> None:
+    """Mount ``image`` (no set-uid, no devices) at the existing ``folder``, in the host's
+    mount namespace, without its ``lost+found``; the loop device goes with the mount."""
+    fd = _mount_image(image)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir("lost+found", dir_fd=fd)
+        _syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, bytes(folder), MOVE_MOUNT_F_EMPTY_PATH)
+    finally:
+        os.close(fd)
+
+
 def _discard_made(made: asyncio.Future[_Spare]) -> None:
     if not made.cancelled() and made.exception() is None:
         _discard(made.result())

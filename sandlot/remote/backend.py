@@ -151,6 +151,10 @@ def spec_body(spec: SandboxSpec) -> dict[str, Any]:
         del body["workspace_alias"]  # likewise: only a server that knows it gets it
     if not spec.binds:
         del body["binds"]
+    if not spec.volumes:
+        del body["volumes"]  # likewise (docs/volumes.md)
+    if spec.template is None:
+        del body["template"]
     return body
 
 

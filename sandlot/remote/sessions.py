@@ -45,6 +45,8 @@ class RemoteSessions:
         }
         for name in ("idle_timeout", "checkpoint_every"):  # None is meant: "never"
             body[name] = settings.get(name)
+        if settings.get("volumes"):
+            body["volumes"] = settings["volumes"]
         delete_after = _when(settings.get("delete_after"))
         if delete_after is not None:
             body["delete_after"] = delete_after

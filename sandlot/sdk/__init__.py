@@ -8,6 +8,7 @@ from .sandbox import AsyncSandbox
 from .session import AsyncSession
 from .sync import CommandHandle, Commands, ExecutionHandle, Files, Pty, PtyHandle, Sandbox
 from .sync_session import Session
+from .volumes import AsyncVolumes, Volumes
 
 __all__ = [
     "AsyncCommandHandle",
@@ -18,6 +19,7 @@ __all__ = [
     "AsyncPtyHandle",
     "AsyncSandbox",
     "AsyncSession",
+    "AsyncVolumes",
     "CommandHandle",
     "Commands",
     "ExecutionHandle",
@@ -26,4 +28,5 @@ __all__ = [
     "PtyHandle",
     "Sandbox",
     "Session",
+    "Volumes",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -24,6 +24,7 @@ from ..models import (
     Resources,
     SandboxInfo,
     SandboxSpec,
+    VolumeMount,
     check_seconds,
     describe,
 )
@@ -63,6 +64,9 @@ def build_spec(
     idle_timeout: Any = DEFAULT_IDLE_TIMEOUT,
     workspace_alias: str | None = None,
     binds: Sequence[Bind | dict[str, Any]] | None = None,
+    *,
+    volumes: VolumesArg = None,
+    template: str | None = None,
 ) -> SandboxSpec:
     try:
         return SandboxSpec(
@@ -75,6 +79,8 @@ def build_spec(
             workdir=workdir,
             workspace_alias=workspace_alias,
             binds=_bind_list(binds),
+            volumes=volume_list(volumes),
+            template=template,
             network=network if network is not None else "none",
             bridge=bridge,
             config=config,
@@ -93,6 +99,26 @@ def _bind_list(binds: Any) -> builtins.list[Any]:
             "binds must be a list of binds, each {'host': PATH, 'path': PATH, 'mode': 'ro' or 'rw'}"
         )
     return list(binds)
+
+
+VolumesArg = Mapping[str, str] | Sequence[VolumeMount | dict[str, Any]] | None
+
+
+def volume_list(volumes: Any) -> builtins.list[Any]:
+    """``volumes`` as a list of mounts: ``{"data": "/data"}`` (name to path, read-write) or
+    a list of :class:`VolumeMount` or ``{"name", "path", "mode"}`` dicts."""
+    if volumes is None:
+        return []
+    if isinstance(volumes, Mapping):
+        if set(volumes) >= {"name", "path"}:
+            raise InvalidArgumentError(
+                "volumes is {NAME: PATH} or a list of {'name': NAME, 'path': PATH, 'mode': "
+                "'rw' or 'ro'}; one mount on its own is neither"
+            )
+        return [{"name": name, "path": path} for name, path in volumes.items()]
+    if isinstance(volumes, (str, bytes, VolumeMount)):
+        raise InvalidArgumentError("volumes is {NAME: PATH} or a list of VolumeMount")
+    return list(volumes)
 
 
 class AsyncSandbox:
@@ -158,6 +184,8 @@ class AsyncSandbox:
         network: NetworkMode | NetworkPolicy | dict[str, Any] = "none",
         bridge: BridgeConfig | dict[str, Any] | None = None,
         binds: Sequence[Bind | dict[str, Any]] | None = None,
+        volumes: VolumesArg = None,
+        template: str | None = None,
         client: Client | None = None,
         **config: Any,
     ) -> _Creating:
@@ -175,10 +203,13 @@ class AsyncSandbox:
         docs/lifetimes.md. ``workspace_alias``: a second path of the workspace (the same
         files as /workspace, e.g. ``/home/user``; see SandboxSpec). ``binds``: host folders
         or files mounted in the sandbox, ``[{"host": "/home/me/proj", "path": "/project",
-        "mode": "rw"}]`` (see Bind and docs/sdk.md, "Host folders in a sandbox")."""
+        "mode": "rw"}]`` (see Bind and docs/sdk.md, "Host folders in a sandbox").
+        ``volumes``: named volumes to mount, ``{"data": "/data"}`` or a list of
+        ``{"name", "path", "mode"}`` (see docs/volumes.md). ``template``: the template its
+        root file system comes from (a name; see docs/templates.md)."""
         spec = build_spec(
             provider, timeout, env, metadata, resources, workdir, config, network, bridge,
-            idle_timeout, workspace_alias, binds,
+            idle_timeout, workspace_alias, binds, volumes=volumes, template=template,
         )  # fmt: skip
         return _Creating(cls._create(spec, client))
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidArgumentError
 from ..models import SandboxSpec, SessionEvent, SessionInfo
-from .sandbox import AsyncSandbox, build_spec
+from .sandbox import AsyncSandbox, VolumesArg, build_spec, volume_list
 
 if TYPE_CHECKING:
     from ..manager.sessions import Sessions
@@ -178,14 +178,18 @@ def _settings(
     idle_timeout: float | None,
     checkpoint_every: float | None,
     delete_after: datetime | float | None,
+    volumes: VolumesArg = None,
 ) -> dict[str, Any]:
     """A new session's settings, as the backends take them."""
-    return {
+    settings: dict[str, Any] = {
         "workspace": workspace_store,
         "idle_timeout": idle_timeout,
         "checkpoint_every": checkpoint_every,
         "delete_after": delete_after,
     }
+    if volumes:
+        settings["volumes"] = volume_list(volumes)
+    return settings
 
 
 class AsyncSession:
@@ -218,6 +222,7 @@ class AsyncSession:
         idle_timeout: float | None = None,
         checkpoint_every: float | None = CHECKPOINT_EVERY,
         delete_after: datetime | float | None = None,
+        volumes: VolumesArg = None,
         client: Client | None = None,
     ) -> AsyncSession:
         """A new session. ``workspace_store``: ``"local"`` (a folder in the state folder) or
@@ -226,8 +231,10 @@ class AsyncSession:
         its sandbox is checkpointed and stopped. ``checkpoint_every``: seconds between
         checkpoints while a sandbox is attached (default 300; None: only on detach and
         when asked). ``delete_after``: a time (or seconds from
-        now) at which the session and its data are deleted."""
-        settings = _settings(workspace_store, idle_timeout, checkpoint_every, delete_after)
+        now) at which the session and its data are deleted. ``volumes``: named volumes
+        every sandbox attached to it mounts, ``{"data": "/data"}`` or a list of
+        ``{"name", "path", "mode"}`` (see docs/volumes.md)."""
+        settings = _settings(workspace_store, idle_timeout, checkpoint_every, delete_after, volumes)
         backend = await sessions_for(client)
         return cls(backend, await backend.create_session(_check_metadata(metadata), settings))
 
@@ -240,6 +247,7 @@ class AsyncSession:
         idle_timeout: float | None = None,
         checkpoint_every: float | None = CHECKPOINT_EVERY,
         delete_after: datetime | float | None = None,
+        volumes: VolumesArg = None,
         client: Client | None = None,
     ) -> AsyncSession:
         """The caller's session whose metadata holds every pair of ``metadata``; if there is
@@ -253,7 +261,7 @@ class AsyncSession:
         wanted = _check_metadata(metadata)
         if not wanted:
             raise InvalidArgumentError("find_or_create needs metadata to find the session by")
-        settings = _settings(workspace_store, idle_timeout, checkpoint_every, delete_after)
+        settings = _settings(workspace_store, idle_timeout, checkpoint_every, delete_after, volumes)
         backend = await sessions_for(client)
         async with _creation_lock(backend):
             found = await backend.list_sessions(wanted)  # every pair held (the store's filter)
@@ -295,6 +303,8 @@ class AsyncSession:
         network: Any = "none",
         workspace_alias: str | None = None,
         binds: builtins.list[Any] | None = None,
+        volumes: VolumesArg = None,
+        template: str | None = None,
         **config: Any,
     ) -> _Attaching:
         """Attach a sandbox: its /workspace holds the session's latest checkpoint, and
@@ -311,10 +321,12 @@ class AsyncSession:
         the sandbox is checkpointed and stopped (None: never; see docs/lifetimes.md).
         ``workspace_alias``: a second path of the workspace (see SandboxSpec). ``binds``:
         host paths mounted in this sandbox (see Bind): the session does not keep them, so
-        pass them to each sandbox; they are not part of its checkpoints."""
+        pass them to each sandbox; they are not part of its checkpoints. ``volumes``: named
+        volumes for this sandbox, beside those the session always mounts (see
+        docs/volumes.md). ``template``: the template its root file system comes from."""
         spec = build_spec(
             provider, timeout, env, None, resources, "/workspace", config, network, None,
-            idle_timeout, workspace_alias, binds,
+            idle_timeout, workspace_alias, binds, volumes=volumes, template=template,
         )  # fmt: skip
         return _Attaching(self, spec, reuse, force, lease_ttl)
 

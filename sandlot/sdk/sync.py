@@ -58,7 +58,7 @@ from .commands import (
 from .files import MAX_FILE_BYTES, AsyncFiles
 from .mirror import adds, mirror
 from .pty import AsyncPty, AsyncPtyHandle
-from .sandbox import AsyncSandbox, build_spec
+from .sandbox import AsyncSandbox, VolumesArg, build_spec
 
 if TYPE_CHECKING:
     from types import EllipsisType
@@ -528,6 +528,8 @@ class Sandbox:
         network: NetworkMode | NetworkPolicy | dict[str, Any] = "none",
         bridge: BridgeConfig | dict[str, Any] | None = None,
         binds: Sequence[Bind | dict[str, Any]] | None = None,
+        volumes: VolumesArg = None,
+        template: str | None = None,
         client: Client | None = None,
         **config: Any,
     ) -> Sandbox:
@@ -545,10 +547,13 @@ class Sandbox:
         docs/lifetimes.md. ``workspace_alias``: a second path of the workspace (the same
         files as /workspace, e.g. ``/home/user``; see SandboxSpec). ``binds``: host folders
         or files mounted in the sandbox, ``[{"host": "/home/me/proj", "path": "/project",
-        "mode": "rw"}]`` (see Bind and docs/sdk.md, "Host folders in a sandbox")."""
+        "mode": "rw"}]`` (see Bind and docs/sdk.md, "Host folders in a sandbox").
+        ``volumes``: named volumes to mount, ``{"data": "/data"}`` or a list of
+        ``{"name", "path", "mode"}`` (see docs/volumes.md). ``template``: the template its
+        root file system comes from (a name; see docs/templates.md)."""
         spec = build_spec(
             provider, timeout, env, metadata, resources, workdir, config, network, bridge,
-            idle_timeout, workspace_alias, binds,
+            idle_timeout, workspace_alias, binds, volumes=volumes, template=template,
         )  # fmt: skip
         return cls(_portal.call(AsyncSandbox._create(spec, client)))
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..models import SandboxSpec, SessionEvent, SessionInfo
 from .mirror import differs, mirror
+from .sandbox import VolumesArg
 from .session import CHECKPOINT_EVERY, LEASE_TTL, AsyncSession
 from .sync import Sandbox, _portal
 
@@ -47,6 +48,7 @@ class Session:
         idle_timeout: float | None = None,
         checkpoint_every: float | None = CHECKPOINT_EVERY,
         delete_after: datetime | float | None = None,
+        volumes: VolumesArg = None,
         client: Client | None = None,
     ) -> Session:
         """A new session. ``workspace_store``: ``"local"`` (a folder in the state folder) or
@@ -55,7 +57,9 @@ class Session:
         its sandbox is checkpointed and stopped. ``checkpoint_every``: seconds between
         checkpoints while a sandbox is attached (default 300; None: only on detach and
         when asked). ``delete_after``: a time (or seconds from
-        now) at which the session and its data are deleted."""
+        now) at which the session and its data are deleted. ``volumes``: named volumes
+        every sandbox attached to it mounts, ``{"data": "/data"}`` or a list of
+        ``{"name", "path", "mode"}`` (see docs/volumes.md)."""
         return cls(
             _portal.call(
                 AsyncSession.create(
@@ -64,6 +68,7 @@ class Session:
                     idle_timeout=idle_timeout,
                     checkpoint_every=checkpoint_every,
                     delete_after=delete_after,
+                    volumes=volumes,
                     client=client,
                 )
             )
@@ -78,6 +83,7 @@ class Session:
         idle_timeout: float | None = None,
         checkpoint_every: float | None = CHECKPOINT_EVERY,
         delete_after: datetime | float | None = None,
+        volumes: VolumesArg = None,
         client: Client | None = None,
     ) -> Session:
         """The caller's session whose metadata holds every pair of ``metadata``; if there is
@@ -96,6 +102,7 @@ class Session:
                     idle_timeout=idle_timeout,
                     checkpoint_every=checkpoint_every,
                     delete_after=delete_after,
+                    volumes=volumes,
                     client=client,
                 )
             )
@@ -133,6 +140,8 @@ class Session:
         network: Any = "none",
         workspace_alias: str | None = None,
         binds: builtins.list[Any] | None = None,
+        volumes: VolumesArg = None,
+        template: str | None = None,
         **config: Any,
     ) -> _Attached:
         """Attach a sandbox: its /workspace holds the session's latest checkpoint, and
@@ -147,7 +156,9 @@ class Session:
         seconds without any use (no command or cell running, no stream, no call) after which
         the sandbox is checkpointed and stopped (None: never; see docs/lifetimes.md).
         ``workspace_alias``: a second path of the workspace (see SandboxSpec). ``binds``:
-        host paths mounted in this sandbox (see Bind; not kept by the session)."""
+        host paths mounted in this sandbox (see Bind; not kept by the session). ``volumes``:
+        named volumes for this sandbox, beside those the session always mounts (see
+        docs/volumes.md). ``template``: the template its root file system comes from."""
         attaching = self._inner.sandbox(
             provider,
             reuse=reuse,
@@ -160,6 +171,8 @@ class Session:
             network=network,
             workspace_alias=workspace_alias,
             binds=binds,
+            volumes=volumes,
+            template=template,
             **config,
         )
         spec: SandboxSpec = attaching._args[0]

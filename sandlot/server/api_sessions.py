@@ -106,6 +106,7 @@ async def create_session(
             idle_timeout=body.idle_timeout,
             checkpoint_every=body.checkpoint_every,
             delete_after=body.delete_after,
+            volumes=body.volumes,
         )
     except BaseException:
         await once.abandon()

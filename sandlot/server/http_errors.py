@@ -28,6 +28,7 @@ from ..errors import (
     ServerError,
     SessionBusyError,
     SessionError,
+    VolumeError,
 )
 
 T = TypeVar("T")
@@ -45,6 +46,7 @@ STATUS: dict[type[SandlotError], int] = {
     IdempotencyConflictError: 409,
     SessionError: 409,  # the session's state does not allow it (e.g. no sandbox attached)
     SessionBusyError: 409,
+    VolumeError: 409,  # exists already, mounted, or a quota is full
     SandboxClosedError: 410,
     FileTooLargeError: 413,
     ProviderUnavailableError: 422,  # this server cannot provide what was asked for

@@ -97,6 +97,13 @@ class ServerSettings(BaseModel):
         "symlinks are resolved on this machine); empty: binds are refused. Any tenant may "
         "bind anything beneath them",
     )
+    volume_count: int = Field(100, ge=0, description="named volumes per tenant")
+    volume_total_mb: int = Field(
+        1 << 20,
+        ge=0,
+        description="the sizes of a tenant's named volumes together, in MiB (an uncapped "
+        "volume counts as 10 GiB)",
+    )
     e2b: bool = Field(True, description="serve E2B's API beside sandlot's own (docs/e2b.md)")
     mcp: bool = Field(
         True, description="serve the MCP tools at /mcp (docs/mcp.md; needs the mcp package)"
@@ -442,7 +449,9 @@ class ServerState:
         self.check_network(spec.network)
         if spec.bridge is not None:
             await self.check_bridge(spec.bridge)
-        live = await self.manager.create(spec, secrets=self.secrets(principal.tenant))
+        live = await self.manager.create(
+            spec, secrets=self.secrets(principal.tenant), volume_owner=principal.tenant
+        )
         info = live.info
         record = SandboxRecord(
             id=info.id,

@@ -129,6 +129,9 @@ sessions = Table(
     # Where its running commands stand in their agents' output logs: JSON, execution id ->
     # place (transcript.recorder), written with their output by the append that numbers it.
     Column("resume", Text),
+    # The named volumes every sandbox attached to it mounts (0006): JSON, a list of
+    # {"name", "path", "mode"}; None: none.
+    Column("volumes", Text),
 )
 # Sessions with a log retention may drop (ended, something left); the queries that look for
 # them spell the same text, so SQLite and PostgreSQL can use these partial indexes (0004).

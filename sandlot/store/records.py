@@ -59,6 +59,7 @@ class SessionRecord(BaseModel):
     lock_holder: str | None = None
     lock_since: datetime | None = None
     lock_execution: str | None = None
+    volumes: list[dict[str, str]] = Field(default_factory=list)  # mounted by its sandboxes
 
 
 class SandboxRecord(BaseModel):
@@ -116,6 +117,7 @@ def _session(row: Any) -> SessionRecord:
         lock_holder=row.lock_holder,
         lock_since=ts_or_none(row.lock_since),
         lock_execution=row.lock_execution,
+        volumes=json.loads(row.volumes) if row.volumes else [],
     )
 
 

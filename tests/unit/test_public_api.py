@@ -16,6 +16,7 @@ PUBLIC = [
     "AsyncPtyHandle",
     "AsyncSandbox",
     "AsyncSession",
+    "AsyncVolumes",
     "AuthenticationError",
     "BridgeConfig",
     "Client",
@@ -98,7 +99,15 @@ PUBLIC = [
     "SessionNotFoundError",
     "TemplateBuildError",
     "TemplateNotFoundError",
+    "VolumeError",
+    "VolumeInUseError",
+    "VolumeInfo",
+    "VolumeMount",
+    "VolumeNotFoundError",
+    "Volumes",
     "__version__",
+    "async_volumes",
+    "volumes",
 ]
 
 # Loaded when used, never by importing the package or the SDK.

@@ -36,6 +36,7 @@ ASYNC_TO_SYNC = {
     "AsyncExecutionHandle": "ExecutionHandle",
     "AsyncPty": "Pty",
     "AsyncPtyHandle": "PtyHandle",
+    "AsyncVolumes": "Volumes",
     # Awaitable and ``async with``-able: the sync face returns the sandbox itself.
     "_Creating": "Sandbox",
     "_Attaching": "Sandbox",
