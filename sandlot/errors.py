@@ -132,6 +132,8 @@ class TemplateNotFoundError(NotFoundError):
     """A template name (or ``sha256:`` digest) that this owner's template store does not hold."""
 
     code = "template_not_found"
+
+
 class VolumeNotFoundError(NotFoundError):
     """No named volume of that name (for this owner: another tenant's is not found)."""
 
