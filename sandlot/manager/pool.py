@@ -178,6 +178,7 @@ class Pools:
         self._filler: PoolOwner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refilling: dict[str, asyncio.Task[Any]] = {}
+        self._again: set[str] = set()  # pools taken from while their refill ran
         self._token = secrets.token_hex(4)
         self._closed = False
         manager.on_release.append(_released)
@@ -400,6 +401,8 @@ class Pools:
             return
         running = self._refilling.get(key)
         if running is not None and not running.done():
+            # It may have counted its slots before this take: it runs once more.
+            self._again.add(key)
             return
         task = Supervisor.current().spawn(self._top_up_later(key, delay), "pool-refill")
         self._refilling[key] = task
@@ -414,7 +417,11 @@ class Pools:
             # create started now could not finish, and would leave a sandbox behind with
             # neither a record nor a cgroup. The next take or gc tops the pool up.
             return
-        await self.top_up(key)
+        while True:
+            self._again.discard(key)
+            await self.top_up(key)
+            if key not in self._again or self._closed:
+                return
 
     def _refilled(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -129,3 +129,16 @@ def test_a_pool_of_a_missing_template_is_refused() -> None:
     assert on_manager(take) is None  # no pool; the create itself says what is missing
     with pytest.raises(NotFoundError):
         create("f-no-such")
+
+
+def test_upkeep_moves_a_pool_to_a_rebuild_before_any_take(store: TemplateStore) -> None:
+    build(store, "f-upkeep", "one\n")
+    on_manager(lambda m: m.pools.set(SandboxSpec(template="f-upkeep"), 1))
+    second = build(store, "f-upkeep", "two\n")
+    sandlot.Sandbox.gc()  # upkeep: dead members out, followed names moved, pools topped up
+    ((_, spec, _),) = _by_template("f-upkeep")
+    assert spec["template"] == f"sha256:{second}"
+    assert wait_until(lambda: len(_by_template("f-upkeep")[0][2]) == 1, 30)
+    with create("f-upkeep") as sb:
+        assert sb.info.handle.get("pooled") is True
+        assert sb.files.read(MARKER) == "two\n"
