@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import subprocess
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from sandlot.manager import Manager
 from sandlot.models import SandboxSpec
 from sandlot.sdk.sandbox import AsyncSandbox
 from sandlot.store import default_home
-from sandlot.workspace.templates import TemplateStore, parse_step
+from sandlot.workspace.templates import TemplateManifest, TemplateStore, parse_step
 from sandlot.workspace.templates.build import build
 
 pytestmark = pytest.mark.timeout(120)
@@ -72,11 +74,11 @@ def file_steps(folder: Path, names: list[str]) -> list:
     return [parse_step("file", f"{folder / n}:/opt/tpl/{n}") for n in names]
 
 
-async def run_build(name: str, steps: list) -> tuple[list, object]:
+async def run_build(name: str, steps: list, **options) -> tuple[list, TemplateManifest]:
     events: list = []
     manager = Manager()
     try:
-        manifest = await build(manager, name, "host", steps, on_event=events.append)
+        manifest = await build(manager, name, "host", steps, on_event=events.append, **options)
     finally:
         await manager.close()
     return events, manifest
@@ -101,6 +103,11 @@ async def test_a_changed_file_step_redoes_itself_and_what_follows(tmp_path):
     assert (view[1] / "opt/tpl/b").read_text() == "b, changed"
     assert store.log_path(manifest.digest()).is_file()
     assert [e.type for e in events][-1] == "done"
+    # --no-cache runs every step again; the layers in use stay as they are
+    events, again = await run_build("files", steps, no_cache=True)
+    assert cached_flags(events) == [False, False, False]
+    assert again.layer_ids == manifest.layer_ids  # the same content: the same layers
+    assert all(store.layer_dir(i).is_dir() for i in manifest.layer_ids)
 
 
 @needs_template_sandboxes
@@ -161,3 +168,74 @@ async def test_a_failed_run_step_is_named_with_its_log(tmp_path):
     store = TemplateStore(default_home())
     with pytest.raises(LookupError):
         store.get("broken")
+
+
+def test_the_cli_builds_lists_shows_exports_imports_removes_and_collects(tmp_path, capsys):
+    from sandlot.cli.entry_point import main
+
+    def cli(*args: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            main(["template", *args])
+        out, err = capsys.readouterr()
+        assert done.value.code == 0, err
+        return out
+
+    (tmp_path / "f").write_text("from the cli\n")
+    events = [
+        json.loads(line)
+        for line in cli("build", "clitpl", "--from", "host", "--env", "A=1",
+                        "--file", f"{tmp_path / 'f'}:/opt/clitpl/f", "--json").splitlines()
+    ]  # fmt: skip
+    assert [e["name"] for e in events if e["type"] == "step_started"] == [
+        "env A=1",
+        f"file {tmp_path / 'f'}:/opt/clitpl/f",
+    ]
+    assert events[-1]["type"] == "done"
+    assert "clitpl" in [t["name"] for t in json.loads(cli("ls", "--json"))]
+    shown = json.loads(cli("show", "clitpl", "--json"))
+    assert shown["env"] == {"A": "1"} and shown["base"]["kind"] == "host"
+    assert shown["digest"] == "sha256:" + events[-1]["digest"] and Path(shown["log"]).is_file()
+    cli("export", "clitpl", "-o", str(tmp_path / "t.tar"))
+    cli("import", str(tmp_path / "t.tar"), "--name", "clicopy")
+    copy = json.loads(cli("show", "clicopy", "--json"))
+    assert copy["steps"] == shown["steps"]
+    cli("rm", "clitpl", "clicopy")
+    assert "clitpl" not in [t["name"] for t in json.loads(cli("ls", "--json"))]
+    report = json.loads(cli("gc", "--json"))
+    assert events[-1]["digest"] in report["removed_manifests"]
+
+
+@pytest.fixture
+def web_on_loopback(tmp_path) -> Iterator[str]:
+    """An HTTP server on 127.0.0.2 (not in a sandbox's NO_PROXY: reached through its proxy)."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "x").write_text("served\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.2:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_run_steps_have_no_network_unless_allowed(web_on_loopback):
+    fetch = (
+        "python3 -c \"import urllib.request as u; open('/opt/fetched', 'w')"
+        f".write(u.urlopen('http://{web_on_loopback}/x').read().decode())\""
+    )
+    steps = [parse_step("run", fetch)]
+    manager = Manager()
+    try:
+        with pytest.raises(TemplateBuildError, match="exit 1"):
+            await build(manager, "offline", "host", steps)
+        await build(manager, "online", "host", steps, allow=[web_on_loopback])
+    finally:
+        await manager.close()
+    root = TemplateStore(default_home()).resolve("online").lowers[0]
+    assert (root / "opt/fetched").read_text() == "served\n"
