@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
-import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,22 @@ import pytest
 
 import sandlot
 from sandlot.models import SandboxSpec
+from sandlot.providers.bwrap import BwrapProvider
 from sandlot.sdk.sandbox import AsyncSandbox
 from sandlot.workspace.templates.model import BaseInfo, TemplateManifest
 from sandlot.workspace.templates.store import TemplateStore
 
 ROOTFS_TAR = Path("/var/cache/sandlot-test/bookworm-v2-rootfs.tar")
 IMAGE = "sandlot-test-bookworm:v2"
-# What the image-base test needs of Debian's root: not its documentation.
-SKIPPED = ("usr/share/doc/", "usr/share/man/", "usr/share/locale/", "var/cache/")
+# What the image-base tests need of Debian's root: python3 and a shell, not pip or apt.
+SKIPPED = (
+    "usr/share",
+    "var/lib/apt",
+    "var/cache",
+    "usr/lib/python3/dist-packages",
+    "usr/lib/x86_64-linux-gnu/perl*",
+    "usr/lib/x86_64-linux-gnu/gconv",
+)
 
 
 def _home() -> Path:
@@ -74,11 +83,22 @@ def host_template(store: TemplateStore) -> str:
     return "c-host"
 
 
-def _extract_rootfs(target: Path) -> None:
-    """Debian bookworm with python3: setup's cached tar, else exported from the test image."""
-    if ROOTFS_TAR.is_file():
-        with ROOTFS_TAR.open("rb") as source:
-            _extract(source, target)
+def _rootfs(target: Path) -> None:
+    """A slim Debian bookworm with python3 in ``target``: hard links to an extraction cached
+    beside setup's rootfs tar (made once), else extracted from the test image."""
+    cached = ROOTFS_TAR.with_name("c-bookworm-slim")
+    if ROOTFS_TAR.is_file() and not cached.is_dir():
+        staging = Path(tempfile.mkdtemp(dir=ROOTFS_TAR.parent, prefix=".c-bookworm-"))
+        _untar(staging, ["-f", str(ROOTFS_TAR)])
+        staging.chmod(0o755)
+        try:
+            staging.rename(cached)
+        except OSError:  # another run made it first
+            shutil.rmtree(staging, ignore_errors=True)
+    if cached.is_dir():
+        if subprocess.run(["cp", "-al", f"{cached}/.", str(target)]).returncode == 0:
+            return
+        subprocess.run(["cp", "-a", f"{cached}/.", str(target)], check=True)
         return
     made = subprocess.run(["docker", "create", IMAGE, "true"], capture_output=True, text=True)
     if made.returncode != 0:
@@ -86,25 +106,21 @@ def _extract_rootfs(target: Path) -> None:
     container = made.stdout.strip()
     try:
         export = subprocess.Popen(["docker", "export", container], stdout=subprocess.PIPE)
-        assert export.stdout is not None
-        with export.stdout as source:
-            _extract(source, target)
+        _untar(target, [], stdin=export.stdout)
         assert export.wait() == 0
     finally:
         subprocess.run(["docker", "rm", container], capture_output=True)
 
 
-def _extract(source: Any, target: Path) -> None:
-    with tarfile.open(fileobj=source, mode="r|") as tar:
-        for member in tar:
-            if not member.name.removeprefix("./").startswith(SKIPPED) and not member.isdev():
-                tar.extract(member, target, set_attrs=True, filter="fully_trusted")
+def _untar(target: Path, args: list[str], stdin: Any = None) -> None:
+    excluded = [f"--exclude={p}" for p in SKIPPED]
+    subprocess.run(["tar", "-x", "-C", str(target), *excluded, *args], stdin=stdin, check=True)
 
 
 @pytest.fixture(scope="module")
 def image_template(store: TemplateStore) -> str:
     work = store.tmp_dir()
-    _extract_rootfs(work)
+    _rootfs(work)
     base = store.add_layer(work, hashlib.sha256(b"c-bookworm-base").hexdigest())
     marker = _layer(store, {"/etc/template-marker": "image template\n"}, "c-image-marker")
     # A step that deleted a file of the base: an overlayfs whiteout (a 0/0 character device).
@@ -197,15 +213,20 @@ async def test_build_mode_writes_land_in_the_upper_folder_only(store, host_templ
     try:
         done = await _run(
             sb,
-            "id -u && echo built > /opt/x/built && mkdir -p /usr/local/lib/c-pkg "
+            "id -u && read inner host n < /proc/self/uid_map && echo $inner:$host "
+            "&& echo built > /opt/x/built && mkdir -p /usr/local/lib/c-pkg "
             "&& echo 1 > /usr/local/lib/c-pkg/m.py && rm /usr/local/bin/hello "
             "&& echo conf > /etc/c.conf && echo ok",
         )
         assert done.exit_code == 0, done.stderr
-        assert done.stdout == "0\nok\n"
+        uid, mapping, ok = done.stdout.split("\n")[:3]
+        assert (uid, ok) == ("0", "ok")
+        # As root, uid 0 inside is an unprivileged host uid (idmapped folders), never root.
+        assert mapping.startswith("0:") and (os.geteuid() != 0 or mapping != "0:0"), mapping
     finally:
         await sb.kill()
     assert (upper / "opt/x/built").read_text() == "built\n"
+    assert (upper / "opt/x/built").stat().st_uid == os.geteuid()  # as the rest of /usr
     assert (upper / "usr/local/lib/c-pkg/m.py").read_text() == "1\n"
     assert (upper / "etc/c.conf").read_text() == "conf\n"
     assert (upper / "usr/local/bin/hello").is_char_device()  # a whiteout
@@ -253,3 +274,31 @@ async def test_build_mode_on_an_image_base_can_make_top_level_folders(image_temp
     # The step's folder; not the mount points bwrap made for /workspace and the agent.
     assert sorted(p.name for p in upper.iterdir()) == ["app"]
     assert (upper / "app/main.py").read_text() == "a\n"
+
+
+@pytest.mark.filterwarnings("ignore:the 'process' provider:RuntimeWarning")
+@pytest.mark.parametrize(
+    ("provider", "config", "named"),
+    [("process", {}, "process"), ("ssh", {"host": "127.0.0.1", "port": 9}, "ssh hosts")],
+)
+async def test_providers_without_a_root_of_their_own_refuse_templates(
+    host_template, provider, config, named
+):
+    with pytest.raises(sandlot.InvalidArgumentError, match=f"{named}: not yet"):
+        await _create(host_template, provider=provider, config=config)
+
+
+async def test_a_failed_create_and_an_orphan_leave_no_pin(store, host_template):
+    layers = store.get(host_template).layers
+    store.save(
+        TemplateManifest(
+            name="c-no-python", base=BaseInfo(kind="host"), layers=layers, python="/opt/no/python3"
+        )
+    )
+    before = store.pins()
+    with pytest.raises(sandlot.SandboxStartError):
+        await _create("c-no-python")
+    assert store.pins() == before
+    store.pin("sb-c-orphan", store.resolve(host_template).digest)
+    await BwrapProvider(_home()).cleanup_orphan("sb-c-orphan")
+    assert store.pins() == before
