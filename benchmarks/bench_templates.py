@@ -20,9 +20,10 @@ Sections (bwrap, the sync SDK embedded in this process):
   rebuild  the last step changed (``echo vN``, a new N each time) and the template rebuilt:
            the build's wall time vs that step's own time (the build's own event). The pip
            step must come from the cache. Target: rebuild <= 2 s + the step's time (p50s).
-  pool     a pool of 3 of ``template="bench-ds"`` set in this process; the wall time of
-           ``create(template="bench-ds")``, the pool back to its size before each sample.
-           Target: p50 <= 10 ms, every sample a hit.
+  pool     pools of 3 of ``template="bench-ds"`` and of the host set in this process;
+           interleaved, the wall time of a create each serves, both pools back to their size
+           before each sample. Target: template p50 <= 10 ms, every sample a hit (the host
+           pool's take, in the same run, for comparison).
 
     python benchmarks/bench_templates.py --max-load 1.5   # about five minutes
     python benchmarks/bench_templates.py --quick --no-write
@@ -233,24 +234,38 @@ class Bench(BenchBase):
             return
         from sandlot.models import SandboxSpec
 
-        row = self.results.add(Row("pool", f"take from a pool of {POOL_SIZE} ({NAME})", "ms"))
-        status = self._on_manager(lambda m: m.pools.set(SandboxSpec(template=NAME), POOL_SIZE))
-        key = status.key
+        subjects = [TEMPLATE, HOST]
+        rows = {
+            TEMPLATE: self.results.add(
+                Row("pool", f"take from a pool of {POOL_SIZE} ({NAME})", "ms")
+            ),
+            HOST: self.results.add(Row("pool", f"take from a pool of {POOL_SIZE} (host)", "ms")),
+        }
+        keys = {
+            subject: self._on_manager(
+                lambda m, t=template: m.pools.set(SandboxSpec(template=t), POOL_SIZE)
+            ).key
+            for subject, template in ((TEMPLATE, NAME), (HOST, None))
+        }
         try:
-            for index in range(self.args.rounds + 1):  # the first: unrecorded warm-up
+            order = [(False, s) for s in subjects]  # unrecorded warm-up round
+            order += [(True, s) for s in shuffled_rounds(self.rng, subjects, self.args.rounds)]
+            for measured, subject in order:
                 deadline = time.monotonic() + 60
-                while self._on_manager(lambda m: _ready(m, key)) < POOL_SIZE:
+                while any(
+                    self._on_manager(lambda m, k=k: _ready(m, k)) < POOL_SIZE for k in keys.values()
+                ):
                     if time.monotonic() > deadline:
                         break
                     time.sleep(0.005)
                 start = now()
-                sb = self._create(NAME)
+                sb = self._create(NAME if subject == TEMPLATE else None)
                 took = (now() - start) * 1000
                 pooled = bool(sb.info.handle.get("pooled"))
                 sb.kill()
-                if index:
-                    row.samples.append(took)
-                    row.misses += not pooled
+                if measured:
+                    rows[subject].samples.append(took)
+                    rows[subject].misses += not pooled
         finally:
 
             async def remove_all(manager: Any) -> None:
@@ -258,9 +273,14 @@ class Bench(BenchBase):
                     await manager.pools.remove(found.key)
 
             self._on_manager(remove_all)
-        row.target = f"p50 <= {POOL_TARGET_MS:g} ms"
-        row.ok = row.p50 is not None and row.p50 <= POOL_TARGET_MS and row.misses == 0
-        row.note = f"{row.misses} misses" if row.misses else "every sample a hit"
+        for row in rows.values():
+            row.note = f"{row.misses} misses" if row.misses else "every sample a hit"
+        tpl, host = rows[TEMPLATE], rows[HOST]
+        if tpl.p50 is not None and host.p50:
+            tpl.ratio = tpl.p50 / host.p50
+        tpl.target = f"p50 <= {POOL_TARGET_MS:g} ms"
+        tpl.ok = tpl.p50 is not None and tpl.p50 <= POOL_TARGET_MS and tpl.misses == 0
+        host.note += " (the same take without a template, for comparison)"
 
 
 async def _ready(manager: Any, key: str) -> int:
@@ -298,8 +318,8 @@ LAYOUT = Layout(
     " first command + kill, the subjects interleaved (shuffled every round, after an unrecorded"
     " warm-up round); vs: the template's p50 / the host's for the same command. rebuild: the"
     " build's wall time after changing its last step; vs: its p50 minus that step's own p50."
-    " pool: the wall time of a create taken from a template's pool, back to its size before"
-    " each sample.",
+    " pool: the wall time of a create taken from a pool (interleaved, both pools back to their"
+    " size before each sample); vs: the template pool's p50 / the host pool's.",
     how_to_run=[
         "python benchmarks/bench_templates.py --max-load 1.5",
         "python benchmarks/bench_templates.py --help",
