@@ -462,7 +462,10 @@ class Pools:
         killed."""
         if not self.enabled:
             return []
-        await self.follow()  # a rebuilt template's pool moves before it is topped up
+        try:
+            await self.follow()  # a rebuilt template's pool moves before it is topped up
+        except Exception as exc:  # a damaged template store must not stop the upkeep
+            log.warning("moving pools to rebuilt templates failed: %s", exc)
         store = self.manager.store
         sizes = {key: size for key, _, size in store.pools()}
         now = time.time()
