@@ -70,6 +70,10 @@ def _summary(spec: dict[str, Any]) -> str:
 
     default = SandboxSpec().model_dump(mode="json")
     parts = []
+    if spec.get("template"):
+        follows = spec.get("template_follows")
+        digest = str(spec["template"]).removeprefix("sha256:")[:12]
+        parts.append(f"template={follows} ({digest})" if follows else f"template={digest}")
     resources = spec.get("resources") or {}
     for name, value in resources.items():
         if value != default["resources"].get(name):
@@ -135,6 +139,14 @@ SettingOption = Annotated[
 FullNetworkOption = Annotated[
     bool, typer.Option("--full-network", help="Give the sandboxes the host's network.")
 ]
+TemplateOption = Annotated[
+    str | None,
+    typer.Option(
+        "--template",
+        "-t",
+        help="A template (`sandlot template ls`): the pool follows its name to each rebuild.",
+    ),
+]
 WaitOption = Annotated[
     bool, typer.Option("--wait/--no-wait", help="Fill the pool before returning.")
 ]
@@ -151,6 +163,7 @@ def set_pool(
     workdir: WorkdirOption = "/workspace",
     setting: SettingOption = None,
     full_network: FullNetworkOption = False,
+    template: TemplateOption = None,
     wait: WaitOption = True,
     json_: JsonOption = False,
 ) -> None:
@@ -158,6 +171,7 @@ def set_pool(
     and lifetime) takes one. Setting a smaller size kills the members beyond it.
 
     Example: sandlot pool set --size 4 --memory-mb 1024
+    Example: sandlot pool set --template datasci --size 4
     """
     from ..errors import InvalidArgumentError
     from ..models import SandboxSpec
@@ -183,6 +197,15 @@ def set_pool(
         config,
         "full" if full_network else "none",
     )
+    if template is not None:  # a name or sha256:<digest>; the pool resolves it
+        from pydantic import ValidationError
+
+        from ..models import describe
+
+        try:
+            spec = SandboxSpec.model_validate({**spec.model_dump(), "template": template})
+        except ValidationError as exc:
+            raise InvalidArgumentError(describe(exc, "--template")) from None
 
     async def go(manager: Any) -> Any:
         await manager.pools.maintain(refill=False)  # dead members do not count

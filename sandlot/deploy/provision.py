@@ -34,7 +34,7 @@ DEFAULT_PORT = 8787
 DEFAULT_PYTHON = "python3"
 DEFAULT_REMOTE_DIR = "~/.sandlot"
 READY_TIMEOUT = 180.0
-POLL_INTERVAL = 2.0
+POLL_INTERVAL = 0.5  # a loopback /readyz through the tunnel and a status call: cheap
 
 
 @dataclass(frozen=True)

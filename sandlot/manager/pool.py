@@ -5,6 +5,9 @@ env, working folder; not its metadata or lifetime) and a size, in the store, so 
 on the same state folder serves it. Its members are ordinary sandbox records created by a
 *detached* manager (no owner: they outlive the process that made them) with a long lifetime.
 
+A template name in a spec is pinned to its digest (see :mod:`.pool_templates`): a pool of a
+template follows its name to each rebuild.
+
 A take is one SQLite transaction (the oldest ready member leaves the pool and gets its new
 owner, metadata and expiry at once: two processes never take the same member), one channel
 (the one this process already holds when it made the member, else a connect) and one
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import builtins
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,6 +41,15 @@ from ..providers import BUILTIN, procinfo, provider_class
 from ..secrets.resolve import has_refs
 from ..supervisor import Supervisor
 from .base import LiveSandbox, default_provider
+from .pool_templates import (
+    DIGEST_PREFIX,
+    FOLLOWS,
+    current_digest,
+    followed,
+    is_name,
+    pin_template,
+    without_follows,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -165,6 +178,7 @@ class Pools:
         self._filler: PoolOwner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refilling: dict[str, asyncio.Task[Any]] = {}
+        self._again: set[str] = set()  # pools taken from while their refill ran
         self._token = secrets.token_hex(4)
         self._closed = False
         manager.on_release.append(_released)
@@ -188,9 +202,13 @@ class Pools:
         if reason is not None:
             raise InvalidArgumentError(f"this spec cannot be pooled: {reason}")
         self.manager.provider(name).parse_config(spec.config)
+        spec, follows = pin_template(self.manager.home, spec)
         key = pool_key(spec)
+        stored = pool_spec(spec)
+        if follows is not None:
+            stored[FOLLOWS] = follows
         store = self.manager.store
-        store.set_pool(key, pool_spec(spec), size)
+        store.set_pool(key, stored, size)
         surplus = len(store.pool_members(key)) - size
         if surplus > 0:
             for sandbox_id, _, _, ready in store.pool_members(key):
@@ -256,9 +274,17 @@ class Pools:
         if created here (owner, metadata, lifetime); None if no pool serves it or it is empty."""
         if not self.enabled or unpoolable(spec) is not None:
             return None
+        name = spec.template if is_name(spec.template) else None
+        if name is not None:  # a member of the build the name points at now, or none
+            digest = current_digest(self.manager.home, name)
+            if digest is None:
+                return None  # the create says the template is not there
+            spec = spec.model_copy(update={"template": DIGEST_PREFIX + digest})
         key = pool_key(spec)
         store = self.manager.store
         if store.pool_size(key) is None:
+            if name is not None:  # rebuilt since: its pool moves, this take starts cold
+                await self.follow(name)
             return None
         manager = self.manager
         owner = 0 if manager.detached else os.getpid()
@@ -332,6 +358,31 @@ class Pools:
 
     # -- refill and upkeep ------------------------------------------------------------------
 
+    async def follow(self, name: str | None = None) -> builtins.list[str]:
+        """Move the pools that follow a template name (``name``: that name's only) to the
+        digest it points at now: the old build's members killed, the new key's filled in
+        the background. A name that is gone leaves its pool on the build it had. The new
+        keys."""
+        store = self.manager.store
+        moved = []
+        for key, stored, size in store.pools():
+            follows = followed(stored)
+            if follows is None or (name is not None and follows != name):
+                continue
+            digest = current_digest(self.manager.home, follows)
+            ref = None if digest is None else DIGEST_PREFIX + digest
+            if ref is None or stored.get("template") == ref:
+                continue
+            moved_spec = {**stored, "template": ref}
+            new_key = pool_key(_member_spec(moved_spec, key))
+            store.set_pool(new_key, moved_spec, size)
+            with contextlib.suppress(NotFoundError):
+                await self.remove(key)
+            log.info("pool %s follows template %s to %s: now pool %s", key, follows, ref, new_key)
+            self.refill(new_key)
+            moved.append(new_key)
+        return moved
+
     def filler(self) -> PoolOwner:
         """The detached manager that creates members (no owner: they outlive this process)."""
         if self._filler is None:
@@ -350,6 +401,8 @@ class Pools:
             return
         running = self._refilling.get(key)
         if running is not None and not running.done():
+            # It may have counted its slots before this take: it runs once more.
+            self._again.add(key)
             return
         task = Supervisor.current().spawn(self._top_up_later(key, delay), "pool-refill")
         self._refilling[key] = task
@@ -364,7 +417,11 @@ class Pools:
             # create started now could not finish, and would leave a sandbox behind with
             # neither a record nor a cgroup. The next take or gc tops the pool up.
             return
-        await self.top_up(key)
+        while True:
+            self._again.discard(key)
+            await self.top_up(key)
+            if key not in self._again or self._closed:
+                return
 
     def _refilled(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -405,6 +462,10 @@ class Pools:
         killed."""
         if not self.enabled:
             return []
+        try:
+            await self.follow()  # a rebuilt template's pool moves before it is topped up
+        except Exception as exc:  # a damaged template store must not stop the upkeep
+            log.warning("moving pools to rebuilt templates failed: %s", exc)
         store = self.manager.store
         sizes = {key: size for key, _, size in store.pools()}
         now = time.time()
@@ -468,7 +529,7 @@ def _member_spec(stored: dict[str, Any], key: str) -> SandboxSpec:
     try:
         spec = SandboxSpec.model_validate(
             {
-                **stored,
+                **without_follows(stored),
                 "timeout": UNFINISHED_LIFETIME,
                 "idle_timeout": None,  # a member waits unused: the taker's starts at the take
                 "metadata": {POOL_LABEL: key},

@@ -440,9 +440,21 @@ class Soak:
 
     # -- measuring --------------------------------------------------------------------------
 
-    async def rest(self, seconds: float = REST) -> Snapshot:
-        """What the server holds once it has had time to let go after the load."""
-        await asyncio.sleep(seconds)
+    async def rest(
+        self,
+        seconds: float = REST,
+        until: Callable[[Snapshot], bool] | None = None,
+        every: float = 2.0,
+    ) -> Snapshot:
+        """What the server holds once it has had time to let go after the load: after
+        ``seconds``, or as soon as a snapshot taken every ``every`` s satisfies ``until``."""
+        deadline = time.monotonic() + seconds
+        while until is not None and time.monotonic() < deadline:
+            snap = await self.measure()
+            if until(snap):
+                return snap
+            await asyncio.sleep(min(every, max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
         return await self.measure()
 
     async def measure(self) -> Snapshot:
