@@ -344,7 +344,7 @@ def import_(
 def gc(json_: JsonOption = False) -> None:
     """Remove layers and manifests no template name, pool or running sandbox uses."""
     store = _store()
-    report = store.gc(_pool_templates(store))
+    report = store.gc(_in_use(store))
     if json_:
         print_json(report.__dict__)
         return
@@ -355,16 +355,12 @@ def gc(json_: JsonOption = False) -> None:
     )
 
 
-def _pool_templates(store: Any) -> set[str]:
-    """The templates this host's pools start from (their members need them)."""
+def _in_use(store: Any) -> set[str]:
+    """The templates this host's pools and sandboxes hold (see in_use_templates)."""
+    from types import SimpleNamespace
+
+    from ..manager.pool_templates import in_use_templates
     from ..store import Store
 
-    kept: set[str] = set()
-    for _key, spec, _size in Store(store.root.parent).pools():
-        ref = spec.get("template")
-        if isinstance(ref, str):
-            try:
-                kept.add(store.resolve(ref).digest)
-            except Exception:
-                kept.add(ref)  # a digest that is not a manifest (yet): keep it anyway
-    return kept
+    home = store.root.parent
+    return in_use_templates(SimpleNamespace(home=home, store=Store(home)))
