@@ -49,6 +49,7 @@ from . import (
     cgroups,
     etc,
     idmap,
+    pkgdb,
     procinfo,
     quota,
     rootfs,
@@ -250,7 +251,11 @@ class BwrapProvider(Provider):
         if upper is not None and namespace is not None:
             idmapped = (config.python, namespace.fd)
         shared = self.home / rootfs.SHARED_DIR
-        root = rootfs.plan(template, folder, etc_folder, upper, idmapped, shared)
+        # A build step on a host base sees the host's package database (apt steps need it).
+        packages = None
+        if upper is not None and template.host_base:
+            packages = pkgdb.snapshot(self.home)
+        root = rootfs.plan(template, folder, etc_folder, upper, idmapped, shared, packages)
         root.python = template.python
         return root
 

@@ -114,11 +114,14 @@ def _is_opaque(path: Path) -> bool:
     return any(_xattr(path, name) == b"y" for name in OPAQUE_XATTRS)
 
 
-def entries(lowers: Sequence[Path], bottom: dict[str, Path | str] | None = None) -> list[Entry]:
+Bottom = Path | tuple[Path, ...] | str
+
+
+def entries(lowers: Sequence[Path], bottom: dict[str, Bottom] | None = None) -> list[Entry]:
     """The merged root's top-level entries as overlayfs shows them: the topmost layer that has
     a name decides what it is; folders merge downwards until a whiteout, an opaque folder or
-    a non-folder. ``bottom``: a host base's own entries (a folder Path or a symlink target
-    str) beneath every layer."""
+    a non-folder. ``bottom``: a host base's own entries (a folder Path, folders topmost
+    first, or a symlink target str) beneath every layer."""
     names: set[str] = set()
     listed: list[dict[str, os.stat_result]] = []
     for lower in lowers:
@@ -141,7 +144,7 @@ def _entry(
     name: str,
     lowers: Sequence[Path],
     listed: list[dict[str, os.stat_result]],
-    bottom: Path | str | None,
+    bottom: Bottom | None,
 ) -> Entry | None:
     sources: list[Path] = []
     for lower, found in zip(lowers, listed, strict=True):
@@ -169,6 +172,8 @@ def _entry(
         )
     if isinstance(bottom, Path):
         sources.append(bottom)
+    elif isinstance(bottom, tuple):
+        sources += bottom
     return Entry(name, "dir", tuple(sources)) if sources else None
 
 
@@ -207,13 +212,18 @@ def plan(
     upper: Path | None = None,
     idmapped: tuple[str, int] | None = None,
     shared: Path | None = None,
+    packages: Path | None = None,
 ) -> Root:
     """The wrapper and bwrap arguments for a sandbox (state folder ``folder``) of
     ``template``; with ``upper``: build mode (writable, changes into ``upper``), its folders
     idmapped through a user namespace with ``idmapped`` = (host python, namespace fd): the
     wrapper then enters that namespace itself (:attr:`Root.joined`). ``shared``: where
     read-only sandboxes of one template share their mount points and fstab (made once: the
-    mounts are in each sandbox's own namespace, so one host folder serves them all)."""
+    mounts are in each sandbox's own namespace, so one host folder serves them all).
+    ``packages``: build mode on a host base, the host's package database and apt/dpkg
+    configuration (:mod:`.pkgdb`): its ``var`` is the bottom of /var and its ``etc`` lies
+    beneath the /etc snapshot, so apt and dpkg see the host's installed packages and write
+    their changes into the upper folder."""
     lowers = list(template.lowers)
     if lowers or not template.host_base:
         check_lowers(lowers)
@@ -223,11 +233,16 @@ def plan(
         place = shared / hashlib.sha256(key.encode()).hexdigest()[:16]
     mounts = _Mounts(lowers, place, upper)
     if template.host_base:
-        bottom: dict[str, Path | str] = {**host_bottom(), "etc": etc_folder}
+        bottom: dict[str, Bottom] = {**host_bottom(), "etc": etc_folder}
+        if upper is not None and packages is not None:
+            bottom["etc"] = (etc_folder, packages / "etc")
+            bottom["var"] = packages / "var"
         if upper is not None:
             for name in BUILD_FOLDERS:
                 bottom.setdefault(name, empty_folder(folder))
         args = mounts.host_base(entries(lowers, bottom), upper is not None)
+        if upper is not None:
+            args += ["--tmpfs", "/run"]  # where package hooks keep their run-time state
     else:
         args = mounts.image_base(entries(lowers), upper is not None)
     if upper is not None and idmapped is not None and mounts.overlays:

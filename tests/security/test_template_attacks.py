@@ -221,3 +221,48 @@ def test_a_build_step_changes_nothing_but_its_upper_folder(tmp_path: Path) -> No
     assert not os.path.lexists("/usr/bin/c-owned") and not os.path.lexists("/usr/lib/c-owned")
     assert _files(lowers) == before
     assert (upper / "usr/bin/c-owned").read_text() == "owned\n"
+
+
+@pytest.mark.attack("a tenant's run step on a host base reads the host's logs, secrets and /root")
+def test_a_host_base_build_step_sees_only_the_package_database(
+    secret: Path, tmp_path: Path
+) -> None:
+    store = _store()
+
+    def build(root: Path) -> None:
+        (root / "opt").mkdir()
+        (root / "opt/g-step").write_text("step\n")
+
+    name = _template("g-attack-hostbuild", [_layer(store, build, "g-attack-hostbuild")])
+    sb = _sandbox(name, config={"root_upper": str(tmp_path / "upper")})
+    try:
+        results = attack(
+            sb,
+            f"""
+            import glob
+            def read(path):
+                with open(path, "rb") as f:
+                    return f.read(1)
+            for path in ["/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/root/.bashrc",
+                         "/etc/apt/auth.conf", "/var/log/dpkg.log", "/var/log/syslog",
+                         "/var/lib/dpkg/lock", "/var/cache/debconf/passwords.dat",
+                         "{secret}/secret.txt", "/proc/1/root/etc/shadow"]:
+                attempt("read " + path, lambda path=path: read(path))
+            # (/var/log/apt is there, empty: apt writes its own log into the layer)
+            for pattern in ["/var/log/*.log", "/var/log/apt/*", "/var/log/journal", "/root/*",
+                            "/etc/apt/auth.conf.d/*", "/var/lib/docker/*", "/home/*", "/var/tmp/*"]:
+                def listed(pattern=pattern):
+                    found = glob.glob(pattern)
+                    if not found:
+                        raise FileNotFoundError(pattern)
+                    return found
+                attempt("list " + pattern, listed)
+            report()
+            """,
+        )
+        assert len(results) > 10
+        assert not succeeded(results), succeeded(results)
+        # It did see the package database: apt can work.
+        assert sb.commands.run("test -s /var/lib/dpkg/status").exit_code == 0
+    finally:
+        sb.kill()

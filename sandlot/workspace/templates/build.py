@@ -254,6 +254,15 @@ class _Build:
         """The merged view a step sees (on a host base, the host's root at the bottom)."""
         return [*self.lowers, Path("/")] if self.base.kind == "host" else self.lowers
 
+    def apt_views(self) -> list[Path]:
+        """Where an apt step's sources are read: on a host base, the host's apt
+        configuration as the build sandbox sees it (its package snapshot), not the host's /."""
+        if self.base.kind != "host":
+            return self.lowers
+        from ...providers import pkgdb
+
+        return [*self.lowers, pkgdb.snapshot(self.store.root.parent)]
+
     def manifest(self, name: str = "") -> TemplateManifest:
         from ... import __version__
 
@@ -334,7 +343,7 @@ class _Build:
             binds = [Bind(host=h, path=p, mode="ro") for h, p in pip.binds]
             command = S.pip_command(step, intermediate.python)
         elif isinstance(step, AptStep):
-            hosts = S.apt_hosts(self.views)
+            hosts = S.apt_hosts(await asyncio.to_thread(self.apt_views))
             env |= S.APT_ENV
             command = S.apt_command(step)
         else:
@@ -545,11 +554,12 @@ async def _failed(
 
 def _check_steps_fit(base: BaseInfo, steps: list[Step]) -> None:
     """Refuse, before anything runs, a step the base cannot take."""
-    if base.kind == "host" and any(isinstance(s, AptStep) for s in steps):
+    from ...providers import pkgdb
+
+    if base.kind == "host" and any(isinstance(s, AptStep) for s in steps) and not pkgdb.available():
         raise InvalidArgumentError(
-            "apt steps need an image base (oci:, docker:, rootfs:, tar:): a host-base template "
-            "holds only what its steps add, not the host's package database, so apt would "
-            "see an empty system; use --pip or --file on a host base"
+            "apt steps on a host base need a Debian-like host (no /var/lib/dpkg/status here); "
+            "use an image base (oci:, docker:, rootfs:, tar:) or --pip and --file steps"
         )
 
 
