@@ -121,12 +121,16 @@ def test_file_destinations_follow_symlinked_folders_inside_the_view(tmp_path):
     assert resolve_in_view([root], "/new/place") == "/new/place"
 
 
-async def test_apt_on_a_host_base_is_refused_before_anything_runs(tmp_path):
+async def test_apt_on_a_host_base_without_dpkg_is_refused_before_anything_runs(
+    tmp_path, monkeypatch
+):
     from sandlot.errors import TemplateBuildError
+    from sandlot.providers import pkgdb
     from sandlot.workspace.templates.build import build
 
+    monkeypatch.setattr(pkgdb, "HOST", tmp_path / "no-dpkg-here")  # a host with no database
     steps = [parse_step("file", f"{__file__}:/opt/x.py"), parse_step("apt", ["graphviz"])]
-    with pytest.raises(TemplateBuildError, match="apt steps need an image base"):
+    with pytest.raises(TemplateBuildError, match="need a Debian-like host"):
         await build(None, "aptly", "host", steps, home=tmp_path)
     assert not list((tmp_path / "templates/layers").iterdir())
 
