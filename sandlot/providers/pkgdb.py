@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 HOST = Path("/")
@@ -43,6 +44,7 @@ FOLDERS = (
     "var/cache/man",  # there, man-db's trigger need not make it (owned by a user it lacks)
 )
 MAX_FILES = 200_000
+STALE_SECONDS = 3600  # an older snapshot than the current one is removed after this
 FORMAT = b"pkgdb 2\0"  # changes when what a snapshot holds does
 STATUS = "var/lib/dpkg/status"
 STATOVERRIDE = "var/lib/dpkg/statoverride"
@@ -103,6 +105,7 @@ def snapshot(home: Path) -> Path:
     found = [item for rel in SOURCES for item in _walk(rel)]
     target = home / "pkgdb" / _fingerprint(found)
     if target.is_dir():
+        os.utime(target)  # its mtime: when it was last used (see _prune)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
@@ -120,7 +123,20 @@ def snapshot(home: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         if not target.is_dir():  # another process may have won the race
             raise
+    _prune(target)
     return target
+
+
+def _prune(current: Path) -> None:
+    """Remove the snapshots (and abandoned staging folders) the host's packages have moved
+    on from, once unused long enough that no build step can still be running on them."""
+    limit = time.time() - STALE_SECONDS
+    for other in current.parent.iterdir():
+        try:
+            if other != current and other.lstat().st_mtime < limit:
+                shutil.rmtree(other, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _copy(rel: str, st: os.stat_result, destination: Path) -> None:

@@ -50,6 +50,8 @@ def test_the_snapshot_holds_the_database_and_readable_configuration(
     assert (snap / "var/lib/dpkg/statoverride").read_text() == "root root 755 /usr/bin/x\n"
     assert (snap / "var/cache/apt/archives/partial").is_dir()
     assert pkgdb.snapshot(tmp_path / "home") == snap  # reused while the host is unchanged
+    os.utime(snap, (0, 0))  # unused for long
     (host / "var/lib/dpkg/status").write_text("Package: a\n\nPackage: b\n")
     again = pkgdb.snapshot(tmp_path / "home")
     assert again != snap and (again / "var/lib/dpkg/status").read_text().endswith("b\n")
+    assert not snap.exists()  # the stale one is gone
