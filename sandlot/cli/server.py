@@ -104,6 +104,33 @@ AllowBindRootOption = Annotated[
     ),
 ]
 
+TemplateCountOption = Annotated[
+    int,
+    typer.Option(
+        "--template-count",
+        envvar="SANDLOT_TEMPLATE_COUNT",
+        min=0,
+        help="Templates a tenant may have (docs/server.md#templates).",
+    ),
+]
+TemplateBytesOption = Annotated[
+    int,
+    typer.Option(
+        "--template-bytes",
+        envvar="SANDLOT_TEMPLATE_BYTES",
+        min=0,
+        help="Bytes of templates a tenant may have (the sum of their sizes).",
+    ),
+]
+LocalTemplateBasesOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-local-template-bases",
+        help="Let tenants build templates from this host's docker engine, folders and tar "
+        "files (docker:, rootfs:, tar: bases). Default: only host and oci: bases.",
+    ),
+]
+
 E2BOption = Annotated[
     bool,
     typer.Option(
@@ -129,6 +156,9 @@ def serve(
     tenant_log_bytes: TenantLogBytesOption = 10 * 1024**3,
     kill_on_exit: KillOnExitOption = False,
     allow_bind_root: AllowBindRootOption = None,
+    template_count: TemplateCountOption = 20,
+    template_bytes: TemplateBytesOption = 20 * 1024**3,
+    allow_local_template_bases: LocalTemplateBasesOption = False,
     e2b: E2BOption = True,
     mcp: McpOption = True,
 ) -> None:
@@ -179,6 +209,9 @@ def serve(
         tenant_log_bytes=tenant_log_bytes,
         kill_on_exit=kill_on_exit,
         allow_bind_roots=bind_roots,
+        template_count=template_count,
+        template_bytes=template_bytes,
+        allow_local_template_bases=allow_local_template_bases,
         e2b=e2b,
         mcp=mcp,
     )

@@ -151,6 +151,8 @@ def spec_body(spec: SandboxSpec) -> dict[str, Any]:
         del body["workspace_alias"]  # likewise: only a server that knows it gets it
     if not spec.binds:
         del body["binds"]
+    if body.get("template") is None:
+        body.pop("template", None)  # likewise
     return body
 
 

@@ -1,0 +1,210 @@
+"""A server's templates: each tenant's own names in the one store, its quotas, and what a
+tenant may build from.
+
+The store (:class:`~sandlot.workspace.templates.store.TemplateStore`, in the server's state
+folder) keeps names per owner; the owner here is the tenant, so one tenant never sees, uses,
+replaces or deletes another's (their names live apart; layers are shared by content). A
+sandbox spec names a template; :meth:`ServerTemplates.pin_spec` replaces the name by the
+digest it means at that moment (``sha256:<hex>``), which a tenant may not send itself: a
+digest names content, not a tenant's template, and would reach another tenant's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ForbiddenError, InvalidArgumentError
+from ..models import SandboxSpec
+
+from ..api_templates import TemplateBuildRequest, TemplateOut, UploadStep, template_out
+
+from .template_uploads import Uploads
+
+if TYPE_CHECKING:
+    from ..workspace.templates.model import TemplateManifest
+    from ..workspace.templates.store import TemplateStore
+    from .state import ServerState
+
+DIGEST_PREFIX = "sha256:"
+# Bases that read the server host's own files or its container engine.
+LOCAL_BASES = ("docker", "rootfs", "tar")
+MAX_LOG = 16 * 1024 * 1024  # of a build log in an answer (the engine bounds what it writes)
+
+
+def digest_ref(digest: str) -> str:
+    return digest if digest.startswith(DIGEST_PREFIX) else DIGEST_PREFIX + digest
+
+
+@dataclass
+class ServerTemplates:
+    """The templates of every tenant of one server (see the module's documentation)."""
+
+    home: Path
+    count: int
+    bytes: int
+    local_bases: bool
+    _store: TemplateStore | None = None
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.uploads = Uploads(self.home)
+
+    @property
+    def store(self) -> TemplateStore:
+        if self._store is None:
+            from ..workspace.templates.store import TemplateStore
+
+            self._store = TemplateStore(self.home)
+        return self._store
+
+    def lock(self, tenant: str) -> asyncio.Lock:
+        """Held while a tenant's names change: the quota check and the new name are one step."""
+        return self._locks.setdefault(tenant, asyncio.Lock())
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def list(self, tenant: str) -> builtins.list[TemplateManifest]:
+        return await asyncio.to_thread(self.store.list, tenant)
+
+    async def get(self, tenant: str, name: str) -> TemplateManifest:
+        return await asyncio.to_thread(self.store.get, check_name(name), tenant)
+
+    async def list_out(self, tenant: str) -> builtins.list[TemplateOut]:
+        return [template_out(_name_of(m), m) for m in await self.list(tenant)]
+
+    async def show(self, tenant: str, name: str) -> TemplateOut:
+        return template_out(name, await self.get(tenant, name))
+
+    async def log(self, tenant: str, name: str) -> str:
+        manifest = await self.get(tenant, name)
+        path = self.store.log_path(manifest.digest())
+
+        def read() -> str:
+            try:
+                with open(path, "rb") as log:
+                    return log.read(MAX_LOG).decode("utf-8", "replace")
+            except FileNotFoundError:
+                return ""  # built by an import: no log here
+
+        return await asyncio.to_thread(read)
+
+    async def remove(self, tenant: str, name: str) -> None:
+        async with self.lock(tenant):
+            await asyncio.to_thread(self.store.remove, check_name(name), tenant)
+
+    # -- sandboxes ---------------------------------------------------------------------------
+
+    async def pin_spec(self, tenant: str, spec: SandboxSpec) -> SandboxSpec:
+        """The spec with its template NAME replaced by the digest the tenant's name means now
+        (a rebuild or a delete meanwhile does not change the sandbox)."""
+        ref: str | None = getattr(spec, "template", None)
+        if ref is None:
+            return spec
+        resolved = await asyncio.to_thread(self.store.resolve, check_ref(ref), tenant)
+        return spec.model_copy(update={"template": digest_ref(str(resolved.digest))})
+
+    async def exists(self, tenant: str, name: str) -> bool:
+        """Whether the tenant has a template of that name (the E2B gateway's question)."""
+        from ..errors import NotFoundError
+
+        try:
+            await self.get(tenant, name)
+        except (NotFoundError, InvalidArgumentError):
+            return False
+        return True
+
+    # -- building ----------------------------------------------------------------------------
+
+    async def admit(self, tenant: str, request: TemplateBuildRequest) -> None:
+        """What can be refused before a build runs: its base, and a tenant at its quota."""
+        self.check_base(request.base)
+        async with self.lock(tenant):
+            await self.check_quota(tenant, request.name)
+
+    async def build(
+        self,
+        tenant: str,
+        request: TemplateBuildRequest,
+        server: ServerState,
+        progress: Callable[[Any], None],
+    ) -> TemplateOut:
+        """Build and name it for the tenant, if its quota still has room for its size."""
+        await self.admit(tenant, request)
+        with self.uploads.hold(request.steps) as steps:
+            manifest = await _run_build(self, tenant, request.base, steps, server, progress)
+        async with self.lock(tenant):
+            await self.check_quota(tenant, request.name, manifest.size)
+            await asyncio.to_thread(
+                self.store.put_name, request.name, manifest.digest(), tenant
+            )
+        return template_out(request.name, manifest)
+
+    def check_base(self, base: str) -> None:
+        """``host`` and ``oci:REF`` are anyone's; the rest read this host: the operator's."""
+        kind = base.partition(":")[0]
+        if kind in LOCAL_BASES and not self.local_bases:
+            raise ForbiddenError(
+                f"this server does not build templates from its own host ({kind}: bases read "
+                "its files or its container engine): use host or oci:IMAGE, or ask its "
+                "operator (sandlot serve --allow-local-template-bases)",
+                base=base[:200],
+            )
+
+    async def check_quota(self, tenant: str, name: str, size: int = 0) -> None:
+        """Refuse a template that would take the tenant past its count or bytes (the one of
+        that name, if any, is replaced: it does not count). Call with the tenant's lock."""
+        others = [m for m in await self.list(tenant) if _name_of(m) != name]
+        if len(others) >= self.count:
+            raise ForbiddenError(
+                f"template quota reached: this tenant has {len(others)} templates, the most "
+                f"this server allows ({self.count}); delete one first",
+                quota="count",
+                limit=self.count,
+            )
+        used = sum(int(getattr(m, "size", 0) or 0) for m in others)
+        if used + size > self.bytes:
+            raise ForbiddenError(
+                f"template quota reached: this tenant's templates would take {used + size} "
+                f"bytes, more than this server allows ({self.bytes}); delete one first",
+                quota="bytes",
+                limit=self.bytes,
+                used=used,
+                size=size,
+            )
+
+
+def _name_of(manifest: Any) -> str:
+    return str(getattr(manifest, "name", ""))
+
+
+def check_ref(ref: str) -> str:
+    """A template a tenant names: a name of its own, never a digest."""
+    if ref.startswith(DIGEST_PREFIX):
+        raise InvalidArgumentError(
+            "name a template by its name: 'sha256:' references are the server's own",
+            template=ref[:80],
+        )
+    return check_name(ref)
+
+
+def check_name(name: str) -> str:
+    from ..workspace.templates.model import check_name as check
+
+    return check(name)
+
+
+async def _run_build(
+    templates: ServerTemplates,
+    tenant: str,
+    base: str,
+    steps: builtins.list[Any],
+    server: ServerState,
+    progress: Callable[[Any], None],
+) -> TemplateManifest:
+    """The build engine, with the server's manager and network checks."""
+    raise NotImplementedError

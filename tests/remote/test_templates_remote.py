@@ -1,0 +1,221 @@
+"""``/v1/templates`` through a real ``sandlot serve``: a build with streamed progress, list,
+show, log and delete; sandboxes from a tenant's template; tenants kept apart (names, use,
+delete); quotas on count and bytes; what a tenant may not send (digest references, build-mode
+settings, bases on the server's host, server paths in file steps). Templates here are tiny:
+uploaded files and env steps on the host base."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import sandlot
+from sandlot.errors import ForbiddenError, TemplateNotFoundError
+from sandlot.remote.templates import RemoteTemplates
+from sandlot.workspace.templates.model import EnvStep, FileStep
+
+from .server import ServerProcess
+
+pytestmark = pytest.mark.timeout(120)
+
+QUOTA_COUNT = 4
+QUOTA_BYTES = 2 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def tenants() -> Iterator[tuple[ServerProcess, dict[str, str]]]:
+    """A server of our own (keys turn authentication on) with three tenants and small quotas."""
+    home = Path(tempfile.mkdtemp(prefix="sltpl-", dir="/tmp"))
+    args = ("--kill-on-exit", "--template-count", str(QUOTA_COUNT))
+    process = ServerProcess(home, args=(*args, "--template-bytes", str(QUOTA_BYTES)))
+    keys = {name: process.keys("create", "--name", name) for name in ("alice", "bob", "carol")}
+    process.start()
+    yield process, keys
+    process.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def call(server: ServerProcess, key: str, method: str, path: str, body: Any = None) -> Any:
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.request(method, server.url + path, json=body, headers=headers, timeout=60)
+
+
+def upload(dst: str, content: bytes) -> dict[str, Any]:
+    return {"kind": "file", "dst": dst, "content_b64": base64.b64encode(content).decode()}
+
+
+def streamed_build(server: ServerProcess, key: str, body: Any) -> list[tuple[str, Any]]:
+    """A build with ``Accept: text/event-stream``: its events, (kind, data), in order."""
+    headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
+    out = []
+    with httpx.stream(
+        "POST", server.url + "/v1/templates", json=body, headers=headers, timeout=60
+    ) as answer:
+        assert answer.status_code == 200, answer.read()
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        text = "".join(answer.iter_text())
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+def client(server: ServerProcess, key: str) -> sandlot.Client:
+    return sandlot.Client(server.url, key)
+
+
+def read_in_sandbox(server: ServerProcess, key: str, template: str, path: str) -> str:
+    sb = sandlot.Sandbox.create(template=template, client=client(server, key), timeout=60)
+    try:
+        return sb.files.read(path)
+    finally:
+        sb.kill()
+
+
+def test_build_streamed_then_list_show_log_use_delete(
+    tenants: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    server, keys = tenants
+    alice = keys["alice"]
+    body = {
+        "name": "hello",
+        "base": "host",
+        "steps": [
+            upload("/opt/hello.txt", b"hello from the template\n"),
+            {"kind": "run", "command": "echo built-by-run; cp /opt/hello.txt /opt/copy.txt"},
+            {"kind": "env", "key": "GREETING", "value": "hi"},
+        ],
+    }
+    events = streamed_build(server, alice, body)
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "template" and "progress" in kinds and "error" not in kinds
+    assert kinds.count("template") == 1
+    built = events[-1][1]
+    assert built["name"] == "hello" and built["digest"].startswith("sha256:")
+    assert built["env"] == {"GREETING": "hi"} and built["base"]["kind"] == "host"
+    # The server's copy of the uploaded file is not shown: only what it was.
+    assert [s["src"] for s in built["steps"] if s["kind"] == "file"] == ["(uploaded)"]
+
+    listed = call(server, alice, "GET", "/v1/templates").json()
+    assert [t["name"] for t in listed] == ["hello"]
+    shown = call(server, alice, "GET", "/v1/templates/hello").json()
+    assert shown["digest"] == built["digest"] and shown["size"] > 0
+    assert shown["layers"] and all(layer["size"] >= 0 for layer in shown["layers"])
+    log = call(server, alice, "GET", "/v1/templates/hello/log")
+    assert log.status_code == 200 and "built-by-run" in log.text
+
+    assert read_in_sandbox(server, alice, "hello", "/opt/copy.txt") == "hello from the template\n"
+
+    assert call(server, alice, "DELETE", "/v1/templates/hello").status_code == 204
+    gone = call(server, alice, "GET", "/v1/templates/hello")
+    assert gone.status_code == 404 and gone.json()["code"] == "template_not_found"
+    assert call(server, alice, "GET", "/v1/templates").json() == []
+
+
+def test_a_build_answers_json_without_a_stream(
+    tenants: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    server, keys = tenants
+    body = {"name": "plain", "steps": [{"kind": "env", "key": "A", "value": "1"}]}
+    answer = call(server, keys["bob"], "POST", "/v1/templates", body)
+    assert answer.status_code == 201 and answer.json()["env"] == {"A": "1"}
+    assert call(server, keys["bob"], "DELETE", "/v1/templates/plain").status_code == 204
+
+
+def test_tenants_are_kept_apart(
+    tenants: tuple[ServerProcess, dict[str, str]], tmp_path: Path
+) -> None:
+    """The same name in two tenants is two templates; neither tenant sees, uses, replaces
+    or deletes the other's. Through the remote client, with local files uploaded."""
+    server, keys = tenants
+    mine = {name: RemoteTemplates(client(server, keys[name])) for name in ("alice", "bob")}
+    for name in ("alice", "bob"):
+        source = tmp_path / name
+        source.write_text(f"{name}'s\n")
+        steps = [FileStep(src=str(source), dst="/opt/whose.txt")]
+        seen: list[dict[str, Any]] = []
+        out = asyncio.run(mine[name].build("shared", "host", steps, on_progress=seen.append))
+        assert out.name == "shared" and seen
+    only = asyncio.run(mine["alice"].build("alice-only", "host", [EnvStep(key="X", value="1")]))
+
+    assert read_in_sandbox(server, keys["alice"], "shared", "/opt/whose.txt") == "alice's\n"
+    assert read_in_sandbox(server, keys["bob"], "shared", "/opt/whose.txt") == "bob's\n"
+
+    bob = mine["bob"]
+    assert [t.name for t in asyncio.run(bob.list())] == ["shared"]
+    with pytest.raises(TemplateNotFoundError):
+        asyncio.run(bob.get("alice-only"))
+    with pytest.raises(TemplateNotFoundError):
+        asyncio.run(bob.log("alice-only"))
+    with pytest.raises(TemplateNotFoundError):
+        asyncio.run(bob.remove("alice-only"))
+    with pytest.raises(TemplateNotFoundError):
+        sandlot.Sandbox.create(template="alice-only", client=client(server, keys["bob"]))
+    # A digest of alice's template is no way in either: digests are the server's own.
+    answer = call(server, keys["bob"], "POST", "/v1/sandboxes", {"template": only.digest})
+    assert answer.status_code == 422 and answer.json()["code"] == "invalid_argument"
+    assert "sha256" in answer.json()["message"]
+
+    assert asyncio.run(mine["alice"].get("alice-only")).digest == only.digest
+    for name in ("alice", "bob"):
+        asyncio.run(mine[name].remove("shared"))
+    asyncio.run(mine["alice"].remove("alice-only"))
+
+
+def test_quotas(tenants: tuple[ServerProcess, dict[str, str]]) -> None:
+    """Past its bytes or its count a tenant's build is refused (403 forbidden, saying which
+    quota) and leaves no name; replacing a template of its own is not a new one."""
+    server, keys = tenants
+    carol = keys["carol"]
+    big = os.urandom(QUOTA_BYTES * 3 // 4)
+    first = call(server, carol, "POST", "/v1/templates", {"name": "big1", "steps": [upload("/opt/b", big)]})
+    assert first.status_code == 201, first.text
+    second = call(server, carol, "POST", "/v1/templates", {"name": "big2", "steps": [upload("/opt/b", big)]})
+    assert second.status_code == 403 and second.json()["code"] == "forbidden"
+    assert second.json()["details"]["quota"] == "bytes"
+    assert [t["name"] for t in call(server, carol, "GET", "/v1/templates").json()] == ["big1"]
+
+    small = [{"kind": "env", "key": "N", "value": "1"}]
+    for n in range(1, QUOTA_COUNT):
+        answer = call(server, carol, "POST", "/v1/templates", {"name": f"c{n}", "steps": small})
+        assert answer.status_code == 201, answer.text
+    over = call(server, carol, "POST", "/v1/templates", {"name": "one-more", "steps": small})
+    assert over.status_code == 403 and over.json()["details"] == {"quota": "count", "limit": QUOTA_COUNT}
+    assert "quota" in over.json()["message"]
+    again = call(server, carol, "POST", "/v1/templates", {"name": "c1", "steps": small})
+    assert again.status_code == 201  # a rebuild replaces its own
+    # Through the remote client, the same refusal as the same class.
+    with pytest.raises(ForbiddenError, match="quota"):
+        asyncio.run(RemoteTemplates(client(server, carol)).build("one-more", "host", []))
+    # Another tenant's room is its own.
+    answer = call(server, keys["bob"], "POST", "/v1/templates", {"name": "c9", "steps": small})
+    assert answer.status_code == 201
+    assert call(server, keys["bob"], "DELETE", "/v1/templates/c9").status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"template": "sha256:" + "a" * 64}, 422, "invalid_argument"),
+        # Build mode (a writable template root, uid 0) is the build engine's, never a caller's.
+        ({"template": "any", "config": {"root_upper": "/tmp"}}, 422, "provider_unavailable"),
+        ({"template": "nobody-has-this"}, 404, "template_not_found"),
+    ],
+)
+def test_sandbox_template_refusals(
+    tenants: tuple[ServerProcess, dict[str, str]], body: Any, status: int, code: str
+) -> None:
+    server, keys = tenants
+    answer = call(server, keys["alice"], "POST", "/v1/sandboxes", body)
+    assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
