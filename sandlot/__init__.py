@@ -74,6 +74,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
         SessionBusyError,
         SessionError,
         SessionNotFoundError,
+        TemplateBuildError,
+        TemplateNotFoundError,
     )
     from .models import (
         CodeContext,
@@ -171,6 +173,8 @@ _SOURCES: dict[str, str] = {
     "SessionBusyError": ".errors",
     "SessionError": ".errors",
     "SessionNotFoundError": ".errors",
+    "TemplateBuildError": ".errors",
+    "TemplateNotFoundError": ".errors",
     "CodeContext": ".models",
     "CodeEvent": ".models",
     "EndEvent": ".models",
@@ -294,6 +298,8 @@ __all__ = [
     "SessionEvent",
     "SessionInfo",
     "SessionNotFoundError",
+    "TemplateBuildError",
+    "TemplateNotFoundError",
     "__version__",
 ]
 

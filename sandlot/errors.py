@@ -14,7 +14,8 @@ work as a Python user expects::
     │   ├── CodeContextNotFoundError             code_context_not_found
     │   ├── ImageNotFoundError                   image_not_found
     │   ├── SecretNotFoundError                  secret_not_found
-    │   └── SessionNotFoundError                 session_not_found
+    │   ├── SessionNotFoundError                 session_not_found
+    │   └── TemplateNotFoundError                template_not_found
     ├── ProviderUnavailableError                 provider_unavailable
     │   └── HostKeyError                         host_key_rejected
     ├── SandboxError                             sandbox_error
@@ -42,6 +43,7 @@ work as a Python user expects::
     ├── SessionError                             session_error
     │   ├── SessionBusyError                     session_busy
     │   └── RunCancelledError                    run_cancelled
+    ├── TemplateBuildError                       template_build_failed
     ├── RelayError                               relay_error
     │   ├── RelayDown                            relay_down
     │   ├── RelayValidationError (ValueError)    relay_validation
@@ -121,6 +123,12 @@ class SessionNotFoundError(NotFoundError):
     """No session with that id (or it was deleted)."""
 
     code = "session_not_found"
+
+
+class TemplateNotFoundError(NotFoundError):
+    """A template name (or ``sha256:`` digest) that this owner's template store does not hold."""
+
+    code = "template_not_found"
 
 
 class ProviderUnavailableError(SandlotError):
@@ -302,6 +310,12 @@ class RunCancelledError(SessionError):
     """This run was cancelled: another caller took the session over with ``force=True``."""
 
     code = "run_cancelled"
+
+
+class TemplateBuildError(SandlotError):
+    """A template build step failed; the message names the step and ends with its log's tail."""
+
+    code = "template_build_failed"
 
 
 class RelayError(SandlotError):

@@ -96,6 +96,8 @@ PUBLIC = [
     "SessionEvent",
     "SessionInfo",
     "SessionNotFoundError",
+    "TemplateBuildError",
+    "TemplateNotFoundError",
     "__version__",
 ]
 
