@@ -60,9 +60,11 @@ class UploadStep(BaseModel):
     @classmethod
     def _content(cls, value: str) -> str:
         try:
-            base64.b64decode(value, validate=True)
+            size = len(base64.b64decode(value, validate=True))
         except (binascii.Error, ValueError):
             raise ValueError("content_b64 is not base64") from None
+        if size > MAX_UPLOAD:  # the length bound above lets up to 2 bytes more through
+            raise ValueError(f"a file may be at most {MAX_UPLOAD} bytes")
         return value
 
     @property

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..api_templates import TemplateBuildRequest, TemplateOut, template_out
+from ..api_templates import TemplateBuildRequest, TemplateOut
 from ..errors import SandlotError, ServerError
 from . import sse
 from .deps import KEEPALIVE_SECONDS, Caller, State

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..api_templates import TemplateBuildRequest, TemplateOut, template_out
 from ..errors import ForbiddenError, InvalidArgumentError
 from ..models import SandboxSpec
-
-from ..api_templates import TemplateBuildRequest, TemplateOut, UploadStep, template_out
-
 from .template_uploads import Uploads
 
 if TYPE_CHECKING:
@@ -31,6 +29,7 @@ if TYPE_CHECKING:
     from .state import ServerState
 
 DIGEST_PREFIX = "sha256:"
+TENANT_BASES = ("host", "oci")  # bases any tenant may build from
 # Bases that read the server host's own files or its container engine.
 LOCAL_BASES = ("docker", "rootfs", "tar")
 MAX_LOG = 16 * 1024 * 1024  # of a build log in an answer (the engine bounds what it writes)
@@ -139,21 +138,25 @@ class ServerTemplates:
             manifest = await _run_build(self, tenant, request.base, steps, server, progress)
         async with self.lock(tenant):
             await self.check_quota(tenant, request.name, manifest.size)
-            await asyncio.to_thread(
-                self.store.put_name, request.name, manifest.digest(), tenant
-            )
+            await asyncio.to_thread(self.store.put_name, request.name, manifest.digest(), tenant)
         return template_out(request.name, manifest)
 
     def check_base(self, base: str) -> None:
-        """``host`` and ``oci:REF`` are anyone's; the rest read this host: the operator's."""
+        """``host`` and ``oci:REF`` are anyone's; any other kind reads this host (its files,
+        its engine): only where the operator allows it."""
         kind = base.partition(":")[0]
-        if kind in LOCAL_BASES and not self.local_bases:
-            raise ForbiddenError(
-                f"this server does not build templates from its own host ({kind}: bases read "
-                "its files or its container engine): use host or oci:IMAGE, or ask its "
-                "operator (sandlot serve --allow-local-template-bases)",
-                base=base[:200],
+        if kind in TENANT_BASES or self.local_bases:
+            return
+        if kind not in LOCAL_BASES:
+            raise InvalidArgumentError(
+                f"unknown template base {base!r:.100}: host or oci:IMAGE", base=base[:200]
             )
+        raise ForbiddenError(
+            f"this server does not build templates from its own host ({kind}: bases read "
+            "its files or its container engine): use host or oci:IMAGE, or ask its "
+            "operator (sandlot serve --allow-local-template-bases)",
+            base=base[:200],
+        )
 
     async def check_quota(self, tenant: str, name: str, size: int = 0) -> None:
         """Refuse a template that would take the tenant past its count or bytes (the one of

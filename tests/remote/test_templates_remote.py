@@ -50,6 +50,11 @@ def call(server: ServerProcess, key: str, method: str, path: str, body: Any = No
     return httpx.request(method, server.url + path, json=body, headers=headers, timeout=60)
 
 
+def build(server: ServerProcess, key: str, name: str, steps: list[Any]) -> httpx.Response:
+    """A build answered as JSON (no stream asked for)."""
+    return call(server, key, "POST", "/v1/templates", {"name": name, "steps": steps})
+
+
 def upload(dst: str, content: bytes) -> dict[str, Any]:
     return {"kind": "file", "dst": dst, "content_b64": base64.b64encode(content).decode()}
 
@@ -127,8 +132,7 @@ def test_a_build_answers_json_without_a_stream(
     tenants: tuple[ServerProcess, dict[str, str]],
 ) -> None:
     server, keys = tenants
-    body = {"name": "plain", "steps": [{"kind": "env", "key": "A", "value": "1"}]}
-    answer = call(server, keys["bob"], "POST", "/v1/templates", body)
+    answer = build(server, keys["bob"], "plain", [{"kind": "env", "key": "A", "value": "1"}])
     assert answer.status_code == 201 and answer.json()["env"] == {"A": "1"}
     assert call(server, keys["bob"], "DELETE", "/v1/templates/plain").status_code == 204
 
@@ -179,28 +183,27 @@ def test_quotas(tenants: tuple[ServerProcess, dict[str, str]]) -> None:
     server, keys = tenants
     carol = keys["carol"]
     big = os.urandom(QUOTA_BYTES * 3 // 4)
-    first = call(server, carol, "POST", "/v1/templates", {"name": "big1", "steps": [upload("/opt/b", big)]})
+    first = build(server, carol, "big1", [upload("/opt/b", big)])
     assert first.status_code == 201, first.text
-    second = call(server, carol, "POST", "/v1/templates", {"name": "big2", "steps": [upload("/opt/b", big)]})
+    second = build(server, carol, "big2", [upload("/opt/b", big)])
     assert second.status_code == 403 and second.json()["code"] == "forbidden"
     assert second.json()["details"]["quota"] == "bytes"
     assert [t["name"] for t in call(server, carol, "GET", "/v1/templates").json()] == ["big1"]
 
     small = [{"kind": "env", "key": "N", "value": "1"}]
     for n in range(1, QUOTA_COUNT):
-        answer = call(server, carol, "POST", "/v1/templates", {"name": f"c{n}", "steps": small})
+        answer = build(server, carol, f"c{n}", small)
         assert answer.status_code == 201, answer.text
-    over = call(server, carol, "POST", "/v1/templates", {"name": "one-more", "steps": small})
-    assert over.status_code == 403 and over.json()["details"] == {"quota": "count", "limit": QUOTA_COUNT}
-    assert "quota" in over.json()["message"]
-    again = call(server, carol, "POST", "/v1/templates", {"name": "c1", "steps": small})
+    over = build(server, carol, "one-more", small)
+    assert over.status_code == 403 and "quota" in over.json()["message"]
+    assert over.json()["details"] == {"quota": "count", "limit": QUOTA_COUNT}
+    again = build(server, carol, "c1", small)
     assert again.status_code == 201  # a rebuild replaces its own
     # Through the remote client, the same refusal as the same class.
     with pytest.raises(ForbiddenError, match="quota"):
         asyncio.run(RemoteTemplates(client(server, carol)).build("one-more", "host", []))
     # Another tenant's room is its own.
-    answer = call(server, keys["bob"], "POST", "/v1/templates", {"name": "c9", "steps": small})
-    assert answer.status_code == 201
+    assert build(server, keys["bob"], "c9", small).status_code == 201
     assert call(server, keys["bob"], "DELETE", "/v1/templates/c9").status_code == 204
 
 
