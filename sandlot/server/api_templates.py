@@ -64,7 +64,8 @@ async def build_template(
     """Build a template from a base and steps, each step in a sandbox of the layers so far
     (an unchanged step's layer is reused). It replaces the caller's template of that name.
     403 ``forbidden`` past the tenant's quota (templates, bytes) or for a base this server
-    does not take from callers; 4xx ``template_build_failed`` names the failed step."""
+    does not take from callers; 400 ``template_build_failed`` names the failed step and
+    ends with the tail of its output."""
     await state.templates.admit(caller.tenant, body)  # refused before anything runs
     if accept and sse.MEDIA_TYPE in accept:
         return StreamingResponse(
