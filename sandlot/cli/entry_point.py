@@ -44,6 +44,7 @@ REGISTRY: tuple[tuple[str, str, str, str, dict[str, Any]], ...] = (
     ("remote", "remote", "remote_app", "group", {}),
     ("secrets", "secrets", "secrets_app", "group", {}),
     ("pool", "pool", "pool_app", "group", {}),
+    ("template", "templates", "template_app", "group", {}),
     ("sessions", "sessions", "sessions_app", "group", {}),
     ("scratch", "scratch", "scratch_app", "group", {}),
     ("serve", "server", "serve", "command", {}),

@@ -13,7 +13,7 @@ import pytest
 
 from sandlot.errors import InvalidArgumentError, SandlotError, TemplateNotFoundError
 from sandlot.workspace.templates import TemplateManifest, TemplateStore, parse_step
-from sandlot.workspace.templates.layers import mark_opaque, merged, write_merged_tar
+from sandlot.workspace.templates.layers import is_opaque, mark_opaque, merged, write_merged_tar
 from sandlot.workspace.templates.model import LayerInfo
 from sandlot.workspace.templates.store import find_python, owner_dir
 
@@ -166,3 +166,28 @@ def test_pins_and_extra_in_use_keep_layers_from_gc(store, base, tmp_path):
     assert store.resolve("base").lowers[0].is_dir()
     assert store.resolve("sha256:" + pooled).lowers[0].is_dir()
     assert not store.layer_dir(pinned_layers[0]).exists()
+
+
+@pytest.mark.skipif(not ROOT, reason="whiteouts are 0/0 devices: mknod needs root here")
+def test_export_import_round_trip(store, base, tmp_path):
+    layer = step_layer(store, overlay_changes)
+    manifest = store.get("base").model_copy(update={"name": "stepped"})
+    manifest.layers.append(layer)
+    store.save(manifest)
+    buf = io.BytesIO()
+    store.export("stepped", buf)
+    other = TemplateStore(tmp_path / "other-home")
+    buf.seek(0)
+    imported = other.import_(buf, "copy", owner="tenant-b")
+    assert imported.steps == manifest.steps and imported.base == manifest.base
+    assert [x.content for x in imported.layers] == [x.content for x in manifest.layers]
+    # the base layer keeps its content id; the step layer is renamed (no cache key imported)
+    assert imported.layers[0].id == manifest.layers[0].id
+    assert imported.layers[1].id != layer.id
+    with pytest.raises(TemplateNotFoundError):
+        other.get("copy")  # owner "" has no such name
+    view = {e.rel: e for e in merged(other.resolve("copy", owner="tenant-b").lowers)}
+    original = {e.rel for e in merged(store.resolve("stepped").lowers)}
+    assert set(view) == original
+    assert Path(view["etc/hostname"].path).read_text() == "step\n"
+    assert is_opaque(str(other.layer_dir(imported.layers[1].id) / "root/opt/hide"))

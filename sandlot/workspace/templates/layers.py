@@ -235,9 +235,9 @@ def _children(folders: list[str]) -> Iterator[_Node]:
                         node.below = [path, *_lower_dirs(folders[index + 1 :], name)]
                     decided[name] = node
     for name in sorted(decided):
-        node = decided[name]
-        if node is not None:
-            yield node
+        kept = decided[name]
+        if kept is not None:
+            yield kept
 
 
 def _lower_dirs(folders: list[str], name: str) -> list[str]:

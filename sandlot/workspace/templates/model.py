@@ -281,6 +281,8 @@ class LayerInfo(BaseModel):
     size: int = Field(0, ge=0)
     files: int = Field(0, ge=0)
     step: Step | None = None
+    content: str = Field("", pattern=r"^([0-9a-f]{64})?$")
+    """sha256 of the layer's files (see layers.tree_digest): checked again on import."""
 
     @field_validator("id")
     @classmethod

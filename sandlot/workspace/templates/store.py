@@ -164,7 +164,9 @@ class TemplateStore:
         """A private work folder on the store's file system (so it can be renamed in)."""
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.root / "tmp"))
 
-    def add_layer(self, root: Path, layer_id: str, step: Step | None = None) -> LayerInfo:
+    def add_layer(
+        self, root: Path, layer_id: str, step: Step | None = None, content: str | None = None
+    ) -> LayerInfo:
         """Move ``root`` (a folder under :meth:`tmp_dir`) into the store as layer
         ``layer_id``. If that layer exists already (a concurrent build made it), the
         existing one wins and ``root`` is removed."""
@@ -175,7 +177,8 @@ class TemplateStore:
             return self.layer(layer_id)
         L.strip_setid(root)
         size, files = L.measure(root)
-        info = LayerInfo(id=layer_id, size=size, files=files, step=step)
+        content = content or L.tree_digest(root)
+        info = LayerInfo(id=layer_id, size=size, files=files, step=step, content=content)
         holder = self.tmp_dir("layer-")
         os.chmod(holder, 0o755)
         os.rename(root, holder / "root")
@@ -194,8 +197,9 @@ class TemplateStore:
         work = self.tmp_dir("base-")
         try:
             L.copy_tree(Path(source), work / "root")
+            L.strip_setid(work / "root")
             layer_id = L.tree_digest(work / "root")
-            return self.add_layer(work / "root", layer_id)
+            return self.add_layer(work / "root", layer_id, content=layer_id)
         finally:
             if work.exists():
                 remove_tree(work)

@@ -1,0 +1,166 @@
+"""Building templates for real: a host base, file steps copied on the host, pip and run steps
+in build-mode bwrap sandboxes, the cache (a changed step redoes itself and what follows,
+nothing before), a failed step reported by name with its log, and a sandbox started from
+the result seeing the file and the package (and the host not seeing them).
+
+No network: the pip step installs a wheel made here, put in the template by a file step.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from sandlot.errors import TemplateBuildError
+from sandlot.manager import Manager
+from sandlot.models import SandboxSpec
+from sandlot.sdk.sandbox import AsyncSandbox
+from sandlot.store import default_home
+from sandlot.workspace.templates import TemplateStore, parse_step
+from sandlot.workspace.templates.build import build
+
+pytestmark = pytest.mark.timeout(120)
+
+needs_template_sandboxes = pytest.mark.skipif(
+    "template" not in SandboxSpec.model_fields,
+    reason="this tree's providers cannot start sandboxes from templates yet (SandboxSpec "
+    "has no template field)",
+)
+PACKAGE = "sandlot_tpl_probe"
+
+
+def make_wheel(folder: Path, value: str) -> Path:
+    """A minimal pure-Python wheel of PACKAGE whose VALUE is ``value``."""
+
+    def digest(data: bytes) -> str:
+        raw = hashlib.sha256(data).digest()
+        return "sha256=" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    info = f"{PACKAGE}-0.1.dist-info"
+    files = {
+        f"{PACKAGE}/__init__.py": f"VALUE = {value!r}\n".encode(),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {PACKAGE}\nVersion: 0.1\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = "".join(f"{n},{digest(d)},{len(d)}\n" for n, d in files.items())
+    files[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
+    path = folder / f"{PACKAGE}-0.1-py3-none-any.whl"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("inputs")
+    make_wheel(folder, "from-the-wheel")
+    (folder / "helpers.py").write_text("HELPER = 1\n")
+    return folder
+
+
+def file_steps(folder: Path, names: list[str]) -> list:
+    return [parse_step("file", f"{folder / n}:/opt/tpl/{n}") for n in names]
+
+
+async def run_build(name: str, steps: list) -> tuple[list, object]:
+    events: list = []
+    manager = Manager()
+    try:
+        manifest = await build(manager, name, "host", steps, on_event=events.append)
+    finally:
+        await manager.close()
+    return events, manifest
+
+
+def cached_flags(events: list) -> list[bool]:
+    return [e.cached for e in events if e.type == "step_finished" and e.layer]
+
+
+async def test_a_changed_file_step_redoes_itself_and_what_follows(tmp_path):
+    for name in "abc":
+        (tmp_path / name).write_text(name)
+    steps = file_steps(tmp_path, ["a", "b", "c"])
+    await run_build("files", steps)
+    events, _ = await run_build("files", steps)
+    assert cached_flags(events) == [True, True, True]
+    (tmp_path / "b").write_text("b, changed")
+    events, manifest = await run_build("files", steps)
+    assert cached_flags(events) == [True, False, False]
+    store = TemplateStore(default_home())
+    view = store.resolve("files").lowers
+    assert (view[1] / "opt/tpl/b").read_text() == "b, changed"
+    assert store.log_path(manifest.digest()).is_file()
+    assert [e.type for e in events][-1] == "done"
+
+
+@needs_template_sandboxes
+async def test_build_from_host_with_file_and_pip_steps_and_start_a_sandbox(inputs):
+    wheel = f"/opt/tpl/{PACKAGE}-0.1-py3-none-any.whl"
+    steps = [
+        *file_steps(inputs, [Path(wheel).name, "helpers.py"]),
+        parse_step("pip", [wheel]),
+        parse_step("env", "TPL_GREETING=hello"),
+    ]
+    events, _ = await run_build("probe", steps)
+    finished = [e for e in events if e.type == "step_finished"]
+    assert [e.name.split()[0] for e in finished] == ["file", "file", "pip", "env"]
+    assert finished[2].bytes > 0  # the pip step wrote the package into its layer
+    manager = Manager()
+    try:
+        live = await manager.create(SandboxSpec(template="probe"))
+        sb = AsyncSandbox(manager, live)
+        try:
+            probe = f"import {PACKAGE} as p; print(p.VALUE)"
+            result = await sb.commands.run(["python3", "-c", probe])
+            assert result.stdout.strip() == "from-the-wheel", result.stderr
+            helper = await sb.commands.run(["cat", "/opt/tpl/helpers.py"])
+            assert helper.stdout == "HELPER = 1\n"
+            env = await sb.commands.run("echo $TPL_GREETING")
+            assert env.stdout.strip() == "hello"
+        finally:
+            await manager.kill(live.info.id)
+    finally:
+        await manager.close()
+    host = subprocess.run(["/usr/bin/python3", "-c", f"import {PACKAGE}"], capture_output=True)
+    assert host.returncode != 0  # the host's own python never got it
+    assert not Path("/opt/tpl").exists()
+
+    # Changing the last step's input redoes it only (the pip layer is reused).
+    (inputs / "helpers.py").write_text("HELPER = 2\n")
+    steps = [*file_steps(inputs, [Path(wheel).name]), parse_step("pip", [wheel]),
+             *file_steps(inputs, ["helpers.py"])]  # fmt: skip
+    await run_build("probe2", steps)
+    (inputs / "helpers.py").write_text("HELPER = 3\n")
+    events, _ = await run_build("probe2", steps)
+    assert cached_flags(events) == [True, True, False]
+
+
+@needs_template_sandboxes
+async def test_a_failed_run_step_is_named_with_its_log(tmp_path):
+    steps = [parse_step("env", "X=1"), parse_step("run", "echo building; echo oops >&2; exit 3")]
+    events: list = []
+    manager = Manager()
+    try:
+        with pytest.raises(TemplateBuildError) as caught:
+            await build(manager, "broken", "host", steps, on_event=events.append)
+    finally:
+        await manager.close()
+    message = str(caught.value)
+    assert message.startswith("step 2 (run echo building; echo oops >&2; exit 3): exit 3")
+    assert "oops" in message and "building" in message
+    log = Path(caught.value.details["log"])
+    assert "oops" in log.read_text()
+    assert events[-1].type == "failed" and events[-1].index == 2
+    store = TemplateStore(default_home())
+    with pytest.raises(LookupError):
+        store.get("broken")
