@@ -80,12 +80,11 @@ async def build_template(
 async def _build(
     state: ServerState, caller: Principal, body: TemplateBuildRequest, queue: Any
 ) -> TemplateOut:
-    def progress(event: Any) -> None:
+    def progress(event: dict[str, Any]) -> None:
         if queue is not None:
-            data = event.model_dump(mode="json") if hasattr(event, "model_dump") else event
-            queue.put_nowait(("progress", data))
+            queue.put_nowait(("progress", event))
 
-    return await state.templates.build(caller.tenant, body, state, progress)
+    return await state.templates.build(caller.tenant, body, state.manager, progress)
 
 
 async def _streamed(

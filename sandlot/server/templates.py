@@ -13,25 +13,34 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..api_templates import TemplateBuildRequest, TemplateOut, template_out
-from ..errors import ForbiddenError, InvalidArgumentError
+from ..errors import (
+    ForbiddenError,
+    InvalidArgumentError,
+    TemplateBuildError,
+    TemplateNotFoundError,
+)
 from ..models import SandboxSpec
 from .template_uploads import Uploads
 
 if TYPE_CHECKING:
+    from ..manager import Manager
     from ..workspace.templates.model import TemplateManifest
     from ..workspace.templates.store import TemplateStore
-    from .state import ServerState
 
 DIGEST_PREFIX = "sha256:"
 TENANT_BASES = ("host", "oci")  # bases any tenant may build from
 # Bases that read the server host's own files or its container engine.
 LOCAL_BASES = ("docker", "rootfs", "tar")
+# The owner a build's own name goes under until the tenant's quota takes it (no tenant id
+# holds a NUL, and owners are hashed into folder names).
+STAGING = "\0build:"
 MAX_LOG = 16 * 1024 * 1024  # of a build log in an answer (the engine bounds what it writes)
 
 
@@ -86,7 +95,7 @@ class ServerTemplates:
         def read() -> str:
             try:
                 with open(path, "rb") as log:
-                    return log.read(MAX_LOG).decode("utf-8", "replace")
+                    return str(self.scrub(log.read(MAX_LOG).decode("utf-8", "replace")))
             except FileNotFoundError:
                 return ""  # built by an import: no log here
 
@@ -129,17 +138,51 @@ class ServerTemplates:
         self,
         tenant: str,
         request: TemplateBuildRequest,
-        server: ServerState,
+        manager: Manager,
         progress: Callable[[Any], None],
     ) -> TemplateOut:
-        """Build and name it for the tenant, if its quota still has room for its size."""
+        """Build with the server's manager and name it for the tenant if its quota still has
+        room for its size. The engine names what it built under a staging owner of the
+        tenant's, never a tenant's own: the tenant's name changes only once the size is
+        known to fit (else the build's layers go at the next gc)."""
+        from ..workspace.templates.build import build
+
         await self.admit(tenant, request)
-        with self.uploads.hold(request.steps) as steps:
-            manifest = await _run_build(self, tenant, request.base, steps, server, progress)
-        async with self.lock(tenant):
-            await self.check_quota(tenant, request.name, manifest.size)
-            await asyncio.to_thread(self.store.put_name, request.name, manifest.digest(), tenant)
+        staging = STAGING + tenant
+        try:
+            with self.uploads.hold(request.steps) as steps:
+                manifest = await build(
+                    manager,
+                    request.name,
+                    request.base,
+                    steps,
+                    owner=staging,
+                    on_event=lambda event: progress(self.scrub(_plain(event))),
+                    home=self.home,
+                )
+            async with self.lock(tenant):
+                await self.check_quota(tenant, request.name, manifest.size)
+                digest = manifest.digest()
+                await asyncio.to_thread(self.store.put_name, request.name, digest, tenant)
+        except TemplateBuildError as exc:
+            details = {k: v for k, v in exc.details.items() if k != "log"}  # a server path
+            raise TemplateBuildError(self.scrub(exc.message), **details) from None
+        finally:
+            with contextlib.suppress(TemplateNotFoundError, InvalidArgumentError):
+                await asyncio.to_thread(self.store.remove, request.name, staging)
         return template_out(request.name, manifest)
+
+    def scrub(self, value: Any) -> Any:
+        """What the engine says, without the server's paths: an uploaded file is
+        ``upload:<sha256>``, the state folder ``$SANDLOT_HOME``."""
+        if isinstance(value, str):
+            value = value.replace(f"{self.uploads.folder}/", "upload:")
+            return value.replace(str(self.home), "$SANDLOT_HOME")
+        if isinstance(value, dict):
+            return {k: self.scrub(v) for k, v in value.items() if k != "log" or not v}
+        if isinstance(value, builtins.list):
+            return [self.scrub(v) for v in value]
+        return value
 
     def check_base(self, base: str) -> None:
         """``host`` and ``oci:REF`` are anyone's; any other kind reads this host (its files,
@@ -181,6 +224,10 @@ class ServerTemplates:
             )
 
 
+def _plain(event: Any) -> Any:
+    return event.model_dump(mode="json") if hasattr(event, "model_dump") else event
+
+
 def _name_of(manifest: Any) -> str:
     return str(getattr(manifest, "name", ""))
 
@@ -199,15 +246,3 @@ def check_name(name: str) -> str:
     from ..workspace.templates.model import check_name as check
 
     return check(name)
-
-
-async def _run_build(
-    templates: ServerTemplates,
-    tenant: str,
-    base: str,
-    steps: builtins.list[Any],
-    server: ServerState,
-    progress: Callable[[Any], None],
-) -> TemplateManifest:
-    """The build engine, with the server's manager and network checks."""
-    raise NotImplementedError
