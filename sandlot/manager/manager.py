@@ -134,7 +134,11 @@ class Manager:
 
     # -- create / connect -------------------------------------------------------------------
 
-    async def create(self, spec: SandboxSpec, *, secrets: SecretStore | None = None) -> LiveSandbox:
+    async def create(
+        self, spec: SandboxSpec, *, secrets: SecretStore | None = None, host_binds: bool = False
+    ) -> LiveSandbox:
+        """``host_binds``: the spec's binds are this host's own choice (a template build's
+        package folders), not a caller's: a server's bind roots do not apply to them."""
         spec = default_provider(spec)
         name = spec.provider or DEFAULT
         provider = self.provider(name)
@@ -142,7 +146,7 @@ class Manager:
             self._collected = True
             await self.gc(quick=True)
             self._sweeper = Supervisor.current().keep("gc-sweeper", self._sweep)
-        spec = check_binds(provider, spec, self.bind_roots)
+        spec = check_binds(provider, spec, None if host_binds else self.bind_roots)
         taken = await self.pools.take(spec)
         if taken is not None:
             return taken

@@ -152,7 +152,7 @@ class ServerTemplates:
         try:
             with self.uploads.hold(request.steps) as steps:
                 manifest = await build(
-                    manager,
+                    HostBinds(manager),  # type: ignore[arg-type]
                     request.name,
                     request.base,
                     steps,
@@ -222,6 +222,21 @@ class ServerTemplates:
                 used=used,
                 size=size,
             )
+
+
+class HostBinds:
+    """The server's manager as a template build uses it: the binds a build step gets (the
+    host's package folders its pip configuration names) are the operator's, never a
+    tenant's (a tenant's steps carry no binds), so the server's bind roots do not apply."""
+
+    def __init__(self, manager: Manager) -> None:
+        self._manager = manager
+
+    async def create(self, spec: SandboxSpec, **kwargs: Any) -> Any:
+        return await self._manager.create(spec, host_binds=True, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the manager, as it is
+        return getattr(self._manager, name)
 
 
 def _plain(event: Any) -> Any:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,16 @@ QUOTA_BYTES = 2 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def tenants() -> Iterator[tuple[ServerProcess, dict[str, str]]]:
-    """A server of our own (keys turn authentication on) with three tenants and small quotas."""
+    """A server of our own (keys turn authentication on) with three tenants and small quotas.
+    Keys are made through the API (a server without keys takes its first from loopback)."""
     home = Path(tempfile.mkdtemp(prefix="sltpl-", dir="/tmp"))
     args = ("--kill-on-exit", "--template-count", str(QUOTA_COUNT))
-    process = ServerProcess(home, args=(*args, "--template-bytes", str(QUOTA_BYTES)))
-    keys = {name: process.keys("create", "--name", name) for name in ("alice", "bob", "carol")}
-    process.start()
+    process = ServerProcess(home, args=(*args, "--template-bytes", str(QUOTA_BYTES))).start()
+    admin = httpx.post(process.url + "/v1/keys", json={"name": "admin", "admin": True}).json()
+    keys = {
+        name: call(process, admin["token"], "POST", "/v1/keys", {"name": name}).json()["token"]
+        for name in ("alice", "bob", "carol")
+    }
     yield process, keys
     process.stop()
     shutil.rmtree(home, ignore_errors=True)
@@ -78,6 +83,16 @@ def streamed_build(server: ServerProcess, key: str, body: Any) -> list[tuple[str
 
 def client(server: ServerProcess, key: str) -> sandlot.Client:
     return sandlot.Client(server.url, key)
+
+
+@contextlib.asynccontextmanager
+async def remote(server: ServerProcess, key: str) -> AsyncIterator[RemoteTemplates]:
+    """The remote client's templates, its connections closed after."""
+    mine = client(server, key)
+    try:
+        yield RemoteTemplates(mine)
+    finally:
+        await mine.aclose()
 
 
 def read_in_sandbox(server: ServerProcess, key: str, template: str, path: str) -> str:
@@ -143,38 +158,48 @@ def test_tenants_are_kept_apart(
     """The same name in two tenants is two templates; neither tenant sees, uses, replaces
     or deletes the other's. Through the remote client, with local files uploaded."""
     server, keys = tenants
-    mine = {name: RemoteTemplates(client(server, keys[name])) for name in ("alice", "bob")}
-    for name in ("alice", "bob"):
-        source = tmp_path / name
-        source.write_text(f"{name}'s\n")
-        steps = [FileStep(src=str(source), dst="/opt/whose.txt")]
-        seen: list[dict[str, Any]] = []
-        out = asyncio.run(mine[name].build("shared", "host", steps, on_progress=seen.append))
-        assert out.name == "shared" and seen
-    only = asyncio.run(mine["alice"].build("alice-only", "host", [EnvStep(key="X", value="1")]))
 
+    async def build_both() -> str:
+        for name in ("alice", "bob"):
+            source = tmp_path / name
+            source.write_text(f"{name}'s\n")
+            steps = [FileStep(src=str(source), dst="/opt/whose.txt")]
+            seen: list[dict[str, Any]] = []
+            async with remote(server, keys[name]) as mine:
+                out = await mine.build("shared", "host", steps, on_progress=seen.append)
+            assert out.name == "shared" and seen
+        async with remote(server, keys["alice"]) as mine:
+            only = await mine.build("alice-only", "host", [EnvStep(key="X", value="1")])
+        return only.digest
+
+    digest = asyncio.run(build_both())
     assert read_in_sandbox(server, keys["alice"], "shared", "/opt/whose.txt") == "alice's\n"
     assert read_in_sandbox(server, keys["bob"], "shared", "/opt/whose.txt") == "bob's\n"
 
-    bob = mine["bob"]
-    assert [t.name for t in asyncio.run(bob.list())] == ["shared"]
-    with pytest.raises(TemplateNotFoundError):
-        asyncio.run(bob.get("alice-only"))
-    with pytest.raises(TemplateNotFoundError):
-        asyncio.run(bob.log("alice-only"))
-    with pytest.raises(TemplateNotFoundError):
-        asyncio.run(bob.remove("alice-only"))
+    async def bob_tries() -> None:
+        async with remote(server, keys["bob"]) as bob:
+            assert [t.name for t in await bob.list()] == ["shared"]
+            for attempt in (bob.get, bob.log, bob.remove):
+                with pytest.raises(TemplateNotFoundError):
+                    await attempt("alice-only")
+
+    asyncio.run(bob_tries())
     with pytest.raises(TemplateNotFoundError):
         sandlot.Sandbox.create(template="alice-only", client=client(server, keys["bob"]))
     # A digest of alice's template is no way in either: digests are the server's own.
-    answer = call(server, keys["bob"], "POST", "/v1/sandboxes", {"template": only.digest})
+    answer = call(server, keys["bob"], "POST", "/v1/sandboxes", {"template": digest})
     assert answer.status_code == 422 and answer.json()["code"] == "invalid_argument"
     assert "sha256" in answer.json()["message"]
 
-    assert asyncio.run(mine["alice"].get("alice-only")).digest == only.digest
-    for name in ("alice", "bob"):
-        asyncio.run(mine[name].remove("shared"))
-    asyncio.run(mine["alice"].remove("alice-only"))
+    async def clean_up() -> None:
+        async with remote(server, keys["alice"]) as alice:
+            assert (await alice.get("alice-only")).digest == digest
+            await alice.remove("alice-only")
+            await alice.remove("shared")
+        async with remote(server, keys["bob"]) as bob:
+            await bob.remove("shared")
+
+    asyncio.run(clean_up())
 
 
 def test_quotas(tenants: tuple[ServerProcess, dict[str, str]]) -> None:
@@ -200,8 +225,13 @@ def test_quotas(tenants: tuple[ServerProcess, dict[str, str]]) -> None:
     again = build(server, carol, "c1", small)
     assert again.status_code == 201  # a rebuild replaces its own
     # Through the remote client, the same refusal as the same class.
-    with pytest.raises(ForbiddenError, match="quota"):
-        asyncio.run(RemoteTemplates(client(server, carol)).build("one-more", "host", []))
+
+    async def refused() -> None:
+        async with remote(server, carol) as mine:
+            with pytest.raises(ForbiddenError, match="quota"):
+                await mine.build("one-more", "host", [])
+
+    asyncio.run(refused())
     # Another tenant's room is its own.
     assert build(server, keys["bob"], "c9", small).status_code == 201
     assert call(server, keys["bob"], "DELETE", "/v1/templates/c9").status_code == 204
