@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2b import NotFoundException, Sandbox
+from e2b import Sandbox, SandboxException
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,5 +35,6 @@ def test_a_template_id_names_the_callers_template(e2b_server: Any) -> None:
     finally:
         sbx.kill()
     # Another tenant has no such template: E2B's "not found".
-    with pytest.raises(NotFoundException, match="not found"):
+    with pytest.raises(SandboxException, match="template 'e2b-mytpl' not found") as err:
         Sandbox.create(template="e2b-mytpl", api_key=e2b_server.other_key, timeout=60)
+    assert getattr(err.value, "status_code", None) == 404
