@@ -3,9 +3,9 @@ show, the build log, delete. See :mod:`.templates` for tenancy, quotas and allow
 
 A build answers 201 with the template as JSON once it is done; a caller that accepts
 ``text/event-stream`` gets the build's progress as it happens instead: ``progress`` events
-(the build engine's, as JSON), then one ``template`` event (the template) or one ``error``
-event (an error body: ``code``, ``message``, ``details``). A build whose streaming caller
-goes away is cancelled.
+(the build engine's, as JSON; log lines beyond what a slow caller has read are dropped),
+then one ``template`` event (the template) or one ``error`` event (an error body: ``code``,
+``message``, ``details``). A build whose streaming caller goes away is cancelled.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .deps import KEEPALIVE_SECONDS, Caller, State
 from .state import Principal, ServerState
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
+MAX_PENDING = 1000  # progress events waiting for a slow streaming caller
 TemplateName = Annotated[
     str,
     Path(
@@ -81,8 +82,11 @@ async def _build(
     state: ServerState, caller: Principal, body: TemplateBuildRequest, queue: Any
 ) -> TemplateOut:
     def progress(event: dict[str, Any]) -> None:
-        if queue is not None:
-            queue.put_nowait(("progress", event))
+        # A step may print without end: while the caller reads slower than that, log lines
+        # wait here up to a bound and the rest are dropped (the whole log: GET .../log).
+        if queue is None or (event.get("type") == "log" and queue.qsize() >= MAX_PENDING):
+            return
+        queue.put_nowait(("progress", event))
 
     return await state.templates.build(caller.tenant, body, state.manager, progress)
 
