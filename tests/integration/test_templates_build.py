@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import subprocess
 import zipfile
 from pathlib import Path
@@ -107,14 +108,15 @@ async def test_a_changed_file_step_redoes_itself_and_what_follows(tmp_path):
 async def test_build_from_host_with_file_and_pip_steps_and_start_a_sandbox(inputs):
     wheel = f"/opt/tpl/{PACKAGE}-0.1-py3-none-any.whl"
     steps = [
-        *file_steps(inputs, [Path(wheel).name, "helpers.py"]),
+        *file_steps(inputs, [Path(wheel).name]),
         parse_step("pip", [wheel]),
+        *file_steps(inputs, ["helpers.py"]),
         parse_step("env", "TPL_GREETING=hello"),
     ]
     events, _ = await run_build("probe", steps)
     finished = [e for e in events if e.type == "step_finished"]
-    assert [e.name.split()[0] for e in finished] == ["file", "file", "pip", "env"]
-    assert finished[2].bytes > 0  # the pip step wrote the package into its layer
+    assert [e.name.split()[0] for e in finished] == ["file", "pip", "file", "env"]
+    assert finished[1].bytes > 0  # the pip step wrote the package into its layer
     manager = Manager()
     try:
         live = await manager.create(SandboxSpec(template="probe"))
@@ -135,13 +137,9 @@ async def test_build_from_host_with_file_and_pip_steps_and_start_a_sandbox(input
     assert host.returncode != 0  # the host's own python never got it
     assert not Path("/opt/tpl").exists()
 
-    # Changing the last step's input redoes it only (the pip layer is reused).
+    # Changing the helper redoes its step only: the wheel and pip layers are reused.
     (inputs / "helpers.py").write_text("HELPER = 2\n")
-    steps = [*file_steps(inputs, [Path(wheel).name]), parse_step("pip", [wheel]),
-             *file_steps(inputs, ["helpers.py"])]  # fmt: skip
-    await run_build("probe2", steps)
-    (inputs / "helpers.py").write_text("HELPER = 3\n")
-    events, _ = await run_build("probe2", steps)
+    events, _ = await run_build("probe", steps)
     assert cached_flags(events) == [True, True, False]
 
 
@@ -164,3 +162,38 @@ async def test_a_failed_run_step_is_named_with_its_log(tmp_path):
     store = TemplateStore(default_home())
     with pytest.raises(LookupError):
         store.get("broken")
+
+
+def test_the_cli_builds_lists_shows_exports_imports_removes_and_collects(tmp_path, capsys):
+    from sandlot.cli.entry_point import main
+
+    def cli(*args: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            main(["template", *args])
+        out, err = capsys.readouterr()
+        assert done.value.code == 0, err
+        return out
+
+    (tmp_path / "f").write_text("from the cli\n")
+    events = [
+        json.loads(line)
+        for line in cli("build", "clitpl", "--from", "host", "--env", "A=1",
+                        "--file", f"{tmp_path / 'f'}:/opt/clitpl/f", "--json").splitlines()
+    ]  # fmt: skip
+    assert [e["name"] for e in events if e["type"] == "step_started"] == [
+        "env A=1",
+        f"file {tmp_path / 'f'}:/opt/clitpl/f",
+    ]
+    assert events[-1]["type"] == "done"
+    assert "clitpl" in [t["name"] for t in json.loads(cli("ls", "--json"))]
+    shown = json.loads(cli("show", "clitpl", "--json"))
+    assert shown["env"] == {"A": "1"} and shown["base"]["kind"] == "host"
+    assert shown["digest"] == "sha256:" + events[-1]["digest"] and Path(shown["log"]).is_file()
+    cli("export", "clitpl", "-o", str(tmp_path / "t.tar"))
+    cli("import", str(tmp_path / "t.tar"), "--name", "clicopy")
+    copy = json.loads(cli("show", "clicopy", "--json"))
+    assert copy["steps"] == shown["steps"]
+    cli("rm", "clitpl", "clicopy")
+    assert "clitpl" not in [t["name"] for t in json.loads(cli("ls", "--json"))]
+    report = json.loads(cli("gc", "--json"))
+    assert events[-1]["digest"] in report["removed_manifests"]

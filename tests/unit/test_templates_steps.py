@@ -7,11 +7,13 @@ from __future__ import annotations
 import pytest
 
 from sandlot.cli.templates import parse_steps
+from sandlot.egress.policy import NetworkPolicy
 from sandlot.errors import InvalidArgumentError
 from sandlot.workspace.templates import check_steps, parse_step
 from sandlot.workspace.templates.steps import (
     PIP_MOUNTS,
     apt_hosts,
+    network_policy,
     pip_settings,
     resolve_in_view,
 )
@@ -62,22 +64,37 @@ def test_steps_are_a_closed_union():
 def test_pip_settings_come_from_the_host_configuration(tmp_path, monkeypatch):
     wheels = tmp_path / "wheels"
     wheels.mkdir()
+    (tmp_path / "mirror/simple").mkdir(parents=True)
     monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "none.conf"))
     environ = {
         "PIP_INDEX_URL": "https://mirror.example.test:8443/simple",
-        "PIP_EXTRA_INDEX_URL": f"file://{wheels} https://extra.example.test/simple",
+        "PIP_EXTRA_INDEX_URL": f"file://{tmp_path}/mirror/simple http://extra.example.test/s",
         "PIP_FIND_LINKS": str(wheels),
         "PIP_TRUSTED_HOST": "mirror.example.test",
     }
     settings = pip_settings(environ)
-    assert settings.hosts == ["mirror.example.test:8443", "extra.example.test"]
+    assert settings.hosts == ["mirror.example.test:8443", "extra.example.test:80"]
     assert settings.env["PIP_INDEX_URL"] == environ["PIP_INDEX_URL"]
+    # a PEP 503 tree is bound from its top, so its relative file links resolve
     assert settings.env["PIP_EXTRA_INDEX_URL"] == (
-        f"file://{PIP_MOUNTS}/0 https://extra.example.test/simple"
+        f"file://{PIP_MOUNTS}/0/simple http://extra.example.test/s"
     )
     assert settings.env["PIP_FIND_LINKS"] == f"{PIP_MOUNTS}/1"
-    assert settings.binds == [(str(wheels), f"{PIP_MOUNTS}/0"), (str(wheels), f"{PIP_MOUNTS}/1")]
+    assert settings.binds == [
+        (str(tmp_path / "mirror"), f"{PIP_MOUNTS}/0"),
+        (str(wheels), f"{PIP_MOUNTS}/1"),
+    ]
     assert settings.env["PIP_BREAK_SYSTEM_PACKAGES"] == "1"
+
+
+def test_the_policy_pins_what_the_host_resolves_a_configured_name_to():
+    policy = network_policy(["localhost:3141", "10.1.2.3:80", "no-such-host.invalid:443"])
+    assert "localhost:3141" in policy["allow"] and "127.0.0.1:3141" in policy["allow"]
+    assert "127.0.0.1" in policy["resolve"]["localhost"]
+    assert "10.1.2.3:80" in policy["allow"] and "10.1.2.3" not in policy["resolve"]
+    assert "no-such-host.invalid:443" in policy["allow"]
+    assert "no-such-host.invalid" not in policy["resolve"]
+    NetworkPolicy(**policy)  # a valid policy
 
 
 def test_apt_hosts_are_read_from_the_template(tmp_path):
@@ -91,7 +108,7 @@ def test_apt_hosts_are_read_from_the_template(tmp_path):
         "Types: deb\nURIs: https://two.example.test:8080/debian\nSuites: bookworm\n"
     )
     (root / "etc/apt/sources.list.d/y.list").symlink_to("/etc/passwd")  # never followed
-    assert apt_hosts([root]) == ["one.example.test", "two.example.test:8080"]
+    assert apt_hosts([root]) == ["one.example.test:80", "two.example.test:8080"]
 
 
 def test_file_destinations_follow_symlinked_folders_inside_the_view(tmp_path):

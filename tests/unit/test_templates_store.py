@@ -191,3 +191,25 @@ def test_export_import_round_trip(store, base, tmp_path):
     assert set(view) == original
     assert Path(view["etc/hostname"].path).read_text() == "step\n"
     assert is_opaque(str(other.layer_dir(imported.layers[1].id) / "root/opt/hide"))
+
+
+def test_gc_is_refused_while_a_build_holds_the_store(store, base):
+    digest = store.remove("base")
+    with store.using(), pytest.raises(SandlotError, match="build or import is running"):
+        store.gc(set())
+    assert store.resolve("sha256:" + digest).lowers[0].is_dir()
+    assert store.gc(set()).removed_manifests == [digest]
+
+
+def test_rootfs_tar_of_an_image_base_and_not_of_the_host(store, base):
+    buf = io.BytesIO()
+    store.write_rootfs_tar("base", buf)
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        assert tar.getmember("usr/bin/python3").issym()
+        assert tar.extractfile("etc/hostname").read() == b"base\n"
+    from sandlot.workspace.templates import BaseInfo
+
+    store.save(TemplateManifest(name="onhost", base=BaseInfo(kind="host")))
+    with pytest.raises(InvalidArgumentError, match="host's system"):
+        store.write_rootfs_tar("onhost", io.BytesIO())

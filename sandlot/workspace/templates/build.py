@@ -57,6 +57,10 @@ if TYPE_CHECKING:
     from ...manager import Manager
 
 STEP_TIMEOUT = 3600.0  # seconds a sandboxed step may run
+# A build sandbox's limits: more than an agent's default (pip unpacks big wheels in /tmp,
+# compilers fork), still bounded. build(resources=...) overrides them.
+BUILD_RESOURCES = {"memory_mb": 4096, "pids": 1024, "tmp_mb": 4096,
+                   "cpus": float(max(1, min(os.cpu_count() or 1, 8)))}  # fmt: skip
 MAX_LAYER_BYTES = 64 << 30
 LOG_TAIL = 2000  # characters of the log an error ends with
 
@@ -167,7 +171,9 @@ class _Build:
         on_event: OnEvent | None,
         no_cache: bool,
         provider: str | None,
+        resources: dict[str, Any] | None = None,
     ) -> None:
+        self.resources = {**BUILD_RESOURCES, **(resources or {})}
         self.manager = manager
         self.store = store
         self.on_event = on_event
@@ -276,7 +282,9 @@ class _Build:
         else:
             assert isinstance(step, RunStep)
             command = S.run_command(step, self.workdir)
-        network: Any = NetworkPolicy(allow=hosts) if hosts else "none"
+        network: Any = "none"
+        if hosts:
+            network = NetworkPolicy(**await asyncio.to_thread(S.network_policy, hosts))
         if hosts:
             await log.write(f"network: {', '.join(hosts)}\n")
         spec = SandboxSpec.model_validate(
@@ -288,6 +296,7 @@ class _Build:
                 "binds": binds,
                 "env": env,
                 "timeout": STEP_TIMEOUT + 60,
+                "resources": self.resources,
                 "idle_timeout": None,
             }
         )
@@ -356,11 +365,13 @@ async def build(
     home: Path | None = None,
     no_cache: bool = False,
     provider: str | None = None,
+    resources: dict[str, Any] | None = None,
 ) -> TemplateManifest:
     """Build template ``name`` of ``owner`` from ``base`` (``host``, ``oci:REF``, ...) and
     ``steps`` (Step models or their JSON); returns its manifest, stored and named. ``manager``
     (or a factory of one) runs the sandboxed steps; the store is ``home``'s (default: the
-    manager's). A failed step raises TemplateBuildError naming it, with its log's tail."""
+    manager's). ``resources``: limits of the build sandboxes (default BUILD_RESOURCES).
+    A failed step raises TemplateBuildError naming it, with its log's tail."""
     check_name(name)
     checked = check_steps(steps)
     if callable(manager) and not hasattr(manager, "create"):
@@ -372,7 +383,7 @@ async def build(
         home = Path(mgr.home)
     store = TemplateStore(home)
     started = time.monotonic()
-    engine = _Build(mgr, store, on_event, no_cache, provider)
+    engine = _Build(mgr, store, on_event, no_cache, provider, resources)
     work_log = store.tmp_dir("log-") / "build.log"
     log = _Log(work_log, on_event)
     index, label = 0, f"base {base}"

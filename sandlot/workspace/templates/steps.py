@@ -7,11 +7,14 @@ which needs no sandbox at all.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import os
 import shlex
+import socket
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from ...errors import InvalidArgumentError
@@ -22,6 +25,54 @@ MAX_FILE_BYTES = 4 << 30  # a file step copies at most this much
 PIP_MOUNTS = "/mnt/.sandlot-pip"  # local pip sources appear beneath it (removed afterwards)
 PIP_CERT_INSIDE = "/tmp/.sandlot-pip-cert.pem"
 MAX_CERT = 4 << 20
+
+
+# --------------------------------------------------------------------------------------------
+# network
+
+
+def host_port(url: str) -> str | None:
+    """``host:port`` of an http(s) URL (the scheme's port if none is given), else None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return f"{parts.hostname}:{port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def network_policy(hosts: list[str]) -> dict[str, Any]:
+    """A NetworkPolicy (as data) allowing each ``host:port``, and the addresses the host
+    resolves it to now, pinned. The hosts come from the host's own configuration, so what
+    they resolve to on the host is what the operator means, even a private mirror (which a
+    name rule alone would not reach); pinned, a later answer cannot change it."""
+    allow: list[str] = []
+    resolve: dict[str, list[str]] = {}
+    for item in hosts:
+        name, _, port = item.rpartition(":")
+        allow.append(item)
+        try:
+            infos = socket.getaddrinfo(name, int(port), type=socket.SOCK_STREAM)
+        except (OSError, ValueError):
+            continue  # unresolvable now: the name rule stays, the step will say so
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        for address in addresses:
+            rule = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+            if rule not in allow:
+                allow.append(rule)
+        if addresses and not _is_address(name):
+            resolve[name] = addresses
+    return {"allow": allow, "resolve": resolve}
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,24 +142,29 @@ def pip_settings(environ: dict[str, str] | None = None) -> PipSettings:
         """A URL stays (its host allowed); a local folder is bound read-only inside."""
         nonlocal local
         parts = urlsplit(value)
-        if parts.scheme in ("http", "https") and parts.hostname:
-            host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        host = host_port(value)
+        if host is not None:
             if host not in settings.hosts:
                 settings.hosts.append(host)
             return value
         path = parts.path if parts.scheme == "file" else value
         if not path.startswith("/") or not os.path.isdir(path):
             return ""
+        real = os.path.realpath(path)
+        tail = ""
+        if parts.scheme == "file" and os.path.basename(real) == "simple":
+            # A PEP 503 tree links its files relatively (../../files/x.whl): bind its top.
+            real, tail = os.path.dirname(real), "/simple"
         inside = f"{PIP_MOUNTS}/{local}"
         local += 1
-        settings.binds.append((os.path.realpath(path), inside))
-        return ("file://" + inside) if parts.scheme == "file" else inside
+        settings.binds.append((real, inside))
+        return f"file://{inside}{tail}" if parts.scheme == "file" else inside
 
     index = config.get("index-url")
     if not index:
         index, files = _default_index()
         if files:
-            settings.hosts.append(files)
+            settings.hosts.append(f"{files}:443")
     if index:
         settings.env["PIP_INDEX_URL"] = place(index) or index
     for key in ("extra-index-url", "find-links"):
@@ -168,11 +224,9 @@ def apt_hosts(views: list[Path]) -> list[str]:
             else:
                 continue
             for url in urls:
-                parts = urlsplit(url)
-                if parts.scheme in ("http", "https") and parts.hostname:
-                    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-                    if host not in hosts:
-                        hosts.append(host)
+                host = host_port(url)
+                if host is not None and host not in hosts:
+                    hosts.append(host)
     return hosts
 
 

@@ -132,7 +132,12 @@ class TemplateStore:
     def _lock(self, kind: int) -> Iterator[None]:
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, kind)
+            try:
+                fcntl.flock(fd, kind)
+            except BlockingIOError:
+                raise SandlotError(
+                    "a template build or import is running: run the template gc after it"
+                ) from None
             yield
         finally:
             os.close(fd)
@@ -358,6 +363,18 @@ class TemplateStore:
 
     # ---------------------------------------------------------------------------- export, gc
 
+    def write_rootfs_tar(self, ref: str, fileobj: BinaryIO, owner: str = "") -> ResolvedTemplate:
+        """The merged root filesystem of an image-base template as one tar stream (whiteouts
+        applied; what ``docker import`` takes). A host-base template has no whole root."""
+        resolved = self.resolve(ref, owner)
+        if resolved.host_base:
+            raise InvalidArgumentError(
+                f"template {ref} is built on the host's system: it has no root filesystem of "
+                "its own to export as an image"
+            )
+        L.write_merged_tar(resolved.lowers, fileobj)
+        return resolved
+
     def export(self, name: str, fileobj: BinaryIO, owner: str = "") -> TemplateManifest:
         """Write a template (manifest + its layers) as a tar stream."""
         from .archive import export_template
@@ -384,9 +401,10 @@ class TemplateStore:
         """Remove manifests no name, pin or ``extra_in_use`` holds, then layers no kept
         manifest uses, logs of removed manifests and stale work folders. ``extra_in_use``:
         manifest digests (``sha256:`` or bare) or layer ids that must stay (pools' specs).
-        Waits for running builds and imports."""
+        Refused (SandlotError) while a build or import runs: waiting could block the very
+        event loop that build needs."""
         report = TemplateGcReport()
-        with self._lock(fcntl.LOCK_EX):
+        with self._lock(fcntl.LOCK_EX | fcntl.LOCK_NB):
             keep = self._named_digests() | set(self.pins().values())
             keep_layers = set()
             for item in extra_in_use or ():
