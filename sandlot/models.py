@@ -75,6 +75,8 @@ MAX_NAME = 255  # and NAME_MAX: longer paths fail in the kernel, not at the boun
 # anything a sandbox's system needs (unlike /etc, /usr, /proc, /tmp, ...), so a second mount
 # of the workspace there hides nothing. An allow-list fails closed.
 ALIAS_ROOTS = ("/home", "/mnt", "/srv", "/data")
+# A template reference (SandboxSpec.template): a name, or a manifest digest.
+TEMPLATE_REF = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}|sha256:[0-9a-f]{64}")
 ALIAS_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 MAX_ALIAS = 255
 MAX_ALIAS_PARTS = 6
@@ -268,7 +270,22 @@ class SandboxSpec(BaseModel):
         f"(at most {MAX_BINDS}; see Bind); a server refuses them unless its operator allowed "
         "roots for them (--allow-bind-root)",
     )
+    template: str | None = Field(
+        None,
+        description="the template the sandbox's root file system comes from: a name, or "
+        "'sha256:' and a manifest digest (see docs/templates.md); None: the host's system",
+    )
     config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None and not TEMPLATE_REF.fullmatch(value):
+            raise ValueError(
+                f"template must be a name (1-63 of a-z 0-9 . _ -) or sha256:<64 hex>, "
+                f"got {value!r:.80}"
+            )
+        return value
 
     @field_validator("env", mode="before")
     @classmethod

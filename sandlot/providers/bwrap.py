@@ -35,7 +35,19 @@ from ..errors import (
 )
 from ..models import ProviderInfo, Resources, SandboxSpec, overlaps
 from ..supervisor import Supervisor
-from . import agent_files, binds, cgroups, etc, procinfo, quota, seccomp, spawn, userns
+from . import (
+    agent_files,
+    binds,
+    cgroups,
+    etc,
+    procinfo,
+    quota,
+    rootfs,
+    seccomp,
+    spawn,
+    templated,
+    userns,
+)
 from .base import AgentPythonConfig, Provider, Started
 
 SANDBOX_UID = 1000
@@ -65,6 +77,20 @@ class BwrapConfig(AgentPythonConfig):
         "fresh unprivileged uid per sandbox (so an escape lands unprivileged and sandboxes "
         "share no per-user kernel counters or keyrings), else the current user",
     )
+
+    root_upper: str | None = Field(
+        None,
+        description="build mode, for the operator and template builds only (never from a "
+        "server's caller): the template's root becomes writable, its changes landing in this "
+        "host folder (an overlayfs upper folder), and the sandbox runs as uid 0",
+    )
+
+    @field_validator("root_upper")
+    @classmethod
+    def _absolute_upper(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or ".." in value.split("/")):
+            raise ValueError(f"{value!r} is not an absolute, normalised path")
+        return value
 
     @field_validator("ro_binds")
     @classmethod
@@ -120,19 +146,35 @@ class BwrapProvider(Provider):
             raise ProviderUnavailableError(f"bwrap cannot isolate here: {reason}", reason=reason)
         _check_alias(spec.workspace_alias, config.ro_binds)
         host_user = _check_binds(spec, config)
+        template = None
+        if spec.template is not None:
+            rootfs.require()
+            template = templated.resolve(self.home, spec.template)
+            spec = templated.apply(spec, template)
+        elif config.root_upper is not None:
+            raise InvalidArgumentError("root_upper (build mode) needs a template")
         agent_root = agent_files.prepare(self.home, config.python)
         await quota.cap(folder / "workspace", spec.resources.disk_mb, self.home)
-        namespace = await _namespace_for(host_user)
+        build = config.root_upper is not None
+        # Build mode as root: uid 0 inside is host root (owner of the host's /usr a step
+        # changes through the overlay); see docs/templates.md.
+        namespace = None if build else await _namespace_for(host_user)
         user = namespace.user if namespace is not None else None
         if user is not None:
             self._open_path_to(folder)
+            if template is not None:
+                templated.open_path(self.home, template.lowers)
         spawn.make_workspace(folder, spec.workdir, user, spec.workspace_alias)
         system = self._cgroups
         groups = system.folders(sandbox_id) if system else []
         child: spawn.ChildProcess | None = None
         limiting: asyncio.Future[set[int]] | None = None
+        root = None
         try:
-            child = self._start(spec, config, folder, agent_root, namespace, bool(groups))
+            if template is not None:
+                templated.pin(self.home, sandbox_id, template.digest)
+                root = self._root(template, config, folder)
+            child = self._start(spec, config, folder, agent_root, namespace, bool(groups), root)
             self._children[child.pid] = child
             if system is not None:
                 # Creating the groups and joining them (which can wait a whole RCU grace
@@ -156,6 +198,10 @@ class BwrapProvider(Provider):
                 if missed:
                     system.add(groups, missed)
         except BaseException:
+            if template is not None:
+                templated.unpin(self.home, sandbox_id)
+                if config.root_upper is not None:
+                    rootfs.tidy_upper(Path(config.root_upper), template.lowers)
             if user is not None:
                 userns.release(user)
             if child is not None:
@@ -169,7 +215,21 @@ class BwrapProvider(Provider):
         handle = spawn.handle(child, folder, cgroups=[str(g) for g in groups])
         if user is not None:
             handle["host_uid"] = user.uid
+        if template is not None:
+            handle["template"] = {"sandbox": sandbox_id, "digest": template.digest}
+            if config.root_upper is not None:
+                handle["template"]["upper"] = config.root_upper
+                handle["template"]["lowers"] = [str(p) for p in template.lowers]
         return Started(handle=handle, channel=channel, exited=child.exited)
+
+    def _root(self, template: Any, config: BwrapConfig, folder: Path) -> rootfs.Root:
+        """The wrapper and bwrap root arguments of a template's sandbox."""
+        upper = Path(config.root_upper) if config.root_upper is not None else None
+        uid, gid = (0, 0) if upper is not None else (SANDBOX_UID, SANDBOX_GID)
+        etc_folder = etc.snapshot(self.home, uid, gid)
+        root = rootfs.plan(template, folder, etc_folder, upper)
+        root.python = template.python
+        return root
 
     def _open_path_to(self, folder: Path) -> None:
         """Let an unprivileged bwrap reach the folders it binds: search permission only
@@ -186,6 +246,7 @@ class BwrapProvider(Provider):
         agent_root: Path,
         namespace: userns.Namespace | None,
         limited: bool,
+        root: rootfs.Root | None = None,
     ) -> spawn.ChildProcess:
         """bwrap started with the agent, handed the listening socket, the seccomp filter,
         the user namespace and (unless detached) the lifeline; every descriptor of ours that
@@ -197,7 +258,7 @@ class BwrapProvider(Provider):
                 os.close(namespace.fd)  # as _spawn would have
             raise
         try:
-            return self._spawn(spec, config, folder, agent_root, namespace, limited, bind_fds)
+            return self._spawn(spec, config, folder, agent_root, namespace, limited, bind_fds, root)
         finally:
             binds.close_all(bind_fds)  # bwrap has its own copies (or failed)
 
@@ -210,6 +271,7 @@ class BwrapProvider(Provider):
         namespace: userns.Namespace | None,
         limited: bool,
         bind_fds: list[int],
+        root: rootfs.Root | None = None,
     ) -> spawn.ChildProcess:
         listener = filter_fd = lifeline = None
         child = None
@@ -221,7 +283,9 @@ class BwrapProvider(Provider):
             # namespace, setsid'd daemons included, ends with it.
             lifeline = None if self.detached else os.pipe2(os.O_CLOEXEC)
             ns_fd = None if namespace is None else namespace.fd
-            argv = self._argv(spec, config, folder, agent_root, listener.fileno(), limited, ns_fd)
+            argv = self._argv(
+                spec, config, folder, agent_root, listener.fileno(), limited, ns_fd, root
+            )
             argv[1:1] = ["--seccomp", str(filter_fd)]
             argv[argv.index("--remount-ro") : argv.index("--remount-ro")] = bind_args(
                 spec, bind_fds
@@ -230,6 +294,8 @@ class BwrapProvider(Provider):
             if lifeline is not None:
                 argv += ["--lifeline", str(lifeline[0])]
                 extra.append(lifeline[0])
+            if root is not None:
+                argv[:0] = root.wrapper
             child = spawn.spawn(argv, folder, listener, {"PATH": DEFAULT_PATH}, tuple(extra))
         finally:
             if listener is not None:
@@ -258,24 +324,41 @@ class BwrapProvider(Provider):
         listen_fd: int,
         limited: bool,
         namespace: int | None = None,
+        root: rootfs.Root | None = None,
     ) -> list[str]:
-        etc_folder = etc.snapshot(self.home, SANDBOX_UID, SANDBOX_GID)
+        build = config.root_upper is not None
+        uid, gid = (0, 0) if build else (SANDBOX_UID, SANDBOX_GID)
         argv = isolation_args(
-            namespace, die_with_parent=not self.detached, full_network=spec.network == "full"
+            namespace,
+            die_with_parent=not self.detached,
+            full_network=spec.network == "full",
+            usr=root is None,
+            uid=uid,
+            gid=gid,
         )
         if namespace is None and _can_disable_userns():
             # bwrap's own namespace: nested ones are refused by the kernel too, not only by
             # the seccomp filter (with --userns, ours has no room for one: see userns.py).
             argv.append("--disable-userns")
-        argv += [*_top_level_binds()]
-        argv += ["--ro-bind", str(etc_folder), "/etc"]
+        if root is None:
+            etc_folder = etc.snapshot(self.home, SANDBOX_UID, SANDBOX_GID)
+            argv += [*_top_level_binds()]
+            argv += ["--ro-bind", str(etc_folder), "/etc"]
+        else:
+            argv += root.args
         alias = spec.workspace_alias
         argv += mount_args(str(folder / "workspace"), str(agent_root), spec.resources.tmp_mb, alias)
         for path in config.ro_binds:  # last, so /tmp or /workspace cannot hide them
             argv += ["--ro-bind", path, path]
-        argv += environment_args(spec.plain_env)
+        environment = environment_args(spec.plain_env)
+        if build and root is not None and root.args[-1:] == ["/"]:
+            at = environment.index("--remount-ro")  # the root is the writable overlay
+            del environment[at : at + 2]
+        argv += environment
         agent_args = ["--listen-fd", str(listen_fd), "--deadline", str(spec.timeout)]
         agent_args += writable_args(spec.workspace_alias)
+        if build:
+            agent_args += ["--writable", "/"]
         agent_args += [a for b in spec.binds if b.mode == "rw" for a in ("--writable", b.path)]
         agent_args += ["--reap-all"]
         agent_args += ["--workdir", spec.workdir]
@@ -284,11 +367,8 @@ class BwrapProvider(Provider):
             agent_args += ["--rlimit", f"as={resources.memory_mb * 1024 * 1024}"]
             agent_args += ["--rlimit", f"nproc={resources.pids}"]
         agent_args += ["--rlimit", "core=0"]
-        return [
-            *argv,
-            "--",
-            *agent_files.command(config.python, agent_files.MOUNT_POINT, *agent_args),
-        ]
+        python = config.python if root is None else root.python
+        return [*argv, "--", *agent_files.command(python, agent_files.MOUNT_POINT, *agent_args)]
 
     async def connect(self, handle: dict[str, Any]) -> Channel:
         return await Channel.connect_unix(handle["socket"])
@@ -298,6 +378,21 @@ class BwrapProvider(Provider):
 
     async def destroy(self, handle: dict[str, Any]) -> None:
         userns.release_handle(handle)
+        await self._destroy(handle)
+        self._release_template(handle)
+
+    def _release_template(self, handle: dict[str, Any]) -> None:
+        """Once its processes are gone: the template's pin, and a build's work folders."""
+        used = handle.get("template")
+        if not isinstance(used, dict):
+            return
+        if isinstance(used.get("upper"), str):
+            lowers = [Path(p) for p in used.get("lowers", []) if isinstance(p, str)]
+            rootfs.tidy_upper(Path(used["upper"]), lowers)
+        if isinstance(used.get("sandbox"), str):
+            templated.unpin(self.home, used["sandbox"])
+
+    async def _destroy(self, handle: dict[str, Any]) -> None:
         groups = [Path(g) for g in handle.get("cgroups", [])]
         cgroups.kill_all(groups)  # every process of the sandbox at once, not one by one
         child = self._children.get(handle.get("pid", -1))
@@ -379,6 +474,7 @@ class BwrapProvider(Provider):
         return sorted(cgroups.list_groups(system)) if system else []
 
     async def cleanup_orphan(self, sandbox_id: str) -> None:
+        templated.unpin(self.home, sandbox_id)
         system = self._cgroups
         if system is not None:
             await cgroups.remove(system.folders(sandbox_id))
@@ -389,11 +485,17 @@ class BwrapProvider(Provider):
 
 
 def isolation_args(
-    user_namespace: int | None, die_with_parent: bool, full_network: bool = False
+    user_namespace: int | None,
+    die_with_parent: bool,
+    full_network: bool = False,
+    usr: bool = True,
+    uid: int = SANDBOX_UID,
+    gid: int = SANDBOX_GID,
 ) -> list[str]:
     """New user (or the given one), PID, network, IPC, UTS and cgroup namespaces, the
-    sandbox's uid and gid, no capabilities, and /usr read-only. ``full_network`` (asked for
-    by name) keeps the host's network namespace."""
+    sandbox's uid and gid, no capabilities, and /usr read-only (unless ``usr`` is False: a
+    template's root brings its own). ``full_network`` (asked for by name) keeps the host's
+    network namespace."""
     return [
         "bwrap",
         *(["--unshare-user"] if user_namespace is None else ["--userns", str(user_namespace)]),
@@ -402,13 +504,13 @@ def isolation_args(
         "--unshare-ipc",
         "--unshare-uts",
         "--unshare-cgroup-try",
-        "--uid", str(SANDBOX_UID),
-        "--gid", str(SANDBOX_GID),
+        "--uid", str(uid),
+        "--gid", str(gid),
         "--hostname", "sandlot",
         *(["--die-with-parent"] if die_with_parent else []),
         "--new-session",
         "--cap-drop", "ALL",
-        "--ro-bind", "/usr", "/usr",
+        *(["--ro-bind", "/usr", "/usr"] if usr else []),
     ]  # fmt: skip
 
 

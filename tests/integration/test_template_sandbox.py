@@ -1,0 +1,255 @@
+"""bwrap sandboxes started from a template (``SandboxSpec.template``): a host-base template
+(the host's /usr with layers overlaid), an image-base one (a Debian root filesystem as its
+bottom layer), their read-only roots, their independence, build mode and pins.
+
+The templates are put in the store directly (layers made by hand in a store work folder,
+as a build step's upper folder would be): building them is tested with the build engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sandlot
+from sandlot.models import SandboxSpec
+from sandlot.sdk.sandbox import AsyncSandbox
+from sandlot.workspace.templates.model import BaseInfo, TemplateManifest
+from sandlot.workspace.templates.store import TemplateStore
+
+ROOTFS_TAR = Path("/var/cache/sandlot-test/bookworm-v2-rootfs.tar")
+IMAGE = "sandlot-test-bookworm:v2"
+# What the image-base test needs of Debian's root: not its documentation.
+SKIPPED = ("usr/share/doc/", "usr/share/man/", "usr/share/locale/", "var/cache/")
+
+
+def _home() -> Path:
+    return Path(os.environ["SANDLOT_HOME"])
+
+
+def _layer(store: TemplateStore, files: dict[str, str | None], seed: str) -> Any:
+    """A step layer holding ``files`` (path -> text; None: a folder)."""
+    work = store.tmp_dir()
+    for path, text in files.items():
+        target = work / path.lstrip("/")
+        if text is None:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(0o755 if "/bin/" in path else 0o644)
+    return store.add_layer(work, hashlib.sha256(seed.encode()).hexdigest())
+
+
+@pytest.fixture(scope="module")
+def store() -> TemplateStore:
+    return TemplateStore(_home())
+
+
+@pytest.fixture(scope="module")
+def host_template(store: TemplateStore) -> str:
+    layer = _layer(
+        store,
+        {
+            "/usr/local/bin/hello": "#!/bin/sh\necho hello from the template\n",
+            "/opt/x/data.txt": "template data\n",
+            "/srv/app": None,
+        },
+        "host-template-layer",
+    )
+    manifest = TemplateManifest(
+        name="c-host",
+        base=BaseInfo(kind="host"),
+        layers=[layer],
+        env={"FROM_TEMPLATE": "yes", "OVERRIDDEN": "template"},
+        workdir="/srv/app",
+    )
+    store.save(manifest)
+    return "c-host"
+
+
+def _extract_rootfs(target: Path) -> None:
+    """Debian bookworm with python3: setup's cached tar, else exported from the test image."""
+    if ROOTFS_TAR.is_file():
+        with ROOTFS_TAR.open("rb") as source:
+            _extract(source, target)
+        return
+    made = subprocess.run(["docker", "create", IMAGE, "true"], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"no Debian root filesystem: neither {ROOTFS_TAR} nor {IMAGE}")
+    container = made.stdout.strip()
+    try:
+        export = subprocess.Popen(["docker", "export", container], stdout=subprocess.PIPE)
+        assert export.stdout is not None
+        with export.stdout as source:
+            _extract(source, target)
+        assert export.wait() == 0
+    finally:
+        subprocess.run(["docker", "rm", container], capture_output=True)
+
+
+def _extract(source: Any, target: Path) -> None:
+    with tarfile.open(fileobj=source, mode="r|") as tar:
+        for member in tar:
+            if not member.name.removeprefix("./").startswith(SKIPPED) and not member.isdev():
+                tar.extract(member, target, set_attrs=True, filter="fully_trusted")
+
+
+@pytest.fixture(scope="module")
+def image_template(store: TemplateStore) -> str:
+    work = store.tmp_dir()
+    _extract_rootfs(work)
+    base = store.add_layer(work, hashlib.sha256(b"c-bookworm-base").hexdigest())
+    marker = _layer(store, {"/etc/template-marker": "image template\n"}, "c-image-marker")
+    # A step that deleted a file of the base: an overlayfs whiteout (a 0/0 character device).
+    work = store.tmp_dir()
+    (work / "etc").mkdir()
+    os.mknod(work / "etc" / "debian_version", 0o600 | 0o020000, 0)
+    deleted = store.add_layer(work, hashlib.sha256(b"c-image-whiteout").hexdigest())
+    manifest = TemplateManifest(
+        name="c-image",
+        base=BaseInfo(kind="rootfs", ref="bookworm", digest="sha256:" + base.id),
+        layers=[base, marker, deleted],
+        python="/usr/bin/python3",
+    )
+    store.save(manifest)
+    return "c-image"
+
+
+def _layer_files(store: TemplateStore, name: str) -> dict[str, bytes]:
+    found = {}
+    for lower in store.resolve(name).lowers:
+        if len(list(lower.iterdir())) > 5:
+            continue  # a base root filesystem: too big to list, and checked by path below
+        for path in lower.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                found[str(path)] = path.read_bytes()
+    return found
+
+
+async def _create(template: str, **spec: Any) -> AsyncSandbox:
+    return await AsyncSandbox._create(SandboxSpec(template=template, **spec), None)
+
+
+async def _run(sb: AsyncSandbox, command: str) -> Any:
+    return await sb.commands.run(command, timeout=30)
+
+
+async def test_a_host_base_template_adds_its_files_to_the_hosts_system(host_template):
+    sb = await _create(host_template, env={"OVERRIDDEN": "caller"})
+    try:
+        done = await _run(
+            sb,
+            "hello && cat /opt/x/data.txt && pwd && echo $FROM_TEMPLATE $OVERRIDDEN "
+            "&& test -x /usr/bin/python3 && test -e /usr/bin/bwrap && echo host-usr",
+        )
+        assert done.exit_code == 0, done.stderr
+        assert done.stdout.split("\n")[:5] == [
+            "hello from the template",
+            "template data",
+            "/srv/app",
+            "yes caller",
+            "host-usr",
+        ]
+    finally:
+        await sb.kill()
+
+
+async def test_the_template_root_is_read_only_and_sandboxes_share_nothing(store, host_template):
+    before = _layer_files(store, host_template)
+    first, second = await _create(host_template), await _create(host_template)
+    try:
+        wrote = await _run(
+            first,
+            "for p in /usr/local/bin/hello /opt/x/data.txt /opt/x/new /usr/new /srv/app/f "
+            "/new /proc/self/root/opt/x/new; do (echo bad > $p) 2>/dev/null && echo wrote $p; "
+            "done; echo mine > /workspace/f; echo mine > /tmp/f; echo done",
+        )
+        assert wrote.stdout.strip() == "done", wrote.stdout
+        seen = await _run(second, "cat /workspace/f /tmp/f /opt/x/new; cat /opt/x/data.txt")
+        assert seen.stdout == "template data\n"
+    finally:
+        await first.kill()
+        await second.kill()
+    assert _layer_files(store, host_template) == before
+
+
+async def test_a_running_sandbox_pins_its_template(store, host_template):
+    digest = store.resolve(host_template).digest
+    sb = await _create(host_template)
+    try:
+        assert store.pins().get(sb.id) == digest
+    finally:
+        await sb.kill()
+    assert sb.id not in store.pins()
+
+
+async def test_build_mode_writes_land_in_the_upper_folder_only(store, host_template, tmp_path):
+    before = _layer_files(store, host_template)
+    upper = tmp_path / "upper"
+    sb = await _create(host_template, config={"root_upper": str(upper)})
+    try:
+        done = await _run(
+            sb,
+            "id -u && echo built > /opt/x/built && mkdir -p /usr/local/lib/c-pkg "
+            "&& echo 1 > /usr/local/lib/c-pkg/m.py && rm /usr/local/bin/hello "
+            "&& echo conf > /etc/c.conf && echo ok",
+        )
+        assert done.exit_code == 0, done.stderr
+        assert done.stdout == "0\nok\n"
+    finally:
+        await sb.kill()
+    assert (upper / "opt/x/built").read_text() == "built\n"
+    assert (upper / "usr/local/lib/c-pkg/m.py").read_text() == "1\n"
+    assert (upper / "etc/c.conf").read_text() == "conf\n"
+    assert (upper / "usr/local/bin/hello").is_char_device()  # a whiteout
+    assert not Path("/usr/local/lib/c-pkg").exists()
+    assert not (tmp_path / "upper.work").exists()
+    assert sorted(p.name for p in upper.iterdir()) == ["etc", "opt", "usr"]
+    assert _layer_files(store, host_template) == before
+    assert sb.id not in store.pins()
+
+
+async def test_build_mode_is_not_for_a_sandbox_without_template(tmp_path):
+    with pytest.raises(sandlot.InvalidArgumentError, match="needs a template"):
+        await AsyncSandbox._create(SandboxSpec(config={"root_upper": str(tmp_path)}), None)
+
+
+async def test_an_image_base_template_is_the_sandboxs_whole_system(image_template):
+    sb = await _create(image_template)
+    try:
+        done = await _run(
+            sb,
+            ". /etc/os-release && echo $VERSION_CODENAME && cat /etc/template-marker "
+            "&& python3 -c 'import sys; print(sys.executable)' && ls /etc/debian_version; "
+            "test -e /usr/bin/bwrap || echo no-host-usr; (echo x > /etc/f) 2>/dev/null || echo ro",
+        )
+        assert done.stdout.split("\n")[:5] == [
+            "bookworm",
+            "image template",
+            "/usr/bin/python3",
+            "no-host-usr",
+            "ro",
+        ]
+        assert "No such file" in done.stderr  # deleted by the top layer's whiteout
+    finally:
+        await sb.kill()
+
+
+async def test_build_mode_on_an_image_base_can_make_top_level_folders(image_template, tmp_path):
+    upper = tmp_path / "upper"
+    sb = await _create(image_template, config={"root_upper": str(upper)})
+    try:
+        done = await _run(sb, "mkdir /app && echo a > /app/main.py && echo ok")
+        assert done.stdout == "ok\n", done.stderr
+    finally:
+        await sb.kill()
+    # The step's folder; not the mount points bwrap made for /workspace and the agent.
+    assert sorted(p.name for p in upper.iterdir()) == ["app"]
+    assert (upper / "app/main.py").read_text() == "a\n"
