@@ -5,7 +5,7 @@ A ``file`` step's source is read here, on the caller's machine, and its bytes tr
 build (a server never reads a path a caller names); a folder is refused.
 
     templates = RemoteTemplates()               # SANDLOT_URL, SANDLOT_API_KEY
-    out = await templates.build("datasci", "host", steps, on_progress=print)
+    out = await templates.build("datasci", "host", steps, on_progress=print)  # engine events
     await templates.list(); await templates.get("datasci"); await templates.remove("datasci")
 """
 
@@ -17,8 +17,10 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
+
+from pydantic import Field, TypeAdapter, ValidationError
 
 from ..api_templates import MAX_UPLOAD, TemplateBuildRequest, TemplateOut, UploadStep
 from ..errors import (
@@ -27,11 +29,13 @@ from ..errors import (
     RemoteUnavailableError,
     from_dict,
 )
+from ..workspace.templates.build import BuildEvent
 from ..workspace.templates.model import FileStep, check_name, check_steps
 from .client import Client
 from .sse import events
 
-Progress = Callable[[dict[str, Any]], None]
+Progress = Callable[[Any], None]
+_EVENTS: TypeAdapter[Any] = TypeAdapter(Annotated[BuildEvent, Field(discriminator="type")])
 
 
 class RemoteTemplates:
@@ -52,7 +56,8 @@ class RemoteTemplates:
         on_progress: Progress | None = None,
     ) -> TemplateOut:
         """Build ``name`` on the server (replacing the tenant's template of that name);
-        ``on_progress`` gets each progress event (the build engine's, as a dict). Raises
+        ``on_progress`` gets each progress event, the build engine's own models (as a local
+        build's ``on_event`` does; an event this client does not know is skipped). Raises
         the build's error (TemplateBuildError names the failed step)."""
         body = build_request(name, base, steps)
         response = await self.client.open(
@@ -64,8 +69,9 @@ class RemoteTemplates:
         try:
             async for event in events(response):
                 if event.kind == "progress":
-                    if on_progress is not None:
-                        on_progress(event.data)
+                    progress = _progress(event.data)
+                    if on_progress is not None and progress is not None:
+                        on_progress(progress)
                 elif event.kind == "template":
                     return TemplateOut.model_validate(event.data)
                 elif event.kind == "error":
@@ -127,6 +133,13 @@ def _upload(step: FileStep) -> UploadStep:
         content_b64=base64.b64encode(content).decode(),
         executable=bool(info.st_mode & 0o111),
     )
+
+
+def _progress(data: dict[str, Any]) -> Any:
+    try:
+        return _EVENTS.validate_python(data)
+    except ValidationError:
+        return None  # a newer server's kind of event: progress only informs
 
 
 def _error(data: dict[str, Any]) -> Exception:
