@@ -5,13 +5,13 @@ A build answers 201 with the template as JSON once it is done; a caller that acc
 ``text/event-stream`` gets the build's progress as it happens instead: ``progress`` events
 (the build engine's, as JSON; log lines beyond what a slow caller has read are dropped),
 then one ``template`` event (the template) or one ``error`` event (an error body: ``code``,
-``message``, ``details``). A build whose streaming caller goes away is cancelled.
+``message``, ``details``). A build runs on the server, not on the connection: one whose
+caller goes away finishes, and names its template.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..api_templates import TemplateBuildRequest, TemplateOut
 from ..errors import SandlotError, ServerError
+from ..supervisor import Supervisor
 from . import sse
 from .deps import KEEPALIVE_SECONDS, Caller, State
 from .state import Principal, ServerState
@@ -74,41 +75,45 @@ async def build_template(
             media_type=sse.MEDIA_TYPE,
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
-    out = await _build(state, caller, body, None)
+    out = await state.templates.build(caller.tenant, body, state.manager, lambda _: None)
     return JSONResponse(out.model_dump(mode="json"), status_code=201)
 
 
-async def _build(
-    state: ServerState, caller: Principal, body: TemplateBuildRequest, queue: Any
-) -> TemplateOut:
-    def progress(event: dict[str, Any]) -> None:
+class _Follower:
+    """Where a streamed build's events go while its caller reads them."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.gone = False
+
+    def progress(self, event: dict[str, Any]) -> None:
         # A step may print without end: while the caller reads slower than that, log lines
         # wait here up to a bound and the rest are dropped (the whole log: GET .../log).
-        if queue is None or (event.get("type") == "log" and queue.qsize() >= MAX_PENDING):
+        if self.gone or (event.get("type") == "log" and self.queue.qsize() >= MAX_PENDING):
             return
-        queue.put_nowait(("progress", event))
-
-    return await state.templates.build(caller.tenant, body, state.manager, progress)
+        self.queue.put_nowait(("progress", event))
 
 
 async def _streamed(
     state: ServerState, caller: Principal, body: TemplateBuildRequest
 ) -> AsyncIterator[bytes]:
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    follower = _Follower()
 
     async def run() -> None:
         try:
-            out = await _build(state, caller, body, queue)
+            out = await state.templates.build(caller.tenant, body, state.manager, follower.progress)
         except Exception as exc:
-            queue.put_nowait(("error", _error_data(exc)))
+            follower.queue.put_nowait(("error", _error_data(exc)))
         else:
-            queue.put_nowait(("template", out.model_dump(mode="json")))
+            follower.queue.put_nowait(("template", out.model_dump(mode="json")))
 
-    task = asyncio.ensure_future(run())
+    # The build runs on the server, not on the connection: a caller that goes away leaves
+    # it to finish (and name the template), as a command does.
+    Supervisor.current().spawn(run(), "template-build")
     try:
         while True:
             try:
-                kind, data = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                kind, data = await asyncio.wait_for(follower.queue.get(), KEEPALIVE_SECONDS)
             except TimeoutError:
                 yield sse.KEEPALIVE  # a long quiet step: proxies keep the stream open
                 continue
@@ -116,10 +121,7 @@ async def _streamed(
             if kind != "progress":
                 return
     finally:
-        if not task.done():  # the caller went away: the build stops with it
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        follower.gone = True
 
 
 @router.get("", response_model=list[TemplateOut])

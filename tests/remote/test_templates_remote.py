@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,7 @@ def test_build_streamed_then_list_show_log_use_delete(
         ],
     }
     events = streamed_build(server, alice, body)
+    assert str(server.home) not in json.dumps(events)  # the server's paths never show
     kinds = [kind for kind, _ in events]
     assert kinds[-1] == "template" and "progress" in kinds and "error" not in kinds
     assert kinds.count("template") == 1
@@ -146,6 +148,48 @@ def test_build_streamed_then_list_show_log_use_delete(
     gone = call(server, alice, "GET", "/v1/templates/hello")
     assert gone.status_code == 404 and gone.json()["code"] == "template_not_found"
     assert call(server, alice, "GET", "/v1/templates").json() == []
+
+
+def test_a_failed_step_is_named_in_the_stream_and_as_json(
+    tenants: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    server, keys = tenants
+    steps = [upload("/opt/a.txt", b"a\n"), {"kind": "run", "command": "echo going; exit 3"}]
+    events = streamed_build(server, keys["bob"], {"name": "broken", "steps": steps})
+    kind, error = events[-1]
+    assert kind == "error" and error["code"] == "template_build_failed"
+    assert error["details"]["step"] == 2 and "exit 3" in error["message"]
+    assert "going" in error["message"]  # the tail of its log
+    failed = [data for kind, data in events if data.get("type") == "failed"]
+    assert len(failed) == 1 and failed[0]["index"] == 2
+    assert str(server.home) not in json.dumps(events)
+    answer = build(server, keys["bob"], "broken", steps)
+    assert answer.status_code == 400 and answer.json()["code"] == "template_build_failed"
+    assert str(server.home) not in answer.text
+    assert call(server, keys["bob"], "GET", "/v1/templates/broken").status_code == 404
+
+
+def test_a_build_outlives_its_callers_stream(
+    tenants: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    """The build runs on the server, not on the connection (as a command does)."""
+    server, keys = tenants
+    headers = {"Authorization": f"Bearer {keys['bob']}", "Accept": "text/event-stream"}
+    body = {"name": "left", "steps": [{"kind": "run", "command": "sleep 1; echo slept"}]}
+    with httpx.stream(
+        "POST", server.url + "/v1/templates", json=body, headers=headers, timeout=60
+    ) as answer:
+        for line in answer.iter_lines():
+            if "step_started" in line:
+                break  # and go away before the step ends
+    for _ in range(300):
+        shown = call(server, keys["bob"], "GET", "/v1/templates/left")
+        if shown.status_code == 200:
+            break
+        time.sleep(0.1)
+    assert shown.status_code == 200, shown.text
+    assert "slept" in call(server, keys["bob"], "GET", "/v1/templates/left/log").text
+    assert call(server, keys["bob"], "DELETE", "/v1/templates/left").status_code == 204
 
 
 def test_a_build_answers_json_without_a_stream(
@@ -262,3 +306,12 @@ def test_sandbox_template_refusals(
     server, keys = tenants
     answer = call(server, keys["alice"], "POST", "/v1/sandboxes", body)
     assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
+
+
+def test_the_server_logged_no_unhandled_exception(
+    tenants: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    """Last: builds that failed, were refused or lost their caller left no traceback."""
+    log = tenants[0].log.read_text(errors="replace")
+    markers = ("Traceback (most recent call last)", "Task exception was never retrieved")
+    assert not [m for m in markers if m in log], log[-4000:]
