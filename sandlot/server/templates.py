@@ -23,10 +23,12 @@ from ..api_templates import TemplateBuildRequest, TemplateOut, template_out
 from ..errors import (
     ForbiddenError,
     InvalidArgumentError,
+    SecretError,
     TemplateBuildError,
     TemplateNotFoundError,
 )
 from ..models import SandboxSpec
+from ..secrets.store import SecretInfo, SecretStore, secret_not_found
 from .template_uploads import Uploads
 
 if TYPE_CHECKING:
@@ -233,10 +235,27 @@ class HostBinds:
         self._manager = manager
 
     async def create(self, spec: SandboxSpec, **kwargs: Any) -> Any:
-        return await self._manager.create(spec, host_binds=True, **kwargs)
+        # A build sandbox is no tenant's sandbox (no record): it gets no secrets at all.
+        return await self._manager.create(spec, host_binds=True, secrets=NoSecrets())
 
     def __getattr__(self, name: str) -> Any:  # the rest of the manager, as it is
         return getattr(self._manager, name)
+
+
+class NoSecrets(SecretStore):
+    """The secrets of a build sandbox: none."""
+
+    async def set(self, name: str, value: str) -> None:
+        raise SecretError("a template build has no secrets")
+
+    async def get(self, name: str) -> str:
+        raise secret_not_found(name)
+
+    async def list(self) -> builtins.list[SecretInfo]:
+        return []
+
+    async def delete(self, name: str) -> bool:
+        return False
 
 
 def _plain(event: Any) -> Any:

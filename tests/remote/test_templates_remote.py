@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from integration.test_templates_build import PACKAGE, make_wheel
 
 import sandlot
 from sandlot.errors import ForbiddenError, TemplateNotFoundError
@@ -110,16 +111,21 @@ def read_in_sandbox(server: ServerProcess, key: str, template: str, path: str) -
 
 
 def test_build_streamed_then_list_show_log_use_delete(
-    tenants: tuple[ServerProcess, dict[str, str]],
+    tenants: tuple[ServerProcess, dict[str, str]], tmp_path: Path
 ) -> None:
+    """File and pip steps on the host base (the wheel is uploaded: no network), its
+    progress streamed; a sandbox from it sees both."""
     server, keys = tenants
     alice = keys["alice"]
+    wheel = make_wheel(tmp_path, "from-the-wheel")
+    inside = f"/opt/w/{wheel.name}"
     body = {
         "name": "hello",
         "base": "host",
         "steps": [
             upload("/opt/hello.txt", b"hello from the template\n"),
-            {"kind": "run", "command": "echo built-by-run; cp /opt/hello.txt /opt/copy.txt"},
+            upload(inside, wheel.read_bytes()),
+            {"kind": "pip", "packages": [inside]},
             {"kind": "env", "key": "GREETING", "value": "hi"},
         ],
     }
@@ -128,21 +134,31 @@ def test_build_streamed_then_list_show_log_use_delete(
     kinds = [kind for kind, _ in events]
     assert kinds[-1] == "template" and "progress" in kinds and "error" not in kinds
     assert kinds.count("template") == 1
+    steps = [data for kind, data in events if data.get("type") == "step_finished"]
+    assert [s["index"] for s in steps] == [1, 2, 3, 4]
     built = events[-1][1]
     assert built["name"] == "hello" and built["digest"].startswith("sha256:")
     assert built["env"] == {"GREETING": "hi"} and built["base"]["kind"] == "host"
-    # The server's copy of the uploaded file is not shown: only what it was.
-    assert [s["src"] for s in built["steps"] if s["kind"] == "file"] == ["(uploaded)"]
+    # The server's copy of an uploaded file is not shown: only what it was.
+    assert [s["src"] for s in built["steps"] if s["kind"] == "file"] == ["(uploaded)"] * 2
 
     listed = call(server, alice, "GET", "/v1/templates").json()
     assert [t["name"] for t in listed] == ["hello"]
     shown = call(server, alice, "GET", "/v1/templates/hello").json()
-    assert shown["digest"] == built["digest"] and shown["size"] > 0
-    assert shown["layers"] and all(layer["size"] >= 0 for layer in shown["layers"])
+    assert shown["digest"] == built["digest"] and shown["size"] > len(wheel.read_bytes())
+    assert [layer["size"] > 0 for layer in shown["layers"]] == [True, True, True]
     log = call(server, alice, "GET", "/v1/templates/hello/log")
-    assert log.status_code == 200 and "built-by-run" in log.text
+    assert log.status_code == 200 and "Successfully installed sandlot-tpl-probe" in log.text
 
-    assert read_in_sandbox(server, alice, "hello", "/opt/copy.txt") == "hello from the template\n"
+    answer = call(server, alice, "POST", "/v1/sandboxes", {"template": "hello", "timeout": 60})
+    assert answer.status_code == 201, answer.text
+    sb = sandlot.Sandbox.connect(answer.json()["id"], client=client(server, alice))
+    try:
+        assert sb.files.read("/opt/hello.txt") == "hello from the template\n"
+        probe = f"import {PACKAGE} as p, os; print(p.VALUE, os.environ['GREETING'])"
+        assert sb.commands.run(["python3", "-c", probe]).stdout == "from-the-wheel hi\n"
+    finally:
+        sb.kill()
 
     assert call(server, alice, "DELETE", "/v1/templates/hello").status_code == 204
     gone = call(server, alice, "GET", "/v1/templates/hello")
