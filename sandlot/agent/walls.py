@@ -250,13 +250,26 @@ def _locked():
 
 def _nest():
     """A nested domain that limits nothing but stands apart from its siblings: Landlock lets
-    a process reach another (ptrace, /proc/<pid>/fd, mem) only in its own domain or below."""
+    a process reach another (ptrace, /proc/<pid>/fd, mem) only in its own domain or below.
+
+    A layer that handles any file-system right but not REFER denies every rename and link
+    across folders (EXDEV: Landlock's ABI 1 compatibility), so this one handles REFER too
+    and grants it beneath /: moving a file between folders stays the outer domain's call."""
     syscall = _c("syscall")
-    attr = _u64(MAKE_BLOCK, 0, 0)  # making block devices: never allowed here anyway
+    refer = WRITE_ACCESS[2] if _nest_abi() >= 2 else 0
+    attr = _u64(MAKE_BLOCK | refer, 0, 0)  # making block devices: never allowed here anyway
     ruleset = syscall(SYS_LANDLOCK_CREATE_RULESET, attr, len(attr), 0)
     if ruleset >= 0:
+        if refer:
+            _allow_beneath(syscall, ruleset, "/", refer)
         syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0)
         posix.close(ruleset)
+
+
+def _nest_abi():
+    if "nest_abi" not in _state:
+        _state["nest_abi"] = landlock_abi()
+    return _state["nest_abi"]
 
 
 def _load_filter(code):

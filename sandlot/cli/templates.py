@@ -149,6 +149,15 @@ def build(
     json_: Annotated[
         bool, typer.Option("--json", help="Progress events as JSON lines on stdout.")
     ] = False,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow",
+            metavar="RULE",
+            help="A host the sandboxed steps may reach (repeatable; as network allow "
+            "rules). --pip and --apt reach their index and sources anyway; --run nothing else.",
+        ),
+    ] = None,
 ) -> None:
     """Build template NAME: --from BASE, then steps in the order given:
 
@@ -174,7 +183,7 @@ def build(
         manager = Manager(store.root.parent)
         try:
             return await build_template(
-                manager, name, base, steps, on_event=progress, no_cache=no_cache
+                manager, name, base, steps, on_event=progress, no_cache=no_cache, allow=allow
             )
         finally:
             await manager.close()

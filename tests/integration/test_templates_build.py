@@ -14,6 +14,7 @@ import io
 import json
 import subprocess
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from sandlot.manager import Manager
 from sandlot.models import SandboxSpec
 from sandlot.sdk.sandbox import AsyncSandbox
 from sandlot.store import default_home
-from sandlot.workspace.templates import TemplateStore, parse_step
+from sandlot.workspace.templates import TemplateManifest, TemplateStore, parse_step
 from sandlot.workspace.templates.build import build
 
 pytestmark = pytest.mark.timeout(120)
@@ -73,11 +74,11 @@ def file_steps(folder: Path, names: list[str]) -> list:
     return [parse_step("file", f"{folder / n}:/opt/tpl/{n}") for n in names]
 
 
-async def run_build(name: str, steps: list) -> tuple[list, object]:
+async def run_build(name: str, steps: list, **options) -> tuple[list, TemplateManifest]:
     events: list = []
     manager = Manager()
     try:
-        manifest = await build(manager, name, "host", steps, on_event=events.append)
+        manifest = await build(manager, name, "host", steps, on_event=events.append, **options)
     finally:
         await manager.close()
     return events, manifest
@@ -102,6 +103,11 @@ async def test_a_changed_file_step_redoes_itself_and_what_follows(tmp_path):
     assert (view[1] / "opt/tpl/b").read_text() == "b, changed"
     assert store.log_path(manifest.digest()).is_file()
     assert [e.type for e in events][-1] == "done"
+    # --no-cache runs every step again; the layers in use stay as they are
+    events, again = await run_build("files", steps, no_cache=True)
+    assert cached_flags(events) == [False, False, False]
+    assert again.layer_ids == manifest.layer_ids  # the same content: the same layers
+    assert all(store.layer_dir(i).is_dir() for i in manifest.layer_ids)
 
 
 @needs_template_sandboxes
@@ -197,3 +203,39 @@ def test_the_cli_builds_lists_shows_exports_imports_removes_and_collects(tmp_pat
     assert "clitpl" not in [t["name"] for t in json.loads(cli("ls", "--json"))]
     report = json.loads(cli("gc", "--json"))
     assert events[-1]["digest"] in report["removed_manifests"]
+
+
+@pytest.fixture
+def web_on_loopback(tmp_path) -> Iterator[str]:
+    """An HTTP server on 127.0.0.2 (not in a sandbox's NO_PROXY: reached through its proxy)."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "x").write_text("served\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.2:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_run_steps_have_no_network_unless_allowed(web_on_loopback):
+    fetch = (
+        "python3 -c \"import urllib.request as u; open('/opt/fetched', 'w')"
+        f".write(u.urlopen('http://{web_on_loopback}/x').read().decode())\""
+    )
+    steps = [parse_step("run", fetch)]
+    manager = Manager()
+    try:
+        with pytest.raises(TemplateBuildError, match="exit 1"):
+            await build(manager, "offline", "host", steps)
+        await build(manager, "online", "host", steps, allow=[web_on_loopback])
+    finally:
+        await manager.close()
+    root = TemplateStore(default_home()).resolve("online").lowers[0]
+    assert (root / "opt/fetched").read_text() == "served\n"

@@ -129,3 +129,17 @@ async def test_apt_on_a_host_base_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(TemplateBuildError, match="apt steps need an image base"):
         await build(None, "aptly", "host", steps, home=tmp_path)
     assert not list((tmp_path / "templates/layers").iterdir())
+
+
+async def test_a_flood_of_step_output_is_bounded(tmp_path, monkeypatch):
+    from sandlot.workspace.templates import build as B
+
+    monkeypatch.setattr(B, "MAX_LOG", 1000)
+    events: list = []
+    log = B._Log(tmp_path / "log", events.append)
+    await log.write("x" * 50_000)  # no newline at all
+    await log.write("\nlast words\n")
+    log.close()
+    assert (tmp_path / "log").stat().st_size < 1200
+    assert max(len(e.line) for e in events) <= B.MAX_LINE
+    assert log.tail().endswith("last words\n")

@@ -1,8 +1,9 @@
 """The build engine: a base and steps in, a named template out, each step a cached layer.
 
-A step's layer id is its cache key: sha256 of the layer below (or the base), the step's
-canonical JSON, the env and workdir it runs with, and the hash of its input files (file
-steps). A key already in the store is reused; otherwise the step runs:
+A step's cache key is sha256 of the layer below (or the base), the step's canonical JSON,
+the env and workdir it runs with, and the hash of its input files (file steps); the store
+maps a key to the layer it made (``cache/<key>``), reused by a later build; otherwise the
+step runs (its layer's id: of its key and its content):
 
 - ``file``: copied from the host into a new layer directly (no sandbox);
 - ``apt``, ``pip``, ``run``: in a build sandbox of the layers so far, made by the manager
@@ -37,6 +38,7 @@ from . import steps as S
 from .bases import prepare_base
 from .model import (
     DIGEST_PREFIX,
+    PYTHONS,
     AptStep,
     BaseInfo,
     EnvStep,
@@ -63,6 +65,8 @@ BUILD_RESOURCES = {"memory_mb": 4096, "pids": 1024, "tmp_mb": 4096,
                    "cpus": float(max(1, min(os.cpu_count() or 1, 8)))}  # fmt: skip
 MAX_LAYER_BYTES = 64 << 30
 LOG_TAIL = 2000  # characters of the log an error ends with
+MAX_LOG = 32 << 20  # characters of a build's log file
+MAX_LINE = 8192  # characters of one log event
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,34 +134,69 @@ def step_key(parent: str, step: Step, env: dict[str, str], workdir: str | None) 
     return hashlib.sha256(b"step\0" + canonical(data)).hexdigest()
 
 
+def host_fingerprint() -> str:
+    """What a host-base step's cache key starts from: the host's release and its Python
+    interpreters (path, size, time), so upgrading the host's system builds anew."""
+    h = hashlib.sha256()
+    with contextlib.suppress(OSError):
+        h.update(Path("/etc/os-release").read_bytes()[:65536])
+    for candidate in PYTHONS:
+        with contextlib.suppress(OSError):
+            real = os.path.realpath(candidate)
+            st = os.stat(real)
+            h.update(f"{candidate}\0{real}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:32]
+
+
+def layer_id_of(key: str, content: str) -> str:
+    """A step layer's id: its cache key and its content. The cache (``cache/<key>``) maps a
+    key to the layer it made last; a layer's id never changes meaning, so a rebuild with
+    --no-cache makes a new layer and leaves the old one to the sandboxes that use it."""
+    return hashlib.sha256(f"layer\0{key}\0{content}".encode()).hexdigest()
+
+
 class _Log:
-    """The build log: a file, and LogLine events."""
+    """The build log: a file (at most MAX_LOG bytes; the rest only counted), and LogLine
+    events (lines cut at MAX_LINE characters: a step's output is untrusted)."""
 
     def __init__(self, path: Path, on_event: OnEvent | None) -> None:
         self.path = path
         self.fh = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
         self.on_event = on_event
         self.index = 0
+        self.written = 0
+        self.dropped = 0
         self._partial = ""
+        self._tail = ""
 
     async def write(self, text: str) -> None:
-        self.fh.write(text)
-        self.fh.flush()
+        self._tail = (self._tail + text)[-LOG_TAIL:]
+        if self.written < MAX_LOG:
+            chunk = text[: MAX_LOG - self.written]
+            self.fh.write(chunk)
+            self.fh.flush()
+            self.written += len(chunk)
+            self.dropped += len(text) - len(chunk)
+            if self.written >= MAX_LOG:
+                self.fh.write(f"\n[build log full at {MAX_LOG} characters; the rest dropped]\n")
+        else:
+            self.dropped += len(text)
         lines = (self._partial + text).split("\n")
         self._partial = lines.pop()
+        if len(self._partial) > MAX_LINE:
+            lines.append(self._partial)
+            self._partial = ""
         for line in lines:
-            await _emit(self.on_event, LogLine(index=self.index, line=line))
+            await _emit(self.on_event, LogLine(index=self.index, line=line[:MAX_LINE]))
 
     async def flush(self) -> None:
         if self._partial:
-            await _emit(self.on_event, LogLine(index=self.index, line=self._partial))
+            await _emit(self.on_event, LogLine(index=self.index, line=self._partial[:MAX_LINE]))
             self._partial = ""
 
     def tail(self) -> str:
-        self.fh.flush()
-        with open(self.path, "rb") as fh:
-            fh.seek(max(0, os.path.getsize(self.path) - LOG_TAIL))
-            return fh.read().decode("utf-8", "replace")
+        """The last LOG_TAIL characters written (also past a full log)."""
+        return self._tail
 
     def close(self) -> None:
         self.fh.close()
@@ -172,8 +211,10 @@ class _Build:
         no_cache: bool,
         provider: str | None,
         resources: dict[str, Any] | None = None,
+        allow: list[str] | None = None,
     ) -> None:
         self.resources = {**BUILD_RESOURCES, **(resources or {})}
+        self.allow = list(allow or [])
         self.manager = manager
         self.store = store
         self.on_event = on_event
@@ -185,6 +226,8 @@ class _Build:
         self.env: dict[str, str] = {}
         self.workdir: str | None = None
         self.parent = ""
+        self.index = 0  # the step running (0: the base)
+        self.label = "base"
 
     @property
     def lowers(self) -> list[Path]:
@@ -223,16 +266,17 @@ class _Build:
             step = step.model_copy(update={"src": os.path.abspath(step.src)})
             step = step.model_copy(update={"sha256": S.input_digest(step)})
         key = step_key(self.parent, step, self.env, self.workdir)
-        cached = self.store.has_layer(key) and not self.no_cache
-        if cached:
-            info = self.store.layer(key)
-            await log.write(f"cached: layer {key[:12]}\n")
+        found = None if self.no_cache else self.store.cached(key)
+        if found is not None:
+            info = self.store.layer(found)
+            await log.write(f"cached: layer {found[:12]}\n")
         else:
             info = await self._make_layer(step, key, log)
+            self.store.remember(key, info.id)
         self.layers.append(info)
         self.done.append(step)
-        self.parent = key
-        return cached, info.size
+        self.parent = info.id
+        return found is not None, info.size
 
     async def _make_layer(self, step: Step, key: str, log: _Log) -> LayerInfo:
         work = self.store.tmp_dir("step-")
@@ -248,9 +292,9 @@ class _Build:
             size, _ = await asyncio.to_thread(L.measure, upper)
             if size > MAX_LAYER_BYTES:
                 raise SandlotError(f"the step wrote {size} bytes (at most {MAX_LAYER_BYTES})")
-            if self.no_cache and self.store.has_layer(key):
-                remove_tree(self.store.layer_dir(key))
-            return await asyncio.to_thread(self.store.add_layer, upper, key, step)
+            content = await asyncio.to_thread(L.tree_digest, upper)
+            layer_id = layer_id_of(key, content)
+            return await asyncio.to_thread(self.store.add_layer, upper, layer_id, step, content)
         finally:
             remove_tree(work)
 
@@ -261,8 +305,6 @@ class _Build:
 
         if self.manager is None:
             raise SandlotError("a manager is needed to run apt, pip and run steps")
-        if "template" not in SandboxSpec.model_fields:
-            raise SandlotError("this sandlot's providers cannot start a sandbox from a template")
         intermediate = self.manifest()
         digest = self.store.put_manifest(intermediate)
         env = dict(self.env)
@@ -283,10 +325,11 @@ class _Build:
             assert isinstance(step, RunStep)
             command = S.run_command(step, self.workdir)
         network: Any = "none"
-        if hosts:
-            network = NetworkPolicy(**await asyncio.to_thread(S.network_policy, hosts))
-        if hosts:
-            await log.write(f"network: {', '.join(hosts)}\n")
+        if hosts or self.allow:
+            policy = await asyncio.to_thread(S.network_policy, hosts)
+            policy["allow"] += [rule for rule in self.allow if rule not in policy["allow"]]
+            network = NetworkPolicy(**policy)
+            await log.write(f"network: {', '.join([*hosts, *self.allow])}\n")
         spec = SandboxSpec.model_validate(
             {
                 "provider": self.provider,
@@ -366,12 +409,15 @@ async def build(
     no_cache: bool = False,
     provider: str | None = None,
     resources: dict[str, Any] | None = None,
+    allow: list[str] | None = None,
 ) -> TemplateManifest:
     """Build template ``name`` of ``owner`` from ``base`` (``host``, ``oci:REF``, ...) and
     ``steps`` (Step models or their JSON); returns its manifest, stored and named. ``manager``
     (or a factory of one) runs the sandboxed steps; the store is ``home``'s (default: the
     manager's). ``resources``: limits of the build sandboxes (default BUILD_RESOURCES).
-    A failed step raises TemplateBuildError naming it, with its log's tail."""
+    ``allow``: network rules (as NetworkPolicy.allow) every sandboxed step gets, on top of
+    pip's index and the apt sources (run steps have no network otherwise). A failed step
+    raises TemplateBuildError naming it, with its log's tail."""
     check_name(name)
     checked = check_steps(steps)
     if callable(manager) and not hasattr(manager, "create"):
@@ -383,71 +429,97 @@ async def build(
         home = Path(mgr.home)
     store = TemplateStore(home)
     started = time.monotonic()
-    engine = _Build(mgr, store, on_event, no_cache, provider, resources)
-    work_log = store.tmp_dir("log-") / "build.log"
-    log = _Log(work_log, on_event)
-    index, label = 0, f"base {base}"
-    try:
-        with store.using():
-            await log.write(f"# sandlot template build {name} --from {base}\n")
-            engine.base, base_layer = await prepare_base(base, store, on_event or _ignore)
-            _check_steps_fit(engine.base, checked)
-            if base_layer is not None:
-                engine.layers.append(store.layer(base_layer))
-                engine.parent = base_layer
-            else:
-                engine.parent = engine.base.key
-            for index, step in enumerate(checked, 1):
-                label = step.label()
-                log.index = index
-                await _emit(on_event, StepStarted(index=index, total=len(checked), name=label))
-                await log.write(f"# step {index}/{len(checked)}: {label}\n")
-                t0 = time.monotonic()
-                cached, size = await engine.step(step, log)
-                await _emit(
-                    on_event,
-                    StepFinished(
-                        index=index,
-                        name=label,
-                        cached=cached,
-                        layer=step.makes_layer,
-                        seconds=round(time.monotonic() - t0, 3),
-                        bytes=size,
-                    ),
-                )
-            log.index = len(checked) + 1
-            manifest = engine.manifest(name)
-            digest = store.save(manifest, owner)
-    except BaseException as exc:
-        await log.flush()
+    if allow:
+        from ...egress.policy import NetworkPolicy
+
+        try:
+            NetworkPolicy(allow=allow)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"invalid --allow rule: {exc}") from None
+    engine = _Build(mgr, store, on_event, no_cache, provider, resources, allow)
+    engine.label = f"base {base}"
+    with store.using():  # held until the template is named: gc never runs during a build
+        work_log = store.tmp_dir("log-") / "build.log"
+        log = _Log(work_log, on_event)
+        try:
+            manifest, digest = await _run(engine, name, base, checked, owner, log)
+        except BaseException as exc:
+            await log.flush()
+            log.close()
+            error = await _failed(engine, exc, log, work_log, name, base, checked)
+            if error is exc:
+                raise
+            raise error from (None if isinstance(exc, _StepFailed) else exc)
         log.close()
-        kept = _keep_failed_log(store, work_log, name, base, checked, index)
-        message = f"step {index} ({label}): {_reason(exc)}" if index else f"{label}: {_reason(exc)}"
-        tail = Path(kept).read_text(errors="replace")[-LOG_TAIL:]
-        await _emit(on_event, BuildFailed(index=index, name=label, error=message, log=str(kept)))
-        if isinstance(exc, (_StepFailed, SandlotError, OSError)):
-            raise TemplateBuildError(
-                f"{message}\n--- build log ({kept}), last lines ---\n{tail}",
-                step=index,
-                step_name=label,
-                log=str(kept),
-            ) from (None if isinstance(exc, _StepFailed) else exc)
-        raise
-    log.close()
-    final = store.log_path(digest)
-    if not final.exists():  # a rebuild of the same digest keeps the log that made its layers
-        os.replace(work_log, final)
-    remove_tree(work_log.parent)
-    await _emit(
-        on_event,
-        BuildDone(
-            name=name,
-            digest=digest,
-            size=manifest.size,
-            seconds=round(time.monotonic() - started, 3),
-        ),
-    )
+        final = store.log_path(digest)
+        if not final.exists():  # a rebuild of the same digest keeps the log that made it
+            os.replace(work_log, final)
+        remove_tree(work_log.parent)
+    seconds = round(time.monotonic() - started, 3)
+    done = BuildDone(name=name, digest=digest, size=manifest.size, seconds=seconds)
+    await _emit(on_event, done)
     return manifest
+
+
+async def _run(
+    engine: _Build, name: str, base: str, steps: list[Step], owner: str, log: _Log
+) -> tuple[TemplateManifest, str]:
+    store, on_event = engine.store, engine.on_event
+    await log.write(f"# sandlot template build {name} --from {base}\n")
+    engine.base, base_layer = await prepare_base(base, store, on_event or _ignore)
+    _check_steps_fit(engine.base, steps)
+    if base_layer is not None:
+        engine.layers.append(store.layer(base_layer))
+        engine.parent = base_layer
+    else:
+        engine.parent = engine.base.key
+        if engine.base.kind == "host":
+            engine.parent += ":" + await asyncio.to_thread(host_fingerprint)
+    for index, step in enumerate(steps, 1):
+        engine.index, engine.label = index, step.label()
+        log.index = index
+        await _emit(on_event, StepStarted(index=index, total=len(steps), name=engine.label))
+        await log.write(f"# step {index}/{len(steps)}: {engine.label}\n")
+        t0 = time.monotonic()
+        cached, size = await engine.step(step, log)
+        finished = StepFinished(
+            index=index,
+            name=engine.label,
+            cached=cached,
+            layer=step.makes_layer,
+            seconds=round(time.monotonic() - t0, 3),
+            bytes=size,
+        )
+        await _emit(on_event, finished)
+    log.index = len(steps) + 1
+    manifest = engine.manifest(name)
+    return manifest, store.save(manifest, owner)
+
+
+async def _failed(
+    engine: _Build,
+    exc: BaseException,
+    log: _Log,
+    work_log: Path,
+    name: str,
+    base: str,
+    steps: list[Step],
+) -> BaseException:
+    """What a failed build raises (its log kept, a ``failed`` event sent): a
+    TemplateBuildError naming the step, or ``exc`` itself if it is not a build failure
+    (a cancellation, a bug)."""
+    index, label = engine.index, engine.label
+    kept = _keep_failed_log(engine.store, work_log, name, base, steps, index)
+    message = f"step {index} ({label}): {_reason(exc)}" if index else f"{label}: {_reason(exc)}"
+    await _emit(engine.on_event, BuildFailed(index=index, name=label, error=message, log=str(kept)))
+    if not isinstance(exc, (_StepFailed, SandlotError, OSError)):
+        return exc
+    return TemplateBuildError(
+        f"{message}\n--- build log ({kept}), last lines ---\n{log.tail()}",
+        step=index,
+        step_name=label,
+        log=str(kept),
+    )
 
 
 def _check_steps_fit(base: BaseInfo, steps: list[Step]) -> None:

@@ -5,6 +5,7 @@
     layers/<id>/layer.json     its LayerInfo
     manifests/<digest>.json    a TemplateManifest (digest: of its canonical JSON)
     names/<owner-dir>/<name>.json   {"digest": ...}: a name of an owner (""= the local user)
+    cache/<key>                the layer a build step's cache key made (see build.py)
     logs/<digest>.log          the build log of a manifest
     pins/<sandbox id>          the manifest digest a running sandbox uses
     tmp/                       work folders, on the same file system (renamed into place)
@@ -26,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +48,10 @@ from .model import (
     parse_ref,
 )
 
+L_HEX = re.compile(r"^[0-9a-f]{64}$")
 PIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_JSON = 4 << 20  # a manifest or name file larger than this is not ours
+TMP_GRACE = 6 * 3600.0  # seconds: gc leaves younger work folders alone
 
 
 @dataclass
@@ -119,7 +123,7 @@ class TemplateStore:
 
     def __init__(self, home: Path) -> None:
         self.root = Path(home) / "templates"
-        for sub in ("layers", "manifests", "names", "logs", "pins", "tmp"):
+        for sub in ("layers", "manifests", "names", "cache", "logs", "pins", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         # Sandboxes run as an unprivileged user that must reach the layers, not list names.
         with contextlib.suppress(OSError):
@@ -199,6 +203,10 @@ class TemplateStore:
     def add_base_layer(self, source: Path) -> LayerInfo:
         """Copy a root filesystem folder into the store as a base layer, its id the digest
         of its content. For bases made from a folder, and for tests."""
+        with self.using():
+            return self._add_base_layer(source)
+
+    def _add_base_layer(self, source: Path) -> LayerInfo:
         work = self.tmp_dir("base-")
         try:
             L.copy_tree(Path(source), work / "root")
@@ -208,6 +216,22 @@ class TemplateStore:
         finally:
             if work.exists():
                 remove_tree(work)
+
+    # ---------------------------------------------------------------------------- build cache
+
+    def cached(self, key: str) -> str | None:
+        """The layer a step with this cache key made, if it is still in the store."""
+        try:
+            layer_id = _read_small(self.root / "cache" / check_hex64(key, "cache key")).decode()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        if not L_HEX.match(layer_id) or not self.has_layer(layer_id):
+            return None
+        return layer_id
+
+    def remember(self, key: str, layer_id: str) -> None:
+        """Point a cache key at a layer (a later build of the same step reuses it)."""
+        write_atomic(self.root / "cache" / check_hex64(key, "cache key"), layer_id.encode())
 
     # ---------------------------------------------------------------------------- manifests
 
@@ -250,7 +274,13 @@ class TemplateStore:
     ) -> TemplateManifest:
         """A template of one base layer copied from a root filesystem folder (kind
         ``rootfs``): what tests and the rootfs base start from."""
-        layer = self.add_base_layer(source)
+        with self.using():
+            return self._template_from_dir(name, source, owner, python)
+
+    def _template_from_dir(
+        self, name: str, source: Path, owner: str, python: str | None
+    ) -> TemplateManifest:
+        layer = self._add_base_layer(source)
         manifest = TemplateManifest(
             name=check_name(name),
             base=BaseInfo(kind="rootfs", ref=str(source), digest="sha256:" + layer.id),
@@ -399,8 +429,9 @@ class TemplateStore:
 
     def gc(self, extra_in_use: set[str] | None = None) -> TemplateGcReport:
         """Remove manifests no name, pin or ``extra_in_use`` holds, then layers no kept
-        manifest uses, logs of removed manifests and stale work folders. ``extra_in_use``:
-        manifest digests (``sha256:`` or bare) or layer ids that must stay (pools' specs).
+        manifest uses, logs of removed manifests and work folders older than TMP_GRACE.
+        ``extra_in_use``: manifest digests (``sha256:`` or bare) or layer ids that must
+        stay (pools' specs).
         Refused (SandlotError) while a build or import runs: waiting could block the very
         event loop that build needs."""
         report = TemplateGcReport()
@@ -430,7 +461,16 @@ class TemplateStore:
                     report.freed_bytes += self.layer(folder.name).size
                 remove_tree(folder)
                 report.removed_layers.append(folder.name)
-            for folder in (self.root / "tmp").iterdir():  # nothing uses tmp/ outside the lock
+            for entry in (self.root / "cache").iterdir():  # keys of removed layers
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    if _read_small(entry).decode() not in keep_layers:
+                        entry.unlink()
+            # Work folders of crashed builds; young ones may belong to work outside the lock
+            # (a docker import, a base layer being copied).
+            stale = time.time() - TMP_GRACE
+            for folder in (self.root / "tmp").iterdir():
+                if os.lstat(folder).st_mtime > stale:
+                    continue
                 if folder.is_dir() and not folder.is_symlink():
                     remove_tree(folder)
                 else:
