@@ -40,6 +40,7 @@ from . import (
     binds,
     cgroups,
     etc,
+    idmap,
     procinfo,
     quota,
     rootfs,
@@ -156,9 +157,7 @@ class BwrapProvider(Provider):
         agent_root = agent_files.prepare(self.home, config.python)
         await quota.cap(folder / "workspace", spec.resources.disk_mb, self.home)
         build = config.root_upper is not None
-        # Build mode as root: uid 0 inside is host root (owner of the host's /usr a step
-        # changes through the overlay); see docs/templates.md.
-        namespace = None if build else await _namespace_for(host_user)
+        namespace = await (_build_namespace() if build else _namespace_for(host_user))
         user = namespace.user if namespace is not None else None
         if user is not None:
             self._open_path_to(folder)
@@ -173,7 +172,7 @@ class BwrapProvider(Provider):
         try:
             if template is not None:
                 templated.pin(self.home, sandbox_id, template.digest)
-                root = self._root(template, config, folder)
+                root = self._root(template, config, folder, namespace)
             child = self._start(spec, config, folder, agent_root, namespace, bool(groups), root)
             self._children[child.pid] = child
             if system is not None:
@@ -222,12 +221,21 @@ class BwrapProvider(Provider):
                 handle["template"]["lowers"] = [str(p) for p in template.lowers]
         return Started(handle=handle, channel=channel, exited=child.exited)
 
-    def _root(self, template: Any, config: BwrapConfig, folder: Path) -> rootfs.Root:
+    def _root(
+        self,
+        template: Any,
+        config: BwrapConfig,
+        folder: Path,
+        namespace: userns.Namespace | None,
+    ) -> rootfs.Root:
         """The wrapper and bwrap root arguments of a template's sandbox."""
         upper = Path(config.root_upper) if config.root_upper is not None else None
         uid, gid = (0, 0) if upper is not None else (SANDBOX_UID, SANDBOX_GID)
         etc_folder = etc.snapshot(self.home, uid, gid)
-        root = rootfs.plan(template, folder, etc_folder, upper)
+        idmapped = None
+        if upper is not None and namespace is not None:
+            idmapped = (config.python, namespace.fd)
+        root = rootfs.plan(template, folder, etc_folder, upper, idmapped)
         root.python = template.python
         return root
 
@@ -336,6 +344,9 @@ class BwrapProvider(Provider):
             uid=uid,
             gid=gid,
         )
+        if root is not None and root.joined:
+            at = argv.index("--userns")  # the wrapper runs bwrap inside it already
+            del argv[at : at + 2]
         if namespace is None and _can_disable_userns():
             # bwrap's own namespace: nested ones are refused by the kernel too, not only by
             # the seccomp filter (with --userns, ours has no room for one: see userns.py).
@@ -690,6 +701,17 @@ async def _namespace_for(setting: str | int | None) -> userns.Namespace | None:
         return found
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, userns.create, SANDBOX_UID, SANDBOX_GID, fixed)
+
+
+async def _build_namespace() -> userns.Namespace | None:
+    """Build mode: uid 0 inside. As root, in a namespace of its own mapping it onto a fresh
+    unprivileged host uid, the template's folders idmapped onto it (see :mod:`.idmap`);
+    on a kernel without idmapped mounts, bwrap's own namespace as root, where uid 0 is the
+    host's (see docs/templates.md). Not root: bwrap's own namespace (uid 0 is the user)."""
+    if os.geteuid() != 0 or not idmap.supported():
+        return None
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, userns.create, 0, 0)
 
 
 def _host_user(setting: str | int | None) -> spawn.HostUser | None:

@@ -73,6 +73,7 @@ class ProcessProvider(Provider):
         assert isinstance(config, ProcessConfig)
         quota.refuse(spec.resources.disk_mb, self.name)
         refuse_alias(spec, "the process provider")
+        refuse_template(spec, "process")
         agent_root = agent_files.prepare(self.home, config.python)
         workspace = spawn.make_workspace(folder, spec.workdir)
         _warn_once()
@@ -206,4 +207,14 @@ def refuse_alias(spec: SandboxSpec, what: str) -> None:
         raise InvalidArgumentError(
             f"{what} cannot mount the workspace at a second path "
             "(workspace_alias): use an isolating provider (bwrap, docker)"
+        )
+
+
+def refuse_template(spec: SandboxSpec, provider: str) -> None:
+    """Templates need a root file system of their own: a provider that cannot give one
+    refuses them by name rather than start the host's system instead."""
+    if spec.template is not None:
+        raise InvalidArgumentError(
+            f"templates run on bwrap, docker and remote; {provider}: not yet "
+            f"(template {spec.template!r} asked for)"
         )

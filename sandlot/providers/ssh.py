@@ -40,7 +40,7 @@ from ..errors import (
 from ..models import SandboxSpec, alias_of
 from . import agent_files, bwrap, etc, quota, ssh_connect
 from .base import Provider, ProviderConfig, Started
-from .process import refuse_alias
+from .process import refuse_alias, refuse_template
 from .ssh_bridge import open_bridge
 from .ssh_helper import HELLO_TIMEOUT, Helper
 
@@ -269,6 +269,7 @@ class SshProvider(Provider):
         config = self.parse_config(spec.config)
         assert isinstance(config, SshConfig)
         quota.refuse(spec.resources.disk_mb, self.name)
+        refuse_template(spec, "ssh hosts")
         target = _Target.of(config.model_dump())
         host = self._host(target)
         helper = await host.helper(config.python, config.remote_dir)

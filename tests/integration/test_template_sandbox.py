@@ -197,15 +197,20 @@ async def test_build_mode_writes_land_in_the_upper_folder_only(store, host_templ
     try:
         done = await _run(
             sb,
-            "id -u && echo built > /opt/x/built && mkdir -p /usr/local/lib/c-pkg "
+            "id -u && read inner host n < /proc/self/uid_map && echo $inner:$host "
+            "&& echo built > /opt/x/built && mkdir -p /usr/local/lib/c-pkg "
             "&& echo 1 > /usr/local/lib/c-pkg/m.py && rm /usr/local/bin/hello "
             "&& echo conf > /etc/c.conf && echo ok",
         )
         assert done.exit_code == 0, done.stderr
-        assert done.stdout == "0\nok\n"
+        uid, mapping, ok = done.stdout.split("\n")[:3]
+        assert (uid, ok) == ("0", "ok")
+        # As root, uid 0 inside is an unprivileged host uid (idmapped folders), never root.
+        assert mapping.startswith("0:") and (os.geteuid() != 0 or mapping != "0:0"), mapping
     finally:
         await sb.kill()
     assert (upper / "opt/x/built").read_text() == "built\n"
+    assert (upper / "opt/x/built").stat().st_uid == os.geteuid()  # as the rest of /usr
     assert (upper / "usr/local/lib/c-pkg/m.py").read_text() == "1\n"
     assert (upper / "etc/c.conf").read_text() == "conf\n"
     assert (upper / "usr/local/bin/hello").is_char_device()  # a whiteout
@@ -253,3 +258,15 @@ async def test_build_mode_on_an_image_base_can_make_top_level_folders(image_temp
     # The step's folder; not the mount points bwrap made for /workspace and the agent.
     assert sorted(p.name for p in upper.iterdir()) == ["app"]
     assert (upper / "app/main.py").read_text() == "a\n"
+
+
+@pytest.mark.filterwarnings("ignore:the 'process' provider:RuntimeWarning")
+@pytest.mark.parametrize(
+    ("provider", "config", "named"),
+    [("process", {}, "process"), ("ssh", {"host": "127.0.0.1", "port": 9}, "ssh hosts")],
+)
+async def test_providers_without_a_root_of_their_own_refuse_templates(
+    host_template, provider, config, named
+):
+    with pytest.raises(sandlot.InvalidArgumentError, match=f"{named}: not yet"):
+        await _create(host_template, provider=provider, config=config)
