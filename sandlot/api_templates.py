@@ -99,6 +99,12 @@ class TemplateBuildRequest(BaseModel):
         "where the operator allows them",
     )
     steps: list[BuildStep] = Field(default_factory=list, max_length=MAX_STEPS)
+    allow: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="network rules (as a sandbox's network allow list) every apt, pip and "
+        "run step gets on top of the package hosts; run steps have no network otherwise",
+    )
 
     @model_validator(mode="after")
     def _uploads(self) -> TemplateBuildRequest:

@@ -29,6 +29,7 @@ from ..errors import (
     RemoteUnavailableError,
     from_dict,
 )
+from ..models import describe
 from ..workspace.templates.build import BuildEvent
 from ..workspace.templates.model import FileStep, check_name, check_steps
 from .client import Client
@@ -53,13 +54,15 @@ class RemoteTemplates:
         base: str = "host",
         steps: Sequence[Any] = (),
         *,
+        allow: Sequence[str] = (),
         on_progress: Progress | None = None,
     ) -> TemplateOut:
         """Build ``name`` on the server (replacing the tenant's template of that name);
-        ``on_progress`` gets each progress event, the build engine's own models (as a local
+        ``allow``: network rules every sandboxed step gets (the server's network checks
+        apply); ``on_progress`` gets each progress event, the build engine's own models (as a local
         build's ``on_event`` does; an event this client does not know is skipped). Raises
         the build's error (TemplateBuildError names the failed step)."""
-        body = build_request(name, base, steps)
+        body = build_request(name, base, steps, allow)
         response = await self.client.open(
             "POST",
             "/v1/templates",
@@ -103,12 +106,17 @@ class RemoteTemplates:
         await self.client.call("DELETE", _path(name))
 
 
-def build_request(name: str, base: str, steps: Sequence[Any]) -> TemplateBuildRequest:
+def build_request(
+    name: str, base: str, steps: Sequence[Any], allow: Sequence[str] = ()
+) -> TemplateBuildRequest:
     """The body of a build: the steps as given, each local file step as an upload."""
     wire: list[Any] = []
     for step in check_steps(list(steps)) if steps else []:
         wire.append(_upload(step) if isinstance(step, FileStep) else step)
-    return TemplateBuildRequest(name=check_name(name), base=base, steps=wire)
+    try:
+        return TemplateBuildRequest(name=check_name(name), base=base, steps=wire, allow=allow)
+    except ValidationError as exc:
+        raise InvalidArgumentError(describe(exc, "template build")) from None
 
 
 def _upload(step: FileStep) -> UploadStep:

@@ -17,10 +17,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path
+from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..api_templates import TemplateBuildRequest, TemplateOut
-from ..errors import SandlotError, ServerError
+from ..egress.policy import NetworkPolicy
+from ..errors import InvalidArgumentError, SandlotError, ServerError
+from ..models import describe
 from ..supervisor import Supervisor
 from . import sse
 from .deps import KEEPALIVE_SECONDS, Caller, State
@@ -46,6 +49,13 @@ BUILT = {
 }
 
 
+def network_policy(allow: list[str]) -> NetworkPolicy:
+    try:
+        return NetworkPolicy(allow=allow)
+    except ValidationError as exc:
+        raise InvalidArgumentError(describe(exc, "allow")) from None
+
+
 def _event(kind: str, data: Any) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (kind.encode(), json.dumps(data).encode())
 
@@ -68,6 +78,8 @@ async def build_template(
     403 ``forbidden`` past the tenant's quota (templates, bytes) or for a base this server
     does not take from callers; 400 ``template_build_failed`` names the failed step and
     ends with the tail of its output."""
+    if body.allow:  # the rules a tenant's sandbox could have, no more
+        state.check_network(network_policy(body.allow))
     await state.templates.admit(caller.tenant, body)  # refused before anything runs
     if accept and sse.MEDIA_TYPE in accept:
         return StreamingResponse(

@@ -161,6 +161,7 @@ class ServerTemplates:
                     owner=staging,
                     on_event=lambda event: progress(self.scrub(_plain(event))),
                     home=self.home,
+                    allow=request.allow,
                 )
             async with self.lock(tenant):
                 await self.check_quota(tenant, request.name, manifest.size)

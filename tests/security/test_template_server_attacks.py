@@ -102,3 +102,19 @@ def test_a_sandbox_cannot_name_a_digest_or_build_mode(server: ServerProcess) -> 
     for body in attempts:
         answer = httpx.post(f"{server.url}/v1/sandboxes", json=body, timeout=60)
         assert answer.status_code == 422, (body, answer.text)
+
+
+@pytest.mark.attack("a build's steps given network to the server's own networks")
+def test_a_builds_network_stays_off_the_servers_networks(server: ServerProcess) -> None:
+    """``allow`` gives a build's steps the network a tenant's sandbox could have: loopback,
+    private and link-local rules need the operator's --egress-private, as for a sandbox (a
+    name rule is checked where it is resolved: it cannot lead to those networks either)."""
+    step = {"kind": "run", "command": "true"}
+    for rule in ("127.0.0.1", "10.0.0.0/8", "169.254.169.254", "[::1]:8787", "fe80::/10"):
+        answer = _build(server, {"name": "net", "steps": [step], "allow": [rule]})
+        assert answer.status_code in (403, 422), (rule, answer.text)
+        if answer.status_code == 403:
+            assert "--egress-private" in answer.json()["message"]
+    answer = _build(server, {"name": "net", "steps": [step], "allow": ["not a rule!"]})
+    assert answer.status_code == 422
+    assert httpx.get(f"{server.url}/v1/templates", timeout=30).json() == []
