@@ -324,6 +324,28 @@ def test_sandbox_template_refusals(
     assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
 
 
+def test_a_durable_sessions_sandbox_from_a_template(
+    tenants: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    """Attaching a session's sandbox resolves the name in the caller's tenant too."""
+    server, keys = tenants
+    alice, bob = keys["alice"], keys["bob"]
+    env = [{"kind": "env", "key": "FROM_TEMPLATE", "value": "yes"}]
+    assert build(server, alice, "sess", env).status_code == 201
+    session = call(server, alice, "POST", "/v1/sessions", {}).json()["id"]
+    path = f"/v1/sessions/{session}/sandboxes"
+    attached = call(server, alice, "POST", path, {"template": "sess"})
+    assert attached.status_code == 201, attached.text
+    sandbox_id, lease = attached.json()["sandbox"]["id"], attached.json()["lease_id"]
+    sb = sandlot.Sandbox.connect(sandbox_id, client=client(server, alice))
+    assert sb.commands.run("echo $FROM_TEMPLATE").stdout == "yes\n"
+    call(server, alice, "DELETE", f"/v1/sessions/{session}/leases/{lease}")
+    theirs = call(server, bob, "POST", "/v1/sessions", {}).json()["id"]
+    refused = call(server, bob, "POST", f"/v1/sessions/{theirs}/sandboxes", {"template": "sess"})
+    assert refused.status_code == 404 and refused.json()["code"] == "template_not_found"
+    assert call(server, alice, "DELETE", "/v1/templates/sess").status_code == 204
+
+
 def test_the_server_logged_no_unhandled_exception(
     tenants: tuple[ServerProcess, dict[str, str]],
 ) -> None:
