@@ -56,7 +56,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
         401: "no valid API key",
-        403: "the key may not do this",
+        403: "the key may not do this, or a quota is reached",
         404: "no such sandbox, session or template (or another tenant's), execution, file or "
         "context",
         409: "busy (a session's run lock or lease), exists already, or an idempotency key "
