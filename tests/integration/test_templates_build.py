@@ -170,8 +170,13 @@ async def test_a_failed_run_step_is_named_with_its_log(tmp_path):
         store.get("broken")
 
 
-def test_the_cli_builds_lists_shows_exports_imports_removes_and_collects(tmp_path, capsys):
+def test_the_cli_builds_lists_shows_exports_imports_removes_and_collects(
+    tmp_path, capsys, monkeypatch
+):
     from sandlot.cli.entry_point import main
+
+    # A state folder of its own: its gc must not collect what other tests built.
+    monkeypatch.setenv("SANDLOT_HOME", str(tmp_path / "home"))
 
     def cli(*args: str) -> str:
         with pytest.raises(SystemExit) as done:
@@ -239,3 +244,15 @@ async def test_run_steps_have_no_network_unless_allowed(web_on_loopback):
         await manager.close()
     root = TemplateStore(default_home()).resolve("online").lowers[0]
     assert (root / "opt/fetched").read_text() == "served\n"
+
+
+async def test_a_run_step_makes_and_works_in_the_workdir():
+    steps = [parse_step("workdir", "/opt/wd"), parse_step("run", "touch made-here")]
+    manager = Manager()
+    try:
+        manifest = await build(manager, "workdir", "host", steps)
+    finally:
+        await manager.close()
+    assert manifest.workdir == "/opt/wd"
+    root = TemplateStore(default_home()).resolve("workdir").lowers[0]
+    assert (root / "opt/wd/made-here").is_file()

@@ -28,12 +28,16 @@ import os
 import stat
 import tarfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ...errors import InvalidArgumentError
 from . import layers as L
+from .fsutil import MAX_JSON, remove_tree
+from .layers import find_python
 from .model import MAX_TEXT, LayerInfo, TemplateManifest, parse_manifest
-from .store import MAX_JSON, TemplateStore, find_python, remove_tree
+
+if TYPE_CHECKING:
+    from .store import TemplateStore
 
 MANIFEST = "manifest.json"
 MAX_MEMBERS = 2_000_000

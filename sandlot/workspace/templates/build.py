@@ -128,9 +128,24 @@ async def _emit(on_event: OnEvent | None, event: Any) -> None:
 # the engine
 
 
-def step_key(parent: str, step: Step, env: dict[str, str], workdir: str | None) -> str:
-    """A step layer's id: what the step sees and does (file steps carry their input hash)."""
-    data = {"parent": parent, "step": step.model_dump(mode="json"), "env": env, "workdir": workdir}
+def step_key(
+    parent: str,
+    step: Step,
+    env: dict[str, str],
+    workdir: str | None,
+    allow: list[str] | None = None,
+) -> str:
+    """A step's cache key: what the step sees and does (file steps carry their input hash;
+    sandboxed steps the extra network rules they ran with: a step that reached more hosts
+    is not the same step, so one builder's layer never stands in for another's)."""
+    data: dict[str, Any] = {
+        "parent": parent,
+        "step": step.model_dump(mode="json"),
+        "env": env,
+        "workdir": workdir,
+    }
+    if allow and not isinstance(step, FileStep):
+        data["allow"] = sorted(set(allow))
     return hashlib.sha256(b"step\0" + canonical(data)).hexdigest()
 
 
@@ -265,7 +280,7 @@ class _Build:
         if isinstance(step, FileStep):
             step = step.model_copy(update={"src": os.path.abspath(step.src)})
             step = step.model_copy(update={"sha256": S.input_digest(step)})
-        key = step_key(self.parent, step, self.env, self.workdir)
+        key = step_key(self.parent, step, self.env, self.workdir, self.allow)
         found = None if self.no_cache else self.store.cached(key)
         if found is not None:
             info = self.store.layer(found)
@@ -351,6 +366,7 @@ class _Build:
             await log.write("$ " + " ".join(command) + "\n")
             result = await sandbox.commands.run(
                 command,
+                cwd="/",  # the template's workdir may not exist yet: a run step makes it
                 timeout=STEP_TIMEOUT,
                 on_stdout=log.write,
                 on_stderr=log.write,
@@ -407,14 +423,16 @@ async def build(
     *,
     home: Path | None = None,
     no_cache: bool = False,
-    provider: str | None = None,
+    provider: str = "bwrap",
     resources: dict[str, Any] | None = None,
     allow: list[str] | None = None,
 ) -> TemplateManifest:
     """Build template ``name`` of ``owner`` from ``base`` (``host``, ``oci:REF``, ...) and
     ``steps`` (Step models or their JSON); returns its manifest, stored and named. ``manager``
     (or a factory of one) runs the sandboxed steps; the store is ``home``'s (default: the
-    manager's). ``resources``: limits of the build sandboxes (default BUILD_RESOURCES).
+    manager's). ``provider``: the one that runs steps (build mode, ``root_upper``, is
+    bwrap's; whatever SANDLOT_PROVIDER says). ``resources``: limits of the build sandboxes
+    (default BUILD_RESOURCES).
     ``allow``: network rules (as NetworkPolicy.allow) every sandboxed step gets, on top of
     pip's index and the apt sources (run steps have no network otherwise). A failed step
     raises TemplateBuildError naming it, with its log's tail."""

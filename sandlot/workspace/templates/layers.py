@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ...errors import SandlotError
+from .model import PYTHONS
+
 O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 CHUNK = 1 << 20
 MAX_DEPTH = 256
@@ -383,3 +386,17 @@ def merged_resolve(lowers: list[Path], rel: str, hops: int = 8) -> os.stat_resul
         base = "/" if target.startswith("/") else os.path.dirname(current)
         current = os.path.normpath(os.path.join(base, target))
     return None
+
+
+def find_python(lowers: list[Path], host_base: bool) -> str:
+    """The agent's interpreter in a merged view (topmost first); on a host base the host's
+    own folders are the bottom layer. Raises SandlotError if there is none."""
+    views = [*lowers, Path("/")] if host_base else lowers
+    for candidate in PYTHONS:
+        st = merged_resolve(views, candidate)
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            return candidate
+    raise SandlotError(
+        "the template has no python3 (looked for " + ", ".join(PYTHONS) + "): the sandlot "
+        "agent needs one; add it in a step (e.g. --apt python3) or use a base that has it"
+    )

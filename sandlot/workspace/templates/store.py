@@ -25,19 +25,20 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from ...errors import InvalidArgumentError, SandlotError, TemplateNotFoundError
 from . import layers as L
+from .fsutil import MAX_JSON as MAX_JSON  # re-exported: the store's helpers live there
+from .fsutil import read_small, remove_tree, write_atomic
+from .layers import find_python
 from .model import (
     DIGEST_PREFIX,
-    PYTHONS,
     BaseInfo,
     LayerInfo,
     Step,
@@ -50,7 +51,6 @@ from .model import (
 
 L_HEX = re.compile(r"^[0-9a-f]{64}$")
 PIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-MAX_JSON = 4 << 20  # a manifest or name file larger than this is not ours
 TMP_GRACE = 6 * 3600.0  # seconds: gc leaves younger work folders alone
 
 
@@ -81,41 +81,6 @@ class TemplateGcReport:
 def owner_dir(owner: str) -> str:
     """The folder of an owner's names: a hash, so no tenant string can shape a path."""
     return "o-" + hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _read_small(path: Path) -> bytes:
-    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
-        data = fh.read(MAX_JSON + 1)
-    if len(data) > MAX_JSON:
-        raise InvalidArgumentError(f"{path.name} is too large")
-    return data
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a folder whose contents may be read-only (a layer copied from a root)."""
-
-    def retry(func: Any, target: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(target), 0o700)
-            func(target)
-
-    shutil.rmtree(path, onerror=retry)
 
 
 class TemplateStore:
@@ -161,7 +126,7 @@ class TemplateStore:
     def layer(self, layer_id: str) -> LayerInfo:
         path = self.layer_dir(layer_id) / "layer.json"
         try:
-            raw = _read_small(path)
+            raw = read_small(path)
         except FileNotFoundError:
             raise TemplateNotFoundError(f"layer {layer_id} is not in the store") from None
         try:
@@ -222,7 +187,7 @@ class TemplateStore:
     def cached(self, key: str) -> str | None:
         """The layer a step with this cache key made, if it is still in the store."""
         try:
-            layer_id = _read_small(self.root / "cache" / check_hex64(key, "cache key")).decode()
+            layer_id = read_small(self.root / "cache" / check_hex64(key, "cache key")).decode()
         except (FileNotFoundError, UnicodeDecodeError):
             return None
         if not L_HEX.match(layer_id) or not self.has_layer(layer_id):
@@ -252,7 +217,7 @@ class TemplateStore:
     def manifest(self, digest: str) -> TemplateManifest:
         """A stored manifest, checked against its digest."""
         try:
-            raw = _read_small(self.manifest_path(digest))
+            raw = read_small(self.manifest_path(digest))
         except FileNotFoundError:
             raise TemplateNotFoundError(f"no template sha256:{digest}") from None
         manifest = parse_manifest(raw)
@@ -304,7 +269,7 @@ class TemplateStore:
 
     def digest_of(self, name: str, owner: str = "") -> str:
         try:
-            raw = _read_small(self._name_path(name, owner))
+            raw = read_small(self._name_path(name, owner))
         except FileNotFoundError:
             raise TemplateNotFoundError(f"no template named {name!r}") from None
         try:
@@ -336,7 +301,7 @@ class TemplateStore:
         found = set()
         for path in (self.root / "names").glob("*/*.json"):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                found.add(check_hex64(json.loads(_read_small(path))["digest"]))
+                found.add(check_hex64(json.loads(read_small(path))["digest"]))
         return found
 
     # ---------------------------------------------------------------------------- resolve
@@ -385,7 +350,7 @@ class TemplateStore:
             if path.name.startswith("."):
                 continue
             with contextlib.suppress(OSError, InvalidArgumentError, UnicodeDecodeError):
-                found[path.name] = check_hex64(_read_small(path).decode().strip())
+                found[path.name] = check_hex64(read_small(path).decode().strip())
         return found
 
     def log_path(self, digest: str) -> Path:
@@ -463,7 +428,7 @@ class TemplateStore:
                 report.removed_layers.append(folder.name)
             for entry in (self.root / "cache").iterdir():  # keys of removed layers
                 with contextlib.suppress(OSError, UnicodeDecodeError):
-                    if _read_small(entry).decode() not in keep_layers:
+                    if read_small(entry).decode() not in keep_layers:
                         entry.unlink()
             # Work folders of crashed builds; young ones may belong to work outside the lock
             # (a docker import, a base layer being copied).
@@ -484,20 +449,6 @@ class TemplateStore:
             with contextlib.suppress(SandlotError, InvalidArgumentError):
                 total += self.layer(folder.name).size
         return total
-
-
-def find_python(lowers: list[Path], host_base: bool) -> str:
-    """The agent's interpreter in a merged view (topmost first); on a host base the host's
-    own folders are the bottom layer. Raises SandlotError if there is none."""
-    views = [*lowers, Path("/")] if host_base else lowers
-    for candidate in PYTHONS:
-        st = L.merged_resolve(views, candidate)
-        if st is not None and L.stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
-            return candidate
-    raise SandlotError(
-        "the template has no python3 (looked for " + ", ".join(PYTHONS) + "): the sandlot "
-        "agent needs one; add it in a step (e.g. --apt python3) or use a base that has it"
-    )
 
 
 def _version() -> str:
