@@ -169,9 +169,14 @@ class BwrapProvider(Provider):
         child: spawn.ChildProcess | None = None
         limiting: asyncio.Future[set[int]] | None = None
         root = None
+        pinning: asyncio.Future[None] | None = None
         try:
             if template is not None:
-                templated.pin(self.home, sandbox_id, template.digest)
+                # Written (with an fsync) by a worker while bwrap starts; there before the
+                # sandbox is handed out.
+                pinning = asyncio.get_running_loop().run_in_executor(
+                    None, templated.pin, self.home, sandbox_id, template.digest
+                )
                 root = self._root(template, config, folder, namespace)
             child = self._start(spec, config, folder, agent_root, namespace, bool(groups), root)
             self._children[child.pid] = child
@@ -196,8 +201,12 @@ class BwrapProvider(Provider):
                 missed = [p for p in procinfo.descendants(child.pid) if p not in moved]
                 if missed:
                     system.add(groups, missed)
+            if pinning is not None:
+                await pinning
         except BaseException:
             if template is not None:
+                if pinning is not None:
+                    await asyncio.gather(pinning, return_exceptions=True)
                 templated.unpin(self.home, sandbox_id)
                 if config.root_upper is not None:
                     rootfs.tidy_upper(Path(config.root_upper), template.lowers)
@@ -215,10 +224,7 @@ class BwrapProvider(Provider):
         if user is not None:
             handle["host_uid"] = user.uid
         if template is not None:
-            handle["template"] = {"sandbox": sandbox_id, "digest": template.digest}
-            if config.root_upper is not None:
-                handle["template"]["upper"] = config.root_upper
-                handle["template"]["lowers"] = [str(p) for p in template.lowers]
+            handle["template"] = templated.handle(sandbox_id, template, config.root_upper)
         return Started(handle=handle, channel=channel, exited=child.exited)
 
     def _root(
@@ -235,7 +241,8 @@ class BwrapProvider(Provider):
         idmapped = None
         if upper is not None and namespace is not None:
             idmapped = (config.python, namespace.fd)
-        root = rootfs.plan(template, folder, etc_folder, upper, idmapped)
+        shared = self.home / rootfs.SHARED_DIR
+        root = rootfs.plan(template, folder, etc_folder, upper, idmapped, shared)
         root.python = template.python
         return root
 
@@ -390,18 +397,7 @@ class BwrapProvider(Provider):
     async def destroy(self, handle: dict[str, Any]) -> None:
         userns.release_handle(handle)
         await self._destroy(handle)
-        self._release_template(handle)
-
-    def _release_template(self, handle: dict[str, Any]) -> None:
-        """Once its processes are gone: the template's pin, and a build's work folders."""
-        used = handle.get("template")
-        if not isinstance(used, dict):
-            return
-        if isinstance(used.get("upper"), str):
-            lowers = [Path(p) for p in used.get("lowers", []) if isinstance(p, str)]
-            rootfs.tidy_upper(Path(used["upper"]), lowers)
-        if isinstance(used.get("sandbox"), str):
-            templated.unpin(self.home, used["sandbox"])
+        templated.release(self.home, handle.get("template"))  # once its processes are gone
 
     async def _destroy(self, handle: dict[str, Any]) -> None:
         groups = [Path(g) for g in handle.get("cgroups", [])]

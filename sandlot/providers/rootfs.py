@@ -28,6 +28,7 @@ follow it on the host); a symlink in a layer is only ever read inside the sandbo
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shlex
 import shutil
@@ -56,6 +57,7 @@ OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 WHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
 MOUNT_DIR = "rootfs"
 FSTAB = "rootfs.fstab"
+SHARED_DIR = "rootfs"  # beneath the state folder: mount points shared by read-only sandboxes
 WORK_SUFFIX = ".work"
 EMPTY = "empty"
 
@@ -204,15 +206,22 @@ def plan(
     etc_folder: Path,
     upper: Path | None = None,
     idmapped: tuple[str, int] | None = None,
+    shared: Path | None = None,
 ) -> Root:
     """The wrapper and bwrap arguments for a sandbox (state folder ``folder``) of
     ``template``; with ``upper``: build mode (writable, changes into ``upper``), its folders
     idmapped through a user namespace with ``idmapped`` = (host python, namespace fd): the
-    wrapper then enters that namespace itself (:attr:`Root.joined`)."""
+    wrapper then enters that namespace itself (:attr:`Root.joined`). ``shared``: where
+    read-only sandboxes of one template share their mount points and fstab (made once: the
+    mounts are in each sandbox's own namespace, so one host folder serves them all)."""
     lowers = list(template.lowers)
     if lowers or not template.host_base:
         check_lowers(lowers)
-    mounts = _Mounts(lowers, folder, upper)
+    place = folder
+    if upper is None and shared is not None:
+        key = "\0".join(map(str, [template.host_base, etc_folder, *lowers]))
+        place = shared / hashlib.sha256(key.encode()).hexdigest()[:16]
+    mounts = _Mounts(lowers, place, upper)
     if template.host_base:
         bottom: dict[str, Path | str] = {**host_bottom(), "etc": etc_folder}
         if upper is not None:
@@ -280,7 +289,6 @@ class _Mounts:
             work.mkdir(parents=True, exist_ok=True)
         overlay = Overlay(target, tuple(sources), upper, work)
         overlay.options(self._rel)  # checked now: refused before anything starts
-        target.mkdir(parents=True, exist_ok=True)
         self.overlays.append(overlay)
 
     def host_base(self, found: list[Entry], build: bool) -> list[str]:
@@ -339,10 +347,15 @@ class _Mounts:
         if not self.overlays:
             return []
         fstab = self.target.parent / FSTAB
-        fields = [(str(o.target), o.options(self._rel)) for o in self.overlays]
-        fstab.write_text(
-            "".join(f"sandlot {_fstab_field(t)} overlay {_fstab_field(o)} 0 0\n" for t, o in fields)
-        )
+        if not fstab.exists():  # else made by an earlier sandbox of the same template
+            fields = [(str(o.target), o.options(self._rel)) for o in self.overlays]
+            text = "".join(
+                f"sandlot {_fstab_field(t)} overlay {_fstab_field(o)} 0 0\n" for t, o in fields
+            )
+            self.make_targets()
+            staging = fstab.with_name(f".{FSTAB}.{os.getpid()}.{id(self)}")
+            staging.write_text(text)
+            staging.rename(fstab)
         lines = [f"cd {shlex.quote(str(self.base))}"] if self.base is not None else []
         lines += [f"mount -n -i -c -a -T {shlex.quote(str(fstab))}"]
         # A merged entry bwrap binds must be what it was judged to be: never a symlink
@@ -350,10 +363,22 @@ class _Mounts:
         lines += [f"! test -L {path}" for path in self.checks]
         return [*_unshare(), "/bin/sh", "-c", " && ".join(lines) + ' && exec "$@"', "sh"]
 
+    def make_targets(self) -> None:
+        """The overlays' mount points, reachable by the sandbox's own host uid (whatever the
+        umask): bwrap, as that uid, binds them."""
+        for overlay in self.overlays:
+            overlay.target.mkdir(parents=True, exist_ok=True)
+        for path in {self.target.parent.parent, self.target.parent, self.target}:
+            if path.stat().st_mode & 0o111 != 0o111:
+                path.chmod(0o711)
+        for overlay in self.overlays:
+            overlay.target.chmod(0o755)
+
     def idmapped_wrapper(self, python: str, ns_fd: int) -> list[str]:
         """Build mode as root: the overlays made from idmapped clones of their folders (see
         :mod:`.idmap`), run by ``python``, bwrap then joining the namespace ``ns_fd``."""
         assert self.upper is not None
+        self.make_targets()
         roots = [self.upper.parent]  # the upper and its work folder: one mount
         if self.base is not None:
             roots.append(self.base)

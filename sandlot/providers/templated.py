@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..models import SandboxSpec
+from . import rootfs
 
 if TYPE_CHECKING:
     from ..workspace.templates.store import ResolvedTemplate, TemplateStore
@@ -63,3 +64,23 @@ def open_path(home: Path, lowers: list[Path]) -> None:
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o111 != 0o111:
                 path.chmod(stat.S_IMODE(st.st_mode) | 0o111)
+
+
+def handle(sandbox_id: str, template: Any, upper: str | None) -> dict[str, Any]:
+    """What the sandbox's handle keeps of its template, for :func:`release`."""
+    kept: dict[str, Any] = {"sandbox": sandbox_id, "digest": template.digest}
+    if upper is not None:
+        kept["upper"] = upper
+        kept["lowers"] = [str(p) for p in template.lowers]
+    return kept
+
+
+def release(home: Path, kept: Any) -> None:
+    """A sandbox of a template is gone: its pin, and a build's work folders."""
+    if not isinstance(kept, dict):
+        return
+    if isinstance(kept.get("upper"), str):
+        lowers = [Path(p) for p in kept.get("lowers", []) if isinstance(p, str)]
+        rootfs.tidy_upper(Path(kept["upper"]), lowers)
+    if isinstance(kept.get("sandbox"), str):
+        unpin(home, kept["sandbox"])

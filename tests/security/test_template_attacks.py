@@ -192,3 +192,32 @@ def test_a_tenant_cannot_ask_for_build_mode(server: ServerProcess, tmp_path: Pat
         assert "root_upper" in answer.json()["message"]
     assert httpx.get(url, timeout=30).json() == before
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.attack("a build step (writable root, uid 0) writes the host's /usr and the layers")
+def test_a_build_step_changes_nothing_but_its_upper_folder(tmp_path: Path) -> None:
+    store = _store()
+
+    def build(root: Path) -> None:
+        (root / "opt/tool").mkdir(parents=True)
+        (root / "opt/tool/run.py").write_text("print('original')\n")
+
+    name = _template("c-attack-build", [_layer(store, build, "c-attack-build")])
+    lowers = store.resolve(name).lowers
+    before = _files(lowers)
+    host_bin = sorted(os.listdir("/usr/local/bin"))
+    upper = tmp_path / "upper"
+    sb = _sandbox(name, config={"root_upper": str(upper)})
+    try:
+        done = sb.commands.run(
+            "rm -rf /usr/local/bin/* /opt/tool; echo owned > /usr/bin/c-owned; "
+            "echo owned > /proc/self/root/usr/lib/c-owned; chmod 4755 /usr/bin/c-owned; "
+            "ls /usr/local/bin | wc -l"
+        )
+        assert done.stdout.strip() == "0", done.stderr  # the step saw its own changes
+    finally:
+        sb.kill()
+    assert sorted(os.listdir("/usr/local/bin")) == host_bin
+    assert not os.path.lexists("/usr/bin/c-owned") and not os.path.lexists("/usr/lib/c-owned")
+    assert _files(lowers) == before
+    assert (upper / "usr/bin/c-owned").read_text() == "owned\n"
