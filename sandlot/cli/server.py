@@ -116,6 +116,32 @@ VolumeTotalOption = Annotated[
         "volume counts as 10G).",
     ),
 ]
+TemplateCountOption = Annotated[
+    int,
+    typer.Option(
+        "--template-count",
+        envvar="SANDLOT_TEMPLATE_COUNT",
+        min=0,
+        help="Templates a tenant may have (docs/server.md#templates).",
+    ),
+]
+TemplateBytesOption = Annotated[
+    int,
+    typer.Option(
+        "--template-bytes",
+        envvar="SANDLOT_TEMPLATE_BYTES",
+        min=0,
+        help="Bytes of templates a tenant may have (the sum of their sizes).",
+    ),
+]
+LocalTemplateBasesOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-local-template-bases",
+        help="Let tenants build templates from this host's docker engine, folders and tar "
+        "files (docker:, rootfs:, tar: bases). Default: only host and oci: bases.",
+    ),
+]
 
 E2BOption = Annotated[
     bool,
@@ -144,6 +170,9 @@ def serve(
     allow_bind_root: AllowBindRootOption = None,
     volume_count: VolumeCountOption = 100,
     volume_total: VolumeTotalOption = "1T",
+    template_count: TemplateCountOption = 20,
+    template_bytes: TemplateBytesOption = 20 * 1024**3,
+    allow_local_template_bases: LocalTemplateBasesOption = False,
     e2b: E2BOption = True,
     mcp: McpOption = True,
 ) -> None:
@@ -196,6 +225,9 @@ def serve(
         allow_bind_roots=bind_roots,
         volume_count=volume_count,
         volume_total_mb=_volume_total(volume_total),
+        template_count=template_count,
+        template_bytes=template_bytes,
+        allow_local_template_bases=allow_local_template_bases,
         e2b=e2b,
         mcp=mcp,
     )

@@ -158,9 +158,12 @@ class Manager:
         *,
         secrets: SecretStore | None = None,
         volume_owner: str = "",
+        host_binds: bool = False,
     ) -> LiveSandbox:
         """A new sandbox. ``volume_owner``: whose named volumes ``spec.volumes`` names (a
-        server: the caller's tenant; embedded: the local user, "")."""
+        server: the caller's tenant; embedded: the local user, ""). ``host_binds``: the
+        spec's binds are this host's own choice (a template build's package folders), not a
+        caller's: a server's bind roots do not apply to them."""
         spec = default_provider(spec)
         name = spec.provider or DEFAULT
         provider = self.provider(name)
@@ -168,7 +171,7 @@ class Manager:
             self._collected = True
             await self.gc(quick=True)
             self._sweeper = Supervisor.current().keep("gc-sweeper", self._sweep)
-        spec = check_binds(provider, spec, self.bind_roots)
+        spec = check_binds(provider, spec, None if host_binds else self.bind_roots)
         check_volumes(provider, spec, volume_owner)
         # A pool's members mount the local user's volumes: never a tenant's sandbox's.
         shared = not spec.volumes or volume_owner in ("", "local")

@@ -32,6 +32,7 @@ from . import (
     api_sandboxes,
     api_secrets,
     api_sessions,
+    api_templates,
     api_volumes,
     health,
     watchdog,
@@ -159,6 +160,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         api_secrets,
         api_sessions,
         api_volumes,
+        api_templates,
     ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     if mcp is not None:

@@ -58,8 +58,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
         401: "no valid API key",
-        403: "the key may not do this",
-        404: "no such sandbox or session (or another tenant's), execution, file or context",
+        403: "the key may not do this, or a quota is reached",
+        404: "no such sandbox, session or template (or another tenant's), execution, file or "
+        "context",
         409: "busy (a session's run lock or lease), exists already, or an idempotency key "
         "reused for another call",
         410: "the sandbox has ended, or a session's lease has expired",

@@ -51,6 +51,7 @@ from ..transcript.logwriter import LogWriter
 from ..transcript.recorder import REATTACHABLE
 from ..transcript.runs import Run, Runs, takes_run_lock
 from .metrics import Metrics
+from .templates import ServerTemplates, check_ref
 
 log = logging.getLogger("sandlot.server")
 AUTH_CACHE_SECONDS = 2.0
@@ -103,6 +104,20 @@ class ServerSettings(BaseModel):
         ge=0,
         description="the sizes of a tenant's named volumes together, in MiB (an uncapped "
         "volume counts as 10 GiB)",
+    )
+    template_count: int = Field(
+        20, ge=0, description="templates a tenant may have (names; a rebuild replaces its own)"
+    )
+    template_bytes: int = Field(
+        20 * 1024**3,
+        ge=0,
+        description="bytes of templates a tenant may have: the sum of their sizes (layers "
+        "shared by two templates count in both)",
+    )
+    allow_local_template_bases: bool = Field(
+        False,
+        description="let tenants build templates from this host's own files and engine "
+        "(docker:, rootfs: and tar: bases); host and oci: bases are always allowed",
     )
     e2b: bool = Field(True, description="serve E2B's API beside sandlot's own (docs/e2b.md)")
     mcp: bool = Field(
@@ -179,6 +194,7 @@ class ServerState:
     metrics: Metrics
     sessions: Sessions
     runs: Runs
+    templates: ServerTemplates
     served: dict[str, Served] = field(default_factory=dict)
     _auth_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
     _maintenance: Loop | None = None
@@ -217,6 +233,12 @@ class ServerState:
             metrics=metrics,
             sessions=sessions,
             runs=runs,
+            templates=ServerTemplates(
+                home,
+                settings.template_count,
+                settings.template_bytes,
+                settings.allow_local_template_bases,
+            ),
         )
         # First: the server records a sandbox's end (with why) before the sessions do.
         state.manager.on_release.insert(0, state._released)
@@ -433,10 +455,22 @@ class ServerState:
                 provider=name,
             )
 
+    async def pin_template(self, principal: Principal, spec: SandboxSpec) -> SandboxSpec:
+        """A template named by the tenant, as the digest its name means now. A remote
+        provider's far server resolves the name for its own caller: it goes on as it is."""
+        ref = getattr(spec, "template", None)
+        if ref is None:
+            return spec
+        if (default_provider(spec).provider or DEFAULT) == "remote":
+            check_ref(ref)
+            return spec
+        return await self.templates.pin_spec(principal.tenant, spec)
+
     async def create(
         self, principal: Principal, spec: SandboxSpec, session_id: str | None = None
     ) -> Served:
         self.check_provider(spec)
+        spec = await self.pin_template(principal, spec)
         if session_id is None:
             session = await self.hub.write(
                 self.records.create_session, principal.tenant, spec.metadata
@@ -684,6 +718,7 @@ class ServerState:
         """A sandbox for a durable session (Sessions.attach), served like any other: every
         sandbox endpoint works on it, and its runs take the session's run lock."""
         self.check_provider(spec)
+        spec = await self.pin_template(principal, spec)
         provider = default_provider(spec).provider or DEFAULT
         try:
             self.sessions.workspaces.check_provider(provider)

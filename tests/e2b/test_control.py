@@ -274,6 +274,9 @@ def test_the_template_mapping() -> None:
     for unknown in ("desktop", "docker:", "docker:../x", "docker:-v", "bwrap:x", "../base"):
         with pytest.raises(NotFoundError, match="not found"):
             placement(unknown)
+    # One of the caller's templates (the names above keep their meaning).
+    assert placement("mytpl", own=True) == {"template": "mytpl"}
+    assert placement("base", own=True) == {} and placement("bwrap", own=True)["provider"]
 
 
 def test_network_allow_out_goes_through_the_egress_proxy(e2b_server: Any) -> None:

@@ -199,8 +199,13 @@ def any_api(open_server: ServerProcess) -> Any:
 
 live = schemathesis.pytest.from_fixture("live_api").include(path_regex=r"\{sandbox_id\}")
 # Creating a key would switch authentication on for the rest of the run: keys have a server
-# of their own below.
-anything = schemathesis.pytest.from_fixture("any_api").exclude(method="POST", path="/v1/keys")
+# of their own below. A valid template build runs its steps (sandboxes, package installs
+# through the network): tests/remote/test_templates_remote.py and tests/security cover it.
+anything = (
+    schemathesis.pytest.from_fixture("any_api")
+    .exclude(method="POST", path="/v1/keys")
+    .exclude(method="POST", path="/v1/templates")
+)
 
 
 @live.parametrize()
@@ -345,6 +350,7 @@ def test_openapi_lists_every_route_family(server: ServerProcess) -> None:
         "code": ("post", SANDBOX + "/code/run"),
         "code contexts": ("post", SANDBOX + "/code/contexts"),
         "keys": ("post", "/v1/keys"),
+        "templates": ("post", "/v1/templates"),
         "healthz": ("get", "/healthz"),
         "readyz": ("get", "/readyz"),
         "metrics": ("get", "/metrics"),

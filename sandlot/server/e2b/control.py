@@ -221,7 +221,10 @@ async def _create(
             first["envdAccessToken"] = _token(state, request, first["sandboxID"])
         return JSONResponse(first, status_code=replay.status_code)
     try:
-        served = await state.create(caller, spec_of(body))
+        own = bool(body.template_id) and await state.templates.exists(
+            caller.tenant, str(body.template_id)
+        )
+        served = await state.create(caller, spec_of(body, own))
     except BaseException:
         await once.abandon()
         raise

@@ -3,8 +3,9 @@
 - **Templates** (:func:`placement`): ``base``, ``code-interpreter-v1``, ``code-interpreter``
   and an empty or absent ``templateID`` are the server's default provider (with Python); a
   provider's name (``bwrap``, ``docker``, ...) picks that provider; ``docker:IMAGE`` is the
-  docker provider with that image. Anything else is "template not found", as E2B says. The
-  sandbox keeps its templateID in its metadata under ``e2b.templateID``.
+  docker provider with that image; else one of the caller's own templates (``POST
+  /v1/templates``), by name, on the default provider. Anything else is "template not found",
+  as E2B says. The sandbox keeps its templateID in its metadata under ``e2b.templateID``.
 - **Lifetimes**: E2B's ``timeout`` (default 300 s) is the hard lifetime; E2B sandboxes have no
   idle timeout, so neither do these. ``autoPause`` (pause at the timeout instead of ending) is
   accepted and not done: the sandbox ends at its timeout, as its lifecycle says (the OpenAI
@@ -37,9 +38,10 @@ HOME = "/home/user"  # E2B's home and working folder
 DOCKER_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
 
 
-def placement(template_id: str | None) -> dict[str, Any]:
-    """Where a templateID runs: SandboxSpec fields (``provider``, ``config``). The one place
-    templates map to sandlot (docs/e2b.md)."""
+def placement(template_id: str | None, own: bool = False) -> dict[str, Any]:
+    """Where a templateID runs: SandboxSpec fields (``provider``, ``config``, ``template``).
+    The one place templates map to sandlot (docs/e2b.md). ``own``: the caller has a template
+    of that name (the names above keep their meaning: a template is reached by any other)."""
     name = template_id or ""
     if name in DEFAULT_TEMPLATES or not name:
         return {}
@@ -49,6 +51,8 @@ def placement(template_id: str | None) -> dict[str, Any]:
             return {"provider": "docker", "config": {"image": image}}
     elif name in BUILTIN or name in ("remote", "ssh") or name in provider_names():
         return {"provider": name}
+    elif own:
+        return {"template": name}  # the server resolves it in the caller's names
     raise NotFoundError(f"template {name[:MAX_TEMPLATE]!r} not found")
 
 
@@ -82,8 +86,9 @@ def network_of(network: NetworkIn | None) -> NetworkMode | NetworkPolicy:
         raise InvalidArgumentError(describe(exc, "network.allowOut")) from None
 
 
-def spec_of(body: NewSandbox) -> SandboxSpec:
-    where = placement(body.template_id)
+def spec_of(body: NewSandbox, own_template: bool = False) -> SandboxSpec:
+    """``own_template``: the templateID names one of the caller's templates."""
+    where = placement(body.template_id, own_template)
     if body.mcp:
         raise InvalidArgumentError("mcp is not supported by sandlot")
     if body.iam and body.iam.get("tokens"):
