@@ -238,6 +238,7 @@ class ServerState:
                 settings.template_count,
                 settings.template_bytes,
                 settings.allow_local_template_bases,
+                settings.egress_private,
             ),
         )
         # First: the server records a sandbox's end (with why) before the sessions do.

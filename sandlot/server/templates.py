@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ..api_templates import TemplateBuildRequest, TemplateOut, template_out
 from ..errors import (
@@ -58,6 +59,7 @@ class ServerTemplates:
     count: int
     bytes: int
     local_bases: bool
+    private_registries: bool = False  # --egress-private: oci pulls may reach its networks
     _store: TemplateStore | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
@@ -133,6 +135,7 @@ class ServerTemplates:
     async def admit(self, tenant: str, request: TemplateBuildRequest) -> None:
         """What can be refused before a build runs: its base, and a tenant at its quota."""
         self.check_base(request.base)
+        await self.check_registry(request.base)
         async with self.lock(tenant):
             await self.check_quota(tenant, request.name)
 
@@ -203,6 +206,35 @@ class ServerTemplates:
             "operator (sandlot serve --allow-local-template-bases)",
             base=base[:200],
         )
+
+    async def check_registry(self, base: str) -> None:
+        """An ``oci:`` base is pulled by this host (skopeo), not through a sandbox's egress
+        proxy: a tenant may not point it at the server's own networks (loopback, private
+        ranges, cloud metadata; loopback registries also skip TLS) unless the operator
+        allows those (--egress-private). A name without a registry is the host's default."""
+        kind, _, ref = base.partition(":")
+        if kind != "oci" or self.private_registries:
+            return
+        from ..egress.policy import is_public, system_resolver
+        from ..workspace.templates.base_oci import OciRef
+
+        registry = OciRef(ref).registry
+        if registry is None:
+            return
+        host = urlsplit(f"//{registry}").hostname or registry
+        try:
+            addresses = await system_resolver(host, 443)
+        except OSError as exc:
+            raise InvalidArgumentError(
+                f"the registry {host!r:.100} does not resolve: {exc}", base=base[:200]
+            ) from None
+        private = [a for a in addresses if not is_public(a)]
+        if private:
+            raise ForbiddenError(
+                f"the registry {host!r:.100} is at {', '.join(private[:4])}, one of the "
+                "server's own networks: that needs the server's --egress-private",
+                base=base[:200],
+            )
 
     async def check_quota(self, tenant: str, name: str, size: int = 0) -> None:
         """Refuse a template that would take the tenant past its count or bytes (the one of
