@@ -30,16 +30,39 @@ MANY = ("apt", "pip")
 
 
 def _store() -> Any:
+    """This host's templates (export, import and gc work on those only)."""
     from ..errors import InvalidArgumentError
     from ..store import default_home
     from ..workspace.templates import TemplateStore
 
-    if os.environ.get("SANDLOT_URL"):
+    if _remote() is not None:
         raise InvalidArgumentError(
-            "`sandlot template` works on this host's templates; a server's are reached "
-            "through its API (SANDLOT_URL is set)"
+            "this `sandlot template` command works on this host's templates only (build, ls, "
+            "show and rm reach a server; SANDLOT_URL is set): unset SANDLOT_URL"
         )
     return TemplateStore(default_home())
+
+
+def _remote() -> Any:
+    """The server's templates (the key's tenant's) when SANDLOT_URL names a server."""
+    if not os.environ.get("SANDLOT_URL"):
+        return None
+    from ..remote.templates import RemoteTemplates
+
+    return RemoteTemplates()
+
+
+def _remote_call(action: Any) -> Any:
+    """``action(templates)`` against the server, its client closed after."""
+
+    async def go() -> Any:
+        templates = _remote()
+        try:
+            return await action(templates)
+        finally:
+            await templates.client.aclose()
+
+    return run(go())
 
 
 def parse_steps(words: list[str]) -> list[Any]:
@@ -166,11 +189,10 @@ def build(
     Example: sandlot template build datasci --from host --pip numpy pandas
     --file ./helpers.py:/opt/helpers.py
     """
-    from ..errors import TemplateBuildError
+    from ..errors import InvalidArgumentError, TemplateBuildError
     from ..manager import Manager
     from ..workspace.templates.build import build as build_template
 
-    store = _store()
     steps = parse_steps(list(ctx.args))
 
     def as_json(event: Any) -> None:
@@ -178,6 +200,18 @@ def build(
         sys.stdout.flush()
 
     progress = as_json if json_ else _Progress()
+    if _remote() is not None:
+        if no_cache:
+            raise InvalidArgumentError("--no-cache is not offered through a server")
+        try:
+            _remote_call(
+                lambda t: t.build(name, base, steps, allow=allow or (), on_progress=progress)
+            )
+        finally:
+            if isinstance(progress, _Progress):
+                progress._stop()
+        return
+    store = _store()
 
     async def go() -> Any:
         manager = Manager(store.root.parent)
@@ -204,11 +238,18 @@ def list_templates(json_: JsonOption = False) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    store = _store()
-    found = store.list()
-    if json_:
-        print_json([_summary(store, m) for m in found])
-        return
+    if _remote() is not None:
+        listed = _remote_call(lambda t: t.list())
+        if json_:
+            print_json([t.model_dump(mode="json") for t in listed])
+            return
+        found = [_as_manifest(t) for t in listed]
+    else:
+        store = _store()
+        found = store.list()
+        if json_:
+            print_json([_summary(store, m) for m in found])
+            return
     if not found:
         console().print("no templates", style="dim")
         return
@@ -225,6 +266,15 @@ def list_templates(json_: JsonOption = False) -> None:
             manifest.created_at.strftime("%Y-%m-%d %H:%M"),
         )
     console().print(table)
+
+
+def _as_manifest(out: Any) -> Any:
+    """A server's TemplateOut as a manifest, for the same tables and pages."""
+    from ..workspace.templates.model import TemplateManifest
+
+    data = out.model_dump()
+    data.pop("digest")
+    return TemplateManifest.model_validate(data)
 
 
 def _base(manifest: Any) -> str:
@@ -259,10 +309,19 @@ def show(
     sandlot version that built it and where its build log is."""
     from rich.markup import escape
 
-    store = _store()
-    resolved = store.resolve(name)
-    manifest = resolved.manifest.model_copy(update={"name": "" if ":" in name else name})
-    info = _summary(store, manifest)
+    if _remote() is not None:
+        remote = _remote_call(lambda t: t.get(name))
+        if json_:
+            print_json(remote.model_dump(mode="json"))
+            return
+        manifest = _as_manifest(remote)
+        info = {"digest": remote.digest, "created_at": remote.created_at.isoformat()}
+        info["log"] = "GET /v1/templates/NAME/log"
+    else:
+        store = _store()
+        resolved = store.resolve(name)
+        manifest = resolved.manifest.model_copy(update={"name": "" if ":" in name else name})
+        info = _summary(store, manifest)
     if json_:
         print_json(info)
         return
@@ -292,6 +351,11 @@ def show(
 @template_app.command("rm")
 def remove(names: Annotated[list[str], typer.Argument(help="Template names.")]) -> None:
     """Forget templates (their layers go at the next `sandlot template gc`)."""
+    if _remote() is not None:
+        for name in names:
+            _remote_call(lambda t, name=name: t.remove(name))
+            typer.echo(f"removed {name}", err=True)
+        return
     store = _store()
     for name in names:
         digest = store.remove(name)

@@ -353,3 +353,33 @@ def test_the_server_logged_no_unhandled_exception(
     log = tenants[0].log.read_text(errors="replace")
     markers = ("Traceback (most recent call last)", "Task exception was never retrieved")
     assert not [m for m in markers if m in log], log[-4000:]
+
+
+def test_the_cli_builds_lists_shows_and_removes_on_the_server(
+    tenants: tuple[ServerProcess, dict[str, str]], tmp_path: Path
+) -> None:
+    """`sandlot template build/ls/show/rm` with SANDLOT_URL set work on the key's tenant's
+    templates (a local file step is uploaded); export, import and gc stay local."""
+    import subprocess
+    import sys
+
+    server, keys = tenants
+    (tmp_path / "hello.txt").write_text("from the cli\n")
+    env = {**os.environ, "SANDLOT_URL": server.url, "SANDLOT_API_KEY": keys["carol"]}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "sandlot.cli", "template", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    built = cli("build", "viacli", "--from", "host", "--json",
+                "--file", f"{tmp_path / 'hello.txt'}:/opt/hello.txt", "--env", "A=1")  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert [json.loads(line)["type"] for line in built.stdout.splitlines()][-1] == "done"
+    listed = cli("ls", "--json")
+    assert [t["name"] for t in json.loads(listed.stdout)] == ["viacli"], listed.stderr
+    shown = cli("show", "viacli")
+    assert "A=1" in shown.stdout and "file" in shown.stdout, shown.stderr
+    assert call(server, keys["alice"], "GET", "/v1/templates/viacli").status_code == 404
+    assert "this host's templates only" in cli("gc").stderr
+    assert cli("rm", "viacli").returncode == 0
+    assert json.loads(cli("ls", "--json").stdout) == []
