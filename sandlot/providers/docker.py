@@ -44,7 +44,7 @@ from ..errors import (
     SandlotError,
 )
 from ..models import ProviderInfo, SandboxSpec, volume_uid
-from . import agent_files, docker_templates, quota, seccomp, spawn, userns
+from . import agent_files, docker_templates, quota, seccomp, spawn, templated, userns
 from .base import Provider, Started
 from .docker_config import (
     LABEL_EXPIRES,
@@ -191,7 +191,7 @@ class DockerProvider(Provider):
         if spec.template is not None:
             # The template's image replaces any image setting (see docker_templates).
             template = docker_templates.resolve(self.home, spec.template)
-            spec = docker_templates.apply(spec, template)
+            spec = templated.apply(spec, template)
             settings = {**spec.config, "image": docker_templates.image_name(template)}
             config = self.parse_config({**settings, "pull": "never", "python": template.python})
         else:

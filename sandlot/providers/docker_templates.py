@@ -12,17 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError, SandboxStartError
-from ..models import SandboxSpec
 
 if TYPE_CHECKING:
     from ..workspace.templates.store import ResolvedTemplate, TemplateStore
     from .docker_engine import Client
 
 REPO = "sandlot-template"
-DEFAULT_WORKDIR = SandboxSpec.model_fields["workdir"].default
 IMPORT_TIMEOUT = 1800.0  # seconds: the engine reads a whole root filesystem
 
 
@@ -53,17 +51,6 @@ def resolve(home: Path, ref: str) -> ResolvedTemplate:
 
 def image_name(template: ResolvedTemplate) -> str:
     return f"{REPO}:{template.digest[:12]}"
-
-
-def apply(spec: SandboxSpec, template: ResolvedTemplate) -> SandboxSpec:
-    """The template's environment beneath the caller's, and its working folder where the
-    caller left the default."""
-    update: dict[str, Any] = {}
-    if template.env:
-        update["env"] = {**template.env, **spec.env}
-    if template.workdir and spec.workdir == DEFAULT_WORKDIR:
-        update["workdir"] = template.workdir
-    return spec.model_copy(update=update) if update else spec
 
 
 class TemplateImages:
