@@ -91,7 +91,7 @@ def error(message: str) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
     console.print(f"[red]error: {escape(one_line(message))}[/red]")
 
 
@@ -100,7 +100,7 @@ def note(message: str, style: str = "yellow") -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
     console.print(f"[{style}]{escape(one_line(message))}[/{style}]")
 
 
@@ -109,7 +109,7 @@ def console() -> Any:
     from rich.console import Console
 
     # Piped output: do not squeeze tables into 80 columns.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    return Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 200)
 
 
 def print_json(value: Any) -> None:

@@ -55,7 +55,7 @@ def _file_option(*names: str, help: str) -> Any:
 def _stderr() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -393,7 +393,7 @@ def status_command(json_: JsonOption = False) -> None:
             record.version,
             time.strftime("%Y-%m-%d %H:%M", time.localtime(record.started_at)),
         )
-    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
+    Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def main(argv: list[str] | None = None) -> None:

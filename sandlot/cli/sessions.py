@@ -91,7 +91,7 @@ def ls(
     if not found:
         from rich.console import Console
 
-        Console().print("no sessions", style="dim")
+        Console(emoji=False).print("no sessions", style="dim")
         return
     from rich.console import Console
     from rich.markup import escape
@@ -109,7 +109,7 @@ def ls(
             "-" if s.checkpoint is None else str(s.checkpoint),
             escape(", ".join(f"{k}={v}" for k, v in sorted(s.metadata.items()))),
         )
-    Console().print(table)
+    Console(emoji=False).print(table)
 
 
 @sessions_app.command("show")

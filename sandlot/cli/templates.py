@@ -106,7 +106,7 @@ class _Progress:
     def __init__(self) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(stderr=True, highlight=False, emoji=False)
         self.status: Any = None
 
     def __call__(self, event: Any) -> None:

@@ -540,7 +540,11 @@ async def _failed(
     (a cancellation, a bug)."""
     index, label = engine.index, engine.label
     kept = _keep_failed_log(engine.store, work_log, name, base, steps, index)
-    message = f"step {index} ({label}): {_reason(exc)}" if index else f"{label}: {_reason(exc)}"
+    reason = _reason(exc)
+    if index:
+        message = f"step {index} ({label}): {reason}"
+    else:  # the base's own errors name it already
+        message = reason if reason.startswith(label) else f"{label}: {reason}"
     await _emit(engine.on_event, BuildFailed(index=index, name=label, error=message, log=str(kept)))
     if not isinstance(exc, (_StepFailed, SandlotError, OSError)):
         return exc
