@@ -38,7 +38,7 @@ QUOTA_BYTES = 2 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def tenants() -> Iterator[tuple[ServerProcess, dict[str, str]]]:
-    """A server of our own (keys turn authentication on) with three tenants and small quotas.
+    """A server of our own (keys turn authentication on) with four tenants and small quotas.
     Keys are made through the API (a server without keys takes its first from loopback)."""
     home = Path(tempfile.mkdtemp(prefix="sltpl-", dir="/tmp"))
     args = ("--kill-on-exit", "--template-count", str(QUOTA_COUNT))
@@ -46,7 +46,7 @@ def tenants() -> Iterator[tuple[ServerProcess, dict[str, str]]]:
     admin = httpx.post(process.url + "/v1/keys", json={"name": "admin", "admin": True}).json()
     keys = {
         name: call(process, admin["token"], "POST", "/v1/keys", {"name": name}).json()["token"]
-        for name in ("alice", "bob", "carol")
+        for name in ("alice", "bob", "carol", "dave")
     }
     yield process, keys
     process.stop()
@@ -365,7 +365,7 @@ def test_the_cli_builds_lists_shows_and_removes_on_the_server(
 
     server, keys = tenants
     (tmp_path / "hello.txt").write_text("from the cli\n")
-    env = {**os.environ, "SANDLOT_URL": server.url, "SANDLOT_API_KEY": keys["carol"]}
+    env = {**os.environ, "SANDLOT_URL": server.url, "SANDLOT_API_KEY": keys["dave"]}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "sandlot.cli", "template", *args]
